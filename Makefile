@@ -1,0 +1,32 @@
+# The two commands of the README. Both set up a virtual environment first (once; again when a
+# requirements file changes).
+#   make default   build the image world, pretrain a small CLIP, fine-tune it with Omni-NegCLIP, evaluate
+#   make test      the test suite (offline, CPU)
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: default test ablations bench setup
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	# CLIP's BPE merges ship in this wheel; only the data file is read (its dependencies would pull torchvision).
+	$(BIN)/python -m pip install --quiet --no-deps open_clip_torch==3.3.0
+	touch $(STAMP)
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests
+
+default: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m omninegclip.default
+
+ablations: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m omninegclip.default --ablations
+
+bench: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_train.py

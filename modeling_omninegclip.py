@@ -1,0 +1,537 @@
+"""Omni-NegCLIP: CLIP with presence- and absence-based negation losses (arXiv 2603.29258).
+
+Everything the forward pass and the losses need lives in this file; it imports nothing from the
+rest of the project, and its checkpoints stay plain CLIP (`model_type: clip`,
+`architectures: ["CLIPModel"]`, the same keys as `CLIPModel`).
+
+Public surface
+--------------
+- `OmniNegCLIPModel(CLIPModel)`: `forward` takes images (or their precomputed embeddings), the
+  original captions and, optionally, presence- and absence-negated captions with per-row masks;
+  returns an `OmniNegCLIPOutput` with the total loss, every term and the logits.
+- `OmniNegLossConfig`: loss weights and margin (defaults: the authors' released code).
+- `TrainableConfig`, `resolve_text_blocks`, `apply_trainable`: which parameters train.
+- The loss terms, pure functions of L2-normalised embeddings, the logit scale and row masks:
+  `presence_loss`, `absence_loss`, `choice_loss`, `symmetric_infonce`, `masked_cross_entropy`.
+- `gather_rows`: the autograd-carrying all-gather that makes every contrastive term see the
+  global batch under several processes (local-loss semantics).
+
+Notation of DESIGN.md §1 and the output fields that carry each term:
+    L1 loss_presence_image, L2 loss_presence_text, L3 loss_presence_pair, L_pre loss_presence,
+    L_neg loss_absence_negated, L_orig loss_absence_original, L_text loss_absence_text, L_abs loss_absence.
+Total: L = L_pre + lambda_abs * L_abs (+ lambda_choice * L_choice, an optional term, 0 by default).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import CLIPModel
+from transformers.utils import ModelOutput
+
+OMNINEGCLIP_CONFIG_NAME = "omninegclip_config.json"
+LOGIT_SCALE_MAX = math.log(100.0)
+TEXT_BLOCK_PRESETS = ("front", "middle", "back", "whole")
+
+
+# ----------------------------------------------------------------------------------------------
+# Settings
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class OmniNegLossConfig:
+    """Loss weights and margin. Defaults are the authors' released code (DESIGN.md §1)."""
+
+    lambda_abs: float = 1.0
+    lambda_orig: float = 1.0
+    lambda_text: float = 1.0
+    margin: float = 0.9
+    # Not in the paper: a per-image multiple-choice term (NegBench-style) over the image's own
+    # absence-negated caption (true) against its presence-negated caption (false). 0 = off.
+    lambda_choice: float = 0.0
+
+    def __post_init__(self):
+        for name in ("lambda_abs", "lambda_orig", "lambda_text", "lambda_choice"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if not (isinstance(self.margin, (int, float)) and -1.0 <= self.margin <= 2.0):
+            raise ValueError(f"margin must be a number in [-1, 2] (a cosine offset), got {self.margin!r}")
+
+
+@dataclass
+class TrainableConfig:
+    """What trains. Text blocks: `text_blocks` (explicit indices) wins over `text_preset`, which
+    wins over `front_blocks` (the first N). None of them given: the front half (6 of 12 for ViT-B/32)."""
+
+    front_blocks: int | None = None
+    text_preset: str | None = None
+    text_blocks: list[int] | None = None
+    train_token_embedding: bool = True
+    train_position_embedding: bool = True
+    train_final_layer_norm: bool = True
+    train_text_projection: bool = True
+    train_logit_scale: bool = True
+    train_vision_tower: bool = False
+
+    def __post_init__(self):
+        if self.text_preset is not None and self.text_preset not in TEXT_BLOCK_PRESETS:
+            raise ValueError(f"text_preset must be one of {TEXT_BLOCK_PRESETS}, got {self.text_preset!r}")
+        if self.front_blocks is not None and self.front_blocks < 0:
+            raise ValueError(f"front_blocks must be >= 0, got {self.front_blocks}")
+
+
+def resolve_text_blocks(num_layers: int, trainable: TrainableConfig) -> list[int]:
+    """The text transformer blocks that train, as sorted indices; validated against the model depth."""
+    if trainable.text_blocks is not None:
+        blocks = sorted(set(trainable.text_blocks))
+        bad = [index for index in blocks if not 0 <= index < num_layers]
+        if bad:
+            raise ValueError(f"text_blocks {bad} out of range: the text encoder has {num_layers} blocks (0..{num_layers - 1})")
+        return blocks
+    if trainable.text_preset is not None:
+        third = num_layers / 3
+        ranges = {
+            "front": (0, num_layers // 2),
+            "middle": (round(third), round(2 * third)),
+            "back": (round(2 * third), num_layers),
+            "whole": (0, num_layers),
+        }
+        start, stop = ranges[trainable.text_preset]
+        return list(range(start, stop))
+    front = num_layers // 2 if trainable.front_blocks is None else trainable.front_blocks
+    if front > num_layers:
+        raise ValueError(f"front_blocks={front} but the text encoder has only {num_layers} blocks")
+    return list(range(front))
+
+
+def apply_trainable(model: CLIPModel, trainable: TrainableConfig) -> list[str]:
+    """Set `requires_grad` on every parameter as `trainable` says; return the names that train."""
+    blocks = set(resolve_text_blocks(model.config.text_config.num_hidden_layers, trainable))
+    text = model.text_model
+    chosen: set[int] = set()
+
+    def take(module: nn.Module | nn.Parameter):
+        params = [module] if isinstance(module, nn.Parameter) else list(module.parameters())
+        chosen.update(id(param) for param in params)
+
+    for index, layer in enumerate(text.encoder.layers):
+        if index in blocks:
+            take(layer)
+    if trainable.train_token_embedding:
+        take(text.embeddings.token_embedding)
+    if trainable.train_position_embedding:
+        take(text.embeddings.position_embedding)
+    if trainable.train_final_layer_norm:
+        take(text.final_layer_norm)
+    if trainable.train_text_projection:
+        take(model.text_projection)
+    if trainable.train_logit_scale:
+        take(model.logit_scale)
+    if trainable.train_vision_tower:
+        take(model.vision_model)
+        take(model.visual_projection)
+    names = []
+    for name, param in model.named_parameters():
+        param.requires_grad_(id(param) in chosen)
+        if param.requires_grad:
+            names.append(name)
+    return names
+
+
+# ----------------------------------------------------------------------------------------------
+# Distributed: autograd all-gather with local-loss semantics
+# ----------------------------------------------------------------------------------------------
+
+
+def _world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def gather_rows(tensor: torch.Tensor) -> tuple[torch.Tensor, slice, int]:
+    """All processes' rows, concatenated in rank order, with gradients flowing back to each owner.
+
+    Returns (global tensor, the slice of this process's rows in it, world size). Every process must
+    pass the same number of rows (drop-last batches). One process: the tensor itself."""
+    rank, world_size = _world()
+    if world_size == 1:
+        return tensor, slice(0, tensor.shape[0]), 1
+    import torch.distributed.nn.functional as dist_fn
+
+    gathered = torch.cat(dist_fn.all_gather(tensor.contiguous()), dim=0)
+    rows = tensor.shape[0]
+    return gathered, slice(rank * rows, (rank + 1) * rows), world_size
+
+
+# ----------------------------------------------------------------------------------------------
+# Loss terms: pure functions of L2-normalised embeddings, the logit scale s = exp(logit_scale) and masks
+# ----------------------------------------------------------------------------------------------
+#
+# Conventions shared by every term. Embedding tensors hold the GLOBAL batch (G rows; one process:
+# G = B). `rows` selects the rows this process scores (default: all); each row's target is its own
+# global index. A term averages over the selected rows whose mask is on, normalised so that the
+# mean over processes equals the single-process mean over the global batch: sum / global_count * world_size.
+# Masked rows and masked columns contribute nothing and receive no gradient. No row on: the term is 0.
+
+
+@dataclass
+class _Rows:
+    rows: slice
+    world_size: int = 1
+
+
+def _mean_over(per_row: torch.Tensor, row_mask: torch.Tensor, global_mask: torch.Tensor, world_size: int) -> torch.Tensor:
+    total = global_mask.sum().clamp(min=1).to(per_row.dtype)
+    return torch.where(row_mask, per_row, torch.zeros_like(per_row)).sum() / total * world_size
+
+
+def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, column_mask: torch.Tensor) -> torch.Tensor:
+    """Per-row cross-entropy with masked columns removed from the softmax (finite, so no NaN)."""
+    # -1e4 is far below any scaled cosine (|s * cos| <= 100) yet keeps every value finite.
+    logits = logits.float().masked_fill(~column_mask.unsqueeze(0), -1e4)
+    return F.cross_entropy(logits, targets, reduction="none")
+
+
+def _targets(rows: slice, device) -> torch.Tensor:
+    return torch.arange(rows.start, rows.stop, device=device)
+
+
+def _all_rows(embeds: torch.Tensor, rows: slice | None) -> slice:
+    return slice(0, embeds.shape[0]) if rows is None else rows
+
+
+def symmetric_infonce(
+    image_embeds: torch.Tensor,
+    text_embeds: torch.Tensor,
+    logit_scale: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    rows: slice | None = None,
+    world_size: int = 1,
+) -> torch.Tensor:
+    """CLIP's loss over the masked rows: (CE(image -> texts) + CE(text -> images)) / 2."""
+    rows = _all_rows(image_embeds, rows)
+    mask = torch.ones(image_embeds.shape[0], dtype=torch.bool, device=image_embeds.device) if mask is None else mask
+    targets = _targets(rows, image_embeds.device)
+    row_mask = mask[rows]
+    image_to_text = masked_cross_entropy(logit_scale * image_embeds[rows] @ text_embeds.T, targets, mask)
+    text_to_image = masked_cross_entropy(logit_scale * text_embeds[rows] @ image_embeds.T, targets, mask)
+    per_row = (image_to_text + text_to_image) / 2
+    return _mean_over(per_row, row_mask, mask, world_size)
+
+
+def presence_loss(
+    image_embeds: torch.Tensor,
+    text_embeds: torch.Tensor,
+    presence_embeds: torch.Tensor,
+    presence_mask: torch.Tensor,
+    logit_scale: torch.Tensor,
+    rows: slice | None = None,
+    world_size: int = 1,
+) -> dict[str, torch.Tensor]:
+    """L1, L2, L3 and L_pre = (L1 + L2 + L3) / 3 over the rows that carry a presence negation.
+
+    L1: image i against [t_1..t_G, p_1..p_G] (rows' own negations are extra hard negatives), target t_i.
+    L2: caption t_i against the images, target v_i.
+    L3: [s v_i.t_i, s v_i.p_i], target 0: the image's caption must beat its own negation."""
+    rows = _all_rows(image_embeds, rows)
+    targets = _targets(rows, image_embeds.device)
+    row_mask = presence_mask[rows]
+    images = image_embeds[rows]
+    texts_and_negations = torch.cat([text_embeds, presence_embeds])
+    l1 = masked_cross_entropy(logit_scale * images @ texts_and_negations.T, targets, presence_mask.repeat(2))
+    l2 = masked_cross_entropy(logit_scale * text_embeds[rows] @ image_embeds.T, targets, presence_mask)
+    pair_logits = logit_scale * torch.stack(
+        [(images * text_embeds[rows]).sum(-1), (images * presence_embeds[rows]).sum(-1)], dim=1
+    )
+    l3 = F.cross_entropy(pair_logits.float(), torch.zeros_like(targets), reduction="none")
+    terms = {
+        "loss_presence_image": _mean_over(l1, row_mask, presence_mask, world_size),
+        "loss_presence_text": _mean_over(l2, row_mask, presence_mask, world_size),
+        "loss_presence_pair": _mean_over(l3, row_mask, presence_mask, world_size),
+    }
+    terms["loss_presence"] = sum(terms.values()) / 3
+    return terms
+
+
+def text_margin_loss(
+    text_embeds: torch.Tensor,
+    absence_embeds: torch.Tensor,
+    absence_mask: torch.Tensor,
+    margin: float,
+    rows: slice | None = None,
+    world_size: int = 1,
+) -> torch.Tensor:
+    """L_text = mean_i max(0, cos(t_i, a_i) + margin); no temperature. Zero once cos < -margin."""
+    rows = _all_rows(text_embeds, rows)
+    cosine = (text_embeds[rows] * absence_embeds[rows]).sum(-1)
+    return _mean_over(F.relu(cosine + margin), absence_mask[rows], absence_mask, world_size)
+
+
+def absence_loss(
+    image_embeds: torch.Tensor,
+    text_embeds: torch.Tensor,
+    absence_embeds: torch.Tensor,
+    absence_mask: torch.Tensor,
+    logit_scale: torch.Tensor,
+    lambda_orig: float = 1.0,
+    lambda_text: float = 1.0,
+    margin: float = 0.9,
+    rows: slice | None = None,
+    world_size: int = 1,
+) -> dict[str, torch.Tensor]:
+    """L_neg, L_orig, L_text and L_abs = L_neg + lambda_orig L_orig + lambda_text L_text, over the
+    rows that carry an absence negation."""
+    common = dict(rows=rows, world_size=world_size)
+    terms = {
+        "loss_absence_negated": symmetric_infonce(image_embeds, absence_embeds, logit_scale, absence_mask, **common),
+        "loss_absence_original": symmetric_infonce(image_embeds, text_embeds, logit_scale, absence_mask, **common),
+        "loss_absence_text": text_margin_loss(text_embeds, absence_embeds, absence_mask, margin, **common),
+    }
+    terms["loss_absence"] = (
+        terms["loss_absence_negated"]
+        + lambda_orig * terms["loss_absence_original"]
+        + lambda_text * terms["loss_absence_text"]
+    )
+    return terms
+
+
+def choice_loss(
+    image_embeds: torch.Tensor,
+    absence_embeds: torch.Tensor,
+    presence_embeds: torch.Tensor,
+    mask: torch.Tensor,
+    logit_scale: torch.Tensor,
+    rows: slice | None = None,
+    world_size: int = 1,
+) -> torch.Tensor:
+    """Multiple choice per image: its absence-negated caption (true: negates an absent object) must
+    beat its presence-negated caption (false: negates a present one). Rows with both negations."""
+    rows = _all_rows(image_embeds, rows)
+    images = image_embeds[rows]
+    logits = logit_scale * torch.stack(
+        [(images * absence_embeds[rows]).sum(-1), (images * presence_embeds[rows]).sum(-1)], dim=1
+    )
+    per_row = F.cross_entropy(logits.float(), torch.zeros(images.shape[0], dtype=torch.long, device=images.device), reduction="none")
+    return _mean_over(per_row, mask[rows], mask, world_size)
+
+
+# ----------------------------------------------------------------------------------------------
+# The model
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class OmniNegCLIPOutput(ModelOutput):
+    """Total loss, every term (see the module docstring for the mapping to DESIGN.md) and CLIP's logits.
+
+    Terms whose rows are absent from the batch are 0. `logits_*` and the embeddings cover this
+    process's rows (original captions); negated embeddings are zero where the row has none."""
+
+    loss: torch.Tensor | None = None
+    loss_clip: torch.Tensor | None = None
+    loss_presence_image: torch.Tensor | None = None
+    loss_presence_text: torch.Tensor | None = None
+    loss_presence_pair: torch.Tensor | None = None
+    loss_presence: torch.Tensor | None = None
+    loss_absence_negated: torch.Tensor | None = None
+    loss_absence_original: torch.Tensor | None = None
+    loss_absence_text: torch.Tensor | None = None
+    loss_absence: torch.Tensor | None = None
+    loss_choice: torch.Tensor | None = None
+    logits_per_image: torch.Tensor | None = None
+    logits_per_text: torch.Tensor | None = None
+    text_embeds: torch.Tensor | None = None
+    image_embeds: torch.Tensor | None = None
+    presence_negated_embeds: torch.Tensor | None = None
+    absence_negated_embeds: torch.Tensor | None = None
+
+
+LOSS_TERM_NAMES = tuple(name for name in OmniNegCLIPOutput.__dataclass_fields__ if name.startswith("loss_"))
+
+
+def _pad_to(ids: torch.Tensor, mask: torch.Tensor, length: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    extra = length - ids.shape[1]
+    if extra == 0:
+        return ids, mask
+    return F.pad(ids, (0, extra), value=pad_id), F.pad(mask, (0, extra), value=0)
+
+
+class OmniNegCLIPModel(CLIPModel):
+    """`CLIPModel` plus the Omni-NegCLIP losses. No new parameters or buffers: the weights are CLIP's.
+
+    Load any CLIP checkpoint with `OmniNegCLIPModel.from_pretrained(...)`; set `loss_config` and
+    call `apply_trainable(model, TrainableConfig(...))`; after training, `save_pretrained` writes a
+    plain CLIP checkpoint plus `omninegclip_config.json` recording the settings used."""
+
+    def __init__(self, config, loss_config: OmniNegLossConfig | None = None):
+        super().__init__(config)
+        self.loss_config = loss_config or OmniNegLossConfig()
+        self.trainable_config: TrainableConfig | None = None
+
+    # -- encoding ------------------------------------------------------------------------------
+
+    def encode_images(self, pixel_values: torch.Tensor | None, image_embeds: torch.Tensor | None) -> torch.Tensor:
+        """Projected, un-normalised image embeddings; precomputed ones pass through. A frozen image
+        tower runs without an autograd graph."""
+        if image_embeds is not None:
+            return image_embeds
+        if pixel_values is None:
+            raise ValueError("OmniNegCLIPModel.forward needs pixel_values or image_embeds")
+        vision_trains = any(param.requires_grad for param in self.vision_model.parameters())
+        with torch.set_grad_enabled(vision_trains and torch.is_grad_enabled()):
+            return self.get_image_features(pixel_values=pixel_values).pooler_output
+
+    def encode_texts(self, caption_sets: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
+        """All caption sets through the text encoder in ONE call, padded to the longest of them."""
+        pad_id = self.config.text_config.pad_token_id
+        pad_id = self.config.text_config.eos_token_id if pad_id is None else pad_id
+        length = max(ids.shape[1] for ids, _ in caption_sets)
+        padded = [_pad_to(ids, mask, length, pad_id) for ids, mask in caption_sets]
+        input_ids = torch.cat([ids for ids, _ in padded])
+        attention_mask = torch.cat([mask for _, mask in padded])
+        embeds = self.get_text_features(input_ids=input_ids, attention_mask=attention_mask).pooler_output
+        return list(embeds.split([ids.shape[0] for ids, _ in caption_sets]))
+
+    # -- forward -------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        presence_negated_input_ids: torch.LongTensor | None = None,
+        presence_negated_attention_mask: torch.Tensor | None = None,
+        presence_mask: torch.Tensor | None = None,
+        absence_negated_input_ids: torch.LongTensor | None = None,
+        absence_negated_attention_mask: torch.Tensor | None = None,
+        absence_mask: torch.Tensor | None = None,
+        image_embeds: torch.Tensor | None = None,
+        return_loss: bool | None = None,
+    ) -> OmniNegCLIPOutput:
+        """One step of Omni-NegCLIP.
+
+        input_ids / attention_mask: the original captions (B rows). pixel_values, or image_embeds
+        (precomputed projected image embeddings: the fast path when the image tower is frozen).
+        presence_negated_* / absence_negated_*: (B, L) token ids for every row, with a (B,) bool
+        mask saying which rows carry that negation; rows whose mask is off are never encoded.
+        Without negations the loss is CLIP's symmetric InfoNCE."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        batch = input_ids.shape[0]
+        device = input_ids.device
+        images = self.encode_images(pixel_values, image_embeds)
+
+        caption_sets = [(input_ids, attention_mask)]
+        negations = {}
+        for kind, ids, mask_ids, rows in (
+            ("presence", presence_negated_input_ids, presence_negated_attention_mask, presence_mask),
+            ("absence", absence_negated_input_ids, absence_negated_attention_mask, absence_mask),
+        ):
+            if ids is None:
+                continue
+            rows = torch.ones(batch, dtype=torch.bool, device=device) if rows is None else rows.to(device).bool()
+            mask_ids = torch.ones_like(ids) if mask_ids is None else mask_ids
+            negations[kind] = (rows, len(caption_sets))
+            caption_sets.append((ids[rows], mask_ids[rows]))
+        encoded = self.encode_texts(caption_sets)
+
+        normalize = lambda x: F.normalize(x.float(), dim=-1)  # noqa: E731
+        image_embeds = normalize(images)
+        text_embeds = normalize(encoded[0])
+        negated = {}
+        for kind, (rows, position) in negations.items():
+            full = text_embeds.new_zeros(batch, text_embeds.shape[1])
+            negated[kind] = (full.index_put((rows.nonzero(as_tuple=True)[0],), normalize(encoded[position])), rows)
+
+        logit_scale = self.logit_scale.exp()
+        logits_per_text = logit_scale * text_embeds @ image_embeds.T
+        output = OmniNegCLIPOutput(
+            logits_per_image=logits_per_text.T,
+            logits_per_text=logits_per_text,
+            text_embeds=text_embeds,
+            image_embeds=image_embeds,
+            presence_negated_embeds=negated.get("presence", (None,))[0],
+            absence_negated_embeds=negated.get("absence", (None,))[0],
+        )
+        if return_loss is False:
+            return output
+        self._add_losses(output, image_embeds, text_embeds, negated, logit_scale)
+        return output
+
+    def _add_losses(self, output, image_embeds, text_embeds, negated, logit_scale) -> None:
+        cfg = self.loss_config
+        batch = image_embeds.shape[0]
+        none = image_embeds.new_zeros(batch, dtype=torch.bool)
+        presence, presence_rows = negated.get("presence", (torch.zeros_like(text_embeds), none))
+        absence, absence_rows = negated.get("absence", (torch.zeros_like(text_embeds), none))
+
+        # One gather for everything: columns stay aligned row for row across processes.
+        local = torch.cat(
+            [image_embeds, text_embeds, presence, absence, presence_rows[:, None].float(), absence_rows[:, None].float()], dim=1
+        )
+        gathered, rows, world_size = gather_rows(local)
+        dim = image_embeds.shape[1]
+        g_image, g_text, g_presence, g_absence = gathered[:, :dim * 4].split(dim, dim=1)
+        g_presence_rows = gathered[:, 4 * dim] > 0.5
+        g_absence_rows = gathered[:, 4 * dim + 1] > 0.5
+        common = dict(rows=rows, world_size=world_size)
+        zero = logit_scale.new_zeros(())
+
+        if not bool(g_presence_rows.any()) and not bool(g_absence_rows.any()):
+            output.loss_clip = symmetric_infonce(g_image, g_text, logit_scale, **common)
+            output.loss = output.loss_clip
+            return
+        terms = presence_loss(g_image, g_text, g_presence, g_presence_rows, logit_scale, **common)
+        terms |= absence_loss(
+            g_image, g_text, g_absence, g_absence_rows, logit_scale,
+            lambda_orig=cfg.lambda_orig, lambda_text=cfg.lambda_text, margin=cfg.margin, **common,
+        )
+        both = g_presence_rows & g_absence_rows
+        terms["loss_choice"] = (
+            choice_loss(g_image, g_absence, g_presence, both, logit_scale, **common) if cfg.lambda_choice > 0 else zero
+        )
+        for name, value in terms.items():
+            setattr(output, name, value)
+        output.loss = terms["loss_presence"] + cfg.lambda_abs * terms["loss_absence"] + cfg.lambda_choice * terms["loss_choice"]
+
+    # -- training helpers ----------------------------------------------------------------------
+
+    @torch.no_grad()
+    def clamp_logit_scale(self) -> None:
+        """Keep s = exp(logit_scale) <= 100, as CLIP does after every optimiser step."""
+        self.logit_scale.clamp_(max=LOGIT_SCALE_MAX)
+
+    def settings(self) -> dict:
+        """The Omni-NegCLIP settings used, as recorded beside the weights."""
+        return {
+            "loss": asdict(self.loss_config),
+            "trainable": asdict(self.trainable_config) if self.trainable_config else None,
+            "trainable_text_blocks": (
+                resolve_text_blocks(self.config.text_config.num_hidden_layers, self.trainable_config)
+                if self.trainable_config
+                else None
+            ),
+        }
+
+    def save_pretrained(self, save_directory, *args, extra_settings: dict | None = None, **kwargs):
+        """Save as a plain `CLIPModel` checkpoint (loads anywhere without this file), plus
+        `omninegclip_config.json` with the settings used."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        save_directory = Path(save_directory)
+        config_path = save_directory / "config.json"
+        if config_path.is_file():
+            config = json.loads(config_path.read_text())
+            config["architectures"] = ["CLIPModel"]
+            config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        self.config.architectures = ["CLIPModel"]
+        settings = self.settings() | (extra_settings or {})
+        (save_directory / OMNINEGCLIP_CONFIG_NAME).write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
