@@ -1,0 +1,304 @@
+"""The offline image world (omninegclip/shapes.py): vocabulary, scenes, drawing, captions, dataset."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import random
+import re
+
+import datasets
+import numpy as np
+import pytest
+from PIL import Image
+
+from omninegclip import shapes
+from omninegclip.shapes import (
+    AFFIRMATIVE_FRAMES,
+    COLOUR_RGB,
+    COLOURS,
+    KIND_THEME,
+    NEGATION_TEMPLATES,
+    OBJECT_KINDS,
+    THEMES,
+    Mention,
+    SceneObject,
+    add_object,
+    build_world,
+    decode_scene,
+    negated_caption,
+    next_kind_probabilities,
+    plausible_absent,
+    render_scene,
+    sample_scene,
+)
+
+COLUMNS = ["image", "caption", "presence_negated", "absence_negated", "pretrain_caption", "present_objects",
+           "negated_object", "absent_object", "presence_rewrite", "absence_rewrite", "scene", "source", "image_id"]
+# Words and phrases of the held-out templates, written out here rather than read from the module.
+HELDOUT_MARKERS = ["lacking", "free of", "minus", "missing", "absent", "nowhere", "this scene contains", "we can see",
+                   "a rendering of", "lacks", "contains"]
+TRAIN_NEGATION_WORDS = {"no", "not", "without"}
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"[a-z]+", text.lower())
+
+
+def overlaps(a: SceneObject, b: SceneObject) -> bool:
+    reach = (a.size + b.size) / 2
+    return abs(a.x - b.x) < reach and abs(a.y - b.y) < reach
+
+
+@pytest.fixture(scope="module")
+def world():
+    return build_world(num_train=40, num_validation=10, num_test=30, seed=0, progress=False)
+
+
+# ----- vocabulary and co-occurrence ---------------------------------------------------------------
+
+
+def test_every_kind_and_colour_is_one_clip_token(tokenizer):
+    assert 8 <= len(OBJECT_KINDS) <= 10 and len(set(OBJECT_KINDS)) == len(OBJECT_KINDS)
+    assert len(COLOURS) == 6
+    for word in (*OBJECT_KINDS, *COLOURS):
+        assert tokenizer.tokenize(word) == [f"{word}</w>"], word
+    assert sorted(kind for kinds in THEMES.values() for kind in kinds) == sorted(OBJECT_KINDS)
+
+
+def test_next_kind_probabilities_favour_the_scene_theme():
+    probabilities = next_kind_probabilities(["star"])
+    assert set(probabilities) == set(OBJECT_KINDS) - {"star"}
+    assert sum(probabilities.values()) == pytest.approx(1.0)
+    assert probabilities["moon"] == probabilities["cloud"] == pytest.approx(10 * probabilities["circle"])
+    # Product of affinities: with a circle and a star, sky and geometry kinds tie, symbols trail.
+    mixed = next_kind_probabilities(["star", "circle"])
+    assert mixed["moon"] == pytest.approx(mixed["square"]) and mixed["moon"] == pytest.approx(10 * mixed["heart"])
+    assert shapes.COOCCURRENCE["star"]["moon"] > shapes.COOCCURRENCE["star"]["circle"]
+
+
+def test_plausible_absent_is_absent_and_from_the_dominant_theme():
+    rng = random.Random(0)
+    for present in (["star"], ["heart", "cross"], ["circle", "moon", "square"]):
+        for _ in range(30):
+            kind = plausible_absent(present, rng)
+            assert kind not in present
+            assert KIND_THEME[kind] == shapes.dominant_theme(present)
+    # A theme entirely present: the candidates are the most likely absent kinds (geometry, after the circle).
+    drawn = {plausible_absent(["star", "moon", "cloud", "circle"], rng) for _ in range(50)}
+    assert drawn == {"square", "triangle"}
+    with pytest.raises(ValueError, match="unknown object kinds"):
+        plausible_absent(["dragon"], rng)
+
+
+# ----- scenes and drawing ------------------------------------------------------------------------
+
+
+def test_sampled_scenes_are_valid_and_mostly_keep_to_one_theme():
+    rng = random.Random(1)
+    scenes = [sample_scene(rng) for _ in range(400)]
+    sizes = [len(scene) for scene in scenes]
+    assert min(sizes) == 1 and max(sizes) == 4
+    for scene in scenes:
+        assert len({obj.kind for obj in scene}) == len(scene)
+        assert len({obj.colour for obj in scene}) == len(scene)
+        assert not any(overlaps(a, b) for i, a in enumerate(scene) for b in scene[i + 1:])
+    pairs = [(a, b) for scene in scenes for i, a in enumerate(scene) for b in scene[i + 1:]]
+    same_theme = sum(KIND_THEME[a.kind] == KIND_THEME[b.kind] for a, b in pairs) / len(pairs)
+    assert same_theme > 0.6  # uniform kinds would give about 0.27
+
+
+def test_add_object_places_one_more_without_overlap():
+    rng = random.Random(2)
+    for _ in range(50):
+        scene = sample_scene(rng)
+        kind = next(k for k in OBJECT_KINDS if k not in {obj.kind for obj in scene})
+        grown = add_object(scene, kind, rng)
+        assert grown[:-1] == scene and grown[-1].kind == kind
+        assert grown[-1].colour not in {obj.colour for obj in scene}
+        assert not any(overlaps(grown[-1], obj) for obj in scene)
+    with pytest.raises(ValueError, match="already holds"):
+        add_object(scene, scene[0].kind, rng)
+
+
+def test_render_draws_each_kind_in_its_colour_on_the_background():
+    for index, kind in enumerate(OBJECT_KINDS):
+        colour = COLOURS[index % len(COLOURS)]
+        pixels = np.asarray(render_scene([SceneObject(kind, colour, 0.5, 0.5, 0.5)], image_size=64, seed=index))
+        assert pixels.shape == (64, 64, 3)
+        matching = (pixels == COLOUR_RGB[colour]).all(axis=-1)
+        assert 60 < matching.sum() < 0.25 * 64 * 64, kind  # a solid shape of a sensible area
+        if kind != "moon":  # a crescent is hollow at its centre
+            assert matching[32, 32] or matching[31, 31], kind
+        corner = pixels[2, 2].astype(int)
+        assert corner.min() > 200  # pale background away from the object
+    # Distinct shapes: no two kinds cover the same pixels.
+    masks = {kind: (np.asarray(render_scene([SceneObject(kind, "red", 0.5, 0.5, 0.5)])) == COLOUR_RGB["red"]).all(-1)
+             for kind in OBJECT_KINDS}
+    for i, a in enumerate(OBJECT_KINDS):
+        for b in OBJECT_KINDS[i + 1:]:
+            assert (masks[a] ^ masks[b]).sum() > 40, (a, b)
+
+
+def test_render_is_deterministic_and_the_seed_only_changes_the_background():
+    scene = [SceneObject("star", "blue", 0.3, 0.3, 0.3), SceneObject("heart", "red", 0.7, 0.7, 0.25)]
+    first, again = np.asarray(render_scene(scene, seed=5)), np.asarray(render_scene(scene, seed=5))
+    other = np.asarray(render_scene(scene, seed=6))
+    assert (first == again).all()
+    assert not (first == other).all()
+    blue = (first == COLOUR_RGB["blue"]).all(-1)
+    assert (blue == (other == COLOUR_RGB["blue"]).all(-1)).all()
+    assert render_scene(scene, image_size=32).size == (32, 32) and render_scene(scene).mode == "RGB"
+
+
+# ----- captions ----------------------------------------------------------------------------------
+
+
+def test_every_template_tokenises_under_77_tokens(tokenizer):
+    longest = [Mention(kind, "purple") for kind in ("triangle", "diamond", "cross", "arrow")]
+    rng = random.Random(0)
+    for template_set, templates in NEGATION_TEMPLATES.items():
+        for frame in AFFIRMATIVE_FRAMES[template_set]:
+            for name, template in templates.items():
+                for mentions in (longest, []) if template.alone else (longest,):
+                    text = negated_caption(mentions, "triangle" if not mentions else "circle", template_set, rng,
+                                           frame=frame, template=name).text
+                    assert len(tokenizer(text)["input_ids"]) < 77, text
+
+
+def test_negated_caption_refuses_to_affirm_and_negate_one_object():
+    with pytest.raises(ValueError, match="both affirm and negate"):
+        negated_caption([Mention("star")], "star", "train", random.Random(0))
+    with pytest.raises(ValueError, match="needs at least one affirmed mention"):
+        negated_caption([], "star", "train", random.Random(0), template="but_no")
+    with pytest.raises(ValueError, match="template_set"):
+        negated_caption([Mention("star")], "moon", "test", random.Random(0))
+
+
+def test_pretrain_captions_negate_present_and_absent_objects_alike():
+    negated_present = negated_absent = plain = 0
+    for index in range(600):
+        row = shapes.world_row("train", index, seed=7)
+        text = row["pretrain_caption"]
+        if not TRAIN_NEGATION_WORDS & set(words(text)):
+            plain += 1
+            continue
+        # The negated kind follows the negation word(s); it is the one kind not affirmed before them.
+        negated = [kind for kind in OBJECT_KINDS if re.search(rf"\b(no|not an?|without an?) {kind}\b", text)]
+        assert len(negated) == 1, text
+        if negated[0] in row["present_objects"]:
+            negated_present += 1
+        else:
+            negated_absent += 1
+    assert 0.22 < (negated_present + negated_absent) / 600 < 0.38
+    assert 0.35 < negated_present / (negated_present + negated_absent) < 0.65
+
+
+# ----- the dataset -------------------------------------------------------------------------------
+
+
+def test_world_columns_and_types(world):
+    assert list(world) == ["train", "validation", "test"]
+    assert [len(world[split]) for split in world] == [40, 10, 30]
+    for split in world:
+        assert world[split].column_names == COLUMNS
+        assert isinstance(world[split].features["image"], datasets.Image)
+    row = world["train"][0]
+    assert isinstance(row["image"], Image.Image) and row["image"].size == (64, 64) and row["image"].mode == "RGB"
+    assert isinstance(row["present_objects"], list) and all(kind in OBJECT_KINDS for kind in row["present_objects"])
+    assert row["source"] == "shapes" and row["image_id"] == "train-000000"
+    for name in ("caption", "pretrain_caption", "scene"):
+        assert isinstance(row[name], str) and row[name]
+
+
+def _image_bytes(dataset: datasets.Dataset) -> list[bytes]:
+    return [value["bytes"] for value in dataset.cast_column("image", datasets.Image(decode=False))["image"]]
+
+
+def test_same_seed_same_bytes_other_seed_differs(world, tmp_path):
+    again = build_world(num_train=40, num_validation=10, num_test=30, seed=0, progress=False)
+    other = build_world(num_train=40, num_validation=10, num_test=30, seed=1, progress=False)
+    for split in world:
+        assert _image_bytes(world[split]) == _image_bytes(again[split])
+        assert world[split].remove_columns("image").to_dict() == again[split].remove_columns("image").to_dict()
+        assert _image_bytes(world[split]) != _image_bytes(other[split])
+        assert world[split]["caption"] != other[split]["caption"]
+    # The saved folders are byte-identical, fingerprints and all.
+    world.save_to_disk(tmp_path / "a")
+    again.save_to_disk(tmp_path / "b")
+    digests = {name: {path.relative_to(tmp_path / name): hashlib.sha256(path.read_bytes()).hexdigest()
+                      for path in (tmp_path / name).rglob("*") if path.is_file()} for name in ("a", "b")}
+    assert digests["a"] == digests["b"]
+
+
+def test_splits_hold_disjoint_scenes(world):
+    ids = [image_id for split in world for image_id in world[split]["image_id"]]
+    scenes = [json.dumps(json.loads(text)["objects"]) for split in world for text in world[split]["scene"]]
+    assert len(set(ids)) == len(ids) == 80
+    assert len(set(scenes)) == len(scenes)
+
+
+def test_negation_columns_agree_with_the_scene(world):
+    both = 0
+    for split in world:
+        for row in world[split].remove_columns("image"):
+            objects, _, _ = decode_scene(row["scene"])
+            kinds = [obj.kind for obj in objects]
+            assert kinds == row["present_objects"]
+            assert (row["presence_negated"] is None) == (row["negated_object"] is None) == (row["presence_rewrite"] is None)
+            assert (row["absence_negated"] is None) == (row["absent_object"] is None) == (row["absence_rewrite"] is None)
+            both += row["presence_negated"] is not None and row["absence_negated"] is not None
+            caption_words = words(row["caption"])
+            assert [kind for kind in OBJECT_KINDS if kind in caption_words]  # mentions something
+            assert all(kind in kinds for kind in OBJECT_KINDS if kind in caption_words)  # only present objects
+            if row["presence_negated"] is not None:
+                assert row["negated_object"] in words(row["presence_negated"])
+                assert row["negated_object"] in kinds and row["negated_object"] in caption_words
+                assert row["presence_rewrite"] in NEGATION_TEMPLATES["train"]
+                assert TRAIN_NEGATION_WORDS & set(words(row["presence_negated"]))
+            if row["absence_negated"] is not None:
+                assert row["absent_object"] in words(row["absence_negated"])
+                assert row["absent_object"] not in kinds
+                assert row["absence_rewrite"] in NEGATION_TEMPLATES["train"]
+                assert TRAIN_NEGATION_WORDS & set(words(row["absence_negated"]))
+    assert both >= 0.7 * 80
+
+
+def test_captions_mention_only_some_of_the_objects():
+    partial = complete = 0
+    for index in range(300):
+        row = shapes.world_row("train", index, seed=3)
+        if len(row["present_objects"]) < 2:
+            continue
+        mentioned = {kind for kind in row["present_objects"] if kind in words(row["caption"])}
+        partial += len(mentioned) < len(row["present_objects"])
+        complete += len(mentioned) == len(row["present_objects"])
+    assert partial > 0.3 * (partial + complete) and complete > 0.2 * (partial + complete)
+
+
+def test_stored_images_are_render_scene_of_the_scene_column(world):
+    for split in world:
+        for row in world[split].select(range(8)):
+            objects, seed, image_size = decode_scene(row["scene"])
+            redrawn = render_scene(objects, image_size, seed)
+            assert (np.asarray(redrawn) == np.asarray(row["image"])).all()
+
+
+def test_train_rows_never_use_heldout_phrasings(world):
+    texts = [text for column in ("caption", "presence_negated", "absence_negated", "pretrain_caption")
+             for split in world for text in world[split][column] if text is not None]
+    texts += [shapes.world_row("train", index, seed=9)[column] for index in range(200)
+              for column in ("caption", "pretrain_caption")]
+    for text in texts:
+        padded = f" {' '.join(words(text))} "
+        assert not [marker for marker in HELDOUT_MARKERS if f" {marker} " in padded], text
+    for split in world:
+        rewrites = set(world[split]["presence_rewrite"]) | set(world[split]["absence_rewrite"])
+        assert rewrites - {None} <= set(NEGATION_TEMPLATES["train"])
+
+
+def test_stored_image_is_png(world):
+    raw = _image_bytes(world["test"])[0]
+    assert raw.startswith(b"\x89PNG")
+    assert Image.open(io.BytesIO(raw)).size == (64, 64)
