@@ -1,0 +1,302 @@
+"""data_builder.py end to end on tiny fixtures in the published formats: contract columns, negations
+that pass the quality gate, counted skips, atomic and deterministic writes, errors, card and push."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+
+import datasets
+import pytest
+import torch
+from huggingface_hub import DatasetCard
+from PIL import Image
+
+import data_builder
+from omninegclip.cards import render_dataset_card
+from omninegclip.cli import UserError, run_cli
+from omninegclip.vocabulary import mentions
+
+CATEGORIES = {1: "person", 3: "car", 6: "bus", 17: "cat", 18: "dog", 34: "frisbee", 63: "couch"}
+# image id -> (caption, category ids)
+COCO_IMAGES = {
+    1: ("A dog sleeping on a couch.", [18, 63]),
+    2: ("A cat and a dog on a sofa.", [17, 18, 63]),
+    3: ("A dog catching a frisbee.", [18, 34]),
+    4: ("A man walking his dog.", [1, 18]),
+    5: ("A bus next to a car on the street.", [3, 6]),
+    6: ("A living room.", [63]),
+    7: ("A grey photo of a dog.", [18]),  # stored grayscale: converted to RGB
+    8: ("A dog on a couch.", [18, 63]),  # truncated file: skipped, named
+}
+
+
+def write_coco(root: Path) -> list[str]:
+    images_dir = root / "images"
+    images_dir.mkdir(parents=True)
+    images = [{"id": image_id, "file_name": f"{image_id:06d}.png", "width": 8, "height": 8} for image_id in COCO_IMAGES]
+    for image_id in COCO_IMAGES:
+        path = images_dir / f"{image_id:06d}.png"
+        Image.new("L" if image_id == 7 else "RGB", (8, 8), 90 if image_id == 7 else (image_id * 20, 0, 0)).save(path)
+        if image_id == 8:
+            path.write_bytes(path.read_bytes()[:40])
+    captions = {"info": {}, "licenses": [], "images": images,
+                "annotations": [{"id": 100 + image_id, "image_id": image_id, "caption": caption} for image_id, (caption, _) in COCO_IMAGES.items()]}
+    instances = {"info": {}, "licenses": [], "images": images,
+                 "categories": [{"id": cid, "name": name, "supercategory": "thing"} for cid, name in CATEGORIES.items()],
+                 "annotations": [{"id": 10 * image_id + n, "image_id": image_id, "category_id": cid, "bbox": [0, 0, 2 + n, 2], "area": 4, "iscrowd": 0}
+                                 for image_id, (_, cids) in COCO_IMAGES.items() for n, cid in enumerate(cids)]}
+    (root / "captions_train2017.json").write_text(json.dumps(captions))
+    (root / "instances_train2017.json").write_text(json.dumps(instances))
+    return ["coco", "--captions", str(root / "captions_train2017.json"), "--instances", str(root / "instances_train2017.json"), "--images", str(images_dir)]
+
+
+def build(args: list[str], out: Path, *extra: str) -> dict:
+    return data_builder.main([*args, "--out", str(out), "--no_progress", *extra])
+
+
+def rows_of(out: Path) -> dict[str, list[dict]]:
+    loaded = datasets.load_from_disk(str(out))
+    return {split: list(loaded[split]) for split in loaded}  # iterating decodes the images
+
+
+@pytest.fixture
+def coco_args(tmp_path):
+    return write_coco(tmp_path / "coco")
+
+
+def test_coco_build_writes_contract_columns_and_valid_negations(tmp_path, coco_args):
+    out = tmp_path / "out"
+    summary = build(coco_args, out, "--absent_top_k", "1", "--validation_fraction", "0.25", "--test_fraction", "0.25")
+    loaded = datasets.load_from_disk(str(out))
+    assert list(loaded) == ["train", "validation", "test"]
+    assert set(data_builder.CONTRACT_COLUMNS) <= set(loaded["train"].column_names)
+    assert isinstance(loaded["train"].features["image"], datasets.Image)
+    by_image = {}
+    for split, rows in rows_of(out).items():
+        for row in rows:
+            assert split == data_builder.split_for(row["image_id"], None, 0.25, 0.25)
+            by_image[row["image_id"]] = row
+    assert sorted(by_image) == ["1", "2", "3", "4", "5", "6", "7"]  # 8 is truncated
+    for row in by_image.values():
+        assert row["negated_object"] in row["present_objects"] and mentions(row["presence_negated"], row["negated_object"])
+        assert row["absent_object"] not in row["present_objects"] and mentions(row["absence_negated"], row["absent_object"])
+        assert row["image"].mode == "RGB" and row["source"] == "coco"
+    # Absent objects by co-occurrence (top 1): with {dog, frisbee}, the couch (P=.5 given a dog) ...
+    assert by_image["3"]["absent_object"] == "couch"
+    # ... and with {bus, car}, never seen with anything else, the most frequent object overall.
+    assert by_image["5"]["absent_object"] == "dog"
+    assert by_image["5"]["negated_object"] in ("bus", "car")
+    # The living room's caption names no object: its largest object is negated in a clause.
+    assert by_image["6"]["negated_object"] == "couch" and by_image["6"]["presence_rewrite"].startswith("suffix_")
+    assert by_image["6"]["present_objects"] == ["couch"]
+    assert summary["rows_in"] == 8 and sum(summary["rows_out"].values()) == 7
+    assert summary["skips"]["row:corrupt_image"] == 1 and summary["skipped_files"] == {"corrupt_image": ["000008.png"]}
+    assert summary["images_converted_to_rgb"] == {"L": 1}
+    assert summary["negations"] == {"both": 7}
+    assert summary["quality_gate"]["passed"] and summary["quality_gate"]["total"]["presence"]["passed"] == 7
+    on_disk = json.loads((out / data_builder.SUMMARY_FILE).read_text())
+    assert on_disk["rows_out"] == summary["rows_out"] and len(on_disk["examples"]) == 3
+    card = DatasetCard((out / data_builder.CARD_FILE).read_text())
+    assert card.data.license == "cc-by-4.0" and "negation" in card.data.tags
+
+
+def test_same_seed_same_bytes_and_another_seed_differs(tmp_path, coco_args):
+    def snapshot(folder: Path) -> dict[str, bytes]:
+        return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+    build(coco_args, tmp_path / "a", "--seed", "3")
+    build(coco_args, tmp_path / "b", "--seed", "3")
+    assert snapshot(tmp_path / "a") == snapshot(tmp_path / "b")
+    build(coco_args, tmp_path / "c", "--seed", "4", "--captions_per_image", "1")
+    texts = lambda out: sorted((r["presence_negated"], r["absence_negated"]) for rows in rows_of(out).values() for r in rows)  # noqa: E731
+    assert texts(tmp_path / "a") != texts(tmp_path / "c")
+
+
+def test_overwrite_is_refused_then_atomic_and_a_failed_build_leaves_the_old_output(tmp_path, coco_args, monkeypatch):
+    out = tmp_path / "out"
+    build(coco_args, out, "--seed", "1")
+    before = (out / data_builder.SUMMARY_FILE).read_bytes()
+    with pytest.raises(UserError, match="already exists; pass --overwrite"):
+        build(coco_args, out)
+    stale = tmp_path / ".out.building-999999999"  # left by a killed build (no such process)
+    (stale / "output").mkdir(parents=True)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(data_builder, "quality_gate", killed)
+    with pytest.raises(KeyboardInterrupt):
+        build(coco_args, out, "--overwrite", "--seed", "2")
+    assert (out / data_builder.SUMMARY_FILE).read_bytes() == before
+    assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".out")] == []
+    monkeypatch.undo()
+    build(coco_args, out, "--overwrite", "--seed", "2")
+    assert json.loads((out / data_builder.SUMMARY_FILE).read_text())["arguments"]["seed"] == 2
+    (tmp_path / "notmine").mkdir()
+    (tmp_path / "notmine" / "precious.txt").write_text("x")
+    with pytest.raises(UserError, match="only replaces a dataset this tool built"):
+        build(coco_args, tmp_path / "notmine", "--overwrite")
+
+
+def test_cli_errors_are_one_clean_paragraph(tmp_path, coco_args, capsys):
+    missing = [*coco_args[:2], str(tmp_path / "nowhere.json"), *coco_args[3:], "--out", str(tmp_path / "o")]
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(data_builder.main, missing)
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "nowhere.json: no such file" in error and "Traceback" not in error
+    with pytest.raises(UserError, match="--validation_fraction \\+ --test_fraction = 1.0"):
+        build(coco_args, tmp_path / "o", "--validation_fraction", "0.5", "--test_fraction", "0.5")
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({"images": [], "annotations": []}))
+    with pytest.raises(UserError, match="the source has no usable rows"):
+        build(["coco", "--captions", str(empty), *coco_args[3:]], tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+
+
+def write_caption_folder(root: Path) -> Path:
+    root.mkdir(parents=True)
+    lines = []
+    captions = {"a.png": "Two puppies on a sofa", "b.png": "A sunset over the sea", "c.png": "A dog chasing a frisbee",
+                "d.png": "A man sitting on a couch", "e.png": "A cat sleeping on a bed"}
+    for name, caption in captions.items():
+        Image.new("RGBA" if name == "e.png" else "RGB", (8, 8)).save(root / name)
+        lines.append(json.dumps({"file_name": name, "caption": caption}))
+    (root / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_captions_source_counts_captions_without_objects(tmp_path):
+    folder = write_caption_folder(tmp_path / "flickr")
+    summary = build(["captions", "--dataset", str(folder)], tmp_path / "out", "--test_fraction", "0", "--validation_fraction", "0")
+    rows = rows_of(tmp_path / "out")["train"]
+    assert sorted(row["image_id"] for row in rows) == ["a.png", "c.png", "d.png", "e.png"]
+    skips = summary["skips"]
+    assert skips["presence:no_detectable_object"] == 1 and skips["absence:no_detectable_object"] == 1 and skips["row:no_negation"] == 1
+    assert summary["images_converted_to_rgb"] == {"RGBA": 1}
+    puppies = next(row for row in rows if row["image_id"] == "a.png")
+    assert puppies["present_objects"] == ["couch", "dog"] and puppies["absent_object"] not in ("couch", "dog")
+    assert summary["quality_gate"]["passed"] and summary["negations"] == {"both": 4}
+
+
+def test_ccneg_build_keeps_the_published_evaluation_split(tmp_path):
+    folder = tmp_path / "ccneg" / "cc3m_subset_images_extracted_final"
+    folder.mkdir(parents=True)
+    paths, annotations = [], []
+    for index in range(6):
+        Image.new("RGB", (8, 8), (index, 0, 0)).save(folder / f"{index}.jpg")
+        paths.append(f"/workspace/datasets/cc3m/cc3m_subset_images_extracted_final/{index}.jpg")
+        negative = "a man holding a cup" if index == 0 else "a man not holding a cup, outdoors"  # item 0 has no negation
+        annotations.append({"json": {"caption": "a man holding a cup outdoors"},
+                            "sop_data": {"negative-prompt": negative, "sop_chosen_object": "cup", "sop_decomposition": {"subject": "man"}}})
+    torch.save({"image_paths": paths, "annotations": annotations}, tmp_path / "ccneg_preprocessed.pt")
+    summary = build(["ccneg", "--annotations", str(tmp_path / "ccneg_preprocessed.pt"), "--images", str(tmp_path / "ccneg"), "--eval_size", "2"],
+                    tmp_path / "out", "--validation_fraction", "0.3")
+    splits = rows_of(tmp_path / "out")
+    assert sorted(row["source_index"] for row in splits["test"]) == [4, 5]
+    assert sorted(row["source_index"] for row in splits["train"] + splits["validation"]) == [1, 2, 3]
+    row = splits["test"][0]
+    assert row["presence_negated"] == "a man not holding a cup outdoors" and row["negated_object"] == "cup" and row["presence_rewrite"] == "ccneg"
+    assert row["absence_negated"] is None
+    assert summary["skips"]["presence:quality_gate:no_negation_cue"] == 1 and summary["negations"] == {"presence_only": 5}
+
+
+def test_negationclip_build_with_synthesized_presence(tmp_path):
+    images = tmp_path / "train2014"
+    images.mkdir()
+    Image.new("RGB", (8, 8)).save(images / "COCO_train2014_000000000009.jpg")
+    data = {"info": {}, "licenses": [], "images": [{"id": 9, "file_name": "COCO_train2014_000000000009.jpg", "width": 8, "height": 8}],
+            "annotations": [{"id": 1, "image_id": 9, "caption": "a dog on a couch", "updated_caption": "a dog on a couch, with no cat in sight"},
+                            {"id": 2, "image_id": 10, "caption": "a bus", "updated_caption": "a bus without a car"}]}
+    data["images"].append({"id": 10, "file_name": "COCO_train2014_000000000010.jpg", "width": 8, "height": 8})  # file missing
+    (tmp_path / "negationclip_captions_train2014.json").write_text(json.dumps(data))
+    args = ["negationclip", "--annotations", str(tmp_path / "negationclip_captions_train2014.json"), "--images", str(images)]
+    summary = build(args, tmp_path / "out", "--test_fraction", "0", "--validation_fraction", "0")
+    (row,) = rows_of(tmp_path / "out")["train"]
+    assert (row["absence_negated"], row["absent_object"], row["absence_rewrite"]) == ("a dog on a couch, with no cat in sight", "cat", "negationclip")
+    assert row["presence_negated"] is None and summary["negations"] == {"absence_only": 1}
+    assert summary["skips"] == {"row:missing_image": 1} and summary["skipped_files"] == {"missing_image": ["COCO_train2014_000000000010.jpg"]}
+    build(args, tmp_path / "both", "--test_fraction", "0", "--validation_fraction", "0", "--synthesize_presence", "--max_rows", "1")
+    (row,) = rows_of(tmp_path / "both")["train"]
+    assert row["negated_object"] in ("dog", "couch") and row["presence_negated"] is not None
+
+
+def test_llm_rewriter_outputs_are_gated_and_fallbacks_counted(tmp_path, coco_args, monkeypatch):
+    def fake_model(prompt: str) -> str:
+        caption = prompt.rsplit("Caption: ", 1)[1].split("\n")[0]
+        obj = prompt.rsplit("Object: ", 1)[1].split("\n")[0]
+        return f"{caption}, and no {obj} anywhere" if "Add to the image caption" in prompt else caption  # presence: unchanged
+
+    monkeypatch.setattr(data_builder.LLMRewriter, "from_pretrained", classmethod(lambda cls, model_id: cls(fake_model, f"llm:{model_id}")))
+    summary = build(coco_args, tmp_path / "out", "--rewriter_model", "tiny-lm")
+    assert summary["rewrites"]["absence"] == {"llm:tiny-lm": 7}
+    assert "llm:tiny-lm" not in summary["rewrites"]["presence"]
+    assert summary["llm_rewriter"] == {"model": "llm:tiny-lm", "fallbacks_to_rules": {"presence": 8}}
+
+
+def test_quality_gate_counts_failures_by_reason():
+    features = data_builder.contract_features()
+    row = dict(image=None, caption="a dog on a couch", present_objects=["dog", "couch"], source="t", image_id="1", source_index=0,
+               presence_negated="no dog on a couch", negated_object="dog", presence_rewrite="x",
+               absence_negated="a dog on a couch with no cats", absent_object="cat", absence_rewrite="y")
+    bad = dict(row, image_id="2", presence_negated="no cat on a couch", negated_object="cat", absence_negated=None, absent_object=None)
+    worse = dict(row, image_id="3", absence_negated="a dog on a couch with no sofa", absent_object="couch")
+    gate = data_builder.quality_gate(datasets.DatasetDict(train=datasets.Dataset.from_list([row, bad], features=features),
+                                                          test=datasets.Dataset.from_list([worse], features=features)))
+    assert gate["train"]["presence"] == {"passed": 1, "missing": 0, "failed": {"object_not_present": 1}}
+    assert gate["train"]["absence"] == {"passed": 1, "missing": 1, "failed": {}}
+    assert gate["total"]["absence"]["failed"] == {"object_present": 1} and gate["total"]["rows"] == 3 and not gate["passed"]
+    with pytest.raises(UserError, match="lacks the contract columns"):
+        data_builder.quality_gate(datasets.DatasetDict(train=datasets.Dataset.from_dict({"caption": ["x"]})))
+
+
+def test_dataset_card_parses_and_push_is_called(tmp_path, coco_args, monkeypatch):
+    pushed = []
+    monkeypatch.setattr(datasets.DatasetDict, "push_to_hub", lambda self, repo_id, **kw: pushed.append(("data", repo_id, sorted(self))))
+    monkeypatch.setattr(DatasetCard, "push_to_hub", lambda self, repo_id, **kw: pushed.append(("card", repo_id, kw.get("repo_type"), self.data.license)))
+    build(coco_args, tmp_path / "out", "--push_to_hub", "me/coco-neg", "--license", "cc-by-4.0")
+    assert pushed == [("data", "me/coco-neg", ["test", "train", "validation"]), ("card", "me/coco-neg", "dataset", "cc-by-4.0")]
+
+    summary = {"source": "coco", "rows_in": 10, "rows_out": {"train": 8, "validation": 1, "test": 1}, "skips": {"row:no_negation": 2},
+               "examples": [{"caption": "a | b", "presence_negated": "no a", "absence_negated": None}]}
+    card = DatasetCard(render_dataset_card(summary, data_builder.contract_features(), license="other", source_description="COCO."))
+    assert card.data.license == "other" and card.data.size_categories == ["n<1K"]
+    assert card.data.configs[0]["data_files"][0] == {"split": "train", "path": "data/train-*"}
+    assert {feature["name"] for feature in card.data.dataset_info["features"]} >= set(data_builder.CONTRACT_COLUMNS)
+    assert "| row:no_negation | 2 |" in card.text and "a \\| b" in card.text
+
+
+def test_shapes_subcommand_writes_the_world_through_the_same_writer(tmp_path, monkeypatch):
+    calls = []
+
+    def build_world(num_train=16000, num_validation=1000, num_test=2000, seed=0, image_size=64, progress=True):
+        calls.append((num_train, num_validation, num_test, seed, image_size))
+        features = data_builder.contract_features()
+        row = dict(image={"bytes": _png_bytes(image_size), "path": None}, caption="a red circle", present_objects=["circle"], source="shapes",
+                   image_id="0", source_index=0, presence_negated="no red circle", negated_object="circle", presence_rewrite="world",
+                   absence_negated="a red circle and no square", absent_object="square", absence_rewrite="world")
+        return datasets.DatasetDict({split: datasets.Dataset.from_list([dict(row, image_id=f"{split}{i}") for i in range(count)], features=features)
+                                     for split, count in (("train", num_train), ("validation", num_validation), ("test", num_test))})
+
+    monkeypatch.setitem(sys.modules, "omninegclip.shapes", types.SimpleNamespace(build_world=build_world))
+    summary = build(["shapes", "--num_train", "3", "--num_validation", "1", "--num_test", "2", "--image_size", "16"], tmp_path / "world", "--seed", "5")
+    assert calls == [(3, 1, 2, 5, 16)]
+    assert summary["rows_out"] == {"train": 3, "validation": 1, "test": 2} and summary["quality_gate"]["passed"]
+    assert datasets.load_from_disk(str(tmp_path / "world"))["train"][0]["image"].size == (16, 16)
+
+
+def _png_bytes(size: int) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size), (255, 0, 0)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.skipif(not (Path(__file__).resolve().parent.parent / "omninegclip" / "shapes.py").is_file(), reason="omninegclip/shapes.py not written yet")
+def test_real_shapes_world_passes_the_gate(tmp_path):
+    summary = build(["shapes", "--num_train", "8", "--num_validation", "2", "--num_test", "2", "--image_size", "32"], tmp_path / "world")
+    assert summary["rows_out"] == {"train": 8, "validation": 2, "test": 2}
+    assert summary["quality_gate"]["passed"], summary["quality_gate"]

@@ -1,0 +1,203 @@
+"""Readers of the published formats, on tiny fixtures written in exactly those formats."""
+
+from __future__ import annotations
+
+import json
+
+import datasets
+import pytest
+import torch
+from PIL import Image
+
+from omninegclip.cli import UserError
+from omninegclip.sources import TRAIN_OR_VALIDATION, infer_absent_object, read_captions_dataset, read_ccneg, read_coco, read_negationclip
+
+COCO_CATEGORIES = [
+    {"id": 1, "name": "person", "supercategory": "person"},
+    {"id": 18, "name": "dog", "supercategory": "animal"},
+    {"id": 17, "name": "cat", "supercategory": "animal"},
+    {"id": 63, "name": "couch", "supercategory": "furniture"},
+]
+
+
+def write_png(path, color=(200, 10, 10), mode="RGB"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, (8, 8), color if mode == "RGB" else 128).save(path)
+    return path
+
+
+def write_coco(tmp_path):
+    """Two images: 1 (dog + couch, 2 captions), 2 (person + dog); an instances file with boxes."""
+    images = [{"id": 1, "file_name": "000001.png", "width": 8, "height": 8}, {"id": 2, "file_name": "000002.png", "width": 8, "height": 8}]
+    for image in images:
+        write_png(tmp_path / "images" / image["file_name"])
+    captions = {"info": {}, "licenses": [], "images": images, "annotations": [
+        {"id": 12, "image_id": 1, "caption": "A puppy sleeping on a sofa."},
+        {"id": 11, "image_id": 1, "caption": "A dog on a couch."},
+        {"id": 13, "image_id": 2, "caption": "A man walking his dog."},
+        {"id": 14, "image_id": 99, "caption": "An image that is not listed."},
+    ]}
+    instances = {"images": images, "categories": COCO_CATEGORIES, "annotations": [
+        {"id": 1, "image_id": 1, "category_id": 18, "bbox": [0, 0, 4, 4], "area": 16, "iscrowd": 0},
+        {"id": 2, "image_id": 1, "category_id": 63, "bbox": [0, 0, 8, 8], "area": 64, "iscrowd": 0},
+        {"id": 3, "image_id": 2, "category_id": 1, "bbox": [0, 0, 2, 2], "area": 4, "iscrowd": 0},
+        {"id": 4, "image_id": 2, "category_id": 18, "bbox": [0, 0, 3, 3], "area": 9, "iscrowd": 0},
+    ]}
+    (tmp_path / "captions.json").write_text(json.dumps(captions))
+    (tmp_path / "instances.json").write_text(json.dumps(instances))
+    return tmp_path / "captions.json", tmp_path / "instances.json", tmp_path / "images"
+
+
+def test_coco_reads_objects_captions_and_counts_unknown_images(tmp_path):
+    captions, instances, images = write_coco(tmp_path)
+    source = read_coco(captions, instances, images, captions_per_image=0)
+    assert [(item.image_id, item.caption) for item in source.items] == [
+        ("1", "A dog on a couch."), ("1", "A puppy sleeping on a sofa."), ("2", "A man walking his dog."),
+    ]  # captions in annotation-id order
+    first = source.items[0]
+    assert first.present_objects == ("couch", "dog") and first.salience == {"dog": 16.0, "couch": 64.0}
+    assert first.image.path == images / "000001.png" and first.image.read_bytes() == (images / "000001.png").read_bytes()
+    assert source.skips == {"caption_of_unknown_image": 1}
+    assert sorted(source.object_sets) == [("couch", "dog"), ("dog", "person")]
+    assert source.exhaustive_objects
+    assert [item.caption for item in read_coco(captions, instances, images, captions_per_image=1).items] == ["A dog on a couch.", "A man walking his dog."]
+
+
+def test_coco_schema_errors_name_the_file_entry_and_key(tmp_path):
+    captions, instances, images = write_coco(tmp_path)
+    data = json.loads(captions.read_text())
+    del data["annotations"][2]["caption"]
+    captions.write_text(json.dumps(data))
+    with pytest.raises(UserError, match=r"captions\.json: annotations\[2\] has no 'caption' key"):
+        read_coco(captions, instances, images)
+    data = json.loads(instances.read_text())
+    del data["categories"]
+    instances.write_text(json.dumps(data))
+    with pytest.raises(UserError, match=r"instances\.json: the top level has no 'categories' key"):
+        read_coco(captions, instances, images)
+    with pytest.raises(UserError, match=r"missing\.json: no such file"):
+        read_coco(tmp_path / "missing.json", instances, images)
+    (tmp_path / "broken.json").write_text("{not json")
+    with pytest.raises(UserError, match=r"broken\.json: not valid JSON \(line 1"):
+        read_coco(tmp_path / "broken.json", instances, images)
+    with pytest.raises(UserError, match="no such folder"):
+        read_coco(captions, instances, tmp_path / "nope")
+
+
+def test_captions_dataset_from_save_to_disk_groups_objects_by_image(tmp_path):
+    png = tmp_path / "a.png"
+    write_png(png)
+    dataset = datasets.Dataset.from_dict(
+        {"image": [str(png), str(png)], "caption": [["Two puppies on a sofa.", "Dogs resting"], ["A cat on a mat"]], "img_id": ["a", "b"]},
+        features=datasets.Features({"image": datasets.Image(), "caption": datasets.List(datasets.Value("string")), "img_id": datasets.Value("string")}),
+    )
+    dataset.save_to_disk(str(tmp_path / "flickr"))
+    source = read_captions_dataset(str(tmp_path / "flickr"), image_id_column="img_id", captions_per_image=0, progress=False)
+    assert [(item.image_id, item.caption, item.present_objects) for item in source.items] == [
+        ("a", "Two puppies on a sofa.", ("couch", "dog")), ("a", "Dogs resting", ("couch", "dog")), ("b", "A cat on a mat", ("cat",)),
+    ]
+    assert source.items[0].image.read_bytes() == png.read_bytes()  # bytes embedded by save_to_disk
+    assert not source.exhaustive_objects and all(item.split is None for item in source.items)
+
+
+def test_captions_dataset_from_imagefolder_and_csv(tmp_path):
+    folder = tmp_path / "folder"
+    write_png(folder / "x.png")
+    write_png(folder / "y.png")
+    (folder / "metadata.jsonl").write_text('{"file_name": "x.png", "text": "a dog"}\n{"file_name": "y.png", "text": "a horse in a field"}\n')
+    source = read_captions_dataset(str(folder), caption_column="text", cache_dir=str(tmp_path / "cache"), progress=False)
+    assert sorted((item.image_id, item.present_objects) for item in source.items) == [("x.png", ("dog",)), ("y.png", ("horse",))]
+    assert {item.image.read_bytes() for item in source.items} == {(folder / "x.png").read_bytes()}
+
+    (tmp_path / "pairs.csv").write_text("filepath,caption\nfolder/x.png,a cat on a bed\nfolder/missing.png,a bus\n")
+    source = read_captions_dataset(str(tmp_path / "pairs.csv"), image_column="filepath", cache_dir=str(tmp_path / "cache"), progress=False)
+    assert [(item.image_id, item.present_objects) for item in source.items] == [("x.png", ("bed", "cat")), ("missing.png", ("bus",))]
+    assert source.items[0].image.read_bytes() == (folder / "x.png").read_bytes()  # relative to the CSV's folder
+    assert source.items[1].image.read_bytes() is None
+    with pytest.raises(UserError, match=r"has no column 'caption_text' \(--caption_column\)"):
+        read_captions_dataset(str(tmp_path / "pairs.csv"), image_column="filepath", caption_column="caption_text", cache_dir=str(tmp_path / "cache"), progress=False)
+
+
+def test_captions_dataset_dict_splits_are_kept(tmp_path):
+    png = write_png(tmp_path / "a.png")
+    part = lambda caption: datasets.Dataset.from_dict({"image": [str(png)], "caption": [caption]}, features=datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string")}))  # noqa: E731
+    datasets.DatasetDict(train=part("a dog"), test=part("a cat")).save_to_disk(str(tmp_path / "dd"))
+    source = read_captions_dataset(str(tmp_path / "dd"), progress=False)
+    assert [(item.caption, item.split) for item in source.items] == [("a dog", TRAIN_OR_VALIDATION), ("a cat", "test")]
+    assert [item.split for item in read_captions_dataset(str(tmp_path / "dd"), split="test", progress=False).items] == [None]
+
+
+class NotPlainData:  # only arbitrary unpickling can rebuild an instance of a class
+    pass
+
+
+def ccneg_payload(count=5):
+    paths = [f"/workspace/datasets/cc3m/cc3m_subset_images_extracted_final/{index:05d}.jpg" for index in range(count)]
+    annotations = [{
+        "json": {"caption": f"a man riding a horse number {index}", "key": f"{index:09d}"},
+        "sop_data": {"negative-prompt": "a man not riding a horse, on the beach", "sop_chosen_object": "horse",
+                     "sop_decomposition": {"subject": "man", "object": "horse", "predicate": "riding"}},
+    } for index in range(count)]
+    return {"image_paths": paths, "annotations": annotations, "num_ops": {1: list(range(count))}}
+
+
+def test_ccneg_reads_published_structure_and_splits_last_items(tmp_path):
+    payload = ccneg_payload()
+    payload["annotations"][1]["sop_data"]["sop_chosen_object"] = None
+    torch.save(payload, tmp_path / "ccneg_preprocessed.pt")
+    folder = tmp_path / "ccneg_images" / "cc3m_subset_images_extracted_final"
+    folder.mkdir(parents=True)
+    for index in range(5):
+        Image.new("RGB", (8, 8)).save(folder / f"{index:05d}.jpg")
+    source = read_ccneg(tmp_path / "ccneg_preprocessed.pt", tmp_path / "ccneg_images", eval_size=2)
+    assert [item.split for item in source.items] == [TRAIN_OR_VALIDATION] * 3 + ["test"] * 2
+    first = source.items[0]
+    assert first.presence.text == "a man not riding a horse on the beach"  # commas removed, as CoN-CLIP's loader does
+    assert first.presence.obj == "horse" and first.present_objects == ("horse", "person")
+    assert first.image.path == folder / "00000.jpg" and first.image_id == "cc3m_subset_images_extracted_final/00000.jpg"
+    assert source.items[1].presence.obj == "horse"  # no chosen object recorded: the negated object the caption names
+    with pytest.raises(UserError, match=r"--eval_size 6 must be between 0 and the 5 items"):
+        read_ccneg(tmp_path / "ccneg_preprocessed.pt", tmp_path / "ccneg_images", eval_size=6)
+
+
+def test_ccneg_refuses_unsafe_pickles_and_names_missing_keys(tmp_path):
+    torch.save({"image_paths": [], "annotations": [NotPlainData()]}, tmp_path / "unsafe.pt")
+    with pytest.raises(UserError, match=r"unsafe\.pt: refused: loading it needs arbitrary unpickling"):
+        read_ccneg(tmp_path / "unsafe.pt", tmp_path)
+    payload = ccneg_payload(2)
+    del payload["annotations"][1]["sop_data"]["negative-prompt"]
+    torch.save(payload, tmp_path / "bad.pt")
+    with pytest.raises(UserError, match=r"bad\.pt: annotations\[1\]\['sop_data'\] has no 'negative-prompt' key"):
+        read_ccneg(tmp_path / "bad.pt", tmp_path, eval_size=1)
+    (tmp_path / "garbage.pt").write_bytes(b"not a torch file")
+    with pytest.raises(UserError, match=r"garbage\.pt: not a readable torch.save file"):
+        read_ccneg(tmp_path / "garbage.pt", tmp_path)
+
+
+@pytest.mark.parametrize("caption, updated, expected", [
+    ("a woman riding a horse in a field", "a woman not wearing a hat riding a horse in a field", "hat"),
+    ("a child playing with a ball in the park", "a child playing with a ball in the park with no tree", "tree"),
+    ("a kitchen with a stove", "a kitchen with a stove and no people around", "person"),
+    ("a dog on a couch", "a dog on a couch", None),
+])
+def test_infer_absent_object(caption, updated, expected):
+    assert infer_absent_object(caption, updated) == expected
+
+
+def test_negationclip_reads_updated_captions(tmp_path):
+    write_png(tmp_path / "train2014" / "COCO_train2014_000000000001.jpg")
+    data = {"info": {}, "licenses": [], "images": [{"id": 1, "file_name": "COCO_train2014_000000000001.jpg", "width": 8, "height": 8}],
+            "annotations": [
+                {"image_id": 1, "id": 5, "caption": "a dog on a couch", "updated_caption": "a dog on a couch with no cat nearby"},
+                {"image_id": 1, "id": 6, "caption": "a sofa and a puppy", "updated_caption": "a sofa and a puppy"},
+            ]}
+    (tmp_path / "negationclip.json").write_text(json.dumps(data))
+    source = read_negationclip(tmp_path / "negationclip.json", tmp_path / "train2014")
+    first, second = source.items
+    assert first.absence.text == "a dog on a couch with no cat nearby" and first.absence.obj == "cat"
+    assert first.present_objects == ("couch", "dog") and first.presence is None
+    assert second.absence is None and second.absence_skip == "negationclip_absent_object_not_found"
+    del data["annotations"][0]["updated_caption"]
+    (tmp_path / "negationclip.json").write_text(json.dumps(data))
+    with pytest.raises(UserError, match=r"annotations\[0\] has no 'updated_caption' key"):
+        read_negationclip(tmp_path / "negationclip.json", tmp_path / "train2014")
