@@ -1,0 +1,65 @@
+"""Command line: `python -m eval MODEL [MODEL ...] --tasks TASK[,TASK...] --out DIR [data flags]`.
+
+Each MODEL is a Hub id or a local CLIP checkpoint folder. Examples:
+
+    python -m eval openai/clip-vit-base-patch32 ./omninegclip-b32 --tasks ccneg,negbench_mcq \\
+        --ccneg ccneg_dataset/ccneg_preprocessed.pt --ccneg_images ccneg_images/cc3m_subset_images_extracted_final \\
+        --negbench_mcq data/images/COCO_val_mcq_llama3.1_rephrased.csv --out results/
+    python -m eval runs/base runs/front --tasks world,layerwise --world data/world --out results/
+
+Writes results.json, results.md, results.png and model_index.json (and layerwise.md/.png) to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from eval.tasks import DATA_FLAGS, TASKS
+from omninegclip.cli import run_cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    task_list = "\n".join(f"  {name:20s} {spec.description}" for name, spec in TASKS.items())
+    parser = argparse.ArgumentParser(
+        prog="python -m eval",
+        description="Evaluate CLIP checkpoints side by side on negation and general benchmarks.",
+        epilog=f"tasks:\n{task_list}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("models", nargs="+", metavar="MODEL", help="Hub id or local folder of a CLIP checkpoint")
+    parser.add_argument("--tasks", required=True, help="comma-separated task names (see the list below)")
+    parser.add_argument("--out", required=True, help="folder for results.json, results.md, results.png, model_index.json")
+    parser.add_argument("--model_names", help="comma-separated display names, one per MODEL (default: the ids)")
+    parser.add_argument("--batch_size", type=int, default=64, help="images per batch (texts: 4x); default 64")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda if available)")
+    parser.add_argument("--max_items", type=int, help="evaluate only the first N items of each task (quick runs)")
+    parser.add_argument("--no_progress", action="store_true", help="no progress bars")
+    data = parser.add_argument_group("data (each task names the ones it needs)")
+    for key, help_text in DATA_FLAGS.items():
+        data.add_argument(f"--{key}", help=help_text, metavar="SPLIT" if key.endswith("_split") else "PATH")
+    return parser
+
+
+def main(argv: list[str]) -> None:
+    from eval.runner import run_evaluation
+
+    args = build_parser().parse_args(argv)
+    results = run_evaluation(
+        models=args.models,
+        tasks=args.tasks.split(","),
+        data={key: getattr(args, key) for key in DATA_FLAGS if getattr(args, key) is not None},
+        out_dir=args.out,
+        batch_size=args.batch_size,
+        device=args.device,
+        model_names=args.model_names.split(",") if args.model_names else None,
+        max_items=args.max_items,
+        progress=not args.no_progress,
+    )
+    from eval.report import results_markdown
+
+    print(results_markdown(results))
+    print(f"written to {args.out}: results.json, results.md, model_index.json" + (", results.png" if results["metrics"] else ""))
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,125 @@
+"""What every benchmark reader needs from the file system, in one place.
+
+Public surface:
+- `read_json(path)`: parsed JSON, or a `UserError` naming the file, line and column.
+- `read_csv_rows(path, required)`: the rows of a CSV as dicts with their line numbers, after checking
+  that the header has the required columns.
+- `resolve_image(reference, root, where)`: the image file a dataset row points to. Published files
+  carry paths from their authors' machines, so a reference is looked for under `root`: as written
+  (if relative), then by its last folder and file name, then by its file name alone.
+- `image_loader(path)` / `crop_loader(path, box)`: zero-argument functions for an `ImageStore` that
+  open the image (or crop a box `x, y, w, h` out of it) as RGB.
+- `SkipCounter`: counts rows left out, by reason, and says so in one line for `TaskData.notes`.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from PIL import Image
+
+from omninegclip.cli import UserError
+
+
+def read_json(path: str | Path):
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except json.JSONDecodeError as error:
+        raise UserError(f"{path}: not valid JSON (line {error.lineno}, column {error.colno}: {error.msg})") from error
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path}: not UTF-8 text ({error})") from error
+
+
+def read_csv_rows(path: str | Path, required: list[list[str]]) -> tuple[list[str], Iterator[tuple[int, dict[str, str]]]]:
+    """The header and the rows `(line number, {column: value})` of a comma-separated file.
+
+    `required` lists groups of acceptable column names; each group must be met by one column of the
+    header (e.g. `[["image_path", "filepath"], ["correct_answer"]]`).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    handle = open(path, encoding="utf-8-sig", newline="")  # -sig: tolerate a byte-order mark
+    reader = csv.DictReader(handle)
+    try:
+        header = list(reader.fieldnames or [])
+    except (csv.Error, UnicodeDecodeError) as error:
+        handle.close()
+        raise UserError(f"{path}: cannot read the CSV header ({error})") from error
+    for names in required:
+        if not any(name in header for name in names):
+            handle.close()
+            wanted = " or ".join(repr(name) for name in names)
+            raise UserError(f"{path}: the header has no column {wanted} (header: {header})")
+
+    def rows() -> Iterator[tuple[int, dict[str, str]]]:
+        with handle:
+            try:
+                for row in reader:
+                    # csv.DictReader files extra fields under the key None and fills missing ones with None
+                    extra = len(row.pop(None, []))
+                    missing = sum(value is None for value in row.values())
+                    if extra or missing:
+                        raise UserError(f"{path}, line {reader.line_num}: {len(header) + extra - missing} fields, the header has {len(header)}")
+                    yield reader.line_num, row
+            except csv.Error as error:
+                raise UserError(f"{path}, line {reader.line_num}: malformed CSV ({error})") from error
+
+    return header, rows()
+
+
+def resolve_image(reference: str, root: str | Path | None, where: str) -> Path:
+    """The existing image file `reference` names; `where` (file and row) goes into the error."""
+    if not isinstance(reference, str) or not reference.strip():
+        raise UserError(f"{where}: the image path is empty or not a string ({reference!r})")
+    written = Path(reference).expanduser()
+    candidates = [written] if written.is_absolute() or root is None else []
+    if root is not None:
+        root = Path(root).expanduser()
+        if not written.is_absolute():
+            candidates.append(root / written)
+        if len(written.parts) > 2:  # root may be the image folder's parent (ccneg_images/cc3m_subset_…/x.jpg)
+            candidates.append(root / written.parent.name / written.name)
+        candidates.append(root / written.name)
+    for candidate in dict.fromkeys(candidates):
+        if candidate.is_file():
+            return candidate
+    tried = ", ".join(str(candidate) for candidate in dict.fromkeys(candidates))
+    raise UserError(f"{where}: missing image {reference!r} (looked for {tried})")
+
+
+def _open_rgb(path: Path) -> Image.Image:
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+# Crops of one image come one after another in the harness's key order; keep the last few images open.
+_open_rgb_cached = functools.lru_cache(maxsize=8)(_open_rgb)
+
+
+def image_loader(path: Path) -> Callable[[], Image.Image]:
+    return functools.partial(_open_rgb, path)
+
+
+def crop_loader(path: Path, box: tuple[float, float, float, float]) -> Callable[[], Image.Image]:
+    x, y, width, height = box
+    return lambda: _open_rgb_cached(path).crop((x, y, x + width, y + height))
+
+
+class SkipCounter(Counter):
+    """Rows left out, counted by reason; `describe()` gives the one line a task's notes carry."""
+
+    def describe(self) -> str:
+        if not self:
+            return ""
+        reasons = "; ".join(f"{reason}: {count}" for reason, count in sorted(self.items()))
+        return f"skipped {sum(self.values())} ({reasons})"

@@ -1,0 +1,292 @@
+"""Embed each image and each text once per model, then score every task from those embeddings.
+
+Public surface:
+- `Embedder`: what the harness needs from a model (`embed_images`, `embed_texts`); `CLIPEmbedder`
+  wraps any `CLIPModel` + processor with `omninegclip.embedding`.
+- `EmbeddingTable` and `embed_tasks(embedder, tasks)`: the image keys and texts of all tasks are
+  collected first and deduplicated, then embedded in one batched pass each.
+- `score_task(task, table) -> TaskScore`; `evaluate_tasks(embedder, tasks)` does both steps.
+- Pure metric functions over embedding tensors: `choice_correct`, `first_positive_rank`, `recall_at`.
+
+Scoring rules (the same for every benchmark):
+- Embeddings are L2-normalised here again, whatever the embedder returned; scores are cosines.
+- A `ChoiceItem` is right only if the right option scores *strictly* higher than every other option:
+  a tie counts as wrong, so a model that cannot tell the options apart gets no credit.
+- Retrieval: a query's rank is the number of wrong candidates scoring at least as high as its best
+  right candidate (ties again go against the model); R@k is the share of queries with rank < k.
+  Text→image is scored for every text; image→text for every image that has at least one text.
+- Zero-shot classification: a class's prompt embeddings are averaged and re-normalised; top-k as R@k.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from eval.items import ChoiceItem, ImageStore, RetrievalSet, TaskData
+from eval.zeroshot import ZeroShotSet
+from omninegclip.cli import UserError
+from omninegclip.embedding import embed_images, embed_texts
+
+RETRIEVAL_KS = (1, 5, 10)
+ZEROSHOT_KS = (1, 5)
+_CHUNK = 2048  # queries scored at once: bounds memory on COCO-sized retrieval (5k images x 25k texts)
+
+
+class Embedder(Protocol):
+    def embed_images(self, images: Sequence[Image.Image]) -> torch.Tensor: ...
+
+    def embed_texts(self, texts: Sequence[str]) -> torch.Tensor: ...
+
+
+class CLIPEmbedder:
+    """A `CLIPModel` and its processor as an `Embedder`.
+
+    Texts are batched in token-length order (less padding); texts longer than CLIP's 77 tokens are
+    truncated, as CLIP does, and counted in `truncated_texts`.
+    """
+
+    MAX_TOKENS = 77
+
+    def __init__(self, model, processor, batch_size: int = 64, progress: bool = True, name: str = ""):
+        self.model, self.processor = model.eval(), processor
+        self.batch_size, self.progress, self.name = batch_size, progress, name
+        self.truncated_texts = 0
+
+    def embed_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        return embed_images(self.model, self.processor.image_processor, images, batch_size=self.batch_size,
+                            progress=self.progress, desc=f"{self.name} images".strip())
+
+    def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        lengths = [len(ids) for ids in self.processor.tokenizer(list(texts), verbose=False)["input_ids"]]
+        self.truncated_texts += sum(length > self.MAX_TOKENS for length in lengths)
+        order = sorted(range(len(texts)), key=lengths.__getitem__)
+        embeds = embed_texts(self.model, self.processor.tokenizer, [texts[index] for index in order],
+                             batch_size=4 * self.batch_size, progress=self.progress, desc=f"{self.name} texts".strip())
+        unsorted = torch.empty_like(embeds)
+        unsorted[order] = embeds
+        return unsorted
+
+
+class LazyImages(Sequence):
+    """The images behind a list of keys, opened only when a batch asks for them."""
+
+    def __init__(self, keys: list[str], store: ImageStore):
+        self.keys, self.store = keys, store
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self._load(key) for key in self.keys[index]]
+        return self._load(self.keys[index])
+
+    def _load(self, key: str) -> Image.Image:
+        try:
+            return self.store[key]()
+        except (OSError, UnidentifiedImageError, ValueError) as error:
+            raise UserError(f"cannot read the image {key!r}: {error}") from error
+
+
+@dataclass
+class EmbeddingTable:
+    """One model's embeddings of every image key and every text the tasks use (rows L2-normalised)."""
+
+    image_row: dict[str, int]
+    image_embeds: torch.Tensor
+    text_row: dict[str, int]
+    text_embeds: torch.Tensor
+
+    def images(self, keys: Sequence[str]) -> torch.Tensor:
+        return self.image_embeds[[self.image_row[key] for key in keys]]
+
+    def texts(self, texts: Sequence[str]) -> torch.Tensor:
+        return self.text_embeds[[self.text_row[text] for text in texts]]
+
+
+def task_image_keys(task: TaskData) -> list[str]:
+    keys = [key for item in task.choices for key in item.images]
+    if task.retrieval is not None:
+        keys += task.retrieval.images
+    if getattr(task, "zeroshot", None) is not None:
+        keys += task.zeroshot.images
+    return keys
+
+
+def task_texts(task: TaskData) -> list[str]:
+    texts = [text for item in task.choices for text in item.texts]
+    if task.retrieval is not None:
+        texts += task.retrieval.texts
+    if getattr(task, "zeroshot", None) is not None:
+        texts += task.zeroshot.prompts()
+    return texts
+
+
+def embed_tasks(embedder: Embedder, tasks: Sequence[TaskData]) -> EmbeddingTable:
+    """Embed the union of the tasks' image keys and texts, each exactly once, in first-seen order."""
+    image_keys = list(dict.fromkeys(key for task in tasks for key in task_image_keys(task)))
+    texts = list(dict.fromkeys(text for task in tasks for text in task_texts(task)))
+    store: ImageStore = {}
+    for task in tasks:
+        store.update(task.images)
+    missing = [key for key in image_keys if key not in store]
+    if missing:
+        raise ValueError(f"image keys without a loader in the tasks' ImageStore: {missing[:5]}")
+    image_embeds = embedder.embed_images(LazyImages(image_keys, store)) if image_keys else torch.empty(0, 0)
+    text_embeds = embedder.embed_texts(texts) if texts else torch.empty(0, 0)
+    return EmbeddingTable(
+        image_row={key: row for row, key in enumerate(image_keys)},
+        image_embeds=_normalized(image_embeds),
+        text_row={text: row for row, text in enumerate(texts)},
+        text_embeds=_normalized(text_embeds),
+    )
+
+
+def _normalized(embeds: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.normalize(embeds.float(), dim=-1) if embeds.numel() else embeds.float()
+
+
+# ----- pure metric functions -------------------------------------------------------------------
+
+
+def choice_correct(anchors: torch.Tensor, options: torch.Tensor, option_mask: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
+    """Which items the model gets right: the answer's cosine is strictly above every other option's.
+
+    anchors (n, d); options (n, m, d) padded to the longest item; option_mask (n, m) marks real options;
+    answers (n,) index of the right option. Returns a bool tensor (n,).
+    """
+    scores = torch.einsum("nd,nmd->nm", anchors, options).masked_fill(~option_mask, float("-inf"))
+    rows = torch.arange(len(answers))
+    answer_scores = scores[rows, answers]
+    others = scores.clone()
+    others[rows, answers] = float("-inf")
+    return answer_scores > others.max(dim=1).values
+
+
+def first_positive_rank(scores: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """0-based rank of each query's best right candidate: wrong candidates scoring >= it (ties count against)."""
+    best_positive = scores.masked_fill(~positive, float("-inf")).max(dim=1).values
+    return ((scores >= best_positive[:, None]) & ~positive).sum(dim=1)
+
+
+def recall_at(ranks: torch.Tensor, k: int) -> float:
+    return (ranks < k).sum().item() / len(ranks) if len(ranks) else float("nan")
+
+
+def _ranks(queries: torch.Tensor, candidates: torch.Tensor, positive_of: Sequence[Sequence[int]]) -> torch.Tensor:
+    ranks = []
+    for start in range(0, len(queries), _CHUNK):
+        chunk = queries[start : start + _CHUNK]
+        scores = chunk @ candidates.T
+        positive = torch.zeros_like(scores, dtype=torch.bool)
+        for row, positives in enumerate(positive_of[start : start + _CHUNK]):
+            positive[row, list(positives)] = True
+        ranks.append(first_positive_rank(scores, positive))
+    return torch.cat(ranks) if ranks else torch.empty(0, dtype=torch.long)
+
+
+# ----- scoring a task --------------------------------------------------------------------------
+
+
+@dataclass
+class TaskScore:
+    metrics: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def _score_choices(items: list[ChoiceItem], table: EmbeddingTable) -> torch.Tensor:
+    """Right/wrong per item, in item order."""
+    correct = torch.zeros(len(items), dtype=torch.bool)
+    for choose in ("text", "image"):
+        indices = [index for index, item in enumerate(items) if item.choose == choose]
+        for start in range(0, len(indices), _CHUNK):
+            chunk = [items[index] for index in indices[start : start + _CHUNK]]
+            if choose == "text":
+                anchors = table.images([item.images[0] for item in chunk])
+                option_lists = [table.texts(item.texts) for item in chunk]
+            else:
+                anchors = table.texts([item.texts[0] for item in chunk])
+                option_lists = [table.images(item.images) for item in chunk]
+            options = torch.nn.utils.rnn.pad_sequence(option_lists, batch_first=True)
+            lengths = torch.tensor([len(option) for option in option_lists])
+            mask = torch.arange(options.shape[1])[None, :] < lengths[:, None]
+            answers = torch.tensor([item.answer for item in chunk])
+            correct[indices[start : start + _CHUNK]] = choice_correct(anchors, options, mask, answers)
+    return correct
+
+
+def validate_choice(item: ChoiceItem, task_name: str) -> None:
+    options = item.texts if item.choose == "text" else item.images
+    anchors = item.images if item.choose == "text" else item.texts
+    where = f"task {task_name}, item {item.item_id or '?'}"
+    if item.choose not in ("text", "image"):
+        raise ValueError(f"{where}: choose must be 'text' or 'image', not {item.choose!r}")
+    if len(anchors) != 1:
+        raise ValueError(f"{where}: choose={item.choose!r} needs exactly one {'image' if item.choose == 'text' else 'text'}, got {len(anchors)}")
+    if not 0 <= item.answer < len(options):
+        raise ValueError(f"{where}: answer {item.answer} is not an index into its {len(options)} options")
+
+
+def score_task(task: TaskData, table: EmbeddingTable) -> TaskScore:
+    score = TaskScore()
+    if task.choices:
+        for item in task.choices:
+            validate_choice(item, task.name)
+        correct = _score_choices(task.choices, table)
+        score.metrics["accuracy"] = correct.sum().item() / len(correct)
+        score.counts["items"] = len(task.choices)
+        groups = sorted({item.group for item in task.choices})
+        if groups != ["all"]:
+            group_accuracies = []
+            for group in groups:
+                in_group = torch.tensor([item.group == group for item in task.choices])
+                group_accuracies.append(correct[in_group].sum().item() / int(in_group.sum()))
+                score.metrics[f"accuracy/{group}"] = group_accuracies[-1]
+                score.counts[f"items/{group}"] = int(in_group.sum())
+            if len(groups) > 1:
+                score.metrics["accuracy/group_mean"] = sum(group_accuracies) / len(group_accuracies)
+    if task.retrieval is not None:
+        score.metrics.update(score_retrieval(task.retrieval, table))
+        score.counts["images"] = len(task.retrieval.images)
+        score.counts["texts"] = len(task.retrieval.texts)
+        score.counts["images_with_text"] = len(set(task.retrieval.text_image))  # image->text queries
+    zeroshot = getattr(task, "zeroshot", None)
+    if zeroshot is not None:
+        score.metrics.update(score_zeroshot(zeroshot, table))
+        score.counts["images"] = len(zeroshot.images)
+        score.counts["classes"] = len(zeroshot.class_names)
+    return score
+
+
+def score_retrieval(retrieval: RetrievalSet, table: EmbeddingTable, ks: Sequence[int] = RETRIEVAL_KS) -> dict[str, float]:
+    image_embeds, text_embeds = table.images(retrieval.images), table.texts(retrieval.texts)
+    metrics = {}
+    text_ranks = _ranks(text_embeds, image_embeds, [[image] for image in retrieval.text_image])
+    for k in ks:
+        metrics[f"text_to_image/R@{k}"] = recall_at(text_ranks, k)
+    texts_of_image: list[list[int]] = [[] for _ in retrieval.images]
+    for text, image in enumerate(retrieval.text_image):
+        texts_of_image[image].append(text)
+    captioned = [image for image, texts in enumerate(texts_of_image) if texts]
+    if captioned:
+        image_ranks = _ranks(image_embeds[captioned], text_embeds, [texts_of_image[image] for image in captioned])
+        for k in ks:
+            metrics[f"image_to_text/R@{k}"] = recall_at(image_ranks, k)
+    return metrics
+
+
+def score_zeroshot(zeroshot: ZeroShotSet, table: EmbeddingTable, ks: Sequence[int] = ZEROSHOT_KS) -> dict[str, float]:
+    prototypes = torch.stack([table.texts(prompts).mean(dim=0) for prompts in zeroshot.class_prompts()])
+    prototypes = torch.nn.functional.normalize(prototypes, dim=-1)
+    ranks = _ranks(table.images(zeroshot.images), prototypes, [[label] for label in zeroshot.labels])
+    return {f"top{k}": recall_at(ranks, k) for k in ks}
+
+
+def evaluate_tasks(embedder: Embedder, tasks: Sequence[TaskData]) -> dict[str, TaskScore]:
+    table = embed_tasks(embedder, tasks)
+    return {task.name: score_task(task, table) for task in tasks}

@@ -1,0 +1,141 @@
+"""Image–text retrieval on COCO/Flickr-style data: R@1/5/10, text→image and image→text.
+
+Accepted sources:
+- a Karpathy-split JSON (`dataset_coco.json`, `dataset_flickr30k.json`): `{"images": [{"filepath"
+  (COCO only), "filename", "split", "sentences": [{"raw", "tokens"}, …]}, …]}`; the images of one
+  split (default `test`: COCO 5k, Flickr30k 1k) with their first five sentences (a few COCO images have
+  more; those extra sentences are counted in the notes), image paths under `images_root`;
+- a CSV with an image column (`filepath`, `image_path`, `image` or `filename`) and either `captions`,
+  a Python-list string of captions per image (NegBench's retrieval files), or `caption`, one caption
+  per row (rows of the same image are grouped); a `split` column, if present, selects `split`;
+- a folder holding exactly one such JSON or CSV (images then default to that folder).
+
+Public surface: `read_retrieval(source, images_root=None, split="test", max_items=None, name="retrieval")`,
+`read_retrieval_csv(...)`, `read_karpathy_json(...)`, `CAPTIONS_PER_IMAGE`.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from eval.files import SkipCounter, image_loader, read_csv_rows, read_json, resolve_image
+from eval.items import RetrievalSet, TaskData
+from omninegclip.cli import UserError
+
+CAPTIONS_PER_IMAGE = 5
+IMAGE_COLUMNS = ["filepath", "image_path", "image", "filename"]
+
+
+class _RetrievalBuilder:
+    """Collects (image, its captions) pairs into a `TaskData` with a `RetrievalSet`; one image key per file."""
+
+    def __init__(self, name: str, max_images: int | None):
+        self.task = TaskData(name=name, retrieval=RetrievalSet(images=[], texts=[], text_image=[]))
+        self.image_index: dict[str, int] = {}
+        self.max_images = max_images
+
+    def full(self) -> bool:
+        return self.max_images is not None and len(self.image_index) >= self.max_images
+
+    def add(self, image_path: Path, captions: list[str]) -> None:
+        key = str(image_path)
+        if key not in self.image_index:
+            self.image_index[key] = len(self.task.retrieval.images)
+            self.task.retrieval.images.append(key)
+            self.task.images[key] = image_loader(image_path)
+        for caption in captions:
+            self.task.retrieval.texts.append(caption)
+            self.task.retrieval.text_image.append(self.image_index[key])
+
+
+def _check_caption(caption, where: str) -> str:
+    if not isinstance(caption, str) or not caption.strip():
+        raise UserError(f"{where}: a caption is empty or not a string ({caption!r})")
+    return caption
+
+
+def read_karpathy_json(path: str | Path, images_root: str | Path | None = None, split: str = "test",
+                       max_items: int | None = None, name: str = "retrieval") -> TaskData:
+    path = Path(path)
+    data = read_json(path)
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise UserError(f"{path}: expected a Karpathy-split JSON with an 'images' list")
+    root = Path(images_root) if images_root is not None else path.parent
+    builder, skips = _RetrievalBuilder(name, max_items), SkipCounter()
+    for index, entry in enumerate(data["images"]):
+        where = f"{path}, images[{index}]"
+        if not isinstance(entry, dict) or "filename" not in entry or "sentences" not in entry:
+            raise UserError(f"{where}: expected an object with 'filename', 'split' and 'sentences'")
+        if entry.get("split") != split:
+            continue
+        if builder.full():
+            break
+        sentences = entry["sentences"]
+        if not isinstance(sentences, list) or not sentences:
+            raise UserError(f"{where}: 'sentences' must be a non-empty list")
+        captions = []
+        for number, sentence in enumerate(sentences[:CAPTIONS_PER_IMAGE]):
+            raw = sentence.get("raw") if isinstance(sentence, dict) else None
+            if raw is None and isinstance(sentence, dict) and isinstance(sentence.get("tokens"), list):
+                raw = " ".join(sentence["tokens"])
+            captions.append(_check_caption(raw, f"{where}, sentences[{number}]"))
+        skips[f"captions beyond the first {CAPTIONS_PER_IMAGE}"] += max(0, len(sentences) - CAPTIONS_PER_IMAGE)
+        relative = Path(entry.get("filepath", "")) / entry["filename"]
+        builder.add(resolve_image(str(relative), root, where), captions)
+    if not builder.image_index:
+        raise UserError(f"{path}: no image has split {split!r}; choose another with --retrieval_split")
+    builder.task.notes = skips.describe()
+    return builder.task
+
+
+def _parse_caption_list(value: str, where: str) -> list[str]:
+    try:
+        captions = ast.literal_eval(value)
+    except (ValueError, SyntaxError) as error:
+        raise UserError(f"{where}: column 'captions' must be a Python list of strings, got {value[:80]!r}") from error
+    if not isinstance(captions, (list, tuple)) or not captions:
+        raise UserError(f"{where}: column 'captions' must be a non-empty list of strings, got {value[:80]!r}")
+    return [_check_caption(caption, where) for caption in captions]
+
+
+def read_retrieval_csv(path: str | Path, images_root: str | Path | None = None, split: str = "test",
+                       max_items: int | None = None, name: str = "retrieval") -> TaskData:
+    path = Path(path)
+    header, rows = read_csv_rows(path, [IMAGE_COLUMNS, ["captions", "caption"]])
+    image_column = next(column for column in IMAGE_COLUMNS if column in header)
+    builder = _RetrievalBuilder(name, max_items)
+    resolved: dict[str, Path] = {}  # caption-per-row files name each image several times
+    for line, row in rows:
+        where = f"{path}, line {line}"
+        if "split" in header and row["split"] != split:
+            continue
+        reference = row[image_column]
+        if reference not in resolved:
+            if builder.full():
+                continue
+            resolved[reference] = resolve_image(reference, images_root, where)
+        image_path = resolved[reference]
+        if "captions" in header:
+            captions = _parse_caption_list(row["captions"], where)
+        else:
+            captions = [_check_caption(row["caption"], where)]
+        builder.add(image_path, captions)
+    if not builder.image_index:
+        raise UserError(f"{path}: no rows" + (f" with split {split!r}" if "split" in header else ""))
+    return builder.task
+
+
+def read_retrieval(source: str | Path, images_root: str | Path | None = None, split: str = "test",
+                   max_items: int | None = None, name: str = "retrieval") -> TaskData:
+    source = Path(source)
+    if source.is_dir():
+        candidates = sorted(source.glob("*.json")) + sorted(source.glob("*.csv"))
+        if len(candidates) != 1:
+            raise UserError(f"--retrieval {source}: expected exactly one Karpathy JSON or CSV in the folder, found {[c.name for c in candidates]}")
+        return read_retrieval(candidates[0], images_root if images_root is not None else source, split, max_items, name)
+    if source.suffix.lower() == ".json":
+        return read_karpathy_json(source, images_root, split, max_items, name)
+    if source.suffix.lower() == ".csv":
+        return read_retrieval_csv(source, images_root, split, max_items, name)
+    raise UserError(f"--retrieval {source}: expected a Karpathy-split .json, a .csv, or a folder holding one")

@@ -1,0 +1,150 @@
+"""`run_evaluation`: several CLIP checkpoints, the same items, one results dict and the files in `out_dir`.
+
+Every model is loaded with plain `CLIPModel.from_pretrained` + `CLIPProcessor.from_pretrained` (a Hub
+id or a local folder; no project code needed). All models are checked to be CLIP checkpoints before
+any data is read, and the task items are built once and shared by every model, so each model sees
+exactly the same items. Per model, each image and each text is embedded once across all tasks.
+
+Public surface: `HARNESS_VERSION`, `check_clip_checkpoint(model_id)`, `load_clip(model_id, device)`,
+`run_evaluation(models, tasks, data, out_dir, batch_size=64, device=None, model_names=None,
+max_items=None, progress=True) -> dict`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from eval.harness import CLIPEmbedder, evaluate_tasks
+from eval.layerwise import layerwise_cosines, read_negation_pairs
+from eval.report import write_outputs
+from eval.tasks import TASKS, build_tasks, check_data, check_task_names
+from omninegclip.cli import UserError
+from omninegclip.provenance import provenance
+
+HARNESS_VERSION = "1.0.0"
+
+
+def check_clip_checkpoint(model_id: str) -> None:
+    """A `UserError` unless `model_id` (folder or Hub id) has a config with `model_type: clip`."""
+    from transformers import AutoConfig
+
+    path = Path(model_id)
+    if path.is_file() or (path.is_dir() and not (path / "config.json").is_file()):
+        raise UserError(f"model {model_id}: not a CLIP checkpoint ({'a file' if path.is_file() else 'a folder without config.json'}); "
+                        "expected a folder written by CLIPModel.save_pretrained, or a Hub id")
+    try:
+        config = AutoConfig.from_pretrained(model_id)
+    except (OSError, ValueError) as error:
+        raise UserError(f"model {model_id}: cannot read its config as a Hub id or folder ({str(error).splitlines()[0]})") from error
+    if config.model_type != "clip":
+        raise UserError(f"model {model_id}: not a CLIP checkpoint (its config says model_type {config.model_type!r}, expected 'clip')")
+
+
+def resolve_device(device: str | None) -> torch.device:
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as error:
+        raise UserError(f"--device {device!r}: not a torch device (e.g. cpu, cuda, cuda:1, auto)") from error
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: CUDA is not available on this machine")
+    return resolved
+
+
+def load_clip(model_id: str, device: str | torch.device = "cpu"):
+    from transformers import CLIPModel, CLIPProcessor
+
+    check_clip_checkpoint(model_id)
+    try:
+        model = CLIPModel.from_pretrained(model_id)
+        processor = CLIPProcessor.from_pretrained(model_id)
+    except (OSError, ValueError) as error:
+        raise UserError(f"model {model_id}: cannot load the CLIP weights and processor ({str(error).splitlines()[0]})") from error
+    return model.to(device).eval(), processor
+
+
+def display_names(models: list[str], model_names: list[str] | None) -> list[str]:
+    if model_names is not None:
+        if len(model_names) != len(models):
+            raise UserError(f"--model_names: {len(model_names)} names for {len(models)} models")
+        names = list(model_names)
+    else:
+        names = [str(model) for model in models]
+    if len(set(names)) != len(names):
+        raise UserError(f"two models have the same name in {names}; give distinct --model_names")
+    return names
+
+
+def run_evaluation(
+    models: list[str],
+    tasks: list[str],
+    data: dict[str, str],
+    out_dir: str | Path,
+    batch_size: int = 64,
+    device: str | None = None,
+    model_names: list[str] | None = None,
+    max_items: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Evaluate every model on every task; write results.json/.md/.png and model_index.json; return the results dict."""
+    if not models:
+        raise UserError("no model given: pass one or more Hub ids or checkpoint folders")
+    if batch_size < 1 or (max_items is not None and max_items < 1):
+        raise UserError(f"--batch_size and --max_items must be positive (got {batch_size}, {max_items})")
+    models = [str(model) for model in models]
+    data = {key: str(value) for key, value in data.items() if value not in (None, "")}
+    names = display_names(models, model_names)
+    task_names = check_task_names(tasks)
+    check_data(task_names, data)  # before anything slow: a missing flag fails at once
+    torch_device = resolve_device(device)
+    for model in models:
+        check_clip_checkpoint(model)
+
+    built = build_tasks(task_names, data, max_items)
+    pairs = None
+    if "layerwise" in task_names:
+        pairs = read_negation_pairs(data.get("layerwise") or data["world"], data.get("layerwise_split") or "test", max_items)
+
+    results = {
+        "harness_version": HARNESS_VERSION,
+        "models": [{"name": name, "id": model} for name, model in zip(names, models)],
+        "settings": {"tasks": task_names, "data": data, "batch_size": batch_size, "device": str(torch_device), "max_items": max_items},
+        "provenance": provenance(),
+        "tasks": {
+            task.data.name: {
+                "task": task.spec.name,
+                "description": task.spec.description,
+                "dataset": {"name": task.spec.dataset_name, "type": task.spec.dataset_type},
+                "counts": {},
+                "notes": task.data.notes,
+            }
+            for task in built
+        },
+        "metrics": {task.data.name: {} for task in built},
+        "layerwise": None,
+    }
+    if pairs is not None:
+        results["layerwise"] = {"source": pairs.source, "description": TASKS["layerwise"].description, "models": {}}
+
+    for entry in results["models"]:
+        name = entry["name"]
+        model, processor = load_clip(entry["id"], torch_device)
+        if built:
+            embedder = CLIPEmbedder(model, processor, batch_size, progress, name)
+            scores = evaluate_tasks(embedder, [task.data for task in built])
+            entry["texts_truncated"] = embedder.truncated_texts
+            for task_name, score in scores.items():
+                results["tasks"][task_name]["counts"] = score.counts
+                for metric, value in score.metrics.items():
+                    results["metrics"][task_name].setdefault(metric, {})[name] = value
+        if pairs is not None:
+            layerwise = layerwise_cosines(model, processor.tokenizer, pairs, batch_size, progress, name)
+            results["layerwise"]["models"][name] = dataclasses.asdict(layerwise)
+        del model, processor  # free this model before the next one loads
+
+    write_outputs(results, out_dir)
+    return results
