@@ -7,19 +7,37 @@ Single process (CPU or one GPU):
         --per_device_train_batch_size 128 --learning_rate 1e-6 --weight_decay 0.2 \\
         --warmup_steps 50 --lr_scheduler_type cosine --num_train_epochs 30 --bf16
 
-Several GPUs (the same script, unchanged; see configs/accelerate/ for DDP, FSDP, DeepSpeed):
+Several GPUs: the same script and flags, under a launcher (configs/accelerate/*.yaml say which):
 
     accelerate launch --config_file configs/accelerate/ddp.yaml train.py <the same flags>
+    torchrun --nproc_per_node 8 train.py <the same flags>
 
-Or one YAML/JSON file holding every flag: `python train.py configs/faithful.yaml`.
+Every contrastive term then sees the GLOBAL batch (processes x --per_device_train_batch_size):
+the model all-gathers the embeddings with gradients, batches are drop-last, and the result equals
+one process on the concatenated batch (tests/test_distributed.py checks it on two CPU processes).
+
+One YAML/JSON file may hold the flags (`key: value`, the flag names without `--`); flags after it
+override it: `python train.py my_run.yaml --learning_rate 1e-5`.
+
+LoRA instead of full fine-tuning of the chosen text blocks (adapters on those blocks only; the
+embeddings, final layer norm, projection and logit scale then stay frozen unless their
+`--train_*` flag says otherwise); the saved checkpoint has the adapters merged, a plain CLIPModel:
+
+    python train.py <flags> --lora_r 16 --lora_alpha 32 --lora_target attention
+
+Push to the Hub (weights, processor and this project's model card, in one commit after training;
+`--widget_examples` gives the card's widget its own images and negation labels):
+
+    python train.py <flags> --push_to_hub --hub_model_id you/omninegclip-vit-b32
+    python -m omninegclip.model_card runs/omninegclip --push_to_hub you/omninegclip-vit-b32  # again, after eval
 
 Data: any HF dataset (a Hub id, a `save_to_disk` folder, or local json/csv/parquet files) with an
 image column, a caption column and presence-/absence-negated caption columns (`data_builder.py`
 writes exactly these). A row may carry either negation, both or none (None or ""). To train as the
 authors do, on a presence dataset (CC-Neg) and an absence dataset (COCO) at once, pass the second
-with `--mix_dataset_name`: the two are interleaved one row each (the smaller one repeated), so with
-the Trainer's shuffling every batch holds about half presence rows and half absence rows, and each
-loss term is computed on the rows that carry its inputs.
+with `--mix_dataset_name`: the smaller one is repeated to the larger one's length, and each
+training batch of even size holds exactly half rows of each (reshuffled every epoch); each loss
+term is computed on the rows that carry its inputs.
 
 The image tower is frozen by default; its embeddings are then computed once, before training, and
 cached on disk keyed by the vision weights, the image processor and the data (so no random image
@@ -29,14 +47,12 @@ through the text encoder in one call.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import math
-import os
-import sys
-from dataclasses import asdict, dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import datasets
 import torch
@@ -49,19 +65,36 @@ from transformers import (
     set_seed,
 )
 
-from modeling_omninegclip import LOSS_TERM_NAMES, OmniNegCLIPModel, OmniNegLossConfig, TrainableConfig, apply_trainable
+from modeling_omninegclip import (
+    LOSS_TERM_NAMES,
+    OmniNegCLIPModel,
+    OmniNegLossConfig,
+    TrainableConfig,
+    apply_trainable,
+    resolve_text_blocks,
+)
 from omninegclip.cli import UserError, run_cli
 from omninegclip.data import (
+    SOURCE_COLUMN,
+    BalancedSourceSampler,
     CaptionColumns,
     OmniNegCollator,
     cached_image_embeddings,
     load_any_dataset,
     prepare_dataset,
 )
+from omninegclip.model_card import load_widget_examples, push_checkpoint, write_model_card
 from omninegclip.provenance import provenance
-from omninegclip.model_card import write_model_card
 
 logger = logging.getLogger("omninegclip.train")
+
+CONFIG_FILE_SUFFIXES = (".json", ".yaml", ".yml")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+LORA_TARGET_MODULES = {
+    "attention": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj"),
+    "mlp": ("mlp.fc1", "mlp.fc2"),
+}
+LORA_TARGET_MODULES["all"] = LORA_TARGET_MODULES["attention"] + LORA_TARGET_MODULES["mlp"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -90,7 +123,7 @@ class DataArguments:
     dataset_config_name: str | None = field(default=None, metadata={"help": "Hub dataset configuration."})
     mix_dataset_name: str | None = field(
         default=None,
-        metadata={"help": "A second dataset (same column names) interleaved with the first, e.g. absence rows beside presence rows."},
+        metadata={"help": "A second dataset (same column names) mixed half and half into every batch, e.g. absence rows beside presence rows."},
     )
     train_split: str = field(default="train", metadata={"help": "Split to train on."})
     eval_split: str | None = field(
@@ -127,6 +160,12 @@ class DataArguments:
             if value is not None and value < 1:
                 raise UserError(f"--{flag} must be >= 1, got {value}")
 
+    def sources(self) -> list[str]:
+        return [self.dataset_name] + ([self.mix_dataset_name] if self.mix_dataset_name else [])
+
+    def columns(self) -> CaptionColumns:
+        return CaptionColumns.from_flags(self.image_column, self.caption_column, self.presence_column, self.absence_column)
+
 
 @dataclass
 class OmniNegArguments:
@@ -144,12 +183,12 @@ class OmniNegArguments:
     text_blocks: str | None = field(
         default=None, metadata={"help": "Explicit comma-separated text block indices, e.g. '0,1,2' (overrides the others)."}
     )
-    train_token_embedding: bool = field(default=True, metadata={"help": "Train the token embedding."})
-    train_position_embedding: bool = field(default=True, metadata={"help": "Train the position embedding."})
-    train_final_layer_norm: bool = field(default=True, metadata={"help": "Train the text tower's final layer norm."})
-    train_text_projection: bool = field(default=True, metadata={"help": "Train the text projection."})
-    train_logit_scale: bool = field(default=True, metadata={"help": "Train the logit scale (clamped to <= ln 100)."})
-    train_vision_tower: bool = field(default=False, metadata={"help": "Also train the image tower (off in Omni-NegCLIP)."})
+    train_token_embedding: bool | None = field(default=None, metadata={"help": "Train the token embedding (default: yes; with LoRA: no)."})
+    train_position_embedding: bool | None = field(default=None, metadata={"help": "Train the position embedding (default: yes; with LoRA: no)."})
+    train_final_layer_norm: bool | None = field(default=None, metadata={"help": "Train the text tower's final layer norm (default: yes; with LoRA: no)."})
+    train_text_projection: bool | None = field(default=None, metadata={"help": "Train the text projection (default: yes; with LoRA: no)."})
+    train_logit_scale: bool | None = field(default=None, metadata={"help": "Train the logit scale, clamped to <= ln 100 (default: yes; with LoRA: no)."})
+    train_vision_tower: bool = field(default=False, metadata={"help": "Also train the whole image tower (off in Omni-NegCLIP)."})
 
     def loss_config(self) -> OmniNegLossConfig:
         try:
@@ -157,27 +196,83 @@ class OmniNegArguments:
         except ValueError as error:
             raise UserError(f"bad loss setting: {error}") from None
 
-    def trainable_config(self) -> TrainableConfig:
+    def trainable_config(self, lora: bool = False) -> TrainableConfig:
+        """What trains. Under LoRA the chosen blocks get adapters instead, and the other text parts
+        stay frozen unless their flag is given."""
         blocks = None
         if self.text_blocks:
             try:
                 blocks = [int(part) for part in self.text_blocks.split(",") if part.strip()]
             except ValueError:
                 raise UserError(f"--text_blocks must be comma-separated integers like '0,1,2', got {self.text_blocks!r}") from None
+        default = not lora
+        chosen = lambda flag: default if flag is None else flag  # noqa: E731
         try:
             return TrainableConfig(
                 front_blocks=self.front_blocks,
                 text_preset=self.text_preset,
                 text_blocks=blocks,
-                train_token_embedding=self.train_token_embedding,
-                train_position_embedding=self.train_position_embedding,
-                train_final_layer_norm=self.train_final_layer_norm,
-                train_text_projection=self.train_text_projection,
-                train_logit_scale=self.train_logit_scale,
+                train_token_embedding=chosen(self.train_token_embedding),
+                train_position_embedding=chosen(self.train_position_embedding),
+                train_final_layer_norm=chosen(self.train_final_layer_norm),
+                train_text_projection=chosen(self.train_text_projection),
+                train_logit_scale=chosen(self.train_logit_scale),
                 train_vision_tower=self.train_vision_tower,
             )
         except ValueError as error:
             raise UserError(f"bad trainable setting: {error}") from None
+
+
+@dataclass
+class LoraArguments:
+    lora_r: int = field(default=0, metadata={"help": "LoRA rank on the chosen text blocks; 0 = full fine-tuning of those blocks."})
+    lora_alpha: float | None = field(default=None, metadata={"help": "LoRA scaling alpha (default: 2 * lora_r)."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input."})
+    lora_target: str = field(
+        default="all", metadata={"help": "Which linear layers of the chosen blocks get adapters: attention | mlp | all."}
+    )
+
+    def __post_init__(self):
+        if self.lora_r < 0:
+            raise UserError(f"--lora_r must be >= 0 (0 = no LoRA), got {self.lora_r}")
+        if self.lora_target not in LORA_TARGET_MODULES:
+            raise UserError(f"--lora_target must be one of {sorted(LORA_TARGET_MODULES)}, got {self.lora_target!r}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise UserError(f"--lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.lora_alpha is None:
+            self.lora_alpha = 2.0 * self.lora_r
+
+    @property
+    def enabled(self) -> bool:
+        return self.lora_r > 0
+
+
+@dataclass
+class CardArguments:
+    widget_examples: str | None = field(
+        default=None,
+        metadata={"help": "JSON list of model-card widget examples {image, candidate_labels, title, expected_label} "
+                          "(default: built-in negation examples)."},
+    )
+    license: str = field(default="mit", metadata={"help": "License in the model card (the base model's terms still apply)."})
+    card_base_model: str | None = field(
+        default=None, metadata={"help": "Hub id of the base model for the card's metadata, where --model_name_or_path is a local folder."}
+    )
+    card_datasets: str | None = field(
+        default=None, metadata={"help": "Comma-separated Hub ids of the training data for the card's metadata, where the data are local."}
+    )
+
+    def dataset_ids(self) -> list[str] | None:
+        return [name.strip() for name in self.card_datasets.split(",") if name.strip()] if self.card_datasets else None
+
+
+class Arguments(NamedTuple):
+    model: ModelArguments
+    data: DataArguments
+    omni: OmniNegArguments
+    lora: LoraArguments
+    card: CardArguments
+    training: TrainingArguments
 
 
 # ----------------------------------------------------------------------------------------------
@@ -185,13 +280,18 @@ class OmniNegArguments:
 # ----------------------------------------------------------------------------------------------
 
 
+def unwrap(model) -> OmniNegCLIPModel:
+    """The OmniNegCLIPModel inside a DDP and/or PEFT wrapper."""
+    model = getattr(model, "module", model)
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 class ClampLogitScaleCallback(TrainerCallback):
     """exp(logit_scale) <= 100 after every optimiser step, as CLIP trains."""
 
     def on_optimizer_step(self, args, state, control, model=None, **kwargs):
-        unwrapped = getattr(model, "module", model)
-        if unwrapped is not None:
-            unwrapped.clamp_logit_scale()
+        if model is not None:
+            unwrap(model).clamp_logit_scale()
 
 
 class NonFiniteLossError(RuntimeError):
@@ -210,6 +310,14 @@ class OmniNegCLIPTrainer(Trainer):
         self.add_callback(ClampLogitScaleCallback())
         self._term_sums: dict[str, float] = {}
         self._term_count = 0
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        if isinstance(dataset, datasets.Dataset) and SOURCE_COLUMN in dataset.column_names:
+            sources = dataset[SOURCE_COLUMN]
+            if len(set(sources)) > 1:
+                return BalancedSourceSampler(list(sources), seed=self.args.seed)
+        return super()._get_train_sampler(train_dataset)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         row_ids = inputs.pop("row_ids", None)
@@ -235,57 +343,229 @@ class OmniNegCLIPTrainer(Trainer):
         return loss.detach(), None, None
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
-        if self._term_count and "loss" in logs:
-            for name, total in self._term_sums.items():
-                logs[name] = round(total / self._term_count, 4)
+        if self._term_count and "loss" in logs:  # every process logs at the same steps, with the same terms
+            names = sorted(self._term_sums)
+            means = torch.tensor([self._term_sums[name] for name in names], device=self.args.device) / self._term_count
+            # Each process holds its share of a global-batch term: their mean is the term.
+            means = self.accelerator.reduce(means, reduction="mean")
+            logs.update({name: round(float(value), 4) for name, value in zip(names, means)})
             self._term_sums, self._term_count = {}, 0
         super().log(logs, *args, **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------
-# Main
+# Steps of main
 # ----------------------------------------------------------------------------------------------
 
 
-def parse_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, OmniNegArguments, TrainingArguments]:
-    parser = HfArgumentParser((ModelArguments, DataArguments, OmniNegArguments, TrainingArguments))
-    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
-        path = Path(argv[0])
-        if not path.is_file():
-            raise UserError(f"config file {path} does not exist")
-        parse = parser.parse_json_file if path.suffix == ".json" else parser.parse_yaml_file
-        return parse(str(path), allow_extra_keys=False)
+def config_file_flags(path: Path) -> list[str]:
+    """A YAML/JSON mapping of flag names to values, as command-line flags (so both go through the
+    same parser): booleans as true/false, lists as several values, mappings as JSON, null skipped."""
+    import yaml
+
+    if not path.is_file():
+        raise UserError(f"config file {path} does not exist")
     try:
-        return parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=False)
-    except SystemExit as exit_:
-        if exit_.code not in (0, None):
-            raise UserError("bad command-line flags (see the argparse message above; `python train.py --help` lists them)") from None
-        raise
+        values = yaml.safe_load(path.read_text())  # JSON is YAML
+    except yaml.YAMLError as error:
+        raise UserError(f"config file {path} is not valid YAML/JSON: {error}") from None
+    if not isinstance(values, dict):
+        raise UserError(f"config file {path} must hold a mapping of flag names to values, got {type(values).__name__}")
+    flags = []
+    for key, value in values.items():
+        if value is None:
+            continue
+        flags.append(f"--{key}")
+        if isinstance(value, bool):
+            flags.append(str(value).lower())
+        elif isinstance(value, list):
+            flags.extend(str(item) for item in value)
+        elif isinstance(value, dict):
+            flags.append(json.dumps(value))
+        else:
+            flags.append(str(value))
+    return flags
 
 
-def load_model(model_args: ModelArguments, omni_args: OmniNegArguments) -> tuple[OmniNegCLIPModel, CLIPProcessor]:
+def parse_args(argv: list[str]) -> Arguments:
+    """Flags, or one YAML/JSON file of flags followed by flags that override it."""
+    parser = HfArgumentParser((ModelArguments, DataArguments, OmniNegArguments, LoraArguments, CardArguments, TrainingArguments))
+    where = "command line"
+    if argv and argv[0].endswith(CONFIG_FILE_SUFFIXES) and not argv[0].startswith("-"):
+        where = f"config file {argv[0]} (or the flags after it)"
+        argv = config_file_flags(Path(argv[0])) + argv[1:]
+
+    def refuse(message: str):  # instead of argparse's usage dump and exit
+        raise UserError(f"bad flag in the {where}: {message}; `python train.py --help` lists the flags")
+
+    parser.error = refuse
+    try:
+        *parsed, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    except ValueError as error:  # TrainingArguments validates itself with ValueError
+        raise UserError(f"bad training arguments in the {where}: {' '.join(str(error).split())}") from None
+    if unknown:
+        raise UserError(f"unknown flag(s) in the {where}: {unknown}; `python train.py --help` lists the flags")
+    return Arguments(*parsed)
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _check_clip_folder(path: Path, flag: str) -> None:
+    if not path.is_dir():
+        raise UserError(f"{flag} {str(path)!r} is a file; expected a CLIP checkpoint folder or a Hub id")
+    config = path / "config.json"
+    if not config.is_file():
+        raise UserError(
+            f"{flag} {str(path)!r} is not a CLIP checkpoint: it holds no config.json "
+            f"(expected config.json of model_type 'clip', weights and processor files)"
+        )
+    try:
+        model_type = json.loads(config.read_text()).get("model_type")
+    except json.JSONDecodeError as error:
+        raise UserError(f"{flag}: {config} is not valid JSON: {error}") from None
+    if model_type != "clip":
+        raise UserError(f"{flag} {str(path)!r} is not a CLIP checkpoint: its config.json has model_type {model_type!r}, expected 'clip'")
+
+
+def load_model(model_args: ModelArguments) -> tuple[OmniNegCLIPModel, CLIPProcessor]:
+    """The CLIP checkpoint as an OmniNegCLIPModel, and its processor; errors name the flag and the reason."""
     source = model_args.model_name_or_path
+    path = Path(source).expanduser()
+    if path.exists():
+        _check_clip_folder(path, "--model_name_or_path")
+    elif not HUB_ID.match(source):
+        raise UserError(f"--model_name_or_path {source!r} does not exist (expected a CLIP checkpoint folder or a Hub id)")
     try:
         model = OmniNegCLIPModel.from_pretrained(source, cache_dir=model_args.cache_dir)
-        processor = CLIPProcessor.from_pretrained(model_args.processor_name_or_path or source, cache_dir=model_args.cache_dir)
     except (OSError, ValueError, KeyError) as error:
-        raise UserError(
-            f"--model_name_or_path {source!r} is not a loadable CLIP checkpoint with its processor "
-            f"(expected a Hub id or a folder with config.json of model_type 'clip', weights and processor files): {error}"
-        ) from None
-    if model.config.model_type != "clip":
-        raise UserError(f"--model_name_or_path {source!r} has model_type {model.config.model_type!r}, expected 'clip'")
-    model.loss_config = omni_args.loss_config()
-    model.trainable_config = omni_args.trainable_config()
+        raise UserError(f"--model_name_or_path {source!r}: could not load a CLIP checkpoint: {_first_line(error)}") from None
+    processor_source = model_args.processor_name_or_path or source
     try:
-        apply_trainable(model, model.trainable_config)
-    except ValueError as error:
-        raise UserError(f"bad trainable setting for {source!r}: {error}") from None
+        processor = CLIPProcessor.from_pretrained(processor_source, cache_dir=model_args.cache_dir)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise UserError(
+            f"no CLIP processor at {processor_source!r} (tokenizer and image processor files beside the weights, "
+            f"or pass --processor_name_or_path): {_first_line(error)}"
+        ) from None
     return model, processor
 
 
+def lora_target_regex(blocks: list[int], target: str) -> str:
+    """PEFT `target_modules` for the chosen text blocks only. PEFT full-matches it against module
+    names, so the vision tower's `vision_model.encoder.layers.*` never match."""
+    layers = "|".join(str(block) for block in blocks)
+    modules = "|".join(re.escape(name) for name in LORA_TARGET_MODULES[target])
+    return rf"text_model\.encoder\.layers\.({layers})\.({modules})"
+
+
+def add_lora(model: OmniNegCLIPModel, trainable: TrainableConfig, lora_args: LoraArguments):
+    """Wrap `model` in a PEFT model with LoRA adapters on the chosen text blocks; the other parameters
+    train as `trainable` says (the blocks themselves stay frozen). Returns (peft model, settings)."""
+    from peft import LoraConfig, get_peft_model
+
+    blocks = resolve_text_blocks(model.config.text_config.num_hidden_layers, trainable)
+    if not blocks:
+        raise UserError("--lora_r > 0 needs at least one text block to adapt; --front_blocks/--text_preset/--text_blocks chose none")
+    extras = set(apply_trainable(model, replace(trainable, text_blocks=[])))
+    regex = lora_target_regex(blocks, lora_args.lora_target)
+    config = LoraConfig(
+        r=lora_args.lora_r, lora_alpha=lora_args.lora_alpha, lora_dropout=lora_args.lora_dropout, target_modules=regex, bias="none"
+    )
+    peft_model = get_peft_model(model, config)
+    # get_peft_model froze everything but the adapters: what the user asked for trains again.
+    for name, param in model.named_parameters():
+        if name in extras:
+            param.requires_grad_(True)
+    settings = {
+        "r": lora_args.lora_r,
+        "alpha": lora_args.lora_alpha,
+        "dropout": lora_args.lora_dropout,
+        "target": lora_args.lora_target,
+        "target_modules": regex,
+        "text_blocks": blocks,
+        "merged": True,
+    }
+    return peft_model, settings
+
+
+def prepare_splits(args: Arguments, processor: CLIPProcessor, model: OmniNegCLIPModel) -> dict[str, datasets.Dataset]:
+    """Load, validate and tokenize the training split (and the eval split, if any); cache the frozen
+    image tower's embeddings."""
+    data_args, training_args = args.data, args.training
+    columns = data_args.columns()
+    splits = {"train": data_args.train_split}
+    if training_args.eval_strategy != "no" and data_args.eval_split and data_args.eval_split.lower() != "none":
+        splits["eval"] = data_args.eval_split
+    prepared = {}
+    for role, split in splits.items():
+        loaded = [
+            (name, load_any_dataset(name, split, data_args.dataset_config_name, args.model.cache_dir, required=role == "train"))
+            for name in data_args.sources()
+        ]
+        loaded = [(name, dataset) for name, dataset in loaded if dataset is not None]
+        if not loaded:
+            logger.warning("no %r split in %s: evaluation loss skipped", split, data_args.sources())
+            training_args.eval_strategy = "no"
+            continue
+        limit = data_args.max_train_samples if role == "train" else data_args.max_eval_samples
+        with training_args.main_process_first(desc=f"preparing {role} data"):
+            prepared[role] = prepare_dataset(
+                [dataset for _, dataset in loaded], [name for name, _ in loaded], columns,
+                processor.tokenizer, data_args.max_caption_length, limit,
+            )
+
+    if data_args.cache_image_embeddings and not args.omni.train_vision_tower:
+        cache_dir = Path(data_args.image_embedding_cache_dir or Path(training_args.output_dir).parent / ".image_embedding_cache")
+        for role, dataset in prepared.items():
+            with training_args.main_process_first(desc=f"embedding {role} images"):
+                prepared[role] = cached_image_embeddings(model, processor.image_processor, dataset, columns.image, cache_dir)
+    return prepared
+
+
+def save_outputs(args: Arguments, trainer: OmniNegCLIPTrainer, model: OmniNegCLIPModel, processor: CLIPProcessor,
+                 metrics: dict | None, lora_settings: dict | None, push: bool, widget: list | None) -> None:
+    """The checkpoint folder: plain CLIP weights (LoRA merged), processor, settings, provenance, eval
+    metrics and model card; pushed to the Hub when asked. Written by the first process only."""
+    model_args, data_args, card_args, training_args = args.model, args.data, args.card, args.training
+    output_dir = Path(training_args.output_dir)
+    if lora_settings is None:
+        trainer.save_model()  # on every process: FSDP/DeepSpeed gather the full weights collectively
+    else:
+        merged = trainer.model.merge_and_unload()
+        if trainer.is_world_process_zero():
+            merged.save_pretrained(output_dir, extra_settings={"lora": lora_settings})
+    if not trainer.is_world_process_zero():
+        return
+    processor.save_pretrained(output_dir)
+    if metrics is not None:
+        trainer.save_metrics("eval", metrics)
+    record = provenance(seed=training_args.seed) | {
+        "base_model": model_args.model_name_or_path,
+        "datasets": data_args.sources(),
+        "base_model_id": card_args.card_base_model,
+        "dataset_ids": card_args.dataset_ids(),
+        "world_size": training_args.world_size,
+        "omninegclip": model.settings() | {"lora": lora_settings},
+        "training_arguments": {k: v for k, v in training_args.to_dict().items() if not k.startswith("hub_token")}
+        | {"push_to_hub": push},
+    }
+    (output_dir / "training_provenance.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+    card = dict(base_model=model_args.model_name_or_path, datasets=record["datasets"], widget_examples=widget,
+                license=card_args.license, base_model_id=card_args.card_base_model, dataset_ids=card_args.dataset_ids())
+    if push:
+        push_checkpoint(output_dir, training_args.hub_model_id or output_dir.resolve().name,
+                        token=training_args.hub_token, private=training_args.hub_private_repo, **card)
+    else:
+        write_model_card(output_dir, repo_id=training_args.hub_model_id, **card)
+    logger.info("wrote the checkpoint to %s", output_dir)
+
+
 def main(argv: list[str]) -> None:
-    model_args, data_args, omni_args, training_args = parse_args(argv)
+    args = parse_args(argv)
+    model_args, data_args, omni_args, lora_args, card_args, training_args = args
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     datasets.utils.logging.set_verbosity_warning()
     set_seed(training_args.seed)
@@ -295,68 +575,44 @@ def main(argv: list[str]) -> None:
     if training_args.world_size > 1 and not training_args.dataloader_drop_last:
         logger.info("several processes: using drop-last batches (padded duplicate rows would be false negatives)")
         training_args.dataloader_drop_last = True
+    # The Trainer's own push would rewrite README.md without the card's metadata (and push LoRA
+    # adapters, not merged weights): the final folder is pushed once, below, with the card.
+    push = training_args.push_to_hub
+    training_args.push_to_hub = False
+    widget = load_widget_examples(card_args.widget_examples) if card_args.widget_examples else None
 
-    model, processor = load_model(model_args, omni_args)
-    columns = CaptionColumns.from_flags(
-        data_args.image_column, data_args.caption_column, data_args.presence_column, data_args.absence_column
-    )
-    splits = {"train": data_args.train_split}
-    if training_args.eval_strategy != "no" and data_args.eval_split and data_args.eval_split.lower() != "none":
-        splits["eval"] = data_args.eval_split
-    prepared = {}
-    for role, split in splits.items():
-        sources = [data_args.dataset_name] + ([data_args.mix_dataset_name] if data_args.mix_dataset_name else [])
-        raw = [load_any_dataset(name, split, data_args.dataset_config_name, model_args.cache_dir, required=role == "train") for name in sources]
-        raw = [dataset for dataset in raw if dataset is not None]
-        if not raw:
-            logger.warning("no %r split in %s: evaluation loss skipped", split, data_args.dataset_name)
-            training_args.eval_strategy = "no"
-            continue
-        limit = data_args.max_train_samples if role == "train" else data_args.max_eval_samples
-        with training_args.main_process_first(desc=f"preparing {role} data"):
-            prepared[role] = prepare_dataset(raw, sources, columns, processor.tokenizer, data_args.max_caption_length, limit)
+    model, processor = load_model(model_args)
+    model.loss_config = omni_args.loss_config()
+    model.trainable_config = omni_args.trainable_config(lora=lora_args.enabled)
+    lora_settings = None
+    try:
+        if lora_args.enabled:
+            trained_model, lora_settings = add_lora(model, model.trainable_config, lora_args)
+        else:
+            trained_model = model
+            apply_trainable(model, model.trainable_config)
+    except ValueError as error:
+        raise UserError(f"bad trainable setting for {model_args.model_name_or_path!r}: {error}") from None
 
-    if data_args.cache_image_embeddings and not omni_args.train_vision_tower:
-        cache_dir = Path(data_args.image_embedding_cache_dir or Path(training_args.output_dir).parent / ".image_embedding_cache")
-        for role, dataset in prepared.items():
-            with training_args.main_process_first(desc=f"embedding {role} images"):
-                prepared[role] = cached_image_embeddings(model, processor.image_processor, dataset, columns.image, cache_dir)
-
+    prepared = prepare_splits(args, processor, model)
     trainer = OmniNegCLIPTrainer(
-        model=model,
+        model=trained_model,
         args=training_args,
         train_dataset=prepared["train"],
         eval_dataset=prepared.get("eval"),
-        data_collator=OmniNegCollator(processor.image_processor, columns, pad_token_id=processor.tokenizer.pad_token_id),
+        data_collator=OmniNegCollator(processor.image_processor, data_args.columns(), pad_token_id=processor.tokenizer.pad_token_id),
+        processing_class=processor,
     )
+    if lora_settings is not None and trainer.is_fsdp_enabled:
+        raise UserError("--lora_r does not work under FSDP (merging adapters needs unsharded weights): "
+                        "launch with configs/accelerate/ddp.yaml or deepspeed_zero2.yaml instead")
+    if push:
+        logger.info("--push_to_hub: the final checkpoint is pushed once, after training (--hub_strategy is not used)")
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model()
-    if trainer.is_world_process_zero():
-        processor.save_pretrained(training_args.output_dir)
-        record = provenance(seed=training_args.seed) | {
-            "base_model": model_args.model_name_or_path,
-            "datasets": [data_args.dataset_name] + ([data_args.mix_dataset_name] if data_args.mix_dataset_name else []),
-            "omninegclip": model.settings(),
-            "training_arguments": {k: v for k, v in training_args.to_dict().items() if not k.startswith("hub_token")},
-        }
-        Path(training_args.output_dir, "training_provenance.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
-        if "eval" in prepared:
-            metrics = trainer.evaluate()
-            trainer.save_metrics("eval", metrics)
-        write_model_card(training_args.output_dir, base_model=model_args.model_name_or_path, datasets=record["datasets"])
-    if training_args.push_to_hub:
-        trainer.push_to_hub()
-        if trainer.is_world_process_zero():
-            # Trainer.push_to_hub rewrote README.md without our metadata: put the project's card back.
-            from huggingface_hub import upload_file
+    # Every process evaluates: the loss gathers embeddings across them.
+    metrics = trainer.evaluate() if "eval" in prepared else None
 
-            write_model_card(training_args.output_dir, base_model=model_args.model_name_or_path, datasets=record["datasets"])
-            upload_file(
-                path_or_fileobj=str(Path(training_args.output_dir) / "README.md"),
-                path_in_repo="README.md",
-                repo_id=trainer.hub_model_id,
-                token=training_args.hub_token,
-            )
+    save_outputs(args, trainer, model, processor, metrics, lora_settings, push, widget)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()

@@ -2,11 +2,11 @@
 embeddings, and collate batches for `OmniNegCLIPModel.forward`.
 
 Public surface: `CaptionColumns`, `load_any_dataset`, `prepare_dataset`, `cached_image_embeddings`,
-`OmniNegCollator`.
+`OmniNegCollator`, `BalancedSourceSampler`.
 
-A prepared dataset has, per row: `row_id`, `input_ids`, `presence_negated_input_ids`,
-`absence_negated_input_ids` (empty list where the row has no such negation) and either the image
-column or, once cached, `image_embeds`.
+A prepared dataset has, per row: `row_id`, `source_index` (which of the given datasets the row came
+from), `input_ids`, `presence_negated_input_ids`, `absence_negated_input_ids` (empty list where the
+row has no such negation) and either the image column or, once cached, `image_embeds`.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 DATA_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".arrow": "arrow"}
 NEGATION_FIELDS = (("presence", "presence_negated_input_ids"), ("absence", "absence_negated_input_ids"))
+SOURCE_COLUMN = "source_index"
 
 
 @dataclass(frozen=True)
@@ -139,8 +140,9 @@ def prepare_dataset(
     max_length: int = 77,
     limit: int | None = None,
 ) -> datasets.Dataset:
-    """Validate, tokenize and (for two sources) interleave. Rows with an empty caption are skipped
-    and counted; over-long captions are truncated and counted; both are logged once."""
+    """Validate, tokenize and (for two sources) interleave them one row each, the smaller one repeated
+    until the larger one is used up. Rows with an empty caption are skipped and counted; over-long
+    captions are truncated and counted; both are logged once."""
     parts = []
     for dataset, name in zip(raw, names):
         if limit is not None:
@@ -169,7 +171,7 @@ def prepare_dataset(
         dataset = dataset.select_columns([columns.image])
         for field, values in new_columns.items():
             dataset = dataset.add_column(field, values)
-        parts.append(dataset)
+        parts.append(dataset.add_column(SOURCE_COLUMN, [len(parts)] * len(dataset)))
     if len(parts) == 1:
         merged = parts[0]
     else:
@@ -254,3 +256,31 @@ class OmniNegCollator:
             images = [row[self.columns.image].convert("RGB") for row in rows]
             batch["pixel_values"] = self.image_processor(images=images, return_tensors="pt")["pixel_values"]
         return batch
+
+
+class BalancedSourceSampler(torch.utils.data.Sampler[int]):
+    """Training order for a dataset mixed from several sources (`source_index` column): each epoch,
+    an independent shuffle of every source's rows, then one row of each source in turn. A batch of
+    k * (number of sources) consecutive rows then holds exactly k rows of each source, also per
+    process under data parallelism (Accelerate hands each process whole consecutive batches), as the
+    authors draw one presence batch and one absence batch per step. Deterministic given seed and epoch."""
+
+    def __init__(self, source_index: list[int], seed: int = 0):
+        sources = sorted(set(source_index))
+        self.positions = [torch.tensor([row for row, source in enumerate(source_index) if source == s]) for s in sources]
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return sum(len(rows) for rows in self.positions)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        shuffled = [rows[torch.randperm(len(rows), generator=generator)].tolist() for rows in self.positions]
+        for turn in range(max(len(rows) for rows in shuffled)):
+            for rows in shuffled:
+                if turn < len(rows):
+                    yield rows[turn]

@@ -1,0 +1,109 @@
+"""One rank of the data-parallel check in test_distributed.py, run as
+`torchrun --standalone --nproc_per_node 2 tests/distributed_worker.py OUT_DIR` (gloo, CPU).
+
+Every rank builds the same seeded model and the same global batch, takes its own rows, runs forward
+and backward, and averages the gradients over ranks as DDP does; it saves the rank-averaged loss
+terms and gradients to OUT_DIR/rank{r}.pt. The test compares them with one process on the whole
+batch. The batch construction lives here so that the test builds exactly the same one.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent)]
+
+import torch  # noqa: E402
+
+from conftest import tiny_clip_config  # noqa: E402
+from modeling_omninegclip import LOSS_TERM_NAMES, OmniNegCLIPModel, OmniNegLossConfig, TrainableConfig, apply_trainable  # noqa: E402
+
+GLOBAL_ROWS = 8
+BOS, EOS = 49406, 49407
+# Per scenario: which rows carry a presence / absence negation. Rank 0 holds rows 0-3, rank 1 rows 4-7.
+SCENARIOS = {
+    # unbalanced masks: 3 presence rows on rank 0, 1 on rank 1; rows with both feed the choice term
+    "mixed": ([1, 1, 1, 0, 0, 1, 0, 0], [0, 1, 1, 1, 1, 0, 1, 1]),
+    # each negation lives on one rank only: the other rank encodes none of it
+    "one-sided": ([1, 1, 0, 1, 0, 0, 0, 0], [0, 0, 0, 0, 1, 1, 1, 0]),
+    # no negations at all: plain CLIP loss
+    "plain": ([0] * 8, [0] * 8),
+}
+
+
+def make_model() -> OmniNegCLIPModel:
+    """Both towers train, so gradients flow back through every gathered embedding."""
+    torch.manual_seed(0)
+    model = OmniNegCLIPModel(tiny_clip_config(3), loss_config=OmniNegLossConfig(lambda_choice=1.0))
+    apply_trainable(model, TrainableConfig(text_preset="whole", train_vision_tower=True))
+    return model.train()
+
+
+def _captions(generator: torch.Generator, rows: int, length: int = 9) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.full((rows, length), EOS)
+    mask = torch.zeros(rows, length, dtype=torch.long)
+    for row in range(rows):
+        words = int(torch.randint(2, length - 2, (1,), generator=generator))
+        ids[row, 0] = BOS
+        ids[row, 1 : words + 1] = torch.randint(1, 49000, (words,), generator=generator)
+        mask[row, : words + 2] = 1  # BOS, words, EOS; the rest is padding
+    return ids, mask
+
+
+def global_batch(scenario: str) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    presence, absence = (torch.tensor(flags, dtype=torch.bool) for flags in SCENARIOS[scenario])
+    batch = {"pixel_values": torch.randn(GLOBAL_ROWS, 3, 30, 30, generator=generator)}
+    batch["input_ids"], batch["attention_mask"] = _captions(generator, GLOBAL_ROWS)
+    for kind, rows in (("presence", presence), ("absence", absence)):
+        batch[f"{kind}_negated_input_ids"], batch[f"{kind}_negated_attention_mask"] = _captions(generator, GLOBAL_ROWS)
+        batch[f"{kind}_mask"] = rows
+    return batch
+
+
+def rows_of(batch: dict[str, torch.Tensor], rows: slice) -> dict[str, torch.Tensor]:
+    """A process's share of the batch, as the collator would build it: a negation that no row of
+    the share carries is left out altogether."""
+    local = {key: value[rows] for key, value in batch.items()}
+    for kind in ("presence", "absence"):
+        if not local[f"{kind}_mask"].any():
+            for suffix in ("_negated_input_ids", "_negated_attention_mask", "_mask"):
+                del local[kind + suffix]
+    return local
+
+
+def step(model: OmniNegCLIPModel, inputs: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Forward + backward; the loss terms and the gradients."""
+    model.zero_grad()
+    output = model(**inputs, return_loss=True)
+    output.loss.backward()
+    terms = {"loss": output.loss.detach()}
+    terms |= {name: getattr(output, name).detach() for name in LOSS_TERM_NAMES if getattr(output, name) is not None}
+    grads = {name: param.grad.detach().clone() for name, param in model.named_parameters() if param.grad is not None}
+    return terms, grads
+
+
+def main(out_dir: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    share = GLOBAL_ROWS // world
+    results = {}
+    for scenario in SCENARIOS:
+        model = make_model()
+        terms, grads = step(model, rows_of(global_batch(scenario), slice(rank * share, (rank + 1) * share)))
+        for tensor in [*terms.values(), *grads.values()]:  # average over ranks, as DDP does for gradients
+            dist.all_reduce(tensor)
+            tensor /= world
+        results[scenario] = {"terms": terms, "grads": grads}
+    torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,146 @@
+"""`--push_to_hub` without a Hub: the upload functions are replaced by a fake that keeps what would be
+uploaded (after the same ignore patterns), and the test checks that folder as a Hub user would meet
+it: it loads as CLIPModel and through the Auto class, runs in the zero-shot pipeline with the card's
+own widget labels, and its card parses with the right metadata. Nothing reaches the network
+(HF_HUB_OFFLINE=1: any real Hub call would fail)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from huggingface_hub.utils import filter_repo_objects
+from PIL import Image
+from transformers import AutoModelForZeroShotImageClassification, CLIPModel, pipeline
+
+import omninegclip.model_card as model_card
+import train
+from train_helpers import (  # noqa: F401  (single_thread: an autouse fixture)
+    color_rows,
+    save_dataset,
+    save_tiny_clip,
+    single_thread,
+    train_flags,
+    weights,
+)
+
+USER = "someone"
+LABELS = ["a red square", "a picture with no red square", "a red square with no blue circle"]
+
+
+class FakeHub:
+    """Stands in for `create_repo` / `upload_folder`: each commit is a copy of the files that would be sent."""
+
+    def __init__(self, root: Path):
+        self.root, self.commits = root, []
+
+    def create_repo(self, repo_id, token=None, private=None, exist_ok=False, **kwargs):
+        assert exist_ok
+        return SimpleNamespace(repo_id=repo_id if "/" in repo_id else f"{USER}/{repo_id}")
+
+    def upload_folder(self, *, repo_id, folder_path, commit_message=None, token=None, ignore_patterns=None, **kwargs):
+        folder = Path(folder_path)
+        files = sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file())
+        target = self.root / f"commit-{len(self.commits)}"
+        for name in filter_repo_objects(files, ignore_patterns=ignore_patterns):
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(folder / name, target / name)
+        self.commits.append(SimpleNamespace(repo_id=repo_id, folder=target, message=commit_message))
+        return SimpleNamespace(commit_url=f"https://huggingface.co/{repo_id}/commit/{len(self.commits)}")
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    fake = FakeHub(tmp_path / "hub")
+    monkeypatch.setattr(model_card, "create_repo", fake.create_repo)
+    monkeypatch.setattr(model_card, "upload_folder", fake.upload_folder)
+    return fake
+
+
+def test_push_uploads_a_plain_clip_with_a_working_card(tmp_path, processor, hub):
+    model_dir = save_tiny_clip(tmp_path / "clip", processor)
+    data = save_dataset(tmp_path / "data", color_rows(16))
+    red = tmp_path / "examples" / "red.png"
+    red.parent.mkdir()
+    Image.new("RGB", (32, 32), (220, 30, 30)).save(red)
+    examples = tmp_path / "examples" / "widget.json"
+    examples.write_text(json.dumps([
+        {"image": "red.png", "candidate_labels": LABELS, "title": "Which negation is true?", "expected_label": LABELS[2]},
+        {"image": "https://example.org/cat.jpg", "candidate_labels": ["a cat", "no cat"], "title": "Presence"},
+    ]))
+    out = tmp_path / "tiny-omninegclip"
+    train.main(train_flags(model_dir, data, out, max_steps=2, save_strategy="steps", save_steps=1,
+                           push_to_hub="true", hub_model_id="tiny-omninegclip", widget_examples=examples,
+                           card_base_model="openai/clip-vit-base-patch32", card_datasets="someone/cc-neg,someone/coco-neg"))
+
+    assert len(hub.commits) == 1
+    commit = hub.commits[0]
+    repo_id = f"{USER}/tiny-omninegclip"
+    assert commit.repo_id == repo_id
+    uploaded = commit.folder
+    assert (out / "checkpoint-2").is_dir()  # intermediate checkpoints stay local
+    files = {path.relative_to(uploaded).as_posix() for path in uploaded.rglob("*") if path.is_file()}
+    assert {"config.json", "model.safetensors", "processor_config.json", "tokenizer.json", "README.md",
+            "omninegclip_config.json", "training_provenance.json", "widget/example-0.png", "widget/examples.json"} <= files
+    assert not any(name.startswith("checkpoint-") or name == "training_args.bin" for name in files)
+
+    # The weights load as a plain CLIP, directly and through the Auto class of the task.
+    clip = CLIPModel.from_pretrained(uploaded)
+    auto = AutoModelForZeroShotImageClassification.from_pretrained(uploaded)
+    assert type(auto) is CLIPModel
+    assert all(torch.equal(tensor, weights(out)[name]) for name, tensor in clip.state_dict().items())
+
+    # The card: metadata the Hub reads, a widget whose examples the folder itself can run.
+    card = ModelCard.load(uploaded / "README.md")
+    meta = card.data
+    assert meta.library_name == "transformers" and meta.pipeline_tag == "zero-shot-image-classification"
+    assert meta.base_model == "openai/clip-vit-base-patch32"
+    assert meta.datasets == ["someone/cc-neg", "someone/coco-neg"]
+    assert meta.license == "mit" and {"clip", "negation", "omni-negclip"} <= set(meta.tags)
+    widget = meta.to_dict()["widget"]
+    assert widget[0]["src"] == f"https://huggingface.co/{repo_id}/resolve/main/widget/example-0.png"
+    assert widget[1]["src"] == "https://example.org/cat.jpg"
+    labels = [label.strip() for label in widget[0]["candidate_labels"].split(",")]
+    assert labels == LABELS and any(" no " in label for label in labels)
+    result = pipeline("zero-shot-image-classification", model=str(uploaded))(
+        Image.open(uploaded / "widget" / "example-0.png"), candidate_labels=labels)
+    assert sorted(entry["label"] for entry in result) == sorted(labels)
+    assert sum(entry["score"] for entry in result) == pytest.approx(1.0, abs=1e-4)
+    stored = json.loads((uploaded / "widget" / "examples.json").read_text())
+    assert stored[0]["image"] == "widget/example-0.png" and stored[0]["expected_label"] == LABELS[2]
+    assert f'pipeline("zero-shot-image-classification", model="{repo_id}")' in card.text
+    assert f'CLIPModel.from_pretrained("{repo_id}")' in card.text
+    assert "model-index" not in meta.to_dict()  # no eval results yet
+
+
+def test_card_cli_adds_eval_results_and_pushes_again(tmp_path, processor, hub):
+    model_dir = save_tiny_clip(tmp_path / "clip", processor)
+    data = save_dataset(tmp_path / "data", color_rows(8))
+    out = tmp_path / "tiny-omninegclip"
+    train.main(train_flags(model_dir, data, out, max_steps=1, card_base_model="openai/clip-vit-base-patch32"))
+    assert not hub.commits  # no --push_to_hub: nothing uploaded
+
+    (out / "eval").mkdir()
+    entry = {"name": out.name, "results": [{
+        "task": {"type": "zero-shot-image-classification", "name": "CC-Neg presence negation"},
+        "dataset": {"name": "CC-Neg (ccneg)", "type": "ccneg"},
+        "metrics": [{"type": "accuracy", "name": "ccneg accuracy", "value": 87.5}],
+    }]}
+    other = {"name": "base-model", "results": [entry["results"][0] | {
+        "metrics": [{"type": "accuracy", "name": "ccneg accuracy", "value": 50.0}]}]}  # another model of the same eval run
+    (out / "eval" / "model_index.json").write_text(json.dumps([other, entry]))
+    (out / "eval" / "results.md").write_text("| task | accuracy |\n|---|---|\n| ccneg | 87.5 |\n")
+    model_card.main([str(out), "--push_to_hub", "tiny-omninegclip"])
+
+    assert len(hub.commits) == 1
+    card = ModelCard.load(hub.commits[0].folder / "README.md")
+    assert card.data.base_model == "openai/clip-vit-base-patch32"  # read back from training_provenance.json
+    results = card.data.eval_results
+    assert len(results) == 1 and results[0].metric_value == 87.5 and results[0].dataset_type == "ccneg"
+    assert card.data.model_name == "tiny-omninegclip"
+    assert "| ccneg | 87.5 |" in card.text

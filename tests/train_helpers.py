@@ -1,0 +1,132 @@
+"""Fixtures shared by the training tests (test_train, test_distributed, test_lora, test_hub): tiny
+CLIP folders, small image/caption datasets in the published `save_to_disk` layout, train.py flags
+that run in seconds, a way to keep hold of the Trainer that `train.main` builds, and a subprocess runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from transformers import CLIPModel
+
+from conftest import tiny_clip_config
+
+REPO = Path(__file__).resolve().parent.parent
+COLORS = {"red": (220, 30, 30), "green": (30, 200, 60), "blue": (40, 60, 220), "yellow": (230, 220, 40)}
+
+
+def save_tiny_clip(path: Path, processor, text_layers: int = 5, logit_scale: float | None = None, seed: int = 0) -> Path:
+    """A Hub-style CLIP folder (weights + processor); `logit_scale` overrides the initial value."""
+    torch.manual_seed(seed)
+    model = CLIPModel(tiny_clip_config(text_layers))
+    if logit_scale is not None:
+        with torch.no_grad():
+            model.logit_scale.fill_(logit_scale)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+def color_rows(n: int, presence: bool | int = 2, absence: bool | int = 3, offset: int = 0) -> list[dict]:
+    """Rows of plain-colour images with captions. Row i carries a presence negation when `presence`
+    is True, or every `presence`-th row when an int (likewise `absence`); None otherwise."""
+    names = list(COLORS)
+
+    def has(flag, i):
+        return flag if isinstance(flag, bool) else i % flag == 0
+
+    rows = []
+    for i in range(offset, offset + n):
+        color, other = names[i % 4], names[(i + 1 + i // 4) % 4]
+        if other == color:
+            other = names[(i + 2) % 4]
+        rows.append(dict(
+            image=Image.new("RGB", (32, 32), COLORS[color]),
+            caption=f"a {color} square",
+            presence_negated=f"a picture with no {color} square" if has(presence, i) else None,
+            absence_negated=f"a {color} square with no {other} circle" if has(absence, i) else None,
+        ))
+    return rows
+
+
+def save_dataset(path: Path, train_rows: list[dict], validation_rows: list[dict] | None = None) -> Path:
+    """A `save_to_disk` DatasetDict with an Image column."""
+    features = datasets.Features({
+        "image": datasets.Image(), "caption": datasets.Value("string"),
+        "presence_negated": datasets.Value("string"), "absence_negated": datasets.Value("string"),
+    })
+    splits = {"train": datasets.Dataset.from_list(train_rows, features=features)}
+    if validation_rows:
+        splits["validation"] = datasets.Dataset.from_list(validation_rows, features=features)
+    datasets.DatasetDict(splits).save_to_disk(str(path))
+    return path
+
+
+def train_flags(model: Path, data: Path, out: Path, **overrides) -> list[str]:
+    """train.py flags for a run of a few seconds; `overrides` replace or add flags (None drops one)."""
+    values = dict(
+        model_name_or_path=model, dataset_name=data, output_dir=out, per_device_train_batch_size=8,
+        max_steps=3, learning_rate=1e-3, report_to="none", save_strategy="no", eval_strategy="no",
+        seed=0, front_blocks=2, logging_steps=1, dataloader_pin_memory=False, disable_tqdm=True,
+        image_embedding_cache_dir=out.parent / f"{out.name}-embedding-cache",
+    )
+    values.update(overrides)
+    flags = []
+    for key, value in values.items():
+        if value is not None:
+            flags += [f"--{key}", str(value)]
+    return flags
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "model.safetensors"))
+
+
+def subprocess_env(**extra) -> dict[str, str]:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+               OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), **extra)
+    env.pop("OMNINEGCLIP_DEBUG", None)
+    return env
+
+
+def run_command(args: list[str], timeout: int = 240, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([str(arg) for arg in args], cwd=REPO, env=subprocess_env(**env), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def python_module(name: str) -> list[str]:
+    return [sys.executable, "-m", name]
+
+
+def capture_trainers(monkeypatch, *callbacks) -> list:
+    """Make `train.main` build a Trainer that records itself (and carries `callbacks`); return the record."""
+    import train
+
+    built = []
+
+    class RecordedTrainer(train.OmniNegCLIPTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            for callback in callbacks:
+                self.add_callback(callback)
+            built.append(self)
+
+    monkeypatch.setattr(train, "OmniNegCLIPTrainer", RecordedTrainer)
+    return built
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """One intra-op thread: these tiny models gain nothing from more, and on a shared 2-core machine
+    OpenMP threads spinning against other processes make each step several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
