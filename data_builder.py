@@ -7,32 +7,46 @@
     python data_builder.py negationclip --annotations negationclip_captions_train2014.json --images train2014 --out data/negclip
     python data_builder.py shapes --out data/world           # the offline image world (omninegclip/shapes.py)
 
-Common flags: --out DIR (required), --overwrite, --seed 0, --push_to_hub REPO_ID, --no_progress; for the
-real sources also --validation_fraction 0.05, --test_fraction 0.05, --max_rows N, --rewriter_model ID.
-`python data_builder.py SOURCE --help` lists each source's flags.
+Common flags: --out DIR (required), --overwrite, --seed 0, --push_to_hub REPO_ID, --no_progress, --debug;
+for the real sources also --validation_fraction 0.05, --test_fraction 0.05, --max_rows N,
+--max_image_pixels N, --rewriter_model ID. `python data_builder.py SOURCE --help` lists each source's flags.
 
 What it writes: a `datasets.DatasetDict` (train / validation / test, `save_to_disk`) with the contract
 columns `CONTRACT_COLUMNS` (shared with train.py and eval/), plus `build_summary.json` (rows in, rows
-out per split, skips by reason, the quality gate, examples) and README.md (the dataset card).
+out per split, skips by reason and where, the quality gate, texts longer than CLIP's 77 tokens,
+examples, and the provenance: seed, library versions, git commit) and README.md (the dataset card).
+Every source row ends up written or counted: rows in = rows out + the `row:` skips.
+
+Bad input: a bad flag, a missing file or folder, a malformed file or row is one error paragraph
+naming the flag / file / row / column (exit status 2, no traceback unless --debug or
+OMNINEGCLIP_DEBUG=1); a caption or image that cannot be used (empty, not text, corrupt, missing,
+too large, a download that fails) is skipped and counted by reason in the summary.
+
 The build goes into a hidden sibling folder and is renamed into place at the end: a killed build
-leaves the previous output as it was. Same inputs and seed give the same bytes. Rows of one image
-share a split: the source's own split where it has one, else a stable hash of the image id.
+leaves the previous output as it was, and the next build removes what it left. Same inputs and seed
+give the same bytes. Rows of one image share a split: the source's own split where it has one, else
+a stable hash of the image id.
 
 Public surface: `CONTRACT_COLUMNS`, `contract_features()`, `BuildOptions`, `build_from_source(...)`,
-`quality_gate(dataset_dict) -> dict`, `write_atomically(out, overwrite, fill)`, `split_for(...)`,
-`push_to_hub(out, repo_id, card)`, `main(argv) -> summary`.
+`quality_gate(dataset_dict) -> dict`, `CLIP_CONTEXT_LENGTH`, `TokenWindow` (what of a text CLIP's text
+encoder reads), `over_context_length(dataset_dict) -> dict | None`, `write_atomically(out, overwrite, fill)`,
+`recover_interrupted_builds(out) -> list[Path]`, `split_for(...)`, `push_to_hub(out, repo_id, card)`,
+`main(argv) -> summary`.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import io
 import json
 import os
 import random
 import shutil
+import struct
 import sys
+import warnings
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,8 +58,22 @@ from tqdm.auto import tqdm
 
 from omninegclip.cards import render_dataset_card
 from omninegclip.cli import UserError, run_cli
+from omninegclip.provenance import provenance
 from omninegclip.rewrite import LLMRewriter, Rewrite, absence_negate, absence_problem, presence_negate, presence_problem
-from omninegclip.sources import SPLITS, TRAIN_OR_VALIDATION, Source, SourceItem, read_captions_dataset, read_ccneg, read_coco, read_negationclip
+from omninegclip.sources import (
+    DOWNLOAD_TIMEOUT,
+    MAX_IMAGE_BYTES,
+    SPLITS,
+    TRAIN_OR_VALIDATION,
+    ImageDownloads,
+    ImageUnavailable,
+    Source,
+    SourceItem,
+    read_captions_dataset,
+    read_ccneg,
+    read_coco,
+    read_negationclip,
+)
 from omninegclip.vocabulary import CooccurrenceStats, detect_objects, find_mentions
 
 CONTRACT_COLUMNS = (
@@ -56,6 +84,9 @@ GATE_COLUMNS = ("caption", "presence_negated", "absence_negated", "present_objec
 SUMMARY_FILE = "build_summary.json"
 CARD_FILE = "README.md"
 MAX_NAMED_FILES = 50  # skipped image files named in the summary, per reason
+CLIP_CONTEXT_LENGTH = 77  # tokens CLIP's text encoder reads, start and end tokens included; the rest is cut off
+TEXT_COLUMNS = ("caption", "presence_negated", "absence_negated")
+DEFAULT_MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS  # PIL's own decompression-bomb threshold (about 89 million)
 DEFAULT_LICENSES = {"coco": "cc-by-4.0"}
 _RULES = (
     "Rule-based rewrites (`omninegclip/rewrite.py`; the template is recorded in `presence_rewrite` / `absence_rewrite`) "
@@ -107,6 +138,8 @@ class BuildOptions:
     generate_presence: bool = True  # write rule-based presence negations (a negation the source ships is kept)
     generate_absence: bool = True
     absent_top_k: int = 5  # the absent object is drawn among the k most plausible
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # larger images are skipped (counted), never decoded
+    context_length: int | None = CLIP_CONTEXT_LENGTH  # a negation the text encoder would not see is refused; None: no check
     progress: bool = True
     rewriter: LLMRewriter | None = field(default=None, repr=False)
 
@@ -121,6 +154,57 @@ class BuildOptions:
             raise UserError(f"--max_rows {self.max_rows} must be at least 1")
         if self.absent_top_k < 1:
             raise UserError(f"--absent_top_k {self.absent_top_k} must be at least 1")
+        if self.max_image_pixels < 1:
+            raise UserError(f"--max_image_pixels {self.max_image_pixels} must be at least 1")
+        if self.context_length is not None and self.context_length < 3:
+            raise UserError(f"context_length {self.context_length} must be at least 3 (start, one token, end)")
+
+
+@functools.lru_cache(maxsize=1)
+def _clip_tokenizer():
+    """The openai CLIP tokenizer (for counting tokens), or None when it cannot be built here."""
+    try:
+        from omninegclip.tokenization import build_clip_tokenizer
+
+        tokenizer = build_clip_tokenizer()
+    except (ImportError, OSError):  # no open_clip wheel with CLIP's BPE merges
+        return None
+    tokenizer.model_max_length = 10**9  # counting only: no "sequence too long" warning
+    return tokenizer
+
+
+class TokenWindow:
+    """What of a text CLIP's text encoder sees: its first `context_length - 2` tokens (between start and end)."""
+
+    def __init__(self, context_length: int | None = CLIP_CONTEXT_LENGTH):
+        self.context_length = context_length
+        self.tokenizer = _clip_tokenizer() if context_length is not None else None
+        self.content_tokens = (context_length or 0) - 2
+
+    @property
+    def available(self) -> bool:
+        return self.tokenizer is not None
+
+    def visible(self, text: str) -> str:
+        """The start of `text` the encoder reads (all of it when it fits)."""
+        if self.tokenizer is None or len(text.encode("utf-8", "surrogatepass")) <= self.content_tokens:
+            return text  # every token covers at least one byte
+        offsets = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        return text if len(offsets) <= self.content_tokens else text[: offsets[self.content_tokens - 1][1]]
+
+    def too_long(self, texts: list[str]) -> int:
+        """How many of `texts` have more tokens than the encoder reads."""
+        long = [text for text in texts if isinstance(text, str) and len(text.encode("utf-8", "surrogatepass")) > self.content_tokens]
+        if self.tokenizer is None or not long:
+            return 0
+        return sum(len(ids) > self.content_tokens for ids in self.tokenizer(long, add_special_tokens=False)["input_ids"])
+
+    def negation_visible(self, caption: str, text: str, obj: str) -> bool:
+        """Does the encoder still see the negation: the object under a negation cue, and a change from the caption?"""
+        seen = self.visible(text)
+        if seen == text:
+            return True
+        return seen != self.visible(caption) and any(mention.negated for mention in find_mentions(seen, [obj]))
 
 
 def _unit_hash(text: str) -> float:
@@ -153,23 +237,31 @@ class _Report:
             named.append(name)
 
 
-def _choose_negated(item: SourceItem, rng: random.Random) -> str | None:
-    """The present object to negate: one the caption names if any, else the most visible."""
+def _choose_negated(item: SourceItem, rng: random.Random, window: TokenWindow) -> str | None:
+    """The present object to negate: one the caption names if any (within what the text encoder
+    reads of a very long caption, if it names one there), else the most visible."""
     present = sorted(set(item.present_objects))
-    named = sorted(set(present) & set(detect_objects(item.caption)))
+    named = sorted(set(present) & set(detect_objects(window.visible(item.caption)))) or sorted(set(present) & set(detect_objects(item.caption)))
     if named:
         return rng.choice(named)
     return min(present, key=lambda obj: (-item.salience.get(obj, 0.0), obj)) if present else None
 
 
-def _rewrite(kind: str, item: SourceItem, obj: str, rng: random.Random, options: BuildOptions, report: _Report) -> Rewrite | None:
+def _rewrite(kind: str, item: SourceItem, obj: str, rng: random.Random, options: BuildOptions, report: _Report,
+             keep: Callable[[str], bool]) -> tuple[Rewrite | None, str]:
+    """(a negation whose text `keep` accepts, or None with the reason)."""
     if options.rewriter is not None:
         ask = options.rewriter.presence if kind == "presence" else options.rewriter.absence
         rewrite = ask(item.caption, obj, item.present_objects)
-        if rewrite is not None:
-            return rewrite
+        if rewrite is not None and keep(rewrite.text):
+            return rewrite, ""
         report.llm_fallbacks[kind] += 1
-    return (presence_negate if kind == "presence" else absence_negate)(item.caption, obj, rng)
+    negate = presence_negate if kind == "presence" else absence_negate
+    rewrite = negate(item.caption, obj, rng, keep=keep)
+    if rewrite is None:
+        # A negation exists but every one falls beyond what the text encoder reads (a very long caption)?
+        return None, "negation_beyond_context" if negate(item.caption, obj, random.Random(0)) else "rewrite_failed"
+    return rewrite, ""
 
 
 def _choose_absent(item: SourceItem, source: Source, stats: CooccurrenceStats, options: BuildOptions, rng: random.Random) -> tuple[str | None, str]:
@@ -183,8 +275,9 @@ def _choose_absent(item: SourceItem, source: Source, stats: CooccurrenceStats, o
 
 
 def _negation(kind: str, item: SourceItem, source: Source, stats: CooccurrenceStats, options: BuildOptions, report: _Report,
-              rng: random.Random) -> tuple[Rewrite, str] | None:
-    """One negation of a row, (rewrite, object), checked by the quality gate; None (counted) when there is none."""
+              rng: random.Random, window: TokenWindow) -> tuple[Rewrite, str] | None:
+    """One negation of a row, (rewrite, object), checked by the quality gate and by what the text
+    encoder reads of it; None (counted) when there is none."""
     given, skip = (item.presence, item.presence_skip) if kind == "presence" else (item.absence, item.absence_skip)
     if given is not None:
         rewrite, obj = Rewrite(given.text, given.rewrite), given.obj
@@ -195,22 +288,26 @@ def _negation(kind: str, item: SourceItem, source: Source, stats: CooccurrenceSt
         return None
     else:
         if kind == "presence":
-            obj = _choose_negated(item, rng)
+            obj = _choose_negated(item, rng, window)
             reason = "no_present_object" if source.exhaustive_objects else "no_detectable_object"
         else:
             obj, reason = _choose_absent(item, source, stats, options, rng)
-        rewrite = _rewrite(kind, item, obj, rng, options, report) if obj else None
-        if rewrite is None:
-            report.skips[f"{kind}:{reason if obj is None else 'rewrite_failed'}"] += 1
+        if obj:
+            rewrite, reason = _rewrite(kind, item, obj, rng, options, report, keep=lambda text: window.negation_visible(item.caption, text, obj))
+        if not obj or rewrite is None:
+            report.skips[f"{kind}:{reason}"] += 1
             return None
     problem = (presence_problem if kind == "presence" else absence_problem)(item.caption, rewrite.text, obj, item.present_objects)
     if problem:
         report.skips[f"{kind}:quality_gate:{problem}"] += 1
         return None
+    if not window.negation_visible(item.caption, rewrite.text, obj):
+        report.skips[f"{kind}:negation_beyond_context"] += 1
+        return None
     return rewrite, obj
 
 
-def _negations(item: SourceItem, source: Source, stats: CooccurrenceStats, options: BuildOptions, report: _Report) -> dict:
+def _negations(item: SourceItem, source: Source, stats: CooccurrenceStats, options: BuildOptions, report: _Report, window: TokenWindow) -> dict:
     """The row's negation columns (None where it has no such negation; each missing one counted)."""
     rng = random.Random(f"{options.seed}|{source.name}|{item.source_index}")
     row = {}
@@ -218,15 +315,25 @@ def _negations(item: SourceItem, source: Source, stats: CooccurrenceStats, optio
         ("presence", ("presence_negated", "negated_object", "presence_rewrite")),
         ("absence", ("absence_negated", "absent_object", "absence_rewrite")),
     ):
-        found = _negation(kind, item, source, stats, options, report, rng)
+        found = _negation(kind, item, source, stats, options, report, rng, window)
         row.update({text_column: found[0].text, object_column: found[1], rewrite_column: found[0].name} if found else
                    {text_column: None, object_column: None, rewrite_column: None})
     return row
 
 
-def _prepare_image(data: bytes) -> tuple[bytes, str | None]:
-    """(bytes to store, the original mode when it had to be converted to RGB); raises on a broken image."""
-    with Image.open(io.BytesIO(data)) as image:
+class _ImageTooLarge(Exception):
+    pass
+
+
+def _prepare_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[bytes, str | None]:
+    """(bytes to store, the original mode when it had to be converted to RGB); raises on a broken image,
+    `_ImageTooLarge` (before decoding it) on one with more than `max_pixels` pixels."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is checked here, below
+        image = Image.open(io.BytesIO(data))
+    with image:
+        if image.width * image.height > max_pixels:
+            raise _ImageTooLarge(f"{image.width}x{image.height}")
         image.load()  # decodes every pixel: catches truncated files that Image.verify() lets through
         if image.mode == "RGB":
             return data, None
@@ -242,7 +349,7 @@ def _prepare_image(data: bytes) -> tuple[bytes, str | None]:
     return buffer.getvalue(), mode
 
 
-_BROKEN_IMAGE = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+_BROKEN_IMAGE = (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError)
 
 
 def _write_split(split: str, rows: list[tuple[SourceItem, dict]], source: Source, options: BuildOptions, report: _Report, cache_dir: Path) -> datasets.Dataset:
@@ -254,12 +361,19 @@ def _write_split(split: str, rows: list[tuple[SourceItem, dict]], source: Source
 
     def generate():
         for item, text in tqdm(rows, desc=f"writing {split}", disable=not options.progress, unit="row"):
-            data = item.image.read_bytes()
+            try:
+                data = item.image.read_bytes()
+            except ImageUnavailable as error:  # a download that failed, a file that cannot be read
+                report.skip_file(error.reason, item.image.name)
+                continue
             if data is None:
                 report.skip_file("missing_image", item.image.name)
                 continue
             try:
-                data, converted_from = _prepare_image(data)
+                data, converted_from = _prepare_image(data, options.max_image_pixels)
+            except (_ImageTooLarge, Image.DecompressionBombError):
+                report.skip_file("image_too_large", item.image.name)
+                continue
             except _BROKEN_IMAGE:
                 report.skip_file("corrupt_image", item.image.name)
                 continue
@@ -288,9 +402,10 @@ def build_from_source(source: Source, options: BuildOptions, cache_dir: Path) ->
     items = source.items[: options.max_rows] if options.max_rows else source.items
     stats = CooccurrenceStats.from_object_sets(source.object_sets)
     report = _Report(skips=Counter({f"source:{reason}": count for reason, count in source.skips.items()}))
+    window = TokenWindow(options.context_length)
     by_split: dict[str, list] = {split: [] for split in SPLITS}
     for item in tqdm(items, desc=f"negating {source.name} captions", disable=not options.progress, unit="caption"):
-        text = _negations(item, source, stats, options, report)
+        text = _negations(item, source, stats, options, report, window)
         if text["presence_negated"] is None and text["absence_negated"] is None:
             report.skips["row:no_negation"] += 1
             continue
@@ -300,14 +415,21 @@ def build_from_source(source: Source, options: BuildOptions, cache_dir: Path) ->
     dataset_dict = datasets.DatasetDict({split: _write_split(split, rows, source, options, report, cache_dir) for split, rows in by_split.items()})
     if not any(len(part) for part in dataset_dict.values()):
         raise UserError(f"{', '.join(source.files)}: no row could be written ({_describe(report.skips)})")
+    rows_out = sum(len(part) for part in dataset_dict.values())
+    row_skips = sum(count for reason, count in report.skips.items() if reason.startswith("row:"))
+    if rows_out + row_skips != len(items):  # every row is written or counted: anything else is a bug here
+        raise RuntimeError(f"row accounting is off: {len(items)} rows in, {rows_out} out, {row_skips} skipped ({_describe(report.skips)})")
     summary = {
         "source": source.name,
         "inputs": source.files,
         "rows_in": len(items),
         "skips": dict(sorted(report.skips.items())),
+        "skipped_rows": {reason: list(where) for reason, where in sorted(source.skip_examples.items())},
         "images_converted_to_rgb": dict(sorted(report.converted_modes.items())),
         "skipped_files": report.skipped_files,
     }
+    if options.max_rows and len(source.items) > len(items):
+        summary["rows_beyond_max_rows"] = len(source.items) - len(items)  # not read: --max_rows
     if options.rewriter is not None:
         summary["llm_rewriter"] = {"model": options.rewriter.name, "fallbacks_to_rules": dict(report.llm_fallbacks)}
     return dataset_dict, summary
@@ -412,21 +534,42 @@ def _check_target(out: Path, overwrite: bool) -> None:
             raise UserError(f"--out {out}: --overwrite only replaces a dataset this tool built, and this folder has no dataset_dict.json")
 
 
+def _building_prefix(out: Path) -> str:
+    return f".{out.name}.building-"
+
+
+def recover_interrupted_builds(out: Path) -> list[Path]:
+    """Clean up after builds of `out` whose process is gone (killed): a previous output that such a
+    build had moved aside, between its two final renames, goes back to `out`; their folders are removed.
+    Returns the folders removed."""
+    out = Path(out).absolute()
+    prefix = _building_prefix(out)
+    removed = []
+    for stale in sorted(out.parent.glob(prefix + "*")):
+        pid = stale.name[len(prefix) :]
+        if not pid.isdigit() or (int(pid) != os.getpid() and _is_alive(int(pid))):
+            continue  # another build, still running
+        previous = stale / "previous"
+        if previous.is_dir() and not out.exists():
+            previous.rename(out)
+            print(f"restored {out} (a build killed while replacing it had moved it aside)", file=sys.stderr)
+        shutil.rmtree(stale, ignore_errors=True)
+        removed.append(stale)
+    return removed
+
+
 def write_atomically(out: Path, overwrite: bool, fill: Callable[[Path, Path], None]) -> None:
     """`fill(staging, scratch)` writes the complete output into `staging`; it then replaces `out`.
 
     Both folders are hidden siblings of `out` (same file system, so the final rename is atomic); they
-    are removed whatever happens, and one left by a killed build is removed by the next build.
+    are removed whatever happens, and what a killed build left is cleaned up first
+    (`recover_interrupted_builds`). `out` never holds a partial build.
     """
     out = Path(out).absolute()
+    recover_interrupted_builds(out)
     _check_target(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
-    prefix = f".{out.name}.building-"
-    for stale in out.parent.glob(prefix + "*"):
-        pid = stale.name[len(prefix) :]
-        if pid.isdigit() and not _is_alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
-    root = out.parent / f"{prefix}{os.getpid()}"
+    root = out.parent / f"{_building_prefix(out)}{os.getpid()}"
     shutil.rmtree(root, ignore_errors=True)
     staging, scratch = root / "output", root / "scratch"
     scratch.mkdir(parents=True)
@@ -449,10 +592,18 @@ def _print_summary(summary: dict, out: Path) -> None:
     print(f"  rows in: {summary.get('rows_in', '-')}; rows out: " + ", ".join(f"{k} {v}" for k, v in summary["rows_out"].items()))
     if summary.get("negations"):
         print("  negations: " + ", ".join(f"{k} {v}" for k, v in summary["negations"].items()))
+    if summary.get("rows_beyond_max_rows"):
+        print(f"  not read (--max_rows): {summary['rows_beyond_max_rows']}")
     for reason, count in summary.get("skips", {}).items():
-        print(f"  skipped {reason}: {count}")
+        print(f"  skipped {reason}: {count}{_where(summary, reason)}")
     for mode, count in summary.get("images_converted_to_rgb", {}).items():
         print(f"  converted to RGB from {mode}: {count}")
+    long = summary.get("over_context_length")
+    if long and any(long["texts"].values()):
+        print(f"  longer than CLIP's {long['limit']} tokens (the text encoder reads only their start): "
+              + ", ".join(f"{column} {count}" for column, count in long["texts"].items()))
+    elif long is None:
+        print("  token lengths not checked (no CLIP tokenizer: install open_clip_torch --no-deps for its BPE file)")
     gate = summary["quality_gate"]["total"]
     print("  quality gate: " + "; ".join(
         f"{kind} passed {gate[kind]['passed']}, none {gate[kind]['missing']}, failed {sum(gate[kind]['failed'].values())}"
@@ -460,6 +611,28 @@ def _print_summary(summary: dict, out: Path) -> None:
     if not summary["quality_gate"]["passed"]:
         print("  WARNING: some negations fail the quality gate; see build_summary.json", file=sys.stderr)
     print(f"  summary: {out / SUMMARY_FILE}")
+
+
+def _where(summary: dict, reason: str, shown: int = 3) -> str:
+    """Where the first few skips of a reason were, as " (e.g. a.png, b.png)"; "" when not recorded."""
+    kind, _, name = reason.partition(":")
+    found = {"row": summary.get("skipped_files", {}), "source": summary.get("skipped_rows", {})}.get(kind, {}).get(name, [])
+    return f" (e.g. {', '.join(found[:shown])}{', ...' if len(found) > shown else ''})" if found else ""
+
+
+def over_context_length(dataset_dict: datasets.DatasetDict, context_length: int = CLIP_CONTEXT_LENGTH) -> dict | None:
+    """How many texts of each text column have more tokens than CLIP's text encoder reads (it
+    truncates them); None when no CLIP tokenizer can be built here."""
+    window = TokenWindow(context_length)
+    if not window.available:
+        return None
+    counts = Counter()
+    for dataset in dataset_dict.values():
+        columns = [column for column in TEXT_COLUMNS if column in dataset.column_names]
+        for batch in dataset.select_columns(columns).iter(batch_size=1000):
+            for column in columns:
+                counts[column] += window.too_long(batch[column])
+    return {"limit": context_length, "texts": {column: counts[column] for column in TEXT_COLUMNS}}
 
 
 def push_to_hub(out: Path, repo_id: str, card: str, private: bool = False) -> None:
@@ -487,6 +660,7 @@ def _parser() -> argparse.ArgumentParser:
     group.add_argument("--private", action="store_true", help="With --push_to_hub: make the repo private.")
     group.add_argument("--license", help="License field of the dataset card (default: cc-by-4.0 for coco, else other).")
     group.add_argument("--no_progress", action="store_true", help="No progress bars.")
+    group.add_argument("--debug", action="store_true", help="Show the full traceback of an error (also: OMNINEGCLIP_DEBUG=1).")
 
     negation = argparse.ArgumentParser(add_help=False)
     group = negation.add_argument_group("negation and splits")
@@ -496,19 +670,26 @@ def _parser() -> argparse.ArgumentParser:
     group.add_argument("--absent_top_k", type=int, default=5, help="Draw the absent object among the k most plausible.")
     group.add_argument("--rewriter_model", metavar="ID", help="Hub id or folder of a text-generation model that writes the negations "
                        "(outputs failing the quality gate fall back to the rule-based rewrite). Default: rules only.")
+    group.add_argument("--max_image_pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS, metavar="N",
+                       help="Skip (and count) images with more pixels than this, without decoding them. Default: %(default)s.")
 
     paragraphs = __doc__.split("\n\n")
-    parser = argparse.ArgumentParser(prog="data_builder.py", description=paragraphs[0], epilog="\n\n".join(paragraphs[1:4]),
+    parser = argparse.ArgumentParser(prog="data_builder.py", description=paragraphs[0], epilog="\n\n".join(paragraphs[1:-1]),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sources = parser.add_subparsers(dest="source", required=True, metavar="SOURCE")
 
-    coco = sources.add_parser("coco", parents=[negation, output], help="COCO captions + instances (presence and absence).")
+    coco = sources.add_parser("coco", parents=[negation, output], help="COCO captions + instances (presence and absence).",
+                              description="COCO captions with the present objects from the instance annotations: presence negations "
+                              "of objects the image holds, absence negations of plausible objects it does not.")
     coco.add_argument("--captions", required=True, help="COCO captions_*.json.")
     coco.add_argument("--instances", required=True, help="COCO instances_*.json of the same images.")
     coco.add_argument("--images", required=True, help="Folder of the images (file_name is relative to it).")
     coco.add_argument("--captions_per_image", type=int, default=1, help="Captions kept per image, in annotation-id order (0: all).")
 
-    captions = sources.add_parser("captions", parents=[negation, output], help="Any image-caption dataset (objects found in the captions).")
+    captions = sources.add_parser("captions", parents=[negation, output], help="Any image-caption dataset (objects found in the captions).",
+                                  description="Any image-caption dataset. The objects of an image are those its captions name (COCO "
+                                  "vocabulary with synonyms). JSON, JSON Lines and CSV/TSV files are read row by row: a malformed row "
+                                  "is an error naming its line; a caption that is missing, empty or not text is a counted skip.")
     captions.add_argument("--dataset", required=True, help="A save_to_disk folder, an image folder (metadata.jsonl/csv), a JSON/JSONL/CSV/Parquet file, or a Hub id.")
     captions.add_argument("--loader", default="auto", choices=["auto", "disk", "imagefolder", "json", "csv", "parquet", "hub"], help="How to read --dataset.")
     captions.add_argument("--split", help="Use only this split (then divided by image-id hash).")
@@ -517,25 +698,48 @@ def _parser() -> argparse.ArgumentParser:
     captions.add_argument("--image_id_column", help="Column with an image id (default: the image file name, else the row).")
     captions.add_argument("--images_dir", help="Folder that relative image paths start from (default: the data file's folder).")
     captions.add_argument("--captions_per_image", type=int, default=1, help="Captions kept per row when a row has a list (0: all).")
+    downloads = captions.add_argument_group("images given as http(s) URLs")
+    downloads.add_argument("--image_cache", metavar="DIR", help="Folder the images are downloaded into, kept for later builds "
+                           "(default: a folder inside the build's scratch space, removed afterwards).")
+    downloads.add_argument("--download_timeout", type=float, default=DOWNLOAD_TIMEOUT, metavar="SECONDS",
+                           help="Give up on an image after this long in total (counted skip). Default: %(default)s.")
+    downloads.add_argument("--max_image_bytes", type=int, default=MAX_IMAGE_BYTES, metavar="N",
+                           help="Give up on an image larger than this (counted skip). Default: %(default)s.")
 
-    ccneg = sources.add_parser("ccneg", parents=[negation, output], help="CC-Neg (CoN-CLIP) presence triples.")
+    ccneg = sources.add_parser("ccneg", parents=[negation, output], help="CC-Neg (CoN-CLIP) presence triples.",
+                               description="CC-Neg presence triples from CoN-CLIP's ccneg_preprocessed.pt, read with "
+                               "torch.load(weights_only=True): a file that would need arbitrary unpickling is refused, never run.")
     ccneg.add_argument("--annotations", required=True, help="ccneg_preprocessed.pt from the CoN-CLIP release.")
     ccneg.add_argument("--images", required=True, help="CC-Neg image root (the folder holding cc3m_subset_images_extracted_final/).")
     ccneg.add_argument("--eval_size", type=int, default=40000, help="The last N items are the evaluation (test) split.")
     ccneg.add_argument("--synthesize_absence", action="store_true", help="Also write rule-based absence negations.")
 
-    negationclip = sources.add_parser("negationclip", parents=[negation, output], help="NegationCLIP absence triples.")
+    negationclip = sources.add_parser("negationclip", parents=[negation, output], help="NegationCLIP absence triples.",
+                                      description="NegationCLIP absence triples: COCO captions with LLM-written 'updated_caption's "
+                                      "that negate a plausible absent object.")
     negationclip.add_argument("--annotations", required=True, help="NegationCLIP's COCO-format JSON with 'updated_caption'.")
     negationclip.add_argument("--images", required=True, help="Folder of the COCO images (e.g. train2014).")
     negationclip.add_argument("--instances", help="COCO instances_*.json of the same images: exact present objects.")
     negationclip.add_argument("--synthesize_presence", action="store_true", help="Also write rule-based presence negations.")
 
-    shapes = sources.add_parser("shapes", parents=[output], help="The offline image world (omninegclip/shapes.py).")
+    shapes = sources.add_parser("shapes", parents=[output], help="The offline image world (omninegclip/shapes.py).",
+                                description="The offline image world: procedurally drawn scenes whose objects are known exactly, "
+                                "with the world's own negated captions.")
     shapes.add_argument("--num_train", type=int, default=16000, help="Training scenes.")
     shapes.add_argument("--num_validation", type=int, default=1000, help="Validation scenes.")
     shapes.add_argument("--num_test", type=int, default=2000, help="Test scenes.")
-    shapes.add_argument("--image_size", type=int, default=64, help="Image side in pixels.")
+    shapes.add_argument("--image_size", type=int, default=64, help="Image side in pixels (8 to 1024).")
     return parser
+
+
+def _check_shapes_arguments(args: argparse.Namespace) -> None:
+    for flag in ("num_train", "num_validation", "num_test"):
+        if getattr(args, flag) < 0:
+            raise UserError(f"--{flag} {getattr(args, flag)} must be at least 0")
+    if not args.num_train + args.num_validation + args.num_test:
+        raise UserError("--num_train, --num_validation and --num_test are all 0: nothing to build")
+    if not 8 <= args.image_size <= 1024:
+        raise UserError(f"--image_size {args.image_size} must be between 8 and 1024 pixels")
 
 
 _INPUT_FLAGS = ("captions", "instances", "images", "annotations", "dataset", "images_dir")
@@ -544,7 +748,7 @@ _INPUT_FLAGS = ("captions", "instances", "images", "annotations", "dataset", "im
 def _arguments(args: argparse.Namespace) -> dict:
     """The settings that shape the data, for the summary and the card: not where the output goes, and
     local input files by name only (the card is public; `inputs` in the summary has the full paths)."""
-    hidden = {"out", "overwrite", "push_to_hub", "private", "no_progress"}
+    hidden = {"out", "overwrite", "push_to_hub", "private", "no_progress", "debug", "image_cache"}
     shown = {key: value for key, value in sorted(vars(args).items()) if key not in hidden and value is not None}
     for key in _INPUT_FLAGS:
         if key in shown and Path(shown[key]).exists():
@@ -557,10 +761,12 @@ def _read_source(args: argparse.Namespace, scratch: Path) -> Source:
     if args.source == "coco":
         return read_coco(args.captions, args.instances, args.images, args.captions_per_image)
     if args.source == "captions":
+        downloads = ImageDownloads(Path(args.image_cache) if args.image_cache else scratch / "images",
+                                   timeout=args.download_timeout, max_bytes=args.max_image_bytes)
         return read_captions_dataset(
             args.dataset, loader=args.loader, split=args.split, image_column=args.image_column, caption_column=args.caption_column,
             image_id_column=args.image_id_column, images_dir=args.images_dir, captions_per_image=args.captions_per_image,
-            cache_dir=str(scratch / "hf_cache"), progress=progress,
+            cache_dir=str(scratch / "hf_cache"), progress=progress, downloads=downloads,
         )
     if args.source == "ccneg":
         return read_ccneg(args.annotations, args.images, eval_size=args.eval_size)
@@ -592,29 +798,67 @@ def _build_description(args: argparse.Namespace, options: BuildOptions) -> str:
     return text + _SPLIT_AND_GATE.format(splits=splits)
 
 
+def _check_causal_lm_folder(path: Path) -> None:
+    """A local --rewriter_model folder must hold a text-generation (causal LM) model, not, say, a CLIP checkpoint."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    config = path / "config.json"
+    if not config.is_file():
+        raise UserError(f"--rewriter_model {str(path)!r}: holds no config.json (expected a text-generation model folder)")
+    try:
+        model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        raise UserError(f"--rewriter_model {str(path)!r}: {config.name} is not a JSON object") from None
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise UserError(f"--rewriter_model {str(path)!r}: its config.json has model_type {model_type!r}, which is not a "
+                        "text-generation (causal language) model")
+
+
+def _load_rewriter(model_id: str) -> LLMRewriter:
+    path = Path(model_id).expanduser()
+    if not path.exists() and (model_id.startswith((".", "/", "~")) or model_id.count("/") > 1):
+        raise UserError(f"--rewriter_model {model_id!r}: no such folder (expected a text-generation model folder or a Hub id)")
+    if path.is_dir():
+        _check_causal_lm_folder(path)
+    try:
+        return LLMRewriter.from_pretrained(model_id)
+    except Exception as error:  # transformers' many ways to fail: no such folder or repo, not a text-generation model, offline
+        detail = " ".join(str(error).split()) or type(error).__name__
+        raise UserError(f"--rewriter_model {model_id!r}: could not load a text-generation model ({detail[:300]})") from None
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = _parser().parse_args(argv)
     if not args.no_progress:
         datasets.enable_progress_bars()
     else:
         datasets.disable_progress_bars()
+    # Before any work: the flags, then the target (after cleaning up what a killed build left), then the inputs.
+    options = None
+    if args.source == "shapes":
+        _check_shapes_arguments(args)
+    else:
+        options = BuildOptions(
+            seed=args.seed, validation_fraction=args.validation_fraction, test_fraction=args.test_fraction,
+            max_rows=args.max_rows, absent_top_k=args.absent_top_k, max_image_pixels=args.max_image_pixels, progress=not args.no_progress,
+            generate_presence=args.source in ("coco", "captions") or getattr(args, "synthesize_presence", False),
+            generate_absence=args.source in ("coco", "captions") or getattr(args, "synthesize_absence", False),
+        )
+        if args.source == "captions":
+            ImageDownloads(timeout=args.download_timeout, max_bytes=args.max_image_bytes)  # checks the two flags
     out = Path(args.out).absolute()
-    _check_target(out, args.overwrite)  # before any work
+    recover_interrupted_builds(out)
+    _check_target(out, args.overwrite)
     summary: dict = {}
 
     def fill(staging: Path, scratch: Path) -> None:
-        if args.source == "shapes":
+        if options is None:
             dataset_dict, built = _build_shapes(args)
             description = "The offline image world: procedurally drawn scenes whose objects are known exactly."
             method = "Negations come from the world's own templates (`omninegclip/shapes.py`), which know every object exactly."
         else:
-            options = BuildOptions(
-                seed=args.seed, validation_fraction=args.validation_fraction, test_fraction=args.test_fraction,
-                max_rows=args.max_rows, absent_top_k=args.absent_top_k, progress=not args.no_progress,
-                generate_presence=args.source in ("coco", "captions") or getattr(args, "synthesize_presence", False),
-                generate_absence=args.source in ("coco", "captions") or getattr(args, "synthesize_absence", False),
-                rewriter=LLMRewriter.from_pretrained(args.rewriter_model) if args.rewriter_model else None,
-            )
+            if args.rewriter_model:
+                options.rewriter = _load_rewriter(args.rewriter_model)
             source = _read_source(args, scratch)
             dataset_dict, built = build_from_source(source, options, scratch / "cache")
             description = source.description
@@ -627,7 +871,9 @@ def main(argv: list[str] | None = None) -> dict:
             "negations": negations,
             "rewrites": rewrites,
             "quality_gate": quality_gate(dataset_dict, progress=not args.no_progress),
+            "over_context_length": over_context_length(dataset_dict),
             "examples": _examples(dataset_dict),
+            "provenance": provenance(args.seed),
         })
         # An empty split needs one (empty) shard, or load_from_disk cannot read it back.
         dataset_dict.save_to_disk(str(staging), num_shards={split: 1 for split, part in dataset_dict.items() if not len(part)})

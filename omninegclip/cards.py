@@ -4,7 +4,8 @@ Dataset card (written by `data_builder.py` into every built dataset as README.md
 - `render_dataset_card(summary, features, ...) -> str`: YAML metadata that `huggingface_hub.DatasetCard`
   parses (license, task, tags, size, `configs` for the `push_to_hub` layout, `dataset_info` with the
   features and split sizes) and a body that says where the rows come from, what each column means,
-  how the negations were made, and the build's counts (rows, skips by reason, the quality gate).
+  how the negations were made, the build's counts (rows, skips by reason, the quality gate, texts
+  longer than CLIP's context) and its provenance (seed, git commit, library versions).
 """
 
 from __future__ import annotations
@@ -145,11 +146,21 @@ def render_dataset_card(
             counts = gate[kind]
             lines.append(f"| {kind} | {counts['passed']} | {counts['missing']} | {sum(counts['failed'].values())} |")
         lines += [""]
+    long = summary.get("over_context_length")
+    if long:
+        lines += [f"### Longer than CLIP's {long['limit']} tokens", "",
+                  "CLIP's text encoder reads only the start of these texts. A negation it would not see was not written "
+                  "(counted as `negation_beyond_context`).", ""] + _counts_table(long["texts"], "column")
     examples = summary.get("examples") or []
     if examples:
         lines += ["## Examples", "", "| caption | presence_negated | absence_negated |", "|---|---|---|"]
         lines += [f"| {_cell(row.get('caption'))} | {_cell(row.get('presence_negated'))} | {_cell(row.get('absence_negated'))} |" for row in examples]
         lines += [""]
+    made_by = summary.get("provenance")
+    if made_by:
+        versions = ", ".join(f"{name} {version}" for name, version in sorted((made_by.get("libraries") or {}).items()) if version)
+        lines += ["## Provenance", "", f"Seed {made_by.get('seed')}; git commit `{made_by.get('git_commit') or 'unknown'}`; "
+                  f"Python {made_by.get('python')}; {versions}.", ""]
     lines += [
         "## License",
         "",

@@ -10,19 +10,21 @@ Two kinds of negation (DESIGN.md):
 
 Public surface:
 - `Rewrite(text, name)`: a rewritten caption and the template that made it (a tuple: `text, name = ...`);
-- `presence_negate(caption, obj, rng) -> Rewrite | None` and
-  `absence_negate(caption, absent_obj, rng) -> Rewrite | None`: pure and deterministic given the
-  `random.Random`; `obj` is a COCO category ("dog", matched in the caption by any synonym or plural,
+- `presence_negate(caption, obj, rng, keep=None) -> Rewrite | None` and
+  `absence_negate(caption, absent_obj, rng, keep=None) -> Rewrite | None`: pure and deterministic given
+  the `random.Random`; `obj` is a COCO category ("dog", matched in the caption by any synonym or plural,
   "puppies") or any other noun ("hat"). None when no template gives a valid rewrite (empty caption,
   an absent object the caption already asserts, ...). Every returned text names the object under a
-  negation cue, and differs from the caption; any unicode string is accepted;
+  negation cue, and differs from the caption; any unicode string is accepted. `keep(text)`, when
+  given, must also accept the text (the builder passes "the text encoder still sees the negation");
 - `PRESENCE_TEMPLATES`, `ABSENCE_TEMPLATES`: the template names;
 - `presence_problem(caption, text, obj, present_objects)` / `absence_problem(...)`: the quality gate
   for one row, None when the negation is good, else the reason ("object_not_mentioned", ...); with
   `strict=True` also that the negation governs the object (what the rewriters and the LLM check);
 - `LLMRewriter`: the optional rewriter backed by a text-generation model (any callable
-  prompt -> text, or `LLMRewriter.from_pretrained(model_id)`); its outputs pass the strict check or
-  it returns None, and the caller falls back to the rule-based rewrite.
+  prompt -> text, or `LLMRewriter.from_pretrained(model_id)`, which never runs a repository's own
+  code: `trust_remote_code=False`); its outputs pass the strict check or it returns None, and the
+  caller falls back to the rule-based rewrite.
 """
 
 from __future__ import annotations
@@ -188,7 +190,7 @@ def _negation_governs(text: str, obj: str) -> bool:
     return any(mention.negated for mention in find_mentions(text, [obj]))
 
 
-def presence_negate(caption: str, obj: str, rng: random.Random) -> Rewrite | None:
+def presence_negate(caption: str, obj: str, rng: random.Random, keep: Callable[[str], bool] | None = None) -> Rewrite | None:
     """Negate `obj`, an object present in the image; in the caption where the caption names it."""
     if not isinstance(caption, str) or not isinstance(obj, str) or not obj.strip():
         return None
@@ -205,6 +207,8 @@ def presence_negate(caption: str, obj: str, rng: random.Random) -> Rewrite | Non
     candidates = {name: text for name, attempt in attempts if (text := attempt()) and text != caption.strip() and _negation_governs(text, obj)}
     if "not_verb" in candidates:
         candidates.pop("no_object", None)  # "a man not riding a horse", never "a man riding no horse"
+    if keep is not None:
+        candidates = {name: text for name, text in candidates.items() if keep(text)}
     if not candidates:
         return None
     name = rng.choice(sorted(candidates))
@@ -243,7 +247,7 @@ def _absence_text(caption: str, obj: str, template: str) -> str | None:
     raise ValueError(f"unknown absence template {template!r}; expected one of {ABSENCE_TEMPLATES}")
 
 
-def absence_negate(caption: str, absent_obj: str, rng: random.Random) -> Rewrite | None:
+def absence_negate(caption: str, absent_obj: str, rng: random.Random, keep: Callable[[str], bool] | None = None) -> Rewrite | None:
     """Add a negated `absent_obj` (an object NOT in the image); None if the caption already names it."""
     if not isinstance(caption, str) or not isinstance(absent_obj, str) or not absent_obj.strip():
         return None
@@ -254,7 +258,7 @@ def absence_negate(caption: str, absent_obj: str, rng: random.Random) -> Rewrite
     rng.shuffle(names)
     for name in names:
         text = _absence_text(base, absent_obj, name)
-        if text and _absence_strictly_negated(text, absent_obj):
+        if text and text != caption.strip() and _absence_strictly_negated(text, absent_obj) and (keep is None or keep(text)):
             return Rewrite(text, name)
     return None
 
@@ -340,7 +344,7 @@ class LLMRewriter:
         """Load any Hugging Face text-generation model (Hub id or local folder)."""
         from transformers import pipeline
 
-        generator = pipeline("text-generation", model=model_id)
+        generator = pipeline("text-generation", model=model_id, trust_remote_code=False)
 
         def generate(prompt: str) -> str:
             output = generator(prompt, max_new_tokens=max_new_tokens, do_sample=False, return_full_text=False)

@@ -1,19 +1,27 @@
 """One reader per published source, each turning its files into the same `Source` of `SourceItem`s.
 
 A reader checks the published schema (a missing key is a `UserError` naming the file, the entry and
-the key), finds each image on disk (or in the dataset), and says what it knows about each caption:
-the objects present, and any negation the source itself ships. Images are not opened here: the
-builder opens each one once, when it writes it.
+the key), finds each image on disk (or in the dataset, or at a URL), and says what it knows about
+each caption: the objects present, and any negation the source itself ships. Images are not opened
+here: the builder opens each one once, when it writes it. Nothing is lost silently: every caption
+read becomes an item or a counted skip (`Source.skips`, by reason).
 
 Public surface:
-- `ImageRef`, `GivenNegation`, `SourceItem`, `Source`: what a reader returns;
+- `ImageRef`, `GivenNegation`, `SourceItem`, `Source`: what a reader returns; `ImageRef.read_bytes()`
+  gives the encoded image, None when the file is missing, or raises `ImageUnavailable(reason)`;
 - `read_coco(captions, instances, images, captions_per_image=1)`: COCO 2017 `captions_*.json` +
   `instances_*.json` + image folder; present objects from the instance annotations (exhaustive);
 - `read_captions_dataset(dataset, ...)`: any image–caption dataset (a `save_to_disk` folder, an image
-  folder with `metadata.jsonl`/`metadata.csv`, a JSON/JSONL/CSV/Parquet file, or a Hub id); present
-  objects found in the captions through the vocabulary (not exhaustive);
+  folder with `metadata.jsonl`/`metadata.csv`, a JSON/JSONL/CSV/TSV/Parquet file, or a Hub id); present
+  objects found in the captions through the vocabulary (not exhaustive). JSON, JSON Lines and CSV are
+  read here (not by `datasets`), so a malformed row is reported by its line and a caption is never
+  coerced to or from another type. Images may be file paths or http(s) URLs (see `fetch_image`);
+- `fetch_image(url, cache_dir, timeout=10.0, max_bytes=20_000_000) -> Path`: one image downloaded into
+  `cache_dir` under a name made from a hash of the URL (never the URL's own name), with a total time
+  limit and a size limit; `ImageUnavailable` when it cannot be had;
 - `read_ccneg(annotations, images, eval_size=40000)`: CoN-CLIP's `ccneg_preprocessed.pt` (presence
-  triples; the last `eval_size` items are the evaluation split), loaded with `weights_only=True`;
+  triples; the last `eval_size` items are the evaluation split), loaded with `weights_only=True`, so
+  a file that would need arbitrary unpickling (code execution) is refused, never run;
 - `read_negationclip(annotations, images, instances=None)`: NegationCLIP's COCO-format JSON whose
   annotations carry `caption` and `updated_caption` (absence triples);
 - `infer_absent_object(caption, updated_caption)`: which object an absence rewrite negated;
@@ -34,13 +42,24 @@ Formats, as the authors' released code reads them:
 
 from __future__ import annotations
 
+import ast
+import csv
+import hashlib
+import http.client
 import json
+import os
 import pickle
 import re
+import socket
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import warnings
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from omninegclip.cli import UserError
 from omninegclip.vocabulary import NEGATION_CUES, canonical_category, detect_objects, find_mentions, mentions
@@ -48,24 +67,37 @@ from omninegclip.vocabulary import NEGATION_CUES, canonical_category, detect_obj
 CCNEG_PATH_PREFIX = "/workspace/datasets/cc3m/"
 SPLITS = ("train", "validation", "test")
 TRAIN_OR_VALIDATION = "trainval"  # a source split the builder divides into train and validation by image hash
+MAX_SKIP_EXAMPLES = 20
+BEYOND_CAPTIONS_PER_IMAGE = "beyond_captions_per_image"  # a caption not selected (--captions_per_image): counted, not lost
 _SPLIT_ALIASES = {"train": "train", "training": "train", "validation": "validation", "valid": "validation", "val": "validation", "dev": "validation", "test": "test", "testing": "test"}
+
+
+class ImageUnavailable(Exception):
+    """An image that cannot be had; `reason` is the skip reason the builder counts ("image_download_timeout", ...)."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
 class ImageRef:
-    """Where an image is: a file, or a function that returns its encoded bytes (datasets)."""
+    """Where an image is: a file, or a function that returns its encoded bytes (datasets, URLs)."""
 
-    name: str  # file name as the source names it: shown in messages, kept as the image's `path`
+    name: str  # file name (or URL) as the source names it: shown in messages, kept as the image's `path`
     path: Path | None = None
     read: Callable[[], bytes | None] | None = None
 
     def read_bytes(self) -> bytes | None:
-        """The encoded image, or None when the file is missing."""
+        """The encoded image, or None when the file is missing; raises `ImageUnavailable` otherwise."""
         if self.read is not None:
             return self.read()
         if self.path is None or not self.path.is_file():
             return None
-        return self.path.read_bytes()
+        try:
+            return self.path.read_bytes()
+        except OSError as error:
+            raise ImageUnavailable("image_unreadable", f"{self.path}: {error.strerror or error}") from None
 
 
 @dataclass(frozen=True)
@@ -102,7 +134,15 @@ class Source:
     object_sets: list[tuple[str, ...]]  # objects of each image of the whole source (co-occurrence statistics)
     exhaustive_objects: bool  # True when every object in an image is known (annotations), not only the named ones
     files: list[str] = field(default_factory=list)
-    skips: Counter = field(default_factory=Counter)  # items the reader could not use, by reason
+    skips: Counter = field(default_factory=Counter)  # captions the reader could not use, by reason
+    skip_examples: dict[str, list[str]] = field(default_factory=dict)  # reason -> where the first few are
+
+    def skip(self, reason: str, where: str, count: int = 1) -> None:
+        """Count `count` skipped captions; name where the first `MAX_SKIP_EXAMPLES` of each reason are."""
+        self.skips[reason] += count
+        examples = self.skip_examples.setdefault(reason, [])
+        if len(examples) < MAX_SKIP_EXAMPLES:
+            examples.append(where)
 
 
 def _load_json(path: Path, what: str) -> object:
@@ -144,12 +184,37 @@ _COCO_CAPTIONS_SCHEMA = "COCO captions: images[{id, file_name, width, height}], 
 _COCO_INSTANCES_SCHEMA = "COCO instances: images[...], annotations[{image_id, category_id, bbox}], categories[{id, name, supercategory}]"
 
 
+def _require_id(container: object, key: str, path: Path, where: str, schema: str) -> int | str:
+    """An id (an integer or a string: what COCO-style files use)."""
+    value = _require(container, key, path, where, schema)
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise UserError(f"{path}: '{key}' in {where} is {_describe_value(value)}, expected an integer or a string id ({schema})")
+    return value
+
+
+def _describe_value(value: object) -> str:
+    text = repr(value)
+    return f"a {type(value).__name__} ({text if len(text) <= 40 else text[:37] + '...'})"
+
+
 def _coco_images(data: object, path: Path, schema: str) -> dict[object, str]:
     file_names = {}
     for index, image in enumerate(_require_list(data, "images", path, "the top level", schema)):
-        image_id = _require(image, "id", path, f"images[{index}]", schema)
-        file_names[image_id] = str(_require(image, "file_name", path, f"images[{index}]", schema))
+        image_id = _require_id(image, "id", path, f"images[{index}]", schema)
+        file_name = _require(image, "file_name", path, f"images[{index}]", schema)
+        if not isinstance(file_name, str) or not file_name.strip():
+            raise UserError(f"{path}: 'file_name' in images[{index}] is {_describe_value(file_name)}, expected a file name ({schema})")
+        file_names[image_id] = file_name
     return file_names
+
+
+def _box_area(bbox: object, path: Path, where: str) -> float:
+    """Area of a COCO `bbox` [x, y, width, height]; 0 when the annotation has none (crowd regions may not)."""
+    if bbox is None or bbox == []:
+        return 0.0
+    if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox)):
+        raise UserError(f"{path}: 'bbox' in {where} is {_describe_value(bbox)}, expected [x, y, width, height] numbers")
+    return max(float(bbox[2]), 0.0) * max(float(bbox[3]), 0.0)
 
 
 def read_coco_objects(instances: Path | str) -> tuple[dict[object, dict[str, float]], dict[object, str]]:
@@ -159,26 +224,41 @@ def read_coco_objects(instances: Path | str) -> tuple[dict[object, dict[str, flo
     file_names = _coco_images(data, path, _COCO_INSTANCES_SCHEMA)
     names = {}
     for index, category in enumerate(_require_list(data, "categories", path, "the top level", _COCO_INSTANCES_SCHEMA)):
-        category_id = _require(category, "id", path, f"categories[{index}]", _COCO_INSTANCES_SCHEMA)
-        name = str(_require(category, "name", path, f"categories[{index}]", _COCO_INSTANCES_SCHEMA))
+        category_id = _require_id(category, "id", path, f"categories[{index}]", _COCO_INSTANCES_SCHEMA)
+        name = _require(category, "name", path, f"categories[{index}]", _COCO_INSTANCES_SCHEMA)
+        if not isinstance(name, str) or not name.strip():
+            raise UserError(f"{path}: 'name' in categories[{index}] is {_describe_value(name)}, expected a category name")
         names[category_id] = canonical_category(name) or " ".join(name.lower().split())
     areas: dict[object, dict[str, float]] = {image_id: {} for image_id in file_names}
     for index, annotation in enumerate(_require_list(data, "annotations", path, "the top level", _COCO_INSTANCES_SCHEMA)):
         where = f"annotations[{index}]"
-        image_id = _require(annotation, "image_id", path, where, _COCO_INSTANCES_SCHEMA)
-        category_id = _require(annotation, "category_id", path, where, _COCO_INSTANCES_SCHEMA)
+        image_id = _require_id(annotation, "image_id", path, where, _COCO_INSTANCES_SCHEMA)
+        category_id = _require_id(annotation, "category_id", path, where, _COCO_INSTANCES_SCHEMA)
         if category_id not in names:
             raise UserError(f"{path}: {where} has category_id {category_id!r}, which no entry of 'categories' defines")
-        bbox = annotation.get("bbox") or [0, 0, 0, 0]
-        area = float(bbox[2]) * float(bbox[3]) if isinstance(bbox, list) and len(bbox) == 4 else 0.0
+        area = _box_area(annotation.get("bbox"), path, where)
         objects = areas.setdefault(image_id, {})
         objects[names[category_id]] = objects.get(names[category_id], 0.0) + area
     return areas, file_names
 
 
+def _sort_key(value: object) -> tuple[str, object]:
+    """Orders ids of mixed types (annotation ids may be numbers or strings, or missing)."""
+    return (type(value).__name__, value) if isinstance(value, (int, float, str)) and not isinstance(value, bool) else ("~", repr(value))
+
+
 def _select_captions(captions: list[tuple[object, str]], captions_per_image: int) -> list[str]:
-    ordered = [caption for _, caption in sorted(captions, key=lambda pair: (str(type(pair[0])), pair[0]))]
+    ordered = [caption for _, caption in sorted(captions, key=lambda pair: _sort_key(pair[0]))]
     return ordered if captions_per_image <= 0 else ordered[:captions_per_image]
+
+
+def _text_skip(value: object) -> str | None:
+    """Why a caption value cannot be used (None: it is non-empty text)."""
+    if value is None:
+        return "missing_caption"
+    if not isinstance(value, str):
+        return "caption_not_text"
+    return None if value.strip() else "empty_caption"
 
 
 def read_coco(captions: Path | str, instances: Path | str, images: Path | str, captions_per_image: int = 1) -> Source:
@@ -188,85 +268,324 @@ def read_coco(captions: Path | str, instances: Path | str, images: Path | str, c
     data = _load_json(captions_path, "a COCO captions_*.json file")
     file_names = _coco_images(data, captions_path, _COCO_CAPTIONS_SCHEMA)
     areas, _ = read_coco_objects(instances)
-    skips: Counter = Counter()
-    by_image: dict[object, list[tuple[object, str]]] = defaultdict(list)
-    for index, annotation in enumerate(_require_list(data, "annotations", captions_path, "the top level", _COCO_CAPTIONS_SCHEMA)):
-        where = f"annotations[{index}]"
-        image_id = _require(annotation, "image_id", captions_path, where, _COCO_CAPTIONS_SCHEMA)
-        caption = _require(annotation, "caption", captions_path, where, _COCO_CAPTIONS_SCHEMA)
-        if image_id not in file_names:
-            skips["caption_of_unknown_image"] += 1
-        elif not isinstance(caption, str) or not caption.strip():
-            skips["empty_caption"] += 1
-        else:
-            by_image[image_id].append((annotation.get("id", index), caption.strip()))
-    items = []
-    for image_id in sorted(by_image, key=lambda key: (str(type(key)), key)):
-        if image_id not in areas:  # a captions file paired with another split's instances file
-            skips["image_not_in_instances"] += len(by_image[image_id])
-            continue
-        objects = areas[image_id]
-        selected = _select_captions(by_image[image_id], captions_per_image)
-        mentioned = sorted({obj for caption in selected for obj in detect_objects(caption)})
-        for caption in selected:
-            items.append(SourceItem(
-                image_id=str(image_id), image=ImageRef(file_names[image_id], images_dir / file_names[image_id]),
-                caption=caption, present_objects=tuple(sorted(objects)), source_index=len(items),
-                also_mentioned=tuple(mentioned), salience=dict(objects),
-            ))
-    return Source(
+    source = Source(
         name="coco",
         description="MS-COCO captions; present objects from COCO's instance annotations (80 categories, exhaustive).",
-        license="cc-by-4.0", items=items, object_sets=[tuple(sorted(objects)) for objects in areas.values()],
-        exhaustive_objects=True, files=[str(captions_path), str(instances), str(images_dir)], skips=skips,
+        license="cc-by-4.0", items=[], object_sets=[tuple(sorted(objects)) for objects in areas.values()],
+        exhaustive_objects=True, files=[str(captions_path), str(instances), str(images_dir)],
     )
+    by_image: dict[object, list[tuple[object, str, str]]] = defaultdict(list)
+    for index, annotation in enumerate(_require_list(data, "annotations", captions_path, "the top level", _COCO_CAPTIONS_SCHEMA)):
+        where = f"annotations[{index}]"
+        image_id = _require_id(annotation, "image_id", captions_path, where, _COCO_CAPTIONS_SCHEMA)
+        caption = _require(annotation, "caption", captions_path, where, _COCO_CAPTIONS_SCHEMA)
+        if image_id not in file_names:
+            source.skip("caption_of_unknown_image", f"{captions_path.name} {where} (image_id {image_id!r})")
+        elif _text_skip(caption):
+            source.skip(_text_skip(caption), f"{captions_path.name} {where}")
+        else:
+            by_image[image_id].append((annotation.get("id", index), caption.strip(), where))
+    for image_id in sorted(by_image, key=_sort_key):
+        if image_id not in areas:  # a captions file paired with another split's instances file
+            source.skip("image_not_in_instances", f"{captions_path.name} {by_image[image_id][0][2]} (image_id {image_id!r})", len(by_image[image_id]))
+            continue
+        objects = areas[image_id]
+        selected = _select_captions([(key, caption) for key, caption, _ in by_image[image_id]], captions_per_image)
+        if len(selected) < len(by_image[image_id]):
+            source.skips[BEYOND_CAPTIONS_PER_IMAGE] += len(by_image[image_id]) - len(selected)
+        mentioned = sorted({obj for caption in selected for obj in detect_objects(caption)})
+        for caption in selected:
+            source.items.append(SourceItem(
+                image_id=str(image_id), image=ImageRef(file_names[image_id], images_dir / file_names[image_id]),
+                caption=caption, present_objects=tuple(sorted(objects)), source_index=len(source.items),
+                also_mentioned=tuple(mentioned), salience=dict(objects),
+            ))
+    return source
+
+
+# ------------------------------------------------------------------------------------ images by URL
+
+DOWNLOAD_TIMEOUT = 10.0  # seconds, for the whole download of one image
+MAX_IMAGE_BYTES = 20_000_000
+_URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow redirects to http(s) only (never to file:// or ftp://)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if urllib.parse.urlsplit(newurl).scheme.lower() not in ("http", "https"):
+            raise ImageUnavailable("image_download_failed", f"{req.full_url}: redirected to {newurl}, which is not an http(s) URL")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _cache_file(url: str, cache_dir: Path) -> Path:
+    """The cache file of a URL: a hash of the whole URL plus a plain extension (so '../' in it goes nowhere)."""
+    suffix = PurePosixPath(urllib.parse.unquote(urllib.parse.urlsplit(url).path)).suffix.lower()
+    if not re.fullmatch(r"\.[a-z0-9]{1,8}", suffix):
+        suffix = ""
+    return cache_dir / (hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()[:40] + suffix)
+
+
+def fetch_image(url: str, cache_dir: Path | str, timeout: float = DOWNLOAD_TIMEOUT, max_bytes: int = MAX_IMAGE_BYTES) -> Path:
+    """Download an http(s) image into `cache_dir` (once: a cached file is reused) and return its path.
+
+    Gives up after `timeout` seconds in total (a server that trickles bytes too) and beyond `max_bytes`;
+    the file is written under a temporary name and renamed when complete, so a partial download is
+    never taken for an image. Raises `ImageUnavailable` with the reason ("image_url_not_http",
+    "image_download_timeout", "image_download_too_large", "image_download_failed").
+    """
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        raise ImageUnavailable("image_url_not_http", f"{url}: only http:// and https:// image URLs are fetched")
+    cache = Path(cache_dir).resolve()
+    cache.mkdir(parents=True, exist_ok=True)
+    target = _cache_file(url, cache)
+    if target.parent != cache:  # by construction; checked because this is the one place files are written
+        raise ImageUnavailable("image_download_failed", f"{url}: refusing to write outside {cache}")
+    if target.is_file():
+        return target
+    deadline = time.monotonic() + timeout
+    opener = urllib.request.build_opener(_HttpOnlyRedirects)
+    request = urllib.request.Request(url, headers={"User-Agent": "omninegclip-data-builder"})
+    data = bytearray()
+    try:
+        with opener.open(request, timeout=timeout) as response:
+            length = response.headers.get("Content-Length", "")
+            if length.strip().isdigit() and int(length) > max_bytes:
+                raise ImageUnavailable("image_download_too_large", f"{url}: {int(length)} bytes, more than the {max_bytes} allowed")
+            while True:
+                if time.monotonic() > deadline:
+                    raise ImageUnavailable("image_download_timeout", f"{url}: not complete after {timeout:g} s")
+                chunk = response.read1(65536)
+                if not chunk:
+                    break
+                data += chunk
+                if len(data) > max_bytes:
+                    raise ImageUnavailable("image_download_too_large", f"{url}: more than the {max_bytes} bytes allowed")
+    except ImageUnavailable:
+        raise
+    except urllib.error.HTTPError as error:
+        raise ImageUnavailable("image_download_failed", f"{url}: HTTP {error.code} {error.reason}") from None
+    except (TimeoutError, socket.timeout) as error:
+        raise ImageUnavailable("image_download_timeout", f"{url}: no answer within {timeout:g} s ({error})") from None
+    except urllib.error.URLError as error:
+        if isinstance(error.reason, (TimeoutError, socket.timeout)):
+            raise ImageUnavailable("image_download_timeout", f"{url}: no answer within {timeout:g} s") from None
+        raise ImageUnavailable("image_download_failed", f"{url}: {error.reason}") from None
+    except (OSError, http.client.HTTPException, ValueError) as error:
+        raise ImageUnavailable("image_download_failed", f"{url}: {type(error).__name__}: {error}") from None
+    partial = target.with_name(f"{target.name}.part-{os.getpid()}")
+    try:
+        partial.write_bytes(bytes(data))
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return target
+
+
+@dataclass(frozen=True)
+class ImageDownloads:
+    """How images given as URLs are fetched (`fetch_image`'s settings); no cache folder: URLs are skipped."""
+
+    cache_dir: Path | None = None
+    timeout: float = DOWNLOAD_TIMEOUT
+    max_bytes: int = MAX_IMAGE_BYTES
+
+    def __post_init__(self):
+        if not self.timeout > 0:
+            raise UserError(f"--download_timeout {self.timeout} must be > 0 seconds")
+        if self.max_bytes < 1:
+            raise UserError(f"--max_image_bytes {self.max_bytes} must be at least 1")
+
+    def reader(self, url: str) -> Callable[[], bytes]:
+        def read() -> bytes:
+            if self.cache_dir is None:
+                raise ImageUnavailable("image_url_without_cache", f"{url}: images given as URLs need a download folder")
+            return fetch_image(url, self.cache_dir, self.timeout, self.max_bytes).read_bytes()
+
+        return read
+
+
+def _is_url(value: str) -> bool:
+    return bool(_URL_SCHEME.match(value))
+
+
+def _image_ref(value: object, fallback_name: str, base_dir: Path | None, downloads: ImageDownloads) -> ImageRef:
+    """The image a cell names: a file path (relative to `base_dir`), an http(s) URL, or nothing."""
+    if isinstance(value, str) and value.strip():
+        value = value.strip()
+        if _is_url(value):
+            return ImageRef(value, read=downloads.reader(value))
+        file = Path(value) if base_dir is None or Path(value).is_absolute() else base_dir / value
+        return ImageRef(Path(value).name, path=file)
+    return ImageRef(fallback_name)
+
+
+# ------------------------------------------------------------------------------- image-caption data
+
+
+@dataclass(frozen=True)
+class _Row:
+    where: str  # "line 3" / "record 2" / "row 7": for messages
+    caption: object
+    image_id: object
+    image: ImageRef
+
+
+def _read_text(path: Path, what: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path}: not UTF-8 text (byte {error.start}); expected {what}") from None
+
+
+def _json_records(path: Path) -> list[tuple[str, dict]]:
+    """(where, record) of a JSON file (a list of objects, or an object of equal-length columns) or JSON Lines."""
+    text = _read_text(path, "JSON or JSON Lines records")
+    if path.suffix.lower() != ".jsonl" and text.lstrip()[:1] in ("[", "{"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            if error.msg != "Extra data":  # JSON Lines in a .json file read as one value and then more
+                raise UserError(f"{path}: not valid JSON (line {error.lineno}, column {error.colno}: {error.msg})") from None
+        else:
+            return _records_of(data, path)
+    records = []
+    for number, line in enumerate(text.split("\n"), start=1):  # only "\n" ends a line (a JSON string may hold U+2028)
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise UserError(f"{path}: line {number} is not valid JSON ({error.msg}, column {error.colno}); "
+                            "a JSON Lines file holds one object per line") from None
+        if not isinstance(value, dict):
+            raise UserError(f"{path}: line {number} is {_describe_value(value)}, expected an object (one record per line)")
+        records.append((f"line {number}", value))
+    return records
+
+
+def _records_of(data: object, path: Path) -> list[tuple[str, dict]]:
+    if isinstance(data, list):
+        for index, record in enumerate(data):
+            if not isinstance(record, dict):
+                raise UserError(f"{path}: record {index} is {_describe_value(record)}, expected an object of columns")
+        return [(f"record {index}", record) for index, record in enumerate(data)]
+    if isinstance(data, dict) and data and all(isinstance(column, list) for column in data.values()):
+        lengths = {name: len(column) for name, column in data.items()}
+        if len(set(lengths.values())) > 1:
+            raise UserError(f"{path}: the columns have different lengths {lengths}; expected equal-length columns")
+        count = next(iter(lengths.values()))
+        return [(f"row {index}", {name: column[index] for name, column in data.items()}) for index in range(count)]
+    if isinstance(data, dict):
+        return [("record 0", data)]
+    raise UserError(f"{path}: the file holds {_describe_value(data)}; expected a list of objects, JSON Lines, or an object of columns")
+
+
+def _list_cell(value: str) -> object:
+    """A CSV cell holding a list literal ("['a dog', 'a puppy']", as NegBench writes lists) as a list."""
+    if len(value) > 1 and value[0] == "[" and value[-1] == "]":
+        try:
+            parsed = ast.literal_eval(value)  # literals only: never runs code
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            return value
+        if isinstance(parsed, list):
+            return parsed
+    return value
+
+
+def _csv_records(path: Path) -> list[tuple[str, dict]]:
+    """(where, record) of a CSV (or, for .tsv, tab-separated) file with a header row; every value a string."""
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    records = []
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as handle:
+            reader = csv.reader(handle, delimiter=delimiter, strict=True)
+            try:
+                header = next(reader, None)
+                if not header:
+                    raise UserError(f"{path}: empty, expected a header row naming the columns")
+                if len(set(header)) < len(header):
+                    raise UserError(f"{path}: the header names a column twice ({header})")
+                for row in reader:
+                    if not row:
+                        continue  # a blank line
+                    if len(row) != len(header):
+                        raise UserError(f"{path}: line {reader.line_num} has {len(row)} fields, but the header has {len(header)} "
+                                        f"({', '.join(header)}); quote a field that holds '{delimiter}'")
+                    records.append((f"line {reader.line_num}", dict(zip(header, row))))
+            except csv.Error as error:
+                raise UserError(f"{path}: line {reader.line_num} is not valid CSV ({error})") from None
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path}: not UTF-8 text (byte {error.start}); expected CSV with a header row") from None
+    return records
+
+
+_FILE_LOADERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
+_METADATA_FILES = ("metadata.jsonl", "metadata.csv")
+
+
+def _metadata_files(folder: Path) -> list[tuple[str | None, Path]]:
+    """An image folder's metadata files: one at the top (no split), else one per split sub-folder."""
+    for name in _METADATA_FILES:
+        if (folder / name).is_file():
+            return [(None, folder / name)]
+    found = []
+    for sub in sorted(path for path in folder.iterdir() if path.is_dir()):
+        files = [sub / name for name in _METADATA_FILES if (sub / name).is_file()]
+        if files:
+            found.append((sub.name, files[0]))
+    return found
+
+
+def _loader_of(dataset: str, loader: str) -> str:
+    path = Path(dataset)
+    if loader != "auto":
+        return loader
+    if path.is_dir():
+        if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
+            return "disk"
+        return "imagefolder"
+    if path.is_file():
+        if path.suffix.lower() not in _FILE_LOADERS:
+            raise UserError(f"{path}: cannot tell how to read a '{path.suffix}' file; pass --loader json|csv|parquet")
+        return _FILE_LOADERS[path.suffix.lower()]
+    if path.suffix or dataset.startswith((".", "/", "~")) or dataset.count("/") > 1:
+        raise UserError(f"{dataset}: no such file or folder (expected a save_to_disk folder, an image folder, a JSON/CSV/Parquet file or a Hub id)")
+    return "hub"
 
 
 def _load_hf_dataset(dataset: str, loader: str, cache_dir: str | None):
+    """A save_to_disk folder, a Parquet file, an image folder without a JSON/CSV metadata file, or a Hub id.
+    (datasets 5.x runs no dataset scripts: there is no remote code to trust.)"""
     import datasets
 
     path = Path(dataset)
-    if loader == "auto":
-        if path.is_dir():
-            loader = "disk" if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file() else "imagefolder"
-        elif path.is_file():
-            loader = {".json": "json", ".jsonl": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}.get(path.suffix.lower(), "")
-            if not loader:
-                raise UserError(f"{path}: cannot tell how to read a '{path.suffix}' file; pass --loader json|csv|parquet")
-        elif path.suffix or dataset.startswith((".", "/", "~")) or dataset.count("/") > 1:
-            raise UserError(f"{dataset}: no such file or folder (expected a save_to_disk folder, an image folder, a JSON/CSV/Parquet file or a Hub id)")
-        else:
-            loader = "hub"
     try:
         if loader == "disk":
             return datasets.load_from_disk(str(path))
         if loader == "imagefolder":
             return datasets.load_dataset("imagefolder", data_dir=str(path), cache_dir=cache_dir)
-        if loader in ("json", "csv", "parquet"):
-            options = {"delimiter": "\t"} if loader == "csv" and path.suffix.lower() == ".tsv" else {}
-            return datasets.load_dataset(loader, data_files=str(path), cache_dir=cache_dir, **options)
+        if loader == "parquet":
+            return datasets.load_dataset("parquet", data_files=str(path), cache_dir=cache_dir)
         if loader == "hub":
             return datasets.load_dataset(dataset, cache_dir=cache_dir)
-    except UserError:
-        raise
     except Exception as error:  # the datasets library's errors name the problem; add which input it was
-        raise UserError(f"{dataset}: could not be loaded as a '{loader}' dataset: {error}") from None
+        detail = " ".join(str(error).split()) or type(error).__name__
+        raise UserError(f"{dataset}: could not be loaded as a '{loader}' dataset: {detail}") from None
     raise UserError(f"--loader {loader!r} is not one of auto, disk, imagefolder, json, csv, parquet, hub")
 
 
-def _splits_of(loaded, split: str | None, dataset: str) -> list[tuple[str | None, object]]:
-    """(builder split or None for "divide by hash", Dataset) pairs."""
-    import datasets
-
-    if isinstance(loaded, datasets.Dataset):
-        return [(None, loaded)]
+def _splits_of(loaded, split: str | None, dataset: str) -> list[tuple[str | None, str, object]]:
+    """(builder split or None for "divide by hash", the split's own name, part); `loaded` maps split names to parts."""
     names = list(loaded)
     if split is not None:
         if split not in loaded:
             raise UserError(f"{dataset}: has no split {split!r} (--split); it has {names}")
-        return [(None, loaded[split])]
+        return [(None, split, loaded[split])]
     if len(names) == 1:
-        return [(None, loaded[names[0]])]
+        return [(None, names[0], loaded[names[0]])]
     unknown = [name for name in names if name not in _SPLIT_ALIASES]
     if unknown:
         raise UserError(f"{dataset}: splits {unknown} are not train/validation/test; choose one with --split (it has {names})")
@@ -276,23 +595,73 @@ def _splits_of(loaded, split: str | None, dataset: str) -> list[tuple[str | None
         target = _SPLIT_ALIASES[name]
         if target == "train" and "validation" not in mapped:
             target = TRAIN_OR_VALIDATION
-        pairs.append((target, loaded[name]))
+        pairs.append((target, name, loaded[name]))
     return pairs
 
 
-def _image_reader(dataset, column: str, index: int, base_dir: Path | None) -> Callable[[], bytes | None]:
+def _check_columns(found: list[str], where: str, columns: dict[str, str | None]) -> None:
+    for flag, column in columns.items():
+        if column is not None and column not in found:
+            raise UserError(f"{where}: has no column {column!r} ({flag}); its columns are {found}")
+
+
+def _file_rows(records: list[tuple[str, dict]], file: Path, columns: dict[str, str | None], base_dir: Path, downloads: ImageDownloads,
+               from_csv: bool) -> list[_Row]:
+    if not records:
+        return []
+    _check_columns(list(dict.fromkeys(key for _, record in records for key in record)), str(file), columns)
+    image_column, caption_column, image_id_column = columns["--image_column"], columns["--caption_column"], columns["--image_id_column"]
+    rows = []
+    for where, record in records:
+        caption = record.get(caption_column)
+        if from_csv and isinstance(caption, str):
+            caption = _list_cell(caption)
+        image_id = record.get(image_id_column) if image_id_column else None
+        rows.append(_Row(f"{file.name} {where}", caption, image_id, _image_ref(record.get(image_column), where.replace(" ", "-"), base_dir, downloads)))
+    return rows
+
+
+def _dataset_image_reader(dataset, column: str, index: int, base_dir: Path | None, downloads: ImageDownloads) -> Callable[[], bytes | None]:
     def read() -> bytes | None:
         value = dataset[index][column]
         if isinstance(value, dict):
             if value.get("bytes"):
                 return value["bytes"]
             value = value.get("path")
-        if isinstance(value, str) and value:
-            file = Path(value) if base_dir is None or Path(value).is_absolute() else base_dir / value
-            return file.read_bytes() if file.is_file() else None
-        return None
+        return _image_ref(value, "", base_dir, downloads).read_bytes() if isinstance(value, str) and value.strip() else None
 
     return read
+
+
+def _dataset_rows(part, name: str, split_name: str, columns: dict[str, str | None], base_dir: Path | None, downloads: ImageDownloads) -> list[_Row]:
+    import datasets
+    import pyarrow.compute as pc
+
+    _check_columns(part.column_names, name, columns)
+    image_column, caption_column, image_id_column = columns["--image_column"], columns["--caption_column"], columns["--image_id_column"]
+    if isinstance(part.features[image_column], datasets.Image):
+        part = part.cast_column(image_column, datasets.Image(decode=False))
+        paths = pc.struct_field(part.with_format("arrow")[image_column], "path").to_pylist()
+    else:
+        paths = [value if isinstance(value, str) else None for value in part.with_format("arrow")[image_column].to_pylist()]
+    captions = part.with_format("arrow")[caption_column].to_pylist()
+    ids = part.with_format("arrow")[image_id_column].to_pylist() if image_id_column else [None] * len(part)
+    rows = []
+    for index in range(len(part)):
+        path = paths[index]
+        image_name = (path.strip() if _is_url(path.strip()) else Path(path).name) if isinstance(path, str) and path.strip() else f"row-{index}"
+        image = ImageRef(image_name, read=_dataset_image_reader(part, image_column, index, base_dir, downloads))
+        rows.append(_Row(f"split {split_name!r} row {index}", captions[index], ids[index], image))
+    return rows
+
+
+def _caption_texts(value: object) -> tuple[list[str], Counter]:
+    """The usable captions of a cell (a string or a list of strings), and the skipped ones by reason."""
+    values = value if isinstance(value, list) else [value]
+    skips = Counter(reason for reason in map(_text_skip, values) if reason)
+    if isinstance(value, list) and not value:
+        skips["missing_caption"] += 1
+    return [text.strip() for text in values if not _text_skip(text)], skips
 
 
 def read_captions_dataset(
@@ -306,77 +675,109 @@ def read_captions_dataset(
     captions_per_image: int = 1,
     cache_dir: str | None = None,
     progress: bool = True,
+    downloads: ImageDownloads | None = None,
 ) -> Source:
-    """Captions without annotations: objects are those the image's captions name (COCO vocabulary)."""
-    import datasets
-    import pyarrow.compute as pc
+    """Captions without annotations: objects are those the image's captions name (COCO vocabulary).
+
+    Every caption read becomes an item or a counted skip: `missing_caption`, `caption_not_text` (a
+    number, an object, ...), `empty_caption`, `beyond_captions_per_image`. Image cells are file paths
+    (relative to `images_dir`, else the data file's folder), http(s) URLs (fetched by `downloads`) or
+    the `datasets` Image feature. The image id is `image_id_column`'s value, else the image file's
+    name (the whole URL for a URL), else the row's place.
+    """
     from tqdm.auto import tqdm
 
-    loaded = _load_hf_dataset(dataset, loader, cache_dir)
-    path = Path(dataset)
-    base_dir = Path(images_dir) if images_dir else (path.parent if path.is_file() else None)
-    rows = []  # (split, image_id, captions, image ref, source row)
-    skips: Counter = Counter()
-    for split_name, part in _splits_of(loaded, split, dataset):
-        for column, flag in ((image_column, "--image_column"), (caption_column, "--caption_column"), (image_id_column, "--image_id_column")):
-            if column is not None and column not in part.column_names:
-                raise UserError(f"{dataset}: has no column {column!r} ({flag}); its columns are {part.column_names}")
-        if isinstance(part.features[image_column], datasets.Image):
-            part = part.cast_column(image_column, datasets.Image(decode=False))
-            paths = pc.struct_field(part.with_format("arrow")[image_column], "path").to_pylist()
-        else:
-            paths = [value if isinstance(value, str) else None for value in part.with_format("arrow")[image_column].to_pylist()]
-        captions = part.with_format("arrow")[caption_column].to_pylist()
-        ids = part.with_format("arrow")[image_id_column].to_pylist() if image_id_column else [None] * len(part)
-        for index in tqdm(range(len(part)), desc=f"reading {split_name or 'captions'}", disable=not progress, leave=False):
-            value = captions[index]
-            texts = [value] if isinstance(value, str) else value if isinstance(value, list) else None
-            if texts is None or not all(isinstance(text, str) for text in texts):
-                skips["caption_not_text"] += 1
-                continue
-            texts = [text.strip() for text in texts if text.strip()]
+    columns = {"--image_column": image_column, "--caption_column": caption_column, "--image_id_column": image_id_column}
+    parts = _caption_rows(dataset, loader, split, columns, images_dir, cache_dir, downloads or ImageDownloads())
+    rows = []  # (split, image id, captions, image)
+    source = Source(
+        name="captions",
+        description=f"Image–caption dataset `{dataset}`; objects are those its captions name (COCO vocabulary with synonyms), "
+        "so an 'absent' object is one no caption of the image names.",
+        license="other", items=[], object_sets=[], exhaustive_objects=False, files=[dataset],
+    )
+    for split_name, part_rows in parts:
+        for row in tqdm(part_rows, desc=f"reading {split_name or 'captions'}", disable=not progress, leave=False):
+            texts, skipped = _caption_texts(row.caption)
+            for reason, count in sorted(skipped.items()):
+                source.skip(reason, f"{row.where} (column {caption_column!r})", count)
             if not texts:
-                skips["empty_caption"] += 1
                 continue
-            name = Path(paths[index]).name if paths[index] else f"{split_name or 'row'}-{index}"
-            image_id = str(ids[index]) if ids[index] is not None else name
-            rows.append((split_name, image_id, texts, ImageRef(name, read=_image_reader(part, image_column, index, base_dir))))
+            image_id = str(row.image_id) if row.image_id is not None else row.image.name
+            rows.append((split_name, image_id, texts, row.image))
     named_by_image: dict[str, set[str]] = defaultdict(set)
     for _, image_id, texts, _ in rows:
         for text in texts:
             named_by_image[image_id].update(detect_objects(text))
-    items = []
     for split_name, image_id, texts, image in rows:
         present = tuple(sorted(named_by_image[image_id]))
-        for caption in texts if captions_per_image <= 0 else texts[:captions_per_image]:
-            items.append(SourceItem(
+        selected = texts if captions_per_image <= 0 else texts[:captions_per_image]
+        if len(selected) < len(texts):
+            source.skips[BEYOND_CAPTIONS_PER_IMAGE] += len(texts) - len(selected)
+        for caption in selected:
+            source.items.append(SourceItem(
                 image_id=image_id, image=image, caption=caption, present_objects=present,
-                source_index=len(items), split=split_name, also_mentioned=present,
+                source_index=len(source.items), split=split_name, also_mentioned=present,
             ))
-    return Source(
-        name="captions",
-        description=f"Image–caption dataset `{dataset}`; objects are those its captions name (COCO vocabulary with synonyms), "
-        "so an 'absent' object is one no caption of the image names.",
-        license="other", items=items, object_sets=[tuple(sorted(objects)) for objects in named_by_image.values()],
-        exhaustive_objects=False, files=[dataset], skips=skips,
-    )
+    source.object_sets = [tuple(sorted(objects)) for objects in named_by_image.values()]
+    return source
+
+
+def _caption_rows(dataset: str, loader: str, split: str | None, columns: dict[str, str | None], images_dir: str | Path | None,
+                  cache_dir: str | None, downloads: ImageDownloads) -> list[tuple[str | None, list[_Row]]]:
+    """(builder split, rows) of each split of an image-caption dataset; `columns` maps flags to column names."""
+    path = Path(dataset)
+    kind = _loader_of(dataset, loader)
+    parts: list[tuple[str | None, list[_Row]]] = []
+    if kind in ("json", "csv") or (kind == "imagefolder" and path.is_dir() and _metadata_files(path)):
+        if kind == "imagefolder":
+            files = {(name or "train"): file for name, file in _metadata_files(path)}
+        else:
+            if not path.is_file():
+                raise UserError(f"{dataset}: no such file (--loader {kind})")
+            files = {"train": path}
+        for name, _, file in _splits_of(files, split, dataset):
+            as_csv = kind == "csv" or (kind == "imagefolder" and file.suffix.lower() == ".csv")
+            records = _csv_records(file) if as_csv else _json_records(file)
+            flags = dict(columns)
+            image_column = columns["--image_column"]
+            if kind == "imagefolder" and records and image_column not in records[0][1] and "file_name" in records[0][1]:
+                flags["--image_column"] = "file_name"  # the image folder convention (datasets' imagefolder calls it "image")
+            base_dir = Path(images_dir) if images_dir else file.parent
+            parts.append((name, _file_rows(records, file, flags, base_dir, downloads, from_csv=as_csv)))
+    else:
+        import datasets
+
+        loaded = _load_hf_dataset(dataset, kind, cache_dir)
+        named = {"train": loaded} if isinstance(loaded, datasets.Dataset) else loaded
+        base_dir = Path(images_dir) if images_dir else (path.parent if path.is_file() else None)
+        for name, part_name, part in _splits_of(named, split, dataset):
+            parts.append((name, _dataset_rows(part, dataset, part_name, columns, base_dir, downloads)))
+    return parts
 
 
 def _load_torch_safely(path: Path) -> object:
+    """`torch.load(weights_only=True)`: plain containers, strings, numbers and tensors only. Anything
+    that would need arbitrary unpickling (which can run code) is refused before it is built."""
     import torch
 
     if not path.is_file():
         raise UserError(f"{path}: no such file (expected CoN-CLIP's ccneg_preprocessed.pt)")
+    released = "The released CC-Neg file holds only lists, dicts, strings and numbers; check that this is that file."
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # torch's note about the pickle protocol of a file it then refuses
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
-        if unsafe is None:
-            raise UserError(f"{path}: not a readable torch.save file (torch.load(weights_only=True) could not parse it)") from None
-        raise UserError(
-            f"{path}: refused: loading it needs arbitrary unpickling of {unsafe.group(1)}, which could run code. "
-            "The released CC-Neg file holds only lists, dicts, strings and numbers; check that this is that file."
-        ) from None
+        text = str(error)
+        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if unsafe is not None:
+            raise UserError(f"{path}: refused: loading it needs arbitrary unpickling of {unsafe.group(1)}, which could run code. {released}") from None
+        refused = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
+        if refused is not None:
+            raise UserError(f"{path}: not a readable torch.save file: torch.load(weights_only=True) refused it "
+                            f"({refused.group(1).strip()}) and nothing in it was run. {released}") from None
+        raise UserError(f"{path}: not a readable torch.save file (torch.load(weights_only=True) could not parse it)") from None
     except Exception as error:
         raise UserError(f"{path}: not a readable torch.save file ({type(error).__name__}: {error})") from None
 
@@ -413,8 +814,12 @@ def read_ccneg(annotations: Path | str, images: Path | str, eval_size: int = 400
     if eval_size < 0 or eval_size > len(entries):
         raise UserError(f"--eval_size {eval_size} must be between 0 and the {len(entries)} items in {path}")
     first_eval = len(entries) - eval_size
-    items = []
-    object_sets = []
+    source = Source(
+        name="ccneg",
+        description=f"CC-Neg (CoN-CLIP, WACV 2025): CC3M images with LLM-negated captions; the last {eval_size} items are "
+        "the published evaluation split (here: test).",
+        license="other", items=[], object_sets=[], exhaustive_objects=False, files=[str(path), str(images_dir)],
+    )
     for index, (raw_path, entry) in enumerate(zip(image_paths, entries)):
         where = f"annotations[{index}]"
         caption = _require(_require(entry, "json", path, where, _CCNEG_SCHEMA), "caption", path, f"{where}['json']", _CCNEG_SCHEMA)
@@ -423,7 +828,10 @@ def read_ccneg(annotations: Path | str, images: Path | str, eval_size: int = 400
         if not isinstance(raw_path, str):
             raise UserError(f"{path}: image_paths[{index}] is a {type(raw_path).__name__}, expected a string path")
         image_id, file = _resolve_ccneg_image(raw_path, images_dir)
-        caption = caption.strip() if isinstance(caption, str) else ""
+        if _text_skip(caption):
+            source.skip(_text_skip(caption), f"{path.name} {where}['json']['caption']")
+            continue
+        caption = caption.strip()
         chosen = _as_object_name(sop.get("sop_chosen_object"))
         negative = negative.replace(",", "").strip() if isinstance(negative, str) else ""
         if chosen is None and negative:
@@ -431,19 +839,14 @@ def read_ccneg(annotations: Path | str, images: Path | str, eval_size: int = 400
             named = set(detect_objects(caption))
             chosen = next((m.category for m in find_mentions(negative) if m.negated and m.category in named), None)
         present = tuple(sorted(set(detect_objects(caption)) | ({chosen} if chosen else set())))
-        object_sets.append(present)
+        source.object_sets.append(present)
         given_skip = None if negative and chosen else ("ccneg_no_negated_object" if negative else "ccneg_empty_negative_prompt")
-        items.append(SourceItem(
+        source.items.append(SourceItem(
             image_id=image_id, image=ImageRef(image_id, file), caption=caption, present_objects=present,
             source_index=index, split="test" if index >= first_eval else TRAIN_OR_VALIDATION, also_mentioned=present,
             presence=GivenNegation(negative, chosen, "ccneg") if given_skip is None else None, presence_skip=given_skip,
         ))
-    return Source(
-        name="ccneg",
-        description=f"CC-Neg (CoN-CLIP, WACV 2025): CC3M images with LLM-negated captions; the last {eval_size} items are "
-        "the published evaluation split (here: test).",
-        license="other", items=items, object_sets=object_sets, exhaustive_objects=False, files=[str(path), str(images_dir)],
-    )
+    return source
 
 
 _STOPWORDS = frozenset({
@@ -497,23 +900,28 @@ def read_negationclip(annotations: Path | str, images: Path | str, instances: Pa
     data = _load_json(path, "NegationCLIP's COCO-format captions JSON with 'updated_caption'")
     file_names = _coco_images(data, path, _NEGATIONCLIP_SCHEMA)
     areas = read_coco_objects(instances)[0] if instances else None
-    skips: Counter = Counter()
+    source = Source(
+        name="negationclip",
+        description="NegationCLIP (ICCV 2025): COCO captions rewritten by an LLM to state that a plausible object, checked "
+        "absent by a VLM, is not there; the negated object is recovered from the rewrite.",
+        license="other", items=[], object_sets=[], exhaustive_objects=areas is not None,
+        files=[str(path), str(images_dir)] + ([str(instances)] if instances else []),
+    )
     entries = []
     for index, annotation in enumerate(_require_list(data, "annotations", path, "the top level", _NEGATIONCLIP_SCHEMA)):
         where = f"annotations[{index}]"
-        image_id = _require(annotation, "image_id", path, where, _NEGATIONCLIP_SCHEMA)
+        image_id = _require_id(annotation, "image_id", path, where, _NEGATIONCLIP_SCHEMA)
         caption = _require(annotation, "caption", path, where, _NEGATIONCLIP_SCHEMA)
         updated = _require(annotation, "updated_caption", path, where, _NEGATIONCLIP_SCHEMA)
         if image_id not in file_names:
-            skips["caption_of_unknown_image"] += 1
-        elif not isinstance(caption, str) or not caption.strip():
-            skips["empty_caption"] += 1
+            source.skip("caption_of_unknown_image", f"{path.name} {where} (image_id {image_id!r})")
+        elif _text_skip(caption):
+            source.skip(_text_skip(caption), f"{path.name} {where}")
         else:
             entries.append((image_id, caption.strip(), updated.strip() if isinstance(updated, str) else ""))
     named_by_image: dict[object, set[str]] = defaultdict(set)
     for image_id, caption, _ in entries:
         named_by_image[image_id].update(detect_objects(caption))
-    items = []
     for index, (image_id, caption, updated) in enumerate(entries):
         if areas is not None:
             present = tuple(sorted(areas.get(image_id, {})))
@@ -521,18 +929,12 @@ def read_negationclip(annotations: Path | str, images: Path | str, instances: Pa
             present = tuple(sorted(named_by_image[image_id]))
         absent = infer_absent_object(caption, updated) if updated else None
         given_skip = None if updated and absent else ("negationclip_absent_object_not_found" if updated else "negationclip_empty_updated_caption")
-        items.append(SourceItem(
+        source.items.append(SourceItem(
             image_id=str(image_id), image=ImageRef(file_names[image_id], images_dir / file_names[image_id]), caption=caption,
             present_objects=present, source_index=index, also_mentioned=tuple(sorted(named_by_image[image_id])),
             salience=dict(areas.get(image_id, {})) if areas is not None else {},
             absence=GivenNegation(updated, absent, "negationclip") if given_skip is None else None, absence_skip=given_skip,
         ))
-    object_sets = [tuple(sorted(objects)) for objects in (areas.values() if areas is not None else named_by_image.values())]
-    return Source(
-        name="negationclip",
-        description="NegationCLIP (ICCV 2025): COCO captions rewritten by an LLM to state that a plausible object, checked "
-        "absent by a VLM, is not there; the negated object is recovered from the rewrite.",
-        license="other", items=items, object_sets=object_sets, exhaustive_objects=areas is not None,
-        files=[str(path), str(images_dir)] + ([str(instances)] if instances else []), skips=skips,
-    )
+    source.object_sets = [tuple(sorted(objects)) for objects in (areas.values() if areas is not None else named_by_image.values())]
+    return source
 

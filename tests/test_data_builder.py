@@ -300,3 +300,60 @@ def test_real_shapes_world_passes_the_gate(tmp_path):
     summary = build(["shapes", "--num_train", "8", "--num_validation", "2", "--num_test", "2", "--image_size", "32"], tmp_path / "world")
     assert summary["rows_out"] == {"train": 8, "validation": 2, "test": 2}
     assert summary["quality_gate"]["passed"], summary["quality_gate"]
+
+
+def test_summary_records_provenance_and_every_row_is_accounted_for(tmp_path, coco_args):
+    summary = build(coco_args, tmp_path / "out", "--seed", "7", "--captions_per_image", "0")
+    made_by = summary["provenance"]
+    assert made_by["seed"] == 7 and made_by["libraries"]["datasets"] == datasets.__version__
+    assert made_by["libraries"]["transformers"] and "git_commit" in made_by
+    on_disk = json.loads((tmp_path / "out" / data_builder.SUMMARY_FILE).read_text())
+    assert on_disk["provenance"] == json.loads(json.dumps(made_by))
+    row_skips = sum(count for reason, count in summary["skips"].items() if reason.startswith("row:"))
+    assert summary["rows_in"] == sum(summary["rows_out"].values()) + row_skips == 8
+    card = (tmp_path / "out" / data_builder.CARD_FILE).read_text()
+    assert "## Provenance" in card and f"datasets {datasets.__version__}" in card and "Seed 7" in card
+
+
+def write_captions_jsonl(root: Path, rows: list[tuple[str, str]]) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for index, _ in enumerate(rows):
+        Image.new("RGB", (8, 8), (index * 30, 0, 0)).save(root / f"{index}.png")
+    path = root / "pairs.jsonl"
+    path.write_text("".join(json.dumps({"image": f"{index}.png", "caption": caption}) + "\n" for index, (caption, _) in enumerate(rows)))
+    return path
+
+
+def test_captions_source_same_seed_same_bytes(tmp_path):
+    data = write_captions_jsonl(tmp_path / "data", [("a dog on a couch", ""), ("a cat on a bed", ""), ("a man riding a horse", ""), ("two people near a bus", "")])
+
+    def snapshot(folder: Path) -> dict[str, bytes]:
+        return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+    for name in ("a", "b"):
+        build(["captions", "--dataset", str(data)], tmp_path / name, "--seed", "5")
+    assert snapshot(tmp_path / "a") == snapshot(tmp_path / "b")
+
+
+FILLER = "and a long winding description of the room " * 12
+
+
+def test_negations_the_text_encoder_would_not_see_are_refused_and_long_texts_counted(tmp_path):
+    data = write_captions_jsonl(tmp_path / "data", [
+        ("a couch " + FILLER + "and a dog", "couch named first: its negation is seen"),
+        ("a room " + FILLER + "with a dog", "the dog only beyond 77 tokens: no presence negation"),
+        ("a cat on a bed", ""), ("a dog on a couch", ""), ("a man riding a horse", ""),
+    ])
+    summary = build(["captions", "--dataset", str(data)], tmp_path / "out", "--validation_fraction", "0", "--test_fraction", "0")
+    rows = {row["caption"][:7]: row for row in rows_of(tmp_path / "out")["train"]}
+    window = data_builder.TokenWindow()
+    first = rows["a couch"]
+    assert first["negated_object"] == "couch" and window.negation_visible(first["caption"], first["presence_negated"], "couch")
+    second = rows["a room "]
+    assert second["presence_negated"] is None and second["absence_negated"] is not None
+    assert window.negation_visible(second["caption"], second["absence_negated"], second["absent_object"])
+    assert summary["skips"]["presence:negation_beyond_context"] == 1
+    long = summary["over_context_length"]
+    assert long["limit"] == 77 and long["texts"]["caption"] == 2 and long["texts"]["absence_negated"] >= 1
+    assert window.too_long([first["caption"], "a dog"]) == 1 and window.visible("a dog") == "a dog"
+    assert first["caption"].startswith(window.visible(first["caption"])) and len(window.visible(first["caption"])) < len(first["caption"])

@@ -5,8 +5,6 @@ from __future__ import annotations
 import random
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from omninegclip.rewrite import (
     ABSENCE_TEMPLATES,
@@ -158,18 +156,3 @@ def test_llm_rewriter_loads_a_local_text_generation_model(tmp_path):
     rewriter = LLMRewriter.from_pretrained(str(tmp_path), max_new_tokens=4)
     assert rewriter.name == f"llm:{tmp_path}" and isinstance(rewriter.generate("Caption: a dog\nNew caption:"), str)
     assert rewriter.absence("a dog on a couch", "cat", ["dog", "couch"]) is None
-
-
-unicode_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=60)
-caption_like = st.lists(st.sampled_from(["a", "dog", "no", "with", "riding", "the", ",", "sofa", "two", "people", "ü", "狗", "of", "group", "."]), max_size=12).map(" ".join)
-
-
-@settings(max_examples=150, deadline=None)
-@given(caption=st.one_of(unicode_text, caption_like), obj=st.sampled_from(["dog", "couch", "person", "hat", "hot dog", "broccoli"]), seed=st.integers(0, 3))
-def test_rewriters_never_crash_and_always_name_the_object(caption, obj, seed):
-    for function, check in ((presence_negate, presence_problem), (absence_negate, absence_problem)):
-        rewrite = function(caption, obj, random.Random(seed))
-        if rewrite is not None:
-            assert mentions(rewrite.text, obj) and rewrite.text != caption
-            present = [obj] if function is presence_negate else []
-            assert check(caption, rewrite.text, obj, present, strict=True) is None

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import http.server
 import json
+import pickle
+import re
+import threading
+import time
 
 import datasets
 import pytest
@@ -10,7 +15,16 @@ import torch
 from PIL import Image
 
 from omninegclip.cli import UserError
-from omninegclip.sources import TRAIN_OR_VALIDATION, infer_absent_object, read_captions_dataset, read_ccneg, read_coco, read_negationclip
+from omninegclip.sources import (
+    TRAIN_OR_VALIDATION,
+    ImageUnavailable,
+    fetch_image,
+    infer_absent_object,
+    read_captions_dataset,
+    read_ccneg,
+    read_coco,
+    read_negationclip,
+)
 
 COCO_CATEGORIES = [
     {"id": 1, "name": "person", "supercategory": "person"},
@@ -201,3 +215,193 @@ def test_negationclip_reads_updated_captions(tmp_path):
     (tmp_path / "negationclip.json").write_text(json.dumps(data))
     with pytest.raises(UserError, match=r"annotations\[0\] has no 'updated_caption' key"):
         read_negationclip(tmp_path / "negationclip.json", tmp_path / "train2014")
+
+
+# ------------------------------------------------------------------------------ safe loading of pickles
+
+
+class WritesAFile:
+    """Unpickling this would run code that writes `marker`."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').write('unpickled')",)
+
+
+@pytest.mark.parametrize("writer", ["torch.save", "pickle protocol 5"])
+def test_ccneg_never_unpickles_code(tmp_path, writer):
+    marker = tmp_path / "marker"
+    payload = {"image_paths": ["/workspace/datasets/cc3m/x.jpg"], "annotations": [WritesAFile(marker)]}
+    path = tmp_path / "ccneg_preprocessed.pt"
+    if writer == "torch.save":
+        torch.save(payload, path)
+    else:
+        path.write_bytes(pickle.dumps(payload, protocol=5))
+    with pytest.raises(UserError, match=rf"{re.escape(str(path))}: (refused: loading it needs arbitrary unpickling of exec|not a readable torch.save file)"):
+        read_ccneg(path, tmp_path)
+    assert not marker.exists()
+    pickle.loads(pickle.dumps(WritesAFile(marker)))  # what an unsafe loader would have done
+    assert marker.read_text() == "unpickled"
+
+
+# --------------------------------------------------------------------------------- images given as URLs
+
+class _ImageServer(http.server.BaseHTTPRequestHandler):
+    """Serves test images on 127.0.0.1: good, oversize (declared or streamed), slow, missing, redirecting."""
+
+    requests: list[str] = []
+    png = b""
+
+    def do_GET(self):  # noqa: N802 (the http.server API)
+        type(self).requests.append(self.path)
+        try:
+            if "slow" in self.path:
+                self._headers(200, length=1000)
+                for _ in range(40):  # 1 byte every 0.1 s: each read is quick, the whole is not
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    time.sleep(0.1)
+            elif "big-declared" in self.path:
+                self._headers(200, length=10_000_000)
+                self.wfile.write(b"x" * 100)
+            elif "big-streamed" in self.path:
+                self._headers(200)  # no Content-Length: the size shows only while reading
+                self.wfile.write(b"x" * 5000)
+            elif "to-file" in self.path:
+                self.send_response(302)
+                self.send_header("Location", "file:///etc/hostname")
+                self.end_headers()
+            elif self.path.endswith(".png"):
+                self._headers(200, length=len(self.png))
+                self.wfile.write(self.png)
+            else:
+                self._headers(404, length=0)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up, as it should
+
+    def _headers(self, status: int, length: int | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "image/png")
+        if length is not None:
+            self.send_header("Content-Length", str(length))
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def image_server(tmp_path, monkeypatch):
+    """A local HTTP server on 127.0.0.1 only; proxies are switched off so nothing leaves the machine."""
+    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    write_png(tmp_path / "served.png")
+    _ImageServer.png = (tmp_path / "served.png").read_bytes()
+    _ImageServer.requests = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ImageServer)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def files_under(folder):
+    return sorted(str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file())
+
+
+def test_fetch_image_downloads_once_into_the_cache(tmp_path, image_server):
+    cache = tmp_path / "cache"
+    path = fetch_image(f"{image_server}/images/a.png", cache, timeout=5, max_bytes=10_000)
+    assert path.parent == cache.resolve() and path.suffix == ".png" and path.read_bytes() == _ImageServer.png
+    assert fetch_image(f"{image_server}/images/a.png", cache, timeout=5, max_bytes=10_000) == path
+    assert _ImageServer.requests == ["/images/a.png"]  # the second call used the cache
+    assert files_under(cache) == [path.name]
+
+
+@pytest.mark.parametrize("name, reason", [
+    ("big-declared.png", "image_download_too_large"),
+    ("big-streamed.png", "image_download_too_large"),
+    ("missing.jpg", "image_download_failed"),
+    ("to-file.png", "image_download_failed"),
+])
+def test_fetch_image_refuses_oversize_missing_and_non_http_redirects(tmp_path, image_server, name, reason):
+    with pytest.raises(ImageUnavailable) as error:
+        fetch_image(f"{image_server}/{name}", tmp_path / "cache", timeout=5, max_bytes=1000)
+    assert error.value.reason == reason and name in str(error.value)
+    assert files_under(tmp_path / "cache") == []  # nothing partial left
+
+
+def test_fetch_image_gives_up_on_a_slow_server_in_time(tmp_path, image_server):
+    started = time.monotonic()
+    with pytest.raises(ImageUnavailable) as error:
+        fetch_image(f"{image_server}/slow.png", tmp_path / "cache", timeout=0.5, max_bytes=10_000)
+    assert error.value.reason == "image_download_timeout"
+    assert time.monotonic() - started < 2.0  # the trickle would take 4 s
+    assert files_under(tmp_path / "cache") == []
+
+
+@pytest.mark.parametrize("path", ["/../../escape.png", "/%2e%2e/%2e%2e/escape.png", "/a/..%2F..%2Fescape.png", "/x.png?name=../../escape.png"])
+def test_fetch_image_never_writes_outside_the_cache(tmp_path, image_server, path):
+    cache = tmp_path / "deep" / "cache"
+    before = files_under(tmp_path)
+    written = fetch_image(image_server + path, cache, timeout=5, max_bytes=10_000)
+    assert written.parent == cache.resolve() and written.read_bytes() == _ImageServer.png
+    assert files_under(tmp_path) == sorted(before + [str(written.relative_to(tmp_path))])
+    assert "escape" not in written.name and ".." not in written.name
+
+
+@pytest.mark.parametrize("url", ["file:///etc/hostname", "ftp://127.0.0.1/x.png", "http://", "/just/a/path.png"])
+def test_fetch_image_fetches_http_only(tmp_path, url):
+    with pytest.raises(ImageUnavailable) as error:
+        fetch_image(url, tmp_path / "cache")
+    assert error.value.reason == "image_url_not_http"
+
+
+def test_captions_build_with_image_urls_counts_failed_downloads(tmp_path, image_server):
+    import data_builder
+
+    rows = [{"url": f"{image_server}/img/{name}", "caption": caption} for name, caption in [
+        ("dog.png", "a dog on a couch"), ("cat.png", "a cat on a bed"), ("gone.jpg", "a bus on a street"), ("big-streamed.png", "a car"),
+    ]]
+    (tmp_path / "urls.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    cache = tmp_path / "image_cache"
+    summary = data_builder.main(["captions", "--dataset", str(tmp_path / "urls.jsonl"), "--image_column", "url", "--out", str(tmp_path / "out"),
+                                 "--image_cache", str(cache), "--max_image_bytes", "2000", "--validation_fraction", "0", "--test_fraction", "0",
+                                 "--no_progress"])
+    assert summary["rows_out"]["train"] == 2
+    assert summary["skips"]["row:image_download_failed"] == 1 and summary["skips"]["row:image_download_too_large"] == 1
+    assert summary["skipped_files"]["image_download_failed"] == [f"{image_server}/img/gone.jpg"]
+    assert len(files_under(cache)) == 2  # the two images that came, and nothing else
+    rows_out = datasets.load_from_disk(str(tmp_path / "out"))["train"]
+    assert sorted(row["image_id"] for row in rows_out) == [f"{image_server}/img/cat.png", f"{image_server}/img/dog.png"]
+
+
+# ----------------------------------------------------------------------------- JSON / CSV read row by row
+
+
+def test_json_shapes_and_csv_cells_are_read_as_written(tmp_path):
+    write_png(tmp_path / "a.png")
+    columns = {"image": ["a.png", "a.png"], "caption": ["a dog\u2028on a couch", ["a cat", "a kitten", ""]]}
+    (tmp_path / "columns.json").write_text(json.dumps(columns, ensure_ascii=False))
+    source = read_captions_dataset(str(tmp_path / "columns.json"), captions_per_image=0, progress=False)
+    assert [item.caption for item in source.items] == ["a dog\u2028on a couch", "a cat", "a kitten"]
+    assert source.skips == {"empty_caption": 1} and source.skip_examples == {"empty_caption": ["columns.json row 1 (column 'caption')"]}
+    (tmp_path / "pairs.csv").write_text('image,caption\na.png,"NA"\na.png,123\na.png,"a dog, a cat"\na.png,"[\'a bus\', \'a car\']"\n')
+    source = read_captions_dataset(str(tmp_path / "pairs.csv"), captions_per_image=1, progress=False)
+    assert [item.caption for item in source.items] == ["NA", "123", "a dog, a cat", "a bus"]  # no type guessing; list cells as lists
+    assert source.skips == {"beyond_captions_per_image": 1}
+    (tmp_path / "pairs.txt").write_text("image,caption\na.png,a dog\n")
+    assert [item.caption for item in read_captions_dataset(str(tmp_path / "pairs.txt"), loader="csv", progress=False).items] == ["a dog"]
+
+
+def test_image_folder_with_split_sub_folders(tmp_path):
+    for split, caption in (("train", "a dog"), ("test", "a cat")):
+        write_png(tmp_path / "folder" / split / "x.png")
+        (tmp_path / "folder" / split / "metadata.csv").write_text(f"file_name,caption\nx.png,{caption}\n")
+    source = read_captions_dataset(str(tmp_path / "folder"), progress=False)
+    assert [(item.caption, item.split) for item in source.items] == [("a cat", "test"), ("a dog", TRAIN_OR_VALIDATION)]
+    assert all(item.image.read_bytes() == (tmp_path / "folder" / "train" / "x.png").read_bytes() for item in source.items)

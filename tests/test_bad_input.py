@@ -1,0 +1,494 @@
+"""The bad-input matrix (issue 9): every command-line tool against every kind of bad input, as one table.
+
+A row is `Case(cli, name, args, exit_code, phrases)`: `args(fx)` builds the command line from the shared
+fixture folder `fx`; the run must exit with `exit_code` and print every phrase (stdout, stderr and
+logs together). A non-zero exit must come as an `error:` paragraph and never with a traceback; an
+exit of 0 is a counted skip (or a handled input) whose reason the printed summary shows.
+
+To add a row for another tool: append a `Case` to `CASES` (its `cli` a key of `CLIS`), building any
+input it needs with a `Fixtures` method. Rows for `train.py` and `python -m eval` hold only what works
+today. Also here: the real entry points in a subprocess (no traceback; `--debug` and
+`OMNINEGCLIP_DEBUG=1` show one), and "no trust_remote_code=True anywhere".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import io
+import json
+import os
+import pickle
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import pytest
+import torch
+from PIL import Image
+from transformers import CLIPModel, GPT2Config, GPT2LMHeadModel
+
+import data_builder
+from conftest import tiny_clip_config
+from omninegclip.cli import UserError, run_cli
+
+REPO = Path(__file__).resolve().parent.parent
+CLIS = {"data_builder": "data_builder", "train": "train", "eval": "eval.__main__"}  # cli -> module with main(argv)
+MARKER = "PWNED"  # what the malicious pickle would write if it were ever unpickled
+
+
+class Evil:
+    """Unpickling this runs code that writes a file: a loader that does so is unsafe."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').write('unpickled')",)
+
+
+def png_bytes(mode: str = "RGB", size: int = 8) -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, (size, size), 128 if mode in ("L", "LA") else (200, 30, 30, 255)[: len(mode)]).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class Fixtures:
+    """Inputs for the rows, written once per session into one folder (each made on first use)."""
+
+    def __init__(self, root: Path, processor):
+        self.root = root
+        self.processor = processor
+        self._outputs = 0
+        images = root / "images"
+        images.mkdir()
+        for name, mode, size in (("ok.png", "RGB", 8), ("rgba.png", "RGBA", 8), ("gray.png", "L", 8), ("big.png", "RGB", 64)):
+            (images / name).write_bytes(png_bytes(mode, size))
+        (images / "corrupt.png").write_bytes(b"this is not an image")
+        (images / "trunc.png").write_bytes(png_bytes()[:40])
+        self.images = images
+
+    def path(self, name: str) -> str:
+        return str(self.root / name)
+
+    def out(self) -> str:
+        """A fresh output folder (not created)."""
+        self._outputs += 1
+        return str(self.root / "outputs" / f"out{self._outputs}")
+
+    def existing_out(self) -> str:
+        path = Path(self.out())
+        path.mkdir(parents=True)
+        (path / "precious.txt").write_text("x")
+        return str(path)
+
+    def write(self, name: str, text: str | bytes) -> str:
+        path = self.root / name
+        if not path.exists():
+            path.write_bytes(text) if isinstance(text, bytes) else path.write_text(text, encoding="utf-8")
+        return str(path)
+
+    def jsonl(self, name: str, rows: list[object]) -> str:
+        return self.write(name, "".join(json.dumps(row) + "\n" for row in rows))
+
+    def pairs(self, name: str, *extra: dict) -> str:
+        """A JSONL image-caption file: two good rows, then `extra`."""
+        good = [{"image": "images/ok.png", "caption": "a dog on a couch"}, {"image": "images/ok.png", "caption": "a cat on a bed"}]
+        return self.jsonl(name, [*good, *extra])
+
+    def coco(self, captions: dict | str | None = None) -> list[str]:
+        """`coco` flags of a small valid COCO; `captions` replaces the captions file (a dict, or raw text)."""
+        images = [{"id": 1, "file_name": "ok.png", "width": 8, "height": 8}, {"id": 2, "file_name": "gray.png", "width": 8, "height": 8}]
+        if not (self.root / "instances.json").exists():
+            self.write("instances.json", json.dumps({"images": images, "categories": [{"id": 18, "name": "dog"}, {"id": 63, "name": "couch"}],
+                                                     "annotations": [{"image_id": 1, "category_id": 18, "bbox": [0, 0, 2, 2]},
+                                                                     {"image_id": 2, "category_id": 63, "bbox": [0, 0, 4, 4]}]}))
+        good = {"images": images, "annotations": [{"id": 1, "image_id": 1, "caption": "a dog"}, {"id": 2, "image_id": 2, "caption": "a couch"}]}
+        if captions is None:
+            name = self.write("captions.json", json.dumps(good))
+        else:
+            text = captions if isinstance(captions, str) else json.dumps(captions)
+            name = self.write(f"captions-{hashlib.sha256(text.encode()).hexdigest()[:12]}.json", text)
+        return ["coco", "--captions", name, "--instances", self.path("instances.json"), "--images", str(self.images)]
+
+    def evil_pickle(self) -> str:
+        path = self.root / "evil.pt"
+        if not path.exists():
+            with path.open("wb") as handle:
+                pickle.dump({"image_paths": ["x.jpg"], "annotations": [Evil(self.root / MARKER)]}, handle, protocol=2)
+        return str(path)
+
+    # --- models and datasets for train.py and eval
+
+    def clip(self) -> str:
+        path = self.root / "clip"
+        if not path.exists():
+            torch.manual_seed(0)
+            CLIPModel(tiny_clip_config()).save_pretrained(path)
+            self.processor.save_pretrained(path)
+        return str(path)
+
+    def gpt2(self) -> str:
+        path = self.root / "gpt2"
+        if not path.exists():
+            config = GPT2Config(vocab_size=16, n_embd=8, n_layer=1, n_head=2, n_positions=32, bos_token_id=1, eos_token_id=1)
+            GPT2LMHeadModel(config).save_pretrained(path)
+        return str(path)
+
+    def folder(self, name: str) -> str:
+        (self.root / name).mkdir(exist_ok=True)
+        return self.path(name)
+
+    def dataset(self, name: str, captions: list[object], modes: tuple[str, ...] = ("RGB",), features: datasets.Features | None = None) -> str:
+        """A save_to_disk DatasetDict with the builder's contract columns."""
+        path = self.root / name
+        if not path.exists():
+            rows = [dict(image={"bytes": png_bytes(modes[index % len(modes)]), "path": f"{index}.png"}, caption=caption,
+                         presence_negated="no dog on a couch", absence_negated="a dog on a couch with no cat", present_objects=["dog", "couch"],
+                         negated_object="dog", absent_object="cat", presence_rewrite="t", absence_rewrite="t", source="t",
+                         image_id=str(index), source_index=index) for index, caption in enumerate(captions)]
+            features = features or data_builder.contract_features()
+            split = datasets.Dataset.from_list(rows, features=features) if rows else datasets.Dataset.from_dict({key: [] for key in features}, features=features)
+            datasets.DatasetDict(train=split).save_to_disk(str(path), num_shards={"train": 1})
+        return str(path)
+
+    def train_args(self, dataset: str, *extra: str) -> list[str]:
+        return ["--model_name_or_path", self.clip(), "--dataset_name", dataset, "--output_dir", self.out(), "--report_to", "none",
+                "--max_steps", "1", "--per_device_train_batch_size", "2", "--use_cpu", "true", "--save_strategy", "no",
+                "--eval_strategy", "no", *extra]
+
+    def mcq(self, name: str, *images: str, caption: str = "a dog") -> str:
+        header = "image_path,correct_answer,caption_0,caption_1,caption_2,caption_3,correct_answer_template\n"
+        return self.write(name, header + "".join(f"{self.images / image},0,{caption},no dog,a cat,no cat,negation\n" for image in images))
+
+    def eval_args(self, model: str, *extra: str) -> list[str]:
+        return [model, "--out", self.out(), "--no_progress", *extra]
+
+
+@dataclass(frozen=True)
+class Case:
+    cli: str  # a key of CLIS
+    name: str
+    args: Callable[[Fixtures], list[str]]
+    exit_code: int
+    phrases: tuple[str, ...]
+    once: str | None = None  # a phrase that must be printed exactly once
+
+    @property
+    def id(self) -> str:
+        return f"{self.cli}:{self.name}"
+
+
+def db(*args: str) -> list[str]:
+    return [*args, "--no_progress"]
+
+
+LONG_CAPTION = "a dog " + "and a long winding description of the room " * 12 + "on a couch"
+
+CASES = [
+    # ------------------------------------------------------------------ data_builder.py: flags
+    Case("data_builder", "no_source", lambda fx: [], 2, ("the following arguments are required: SOURCE",)),
+    Case("data_builder", "missing_out", lambda fx: ["shapes"], 2, ("the following arguments are required: --out",)),
+    Case("data_builder", "unknown_source", lambda fx: ["imagenet", "--out", fx.out()], 2, ("invalid choice: 'imagenet'",)),
+    Case("data_builder", "unknown_flag", lambda fx: ["shapes", "--out", fx.out(), "--colour", "red"], 2, ("unrecognized arguments: --colour red",)),
+    Case("data_builder", "wrong_type_int", lambda fx: ["shapes", "--out", fx.out(), "--num_train", "many"], 2, ("argument --num_train: invalid int value: 'many'",)),
+    Case("data_builder", "wrong_type_float", lambda fx: db(*fx.coco(), "--out", fx.out(), "--validation_fraction", "half"), 2,
+         ("argument --validation_fraction: invalid float value: 'half'",)),
+    Case("data_builder", "fraction_out_of_range", lambda fx: db(*fx.coco(), "--out", fx.out(), "--validation_fraction", "1.5"), 2,
+         ("--validation_fraction 1.5 must be in [0, 1)",)),
+    Case("data_builder", "negative_count", lambda fx: db("shapes", "--out", fx.out(), "--num_train", "-1"), 2, ("--num_train -1 must be at least 0",)),
+    Case("data_builder", "image_size_zero", lambda fx: db("shapes", "--out", fx.out(), "--image_size", "0"), 2,
+         ("--image_size 0 must be between 8 and 1024",)),
+    Case("data_builder", "max_image_pixels_zero", lambda fx: db(*fx.coco(), "--out", fx.out(), "--max_image_pixels", "0"), 2,
+         ("--max_image_pixels 0 must be at least 1",)),
+    Case("data_builder", "download_timeout_zero", lambda fx: db("captions", "--dataset", fx.pairs("p.jsonl"), "--out", fx.out(), "--download_timeout", "0"), 2,
+         ("--download_timeout 0.0 must be > 0 seconds",)),
+    Case("data_builder", "out_is_a_file", lambda fx: db(*fx.coco(), "--out", fx.write("a_file", "x")), 2, ("a_file: is a file, expected a folder",)),
+    Case("data_builder", "out_exists", lambda fx: db(*fx.coco(), "--out", fx.existing_out()), 2, ("already exists; pass --overwrite to replace it",)),
+    Case("data_builder", "overwrite_not_ours", lambda fx: db(*fx.coco(), "--out", fx.existing_out(), "--overwrite"), 2,
+         ("--overwrite only replaces a dataset this tool built",)),
+    # ------------------------------------------------------------------ data_builder.py: files
+    Case("data_builder", "captions_file_missing", lambda fx: db("coco", "--captions", fx.path("nowhere.json"), *fx.coco()[3:], "--out", fx.out()), 2,
+         ("nowhere.json: no such file (expected a COCO captions_*.json file)",)),
+    Case("data_builder", "images_folder_missing", lambda fx: db(*fx.coco()[:5], "--images", fx.path("no_images"), "--out", fx.out()), 2,
+         ("no_images: no such folder (the --images folder of images)",)),
+    Case("data_builder", "malformed_json", lambda fx: db(*fx.coco('{"images": [}'), "--out", fx.out()), 2, ("not valid JSON (line 1, column 13",)),
+    Case("data_builder", "missing_key", lambda fx: db(*fx.coco({"images": [], "annotations": [{"image_id": 1, "caption": "a"}, {"image_id": 1}]}), "--out", fx.out()), 2,
+         ("annotations[1] has no 'caption' key",)),
+    Case("data_builder", "id_of_wrong_type", lambda fx: db(*fx.coco({"images": [], "annotations": [{"image_id": [1], "caption": "a"}]}), "--out", fx.out()), 2,
+         ("'image_id' in annotations[0] is a list ([1]), expected an integer or a string id",)),
+    Case("data_builder", "empty_coco", lambda fx: db(*fx.coco({"images": [], "annotations": []}), "--out", fx.out()), 2,
+         ("the source has no usable rows (no rows at all)",)),
+    Case("data_builder", "dataset_missing", lambda fx: db("captions", "--dataset", fx.path("nowhere.jsonl"), "--out", fx.out()), 2,
+         ("nowhere.jsonl: no such file or folder",)),
+    Case("data_builder", "unknown_file_type", lambda fx: db("captions", "--dataset", fx.write("pairs.txt", "x"), "--out", fx.out()), 2,
+         ("pairs.txt: cannot tell how to read a '.txt' file; pass --loader json|csv|parquet",)),
+    Case("data_builder", "missing_column", lambda fx: db("captions", "--dataset", fx.pairs("p.jsonl"), "--caption_column", "text", "--out", fx.out()), 2,
+         ("p.jsonl: has no column 'text' (--caption_column); its columns are ['image', 'caption']",)),
+    Case("data_builder", "missing_split", lambda fx: db("captions", "--dataset", fx.pairs("p.jsonl"), "--split", "test", "--out", fx.out()), 2,
+         ("has no split 'test' (--split); it has ['train']",)),
+    Case("data_builder", "malformed_jsonl_row", lambda fx: db("captions", "--dataset", fx.write("broken.jsonl", '{"image": "images/ok.png", "caption": "a dog"}\n{"image": "x", "caption": \n'),
+                                                              "--out", fx.out()), 2,
+         ("broken.jsonl: line 2 is not valid JSON (Expecting value, column 27)",)),
+    Case("data_builder", "jsonl_row_not_an_object", lambda fx: db("captions", "--dataset", fx.pairs("list_row.jsonl", ["images/ok.png", "a dog"]), "--out", fx.out()), 2,
+         ("list_row.jsonl: line 3 is a list (['images/ok.png', 'a dog']), expected an object",)),
+    Case("data_builder", "malformed_csv_row", lambda fx: db("captions", "--dataset", fx.write("broken.csv", "image,caption\nimages/ok.png,a dog\nimages/ok.png,a dog, with a hat\n"),
+                                                            "--out", fx.out()), 2,
+         ("broken.csv: line 3 has 3 fields, but the header has 2 (image, caption)",)),
+    Case("data_builder", "empty_csv", lambda fx: db("captions", "--dataset", fx.write("empty.csv", ""), "--out", fx.out()), 2,
+         ("empty.csv: empty, expected a header row",)),
+    Case("data_builder", "empty_jsonl", lambda fx: db("captions", "--dataset", fx.write("empty.jsonl", "\n"), "--out", fx.out()), 2,
+         ("empty.jsonl: the source has no usable rows (no rows at all)",)),
+    Case("data_builder", "not_utf8", lambda fx: db("captions", "--dataset", fx.write("latin1.csv", "image,caption\nimages/ok.png,caf\xe9\n".encode("latin-1")), "--out", fx.out()), 2,
+         ("latin1.csv: not UTF-8 text",)),
+    Case("data_builder", "no_usable_caption", lambda fx: db("captions", "--dataset", fx.jsonl("bad_captions.jsonl", [
+        {"image": "images/ok.png", "caption": 3}, {"image": "images/ok.png", "caption": " "}, {"image": "images/ok.png"}]), "--out", fx.out()), 2,
+         ("bad_captions.jsonl: the source has no usable rows (caption_not_text: 1, empty_caption: 1, missing_caption: 1)",)),
+    Case("data_builder", "no_image_found", lambda fx: db("captions", "--dataset", fx.jsonl("no_images.jsonl", [
+        {"image": "images/nope1.png", "caption": "a dog on a couch"}, {"image": "images/nope2.png", "caption": "a cat on a bed"}]), "--out", fx.out()), 2,
+         ("no_images.jsonl: no row could be written (", "row:missing_image: 2")),
+    Case("data_builder", "malicious_pickle", lambda fx: db("ccneg", "--annotations", fx.evil_pickle(), "--images", str(fx.images), "--out", fx.out()), 2,
+         ("evil.pt: refused: loading it needs arbitrary unpickling of exec, which could run code",)),
+    Case("data_builder", "not_a_torch_file", lambda fx: db("ccneg", "--annotations", fx.write("garbage.pt", b"not a torch file"), "--images", str(fx.images), "--out", fx.out()), 2,
+         ("garbage.pt: not a readable torch.save file",)),
+    Case("data_builder", "negationclip_missing_key", lambda fx: db("negationclip", "--annotations", fx.write("negclip.json", json.dumps(
+        {"images": [{"id": 1, "file_name": "ok.png"}], "annotations": [{"image_id": 1, "caption": "a dog"}]})), "--images", str(fx.images), "--out", fx.out()), 2,
+         ("negclip.json: annotations[0] has no 'updated_caption' key",)),
+    Case("data_builder", "rewriter_folder_missing", lambda fx: db(*fx.coco(), "--out", fx.out(), "--rewriter_model", fx.path("no_model")), 2,
+         ("--rewriter_model", "no_model': no such folder (expected a text-generation model folder or a Hub id)")),
+    Case("data_builder", "rewriter_is_clip", lambda fx: db(*fx.coco(), "--out", fx.out(), "--rewriter_model", fx.clip()), 2,
+         ("its config.json has model_type 'clip', which is not a text-generation (causal language) model",)),
+    Case("data_builder", "rewriter_not_a_model", lambda fx: db(*fx.coco(), "--out", fx.out(), "--rewriter_model", fx.folder("not_a_model")), 2,
+         ("not_a_model': holds no config.json (expected a text-generation model folder)",)),
+    Case("data_builder", "rewriter_hub_id_offline", lambda fx: db(*fx.coco(), "--out", fx.out(), "--rewriter_model", "nobody/no-such-lm"), 2,
+         ("--rewriter_model 'nobody/no-such-lm': could not load a text-generation model",)),
+    # ------------------------------------------------------------------ data_builder.py: counted skips
+    Case("data_builder", "caption_not_text", lambda fx: db("captions", "--dataset", fx.pairs("not_text.jsonl", {"image": "images/ok.png", "caption": 7},
+                                                                                             {"image": "images/ok.png", "caption": {"en": "a dog"}}), "--out", fx.out()), 0,
+         ("skipped source:caption_not_text: 2 (e.g. not_text.jsonl line 3 (column 'caption'), not_text.jsonl line 4 (column 'caption'))",)),
+    Case("data_builder", "empty_and_missing_captions", lambda fx: db("captions", "--dataset", fx.pairs("empty_caps.jsonl", {"image": "images/ok.png", "caption": ""},
+                                                                                                        {"image": "images/ok.png", "caption": None}, {"image": "images/ok.png"}),
+                                                                      "--out", fx.out()), 0,
+         ("skipped source:empty_caption: 1 (e.g. empty_caps.jsonl line 3", "skipped source:missing_caption: 2 (e.g. empty_caps.jsonl line 4 (column 'caption'), empty_caps.jsonl line 5")),
+    Case("data_builder", "csv_empty_cell", lambda fx: db("captions", "--dataset", fx.write("cells.csv", "image,caption\nimages/ok.png,a dog on a couch\nimages/ok.png,\n"), "--out", fx.out()), 0,
+         ("skipped source:empty_caption: 1 (e.g. cells.csv line 3 (column 'caption'))",)),
+    Case("data_builder", "corrupt_image", lambda fx: db("captions", "--dataset", fx.pairs("corrupt.jsonl", {"image": "images/corrupt.png", "caption": "a dog"}), "--out", fx.out()), 0,
+         ("skipped row:corrupt_image: 1 (e.g. corrupt.png)",)),
+    Case("data_builder", "truncated_image", lambda fx: db("captions", "--dataset", fx.pairs("trunc.jsonl", {"image": "images/trunc.png", "caption": "a dog"}), "--out", fx.out()), 0,
+         ("skipped row:corrupt_image: 1 (e.g. trunc.png)",)),
+    Case("data_builder", "missing_image", lambda fx: db("captions", "--dataset", fx.pairs("missing.jsonl", {"image": "images/nope.png", "caption": "a dog"}), "--out", fx.out()), 0,
+         ("skipped row:missing_image: 1 (e.g. nope.png)",)),
+    Case("data_builder", "huge_image", lambda fx: db("captions", "--dataset", fx.pairs("huge.jsonl", {"image": "images/big.png", "caption": "a dog"}), "--out", fx.out(),
+                                                     "--max_image_pixels", "1000"), 0,
+         ("skipped row:image_too_large: 1 (e.g. big.png)",)),
+    Case("data_builder", "grayscale_and_rgba_images", lambda fx: db("captions", "--dataset", fx.pairs("modes.jsonl", {"image": "images/gray.png", "caption": "a dog"},
+                                                                                                      {"image": "images/rgba.png", "caption": "a cat"}), "--out", fx.out()), 0,
+         ("converted to RGB from L: 1", "converted to RGB from RGBA: 1")),
+    Case("data_builder", "image_url_not_http", lambda fx: db("captions", "--dataset", fx.pairs("file_url.jsonl", {"image": "file:///etc/hostname", "caption": "a dog"}),
+                                                             "--out", fx.out()), 0,
+         ("skipped row:image_url_not_http: 1 (e.g. file:///etc/hostname)",)),
+    Case("data_builder", "caption_of_unknown_image", lambda fx: db(*fx.coco({"images": [{"id": 1, "file_name": "ok.png"}],
+                                                                            "annotations": [{"image_id": 1, "caption": "a dog"}, {"image_id": 99, "caption": "a cat"}]}),
+                                                                   "--out", fx.out()), 0,
+         ("skipped source:caption_of_unknown_image: 1 (e.g. ", "annotations[1] (image_id 99))")),
+    Case("data_builder", "caption_over_77_tokens", lambda fx: db("captions", "--dataset", fx.pairs("long.jsonl", {"image": "images/ok.png", "caption": LONG_CAPTION}),
+                                                                 "--out", fx.out()), 0,
+         ("longer than CLIP's 77 tokens (the text encoder reads only their start): caption 1",), once="77 tokens"),
+    # ------------------------------------------------------------------ train.py (what works today)
+    Case("train", "no_dataset", lambda fx: [], 2, ("--dataset_name is required",)),
+    Case("train", "unknown_flag", lambda fx: fx.train_args(fx.dataset("good", ["a dog"] * 4), "--colour", "red"), 2,
+         ("unknown flag(s) in the command line: ['--colour', 'red']",)),
+    Case("train", "wrong_type", lambda fx: fx.train_args(fx.dataset("good", ["a dog"] * 4), "--learning_rate", "fast"), 2,
+         ("argument --learning_rate/--learning-rate: invalid float value: 'fast'",)),
+    Case("train", "caption_length_over_77", lambda fx: fx.train_args(fx.dataset("good", ["a dog"] * 4), "--max_caption_length", "100"), 2,
+         ("--max_caption_length must be in 3..77 (CLIP's context), got 100",)),
+    Case("train", "model_folder_missing", lambda fx: ["--model_name_or_path", fx.path("no_model"), *fx.train_args(fx.dataset("good", ["a dog"] * 4))[2:]], 2,
+         ("no_model' does not exist (expected a CLIP checkpoint folder or a Hub id)",)),
+    Case("train", "model_not_clip", lambda fx: ["--model_name_or_path", fx.gpt2(), *fx.train_args(fx.dataset("good", ["a dog"] * 4))[2:]], 2,
+         ("is not a CLIP checkpoint: its config.json has model_type 'gpt2', expected 'clip'",)),
+    Case("train", "model_folder_without_config", lambda fx: ["--model_name_or_path", fx.folder("not_a_model"), *fx.train_args(fx.dataset("good", ["a dog"] * 4))[2:]], 2,
+         ("is not a CLIP checkpoint: it holds no config.json",)),
+    Case("train", "model_hub_id_offline", lambda fx: ["--model_name_or_path", "nobody/no-such-clip", *fx.train_args(fx.dataset("good", ["a dog"] * 4))[2:]], 2,
+         ("--model_name_or_path 'nobody/no-such-clip': could not load a CLIP checkpoint",)),
+    Case("train", "dataset_missing", lambda fx: fx.train_args(fx.path("no_data")), 2, ("no_data' does not exist: expected a save_to_disk folder, data files or a Hub id",)),
+    Case("train", "empty_dataset", lambda fx: fx.train_args(fx.dataset("empty", [])), 2, ("empty' is empty: nothing to train on",)),
+    Case("train", "missing_column", lambda fx: fx.train_args(fx.dataset("good", ["a dog"] * 4), "--presence_column", "negated"), 2,
+         ("has no column 'negated' (set by --presence_column)",)),
+    Case("train", "caption_not_text", lambda fx: fx.train_args(fx.dataset("int_captions", [1, 2, 3], features=datasets.Features(
+        {**data_builder.contract_features(), "caption": datasets.Value("int64")}))), 2, ("row 0, column 'caption': expected a string, got int 1",)),
+    Case("train", "empty_captions", lambda fx: fx.train_args(fx.dataset("empty_captions", ["", "", ""])), 2, ("every caption in column 'caption' is empty",)),
+    Case("train", "config_file_missing", lambda fx: [fx.path("nowhere.yaml")], 2, ("nowhere.yaml does not exist",)),
+    Case("train", "config_file_malformed", lambda fx: [fx.write("bad.yaml", "learning_rate: [1, 2\n")], 2, ("bad.yaml is not valid YAML/JSON",)),
+    Case("train", "config_file_not_a_mapping", lambda fx: [fx.write("list.yaml", "- a\n- b\n")], 2, ("must hold a mapping of flag names to values, got list",)),
+    Case("train", "long_captions_and_rgba_gray_images", lambda fx: fx.train_args(fx.dataset("long_captions", [LONG_CAPTION] * 4, modes=("RGBA", "L"))), 0,
+         ("truncated 4 caption(s) longer than 77 tokens",), once="longer than 77 tokens"),
+    # ------------------------------------------------------------------ python -m eval (what works today)
+    Case("eval", "no_arguments", lambda fx: [], 2, ("the following arguments are required: MODEL, --tasks, --out",)),
+    Case("eval", "missing_tasks", lambda fx: fx.eval_args(fx.clip()), 2, ("the following arguments are required: --tasks",)),
+    Case("eval", "unknown_flag", lambda fx: fx.eval_args(fx.clip(), "--tasks", "negbench_mcq", "--colour"), 2, ("unrecognized arguments: --colour",)),
+    Case("eval", "wrong_type", lambda fx: fx.eval_args(fx.clip(), "--tasks", "negbench_mcq", "--batch_size", "many"), 2, ("argument --batch_size: invalid int value: 'many'",)),
+    Case("eval", "negative_max_items", lambda fx: fx.eval_args(fx.clip(), "--tasks", "negbench_mcq", "--negbench_mcq", fx.mcq("mcq_ok.csv", "ok.png"), "--max_items", "-1"), 2,
+         ("--max_items must be positive",)),
+    Case("eval", "unknown_task", lambda fx: fx.eval_args(fx.clip(), "--tasks", "imagenet"), 2, ("--tasks: unknown task 'imagenet'; known tasks:",)),
+    Case("eval", "missing_data_flag", lambda fx: fx.eval_args(fx.clip(), "--tasks", "negbench_mcq"), 2, ("task negbench_mcq needs --negbench_mcq",)),
+    Case("eval", "model_folder_missing", lambda fx: fx.eval_args(fx.path("no_model"), "--tasks", "negbench_mcq", "--negbench_mcq", fx.mcq("mcq_ok.csv", "ok.png")), 2,
+         ("no_model: cannot read its config as a Hub id or folder",)),
+    Case("eval", "model_not_clip", lambda fx: fx.eval_args(fx.gpt2(), "--tasks", "negbench_mcq", "--negbench_mcq", fx.mcq("mcq_ok.csv", "ok.png")), 2,
+         ("gpt2: not a CLIP checkpoint (its config says model_type 'gpt2', expected 'clip')",)),
+    Case("eval", "model_folder_without_config", lambda fx: fx.eval_args(fx.folder("not_a_model"), "--tasks", "negbench_mcq", "--negbench_mcq", fx.mcq("mcq_ok.csv", "ok.png")), 2,
+         ("not_a_model: not a CLIP checkpoint (a folder without config.json)",)),
+    Case("eval", "model_hub_id_offline", lambda fx: fx.eval_args("nobody/no-such-clip", "--tasks", "negbench_mcq", "--negbench_mcq", fx.mcq("mcq_ok.csv", "ok.png")), 2,
+         ("model nobody/no-such-clip: cannot read its config as a Hub id or folder",)),
+    Case("eval", "data_file_missing", lambda fx: fx.eval_args(fx.clip(), "--tasks", "negbench_mcq", "--negbench_mcq", fx.path("nowhere.csv")), 2,
+         ("--negbench_mcq", "nowhere.csv: no such file or folder")),
+    Case("eval", "malformed_csv_row", lambda fx: fx.eval_args(fx.clip(), "--tasks", "negbench_mcq", "--negbench_mcq", fx.write(
+        "mcq_short.csv", "image_path,correct_answer,caption_0,caption_1,caption_2,caption_3,correct_answer_template\nx.png,0,a,b,c\n")), 2,
+         ("mcq_short.csv, line 2: 5 fields, the header has 7",)),
+    Case("eval", "missing_column", lambda fx: fx.eval_args(fx.clip(), "--tasks", "negbench_mcq", "--negbench_mcq", fx.write("mcq_cols.csv", "image_path,caption\nx.png,a\n")), 2,
+         ("mcq_cols.csv: the header has no column 'correct_answer'",)),
+    Case("eval", "empty_csv", lambda fx: fx.eval_args(fx.clip(), "--tasks", "negbench_mcq", "--negbench_mcq", fx.write("empty.csv", "")), 2,
+         ("empty.csv: the header has no column",)),
+    Case("eval", "malformed_json", lambda fx: fx.eval_args(fx.clip(), "--tasks", "valse", "--valse", fx.write("valse.json", '{"a": {"image_file": "ok.png"')), 2,
+         ("valse.json: not valid JSON (line 1",)),
+    Case("eval", "malicious_pickle", lambda fx: fx.eval_args(fx.clip(), "--tasks", "ccneg", "--ccneg", fx.evil_pickle(), "--ccneg_images", str(fx.images)), 2,
+         ("evil.pt: refused to load: the file needs arbitrary unpickling",)),
+    Case("eval", "corrupt_image", lambda fx: fx.eval_args(fx.clip(), "--tasks", "negbench_mcq", "--negbench_mcq", fx.mcq("mcq_corrupt.csv", "corrupt.png")), 2,
+         ("cannot read the image", "corrupt.png")),
+    Case("eval", "truncated_image", lambda fx: fx.eval_args(fx.clip(), "--tasks", "negbench_mcq", "--negbench_mcq", fx.mcq("mcq_trunc.csv", "trunc.png")), 2,
+         ("cannot read the image", "trunc.png")),
+    Case("eval", "missing_image", lambda fx: fx.eval_args(fx.clip(), "--tasks", "negbench_mcq", "--negbench_mcq", fx.mcq("mcq_missing.csv", "nope.png")), 2,
+         ("mcq_missing.csv, line 2: missing image",)),
+    Case("eval", "empty_caption", lambda fx: fx.eval_args(fx.clip(), "--tasks", "layerwise", "--layerwise", fx.dataset("empty_captions", ["", "", ""]),
+                                                          "--layerwise_split", "train"), 2, ("row 0: the caption is empty or not a string ('')",)),
+    Case("eval", "long_caption_rgba_gray_images", lambda fx: fx.eval_args(fx.clip(), "--tasks", "negbench_mcq", "--negbench_mcq",
+                                                                          fx.mcq("mcq_long.csv", "rgba.png", "gray.png", caption=LONG_CAPTION)), 0,
+         ("1 texts longer than 77 tokens were truncated",), once="longer than 77 tokens"),
+]
+
+
+@pytest.fixture(scope="module")
+def fx(tmp_path_factory, processor) -> Fixtures:
+    return Fixtures(tmp_path_factory.mktemp("bad_input"), processor)
+
+
+@pytest.fixture(autouse=True)
+def no_debug(monkeypatch):
+    monkeypatch.delenv("OMNINEGCLIP_DEBUG", raising=False)
+
+
+def run_case(case: Case, fx: Fixtures, capsys, caplog) -> tuple[int, str]:
+    main = importlib.import_module(CLIS[case.cli]).main
+    argv = case.args(fx)
+    code = 0
+    try:
+        run_cli(main, argv)
+    except SystemExit as exit_info:
+        code = exit_info.code
+    # Anything else propagates and fails the test with its traceback: the CLI would have shown one.
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err + caplog.text
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.id)
+def test_bad_input_matrix(case: Case, fx: Fixtures, capsys, caplog):
+    code, output = run_case(case, fx, capsys, caplog)
+    assert code == case.exit_code, output[-3000:]
+    for phrase in case.phrases:
+        assert phrase in output, f"{phrase!r} not in:\n{output[-3000:]}"
+    assert "Traceback" not in output
+    if case.exit_code:
+        assert re.search(r"(^|: )error: ", output, re.MULTILINE), output[-3000:]
+    if case.once:
+        assert output.count(case.once) == 1, output[-3000:]
+    assert not (fx.root / MARKER).exists()  # the malicious pickle was never unpickled
+
+
+def test_matrix_covers_every_cli_and_names_are_unique():
+    assert {case.cli for case in CASES} == set(CLIS)
+    assert len({case.id for case in CASES}) == len(CASES)
+
+
+def test_debug_flag_and_environment_show_the_traceback(fx, monkeypatch, capsys):
+    argv = db(*fx.coco({"images": [], "annotations": []}), "--out", fx.out())
+    with pytest.raises(UserError, match="the source has no usable rows"):
+        run_cli(data_builder.main, [*argv, "--debug"])
+    monkeypatch.setenv("OMNINEGCLIP_DEBUG", "1")
+    with pytest.raises(UserError, match="the source has no usable rows"):
+        run_cli(data_builder.main, argv)
+    monkeypatch.setenv("OMNINEGCLIP_DEBUG", "0")
+    with pytest.raises(SystemExit):
+        run_cli(data_builder.main, argv)
+
+
+def _run(*command: str) -> subprocess.CompletedProcess:
+    environment = {key: value for key, value in os.environ.items() if key != "OMNINEGCLIP_DEBUG"}
+    environment.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    return subprocess.run([sys.executable, *command], cwd=REPO, capture_output=True, text=True, timeout=120, env=environment)
+
+
+def test_real_entry_points_print_one_paragraph_and_no_traceback(fx):
+    missing = fx.path("nowhere.json")
+    plain = _run("data_builder.py", "coco", "--captions", missing, "--instances", missing, "--images", str(fx.images), "--out", fx.out())
+    assert plain.returncode == 2 and "Traceback" not in plain.stderr
+    assert plain.stderr.startswith(f"error: {missing}: no such file (expected a COCO captions_*.json file)\n")
+    debug = _run("data_builder.py", "coco", "--captions", missing, "--instances", missing, "--images", str(fx.images), "--out", fx.out(), "--debug")
+    assert debug.returncode == 1 and "Traceback (most recent call last)" in debug.stderr and "UserError" in debug.stderr
+    evaluation = _run("-m", "eval", fx.path("no_model"), "--tasks", "nonsense", "--out", fx.out())
+    assert evaluation.returncode == 2 and "Traceback" not in evaluation.stderr and "unknown task 'nonsense'" in evaluation.stderr
+
+
+def test_help_of_every_subcommand_describes_it():
+    parser = data_builder._parser()
+    top = parser.format_help()
+    for source in ("coco", "captions", "ccneg", "negationclip", "shapes"):
+        assert source in top
+        with pytest.raises(SystemExit) as exit_info:
+            parser.parse_args([source, "--help"])
+        assert exit_info.value.code == 0
+    assert "--debug" in top and "OMNINEGCLIP_DEBUG=1" in top
+
+
+# ---------------------------------------------------------------------------------------- safe loading
+
+_TRUST_REMOTE_CODE_ON = re.compile(r"trust_remote_code\s*[=:]\s*True|[\"']trust_remote_code[\"']\s*:\s*True")
+
+
+def _repository_files() -> list[Path]:
+    """Tracked files and new ones git does not ignore (not .venv, build outputs or caches)."""
+    listed = subprocess.run(["git", "-C", str(REPO), "ls-files", "--cached", "--others", "--exclude-standard"],
+                            capture_output=True, text=True, timeout=60)
+    if listed.returncode != 0:  # not a git checkout: every file outside hidden folders
+        return [path for path in REPO.rglob("*") if not any(part.startswith(".") for part in path.relative_to(REPO).parts)]
+    return [REPO / line for line in listed.stdout.splitlines()]
+
+
+def test_no_trust_remote_code_anywhere():
+    offenders = []
+    for path in _repository_files():
+        if path.suffix not in (".py", ".yaml", ".yml", ".json", ".md", ".toml", ".cfg", ".txt") or not path.is_file():
+            continue
+        if path == Path(__file__).resolve():
+            continue  # this file names the pattern
+        text = path.read_text(encoding="utf-8", errors="replace")
+        offenders += [f"{path.relative_to(REPO)}: {match.group(0)}" for match in _TRUST_REMOTE_CODE_ON.finditer(text)]
+    assert offenders == []
+    assert any(path.name == "data_builder.py" for path in _repository_files())  # the search did look at the code
+
+
+def test_model_loaders_here_refuse_remote_code_explicitly(monkeypatch):
+    """The rewriter passes trust_remote_code=False to transformers; datasets 5.x runs no dataset scripts at all."""
+    import transformers
+
+    from omninegclip.rewrite import LLMRewriter
+
+    seen = {}
+    monkeypatch.setattr(transformers, "pipeline", lambda *args, **kwargs: seen.update(kwargs) or (lambda prompt, **kw: [{"generated_text": ""}]))
+    LLMRewriter.from_pretrained("some/model")
+    assert seen["trust_remote_code"] is False
+    import inspect
+
+    assert "trust_remote_code" not in inspect.signature(datasets.load_dataset).parameters
