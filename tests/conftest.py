@@ -18,6 +18,10 @@ from omninegclip.tokenization import build_clip_tokenizer
 
 TINY_TEXT_LAYERS = 5
 
+# Tiny models gain nothing from a second thread, and on a busy 2-core machine thread
+# oversubscription makes them several times slower.
+torch.set_num_threads(1)
+
 
 def tiny_clip_config(text_layers: int = TINY_TEXT_LAYERS) -> CLIPConfig:
     return CLIPConfig(
