@@ -33,7 +33,7 @@ class SmallCLIP:
     """The stand-in for pretrained CLIP: small enough to pretrain on 2 CPU cores in minutes."""
 
     image_size: int = 64
-    patch_size: int = 8
+    patch_size: int = 16
     vision_hidden: int = 128
     vision_layers: int = 4
     text_hidden: int = 128
@@ -96,7 +96,22 @@ def flags(mapping: dict) -> list[str]:
     return [part for key, value in mapping.items() for part in (f"--{key}", str(value))]
 
 
-def make_initial_model(folder: Path, size: SmallCLIP, seed: int) -> None:
+def world_pixel_statistics(world: Path, rows: int = 512) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of the world's training images, for the image processor.
+
+    With openai CLIP's statistics the pale background, most of every image, becomes one large
+    constant that every patch shares, and a freshly initialised CLIP starts (and, in our runs,
+    stays for hundreds of steps) with all image embeddings alike. Centring on the world's own
+    statistics, as one does for any new image domain, lets it learn from the first steps."""
+    import datasets
+    import numpy as np
+
+    train = datasets.load_from_disk(str(world))["train"]
+    pixels = np.stack([np.asarray(image.convert("RGB"), dtype=np.float32) / 255 for image in train.select(range(min(rows, len(train))))["image"]])
+    return pixels.mean(axis=(0, 1, 2)).round(4).tolist(), pixels.std(axis=(0, 1, 2)).round(4).tolist()
+
+
+def make_initial_model(folder: Path, size: SmallCLIP, seed: int, pixel_statistics: tuple[list[float], list[float]] | None = None) -> None:
     """A randomly initialised CLIP of `size` with the exact openai tokenizer, as a Hub-style folder."""
     import torch
     from transformers import CLIPConfig, CLIPModel, CLIPProcessor
@@ -118,10 +133,109 @@ def make_initial_model(folder: Path, size: SmallCLIP, seed: int) -> None:
         projection_dim=size.projection_dim,
     )
     CLIPModel(config).save_pretrained(folder)
+    mean, std = pixel_statistics or ([0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711])
     image_processor = CLIPImageProcessorPil(
-        size={"shortest_edge": size.image_size}, crop_size={"height": size.image_size, "width": size.image_size}
+        size={"shortest_edge": size.image_size}, crop_size={"height": size.image_size, "width": size.image_size},
+        image_mean=mean, image_std=std,
     )
     CLIPProcessor(image_processor=image_processor, tokenizer=build_clip_tokenizer()).save_pretrained(folder)
+
+
+def write_widget_examples(out: Path) -> Path:
+    """Two world scenes and negation labels for the card's widget (images rendered here, copied
+    into the checkpoint by train.py)."""
+    from omninegclip.shapes import SceneObject, render_scene
+
+    scenes = {
+        "circle-star": [SceneObject("circle", "red", 0.28, 0.35, 0.3), SceneObject("star", "blue", 0.68, 0.62, 0.3)],
+        "heart": [SceneObject("heart", "green", 0.5, 0.5, 0.32)],
+    }
+    examples = []
+    for name, objects in scenes.items():
+        path = out / "widget" / f"{name}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        render_scene(objects, image_size=224, seed=0).save(path)
+        examples.append(dict(image=str(path), **WIDGET_LABELS[name]))
+    target = out / "widget" / "examples.json"
+    target.write_text(json.dumps(examples, indent=2) + "\n")
+    return target
+
+
+WIDGET_LABELS = {
+    "circle-star": dict(title="Which object is negated?", expected_label="a red circle and no square",
+                        candidate_labels=["a red circle and no square", "a red circle and no star"]),
+    "heart": dict(title="Presence negation", expected_label="a green heart",
+                  candidate_labels=["a green heart", "there is no heart"]),
+}
+
+# Targets of the built-in default (fine-tuned minus base, percentage points, held-out scenes).
+TARGETS = {
+    "which_negated/accuracy": 40.0,
+    "absence_image/accuracy": 20.0,
+    "mcq/accuracy": 15.0,
+}
+NEGATION_TASKS = ("presence", "which_negated", "absence_image", "absence_caption", "mcq")
+RETRIEVAL_R1 = ("retrieval/text_to_image/R@1", "retrieval/image_to_text/R@1")
+
+
+def summarize(results: dict, base: str, tuned: list[str]) -> str:
+    """A markdown summary: every headline number per model, the change against the base, and
+    whether each target of the built-in default is met (training and unseen phrasings)."""
+    metrics = results["metrics"]
+    lines = []
+    for template_set in ("train", "heldout"):
+        rows = []
+        for task in NEGATION_TASKS + ("retrieval", "negated_retrieval"):
+            name = f"world_{template_set}/{task}"
+            for metric, values in metrics.get(name, {}).items():
+                if metric.endswith(("R@10", "group_mean")) or "image_to_text/R@5" in metric:
+                    continue
+                rows.append((f"{task}/{metric}", values))
+        if not rows:
+            continue
+        header = "| metric | " + " | ".join([base] + tuned) + " | " + " | ".join(f"Δ {name}" for name in tuned) + " |"
+        lines += [f"### Held-out scenes, {'training' if template_set == 'train' else 'unseen'} phrasing templates", "",
+                  header, "|---|" + "---:|" * (1 + 2 * len(tuned))]
+        for metric, values in rows:
+            cells = [f"{100 * values[name]:.1f}" if values.get(name) is not None else "–" for name in [base] + tuned]
+            deltas = [f"{100 * (values[name] - values[base]):+.1f}" if values.get(name) is not None and values.get(base) is not None else "–" for name in tuned]
+            lines.append(f"| {metric} | " + " | ".join(cells + deltas) + " |")
+        lines += ["", f"Targets ({'training' if template_set == 'train' else 'unseen'} phrasings):", ""]
+        for name in tuned:
+            lines += [f"- `{name}`: " + "; ".join(_target_checks(metrics, template_set, base, name))]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _target_checks(metrics: dict, template_set: str, base: str, tuned: str) -> list[str]:
+    def value(task_metric: str, model: str) -> float | None:
+        task, metric = task_metric.split("/", 1)
+        found = metrics.get(f"world_{template_set}/{task}", {}).get(metric, {}).get(model)
+        return None if found is None else 100 * found
+
+    checks = []
+    for task_metric, least in TARGETS.items():
+        before, after = value(task_metric, base), value(task_metric, tuned)
+        if before is None or after is None:
+            continue
+        delta = after - before
+        checks.append(f"{task_metric} {delta:+.1f} (target +{least:.0f}: {'met' if delta >= least else 'MISSED'})")
+    negation = value("mcq/accuracy/negation", tuned)
+    if negation is not None:
+        checks.append(f"MCQ negation template {negation:.1f}% (target > 50: {'met' if negation > 50 else 'MISSED'})")
+    falls = []
+    for task in NEGATION_TASKS:
+        for metric in metrics.get(f"world_{template_set}/{task}", {}):
+            if metric.startswith("accuracy"):
+                before, after = value(f"{task}/{metric}", base), value(f"{task}/{metric}", tuned)
+                if before is not None and after is not None and after < before - 3:
+                    falls.append(f"{task}/{metric} {after - before:+.1f}")
+    checks.append("no negation task falls by more than 3 points: " + ("met" if not falls else "MISSED (" + ", ".join(falls) + ")"))
+    for metric in RETRIEVAL_R1:
+        before, after = value(metric, base), value(metric, tuned)
+        if before is not None and after is not None:
+            checks.append(f"{metric} {after - before:+.1f} (at most -1: {'met' if after >= before - 1 else 'MISSED'})")
+    return checks
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -131,8 +245,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num_train", type=int, default=16000, help="World training scenes.")
     parser.add_argument("--num_test", type=int, default=2000, help="World held-out test scenes.")
-    parser.add_argument("--pretrain_epochs", type=float, default=6)
-    parser.add_argument("--finetune_epochs", type=float, default=3)
+    parser.add_argument("--pretrain_epochs", type=float, default=5)
+    parser.add_argument("--finetune_epochs", type=float, default=2)
     parser.add_argument("--recipe", default=FAITHFUL.name, choices=[recipe.name for recipe in ABLATIONS],
                         help="Fine-tuning recipe of the default run.")
     args = parser.parse_args(argv)
@@ -155,37 +269,61 @@ def main(argv: list[str] | None = None) -> None:
     if not (stamp.is_file() and stamp.read_text() == pretrain_key):
         init = out / "init"
         shutil.rmtree(init, ignore_errors=True)
-        make_initial_model(init, size, args.seed)
+        make_initial_model(init, size, args.seed, world_pixel_statistics(world))
         run([python, "train.py", "--model_name_or_path", str(init), "--dataset_name", str(world),
              "--output_dir", str(base), "--caption_column", "pretrain_caption",
              "--presence_column", "none", "--absence_column", "none",
              "--text_preset", "whole", "--train_vision_tower", "true", "--cache_image_embeddings", "false",
-             *flags(dict(per_device_train_batch_size=256, learning_rate=2e-3, weight_decay=0.1, warmup_steps=50,
-                         lr_scheduler_type="cosine", num_train_epochs=args.pretrain_epochs, logging_steps=20,
+             *flags(dict(per_device_train_batch_size=128, learning_rate=5e-4, weight_decay=0.1, warmup_steps=100,
+                         lr_scheduler_type="cosine", num_train_epochs=args.pretrain_epochs, logging_steps=25,
                          eval_strategy="no", save_strategy="no", report_to="none", seed=args.seed,
-                         dataloader_num_workers=1))],
+                         disable_tqdm=True))],
             out / "logs" / "pretrain.log")
         stamp.write_text(pretrain_key)
     else:
         print(f"pretrained base: reusing {base}")
 
+    widget = write_widget_examples(out)
     recipes = ABLATIONS if args.ablations else [next(recipe for recipe in ABLATIONS if recipe.name == args.recipe)]
     models = [base]
     for recipe in recipes:
         target = out / ("ablations" if args.ablations else "") / recipe.name
         run([python, "train.py", "--model_name_or_path", str(base), "--dataset_name", str(world),
              "--output_dir", str(target),
-             *flags(dict(per_device_train_batch_size=128, learning_rate=1e-4, weight_decay=0.2, warmup_steps=50,
-                         lr_scheduler_type="cosine", num_train_epochs=args.finetune_epochs, logging_steps=50,
-                         eval_strategy="no", save_strategy="no", report_to="none", seed=args.seed)),
-             *flags(recipe.flags)],
+             *flags(dict(per_device_train_batch_size=128, learning_rate=1e-3, weight_decay=0.2, warmup_steps=20,
+                         lr_scheduler_type="cosine", num_train_epochs=args.finetune_epochs, logging_steps=25,
+                         eval_strategy="no", save_strategy="no", report_to="none", seed=args.seed,
+                         disable_tqdm=True)),
+             "--widget_examples", str(widget), *flags(recipe.flags)],
             out / "logs" / f"finetune-{recipe.name}.log")
         models.append(target)
 
     results = out / ("eval-ablations" if args.ablations else "eval")
-    run([python, "-m", "eval", *map(str, models), "--tasks", "world,layerwise", "--world", str(world),
-         "--out", str(results)], out / "logs" / "eval.log")
-    print(f"\ndone in {(time.time() - started) / 60:.1f} min; results in {results}")
+    names = ["base"] + [recipe.name for recipe in recipes]
+    run([python, "-m", "eval", *map(str, models), "--model_names", ",".join(names), "--tasks", "world,layerwise",
+         "--world", str(world), "--out", str(results), "--no_progress"], out / "logs" / "eval.log")
+    report = json.loads((results / "results.json").read_text())
+    summary = summarize(report, "base", names[1:])
+    minutes = (time.time() - started) / 60
+    (results / "summary.md").write_text(summary + f"\nWall time of this command: {minutes:.1f} min.\n")
+    if not args.ablations:
+        attach_results(models[1], results, names[1])
+    print("\n" + summary)
+    print(f"done in {minutes:.1f} min; results in {results}")
+
+
+def attach_results(checkpoint: Path, results: Path, name: str) -> None:
+    """Make the fine-tuned folder Hub-ready: its own eval results beside the weights, the card re-rendered."""
+    from omninegclip.model_card import write_model_card
+
+    target = checkpoint / "eval"
+    target.mkdir(exist_ok=True)
+    for file in ("results.json", "results.md", "results.png", "layerwise.md", "layerwise.png"):
+        if (results / file).is_file():
+            shutil.copy(results / file, target / file)
+    index = json.loads((results / "model_index.json").read_text())
+    (target / "model_index.json").write_text(json.dumps([entry for entry in index if entry.get("name") == name], indent=2) + "\n")
+    write_model_card(checkpoint, repo_id=f"omninegclip-world-{name}")
 
 
 if __name__ == "__main__":
