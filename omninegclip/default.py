@@ -79,15 +79,15 @@ ABLATIONS = [
 
 
 def run(command: list[str], log: Path) -> None:
-    """Run one step, streaming its output to the terminal and to a log file; stop on failure."""
+    """Run one step, its output (progress bars included) both on the terminal and in a log file; stop on failure."""
     print(f"\n$ {' '.join(command)}", flush=True)
     log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("w") as handle:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for line in process.stdout:
-            handle.write(line)
-            if not line.startswith(("\r",)) and "it/s]" not in line and "s/it]" not in line:
-                sys.stdout.write(line)
+    with log.open("wb") as handle:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        while chunk := process.stdout.read1(4096):
+            handle.write(chunk)
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.flush()
         if process.wait() != 0:
             raise SystemExit(f"step failed (exit {process.returncode}); full log: {log}")
 
