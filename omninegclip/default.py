@@ -247,8 +247,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num_test", type=int, default=2000, help="World held-out test scenes.")
     parser.add_argument("--pretrain_epochs", type=float, default=5)
     parser.add_argument("--finetune_epochs", type=float, default=2)
-    parser.add_argument("--recipe", default=FAITHFUL.name, choices=[recipe.name for recipe in ABLATIONS],
-                        help="Fine-tuning recipe of the default run.")
+    parser.add_argument("--recipes", default=f"{FAITHFUL.name},{IMPROVED.name}",
+                        help="Comma-separated fine-tuning recipes of the default run (see ABLATIONS).")
     args = parser.parse_args(argv)
     out = (ROOT / args.out).resolve() if not Path(args.out).is_absolute() else Path(args.out)
     python = sys.executable
@@ -284,7 +284,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"pretrained base: reusing {base}")
 
     widget = write_widget_examples(out)
-    recipes = ABLATIONS if args.ablations else [next(recipe for recipe in ABLATIONS if recipe.name == args.recipe)]
+    known = {recipe.name: recipe for recipe in ABLATIONS}
+    unknown = [name for name in args.recipes.split(",") if name not in known]
+    if unknown:
+        raise SystemExit(f"--recipes: unknown {unknown}; known: {list(known)}")
+    recipes = ABLATIONS if args.ablations else [known[name] for name in args.recipes.split(",")]
     models = [base]
     for recipe in recipes:
         target = out / ("ablations" if args.ablations else "") / recipe.name
@@ -307,7 +311,8 @@ def main(argv: list[str] | None = None) -> None:
     minutes = (time.time() - started) / 60
     (results / "summary.md").write_text(summary + f"\nWall time of this command: {minutes:.1f} min.\n")
     if not args.ablations:
-        attach_results(models[1], results, names[1])
+        for model, name in zip(models[1:], names[1:]):
+            attach_results(model, results, name)
     print("\n" + summary)
     print(f"done in {minutes:.1f} min; results in {results}")
 

@@ -491,7 +491,8 @@ def pretrain_caption(objects: Sequence[SceneObject], rng: random.Random) -> str:
 
 # ----- the dataset -------------------------------------------------------------------------------
 
-ONE_NEGATION_RATE = 0.1  # rows that carry only one of the two negations (half each), as mixed real data does
+ONE_NEGATION_RATE = 0.1
+MATCHED_PAIR_RATE = 0.5  # rows whose absence caption mirrors their presence caption (see world_row)  # rows that carry only one of the two negations (half each), as mixed real data does
 
 WORLD_FEATURES = datasets.Features({
     "image": datasets.Image(),
@@ -530,6 +531,16 @@ def world_row(split: str, index: int, seed: int, image_size: int = 64) -> dict:
         presence = presence_negated_caption(affirmative, rng.choice(affirmative.mentions).kind, rng)
     if carries in ("both", "absence"):
         absence = absence_negated_caption(affirmative, plausible_absent(kinds, rng), rng)
+    # Half the rows with both negations get a *matched* pair: the absence caption in the presence
+    # caption's own words, negating the absent object instead of the present one ("a moon, with
+    # no cross" / "a moon, with no star"). Only such a pair shows which object a negation may
+    # name; the other half keeps the whole affirmative caption. A separate rng leaves every other
+    # column of the row as it was.
+    matched_rng = random.Random(f"omninegclip-shapes:{seed}:{split}:{index}:matched")
+    if presence is not None and absence is not None and matched_rng.random() < MATCHED_PAIR_RATE:
+        rest = [mention for mention in affirmative.mentions if mention.kind != presence.negated_kind]
+        absence = negated_caption(rest, absence.negated_kind, "train", matched_rng, frame=affirmative.frame,
+                                  template=presence.template)
     return {
         "image": {"bytes": _png_bytes(render_scene(objects, image_size, background_seed)), "path": None},
         "caption": affirmative.text,

@@ -302,3 +302,17 @@ def test_stored_image_is_png(world):
     raw = _image_bytes(world["test"])[0]
     assert raw.startswith(b"\x89PNG")
     assert Image.open(io.BytesIO(raw)).size == (64, 64)
+
+
+def test_half_of_the_double_negation_rows_are_matched_pairs():
+    """A matched pair negates the absent object in the presence caption's own words, so only the
+    negated object tells the two apart; the other rows keep the whole affirmative caption."""
+    from omninegclip.shapes import world_row
+
+    rows = [world_row("train", index, seed=3) for index in range(200)]
+    both = [row for row in rows if row["presence_negated"] and row["absence_negated"]]
+    matched = [row for row in both
+               if row["absence_negated"].replace(row["absent_object"], "X") == row["presence_negated"].replace(row["negated_object"], "X")]
+    assert 0.35 < len(matched) / len(both) < 0.65
+    for row in matched:
+        assert row["absent_object"] not in row["present_objects"] and row["negated_object"] in row["present_objects"]
