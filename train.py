@@ -43,6 +43,19 @@ The image tower is frozen by default; its embeddings are then computed once, bef
 cached on disk keyed by the vision weights, the image processor and the data (so no random image
 augmentation in that mode). Captions are padded per batch, and all caption sets of a batch go
 through the text encoder in one call.
+
+Bad data never stops a run midway: before training, every row is checked (see omninegclip/data.py).
+Rows with an empty caption or a missing, corrupt, truncated or oversized image are skipped and
+counted; captions over the token limit are truncated and counted; one `data:` line reports it all,
+and training_provenance.json keeps it. A caption that is not a string is an error naming the row.
+
+Interrupted? Resume with the same flags plus `--resume_from_checkpoint runs/x/checkpoint-500` (or
+`latest`: the newest complete checkpoint-* in --output_dir): the run then ends with the same weights
+as one that was never interrupted (same data order, optimiser, scheduler and RNG states). A loss
+that becomes NaN or inf stops the run with the step, the rows of the batch and the terms that went
+bad; the checkpoint-* folders saved before it stay as they were. Every checkpoint-* folder and the
+final folder carry training_provenance.json: library versions, seed, git commit and all settings.
+Add `--debug` (or OMNINEGCLIP_DEBUG=1) to see the traceback behind an error message.
 """
 
 from __future__ import annotations
@@ -50,7 +63,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -76,12 +89,15 @@ from modeling_omninegclip import (
 from omninegclip.cli import UserError, run_cli
 from omninegclip.data import (
     SOURCE_COLUMN,
+    SOURCE_ROW_COLUMN,
     BalancedSourceSampler,
     CaptionColumns,
     OmniNegCollator,
+    SourceReport,
     cached_image_embeddings,
     load_any_dataset,
     prepare_dataset,
+    summarize_reports,
 )
 from omninegclip.model_card import load_widget_examples, push_checkpoint, write_model_card
 from omninegclip.provenance import provenance
@@ -89,6 +105,12 @@ from omninegclip.provenance import provenance
 logger = logging.getLogger("omninegclip.train")
 
 CONFIG_FILE_SUFFIXES = (".json", ".yaml", ".yml")
+PROVENANCE_FILE = "training_provenance.json"
+# The Trainer writes it last into a checkpoint-* folder (after the weights, optimiser and RNG
+# states, whatever their format: full, LoRA adapters, FSDP or DeepSpeed shards): a folder without it
+# is a save that was interrupted.
+TRAINER_STATE_FILE = "trainer_state.json"
+LATEST_CHECKPOINT = ("latest", "last", "true")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 LORA_TARGET_MODULES = {
     "attention": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj"),
@@ -294,20 +316,51 @@ class ClampLogitScaleCallback(TrainerCallback):
             unwrap(model).clamp_logit_scale()
 
 
-class NonFiniteLossError(RuntimeError):
-    """A loss term became NaN or inf; the message names the step, the rows and the terms."""
+class ProvenanceCallback(TrainerCallback):
+    """Writes `record` (versions, seed, commit, settings) into every checkpoint-* folder, after the
+    Trainer has written the rest of it."""
+
+    def __init__(self, record: dict):
+        self.record = record
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if state.is_world_process_zero and folder.is_dir():
+            write_provenance(folder, self.record | {"global_step": state.global_step})
+
+
+class NonFiniteLossError(UserError):
+    """A loss term became NaN or inf; the message names the step, the rows and the terms, and the
+    last good checkpoint. A `UserError`, so the command line reports it as one paragraph."""
+
+
+def complete_checkpoints(output_dir: str | Path) -> list[Path]:
+    """The checkpoint-* folders of `output_dir` the Trainer finished writing, oldest first."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return []
+    found = [path for path in folder.glob("checkpoint-*") if path.is_dir() and path.name.split("-", 1)[1].isdigit()]
+    return sorted((path for path in found if (path / TRAINER_STATE_FILE).is_file()), key=lambda path: int(path.name.split("-", 1)[1]))
+
+
+def _format_term(name: str, value: torch.Tensor) -> str:
+    return f"{name}={float(value.detach().float().cpu()):g}" if value.numel() == 1 else name
 
 
 class OmniNegCLIPTrainer(Trainer):
-    """`Trainer` whose `compute_loss` runs the Omni-NegCLIP objectives and logs every term."""
+    """`Trainer` whose `compute_loss` runs the Omni-NegCLIP objectives and logs every term.
+
+    `source_names` (the datasets of the prepared data, in `source_index` order) lets an error name
+    the dataset rows of a bad batch."""
 
     # The model returns a batch mean, not a sum over `num_items_in_batch`: the Trainer scales for GA.
     loss_is_scaled_for_ga = False
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, source_names: list[str] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.model_accepts_loss_kwargs = False
         self.add_callback(ClampLogitScaleCallback())
+        self.source_names = list(source_names or [])
         self._term_sums: dict[str, float] = {}
         self._term_count = 0
 
@@ -319,17 +372,41 @@ class OmniNegCLIPTrainer(Trainer):
                 return BalancedSourceSampler(list(sources), seed=self.args.seed)
         return super()._get_train_sampler(train_dataset)
 
+    def describe_rows(self, row_ids: list[int], training: bool) -> str:
+        """Where rows of the prepared data came from: 'dataset NAME row R' (the first few)."""
+        dataset = self.train_dataset if training else self.eval_dataset
+        if not isinstance(dataset, datasets.Dataset) or SOURCE_ROW_COLUMN not in dataset.column_names:
+            return f"prepared rows {row_ids}"
+        origin = dataset.select_columns([SOURCE_COLUMN, SOURCE_ROW_COLUMN])[row_ids]
+        places = []
+        for source, row in zip(origin[SOURCE_COLUMN], origin[SOURCE_ROW_COLUMN]):
+            name = self.source_names[source] if source < len(self.source_names) else f"source {source}"
+            places.append(f"{name!r} row {row}")
+        shown = ", ".join(places[:8]) + (f", … ({len(places)} rows)" if len(places) > 8 else "")
+        split = "training" if training else "evaluation"
+        return f"{split} batch of {len(places)} rows: {shown}"
+
+    def _non_finite_error(self, model, terms: dict, row_ids) -> NonFiniteLossError:
+        bad = [name for name, value in terms.items() if not torch.isfinite(value).all()] or ["loss"]
+        rows = self.describe_rows(row_ids.tolist(), model.training) if row_ids is not None else "rows unknown"
+        checkpoints = complete_checkpoints(self.args.output_dir)
+        kept = (f"the last good checkpoint, {checkpoints[-1]}, is kept as it was; resume from it with "
+                f"--resume_from_checkpoint {checkpoints[-1]} (e.g. with a lower --learning_rate)"
+                if checkpoints else f"no checkpoint had been saved yet in {self.args.output_dir} (see --save_steps)")
+        where = f"training step {self.state.global_step + 1}" if model.training else f"evaluation after step {self.state.global_step}"
+        return NonFiniteLossError(
+            f"the loss became NaN or inf in {where}: terms that went bad: "
+            f"{', '.join(_format_term(name, terms[name]) if name in terms else name for name in bad)}; "
+            f"{rows}. Training stopped: {kept}."
+        )
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         row_ids = inputs.pop("row_ids", None)
         outputs = model(**inputs, return_loss=True)
         terms = {name: getattr(outputs, name) for name in LOSS_TERM_NAMES if getattr(outputs, name) is not None}
-        bad = [name for name, value in terms.items() if not torch.isfinite(value).all()]
-        if bad or not torch.isfinite(outputs.loss).all():
-            rows = row_ids.tolist() if row_ids is not None else "unknown"
-            raise NonFiniteLossError(
-                f"non-finite loss at step {self.state.global_step}: terms {bad or ['loss']} went bad on dataset rows {rows}. "
-                f"The last good checkpoint is the newest checkpoint-* folder in {self.args.output_dir}."
-            )
+        checked = terms | {"loss": outputs.loss}
+        if not all(bool(torch.isfinite(value).all()) for value in checked.values()):
+            raise self._non_finite_error(model, checked, row_ids)
         if model.training:
             for name, value in terms.items():
                 self._term_sums[name] = self._term_sums.get(name, 0.0) + float(value.detach())
@@ -439,18 +516,46 @@ def load_model(model_args: ModelArguments) -> tuple[OmniNegCLIPModel, CLIPProces
     elif not HUB_ID.match(source):
         raise UserError(f"--model_name_or_path {source!r} does not exist (expected a CLIP checkpoint folder or a Hub id)")
     try:
-        model = OmniNegCLIPModel.from_pretrained(source, cache_dir=model_args.cache_dir)
+        model = OmniNegCLIPModel.from_pretrained(source, cache_dir=model_args.cache_dir, trust_remote_code=False)
     except (OSError, ValueError, KeyError) as error:
         raise UserError(f"--model_name_or_path {source!r}: could not load a CLIP checkpoint: {_first_line(error)}") from None
     processor_source = model_args.processor_name_or_path or source
     try:
-        processor = CLIPProcessor.from_pretrained(processor_source, cache_dir=model_args.cache_dir)
+        processor = CLIPProcessor.from_pretrained(processor_source, cache_dir=model_args.cache_dir, trust_remote_code=False)
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise UserError(
             f"no CLIP processor at {processor_source!r} (tokenizer and image processor files beside the weights, "
             f"or pass --processor_name_or_path): {_first_line(error)}"
         ) from None
     return model, processor
+
+
+def check_output_and_resume(training_args: TrainingArguments) -> str | None:
+    """Fail before anything slow on an --output_dir that is a file or a checkpoint to resume from
+    that is not one; return the checkpoint folder to resume from (`latest`: the newest complete
+    checkpoint-* in --output_dir), or None."""
+    output_dir = Path(training_args.output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise UserError(f"--output_dir {str(output_dir)!r} is a file; expected a folder (created if missing)")
+    if training_args.per_device_train_batch_size < 1:
+        raise UserError(f"--per_device_train_batch_size must be >= 1, got {training_args.per_device_train_batch_size}")
+    resume = training_args.resume_from_checkpoint
+    if not resume:
+        return None
+    if resume.lower() in LATEST_CHECKPOINT:
+        checkpoints = complete_checkpoints(output_dir)
+        if not checkpoints:
+            raise UserError(f"--resume_from_checkpoint {resume}: no complete checkpoint-* folder (one with {TRAINER_STATE_FILE}) "
+                            f"in --output_dir {str(output_dir)!r}")
+        return str(checkpoints[-1])
+    folder = Path(resume).expanduser()
+    if not folder.is_dir():
+        raise UserError(f"--resume_from_checkpoint {resume!r} does not exist or is not a folder; expected a checkpoint-* "
+                        f"folder the Trainer wrote, or 'latest' for the newest one in --output_dir")
+    if not (folder / TRAINER_STATE_FILE).is_file():
+        raise UserError(f"--resume_from_checkpoint {resume!r} is not a complete checkpoint: it has no {TRAINER_STATE_FILE} "
+                        f"(not a folder the Trainer wrote, or a save interrupted midway); pass an earlier checkpoint-* folder or 'latest'")
+    return str(folder)
 
 
 def lora_target_regex(blocks: list[int], target: str) -> str:
@@ -491,15 +596,17 @@ def add_lora(model: OmniNegCLIPModel, trainable: TrainableConfig, lora_args: Lor
     return peft_model, settings
 
 
-def prepare_splits(args: Arguments, processor: CLIPProcessor, model: OmniNegCLIPModel) -> dict[str, datasets.Dataset]:
-    """Load, validate and tokenize the training split (and the eval split, if any); cache the frozen
-    image tower's embeddings."""
+def prepare_splits(args: Arguments, processor: CLIPProcessor, model: OmniNegCLIPModel
+                   ) -> tuple[dict[str, datasets.Dataset], list[SourceReport]]:
+    """Load, validate, check and tokenize the training split (and the eval split, if any); cache the
+    frozen image tower's embeddings. Logs one `data:` line (what was kept, skipped and truncated)
+    and returns the reports behind it."""
     data_args, training_args = args.data, args.training
     columns = data_args.columns()
     splits = {"train": data_args.train_split}
     if training_args.eval_strategy != "no" and data_args.eval_split and data_args.eval_split.lower() != "none":
         splits["eval"] = data_args.eval_split
-    prepared = {}
+    prepared, reports = {}, []
     for role, split in splits.items():
         loaded = [
             (name, load_any_dataset(name, split, data_args.dataset_config_name, args.model.cache_dir, required=role == "train"))
@@ -512,24 +619,49 @@ def prepare_splits(args: Arguments, processor: CLIPProcessor, model: OmniNegCLIP
             continue
         limit = data_args.max_train_samples if role == "train" else data_args.max_eval_samples
         with training_args.main_process_first(desc=f"preparing {role} data"):
-            prepared[role] = prepare_dataset(
+            prepared[role], split_reports = prepare_dataset(
                 [dataset for _, dataset in loaded], [name for name, _ in loaded], columns,
-                processor.tokenizer, data_args.max_caption_length, limit,
+                processor.tokenizer, data_args.max_caption_length, limit, split=split,
             )
+        reports += split_reports
+    summary, noteworthy = summarize_reports(reports, data_args.max_caption_length)
+    logger.log(logging.WARNING if noteworthy else logging.INFO, summary)
 
     if data_args.cache_image_embeddings and not args.omni.train_vision_tower:
         cache_dir = Path(data_args.image_embedding_cache_dir or Path(training_args.output_dir).parent / ".image_embedding_cache")
         for role, dataset in prepared.items():
             with training_args.main_process_first(desc=f"embedding {role} images"):
                 prepared[role] = cached_image_embeddings(model, processor.image_processor, dataset, columns.image, cache_dir)
-    return prepared
+    return prepared, reports
 
 
-def save_outputs(args: Arguments, trainer: OmniNegCLIPTrainer, model: OmniNegCLIPModel, processor: CLIPProcessor,
+def training_record(args: Arguments, model: OmniNegCLIPModel, lora_settings: dict | None, push: bool,
+                    reports: list[SourceReport], resumed_from: str | None) -> dict:
+    """What produced a checkpoint: versions, seed, git commit, data (with its skips) and every setting."""
+    model_args, data_args, card_args, training_args = args.model, args.data, args.card, args.training
+    return provenance(seed=training_args.seed) | {
+        "base_model": model_args.model_name_or_path,
+        "datasets": data_args.sources(),
+        "base_model_id": card_args.card_base_model,
+        "dataset_ids": card_args.dataset_ids(),
+        "data": [asdict(report) for report in reports],
+        "world_size": training_args.world_size,
+        "resumed_from": resumed_from,
+        "omninegclip": model.settings() | {"lora": lora_settings},
+        "training_arguments": {k: v for k, v in training_args.to_dict().items() if not k.startswith("hub_token")}
+        | {"push_to_hub": push},
+    }
+
+
+def write_provenance(folder: Path, record: dict) -> None:
+    (folder / PROVENANCE_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
+
+
+def save_outputs(args: Arguments, trainer: OmniNegCLIPTrainer, processor: CLIPProcessor, record: dict,
                  metrics: dict | None, lora_settings: dict | None, push: bool, widget: list | None) -> None:
     """The checkpoint folder: plain CLIP weights (LoRA merged), processor, settings, provenance, eval
     metrics and model card; pushed to the Hub when asked. Written by the first process only."""
-    model_args, data_args, card_args, training_args = args.model, args.data, args.card, args.training
+    model_args, card_args, training_args = args.model, args.card, args.training
     output_dir = Path(training_args.output_dir)
     if lora_settings is None:
         trainer.save_model()  # on every process: FSDP/DeepSpeed gather the full weights collectively
@@ -542,17 +674,7 @@ def save_outputs(args: Arguments, trainer: OmniNegCLIPTrainer, model: OmniNegCLI
     processor.save_pretrained(output_dir)
     if metrics is not None:
         trainer.save_metrics("eval", metrics)
-    record = provenance(seed=training_args.seed) | {
-        "base_model": model_args.model_name_or_path,
-        "datasets": data_args.sources(),
-        "base_model_id": card_args.card_base_model,
-        "dataset_ids": card_args.dataset_ids(),
-        "world_size": training_args.world_size,
-        "omninegclip": model.settings() | {"lora": lora_settings},
-        "training_arguments": {k: v for k, v in training_args.to_dict().items() if not k.startswith("hub_token")}
-        | {"push_to_hub": push},
-    }
-    (output_dir / "training_provenance.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+    write_provenance(output_dir, record | {"global_step": trainer.state.global_step})
     card = dict(base_model=model_args.model_name_or_path, datasets=record["datasets"], widget_examples=widget,
                 license=card_args.license, base_model_id=card_args.card_base_model, dataset_ids=card_args.dataset_ids())
     if push:
@@ -580,6 +702,7 @@ def main(argv: list[str]) -> None:
     push = training_args.push_to_hub
     training_args.push_to_hub = False
     widget = load_widget_examples(card_args.widget_examples) if card_args.widget_examples else None
+    resume = check_output_and_resume(training_args)
 
     model, processor = load_model(model_args)
     model.loss_config = omni_args.loss_config()
@@ -594,7 +717,8 @@ def main(argv: list[str]) -> None:
     except ValueError as error:
         raise UserError(f"bad trainable setting for {model_args.model_name_or_path!r}: {error}") from None
 
-    prepared = prepare_splits(args, processor, model)
+    prepared, reports = prepare_splits(args, processor, model)
+    record = training_record(args, model, lora_settings, push, reports, resume)
     trainer = OmniNegCLIPTrainer(
         model=trained_model,
         args=training_args,
@@ -602,17 +726,19 @@ def main(argv: list[str]) -> None:
         eval_dataset=prepared.get("eval"),
         data_collator=OmniNegCollator(processor.image_processor, data_args.columns(), pad_token_id=processor.tokenizer.pad_token_id),
         processing_class=processor,
+        source_names=data_args.sources(),
+        callbacks=[ProvenanceCallback(record)],
     )
     if lora_settings is not None and trainer.is_fsdp_enabled:
         raise UserError("--lora_r does not work under FSDP (merging adapters needs unsharded weights): "
                         "launch with configs/accelerate/ddp.yaml or deepspeed_zero2.yaml instead")
     if push:
         logger.info("--push_to_hub: the final checkpoint is pushed once, after training (--hub_strategy is not used)")
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=resume)
     # Every process evaluates: the loss gathers embeddings across them.
     metrics = trainer.evaluate() if "eval" in prepared else None
 
-    save_outputs(args, trainer, model, processor, metrics, lora_settings, push, widget)
+    save_outputs(args, trainer, processor, record, metrics, lora_settings, push, widget)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()

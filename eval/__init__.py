@@ -4,7 +4,7 @@
 
 Public surface (imported lazily, so that `from eval.items import ...` stays light):
 - `run_evaluation(models, tasks, data, out_dir, batch_size=64, device=None, model_names=None,
-  max_items=None, progress=True) -> dict` (`eval.runner`);
+  max_items=None, progress=True, seed=0) -> dict` (`eval.runner`);
 - `TASKS`, `DATA_FLAGS`, `known_tasks()` (`eval.tasks`): the task registry and the data each task needs.
 
 Layout: `items` (what readers produce), one reader module per benchmark family (`ccneg`,

@@ -8,6 +8,9 @@ Each MODEL is a Hub id or a local CLIP checkpoint folder. Examples:
     python -m eval runs/base runs/front --tasks world,layerwise --world data/world --out results/
 
 Writes results.json, results.md, results.png and model_index.json (and layerwise.md/.png) to --out.
+Bad input is one `error:` paragraph naming the file, row or flag (exit status 2); `--debug` or
+OMNINEGCLIP_DEBUG=1 shows the traceback. Rows left out (empty captions, unreadable images, …) are
+counted, with examples, in each task's notes in results.json and results.md.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda if available)")
     parser.add_argument("--max_items", type=int, help="evaluate only the first N items of each task (quick runs)")
     parser.add_argument("--no_progress", action="store_true", help="no progress bars")
+    parser.add_argument("--seed", type=int, default=0, help="seed for Python, NumPy and torch, recorded in results.json (default 0)")
+    parser.add_argument("--debug", action="store_true", help="show the traceback behind an error message (or set OMNINEGCLIP_DEBUG=1)")
     data = parser.add_argument_group("data (each task names the ones it needs)")
     for key, help_text in DATA_FLAGS.items():
         data.add_argument(f"--{key}", help=help_text, metavar="SPLIT" if key.endswith("_split") else "PATH")
@@ -54,6 +59,7 @@ def main(argv: list[str]) -> None:
         model_names=args.model_names.split(",") if args.model_names else None,
         max_items=args.max_items,
         progress=not args.no_progress,
+        seed=args.seed,
     )
     from eval.report import results_markdown
 

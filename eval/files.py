@@ -8,8 +8,13 @@ Public surface:
   carry paths from their authors' machines, so a reference is looked for under `root`: as written
   (if relative), then by its last folder and file name, then by its file name alone.
 - `image_loader(path)` / `crop_loader(path, box)`: zero-argument functions for an `ImageStore` that
-  open the image (or crop a box `x, y, w, h` out of it) as RGB.
-- `SkipCounter`: counts rows left out, by reason, and says so in one line for `TaskData.notes`.
+  open the image (or crop a box `x, y, w, h` out of it) as RGB, with `omninegclip.safe_load.open_rgb_image`:
+  grayscale, palette and RGBA images are converted; a corrupt, truncated or oversized one raises
+  `UnreadableImage` (the harness then leaves out the items that use it, counted).
+- `SkipCounter`: counts rows left out, by reason, with the first few rows of each, and says so in
+  one line for `TaskData.notes`.
+- `usable_text(value, name, where, skips)`: a caption-like field as a string; an empty one (or None)
+  is counted in `skips` as "empty <name>" and gives None; any other non-string is a `UserError`.
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ from pathlib import Path
 from PIL import Image
 
 from omninegclip.cli import UserError
+from omninegclip.safe_load import open_rgb_image
+
+EXAMPLES_PER_REASON = 3
 
 
 def read_json(path: str | Path):
@@ -31,7 +39,7 @@ def read_json(path: str | Path):
     if not path.is_file():
         raise UserError(f"{path}: no such file")
     try:
-        with open(path, encoding="utf-8") as handle:
+        with open(path, encoding="utf-8-sig") as handle:  # -sig: tolerate a byte-order mark
             return json.load(handle)
     except json.JSONDecodeError as error:
         raise UserError(f"{path}: not valid JSON (line {error.lineno}, column {error.colno}: {error.msg})") from error
@@ -73,6 +81,8 @@ def read_csv_rows(path: str | Path, required: list[list[str]]) -> tuple[list[str
                     yield reader.line_num, row
             except csv.Error as error:
                 raise UserError(f"{path}, line {reader.line_num}: malformed CSV ({error})") from error
+            except UnicodeDecodeError as error:
+                raise UserError(f"{path}, after line {reader.line_num}: not UTF-8 text ({error})") from error
 
     return header, rows()
 
@@ -98,8 +108,7 @@ def resolve_image(reference: str, root: str | Path | None, where: str) -> Path:
 
 
 def _open_rgb(path: Path) -> Image.Image:
-    with Image.open(path) as image:
-        return image.convert("RGB")
+    return open_rgb_image(path)
 
 
 # Crops of one image come one after another in the harness's key order; keep the last few images open.
@@ -116,10 +125,35 @@ def crop_loader(path: Path, box: tuple[float, float, float, float]) -> Callable[
 
 
 class SkipCounter(Counter):
-    """Rows left out, counted by reason; `describe()` gives the one line a task's notes carry."""
+    """Rows left out, counted by reason; `add(reason, where)` also keeps the first few places of each
+    reason; `describe()` gives the one line a task's notes carry."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.examples: dict[str, list[str]] = {}
+
+    def add(self, reason: str, where: str) -> None:
+        self[reason] += 1
+        shown = self.examples.setdefault(reason, [])
+        if len(shown) < EXAMPLES_PER_REASON:
+            shown.append(where)
 
     def describe(self) -> str:
         if not self:
             return ""
-        reasons = "; ".join(f"{reason}: {count}" for reason, count in sorted(self.items()))
-        return f"skipped {sum(self.values())} ({reasons})"
+        parts = []
+        for reason, count in sorted(self.items()):
+            shown = self.examples.get(reason, [])
+            more = "; …" if count > len(shown) else ""
+            parts.append(f"{reason}: {count}" + (f" [{'; '.join(shown)}{more}]" if shown else ""))
+        return f"skipped {sum(self.values())} ({'; '.join(parts)})"
+
+
+def usable_text(value, name: str, where: str, skips: SkipCounter) -> str | None:
+    """`value` if it is a non-empty string; None (counted as "empty <name>") if empty or None."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        skips.add(f"empty {name}", where)
+        return None
+    if not isinstance(value, str):
+        raise UserError(f"{where}: {name} must be a string, got {type(value).__name__} {value!r:.80}")
+    return value

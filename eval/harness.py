@@ -4,8 +4,14 @@ Public surface:
 - `Embedder`: what the harness needs from a model (`embed_images`, `embed_texts`); `CLIPEmbedder`
   wraps any `CLIPModel` + processor with `omninegclip.embedding`.
 - `EmbeddingTable` and `embed_tasks(embedder, tasks)`: the image keys and texts of all tasks are
-  collected first and deduplicated, then embedded in one batched pass each.
-- `score_task(task, table) -> TaskScore`; `evaluate_tasks(embedder, tasks)` does both steps.
+  collected first and deduplicated, then embedded in one batched pass each. An image that cannot
+  be read (corrupt, truncated, over PIL's decompression-bomb limit) does not stop the pass: it is
+  recorded in `EmbeddingTable.unreadable`.
+- `drop_unreadable_images(tasks, unreadable)`: leaves out, in place, every item that uses such an
+  image, counted with the item's file and row and the reason in the task's notes (so the next
+  model sees the same items and never opens those images); a task left with no item is an error.
+- `task_size(task)`: how many items a task holds (choices, retrieval texts and images, zero-shot images).
+- `score_task(task, table) -> TaskScore`; `evaluate_tasks(embedder, tasks)` embeds, drops, scores.
 - Pure metric functions over embedding tensors: `choice_correct`, `first_positive_rank`, `recall_at`.
 
 Scoring rules (the same for every benchmark):
@@ -20,17 +26,20 @@ Scoring rules (the same for every benchmark):
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from eval.files import SkipCounter
 from eval.items import ChoiceItem, ImageStore, RetrievalSet, TaskData
 from eval.zeroshot import ZeroShotSet
 from omninegclip.cli import UserError
 from omninegclip.embedding import embed_images, embed_texts
+from omninegclip.safe_load import UnreadableImage
 
 RETRIEVAL_KS = (1, 5, 10)
 ZEROSHOT_KS = (1, 5)
@@ -73,10 +82,12 @@ class CLIPEmbedder:
 
 
 class LazyImages(Sequence):
-    """The images behind a list of keys, opened only when a batch asks for them."""
+    """The images behind a list of keys, opened only when a batch asks for them. One that cannot be
+    read is recorded in `unreadable` and stood in for by a blank image, whose embedding is never used."""
 
     def __init__(self, keys: list[str], store: ImageStore):
         self.keys, self.store = keys, store
+        self.unreadable: dict[str, UnreadableImage] = {}
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -89,8 +100,14 @@ class LazyImages(Sequence):
     def _load(self, key: str) -> Image.Image:
         try:
             return self.store[key]()
-        except (OSError, UnidentifiedImageError, ValueError) as error:
-            raise UserError(f"cannot read the image {key!r}: {error}") from error
+        except UnreadableImage as error:
+            self.unreadable[key] = error
+        except Image.DecompressionBombError as error:  # a loader that does not go through open_rgb_image
+            self.unreadable[key] = UnreadableImage("image_too_large", str(error))
+        except (OSError, ValueError, SyntaxError, EOFError, struct.error) as error:
+            kind = "truncated_image" if "truncated" in str(error) else "corrupt_image"
+            self.unreadable[key] = UnreadableImage(kind, str(error) or type(error).__name__)
+        return Image.new("RGB", (8, 8))
 
 
 @dataclass
@@ -101,6 +118,7 @@ class EmbeddingTable:
     image_embeds: torch.Tensor
     text_row: dict[str, int]
     text_embeds: torch.Tensor
+    unreadable: dict[str, UnreadableImage] = field(default_factory=dict)  # image key -> why it could not be read
 
     def images(self, keys: Sequence[str]) -> torch.Tensor:
         return self.image_embeds[[self.image_row[key] for key in keys]]
@@ -137,13 +155,77 @@ def embed_tasks(embedder: Embedder, tasks: Sequence[TaskData]) -> EmbeddingTable
     missing = [key for key in image_keys if key not in store]
     if missing:
         raise ValueError(f"image keys without a loader in the tasks' ImageStore: {missing[:5]}")
-    image_embeds = embedder.embed_images(LazyImages(image_keys, store)) if image_keys else torch.empty(0, 0)
+    lazy_images = LazyImages(image_keys, store)
+    image_embeds = embedder.embed_images(lazy_images) if image_keys else torch.empty(0, 0)
     text_embeds = embedder.embed_texts(texts) if texts else torch.empty(0, 0)
     return EmbeddingTable(
         image_row={key: row for row, key in enumerate(image_keys)},
         image_embeds=_normalized(image_embeds),
         text_row={text: row for row, text in enumerate(texts)},
         text_embeds=_normalized(text_embeds),
+        unreadable=lazy_images.unreadable,
+    )
+
+
+def task_size(task: TaskData) -> int:
+    size = len(task.choices)
+    if task.retrieval is not None:
+        size += len(task.retrieval.images) + len(task.retrieval.texts)
+    if getattr(task, "zeroshot", None) is not None:
+        size += len(task.zeroshot.images)
+    return size
+
+
+def _cannot_read(where: str, key: str, error: UnreadableImage) -> str:
+    return f"{where}: cannot read the image {key!r} ({error})"
+
+
+def drop_unreadable_images(tasks: Sequence[TaskData], unreadable: dict[str, UnreadableImage]) -> None:
+    """Leave out every item that uses an image of `unreadable` (in place), counted in the notes."""
+    if not unreadable:
+        return
+    for task in tasks:
+        skips = SkipCounter()
+        before = task_size(task)
+        kept = []
+        for item in task.choices:
+            bad = next((key for key in item.images if key in unreadable), None)
+            if bad is None:
+                kept.append(item)
+            else:
+                skips.add(unreadable[bad].kind, _cannot_read(item.item_id or task.name, bad, unreadable[bad]))
+        task.choices = kept
+        if task.retrieval is not None and any(key in unreadable for key in task.retrieval.images):
+            task.retrieval = _retrieval_without(task.retrieval, unreadable, task.name, skips)
+        zeroshot = getattr(task, "zeroshot", None)
+        if zeroshot is not None and any(key in unreadable for key in zeroshot.images):
+            rows = [row for row, key in enumerate(zeroshot.images) if key not in unreadable]
+            for key in zeroshot.images:
+                if key in unreadable:
+                    skips.add(unreadable[key].kind, _cannot_read(task.name, key, unreadable[key]))
+            task.zeroshot = ZeroShotSet([zeroshot.images[row] for row in rows], [zeroshot.labels[row] for row in rows],
+                                        zeroshot.class_names, zeroshot.templates)
+        if not skips:
+            continue
+        task.notes = "; ".join(note for note in (task.notes, skips.describe()) if note)
+        if before and not task_size(task):
+            raise UserError(f"task {task.name}: no item left to evaluate, every one needs an image that cannot be read: {skips.describe()}")
+
+
+def _retrieval_without(retrieval: RetrievalSet, unreadable: dict[str, UnreadableImage], name: str, skips: SkipCounter) -> RetrievalSet:
+    """The retrieval set without the unreadable images and their texts."""
+    new_index = {}
+    for index, key in enumerate(retrieval.images):
+        if key in unreadable:
+            texts = sum(image == index for image in retrieval.text_image)
+            skips.add(unreadable[key].kind, _cannot_read(name, key, unreadable[key]) + f", with its {texts} text(s)")
+        else:
+            new_index[index] = len(new_index)
+    kept_texts = [row for row, image in enumerate(retrieval.text_image) if image in new_index]
+    return RetrievalSet(
+        images=[key for key in retrieval.images if key not in unreadable],
+        texts=[retrieval.texts[row] for row in kept_texts],
+        text_image=[new_index[retrieval.text_image[row]] for row in kept_texts],
     )
 
 
@@ -288,5 +370,7 @@ def score_zeroshot(zeroshot: ZeroShotSet, table: EmbeddingTable, ks: Sequence[in
 
 
 def evaluate_tasks(embedder: Embedder, tasks: Sequence[TaskData]) -> dict[str, TaskScore]:
+    """Embed, leave out the items whose images cannot be read (see `drop_unreadable_images`), score."""
     table = embed_tasks(embedder, tasks)
+    drop_unreadable_images(tasks, table.unreadable)
     return {task.name: score_task(task, table) for task in tasks}

@@ -10,7 +10,8 @@ trains the front blocks because they separate them most readily.
 Pairs come from any table with `caption` and `presence_negated` and/or `absence_negated` columns: a
 `save_to_disk` dataset folder (the image world's, or `data_builder.py`'s; `split` picks the split of a
 `DatasetDict`) or a CSV. A row without one kind of negation (empty or missing) is counted and left
-out of that kind only.
+out of that kind only; a row with an empty caption is left out and counted in `NegationPairs.notes`;
+a caption that is not a string is an error naming the row.
 
 Public surface: `NegationPairs`, `read_negation_pairs(source, split="test", max_items=None)`,
 `eos_positions(input_ids, eos_token_id)`, `LayerwiseResult`,
@@ -26,7 +27,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from eval.files import read_csv_rows
+from eval.files import SkipCounter, read_csv_rows, usable_text
 from omninegclip.cli import UserError
 
 KINDS = ("presence", "absence")
@@ -37,6 +38,7 @@ class NegationPairs:
     captions: list[str]
     negations: dict[str, list[str | None]]  # kind -> one negated caption (or None) per caption
     source: str = ""
+    notes: str = ""  # rows left out (empty captions), counted
 
     def __post_init__(self):
         for kind, negated in self.negations.items():
@@ -56,14 +58,15 @@ def _usable(value) -> str | None:
 def read_negation_pairs(source: str | Path, split: str = "test", max_items: int | None = None) -> NegationPairs:
     source = Path(source)
     columns = ["caption", *(f"{kind}_negated" for kind in KINDS)]
+    skips = SkipCounter()
     if source.suffix.lower() == ".csv":
         header, rows = read_csv_rows(source, [["caption"], ["presence_negated", "absence_negated"]])
         table = {column: [] for column in columns if column in header}
         for line, row in rows:
             if max_items is not None and len(table["caption"]) >= max_items:
                 break
-            if not (row["caption"] or "").strip():
-                raise UserError(f"{source}, line {line}: the caption is empty")
+            if usable_text(row["caption"], "caption", f"{source}, line {line}", skips) is None:
+                continue
             for column in table:
                 table[column].append(row[column])
     elif source.is_dir():
@@ -82,13 +85,15 @@ def read_negation_pairs(source: str | Path, split: str = "test", max_items: int 
         if max_items is not None:
             dataset = dataset.select(range(min(max_items, len(dataset))))
         table = {column: dataset[column] for column in columns if column in dataset.column_names}
-        for index, caption in enumerate(table["caption"]):
-            if _usable(caption) is None:
-                raise UserError(f"--layerwise {source}, row {index}: the caption is empty or not a string ({caption!r})")
+        keep = [index for index, caption in enumerate(table["caption"])
+                if usable_text(caption, "caption", f"--layerwise {source}, row {index}", skips) is not None]
+        table = {column: [values[index] for index in keep] for column, values in table.items()}
     else:
         raise UserError(f"--layerwise {source}: expected a dataset folder (save_to_disk) or a .csv of caption pairs")
+    if not table["caption"]:
+        raise UserError(f"--layerwise {source}: no caption pairs to analyse" + (f": {skips.describe()}" if skips else ""))
     negations = {kind: [_usable(text) for text in table[f"{kind}_negated"]] for kind in KINDS if f"{kind}_negated" in table}
-    return NegationPairs(captions=list(table["caption"]), negations=negations, source=str(source))
+    return NegationPairs(captions=list(table["caption"]), negations=negations, source=str(source), notes=skips.describe())
 
 
 def eos_positions(input_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:

@@ -8,7 +8,7 @@ own loader reads them (`CsvMCQDataset`):
   (the paper's affirmation / negation / hybrid); we report them under the paper's names.
 The number of options is the number of `caption_<i>` columns (NegBench's loader does the same). The
 score is the share of questions where the right caption has the highest cosine, in total and per
-template.
+template. A question with an empty caption is skipped and counted (in the task's notes).
 
 Negated retrieval files (`COCO_val_negated_retrieval_llama3.1_rephrased_affneg_true.csv`) have
 `filepath` and `captions`, a Python-list string of captions for the image; NegBench reports
@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from eval.files import image_loader, read_csv_rows, resolve_image
+from eval.files import SkipCounter, image_loader, read_csv_rows, resolve_image, usable_text
 from eval.items import ChoiceItem, TaskData
 from eval.retrieval import read_retrieval_csv
 from omninegclip.cli import UserError
@@ -43,7 +43,7 @@ def read_negbench_mcq(path: str | Path, images_root: str | Path | None = None, m
     expected = [f"caption_{index}" for index in range(len(caption_columns))]
     if caption_columns != expected:
         raise UserError(f"{path}: caption columns must be caption_0 … caption_{len(caption_columns) - 1} without gaps, found {caption_columns}")
-    task = TaskData(name="negbench_mcq")
+    task, skips = TaskData(name="negbench_mcq"), SkipCounter()
     for line, row in rows:
         if max_items is not None and len(task.choices) >= max_items:
             break
@@ -54,17 +54,16 @@ def read_negbench_mcq(path: str | Path, images_root: str | Path | None = None, m
             raise UserError(f"{where}: correct_answer must be an integer index into caption_0 … caption_{len(caption_columns) - 1}, got {row['correct_answer']!r}") from None
         if not 0 <= answer < len(caption_columns):
             raise UserError(f"{where}: correct_answer {answer} is not one of the {len(caption_columns)} caption columns")
-        captions = []
-        for column in caption_columns:
-            if not (row[column] or "").strip():
-                raise UserError(f"{where}: column {column} is empty")
-            captions.append(row[column])
+        captions = [usable_text(row[column], "caption", f"{where} (column {column})", skips) for column in caption_columns]
+        if None in captions:
+            continue
         template = (row.get("correct_answer_template") or "all").strip()
         image_path = resolve_image(row[image_column], images_root, where)
         key = str(image_path)
         task.images[key] = image_loader(image_path)
         task.choices.append(ChoiceItem(choose="text", images=[key], texts=captions, answer=answer,
                                        group=TEMPLATE_NAMES.get(template, template), item_id=where))
+    task.notes = skips.describe()
     return task
 
 

@@ -6,6 +6,8 @@ The release (`NegRefCOCOg/NegRefCOCOg.json` in the NegationCLIP repository) is a
 box of `bbox_list` is cropped out of the image, the crop whose embedding is closest to the phrase is
 the prediction, and it is right when it is `ref_bbox` (compared exactly, as published).
 
+A record with an empty phrase is skipped and counted in the task's notes.
+
 Public surface: `read_negrefcocog(path, images_root=None, max_items=None) -> TaskData`.
 `images_root` defaults to the JSON file's folder.
 """
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from eval.files import crop_loader, read_json, resolve_image
+from eval.files import SkipCounter, crop_loader, read_json, resolve_image, usable_text
 from eval.items import ChoiceItem, TaskData
 from omninegclip.cli import UserError
 
@@ -34,15 +36,15 @@ def read_negrefcocog(path: str | Path, images_root: str | Path | None = None, ma
     if not isinstance(records, list):
         raise UserError(f"{path}: expected a JSON list of {{image, phrase, ref_bbox, bbox_list}} records, found {type(records).__name__}")
     root = Path(images_root) if images_root is not None else path.parent
-    task = TaskData(name="negrefcocog")
+    task, skips = TaskData(name="negrefcocog"), SkipCounter()
     for index, record in enumerate(records[:max_items]):
         where = f"{path}, record {index}"
         if not isinstance(record, dict) or not {"image", "phrase", "ref_bbox", "bbox_list"} <= set(record):
             found = sorted(record) if isinstance(record, dict) else type(record).__name__
             raise UserError(f"{where}: expected keys image, phrase, ref_bbox, bbox_list; found {found}")
-        phrase = record["phrase"]
-        if not isinstance(phrase, str) or not phrase.strip():
-            raise UserError(f"{where}: phrase is empty or not a string ({phrase!r})")
+        phrase = usable_text(record["phrase"], "phrase", where, skips)
+        if phrase is None:
+            continue
         if not isinstance(record["bbox_list"], list) or not record["bbox_list"]:
             raise UserError(f"{where}: bbox_list must be a non-empty list of boxes, got {record['bbox_list']!r}")
         boxes = [_box(box, f"{where}, bbox_list[{number}]") for number, box in enumerate(record["bbox_list"])]
@@ -56,4 +58,5 @@ def read_negrefcocog(path: str | Path, images_root: str | Path | None = None, ma
             task.images[key] = crop_loader(image_path, box)
             keys.append(key)
         task.choices.append(ChoiceItem(choose="image", images=keys, texts=[phrase], answer=boxes.index(reference), item_id=where))
+    task.notes = skips.describe()
     return task

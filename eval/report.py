@@ -62,6 +62,8 @@ def results_markdown(results: dict) -> str:
             count = counts.get(_count_key(metric), "")
             lines.append(f"| {task} | {metric} | {count} | " + " | ".join(_percent(values.get(name)) for name in names) + " |")
     notes = [(task, info["notes"]) for task, info in results["tasks"].items() if info.get("notes")]
+    if results.get("layerwise") and results["layerwise"].get("notes"):
+        notes.append(("layerwise", results["layerwise"]["notes"]))
     notes += [(f"model {model['name']}", f"{model['texts_truncated']} texts longer than 77 tokens were truncated")
               for model in results["models"] if model.get("texts_truncated")]
     if notes:

@@ -10,6 +10,9 @@ Accepted sources:
   per row (rows of the same image are grouped); a `split` column, if present, selects `split`;
 - a folder holding exactly one such JSON or CSV (images then default to that folder).
 
+An empty caption is skipped and counted in the task's notes; an image left with no caption is left
+out of the set (counted too).
+
 Public surface: `read_retrieval(source, images_root=None, split="test", max_items=None, name="retrieval")`,
 `read_retrieval_csv(...)`, `read_karpathy_json(...)`, `CAPTIONS_PER_IMAGE`.
 """
@@ -19,7 +22,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from eval.files import SkipCounter, image_loader, read_csv_rows, read_json, resolve_image
+from eval.files import SkipCounter, image_loader, read_csv_rows, read_json, resolve_image, usable_text
 from eval.items import RetrievalSet, TaskData
 from omninegclip.cli import UserError
 
@@ -38,8 +41,14 @@ class _RetrievalBuilder:
     def full(self) -> bool:
         return self.max_images is not None and len(self.image_index) >= self.max_images
 
-    def add(self, image_path: Path, captions: list[str]) -> None:
+    def add(self, image_path: Path, captions: list[str | None], where: str, skips: SkipCounter) -> None:
+        """The image and its captions; empty captions (None) were counted already; an image with
+        no caption at all is left out (and counted) unless it is in the set already."""
+        captions = [caption for caption in captions if caption is not None]
         key = str(image_path)
+        if not captions and key not in self.image_index:
+            skips.add("image without a usable caption", where)
+            return
         if key not in self.image_index:
             self.image_index[key] = len(self.task.retrieval.images)
             self.task.retrieval.images.append(key)
@@ -47,12 +56,6 @@ class _RetrievalBuilder:
         for caption in captions:
             self.task.retrieval.texts.append(caption)
             self.task.retrieval.text_image.append(self.image_index[key])
-
-
-def _check_caption(caption, where: str) -> str:
-    if not isinstance(caption, str) or not caption.strip():
-        raise UserError(f"{where}: a caption is empty or not a string ({caption!r})")
-    return caption
 
 
 def read_karpathy_json(path: str | Path, images_root: str | Path | None = None, split: str = "test",
@@ -79,24 +82,28 @@ def read_karpathy_json(path: str | Path, images_root: str | Path | None = None, 
             raw = sentence.get("raw") if isinstance(sentence, dict) else None
             if raw is None and isinstance(sentence, dict) and isinstance(sentence.get("tokens"), list):
                 raw = " ".join(sentence["tokens"])
-            captions.append(_check_caption(raw, f"{where}, sentences[{number}]"))
-        skips[f"captions beyond the first {CAPTIONS_PER_IMAGE}"] += max(0, len(sentences) - CAPTIONS_PER_IMAGE)
-        relative = Path(entry.get("filepath", "")) / entry["filename"]
-        builder.add(resolve_image(str(relative), root, where), captions)
+            captions.append(usable_text(raw, "caption", f"{where}, sentences[{number}]", skips))
+        if len(sentences) > CAPTIONS_PER_IMAGE:
+            skips[f"captions beyond the first {CAPTIONS_PER_IMAGE}"] += len(sentences) - CAPTIONS_PER_IMAGE
+        folder, filename = entry.get("filepath", ""), entry["filename"]
+        if not isinstance(folder, str) or not isinstance(filename, str):
+            raise UserError(f"{where}: 'filepath' and 'filename' must be strings, got {folder!r} and {filename!r}")
+        builder.add(resolve_image(str(Path(folder) / filename), root, where), captions, where, skips)
     if not builder.image_index:
-        raise UserError(f"{path}: no image has split {split!r}; choose another with --retrieval_split")
+        raise UserError(f"{path}: no image has split {split!r}" + (f" with a usable caption ({skips.describe()})" if skips else "")
+                        + "; choose another with --retrieval_split")
     builder.task.notes = skips.describe()
     return builder.task
 
 
-def _parse_caption_list(value: str, where: str) -> list[str]:
+def _parse_caption_list(value: str, where: str, skips: SkipCounter) -> list[str | None]:
     try:
         captions = ast.literal_eval(value)
     except (ValueError, SyntaxError) as error:
         raise UserError(f"{where}: column 'captions' must be a Python list of strings, got {value[:80]!r}") from error
     if not isinstance(captions, (list, tuple)) or not captions:
         raise UserError(f"{where}: column 'captions' must be a non-empty list of strings, got {value[:80]!r}")
-    return [_check_caption(caption, where) for caption in captions]
+    return [usable_text(caption, "caption", where, skips) for caption in captions]
 
 
 def read_retrieval_csv(path: str | Path, images_root: str | Path | None = None, split: str = "test",
@@ -104,7 +111,7 @@ def read_retrieval_csv(path: str | Path, images_root: str | Path | None = None, 
     path = Path(path)
     header, rows = read_csv_rows(path, [IMAGE_COLUMNS, ["captions", "caption"]])
     image_column = next(column for column in IMAGE_COLUMNS if column in header)
-    builder = _RetrievalBuilder(name, max_items)
+    builder, skips = _RetrievalBuilder(name, max_items), SkipCounter()
     resolved: dict[str, Path] = {}  # caption-per-row files name each image several times
     for line, row in rows:
         where = f"{path}, line {line}"
@@ -117,12 +124,14 @@ def read_retrieval_csv(path: str | Path, images_root: str | Path | None = None, 
             resolved[reference] = resolve_image(reference, images_root, where)
         image_path = resolved[reference]
         if "captions" in header:
-            captions = _parse_caption_list(row["captions"], where)
+            captions = _parse_caption_list(row["captions"], where, skips)
         else:
-            captions = [_check_caption(row["caption"], where)]
-        builder.add(image_path, captions)
+            captions = [usable_text(row["caption"], "caption", where, skips)]
+        builder.add(image_path, captions, where, skips)
     if not builder.image_index:
-        raise UserError(f"{path}: no rows" + (f" with split {split!r}" if "split" in header else ""))
+        raise UserError(f"{path}: no rows" + (f" with split {split!r}" if "split" in header else "")
+                        + (f" with a usable caption ({skips.describe()})" if skips else ""))
+    builder.task.notes = skips.describe()
     return builder.task
 
 

@@ -1,30 +1,41 @@
 """`run_evaluation`: several CLIP checkpoints, the same items, one results dict and the files in `out_dir`.
 
 Every model is loaded with plain `CLIPModel.from_pretrained` + `CLIPProcessor.from_pretrained` (a Hub
-id or a local folder; no project code needed). All models are checked to be CLIP checkpoints before
-any data is read, and the task items are built once and shared by every model, so each model sees
-exactly the same items. Per model, each image and each text is embedded once across all tasks.
+id or a local folder; no project code needed, and none is ever run: `trust_remote_code=False`). All
+models are checked to be CLIP checkpoints before any data is read, and the task items are built once
+and shared by every model, so each model sees exactly the same items: the items whose image cannot
+be read are left out (counted in the task's notes) while the first model embeds them, before any
+scoring. Per model, each image and each text is embedded once across all tasks. A task with no item
+to evaluate is an error. results.json records the seed, the git commit and the library versions.
 
 Public surface: `HARNESS_VERSION`, `check_clip_checkpoint(model_id)`, `load_clip(model_id, device)`,
 `run_evaluation(models, tasks, data, out_dir, batch_size=64, device=None, model_names=None,
-max_items=None, progress=True) -> dict`.
+max_items=None, progress=True, seed=0) -> dict`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import random
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from eval.harness import CLIPEmbedder, evaluate_tasks
+from eval.harness import CLIPEmbedder, evaluate_tasks, task_size
 from eval.layerwise import layerwise_cosines, read_negation_pairs
 from eval.report import write_outputs
-from eval.tasks import TASKS, build_tasks, check_data, check_task_names
+from eval.tasks import TASKS, BuiltTask, build_tasks, check_data, check_task_names
 from omninegclip.cli import UserError
 from omninegclip.provenance import provenance
 
 HARNESS_VERSION = "1.0.0"
+WEIGHTS_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def check_clip_checkpoint(model_id: str) -> None:
@@ -36,11 +47,13 @@ def check_clip_checkpoint(model_id: str) -> None:
         raise UserError(f"model {model_id}: not a CLIP checkpoint ({'a file' if path.is_file() else 'a folder without config.json'}); "
                         "expected a folder written by CLIPModel.save_pretrained, or a Hub id")
     try:
-        config = AutoConfig.from_pretrained(model_id)
-    except (OSError, ValueError) as error:
-        raise UserError(f"model {model_id}: cannot read its config as a Hub id or folder ({str(error).splitlines()[0]})") from error
+        config = AutoConfig.from_pretrained(model_id, trust_remote_code=False)
+    except (OSError, ValueError, KeyError) as error:
+        raise UserError(f"model {model_id}: cannot read its config as a Hub id or folder ({_first_line(error)})") from error
     if config.model_type != "clip":
         raise UserError(f"model {model_id}: not a CLIP checkpoint (its config says model_type {config.model_type!r}, expected 'clip')")
+    if path.is_dir() and not any((path / name).is_file() for name in WEIGHTS_FILES):
+        raise UserError(f"model {model_id}: a CLIP config but no weights beside it (expected model.safetensors or pytorch_model.bin)")
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -60,10 +73,10 @@ def load_clip(model_id: str, device: str | torch.device = "cpu"):
 
     check_clip_checkpoint(model_id)
     try:
-        model = CLIPModel.from_pretrained(model_id)
-        processor = CLIPProcessor.from_pretrained(model_id)
-    except (OSError, ValueError) as error:
-        raise UserError(f"model {model_id}: cannot load the CLIP weights and processor ({str(error).splitlines()[0]})") from error
+        model = CLIPModel.from_pretrained(model_id, trust_remote_code=False)
+        processor = CLIPProcessor.from_pretrained(model_id, trust_remote_code=False)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise UserError(f"model {model_id}: cannot load the CLIP weights and processor ({_first_line(error)})") from error
     return model.to(device).eval(), processor
 
 
@@ -89,8 +102,10 @@ def run_evaluation(
     model_names: list[str] | None = None,
     max_items: int | None = None,
     progress: bool = True,
+    seed: int = 0,
 ) -> dict:
-    """Evaluate every model on every task; write results.json/.md/.png and model_index.json; return the results dict."""
+    """Evaluate every model on every task; write results.json/.md/.png and model_index.json; return the results dict.
+    `seed` seeds Python, NumPy and torch (nothing here draws at random today; recorded with the results)."""
     if not models:
         raise UserError("no model given: pass one or more Hub ids or checkpoint folders")
     if batch_size < 1 or (max_items is not None and max_items < 1):
@@ -100,11 +115,17 @@ def run_evaluation(
     names = display_names(models, model_names)
     task_names = check_task_names(tasks)
     check_data(task_names, data)  # before anything slow: a missing flag fails at once
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise UserError(f"--out {out_dir}: is a file; expected a folder (created if missing)")
     torch_device = resolve_device(device)
     for model in models:
         check_clip_checkpoint(model)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
     built = build_tasks(task_names, data, max_items)
+    check_not_empty(built)
     pairs = None
     if "layerwise" in task_names:
         pairs = read_negation_pairs(data.get("layerwise") or data["world"], data.get("layerwise_split") or "test", max_items)
@@ -113,7 +134,7 @@ def run_evaluation(
         "harness_version": HARNESS_VERSION,
         "models": [{"name": name, "id": model} for name, model in zip(names, models)],
         "settings": {"tasks": task_names, "data": data, "batch_size": batch_size, "device": str(torch_device), "max_items": max_items},
-        "provenance": provenance(),
+        "provenance": provenance(seed=seed),
         "tasks": {
             task.data.name: {
                 "task": task.spec.name,
@@ -128,7 +149,8 @@ def run_evaluation(
         "layerwise": None,
     }
     if pairs is not None:
-        results["layerwise"] = {"source": pairs.source, "description": TASKS["layerwise"].description, "models": {}}
+        results["layerwise"] = {"source": pairs.source, "description": TASKS["layerwise"].description,
+                                "notes": pairs.notes, "models": {}}
 
     for entry in results["models"]:
         name = entry["name"]
@@ -146,5 +168,20 @@ def run_evaluation(
             results["layerwise"]["models"][name] = dataclasses.asdict(layerwise)
         del model, processor  # free this model before the next one loads
 
+    for task in built:  # the first model's pass may have left out items with unreadable images
+        results["tasks"][task.data.name]["notes"] = task.data.notes
     write_outputs(results, out_dir)
     return results
+
+
+def check_not_empty(built: list[BuiltTask]) -> None:
+    """A `UserError` for a requested task whose data hold no item to evaluate (an empty file, or every
+    row skipped). One empty family of a task that has several (the image world's) is only noted."""
+    by_task: dict[str, list[BuiltTask]] = {}
+    for task in built:
+        by_task.setdefault(task.spec.name, []).append(task)
+    for name, tasks in by_task.items():
+        if not any(task_size(task.data) for task in tasks):
+            flags = ", ".join(f"--{key.split('|')[0]}" for key in tasks[0].spec.required)
+            notes = "; ".join(task.data.notes for task in tasks if task.data.notes)
+            raise UserError(f"task {name}: no item to evaluate in the data given by {flags}" + (f" ({notes})" if notes else ""))

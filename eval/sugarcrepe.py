@@ -5,7 +5,8 @@ The release (`data/` in the sugar-crepe repository) is seven JSON files, `add_at
 "caption", "negative_caption"}}` (an earlier release named the object subsets `*_ent`; those names
 are read too). As in SugarCrepe's `main_eval.py`, an item is right when cos(image, caption) >
 cos(image, negative_caption). Reported per subset (`accuracy/<subset>`), over all items, and as the
-mean over subsets (`accuracy/group_mean`, the number SugarCrepe's tables average).
+mean over subsets (`accuracy/group_mean`, the number SugarCrepe's tables average). An item with an
+empty caption or negative caption is skipped and counted in the task's notes.
 
 Public surface: `SUBSETS`, `read_sugarcrepe(data_dir, images_root, max_items=None) -> TaskData`
 (`max_items` applies to each subset).
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from eval.files import image_loader, read_json, resolve_image
+from eval.files import SkipCounter, image_loader, read_json, resolve_image, usable_text
 from eval.items import ChoiceItem, TaskData
 from omninegclip.cli import UserError
 
@@ -37,7 +38,7 @@ def read_sugarcrepe(data_dir: str | Path, images_root: str | Path | None = None,
     missing = [subset for subset, file in files.items() if file is None]
     if len(missing) == len(SUBSETS):
         raise UserError(f"--sugarcrepe {data_dir}: none of SugarCrepe's files {[s + '.json' for s in SUBSETS]} is in the folder")
-    task = TaskData(name="sugarcrepe")
+    task, skips = TaskData(name="sugarcrepe"), SkipCounter()
     for subset, file in files.items():
         if file is None:
             continue
@@ -49,13 +50,13 @@ def read_sugarcrepe(data_dir: str | Path, images_root: str | Path | None = None,
             if not isinstance(record, dict) or not {"filename", "caption", "negative_caption"} <= set(record):
                 found = sorted(record) if isinstance(record, dict) else type(record).__name__
                 raise UserError(f"{where}: expected keys filename, caption, negative_caption; found {found}")
-            texts = [record["caption"], record["negative_caption"]]
-            if not all(isinstance(text, str) and text.strip() for text in texts):
-                raise UserError(f"{where}: caption and negative_caption must be non-empty strings, got {texts!r}")
+            texts = [usable_text(record[name], name, where, skips) for name in ("caption", "negative_caption")]
+            if None in texts:
+                continue
             image_path = resolve_image(record["filename"], images_root, where)
             key = str(image_path)
             task.images[key] = image_loader(image_path)
             task.choices.append(ChoiceItem(choose="text", images=[key], texts=texts, answer=0, group=subset, item_id=where))
-    if missing:
-        task.notes = f"subsets not found in {data_dir}: {', '.join(missing)}"
+    notes = [skips.describe(), f"subsets not found in {data_dir}: {', '.join(missing)}" if missing else ""]
+    task.notes = "; ".join(note for note in notes if note)
     return task

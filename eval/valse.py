@@ -5,7 +5,8 @@ A VALSE file (`data/existence.json`, images from Visual7W) is a JSON object `{id
 README and its evaluation scripts keep only validated samples: at least two of the three annotators
 chose the caption and not the foil, `sample["mturk"]["caption"] >= 2`; the others are counted as
 skipped. The score is pairwise: right when cos(image, caption) > cos(image, foil).
-(`caption` and `foil` are strings; a list, as some VALSE pieces and scripts use, gives its first entry.)
+(`caption` and `foil` are strings; a list, as some VALSE pieces and scripts use, gives its first entry;
+an empty one is skipped and counted.)
 
 Public surface: `MIN_CAPTION_VOTES`, `read_valse(path, images_root=None, max_items=None) -> TaskData`;
 the task is named `valse/<file stem>`; `images_root` defaults to the JSON file's folder.
@@ -15,19 +16,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from eval.files import SkipCounter, image_loader, read_json, resolve_image
+from eval.files import SkipCounter, image_loader, read_json, resolve_image, usable_text
 from eval.items import ChoiceItem, TaskData
 from omninegclip.cli import UserError
 
 MIN_CAPTION_VOTES = 2
 
 
-def _sentence(value, field_name: str, where: str) -> str:
-    if isinstance(value, list) and value:
-        value = value[0]
-    if not isinstance(value, str) or not value.strip():
-        raise UserError(f"{where}: {field_name} is empty or not a string ({value!r})")
-    return value
+def _sentence(value, field_name: str, where: str, skips: SkipCounter) -> str | None:
+    if isinstance(value, list):
+        value = value[0] if value else None
+    return usable_text(value, field_name, where, skips)
 
 
 def read_valse(path: str | Path, images_root: str | Path | None = None, max_items: int | None = None) -> TaskData:
@@ -50,8 +49,10 @@ def read_valse(path: str | Path, images_root: str | Path | None = None, max_item
         if votes < MIN_CAPTION_VOTES:
             skips[f"not validated (mturk.caption < {MIN_CAPTION_VOTES})"] += 1
             continue
-        caption = _sentence(sample["caption"], "caption", where)
-        foil = _sentence(sample["foil"], "foil", where)
+        caption = _sentence(sample["caption"], "caption", where, skips)
+        foil = _sentence(sample["foil"], "foil", where, skips) if caption is not None else None
+        if caption is None or foil is None:
+            continue
         image_path = resolve_image(sample["image_file"], root, where)
         key = str(image_path)
         task.images[key] = image_loader(image_path)

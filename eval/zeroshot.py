@@ -2,7 +2,8 @@
 
 The dataset is a `save_to_disk` folder (a `Dataset` or a `DatasetDict`, then `split` picks one) or a
 Hub id; its image column is the first `Image` feature and its label column the first `ClassLabel`
-feature, whose names (underscores read as spaces) fill the templates. A class is represented by the
+feature, whose names (underscores read as spaces) fill the templates. Images are decoded with
+`omninegclip.safe_load.open_rgb_image` (an unreadable one is left out by the harness, counted). A class is represented by the
 mean of its prompts' normalised embeddings, re-normalised (CLIP's prompt ensembling).
 
 Public surface:
@@ -20,6 +21,7 @@ from pathlib import Path
 from eval.files import SkipCounter
 from eval.items import TaskData
 from omninegclip.cli import UserError
+from omninegclip.safe_load import open_rgb_image
 
 # A small ensemble in the style of CLIP's ImageNet prompts; `--zeroshot_templates FILE` replaces it.
 DEFAULT_TEMPLATES = (
@@ -115,7 +117,8 @@ def read_zeroshot(source: str, split: str = "test", templates: list[str] | None 
     class_names = [name.replace("_", " ") for name in features[label_column].names]
     if max_items is not None:
         dataset = dataset.select(range(min(max_items, len(dataset))))
-    images_only = dataset.select_columns([image_column])
+    # Decoded by open_rgb_image (RGB, the decompression-bomb guard), not by datasets.
+    images_only = dataset.select_columns([image_column]).cast_column(image_column, datasets.Image(decode=False))
     skips = SkipCounter()
     keys, labels, store = [], [], {}
     for index, label in enumerate(dataset[label_column]):
@@ -125,7 +128,7 @@ def read_zeroshot(source: str, split: str = "test", templates: list[str] | None 
         key = f"{source}[{split}]#{index}"
         keys.append(key)
         labels.append(label)
-        store[key] = lambda index=index: images_only[index][image_column].convert("RGB")
+        store[key] = lambda index=index: open_rgb_image(images_only[index][image_column])
     return ZeroShotTaskData(
         name="zeroshot",
         images=store,

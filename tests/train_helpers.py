@@ -1,12 +1,20 @@
 """Fixtures shared by the training tests (test_train, test_distributed, test_lora, test_hub): tiny
 CLIP folders, small image/caption datasets in the published `save_to_disk` layout, train.py flags
-that run in seconds, a way to keep hold of the Trainer that `train.main` builds, and a subprocess runner."""
+that run in seconds, a way to keep hold of the Trainer that `train.main` builds, and a subprocess runner.
+Also the bad-input matrix support of test_train_hardening and test_eval_hardening: `Case`,
+`check_case`, and images that are corrupt, truncated or too large (`BAD_IMAGES`) in a few bytes."""
 
 from __future__ import annotations
 
+import io
 import os
+import re
+import struct
 import subprocess
 import sys
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
@@ -17,6 +25,7 @@ from safetensors.torch import load_file
 from transformers import CLIPModel
 
 from conftest import tiny_clip_config
+from omninegclip.cli import run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 COLORS = {"red": (220, 30, 30), "green": (30, 200, 60), "blue": (40, 60, 220), "yellow": (230, 220, 40)}
@@ -130,3 +139,95 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# ---- bad-input matrices (tests/test_train_hardening.py, tests/test_eval_hardening.py) ------------
+#
+# The same table-driven style as tests/test_bad_input.py: a row is a `Case` whose `args(root)` builds
+# the command line (writing any input it needs under the shared folder `root`); the CLI's `main` runs
+# in-process through `run_cli`, must exit with `exit_code` and print every phrase (stdout, stderr and
+# logs together), never a traceback; `once` must be printed exactly once.
+
+
+def png_bytes(mode: str = "RGB", size: int = 8, color=None) -> bytes:
+    buffer = io.BytesIO()
+    fill = color if color is not None else {"L": 128, "LA": (128, 255), "P": 3, "I;16": 40000, "1": 1,
+                                            "RGBA": (200, 30, 30, 128), "CMYK": (0, 200, 200, 0)}.get(mode, (200, 30, 30))
+    Image.new(mode, (size, size), fill).save(buffer, format="TIFF" if mode == "CMYK" else "PNG")
+    return buffer.getvalue()
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def huge_png_bytes(side: int) -> bytes:
+    """A PNG whose header claims side x side pixels, in a few bytes: PIL's decompression-bomb guard
+    refuses it on opening when over twice Image.MAX_IMAGE_PIXELS (side 20000), warns above once (10000)."""
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)  # 8-bit grayscale
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", zlib.compress(b"\0" * 16)) + _png_chunk(b"IEND", b"")
+
+
+BAD_IMAGES = {  # name -> bytes, and the skip reason each must be counted under
+    "corrupt": (b"this is not an image", "corrupt_image"),
+    "truncated": (None, "truncated_image"),  # filled below: a PNG cut in the middle of its pixel data
+    "huge": (huge_png_bytes(10000), "image_too_large"),  # over PIL's limit: refused by our guard
+    "bomb": (huge_png_bytes(20000), "image_too_large"),  # over twice: refused by PIL itself
+}
+
+
+def _truncated_in_pixel_data() -> bytes:
+    noise = bytes((index * 2654435761 >> 13) % 251 for index in range(64 * 64 * 3))  # incompressible-ish
+    buffer = io.BytesIO()
+    Image.frombytes("RGB", (64, 64), noise).save(buffer, format="PNG")
+    data = buffer.getvalue()
+    return data[: len(data) // 2]
+
+
+BAD_IMAGES["truncated"] = (_truncated_in_pixel_data(), "truncated_image")
+
+
+@dataclass(frozen=True)
+class Case:
+    cli: str  # "train" or "eval"
+    name: str
+    args: Callable[[Path], list[str]]
+    exit_code: int
+    phrases: tuple[str, ...]
+    once: str | None = None
+
+    @property
+    def id(self) -> str:
+        return f"{self.cli}:{self.name}"
+
+
+CLI_MODULES = {"train": "train", "eval": "eval.__main__"}
+
+
+def run_case(case: Case, root: Path, capsys, caplog) -> tuple[int, str]:
+    """Run the row's CLI in-process; return its exit status and everything it printed or logged."""
+    import importlib
+
+    main = importlib.import_module(CLI_MODULES[case.cli]).main
+    argv = [str(arg) for arg in case.args(root)]
+    code = 0
+    try:
+        run_cli(main, argv)
+    except SystemExit as exit_info:
+        code = exit_info.code
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err + caplog.text
+
+
+def check_case(case: Case, root: Path, capsys, caplog) -> str:
+    code, output = run_case(case, root, capsys, caplog)
+    assert code == case.exit_code, output[-3000:]
+    for phrase in case.phrases:
+        assert phrase in output, f"{phrase!r} not in:\n{output[-3000:]}"
+    assert "Traceback" not in output
+    if case.exit_code:  # one paragraph: ours ("error: …") or argparse's ("python -m eval: error: …")
+        errors = [line for line in output.splitlines() if re.search(r"(^|: )error: ", line)]
+        assert len(errors) == 1, output[-3000:]
+    if case.once:
+        assert output.count(case.once) == 1, output[-3000:]
+    return output

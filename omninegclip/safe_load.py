@@ -1,0 +1,116 @@
+"""Reading files that come from outside without running their code or exhausting memory.
+
+Public surface:
+- `load_torch_file(path, hint="") -> object`: a `torch.save` file read with
+  `torch.load(weights_only=True)`: tensors, plain containers, strings and numbers load; anything
+  that would need arbitrary unpickling (which can run code) is refused with a `UserError` naming the
+  file and the refused class or function, before any of it is built. `hint` (e.g. what the file
+  should hold) is appended to every error message.
+- `open_rgb_image(source, max_pixels=None) -> PIL.Image.Image`: an image file (a path, raw bytes or
+  a `datasets.Image` value `{"bytes", "path"}`) fully decoded and converted to RGB (grayscale,
+  palette, RGBA, CMYK, 16-bit: all converted); a corrupt, truncated, missing or oversized image
+  raises `UnreadableImage` with a short reason, instead of whatever PIL, the file system or
+  PIL's decompression-bomb guard would raise. `max_pixels` defaults to PIL's own limit,
+  `PIL.Image.MAX_IMAGE_PIXELS` (about 89 million); larger images are refused from their header,
+  never decoded.
+- `UnreadableImage(ValueError)`: `.kind` is one of `UNREADABLE_KINDS` (how a skip is counted),
+  the message says why.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import re
+import struct
+import warnings
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from omninegclip.cli import UserError
+
+UNREADABLE_KINDS = ("missing_image", "corrupt_image", "truncated_image", "image_too_large")
+
+
+def load_torch_file(path: str | Path, hint: str = "") -> object:
+    """The object in a `torch.save` file, loaded with `weights_only=True` onto the CPU."""
+    import torch
+
+    path = Path(path)
+    hint = f" {hint.strip()}" if hint.strip() else ""
+    if not path.is_file():
+        raise UserError(f"{path}: no such file (expected a file written by torch.save).{hint}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # torch's note on the pickle protocol of a file it then refuses
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        text = str(error)
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if refused is not None:
+            raise UserError(
+                f"{path}: refused to load: the file needs arbitrary unpickling of {refused.group(1)}, which could run code "
+                f"(torch.load with weights_only=True refused it; nothing in the file was run).{hint}"
+            ) from None
+        detail = re.search(r"WeightsUnpickler error:\s*([^\n]+(?:\n\s*\n\s*[^\n]+)?)", text)
+        reason = " ".join(detail.group(1).split()) if detail else "it could not be parsed"
+        raise UserError(f"{path}: not a readable torch.save file ({reason}; nothing in it was run).{hint}") from None
+    except EOFError:
+        raise UserError(f"{path}: not a readable torch.save file (it is empty or ends early).{hint}") from None
+    except (RuntimeError, OSError, ValueError, struct.error) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"{path}: not a readable torch.save file ({first_line}).{hint}") from None
+
+
+class UnreadableImage(ValueError):
+    """An image that cannot be used; `kind` says how (one of `UNREADABLE_KINDS`)."""
+
+    def __init__(self, kind: str, message: str):
+        if kind not in UNREADABLE_KINDS:
+            raise ValueError(f"unknown kind {kind!r}; expected one of {UNREADABLE_KINDS}")
+        super().__init__(message)
+        self.kind = kind
+
+
+def _open(source) -> Image.Image:
+    if source is None:
+        raise UnreadableImage("missing_image", "no image in this row")
+    if isinstance(source, dict):  # a datasets.Image value read with decode=False
+        data, path = source.get("bytes"), source.get("path")
+        if data is None and not path:
+            raise UnreadableImage("missing_image", "no image in this row (neither bytes nor a path)")
+        source = data if data is not None else path
+    if isinstance(source, (bytes, bytearray)):
+        return Image.open(io.BytesIO(source))
+    path = Path(source)
+    if not path.is_file():
+        raise UnreadableImage("missing_image", f"no such image file {str(path)!r}")
+    return Image.open(path)
+
+
+def open_rgb_image(source, max_pixels: int | None = None) -> Image.Image:
+    """`source` decoded completely, as RGB; `UnreadableImage` if it cannot be (see the module docstring)."""
+    limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    try:
+        with warnings.catch_warnings():
+            # The size is checked below, against `limit`; PIL's own warning would only repeat it.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = _open(source)
+        with image:
+            width, height = image.size
+            if limit is not None and width * height > limit:
+                raise UnreadableImage("image_too_large", f"{width}x{height} = {width * height} pixels, over the "
+                                                         f"decompression-bomb limit of {limit} pixels")
+            image.load()
+            return image.convert("RGB")
+    except UnreadableImage:
+        raise
+    except Image.DecompressionBombError as error:  # over twice PIL's limit: refused by PIL itself while opening
+        raise UnreadableImage("image_too_large", f"{error} (decompression-bomb guard)") from None
+    except UnidentifiedImageError:
+        raise UnreadableImage("corrupt_image", "not an image PIL can read (corrupt or not an image file)") from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as error:
+        message = str(error) or type(error).__name__
+        kind = "truncated_image" if "truncated" in message else "corrupt_image"
+        raise UnreadableImage(kind, message) from None
