@@ -48,20 +48,19 @@ import hashlib
 import http.client
 import json
 import os
-import pickle
 import re
 import socket
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import warnings
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from omninegclip.cli import UserError
+from omninegclip.safe_load import load_torch_file
 from omninegclip.vocabulary import NEGATION_CUES, canonical_category, detect_objects, find_mentions, mentions
 
 CCNEG_PATH_PREFIX = "/workspace/datasets/cc3m/"
@@ -756,32 +755,6 @@ def _caption_rows(dataset: str, loader: str, split: str | None, columns: dict[st
     return parts
 
 
-def _load_torch_safely(path: Path) -> object:
-    """`torch.load(weights_only=True)`: plain containers, strings, numbers and tensors only. Anything
-    that would need arbitrary unpickling (which can run code) is refused before it is built."""
-    import torch
-
-    if not path.is_file():
-        raise UserError(f"{path}: no such file (expected CoN-CLIP's ccneg_preprocessed.pt)")
-    released = "The released CC-Neg file holds only lists, dicts, strings and numbers; check that this is that file."
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # torch's note about the pickle protocol of a file it then refuses
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        text = str(error)
-        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-        if unsafe is not None:
-            raise UserError(f"{path}: refused: loading it needs arbitrary unpickling of {unsafe.group(1)}, which could run code. {released}") from None
-        refused = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
-        if refused is not None:
-            raise UserError(f"{path}: not a readable torch.save file: torch.load(weights_only=True) refused it "
-                            f"({refused.group(1).strip()}) and nothing in it was run. {released}") from None
-        raise UserError(f"{path}: not a readable torch.save file (torch.load(weights_only=True) could not parse it)") from None
-    except Exception as error:
-        raise UserError(f"{path}: not a readable torch.save file ({type(error).__name__}: {error})") from None
-
-
 _CCNEG_SCHEMA = "CC-Neg: {image_paths: [...], annotations: [{json: {caption}, sop_data: {negative-prompt, sop_chosen_object}}]}"
 
 
@@ -806,7 +779,7 @@ def read_ccneg(annotations: Path | str, images: Path | str, eval_size: int = 400
     """CC-Neg presence triples; the last `eval_size` items form the test split, the rest train/validation."""
     path = Path(annotations)
     images_dir = _check_dir(images, "--images")
-    data = _load_torch_safely(path)
+    data = load_torch_file(path, hint="The released CC-Neg file (CoN-CLIP's ccneg_preprocessed.pt) holds only lists, dicts, strings and numbers.")
     image_paths = _require_list(data, "image_paths", path, "the top level", _CCNEG_SCHEMA)
     entries = _require_list(data, "annotations", path, "the top level", _CCNEG_SCHEMA)
     if len(image_paths) != len(entries):

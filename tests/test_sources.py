@@ -176,7 +176,7 @@ def test_ccneg_reads_published_structure_and_splits_last_items(tmp_path):
 
 def test_ccneg_refuses_unsafe_pickles_and_names_missing_keys(tmp_path):
     torch.save({"image_paths": [], "annotations": [NotPlainData()]}, tmp_path / "unsafe.pt")
-    with pytest.raises(UserError, match=r"unsafe\.pt: refused: loading it needs arbitrary unpickling"):
+    with pytest.raises(UserError, match=r"unsafe\.pt: refused to load: the file needs arbitrary unpickling"):
         read_ccneg(tmp_path / "unsafe.pt", tmp_path)
     payload = ccneg_payload(2)
     del payload["annotations"][1]["sop_data"]["negative-prompt"]
@@ -239,7 +239,7 @@ def test_ccneg_never_unpickles_code(tmp_path, writer):
         torch.save(payload, path)
     else:
         path.write_bytes(pickle.dumps(payload, protocol=5))
-    with pytest.raises(UserError, match=rf"{re.escape(str(path))}: (refused: loading it needs arbitrary unpickling of exec|not a readable torch.save file)"):
+    with pytest.raises(UserError, match=rf"{re.escape(str(path))}: (refused to load: the file needs arbitrary unpickling of exec|not a readable torch.save file)"):
         read_ccneg(path, tmp_path)
     assert not marker.exists()
     pickle.loads(pickle.dumps(WritesAFile(marker)))  # what an unsafe loader would have done
