@@ -12,14 +12,16 @@ Public surface
 - `OmniNegLossConfig`: loss weights and margin (defaults: the authors' released code).
 - `TrainableConfig`, `resolve_text_blocks`, `apply_trainable`: which parameters train.
 - The loss terms, pure functions of L2-normalised embeddings, the logit scale and row masks:
-  `presence_loss`, `absence_loss`, `choice_loss`, `symmetric_infonce`, `masked_cross_entropy`.
+  `presence_loss`, `absence_loss`, `choice_loss`, `keep_match_loss`, `symmetric_infonce`,
+  `masked_cross_entropy`.
 - `gather_rows`: the autograd-carrying all-gather that makes every contrastive term see the
   global batch under several processes (local-loss semantics).
 
 Notation of DESIGN.md §1 and the output fields that carry each term:
     L1 loss_presence_image, L2 loss_presence_text, L3 loss_presence_pair, L_pre loss_presence,
     L_neg loss_absence_negated, L_orig loss_absence_original, L_text loss_absence_text, L_abs loss_absence.
-Total: L = L_pre + lambda_abs * L_abs (+ lambda_choice * L_choice, an optional term, 0 by default).
+Total: L = L_pre + lambda_abs * L_abs (+ lambda_choice * L_choice + lambda_keep * L_keep: optional
+terms of ours, 0 by default).
 """
 
 from __future__ import annotations
@@ -56,9 +58,12 @@ class OmniNegLossConfig:
     # Not in the paper: a per-image multiple-choice term (NegBench-style) over the image's own
     # absence-negated caption (true) against its presence-negated caption (false). 0 = off.
     lambda_choice: float = 0.0
+    # Not in the paper: "absence-based negation must keep the match", as a hinge: an image's
+    # absence-negated caption may not score below its original caption. 0 = off.
+    lambda_keep: float = 0.0
 
     def __post_init__(self):
-        for name in ("lambda_abs", "lambda_orig", "lambda_text", "lambda_choice"):
+        for name in ("lambda_abs", "lambda_orig", "lambda_text", "lambda_choice", "lambda_keep"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
@@ -324,6 +329,23 @@ def choice_loss(
     return _mean_over(per_row, mask[rows], mask, world_size)
 
 
+def keep_match_loss(
+    image_embeds: torch.Tensor,
+    text_embeds: torch.Tensor,
+    absence_embeds: torch.Tensor,
+    absence_mask: torch.Tensor,
+    logit_scale: torch.Tensor,
+    rows: slice | None = None,
+    world_size: int = 1,
+) -> torch.Tensor:
+    """mean_i max(0, s v_i.t_i - s v_i.a_i): negating an absent object must not lower the image's
+    match below its original caption. Zero once the absence caption scores at least as high."""
+    rows = _all_rows(image_embeds, rows)
+    images = image_embeds[rows]
+    gap = logit_scale * ((images * text_embeds[rows]).sum(-1) - (images * absence_embeds[rows]).sum(-1))
+    return _mean_over(F.relu(gap.float()), absence_mask[rows], absence_mask, world_size)
+
+
 # ----------------------------------------------------------------------------------------------
 # The model
 # ----------------------------------------------------------------------------------------------
@@ -347,6 +369,7 @@ class OmniNegCLIPOutput(ModelOutput):
     loss_absence_text: torch.Tensor | None = None
     loss_absence: torch.Tensor | None = None
     loss_choice: torch.Tensor | None = None
+    loss_keep: torch.Tensor | None = None
     logits_per_image: torch.Tensor | None = None
     logits_per_text: torch.Tensor | None = None
     text_embeds: torch.Tensor | None = None
@@ -499,9 +522,17 @@ class OmniNegCLIPModel(CLIPModel):
         terms["loss_choice"] = (
             choice_loss(g_image, g_absence, g_presence, both, logit_scale, **common) if cfg.lambda_choice > 0 else zero
         )
+        terms["loss_keep"] = (
+            keep_match_loss(g_image, g_text, g_absence, g_absence_rows, logit_scale, **common) if cfg.lambda_keep > 0 else zero
+        )
         for name, value in terms.items():
             setattr(output, name, value)
-        output.loss = terms["loss_presence"] + cfg.lambda_abs * terms["loss_absence"] + cfg.lambda_choice * terms["loss_choice"]
+        output.loss = (
+            terms["loss_presence"]
+            + cfg.lambda_abs * terms["loss_absence"]
+            + cfg.lambda_choice * terms["loss_choice"]
+            + cfg.lambda_keep * terms["loss_keep"]
+        )
 
     # -- training helpers ----------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from modeling_omninegclip import (
     absence_loss,
     apply_trainable,
     choice_loss,
+    keep_match_loss,
     presence_loss,
     resolve_text_blocks,
     symmetric_infonce,
@@ -264,3 +265,24 @@ def test_clamp_logit_scale():
         model.logit_scale.fill_(7.0)
     model.clamp_logit_scale()
     assert model.logit_scale.item() == pytest.approx(LOGIT_SCALE_MAX)
+
+
+def test_keep_match_is_zero_when_the_absence_caption_scores_as_high():
+    image = unit(3, 5, seed=13)
+    text = unit(3, 5, seed=14)
+    mask = on(1, 1, 1)
+    # The absence caption equal to the image scores above any other caption: no penalty.
+    assert keep_match_loss(image, text, image, mask, S).item() == 0.0
+    # Equal to the caption: a zero gap, no penalty either.
+    assert keep_match_loss(image, text, text, mask, S).item() == 0.0
+    # Pointing away from the image: the penalty is the scaled gap, averaged over the rows.
+    expected = (S * ((image * text).sum(-1) - (image * -image).sum(-1))).clamp(min=0).mean()
+    assert keep_match_loss(image, text, -image, mask, S).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_keep_match_masked_rows_get_no_gradient():
+    image, text = unit(4, 5, seed=15), unit(4, 5, seed=16)
+    absence = (-image).clone().requires_grad_()
+    mask = on(1, 0, 1, 0)
+    keep_match_loss(image, text, absence, mask, S).backward()
+    assert torch.all(absence.grad[~mask] == 0) and torch.any(absence.grad[mask] != 0)
