@@ -1,0 +1,54 @@
+"""The built-in default end to end, at a tiny scale: world -> pretraining -> Omni-NegCLIP through
+train.py -> side-by-side evaluation -> a Hub-ready folder. Marked slow (about two minutes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from huggingface_hub import ModelCard
+from PIL import Image
+from transformers import CLIPModel, pipeline
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_default_pipeline_end_to_end(tmp_path):
+    out = tmp_path / "default"
+    command = [sys.executable, "-m", "omninegclip.default", "--out", str(out), "--num_train", "256", "--num_test", "64",
+               "--pretrain_epochs", "0.5", "--finetune_epochs", "0.5", "--recipes", "faithful"]
+    env = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    results = json.loads((out / "eval" / "results.json").read_text())
+    assert [model["name"] for model in results["models"]] == ["base", "faithful"]
+    for template_set in ("train", "heldout"):
+        for family in ("presence", "which_negated", "absence_image", "absence_caption", "mcq"):
+            values = results["metrics"][f"world_{template_set}/{family}"]["accuracy"]
+            assert set(values) == {"base", "faithful"} and all(0.0 <= value <= 1.0 for value in values.values())
+    summary = (out / "eval" / "summary.md").read_text()
+    assert "which_negated/accuracy" in summary and ("met" in summary or "MISSED" in summary)
+
+    # The fine-tuned folder is Hub-ready: plain CLIP, its own results, a card the widget can use.
+    folder = out / "faithful"
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_type"] == "clip" and config["architectures"] == ["CLIPModel"]
+    assert CLIPModel.from_pretrained(folder).config.model_type == "clip"
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.pipeline_tag == "zero-shot-image-classification" and card.data.library_name == "transformers"
+    assert card.data.to_dict()["model-index"][0]["results"], "the card carries the model's eval results"
+    examples = json.loads((folder / "widget" / "examples.json").read_text())
+    classifier = pipeline("zero-shot-image-classification", model=str(folder))
+    for example in examples:
+        scores = classifier(Image.open(folder / example["image"]), candidate_labels=example["candidate_labels"])
+        assert {score["label"] for score in scores} == set(example["candidate_labels"])
+    # A second run reuses the world and the pretrained base.
+    again = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0 and "reusing" in again.stdout
