@@ -62,6 +62,11 @@ IMPROVED = Recipe(
 ABLATIONS = [
     FAITHFUL,
     IMPROVED,
+    Recipe(
+        "omni-choice-keep",
+        "omni-choice + the keep-the-match hinge (absence caption may not score below its caption)",
+        IMPROVED.flags | {"lambda_keep": 0.25},
+    ),
     Recipe("middle", "faithful, middle text blocks", {"text_preset": "middle"}),
     Recipe("back", "faithful, back text blocks", {"text_preset": "back"}),
     Recipe("whole", "faithful, every text block", {"text_preset": "whole"}),
