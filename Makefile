@@ -26,7 +26,7 @@ default: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m omninegclip.default
 
 ablations: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m omninegclip.default --ablations --finetune_epochs 1
+	HF_HUB_OFFLINE=1 $(BIN)/python -m omninegclip.default --ablations --finetune_epochs 0.5
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_train.py
