@@ -1,0 +1,247 @@
+"""The fast training path computes exactly what the plain one does.
+
+Fast: image embeddings computed once (and cached on disk), each caption set padded to its own longest
+caption by the real collator, all caption sets through the text encoder in one call. Plain: pixel
+values through the image tower, each caption set padded to 77 tokens in its own text-encoder call
+(`bench/workload.py: plain_loss_terms`, the benchmark's step (a)). Also: the cache key, padding
+invariance, and the benchmark's FLOP model against torch's own FLOP counter."""
+
+from __future__ import annotations
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import CLIPModel
+from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+from bench.measure import record_text_shapes
+from bench.workload import Geometry, fast_loss_terms, plain_loss_terms, text_forward_flops, text_train_flops
+from conftest import tiny_clip_config
+from modeling_omninegclip import OmniNegCLIPModel, OmniNegLossConfig, TrainableConfig, apply_trainable
+from omninegclip import data as data_module
+from omninegclip.data import CaptionColumns, OmniNegCollator, cached_image_embeddings
+from omninegclip.embedding import embed_images
+
+CAPTIONS = [
+    ("a dog on a sofa", "a sofa with no dog", "a dog on a sofa with no cat in the room"),
+    ("two cats playing in the tall grass near an old tree", "two cats playing in the tall grass near no tree",
+     "two cats playing in the grass, and there is no dog anywhere"),
+    ("a red car", "a street without a red car", "a red car with no people inside it"),
+    ("a man riding a horse along the beach at sunset", "a man on a beach at sunset, not riding a horse",
+     "a man riding a horse along the beach with no boats"),
+]
+COLUMNS = CaptionColumns("image", "caption", "presence_negated", "absence_negated")
+
+
+def images(count: int = 4, seed: int = 0) -> list[Image.Image]:
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 256, (36 + 3 * i, 40, 3), dtype=np.uint8)) for i in range(count)]
+
+
+def omni_model(front_blocks: int = 2) -> OmniNegCLIPModel:
+    torch.manual_seed(0)
+    model = OmniNegCLIPModel(tiny_clip_config(), loss_config=OmniNegLossConfig(lambda_choice=0.5))
+    apply_trainable(model, TrainableConfig(front_blocks=front_blocks))
+    return model.train()
+
+
+def fast_and_plain_batches(model, processor):
+    tokenizer, image_processor = processor.tokenizer, processor.image_processor
+    pictures = images()
+    image_embeds = embed_images(model, image_processor, pictures, normalize=False, progress=False)  # what the cache holds
+    rows = [
+        {
+            "row_id": row,
+            "input_ids": tokenizer(caption)["input_ids"],
+            "presence_negated_input_ids": tokenizer(presence)["input_ids"],
+            "absence_negated_input_ids": tokenizer(absence)["input_ids"],
+            "image_embeds": image_embeds[row].numpy(),
+        }
+        for row, (caption, presence, absence) in enumerate(CAPTIONS)
+    ]
+    fast = OmniNegCollator(image_processor, COLUMNS, pad_token_id=tokenizer.pad_token_id)(rows)
+    fast.pop("row_ids")
+    plain = {"pixel_values": image_processor(images=pictures, return_tensors="pt")["pixel_values"]}
+    for index, kind in enumerate(("original", "presence", "absence")):
+        encoded = tokenizer([row[index] for row in CAPTIONS], padding="max_length", max_length=77, return_tensors="pt")
+        plain[f"{kind}_input_ids"], plain[f"{kind}_attention_mask"] = encoded["input_ids"], encoded["attention_mask"]
+    return fast, plain
+
+
+def loss_and_gradients(model, loss_terms, batch):
+    model.zero_grad(set_to_none=True)
+    with record_text_shapes(model) as calls:
+        terms = loss_terms(model, batch)
+    terms["loss"].backward()
+    gradients = {name: param.grad.clone() for name, param in model.named_parameters() if param.grad is not None}
+    return {name: value.detach() for name, value in terms.items()}, gradients, calls
+
+
+@pytest.mark.parametrize("bucket_rows", [None, 5])
+def test_fast_path_gives_the_plain_losses_and_gradients(processor, bucket_rows):
+    model = omni_model()
+    if bucket_rows is not None:
+        if not hasattr(model, "text_bucket_rows"):
+            pytest.skip("OmniNegCLIPModel has no length-bucketed text pass (bench_patches/encode_texts_length_buckets.patch)")
+        model.text_bucket_rows = bucket_rows
+    fast, plain = fast_and_plain_batches(model, processor)
+    fast_terms, fast_grads, fast_calls = loss_and_gradients(model, fast_loss_terms, fast)
+    plain_terms, plain_grads, plain_calls = loss_and_gradients(model, plain_loss_terms, plain)
+
+    # The two paths really differ: one text pass over dynamically padded captions (one call, or
+    # length-sorted buckets each cut to its longest caption) vs three calls padded to 77.
+    lengths = sorted(len(processor.tokenizer(text)["input_ids"]) for row in CAPTIONS for text in row)
+    if bucket_rows is None:
+        assert fast_calls == [(len(lengths), lengths[-1])]
+    else:
+        buckets = [lengths[start : start + bucket_rows] for start in range(0, len(lengths), bucket_rows)]
+        assert fast_calls == [(len(bucket), bucket[-1]) for bucket in buckets]
+    assert plain_calls == [(len(CAPTIONS), 77)] * 3
+    assert "pixel_values" not in fast
+
+    assert set(plain_terms) <= set(fast_terms)
+    assert plain_terms["loss_choice"] > 0  # lambda_choice is on: every term is exercised
+    for name, value in plain_terms.items():
+        torch.testing.assert_close(fast_terms[name], value, rtol=1e-5, atol=1e-6, msg=f"loss term {name}")
+
+    trainable = {name for name, param in model.named_parameters() if param.requires_grad}
+    assert set(fast_grads) == set(plain_grads) == trainable
+    assert not any(name.startswith(("vision_model", "visual_projection")) for name in fast_grads)
+    for name, gradient in plain_grads.items():
+        if not name.endswith("k_proj.bias"):  # a key bias shifts every score alike: softmax gives it no gradient
+            assert gradient.abs().max() > 1e-4, name
+        torch.testing.assert_close(fast_grads[name], gradient, rtol=1e-4, atol=1e-5, msg=f"gradient of {name}")
+
+
+# ---- padding --------------------------------------------------------------------------------------
+
+
+def right_pad(input_ids, attention_mask, extra, pad_id):
+    return (
+        torch.nn.functional.pad(input_ids, (0, extra), value=pad_id),
+        torch.nn.functional.pad(attention_mask, (0, extra), value=0),
+    )
+
+
+def test_extra_right_padding_changes_no_embedding(tiny_clip, tokenizer):
+    texts = [row[0] for row in CAPTIONS] + ["a cat"]
+    encoded = tokenizer(texts, padding=True, return_tensors="pt")
+    length = encoded["input_ids"].shape[1]
+    with torch.no_grad():
+        reference = tiny_clip.get_text_features(**encoded).pooler_output
+        for extra in (1, 9, 77 - length):
+            ids, mask = right_pad(encoded["input_ids"], encoded["attention_mask"], extra, tokenizer.pad_token_id)
+            padded = tiny_clip.text_model(input_ids=ids, attention_mask=mask)
+            torch.testing.assert_close(tiny_clip.text_projection(padded.pooler_output), reference, rtol=1e-5, atol=1e-6)
+            # Not vacuous: the state at the last position does move with padding, first-EOS pooling avoids it.
+            last = padded.last_hidden_state[:, -1]
+            assert not torch.allclose(tiny_clip.text_projection(last), reference, atol=1e-3)
+        max_length = tokenizer(texts, padding="max_length", max_length=77, return_tensors="pt")
+        torch.testing.assert_close(tiny_clip.get_text_features(**max_length).pooler_output, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_one_text_pass_equals_each_set_alone(tokenizer):
+    model = omni_model().eval()
+    sets = [tokenizer([row[index] for row in CAPTIONS], padding=True, return_tensors="pt") for index in range(3)]
+    lengths = {encoded["input_ids"].shape[1] for encoded in sets}
+    assert len(lengths) == 3  # each set is padded to a different length before the joint pass
+    with torch.no_grad():
+        joint = model.encode_texts([(encoded["input_ids"], encoded["attention_mask"]) for encoded in sets])
+        for together, encoded in zip(joint, sets):
+            torch.testing.assert_close(together, model.get_text_features(**encoded).pooler_output, rtol=1e-5, atol=1e-6)
+
+
+# ---- the image-embedding cache ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def counted_embeds(monkeypatch):
+    calls = []
+    real = data_module.embed_images
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(data_module, "embed_images", counting)
+    return calls
+
+
+def image_dataset() -> datasets.Dataset:
+    return datasets.Dataset.from_dict({"image": images(5, seed=1)}, features=datasets.Features({"image": datasets.Image()}))
+
+
+def cached(model, image_processor, dataset, cache_dir) -> np.ndarray:
+    return np.array(cached_image_embeddings(model, image_processor, dataset, "image", cache_dir)["image_embeds"])
+
+
+def test_image_embedding_cache_is_reused_until_vision_weights_or_transform_change(tmp_path, processor, counted_embeds):
+    torch.manual_seed(0)
+    model = CLIPModel(tiny_clip_config()).eval()
+    dataset = image_dataset()
+    image_processor = processor.image_processor
+    files = lambda: sorted(path.name for path in tmp_path.glob("image_embeds-*.safetensors"))  # noqa: E731
+
+    first = cached(model, image_processor, dataset, tmp_path)
+    assert len(counted_embeds) == 1 and len(files()) == 1
+    direct = embed_images(model, image_processor, [image for image in dataset["image"]], normalize=False, progress=False)
+    np.testing.assert_allclose(first, direct.numpy(), rtol=1e-6, atol=1e-7)
+
+    # Nothing changed: reused, no new file. A text-tower change does not touch image embeddings: reused too.
+    np.testing.assert_array_equal(cached(model, image_processor, dataset, tmp_path), first)
+    with torch.no_grad():
+        model.text_model.final_layer_norm.weight.add_(1.0)
+        model.text_projection.weight.mul_(2.0)
+    np.testing.assert_array_equal(cached(model, image_processor, dataset, tmp_path), first)
+    assert len(counted_embeds) == 1 and len(files()) == 1
+
+    # Vision weights changed: recomputed under a new key.
+    with torch.no_grad():
+        model.vision_model.post_layernorm.weight.add_(0.5)
+    changed_weights = cached(model, image_processor, dataset, tmp_path)
+    assert len(counted_embeds) == 2 and len(files()) == 2
+    assert not np.allclose(changed_weights, first)
+
+    # Transform changed (same weights): recomputed under a new key.
+    other_transform = CLIPImageProcessorPil(
+        size={"shortest_edge": 30}, crop_size={"height": 30, "width": 30}, image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5]
+    )
+    changed_transform = cached(model, other_transform, dataset, tmp_path)
+    assert len(counted_embeds) == 3 and len(files()) == 3
+    assert not np.allclose(changed_transform, changed_weights)
+
+    # Back to a setting seen before: its file is found again.
+    np.testing.assert_array_equal(cached(model, image_processor, dataset, tmp_path), changed_weights)
+    assert len(counted_embeds) == 3
+
+
+# ---- the benchmark's FLOP model -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("front_blocks", [1, 3, 5])
+def test_flop_model_matches_torch_flop_counter(front_blocks, tokenizer):
+    config = tiny_clip_config()
+    text = config.text_config
+    text.intermediate_size = 4 * text.hidden_size  # the FLOP model's MLP width, as in CLIP
+    torch.manual_seed(0)
+    model = OmniNegCLIPModel(config)
+    apply_trainable(model, TrainableConfig(front_blocks=front_blocks))
+    model.set_attn_implementation("eager")  # attention as plain matmuls, which the counter sees
+    geometry = Geometry(
+        "tiny", text_hidden=text.hidden_size, text_layers=text.num_hidden_layers, text_heads=text.num_attention_heads,
+        vision_hidden=32, vision_layers=2, vision_heads=4, image_size=30, patch_size=2, projection_dim=config.projection_dim,
+    )
+    encoded = tokenizer([row[1] for row in CAPTIONS], padding=True, return_tensors="pt")
+    sequences, length = encoded["input_ids"].shape
+    blocks = list(range(front_blocks))
+    with FlopCounterMode(display=False) as counter:
+        model.get_text_features(**encoded).pooler_output.sum().backward()
+    assert counter.get_total_flops() == text_train_flops(geometry, sequences, length, blocks)
+    with FlopCounterMode(display=False) as forward_counter, torch.no_grad():
+        model.get_text_features(**encoded)
+    assert forward_counter.get_total_flops() == text_forward_flops(geometry, sequences, length)
+    if front_blocks == text.num_hidden_layers:  # everything trains: backward = 2 x forward
+        assert text_train_flops(geometry, sequences, length, blocks) == 3 * text_forward_flops(geometry, sequences, length)
