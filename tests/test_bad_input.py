@@ -14,7 +14,6 @@ today. Also here: the real entry points in a subprocess (no traceback; `--debug`
 from __future__ import annotations
 
 import hashlib
-import importlib
 import io
 import json
 import os
@@ -34,6 +33,7 @@ from transformers import CLIPModel, GPT2Config, GPT2LMHeadModel
 
 import data_builder
 from conftest import tiny_clip_config
+from train_helpers import invoke_cli
 from omninegclip.cli import UserError, run_cli
 
 REPO = Path(__file__).resolve().parent.parent
@@ -381,16 +381,7 @@ def no_debug(monkeypatch):
 
 
 def run_case(case: Case, fx: Fixtures, capsys, caplog) -> tuple[int, str]:
-    main = importlib.import_module(CLIS[case.cli]).main
-    argv = case.args(fx)
-    code = 0
-    try:
-        run_cli(main, argv)
-    except SystemExit as exit_info:
-        code = exit_info.code
-    # Anything else propagates and fails the test with its traceback: the CLI would have shown one.
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err + caplog.text
+    return invoke_cli(CLIS[case.cli], case.args(fx), capsys, caplog)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda case: case.id)

@@ -204,12 +204,12 @@ class Case:
 CLI_MODULES = {"train": "train", "eval": "eval.__main__"}
 
 
-def run_case(case: Case, root: Path, capsys, caplog) -> tuple[int, str]:
-    """Run the row's CLI in-process; return its exit status and everything it printed or logged."""
+def invoke_cli(module: str, argv: list[str], capsys, caplog) -> tuple[int, str]:
+    """Run a CLI's `main` in-process through `run_cli`; return its exit status and everything it
+    printed or logged. Anything but SystemExit propagates: the CLI would have shown a traceback."""
     import importlib
 
-    main = importlib.import_module(CLI_MODULES[case.cli]).main
-    argv = [str(arg) for arg in case.args(root)]
+    main = importlib.import_module(module).main
     code = 0
     try:
         run_cli(main, argv)
@@ -217,6 +217,11 @@ def run_case(case: Case, root: Path, capsys, caplog) -> tuple[int, str]:
         code = exit_info.code
     captured = capsys.readouterr()
     return code, captured.out + captured.err + caplog.text
+
+
+def run_case(case: Case, root: Path, capsys, caplog) -> tuple[int, str]:
+    """Run the row's CLI in-process; return its exit status and everything it printed or logged."""
+    return invoke_cli(CLI_MODULES[case.cli], [str(arg) for arg in case.args(root)], capsys, caplog)
 
 
 def check_case(case: Case, root: Path, capsys, caplog) -> str:
