@@ -40,6 +40,9 @@ from transformers.utils import ModelOutput
 OMNINEGCLIP_CONFIG_NAME = "omninegclip_config.json"
 LOGIT_SCALE_MAX = math.log(100.0)
 TEXT_BLOCK_PRESETS = ("front", "middle", "back", "whole")
+# Captions per text-encoder call in a training step (sorted by length, see `encode_texts`): large
+# enough to keep the matmuls efficient, small enough that each bucket pads only a few tokens.
+TEXT_BUCKET_ROWS = 64
 
 
 # ----------------------------------------------------------------------------------------------
@@ -395,10 +398,12 @@ class OmniNegCLIPModel(CLIPModel):
     call `apply_trainable(model, TrainableConfig(...))`; after training, `save_pretrained` writes a
     plain CLIP checkpoint plus `omninegclip_config.json` recording the settings used."""
 
-    def __init__(self, config, loss_config: OmniNegLossConfig | None = None):
+    def __init__(self, config, loss_config: OmniNegLossConfig | None = None, text_bucket_rows: int | None = TEXT_BUCKET_ROWS):
         super().__init__(config)
         self.loss_config = loss_config or OmniNegLossConfig()
         self.trainable_config: TrainableConfig | None = None
+        # How many captions go through the text encoder together (sorted by length); None: all at once.
+        self.text_bucket_rows = text_bucket_rows
 
     # -- encoding ------------------------------------------------------------------------------
 
@@ -414,15 +419,29 @@ class OmniNegCLIPModel(CLIPModel):
             return self.get_image_features(pixel_values=pixel_values).pooler_output
 
     def encode_texts(self, caption_sets: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
-        """All caption sets through the text encoder in ONE call, padded to the longest of them."""
+        """All caption sets through the text encoder in one pass: the captions of every set together,
+        sorted by length and encoded `text_bucket_rows` at a time, each bucket cut to its own longest
+        caption, so that padding costs next to nothing (None: one call padded to the longest caption).
+        Right padding never changes an embedding (causal attention, first-EOS pooling): only the cost
+        depends on the bucketing, not the result."""
         pad_id = self.config.text_config.pad_token_id
         pad_id = self.config.text_config.eos_token_id if pad_id is None else pad_id
         length = max(ids.shape[1] for ids, _ in caption_sets)
         padded = [_pad_to(ids, mask, length, pad_id) for ids, mask in caption_sets]
         input_ids = torch.cat([ids for ids, _ in padded])
         attention_mask = torch.cat([mask for _, mask in padded])
-        embeds = self.get_text_features(input_ids=input_ids, attention_mask=attention_mask).pooler_output
-        return list(embeds.split([ids.shape[0] for ids, _ in caption_sets]))
+        sizes = [ids.shape[0] for ids, _ in caption_sets]
+        if not self.text_bucket_rows or input_ids.shape[0] <= self.text_bucket_rows:
+            embeds = self.get_text_features(input_ids=input_ids, attention_mask=attention_mask).pooler_output
+            return list(embeds.split(sizes))
+        extent = attention_mask.shape[1] - attention_mask.flip(1).argmax(dim=1)  # last attended position + 1
+        order = torch.argsort(extent, stable=True)
+        pieces = []
+        for rows in order.split(self.text_bucket_rows):
+            cut = int(extent[rows].max())
+            features = self.get_text_features(input_ids=input_ids[rows, :cut], attention_mask=attention_mask[rows, :cut])
+            pieces.append(features.pooler_output)
+        return list(torch.cat(pieces)[torch.argsort(order)].split(sizes))
 
     # -- forward -------------------------------------------------------------------------------
 
