@@ -124,7 +124,8 @@ def make_plan(mode: str, device: Device, batch_sizes: list[int] | None, front_bl
     and N for the small CLIP, and at ViT-B/32 on a cross through the target point (batch 32/64/128
     at N = 6; N = 2/6/12 at batch 64); the plain step at batch 64 (ViT-B/32: N = 6 only). Points
     that compare with the plain step get 3 timed steps, ViT-B/32's others 2. --full: every point for
-    both steps, 3 timed steps. --quick: batch 32, N = 6, both steps, 2 timed. CUDA: every point, 10."""
+    both steps, 3 timed steps. --quick: batch 32 (or the first of --batch-sizes), N = 6, both steps, 2
+    timed. CUDA: every point, 10 timed."""
     if device.type == "cuda":
         configs = [
             Config(g, b, n, BOTH, timed or 10)
@@ -133,7 +134,8 @@ def make_plan(mode: str, device: Device, batch_sizes: list[int] | None, front_bl
         everything = {g.name: 1024 for g in (VIT_B_32, DEFAULT_SMALL)}
         return Plan(configs, warmup=3, eval_images=everything, eval_texts={name: 4 * count for name, count in everything.items()})
     if mode == "quick":
-        configs = [Config(g, 32, min(6, g.text_layers), BOTH, timed or 2) for g in (VIT_B_32, DEFAULT_SMALL)]
+        quick_batch = (batch_sizes or [32])[0]
+        configs = [Config(g, quick_batch, min(6, g.text_layers), BOTH, timed or 2) for g in (VIT_B_32, DEFAULT_SMALL)]
         return Plan(configs, warmup=1, eval_images={VIT_B_32.name: 16, DEFAULT_SMALL.name: 64},
                     eval_texts={VIT_B_32.name: 64, DEFAULT_SMALL.name: 256})
     configs = []

@@ -169,6 +169,8 @@ def others_load(interval: float = 0.5) -> float | None:
 def wait_for_idle(max_seconds: float, threshold: float = 0.15) -> float | None:
     """Wait (up to `max_seconds`) until other processes use less than `threshold` cores; return the
     load last seen. The benchmark's numbers are only the machine's when nothing else runs."""
+    if max_seconds <= 0:
+        return None
     deadline = time.monotonic() + max_seconds
     load = others_load()
     while load is not None and load > threshold and time.monotonic() < deadline:
