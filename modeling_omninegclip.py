@@ -59,7 +59,8 @@ class OmniNegLossConfig:
     lambda_text: float = 1.0
     margin: float = 0.9
     # Not in the paper: a per-image multiple-choice term (NegBench-style) over the image's own
-    # absence-negated caption (true) against its presence-negated caption (false). 0 = off.
+    # absence-negated caption (true) against its presence-negated caption and, where the data has
+    # one, its absence-affirmed caption (false). 0 = off.
     lambda_choice: float = 0.0
     # Not in the paper: "absence-based negation must keep the match", as a hinge: an image's
     # absence-negated caption may not score below its original caption. 0 = off.
@@ -320,15 +321,25 @@ def choice_loss(
     logit_scale: torch.Tensor,
     rows: slice | None = None,
     world_size: int = 1,
+    affirmed_embeds: torch.Tensor | None = None,
+    option_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Multiple choice per image: its absence-negated caption (true: negates an absent object) must
-    beat its presence-negated caption (false: negates a present one). Rows with both negations."""
+    """Multiple choice per image (NegBench-style): its absence-negated caption (true: negates an
+    absent object) must beat its presence-negated caption (false: negates a present one) and, when
+    given, its absence-affirmed caption (false: the same words with the absent object affirmed).
+
+    mask: (G,) the rows that take part (an absence caption and at least one false option).
+    option_mask: (G, 2) which of [presence, affirmed] each row has (default: every one given);
+    a missing option leaves the softmax."""
     rows = _all_rows(image_embeds, rows)
     images = image_embeds[rows]
-    logits = logit_scale * torch.stack(
-        [(images * absence_embeds[rows]).sum(-1), (images * presence_embeds[rows]).sum(-1)], dim=1
-    )
-    per_row = F.cross_entropy(logits.float(), torch.zeros(images.shape[0], dtype=torch.long, device=images.device), reduction="none")
+    options = [absence_embeds, presence_embeds] + ([affirmed_embeds] if affirmed_embeds is not None else [])
+    logits = logit_scale * torch.stack([(images * option[rows]).sum(-1) for option in options], dim=1)
+    present = torch.ones_like(logits, dtype=torch.bool)
+    if option_mask is not None:
+        present[:, 1:] = option_mask[rows][:, : len(options) - 1]
+    logits = logits.float().masked_fill(~present, -1e4)
+    per_row = F.cross_entropy(logits, torch.zeros(images.shape[0], dtype=torch.long, device=images.device), reduction="none")
     return _mean_over(per_row, mask[rows], mask, world_size)
 
 
@@ -379,6 +390,7 @@ class OmniNegCLIPOutput(ModelOutput):
     image_embeds: torch.Tensor | None = None
     presence_negated_embeds: torch.Tensor | None = None
     absence_negated_embeds: torch.Tensor | None = None
+    absence_affirmed_embeds: torch.Tensor | None = None
 
 
 LOSS_TERM_NAMES = tuple(name for name in OmniNegCLIPOutput.__dataclass_fields__ if name.startswith("loss_"))
@@ -456,6 +468,9 @@ class OmniNegCLIPModel(CLIPModel):
         absence_negated_input_ids: torch.LongTensor | None = None,
         absence_negated_attention_mask: torch.Tensor | None = None,
         absence_mask: torch.Tensor | None = None,
+        absence_affirmed_input_ids: torch.LongTensor | None = None,
+        absence_affirmed_attention_mask: torch.Tensor | None = None,
+        absence_affirmed_mask: torch.Tensor | None = None,
         image_embeds: torch.Tensor | None = None,
         return_loss: bool | None = None,
     ) -> OmniNegCLIPOutput:
@@ -465,6 +480,8 @@ class OmniNegCLIPModel(CLIPModel):
         (precomputed projected image embeddings: the fast path when the image tower is frozen).
         presence_negated_* / absence_negated_*: (B, L) token ids for every row, with a (B,) bool
         mask saying which rows carry that negation; rows whose mask is off are never encoded.
+        absence_affirmed_*: the absence-negated caption with its object affirmed instead (false for
+        the image), likewise masked; only the optional choice term uses it.
         Without negations the loss is CLIP's symmetric InfoNCE."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -477,6 +494,7 @@ class OmniNegCLIPModel(CLIPModel):
         for kind, ids, mask_ids, rows in (
             ("presence", presence_negated_input_ids, presence_negated_attention_mask, presence_mask),
             ("absence", absence_negated_input_ids, absence_negated_attention_mask, absence_mask),
+            ("affirmed", absence_affirmed_input_ids, absence_affirmed_attention_mask, absence_affirmed_mask),
         ):
             if ids is None:
                 continue
@@ -503,6 +521,7 @@ class OmniNegCLIPModel(CLIPModel):
             image_embeds=image_embeds,
             presence_negated_embeds=negated.get("presence", (None,))[0],
             absence_negated_embeds=negated.get("absence", (None,))[0],
+            absence_affirmed_embeds=negated.get("affirmed", (None,))[0],
         )
         if return_loss is False:
             return output
@@ -515,16 +534,18 @@ class OmniNegCLIPModel(CLIPModel):
         none = image_embeds.new_zeros(batch, dtype=torch.bool)
         presence, presence_rows = negated.get("presence", (torch.zeros_like(text_embeds), none))
         absence, absence_rows = negated.get("absence", (torch.zeros_like(text_embeds), none))
+        affirmed, affirmed_rows = negated.get("affirmed", (torch.zeros_like(text_embeds), none))
 
         # One gather for everything: columns stay aligned row for row across processes.
         local = torch.cat(
-            [image_embeds, text_embeds, presence, absence, presence_rows[:, None].float(), absence_rows[:, None].float()], dim=1
+            [image_embeds, text_embeds, presence, absence, affirmed]
+            + [flags[:, None].float() for flags in (presence_rows, absence_rows, affirmed_rows)],
+            dim=1,
         )
         gathered, rows, world_size = gather_rows(local)
         dim = image_embeds.shape[1]
-        g_image, g_text, g_presence, g_absence = gathered[:, :dim * 4].split(dim, dim=1)
-        g_presence_rows = gathered[:, 4 * dim] > 0.5
-        g_absence_rows = gathered[:, 4 * dim + 1] > 0.5
+        g_image, g_text, g_presence, g_absence, g_affirmed = gathered[:, : dim * 5].split(dim, dim=1)
+        g_presence_rows, g_absence_rows, g_affirmed_rows = (gathered[:, 5 * dim :] > 0.5).unbind(dim=1)
         common = dict(rows=rows, world_size=world_size)
         zero = logit_scale.new_zeros(())
 
@@ -537,10 +558,15 @@ class OmniNegCLIPModel(CLIPModel):
             g_image, g_text, g_absence, g_absence_rows, logit_scale,
             lambda_orig=cfg.lambda_orig, lambda_text=cfg.lambda_text, margin=cfg.margin, **common,
         )
-        both = g_presence_rows & g_absence_rows
-        terms["loss_choice"] = (
-            choice_loss(g_image, g_absence, g_presence, both, logit_scale, **common) if cfg.lambda_choice > 0 else zero
-        )
+        if cfg.lambda_choice > 0:
+            # Rows without an affirmed caption (or data without any) keep the two-way choice.
+            options = torch.stack([g_presence_rows, g_affirmed_rows], dim=1)
+            chooses = g_absence_rows & options.any(dim=1)
+            terms["loss_choice"] = choice_loss(
+                g_image, g_absence, g_presence, chooses, logit_scale, **common, affirmed_embeds=g_affirmed, option_mask=options
+            )
+        else:
+            terms["loss_choice"] = zero
         terms["loss_keep"] = (
             keep_match_loss(g_image, g_text, g_absence, g_absence_rows, logit_scale, **common) if cfg.lambda_keep > 0 else zero
         )

@@ -161,6 +161,11 @@ class DataArguments:
         default="absence_negated",
         metadata={"help": "Column with absence-negated captions (negate a plausible object NOT in the image); 'none' for no such column."},
     )
+    absence_affirmed_column: str = field(
+        default="none",
+        metadata={"help": "Column with absence-affirmed captions (the absence-negated caption with its object affirmed: false "
+                          "for the image), a third option of the --lambda_choice term; 'none' (default) for two options."},
+    )
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep the first N training rows (debugging)."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Keep the first N evaluation rows."})
     max_caption_length: int = field(default=77, metadata={"help": "Token limit per caption; longer ones are truncated and counted."})
@@ -186,7 +191,9 @@ class DataArguments:
         return [self.dataset_name] + ([self.mix_dataset_name] if self.mix_dataset_name else [])
 
     def columns(self) -> CaptionColumns:
-        return CaptionColumns.from_flags(self.image_column, self.caption_column, self.presence_column, self.absence_column)
+        return CaptionColumns.from_flags(
+            self.image_column, self.caption_column, self.presence_column, self.absence_column, self.absence_affirmed_column
+        )
 
 
 @dataclass
@@ -606,6 +613,8 @@ def prepare_splits(args: Arguments, processor: CLIPProcessor, model: OmniNegCLIP
     and returns the reports behind it."""
     data_args, training_args = args.data, args.training
     columns = data_args.columns()
+    if columns.affirmed and args.omni.lambda_choice == 0:
+        logger.warning("--absence_affirmed_column %r is only read by the choice term, which is off (--lambda_choice 0)", columns.affirmed)
     splits = {"train": data_args.train_split}
     if training_args.eval_strategy != "no" and data_args.eval_split and data_args.eval_split.lower() != "none":
         splits["eval"] = data_args.eval_split

@@ -6,7 +6,7 @@ Public surface: `CaptionColumns`, `load_any_dataset`, `prepare_dataset`, `Source
 
 A prepared dataset has, per row: `row_id` (its index), `source_index` (which of the given datasets
 the row came from), `source_row` (its row there), `input_ids`, `presence_negated_input_ids`,
-`absence_negated_input_ids` (empty list where the row has no such negation) and either the image
+`absence_negated_input_ids`, `absence_affirmed_input_ids` (empty list where the row has none) and either the image
 column or, once cached, `image_embeds`.
 
 Bad input never stops training midway and is never dropped silently. Before anything trains,
@@ -39,7 +39,12 @@ from omninegclip.safe_load import UnreadableImage, open_rgb_image
 logger = logging.getLogger(__name__)
 
 DATA_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".arrow": "arrow"}
-NEGATION_FIELDS = (("presence", "presence_negated_input_ids"), ("absence", "absence_negated_input_ids"))
+# (CaptionColumns field, prepared column, the forward's argument prefix, the forward's row-mask argument)
+NEGATION_FIELDS = (
+    ("presence", "presence_negated_input_ids", "presence_negated", "presence_mask"),
+    ("absence", "absence_negated_input_ids", "absence_negated", "absence_mask"),
+    ("affirmed", "absence_affirmed_input_ids", "absence_affirmed", "absence_affirmed_mask"),
+)
 SOURCE_COLUMN = "source_index"
 SOURCE_ROW_COLUMN = "source_row"
 EXAMPLES_PER_REASON = 3  # example rows named per skip reason
@@ -52,11 +57,13 @@ class CaptionColumns:
     caption: str
     presence: str | None
     absence: str | None
+    affirmed: str | None = None
 
     @classmethod
-    def from_flags(cls, image: str, caption: str, presence: str | None, absence: str | None) -> "CaptionColumns":
+    def from_flags(cls, image: str, caption: str, presence: str | None, absence: str | None,
+                   affirmed: str | None = None) -> "CaptionColumns":
         off = lambda name: None if name is None or name.strip().lower() in ("", "none") else name  # noqa: E731
-        return cls(image, caption, off(presence), off(absence))
+        return cls(image, caption, off(presence), off(absence), off(affirmed))
 
     def flags(self) -> dict[str, str]:
         """Column name -> the flag that named it, for error messages."""
@@ -65,6 +72,7 @@ class CaptionColumns:
             self.caption: "--caption_column",
             self.presence: "--presence_column",
             self.absence: "--absence_column",
+            self.affirmed: "--absence_affirmed_column",
         }
         return {column: flag for column, flag in named.items() if column is not None}
 
@@ -147,6 +155,7 @@ class SourceReport:
     truncated_captions: int = 0
     with_presence: int = 0
     with_absence: int = 0
+    with_affirmed: int = 0
 
     def skip(self, reason: str, row: int, detail: str = "") -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
@@ -165,7 +174,8 @@ class SourceReport:
 
     def describe(self) -> str:
         parts = [f"{self.split} {self.name!r}: kept {self.kept} of {self.rows} rows "
-                 f"(with presence negation {self.with_presence}, with absence negation {self.with_absence})"]
+                 f"(with presence negation {self.with_presence}, with absence negation {self.with_absence}"
+                 + (f", with absence-affirmed caption {self.with_affirmed}" if self.with_affirmed else "") + ")"]
         if self.skipped:
             parts.append(self.describe_skips())
         return ", ".join(parts)
@@ -197,7 +207,7 @@ def _validate(dataset: datasets.Dataset, name: str, columns: CaptionColumns) -> 
     for column, flag in columns.flags().items():
         if column not in found:
             raise UserError(f"dataset {name!r} has no column {column!r} (set by {flag}); its columns are {found}")
-    texts = {column: dataset[column] for column in (columns.caption, columns.presence, columns.absence) if column}
+    texts = {column: dataset[column] for column in (columns.caption, columns.presence, columns.absence, columns.affirmed) if column}
     for column, values in texts.items():
         for row, value in enumerate(values):
             if value is not None and not isinstance(value, str):
@@ -297,13 +307,14 @@ def _prepare_source(dataset: datasets.Dataset, name: str, columns: CaptionColumn
         dataset = dataset.select(keep)
         texts = {column: [values[row] for row in keep] for column, values in texts.items()}
     new_columns = {}
-    for column, field_name in [(columns.caption, "input_ids")] + [(getattr(columns, kind), field_name) for kind, field_name in NEGATION_FIELDS]:
+    for column, field_name in [(columns.caption, "input_ids")] + [(getattr(columns, kind), field_name) for kind, field_name, _, _ in NEGATION_FIELDS]:
         values = texts[column] if column else [None] * len(dataset)
         new_columns[field_name], cut = _tokenize(values, tokenizer, max_length)
         report.truncated_captions += cut
     report.kept = len(dataset)
     report.with_presence = sum(bool(ids) for ids in new_columns["presence_negated_input_ids"])
     report.with_absence = sum(bool(ids) for ids in new_columns["absence_negated_input_ids"])
+    report.with_affirmed = sum(bool(ids) for ids in new_columns["absence_affirmed_input_ids"])
     dataset = dataset.select_columns([columns.image])
     for field_name, values in new_columns.items():
         dataset = dataset.add_column(field_name, values)
@@ -400,12 +411,12 @@ class OmniNegCollator:
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         batch = {"row_ids": torch.tensor([row["row_id"] for row in rows])}
         batch["input_ids"], batch["attention_mask"] = self._pad([row["input_ids"] for row in rows])
-        for kind, field in NEGATION_FIELDS:
+        for _, field, prefix, mask_name in NEGATION_FIELDS:
             has = torch.tensor([bool(row[field]) for row in rows])
             if has.any():
                 ids, mask = self._pad([row[field] for row in rows])
-                batch[f"{kind}_negated_input_ids"], batch[f"{kind}_negated_attention_mask"] = ids, mask
-                batch[f"{kind}_mask"] = has
+                batch[f"{prefix}_input_ids"], batch[f"{prefix}_attention_mask"] = ids, mask
+                batch[mask_name] = has
         if "image_embeds" in rows[0]:
             batch["image_embeds"] = torch.tensor(np.array([row["image_embeds"] for row in rows], dtype=np.float32))
         else:

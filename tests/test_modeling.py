@@ -105,6 +105,25 @@ def test_a_harder_negative_gives_a_larger_loss():
     assert choice_loss(image, easy, hard, mask, S) > choice_loss(image, hard, easy, mask, S)
 
 
+def test_choice_loss_three_way_by_hand_and_a_missing_option_leaves_the_softmax():
+    image = torch.tensor([[1.0, 0.0]])
+    absence = torch.tensor([[0.6, 0.8]])  # cos 0.6 (the true option)
+    presence = torch.tensor([[0.8, 0.6]])  # cos 0.8
+    affirmed = torch.tensor([[0.0, 1.0]])  # cos 0.0
+    logits = S * torch.tensor([0.6, 0.8, 0.0])
+    by_hand = -(logits[0] - torch.logsumexp(logits, 0))
+    got = choice_loss(image, absence, presence, on(1), S, affirmed_embeds=affirmed)
+    assert got.item() == pytest.approx(by_hand.item(), rel=1e-5)
+    # Without its affirmed caption the row is the two-way choice; without both options it drops out.
+    two_way = choice_loss(image, absence, presence, on(1), S)
+    masked = choice_loss(image, absence, presence, on(1), S, affirmed_embeds=affirmed, option_mask=torch.tensor([[True, False]]))
+    assert masked.item() == pytest.approx(two_way.item(), rel=1e-4)
+    assert two_way.item() < got.item()  # a third wrong option can only add to the loss
+    only_affirmed = choice_loss(image, absence, presence, on(1), S, affirmed_embeds=affirmed, option_mask=torch.tensor([[False, True]]))
+    by_hand = -(logits[0] - torch.logsumexp(logits[[0, 2]], 0))
+    assert only_affirmed.item() == pytest.approx(by_hand.item(), rel=1e-4)
+
+
 def test_hinge_is_zero_below_minus_margin_and_linear_above():
     text = F.normalize(torch.tensor([[1.0, 0.0], [1.0, 0.0]]), dim=-1)
     opposite = -text  # cos = -1 < -0.9
@@ -210,6 +229,35 @@ def test_forward_with_negations_matches_the_pure_functions(tokenizer):
     assert out.loss.item() == pytest.approx(total.item(), rel=1e-4)
     # Rows without a negation have a zero embedding in the output, never an encoded empty caption.
     assert torch.all(out.presence_negated_embeds[1] == 0) and torch.all(out.absence_negated_embeds[2] == 0)
+
+
+def test_forward_with_absence_affirmed_captions_takes_the_three_way_choice(tokenizer):
+    torch.manual_seed(0)
+    model = OmniNegCLIPModel(tiny_clip_config(), OmniNegLossConfig(lambda_choice=1.0)).eval()
+    encode = lambda texts: batch(tokenizer, texts)  # noqa: E731
+    ids, mask = encode(["a red circle and a star", "a blue square", "a heart and a ring"])
+    p_ids, p_mask = encode(["a red circle and no star", "", "a heart and no ring"])
+    a_ids, a_mask = encode(["a red circle and a star, with no moon", "a blue square but no cross", "a heart and a ring and no star"])
+    f_ids, f_mask = encode(["a red circle and a star, with a moon", "a blue square but also a cross", ""])
+    rows = dict(presence=on(1, 0, 1), absence=on(1, 1, 1), affirmed=on(1, 1, 0))
+    pixels = torch.randn(3, 3, 30, 30)
+    out = model(
+        input_ids=ids, attention_mask=mask, pixel_values=pixels,
+        presence_negated_input_ids=p_ids, presence_negated_attention_mask=p_mask, presence_mask=rows["presence"],
+        absence_negated_input_ids=a_ids, absence_negated_attention_mask=a_mask, absence_mask=rows["absence"],
+        absence_affirmed_input_ids=f_ids, absence_affirmed_attention_mask=f_mask, absence_affirmed_mask=rows["affirmed"],
+    )
+    features = lambda i, m: F.normalize(model.get_text_features(input_ids=i, attention_mask=m).pooler_output, dim=-1)  # noqa: E731
+    image = F.normalize(model.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
+    absence, presence, affirmed = features(a_ids, a_mask), features(p_ids, p_mask), features(f_ids, f_mask)
+    s = model.logit_scale.exp()
+    # Row 0: three options; row 1: absence vs affirmed; row 2: absence vs presence.
+    expected = []
+    for row, wrong in ((0, [presence, affirmed]), (1, [affirmed]), (2, [presence])):
+        logits = s * torch.stack([image[row] @ absence[row]] + [image[row] @ option[row] for option in wrong])
+        expected.append(-(logits[0] - torch.logsumexp(logits, 0)))
+    assert out.loss_choice.item() == pytest.approx(torch.stack(expected).mean().item(), rel=1e-4)
+    assert torch.all(out.absence_affirmed_embeds[2] == 0)
 
 
 def test_precomputed_image_embeddings_match_pixels(tokenizer):

@@ -290,6 +290,31 @@ def test_mixed_datasets_give_half_presence_half_absence_batches(tmp_path, proces
     assert seen != first_order  # reshuffled per epoch
 
 
+def test_absence_affirmed_column_is_the_choice_terms_third_option(tmp_path, processor, monkeypatch, capsys):
+    model_dir = save_tiny_clip(tmp_path / "clip", processor)
+    rows = color_rows(8, presence=2, absence=True)
+    for row in rows[:6]:  # the last two rows have no twin: their choice keeps two options (or none)
+        row["absence_affirmed"] = row["absence_negated"].replace(" with no ", " with a ")
+    for row in rows[6:]:
+        row["absence_affirmed"] = None
+    data = tmp_path / "data"
+    datasets.Dataset.from_list(rows).cast_column("image", datasets.Image()).save_to_disk(str(data))
+    trainers = capture_trainers(monkeypatch)
+    flags = train_flags(model_dir, data, tmp_path / "out", max_steps=1, lambda_choice=1.0, absence_affirmed_column="absence_affirmed")
+    train.main(flags)
+    batch = next(iter(trainers[0].get_train_dataloader()))
+    assert batch["absence_affirmed_mask"].sum() == 6 and batch["absence_affirmed_input_ids"].shape[0] == 8
+    model = trainers[0].model
+    with torch.no_grad():
+        with_twin = model(**{k: v for k, v in batch.items() if k != "row_ids"}).loss_choice
+        without = model(**{k: v for k, v in batch.items() if k != "row_ids" and not k.startswith("absence_affirmed")}).loss_choice
+    assert with_twin > without  # more wrong options can only raise each row's choice loss
+    # Named by its flag when the data lacks it.
+    message = _error_of(train_flags(model_dir, save_dataset(tmp_path / "plain", color_rows(4)), tmp_path / "out2",
+                                    absence_affirmed_column="absence_affirmed"), capsys)
+    assert "'absence_affirmed'" in message and "--absence_affirmed_column" in message
+
+
 # ---- bad input: one paragraph naming what is wrong, exit status 2, no traceback -------------------
 
 
