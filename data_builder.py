@@ -59,7 +59,9 @@ from tqdm.auto import tqdm
 from omninegclip.cards import render_dataset_card
 from omninegclip.cli import UserError, run_cli
 from omninegclip.provenance import provenance
-from omninegclip.rewrite import LLMRewriter, Rewrite, absence_negate, absence_problem, presence_negate, presence_problem
+from omninegclip.rewrite import (
+    LLMRewriter, Rewrite, absence_affirm, absence_negate, absence_problem, presence_negate, presence_problem,
+)
 from omninegclip.sources import (
     DOWNLOAD_TIMEOUT,
     MAX_IMAGE_BYTES,
@@ -77,7 +79,7 @@ from omninegclip.sources import (
 from omninegclip.vocabulary import CooccurrenceStats, detect_objects, find_mentions
 
 CONTRACT_COLUMNS = (
-    "image", "caption", "presence_negated", "absence_negated", "present_objects", "negated_object",
+    "image", "caption", "presence_negated", "absence_negated", "absence_affirmed", "present_objects", "negated_object",
     "absent_object", "presence_rewrite", "absence_rewrite", "source", "image_id",
 )
 GATE_COLUMNS = ("caption", "presence_negated", "absence_negated", "present_objects", "negated_object", "absent_object")
@@ -85,7 +87,7 @@ SUMMARY_FILE = "build_summary.json"
 CARD_FILE = "README.md"
 MAX_NAMED_FILES = 50  # skipped image files named in the summary, per reason
 CLIP_CONTEXT_LENGTH = 77  # tokens CLIP's text encoder reads, start and end tokens included; the rest is cut off
-TEXT_COLUMNS = ("caption", "presence_negated", "absence_negated")
+TEXT_COLUMNS = ("caption", "presence_negated", "absence_negated", "absence_affirmed")
 DEFAULT_MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS  # PIL's own decompression-bomb threshold (about 89 million)
 DEFAULT_LICENSES = {"coco": "cc-by-4.0"}
 _RULES = (
@@ -121,7 +123,7 @@ def contract_features() -> datasets.Features:
     text = datasets.Value("string")
     return datasets.Features({
         "image": datasets.Image(), "caption": text, "presence_negated": text, "absence_negated": text,
-        "present_objects": datasets.List(text), "negated_object": text, "absent_object": text,
+        "absence_affirmed": text, "present_objects": datasets.List(text), "negated_object": text, "absent_object": text,
         "presence_rewrite": text, "absence_rewrite": text, "source": text, "image_id": text,
         "source_index": datasets.Value("int64"),
     })
@@ -318,6 +320,13 @@ def _negations(item: SourceItem, source: Source, stats: CooccurrenceStats, optio
         found = _negation(kind, item, source, stats, options, report, rng, window)
         row.update({text_column: found[0].text, object_column: found[1], rewrite_column: found[0].name} if found else
                    {text_column: None, object_column: None, rewrite_column: None})
+    row["absence_affirmed"] = None
+    if row["absent_object"] is not None:
+        twin = absence_affirm(item.caption, row["absent_object"])
+        if window.visible(twin) == twin:
+            row["absence_affirmed"] = twin
+        else:  # the affirmed object would fall beyond what the text encoder reads
+            report.skips["absence_affirmed:beyond_context"] += 1
     return row
 
 

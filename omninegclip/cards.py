@@ -19,6 +19,7 @@ _DATASET_COLUMNS = {
     "caption": "the original caption",
     "presence_negated": "the caption with an object that IS in the image negated (false for the image); empty when none",
     "absence_negated": "the caption plus a negated plausible object that is NOT in the image (still true); empty when none",
+    "absence_affirmed": "the caption with `absent_object` affirmed instead (false for the image): the wrong option of the optional choice term; empty when none",
     "present_objects": "objects known to be in the image",
     "negated_object": "the object `presence_negated` negates (one of `present_objects`)",
     "absent_object": "the object `absence_negated` negates (not in `present_objects`)",

@@ -17,6 +17,8 @@ Public surface:
   an absent object the caption already asserts, ...). Every returned text names the object under a
   negation cue, and differs from the caption; any unicode string is accepted. `keep(text)`, when
   given, must also accept the text (the builder passes "the text encoder still sees the negation");
+- `absence_affirm(caption, absent_obj) -> str`: the false twin of an absence negation, the caption
+  with the absent object affirmed ("a dog on a couch" -> "a dog on a couch, with a cat");
 - `PRESENCE_TEMPLATES`, `ABSENCE_TEMPLATES`: the template names;
 - `presence_problem(caption, text, obj, present_objects)` / `absence_problem(...)`: the quality gate
   for one row, None when the negation is good, else the reason ("object_not_mentioned", ...); with
@@ -261,6 +263,14 @@ def absence_negate(caption: str, absent_obj: str, rng: random.Random, keep: Call
         if text and text != caption.strip() and _absence_strictly_negated(text, absent_obj) and (keep is None or keep(text)):
             return Rewrite(text, name)
     return None
+
+
+def absence_affirm(caption: str, absent_obj: str) -> str:
+    """The caption with `absent_obj` affirmed: false for the image, the wrong option beside the
+    absence negation in a multiple-choice term (a bag of words cannot tell the two apart)."""
+    forms = noun_forms(absent_obj)
+    thing = f"{_article(forms.singular)} {forms.singular}" if forms.countable else f"some {forms.singular}"
+    return f"{_clean(caption)}, with {thing}"
 
 
 def _absence_strictly_negated(text: str, obj: str) -> bool:

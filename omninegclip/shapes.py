@@ -23,7 +23,7 @@ Public surface
 - captions: `Mention`, `Caption`, `choose_mentions(objects, rng)`, `full_mentions(objects)`,
   `affirmative_caption(mentions, template_set, rng)`, `negated_caption(mentions, negated_kind,
   template_set, rng)`, `presence_negated_caption(affirmative, present_kind, rng)`,
-  `absence_negated_caption(affirmative, absent_kind, rng)`, `pretrain_caption(objects, rng)`;
+  `absence_negated_caption(affirmative, absent_kind, rng)`, `affirmed_twin(negated)`, `pretrain_caption(objects, rng)`;
   `Caption.holds_for(objects)` says whether a caption is true of a scene;
 - the dataset: `build_world(num_train, num_validation, num_test, seed, image_size, progress)`,
   `world_row(split, index, seed, image_size)` (one row), `WORLD_FEATURES` (its columns).
@@ -330,29 +330,42 @@ AFFIRMATIVE_FRAMES: dict[str, tuple[str, ...]] = {
 class NegationTemplate:
     """How to negate an object after (or around) the affirmed mentions. Placeholders: {frame},
     {mentions} ("a red circle and a star"), {kind} ("heart"), {a_kind} ("a heart").
-    `alone` is the form when nothing else is mentioned (None: the template needs mentions)."""
+    `alone` is the form when nothing else is mentioned (None: the template needs mentions).
+    `affirmed` / `affirmed_alone`: the same words with the object affirmed instead ("… and no heart"
+    -> "… and a heart"), the false twin of an absence negation (`affirmed_twin`)."""
 
     name: str
     with_mentions: str
     alone: str | None
+    affirmed: str
+    affirmed_alone: str | None
 
 
 NEGATION_TEMPLATES: dict[str, dict[str, NegationTemplate]] = {
     "train": {template.name: template for template in (
-        NegationTemplate("and_no", "{frame}{mentions} and no {kind}", "no {kind}"),
-        NegationTemplate("with_no", "{frame}{mentions}, with no {kind}", "a picture with no {kind}"),
-        NegationTemplate("but_no", "{frame}{mentions} but no {kind}", None),
-        NegationTemplate("without", "{frame}{mentions} without {a_kind}", "a picture without {a_kind}"),
-        NegationTemplate("but_not", "{frame}{mentions}, but not {a_kind}", None),
-        NegationTemplate("there_is_no", "there is no {kind} next to {mentions}", "there is no {kind}"),
+        NegationTemplate("and_no", "{frame}{mentions} and no {kind}", "no {kind}",
+                         "{frame}{mentions} and {a_kind}", "{a_kind}"),
+        NegationTemplate("with_no", "{frame}{mentions}, with no {kind}", "a picture with no {kind}",
+                         "{frame}{mentions}, with {a_kind}", "a picture with {a_kind}"),
+        NegationTemplate("but_no", "{frame}{mentions} but no {kind}", None, "{frame}{mentions} but also {a_kind}", None),
+        NegationTemplate("without", "{frame}{mentions} without {a_kind}", "a picture without {a_kind}",
+                         "{frame}{mentions} with {a_kind}", "a picture with {a_kind}"),
+        NegationTemplate("but_not", "{frame}{mentions}, but not {a_kind}", None, "{frame}{mentions}, and also {a_kind}", None),
+        NegationTemplate("there_is_no", "there is no {kind} next to {mentions}", "there is no {kind}",
+                         "there is {a_kind} next to {mentions}", "there is {a_kind}"),
     )},
     "heldout": {template.name: template for template in (
-        NegationTemplate("lacking", "{frame}{mentions}, lacking {a_kind}", "a scene lacking {a_kind}"),
-        NegationTemplate("free_of", "{frame}{mentions}, free of any {kind}", "a scene free of any {kind}"),
-        NegationTemplate("minus", "{frame}{mentions}, minus any {kind}", None),
-        NegationTemplate("missing", "{frame}{mentions}, with the {kind} missing", "a scene with the {kind} missing"),
-        NegationTemplate("absent", "{frame}{mentions}; {a_kind} is absent", "{a_kind} is absent from this scene"),
-        NegationTemplate("nowhere", "{frame}{mentions}, and nowhere is there {a_kind}", "nowhere is there {a_kind}"),
+        NegationTemplate("lacking", "{frame}{mentions}, lacking {a_kind}", "a scene lacking {a_kind}",
+                         "{frame}{mentions}, including {a_kind}", "a scene including {a_kind}"),
+        NegationTemplate("free_of", "{frame}{mentions}, free of any {kind}", "a scene free of any {kind}",
+                         "{frame}{mentions}, plus {a_kind}", "a scene with {a_kind}"),
+        NegationTemplate("minus", "{frame}{mentions}, minus any {kind}", None, "{frame}{mentions}, plus {a_kind}", None),
+        NegationTemplate("missing", "{frame}{mentions}, with the {kind} missing", "a scene with the {kind} missing",
+                         "{frame}{mentions}, with the {kind} there", "a scene with the {kind} there"),
+        NegationTemplate("absent", "{frame}{mentions}; {a_kind} is absent", "{a_kind} is absent from this scene",
+                         "{frame}{mentions}; {a_kind} is there", "{a_kind} is in this scene"),
+        NegationTemplate("nowhere", "{frame}{mentions}, and nowhere is there {a_kind}", "nowhere is there {a_kind}",
+                         "{frame}{mentions}, and somewhere there is {a_kind}", "somewhere there is {a_kind}"),
     )},
 }
 
@@ -472,6 +485,18 @@ def absence_negated_caption(affirmative: Caption, absent_kind: str, rng: random.
                            frame=affirmative.frame, template=template)
 
 
+def affirmed_twin(negated: Caption) -> Caption:
+    """The same words with the negated object affirmed: "a star, with no heart" -> "a star, with a
+    heart" (true only where the heart is there: the false twin of an absence negation)."""
+    if negated.negated_kind is None or negated.template is None:
+        raise ValueError(f"{negated.text!r} negates nothing: it has no affirmed twin")
+    chosen = NEGATION_TEMPLATES[negated.template_set][negated.template]
+    pattern = chosen.affirmed if negated.mentions else chosen.affirmed_alone
+    text = pattern.format(frame=negated.frame, mentions=_list_phrase(negated.mentions) if negated.mentions else "",
+                          kind=negated.negated_kind, a_kind=_with_article(negated.negated_kind))
+    return Caption(text, (*negated.mentions, Mention(negated.negated_kind)), negated.template_set, negated.frame, None, chosen.name)
+
+
 def pretrain_caption(objects: Sequence[SceneObject], rng: random.Random) -> str:
     """A caption for the plain-CLIP pretraining that stands in for "pretrained CLIP": a mentioned
     subset, and with probability PRETRAIN_NEGATION_RATE a negation clause about a present or an
@@ -499,6 +524,7 @@ WORLD_FEATURES = datasets.Features({
     "caption": datasets.Value("string"),
     "presence_negated": datasets.Value("string"),
     "absence_negated": datasets.Value("string"),
+    "absence_affirmed": datasets.Value("string"),
     "pretrain_caption": datasets.Value("string"),
     "present_objects": datasets.List(datasets.Value("string")),
     "negated_object": datasets.Value("string"),
@@ -546,6 +572,7 @@ def world_row(split: str, index: int, seed: int, image_size: int = 64) -> dict:
         "caption": affirmative.text,
         "presence_negated": presence.text if presence else None,
         "absence_negated": absence.text if absence else None,
+        "absence_affirmed": affirmed_twin(absence).text if absence else None,
         "pretrain_caption": pretrain_caption(objects, rng),
         "present_objects": kinds,
         "negated_object": presence.negated_kind if presence else None,

@@ -148,7 +148,8 @@ class Fixtures:
         path = self.root / name
         if not path.exists():
             rows = [dict(image={"bytes": png_bytes(modes[index % len(modes)]), "path": f"{index}.png"}, caption=caption,
-                         presence_negated="no dog on a couch", absence_negated="a dog on a couch with no cat", present_objects=["dog", "couch"],
+                         presence_negated="no dog on a couch", absence_negated="a dog on a couch with no cat",
+                         absence_affirmed="a dog on a couch, with a cat", present_objects=["dog", "couch"],
                          negated_object="dog", absent_object="cat", presence_rewrite="t", absence_rewrite="t", source="t",
                          image_id=str(index), source_index=index) for index, caption in enumerate(captions)]
             features = features or data_builder.contract_features()

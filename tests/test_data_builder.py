@@ -17,7 +17,7 @@ from PIL import Image
 import data_builder
 from omninegclip.cards import render_dataset_card
 from omninegclip.cli import UserError, run_cli
-from omninegclip.vocabulary import mentions
+from omninegclip.vocabulary import find_mentions, mentions
 
 CATEGORIES = {1: "person", 3: "car", 6: "bus", 17: "cat", 18: "dog", 34: "frisbee", 63: "couch"}
 # image id -> (caption, category ids)
@@ -83,6 +83,10 @@ def test_coco_build_writes_contract_columns_and_valid_negations(tmp_path, coco_a
     for row in by_image.values():
         assert row["negated_object"] in row["present_objects"] and mentions(row["presence_negated"], row["negated_object"])
         assert row["absent_object"] not in row["present_objects"] and mentions(row["absence_negated"], row["absent_object"])
+        # Its false twin affirms the absent object, unnegated, after the whole original caption.
+        affirmed = [m for m in find_mentions(row["absence_affirmed"], [row["absent_object"]])]
+        assert affirmed and not any(m.negated for m in affirmed), row["absence_affirmed"]
+        assert row["absence_affirmed"].startswith(row["caption"].rstrip("."))
         assert row["image"].mode == "RGB" and row["source"] == "coco"
     # Absent objects by co-occurrence (top 1): with {dog, frisbee}, the couch (P=.5 given a dog) ...
     assert by_image["3"]["absent_object"] == "couch"
@@ -240,8 +244,10 @@ def test_quality_gate_counts_failures_by_reason():
     features = data_builder.contract_features()
     row = dict(image=None, caption="a dog on a couch", present_objects=["dog", "couch"], source="t", image_id="1", source_index=0,
                presence_negated="no dog on a couch", negated_object="dog", presence_rewrite="x",
-               absence_negated="a dog on a couch with no cats", absent_object="cat", absence_rewrite="y")
-    bad = dict(row, image_id="2", presence_negated="no cat on a couch", negated_object="cat", absence_negated=None, absent_object=None)
+               absence_negated="a dog on a couch with no cats", absence_affirmed="a dog on a couch, with a cat", absent_object="cat",
+               absence_rewrite="y")
+    bad = dict(row, image_id="2", presence_negated="no cat on a couch", negated_object="cat", absence_negated=None,
+               absence_affirmed=None, absent_object=None)
     worse = dict(row, image_id="3", absence_negated="a dog on a couch with no sofa", absent_object="couch")
     gate = data_builder.quality_gate(datasets.DatasetDict(train=datasets.Dataset.from_list([row, bad], features=features),
                                                           test=datasets.Dataset.from_list([worse], features=features)))
@@ -276,7 +282,8 @@ def test_shapes_subcommand_writes_the_world_through_the_same_writer(tmp_path, mo
         features = data_builder.contract_features()
         row = dict(image={"bytes": _png_bytes(image_size), "path": None}, caption="a red circle", present_objects=["circle"], source="shapes",
                    image_id="0", source_index=0, presence_negated="no red circle", negated_object="circle", presence_rewrite="world",
-                   absence_negated="a red circle and no square", absent_object="square", absence_rewrite="world")
+                   absence_negated="a red circle and no square", absence_affirmed="a red circle and a square", absent_object="square",
+                   absence_rewrite="world")
         return datasets.DatasetDict({split: datasets.Dataset.from_list([dict(row, image_id=f"{split}{i}") for i in range(count)], features=features)
                                      for split, count in (("train", num_train), ("validation", num_validation), ("test", num_test))})
 

@@ -156,3 +156,14 @@ def test_llm_rewriter_loads_a_local_text_generation_model(tmp_path):
     rewriter = LLMRewriter.from_pretrained(str(tmp_path), max_new_tokens=4)
     assert rewriter.name == f"llm:{tmp_path}" and isinstance(rewriter.generate("Caption: a dog\nNew caption:"), str)
     assert rewriter.absence("a dog on a couch", "cat", ["dog", "couch"]) is None
+
+
+def test_absence_affirm_affirms_the_absent_object_after_the_whole_caption():
+    from omninegclip.rewrite import absence_affirm
+    from omninegclip.vocabulary import find_mentions
+
+    assert absence_affirm("A dog sleeping on a couch.", "cat") == "A dog sleeping on a couch, with a cat"
+    assert absence_affirm("  a man  on a bench ", "umbrella") == "a man on a bench, with an umbrella"
+    twin = absence_affirm("A plate of food.", "broccoli")
+    assert twin.startswith("A plate of food, with") and not any(m.negated for m in find_mentions(twin, ["broccoli"]))
+    assert find_mentions(twin, ["broccoli"])

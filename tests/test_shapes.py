@@ -25,6 +25,7 @@ from omninegclip.shapes import (
     Mention,
     SceneObject,
     add_object,
+    affirmed_twin,
     build_world,
     decode_scene,
     negated_caption,
@@ -34,7 +35,7 @@ from omninegclip.shapes import (
     sample_scene,
 )
 
-COLUMNS = ["image", "caption", "presence_negated", "absence_negated", "pretrain_caption", "present_objects",
+COLUMNS = ["image", "caption", "presence_negated", "absence_negated", "absence_affirmed", "pretrain_caption", "present_objects",
            "negated_object", "absent_object", "presence_rewrite", "absence_rewrite", "scene", "source", "image_id"]
 # Words and phrases of the held-out templates, written out here rather than read from the module.
 HELDOUT_MARKERS = ["lacking", "free of", "minus", "missing", "absent", "nowhere", "this scene contains", "we can see",
@@ -167,6 +168,24 @@ def test_every_template_tokenises_under_77_tokens(tokenizer):
                     assert len(tokenizer(text)["input_ids"]) < 77, text
 
 
+def test_affirmed_twin_of_every_template_affirms_what_the_negation_denied():
+    scene = [SceneObject("circle", "red", 0.3, 0.3, 0.3), SceneObject("star", "blue", 0.7, 0.7, 0.3)]
+    with_heart = [*scene, SceneObject("heart", "green", 0.3, 0.7, 0.3)]
+    rng = random.Random(0)
+    for template_set, templates in NEGATION_TEMPLATES.items():
+        for name, template in templates.items():
+            for mentions in ([Mention("circle", "red"), Mention("star")], []) if template.alone else ([Mention("star")],):
+                negated = negated_caption(mentions, "heart", template_set, rng, template=name)
+                twin = affirmed_twin(negated)
+                assert twin.text != negated.text and "heart" in words(twin.text), (name, twin.text)
+                assert not {"no", "not", "without", "lacking", "free", "minus", "missing", "absent", "nowhere"} & set(words(twin.text))
+                # The negation is true of the scene without a heart, its twin only of the one with it.
+                assert negated.holds_for(scene) and not twin.holds_for(scene)
+                assert twin.holds_for(with_heart) and not negated.holds_for(with_heart)
+    with pytest.raises(ValueError, match="negates nothing"):
+        affirmed_twin(shapes.affirmative_caption([Mention("star")], "train", rng))
+
+
 def test_negated_caption_refuses_to_affirm_and_negate_one_object():
     with pytest.raises(ValueError, match="both affirm and negate"):
         negated_caption([Mention("star")], "star", "train", random.Random(0))
@@ -257,7 +276,12 @@ def test_negation_columns_agree_with_the_scene(world):
                 assert row["negated_object"] in kinds and row["negated_object"] in caption_words
                 assert row["presence_rewrite"] in NEGATION_TEMPLATES["train"]
                 assert TRAIN_NEGATION_WORDS & set(words(row["presence_negated"]))
+            assert (row["absence_affirmed"] is None) == (row["absence_negated"] is None)
             if row["absence_negated"] is not None:
+                # The false twin: the same words, the absent object affirmed, no negation word left.
+                affirmed = words(row["absence_affirmed"])
+                assert row["absent_object"] in affirmed and not TRAIN_NEGATION_WORDS & set(affirmed)
+                assert set(words(row["absence_negated"])) - TRAIN_NEGATION_WORDS - {"a", "an", "but"} <= set(affirmed)
                 assert row["absent_object"] in words(row["absence_negated"])
                 assert row["absent_object"] not in kinds
                 assert row["absence_rewrite"] in NEGATION_TEMPLATES["train"]
