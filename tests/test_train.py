@@ -150,6 +150,26 @@ def test_checkpoint_is_plain_clip_and_reproduces_the_trained_model(workspace, tm
     assert "the image tower is the base model's" in card.text
 
 
+# ---- memory and precision options ------------------------------------------------------------------
+
+
+def test_gradient_checkpointing_gives_the_same_weights_and_bf16_trains(workspace, tmp_path, monkeypatch):
+    _, model_dir, data = workspace
+    plain, checkpointed, bf16 = (tmp_path / name for name in ("plain", "checkpointed", "bf16"))
+    train.main(train_flags(model_dir, data, plain, max_steps=2, learning_rate=1e-2))
+    trainers = capture_trainers(monkeypatch)
+    train.main(train_flags(model_dir, data, checkpointed, max_steps=2, learning_rate=1e-2, activation_checkpointing="true"))
+    assert trainers[0].model.text_model.encoder.gradient_checkpointing  # the option reached the text blocks
+    for name, tensor in weights(plain).items():  # recomputing activations changes nothing but memory
+        torch.testing.assert_close(weights(checkpointed)[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+    train.main(train_flags(model_dir, data, bf16, max_steps=2, learning_rate=1e-2, bf16="true", use_cpu="true"))
+    trained, before = weights(bf16), weights(model_dir)
+    assert all(torch.isfinite(tensor).all() for tensor in trained.values())
+    assert trained["text_model.encoder.layers.0.mlp.fc1.weight"].dtype == torch.float32  # autocast: parameters stay fp32
+    changed = {name for name in trained if not torch.equal(trained[name], before[name])}
+    assert "text_model.encoder.layers.0.mlp.fc1.weight" in changed and not any(name.startswith("vision_model.") for name in changed)
+
+
 # ---- learning ----------------------------------------------------------------------------------------
 
 
