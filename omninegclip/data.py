@@ -411,10 +411,10 @@ class OmniNegCollator:
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         batch = {"row_ids": torch.tensor([row["row_id"] for row in rows])}
         batch["input_ids"], batch["attention_mask"] = self._pad([row["input_ids"] for row in rows])
-        for _, field, prefix, mask_name in NEGATION_FIELDS:
-            has = torch.tensor([bool(row[field]) for row in rows])
+        for _, field, prefix, mask_name in NEGATION_FIELDS:  # a row without the field has no such caption
+            has = torch.tensor([bool(row.get(field)) for row in rows])
             if has.any():
-                ids, mask = self._pad([row[field] for row in rows])
+                ids, mask = self._pad([row.get(field) or [] for row in rows])
                 batch[f"{prefix}_input_ids"], batch[f"{prefix}_attention_mask"] = ids, mask
                 batch[mask_name] = has
         if "image_embeds" in rows[0]:

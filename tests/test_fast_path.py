@@ -64,6 +64,7 @@ def fast_and_plain_batches(model, processor):
     ]
     fast = OmniNegCollator(image_processor, COLUMNS, pad_token_id=tokenizer.pad_token_id)(rows)
     fast.pop("row_ids")
+    assert not any(key.startswith("absence_affirmed") for key in fast)  # rows without the field have no twin
     plain = {"pixel_values": image_processor(images=pictures, return_tensors="pt")["pixel_values"]}
     for index, kind in enumerate(("original", "presence", "absence")):
         encoded = tokenizer([row[index] for row in CAPTIONS], padding="max_length", max_length=77, return_tensors="pt")
