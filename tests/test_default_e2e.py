@@ -1,7 +1,10 @@
-"""The built-in default end to end, at a reduced scale (6,000 training scenes instead of 16,000, the
-same epochs, so fewer steps): world -> pretraining -> both recipes through train.py -> side-by-side
-evaluation -> Hub-ready folders whose widget examples get the negation-aware answer. Marked slow
-(about five minutes on two CPU cores). Deterministic: fixed seeds, CPU."""
+"""The built-in default end to end, at its own scale but with the `omni-choice` recipe only (the
+faithful fine-tune is skipped to save three minutes): world -> pretraining -> Omni-NegCLIP through
+train.py -> side-by-side evaluation -> a Hub-ready folder whose widget examples, run through
+`pipeline("zero-shot-image-classification")`, get the negation-aware answer. Marked slow (about
+eight minutes on two CPU cores). Deterministic: fixed seeds, CPU. At a reduced scale (6,000 scenes)
+omni-choice got the which-object widget example wrong, so the test keeps the default's scale: it
+checks the model users get from `make default`."""
 
 from __future__ import annotations
 
@@ -23,13 +26,13 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.slow
 def test_default_pipeline_end_to_end(tmp_path):
     out = tmp_path / "default"
-    command = [sys.executable, "-m", "omninegclip.default", "--out", str(out), "--num_train", "6000", "--num_test", "400"]
+    command = [sys.executable, "-m", "omninegclip.default", "--out", str(out), "--recipes", "omni-choice"]
     env = os.environ | {"OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     results = json.loads((out / "eval" / "results.json").read_text())
-    names = ["base", "faithful", "omni-choice"]
+    names = ["base", "omni-choice"]
     assert [model["name"] for model in results["models"]] == names
     for template_set in ("train", "heldout"):
         for family in ("presence", "which_negated", "absence_image", "absence_caption", "mcq"):
@@ -37,16 +40,16 @@ def test_default_pipeline_end_to_end(tmp_path):
             assert set(values) == set(names) and all(0.0 <= value <= 1.0 for value in values.values())
     summary = (out / "eval" / "summary.md").read_text()
     assert "which_negated/accuracy" in summary and ("met" in summary or "MISSED" in summary)
-    # Omni-NegCLIP taught negation: which object is negated, well above the base (training phrasings).
+    # Omni-NegCLIP taught negation: which object is negated, far above the base (training phrasings).
     which = results["metrics"]["world_train/which_negated"]["accuracy"]
-    assert which["omni-choice"] >= which["base"] + 0.15, which
+    assert which["omni-choice"] >= which["base"] + 0.30, which
     # The widget examples through pipeline("zero-shot-image-classification"): the negation-aware answer.
     answers = json.loads((out / "eval" / "widget_answers.json").read_text())
     assert [a["answer"] for a in answers["omni-choice"]] == [a["expected"] for a in answers["omni-choice"]], answers
     assert "| omni-choice | Which object is negated?" in summary
 
     # The fine-tuned folder is Hub-ready: plain CLIP, its own results, a card the widget can use.
-    for folder in (out / "faithful", out / "omni-choice"):
+    for folder in (out / "omni-choice",):
         config = json.loads((folder / "config.json").read_text())
         assert config["model_type"] == "clip" and config["architectures"] == ["CLIPModel"]
         assert CLIPModel.from_pretrained(folder).config.model_type == "clip"
@@ -59,6 +62,6 @@ def test_default_pipeline_end_to_end(tmp_path):
             scores = classifier(Image.open(folder / example["image"]), candidate_labels=example["candidate_labels"])
             assert {score["label"] for score in scores} == set(example["candidate_labels"])
     # A second run reuses the world and the pretrained base (a short fine-tune, to keep the test quick).
-    again = subprocess.run([*command, "--finetune_epochs", "0.05", "--recipes", "faithful"], cwd=ROOT, env=env,
+    again = subprocess.run([*command[:-2], "--finetune_epochs", "0.05", "--recipes", "faithful"], cwd=ROOT, env=env,
                            capture_output=True, text=True, timeout=900)
     assert again.returncode == 0 and "world: reusing" in again.stdout and "pretrained base: reusing" in again.stdout
