@@ -55,34 +55,13 @@ from bench.workload import (  # noqa: E402
     text_train_flops,
     trainer_like_optimizer,
 )
-from modeling_omninegclip import TrainableConfig, _pad_to, apply_trainable, resolve_text_blocks  # noqa: E402
+from modeling_omninegclip import TEXT_BUCKET_ROWS, TrainableConfig, apply_trainable, resolve_text_blocks  # noqa: E402
 from omninegclip.cli import UserError, run_cli  # noqa: E402
 
 
 # ----------------------------------------------------------------------------------------------
 # The changes under test
 # ----------------------------------------------------------------------------------------------
-
-
-def bucketed_encode_texts(model, caption_sets, bucket_rows: int) -> list[torch.Tensor]:
-    """The text pass of bench_patches/encode_texts_length_buckets.patch: captions sorted by length,
-    encoded `bucket_rows` at a time, each bucket cut to its own longest caption. Right padding never
-    changes an embedding (causal attention, first-EOS pooling), so only the cost changes."""
-    pad_id = model.config.text_config.pad_token_id
-    pad_id = model.config.text_config.eos_token_id if pad_id is None else pad_id
-    length = max(ids.shape[1] for ids, _ in caption_sets)
-    padded = [_pad_to(ids, mask, length, pad_id) for ids, mask in caption_sets]
-    input_ids = torch.cat([ids for ids, _ in padded])
-    attention_mask = torch.cat([mask for _, mask in padded])
-    sizes = [ids.shape[0] for ids, _ in caption_sets]
-    extent = attention_mask.shape[1] - attention_mask.flip(1).argmax(dim=1)  # last attended position + 1
-    order = torch.argsort(extent, stable=True)
-    pieces = []
-    for rows in order.split(bucket_rows):
-        cut = int(extent[rows].max())
-        features = model.get_text_features(input_ids=input_ids[rows, :cut], attention_mask=attention_mask[rows, :cut])
-        pieces.append(features.pooler_output)
-    return list(torch.cat(pieces)[torch.argsort(order)].split(sizes))
 
 
 @dataclass
@@ -104,14 +83,18 @@ class Variant:
 KEEP_FREED_MEMORY = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**40)}
 
 
-@contextlib.contextmanager
-def bucketed_text_pass(model, bucket_rows: int) -> Iterator[None]:
-    """While open, `model.encode_texts` is `bucketed_encode_texts` with `bucket_rows`."""
-    model.encode_texts = lambda caption_sets: bucketed_encode_texts(model, caption_sets, bucket_rows)
-    try:
-        yield
-    finally:
-        del model.encode_texts
+def _bucket_rows(rows: int | None) -> Callable[[object], contextlib.AbstractContextManager]:
+    """A patch that sets the model's own `text_bucket_rows` (None: one call padded to the longest caption)."""
+
+    @contextlib.contextmanager
+    def set_rows(model) -> Iterator[None]:
+        before, model.text_bucket_rows = model.text_bucket_rows, rows
+        try:
+            yield
+        finally:
+            model.text_bucket_rows = before
+
+    return set_rows
 
 
 @contextlib.contextmanager
@@ -192,16 +175,16 @@ _compiled_activation = _replace_activation(CompiledQuickGELU)
 def variants(front_blocks: int, layers: int) -> list[Variant]:
     back = TrainableConfig(text_preset="back", train_token_embedding=False, train_position_embedding=False)
     first_back = resolve_text_blocks(layers, back)[0]
-    buckets = lambda rows: lambda model: bucketed_text_pass(model, rows)  # noqa: E731
     return [
-        Variant("baseline", "the project's step (b) as it is: one text pass padded to the longest caption, fused AdamW"),
+        Variant("baseline", f"the project's step (b) as it is: one text pass in length-sorted buckets of {TEXT_BUCKET_ROWS} "
+                            "captions, fused AdamW"),
         Variant("adamw-forloop", "AdamW without fused/foreach (torch's default for CPU tensors)", optimizer={"fused": None, "foreach": False}),
         Variant("adamw-foreach", "AdamW with foreach=True", optimizer={"fused": None, "foreach": True}),
         Variant("frozen-token-embedding", "token embedding frozen (the most a sparse/row-wise embedding update could save)",
                 trainable=TrainableConfig(front_blocks=front_blocks, train_token_embedding=False)),
-        Variant("buckets-32", "text pass in length-sorted buckets of 32 captions", patches=(buckets(32),)),
-        Variant("buckets-64", "text pass in length-sorted buckets of 64 captions", patches=(buckets(64),)),
-        Variant("buckets-96", "text pass in length-sorted buckets of 96 captions", patches=(buckets(96),)),
+        Variant("one-call", "text pass in one call padded to the longest caption (no buckets)", patches=(_bucket_rows(None),)),
+        Variant("buckets-32", "text pass in length-sorted buckets of 32 captions", patches=(_bucket_rows(32),)),
+        Variant("buckets-96", "text pass in length-sorted buckets of 96 captions", patches=(_bucket_rows(96),)),
         Variant("quick-gelu-as-silu", "quick GELU computed as silu(1.702 x) / 1.702 (fused kernels)", patches=(_silu_activation,)),
         Variant("compiled-quick-gelu", "quick GELU through torch.compile (fused kernels; compiled in the warm-up)",
                 patches=(_compiled_activation,)),
@@ -211,9 +194,8 @@ def variants(front_blocks: int, layers: int) -> list[Variant]:
         Variant("grad-checkpointing", "gradient checkpointing of every block (non-reentrant; recomputation not counted as FLOPs)",
                 patches=(_checkpointing,)),
         Variant("bf16-autocast", "bf16 autocast on the CPU (train.py --bf16); % of the bf16 matmul peak", autocast_dtype=torch.bfloat16),
-        Variant("fp32-combined", "buckets-64 + compiled-quick-gelu + keep-freed-memory", patches=(buckets(64), _compiled_activation),
-                env=KEEP_FREED_MEMORY),
-        Variant("bf16-combined", "fp32-combined + bf16 autocast", patches=(buckets(64), _compiled_activation), env=KEEP_FREED_MEMORY,
+        Variant("fp32-combined", "compiled-quick-gelu + keep-freed-memory", patches=(_compiled_activation,), env=KEEP_FREED_MEMORY),
+        Variant("bf16-combined", "fp32-combined + bf16 autocast", patches=(_compiled_activation,), env=KEEP_FREED_MEMORY,
                 autocast_dtype=torch.bfloat16),
         Variant("back-preset", f"blocks {first_back}..{layers - 1} train, embeddings frozen: autograd records nothing below", trainable=back),
         Variant("back-preset+no_grad", f"the same, blocks below {first_back} run under explicit no_grad",
