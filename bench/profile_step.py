@@ -11,7 +11,6 @@ adds some overhead per op; shares, not absolute times, are the point.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 from collections import defaultdict
@@ -25,7 +24,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
-from bench.candidates import bucketed_text_pass  # noqa: E402
 from bench.measure import prime_optimizer  # noqa: E402
 from bench.workload import (  # noqa: E402
     VIT_B_32,
@@ -38,6 +36,7 @@ from bench.workload import (  # noqa: E402
     plain_loss_terms,
     trainer_like_optimizer,
 )
+from modeling_omninegclip import TEXT_BUCKET_ROWS  # noqa: E402
 from omninegclip.cli import run_cli  # noqa: E402
 
 # First match wins; op names as torch.profiler reports them.
@@ -67,7 +66,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--step", choices=["project", "plain"], default="project")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--front-blocks", type=int, default=6)
-    parser.add_argument("--buckets", type=int, default=None, help="length-bucketed text pass with this many captions per call")
+    parser.add_argument("--buckets", type=int, default=TEXT_BUCKET_ROWS,
+                        help="captions per text-encoder call in the length-sorted pass (0: one call padded to the longest caption)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast")
     parser.add_argument("--top", type=int, default=15)
     args = parser.parse_args(argv)
@@ -84,12 +84,10 @@ def main(argv: list[str]) -> None:
     optimizer = trainer_like_optimizer(model)
     prime_optimizer(optimizer)
     step = TrainStep(model, loss_terms, optimizer, torch.bfloat16 if args.bf16 else None)
-    with contextlib.ExitStack() as patches:
-        if args.buckets:
-            patches.enter_context(bucketed_text_pass(model, args.buckets))
-        step(batch)  # warm-up
-        with profile(activities=[ProfilerActivity.CPU]) as profiler:
-            step(batch)
+    model.text_bucket_rows = args.buckets or None
+    step(batch)  # warm-up
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        step(batch)
     events = profiler.key_averages()
     total = sum(event.self_cpu_time_total for event in events)
     groups: dict[str, float] = defaultdict(float)
