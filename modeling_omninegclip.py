@@ -481,7 +481,7 @@ class OmniNegCLIPModel(CLIPModel):
         presence_negated_* / absence_negated_*: (B, L) token ids for every row, with a (B,) bool
         mask saying which rows carry that negation; rows whose mask is off are never encoded.
         absence_affirmed_*: the absence-negated caption with its object affirmed instead (false for
-        the image), likewise masked; only the optional choice term uses it.
+        the image), likewise masked; only the optional choice term uses it (not encoded when it is off).
         Without negations the loss is CLIP's symmetric InfoNCE."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -496,8 +496,8 @@ class OmniNegCLIPModel(CLIPModel):
             ("absence", absence_negated_input_ids, absence_negated_attention_mask, absence_mask),
             ("affirmed", absence_affirmed_input_ids, absence_affirmed_attention_mask, absence_affirmed_mask),
         ):
-            if ids is None:
-                continue
+            if ids is None or (kind == "affirmed" and self.loss_config.lambda_choice == 0):
+                continue  # only the choice term reads the affirmed captions: not encoded without it
             rows = torch.ones(batch, dtype=torch.bool, device=device) if rows is None else rows.to(device).bool()
             mask_ids = torch.ones_like(ids) if mask_ids is None else mask_ids
             negations[kind] = (rows, len(caption_sets))

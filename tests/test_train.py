@@ -329,6 +329,11 @@ def test_absence_affirmed_column_is_the_choice_terms_third_option(tmp_path, proc
         with_twin = model(**{k: v for k, v in batch.items() if k != "row_ids"}).loss_choice
         without = model(**{k: v for k, v in batch.items() if k != "row_ids" and not k.startswith("absence_affirmed")}).loss_choice
     assert with_twin > without  # more wrong options can only raise each row's choice loss
+    # With the choice term off nothing reads the twins, so the text pass leaves them out.
+    model.loss_config.lambda_choice = 0.0
+    with torch.no_grad():
+        off = model(**{k: v for k, v in batch.items() if k != "row_ids"})
+    assert off.absence_affirmed_embeds is None and off.loss_choice == 0
     # Named by its flag when the data lacks it.
     message = _error_of(train_flags(model_dir, save_dataset(tmp_path / "plain", color_rows(4)), tmp_path / "out2",
                                     absence_affirmed_column="absence_affirmed"), capsys)
