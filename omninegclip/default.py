@@ -292,11 +292,11 @@ def main(argv: list[str] | None = None) -> None:
     started = time.time()
 
     world = out / "world"
-    world_stamp = out / "world_key.json"
-    if not (world_stamp.is_file() and world_stamp.read_text() == world_key(args) and (world / "dataset_dict.json").is_file()):
+    world_stamp, wanted_world = out / "world_key.json", world_key(args)
+    if not (world_stamp.is_file() and world_stamp.read_text() == wanted_world and (world / "dataset_dict.json").is_file()):
         run([python, "data_builder.py", "shapes", "--out", str(world), "--seed", str(args.seed), "--overwrite",
              "--num_train", str(args.num_train), "--num_test", str(args.num_test)], out / "logs" / "world.log")
-        world_stamp.write_text(world_key(args))
+        world_stamp.write_text(wanted_world)
     else:
         print(f"world: reusing {world}")
 
