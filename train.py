@@ -64,6 +64,7 @@ import json
 import logging
 import re
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
@@ -94,11 +95,12 @@ from omninegclip.data import (
     CaptionColumns,
     OmniNegCollator,
     SourceReport,
-    cached_image_embeddings,
+    PackedRows,
     load_any_dataset,
     prepare_dataset,
     summarize_reports,
 )
+from omninegclip.images import ImageTransform, image_pass, pixel_values
 from omninegclip.model_card import load_widget_examples, push_checkpoint, write_model_card
 from omninegclip.provenance import provenance
 
@@ -176,12 +178,30 @@ class DataArguments:
     image_embedding_cache_dir: str | None = field(
         default=None, metadata={"help": "Where cached image embeddings go (default: <output_dir>/../.image_embedding_cache)."}
     )
+    preprocessing_num_workers: int | None = field(
+        default=None,
+        metadata={"help": "Worker processes that decode and preprocess the images before training (each image once); "
+                          "default: the machine's cores. 0 decodes in the main process."},
+    )
+    image_embedding_batch_size: int = field(
+        default=256, metadata={"help": "Images per forward pass of the frozen image tower while embedding them before training."}
+    )
+    fast_image_decode: bool = field(
+        default=True,
+        metadata={"help": "Decode JPEGs with the decoder's own downscaling (draft mode) to no smaller than the resize "
+                          "target, and preprocess with PIL/numpy, when the image processor has CLIP's usual settings "
+                          "(README: within 0.03 of the processor's pixel values on average). false: full decode."},
+    )
 
     def __post_init__(self):
         if not self.dataset_name:
             raise UserError("--dataset_name is required: a Hub id, a save_to_disk folder or data files")
         if not 2 < self.max_caption_length <= 77:
             raise UserError(f"--max_caption_length must be in 3..77 (CLIP's context), got {self.max_caption_length}")
+        if self.preprocessing_num_workers is not None and self.preprocessing_num_workers < 0:
+            raise UserError(f"--preprocessing_num_workers must be 0 or more, got {self.preprocessing_num_workers}")
+        if self.image_embedding_batch_size < 1:
+            raise UserError(f"--image_embedding_batch_size must be 1 or more, got {self.image_embedding_batch_size}")
         for flag in ("max_train_samples", "max_eval_samples"):
             value = getattr(self, flag)
             if value is not None and value < 1:
@@ -221,6 +241,15 @@ class OmniNegArguments:
     train_text_projection: bool | None = field(default=None, metadata={"help": "Train the text projection (default: yes; with LoRA: no)."})
     train_logit_scale: bool | None = field(default=None, metadata={"help": "Train the logit scale, clamped to <= ln 100 (default: yes; with LoRA: no)."})
     train_vision_tower: bool = field(default=False, metadata={"help": "Also train the whole image tower (off in Omni-NegCLIP)."})
+    nan_check_steps: int = field(
+        default=50,
+        metadata={"help": "Check the losses for NaN/inf every N steps (and before every save, log, evaluation and the end), "
+                          "so that a GPU step never waits for the host; the error still names the first bad step and its rows."},
+    )
+
+    def __post_init__(self):
+        if self.nan_check_steps < 1:
+            raise UserError(f"--nan_check_steps must be 1 or more, got {self.nan_check_steps}")
 
     def loss_config(self) -> OmniNegLossConfig:
         try:
@@ -326,6 +355,21 @@ class ClampLogitScaleCallback(TrainerCallback):
             unwrap(model).clamp_logit_scale()
 
 
+class FiniteLossCallback(TrainerCallback):
+    """Checks the losses of the steps since the last check for NaN/inf once every
+    `--nan_check_steps` steps, and always before a checkpoint is saved, the logs are written, an
+    evaluation runs or training stops: one host sync per check instead of one per step, and no
+    checkpoint ever holds weights updated by a bad step."""
+
+    def __init__(self, trainer: "OmniNegCLIPTrainer", every: int):
+        self.trainer, self.every = trainer, every
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        due = control.should_save or control.should_log or control.should_evaluate or control.should_training_stop
+        if due or state.global_step % self.every == 0:
+            self.trainer.check_finite(model)
+
+
 class ProvenanceCallback(TrainerCallback):
     """Writes `record` (versions, seed, commit, settings) into every checkpoint-* folder, after the
     Trainer has written the rest of it."""
@@ -366,13 +410,15 @@ class OmniNegCLIPTrainer(Trainer):
     # The model returns a batch mean, not a sum over `num_items_in_batch`: the Trainer scales for GA.
     loss_is_scaled_for_ga = False
 
-    def __init__(self, *args, source_names: list[str] | None = None, **kwargs):
+    def __init__(self, *args, source_names: list[str] | None = None, nan_check_steps: int = 50, **kwargs):
         super().__init__(*args, **kwargs)
         self.model_accepts_loss_kwargs = False
         self.add_callback(ClampLogitScaleCallback())
+        self.add_callback(FiniteLossCallback(self, nan_check_steps))
         self.source_names = list(source_names or [])
-        self._term_sums: dict[str, float] = {}
+        self._term_sums: dict[str, torch.Tensor] = {}
         self._term_count = 0
+        self._unchecked: list[tuple[int, dict[str, torch.Tensor], torch.Tensor | None]] = []
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = self.train_dataset if train_dataset is None else train_dataset
@@ -396,14 +442,14 @@ class OmniNegCLIPTrainer(Trainer):
         split = "training" if training else "evaluation"
         return f"{split} batch of {len(places)} rows: {shown}"
 
-    def _non_finite_error(self, model, terms: dict, row_ids) -> NonFiniteLossError:
+    def _non_finite_error(self, model, terms: dict, row_ids, completed_steps: int) -> NonFiniteLossError:
         bad = [name for name, value in terms.items() if not torch.isfinite(value).all()] or ["loss"]
         rows = self.describe_rows(row_ids.tolist(), model.training) if row_ids is not None else "rows unknown"
         checkpoints = complete_checkpoints(self.args.output_dir)
         kept = (f"the last good checkpoint, {checkpoints[-1]}, is kept as it was; resume from it with "
                 f"--resume_from_checkpoint {checkpoints[-1]} (e.g. with a lower --learning_rate)"
                 if checkpoints else f"no checkpoint had been saved yet in {self.args.output_dir} (see --save_steps)")
-        where = f"training step {self.state.global_step + 1}" if model.training else f"evaluation after step {self.state.global_step}"
+        where = f"training step {completed_steps + 1}" if model.training else f"evaluation after step {completed_steps}"
         return NonFiniteLossError(
             f"the loss became NaN or inf in {where}: terms that went bad: "
             f"{', '.join(_format_term(name, terms[name]) if name in terms else name for name in bad)}; "
@@ -415,13 +461,25 @@ class OmniNegCLIPTrainer(Trainer):
         outputs = model(**inputs, return_loss=True)
         terms = {name: getattr(outputs, name) for name in LOSS_TERM_NAMES if getattr(outputs, name) is not None}
         checked = terms | {"loss": outputs.loss}
-        if not all(bool(torch.isfinite(value).all()) for value in checked.values()):
-            raise self._non_finite_error(model, checked, row_ids)
-        if model.training:
+        if model.training:  # checked later, a few steps at once (FiniteLossCallback): no host sync per step
+            self._unchecked.append((self.state.global_step + 1, {k: v.detach() for k, v in checked.items()}, row_ids))
             for name, value in terms.items():
-                self._term_sums[name] = self._term_sums.get(name, 0.0) + float(value.detach())
+                self._term_sums[name] = self._term_sums.get(name, 0.0) + value.detach().float()
             self._term_count += 1
+        elif not all(bool(torch.isfinite(value).all()) for value in checked.values()):
+            raise self._non_finite_error(model, checked, row_ids, self.state.global_step)
         return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    def check_finite(self, model) -> None:
+        """Raise for the first unchecked training step whose loss or a term is NaN/inf."""
+        unchecked, self._unchecked = self._unchecked, []
+        if not unchecked:
+            return
+        finite = torch.stack([torch.stack([torch.isfinite(v).all() for v in terms.values()]).all()
+                              for _, terms, _ in unchecked]).cpu()
+        if not bool(finite.all()):
+            step, terms, row_ids = unchecked[int((~finite).nonzero()[0])]
+            raise self._non_finite_error(model, terms, row_ids, step - 1)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
@@ -432,7 +490,7 @@ class OmniNegCLIPTrainer(Trainer):
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         if self._term_count and "loss" in logs:  # every process logs at the same steps, with the same terms
             names = sorted(self._term_sums)
-            means = torch.tensor([self._term_sums[name] for name in names], device=self.args.device) / self._term_count
+            means = torch.stack([self._term_sums[name] for name in names]).to(self.args.device) / self._term_count
             # Each process holds its share of a global-batch term: their mean is the term.
             means = self.accelerator.reduce(means, reduction="mean")
             logs.update({name: round(float(value), 4) for name, value in zip(names, means)})
@@ -606,11 +664,32 @@ def add_lora(model: OmniNegCLIPModel, trainable: TrainableConfig, lora_args: Lor
     return peft_model, settings
 
 
+def _image_pass(args: Arguments, processor: CLIPProcessor, model: OmniNegCLIPModel):
+    """What `prepare_dataset` runs once over a split's unique images: with a frozen image tower (and
+    the cache on), embed them on the training device in the training precision; otherwise only check
+    that each decodes. Either way in worker processes, with the result cached on disk."""
+    data_args, training_args = args.data, args.training
+    embed = data_args.cache_image_embeddings and not args.omni.train_vision_tower
+    cache_dir = Path(data_args.image_embedding_cache_dir or Path(training_args.output_dir).parent / ".image_embedding_cache")
+    transform = ImageTransform.for_processor(processor.image_processor, draft=data_args.fast_image_decode)
+    precision = torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else None
+    if embed:
+        model.to(training_args.device)  # the Trainer would move it only later: embed where training runs
+
+    def run(refs):
+        return image_pass(refs, transform, model=model if embed else None, device=training_args.device,
+                          autocast_dtype=precision, batch_size=data_args.image_embedding_batch_size,
+                          num_workers=data_args.preprocessing_num_workers, cache_dir=cache_dir)
+    return run, transform
+
+
 def prepare_splits(args: Arguments, processor: CLIPProcessor, model: OmniNegCLIPModel
-                   ) -> tuple[dict[str, datasets.Dataset], list[SourceReport]]:
-    """Load, validate, check and tokenize the training split (and the eval split, if any); cache the
-    frozen image tower's embeddings. Logs one `data:` line (what was kept, skipped and truncated)
-    and returns the reports behind it."""
+                   ) -> tuple[dict[str, datasets.Dataset], PackedRows, ImageTransform, list[SourceReport]]:
+    """Load, validate and tokenize the training split (and the eval split, if any); decode each
+    unique image once, embedding it with the frozen image tower (the first process of a machine
+    does it and caches the result; the others read it). Logs one `data:` line (what was kept,
+    skipped and truncated). Returns the Trainer's tables, the packed rows they point into, the
+    image transform and the reports."""
     data_args, training_args = args.data, args.training
     columns = data_args.columns()
     if columns.affirmed and args.omni.lambda_choice == 0:
@@ -618,6 +697,7 @@ def prepare_splits(args: Arguments, processor: CLIPProcessor, model: OmniNegCLIP
     splits = {"train": data_args.train_split}
     if training_args.eval_strategy != "no" and data_args.eval_split and data_args.eval_split.lower() != "none":
         splits["eval"] = data_args.eval_split
+    images, transform = _image_pass(args, processor, model)
     prepared, reports = {}, []
     for role, split in splits.items():
         loaded = [
@@ -633,18 +713,13 @@ def prepare_splits(args: Arguments, processor: CLIPProcessor, model: OmniNegCLIP
         with training_args.main_process_first(desc=f"preparing {role} data"):
             prepared[role], split_reports = prepare_dataset(
                 [dataset for _, dataset in loaded], [name for name, _ in loaded], columns,
-                processor.tokenizer, data_args.max_caption_length, limit, split=split,
+                processor.tokenizer, data_args.max_caption_length, limit, split=split, images=images,
             )
         reports += split_reports
     summary, noteworthy = summarize_reports(reports, data_args.max_caption_length)
     logger.log(logging.WARNING if noteworthy else logging.INFO, summary)
-
-    if data_args.cache_image_embeddings and not args.omni.train_vision_tower:
-        cache_dir = Path(data_args.image_embedding_cache_dir or Path(training_args.output_dir).parent / ".image_embedding_cache")
-        for role, dataset in prepared.items():
-            with training_args.main_process_first(desc=f"embedding {role} images"):
-                prepared[role] = cached_image_embeddings(model, processor.image_processor, dataset, columns.image, cache_dir)
-    return prepared, reports
+    packed, tables = PackedRows.from_splits(prepared, processor.tokenizer.pad_token_id, pixels=partial(pixel_values, transform))
+    return tables, packed, transform, reports
 
 
 def training_record(args: Arguments, model: OmniNegCLIPModel, lora_settings: dict | None, push: bool,
@@ -706,6 +781,8 @@ def main(argv: list[str]) -> None:
     # Negation columns are inputs the model's signature does not name: keep them.
     training_args.remove_unused_columns = False
     training_args.label_names = []
+    # The Trainer's NaN filter reads every step's loss on the host; FiniteLossCallback stops the run instead.
+    training_args.logging_nan_inf_filter = False
     if training_args.world_size > 1 and not training_args.dataloader_drop_last:
         logger.info("several processes: using drop-last batches (padded duplicate rows would be false negatives)")
         training_args.dataloader_drop_last = True
@@ -729,16 +806,17 @@ def main(argv: list[str]) -> None:
     except ValueError as error:
         raise UserError(f"bad trainable setting for {model_args.model_name_or_path!r}: {error}") from None
 
-    prepared, reports = prepare_splits(args, processor, model)
+    prepared, packed, _, reports = prepare_splits(args, processor, model)
     record = training_record(args, model, lora_settings, push, reports, resume)
     trainer = OmniNegCLIPTrainer(
         model=trained_model,
         args=training_args,
         train_dataset=prepared["train"],
         eval_dataset=prepared.get("eval"),
-        data_collator=OmniNegCollator(processor.image_processor, data_args.columns(), pad_token_id=processor.tokenizer.pad_token_id),
+        data_collator=OmniNegCollator(packed, leave_out=() if omni_args.lambda_choice else ("absence_affirmed_input_ids",)),
         processing_class=processor,
         source_names=data_args.sources(),
+        nan_check_steps=omni_args.nan_check_steps,
         callbacks=[ProvenanceCallback(record)],
     )
     if lora_settings is not None and trainer.is_fsdp_enabled:

@@ -38,7 +38,7 @@ from modeling_omninegclip import (
     presence_loss,
     resolve_text_blocks,
 )
-from omninegclip.data import CaptionColumns, OmniNegCollator
+from omninegclip.data import OmniNegCollator, PackedRows
 from omninegclip.default import SmallCLIP
 
 BOS_TOKEN_ID = 49406
@@ -162,22 +162,10 @@ def coco_like_captions(batch: int, generator: torch.Generator, vocab_size: int =
 
 def fast_batch(captions: CaptionRows, image_embeds: torch.Tensor) -> dict[str, torch.Tensor]:
     """The project's batch, built by the real collator from prepared rows with cached embeddings."""
-    collator = OmniNegCollator(
-        image_processor=None,
-        columns=CaptionColumns("image", "caption", "presence_negated", "absence_negated"),
-        pad_token_id=EOS_TOKEN_ID,
-    )
-    rows = [
-        {
-            "row_id": row,
-            "input_ids": captions.original[row],
-            "presence_negated_input_ids": captions.presence[row],
-            "absence_negated_input_ids": captions.absence[row],
-            "image_embeds": image_embeds[row].numpy().astype(np.float32),
-        }
-        for row in range(len(captions.original))
-    ]
-    batch = collator(rows)
+    tokens = {"input_ids": captions.original, "presence_negated_input_ids": captions.presence,
+              "absence_negated_input_ids": captions.absence}
+    rows = PackedRows(tokens, EOS_TOKEN_ID, image_index=np.arange(len(captions.original)), image_embeds=image_embeds.float())
+    batch = OmniNegCollator(rows)([{"row_id": row, "packed_row": row} for row in range(len(captions.original))])
     batch.pop("row_ids")
     return batch
 

@@ -1,40 +1,37 @@
-"""Training data for `train.py`: load any HF dataset, validate it, tokenize, cache frozen image
-embeddings, and collate batches for `OmniNegCLIPModel.forward`.
+"""Training data for `train.py`: load any HF dataset, validate it, tokenize, find and embed (or
+check) its unique images once, and collate batches for `OmniNegCLIPModel.forward`.
 
-Public surface: `CaptionColumns`, `load_any_dataset`, `prepare_dataset`, `SourceReport`,
-`summarize_reports`, `cached_image_embeddings`, `OmniNegCollator`, `BalancedSourceSampler`.
+Public surface: `CaptionColumns`, `load_any_dataset`, `prepare_dataset` -> `PreparedSplit`,
+`SourceReport`, `summarize_reports`, `PackedRows`, `OmniNegCollator`, `BalancedSourceSampler`.
 
-A prepared dataset has, per row: `row_id` (its index), `source_index` (which of the given datasets
-the row came from), `source_row` (its row there), `input_ids`, `presence_negated_input_ids`,
-`absence_negated_input_ids`, `absence_affirmed_input_ids` (empty list where the row has none) and either the image
-column or, once cached, `image_embeds`.
+Nothing here copies image bytes. A prepared split holds, per distinct row, where it came from
+(`source_index`, `source_row`), its image (an index into the split's unique images,
+`omninegclip.images.ImageRefs`, and into their embeddings) and its token ids per caption set;
+`PackedRows` packs every split into padded arrays, and the Trainer's tables hold small integers only
+(`row_id`, `source_index`, `source_row`): the collator gathers a batch from the arrays at once.
 
 Bad input never stops training midway and is never dropped silently. Before anything trains,
 `prepare_dataset` checks every value: a caption or negation that is not a string is an error naming
-the dataset, row and column; a row whose caption is empty (or None) is skipped; every image is
-decoded once, and a row whose image is missing, corrupt, truncated or larger than PIL's
-decompression-bomb limit is skipped (grayscale, palette and RGBA images are converted to RGB);
-captions over the token limit are truncated. Skips are counted by reason with example rows in a
-`SourceReport`, which `summarize_reports` turns into the one line `train.py` logs.
+the dataset, row and column; a row whose caption is empty (or None) is skipped; every unique image
+is decoded once (in the pass that embeds it), and a row whose image is missing, corrupt, truncated or
+larger than PIL's decompression-bomb limit is skipped (grayscale, palette and RGBA images are
+converted to RGB); captions over the token limit are truncated. Skips are counted by reason with
+example rows in a `SourceReport`, which `summarize_reports` turns into the one line `train.py` logs.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
 from omninegclip.cli import UserError
-from omninegclip.embedding import embed_images
-from omninegclip.safe_load import UnreadableImage, open_rgb_image
+from omninegclip.images import ImagePass, ImageRefs, image_pass
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +44,8 @@ NEGATION_FIELDS = (
 )
 SOURCE_COLUMN = "source_index"
 SOURCE_ROW_COLUMN = "source_row"
+PACKED_ROW_COLUMN = "packed_row"
 EXAMPLES_PER_REASON = 3  # example rows named per skip reason
-IMAGE_CHECK_CHUNK = 64  # images read from the table at once while checking them
 
 
 @dataclass(frozen=True)
@@ -194,8 +191,14 @@ def summarize_reports(reports: list[SourceReport], max_length: int) -> tuple[str
 
 
 # ----------------------------------------------------------------------------------------------
-# Validation, image checks, tokenization
+# Validation, tokenization, images
 # ----------------------------------------------------------------------------------------------
+
+
+def _text_column(dataset: datasets.Dataset, column: str) -> list:
+    """A column's values as one Python list, read from Arrow in one call (datasets 5's lazy
+    `Column` would be read item by item)."""
+    return dataset.with_format("arrow")[column].to_pylist()
 
 
 def _validate(dataset: datasets.Dataset, name: str, columns: CaptionColumns) -> dict[str, list]:
@@ -207,7 +210,15 @@ def _validate(dataset: datasets.Dataset, name: str, columns: CaptionColumns) -> 
     for column, flag in columns.flags().items():
         if column not in found:
             raise UserError(f"dataset {name!r} has no column {column!r} (set by {flag}); its columns are {found}")
-    texts = {column: dataset[column] for column in (columns.caption, columns.presence, columns.absence, columns.affirmed) if column}
+    feature = dataset.features[columns.image]
+    if not (isinstance(feature, datasets.Image)
+            or (isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string"))):
+        raise UserError(
+            f"dataset {name!r}, column {columns.image!r} (set by --image_column) holds {feature}; "
+            "expected images (a datasets Image column) or image file paths (strings)"
+        )
+    texts = {column: _text_column(dataset, column)
+             for column in (columns.caption, columns.presence, columns.absence, columns.affirmed) if column}
     for column, values in texts.items():
         for row, value in enumerate(values):
             if value is not None and not isinstance(value, str):
@@ -217,56 +228,6 @@ def _validate(dataset: datasets.Dataset, name: str, columns: CaptionColumns) -> 
                     f"{'that row then has no such negation' if column != columns.caption else 'that row is skipped'})"
                 )
     return texts
-
-
-def _base_folder(name: str) -> Path | None:
-    """Where relative image paths of a dataset given as data files (or a folder) are looked up."""
-    first = Path(name.split(",")[0])
-    if first.is_file():
-        return first.parent
-    return first if first.is_dir() else None
-
-
-def _with_image_feature(dataset: datasets.Dataset, name: str, column: str) -> datasets.Dataset:
-    """The dataset with `column` as a `datasets.Image` column. A column of file paths (json/csv data
-    files) is cast to one; relative paths are looked up beside the data file, then as written."""
-    feature = dataset.features[column]
-    if isinstance(feature, datasets.Image):
-        return dataset
-    if not (isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")):
-        raise UserError(
-            f"dataset {name!r}, column {column!r} (set by --image_column) holds {feature}; "
-            "expected images (a datasets Image column) or image file paths (strings)"
-        )
-    base = _base_folder(name)
-
-    def located(reference):
-        if not isinstance(reference, str) or not reference.strip():
-            return None
-        written = Path(reference).expanduser()
-        beside = base / written if base is not None and not written.is_absolute() else None
-        chosen = beside if beside is not None and beside.is_file() else written
-        return str(chosen.resolve()) if chosen.is_file() else reference
-
-    paths = [located(reference) for reference in dataset[column]]
-    dataset = dataset.remove_columns(column).add_column(column, paths)
-    return dataset.cast_column(column, datasets.Image())
-
-
-def _unreadable_images(dataset: datasets.Dataset, column: str, rows: list[int], name: str) -> dict[int, UnreadableImage]:
-    """Decode the image of each of `rows` once (without keeping it); the rows whose image cannot
-    be used, with why. Done before training so that no bad image turns up mid-epoch."""
-    raw = dataset.cast_column(column, datasets.Image(decode=False)).select_columns([column])
-    problems = {}
-    chunks = range(0, len(rows), IMAGE_CHECK_CHUNK)
-    for start in tqdm(chunks, desc=f"checking the images of {name}", unit="chunk", delay=2, leave=False):
-        chunk = rows[start : start + IMAGE_CHECK_CHUNK]
-        for row, value in zip(chunk, raw[chunk][column]):
-            try:
-                open_rgb_image(value)
-            except UnreadableImage as error:
-                problems[row] = error
-    return problems
 
 
 def _tokenize(texts: list[str | None], tokenizer, max_length: int) -> tuple[list[list[int]], int]:
@@ -286,39 +247,36 @@ def _tokenize(texts: list[str | None], tokenizer, max_length: int) -> tuple[list
     return ids, truncated
 
 
-def _prepare_source(dataset: datasets.Dataset, name: str, columns: CaptionColumns, tokenizer, max_length: int,
-                    report: SourceReport) -> datasets.Dataset:
-    texts = _validate(dataset, name, columns)
-    report.rows = len(dataset)
-    dataset = _with_image_feature(dataset, name, columns.image)
-    captions = texts[columns.caption]
-    keep = [row for row, caption in enumerate(captions) if caption is not None and caption.strip()]
-    if not keep:
-        raise UserError(f"dataset {name!r}: every caption in column {columns.caption!r} is empty")
-    for row in sorted(set(range(len(dataset))) - set(keep)):
-        report.skip("empty_caption", row, f"column {columns.caption!r}")
-    unreadable = _unreadable_images(dataset, columns.image, keep, name)
-    for row, error in unreadable.items():
-        report.skip(error.kind, row, str(error))
-    keep = [row for row in keep if row not in unreadable]
-    if not keep:
-        raise UserError(f"dataset {name!r}: no usable row (column {columns.image!r}): {report.describe_skips()}")
-    if len(keep) < len(dataset):
-        dataset = dataset.select(keep)
-        texts = {column: [values[row] for row in keep] for column, values in texts.items()}
-    new_columns = {}
-    for column, field_name in [(columns.caption, "input_ids")] + [(getattr(columns, kind), field_name) for kind, field_name, _, _ in NEGATION_FIELDS]:
-        values = texts[column] if column else [None] * len(dataset)
-        new_columns[field_name], cut = _tokenize(values, tokenizer, max_length)
-        report.truncated_captions += cut
-    report.kept = len(dataset)
-    report.with_presence = sum(bool(ids) for ids in new_columns["presence_negated_input_ids"])
-    report.with_absence = sum(bool(ids) for ids in new_columns["absence_negated_input_ids"])
-    report.with_affirmed = sum(bool(ids) for ids in new_columns["absence_affirmed_input_ids"])
-    dataset = dataset.select_columns([columns.image])
-    for field_name, values in new_columns.items():
-        dataset = dataset.add_column(field_name, values)
-    return dataset.add_column(SOURCE_ROW_COLUMN, keep)
+def _caption_sets(columns: CaptionColumns) -> list[tuple[str | None, str]]:
+    """(dataset column or None, prepared column) for the caption and each negation."""
+    return [(columns.caption, "input_ids")] + [(getattr(columns, kind), prepared) for kind, prepared, _, _ in NEGATION_FIELDS]
+
+
+@dataclass
+class PreparedSplit:
+    """One split, ready to batch. Its distinct rows (one per kept dataset row) carry where they came
+    from, their image (an index into `images`, and into `image_embeds` when embedded) and their token
+    ids per caption set; `order` lists the training rows as distinct rows (mixed datasets repeat the
+    smaller one's rows without copying them). No image bytes are held: only references."""
+
+    source_index: np.ndarray
+    source_row: np.ndarray
+    image_index: np.ndarray
+    tokens: dict[str, list[list[int]]]
+    order: np.ndarray
+    images: ImageRefs
+    image_embeds: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+
+def _interleaved(sizes: list[int]) -> np.ndarray:
+    """Training order over concatenated sources: one row of each in turn, the smaller ones repeated
+    until the largest is used up (`datasets.interleave_datasets(..., "all_exhausted")`'s order)."""
+    offsets = np.cumsum([0] + sizes[:-1])
+    turns = np.arange(max(sizes))
+    return np.stack([offset + turns % size for offset, size in zip(offsets, sizes)], axis=1).reshape(-1)
 
 
 def prepare_dataset(
@@ -329,100 +287,163 @@ def prepare_dataset(
     max_length: int = 77,
     limit: int | None = None,
     split: str = "train",
-) -> tuple[datasets.Dataset, list[SourceReport]]:
-    """Validate, check images, tokenize and (for two sources) interleave them one row each, the
-    smaller one repeated until the larger one is used up. Returns the dataset and one report per
-    source (skips by reason with example rows, truncated captions); `split` only labels the reports."""
-    parts, reports = [], []
+    images: Callable[[ImageRefs], ImagePass] | None = None,
+) -> tuple[PreparedSplit, list[SourceReport]]:
+    """Validate and tokenize every dataset, find their unique images, run `images` over them once
+    (default: check that each decodes, in worker processes; `train.py` embeds them there too), drop
+    the rows whose image cannot be used, and (for two datasets) interleave them one row each. Returns
+    the split and one report per dataset (skips by reason with example rows, truncated captions);
+    `split` only labels the reports."""
+    images = images or (lambda refs: image_pass(refs, None))
+    reports, texts, kept, sources = [], [], [], []
     for dataset, name in zip(raw, names):
         if limit is not None:
             dataset = dataset.select(range(min(limit, len(dataset))))
         report = SourceReport(name=name, split=split)
-        prepared = _prepare_source(dataset, name, columns, tokenizer, max_length, report)
-        parts.append(prepared.add_column(SOURCE_COLUMN, [len(parts)] * len(prepared)))
+        source_texts = _validate(dataset, name, columns)
+        report.rows = len(dataset)
+        captions = source_texts[columns.caption]
+        keep = [row for row, caption in enumerate(captions) if caption is not None and caption.strip()]
+        if not keep:
+            raise UserError(f"dataset {name!r}: every caption in column {columns.caption!r} is empty")
+        for row in sorted(set(range(len(dataset))) - set(keep)):
+            report.skip("empty_caption", row, f"column {columns.caption!r}")
         reports.append(report)
-    if len(parts) == 1:
-        merged = parts[0]
-    else:
-        merged = datasets.interleave_datasets(parts, stopping_strategy="all_exhausted")
-    return merged.add_column("row_id", list(range(len(merged)))), reports
-class _LazyImages:
-    """Slices of a dataset's image column, decoded only when the embedder asks for them."""
+        texts.append(source_texts)
+        kept.append(keep)
+        sources.append(dataset)
 
-    def __init__(self, dataset: datasets.Dataset, column: str):
-        self.dataset, self.column = dataset, column
+    refs, image_index = ImageRefs.find(sources, columns.image, list(names), kept)
+    checked = images(refs)
+    parts = []
+    for k, (report, source_texts, keep) in enumerate(zip(reports, texts, kept)):
+        usable = np.array([index not in checked.unreadable for index in image_index[k]], dtype=bool)
+        for row, index in zip(keep, image_index[k]):
+            if index in checked.unreadable:
+                error = checked.unreadable[index]
+                report.skip(error.kind, row, str(error))
+        if not usable.any():
+            raise UserError(f"dataset {report.name!r}: no usable row (column {columns.image!r}): {report.describe_skips()}")
+        rows = [row for row, ok in zip(keep, usable) if ok]
+        tokens = {}
+        for column, prepared in _caption_sets(columns):
+            values = [source_texts[column][row] for row in rows] if column else [None] * len(rows)
+            tokens[prepared], cut = _tokenize(values, tokenizer, max_length)
+            report.truncated_captions += cut
+        report.kept = len(rows)
+        report.with_presence = sum(bool(ids) for ids in tokens["presence_negated_input_ids"])
+        report.with_absence = sum(bool(ids) for ids in tokens["absence_negated_input_ids"])
+        report.with_affirmed = sum(bool(ids) for ids in tokens["absence_affirmed_input_ids"])
+        parts.append((np.array(rows, dtype=np.int64), image_index[k][usable], tokens))
 
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, rows: slice):
-        return self.dataset[rows][self.column]
-
-
-def _cache_key(model, image_processor, dataset: datasets.Dataset, column: str) -> str:
-    digest = hashlib.sha256()
-    for module in (model.vision_model, model.visual_projection):
-        for name, tensor in sorted(module.state_dict().items()):
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    digest.update(image_processor.to_json_string().encode())
-    digest.update(f"{dataset._fingerprint}:{column}:{len(dataset)}".encode())
-    return digest.hexdigest()[:32]
+    sizes = [len(rows) for rows, _, _ in parts]
+    prepared = PreparedSplit(
+        source_index=np.concatenate([np.full(size, k, dtype=np.int64) for k, size in enumerate(sizes)]),
+        source_row=np.concatenate([rows for rows, _, _ in parts]),
+        image_index=np.concatenate([index for _, index, _ in parts]),
+        tokens={name: [ids for _, _, tokens in parts for ids in tokens[name]] for name in parts[0][2]},
+        order=np.arange(sizes[0]) if len(parts) == 1 else _interleaved(sizes),
+        images=refs,
+        image_embeds=checked.embeds,
+    )
+    return prepared, reports
 
 
-def cached_image_embeddings(model, image_processor, dataset: datasets.Dataset, column: str, cache_dir: str | Path) -> datasets.Dataset:
-    """Replace the image column by the frozen tower's projected image embeddings, computed once.
+# ----------------------------------------------------------------------------------------------
+# Batching
+# ----------------------------------------------------------------------------------------------
 
-    The cache file is keyed by the vision weights, the image processor's settings and the data's
-    fingerprint, so a changed model or transform never reuses stale embeddings."""
-    cache_dir = Path(cache_dir)
-    path = cache_dir / f"image_embeds-{_cache_key(model, image_processor, dataset, column)}.safetensors"
-    if path.is_file():
-        embeds = load_file(str(path))["image_embeds"]
-        logger.info("image embeddings: reusing %s", path)
-    else:
-        embeds = embed_images(model, image_processor, _LazyImages(dataset, column), normalize=False, desc="training images")
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(f".partial-{os.getpid()}")
-        save_file({"image_embeds": embeds.contiguous()}, str(partial))
-        os.replace(partial, path)
-    table = datasets.Dataset.from_dict({"image_embeds": embeds.numpy().astype(np.float32)})
-    return datasets.concatenate_datasets([dataset.remove_columns(column), table], axis=1)
+
+class PackedRows:
+    """The distinct rows of every split, as arrays a batch is gathered from without per-row Python
+    work: per caption set, token ids padded to that set's longest caption (`lengths` 0 = the row has
+    no such caption); each row's image (an index into `image_embeds`, or into `images` for the
+    pixel path); where it came from. `from_splits` also gives the Trainer, per split, a table of
+    small integers only: `row_id` (the training row's position in its split), `packed_row` (its
+    row here), `source_index`, `source_row`."""
+
+    def __init__(self, tokens: dict[str, list[list[int]]], pad_token_id: int, image_index: np.ndarray,
+                 image_embeds: torch.Tensor | None = None, source_index: np.ndarray | None = None,
+                 source_row: np.ndarray | None = None, pixels: Callable[[np.ndarray], torch.Tensor] | None = None):
+        rows = len(image_index)
+        self.ids, self.lengths = {}, {}
+        for name, sequences in tokens.items():
+            lengths = np.fromiter((len(ids) for ids in sequences), dtype=np.int64, count=rows)
+            longest = max(1, int(lengths.max(initial=0)))
+            dtype = np.uint16 if pad_token_id < 2**16 and all(max(ids, default=0) < 2**16 for ids in sequences) else np.int64
+            padded = np.full((rows, longest), pad_token_id, dtype=dtype)
+            for row, ids in enumerate(sequences):
+                padded[row, : len(ids)] = ids
+            self.ids[name], self.lengths[name] = padded, lengths
+        self.image_index = np.asarray(image_index, dtype=np.int64)
+        self.image_embeds = image_embeds
+        self.source_index = np.zeros(rows, dtype=np.int64) if source_index is None else np.asarray(source_index)
+        self.source_row = np.arange(rows) if source_row is None else np.asarray(source_row)
+        self.pixels = pixels
+
+    @classmethod
+    def from_splits(cls, splits: dict[str, PreparedSplit], pad_token_id: int,
+                    pixels: Callable[[list[ImageRefs], np.ndarray], torch.Tensor] | None = None
+                    ) -> tuple["PackedRows", dict[str, datasets.Dataset]]:
+        """All splits packed together, and each split's table for the Trainer."""
+        names = list(next(iter(splits.values())).tokens)
+        row_offsets = np.cumsum([0] + [len(split.source_row) for split in splits.values()])
+        image_offsets = np.cumsum([0] + [len(split.images) for split in splits.values()])
+        embedded = all(split.image_embeds is not None for split in splits.values())
+        refs = [split.images for split in splits.values()]
+        packed = cls(
+            tokens={name: [ids for split in splits.values() for ids in split.tokens[name]] for name in names},
+            pad_token_id=pad_token_id,
+            image_index=np.concatenate([split.image_index + offset for split, offset in zip(splits.values(), image_offsets)]),
+            image_embeds=torch.cat([split.image_embeds for split in splits.values()]) if embedded else None,
+            source_index=np.concatenate([split.source_index for split in splits.values()]),
+            source_row=np.concatenate([split.source_row for split in splits.values()]),
+            pixels=None if embedded or pixels is None else (lambda images: pixels(refs, image_offsets, images)),
+        )
+        tables = {}
+        for (role, split), offset in zip(splits.items(), row_offsets):
+            tables[role] = datasets.Dataset.from_dict({
+                "row_id": np.arange(len(split.order), dtype=np.int64),
+                PACKED_ROW_COLUMN: (split.order + offset).astype(np.int64),
+                SOURCE_COLUMN: split.source_index[split.order],
+                SOURCE_ROW_COLUMN: split.source_row[split.order],
+            })
+        return packed, tables
 
 
 @dataclass
 class OmniNegCollator:
-    """Rows of a prepared dataset -> keyword arguments of `OmniNegCLIPModel.forward`.
-    Each caption set is padded to its own longest caption (dynamic padding, never to 77)."""
+    """Rows of a Trainer table (`packed_row`, `row_id`) -> keyword arguments of `OmniNegCLIPModel.forward`.
+    Each caption set is padded to its own longest caption in the batch (dynamic padding, never to
+    77); a set that no row of the batch carries is left out, as is every set in `leave_out`."""
 
-    image_processor: object
-    columns: CaptionColumns
-    pad_token_id: int
+    rows: PackedRows
+    leave_out: tuple[str, ...] = ()
 
-    def _pad(self, sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        length = max(1, max(len(ids) for ids in sequences))
-        input_ids = torch.full((len(sequences), length), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
-        for row, ids in enumerate(sequences):
-            input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-            attention_mask[row, : len(ids)] = 1
-        return input_ids, attention_mask
+    def _pad(self, name: str, row_ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        lengths = torch.from_numpy(self.rows.lengths[name][row_ids])
+        longest = max(1, int(lengths.max()))
+        input_ids = torch.from_numpy(self.rows.ids[name][row_ids, :longest].astype(np.int64))
+        attention_mask = (torch.arange(longest) < lengths[:, None]).long()
+        return input_ids, attention_mask, lengths > 0
 
-    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        batch = {"row_ids": torch.tensor([row["row_id"] for row in rows])}
-        batch["input_ids"], batch["attention_mask"] = self._pad([row["input_ids"] for row in rows])
-        for _, field, prefix, mask_name in NEGATION_FIELDS:  # a row without the field has no such caption
-            has = torch.tensor([bool(row.get(field)) for row in rows])
+    def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
+        row_ids = np.fromiter((item[PACKED_ROW_COLUMN] for item in items), dtype=np.int64, count=len(items))
+        batch = {"row_ids": torch.tensor([item["row_id"] for item in items])}
+        batch["input_ids"], batch["attention_mask"], _ = self._pad("input_ids", row_ids)
+        for _, name, prefix, mask_name in NEGATION_FIELDS:
+            if name in self.leave_out or name not in self.rows.ids:
+                continue
+            ids, mask, has = self._pad(name, row_ids)
             if has.any():
-                ids, mask = self._pad([row.get(field) or [] for row in rows])
-                batch[f"{prefix}_input_ids"], batch[f"{prefix}_attention_mask"] = ids, mask
-                batch[mask_name] = has
-        if "image_embeds" in rows[0]:
-            batch["image_embeds"] = torch.tensor(np.array([row["image_embeds"] for row in rows], dtype=np.float32))
+                batch[f"{prefix}_input_ids"], batch[f"{prefix}_attention_mask"], batch[mask_name] = ids, mask, has
+        images = self.rows.image_index[row_ids]
+        if self.rows.image_embeds is not None:
+            batch["image_embeds"] = self.rows.image_embeds[torch.from_numpy(images)]
         else:
-            images = [row[self.columns.image].convert("RGB") for row in rows]
-            batch["pixel_values"] = self.image_processor(images=images, return_tensors="pt")["pixel_values"]
+            batch["pixel_values"] = self.rows.pixels(images)
         return batch
+
 
 
 class BalancedSourceSampler(torch.utils.data.Sampler[int]):

@@ -89,8 +89,10 @@ def _open(source) -> Image.Image:
     return Image.open(path)
 
 
-def open_rgb_image(source, max_pixels: int | None = None) -> Image.Image:
-    """`source` decoded completely, as RGB; `UnreadableImage` if it cannot be (see the module docstring)."""
+def open_rgb_image(source, max_pixels: int | None = None, draft=None) -> Image.Image:
+    """`source` decoded completely, as RGB; `UnreadableImage` if it cannot be (see the module docstring).
+    `draft(original (width, height)) -> (width, height) | None`: a JPEG is then decoded at the
+    smallest of the decoder's own scales (1/2, 1/4, 1/8) that is no smaller than the size returned."""
     limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     try:
         with warnings.catch_warnings():
@@ -102,6 +104,9 @@ def open_rgb_image(source, max_pixels: int | None = None) -> Image.Image:
             if limit is not None and width * height > limit:
                 raise UnreadableImage("image_too_large", f"{width}x{height} = {width * height} pixels, over the "
                                                          f"decompression-bomb limit of {limit} pixels")
+            requested = draft((width, height)) if draft is not None else None
+            if requested is not None and image.format == "JPEG":
+                image.draft("RGB", requested)
             image.load()
             return image.convert("RGB")
     except UnreadableImage:

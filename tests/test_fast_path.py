@@ -22,7 +22,7 @@ from bench.workload import Geometry, fast_loss_terms, plain_loss_terms, text_for
 from conftest import tiny_clip_config
 from modeling_omninegclip import OmniNegCLIPModel, OmniNegLossConfig, TrainableConfig, apply_trainable
 from omninegclip import data as data_module
-from omninegclip.data import CaptionColumns, OmniNegCollator, cached_image_embeddings
+from omninegclip.data import OmniNegCollator, PackedRows
 from omninegclip.embedding import embed_images
 
 CAPTIONS = [
@@ -33,7 +33,6 @@ CAPTIONS = [
     ("a man riding a horse along the beach at sunset", "a man on a beach at sunset, not riding a horse",
      "a man riding a horse along the beach with no boats"),
 ]
-COLUMNS = CaptionColumns("image", "caption", "presence_negated", "absence_negated")
 
 
 def images(count: int = 4, seed: int = 0) -> list[Image.Image]:
@@ -52,17 +51,12 @@ def fast_and_plain_batches(model, processor):
     tokenizer, image_processor = processor.tokenizer, processor.image_processor
     pictures = images()
     image_embeds = embed_images(model, image_processor, pictures, normalize=False, progress=False)  # what the cache holds
-    rows = [
-        {
-            "row_id": row,
-            "input_ids": tokenizer(caption)["input_ids"],
-            "presence_negated_input_ids": tokenizer(presence)["input_ids"],
-            "absence_negated_input_ids": tokenizer(absence)["input_ids"],
-            "image_embeds": image_embeds[row].numpy(),
-        }
-        for row, (caption, presence, absence) in enumerate(CAPTIONS)
-    ]
-    fast = OmniNegCollator(image_processor, COLUMNS, pad_token_id=tokenizer.pad_token_id)(rows)
+    tokens = {
+        name: [tokenizer(row[index])["input_ids"] for row in CAPTIONS]
+        for index, name in enumerate(("input_ids", "presence_negated_input_ids", "absence_negated_input_ids"))
+    }
+    packed = PackedRows(tokens, tokenizer.pad_token_id, image_index=np.arange(len(CAPTIONS)), image_embeds=image_embeds)
+    fast = OmniNegCollator(packed)([{"row_id": row, "packed_row": row} for row in range(len(CAPTIONS))])
     fast.pop("row_ids")
     assert not any(key.startswith("absence_affirmed") for key in fast)  # rows without the field have no twin
     plain = {"pixel_values": image_processor(images=pictures, return_tensors="pt")["pixel_values"]}

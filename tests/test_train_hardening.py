@@ -30,7 +30,8 @@ from transformers import CLIPModel, TrainerCallback
 import modeling_omninegclip
 import train
 from omninegclip.cli import run_cli
-from omninegclip.data import CaptionColumns, SourceReport, cached_image_embeddings, prepare_dataset
+from omninegclip.data import CaptionColumns, SourceReport, prepare_dataset
+from omninegclip.images import ImageTransform, image_pass
 from omninegclip.provenance import provenance
 from train_helpers import (  # noqa: F401  (single_thread: an autouse fixture)
     BAD_IMAGES,
@@ -235,15 +236,19 @@ def test_bad_input_matrix(case: Case, root: Path, capsys, caplog):
 def test_prepare_dataset_skips_exactly_the_bad_rows_and_keeps_where_the_rest_came_from(root, tokenizer, processor, tiny_clip):
     raw = datasets.load_from_disk(str(mixed_quality(root)))["train"]
     columns = CaptionColumns.from_flags("image", "caption", "presence_negated", "absence_negated")
-    prepared, (report,) = prepare_dataset([raw], ["mixed"], columns, tokenizer, max_length=77)
-    assert isinstance(report, SourceReport)
-    assert (report.rows, report.kept, report.truncated_captions) == (12, 5, 1)
-    assert report.skipped == {"corrupt_image": 1, "truncated_image": 1, "image_too_large": 2, "empty_caption": 2, "missing_image": 1}
-    assert prepared["source_row"] == [0, 5, 8, 9, 10] and prepared["row_id"] == list(range(5))
-    assert len(prepared[3]["input_ids"]) == 77 and prepared[3]["input_ids"][-1] == tokenizer.eos_token_id
-    # The kept images decode: the frozen tower's embeddings are computed for every row, with no error.
-    cached = cached_image_embeddings(tiny_clip, processor.image_processor, prepared, "image", root / "check-cache")
-    assert torch.isfinite(torch.tensor(cached["image_embeds"])).all() and len(cached) == 5
+    transform = ImageTransform.for_processor(processor.image_processor)
+    for images in (None, lambda refs: image_pass(refs, transform, model=tiny_clip, num_workers=0)):  # checked, or embedded
+        prepared, (report,) = prepare_dataset([raw], ["mixed"], columns, tokenizer, max_length=77, images=images)
+        assert isinstance(report, SourceReport)
+        assert (report.rows, report.kept, report.truncated_captions) == (12, 5, 1)
+        assert report.skipped == {"corrupt_image": 1, "truncated_image": 1, "image_too_large": 2, "empty_caption": 2,
+                                  "missing_image": 1}
+        assert prepared.source_row.tolist() == [0, 5, 8, 9, 10] and prepared.order.tolist() == list(range(5))
+        tokens = prepared.tokens["input_ids"][3]
+        assert len(tokens) == 77 and tokens[-1] == tokenizer.eos_token_id
+    # The kept images decode: the frozen tower's embeddings are computed for every kept row's image.
+    kept_images = prepared.image_index
+    assert torch.isfinite(prepared.image_embeds[kept_images]).all() and prepared.image_embeds[kept_images].abs().sum() > 0
 
 
 def test_the_provenance_records_what_was_skipped(root):

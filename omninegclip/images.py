@@ -1,0 +1,367 @@
+"""Training images, decoded once: the unique images of a split, decoded and preprocessed in parallel
+DataLoader workers, checked in the same pass, embedded by the frozen image tower on the training
+device in its precision, and cached on disk.
+
+Public surface:
+- `ImageRefs.find(datasets, column, names)`: the unique images of some datasets' rows (rows that name
+  the same file, or hold the same bytes, share one image) and each row's image index. Nothing is
+  decoded or copied: a unique image is a (dataset, row) reference into the data as loaded.
+- `ImageTransform.for_processor(image_processor)`: what a worker does to one image: decode it
+  (once), convert it to RGB with `omninegclip.safe_load.open_rgb_image`, and preprocess it. For
+  CLIP's usual settings (shortest-edge resize, centre crop, rescale, normalise) this is a plain
+  PIL/numpy path whose JPEG decoding uses draft mode (the decoder's own 1/2, 1/4, 1/8 scaling to
+  no smaller than the resize target); otherwise the image processor itself runs in the worker.
+- `image_pass(refs, transform, ...)`: one pass over the unique images in a DataLoader with worker
+  processes; returns an `ImagePass` (the embeddings, or None when `model` is None, and the unreadable
+  images by index). With `cache_dir` the result is stored under a key of the vision weights, the
+  preprocessing, the precision and the images, and a relaunch reads it without decoding anything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+import xxhash
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from omninegclip.embedding import _features
+from omninegclip.safe_load import UnreadableImage, open_rgb_image
+
+logger = logging.getLogger(__name__)
+
+KEY_CHUNK = 512  # rows read at once while finding the unique images (bytes are hashed, not kept)
+
+
+def _base_folder(name: str) -> Path | None:
+    """Where relative image paths of a dataset given as data files (or a folder) are looked up."""
+    first = Path(name.split(",")[0])
+    if first.is_file():
+        return first.parent
+    return first if first.is_dir() else None
+
+
+def _resolve(reference, base: Path | None):
+    """An image path as written in the data: beside the data file when it is there, else as written."""
+    if not isinstance(reference, str) or not reference.strip():
+        return None
+    written = Path(reference).expanduser()
+    beside = base / written if base is not None and not written.is_absolute() else None
+    chosen = beside if beside is not None and beside.is_file() else written
+    return str(chosen.resolve()) if chosen.is_file() else reference
+
+
+@dataclass
+class ImageRefs:
+    """The unique images of a split: `refs[i] = (dataset, row)` of image i's first row, read from
+    `raw[dataset]` (the image column, undecoded: `{"bytes", "path"}` or a path string)."""
+
+    raw: list[datasets.Dataset]
+    column: str
+    bases: list[Path | None]
+    refs: np.ndarray  # (images, 2) int64
+    digest: str  # what the images are: their identities, in order (part of the cache key)
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    @classmethod
+    def find(cls, sources: list[datasets.Dataset], column: str, names: list[str],
+             rows: list[list[int]]) -> tuple["ImageRefs", list[np.ndarray]]:
+        """The unique images among `rows[k]` of `sources[k]`, and the image index of each of those rows.
+        An image is its path when the data holds only a path, else its bytes (hashed): rows that
+        repeat an image (several captions of one photo, a dataset mixed in twice) share it."""
+        raw, bases, refs, index_of, digest = [], [], [], {}, hashlib.sha256()
+        per_source = []
+        for k, (dataset, name, keep) in enumerate(zip(sources, names, rows)):
+            feature = dataset.features[column]
+            if isinstance(feature, datasets.Image):
+                dataset = dataset.cast_column(column, datasets.Image(decode=False))
+            dataset = dataset.select_columns([column])
+            raw.append(dataset)
+            bases.append(_base_folder(name))
+            indices = np.empty(len(keep), dtype=np.int64)
+            for start in range(0, len(keep), KEY_CHUNK):
+                chunk = keep[start : start + KEY_CHUNK]
+                for offset, (row, value) in enumerate(zip(chunk, dataset[chunk][column])):
+                    key = _identity(value, bases[-1]) or f"missing:{k}:{row}"  # nothing to share: its own image
+                    if key not in index_of:
+                        index_of[key] = len(refs)
+                        refs.append((k, row))
+                        digest.update(key.encode() + b"\0")
+                    indices[start + offset] = index_of[key]
+            per_source.append(indices)
+        table = np.array(refs, dtype=np.int64).reshape(-1, 2)
+        return cls(raw, column, bases, table, digest.hexdigest()), per_source
+
+    def read(self, indices: list[int]) -> list:
+        """The undecoded image values of some unique images (paths resolved), in the order asked."""
+        values = [None] * len(indices)
+        by_source: dict[int, list[int]] = {}
+        for position, index in enumerate(indices):
+            by_source.setdefault(int(self.refs[index, 0]), []).append(position)
+        for source, positions in by_source.items():
+            rows = [int(self.refs[indices[position], 1]) for position in positions]
+            for position, value in zip(positions, self.raw[source][rows][self.column]):
+                values[position] = _located(value, self.bases[source])
+        return values
+
+
+def _identity(value, base: Path | None) -> str | None:
+    if isinstance(value, dict):
+        if value.get("bytes") is not None:
+            return "bytes:" + xxhash.xxh3_128_hexdigest(value["bytes"])
+        value = value.get("path")
+    resolved = _resolve(value, base)
+    return None if resolved is None else "path:" + resolved
+
+
+def _located(value, base: Path | None):
+    if isinstance(value, dict):
+        return value if value.get("bytes") is not None else _resolve(value.get("path"), base)
+    return _resolve(value, base)
+
+
+# ----------------------------------------------------------------------------------------------
+# One image, in a worker
+# ----------------------------------------------------------------------------------------------
+
+
+def _value(setting, key: str):
+    return setting.get(key) if isinstance(setting, dict) else getattr(setting, key, None)
+
+
+@dataclass(frozen=True)
+class ImageTransform:
+    """Decode and preprocess one image to `pixel_values` (3, H, W) float32. `plain` is set when the
+    processor's settings are CLIP's usual ones, which the PIL/numpy path reproduces; else the
+    processor runs on the decoded image."""
+
+    processor: object
+    plain: dict | None = None
+    draft: bool = True
+
+    @classmethod
+    def for_processor(cls, image_processor, draft: bool = True) -> "ImageTransform":
+        p = image_processor
+        size, crop = getattr(p, "size", None), getattr(p, "crop_size", None)
+        shortest = _value(size, "shortest_edge")
+        others = [_value(size, key) for key in ("height", "width", "longest_edge", "max_height", "max_width")]
+        usual = (
+            getattr(p, "do_resize", False) and shortest and not any(others)
+            and getattr(p, "do_center_crop", False) and _value(crop, "height") and _value(crop, "width")
+            and getattr(p, "do_rescale", False) and getattr(p, "do_normalize", False)
+            and getattr(p, "do_convert_rgb", True) is not False and not getattr(p, "do_pad", None)
+            and int(getattr(p, "resample", -1)) == int(Image.Resampling.BICUBIC)
+        )
+        plain = None
+        if usual:
+            plain = {
+                "shortest_edge": int(shortest), "crop": (int(_value(crop, "height")), int(_value(crop, "width"))),
+                "scale": float(p.rescale_factor), "mean": tuple(float(x) for x in p.image_mean),
+                "std": tuple(float(x) for x in p.image_std),
+            }
+        return cls(p, plain, draft)
+
+    def describe(self) -> str:
+        """For the cache key: what this transform computes."""
+        if self.plain is None:
+            return "processor"
+        return json.dumps({"plain": self.plain, "draft": self.draft}, sort_keys=True)
+
+    def resized_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) after the shortest-edge resize, as the image processors compute it."""
+        shortest = self.plain["shortest_edge"]
+        short, long = (width, height) if width <= height else (height, width)
+        new_long = int(shortest * long / short)
+        return (shortest, new_long) if width <= height else (new_long, shortest)
+
+    def __call__(self, value) -> np.ndarray:
+        if self.plain is None:
+            image = open_rgb_image(value)
+            return np.asarray(self.processor(images=[image], return_tensors="np")["pixel_values"][0], dtype=np.float32)
+        original = {}
+
+        def draft_to(size: tuple[int, int]) -> tuple[int, int] | None:
+            original["size"] = size
+            return self.resized_size(*size) if self.draft else None
+
+        image = open_rgb_image(value, draft=draft_to)
+        target = self.resized_size(*original.get("size", image.size))
+        if image.size != target:
+            image = image.resize(target, Image.Resampling.BICUBIC)
+        crop_height, crop_width = self.plain["crop"]
+        width, height = image.size
+        if width < crop_width or height < crop_height:  # a crop larger than the image: the processor pads
+            return np.asarray(self.processor(images=[open_rgb_image(value)], return_tensors="np")["pixel_values"][0],
+                              dtype=np.float32)
+        top, left = (height - crop_height) // 2, (width - crop_width) // 2
+        pixels = np.asarray(image, dtype=np.float32)[top : top + crop_height, left : left + crop_width]
+        mean = np.asarray(self.plain["mean"], dtype=np.float32)
+        std = np.asarray(self.plain["std"], dtype=np.float32)
+        return ((pixels * np.float32(self.plain["scale"]) - mean) / std).transpose(2, 0, 1).copy()
+
+
+class _Decoded(torch.utils.data.Dataset):
+    """Unique image i -> (i, pixel_values or None, the UnreadableImage or None), read in batches."""
+
+    def __init__(self, refs: ImageRefs, transform: ImageTransform | None):
+        self.refs, self.transform = refs, transform
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def __getitem__(self, index: int):
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: list[int]):
+        out = []
+        for index, value in zip(indices, self.refs.read(indices)):
+            try:
+                pixels = self.transform(value) if self.transform is not None else open_rgb_image(value).close()
+                out.append((index, pixels, None))
+            except UnreadableImage as error:
+                out.append((index, None, error))
+        return out
+
+
+def _collate(items):
+    good = [(index, pixels) for index, pixels, error in items if error is None]
+    errors = [(index, error.kind, str(error)) for index, _, error in items if error is not None]
+    indices = torch.tensor([index for index, _ in good], dtype=torch.long)
+    pixels = (torch.from_numpy(np.stack([pixels for _, pixels in good]))
+              if good and good[0][1] is not None else None)
+    return indices, pixels, errors
+
+
+# ----------------------------------------------------------------------------------------------
+# The pass over every unique image
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ImagePass:
+    """Per unique image: its embedding (unnormalised, float32 on the CPU; None when only checked)
+    and, for the images that cannot be used, why."""
+
+    embeds: torch.Tensor | None
+    unreadable: dict[int, UnreadableImage] = field(default_factory=dict)
+
+
+def default_workers() -> int:
+    """Decoding workers when none are asked for: the cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _weights_digest(model) -> str:
+    digest = hashlib.sha256()
+    for module in (model.vision_model, model.visual_projection):
+        for name, tensor in sorted(module.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def cache_key(model, transform: ImageTransform | None, refs: ImageRefs, precision: str) -> str:
+    """What a cached pass depends on: the vision weights (embedding only), the preprocessing (the
+    image processor's settings and the decoding path), the precision, and the images themselves."""
+    digest = hashlib.sha256()
+    if model is not None:
+        digest.update(_weights_digest(model).encode())
+        digest.update(transform.processor.to_json_string().encode())
+        digest.update(transform.describe().encode())
+        digest.update(precision.encode())
+    digest.update(f"{refs.digest}:{len(refs)}".encode())
+    return digest.hexdigest()[:32]
+
+
+def _load_cached(path: Path) -> ImagePass:
+    tensors = load_file(str(path))
+    with open(path, "rb") as handle:  # the unreadable images ride in the safetensors header's metadata
+        header = json.loads(handle.read(int.from_bytes(handle.read(8), "little")))
+    unreadable = {int(index): UnreadableImage(kind, message)
+                  for index, (kind, message) in json.loads(header.get("__metadata__", {}).get("unreadable", "{}")).items()}
+    return ImagePass(tensors.get("image_embeds"), unreadable)
+
+
+def _save_cached(path: Path, result: ImagePass) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {"image_embeds": result.embeds.contiguous()} if result.embeds is not None else {"checked": torch.zeros(1)}
+    metadata = {"unreadable": json.dumps({str(i): [e.kind, str(e)] for i, e in result.unreadable.items()})}
+    partial = path.with_suffix(f".partial-{os.getpid()}")
+    save_file(tensors, str(partial), metadata=metadata)
+    os.replace(partial, path)
+
+
+@torch.no_grad()
+def image_pass(
+    refs: ImageRefs,
+    transform: ImageTransform | None,
+    model=None,
+    device: torch.device | str | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    batch_size: int = 256,
+    num_workers: int | None = None,
+    cache_dir: str | Path | None = None,
+    desc: str = "training images",
+) -> ImagePass:
+    """Decode every unique image once, in `num_workers` worker processes (default: the cores), and
+    embed it with `model`'s image tower on `device` under `autocast_dtype` (None: the weights' own
+    dtype) — or, with `model=None`, only check that it decodes. See the module docstring for the cache."""
+    precision = str(autocast_dtype or (next(model.parameters()).dtype if model is not None else "none"))
+    path = None
+    if cache_dir is not None:
+        stem = "image_embeds" if model is not None else "image_check"
+        path = Path(cache_dir) / f"{stem}-{cache_key(model, transform, refs, precision)}.safetensors"
+        if path.is_file():
+            logger.info("%s: reusing %s (no image decoded)", desc, path)
+            return _load_cached(path)
+    device = torch.device(device) if device is not None else (next(model.parameters()).device if model is not None else None)
+    batches = -(-len(refs) // batch_size)
+    workers = min(default_workers() if num_workers is None else num_workers, max(batches - 1, 0))
+    loader = torch.utils.data.DataLoader(
+        _Decoded(refs, transform if model is not None else None), batch_size=batch_size, num_workers=workers,
+        collate_fn=_collate, pin_memory=device is not None and device.type == "cuda",
+    )
+    embeds, unreadable = None, {}
+    autocast = (torch.autocast(device.type, dtype=autocast_dtype) if model is not None and autocast_dtype is not None
+                else contextlib.nullcontext())
+    for indices, pixels, errors in tqdm(loader, desc=f"{'embedding' if model is not None else 'checking'} {desc}",
+                                        unit="batch", delay=2, leave=False):
+        unreadable.update((index, UnreadableImage(kind, message)) for index, kind, message in errors)
+        if model is None or pixels is None:
+            continue
+        with autocast:
+            features = _features(model.get_image_features(pixel_values=pixels.to(device, non_blocking=True)))
+        if embeds is None:
+            embeds = torch.zeros(len(refs), features.shape[-1], dtype=torch.float32)
+        embeds[indices] = features.float().cpu()
+    if model is not None and embeds is None:  # no image could be read
+        embeds = torch.zeros(len(refs), model.config.projection_dim, dtype=torch.float32)
+    result = ImagePass(embeds, unreadable)
+    if path is not None:
+        _save_cached(path, result)
+    return result
+
+
+def pixel_values(transform: ImageTransform, refs: list[ImageRefs], offsets: np.ndarray, indices: np.ndarray) -> torch.Tensor:
+    """The preprocessed pixels of some images, numbered across several splits' unique images
+    (`offsets[s]` = the number of split s's first image): the batch of a run whose image tower trains."""
+    pixels = []
+    for index in indices.tolist():
+        split = int(np.searchsorted(offsets, index, side="right") - 1)
+        pixels.append(torch.from_numpy(transform(refs[split].read([index - int(offsets[split])])[0])))
+    return torch.stack(pixels)

@@ -1,0 +1,284 @@
+"""Preparation for a real run: each unique image decoded once (in worker processes), embedded on the
+training device in its precision, cached so that a relaunch decodes nothing, no copy of the image
+bytes written; the batch gathered from packed arrays; the NaN check without a host sync per step."""
+
+from __future__ import annotations
+
+import collections
+import io
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+import torch
+import xxhash
+from PIL import Image, ImageDraw
+from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+import train
+from omninegclip import images as images_module
+from omninegclip.data import CaptionColumns, prepare_dataset
+from omninegclip.images import ImageRefs, ImageTransform, image_pass
+from train_helpers import color_rows, save_dataset, save_tiny_clip, train_flags
+
+# The draft-mode JPEG path's mean distance from the image processor's pixel values (normalised
+# units, where the values span about 4): measured 0.011-0.026 on generated 640x480 and 1024x768
+# photos at quality 90; the README states "within 0.03".
+DRAFT_MEAN_TOLERANCE = 0.03
+
+
+def photo_jpeg(width: int = 640, height: int = 480, seed: int = 0, quality: int = 90) -> bytes:
+    """A photo-like JPEG: smooth colour fields, shapes and sensor-like noise."""
+    rng = np.random.default_rng(seed)
+    field = rng.normal(size=(height // 16 + 1, width // 16 + 1, 3))
+    field = ((field - field.min()) / np.ptp(field) * 255).astype(np.uint8)
+    image = Image.fromarray(field).resize((width, height), Image.Resampling.BICUBIC)
+    draw = ImageDraw.Draw(image)
+    for _ in range(12):
+        x, y, r = rng.integers(0, width), rng.integers(0, height), rng.integers(10, 120)
+        draw.ellipse([x, y, x + r, y + r], fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
+    pixels = np.clip(np.asarray(image, dtype=np.float32) + rng.normal(0, 12, (height, width, 3)), 0, 255)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels.astype(np.uint8)).save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def encoded(image: Image.Image, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def processor_pixels(image_processor, data: bytes) -> np.ndarray:
+    return image_processor(images=[Image.open(io.BytesIO(data)).convert("RGB")], return_tensors="np")["pixel_values"][0]
+
+
+# ---- one image -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [(640, 480), (480, 640), (333, 500), (224, 224), (230, 1000)])
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "P"])
+def test_the_plain_path_gives_the_image_processors_pixels(size, mode):
+    image_processor = CLIPImageProcessorPil()
+    transform = ImageTransform.for_processor(image_processor)
+    assert transform.plain is not None  # CLIP's usual settings: the PIL/numpy path
+    rng = np.random.default_rng(sum(size))
+    picture = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).convert(mode)
+    data = encoded(picture)
+    np.testing.assert_allclose(transform({"bytes": data, "path": None}), processor_pixels(image_processor, data), atol=1e-5)
+
+
+def test_draft_mode_jpegs_stay_within_the_stated_tolerance():
+    image_processor = CLIPImageProcessorPil()
+    fast = ImageTransform.for_processor(image_processor)
+    full = ImageTransform.for_processor(image_processor, draft=False)
+    drafted = 0
+    for seed, size in enumerate([(640, 480), (480, 640), (1024, 768), (500, 375)]):
+        data = photo_jpeg(*size, seed=seed)
+        reference = processor_pixels(image_processor, data)
+        np.testing.assert_allclose(full({"bytes": data, "path": None}), reference, atol=1e-5)  # no draft: exact
+        difference = np.abs(fast({"bytes": data, "path": None}) - reference)
+        assert difference.mean() < DRAFT_MEAN_TOLERANCE, (size, difference.mean())
+        drafted += difference.max() > 0
+    assert drafted >= 2  # not vacuous: the large photos really were decoded at a reduced scale
+
+
+def test_unusual_processor_settings_run_the_processor_itself():
+    image_processor = CLIPImageProcessorPil(size={"height": 40, "width": 30}, crop_size={"height": 30, "width": 30})
+    transform = ImageTransform.for_processor(image_processor)
+    assert transform.plain is None
+    data = photo_jpeg(200, 150)
+    np.testing.assert_allclose(transform({"bytes": data, "path": None}), processor_pixels(image_processor, data), atol=1e-6)
+
+
+# ---- the pass over the unique images -----------------------------------------------------------------
+
+
+def jpeg_dataset(count: int, repeat: int = 0, seed: int = 0) -> tuple[datasets.Dataset, list[bytes]]:
+    """`count` distinct small JPEGs, then `repeat` rows that reuse the first images' bytes."""
+    pictures = [photo_jpeg(64 + 8 * i, 48 + 4 * i, seed=seed + i) for i in range(count)]
+    rows = pictures + pictures[:repeat]
+    features = datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string"),
+                                  "presence_negated": datasets.Value("string"), "absence_negated": datasets.Value("string")})
+    table = datasets.Dataset.from_dict({
+        "image": [{"bytes": data, "path": None} for data in rows],
+        "caption": [f"a photo number {i}" for i in range(len(rows))],
+        "presence_negated": [f"a photo with no number {i}" for i in range(len(rows))],
+        "absence_negated": [f"a photo number {i} with no dog" for i in range(len(rows))],
+    }, features=features)
+    return table, pictures
+
+
+@pytest.fixture
+def counted_decodes(monkeypatch) -> collections.Counter:
+    """How often each image (by its bytes or path) is decoded in this process."""
+    seen = collections.Counter()
+    real = images_module.open_rgb_image
+
+    def counting(source, *args, **kwargs):
+        data = source.get("bytes") if isinstance(source, dict) else source
+        seen[xxhash.xxh3_64_hexdigest(data) if isinstance(data, bytes) else str(data)] += 1
+        return real(source, *args, **kwargs)
+
+    monkeypatch.setattr(images_module, "open_rgb_image", counting)
+    return seen
+
+
+def refs_of(*tables: datasets.Dataset) -> tuple[ImageRefs, list[np.ndarray]]:
+    return ImageRefs.find(list(tables), "image", [f"t{k}" for k in range(len(tables))], [list(range(len(t))) for t in tables])
+
+
+def test_rows_that_repeat_an_image_share_it(tmp_path):
+    first, _ = jpeg_dataset(4, repeat=2)
+    second, _ = jpeg_dataset(3, seed=10)
+    (tmp_path / "a.jpg").write_bytes(photo_jpeg(80, 60, seed=20))
+    paths = datasets.Dataset.from_dict({"image": ["a.jpg", str(tmp_path / "a.jpg"), "missing.jpg", None]})
+    refs, index = ImageRefs.find([first, second, paths], "image", ["first", "second", str(tmp_path)],
+                                 [list(range(6)), list(range(3)), list(range(4))])
+    assert index[0].tolist() == [0, 1, 2, 3, 0, 1]  # same bytes, same image
+    assert index[1].tolist() == [4, 5, 6]
+    assert index[2][0] == index[2][1] == 7  # a relative and an absolute path to one file: one image
+    assert len(set(index[2][2:].tolist()) | {7}) == 3  # a missing file and no image at all are each their own
+    assert len(refs) == 10
+
+
+def test_each_unique_image_is_decoded_once_and_a_relaunch_decodes_none(tmp_path, processor, tiny_clip, counted_decodes):
+    table, pictures = jpeg_dataset(5, repeat=3)
+    refs, _ = refs_of(table)
+    transform = ImageTransform.for_processor(processor.image_processor)
+    first = image_pass(refs, transform, model=tiny_clip, num_workers=0, cache_dir=tmp_path)
+    assert sorted(counted_decodes.values()) == [1] * 5 and len(counted_decodes) == len(pictures)
+    counted_decodes.clear()
+    again = image_pass(refs, transform, model=tiny_clip, num_workers=0, cache_dir=tmp_path)
+    assert not counted_decodes  # read from the cache: nothing decoded, nothing checked again
+    torch.testing.assert_close(again.embeds, first.embeds)
+    assert len(list(tmp_path.glob("image_embeds-*.safetensors"))) == 1
+
+
+def test_worker_processes_give_the_same_embeddings(processor, tiny_clip):
+    table, _ = jpeg_dataset(7)
+    refs, _ = refs_of(table)
+    transform = ImageTransform.for_processor(processor.image_processor)
+    alone = image_pass(refs, transform, model=tiny_clip, batch_size=2, num_workers=0)
+    workers = image_pass(refs, transform, model=tiny_clip, batch_size=2, num_workers=2)
+    torch.testing.assert_close(workers.embeds, alone.embeds)
+    assert alone.embeds.shape == (7, tiny_clip.config.projection_dim) and alone.embeds.abs().sum() > 0
+
+
+def test_an_unreadable_image_is_counted_in_the_same_pass_and_remembered_by_the_cache(tmp_path, processor, tiny_clip,
+                                                                                    counted_decodes):
+    table, pictures = jpeg_dataset(3)
+    truncated = table.cast_column("image", datasets.Image(decode=False)).to_dict()
+    truncated["image"][1] = {"bytes": pictures[1][: len(pictures[1]) // 2], "path": None}
+    table = datasets.Dataset.from_dict(truncated, features=table.features)
+    columns = CaptionColumns.from_flags("image", "caption", "presence_negated", "absence_negated")
+    transform = ImageTransform.for_processor(processor.image_processor)
+    run = lambda refs: image_pass(refs, transform, model=tiny_clip, num_workers=0, cache_dir=tmp_path)  # noqa: E731
+    for decodes in (3, 0):  # the first pass decodes each image once; the relaunch none, with the same skip
+        counted_decodes.clear()
+        prepared, (report,) = prepare_dataset([table], ["photos"], columns, processor.tokenizer, images=run)
+        assert sum(counted_decodes.values()) == decodes
+        assert report.skipped == {"truncated_image": 1} and report.kept == 2
+        assert prepared.source_row.tolist() == [0, 2]
+
+
+def test_the_cache_key_records_the_precision_and_autocast_reaches_the_tower(tmp_path, processor, tiny_clip):
+    table, _ = jpeg_dataset(2)
+    refs, _ = refs_of(table)
+    transform = ImageTransform.for_processor(processor.image_processor)
+    seen = []
+    real = tiny_clip.get_image_features
+
+    def recording(pixel_values):
+        seen.append((pixel_values.device.type, torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return real(pixel_values=pixel_values)
+
+    tiny_clip.get_image_features = recording
+    full = image_pass(refs, transform, model=tiny_clip, device="cpu", num_workers=0, cache_dir=tmp_path)
+    half = image_pass(refs, transform, model=tiny_clip, device="cpu", autocast_dtype=torch.bfloat16, num_workers=0,
+                      cache_dir=tmp_path)
+    assert seen == [("cpu", False, torch.get_autocast_dtype("cpu")), ("cpu", True, torch.bfloat16)]
+    assert len(list(tmp_path.glob("image_embeds-*.safetensors"))) == 2  # one per precision
+    assert full.embeds.dtype == half.embeds.dtype == torch.float32
+    assert not torch.equal(full.embeds, half.embeds)
+    torch.testing.assert_close(half.embeds, full.embeds, rtol=0.05, atol=0.05)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (bench/gpu_check.sh runs it)")
+def test_embeddings_on_the_gpu_equal_the_cpus(processor, tiny_clip):
+    table, _ = jpeg_dataset(6)
+    refs, _ = refs_of(table)
+    transform = ImageTransform.for_processor(processor.image_processor)
+    cpu = image_pass(refs, transform, model=tiny_clip, num_workers=0)
+    gpu = image_pass(refs, transform, model=tiny_clip.to("cuda"), num_workers=2, batch_size=2)
+    torch.testing.assert_close(gpu.embeds, cpu.embeds, rtol=1e-3, atol=1e-4)
+
+
+# ---- through train.py -------------------------------------------------------------------------------
+
+
+def test_train_embeds_on_its_device_in_its_precision_before_the_trainer_exists(tmp_path, processor, monkeypatch):
+    model_dir = save_tiny_clip(tmp_path / "clip", processor)
+    data = save_dataset(tmp_path / "data", color_rows(8))
+    calls = []
+    real = train.image_pass
+
+    def recording(refs, transform, **kwargs):
+        model = kwargs["model"]
+        calls.append((kwargs["device"], kwargs["autocast_dtype"], next(model.parameters()).device))
+        return real(refs, transform, **kwargs)
+
+    monkeypatch.setattr(train, "image_pass", recording)
+    args = train.parse_args(train_flags(model_dir, data, tmp_path / "out", bf16="true", use_cpu="true"))
+    model, loaded_processor = train.load_model(args.model)
+    train.prepare_splits(args, loaded_processor, model)
+    ((device, precision, model_device),) = calls  # called by prepare_splits: no Trainer exists yet
+    assert device == args.training.device and model_device.type == args.training.device.type
+    assert precision == torch.bfloat16
+
+
+def test_preparation_writes_no_copy_of_the_images(tmp_path, processor):
+    """Two mixed datasets (the smaller one repeated) with a skipped row: what preparation writes is
+    the embedding cache only, a small fraction of the images' bytes, and none of their bytes."""
+    model_dir = save_tiny_clip(tmp_path / "clip", processor)
+    presence, pictures = jpeg_dataset(12, repeat=4)
+    absence, more = jpeg_dataset(6, seed=50)
+    presence = presence.map(lambda row, i: {"caption": "" if i == 3 else row["caption"]}, with_indices=True)  # a skip
+    datasets.DatasetDict({"train": presence}).save_to_disk(str(tmp_path / "presence"))
+    datasets.DatasetDict({"train": absence}).save_to_disk(str(tmp_path / "absence"))
+    before = {path: path.stat().st_size for path in tmp_path.rglob("*") if path.is_file()}
+    args = train.parse_args(train_flags(model_dir, tmp_path / "presence", tmp_path / "runs" / "out",
+                                        mix_dataset_name=tmp_path / "absence"))
+    model, loaded_processor = train.load_model(args.model)
+    tables, packed, _, reports = train.prepare_splits(args, loaded_processor, model)
+    written = [path for path in tmp_path.rglob("*") if path.is_file() and before.get(path) != path.stat().st_size]
+    image_bytes = sum(len(data) for data in pictures + more)
+    assert written and all(path.parent == Path(args.data.image_embedding_cache_dir) for path in written)
+    assert sum(path.stat().st_size for path in written) <= 0.05 * image_bytes
+    for path in written:
+        content = path.read_bytes()
+        assert not any(data[200:400] in content for data in pictures + more), path  # no image's bytes anywhere
+    assert len(tables["train"]) == 2 * 15 and len(packed.image_index) == 15 + 6  # 16 rows, one skipped; repeats share rows
+    assert packed.image_embeds.shape[0] == 12 + 6  # unique images embedded once: 12 + 6, not 30 rows
+    assert reports[0].skipped == {"empty_caption": 1}
+
+
+# ---- batches and steps ------------------------------------------------------------------------------
+
+
+def test_the_nan_check_syncs_once_per_check_interval_not_every_step(tmp_path, processor, monkeypatch):
+    model_dir = save_tiny_clip(tmp_path / "clip", processor)
+    data = save_dataset(tmp_path / "data", color_rows(8))
+    checks = []
+    real = train.OmniNegCLIPTrainer.check_finite
+
+    def counting(self, model):
+        checks.append((self.state.global_step, len(self._unchecked)))
+        return real(self, model)
+
+    monkeypatch.setattr(train.OmniNegCLIPTrainer, "check_finite", counting)
+    train.main(train_flags(model_dir, data, tmp_path / "out", max_steps=6, nan_check_steps=4, logging_steps=100,
+                           per_device_train_batch_size=4))
+    assert checks == [(4, 4), (6, 2)]  # steps 1-4 checked together, then 5-6 as training stops
