@@ -37,7 +37,7 @@ default: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m omninegclip.default
 
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python app.py
+	HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False $(BIN)/python app.py
 
 ablations: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m omninegclip.default --ablations --finetune_epochs 0.5

@@ -146,12 +146,13 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_app_in_headless_chromium(two_models):
+def test_app_in_headless_chromium(two_models, monkeypatch):
     """Serve the app, pick the which-object example in Chromium, score it, and read both answers
     off the page. OMNINEGCLIP_SCREENSHOT=PATH also saves a screenshot of the page there."""
     executable = chromium_path()
     playwright = pytest.importorskip("playwright.sync_api")
     tuned, base = two_models
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")  # offline: no usage reports
     demo, example_folders = app.build_demo(str(tuned), str(base))
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
                             ssr_mode=False, allowed_paths=example_folders)
