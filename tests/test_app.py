@@ -216,6 +216,21 @@ def test_space_folder(tmp_path, monkeypatch):
     assert sorted(path.name for path in Path(uploads[0]["folder_path"]).iterdir()) == sorted(space.SPACE_FILES)
 
 
+def test_space_app_runs_without_the_project(tmp_path):
+    """On a Space, app.py stands alone: it imports without the omninegclip package and reads its
+    models from the Space card beside it."""
+    import subprocess
+    import sys
+
+    folder = tmp_path / "space"
+    write_space(folder, "me/tuned", "me/base")
+    probe = "import sys, app; assert 'omninegclip' not in sys.modules; print(app.choose_models(None, None))"
+    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", app.MODEL_ENV, app.BASE_ENV)}
+    result = subprocess.run([sys.executable, "-c", probe], cwd=folder, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "('me/tuned', 'me/base')"
+
+
 def test_space_cli_wants_hub_ids(tmp_path, two_models, capsys):
     import omninegclip.space as space
 
