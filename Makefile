@@ -2,16 +2,17 @@
 # requirements file changes).
 #   make default   build the image world, pretrain a small CLIP, fine-tune it with Omni-NegCLIP, evaluate
 #   make test      the test suite (offline, CPU)
+#   make demo      serve the demo (app.py) on the default's models
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: default test ablations bench setup
+.PHONY: default test ablations bench setup demo browser
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-dev.txt requirements-demo.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
@@ -19,11 +20,24 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(BIN)/python -m pip install --quiet --no-deps open_clip_torch==3.3.0
 	touch $(STAMP)
 
-test: $(STAMP)
+# tests/test_app.py drives the demo in Debian's headless chromium: installed here when missing (as
+# root, with apt-get); where it cannot be, that test is skipped and says why.
+APT_OPTS := -o Acquire::Retries=2 -o Acquire::http::Timeout=30 -o DPkg::Lock::Timeout=300
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && echo "installing chromium for tests/test_app.py (apt-get)" \
+	  && apt-get $(APT_OPTS) update -qq \
+	  && DEBIAN_FRONTEND=noninteractive apt-get $(APT_OPTS) install -y -qq --no-install-recommends chromium >/dev/null; } \
+	  || echo "chromium could not be installed (not root, no apt-get, or no network): tests/test_app.py's browser test will be skipped"
+
+test: $(STAMP) browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests
 
 default: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m omninegclip.default
+
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False $(BIN)/python app.py
 
 ablations: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m omninegclip.default --ablations --finetune_epochs 0.5
