@@ -63,7 +63,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -99,6 +99,8 @@ from omninegclip.data import (
     prepare_dataset,
     summarize_reports,
 )
+from omninegclip.lora import ADAPTER_DIR, LOGIT_SCALE_WITH_LORA, push_adapter, save_adapter
+from omninegclip.lora import modules_to_save as lora_modules_to_save
 from omninegclip.model_card import load_widget_examples, push_checkpoint, write_model_card
 from omninegclip.provenance import provenance
 
@@ -263,10 +265,24 @@ class LoraArguments:
     lora_target: str = field(
         default="all", metadata={"help": "Which linear layers of the chosen blocks get adapters: attention | mlp | all."}
     )
+    save_adapter: bool = field(
+        default=False,
+        metadata={"help": "Also write the PEFT adapter (for PeftModel.from_pretrained on the base model) to <output_dir>/adapter; "
+                          "with --push_to_hub it goes up in that subfolder of the model repo."},
+    )
+    hub_adapter_id: str | None = field(
+        default=None, metadata={"help": "With --push_to_hub: push the adapter to this repo of its own instead (implies --save_adapter)."}
+    )
 
     def __post_init__(self):
         if self.lora_r < 0:
             raise UserError(f"--lora_r must be >= 0 (0 = no LoRA), got {self.lora_r}")
+        if self.hub_adapter_id is not None:
+            if not HUB_ID.match(self.hub_adapter_id):
+                raise UserError(f"--hub_adapter_id must be a Hub repo id like 'you/omninegclip-lora', got {self.hub_adapter_id!r}")
+            self.save_adapter = True
+        if self.save_adapter and self.lora_r == 0:
+            raise UserError("--save_adapter/--hub_adapter_id need --lora_r > 0: without LoRA there is no adapter, only the full checkpoint")
         if self.lora_target not in LORA_TARGET_MODULES:
             raise UserError(f"--lora_target must be one of {sorted(LORA_TARGET_MODULES)}, got {self.lora_target!r}")
         if not 0.0 <= self.lora_dropout < 1.0:
@@ -577,23 +593,23 @@ def lora_target_regex(blocks: list[int], target: str) -> str:
 
 
 def add_lora(model: OmniNegCLIPModel, trainable: TrainableConfig, lora_args: LoraArguments):
-    """Wrap `model` in a PEFT model with LoRA adapters on the chosen text blocks; the other parameters
-    train as `trainable` says (the blocks themselves stay frozen). Returns (peft model, settings)."""
+    """Wrap `model` in a PEFT model with LoRA adapters on the chosen text blocks; the other parts
+    `trainable` asks for train through PEFT's `modules_to_save` (saved with the adapters, so a resumed
+    run restores them; see omninegclip/lora.py). Returns (peft model, settings)."""
     from peft import LoraConfig, get_peft_model
 
     blocks = resolve_text_blocks(model.config.text_config.num_hidden_layers, trainable)
     if not blocks:
         raise UserError("--lora_r > 0 needs at least one text block to adapt; --front_blocks/--text_preset/--text_blocks chose none")
-    extras = set(apply_trainable(model, replace(trainable, text_blocks=[])))
+    if trainable.train_logit_scale:
+        raise UserError(LOGIT_SCALE_WITH_LORA)
+    extras = lora_modules_to_save(trainable)
     regex = lora_target_regex(blocks, lora_args.lora_target)
     config = LoraConfig(
-        r=lora_args.lora_r, lora_alpha=lora_args.lora_alpha, lora_dropout=lora_args.lora_dropout, target_modules=regex, bias="none"
+        r=lora_args.lora_r, lora_alpha=lora_args.lora_alpha, lora_dropout=lora_args.lora_dropout, target_modules=regex, bias="none",
+        modules_to_save=extras or None,
     )
     peft_model = get_peft_model(model, config)
-    # get_peft_model froze everything but the adapters: what the user asked for trains again.
-    for name, param in model.named_parameters():
-        if name in extras:
-            param.requires_grad_(True)
     settings = {
         "r": lora_args.lora_r,
         "alpha": lora_args.lora_alpha,
@@ -601,6 +617,7 @@ def add_lora(model: OmniNegCLIPModel, trainable: TrainableConfig, lora_args: Lor
         "target": lora_args.lora_target,
         "target_modules": regex,
         "text_blocks": blocks,
+        "modules_to_save": extras,
         "merged": True,
     }
     return peft_model, settings
@@ -678,6 +695,8 @@ def save_outputs(args: Arguments, trainer: OmniNegCLIPTrainer, processor: CLIPPr
     if lora_settings is None:
         trainer.save_model()  # on every process: FSDP/DeepSpeed gather the full weights collectively
     else:
+        if args.lora.save_adapter and trainer.is_world_process_zero():  # before merging: it takes the adapters out
+            save_adapter(trainer.model, output_dir / ADAPTER_DIR, card_args.card_base_model or model_args.model_name_or_path)
         merged = trainer.model.merge_and_unload()
         if trainer.is_world_process_zero():
             merged.save_pretrained(output_dir, extra_settings={"lora": lora_settings})
@@ -690,8 +709,12 @@ def save_outputs(args: Arguments, trainer: OmniNegCLIPTrainer, processor: CLIPPr
     card = dict(base_model=model_args.model_name_or_path, datasets=record["datasets"], widget_examples=widget,
                 license=card_args.license, base_model_id=card_args.card_base_model, dataset_ids=card_args.dataset_ids())
     if push:
+        adapter_repo = args.lora.hub_adapter_id  # else the adapter/ subfolder goes up with the model
+        if adapter_repo:
+            push_adapter(output_dir / ADAPTER_DIR, adapter_repo, token=training_args.hub_token, private=training_args.hub_private_repo)
         push_checkpoint(output_dir, training_args.hub_model_id or output_dir.resolve().name,
-                        token=training_args.hub_token, private=training_args.hub_private_repo, **card)
+                        token=training_args.hub_token, private=training_args.hub_private_repo,
+                        also_ignore=[f"{ADAPTER_DIR}/**"] if adapter_repo else [], **card)
     else:
         write_model_card(output_dir, repo_id=training_args.hub_model_id, **card)
     logger.info("wrote the checkpoint to %s", output_dir)
@@ -713,6 +736,8 @@ def main(argv: list[str]) -> None:
     # adapters, not merged weights): the final folder is pushed once, below, with the card.
     push = training_args.push_to_hub
     training_args.push_to_hub = False
+    if lora_args.hub_adapter_id and not push:
+        raise UserError("--hub_adapter_id names where to push the adapter: it needs --push_to_hub")
     widget = load_widget_examples(card_args.widget_examples) if card_args.widget_examples else None
     resume = check_output_and_resume(training_args)
 
