@@ -86,6 +86,7 @@ from modeling_omninegclip import (
     apply_trainable,
     resolve_text_blocks,
 )
+from eval.negation_metrics import NegationMetrics, stack_embeddings, which_object_rows
 from omninegclip.cli import UserError, run_cli
 from omninegclip.data import (
     SOURCE_COLUMN,
@@ -440,10 +441,15 @@ class OmniNegCLIPTrainer(Trainer):
         return (outputs.loss, outputs) if return_outputs else outputs.loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """The loss, and for `compute_metrics` (eval/negation_metrics.py) every row's image, caption and
+        negated-caption embeddings with its row_id as the label (the Trainer gathers them from every process)."""
         inputs = self._prepare_inputs(inputs)
+        row_ids = inputs.get("row_ids")
         with torch.no_grad():
-            loss = self.compute_loss(model, inputs)
-        return loss.detach(), None, None
+            loss, outputs = self.compute_loss(model, inputs, return_outputs=True)
+        if prediction_loss_only or self.compute_metrics is None or row_ids is None:
+            return loss.detach(), None, None
+        return loss.detach(), stack_embeddings(outputs), row_ids
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         if self._term_count and "loss" in logs:  # every process logs at the same steps, with the same terms
@@ -664,6 +670,17 @@ def prepare_splits(args: Arguments, processor: CLIPProcessor, model: OmniNegCLIP
     return prepared, reports
 
 
+def negation_metrics(args: Arguments, eval_dataset: datasets.Dataset) -> NegationMetrics:
+    """The evaluation's negation accuracies; which rows are which-object pairs is read from the raw
+    evaluation split(s), found as prepare_splits found them."""
+    data_args, columns = args.data, args.data.columns()
+    raw = [load_any_dataset(name, data_args.eval_split, data_args.dataset_config_name, args.model.cache_dir, required=False)
+           for name in data_args.sources()]
+    pairs = which_object_rows(eval_dataset, [dataset for dataset in raw if dataset is not None], columns.presence,
+                              columns.absence, SOURCE_COLUMN, SOURCE_ROW_COLUMN)
+    return NegationMetrics(pairs)
+
+
 def training_record(args: Arguments, model: OmniNegCLIPModel, lora_settings: dict | None, push: bool,
                     reports: list[SourceReport], resumed_from: str | None) -> dict:
     """What produced a checkpoint: versions, seed, git commit, data (with its skips) and every setting."""
@@ -763,6 +780,7 @@ def main(argv: list[str]) -> None:
         eval_dataset=prepared.get("eval"),
         data_collator=OmniNegCollator(processor.image_processor, data_args.columns(), pad_token_id=processor.tokenizer.pad_token_id),
         processing_class=processor,
+        compute_metrics=negation_metrics(args, prepared["eval"]) if "eval" in prepared else None,
         source_names=data_args.sources(),
         callbacks=[ProvenanceCallback(record)],
     )
