@@ -451,6 +451,16 @@ class OmniNegCLIPTrainer(Trainer):
             return loss.detach(), None, None
         return loss.detach(), stack_embeddings(outputs), row_ids
 
+    def get_eval_dataloader(self, eval_dataset=None):
+        """Evaluation keeps the last incomplete batch, so the negation metrics cover every row: under
+        several processes Accelerate fills it up with rows from the split's start (every process then
+        gathers as many rows) and `gather_for_metrics` leaves those out of the metrics and the loss mean."""
+        drop_last, self.args.dataloader_drop_last = self.args.dataloader_drop_last, False
+        try:
+            return super().get_eval_dataloader(eval_dataset)
+        finally:
+            self.args.dataloader_drop_last = drop_last
+
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         if self._term_count and "loss" in logs:  # every process logs at the same steps, with the same terms
             names = sorted(self._term_sums)

@@ -2,12 +2,13 @@
 hand-built embeddings (ties wrong, rows without a negation left out), which-object pairs recognised
 in the shapes world exactly where it builds them, and in a real run: the metrics appear among the
 eval metrics with the values the saved model gives by hand, and `--metric_for_best_model
-eval_presence_accuracy` chooses the checkpoint."""
+eval_presence_accuracy` chooses the checkpoint; two processes score the whole split as one does."""
 
 from __future__ import annotations
 
 import json
 import random
+import sys
 
 import datasets
 import numpy as np
@@ -19,7 +20,15 @@ import train
 from eval.negation_metrics import NegationMetrics, negation_accuracies, same_words_but_the_object, which_object_rows
 from omninegclip.data import SOURCE_COLUMN, SOURCE_ROW_COLUMN
 from omninegclip.shapes import MATCHED_PAIR_RATE, WORLD_FEATURES, world_row
-from train_helpers import capture_trainers, save_tiny_clip, single_thread, train_flags  # noqa: F401  (single_thread: autouse)
+from train_helpers import (  # noqa: F401  (single_thread: an autouse fixture)
+    capture_trainers,
+    run_command,
+    save_tiny_clip,
+    single_thread,
+    train_flags,
+)
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
 
 
 def unit(*values) -> list[float]:
@@ -137,3 +146,23 @@ def test_eval_reports_the_negation_metrics_and_metric_for_best_model_chooses_by_
     expected = _by_hand(out, processor, [validation[index] for index in range(len(validation))])
     for name, value in expected.items():
         assert final[name] == pytest.approx(value), name
+
+
+def test_two_processes_score_the_whole_split_like_one(tmp_path, processor, monkeypatch):
+    """13 evaluation rows, 2 processes x 4: the last global batch is incomplete (5 rows). The metrics
+    still cover all 13 rows, as one process does (learning rate 0: both runs score the base model)."""
+    model_dir = save_tiny_clip(tmp_path / "clip", processor)
+    data = tmp_path / "world"
+    datasets.DatasetDict({"train": _world_split("train", 8), "validation": _world_split("validation", 13)}).save_to_disk(str(data))
+    common = dict(max_steps=1, learning_rate=0.0, per_device_train_batch_size=4, per_device_eval_batch_size=4, eval_strategy="steps",
+                  eval_steps=1)
+    result = run_command(TORCHRUN + ["--nproc_per_node", "2", "train.py", *train_flags(model_dir, data, tmp_path / "ddp", **common)],
+                         ACCELERATE_USE_CPU="1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    train.main(train_flags(model_dir, data, tmp_path / "one", **common))
+    train.main(train_flags(model_dir, data, tmp_path / "first8", max_eval_samples=8, **common))
+    results = {name: json.loads((tmp_path / name / "eval_results.json").read_text()) for name in ("ddp", "one", "first8")}
+    for metric in ("eval_presence_accuracy", "eval_absence_choice_accuracy", "eval_which_object_accuracy"):
+        assert results["ddp"][metric] == pytest.approx(results["one"][metric]), metric
+    assert any(results["first8"][metric] != pytest.approx(results["one"][metric]) for metric in
+               ("eval_presence_accuracy", "eval_absence_choice_accuracy", "eval_which_object_accuracy"))
