@@ -20,10 +20,17 @@ One YAML/JSON file may hold the flags (`key: value`, the flag names without `--`
 override it: `python train.py my_run.yaml --learning_rate 1e-5`.
 
 LoRA instead of full fine-tuning of the chosen text blocks (adapters on those blocks only; the
-embeddings, final layer norm, projection and logit scale then stay frozen unless their
-`--train_*` flag says otherwise); the saved checkpoint has the adapters merged, a plain CLIPModel:
+embeddings, final layer norm and projection then stay frozen unless their `--train_*` flag says
+otherwise, and train as PEFT's modules_to_save; the logit scale cannot train with LoRA); the saved
+checkpoint has the adapters merged, a plain CLIPModel; `--save_adapter` also writes the PEFT
+adapter to <output_dir>/adapter (`--hub_adapter_id` pushes it to a repo of its own):
 
     python train.py <flags> --lora_r 16 --lora_alpha 32 --lora_target attention
+
+Every evaluation reports the loss and the negation accuracies eval_presence_accuracy,
+eval_absence_choice_accuracy and (where the data names the negated objects)
+eval_which_object_accuracy, over the whole split (eval/negation_metrics.py); any of them can be
+--metric_for_best_model.
 
 Push to the Hub (weights, processor and this project's model card, in one commit after training;
 `--widget_examples` gives the card's widget its own images and negation labels):
@@ -152,7 +159,7 @@ class DataArguments:
     )
     train_split: str = field(default="train", metadata={"help": "Split to train on."})
     eval_split: str | None = field(
-        default="validation", metadata={"help": "Split for the evaluation loss; 'none' to skip. Missing: skipped with a note."}
+        default="validation", metadata={"help": "Split for the evaluation loss and negation accuracies; 'none' to skip. Missing: skipped with a note."}
     )
     image_column: str = field(default="image", metadata={"help": "Column with the images (PIL or datasets Image)."})
     caption_column: str = field(default="caption", metadata={"help": "Column with the original captions."})
@@ -222,7 +229,7 @@ class OmniNegArguments:
     train_position_embedding: bool | None = field(default=None, metadata={"help": "Train the position embedding (default: yes; with LoRA: no)."})
     train_final_layer_norm: bool | None = field(default=None, metadata={"help": "Train the text tower's final layer norm (default: yes; with LoRA: no)."})
     train_text_projection: bool | None = field(default=None, metadata={"help": "Train the text projection (default: yes; with LoRA: no)."})
-    train_logit_scale: bool | None = field(default=None, metadata={"help": "Train the logit scale, clamped to <= ln 100 (default: yes; with LoRA: no)."})
+    train_logit_scale: bool | None = field(default=None, metadata={"help": "Train the logit scale, clamped to <= ln 100 (default: yes; not with LoRA)."})
     train_vision_tower: bool = field(default=False, metadata={"help": "Also train the whole image tower (off in Omni-NegCLIP)."})
 
     def loss_config(self) -> OmniNegLossConfig:

@@ -163,10 +163,10 @@ def _probe_inputs(processor) -> dict:
                           return_tensors="pt", padding=True))
 
 
-def _assert_adapter_reproduces_merged(base_dir, adapter_dir, merged_dir, inputs) -> None:
+def _assert_adapter_reproduces_merged(base_dir, adapter_dir, merged_dir, inputs, **load) -> None:
     from peft import PeftModel
 
-    adapted = PeftModel.from_pretrained(CLIPModel.from_pretrained(base_dir), adapter_dir).eval()
+    adapted = PeftModel.from_pretrained(CLIPModel.from_pretrained(base_dir), adapter_dir, **load).eval()
     merged = CLIPModel.from_pretrained(merged_dir).eval()
     with torch.no_grad():
         expected, got = merged(**inputs), adapted(**inputs)
@@ -214,6 +214,8 @@ def test_pushed_adapter_goes_to_its_own_repo_or_the_model_repos_subfolder(tmp_pa
         assert len(hub.commits) == 1
         adapter_dir = model_commit.folder / "adapter"
         assert {"adapter/adapter_config.json", "adapter/adapter_model.safetensors"} <= model_files
+        # As a user loads it from the model repo: the repo, subfolder="adapter".
+        _assert_adapter_reproduces_merged(model, model_commit.folder, model_commit.folder, _probe_inputs(processor), subfolder="adapter")
     assert {"adapter_config.json", "adapter_model.safetensors"} <= {path.name for path in adapter_dir.iterdir()}
     _assert_adapter_reproduces_merged(model, adapter_dir, model_commit.folder, _probe_inputs(processor))
 
