@@ -178,9 +178,12 @@ def _assert_adapter_reproduces_merged(base_dir, adapter_dir, merged_dir, inputs,
 
 def test_save_adapter_loads_on_the_base_with_peft_and_matches_the_merged_checkpoint(tmp_path, processor):
     model = save_tiny_clip(tmp_path / "clip", processor)
-    data = save_dataset(tmp_path / "data", color_rows(8))
+    data = save_dataset(tmp_path / "data", color_rows(8), color_rows(6, offset=8))
     out = tmp_path / "out"
-    train.main(train_flags(model, data, out, save_adapter="true", learning_rate=5e-2, card_base_model="someone/tiny-clip", **EXTRAS))
+    train.main(train_flags(model, data, out, save_adapter="true", learning_rate=5e-2, card_base_model="someone/tiny-clip",
+                           eval_strategy="steps", eval_steps=2, **EXTRAS))
+    # The PEFT-wrapped model evaluates like the full one: loss and negation accuracies.
+    assert {"eval_loss", "eval_presence_accuracy", "eval_absence_choice_accuracy"} <= json.loads((out / "eval_results.json").read_text()).keys()
     adapter = out / "adapter"
     config = json.loads((adapter / "adapter_config.json").read_text())
     assert config["peft_type"] == "LORA" and config["r"] == 2 and config["base_model_name_or_path"] == "someone/tiny-clip"
@@ -227,6 +230,7 @@ def test_adapter_flags_are_checked_before_anything_slow(tmp_path, processor, cap
         (dict(save_adapter="true"), "--save_adapter/--hub_adapter_id need --lora_r > 0"),
         (dict(lora_r=2, hub_adapter_id="someone/x"), "--hub_adapter_id names where to push the adapter: it needs --push_to_hub"),
         (dict(lora_r=2, hub_adapter_id="not a repo"), "--hub_adapter_id must be a Hub repo id"),
+        (dict(lora_r=2, train_logit_scale="true"), "--train_logit_scale does not work with --lora_r"),
     ):
         with pytest.raises(SystemExit) as exit_info:
             run_cli(train.main, train_flags(model, data, tmp_path / "out", **overrides))
