@@ -77,14 +77,21 @@ def negation_accuracies(embeddings: torch.Tensor, which_object: torch.Tensor | N
 
 class NegationMetrics:
     """The Trainer's `compute_metrics`: predictions are `stack_embeddings` of every evaluation row,
-    label_ids their `row_id`s; `which_object` (indexed by row_id) marks the which-object pairs."""
+    label_ids their `row_id`s; `which_object` (indexed by row_id) marks the which-object pairs.
+    With `--batch_eval_metrics` the Trainer calls it once per (gathered) batch: the batches are kept
+    until the call with `compute_result=True`, which scores them all."""
 
     def __init__(self, which_object: np.ndarray | None = None):
         self.which_object = None if which_object is None else torch.as_tensor(np.asarray(which_object, dtype=bool))
+        self._batches: list[tuple[torch.Tensor, torch.Tensor]] = []
 
-    def __call__(self, prediction) -> dict[str, float]:
-        embeddings = torch.as_tensor(np.asarray(prediction.predictions, dtype=np.float32))
-        rows = torch.as_tensor(np.asarray(prediction.label_ids, dtype=np.int64))
+    def __call__(self, prediction, compute_result: bool = True) -> dict[str, float]:
+        as_tensor = lambda values, dtype: torch.as_tensor(values).detach().cpu().to(dtype)  # noqa: E731  (numpy or tensor)
+        self._batches.append((as_tensor(prediction.predictions, torch.float32), as_tensor(prediction.label_ids, torch.long)))
+        if not compute_result:
+            return {}
+        embeddings, rows = (torch.cat(parts) for parts in zip(*self._batches))
+        self._batches = []
         flags = None if self.which_object is None else self.which_object[rows]
         return negation_accuracies(embeddings, flags)
 

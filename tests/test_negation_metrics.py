@@ -61,6 +61,9 @@ def test_accuracies_on_hand_built_embeddings():
     order = [4, 2, 0, 3, 1]
     metrics = NegationMetrics(which_object=which.numpy())
     assert metrics(EvalPrediction(predictions=embeddings[order].numpy(), label_ids=np.array(order))) == pytest.approx(results)
+    # --batch_eval_metrics: one call per batch (tensors), the last with compute_result=True scores them all.
+    assert metrics(EvalPrediction(predictions=embeddings[:2], label_ids=torch.tensor([0, 1])), compute_result=False) == {}
+    assert metrics(EvalPrediction(predictions=embeddings[2:], label_ids=torch.tensor([2, 3, 4])), compute_result=True) == pytest.approx(results)
 
 
 def _world_split(split: str, count: int, seed: int = 0, image_size: int = 32) -> datasets.Dataset:
