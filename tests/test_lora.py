@@ -71,6 +71,12 @@ def test_lora_extras_train_through_modules_to_save_and_the_logit_scale_is_refuse
     # PEFT trains a copy of each (saved with the adapters); the image tower's position embedding is not one.
     assert extras == {"base_model.model.text_model.embeddings.position_embedding.modules_to_save.default.weight",
                       "base_model.model.text_projection.modules_to_save.default.weight"}
+    omni = train.OmniNegArguments(front_blocks=1, train_vision_tower=True)
+    peft_model, settings = train.add_lora(OmniNegCLIPModel(tiny_clip_config()), omni.trainable_config(lora=True), train.LoraArguments(lora_r=2))
+    assert settings["modules_to_save"] == ["vision_model", "visual_projection"]
+    vision = {name for name, param in peft_model.named_parameters() if param.requires_grad and ".lora_" not in name}
+    assert "base_model.model.vision_model.modules_to_save.default.embeddings.patch_embedding.weight" in vision
+    assert all(".modules_to_save.default." in name for name in vision)
     omni = train.OmniNegArguments(front_blocks=1, train_logit_scale=True)
     with pytest.raises(train.UserError, match="--train_logit_scale does not work with --lora_r: .*bare parameter"):
         train.add_lora(OmniNegCLIPModel(tiny_clip_config()), omni.trainable_config(lora=True), train.LoraArguments(lora_r=2))
