@@ -20,10 +20,17 @@ One YAML/JSON file may hold the flags (`key: value`, the flag names without `--`
 override it: `python train.py my_run.yaml --learning_rate 1e-5`.
 
 LoRA instead of full fine-tuning of the chosen text blocks (adapters on those blocks only; the
-embeddings, final layer norm, projection and logit scale then stay frozen unless their
-`--train_*` flag says otherwise); the saved checkpoint has the adapters merged, a plain CLIPModel:
+embeddings, final layer norm and projection then stay frozen unless their `--train_*` flag says
+otherwise, and train as PEFT's modules_to_save; the logit scale cannot train with LoRA); the saved
+checkpoint has the adapters merged, a plain CLIPModel; `--save_adapter` also writes the PEFT
+adapter to <output_dir>/adapter (`--hub_adapter_id` pushes it to a repo of its own):
 
     python train.py <flags> --lora_r 16 --lora_alpha 32 --lora_target attention
+
+Every evaluation reports the loss and the negation accuracies eval_presence_accuracy,
+eval_absence_choice_accuracy and (where the data names the negated objects)
+eval_which_object_accuracy, over the whole split (eval/negation_metrics.py); any of them can be
+--metric_for_best_model.
 
 Push to the Hub (weights, processor and this project's model card, in one commit after training;
 `--widget_examples` gives the card's widget its own images and negation labels):
@@ -63,7 +70,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import NamedTuple
@@ -87,6 +94,7 @@ from modeling_omninegclip import (
     apply_trainable,
     resolve_text_blocks,
 )
+from eval.negation_metrics import NegationMetrics, stack_embeddings, which_object_rows
 from omninegclip.cli import UserError, run_cli
 from omninegclip.data import (
     SOURCE_COLUMN,
@@ -101,6 +109,8 @@ from omninegclip.data import (
     summarize_reports,
 )
 from omninegclip.images import ImageTransform, image_pass, pixel_values
+from omninegclip.lora import ADAPTER_DIR, LOGIT_SCALE_WITH_LORA, push_adapter, save_adapter
+from omninegclip.lora import modules_to_save as lora_modules_to_save
 from omninegclip.model_card import load_widget_examples, push_checkpoint, write_model_card
 from omninegclip.provenance import provenance
 
@@ -151,7 +161,7 @@ class DataArguments:
     )
     train_split: str = field(default="train", metadata={"help": "Split to train on."})
     eval_split: str | None = field(
-        default="validation", metadata={"help": "Split for the evaluation loss; 'none' to skip. Missing: skipped with a note."}
+        default="validation", metadata={"help": "Split for the evaluation loss and negation accuracies; 'none' to skip. Missing: skipped with a note."}
     )
     image_column: str = field(default="image", metadata={"help": "Column with the images (PIL or datasets Image)."})
     caption_column: str = field(default="caption", metadata={"help": "Column with the original captions."})
@@ -239,7 +249,7 @@ class OmniNegArguments:
     train_position_embedding: bool | None = field(default=None, metadata={"help": "Train the position embedding (default: yes; with LoRA: no)."})
     train_final_layer_norm: bool | None = field(default=None, metadata={"help": "Train the text tower's final layer norm (default: yes; with LoRA: no)."})
     train_text_projection: bool | None = field(default=None, metadata={"help": "Train the text projection (default: yes; with LoRA: no)."})
-    train_logit_scale: bool | None = field(default=None, metadata={"help": "Train the logit scale, clamped to <= ln 100 (default: yes; with LoRA: no)."})
+    train_logit_scale: bool | None = field(default=None, metadata={"help": "Train the logit scale, clamped to <= ln 100 (default: yes; not with LoRA)."})
     train_vision_tower: bool = field(default=False, metadata={"help": "Also train the whole image tower (off in Omni-NegCLIP)."})
     nan_check_steps: int = field(
         default=50,
@@ -292,10 +302,24 @@ class LoraArguments:
     lora_target: str = field(
         default="all", metadata={"help": "Which linear layers of the chosen blocks get adapters: attention | mlp | all."}
     )
+    save_adapter: bool = field(
+        default=False,
+        metadata={"help": "Also write the PEFT adapter (for PeftModel.from_pretrained on the base model) to <output_dir>/adapter; "
+                          "with --push_to_hub it goes up in that subfolder of the model repo."},
+    )
+    hub_adapter_id: str | None = field(
+        default=None, metadata={"help": "With --push_to_hub: push the adapter to this repo of its own instead (implies --save_adapter)."}
+    )
 
     def __post_init__(self):
         if self.lora_r < 0:
             raise UserError(f"--lora_r must be >= 0 (0 = no LoRA), got {self.lora_r}")
+        if self.hub_adapter_id is not None:
+            if not HUB_ID.match(self.hub_adapter_id):
+                raise UserError(f"--hub_adapter_id must be a Hub repo id like 'you/omninegclip-lora', got {self.hub_adapter_id!r}")
+            self.save_adapter = True
+        if self.save_adapter and self.lora_r == 0:
+            raise UserError("--save_adapter/--hub_adapter_id need --lora_r > 0: without LoRA there is no adapter, only the full checkpoint")
         if self.lora_target not in LORA_TARGET_MODULES:
             raise UserError(f"--lora_target must be one of {sorted(LORA_TARGET_MODULES)}, got {self.lora_target!r}")
         if not 0.0 <= self.lora_dropout < 1.0:
@@ -482,10 +506,25 @@ class OmniNegCLIPTrainer(Trainer):
             raise self._non_finite_error(model, terms, row_ids, step - 1)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """The loss, and for `compute_metrics` (eval/negation_metrics.py) every row's image, caption and
+        negated-caption embeddings with its row_id as the label (the Trainer gathers them from every process)."""
         inputs = self._prepare_inputs(inputs)
+        row_ids = inputs.get("row_ids")
         with torch.no_grad():
-            loss = self.compute_loss(model, inputs)
-        return loss.detach(), None, None
+            loss, outputs = self.compute_loss(model, inputs, return_outputs=True)
+        if prediction_loss_only or self.compute_metrics is None or row_ids is None:
+            return loss.detach(), None, None
+        return loss.detach(), stack_embeddings(outputs), row_ids
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        """Evaluation keeps the last incomplete batch, so the negation metrics cover every row: under
+        several processes Accelerate fills it up with rows from the split's start (every process then
+        gathers as many rows) and `gather_for_metrics` leaves those out of the metrics and the loss mean."""
+        drop_last, self.args.dataloader_drop_last = self.args.dataloader_drop_last, False
+        try:
+            return super().get_eval_dataloader(eval_dataset)
+        finally:
+            self.args.dataloader_drop_last = drop_last
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         if self._term_count and "loss" in logs:  # every process logs at the same steps, with the same terms
@@ -635,23 +674,23 @@ def lora_target_regex(blocks: list[int], target: str) -> str:
 
 
 def add_lora(model: OmniNegCLIPModel, trainable: TrainableConfig, lora_args: LoraArguments):
-    """Wrap `model` in a PEFT model with LoRA adapters on the chosen text blocks; the other parameters
-    train as `trainable` says (the blocks themselves stay frozen). Returns (peft model, settings)."""
+    """Wrap `model` in a PEFT model with LoRA adapters on the chosen text blocks; the other parts
+    `trainable` asks for train through PEFT's `modules_to_save` (saved with the adapters, so a resumed
+    run restores them; see omninegclip/lora.py). Returns (peft model, settings)."""
     from peft import LoraConfig, get_peft_model
 
     blocks = resolve_text_blocks(model.config.text_config.num_hidden_layers, trainable)
     if not blocks:
         raise UserError("--lora_r > 0 needs at least one text block to adapt; --front_blocks/--text_preset/--text_blocks chose none")
-    extras = set(apply_trainable(model, replace(trainable, text_blocks=[])))
+    if trainable.train_logit_scale:
+        raise UserError(LOGIT_SCALE_WITH_LORA)
+    extras = lora_modules_to_save(trainable)
     regex = lora_target_regex(blocks, lora_args.lora_target)
     config = LoraConfig(
-        r=lora_args.lora_r, lora_alpha=lora_args.lora_alpha, lora_dropout=lora_args.lora_dropout, target_modules=regex, bias="none"
+        r=lora_args.lora_r, lora_alpha=lora_args.lora_alpha, lora_dropout=lora_args.lora_dropout, target_modules=regex, bias="none",
+        modules_to_save=extras or None,
     )
     peft_model = get_peft_model(model, config)
-    # get_peft_model froze everything but the adapters: what the user asked for trains again.
-    for name, param in model.named_parameters():
-        if name in extras:
-            param.requires_grad_(True)
     settings = {
         "r": lora_args.lora_r,
         "alpha": lora_args.lora_alpha,
@@ -659,6 +698,7 @@ def add_lora(model: OmniNegCLIPModel, trainable: TrainableConfig, lora_args: Lor
         "target": lora_args.lora_target,
         "target_modules": regex,
         "text_blocks": blocks,
+        "modules_to_save": extras,
         "merged": True,
     }
     return peft_model, settings
@@ -722,6 +762,17 @@ def prepare_splits(args: Arguments, processor: CLIPProcessor, model: OmniNegCLIP
     return tables, packed, transform, reports
 
 
+def negation_metrics(args: Arguments, eval_dataset: datasets.Dataset) -> NegationMetrics:
+    """The evaluation's negation accuracies; which rows are which-object pairs is read from the raw
+    evaluation split(s), found as prepare_splits found them."""
+    data_args, columns = args.data, args.data.columns()
+    raw = [load_any_dataset(name, data_args.eval_split, data_args.dataset_config_name, args.model.cache_dir, required=False)
+           for name in data_args.sources()]
+    pairs = which_object_rows(eval_dataset, [dataset for dataset in raw if dataset is not None], columns.presence,
+                              columns.absence, SOURCE_COLUMN, SOURCE_ROW_COLUMN)
+    return NegationMetrics(pairs)
+
+
 def training_record(args: Arguments, model: OmniNegCLIPModel, lora_settings: dict | None, push: bool,
                     reports: list[SourceReport], resumed_from: str | None) -> dict:
     """What produced a checkpoint: versions, seed, git commit, data (with its skips) and every setting."""
@@ -753,6 +804,8 @@ def save_outputs(args: Arguments, trainer: OmniNegCLIPTrainer, processor: CLIPPr
     if lora_settings is None:
         trainer.save_model()  # on every process: FSDP/DeepSpeed gather the full weights collectively
     else:
+        if args.lora.save_adapter and trainer.is_world_process_zero():  # before merging: it takes the adapters out
+            save_adapter(trainer.model, output_dir / ADAPTER_DIR, card_args.card_base_model or model_args.model_name_or_path)
         merged = trainer.model.merge_and_unload()
         if trainer.is_world_process_zero():
             merged.save_pretrained(output_dir, extra_settings={"lora": lora_settings})
@@ -765,8 +818,12 @@ def save_outputs(args: Arguments, trainer: OmniNegCLIPTrainer, processor: CLIPPr
     card = dict(base_model=model_args.model_name_or_path, datasets=record["datasets"], widget_examples=widget,
                 license=card_args.license, base_model_id=card_args.card_base_model, dataset_ids=card_args.dataset_ids())
     if push:
+        adapter_repo = args.lora.hub_adapter_id  # else the adapter/ subfolder goes up with the model
+        if adapter_repo:
+            push_adapter(output_dir / ADAPTER_DIR, adapter_repo, token=training_args.hub_token, private=training_args.hub_private_repo)
         push_checkpoint(output_dir, training_args.hub_model_id or output_dir.resolve().name,
-                        token=training_args.hub_token, private=training_args.hub_private_repo, **card)
+                        token=training_args.hub_token, private=training_args.hub_private_repo,
+                        also_ignore=[f"{ADAPTER_DIR}/**"] if adapter_repo else [], **card)
     else:
         write_model_card(output_dir, repo_id=training_args.hub_model_id, **card)
     logger.info("wrote the checkpoint to %s", output_dir)
@@ -790,6 +847,8 @@ def main(argv: list[str]) -> None:
     # adapters, not merged weights): the final folder is pushed once, below, with the card.
     push = training_args.push_to_hub
     training_args.push_to_hub = False
+    if lora_args.hub_adapter_id and not push:
+        raise UserError("--hub_adapter_id names where to push the adapter: it needs --push_to_hub")
     widget = load_widget_examples(card_args.widget_examples) if card_args.widget_examples else None
     resume = check_output_and_resume(training_args)
 
@@ -815,6 +874,7 @@ def main(argv: list[str]) -> None:
         eval_dataset=prepared.get("eval"),
         data_collator=OmniNegCollator(packed, leave_out=() if omni_args.lambda_choice else ("absence_affirmed_input_ids",)),
         processing_class=processor,
+        compute_metrics=negation_metrics(args, prepared["eval"]) if "eval" in prepared else None,
         source_names=data_args.sources(),
         nan_check_steps=omni_args.nan_check_steps,
         callbacks=[ProvenanceCallback(record)],

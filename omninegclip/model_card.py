@@ -268,15 +268,17 @@ def push_checkpoint(
     token: str | None = None,
     private: bool | None = None,
     commit_message: str = "Omni-NegCLIP checkpoint",
+    also_ignore: list[str] | None = None,
     **card_kwargs,
 ) -> str:
-    """Create (or reuse) the Hub repo, write the card naming it, and upload the folder in one commit.
-    Returns the full repo id. `card_kwargs` go to `write_model_card`."""
+    """Create (or reuse) the Hub repo, write the card naming it, and upload the folder in one commit
+    (less `also_ignore`, patterns like UPLOAD_IGNORE's). Returns the full repo id. `card_kwargs` go to `write_model_card`."""
     folder = Path(folder)
     full_id = create_repo(repo_id, token=token, private=private, exist_ok=True).repo_id
     write_model_card(folder, repo_id=full_id, **card_kwargs)
     upload_folder(
-        repo_id=full_id, folder_path=str(folder), commit_message=commit_message, token=token, ignore_patterns=UPLOAD_IGNORE
+        repo_id=full_id, folder_path=str(folder), commit_message=commit_message, token=token,
+        ignore_patterns=UPLOAD_IGNORE + list(also_ignore or []),
     )
     logger.info("pushed %s to %s/%s", folder, HUB_URL, full_id)
     return full_id
