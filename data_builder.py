@@ -41,8 +41,10 @@ import functools
 import hashlib
 import io
 import json
+import multiprocessing
 import os
 import random
+import re
 import shutil
 import struct
 import sys
@@ -68,9 +70,11 @@ from omninegclip.sources import (
     SPLITS,
     TRAIN_OR_VALIDATION,
     ImageDownloads,
+    ImageRef,
     ImageUnavailable,
     Source,
     SourceItem,
+    check_captions_per_image,
     read_captions_dataset,
     read_ccneg,
     read_coco,
@@ -84,6 +88,7 @@ CONTRACT_COLUMNS = (
 )
 GATE_COLUMNS = ("caption", "presence_negated", "absence_negated", "present_objects", "negated_object", "absent_object")
 SUMMARY_FILE = "build_summary.json"
+IMAGES_FOLDER = "images"  # inside the output folder: each image once, as a file (`image` holds its relative path)
 CARD_FILE = "README.md"
 MAX_NAMED_FILES = 50  # skipped image files named in the summary, per reason
 CLIP_CONTEXT_LENGTH = 77  # tokens CLIP's text encoder reads, start and end tokens included; the rest is cut off
@@ -98,6 +103,13 @@ _PRESENCE_RULES = "The presence-negated object is one the caption names if any, 
 _ABSENCE_RULES = (
     "The absent object is drawn among the {k} objects most often seen with the image's objects across the whole "
     "source (co-occurrence statistics), never one the image holds or any of its captions names. "
+)
+STORAGE_NOTE = (
+    "Storage: each image is stored once, as its original file (an image not in RGB converted to an RGB PNG), under "
+    "`images/` inside the dataset folder, however many captions it has; the `image` column holds that file's path "
+    "relative to the folder (`images/<2 hex digits>/<name>.<ext>`). `train.py --dataset_name FOLDER` reads it as it is; "
+    "`data_builder.load_with_images(FOLDER)` gives the `image` column as decoded images; on the Hub "
+    "(`--push_to_hub`) each row carries its image."
 )
 _SPLIT_AND_GATE = (
     "Rows of one image share a split ({splits}). A negation that failed the quality gate was removed and counted; "
@@ -118,11 +130,13 @@ LICENSE_NOTES = {
 }
 
 
-def contract_features() -> datasets.Features:
-    """The columns every built dataset has (`source_index`: the row's position in its source)."""
+def contract_features(image_files: bool = False) -> datasets.Features:
+    """The columns every built dataset has (`source_index`: the row's position in its source). The
+    `image` column is a `datasets.Image`; with `image_files`, as the builder stores it: the path of
+    the image's file relative to the dataset folder (each image stored once, `IMAGES_FOLDER`)."""
     text = datasets.Value("string")
     return datasets.Features({
-        "image": datasets.Image(), "caption": text, "presence_negated": text, "absence_negated": text,
+        "image": text if image_files else datasets.Image(), "caption": text, "presence_negated": text, "absence_negated": text,
         "absence_affirmed": text, "present_objects": datasets.List(text), "negated_object": text, "absent_object": text,
         "presence_rewrite": text, "absence_rewrite": text, "source": text, "image_id": text,
         "source_index": datasets.Value("int64"),
@@ -142,6 +156,7 @@ class BuildOptions:
     absent_top_k: int = 5  # the absent object is drawn among the k most plausible
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # larger images are skipped (counted), never decoded
     context_length: int | None = CLIP_CONTEXT_LENGTH  # a negation the text encoder would not see is refused; None: no check
+    num_proc: int | None = None  # processes that check and store the images (None: the cores)
     progress: bool = True
     rewriter: LLMRewriter | None = field(default=None, repr=False)
 
@@ -158,6 +173,8 @@ class BuildOptions:
             raise UserError(f"--absent_top_k {self.absent_top_k} must be at least 1")
         if self.max_image_pixels < 1:
             raise UserError(f"--max_image_pixels {self.max_image_pixels} must be at least 1")
+        if self.num_proc is not None and self.num_proc < 1:
+            raise UserError(f"--num_proc {self.num_proc} must be at least 1")
         if self.context_length is not None and self.context_length < 3:
             raise UserError(f"context_length {self.context_length} must be at least 3 (start, one token, end)")
 
@@ -235,7 +252,7 @@ class _Report:
     def skip_file(self, reason: str, name: str) -> None:
         self.skips[f"row:{reason}"] += 1
         named = self.skipped_files.setdefault(reason, [])
-        if len(named) < MAX_NAMED_FILES:
+        if len(named) < MAX_NAMED_FILES and name not in named:  # an image's rows are all counted; it is named once
             named.append(name)
 
 
@@ -334,18 +351,31 @@ class _ImageTooLarge(Exception):
     pass
 
 
-def _prepare_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[bytes, str | None]:
-    """(bytes to store, the original mode when it had to be converted to RGB); raises on a broken image,
-    `_ImageTooLarge` (before decoding it) on one with more than `max_pixels` pixels."""
+_EXTENSIONS = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif"}
+
+
+def _checked_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[bytes, str, str | None]:
+    """(bytes to store, their file extension, the original mode when it had to be converted to RGB);
+    raises on a broken image, `_ImageTooLarge` (before decoding it) on one with more than `max_pixels` pixels.
+
+    Every image is decoded (and dropped) to prove it can be: `Image.verify()` alone lets truncated
+    files through. A JPEG is decoded in draft mode (its DCT scaled to 1/8 while decoding): every byte
+    of the compressed stream is still read, so a truncated or corrupt file fails as in a full decode,
+    at about half the cost. An RGB image is stored as it came, never re-encoded; any other mode is
+    converted to RGB (transparency onto white) and stored as PNG.
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is checked here, below
         image = Image.open(io.BytesIO(data))
     with image:
         if image.width * image.height > max_pixels:
             raise _ImageTooLarge(f"{image.width}x{image.height}")
-        image.load()  # decodes every pixel: catches truncated files that Image.verify() lets through
         if image.mode == "RGB":
-            return data, None
+            if image.format == "JPEG":
+                image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
+            image.load()
+            return data, _EXTENSIONS.get(image.format, ".img"), None
+        image.load()
         mode = image.mode
         if mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
             rgba = image.convert("RGBA")
@@ -355,42 +385,124 @@ def _prepare_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> t
             rgb = image.convert("RGB")
     buffer = io.BytesIO()
     rgb.save(buffer, format="PNG")
-    return buffer.getvalue(), mode
+    return buffer.getvalue(), ".png", mode
 
 
 _BROKEN_IMAGE = (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError)
 
 
-def _write_split(split: str, rows: list[tuple[SourceItem, dict]], source: Source, options: BuildOptions, report: _Report, cache_dir: Path) -> datasets.Dataset:
-    features = contract_features()
+@dataclass(frozen=True)
+class StoredImage:
+    """What became of one image: `path` (relative to the output folder) when it was stored, else the skip `reason`."""
+
+    path: str | None = None
+    reason: str | None = None
+    converted_from: str | None = None
+    bytes_read: int = 0
+    bytes_written: int = 0
+
+
+def store_image(image: ImageRef, relative: str, root: Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> StoredImage:
+    """Read, check and write one image to `root / relative` + its extension (the folder is created)."""
+    try:
+        data = image.read_bytes()
+    except ImageUnavailable as error:  # a download that failed, a file that cannot be read
+        return StoredImage(reason=error.reason)
+    if data is None:
+        return StoredImage(reason="missing_image")
+    try:
+        stored, extension, converted_from = _checked_image(data, max_pixels)
+    except (_ImageTooLarge, Image.DecompressionBombError):
+        return StoredImage(reason="image_too_large")
+    except _BROKEN_IMAGE:
+        return StoredImage(reason="corrupt_image")
+    path = relative + extension
+    target = root / path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(stored)
+    return StoredImage(path=path, converted_from=converted_from, bytes_read=len(data), bytes_written=len(stored))
+
+
+_FORKED_JOBS: tuple | None = None  # (jobs, root, max_pixels) inherited by the forked workers of store_images
+MIN_IMAGES_PER_WORKER = 16  # fewer images than this per worker are stored in this process (starting workers costs more)
+
+
+def _store_job(index: int) -> StoredImage:
+    jobs, root, max_pixels = _FORKED_JOBS
+    return store_image(*jobs[index], root, max_pixels)
+
+
+def default_num_proc() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def store_images(jobs: list[tuple[ImageRef, str]], root: Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, num_proc: int | None = None,
+                 progress: bool = False) -> list[StoredImage]:
+    """`store_image` for each (image, relative path) of `jobs`, in `num_proc` worker processes
+    (default: the cores). Each worker reads, checks and writes its images itself and sends back
+    only a `StoredImage`: memory stays about one image per worker, whatever the number of images.
+    Workers are forked (they inherit `jobs`, which may hold functions that read images from a
+    dataset or a URL); where fork is not available, or for few images, the work runs here."""
+    global _FORKED_JOBS
+    num_proc = num_proc or default_num_proc()
+    workers = min(num_proc, len(jobs) // MIN_IMAGES_PER_WORKER)
+    results: list[StoredImage] = []
+    with tqdm(total=len(jobs), desc="checking and storing images", disable=not progress, unit="image") as bar:
+        if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+            for image, relative in jobs:
+                results.append(store_image(image, relative, root, max_pixels))
+                bar.update()
+            return results
+        _FORKED_JOBS = (jobs, root, max_pixels)
+        try:
+            with multiprocessing.get_context("fork").Pool(workers) as pool:
+                for result in pool.imap(_store_job, range(len(jobs)), chunksize=max(1, min(64, len(jobs) // (workers * 8)))):
+                    results.append(result)
+                    bar.update()
+        finally:
+            _FORKED_JOBS = None
+    return results
+
+
+def _image_key(item: SourceItem) -> tuple:
+    """Rows with the same key show the same image: stored once."""
+    return item.image_id, item.image.name, str(item.image.path) if item.image.path is not None else None
+
+
+def _relative_image_paths(keys: list[tuple]) -> list[str]:
+    """`images/<2 hex digits>/<file stem>` (extension added when stored) for each key, unique; the
+    two-digit folder (a hash of the key) keeps folders under a few thousand files at COCO's scale."""
+    used, paths = set(), []
+    for key in keys:
+        digest = hashlib.sha256(json.dumps(key, ensure_ascii=False).encode("utf-8", "surrogatepass")).hexdigest()
+        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(key[1].rsplit("/", 1)[-1]).stem).strip("._-")[:100] or digest[:16]
+        path, number = f"{IMAGES_FOLDER}/{digest[:2]}/{stem}", 1
+        while path.lower() in used:  # also unique on case-insensitive file systems
+            number += 1
+            path = f"{IMAGES_FOLDER}/{digest[:2]}/{stem}-{number}"
+        used.add(path.lower())
+        paths.append(path)
+    return paths
+
+
+def _write_split(split: str, rows: list[tuple[SourceItem, dict, StoredImage]], source: Source, options: BuildOptions, report: _Report,
+                 cache_dir: Path) -> datasets.Dataset:
+    features = contract_features(image_files=True)
     fingerprint = hashlib.sha256(json.dumps(
-        [source.name, split, options.seed, [(item.image_id, item.source_index, text) for item, text in rows]], sort_keys=True, default=str
+        [source.name, split, options.seed, [(item.image_id, item.source_index, text, stored.path) for item, text, stored in rows]],
+        sort_keys=True, default=str,
     ).encode()).hexdigest()[:16]
     written = [0]
 
     def generate():
-        for item, text in tqdm(rows, desc=f"writing {split}", disable=not options.progress, unit="row"):
-            try:
-                data = item.image.read_bytes()
-            except ImageUnavailable as error:  # a download that failed, a file that cannot be read
-                report.skip_file(error.reason, item.image.name)
+        for item, text, stored in rows:
+            if stored.path is None:
+                report.skip_file(stored.reason, item.image.name)
                 continue
-            if data is None:
-                report.skip_file("missing_image", item.image.name)
-                continue
-            try:
-                data, converted_from = _prepare_image(data, options.max_image_pixels)
-            except (_ImageTooLarge, Image.DecompressionBombError):
-                report.skip_file("image_too_large", item.image.name)
-                continue
-            except _BROKEN_IMAGE:
-                report.skip_file("corrupt_image", item.image.name)
-                continue
-            if converted_from:
-                report.converted_modes[converted_from] += 1
             written[0] += 1
             yield {
-                "image": {"bytes": data, "path": item.image.name}, "caption": item.caption,
+                "image": stored.path, "caption": item.caption,
                 "present_objects": sorted(set(item.present_objects)), "source": source.name,
                 "image_id": item.image_id, "source_index": item.source_index, **text,
             }
@@ -403,8 +515,11 @@ def _write_split(split: str, rows: list[tuple[SourceItem, dict]], source: Source
         return datasets.Dataset.from_dict({name: [] for name in features}, features=features, split=datasets.NamedSplit(split))
 
 
-def build_from_source(source: Source, options: BuildOptions, cache_dir: Path) -> tuple[datasets.DatasetDict, dict]:
-    """Negate, split and write every row of a source; returns the DatasetDict and the build summary."""
+def build_from_source(source: Source, options: BuildOptions, cache_dir: Path, out_dir: Path | None = None) -> tuple[datasets.DatasetDict, dict]:
+    """Negate, split and write every row of a source; returns the DatasetDict and the build summary.
+
+    Each image is stored once, as a file under `out_dir/images/` (default: `cache_dir`), however many
+    rows show it; the `image` column holds its path relative to `out_dir` (`load_with_images`)."""
     if not source.items:
         reasons = ", ".join(f"{reason}: {count}" for reason, count in sorted(source.skips.items())) or "no rows at all"
         raise UserError(f"{', '.join(source.files)}: the source has no usable rows ({reasons})")
@@ -421,13 +536,28 @@ def build_from_source(source: Source, options: BuildOptions, cache_dir: Path) ->
         by_split[split_for(item.image_id, item.split, options.validation_fraction, options.test_fraction)].append((item, text))
     if not any(by_split.values()):
         raise UserError(f"{', '.join(source.files)}: no caption could be negated ({_describe(report.skips)})")
-    dataset_dict = datasets.DatasetDict({split: _write_split(split, rows, source, options, report, cache_dir) for split, rows in by_split.items()})
+    images: dict[tuple, ImageRef] = {}  # each image once, in the order rows first show it
+    for rows in by_split.values():
+        for item, _ in rows:
+            images.setdefault(_image_key(item), item.image)
+    first_of = {key: index for index, key in enumerate(images)}
+    root = Path(out_dir if out_dir is not None else cache_dir)
+    jobs = list(zip(images.values(), _relative_image_paths(list(images))))
+    stored = store_images(jobs, root, options.max_image_pixels, options.num_proc, options.progress)
+    for result in stored:
+        if result.converted_from:
+            report.converted_modes[result.converted_from] += 1
+    dataset_dict = datasets.DatasetDict({
+        split: _write_split(split, [(item, text, stored[first_of[_image_key(item)]]) for item, text in rows], source, options, report, cache_dir)
+        for split, rows in by_split.items()
+    })
     if not any(len(part) for part in dataset_dict.values()):
         raise UserError(f"{', '.join(source.files)}: no row could be written ({_describe(report.skips)})")
     rows_out = sum(len(part) for part in dataset_dict.values())
     row_skips = sum(count for reason, count in report.skips.items() if reason.startswith("row:"))
     if rows_out + row_skips != len(items):  # every row is written or counted: anything else is a bug here
         raise RuntimeError(f"row accounting is off: {len(items)} rows in, {rows_out} out, {row_skips} skipped ({_describe(report.skips)})")
+    kept = [result for result in stored if result.path is not None]
     summary = {
         "source": source.name,
         "inputs": source.files,
@@ -436,12 +566,33 @@ def build_from_source(source: Source, options: BuildOptions, cache_dir: Path) ->
         "skipped_rows": {reason: list(where) for reason, where in sorted(source.skip_examples.items())},
         "images_converted_to_rgb": dict(sorted(report.converted_modes.items())),
         "skipped_files": report.skipped_files,
+        "images": {"files": len(kept), "rows": rows_out, "bytes_read": sum(result.bytes_read for result in kept),
+                   "bytes_written": sum(result.bytes_written for result in kept), "folder": IMAGES_FOLDER},
     }
     if options.max_rows and len(source.items) > len(items):
         summary["rows_beyond_max_rows"] = len(source.items) - len(items)  # not read: --max_rows
     if options.rewriter is not None:
         summary["llm_rewriter"] = {"model": options.rewriter.name, "fallbacks_to_rules": dict(report.llm_fallbacks)}
     return dataset_dict, summary
+
+
+def load_with_images(folder: Path | str) -> datasets.DatasetDict:
+    """A built dataset with its `image` column as a `datasets.Image` feature (decoded to PIL images
+    on access), its relative paths resolved against `folder`. What `push_to_hub` uploads (the image
+    bytes are then embedded in the Hub's Parquet files)."""
+    folder = Path(folder).absolute()
+    dataset_dict = datasets.load_from_disk(str(folder))
+    for split, dataset in dataset_dict.items():
+        if isinstance(dataset.features["image"], datasets.Image):
+            continue  # built before images were stored as files
+        features = datasets.Features({**dataset.features, "image": datasets.Image()})
+        if not len(dataset):  # (an empty table cannot be cast)
+            dataset_dict[split] = datasets.Dataset.from_dict({name: [] for name in features}, features=features, split=dataset.split)
+            continue
+        resolved = dataset.map(lambda batch: {"image": [str(folder / path) if path else None for path in batch["image"]]},
+                               batched=True, keep_in_memory=True, desc=f"resolving the image paths of {split}")
+        dataset_dict[split] = resolved.cast(features)
+    return dataset_dict
 
 
 def _describe(counts: Counter) -> str:
@@ -648,7 +799,7 @@ def push_to_hub(out: Path, repo_id: str, card: str, private: bool = False) -> No
     """Push the dataset as written on disk, then its card (README.md)."""
     from huggingface_hub import DatasetCard
 
-    dataset_dict = datasets.load_from_disk(str(out))
+    dataset_dict = load_with_images(out)  # the image bytes go up inside the Parquet files, each row its image
     try:
         dataset_dict.push_to_hub(repo_id, private=private)
         DatasetCard(card).push_to_hub(repo_id, repo_type="dataset")
@@ -681,6 +832,8 @@ def _parser() -> argparse.ArgumentParser:
                        "(outputs failing the quality gate fall back to the rule-based rewrite). Default: rules only.")
     group.add_argument("--max_image_pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS, metavar="N",
                        help="Skip (and count) images with more pixels than this, without decoding them. Default: %(default)s.")
+    group.add_argument("--num_proc", "--preprocessing_num_workers", type=int, metavar="N",
+                       help="Processes that check and store the images (default: the cores this process may use).")
 
     paragraphs = __doc__.split("\n\n")
     parser = argparse.ArgumentParser(prog="data_builder.py", description=paragraphs[0], epilog="\n\n".join(paragraphs[1:-1]),
@@ -850,9 +1003,12 @@ def main(argv: list[str] | None = None) -> dict:
         options = BuildOptions(
             seed=args.seed, validation_fraction=args.validation_fraction, test_fraction=args.test_fraction,
             max_rows=args.max_rows, absent_top_k=args.absent_top_k, max_image_pixels=args.max_image_pixels, progress=not args.no_progress,
+            num_proc=args.num_proc,
             generate_presence=args.source in ("coco", "captions") or getattr(args, "synthesize_presence", False),
             generate_absence=args.source in ("coco", "captions") or getattr(args, "synthesize_absence", False),
         )
+        if args.source in ("coco", "captions"):
+            check_captions_per_image(args.captions_per_image)
         if args.source == "captions":
             ImageDownloads(timeout=args.download_timeout, max_bytes=args.max_image_bytes)  # checks the two flags
     out = Path(args.out).absolute()
@@ -869,9 +1025,9 @@ def main(argv: list[str] | None = None) -> dict:
             if args.rewriter_model:
                 options.rewriter = _load_rewriter(args.rewriter_model)
             source = _read_source(args, scratch)
-            dataset_dict, built = build_from_source(source, options, scratch / "cache")
+            dataset_dict, built = build_from_source(source, options, scratch / "cache", out_dir=staging)
             description = source.description
-            method = _build_description(args, options)
+            method = _build_description(args, options) + "\n\n" + STORAGE_NOTE
         negations, rewrites = _negation_kinds(dataset_dict)
         summary.update(built)
         summary.update({
@@ -887,7 +1043,10 @@ def main(argv: list[str] | None = None) -> dict:
         # An empty split needs one (empty) shard, or load_from_disk cannot read it back.
         dataset_dict.save_to_disk(str(staging), num_shards={split: 1 for split, part in dataset_dict.items() if not len(part)})
         license = args.license or DEFAULT_LICENSES.get(args.source, "other")
-        card = _render_card(summary, next(iter(dataset_dict.values())).features, description, method, license)
+        features = next(iter(dataset_dict.values())).features
+        if options is not None:
+            features = contract_features()  # as load_with_images and the Hub give it: the image column decoded
+        card = _render_card(summary, features, description, method, license)
         (staging / SUMMARY_FILE).write_text(_json(summary), encoding="utf-8")
         (staging / CARD_FILE).write_text(card, encoding="utf-8")
 
