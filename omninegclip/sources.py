@@ -235,8 +235,9 @@ def _check_id_type(image_id: object, known: dict, path: Path, where: str, known_
     (`image_id` "1" against `id` 1), instead of counting every caption as one of an unknown image."""
     twin = str(image_id) if isinstance(image_id, int) else int(image_id) if isinstance(image_id, str) and image_id.strip().isdigit() else None
     if twin is not None and twin in known:
-        raise UserError(f"{path}: 'image_id' in {where} is {_describe_value(image_id)} but {known_what} has the id as "
-                        f"{_describe_value(twin)}; the types must match (both integers or both strings)")
+        kind = lambda value: f"the string {value!r}" if isinstance(value, str) else f"the integer {value!r}"  # noqa: E731
+        raise UserError(f"{path}: 'image_id' in {where} is {kind(image_id)} but {known_what} has the id as {kind(twin)}; "
+                        "the types differ (use integers in both, or strings in both)")
 
 
 def _box_area(bbox: object, path: Path, where: str) -> float:
