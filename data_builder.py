@@ -58,7 +58,9 @@ import datasets
 from PIL import Image
 from tqdm.auto import tqdm
 
-from omninegclip.cards import render_dataset_card
+from huggingface_hub import DatasetCard
+
+from omninegclip.cards import hub_data_files, render_dataset_card, save_to_disk_files
 from omninegclip.cli import UserError, run_cli
 from omninegclip.provenance import provenance
 from omninegclip.rewrite import (
@@ -796,13 +798,13 @@ def over_context_length(dataset_dict: datasets.DatasetDict, context_length: int 
 
 
 def push_to_hub(out: Path, repo_id: str, card: str, private: bool = False) -> None:
-    """Push the dataset as written on disk, then its card (README.md)."""
-    from huggingface_hub import DatasetCard
-
-    dataset_dict = load_with_images(out)  # the image bytes go up inside the Parquet files, each row its image
+    """Push the dataset, each row with its image (`load_with_images`: datasets embeds the files' bytes
+    in the Parquet files it uploads), then its card (README.md), rewritten for the Hub's layout."""
+    dataset_dict = load_with_images(out)
+    hub_card = _hub_card(card, dataset_dict)
     try:
         dataset_dict.push_to_hub(repo_id, private=private)
-        DatasetCard(card).push_to_hub(repo_id, repo_type="dataset")
+        hub_card.push_to_hub(repo_id, repo_type="dataset")
     except Exception as error:  # network, authentication, permissions: the local build stays valid
         raise UserError(f"--push_to_hub {repo_id}: the push failed ({type(error).__name__}: {error}); the dataset is saved at {out}") from None
 
@@ -1043,10 +1045,7 @@ def main(argv: list[str] | None = None) -> dict:
         # An empty split needs one (empty) shard, or load_from_disk cannot read it back.
         dataset_dict.save_to_disk(str(staging), num_shards={split: 1 for split, part in dataset_dict.items() if not len(part)})
         license = args.license or DEFAULT_LICENSES.get(args.source, "other")
-        features = next(iter(dataset_dict.values())).features
-        if options is not None:
-            features = contract_features()  # as load_with_images and the Hub give it: the image column decoded
-        card = _render_card(summary, features, description, method, license)
+        card = _render_card(summary, next(iter(dataset_dict.values())).features, description, method, license)
         (staging / SUMMARY_FILE).write_text(_json(summary), encoding="utf-8")
         (staging / CARD_FILE).write_text(card, encoding="utf-8")
 
@@ -1060,7 +1059,17 @@ def main(argv: list[str] | None = None) -> dict:
 
 def _render_card(summary: dict, features: datasets.Features, description: str, method: str, license: str) -> str:
     return render_dataset_card(summary, features, license=license, source_description=description, build_description=method,
-                               license_note=LICENSE_NOTES.get(summary["source"], ""))
+                               license_note=LICENSE_NOTES.get(summary["source"], ""), data_files=save_to_disk_files(summary["rows_out"]))
+
+
+def _hub_card(card: str, dataset_dict: datasets.DatasetDict) -> DatasetCard:
+    """The dataset card of the folder, as it must read on the Hub: the files `push_to_hub` writes, and
+    the features it uploads (the image column decoded)."""
+    hub = DatasetCard(card)
+    hub.data.configs = [{"config_name": "default", "data_files": [{"split": split, "path": path} for split, path in hub_data_files(dataset_dict).items()]}]
+    hub.data.dataset_info = {**hub.data.dataset_info, "features": next(iter(dataset_dict.values())).features._to_yaml_list(),
+                             "splits": [{"name": split, "num_examples": len(part)} for split, part in dataset_dict.items()]}
+    return hub
 
 
 if __name__ == "__main__":

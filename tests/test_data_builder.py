@@ -264,9 +264,15 @@ def test_dataset_card_parses_and_push_is_called(tmp_path, coco_args, monkeypatch
     # What goes up carries each row's image (an Image feature: datasets embeds the files' bytes), not a path.
     monkeypatch.setattr(datasets.DatasetDict, "push_to_hub", lambda self, repo_id, **kw: pushed.append(
         ("data", repo_id, sorted(self)) if isinstance(self["train"].features["image"], datasets.Image) else ("paths", repo_id)))
-    monkeypatch.setattr(DatasetCard, "push_to_hub", lambda self, repo_id, **kw: pushed.append(("card", repo_id, kw.get("repo_type"), self.data.license)))
+    monkeypatch.setattr(DatasetCard, "push_to_hub", lambda self, repo_id, **kw: pushed.append(
+        ("card", repo_id, kw.get("repo_type"), self.data.license, self.data.configs[0]["data_files"][0]["path"],
+         self.data.dataset_info["features"][0])))
     build(coco_args, tmp_path / "out", "--push_to_hub", "me/coco-neg", "--license", "cc-by-4.0")
-    assert pushed == [("data", "me/coco-neg", ["test", "train", "validation"]), ("card", "me/coco-neg", "dataset", "cc-by-4.0")]
+    assert pushed == [("data", "me/coco-neg", ["test", "train", "validation"]),
+                      ("card", "me/coco-neg", "dataset", "cc-by-4.0", "data/train-*", {"name": "image", "dtype": "image"})]
+    local = DatasetCard((tmp_path / "out" / data_builder.CARD_FILE).read_text())  # the folder's own card: its Arrow files, paths
+    assert local.data.configs[0]["data_files"][0]["path"] == "train/data-*.arrow"
+    assert local.data.dataset_info["features"][0] == {"name": "image", "dtype": "string"}
 
     summary = {"source": "coco", "rows_in": 10, "rows_out": {"train": 8, "validation": 1, "test": 1}, "skips": {"row:no_negation": 2},
                "examples": [{"caption": "a | b", "presence_negated": "no a", "absence_negated": None}]}
@@ -402,8 +408,9 @@ def test_each_image_is_stored_once_whatever_the_captions_and_training_reads_the_
     prepared, (report,) = prepare_dataset([raw], [str(out)], columns, tokenizer, max_length=77)
     assert report.kept == len(rows) and not report.skipped and len(prepared) == len(rows)
     assert prepared[0]["image"].size in {(640, 480), (480, 640)}
-    # load_with_images gives the decoded column (what --push_to_hub uploads).
+    # load_with_images gives the decoded column (what --push_to_hub uploads); load_dataset reads the folder too.
     assert data_builder.load_with_images(out)["train"][0]["image"].mode == "RGB"
+    assert datasets.load_dataset(str(out), cache_dir=str(tmp_path / "hf"))["train"]["image"] == rows["image"]
 
 
 def _jpeg(seed: int, size=(64, 48)) -> bytes:
