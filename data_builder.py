@@ -420,18 +420,19 @@ def store_image(image: ImageRef, relative: str, root: Path, max_pixels: int = DE
         return StoredImage(reason="corrupt_image")
     path = relative + extension
     target = root / path
-    target.parent.mkdir(parents=True, exist_ok=True)
+    if not target.parent.is_dir():  # (store_images makes the folders beforehand: a failing mkdir costs more than a stat)
+        target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(stored)
     return StoredImage(path=path, converted_from=converted_from, bytes_read=len(data), bytes_written=len(stored))
 
 
-_FORKED_JOBS: tuple | None = None  # (jobs, root, max_pixels) inherited by the forked workers of store_images
+_FORKED: Callable[[int], object] | None = None  # the function the forked workers of fork_map call
 MIN_IMAGES_PER_WORKER = 16  # fewer images than this per worker are stored in this process (starting workers costs more)
+NEGATION_CHUNK = 256  # rows negated per task of a worker
 
 
-def _store_job(index: int) -> StoredImage:
-    jobs, root, max_pixels = _FORKED_JOBS
-    return store_image(*jobs[index], root, max_pixels)
+def _call_forked(index: int) -> object:
+    return _FORKED(index)
 
 
 def default_num_proc() -> int:
@@ -439,32 +440,63 @@ def default_num_proc() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def store_images(jobs: list[tuple[ImageRef, str]], root: Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, num_proc: int | None = None,
-                 progress: bool = False) -> list[StoredImage]:
-    """`store_image` for each (image, relative path) of `jobs`, in `num_proc` worker processes
-    (default: the cores). Each worker reads, checks and writes its images itself and sends back
-    only a `StoredImage`: memory stays about one image per worker, whatever the number of images.
-    Workers are forked (they inherit `jobs`, which may hold functions that read images from a
-    dataset or a URL); where fork is not available, or for few images, the work runs here."""
-    global _FORKED_JOBS
-    num_proc = num_proc or default_num_proc()
-    workers = min(num_proc, len(jobs) // MIN_IMAGES_PER_WORKER)
-    results: list[StoredImage] = []
-    with tqdm(total=len(jobs), desc="checking and storing images", disable=not progress, unit="image") as bar:
+def fork_map(function: Callable[[int], object], count: int, num_proc: int | None = None, min_per_worker: int = 1, desc: str = "",
+             progress: bool = False, unit: str = "it") -> list:
+    """`[function(i) for i in range(count)]`, in up to `num_proc` worker processes (default: the
+    cores), in order. The workers are forked, so `function` may be a closure over anything (image
+    readers of a dataset or a URL, the build's statistics): nothing is pickled but the indices and
+    the results. Fewer than `min_per_worker` calls per worker, or no fork on this system: here."""
+    global _FORKED
+    workers = min(num_proc or default_num_proc(), count // max(min_per_worker, 1))
+    results = []
+    with tqdm(total=count, desc=desc, disable=not progress, unit=unit) as bar:
         if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
-            for image, relative in jobs:
-                results.append(store_image(image, relative, root, max_pixels))
+            for index in range(count):
+                results.append(function(index))
                 bar.update()
             return results
-        _FORKED_JOBS = (jobs, root, max_pixels)
+        _FORKED = function
+        # A tokenizer used before the fork would warn in every worker; its own threads are not needed there.
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         try:
             with multiprocessing.get_context("fork").Pool(workers) as pool:
-                for result in pool.imap(_store_job, range(len(jobs)), chunksize=max(1, min(64, len(jobs) // (workers * 8)))):
+                for result in pool.imap(_call_forked, range(count), chunksize=max(1, min(64, count // (workers * 8)))):
                     results.append(result)
                     bar.update()
         finally:
-            _FORKED_JOBS = None
+            _FORKED = None
     return results
+
+
+def store_images(jobs: list[tuple[ImageRef, str]], root: Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, num_proc: int | None = None,
+                 progress: bool = False) -> list[StoredImage]:
+    """`store_image` for each (image, relative path) of `jobs`, in `num_proc` worker processes
+    (`fork_map`). Each worker reads, checks and writes its images itself and sends back only a
+    `StoredImage`: memory stays about one image per worker, whatever the number of images."""
+    for folder in sorted({(root / relative).parent for _, relative in jobs}):
+        folder.mkdir(parents=True, exist_ok=True)
+    return fork_map(lambda index: store_image(*jobs[index], root, max_pixels), len(jobs), num_proc, MIN_IMAGES_PER_WORKER,
+                    "checking and storing images", progress, "image")
+
+
+def _negate_all(items: list[SourceItem], source: Source, stats: CooccurrenceStats, options: BuildOptions, report: _Report,
+                window: TokenWindow) -> list[dict]:
+    """`_negations` of every item, in worker processes (`fork_map`, chunks of NEGATION_CHUNK rows; each
+    row's choices come from its own seeded generator, so the result does not depend on the workers).
+    An LLM rewriter runs here, in one process."""
+    def chunk(index: int) -> tuple[list[dict], Counter, Counter]:
+        counted = _Report()
+        texts = [_negations(item, source, stats, options, counted, window) for item in items[index * NEGATION_CHUNK : (index + 1) * NEGATION_CHUNK]]
+        return texts, counted.skips, counted.llm_fallbacks
+
+    chunks = -(-len(items) // NEGATION_CHUNK)
+    num_proc = 1 if options.rewriter is not None else options.num_proc
+    texts = []
+    for chunk_texts, skips, fallbacks in fork_map(chunk, chunks, num_proc, 2, f"negating {source.name} captions", options.progress, "chunk"):
+        texts += chunk_texts
+        report.skips.update(skips)
+        report.llm_fallbacks.update(fallbacks)
+    return texts
 
 
 def _image_key(item: SourceItem) -> tuple:
@@ -530,8 +562,7 @@ def build_from_source(source: Source, options: BuildOptions, cache_dir: Path, ou
     report = _Report(skips=Counter({f"source:{reason}": count for reason, count in source.skips.items()}))
     window = TokenWindow(options.context_length)
     by_split: dict[str, list] = {split: [] for split in SPLITS}
-    for item in tqdm(items, desc=f"negating {source.name} captions", disable=not options.progress, unit="caption"):
-        text = _negations(item, source, stats, options, report, window)
+    for item, text in zip(items, _negate_all(items, source, stats, options, report, window)):
         if text["presence_negated"] is None and text["absence_negated"] is None:
             report.skips["row:no_negation"] += 1
             continue
@@ -912,7 +943,7 @@ _INPUT_FLAGS = ("captions", "instances", "images", "annotations", "dataset", "im
 def _arguments(args: argparse.Namespace) -> dict:
     """The settings that shape the data, for the summary and the card: not where the output goes, and
     local input files by name only (the card is public; `inputs` in the summary has the full paths)."""
-    hidden = {"out", "overwrite", "push_to_hub", "private", "no_progress", "debug", "image_cache"}
+    hidden = {"out", "overwrite", "push_to_hub", "private", "no_progress", "debug", "image_cache", "num_proc"}
     shown = {key: value for key, value in sorted(vars(args).items()) if key not in hidden and value is not None}
     for key in _INPUT_FLAGS:
         if key in shown and Path(shown[key]).exists():

@@ -456,3 +456,26 @@ def test_parallel_image_storage_gives_the_same_files_and_counts(tmp_path):
     assert serial[5].reason == "missing_image" and serial[1].path == "images/1/1.jpg"
     snapshot = lambda root: {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}  # noqa: E731
     assert snapshot(tmp_path / "serial") == snapshot(tmp_path / "parallel") and len(snapshot(tmp_path / "serial")) == sum(r.path is not None for r in serial)
+
+
+def test_a_build_in_worker_processes_writes_the_same_bytes_as_one_in_a_single_process(tmp_path, monkeypatch):
+    from bench.coco_fixture import make_fixture
+
+    fixture = make_fixture(tmp_path / "coco", images=6, progress=False)
+    args = ["coco", "--captions", fixture.captions_file, "--instances", fixture.instances_file, "--images", fixture.images_dir,
+            "--captions_per_image", "0"]
+    monkeypatch.setattr(data_builder, "NEGATION_CHUNK", 3)  # 30 rows: 10 chunks, so that 2 workers negate them
+    monkeypatch.setattr(data_builder, "MIN_IMAGES_PER_WORKER", 2)  # and 2 workers store the 6 images
+    workers = []
+    real_pool = data_builder.multiprocessing.get_context("fork").Pool
+    monkeypatch.setattr(data_builder.multiprocessing, "get_context", lambda method: types.SimpleNamespace(
+        Pool=lambda processes: workers.append(processes) or real_pool(processes)))
+    build(args, tmp_path / "serial", "--num_proc", "1")
+    assert workers == []
+    build(args, tmp_path / "parallel", "--num_proc", "2")
+    assert workers == [2, 2]  # negations, then images
+
+    def snapshot(folder: Path) -> dict[str, bytes]:
+        return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+    assert snapshot(tmp_path / "serial") == snapshot(tmp_path / "parallel")
