@@ -638,38 +638,52 @@ _GATE_CHECKS = (
 )
 
 
-def _gate_split(dataset: datasets.Dataset, progress: bool, desc: str) -> dict:
+GATE_BATCH = 1000  # rows checked per task of a worker
+
+
+def _gate_split(dataset: datasets.Dataset, progress: bool, desc: str, num_proc: int | None = 1) -> dict:
+    table = dataset.select_columns(list(GATE_COLUMNS))
     counts = {kind: {"passed": 0, "missing": 0, "failed": Counter()} for kind, *_ in _GATE_CHECKS}
-    batches = dataset.select_columns(list(GATE_COLUMNS)).iter(batch_size=1000)
-    for batch in tqdm(batches, desc=desc, total=-(-len(dataset) // 1000), disable=not progress, leave=False):
-        for index, caption in enumerate(batch["caption"]):
-            for kind, text_column, object_column, check in _GATE_CHECKS:
-                text = batch[text_column][index]
-                if text is None:
-                    counts[kind]["missing"] += 1
-                    continue
-                problem = check(caption, text, batch[object_column][index], batch["present_objects"][index] or [])
-                if problem:
-                    counts[kind]["failed"][problem] += 1
-                else:
-                    counts[kind]["passed"] += 1
+    for part in fork_map(lambda index: _gate_batch(table[index * GATE_BATCH : (index + 1) * GATE_BATCH]), -(-len(dataset) // GATE_BATCH),
+                         num_proc, 2, desc, progress, "batch"):
+        for kind, *_ in _GATE_CHECKS:
+            counts[kind]["passed"] += part[kind]["passed"]
+            counts[kind]["missing"] += part[kind]["missing"]
+            counts[kind]["failed"].update(part[kind]["failed"])
     return {"rows": len(dataset), **counts}
 
 
-def quality_gate(dataset_dict: datasets.DatasetDict, progress: bool = False) -> dict:
+def _gate_batch(batch: dict) -> dict:
+    counts = {kind: {"passed": 0, "missing": 0, "failed": Counter()} for kind, *_ in _GATE_CHECKS}
+    for index, caption in enumerate(batch["caption"]):
+        for kind, text_column, object_column, check in _GATE_CHECKS:
+            text = batch[text_column][index]
+            if text is None:
+                counts[kind]["missing"] += 1
+                continue
+            problem = check(caption, text, batch[object_column][index], batch["present_objects"][index] or [])
+            if problem:
+                counts[kind]["failed"][problem] += 1
+            else:
+                counts[kind]["passed"] += 1
+    return counts
+
+
+def quality_gate(dataset_dict: datasets.DatasetDict, progress: bool = False, num_proc: int | None = 1) -> dict:
     """Check every negation of a DatasetDict with the contract columns; counts per split and in total.
 
     presence_negated must name `negated_object`, which must be in `present_objects`; absence_negated must
     name `absent_object`, which must not be; both must hold a negation cue and differ from the caption.
     Returns {split: {"rows", "presence": {"passed", "missing", "failed": {reason: n}}, "absence": {...}},
-    "total": {...}, "passed": no negation failed}.
+    "total": {...}, "passed": no negation failed}. `num_proc` worker processes check batches of rows
+    (None: the cores).
     """
     per_split = {}
     for split, dataset in dataset_dict.items():
         missing_columns = [column for column in GATE_COLUMNS if column not in dataset.column_names]
         if missing_columns:
             raise UserError(f"split {split!r} lacks the contract columns {missing_columns}; it has {dataset.column_names}")
-        per_split[split] = _gate_split(dataset, progress, f"quality gate {split}")
+        per_split[split] = _gate_split(dataset, progress, f"quality gate {split}", num_proc)
     total = {"rows": sum(counts["rows"] for counts in per_split.values())}
     for kind, *_ in _GATE_CHECKS:
         total[kind] = {
@@ -1068,7 +1082,7 @@ def main(argv: list[str] | None = None) -> dict:
             "rows_out": {split: len(part) for split, part in dataset_dict.items()},
             "negations": negations,
             "rewrites": rewrites,
-            "quality_gate": quality_gate(dataset_dict, progress=not args.no_progress),
+            "quality_gate": quality_gate(dataset_dict, progress=not args.no_progress, num_proc=args.num_proc if options else 1),
             "over_context_length": over_context_length(dataset_dict),
             "examples": _examples(dataset_dict),
             "provenance": provenance(args.seed),
