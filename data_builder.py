@@ -9,13 +9,28 @@
 
 Common flags: --out DIR (required), --overwrite, --seed 0, --push_to_hub REPO_ID, --no_progress, --debug;
 for the real sources also --validation_fraction 0.05, --test_fraction 0.05, --max_rows N,
---max_image_pixels N, --rewriter_model ID. `python data_builder.py SOURCE --help` lists each source's flags.
+--max_image_pixels N, --rewriter_model ID, --num_proc N (worker processes; default the cores).
+`python data_builder.py SOURCE --help` lists each source's flags.
 
 What it writes: a `datasets.DatasetDict` (train / validation / test, `save_to_disk`) with the contract
 columns `CONTRACT_COLUMNS` (shared with train.py and eval/), plus `build_summary.json` (rows in, rows
 out per split, skips by reason and where, the quality gate, texts longer than CLIP's 77 tokens,
 examples, and the provenance: seed, library versions, git commit) and README.md (the dataset card).
 Every source row ends up written or counted: rows in = rows out + the `row:` skips.
+
+Images (the real sources): each image is stored ONCE, however many caption rows show it, as its
+original file (never re-encoded; an image not in RGB is converted to an RGB PNG) under
+`images/<2 hex digits>/<name>.<ext>` inside the output folder; the `image` column holds that path,
+relative to the folder (`contract_features(image_files=True)`). `train.py --dataset_name FOLDER` and
+`load_dataset(FOLDER)` read it as it is; `load_with_images(FOLDER)` gives the column as decoded
+images, and `--push_to_hub` uploads that (each row with its image). The shapes world keeps its
+images in the table (one row per scene).
+
+Speed: the negations, the image checks and the quality gate run in `--num_proc` forked worker
+processes (`fork_map`: each row is seeded by its index, so any number of workers writes the same
+bytes). An image is checked by decoding it without keeping it, a JPEG in draft mode (1/8 scale:
+every byte of its compressed stream is still read, so a truncated file fails as in a full decode);
+workers write the image files themselves, so memory stays one image per worker.
 
 Bad input: a bad flag, a missing file or folder, a malformed file or row is one error paragraph
 naming the flag / file / row / column (exit status 2, no traceback unless --debug or
@@ -27,8 +42,10 @@ leaves the previous output as it was, and the next build removes what it left. S
 give the same bytes. Rows of one image share a split: the source's own split where it has one, else
 a stable hash of the image id.
 
-Public surface: `CONTRACT_COLUMNS`, `contract_features()`, `BuildOptions`, `build_from_source(...)`,
-`quality_gate(dataset_dict) -> dict`, `CLIP_CONTEXT_LENGTH`, `TokenWindow` (what of a text CLIP's text
+Public surface: `CONTRACT_COLUMNS`, `contract_features(image_files=False)`, `IMAGES_FOLDER`, `BuildOptions`,
+`build_from_source(source, options, cache_dir, out_dir=None)`, `load_with_images(folder)`,
+`store_image(...)` / `store_images(...) -> list[StoredImage]`, `fork_map(function, count, num_proc, ...)`,
+`quality_gate(dataset_dict, num_proc=1) -> dict`, `CLIP_CONTEXT_LENGTH`, `TokenWindow` (what of a text CLIP's text
 encoder reads), `over_context_length(dataset_dict) -> dict | None`, `write_atomically(out, overwrite, fill)`,
 `recover_interrupted_builds(out) -> list[Path]`, `split_for(...)`, `push_to_hub(out, repo_id, card)`,
 `main(argv) -> summary`.

@@ -10,7 +10,11 @@ Public surface:
 - `ImageRef`, `GivenNegation`, `SourceItem`, `Source`: what a reader returns; `ImageRef.read_bytes()`
   gives the encoded image, None when the file is missing, or raises `ImageUnavailable(reason)`;
 - `read_coco(captions, instances, images, captions_per_image=1)`: COCO 2017 `captions_*.json` +
-  `instances_*.json` + image folder; present objects from the instance annotations (exhaustive);
+  `instances_*.json` + image folder; present objects from the instance annotations (exhaustive).
+  Only the keys it uses are kept while the JSON is parsed (COCO's polygons are dropped as they
+  are read). An image id listed twice with two different files, and an `image_id` whose type
+  differs from the `images` ids ("1" against 1), are errors naming the file and key;
+  `check_captions_per_image(n)`: n >= 0 (0: all), else an error naming the flag;
 - `read_captions_dataset(dataset, ...)`: any image–caption dataset (a `save_to_disk` folder, an image
   folder with `metadata.jsonl`/`metadata.csv`, a JSON/JSONL/CSV/TSV/Parquet file, or a Hub id); present
   objects found in the captions through the vocabulary (not exhaustive). JSON, JSON Lines and CSV are
@@ -21,7 +25,9 @@ Public surface:
   limit and a size limit; `ImageUnavailable` when it cannot be had;
 - `read_ccneg(annotations, images, eval_size=40000)`: CoN-CLIP's `ccneg_preprocessed.pt` (presence
   triples; the last `eval_size` items are the evaluation split), loaded with `weights_only=True`, so
-  a file that would need arbitrary unpickling (code execution) is refused, never run;
+  a file that would need arbitrary unpickling (code execution) is refused, never run. `images` is
+  the CC-Neg root: images are looked for as stored, by their last folder and name under it and
+  under its `ccneg_images/` (where CoN-CLIP's README unzips them), and by name;
 - `read_negationclip(annotations, images, instances=None)`: NegationCLIP's COCO-format JSON whose
   annotations carry `caption` and `updated_caption` (absence triples);
 - `infer_absent_object(caption, updated_caption)`: which object an absence rewrite negated;
