@@ -122,27 +122,17 @@ def _folder_bytes(folder: Path, under: str | None = None) -> int:
     return sum(path.stat().st_size for path in root.rglob("*") if path.is_file()) if root.exists() else 0
 
 
-def baseline_module(commit: str, into: Path) -> Path | None:
-    """The baseline's data_builder.py (from git), or None when git or the commit is not there."""
+def baseline_file(commit: str, path: str, into: Path) -> Path | None:
+    """The baseline's version of a file of this repository (from git), copied into `into` as
+    baseline_<name>; None when git or the commit is not there."""
     try:
-        text = subprocess.run(["git", "show", f"{commit}:data_builder.py"], capture_output=True, text=True, check=True, cwd=str(ROOT)).stdout
+        text = subprocess.run(["git", "show", f"{commit}:{path}"], capture_output=True, text=True, check=True, cwd=str(ROOT)).stdout
     except (OSError, subprocess.CalledProcessError):
         return None
     into.mkdir(parents=True, exist_ok=True)
-    path = into / "baseline_data_builder.py"
-    path.write_text(text)
-    return path
-
-
-def baseline_sources(commit: str, into: Path) -> Path | None:
-    try:
-        text = subprocess.run(["git", "show", f"{commit}:omninegclip/sources.py"], capture_output=True, text=True, check=True, cwd=str(ROOT)).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    into.mkdir(parents=True, exist_ok=True)
-    path = into / "baseline_sources.py"
-    path.write_text(text)
-    return path
+    copy = into / f"baseline_{Path(path).name}"
+    copy.write_text(text)
+    return copy
 
 
 # ----------------------------------------------------------------------------- limits
@@ -231,7 +221,7 @@ def section_builder(args, fixture: FixtureInfo) -> dict:
     for num_proc in sorted({1, args.num_proc or cores}):
         runs[f"new_num_proc_{num_proc}"] = _build(args, fixture, out / "build", None, num_proc)
     if args.baseline != "none":
-        module = baseline_module(args.baseline, out / "baseline")
+        module = baseline_file(args.baseline, "data_builder.py", out / "baseline")
         if module is not None:
             runs["baseline"] = _build(args, fixture, out / "build", module, None)
     annotations = {}
@@ -239,7 +229,7 @@ def section_builder(args, fixture: FixtureInfo) -> dict:
         full = make_fixture(out / "fixture_full", images=min(args.images, 200), full_size_annotations=True, progress=False)
         payload = {"captions": full.captions_file, "instances": full.instances_file, "images": full.images_dir}
         annotations["new"] = run_child(_READ_COCO.format(load="__import__('omninegclip.sources').sources"), payload)
-        old = baseline_sources(args.baseline, out / "baseline") if args.baseline != "none" else None
+        old = baseline_file(args.baseline, "omninegclip/sources.py", out / "baseline") if args.baseline != "none" else None
         if old is not None:
             annotations["baseline"] = run_child(_READ_COCO.format(load=f"load({str(old)!r}, 'baseline_sources')"), payload)
         annotations["files_mb"] = {"captions": Path(full.captions_file).stat().st_size / 2**20, "instances": Path(full.instances_file).stat().st_size / 2**20}

@@ -480,3 +480,11 @@ def test_a_build_in_worker_processes_writes_the_same_bytes_as_one_in_a_single_pr
         return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
 
     assert snapshot(tmp_path / "serial") == snapshot(tmp_path / "parallel")
+
+
+def test_a_built_folder_can_be_the_input_of_the_captions_source(tmp_path, coco_args):
+    build(coco_args, tmp_path / "first", "--validation_fraction", "0", "--test_fraction", "0")
+    summary = build(["captions", "--dataset", str(tmp_path / "first"), "--split", "train"], tmp_path / "second")
+    assert summary["skips"].get("row:missing_image") is None and sum(summary["rows_out"].values()) > 0
+    second = rows_of(tmp_path / "second")
+    assert {row["image"].size for rows in second.values() for row in rows} == {(8, 8)}
