@@ -932,7 +932,7 @@ def read_negationclip(annotations: Path | str, images: Path | str, instances: Pa
     """NegationCLIP absence triples; present objects from COCO instances if given, else from the captions."""
     path = Path(annotations)
     images_dir = _check_dir(images, "--images")
-    data = _load_json(path, "NegationCLIP's COCO-format captions JSON with 'updated_caption'")
+    data = _load_json(path, "NegationCLIP's COCO-format captions JSON with 'updated_caption'", keep=_COCO_KEYS)
     file_names = _coco_images(data, path, _NEGATIONCLIP_SCHEMA)
     areas = read_coco_objects(instances)[0] if instances else None
     source = Source(
@@ -949,6 +949,7 @@ def read_negationclip(annotations: Path | str, images: Path | str, instances: Pa
         caption = _require(annotation, "caption", path, where, _NEGATIONCLIP_SCHEMA)
         updated = _require(annotation, "updated_caption", path, where, _NEGATIONCLIP_SCHEMA)
         if image_id not in file_names:
+            _check_id_type(image_id, file_names, path, where, "its 'images' list")
             source.skip("caption_of_unknown_image", f"{path.name} {where} (image_id {image_id!r})")
         elif _text_skip(caption):
             source.skip(_text_skip(caption), f"{path.name} {where}")
