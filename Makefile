@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: default test ablations bench setup demo browser
+.PHONY: default test ablations bench bench-data setup demo browser
 
 setup: $(STAMP)
 
@@ -44,3 +44,6 @@ ablations: $(STAMP)
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_train.py
+
+bench-data: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_data.py --full_size_annotations

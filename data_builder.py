@@ -9,13 +9,28 @@
 
 Common flags: --out DIR (required), --overwrite, --seed 0, --push_to_hub REPO_ID, --no_progress, --debug;
 for the real sources also --validation_fraction 0.05, --test_fraction 0.05, --max_rows N,
---max_image_pixels N, --rewriter_model ID. `python data_builder.py SOURCE --help` lists each source's flags.
+--max_image_pixels N, --rewriter_model ID, --num_proc N (worker processes; default the cores).
+`python data_builder.py SOURCE --help` lists each source's flags.
 
 What it writes: a `datasets.DatasetDict` (train / validation / test, `save_to_disk`) with the contract
 columns `CONTRACT_COLUMNS` (shared with train.py and eval/), plus `build_summary.json` (rows in, rows
 out per split, skips by reason and where, the quality gate, texts longer than CLIP's 77 tokens,
 examples, and the provenance: seed, library versions, git commit) and README.md (the dataset card).
 Every source row ends up written or counted: rows in = rows out + the `row:` skips.
+
+Images (the real sources): each image is stored ONCE, however many caption rows show it, as its
+original file (never re-encoded; an image not in RGB is converted to an RGB PNG) under
+`images/<2 hex digits>/<name>.<ext>` inside the output folder; the `image` column holds that path,
+relative to the folder (`contract_features(image_files=True)`). `train.py --dataset_name FOLDER` and
+`load_dataset(FOLDER)` read it as it is; `load_with_images(FOLDER)` gives the column as decoded
+images, and `--push_to_hub` uploads that (each row with its image). The shapes world keeps its
+images in the table (one row per scene).
+
+Speed: the negations, the image checks and the quality gate run in `--num_proc` forked worker
+processes (`fork_map`: each row is seeded by its index, so any number of workers writes the same
+bytes). An image is checked by decoding it without keeping it, a JPEG in draft mode (1/8 scale:
+every byte of its compressed stream is still read, so a truncated file fails as in a full decode);
+workers write the image files themselves, so memory stays one image per worker.
 
 Bad input: a bad flag, a missing file or folder, a malformed file or row is one error paragraph
 naming the flag / file / row / column (exit status 2, no traceback unless --debug or
@@ -27,8 +42,10 @@ leaves the previous output as it was, and the next build removes what it left. S
 give the same bytes. Rows of one image share a split: the source's own split where it has one, else
 a stable hash of the image id.
 
-Public surface: `CONTRACT_COLUMNS`, `contract_features()`, `BuildOptions`, `build_from_source(...)`,
-`quality_gate(dataset_dict) -> dict`, `CLIP_CONTEXT_LENGTH`, `TokenWindow` (what of a text CLIP's text
+Public surface: `CONTRACT_COLUMNS`, `contract_features(image_files=False)`, `IMAGES_FOLDER`, `BuildOptions`,
+`build_from_source(source, options, cache_dir, out_dir=None)`, `load_with_images(folder)`,
+`store_image(...)` / `store_images(...) -> list[StoredImage]`, `fork_map(function, count, num_proc, ...)`,
+`quality_gate(dataset_dict, num_proc=1) -> dict`, `CLIP_CONTEXT_LENGTH`, `TokenWindow` (what of a text CLIP's text
 encoder reads), `over_context_length(dataset_dict) -> dict | None`, `write_atomically(out, overwrite, fill)`,
 `recover_interrupted_builds(out) -> list[Path]`, `split_for(...)`, `push_to_hub(out, repo_id, card)`,
 `main(argv) -> summary`.
@@ -41,8 +58,10 @@ import functools
 import hashlib
 import io
 import json
+import multiprocessing
 import os
 import random
+import re
 import shutil
 import struct
 import sys
@@ -56,7 +75,9 @@ import datasets
 from PIL import Image
 from tqdm.auto import tqdm
 
-from omninegclip.cards import render_dataset_card
+from huggingface_hub import DatasetCard
+
+from omninegclip.cards import hub_data_files, render_dataset_card, save_to_disk_files
 from omninegclip.cli import UserError, run_cli
 from omninegclip.provenance import provenance
 from omninegclip.rewrite import (
@@ -68,9 +89,11 @@ from omninegclip.sources import (
     SPLITS,
     TRAIN_OR_VALIDATION,
     ImageDownloads,
+    ImageRef,
     ImageUnavailable,
     Source,
     SourceItem,
+    check_captions_per_image,
     read_captions_dataset,
     read_ccneg,
     read_coco,
@@ -84,6 +107,7 @@ CONTRACT_COLUMNS = (
 )
 GATE_COLUMNS = ("caption", "presence_negated", "absence_negated", "present_objects", "negated_object", "absent_object")
 SUMMARY_FILE = "build_summary.json"
+IMAGES_FOLDER = "images"  # inside the output folder: each image once, as a file (`image` holds its relative path)
 CARD_FILE = "README.md"
 MAX_NAMED_FILES = 50  # skipped image files named in the summary, per reason
 CLIP_CONTEXT_LENGTH = 77  # tokens CLIP's text encoder reads, start and end tokens included; the rest is cut off
@@ -98,6 +122,13 @@ _PRESENCE_RULES = "The presence-negated object is one the caption names if any, 
 _ABSENCE_RULES = (
     "The absent object is drawn among the {k} objects most often seen with the image's objects across the whole "
     "source (co-occurrence statistics), never one the image holds or any of its captions names. "
+)
+STORAGE_NOTE = (
+    "Storage: each image is stored once, as its original file (an image not in RGB converted to an RGB PNG), under "
+    "`images/` inside the dataset folder, however many captions it has; the `image` column holds that file's path "
+    "relative to the folder (`images/<2 hex digits>/<name>.<ext>`). `train.py --dataset_name FOLDER` reads it as it is; "
+    "`data_builder.load_with_images(FOLDER)` gives the `image` column as decoded images; on the Hub "
+    "(`--push_to_hub`) each row carries its image."
 )
 _SPLIT_AND_GATE = (
     "Rows of one image share a split ({splits}). A negation that failed the quality gate was removed and counted; "
@@ -118,11 +149,13 @@ LICENSE_NOTES = {
 }
 
 
-def contract_features() -> datasets.Features:
-    """The columns every built dataset has (`source_index`: the row's position in its source)."""
+def contract_features(image_files: bool = False) -> datasets.Features:
+    """The columns every built dataset has (`source_index`: the row's position in its source). The
+    `image` column is a `datasets.Image`; with `image_files`, as the builder stores it: the path of
+    the image's file relative to the dataset folder (each image stored once, `IMAGES_FOLDER`)."""
     text = datasets.Value("string")
     return datasets.Features({
-        "image": datasets.Image(), "caption": text, "presence_negated": text, "absence_negated": text,
+        "image": text if image_files else datasets.Image(), "caption": text, "presence_negated": text, "absence_negated": text,
         "absence_affirmed": text, "present_objects": datasets.List(text), "negated_object": text, "absent_object": text,
         "presence_rewrite": text, "absence_rewrite": text, "source": text, "image_id": text,
         "source_index": datasets.Value("int64"),
@@ -142,6 +175,7 @@ class BuildOptions:
     absent_top_k: int = 5  # the absent object is drawn among the k most plausible
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # larger images are skipped (counted), never decoded
     context_length: int | None = CLIP_CONTEXT_LENGTH  # a negation the text encoder would not see is refused; None: no check
+    num_proc: int | None = None  # processes that check and store the images (None: the cores)
     progress: bool = True
     rewriter: LLMRewriter | None = field(default=None, repr=False)
 
@@ -158,6 +192,8 @@ class BuildOptions:
             raise UserError(f"--absent_top_k {self.absent_top_k} must be at least 1")
         if self.max_image_pixels < 1:
             raise UserError(f"--max_image_pixels {self.max_image_pixels} must be at least 1")
+        if self.num_proc is not None and self.num_proc < 1:
+            raise UserError(f"--num_proc {self.num_proc} must be at least 1")
         if self.context_length is not None and self.context_length < 3:
             raise UserError(f"context_length {self.context_length} must be at least 3 (start, one token, end)")
 
@@ -235,7 +271,7 @@ class _Report:
     def skip_file(self, reason: str, name: str) -> None:
         self.skips[f"row:{reason}"] += 1
         named = self.skipped_files.setdefault(reason, [])
-        if len(named) < MAX_NAMED_FILES:
+        if len(named) < MAX_NAMED_FILES and name not in named:  # an image's rows are all counted; it is named once
             named.append(name)
 
 
@@ -334,18 +370,31 @@ class _ImageTooLarge(Exception):
     pass
 
 
-def _prepare_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[bytes, str | None]:
-    """(bytes to store, the original mode when it had to be converted to RGB); raises on a broken image,
-    `_ImageTooLarge` (before decoding it) on one with more than `max_pixels` pixels."""
+_EXTENSIONS = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif"}
+
+
+def _checked_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[bytes, str, str | None]:
+    """(bytes to store, their file extension, the original mode when it had to be converted to RGB);
+    raises on a broken image, `_ImageTooLarge` (before decoding it) on one with more than `max_pixels` pixels.
+
+    Every image is decoded (and dropped) to prove it can be: `Image.verify()` alone lets truncated
+    files through. A JPEG is decoded in draft mode (its DCT scaled to 1/8 while decoding): every byte
+    of the compressed stream is still read, so a truncated or corrupt file fails as in a full decode,
+    at about half the cost. An RGB image is stored as it came, never re-encoded; any other mode is
+    converted to RGB (transparency onto white) and stored as PNG.
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is checked here, below
         image = Image.open(io.BytesIO(data))
     with image:
         if image.width * image.height > max_pixels:
             raise _ImageTooLarge(f"{image.width}x{image.height}")
-        image.load()  # decodes every pixel: catches truncated files that Image.verify() lets through
         if image.mode == "RGB":
-            return data, None
+            if image.format == "JPEG":
+                image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
+            image.load()
+            return data, _EXTENSIONS.get(image.format, ".img"), None
+        image.load()
         mode = image.mode
         if mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
             rgba = image.convert("RGBA")
@@ -355,42 +404,156 @@ def _prepare_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> t
             rgb = image.convert("RGB")
     buffer = io.BytesIO()
     rgb.save(buffer, format="PNG")
-    return buffer.getvalue(), mode
+    return buffer.getvalue(), ".png", mode
 
 
 _BROKEN_IMAGE = (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError)
 
 
-def _write_split(split: str, rows: list[tuple[SourceItem, dict]], source: Source, options: BuildOptions, report: _Report, cache_dir: Path) -> datasets.Dataset:
-    features = contract_features()
+@dataclass(frozen=True)
+class StoredImage:
+    """What became of one image: `path` (relative to the output folder) when it was stored, else the skip `reason`."""
+
+    path: str | None = None
+    reason: str | None = None
+    converted_from: str | None = None
+    bytes_read: int = 0
+    bytes_written: int = 0
+
+
+def store_image(image: ImageRef, relative: str, root: Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> StoredImage:
+    """Read, check and write one image to `root / relative` + its extension (the folder is created)."""
+    try:
+        data = image.read_bytes()
+    except ImageUnavailable as error:  # a download that failed, a file that cannot be read
+        return StoredImage(reason=error.reason)
+    if data is None:
+        return StoredImage(reason="missing_image")
+    try:
+        stored, extension, converted_from = _checked_image(data, max_pixels)
+    except (_ImageTooLarge, Image.DecompressionBombError):
+        return StoredImage(reason="image_too_large")
+    except _BROKEN_IMAGE:
+        return StoredImage(reason="corrupt_image")
+    path = relative + extension
+    target = root / path
+    if not target.parent.is_dir():  # (store_images makes the folders beforehand: a failing mkdir costs more than a stat)
+        target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(stored)
+    return StoredImage(path=path, converted_from=converted_from, bytes_read=len(data), bytes_written=len(stored))
+
+
+_FORKED: Callable[[int], object] | None = None  # the function the forked workers of fork_map call
+MIN_IMAGES_PER_WORKER = 16  # fewer images than this per worker are stored in this process (starting workers costs more)
+NEGATION_CHUNK = 256  # rows negated per task of a worker
+
+
+def _call_forked(index: int) -> object:
+    return _FORKED(index)
+
+
+def default_num_proc() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def fork_map(function: Callable[[int], object], count: int, num_proc: int | None = None, min_per_worker: int = 1, desc: str = "",
+             progress: bool = False, unit: str = "it") -> list:
+    """`[function(i) for i in range(count)]`, in up to `num_proc` worker processes (default: the
+    cores), in order. The workers are forked, so `function` may be a closure over anything (image
+    readers of a dataset or a URL, the build's statistics): nothing is pickled but the indices and
+    the results. Fewer than `min_per_worker` calls per worker, or no fork on this system: here."""
+    global _FORKED
+    workers = min(num_proc or default_num_proc(), count // max(min_per_worker, 1))
+    results = []
+    with tqdm(total=count, desc=desc, disable=not progress, unit=unit) as bar:
+        if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+            for index in range(count):
+                results.append(function(index))
+                bar.update()
+            return results
+        _FORKED = function
+        # A tokenizer used before the fork would warn in every worker; its own threads are not needed there.
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        try:
+            with multiprocessing.get_context("fork").Pool(workers) as pool:
+                for result in pool.imap(_call_forked, range(count), chunksize=max(1, min(64, count // (workers * 8)))):
+                    results.append(result)
+                    bar.update()
+        finally:
+            _FORKED = None
+    return results
+
+
+def store_images(jobs: list[tuple[ImageRef, str]], root: Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, num_proc: int | None = None,
+                 progress: bool = False) -> list[StoredImage]:
+    """`store_image` for each (image, relative path) of `jobs`, in `num_proc` worker processes
+    (`fork_map`). Each worker reads, checks and writes its images itself and sends back only a
+    `StoredImage`: memory stays about one image per worker, whatever the number of images."""
+    for folder in sorted({(root / relative).parent for _, relative in jobs}):
+        folder.mkdir(parents=True, exist_ok=True)
+    return fork_map(lambda index: store_image(*jobs[index], root, max_pixels), len(jobs), num_proc, MIN_IMAGES_PER_WORKER,
+                    "checking and storing images", progress, "image")
+
+
+def _negate_all(items: list[SourceItem], source: Source, stats: CooccurrenceStats, options: BuildOptions, report: _Report,
+                window: TokenWindow) -> list[dict]:
+    """`_negations` of every item, in worker processes (`fork_map`, chunks of NEGATION_CHUNK rows; each
+    row's choices come from its own seeded generator, so the result does not depend on the workers).
+    An LLM rewriter runs here, in one process."""
+    def chunk(index: int) -> tuple[list[dict], Counter, Counter]:
+        counted = _Report()
+        texts = [_negations(item, source, stats, options, counted, window) for item in items[index * NEGATION_CHUNK : (index + 1) * NEGATION_CHUNK]]
+        return texts, counted.skips, counted.llm_fallbacks
+
+    chunks = -(-len(items) // NEGATION_CHUNK)
+    num_proc = 1 if options.rewriter is not None else options.num_proc
+    texts = []
+    for chunk_texts, skips, fallbacks in fork_map(chunk, chunks, num_proc, 2, f"negating {source.name} captions", options.progress, "chunk"):
+        texts += chunk_texts
+        report.skips.update(skips)
+        report.llm_fallbacks.update(fallbacks)
+    return texts
+
+
+def _image_key(item: SourceItem) -> tuple:
+    """Rows with the same key show the same image: stored once."""
+    return item.image_id, item.image.name, str(item.image.path) if item.image.path is not None else None
+
+
+def _relative_image_paths(keys: list[tuple]) -> list[str]:
+    """`images/<2 hex digits>/<file stem>` (extension added when stored) for each key, unique; the
+    two-digit folder (a hash of the key) keeps folders under a few thousand files at COCO's scale."""
+    used, paths = set(), []
+    for key in keys:
+        digest = hashlib.sha256(json.dumps(key, ensure_ascii=False).encode("utf-8", "surrogatepass")).hexdigest()
+        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(key[1].rsplit("/", 1)[-1]).stem).strip("._-")[:100] or digest[:16]
+        path, number = f"{IMAGES_FOLDER}/{digest[:2]}/{stem}", 1
+        while path.lower() in used:  # also unique on case-insensitive file systems
+            number += 1
+            path = f"{IMAGES_FOLDER}/{digest[:2]}/{stem}-{number}"
+        used.add(path.lower())
+        paths.append(path)
+    return paths
+
+
+def _write_split(split: str, rows: list[tuple[SourceItem, dict, StoredImage]], source: Source, options: BuildOptions, report: _Report,
+                 cache_dir: Path) -> datasets.Dataset:
+    features = contract_features(image_files=True)
     fingerprint = hashlib.sha256(json.dumps(
-        [source.name, split, options.seed, [(item.image_id, item.source_index, text) for item, text in rows]], sort_keys=True, default=str
+        [source.name, split, options.seed, [(item.image_id, item.source_index, text, stored.path) for item, text, stored in rows]],
+        sort_keys=True, default=str,
     ).encode()).hexdigest()[:16]
     written = [0]
 
     def generate():
-        for item, text in tqdm(rows, desc=f"writing {split}", disable=not options.progress, unit="row"):
-            try:
-                data = item.image.read_bytes()
-            except ImageUnavailable as error:  # a download that failed, a file that cannot be read
-                report.skip_file(error.reason, item.image.name)
+        for item, text, stored in rows:
+            if stored.path is None:
+                report.skip_file(stored.reason, item.image.name)
                 continue
-            if data is None:
-                report.skip_file("missing_image", item.image.name)
-                continue
-            try:
-                data, converted_from = _prepare_image(data, options.max_image_pixels)
-            except (_ImageTooLarge, Image.DecompressionBombError):
-                report.skip_file("image_too_large", item.image.name)
-                continue
-            except _BROKEN_IMAGE:
-                report.skip_file("corrupt_image", item.image.name)
-                continue
-            if converted_from:
-                report.converted_modes[converted_from] += 1
             written[0] += 1
             yield {
-                "image": {"bytes": data, "path": item.image.name}, "caption": item.caption,
+                "image": stored.path, "caption": item.caption,
                 "present_objects": sorted(set(item.present_objects)), "source": source.name,
                 "image_id": item.image_id, "source_index": item.source_index, **text,
             }
@@ -403,8 +566,11 @@ def _write_split(split: str, rows: list[tuple[SourceItem, dict]], source: Source
         return datasets.Dataset.from_dict({name: [] for name in features}, features=features, split=datasets.NamedSplit(split))
 
 
-def build_from_source(source: Source, options: BuildOptions, cache_dir: Path) -> tuple[datasets.DatasetDict, dict]:
-    """Negate, split and write every row of a source; returns the DatasetDict and the build summary."""
+def build_from_source(source: Source, options: BuildOptions, cache_dir: Path, out_dir: Path | None = None) -> tuple[datasets.DatasetDict, dict]:
+    """Negate, split and write every row of a source; returns the DatasetDict and the build summary.
+
+    Each image is stored once, as a file under `out_dir/images/` (default: `cache_dir`), however many
+    rows show it; the `image` column holds its path relative to `out_dir` (`load_with_images`)."""
     if not source.items:
         reasons = ", ".join(f"{reason}: {count}" for reason, count in sorted(source.skips.items())) or "no rows at all"
         raise UserError(f"{', '.join(source.files)}: the source has no usable rows ({reasons})")
@@ -413,21 +579,35 @@ def build_from_source(source: Source, options: BuildOptions, cache_dir: Path) ->
     report = _Report(skips=Counter({f"source:{reason}": count for reason, count in source.skips.items()}))
     window = TokenWindow(options.context_length)
     by_split: dict[str, list] = {split: [] for split in SPLITS}
-    for item in tqdm(items, desc=f"negating {source.name} captions", disable=not options.progress, unit="caption"):
-        text = _negations(item, source, stats, options, report, window)
+    for item, text in zip(items, _negate_all(items, source, stats, options, report, window)):
         if text["presence_negated"] is None and text["absence_negated"] is None:
             report.skips["row:no_negation"] += 1
             continue
         by_split[split_for(item.image_id, item.split, options.validation_fraction, options.test_fraction)].append((item, text))
     if not any(by_split.values()):
         raise UserError(f"{', '.join(source.files)}: no caption could be negated ({_describe(report.skips)})")
-    dataset_dict = datasets.DatasetDict({split: _write_split(split, rows, source, options, report, cache_dir) for split, rows in by_split.items()})
+    images: dict[tuple, ImageRef] = {}  # each image once, in the order rows first show it
+    for rows in by_split.values():
+        for item, _ in rows:
+            images.setdefault(_image_key(item), item.image)
+    first_of = {key: index for index, key in enumerate(images)}
+    root = Path(out_dir if out_dir is not None else cache_dir)
+    jobs = list(zip(images.values(), _relative_image_paths(list(images))))
+    stored = store_images(jobs, root, options.max_image_pixels, options.num_proc, options.progress)
+    for result in stored:
+        if result.converted_from:
+            report.converted_modes[result.converted_from] += 1
+    dataset_dict = datasets.DatasetDict({
+        split: _write_split(split, [(item, text, stored[first_of[_image_key(item)]]) for item, text in rows], source, options, report, cache_dir)
+        for split, rows in by_split.items()
+    })
     if not any(len(part) for part in dataset_dict.values()):
         raise UserError(f"{', '.join(source.files)}: no row could be written ({_describe(report.skips)})")
     rows_out = sum(len(part) for part in dataset_dict.values())
     row_skips = sum(count for reason, count in report.skips.items() if reason.startswith("row:"))
     if rows_out + row_skips != len(items):  # every row is written or counted: anything else is a bug here
         raise RuntimeError(f"row accounting is off: {len(items)} rows in, {rows_out} out, {row_skips} skipped ({_describe(report.skips)})")
+    kept = [result for result in stored if result.path is not None]
     summary = {
         "source": source.name,
         "inputs": source.files,
@@ -436,12 +616,33 @@ def build_from_source(source: Source, options: BuildOptions, cache_dir: Path) ->
         "skipped_rows": {reason: list(where) for reason, where in sorted(source.skip_examples.items())},
         "images_converted_to_rgb": dict(sorted(report.converted_modes.items())),
         "skipped_files": report.skipped_files,
+        "images": {"files": len(kept), "rows": rows_out, "bytes_read": sum(result.bytes_read for result in kept),
+                   "bytes_written": sum(result.bytes_written for result in kept), "folder": IMAGES_FOLDER},
     }
     if options.max_rows and len(source.items) > len(items):
         summary["rows_beyond_max_rows"] = len(source.items) - len(items)  # not read: --max_rows
     if options.rewriter is not None:
         summary["llm_rewriter"] = {"model": options.rewriter.name, "fallbacks_to_rules": dict(report.llm_fallbacks)}
     return dataset_dict, summary
+
+
+def load_with_images(folder: Path | str) -> datasets.DatasetDict:
+    """A built dataset with its `image` column as a `datasets.Image` feature (decoded to PIL images
+    on access), its relative paths resolved against `folder`. What `push_to_hub` uploads (the image
+    bytes are then embedded in the Hub's Parquet files)."""
+    folder = Path(folder).absolute()
+    dataset_dict = datasets.load_from_disk(str(folder))
+    for split, dataset in dataset_dict.items():
+        if isinstance(dataset.features["image"], datasets.Image):
+            continue  # built before images were stored as files
+        features = datasets.Features({**dataset.features, "image": datasets.Image()})
+        if not len(dataset):  # (an empty table cannot be cast)
+            dataset_dict[split] = datasets.Dataset.from_dict({name: [] for name in features}, features=features, split=dataset.split)
+            continue
+        resolved = dataset.map(lambda batch: {"image": [str(folder / path) if path else None for path in batch["image"]]},
+                               batched=True, keep_in_memory=True, desc=f"resolving the image paths of {split}")
+        dataset_dict[split] = resolved.cast(features)
+    return dataset_dict
 
 
 def _describe(counts: Counter) -> str:
@@ -454,38 +655,52 @@ _GATE_CHECKS = (
 )
 
 
-def _gate_split(dataset: datasets.Dataset, progress: bool, desc: str) -> dict:
+GATE_BATCH = 1000  # rows checked per task of a worker
+
+
+def _gate_split(dataset: datasets.Dataset, progress: bool, desc: str, num_proc: int | None = 1) -> dict:
+    table = dataset.select_columns(list(GATE_COLUMNS))
     counts = {kind: {"passed": 0, "missing": 0, "failed": Counter()} for kind, *_ in _GATE_CHECKS}
-    batches = dataset.select_columns(list(GATE_COLUMNS)).iter(batch_size=1000)
-    for batch in tqdm(batches, desc=desc, total=-(-len(dataset) // 1000), disable=not progress, leave=False):
-        for index, caption in enumerate(batch["caption"]):
-            for kind, text_column, object_column, check in _GATE_CHECKS:
-                text = batch[text_column][index]
-                if text is None:
-                    counts[kind]["missing"] += 1
-                    continue
-                problem = check(caption, text, batch[object_column][index], batch["present_objects"][index] or [])
-                if problem:
-                    counts[kind]["failed"][problem] += 1
-                else:
-                    counts[kind]["passed"] += 1
+    for part in fork_map(lambda index: _gate_batch(table[index * GATE_BATCH : (index + 1) * GATE_BATCH]), -(-len(dataset) // GATE_BATCH),
+                         num_proc, 2, desc, progress, "batch"):
+        for kind, *_ in _GATE_CHECKS:
+            counts[kind]["passed"] += part[kind]["passed"]
+            counts[kind]["missing"] += part[kind]["missing"]
+            counts[kind]["failed"].update(part[kind]["failed"])
     return {"rows": len(dataset), **counts}
 
 
-def quality_gate(dataset_dict: datasets.DatasetDict, progress: bool = False) -> dict:
+def _gate_batch(batch: dict) -> dict:
+    counts = {kind: {"passed": 0, "missing": 0, "failed": Counter()} for kind, *_ in _GATE_CHECKS}
+    for index, caption in enumerate(batch["caption"]):
+        for kind, text_column, object_column, check in _GATE_CHECKS:
+            text = batch[text_column][index]
+            if text is None:
+                counts[kind]["missing"] += 1
+                continue
+            problem = check(caption, text, batch[object_column][index], batch["present_objects"][index] or [])
+            if problem:
+                counts[kind]["failed"][problem] += 1
+            else:
+                counts[kind]["passed"] += 1
+    return counts
+
+
+def quality_gate(dataset_dict: datasets.DatasetDict, progress: bool = False, num_proc: int | None = 1) -> dict:
     """Check every negation of a DatasetDict with the contract columns; counts per split and in total.
 
     presence_negated must name `negated_object`, which must be in `present_objects`; absence_negated must
     name `absent_object`, which must not be; both must hold a negation cue and differ from the caption.
     Returns {split: {"rows", "presence": {"passed", "missing", "failed": {reason: n}}, "absence": {...}},
-    "total": {...}, "passed": no negation failed}.
+    "total": {...}, "passed": no negation failed}. `num_proc` worker processes check batches of rows
+    (None: the cores).
     """
     per_split = {}
     for split, dataset in dataset_dict.items():
         missing_columns = [column for column in GATE_COLUMNS if column not in dataset.column_names]
         if missing_columns:
             raise UserError(f"split {split!r} lacks the contract columns {missing_columns}; it has {dataset.column_names}")
-        per_split[split] = _gate_split(dataset, progress, f"quality gate {split}")
+        per_split[split] = _gate_split(dataset, progress, f"quality gate {split}", num_proc)
     total = {"rows": sum(counts["rows"] for counts in per_split.values())}
     for kind, *_ in _GATE_CHECKS:
         total[kind] = {
@@ -645,13 +860,13 @@ def over_context_length(dataset_dict: datasets.DatasetDict, context_length: int 
 
 
 def push_to_hub(out: Path, repo_id: str, card: str, private: bool = False) -> None:
-    """Push the dataset as written on disk, then its card (README.md)."""
-    from huggingface_hub import DatasetCard
-
-    dataset_dict = datasets.load_from_disk(str(out))
+    """Push the dataset, each row with its image (`load_with_images`: datasets embeds the files' bytes
+    in the Parquet files it uploads), then its card (README.md), rewritten for the Hub's layout."""
+    dataset_dict = load_with_images(out)
+    hub_card = _hub_card(card, dataset_dict)
     try:
         dataset_dict.push_to_hub(repo_id, private=private)
-        DatasetCard(card).push_to_hub(repo_id, repo_type="dataset")
+        hub_card.push_to_hub(repo_id, repo_type="dataset")
     except Exception as error:  # network, authentication, permissions: the local build stays valid
         raise UserError(f"--push_to_hub {repo_id}: the push failed ({type(error).__name__}: {error}); the dataset is saved at {out}") from None
 
@@ -681,6 +896,8 @@ def _parser() -> argparse.ArgumentParser:
                        "(outputs failing the quality gate fall back to the rule-based rewrite). Default: rules only.")
     group.add_argument("--max_image_pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS, metavar="N",
                        help="Skip (and count) images with more pixels than this, without decoding them. Default: %(default)s.")
+    group.add_argument("--num_proc", "--preprocessing_num_workers", type=int, metavar="N",
+                       help="Processes that check and store the images (default: the cores this process may use).")
 
     paragraphs = __doc__.split("\n\n")
     parser = argparse.ArgumentParser(prog="data_builder.py", description=paragraphs[0], epilog="\n\n".join(paragraphs[1:-1]),
@@ -757,7 +974,7 @@ _INPUT_FLAGS = ("captions", "instances", "images", "annotations", "dataset", "im
 def _arguments(args: argparse.Namespace) -> dict:
     """The settings that shape the data, for the summary and the card: not where the output goes, and
     local input files by name only (the card is public; `inputs` in the summary has the full paths)."""
-    hidden = {"out", "overwrite", "push_to_hub", "private", "no_progress", "debug", "image_cache"}
+    hidden = {"out", "overwrite", "push_to_hub", "private", "no_progress", "debug", "image_cache", "num_proc"}
     shown = {key: value for key, value in sorted(vars(args).items()) if key not in hidden and value is not None}
     for key in _INPUT_FLAGS:
         if key in shown and Path(shown[key]).exists():
@@ -850,9 +1067,12 @@ def main(argv: list[str] | None = None) -> dict:
         options = BuildOptions(
             seed=args.seed, validation_fraction=args.validation_fraction, test_fraction=args.test_fraction,
             max_rows=args.max_rows, absent_top_k=args.absent_top_k, max_image_pixels=args.max_image_pixels, progress=not args.no_progress,
+            num_proc=args.num_proc,
             generate_presence=args.source in ("coco", "captions") or getattr(args, "synthesize_presence", False),
             generate_absence=args.source in ("coco", "captions") or getattr(args, "synthesize_absence", False),
         )
+        if args.source in ("coco", "captions"):
+            check_captions_per_image(args.captions_per_image)
         if args.source == "captions":
             ImageDownloads(timeout=args.download_timeout, max_bytes=args.max_image_bytes)  # checks the two flags
     out = Path(args.out).absolute()
@@ -869,9 +1089,9 @@ def main(argv: list[str] | None = None) -> dict:
             if args.rewriter_model:
                 options.rewriter = _load_rewriter(args.rewriter_model)
             source = _read_source(args, scratch)
-            dataset_dict, built = build_from_source(source, options, scratch / "cache")
+            dataset_dict, built = build_from_source(source, options, scratch / "cache", out_dir=staging)
             description = source.description
-            method = _build_description(args, options)
+            method = _build_description(args, options) + "\n\n" + STORAGE_NOTE
         negations, rewrites = _negation_kinds(dataset_dict)
         summary.update(built)
         summary.update({
@@ -879,7 +1099,7 @@ def main(argv: list[str] | None = None) -> dict:
             "rows_out": {split: len(part) for split, part in dataset_dict.items()},
             "negations": negations,
             "rewrites": rewrites,
-            "quality_gate": quality_gate(dataset_dict, progress=not args.no_progress),
+            "quality_gate": quality_gate(dataset_dict, progress=not args.no_progress, num_proc=args.num_proc if options else 1),
             "over_context_length": over_context_length(dataset_dict),
             "examples": _examples(dataset_dict),
             "provenance": provenance(args.seed),
@@ -901,7 +1121,17 @@ def main(argv: list[str] | None = None) -> dict:
 
 def _render_card(summary: dict, features: datasets.Features, description: str, method: str, license: str) -> str:
     return render_dataset_card(summary, features, license=license, source_description=description, build_description=method,
-                               license_note=LICENSE_NOTES.get(summary["source"], ""))
+                               license_note=LICENSE_NOTES.get(summary["source"], ""), data_files=save_to_disk_files(summary["rows_out"]))
+
+
+def _hub_card(card: str, dataset_dict: datasets.DatasetDict) -> DatasetCard:
+    """The dataset card of the folder, as it must read on the Hub: the files `push_to_hub` writes, and
+    the features it uploads (the image column decoded)."""
+    hub = DatasetCard(card)
+    hub.data.configs = [{"config_name": "default", "data_files": [{"split": split, "path": path} for split, path in hub_data_files(dataset_dict).items()]}]
+    hub.data.dataset_info = {**hub.data.dataset_info, "features": next(iter(dataset_dict.values())).features._to_yaml_list(),
+                             "splits": [{"name": split, "num_examples": len(part)} for split, part in dataset_dict.items()]}
+    return hub
 
 
 if __name__ == "__main__":

@@ -49,6 +49,16 @@ def _counts_table(counts: dict, heading: str) -> list[str]:
     return lines + [""]
 
 
+def hub_data_files(splits) -> dict[str, str]:
+    """Split -> the files `push_to_hub` writes for it."""
+    return {split: f"data/{split}-*" for split in splits}
+
+
+def save_to_disk_files(rows_out: dict[str, int]) -> dict[str, str]:
+    """Split -> its Arrow files in a `save_to_disk` folder; empty splits left out (`load_dataset` refuses them)."""
+    return {split: f"{split}/data-*.arrow" for split, count in rows_out.items() if count}
+
+
 def render_dataset_card(
     summary: dict,
     features,
@@ -58,16 +68,19 @@ def render_dataset_card(
     source_description: str = "",
     build_description: str = "",
     license_note: str = "",
+    data_files: dict[str, str] | None = None,
 ) -> str:
     """A dataset card for a built Omni-NegCLIP dataset.
 
     `summary` is the builder's `build_summary.json` content (at least `source` and `rows_out`, a split ->
     row count mapping; `skips`, `negations`, `rewrites`, `quality_gate`, `examples`, `arguments` are
     shown when present); `features` the `datasets.Features` of the splits; `build_description` says how
-    the negations were made.
+    the negations were made; `data_files` the files of each split (default `hub_data_files`: the layout
+    `push_to_hub` writes; `save_to_disk_files` for a `save_to_disk` folder, so `load_dataset(folder)` reads it).
     """
     source = summary.get("source", "unknown")
     rows_out: dict = summary.get("rows_out", {})
+    data_files = data_files or hub_data_files(rows_out)
     pretty_name = pretty_name or f"Omni-NegCLIP negation captions ({source})"
     metadata = {
         "pretty_name": pretty_name,
@@ -78,11 +91,11 @@ def render_dataset_card(
         "size_categories": [_size_category(sum(rows_out.values()))],
         "configs": [{
             "config_name": "default",
-            "data_files": [{"split": split, "path": f"data/{split}-*"} for split in rows_out],
+            "data_files": [{"split": split, "path": path} for split, path in data_files.items()],
         }],
         "dataset_info": {
             "features": features._to_yaml_list(),
-            "splits": [{"name": split, "num_examples": count} for split, count in rows_out.items()],
+            "splits": [{"name": split, "num_examples": count} for split, count in rows_out.items() if split in data_files],
         },
     }
     lines = [

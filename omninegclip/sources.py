@@ -10,7 +10,11 @@ Public surface:
 - `ImageRef`, `GivenNegation`, `SourceItem`, `Source`: what a reader returns; `ImageRef.read_bytes()`
   gives the encoded image, None when the file is missing, or raises `ImageUnavailable(reason)`;
 - `read_coco(captions, instances, images, captions_per_image=1)`: COCO 2017 `captions_*.json` +
-  `instances_*.json` + image folder; present objects from the instance annotations (exhaustive);
+  `instances_*.json` + image folder; present objects from the instance annotations (exhaustive).
+  Only the keys it uses are kept while the JSON is parsed (COCO's polygons are dropped as they
+  are read). An image id listed twice with two different files, and an `image_id` whose type
+  differs from the `images` ids ("1" against 1), are errors naming the file and key;
+  `check_captions_per_image(n)`: n >= 0 (0: all), else an error naming the flag;
 - `read_captions_dataset(dataset, ...)`: any image–caption dataset (a `save_to_disk` folder, an image
   folder with `metadata.jsonl`/`metadata.csv`, a JSON/JSONL/CSV/TSV/Parquet file, or a Hub id); present
   objects found in the captions through the vocabulary (not exhaustive). JSON, JSON Lines and CSV are
@@ -21,7 +25,9 @@ Public surface:
   limit and a size limit; `ImageUnavailable` when it cannot be had;
 - `read_ccneg(annotations, images, eval_size=40000)`: CoN-CLIP's `ccneg_preprocessed.pt` (presence
   triples; the last `eval_size` items are the evaluation split), loaded with `weights_only=True`, so
-  a file that would need arbitrary unpickling (code execution) is refused, never run;
+  a file that would need arbitrary unpickling (code execution) is refused, never run. `images` is
+  the CC-Neg root: images are looked for as stored, by their last folder and name under it and
+  under its `ccneg_images/` (where CoN-CLIP's README unzips them), and by name;
 - `read_negationclip(annotations, images, instances=None)`: NegationCLIP's COCO-format JSON whose
   annotations carry `caption` and `updated_caption` (absence triples);
 - `infer_absent_object(caption, updated_caption)`: which object an absence rewrite negated;
@@ -64,6 +70,7 @@ from omninegclip.safe_load import load_torch_file
 from omninegclip.vocabulary import NEGATION_CUES, canonical_category, detect_objects, find_mentions, mentions
 
 CCNEG_PATH_PREFIX = "/workspace/datasets/cc3m/"
+CCNEG_IMAGES_FOLDER = "ccneg_images"  # where CoN-CLIP's README has the image zip unpacked, inside the CC-Neg root
 SPLITS = ("train", "validation", "test")
 TRAIN_OR_VALIDATION = "trainval"  # a source split the builder divides into train and validation by image hash
 MAX_SKIP_EXAMPLES = 20
@@ -108,7 +115,7 @@ class GivenNegation:
     rewrite: str  # where it came from: "ccneg", "negationclip"
 
 
-@dataclass
+@dataclass(slots=True)
 class SourceItem:
     image_id: str
     image: ImageRef
@@ -144,13 +151,23 @@ class Source:
             examples.append(where)
 
 
-def _load_json(path: Path, what: str) -> object:
+def _keep_only(keys: frozenset[str]) -> Callable[[dict], dict]:
+    """A json `object_hook` that keeps only `keys` of every object, so that what the reader never
+    uses (COCO's segmentation polygons, areas, URLs, ...) is freed as soon as it is parsed."""
+    def hook(value: dict) -> dict:
+        return {key: item for key, item in value.items() if key in keys}
+
+    return hook
+
+
+def _load_json(path: Path, what: str, keep: frozenset[str] | None = None) -> object:
+    """The JSON value of a file; with `keep`, every object in it holds only those keys (memory)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such file (expected {what})")
     try:
         with path.open(encoding="utf-8") as handle:
-            return json.load(handle)
+            return json.load(handle, object_hook=_keep_only(keep) if keep is not None else None)
     except json.JSONDecodeError as error:
         raise UserError(f"{path}: not valid JSON (line {error.lineno}, column {error.colno}: {error.msg}); expected {what}") from None
     except UnicodeDecodeError:
@@ -196,15 +213,37 @@ def _describe_value(value: object) -> str:
     return f"a {type(value).__name__} ({text if len(text) <= 40 else text[:37] + '...'})"
 
 
+# The keys the COCO-format readers use; every other key is dropped while the file is parsed (the
+# polygons alone make up most of an instances file: 3 GB of Python objects for train2017's).
+_COCO_KEYS = frozenset({"images", "annotations", "categories", "id", "file_name", "image_id", "caption", "category_id", "bbox",
+                        "name", "updated_caption"})
+
+
 def _coco_images(data: object, path: Path, schema: str) -> dict[object, str]:
-    file_names = {}
+    """Image id -> file name. An id listed twice with the same file name is harmless (nothing is
+    lost); with two different file names it is an error (one of the two images would be dropped)."""
+    file_names, first_index = {}, {}
     for index, image in enumerate(_require_list(data, "images", path, "the top level", schema)):
         image_id = _require_id(image, "id", path, f"images[{index}]", schema)
         file_name = _require(image, "file_name", path, f"images[{index}]", schema)
         if not isinstance(file_name, str) or not file_name.strip():
             raise UserError(f"{path}: 'file_name' in images[{index}] is {_describe_value(file_name)}, expected a file name ({schema})")
+        if image_id in file_names and file_names[image_id] != file_name:
+            raise UserError(f"{path}: images[{index}] repeats id {image_id!r} of images[{first_index[image_id]}] with another file "
+                            f"({file_name!r}, not {file_names[image_id]!r}); image ids must be unique")
         file_names[image_id] = file_name
+        first_index.setdefault(image_id, index)
     return file_names
+
+
+def _check_id_type(image_id: object, known: dict, path: Path, where: str, known_what: str) -> None:
+    """An id that is not among `known` but whose string / integer twin is: say the types differ
+    (`image_id` "1" against `id` 1), instead of counting every caption as one of an unknown image."""
+    twin = str(image_id) if isinstance(image_id, int) else int(image_id) if isinstance(image_id, str) and image_id.strip().isdigit() else None
+    if twin is not None and twin in known:
+        kind = lambda value: f"the string {value!r}" if isinstance(value, str) else f"the integer {value!r}"  # noqa: E731
+        raise UserError(f"{path}: 'image_id' in {where} is {kind(image_id)} but {known_what} has the id as {kind(twin)}; "
+                        "the types differ (use integers in both, or strings in both)")
 
 
 def _box_area(bbox: object, path: Path, where: str) -> float:
@@ -219,7 +258,7 @@ def _box_area(bbox: object, path: Path, where: str) -> float:
 def read_coco_objects(instances: Path | str) -> tuple[dict[object, dict[str, float]], dict[object, str]]:
     """From a COCO instances file: image id -> {category name: total box area}, and the image file names."""
     path = Path(instances)
-    data = _load_json(path, "a COCO instances_*.json file")
+    data = _load_json(path, "a COCO instances_*.json file", keep=_COCO_KEYS)
     file_names = _coco_images(data, path, _COCO_INSTANCES_SCHEMA)
     names = {}
     for index, category in enumerate(_require_list(data, "categories", path, "the top level", _COCO_INSTANCES_SCHEMA)):
@@ -236,6 +275,8 @@ def read_coco_objects(instances: Path | str) -> tuple[dict[object, dict[str, flo
         if category_id not in names:
             raise UserError(f"{path}: {where} has category_id {category_id!r}, which no entry of 'categories' defines")
         area = _box_area(annotation.get("bbox"), path, where)
+        if image_id not in areas:
+            _check_id_type(image_id, areas, path, where, "its 'images' list")
         objects = areas.setdefault(image_id, {})
         objects[names[category_id]] = objects.get(names[category_id], 0.0) + area
     return areas, file_names
@@ -260,11 +301,18 @@ def _text_skip(value: object) -> str | None:
     return None if value.strip() else "empty_caption"
 
 
+def check_captions_per_image(value: int) -> int:
+    if value < 0:
+        raise UserError(f"--captions_per_image {value} must be 0 (all of an image's captions) or more")
+    return value
+
+
 def read_coco(captions: Path | str, instances: Path | str, images: Path | str, captions_per_image: int = 1) -> Source:
-    """COCO captions with present objects from the instance annotations (`captions_per_image` <= 0: all)."""
+    """COCO captions with present objects from the instance annotations (`captions_per_image` 0: all)."""
     captions_path = Path(captions)
+    check_captions_per_image(captions_per_image)
     images_dir = _check_dir(images, "--images")
-    data = _load_json(captions_path, "a COCO captions_*.json file")
+    data = _load_json(captions_path, "a COCO captions_*.json file", keep=_COCO_KEYS)
     file_names = _coco_images(data, captions_path, _COCO_CAPTIONS_SCHEMA)
     areas, _ = read_coco_objects(instances)
     source = Source(
@@ -279,25 +327,29 @@ def read_coco(captions: Path | str, instances: Path | str, images: Path | str, c
         image_id = _require_id(annotation, "image_id", captions_path, where, _COCO_CAPTIONS_SCHEMA)
         caption = _require(annotation, "caption", captions_path, where, _COCO_CAPTIONS_SCHEMA)
         if image_id not in file_names:
+            _check_id_type(image_id, file_names, captions_path, where, "its 'images' list")
             source.skip("caption_of_unknown_image", f"{captions_path.name} {where} (image_id {image_id!r})")
         elif _text_skip(caption):
             source.skip(_text_skip(caption), f"{captions_path.name} {where}")
         else:
             by_image[image_id].append((annotation.get("id", index), caption.strip(), where))
+    del data  # only what by_image and file_names hold is needed from here on
     for image_id in sorted(by_image, key=_sort_key):
         if image_id not in areas:  # a captions file paired with another split's instances file
+            _check_id_type(image_id, areas, captions_path, by_image[image_id][0][2], Path(instances).name)
             source.skip("image_not_in_instances", f"{captions_path.name} {by_image[image_id][0][2]} (image_id {image_id!r})", len(by_image[image_id]))
             continue
         objects = areas[image_id]
         selected = _select_captions([(key, caption) for key, caption, _ in by_image[image_id]], captions_per_image)
         if len(selected) < len(by_image[image_id]):
             source.skips[BEYOND_CAPTIONS_PER_IMAGE] += len(by_image[image_id]) - len(selected)
-        mentioned = sorted({obj for caption in selected for obj in detect_objects(caption)})
+        mentioned = tuple(sorted({obj for caption in selected for obj in detect_objects(caption)}))
+        # One ImageRef, objects tuple and salience dict per image, shared by its captions (memory).
+        image, present = ImageRef(file_names[image_id], images_dir / file_names[image_id]), tuple(sorted(objects))
         for caption in selected:
             source.items.append(SourceItem(
-                image_id=str(image_id), image=ImageRef(file_names[image_id], images_dir / file_names[image_id]),
-                caption=caption, present_objects=tuple(sorted(objects)), source_index=len(source.items),
-                also_mentioned=tuple(mentioned), salience=dict(objects),
+                image_id=str(image_id), image=image, caption=caption, present_objects=present, source_index=len(source.items),
+                also_mentioned=mentioned, salience=objects,
             ))
     return source
 
@@ -686,6 +738,9 @@ def read_captions_dataset(
     """
     from tqdm.auto import tqdm
 
+    check_captions_per_image(captions_per_image)
+    if images_dir is not None:
+        _check_dir(images_dir, "--images_dir")
     columns = {"--image_column": image_column, "--caption_column": caption_column, "--image_id_column": image_id_column}
     parts = _caption_rows(dataset, loader, split, columns, images_dir, cache_dir, downloads or ImageDownloads())
     rows = []  # (split, image id, captions, image)
@@ -749,7 +804,9 @@ def _caption_rows(dataset: str, loader: str, split: str | None, columns: dict[st
 
         loaded = _load_hf_dataset(dataset, kind, cache_dir)
         named = {"train": loaded} if isinstance(loaded, datasets.Dataset) else loaded
-        base_dir = Path(images_dir) if images_dir else (path.parent if path.is_file() else None)
+        # Relative image paths start from the data file's folder, or the save_to_disk folder itself
+        # (where this builder's own output keeps its images/).
+        base_dir = Path(images_dir) if images_dir else (path.parent if path.is_file() else path if kind == "disk" else None)
         for name, part_name, part in _splits_of(named, split, dataset):
             parts.append((name, _dataset_rows(part, dataset, part_name, columns, base_dir, downloads)))
     return parts
@@ -762,7 +819,11 @@ def _resolve_ccneg_image(raw_path: str, images_dir: Path) -> tuple[str, Path]:
     """(image id, local file) for a path as stored in ccneg_preprocessed.pt."""
     relative = raw_path[len(CCNEG_PATH_PREFIX) :] if raw_path.startswith(CCNEG_PATH_PREFIX) else raw_path.lstrip("/")
     parts = Path(relative).parts
-    candidates = [images_dir / relative, images_dir / Path(*parts[-2:]) if len(parts) >= 2 else None, images_dir / Path(relative).name]
+    last_two = Path(*parts[-2:]) if len(parts) >= 2 else None
+    # As stored; its last folder and name (cc3m_subset_images_extracted_final/x.jpg) under the root, or
+    # under the root's ccneg_images/ (CoN-CLIP's README unzips them there); the bare name.
+    candidates = [images_dir / relative, images_dir / last_two if last_two else None, images_dir / CCNEG_IMAGES_FOLDER / last_two if last_two else None,
+                  images_dir / Path(relative).name]
     found = next((candidate for candidate in candidates if candidate is not None and candidate.is_file()), candidates[0])
     return relative, found
 
@@ -806,6 +867,7 @@ def read_ccneg(annotations: Path | str, images: Path | str, eval_size: int = 400
             continue
         caption = caption.strip()
         chosen = _as_object_name(sop.get("sop_chosen_object"))
+        negative_skip = "ccneg_negative_prompt_not_text" if _text_skip(negative) == "caption_not_text" else "ccneg_empty_negative_prompt"
         negative = negative.replace(",", "").strip() if isinstance(negative, str) else ""
         if chosen is None and negative:
             # No chosen object recorded: the object the negative prompt negates and the caption names.
@@ -813,7 +875,7 @@ def read_ccneg(annotations: Path | str, images: Path | str, eval_size: int = 400
             chosen = next((m.category for m in find_mentions(negative) if m.negated and m.category in named), None)
         present = tuple(sorted(set(detect_objects(caption)) | ({chosen} if chosen else set())))
         source.object_sets.append(present)
-        given_skip = None if negative and chosen else ("ccneg_no_negated_object" if negative else "ccneg_empty_negative_prompt")
+        given_skip = None if negative and chosen else ("ccneg_no_negated_object" if negative else negative_skip)
         source.items.append(SourceItem(
             image_id=image_id, image=ImageRef(image_id, file), caption=caption, present_objects=present,
             source_index=index, split="test" if index >= first_eval else TRAIN_OR_VALIDATION, also_mentioned=present,
@@ -870,7 +932,7 @@ def read_negationclip(annotations: Path | str, images: Path | str, instances: Pa
     """NegationCLIP absence triples; present objects from COCO instances if given, else from the captions."""
     path = Path(annotations)
     images_dir = _check_dir(images, "--images")
-    data = _load_json(path, "NegationCLIP's COCO-format captions JSON with 'updated_caption'")
+    data = _load_json(path, "NegationCLIP's COCO-format captions JSON with 'updated_caption'", keep=_COCO_KEYS)
     file_names = _coco_images(data, path, _NEGATIONCLIP_SCHEMA)
     areas = read_coco_objects(instances)[0] if instances else None
     source = Source(
@@ -887,6 +949,7 @@ def read_negationclip(annotations: Path | str, images: Path | str, instances: Pa
         caption = _require(annotation, "caption", path, where, _NEGATIONCLIP_SCHEMA)
         updated = _require(annotation, "updated_caption", path, where, _NEGATIONCLIP_SCHEMA)
         if image_id not in file_names:
+            _check_id_type(image_id, file_names, path, where, "its 'images' list")
             source.skip("caption_of_unknown_image", f"{path.name} {where} (image_id {image_id!r})")
         elif _text_skip(caption):
             source.skip(_text_skip(caption), f"{path.name} {where}")

@@ -283,6 +283,7 @@ class CooccurrenceStats:
     num_images: int = 0
     object_count: Counter = field(default_factory=Counter)
     pair_count: Counter = field(default_factory=Counter)
+    _ranked: dict = field(default_factory=dict, repr=False, compare=False)  # rank_absent's answers (the rows of one image ask alike)
 
     @classmethod
     def from_object_sets(cls, object_sets: Iterable[Iterable[str]]) -> CooccurrenceStats:
@@ -293,6 +294,7 @@ class CooccurrenceStats:
 
     def add_image(self, objects: Iterable[str]) -> None:
         unique = sorted(set(objects))
+        self._ranked.clear()
         self.num_images += 1
         self.object_count.update(unique)
         for index, first in enumerate(unique):
@@ -314,9 +316,12 @@ class CooccurrenceStats:
 
     def rank_absent(self, present: Sequence[str], exclude: Iterable[str] = ()) -> list[tuple[str, float]]:
         """Objects seen in the source, neither present nor excluded, most plausible first (ties by name)."""
-        banned = set(present) | set(exclude)
-        scored = [(obj, self.plausibility(obj, present)) for obj in self.object_count if obj not in banned]
-        return sorted((item for item in scored if item[1] > 0), key=lambda item: (-item[1], item[0]))
+        key = (tuple(present), frozenset(exclude))
+        if key not in self._ranked:
+            banned = set(present) | set(exclude)
+            scored = [(obj, self.plausibility(obj, present)) for obj in self.object_count if obj not in banned]
+            self._ranked[key] = sorted((item for item in scored if item[1] > 0), key=lambda item: (-item[1], item[0]))
+        return list(self._ranked[key])
 
     def choose_absent(self, present: Sequence[str], rng: random.Random, exclude: Iterable[str] = (), top_k: int = 5) -> str | None:
         """One of the `top_k` most plausible absent objects, drawn in proportion to plausibility; None if none."""

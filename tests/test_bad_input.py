@@ -115,6 +115,15 @@ class Fixtures:
             name = self.write(f"captions-{hashlib.sha256(text.encode()).hexdigest()[:12]}.json", text)
         return ["coco", "--captions", name, "--instances", self.path("instances.json"), "--images", str(self.images)]
 
+    def ccneg(self, name: str, second_negative: object) -> str:
+        """A CC-Neg .pt of two items on ok.png: a good one, and one whose negative prompt is `second_negative`."""
+        path = self.root / name
+        if not path.exists():
+            entry = lambda negative: {"json": {"caption": "a dog on a couch"}, "sop_data": {"negative-prompt": negative, "sop_chosen_object": "dog"}}  # noqa: E731
+            torch.save({"image_paths": ["/workspace/datasets/cc3m/cc3m_subset_images_extracted_final/ok.png"] * 2,
+                        "annotations": [entry("no dog on a couch"), entry(second_negative)]}, path)
+        return str(path)
+
     def evil_pickle(self) -> str:
         path = self.root / "evil.pt"
         if not path.exists():
@@ -299,6 +308,21 @@ CASES = [
     Case("data_builder", "caption_over_77_tokens", lambda fx: db("captions", "--dataset", fx.pairs("long.jsonl", {"image": "images/ok.png", "caption": LONG_CAPTION}),
                                                                  "--out", fx.out()), 0,
          ("longer than CLIP's 77 tokens (the text encoder reads only their start): caption 1",), once="77 tokens"),
+    # ------------------------------------------------------------------ data_builder.py: COCO / CC-Neg readers (issue 14)
+    Case("data_builder", "coco_duplicate_image_id", lambda fx: db(*fx.coco({"images": [{"id": 1, "file_name": "ok.png"}, {"id": 1, "file_name": "gray.png"}],
+                                                                           "annotations": [{"image_id": 1, "caption": "a dog"}]}), "--out", fx.out()), 2,
+         ("images[1] repeats id 1 of images[0] with another file ('gray.png', not 'ok.png'); image ids must be unique",)),
+    Case("data_builder", "coco_image_id_string_vs_int", lambda fx: db(*fx.coco({"images": [{"id": 1, "file_name": "ok.png"}],
+                                                                               "annotations": [{"image_id": "1", "caption": "a dog"}]}), "--out", fx.out()), 2,
+         ("'image_id' in annotations[0] is the string '1' but its 'images' list has the id as the integer 1; the types differ",)),
+    Case("data_builder", "captions_per_image_negative", lambda fx: db(*fx.coco(), "--out", fx.out(), "--captions_per_image", "-3"), 2,
+         ("--captions_per_image -3 must be 0 (all of an image's captions) or more",)),
+    Case("data_builder", "images_dir_missing", lambda fx: db("captions", "--dataset", fx.pairs("p.jsonl"), "--images_dir", fx.path("no_such_dir"), "--out", fx.out()), 2,
+         ("no_such_dir: no such folder (the --images_dir folder of images)",)),
+    Case("data_builder", "num_proc_zero", lambda fx: db(*fx.coco(), "--out", fx.out(), "--num_proc", "0"), 2, ("--num_proc 0 must be at least 1",)),
+    Case("data_builder", "ccneg_negative_prompt_not_text", lambda fx: db("ccneg", "--annotations", fx.ccneg("int_prompt.pt", 7), "--images", str(fx.images),
+                                                                         "--eval_size", "0", "--out", fx.out()), 0,
+         ("skipped presence:ccneg_negative_prompt_not_text: 1",)),
     # ------------------------------------------------------------------ train.py (what works today)
     Case("train", "no_dataset", lambda fx: [], 2, ("--dataset_name is required",)),
     Case("train", "unknown_flag", lambda fx: fx.train_args(fx.dataset("good", ["a dog"] * 4), "--colour", "red"), 2,

@@ -58,7 +58,7 @@ def build(args: list[str], out: Path, *extra: str) -> dict:
 
 
 def rows_of(out: Path) -> dict[str, list[dict]]:
-    loaded = datasets.load_from_disk(str(out))
+    loaded = data_builder.load_with_images(out)
     return {split: list(loaded[split]) for split in loaded}  # iterating decodes the images
 
 
@@ -73,7 +73,8 @@ def test_coco_build_writes_contract_columns_and_valid_negations(tmp_path, coco_a
     loaded = datasets.load_from_disk(str(out))
     assert list(loaded) == ["train", "validation", "test"]
     assert set(data_builder.CONTRACT_COLUMNS) <= set(loaded["train"].column_names)
-    assert isinstance(loaded["train"].features["image"], datasets.Image)
+    assert loaded["train"].features["image"] == datasets.Value("string")  # a path under images/, each image stored once
+    assert all(path.startswith("images/") and (out / path).is_file() for split in loaded.values() for path in split["image"])
     by_image = {}
     for split, rows in rows_of(out).items():
         for row in rows:
@@ -260,10 +261,18 @@ def test_quality_gate_counts_failures_by_reason():
 
 def test_dataset_card_parses_and_push_is_called(tmp_path, coco_args, monkeypatch):
     pushed = []
-    monkeypatch.setattr(datasets.DatasetDict, "push_to_hub", lambda self, repo_id, **kw: pushed.append(("data", repo_id, sorted(self))))
-    monkeypatch.setattr(DatasetCard, "push_to_hub", lambda self, repo_id, **kw: pushed.append(("card", repo_id, kw.get("repo_type"), self.data.license)))
+    # What goes up carries each row's image (an Image feature: datasets embeds the files' bytes), not a path.
+    monkeypatch.setattr(datasets.DatasetDict, "push_to_hub", lambda self, repo_id, **kw: pushed.append(
+        ("data", repo_id, sorted(self)) if isinstance(self["train"].features["image"], datasets.Image) else ("paths", repo_id)))
+    monkeypatch.setattr(DatasetCard, "push_to_hub", lambda self, repo_id, **kw: pushed.append(
+        ("card", repo_id, kw.get("repo_type"), self.data.license, self.data.configs[0]["data_files"][0]["path"],
+         self.data.dataset_info["features"][0])))
     build(coco_args, tmp_path / "out", "--push_to_hub", "me/coco-neg", "--license", "cc-by-4.0")
-    assert pushed == [("data", "me/coco-neg", ["test", "train", "validation"]), ("card", "me/coco-neg", "dataset", "cc-by-4.0")]
+    assert pushed == [("data", "me/coco-neg", ["test", "train", "validation"]),
+                      ("card", "me/coco-neg", "dataset", "cc-by-4.0", "data/train-*", {"name": "image", "dtype": "image"})]
+    local = DatasetCard((tmp_path / "out" / data_builder.CARD_FILE).read_text())  # the folder's own card: its Arrow files, paths
+    assert local.data.configs[0]["data_files"][0]["path"] == "train/data-*.arrow"
+    assert local.data.dataset_info["features"][0] == {"name": "image", "dtype": "string"}
 
     summary = {"source": "coco", "rows_in": 10, "rows_out": {"train": 8, "validation": 1, "test": 1}, "skips": {"row:no_negation": 2},
                "examples": [{"caption": "a | b", "presence_negated": "no a", "absence_negated": None}]}
@@ -364,3 +373,118 @@ def test_negations_the_text_encoder_would_not_see_are_refused_and_long_texts_cou
     assert long["limit"] == 77 and long["texts"]["caption"] == 2 and long["texts"]["absence_negated"] >= 1
     assert window.too_long([first["caption"], "a dog"]) == 1 and window.visible("a dog") == "a dog"
     assert first["caption"].startswith(window.visible(first["caption"])) and len(window.visible(first["caption"])) < len(first["caption"])
+
+
+# ---- each image stored once; checked cheaply; stored in parallel --------------------------------------------
+
+
+def test_each_image_is_stored_once_whatever_the_captions_and_training_reads_the_folder(tmp_path, tokenizer):
+    from bench.coco_fixture import make_fixture
+    from omninegclip.data import CaptionColumns, load_any_dataset, prepare_dataset
+
+    fixture = make_fixture(tmp_path / "coco", images=6, progress=False)  # 5 captions an image, realistic JPEGs
+    assert 80 * 1024 < fixture.mean_image_bytes < 160 * 1024
+    out = tmp_path / "out"
+    summary = build(["coco", "--captions", fixture.captions_file, "--instances", fixture.instances_file, "--images", fixture.images_dir],
+                    out, "--captions_per_image", "0", "--validation_fraction", "0", "--test_fraction", "0")
+    loaded = datasets.load_from_disk(str(out))
+    rows = loaded["train"]
+    ids = set(rows["image_id"])
+    assert len(rows) > len(ids) == 6  # several captions of each image kept
+    files = sorted(path for path in (out / data_builder.IMAGES_FOLDER).rglob("*") if path.is_file())
+    assert len(files) == len(ids) == summary["images"]["files"]
+    originals = {path.name: path.read_bytes() for path in Path(fixture.images_dir).iterdir()}
+    # Stored as they came (no re-encoding), once: the bytes on disk are the input's, whatever the row count.
+    assert sorted(file.read_bytes() for file in files) == sorted(originals.values())
+    assert summary["images"]["bytes_written"] == summary["images"]["bytes_read"] == fixture.image_bytes
+    others = [path for path in out.rglob("*") if path.is_file() and data_builder.IMAGES_FOLDER not in path.relative_to(out).parts]
+    assert sum(path.stat().st_size for path in others) < fixture.image_bytes / 10
+    assert not any(image[600:700] in path.read_bytes() for path in others for image in originals.values())
+    for row in rows.select_columns(["image", "image_id"]):
+        assert (out / row["image"]).read_bytes() == originals[f"{int(row['image_id']):012d}.jpg"]
+    # The training side reads the folder as it is: relative paths resolved, every image decodes.
+    raw = load_any_dataset(str(out), "train")
+    columns = CaptionColumns.from_flags("image", "caption", "presence_negated", "absence_negated", "absence_affirmed")
+    prepared, (report,) = prepare_dataset([raw], [str(out)], columns, tokenizer, max_length=77)
+    assert report.kept == len(rows) and not report.skipped and len(prepared) == len(rows)
+    assert prepared[0]["image"].size in {(640, 480), (480, 640)}
+    # load_with_images gives the decoded column (what --push_to_hub uploads); load_dataset reads the folder too.
+    assert data_builder.load_with_images(out)["train"][0]["image"].mode == "RGB"
+    assert datasets.load_dataset(str(out), cache_dir=str(tmp_path / "hf"))["train"]["image"] == rows["image"]
+
+
+def _jpeg(seed: int, size=(64, 48)) -> bytes:
+    import io
+
+    import numpy as np
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8), "RGB").save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def test_the_cheap_image_check_still_catches_truncated_and_corrupt_jpegs():
+    good = _jpeg(0)
+    assert data_builder._checked_image(good) == (good, ".jpg", None)  # stored as it came
+    for broken in (good[: len(good) // 2], good[:-2], good[:300] + bytes(len(good) - 300)):
+        with pytest.raises(data_builder._BROKEN_IMAGE):
+            data_builder._checked_image(broken)
+    grey = Image.new("L", (8, 8), 90)
+    import io
+
+    buffer = io.BytesIO()
+    grey.save(buffer, format="JPEG")
+    stored, extension, mode = data_builder._checked_image(buffer.getvalue())
+    assert (extension, mode) == (".png", "L") and Image.open(io.BytesIO(stored)).mode == "RGB"
+
+
+def test_parallel_image_storage_gives_the_same_files_and_counts(tmp_path):
+    from omninegclip.sources import ImageRef
+
+    count = 2 * data_builder.MIN_IMAGES_PER_WORKER + 3
+    (tmp_path / "in").mkdir()
+    jobs = []
+    for index in range(count):
+        path = tmp_path / "in" / f"{index}.jpg"
+        data = _jpeg(index, (16, 16))
+        path.write_bytes(data if index % 7 else data[: len(data) // 2])  # every 7th truncated
+        jobs.append((ImageRef(path.name, path if index != 5 else tmp_path / "in" / "gone.jpg"), f"images/{index % 3}/{index}"))
+    serial = data_builder.store_images(jobs, tmp_path / "serial", num_proc=1)
+    parallel = data_builder.store_images(jobs, tmp_path / "parallel", num_proc=2)
+    assert serial == parallel
+    assert [result.reason for result in serial].count("corrupt_image") == len(range(0, count, 7))
+    assert serial[5].reason == "missing_image" and serial[1].path == "images/1/1.jpg"
+    snapshot = lambda root: {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}  # noqa: E731
+    assert snapshot(tmp_path / "serial") == snapshot(tmp_path / "parallel") and len(snapshot(tmp_path / "serial")) == sum(r.path is not None for r in serial)
+
+
+def test_a_build_in_worker_processes_writes_the_same_bytes_as_one_in_a_single_process(tmp_path, monkeypatch):
+    from bench.coco_fixture import make_fixture
+
+    fixture = make_fixture(tmp_path / "coco", images=6, progress=False)
+    args = ["coco", "--captions", fixture.captions_file, "--instances", fixture.instances_file, "--images", fixture.images_dir,
+            "--captions_per_image", "0"]
+    monkeypatch.setattr(data_builder, "NEGATION_CHUNK", 3)  # 30 rows: 10 chunks, so that 2 workers negate them
+    monkeypatch.setattr(data_builder, "MIN_IMAGES_PER_WORKER", 2)  # and 2 workers store the 6 images
+    monkeypatch.setattr(data_builder, "GATE_BATCH", 3)  # and check the rows
+    workers = []
+    real_pool = data_builder.multiprocessing.get_context("fork").Pool
+    monkeypatch.setattr(data_builder.multiprocessing, "get_context", lambda method: types.SimpleNamespace(
+        Pool=lambda processes: workers.append(processes) or real_pool(processes)))
+    build(args, tmp_path / "serial", "--num_proc", "1")
+    assert workers == []
+    build(args, tmp_path / "parallel", "--num_proc", "2")
+    assert workers[:2] == [2, 2] and set(workers) == {2} and len(workers) >= 3  # negations, images, the quality gate
+
+    def snapshot(folder: Path) -> dict[str, bytes]:
+        return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+    assert snapshot(tmp_path / "serial") == snapshot(tmp_path / "parallel")
+
+
+def test_a_built_folder_can_be_the_input_of_the_captions_source(tmp_path, coco_args):
+    build(coco_args, tmp_path / "first", "--validation_fraction", "0", "--test_fraction", "0")
+    summary = build(["captions", "--dataset", str(tmp_path / "first"), "--split", "train"], tmp_path / "second")
+    assert summary["skips"].get("row:missing_image") is None and sum(summary["rows_out"].values()) > 0
+    second = rows_of(tmp_path / "second")
+    assert {row["image"].size for rows in second.values() for row in rows} == {(8, 8)}

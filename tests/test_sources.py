@@ -405,3 +405,42 @@ def test_image_folder_with_split_sub_folders(tmp_path):
     source = read_captions_dataset(str(tmp_path / "folder"), progress=False)
     assert [(item.caption, item.split) for item in source.items] == [("a cat", "test"), ("a dog", TRAIN_OR_VALIDATION)]
     assert all(item.image.read_bytes() == (tmp_path / "folder" / "train" / "x.png").read_bytes() for item in source.items)
+
+
+def test_coco_ids_listed_twice_or_of_another_type_are_named_never_dropped(tmp_path):
+    captions_file, instances_file, _ = write_coco(tmp_path)
+    captions = json.loads(captions_file.read_text())
+    captions["images"].append(dict(captions["images"][0]))  # the same entry twice: nothing lost, accepted
+    captions_file.write_text(json.dumps(captions))
+    assert len(read_coco(captions_file, instances_file, tmp_path / "images", captions_per_image=0).items) == 3
+    captions["images"][-1]["file_name"] = "000002.png"  # id 1 with another file: one image would be dropped
+    captions_file.write_text(json.dumps(captions))
+    with pytest.raises(UserError, match=r"captions.json: images\[2\] repeats id 1 of images\[0\] with another file"):
+        read_coco(captions_file, instances_file, tmp_path / "images")
+    # Ids of the captions file as strings, the instances file's as integers: the types differ, said so.
+    for image in captions["images"]:
+        image["id"] = str(image["id"])
+    for annotation in captions["annotations"]:
+        annotation["image_id"] = str(annotation["image_id"])
+    captions["images"].pop()
+    captions_file.write_text(json.dumps(captions))
+    with pytest.raises(UserError, match=r"captions.json: 'image_id' in annotations\[0\] is the string '1' but instances.json has the id as the integer 1"):
+        read_coco(captions_file, instances_file, tmp_path / "images")
+    instances = json.loads(instances_file.read_text())
+    instances["annotations"][0]["image_id"] = "1"
+    instances_file.write_text(json.dumps(instances))
+    with pytest.raises(UserError, match=r"instances.json: 'image_id' in annotations\[0\] is the string '1' but its 'images' list has the id as the integer 1"):
+        read_coco(captions_file, instances_file, tmp_path / "images")
+    with pytest.raises(UserError, match=r"--captions_per_image -1 must be 0"):
+        read_coco(captions_file, instances_file, tmp_path / "images", captions_per_image=-1)
+
+
+def test_ccneg_images_unzipped_as_con_clip_says_are_found_from_the_ccneg_root(tmp_path):
+    (tmp_path / "ccneg_dataset").mkdir()
+    torch.save(ccneg_payload(2), tmp_path / "ccneg_dataset" / "ccneg_preprocessed.pt")
+    folder = tmp_path / "ccneg_dataset" / "ccneg_images" / "cc3m_subset_images_extracted_final"
+    for index in range(2):
+        write_png(folder / f"{index:05d}.jpg")
+    source = read_ccneg(tmp_path / "ccneg_dataset" / "ccneg_preprocessed.pt", tmp_path / "ccneg_dataset", eval_size=1)
+    assert [item.image.path for item in source.items] == [folder / "00000.jpg", folder / "00001.jpg"]
+    assert all(item.image.read_bytes() for item in source.items)
