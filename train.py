@@ -677,9 +677,12 @@ TRACKER_PACKAGES = {"tensorboard": "tensorboard", "trackio": "trackio", "wandb":
 
 def check_report_to(training_args: TrainingArguments) -> None:
     """Fail before anything slow on a `--report_to` tracker that is unknown or not installed (the
-    Trainer would fail only after data preparation, with a traceback)."""
+    Trainer would fail only after data preparation, with a traceback). Comma-separated names are
+    split (`--report_to tensorboard,trackio` as `--report_to tensorboard trackio`)."""
     from transformers.integrations import get_reporting_integration_callbacks
 
+    if isinstance(training_args.report_to, list):
+        training_args.report_to = [name.strip() for entry in training_args.report_to for name in entry.split(",") if name.strip()]
     try:
         callbacks = get_reporting_integration_callbacks(training_args.report_to)
     except ValueError as error:
