@@ -14,10 +14,13 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
+import datasets
+import datasets.dataset_dict
 import pytest
 import transformers
-from huggingface_hub import ModelCard
+from huggingface_hub import DatasetCard, ModelCard
 from huggingface_hub.repocard_data import model_index_to_eval_results
 from transformers import CLIPModel
 
@@ -25,6 +28,7 @@ import data_builder
 import eval.__main__ as eval_cli
 import omninegclip.model_card as model_card
 import train
+from omninegclip.cards import GENERATED_DATA_LICENSE
 from omninegclip.cli import UserError
 from omninegclip.default import HUB_NAMES, attach_results, write_widget_examples
 from test_hub import USER, hub  # noqa: F401  (hub: the fake Hub fixture)
@@ -160,3 +164,91 @@ def test_report_to_is_checked_before_anything_slow(tmp_path, monkeypatch):
     monkeypatch.setenv("TRACKIO_DIR", str(tmp_path / "trackio"))
     with pytest.raises(UserError, match="--model_name_or_path"):
         train.main(train_flags(missing_model, tmp_path / "no-data", tmp_path / "out", report_to="tensorboard,trackio"))
+
+
+class FakeDatasetHub:
+    """The Hub calls of `DatasetDict.push_to_hub` and `DatasetCard.push_to_hub`, faked: each dataset repo
+    is a folder `root/datasets/<repo_id>` (datasets' own code reads it back through a local filesystem
+    in place of HfFileSystem, at revision "main")."""
+
+    def __init__(self, root: Path, monkeypatch):
+        from fsspec.implementations.local import LocalFileSystem
+        from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
+
+        self.root, self.commits, staged = root, [], {}
+        root.mkdir(parents=True, exist_ok=True)
+        monkeypatch.chdir(root)  # datasets reads the repo at the relative path "datasets/<repo_id>"
+
+        def create_repo(api, repo_id, repo_type=None, private=None, exist_ok=False, **kwargs):
+            assert repo_type == "dataset"
+            repo_id = repo_id if "/" in repo_id else f"{USER}/{repo_id}"
+            (root / "datasets" / repo_id).mkdir(parents=True, exist_ok=True)
+            return SimpleNamespace(repo_id=repo_id)
+
+        def repo_info(api, repo_id, repo_type=None, revision=None, **kwargs):
+            assert (root / "datasets" / repo_id).is_dir(), f"no repo {repo_id}"
+            return SimpleNamespace(id=repo_id, sha="main")
+
+        def preupload_lfs_files(api, repo_id, additions, **kwargs):
+            for addition in additions:  # datasets deletes the shard file right after this call
+                staged[id(addition)] = Path(addition.path_or_fileobj).read_bytes()
+
+        def create_commit(api, repo_id, operations, commit_message=None, **kwargs):
+            repo = root / "datasets" / repo_id
+            for operation in operations:
+                target = repo / operation.path_in_repo
+                if isinstance(operation, CommitOperationDelete):
+                    target.unlink()
+                    continue
+                assert isinstance(operation, CommitOperationAdd)
+                content = staged.pop(id(operation), None)
+                if content is None:
+                    source = operation.path_or_fileobj
+                    content = source if isinstance(source, bytes) else Path(source).read_bytes()
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(content)
+            self.commits.append((repo_id, commit_message, sorted(operation.path_in_repo for operation in operations)))
+            return SimpleNamespace(commit_url=f"https://huggingface.co/datasets/{repo_id}/commit/{len(self.commits)}",
+                                   oid="main", pr_url=None)
+
+        for name, fake in (("create_repo", create_repo), ("repo_info", repo_info),
+                           ("preupload_lfs_files", preupload_lfs_files), ("create_commit", create_commit)):
+            monkeypatch.setattr(HfApi, name, fake)
+        monkeypatch.setattr(datasets.dataset_dict, "HfFileSystem", lambda *args, **kwargs: LocalFileSystem())
+        # The Hub's YAML check (a server call): here the card must at least parse back as a DatasetCard.
+        monkeypatch.setattr(DatasetCard, "validate", lambda card, repo_type=None: DatasetCard(str(card)))
+
+    def repo(self, repo_id: str) -> Path:
+        return self.root / "datasets" / repo_id
+
+
+def test_world_dataset_card_and_pushed_layout_load(tiny_default, tmp_path, monkeypatch):
+    root, world, _ = tiny_default
+    local = DatasetCard.load(world / "README.md")
+    assert local.data.license == GENERATED_DATA_LICENSE == "mit"  # generated data: the repository's license, named
+    assert "configs" not in local.data.to_dict()  # the save_to_disk folder has no data/{split}-* files to point at
+    splits = {split["name"]: split for split in local.data.dataset_info["splits"]}
+    on_disk = datasets.load_from_disk(str(world))
+    assert {name: split["num_examples"] for name, split in splits.items()} == {name: len(part) for name, part in on_disk.items()}
+    assert all(split["num_bytes"] == on_disk[name].data.nbytes > 0 for name, split in splits.items())
+    assert local.data.dataset_info["dataset_size"] == sum(split["num_bytes"] for split in splits.values())
+    assert str(tmp_path) not in str(local) and str(root) not in str(local)
+
+    hub = FakeDatasetHub(tmp_path / "hub", monkeypatch)
+    data_builder.push_to_hub(world, "omninegclip-world", (world / "README.md").read_text())
+    repo_id = f"{USER}/omninegclip-world"
+    assert [commit[0] for commit in hub.commits] == [repo_id, repo_id]
+    assert hub.commits[0][2] == ["README.md"]  # the card first, then the data (and datasets' update of the card)
+    pushed = DatasetCard.load(hub.repo(repo_id) / "README.md")
+    # datasets wrote its dataset_info (parquet download size) into our card and kept the rest.
+    assert pushed.data.dataset_info["download_size"] > 0
+    assert {split["name"] for split in pushed.data.dataset_info["splits"]} == set(on_disk)
+    assert pushed.data.license == "mit" and pushed.data.pretty_name == local.data.pretty_name
+    assert pushed.text == local.text
+    assert pushed.data.to_dict()["configs"] == [{"config_name": "default",
+                                    "data_files": [{"split": split, "path": f"data/{split}-*"} for split in on_disk]}]
+    # The pushed layout loads with load_dataset, every split, the same rows.
+    loaded = datasets.load_dataset(str(hub.repo(repo_id)))
+    assert {name: len(part) for name, part in loaded.items()} == {name: len(part) for name, part in on_disk.items()}
+    assert loaded["test"][0]["caption"] == on_disk["test"][0]["caption"]
+    assert loaded["train"][0]["image"].size == on_disk["train"][0]["image"].size
