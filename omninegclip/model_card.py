@@ -287,7 +287,7 @@ def citations_markdown(benchmark_types: list[str]) -> str:
     lines = []
     for key in keys:
         what, bibtex = CITATIONS[key]
-        lines += [f"{what.capitalize()}:", "", "```bibtex", bibtex, "```", ""]
+        lines += [f"{what[0].upper()}{what[1:]}:", "", "```bibtex", bibtex, "```", ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -482,7 +482,10 @@ def _training(facts: CheckpointFacts) -> str:
     arguments = provenance.get("training_arguments") or {}
     if not arguments:
         return "Not recorded (no `training_provenance.json` beside the weights)."
-    rows = [(label, arguments[key]) for key, label in HYPERPARAMETERS if key in arguments and arguments[key] not in (None, -1)]
+    shown = [key for key, _ in HYPERPARAMETERS if key in arguments and arguments[key] not in (None, -1)]
+    if "max_steps" in shown and "num_train_epochs" in shown:  # a step budget overrides the epochs
+        shown.remove("num_train_epochs")
+    rows = [(label, arguments[key]) for key, label in HYPERPARAMETERS if key in shown]
     world = provenance.get("world_size") or 1
     batch = arguments.get("per_device_train_batch_size")
     if batch:
