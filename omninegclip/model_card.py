@@ -1,16 +1,25 @@
 """The project's model card and Hub upload: `model_card.md` rendered with the Hub metadata that makes
-the zero-shot-image-classification widget work (`pipeline_tag`, `widget` with negation labels).
+the zero-shot-image-classification widget work (`pipeline_tag`, `widget` with negation labels),
+`base_model` / `datasets`, and `model-index` with one entry per eval task.
 
 Public surface:
-- `WidgetExample`, `DEFAULT_WIDGET`, `load_widget_examples(path)`: the card's widget examples. A local
-  image is copied into the checkpoint (`widget/`), and `widget/examples.json` records every example
-  with its local image and, where known, the label a negation-aware model must rank first;
-- `render_model_card(...) -> huggingface_hub.ModelCard`;
+- `WidgetExample`, `DEFAULT_WIDGET`, `load_widget_examples(path)`, `world_widget_examples()`: the
+  card's widget examples. A local image is copied into the checkpoint (`widget/`), and
+  `widget/examples.json` records every example with its local image and, where known, the label a
+  negation-aware model must rank first;
+- `CheckpointFacts`, `checkpoint_facts(folder, ...)`: what a card says about a checkpoint folder
+  (repo id, base model and datasets with their Hub ids, plain-CLIP or Omni-NegCLIP training, input
+  size, image-world data, widget examples, provenance), from the folder's own files. Other pages
+  published beside a model (a demo Space's README) use it to say the same things;
+- `public_text(text)`: text with absolute local paths reduced to their last component;
+- `citations_markdown(benchmark_types)`: BibTeX of the method, CLIP and the benchmarks evaluated on;
+- `render_model_card(facts, ...) -> huggingface_hub.ModelCard`;
 - `write_model_card(folder, ...) -> Path`: the card of a checkpoint folder, as its README.md, from the
-  folder's own records (`omninegclip_config.json`, `training_provenance.json`, `eval/model_index.json`,
-  `eval/results.md`);
-- `push_checkpoint(folder, repo_id, ...) -> str`: create the repo, write the card naming it, upload
-  the folder (weights, processor, card; not `checkpoint-*`) in one commit;
+  folder's own records (`config.json`, `omninegclip_config.json`, `training_provenance.json`,
+  `model_card.json`, `eval/model_index.json`, `eval/results.md`);
+- `push_checkpoint(folder, repo_id, ...) -> str`: create the repo, write the card naming it (widget
+  URLs inside the repo, bare repo names under its owner), upload the folder (weights, processor,
+  card, Trainer state and metrics, tracker logs; not `checkpoint-*`) in one commit;
 - CLI: `python -m omninegclip.model_card CHECKPOINT [--push_to_hub REPO_ID]` re-renders the card (for
   instance after `python -m eval` wrote `CHECKPOINT/eval/`) and optionally pushes.
 
@@ -344,11 +353,12 @@ def _describe_training_data(names: list[str]) -> list[dict]:
 def checkpoint_facts(folder: str | Path, repo_id: str | None = None, base_model: str | None = None,
                      datasets: list[str] | None = None, base_model_id: str | None = None,
                      dataset_ids: list[str] | None = None, widget_examples: list[WidgetExample] | None = None,
-                     base_description: str | None = None, namespace: str | None = None) -> CheckpointFacts:
+                     base_description: str | None = None, namespace: str | None = None, remember: bool = False) -> CheckpointFacts:
     """Everything the card of `folder` says, from its files (`config.json`, `training_provenance.json`,
     `omninegclip_config.json`, `widget/examples.json`, `model_card.json`) and the arguments, which win.
-    Arguments given once are remembered in `model_card.json`, so a later re-render keeps them.
-    `namespace`: the owner the folder is pushed under; bare repo names are qualified with it."""
+    With `remember` (as `write_model_card` does), the arguments given and the training data found are
+    written to `model_card.json`, so that a later re-render keeps them (even where the data folders
+    are gone). `namespace`: the owner the folder is pushed under; bare repo names are qualified with it."""
     folder = Path(folder)
     record = _read_json(folder / CARD_RECORD) or {}
     provenance = _read_json(folder / "training_provenance.json") or {}
@@ -358,7 +368,8 @@ def checkpoint_facts(folder: str | Path, repo_id: str | None = None, base_model:
     data_names = datasets if datasets is not None else provenance.get("datasets") or []
     training_data = _describe_training_data(data_names) or record.get("training_data") or []
     record["training_data"] = training_data
-    (folder / CARD_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+    if remember:
+        (folder / CARD_RECORD).write_text(json.dumps(record, indent=2) + "\n")
 
     repo_id = _qualified(record.get("repo_id") or folder.resolve().name, namespace)
     base_model_id = record.get("base_model_id") or provenance.get("base_model_id")
@@ -586,7 +597,7 @@ def write_model_card(
     folder = Path(folder)
     facts = checkpoint_facts(folder, repo_id=repo_id, base_model=base_model, datasets=datasets, base_model_id=base_model_id,
                              dataset_ids=dataset_ids, widget_examples=widget_examples, base_description=base_description,
-                             namespace=namespace)
+                             namespace=namespace, remember=True)
     index = _read_json(folder / "eval" / "model_index.json")
     model_index = _model_index_entry(index, facts.model_name, folder) if index else None
     if model_index and namespace:
