@@ -492,7 +492,7 @@ def _training(facts: CheckpointFacts) -> str:
     provenance = facts.provenance
     arguments = provenance.get("training_arguments") or {}
     if not arguments:
-        return "Not recorded (no `training_provenance.json` beside the weights)."
+        return "Not recorded (no training arguments in a `training_provenance.json` beside the weights)."
     shown = [key for key, _ in HYPERPARAMETERS if key in arguments and arguments[key] not in (None, -1)]
     if "max_steps" in shown and "num_train_epochs" in shown:  # a step budget overrides the epochs
         shown.remove("num_train_epochs")

@@ -252,3 +252,30 @@ def test_world_dataset_card_and_pushed_layout_load(tiny_default, tmp_path, monke
     assert {name: len(part) for name, part in loaded.items()} == {name: len(part) for name, part in on_disk.items()}
     assert loaded["test"][0]["caption"] == on_disk["test"][0]["caption"]
     assert loaded["train"][0]["image"].size == on_disk["train"][0]["image"].size
+
+
+def test_card_remembers_the_world_and_its_inputs_when_the_data_folder_is_gone(tmp_path):
+    world = tmp_path / "world"
+    world.mkdir()
+    (world / "build_summary.json").write_text(json.dumps({"source": "shapes", "rows_out": {"train": 5}}))
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "clip", "projection_dim": 8, "vision_config": {"image_size": 64},
+                                                    "text_config": {}}))
+    (folder / "training_provenance.json").write_text(json.dumps({
+        "base_model": str(tmp_path / "base"), "datasets": [str(world)],
+        "data": [{"name": str(world), "split": "train", "with_presence": 3, "with_absence": 2}]}))
+    model_card.write_model_card(folder, base_description="a small CLIP", dataset_ids=["omninegclip-world"])
+    first = ModelCard.load(folder / "README.md")
+    (world / "build_summary.json").unlink()  # the data folder moved away
+    model_card.write_model_card(folder)  # e.g. `python -m omninegclip.model_card FOLDER` later
+    again = ModelCard.load(folder / "README.md")
+    assert again.text == first.text and again.data.datasets == ["omninegclip-world"]
+    assert "64×64-pixel" in again.text and "synthetic scenes of coloured shapes" in again.text
+    assert "Started from:** a small CLIP" in again.text
+    # No widget examples given: the world's own scenes, not the photo of the built-in default.
+    assert [example["example_title"] for example in again.data.to_dict()["widget"]] == ["Which object is negated?", "Presence negation"]
+    assert not PHOTO_WORDS.search(again.text) and str(tmp_path) not in str(again)
+    # The provenance holds no training arguments: the card says so rather than inventing hyperparameters.
+    assert "Not recorded (no training arguments" in again.text and "### Hyperparameters" not in again.text
+    assert model_card.checkpoint_facts(folder).negation_training  # the run's rows carried negations
