@@ -6,7 +6,8 @@ Dataset card (written by `data_builder.py` into every built dataset as README.md
   a body that says where the rows come from, what each column means, how the negations were made,
   the build's counts (rows, skips by reason, the quality gate, texts longer than CLIP's context) and
   its provenance (seed, git commit, library versions). The card of the local `save_to_disk` folder
-  declares no `configs` (that folder is read with `load_from_disk`);
+  declares no `configs` (no `data/{split}-*` there: `load_from_disk`, and `load_dataset`, which finds
+  the split folders, read it);
 - `hub_dataset_card(text) -> DatasetCard`: the same card for the repo `DatasetDict.push_to_hub` writes,
   with `configs` for its `data/{split}-*` parquet shards. Pushed *before* the data: `push_to_hub` then
   reads it from the repo and writes its own `dataset_info` and `configs` into it, keeping the rest;

@@ -233,6 +233,9 @@ def test_world_dataset_card_and_pushed_layout_load(tiny_default, tmp_path, monke
     assert all(split["num_bytes"] == on_disk[name].data.nbytes > 0 for name, split in splits.items())
     assert local.data.dataset_info["dataset_size"] == sum(split["num_bytes"] for split in splits.values())
     assert str(tmp_path) not in str(local) and str(root) not in str(local)
+    # Without configs, load_dataset reads the folder's own layout (train/, validation/, test/) too.
+    from_folder = datasets.load_dataset(str(world), cache_dir=str(tmp_path / "cache"))
+    assert {name: len(part) for name, part in from_folder.items()} == {name: len(part) for name, part in on_disk.items()}
 
     hub = FakeDatasetHub(tmp_path / "hub", monkeypatch)
     data_builder.push_to_hub(world, "omninegclip-world", (world / "README.md").read_text())
