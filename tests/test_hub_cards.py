@@ -32,7 +32,14 @@ from omninegclip.cards import GENERATED_DATA_LICENSE
 from omninegclip.cli import UserError
 from omninegclip.default import HUB_NAMES, attach_results, write_widget_examples
 from test_hub import USER, hub  # noqa: F401  (hub: the fake Hub fixture)
-from train_helpers import save_tiny_clip, single_thread, train_flags  # noqa: F401  (single_thread: autouse)
+from train_helpers import (  # noqa: F401  (single_thread: autouse)
+    color_rows,
+    run_command,
+    save_dataset,
+    save_tiny_clip,
+    single_thread,
+    train_flags,
+)
 
 ABSOLUTE_PATH = re.compile(r"(?<![\w/:.~-])(?:~|/)(?:[\w.@+-]+/)+[\w.@+-]*")
 PHOTO_WORDS = re.compile(r"\b(dogs?|sofas?|cats?|couch)\b", re.IGNORECASE)
@@ -282,3 +289,34 @@ def test_card_remembers_the_world_and_its_inputs_when_the_data_folder_is_gone(tm
     # The provenance holds no training arguments: the card says so rather than inventing hyperparameters.
     assert "Not recorded (no training arguments" in again.text and "### Hyperparameters" not in again.text
     assert model_card.checkpoint_facts(folder).negation_training  # the run's rows carried negations
+
+
+def test_trackio_records_the_loss_terms_offline(tmp_path, processor):
+    """`--report_to trackio` in a fresh process (trackio fixes its folder when imported): the run's
+    loss and each Omni-NegCLIP term land in the local trackio database, nothing online."""
+    import sqlite3
+    import sys
+
+    model = save_tiny_clip(tmp_path / "clip", processor)
+    data = save_dataset(tmp_path / "data", color_rows(16))
+    result = run_command([sys.executable, "train.py", *train_flags(model, data, tmp_path / "out", max_steps=2,
+                                                                  report_to="trackio", project="omninegclip-test")],
+                         TRACKIO_DIR=str(tmp_path / "trackio"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    database = tmp_path / "trackio" / "omninegclip-test.db"
+    rows = [json.loads(row[0]) for row in sqlite3.connect(database).execute("select metrics from metrics")]
+    logged = {key for row in rows for key in row}
+    assert {"train/loss", "train/loss_presence", "train/loss_absence"} <= logged
+    assert json.loads((tmp_path / "out" / "trainer_state.json").read_text())["global_step"] == 2
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("world", "--dataset_ids: expected KEY=HUB_ID pairs"),
+    ("world_split=me/world", "--dataset_ids world_split=me/world: 'world_split' is not a data flag naming a dataset"),
+    ("world=not a repo", "--dataset_ids world=not a repo: 'not a repo' is not a Hub id"),
+])
+def test_dataset_ids_are_checked_before_any_model_loads(tiny_default, value, expected):
+    _, world, _ = tiny_default
+    with pytest.raises(UserError) as error:
+        eval_cli.main(["no-such-model", "--tasks", "world", "--world", str(world), "--dataset_ids", value, "--out", "unused"])
+    assert expected in str(error.value)
