@@ -32,14 +32,7 @@ from omninegclip.cards import GENERATED_DATA_LICENSE
 from omninegclip.cli import UserError
 from omninegclip.default import HUB_NAMES, attach_results, write_widget_examples
 from test_hub import USER, hub  # noqa: F401  (hub: the fake Hub fixture)
-from train_helpers import (  # noqa: F401  (single_thread: autouse)
-    color_rows,
-    run_command,
-    save_dataset,
-    save_tiny_clip,
-    single_thread,
-    train_flags,
-)
+from train_helpers import color_rows, run_command, save_dataset, save_tiny_clip, single_thread, train_flags  # noqa: F401
 
 ABSOLUTE_PATH = re.compile(r"(?<![\w/:.~-])(?:~|/)(?:[\w.@+-]+/)+[\w.@+-]*")
 PHOTO_WORDS = re.compile(r"\b(dogs?|sofas?|cats?|couch)\b", re.IGNORECASE)
