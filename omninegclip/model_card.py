@@ -212,6 +212,12 @@ def _demote_headings(markdown: str, top: int = 3) -> str:
     return re.sub(r"^(#{1,6}) ", lambda m: "#" * min(6, len(m.group(1)) + shift) + " ", markdown, flags=re.MULTILINE)
 
 
+def _without_title(markdown: str) -> str:
+    """Embedded markdown without its own leading H1 (`# Evaluation results` under `## Evaluation`)."""
+    lines = markdown.strip().splitlines()
+    return "\n".join(lines[1:]).strip() if lines and lines[0].startswith("# ") else markdown.strip()
+
+
 def _is_hub_id(name: str | None) -> bool:
     if not name or Path(name).expanduser().exists() or name.startswith((".", "/", "~")):
         return False
@@ -563,7 +569,7 @@ def render_model_card(
             "named by their path in the folder (`widget/...`). `python -m omninegclip.model_card FOLDER --push_to_hub "
             "OWNER/NAME` rewrites them as `https://huggingface.co/OWNER/NAME/resolve/main/widget/...` (and puts bare "
             "repo names under OWNER) when it pushes.\n"),
-        results=_demote_headings(results_markdown.strip()) if results_markdown
+        results=_demote_headings(_without_title(results_markdown)) if results_markdown
         else "No evaluation results were attached to this checkpoint; run `python -m eval` on it.",
         training=_training(facts),
         limitations=_limitations(facts),
