@@ -48,7 +48,8 @@ def _percent(value) -> str:
 def _shown_id(model_id: str) -> str:
     """A Hub id as it is; a local folder by its name only (results.md is published in model cards;
     results.json keeps the full path)."""
-    return f"local folder `{Path(model_id).name}`" if Path(model_id).exists() else f"`{model_id}`"
+    local = Path(model_id).is_absolute() or model_id.startswith((".", "~")) or Path(model_id).exists()
+    return f"local folder `{Path(model_id).name}`" if local else f"`{model_id}`"
 
 
 def _model_names(results: dict) -> list[str]:

@@ -84,6 +84,8 @@ def test_pushed_world_model_card_keeps_every_result_and_says_what_it_is(tiny_def
     eval_cli.main([str(base), str(tuned), "--model_names", "base,omni-choice", "--tasks", "world", "--world", str(world),
                    "--dataset_ids", f"world={HUB_NAMES['world']}", "--max_items", "40", "--batch_size", "16",
                    "--out", str(results), "--no_progress"])
+    table = (results / "results.md").read_text()  # published in the cards: local folders by name only
+    assert "`omni-choice` = local folder `omni-choice`" in table and str(tmp_path) not in table
     attach_results(base, results, "base")
     attach_results(tuned, results, "omni-choice")
 
