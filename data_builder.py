@@ -75,9 +75,7 @@ import datasets
 from PIL import Image
 from tqdm.auto import tqdm
 
-from huggingface_hub import DatasetCard
-
-from omninegclip.cards import hub_data_files, render_dataset_card, save_to_disk_files
+from omninegclip.cards import GENERATED_DATA_LICENSE, hub_dataset_card, render_dataset_card, save_to_disk_files
 from omninegclip.cli import UserError, run_cli
 from omninegclip.provenance import provenance
 from omninegclip.rewrite import (
@@ -113,7 +111,7 @@ MAX_NAMED_FILES = 50  # skipped image files named in the summary, per reason
 CLIP_CONTEXT_LENGTH = 77  # tokens CLIP's text encoder reads, start and end tokens included; the rest is cut off
 TEXT_COLUMNS = ("caption", "presence_negated", "absence_negated", "absence_affirmed")
 DEFAULT_MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS  # PIL's own decompression-bomb threshold (about 89 million)
-DEFAULT_LICENSES = {"coco": "cc-by-4.0"}
+DEFAULT_LICENSES = {"coco": "cc-by-4.0", "shapes": GENERATED_DATA_LICENSE}
 _RULES = (
     "Rule-based rewrites (`omninegclip/rewrite.py`; the template is recorded in `presence_rewrite` / `absence_rewrite`) "
     "name the negated object under a negation cue. "
@@ -860,13 +858,17 @@ def over_context_length(dataset_dict: datasets.DatasetDict, context_length: int 
 
 
 def push_to_hub(out: Path, repo_id: str, card: str, private: bool = False) -> None:
-    """Push the dataset, each row with its image (`load_with_images`: datasets embeds the files' bytes
-    in the Parquet files it uploads), then its card (README.md), rewritten for the Hub's layout."""
+    """Push the card (README.md, with `configs` for the Hub layout), then the dataset, each row with
+    its image (`load_with_images`: datasets embeds the files' bytes in the Parquet files it uploads):
+    `DatasetDict.push_to_hub` reads the card from the repo and writes its own `dataset_info`
+    (features, the image column decoded; split sizes, download size) and `configs` into it, keeping the rest."""
+    from huggingface_hub import HfApi
+
     dataset_dict = load_with_images(out)
-    hub_card = _hub_card(card, dataset_dict)
     try:
+        repo_id = HfApi().create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True).repo_id
+        hub_dataset_card(card).push_to_hub(repo_id, repo_type="dataset")
         dataset_dict.push_to_hub(repo_id, private=private)
-        hub_card.push_to_hub(repo_id, repo_type="dataset")
     except Exception as error:  # network, authentication, permissions: the local build stays valid
         raise UserError(f"--push_to_hub {repo_id}: the push failed ({type(error).__name__}: {error}); the dataset is saved at {out}") from None
 
@@ -882,7 +884,7 @@ def _parser() -> argparse.ArgumentParser:
     group.add_argument("--seed", type=int, default=0, help="Seed of every random choice (templates, absent objects).")
     group.add_argument("--push_to_hub", metavar="REPO_ID", help="Also push the dataset and its card to this Hub dataset repo.")
     group.add_argument("--private", action="store_true", help="With --push_to_hub: make the repo private.")
-    group.add_argument("--license", help="License field of the dataset card (default: cc-by-4.0 for coco, else other).")
+    group.add_argument("--license", help="License field of the dataset card (default: mit for shapes, cc-by-4.0 for coco, else other, named <source>-source-terms).")
     group.add_argument("--no_progress", action="store_true", help="No progress bars.")
     group.add_argument("--debug", action="store_true", help="Show the full traceback of an error (also: OMNINEGCLIP_DEBUG=1).")
 
@@ -1106,8 +1108,7 @@ def main(argv: list[str] | None = None) -> dict:
         })
         # An empty split needs one (empty) shard, or load_from_disk cannot read it back.
         dataset_dict.save_to_disk(str(staging), num_shards={split: 1 for split, part in dataset_dict.items() if not len(part)})
-        license = args.license or DEFAULT_LICENSES.get(args.source, "other")
-        card = _render_card(summary, next(iter(dataset_dict.values())).features, description, method, license)
+        card = _render_card(summary, dataset_dict, description, method, args.license)
         (staging / SUMMARY_FILE).write_text(_json(summary), encoding="utf-8")
         (staging / CARD_FILE).write_text(card, encoding="utf-8")
 
@@ -1119,19 +1120,18 @@ def main(argv: list[str] | None = None) -> dict:
     return summary
 
 
-def _render_card(summary: dict, features: datasets.Features, description: str, method: str, license: str) -> str:
-    return render_dataset_card(summary, features, license=license, source_description=description, build_description=method,
-                               license_note=LICENSE_NOTES.get(summary["source"], ""), data_files=save_to_disk_files(summary["rows_out"]))
-
-
-def _hub_card(card: str, dataset_dict: datasets.DatasetDict) -> DatasetCard:
-    """The dataset card of the folder, as it must read on the Hub: the files `push_to_hub` writes, and
-    the features it uploads (the image column decoded)."""
-    hub = DatasetCard(card)
-    hub.data.configs = [{"config_name": "default", "data_files": [{"split": split, "path": path} for split, path in hub_data_files(dataset_dict).items()]}]
-    hub.data.dataset_info = {**hub.data.dataset_info, "features": next(iter(dataset_dict.values())).features._to_yaml_list(),
-                             "splits": [{"name": split, "num_examples": len(part)} for split, part in dataset_dict.items()]}
-    return hub
+def _render_card(summary: dict, dataset_dict: datasets.DatasetDict, description: str, method: str, license: str | None) -> str:
+    """The folder's card. License: --license, else the source's (data the project generates: the
+    repository's MIT; third-party captions and images: `other`, named after their source's terms)."""
+    source = summary["source"]
+    license = license or DEFAULT_LICENSES.get(source, "other")
+    return render_dataset_card(
+        summary, next(iter(dataset_dict.values())).features, license=license,
+        license_name=f"{source}-source-terms" if license == "other" else None,
+        source_description=description, build_description=method, license_note=LICENSE_NOTES.get(source, ""),
+        num_bytes={split: part.data.nbytes for split, part in dataset_dict.items()},
+        data_files=save_to_disk_files(summary["rows_out"]),
+    )
 
 
 if __name__ == "__main__":

@@ -795,10 +795,40 @@ def write_provenance(folder: Path, record: dict) -> None:
     (folder / PROVENANCE_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
 
 
+# What `--report_to NAME` needs installed (tensorboard and trackio come with requirements.txt).
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "trackio": "trackio", "wandb": "wandb", "mlflow": "mlflow",
+                    "comet_ml": "comet_ml", "clearml": "clearml", "neptune": "neptune", "dvclive": "dvclive",
+                    "codecarbon": "codecarbon", "dagshub": "dagshub", "azure_ml": "azureml-core", "flyte": "flytekit"}
+
+
+def check_report_to(training_args: TrainingArguments) -> None:
+    """Fail before anything slow on a `--report_to` tracker that is unknown or not installed (the
+    Trainer would fail only after data preparation, with a traceback). Comma-separated names are
+    split (`--report_to tensorboard,trackio` as `--report_to tensorboard trackio`)."""
+    from transformers.integrations import get_reporting_integration_callbacks
+
+    if isinstance(training_args.report_to, list):
+        training_args.report_to = [name.strip() for entry in training_args.report_to for name in entry.split(",") if name.strip()]
+    try:
+        callbacks = get_reporting_integration_callbacks(training_args.report_to)
+    except ValueError as error:
+        raise UserError(f"--report_to {','.join(training_args.report_to)}: {error}") from None
+    for name, callback in zip(training_args.report_to, callbacks):
+        try:
+            callback()
+        except (RuntimeError, ImportError) as error:
+            package = TRACKER_PACKAGES.get(name, name)
+            raise UserError(f"--report_to {name}: the {name} tracker is not installed ({_first_line(error)}); install it with "
+                            f"`pip install {package}`, or pass --report_to none") from None
+
+
 def save_outputs(args: Arguments, trainer: OmniNegCLIPTrainer, processor: CLIPProcessor, record: dict,
-                 metrics: dict | None, lora_settings: dict | None, push: bool, widget: list | None) -> None:
-    """The checkpoint folder: plain CLIP weights (LoRA merged), processor, settings, provenance, eval
-    metrics and model card; pushed to the Hub when asked. Written by the first process only."""
+                 metrics: dict | None, lora_settings: dict | None, push: bool, widget: list | None,
+                 train_metrics: dict | None = None) -> None:
+    """The checkpoint folder: plain CLIP weights (LoRA merged), processor, settings, provenance, the
+    Trainer's state and train/eval metrics (`trainer_state.json`, `train_results.json`,
+    `eval_results.json`, `all_results.json`) and model card; pushed to the Hub when asked (with the
+    tracker logs in `runs/`). Written by the first process only."""
     model_args, card_args, training_args = args.model, args.card, args.training
     output_dir = Path(training_args.output_dir)
     if lora_settings is None:
@@ -812,8 +842,12 @@ def save_outputs(args: Arguments, trainer: OmniNegCLIPTrainer, processor: CLIPPr
     if not trainer.is_world_process_zero():
         return
     processor.save_pretrained(output_dir)
+    if train_metrics is not None:
+        trainer.log_metrics("train", train_metrics)
+        trainer.save_metrics("train", train_metrics)
     if metrics is not None:
         trainer.save_metrics("eval", metrics)
+    trainer.save_state()
     write_provenance(output_dir, record | {"global_step": trainer.state.global_step})
     card = dict(base_model=model_args.model_name_or_path, datasets=record["datasets"], widget_examples=widget,
                 license=card_args.license, base_model_id=card_args.card_base_model, dataset_ids=card_args.dataset_ids())
@@ -850,6 +884,7 @@ def main(argv: list[str]) -> None:
     if lora_args.hub_adapter_id and not push:
         raise UserError("--hub_adapter_id names where to push the adapter: it needs --push_to_hub")
     widget = load_widget_examples(card_args.widget_examples) if card_args.widget_examples else None
+    check_report_to(training_args)
     resume = check_output_and_resume(training_args)
 
     model, processor = load_model(model_args)
@@ -884,11 +919,11 @@ def main(argv: list[str]) -> None:
                         "launch with configs/accelerate/ddp.yaml or deepspeed_zero2.yaml instead")
     if push:
         logger.info("--push_to_hub: the final checkpoint is pushed once, after training (--hub_strategy is not used)")
-    trainer.train(resume_from_checkpoint=resume)
+    train_result = trainer.train(resume_from_checkpoint=resume)
     # Every process evaluates: the loss gathers embeddings across them.
     metrics = trainer.evaluate() if "eval" in prepared else None
 
-    save_outputs(args, trainer, processor, record, metrics, lora_settings, push, widget)
+    save_outputs(args, trainer, processor, record, metrics, lora_settings, push, widget, train_metrics=train_result.metrics)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()

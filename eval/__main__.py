@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 
 from eval.tasks import DATA_FLAGS, TASKS
-from omninegclip.cli import run_cli
+from omninegclip.cli import UserError, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,10 +39,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no_progress", action="store_true", help="no progress bars")
     parser.add_argument("--seed", type=int, default=0, help="seed for Python, NumPy and torch, recorded in results.json (default 0)")
     parser.add_argument("--debug", action="store_true", help="show the traceback behind an error message (or set OMNINEGCLIP_DEBUG=1)")
+    parser.add_argument("--dataset_ids", metavar="KEY=HUB_ID[,KEY=HUB_ID]",
+                        help="the Hub ids the data are published under, e.g. world=you/omninegclip-world: the dataset.type "
+                             "of those tasks' model-index entries (default: a short name such as ccneg)")
     data = parser.add_argument_group("data (each task names the ones it needs)")
     for key, help_text in DATA_FLAGS.items():
         data.add_argument(f"--{key}", help=help_text, metavar="SPLIT" if key.endswith("_split") else "PATH")
     return parser
+
+
+def parse_dataset_ids(text: str | None) -> dict[str, str]:
+    pairs = [part.strip() for part in (text or "").split(",") if part.strip()]
+    bad = [part for part in pairs if part.count("=") != 1 or not all(part.split("="))]
+    if bad:
+        raise UserError(f"--dataset_ids: expected KEY=HUB_ID pairs separated by commas, got {bad}")
+    return dict(part.split("=") for part in pairs)
 
 
 def main(argv: list[str]) -> None:
@@ -60,6 +71,7 @@ def main(argv: list[str]) -> None:
         max_items=args.max_items,
         progress=not args.no_progress,
         seed=args.seed,
+        dataset_ids=parse_dataset_ids(args.dataset_ids),
     )
     from eval.report import results_markdown
 

@@ -45,6 +45,13 @@ def _percent(value) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}"
 
 
+def _shown_id(model_id: str) -> str:
+    """A Hub id as it is; a local folder by its name only (results.md is published in model cards;
+    results.json keeps the full path)."""
+    local = Path(model_id).is_absolute() or model_id.startswith((".", "~")) or Path(model_id).exists()
+    return f"local folder `{Path(model_id).name}`" if local else f"`{model_id}`"
+
+
 def _model_names(results: dict) -> list[str]:
     return [model["name"] for model in results["models"]]
 
@@ -53,7 +60,7 @@ def results_markdown(results: dict) -> str:
     names = _model_names(results)
     lines = ["# Evaluation results", "",
              "Accuracy and recall in percent; ties count as wrong. Models: "
-             + ", ".join(f"`{model['name']}` = `{model['id']}`" for model in results["models"]), "",
+             + ", ".join(f"`{model['name']}` = {_shown_id(model['id'])}" for model in results["models"]), "",
              "| task | metric | n | " + " | ".join(names) + " |",
              "|---|---|---:|" + "---:|" * len(names)]
     for task, metrics in results["metrics"].items():
@@ -71,7 +78,7 @@ def results_markdown(results: dict) -> str:
     if results.get("layerwise"):
         lines += ["", "## Layer-wise analysis", "",
                   f"Mean cosine between the EOS hidden states of a caption and its negation after each text block "
-                  f"(pairs from `{results['layerwise']['source']}`; lower = better separated).", "",
+                  f"(pairs from `{Path(results['layerwise']['source']).name}`; lower = better separated).", "",
                   layerwise_markdown(_layerwise_results(results))]
     return "\n".join(lines).rstrip() + "\n"
 
@@ -81,7 +88,11 @@ def _layerwise_results(results: dict) -> dict[str, LayerwiseResult]:
 
 
 def model_index(results: dict) -> list[dict]:
-    """One `model-index` entry per model: `[{"name", "results": [{"task", "dataset", "metrics"}]}]`."""
+    """One `model-index` entry per model: `[{"name", "results": [{"task", "dataset", "metrics"}]}]`.
+
+    The Hub (`huggingface_hub.repocard_data.model_index_to_eval_results`) merges the results that share
+    task type, dataset type, config, split and revision: every task here is its own `dataset.config`
+    (the task's name, e.g. `world_train/presence`) on the split evaluated, so none is merged away."""
     entries = []
     for name in _model_names(results):
         task_results = []
@@ -93,9 +104,11 @@ def model_index(results: dict) -> list[dict]:
                 for metric, value in values if value is not None and not math.isnan(value)
             ]
             if task_metrics:
+                dataset = info["dataset"]
                 task_results.append({
                     "task": {"type": "zero-shot-image-classification", "name": info["description"]},
-                    "dataset": {"name": f"{info['dataset']['name']} ({task})", "type": info["dataset"]["type"]},
+                    "dataset": {"name": f"{dataset['name']} ({task})", "type": dataset["type"], "config": task,
+                                "split": dataset.get("split", "test")},
                     "metrics": task_metrics,
                 })
         entries.append({"name": name, "results": task_results})

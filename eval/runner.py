@@ -25,7 +25,7 @@ import torch
 from eval.harness import CLIPEmbedder, evaluate_tasks, task_size
 from eval.layerwise import layerwise_cosines, read_negation_pairs
 from eval.report import write_outputs
-from eval.tasks import TASKS, BuiltTask, build_tasks, check_data, check_task_names
+from eval.tasks import DATA_FLAGS, TASKS, BuiltTask, build_tasks, check_data, check_task_names
 from omninegclip.cli import UserError
 from omninegclip.provenance import provenance
 
@@ -92,6 +92,25 @@ def display_names(models: list[str], model_names: list[str] | None) -> list[str]
     return names
 
 
+def check_dataset_ids(dataset_ids: dict[str, str], data: dict[str, str]) -> dict[str, str]:
+    """`--dataset_ids`: each key a data flag, each value a Hub dataset id. A `--zeroshot` given as a Hub
+    id (not a local path) names itself."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    for key, repo_id in dataset_ids.items():
+        if key not in DATA_FLAGS or key.endswith(("_split", "_images", "_templates")):
+            raise UserError(f"--dataset_ids {key}={repo_id}: {key!r} is not a data flag naming a dataset "
+                            f"(expected one of {', '.join(k for k in DATA_FLAGS if not k.endswith(('_split', '_images', '_templates')))})")
+        try:
+            validate_repo_id(repo_id)
+        except HFValidationError:
+            raise UserError(f"--dataset_ids {key}={repo_id}: {repo_id!r} is not a Hub id (expected owner/name or name)") from None
+    zeroshot = data.get("zeroshot")
+    if zeroshot and "zeroshot" not in dataset_ids and not Path(zeroshot).exists():
+        dataset_ids = dataset_ids | {"zeroshot": zeroshot}
+    return dict(dataset_ids)
+
+
 def run_evaluation(
     models: list[str],
     tasks: list[str],
@@ -103,9 +122,12 @@ def run_evaluation(
     max_items: int | None = None,
     progress: bool = True,
     seed: int = 0,
+    dataset_ids: dict[str, str] | None = None,
 ) -> dict:
     """Evaluate every model on every task; write results.json/.md/.png and model_index.json; return the results dict.
-    `seed` seeds Python, NumPy and torch (nothing here draws at random today; recorded with the results)."""
+    `seed` seeds Python, NumPy and torch (nothing here draws at random today; recorded with the results).
+    `dataset_ids` maps a data key (`world`, `ccneg`, ...) to the Hub id its data is published under: the
+    `dataset.type` of the model-index entries of its tasks."""
     if not models:
         raise UserError("no model given: pass one or more Hub ids or checkpoint folders")
     if batch_size < 1 or (max_items is not None and max_items < 1):
@@ -115,6 +137,7 @@ def run_evaluation(
     names = display_names(models, model_names)
     task_names = check_task_names(tasks)
     check_data(task_names, data)  # before anything slow: a missing flag fails at once
+    dataset_ids = check_dataset_ids(dataset_ids or {}, data)
     if Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise UserError(f"--out {out_dir}: is a file; expected a folder (created if missing)")
     torch_device = resolve_device(device)
@@ -133,13 +156,16 @@ def run_evaluation(
     results = {
         "harness_version": HARNESS_VERSION,
         "models": [{"name": name, "id": model} for name, model in zip(names, models)],
-        "settings": {"tasks": task_names, "data": data, "batch_size": batch_size, "device": str(torch_device), "max_items": max_items},
+        "settings": {"tasks": task_names, "data": data, "dataset_ids": dataset_ids, "batch_size": batch_size,
+                     "device": str(torch_device), "max_items": max_items},
         "provenance": provenance(seed=seed),
         "tasks": {
             task.data.name: {
                 "task": task.spec.name,
                 "description": task.spec.description,
-                "dataset": {"name": task.spec.dataset_name, "type": task.spec.dataset_type},
+                "dataset": {"name": task.spec.dataset_name,
+                            "type": dataset_ids.get(task.spec.data_key(), task.spec.dataset_type),
+                            "split": task.spec.split(data)},
                 "counts": {},
                 "notes": task.data.notes,
             }

@@ -52,6 +52,15 @@ class TaskSpec:
     dataset_name: str  # for model-index entries
     dataset_type: str
     build: Callable[[dict[str, str], int | None], list[TaskData]] | None  # None: an analysis (layerwise)
+    split_key: str | None = None  # the DATA_FLAGS key naming the split evaluated; without one (or unset): "test"
+
+    def split(self, data: dict[str, str]) -> str:
+        """The split of the task's data that is evaluated (the benchmarks' files are their test sets)."""
+        return (data.get(self.split_key) if self.split_key else None) or "test"
+
+    def data_key(self) -> str:
+        """The DATA_FLAGS key of the task's main data (the first one it requires)."""
+        return self.required[0].split("|")[0]
 
 
 @dataclass
@@ -98,15 +107,17 @@ TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in [
              lambda data, n: [_module("sugarcrepe").read_sugarcrepe(data["sugarcrepe"], data["sugarcrepe_images"], n)]),
     TaskSpec("retrieval", "image-text retrieval R@1/5/10 both directions (COCO/Flickr-style)", ("retrieval",), "image-text retrieval", "retrieval",
              lambda data, n: [_module("retrieval").read_retrieval(data["retrieval"], data.get("retrieval_images"),
-                                                                    data.get("retrieval_split") or "test", n)]),
+                                                                    data.get("retrieval_split") or "test", n)],
+             "retrieval_split"),
     TaskSpec("zeroshot", "zero-shot classification top-1/top-5 on an HF image-classification dataset", ("zeroshot",), "zero-shot classification", "zeroshot",
-             lambda data, n: [_module("zeroshot").read_zeroshot(data["zeroshot"], data.get("zeroshot_split") or "test", _templates(data), n)]),
+             lambda data, n: [_module("zeroshot").read_zeroshot(data["zeroshot"], data.get("zeroshot_split") or "test", _templates(data), n)],
+             "zeroshot_split"),
     TaskSpec("world", "the offline image world, training and held-out phrasing templates", ("world",), "Omni-NegCLIP image world", "omninegclip-image-world",
-             _world(("train", "heldout"))),
+             _world(("train", "heldout")), "world_split"),
     TaskSpec("world_train", "the offline image world, training phrasing templates", ("world",), "Omni-NegCLIP image world", "omninegclip-image-world",
-             _world(("train",))),
+             _world(("train",)), "world_split"),
     TaskSpec("world_heldout", "the offline image world, phrasing templates training never used", ("world",), "Omni-NegCLIP image world", "omninegclip-image-world",
-             _world(("heldout",))),
+             _world(("heldout",)), "world_split"),
     TaskSpec("layerwise", "per text block, cosine of EOS states of caption vs negation", ("layerwise|world",), "negation pairs", "layerwise",
              None),
 ]}

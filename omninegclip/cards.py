@@ -1,18 +1,26 @@
 """Cards for what the project publishes on the Hub.
 
 Dataset card (written by `data_builder.py` into every built dataset as README.md, and pushed with it):
-- `render_dataset_card(summary, features, ...) -> str`: YAML metadata that `huggingface_hub.DatasetCard`
-  parses (license, task, tags, size, `configs` for the `push_to_hub` layout, `dataset_info` with the
-  features and split sizes) and a body that says where the rows come from, what each column means,
-  how the negations were made, the build's counts (rows, skips by reason, the quality gate, texts
-  longer than CLIP's context) and its provenance (seed, git commit, library versions).
+- `render_dataset_card(summary, features, ...) -> str`: YAML metadata built with `DatasetCardData`
+  (license, task, tags, size, `dataset_info` with the features and each split's rows and bytes) and
+  a body that says where the rows come from, what each column means, how the negations were made,
+  the build's counts (rows, skips by reason, the quality gate, texts longer than CLIP's context) and
+  its provenance (seed, git commit, library versions). The card of the local `save_to_disk` folder
+  declares `configs` for its own Arrow files (`{split}/data-*.arrow`; empty splits left out), so that
+  `load_dataset(folder)` reads the table rather than the `images/` beside it (`save_to_disk_files`);
+- `hub_dataset_card(text) -> DatasetCard`: the same card for the repo `DatasetDict.push_to_hub` writes,
+  with `configs` for its `data/{split}-*` parquet shards. Pushed *before* the data: `push_to_hub` then
+  reads it from the repo and writes its own `dataset_info` and `configs` into it, keeping the rest;
+- `GENERATED_DATA_LICENSE`: the license of data the project generates (the repository's own, MIT).
 """
 
 from __future__ import annotations
 
 import json
 
-import yaml
+from huggingface_hub import DatasetCard, DatasetCardData
+
+GENERATED_DATA_LICENSE = "mit"
 
 _DATASET_COLUMNS = {
     "image": "the image (RGB)",
@@ -29,6 +37,27 @@ _DATASET_COLUMNS = {
     "image_id": "the image's id in its source (rows of one image share a split)",
     "source_index": "the row's position in its source",
 }
+
+
+def _dataset_info(features, rows_out: dict, num_bytes: dict):
+    """`datasets`' own record of the splits (rows and bytes), to write into the card's `dataset_info`."""
+    from datasets.info import DatasetInfo, DatasetInfosDict
+    from datasets.splits import SplitDict, SplitInfo
+
+    splits = SplitDict()
+    for split, count in rows_out.items():
+        splits.add(SplitInfo(name=split, num_bytes=int(num_bytes.get(split, 0)), num_examples=count))
+    size = sum(int(num_bytes.get(split, 0)) for split in rows_out)
+    return DatasetInfosDict({"default": DatasetInfo(features=features, splits=splits, dataset_size=size)})
+
+
+def hub_dataset_card(text: str) -> DatasetCard:
+    """The card of a local dataset folder as it goes to the Hub: `configs` for the parquet shards
+    `DatasetDict.push_to_hub` writes (`data/{split}-*`), so that `load_dataset(repo_id)` reads every split."""
+    card = DatasetCard(text)
+    splits = [split["name"] for split in (card.data.dataset_info or {}).get("splits", [])]
+    card.data["configs"] = [{"config_name": "default", "data_files": [{"split": split, "path": f"data/{split}-*"} for split in splits]}]
+    return card
 
 
 def _size_category(num_rows: int) -> str:
@@ -49,11 +78,6 @@ def _counts_table(counts: dict, heading: str) -> list[str]:
     return lines + [""]
 
 
-def hub_data_files(splits) -> dict[str, str]:
-    """Split -> the files `push_to_hub` writes for it."""
-    return {split: f"data/{split}-*" for split in splits}
-
-
 def save_to_disk_files(rows_out: dict[str, int]) -> dict[str, str]:
     """Split -> its Arrow files in a `save_to_disk` folder; empty splits left out (`load_dataset` refuses them)."""
     return {split: f"{split}/data-*.arrow" for split, count in rows_out.items() if count}
@@ -64,43 +88,48 @@ def render_dataset_card(
     features,
     *,
     pretty_name: str | None = None,
-    license: str = "other",
+    license: str = GENERATED_DATA_LICENSE,
+    license_name: str | None = None,
+    license_link: str | None = None,
     source_description: str = "",
     build_description: str = "",
     license_note: str = "",
+    num_bytes: dict[str, int] | None = None,
     data_files: dict[str, str] | None = None,
 ) -> str:
     """A dataset card for a built Omni-NegCLIP dataset.
 
     `summary` is the builder's `build_summary.json` content (at least `source` and `rows_out`, a split ->
     row count mapping; `skips`, `negations`, `rewrites`, `quality_gate`, `examples`, `arguments` are
-    shown when present); `features` the `datasets.Features` of the splits; `build_description` says how
-    the negations were made; `data_files` the files of each split (default `hub_data_files`: the layout
-    `push_to_hub` writes; `save_to_disk_files` for a `save_to_disk` folder, so `load_dataset(folder)` reads it).
+    shown when present); `features` the `datasets.Features` of the splits; `num_bytes` each split's
+    size in bytes (the Arrow data); `build_description` says how the negations were made. `license:
+    other` needs a `license_name` (and, where there is one, a `license_link`), as the Hub asks.
+    `data_files`, when given, becomes the card's `configs` (`save_to_disk_files` for the local folder,
+    whose `images/` would otherwise make `load_dataset(folder)` read it as an image folder).
     """
+    if license == "other" and not license_name:
+        raise ValueError("license 'other' needs a license_name (the Hub shows it instead of a license)")
     source = summary.get("source", "unknown")
     rows_out: dict = summary.get("rows_out", {})
-    data_files = data_files or hub_data_files(rows_out)
     pretty_name = pretty_name or f"Omni-NegCLIP negation captions ({source})"
-    metadata = {
-        "pretty_name": pretty_name,
-        "license": license,
-        "language": ["en"],
-        "task_categories": ["zero-shot-image-classification"],
-        "tags": ["negation", "clip", "omni-negclip", "image-text", source],
-        "size_categories": [_size_category(sum(rows_out.values()))],
-        "configs": [{
-            "config_name": "default",
-            "data_files": [{"split": split, "path": path} for split, path in data_files.items()],
-        }],
-        "dataset_info": {
-            "features": features._to_yaml_list(),
-            "splits": [{"name": split, "num_examples": count} for split, count in rows_out.items() if split in data_files],
-        },
-    }
+    metadata = DatasetCardData(
+        pretty_name=pretty_name,
+        license=license,
+        license_name=license_name,
+        license_link=license_link,
+        language=["en"],
+        task_categories=["zero-shot-image-classification"],
+        tags=["negation", "clip", "omni-negclip", "image-text", source],
+        size_categories=[_size_category(sum(rows_out.values()))],
+    )
+    if data_files:  # then only the splits it lists (load_dataset expects every split that dataset_info names)
+        metadata["configs"] = [{"config_name": "default",
+                                "data_files": [{"split": split, "path": path} for split, path in data_files.items()]}]
+        rows_out = {split: count for split, count in rows_out.items() if split in data_files}
+    _dataset_info(features, rows_out, num_bytes or {}).to_dataset_card_data(metadata)
     lines = [
         "---",
-        yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True).rstrip(),
+        metadata.to_yaml(),
         "---",
         "",
         f"# {pretty_name}",
@@ -178,7 +207,7 @@ def render_dataset_card(
     lines += [
         "## License",
         "",
-        f"`{license}`. " + (license_note or "The images and original captions keep the terms of their source."),
+        f"`{license_name or license}`. " + (license_note or "The images and original captions keep the terms of their source."),
         "",
         "## Citation",
         "",

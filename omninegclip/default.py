@@ -173,6 +173,12 @@ WIDGET_LABELS = {
                   candidate_labels=["a green heart", "there is no heart"]),
 }
 
+# The Hub repos of the default's folders, without an owner: `python -m omninegclip.model_card FOLDER
+# --push_to_hub OWNER/NAME` (and `data_builder.py --push_to_hub`) put them under the pusher's account.
+HUB_NAMES = {"world": "omninegclip-world", "base": "omninegclip-world-base"}
+BASE_DESCRIPTION = (f"a randomly initialised CLIP ({SmallCLIP.image_size}-px images), pretrained here with the plain CLIP "
+                    "loss on the image world's `pretrain_caption` column")
+
 # Targets of the built-in default (fine-tuned minus base, percentage points, held-out scenes).
 TARGETS = {
     "which_negated/accuracy": 40.0,
@@ -300,6 +306,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         print(f"world: reusing {world}")
 
+    widget = write_widget_examples(out)
     base = out / "base"
     size = SmallCLIP()
     pretrain_key = json.dumps({"size": size.__dict__, "seed": args.seed, "epochs": args.pretrain_epochs,
@@ -316,13 +323,13 @@ def main(argv: list[str] | None = None) -> None:
              *flags(dict(per_device_train_batch_size=128, learning_rate=5e-4, weight_decay=0.1, warmup_steps=100,
                          lr_scheduler_type="cosine", num_train_epochs=args.pretrain_epochs, logging_steps=25,
                          eval_strategy="no", save_strategy="no", report_to="none", seed=args.seed,
-                         disable_tqdm=True))],
+                         disable_tqdm=True)),
+             "--widget_examples", str(widget), "--card_datasets", HUB_NAMES["world"]],
             out / "logs" / "pretrain.log")
         stamp.write_text(pretrain_key)
     else:
         print(f"pretrained base: reusing {base}")
 
-    widget = write_widget_examples(out)
     known = {recipe.name: recipe for recipe in ABLATIONS}
     unknown = [name for name in args.recipes.split(",") if name not in known]
     if unknown:
@@ -337,7 +344,8 @@ def main(argv: list[str] | None = None) -> None:
                          lr_scheduler_type="cosine", num_train_epochs=args.finetune_epochs, logging_steps=25,
                          eval_strategy="no", save_strategy="no", report_to="none", seed=args.seed,
                          disable_tqdm=True)),
-             "--widget_examples", str(widget), *flags(recipe.flags)],
+             "--widget_examples", str(widget), "--card_base_model", HUB_NAMES["base"], "--card_datasets", HUB_NAMES["world"],
+             *flags(recipe.flags)],
             out / "logs" / f"finetune-{recipe.name}.log")
         models.append(target)
 
@@ -346,11 +354,12 @@ def main(argv: list[str] | None = None) -> None:
     # The ablation table keeps to the training phrasings (eleven models; the default run reports both).
     tasks = "world_train,layerwise" if args.ablations else "world,layerwise"
     run([python, "-m", "eval", *map(str, models), "--model_names", ",".join(names), "--tasks", tasks,
-         "--world", str(world), "--out", str(results), "--no_progress"], out / "logs" / "eval.log")
+         "--world", str(world), "--dataset_ids", f"world={HUB_NAMES['world']}", "--out", str(results), "--no_progress"],
+        out / "logs" / "eval.log")
     report = json.loads((results / "results.json").read_text())
     summary = summarize(report, "base", names[1:])
     if not args.ablations:
-        for model, name in zip(models[1:], names[1:]):
+        for model, name in zip(models, names):
             attach_results(model, results, name)
         answers = {name: widget_answers(model, models[1]) for model, name in zip(models, names)}
         (results / "widget_answers.json").write_text(json.dumps(answers, indent=2) + "\n")
@@ -362,7 +371,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def attach_results(checkpoint: Path, results: Path, name: str) -> None:
-    """Make the fine-tuned folder Hub-ready: its own eval results beside the weights, the card re-rendered."""
+    """Make a folder Hub-ready: its own eval results beside the weights, the card re-rendered (the
+    base's says what it is: plain CLIP training from a random initialisation)."""
     from omninegclip.model_card import write_model_card
 
     target = checkpoint / "eval"
@@ -372,7 +382,9 @@ def attach_results(checkpoint: Path, results: Path, name: str) -> None:
             shutil.copy(results / file, target / file)
     index = json.loads((results / "model_index.json").read_text())
     (target / "model_index.json").write_text(json.dumps([entry for entry in index if entry.get("name") == name], indent=2) + "\n")
-    write_model_card(checkpoint, repo_id=f"omninegclip-world-{name}")
+    base = name == "base"
+    write_model_card(checkpoint, repo_id=HUB_NAMES["base"] if base else f"omninegclip-world-{name}",
+                     base_description=BASE_DESCRIPTION if base else None)
 
 
 if __name__ == "__main__":

@@ -11,11 +11,11 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
-from huggingface_hub import DatasetCard
+from huggingface_hub import DatasetCard, HfApi
 from PIL import Image
 
 import data_builder
-from omninegclip.cards import render_dataset_card
+from omninegclip.cards import hub_dataset_card, render_dataset_card
 from omninegclip.cli import UserError, run_cli
 from omninegclip.vocabulary import find_mentions, mentions
 
@@ -261,24 +261,30 @@ def test_quality_gate_counts_failures_by_reason():
 
 def test_dataset_card_parses_and_push_is_called(tmp_path, coco_args, monkeypatch):
     pushed = []
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: pushed.append(("repo", repo_id, kw.get("repo_type"))) or types.SimpleNamespace(repo_id=repo_id))
     # What goes up carries each row's image (an Image feature: datasets embeds the files' bytes), not a path.
     monkeypatch.setattr(datasets.DatasetDict, "push_to_hub", lambda self, repo_id, **kw: pushed.append(
         ("data", repo_id, sorted(self)) if isinstance(self["train"].features["image"], datasets.Image) else ("paths", repo_id)))
     monkeypatch.setattr(DatasetCard, "push_to_hub", lambda self, repo_id, **kw: pushed.append(
-        ("card", repo_id, kw.get("repo_type"), self.data.license, self.data.configs[0]["data_files"][0]["path"],
-         self.data.dataset_info["features"][0])))
+        ("card", repo_id, kw.get("repo_type"), self.data.license, self.data.configs[0]["data_files"][0]["path"])))
     build(coco_args, tmp_path / "out", "--push_to_hub", "me/coco-neg", "--license", "cc-by-4.0")
-    assert pushed == [("data", "me/coco-neg", ["test", "train", "validation"]),
-                      ("card", "me/coco-neg", "dataset", "cc-by-4.0", "data/train-*", {"name": "image", "dtype": "image"})]
+    # The card goes first: DatasetDict.push_to_hub then writes its dataset_info into it (tests/test_hub_cards.py pushes for real).
+    assert pushed == [("repo", "me/coco-neg", "dataset"), ("card", "me/coco-neg", "dataset", "cc-by-4.0", "data/train-*"),
+                      ("data", "me/coco-neg", ["test", "train", "validation"])]
     local = DatasetCard((tmp_path / "out" / data_builder.CARD_FILE).read_text())  # the folder's own card: its Arrow files, paths
     assert local.data.configs[0]["data_files"][0]["path"] == "train/data-*.arrow"
     assert local.data.dataset_info["features"][0] == {"name": "image", "dtype": "string"}
 
     summary = {"source": "coco", "rows_in": 10, "rows_out": {"train": 8, "validation": 1, "test": 1}, "skips": {"row:no_negation": 2},
                "examples": [{"caption": "a | b", "presence_negated": "no a", "absence_negated": None}]}
-    card = DatasetCard(render_dataset_card(summary, data_builder.contract_features(), license="other", source_description="COCO."))
-    assert card.data.license == "other" and card.data.size_categories == ["n<1K"]
-    assert card.data.configs[0]["data_files"][0] == {"split": "train", "path": "data/train-*"}
+    card = DatasetCard(render_dataset_card(summary, data_builder.contract_features(), license="other", license_name="coco-terms",
+                                           source_description="COCO.", num_bytes={"train": 80, "validation": 10, "test": 10}))
+    assert card.data.license == "other" and card.data.license_name == "coco-terms" and card.data.size_categories == ["n<1K"]
+    assert "configs" not in card.data.to_dict()  # no data_files given: no configs; hub_dataset_card adds the pushed layout's
+    assert hub_dataset_card(str(card)).data.to_dict()["configs"][0]["data_files"][0] == {"split": "train", "path": "data/train-*"}
+    assert card.data.dataset_info["splits"][0] == {"name": "train", "num_bytes": 80, "num_examples": 8}
+    with pytest.raises(ValueError, match="license_name"):
+        render_dataset_card(summary, data_builder.contract_features(), license="other")
     assert {feature["name"] for feature in card.data.dataset_info["features"]} >= set(data_builder.CONTRACT_COLUMNS)
     assert "| row:no_negation | 2 |" in card.text and "a \\| b" in card.text
 
@@ -407,7 +413,9 @@ def test_each_image_is_stored_once_whatever_the_captions_and_training_reads_the_
     columns = CaptionColumns.from_flags("image", "caption", "presence_negated", "absence_negated", "absence_affirmed")
     prepared, (report,) = prepare_dataset([raw], [str(out)], columns, tokenizer, max_length=77)
     assert report.kept == len(rows) and not report.skipped and len(prepared) == len(rows)
-    assert prepared[0]["image"].size in {(640, 480), (480, 640)}
+    assert len(prepared.images) == len(ids)  # rows of one image share it: each is decoded once
+    first = prepared.images.read([0])[0]
+    assert Path(first).is_file() and (out / data_builder.IMAGES_FOLDER).resolve() in Path(first).parents
     # load_with_images gives the decoded column (what --push_to_hub uploads); load_dataset reads the folder too.
     assert data_builder.load_with_images(out)["train"][0]["image"].mode == "RGB"
     assert datasets.load_dataset(str(out), cache_dir=str(tmp_path / "hf"))["train"]["image"] == rows["image"]

@@ -1,0 +1,318 @@
+"""What lands on the Hub, read back with huggingface_hub's own parsers: a tiny built-in default
+(image world -> plain-CLIP base -> Omni-NegCLIP fine-tune -> eval -> cards), pushed to a fake Hub
+(`test_hub.FakeHub`: the upload calls are faked, the folder that would be uploaded is kept).
+
+The pushed model folder loads with `from_pretrained`; its card shows every eval result
+(`model_index_to_eval_results` keeps one per task), names its base model and dataset, has no local
+path, no H1 under an H2, widget URLs inside the pushed repo, a hyperparameter table, framework
+versions and BibTeX, and says it is a small model of synthetic shapes; the base's card says plain
+CLIP training. Tracking: the Trainer's state and metrics are in the final folder and its TensorBoard
+logs are uploaded; `--report_to` fails before anything slow."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from types import SimpleNamespace
+
+import datasets
+import datasets.dataset_dict
+import pytest
+import transformers
+from huggingface_hub import DatasetCard, ModelCard
+from huggingface_hub.repocard_data import model_index_to_eval_results
+from transformers import CLIPModel
+
+import data_builder
+import eval.__main__ as eval_cli
+import omninegclip.model_card as model_card
+import train
+from omninegclip.cards import GENERATED_DATA_LICENSE
+from omninegclip.cli import UserError
+from omninegclip.default import HUB_NAMES, attach_results, write_widget_examples
+from test_hub import USER, hub  # noqa: F401  (hub: the fake Hub fixture)
+from train_helpers import color_rows, run_command, save_dataset, save_tiny_clip, single_thread, train_flags  # noqa: F401
+
+ABSOLUTE_PATH = re.compile(r"(?<![\w/:.~-])(?:~|/)(?:[\w.@+-]+/)+[\w.@+-]*")
+PHOTO_WORDS = re.compile(r"\b(dogs?|sofas?|cats?|couch)\b", re.IGNORECASE)
+
+
+def headings(text: str) -> list[int]:
+    body = text.split("---", 2)[2]
+    in_code = False
+    levels = []
+    for line in body.splitlines():
+        if line.startswith("```"):
+            in_code = not in_code
+        elif not in_code and re.match(r"#{1,6} ", line):
+            levels.append(len(line.split(" ", 1)[0]))
+    return levels
+
+
+def check_public_card(card: ModelCard, tmp_path: Path) -> None:
+    text = str(card)
+    assert str(tmp_path) not in text and not ABSOLUTE_PATH.findall(text), ABSOLUTE_PATH.findall(text)
+    levels = headings(text)
+    assert levels[0] == 1 and levels.count(1) == 1, levels  # one H1, the title, first
+    assert all(later - earlier <= 1 for earlier, later in zip(levels, levels[1:])), levels  # no level skipped
+    assert not PHOTO_WORDS.search(card.text), PHOTO_WORDS.findall(card.text)  # a world model: shapes, not photos
+    assert "synthetic" in card.text and "shapes" in card.text
+
+
+@pytest.fixture(scope="module")
+def tiny_default(tmp_path_factory):
+    """The built-in default's steps at toy size: its world, a plain-CLIP base, one fine-tune, the eval."""
+    root = tmp_path_factory.mktemp("default")
+    world = root / "world"
+    data_builder.main(["shapes", "--out", str(world), "--num_train", "48", "--num_validation", "8", "--num_test", "40",
+                       "--image_size", "32", "--no_progress"])
+    widget = write_widget_examples(root)
+    return root, world, widget
+
+
+def test_pushed_world_model_card_keeps_every_result_and_says_what_it_is(tiny_default, tmp_path, processor, hub):
+    root, world, widget = tiny_default
+    init = save_tiny_clip(tmp_path / "init", processor)
+    base, tuned = tmp_path / "base", tmp_path / "omni-choice"
+    train.main(train_flags(init, world, base, max_steps=1, caption_column="pretrain_caption", presence_column="none",
+                           absence_column="none", text_preset="whole", widget_examples=widget,
+                           card_datasets=HUB_NAMES["world"]))
+    train.main(train_flags(base, world, tuned, max_steps=2, widget_examples=widget, report_to="tensorboard",
+                           card_base_model=HUB_NAMES["base"], card_datasets=HUB_NAMES["world"]))
+    results = tmp_path / "eval"
+    eval_cli.main([str(base), str(tuned), "--model_names", "base,omni-choice", "--tasks", "world", "--world", str(world),
+                   "--dataset_ids", f"world={HUB_NAMES['world']}", "--max_items", "40", "--batch_size", "16",
+                   "--out", str(results), "--no_progress"])
+    table = (results / "results.md").read_text()  # published in the cards: local folders by name only
+    assert "`omni-choice` = local folder `omni-choice`" in table and str(tmp_path) not in table
+    attach_results(base, results, "base")
+    attach_results(tuned, results, "omni-choice")
+
+    # The final folder has what the Trainer's own scripts leave: its state and the train + eval metrics.
+    state = json.loads((tuned / "trainer_state.json").read_text())
+    assert state["global_step"] == 2 and any("loss" in entry for entry in state["log_history"])
+    train_results = json.loads((tuned / "train_results.json").read_text())
+    assert {"train_loss", "train_runtime"} <= set(train_results)
+    assert set(train_results) <= set(json.loads((tuned / "all_results.json").read_text()))
+    assert list(tuned.glob("runs/*/events.out.tfevents.*")), "no TensorBoard log in the final folder"
+
+    # Push it: the card is rewritten for the repo, bare names of the default go under the owner.
+    model_card.main([str(tuned), "--push_to_hub", "omninegclip-world-omni-choice"])
+    assert len(hub.commits) == 1
+    repo_id = f"{USER}/omninegclip-world-omni-choice"
+    uploaded = hub.commits[0].folder
+    files = {path.relative_to(uploaded).as_posix() for path in uploaded.rglob("*") if path.is_file()}
+    assert {"trainer_state.json", "train_results.json", "all_results.json", "README.md", "model.safetensors"} <= files
+    assert any(name.startswith("runs/") and "tfevents" in name for name in files)  # logs go with the model
+    assert CLIPModel.from_pretrained(uploaded).config.vision_config.image_size == 30
+
+    card = ModelCard.load(uploaded / "README.md")
+    meta = card.data
+    assert meta.base_model == f"{USER}/{HUB_NAMES['base']}"
+    assert meta.datasets == [f"{USER}/{HUB_NAMES['world']}"]
+
+    # Every eval task survives the Hub's merge (task type, dataset type, config, split, revision).
+    evaluated = json.loads((tuned / "eval" / "model_index.json").read_text())[0]["results"]
+    name, eval_results = model_index_to_eval_results(meta.to_dict()["model-index"])
+    assert name == "omninegclip-world-omni-choice"
+    assert len(evaluated) == 14  # seven world families x two phrasing template sets
+    assert len({(r.dataset_config, r.dataset_split) for r in eval_results}) == len(evaluated)
+    assert len(eval_results) == sum(len(result["metrics"]) for result in evaluated)
+    assert {r.dataset_type for r in eval_results} == {f"{USER}/{HUB_NAMES['world']}"}
+    assert {r.dataset_split for r in eval_results} == {"test"}
+    assert len(meta.eval_results) == len(eval_results)
+    heldout = [r for r in eval_results if r.dataset_config.startswith("world_heldout/")]
+    assert heldout and all(r.metric_name.startswith("world_heldout/") for r in heldout)
+
+    # Widget images resolve inside the pushed repo.
+    for entry in meta.to_dict()["widget"]:
+        prefix = f"https://huggingface.co/{repo_id}/resolve/main/"
+        assert entry["src"].startswith(prefix) and entry["src"][len(prefix):] in files
+        assert "square" in entry["candidate_labels"] or "heart" in entry["candidate_labels"]
+    assert f'hf_hub_download("{repo_id}", "widget/example-0.png")' in card.text
+
+    check_public_card(card, tmp_path)
+    text = card.text
+    assert "fine-tuned with **Omni-NegCLIP**" in text and "30×30-pixel" in text
+    assert "| learning rate | 0.001 |" in text and "| optimizer steps | 2 |" in text
+    assert f"- transformers {transformers.__version__}" in text
+    assert "@misc{omninegclip" in text and "eprint        = {2603.29258}" in text and "radford2021clip" in text
+    assert "world_heldout/mcq" in text  # the results table is in the card
+
+    # The base model's card (local, not pushed): plain CLIP training, no Omni-NegCLIP claim.
+    base_card = ModelCard.load(base / "README.md")
+    assert base_card.data.base_model is None and base_card.data.datasets == [HUB_NAMES["world"]]
+    check_public_card(base_card, tmp_path)
+    assert "plain CLIP contrastive loss" in base_card.text and "randomly initialised" in base_card.text
+    assert "fine-tuned with" not in base_card.text and "lambda_text" not in base_card.text
+    assert "negation" not in base_card.data.tags
+    assert [entry["src"] for entry in base_card.data.to_dict()["widget"]] == ["widget/example-0.png", "widget/example-1.png"]
+    assert "rewrites them as `https://huggingface.co/OWNER/NAME/resolve/main/widget/...`" in base_card.text
+    assert len(model_index_to_eval_results(base_card.data.to_dict()["model-index"])[1]) == len(eval_results)
+    (tmp_path / "rendered_card.md").write_text(str(card))
+
+
+def test_report_to_is_checked_before_anything_slow(tmp_path, monkeypatch):
+    missing_model = tmp_path / "no-such-model"  # loading it would fail: the tracker check comes first
+    for value, expected in (("wandb", "--report_to wandb: the wandb tracker is not installed"),
+                            ("tensorboard,nonsense", "--report_to tensorboard,nonsense: nonsense is not supported, only")):
+        with pytest.raises(UserError) as error:
+            train.main(train_flags(missing_model, tmp_path / "no-data", tmp_path / "out", report_to=value))
+        assert expected in str(error.value)
+    with pytest.raises(UserError, match=r"pip install wandb"):
+        train.main(train_flags(missing_model, tmp_path / "no-data", tmp_path / "out", report_to="wandb"))
+    # The trackers in requirements.txt pass the check (and the run then fails on the model, not the tracker).
+    monkeypatch.setenv("TRACKIO_DIR", str(tmp_path / "trackio"))
+    with pytest.raises(UserError, match="--model_name_or_path"):
+        train.main(train_flags(missing_model, tmp_path / "no-data", tmp_path / "out", report_to="tensorboard,trackio"))
+
+
+class FakeDatasetHub:
+    """The Hub calls of `DatasetDict.push_to_hub` and `DatasetCard.push_to_hub`, faked: each dataset repo
+    is a folder `root/datasets/<repo_id>` (datasets' own code reads it back through a local filesystem
+    in place of HfFileSystem, at revision "main")."""
+
+    def __init__(self, root: Path, monkeypatch):
+        from fsspec.implementations.local import LocalFileSystem
+        from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
+
+        self.root, self.commits, staged = root, [], {}
+        root.mkdir(parents=True, exist_ok=True)
+        monkeypatch.chdir(root)  # datasets reads the repo at the relative path "datasets/<repo_id>"
+
+        def create_repo(api, repo_id, repo_type=None, private=None, exist_ok=False, **kwargs):
+            assert repo_type == "dataset"
+            repo_id = repo_id if "/" in repo_id else f"{USER}/{repo_id}"
+            (root / "datasets" / repo_id).mkdir(parents=True, exist_ok=True)
+            return SimpleNamespace(repo_id=repo_id)
+
+        def repo_info(api, repo_id, repo_type=None, revision=None, **kwargs):
+            assert (root / "datasets" / repo_id).is_dir(), f"no repo {repo_id}"
+            return SimpleNamespace(id=repo_id, sha="main")
+
+        def preupload_lfs_files(api, repo_id, additions, **kwargs):
+            for addition in additions:  # datasets deletes the shard file right after this call
+                staged[id(addition)] = Path(addition.path_or_fileobj).read_bytes()
+
+        def create_commit(api, repo_id, operations, commit_message=None, **kwargs):
+            repo = root / "datasets" / repo_id
+            for operation in operations:
+                target = repo / operation.path_in_repo
+                if isinstance(operation, CommitOperationDelete):
+                    target.unlink()
+                    continue
+                assert isinstance(operation, CommitOperationAdd)
+                content = staged.pop(id(operation), None)
+                if content is None:
+                    source = operation.path_or_fileobj
+                    content = source if isinstance(source, bytes) else Path(source).read_bytes()
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(content)
+            self.commits.append((repo_id, commit_message, sorted(operation.path_in_repo for operation in operations)))
+            return SimpleNamespace(commit_url=f"https://huggingface.co/datasets/{repo_id}/commit/{len(self.commits)}",
+                                   oid="main", pr_url=None)
+
+        for name, fake in (("create_repo", create_repo), ("repo_info", repo_info),
+                           ("preupload_lfs_files", preupload_lfs_files), ("create_commit", create_commit)):
+            monkeypatch.setattr(HfApi, name, fake)
+        monkeypatch.setattr(datasets.dataset_dict, "HfFileSystem", lambda *args, **kwargs: LocalFileSystem())
+        # The Hub's YAML check (a server call): here the card must at least parse back as a DatasetCard.
+        monkeypatch.setattr(DatasetCard, "validate", lambda card, repo_type=None: DatasetCard(str(card)))
+
+    def repo(self, repo_id: str) -> Path:
+        return self.root / "datasets" / repo_id
+
+
+def test_world_dataset_card_and_pushed_layout_load(tiny_default, tmp_path, monkeypatch):
+    root, world, _ = tiny_default
+    local = DatasetCard.load(world / "README.md")
+    assert local.data.license == GENERATED_DATA_LICENSE == "mit"  # generated data: the repository's license, named
+    # The save_to_disk folder's card points at its own Arrow files (not the Hub's data/{split}-*).
+    assert local.data.to_dict()["configs"][0]["data_files"][0] == {"split": "train", "path": "train/data-*.arrow"}
+    splits = {split["name"]: split for split in local.data.dataset_info["splits"]}
+    on_disk = datasets.load_from_disk(str(world))
+    assert {name: split["num_examples"] for name, split in splits.items()} == {name: len(part) for name, part in on_disk.items()}
+    assert all(split["num_bytes"] == on_disk[name].data.nbytes > 0 for name, split in splits.items())
+    assert local.data.dataset_info["dataset_size"] == sum(split["num_bytes"] for split in splits.values())
+    assert str(tmp_path) not in str(local) and str(root) not in str(local)
+    # load_dataset reads the folder's own layout (train/, validation/, test/) too.
+    from_folder = datasets.load_dataset(str(world), cache_dir=str(tmp_path / "cache"))
+    assert {name: len(part) for name, part in from_folder.items()} == {name: len(part) for name, part in on_disk.items()}
+
+    hub = FakeDatasetHub(tmp_path / "hub", monkeypatch)
+    data_builder.push_to_hub(world, "omninegclip-world", (world / "README.md").read_text())
+    repo_id = f"{USER}/omninegclip-world"
+    assert [commit[0] for commit in hub.commits] == [repo_id, repo_id]
+    assert hub.commits[0][2] == ["README.md"]  # the card first, then the data (and datasets' update of the card)
+    pushed = DatasetCard.load(hub.repo(repo_id) / "README.md")
+    # datasets wrote its dataset_info (parquet download size) into our card and kept the rest.
+    assert pushed.data.dataset_info["download_size"] > 0
+    assert {split["name"] for split in pushed.data.dataset_info["splits"]} == set(on_disk)
+    assert pushed.data.license == "mit" and pushed.data.pretty_name == local.data.pretty_name
+    assert pushed.text == local.text
+    assert pushed.data.to_dict()["configs"] == [{"config_name": "default",
+                                    "data_files": [{"split": split, "path": f"data/{split}-*"} for split in on_disk]}]
+    # The pushed layout loads with load_dataset, every split, the same rows.
+    loaded = datasets.load_dataset(str(hub.repo(repo_id)))
+    assert {name: len(part) for name, part in loaded.items()} == {name: len(part) for name, part in on_disk.items()}
+    assert loaded["test"][0]["caption"] == on_disk["test"][0]["caption"]
+    assert loaded["train"][0]["image"].size == on_disk["train"][0]["image"].size
+
+
+def test_card_remembers_the_world_and_its_inputs_when_the_data_folder_is_gone(tmp_path):
+    world = tmp_path / "world"
+    world.mkdir()
+    (world / "build_summary.json").write_text(json.dumps({"source": "shapes", "rows_out": {"train": 5}}))
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "clip", "projection_dim": 8, "vision_config": {"image_size": 64},
+                                                    "text_config": {}}))
+    (folder / "training_provenance.json").write_text(json.dumps({
+        "base_model": str(tmp_path / "base"), "datasets": [str(world)],
+        "data": [{"name": str(world), "split": "train", "with_presence": 3, "with_absence": 2}]}))
+    model_card.write_model_card(folder, base_description="a small CLIP", dataset_ids=["omninegclip-world"])
+    first = ModelCard.load(folder / "README.md")
+    (world / "build_summary.json").unlink()  # the data folder moved away
+    model_card.write_model_card(folder)  # e.g. `python -m omninegclip.model_card FOLDER` later
+    again = ModelCard.load(folder / "README.md")
+    assert again.text == first.text and again.data.datasets == ["omninegclip-world"]
+    assert "64×64-pixel" in again.text and "synthetic scenes of coloured shapes" in again.text
+    assert "Started from:** a small CLIP" in again.text
+    # No widget examples given: the world's own scenes, not the photo of the built-in default.
+    assert [example["example_title"] for example in again.data.to_dict()["widget"]] == ["Which object is negated?", "Presence negation"]
+    assert not PHOTO_WORDS.search(again.text) and str(tmp_path) not in str(again)
+    # The provenance holds no training arguments: the card says so rather than inventing hyperparameters.
+    assert "Not recorded (no training arguments" in again.text and "### Hyperparameters" not in again.text
+    assert model_card.checkpoint_facts(folder).negation_training  # the run's rows carried negations
+
+
+def test_trackio_records_the_loss_terms_offline(tmp_path, processor):
+    """`--report_to trackio` in a fresh process (trackio fixes its folder when imported): the run's
+    loss and each Omni-NegCLIP term land in the local trackio database, nothing online."""
+    import sqlite3
+    import sys
+
+    model = save_tiny_clip(tmp_path / "clip", processor)
+    data = save_dataset(tmp_path / "data", color_rows(16))
+    result = run_command([sys.executable, "train.py", *train_flags(model, data, tmp_path / "out", max_steps=2,
+                                                                  report_to="trackio", project="omninegclip-test")],
+                         TRACKIO_DIR=str(tmp_path / "trackio"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    database = tmp_path / "trackio" / "omninegclip-test.db"
+    rows = [json.loads(row[0]) for row in sqlite3.connect(database).execute("select metrics from metrics")]
+    logged = {key for row in rows for key in row}
+    assert {"train/loss", "train/loss_presence", "train/loss_absence"} <= logged
+    assert json.loads((tmp_path / "out" / "trainer_state.json").read_text())["global_step"] == 2
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("world", "--dataset_ids: expected KEY=HUB_ID pairs"),
+    ("world_split=me/world", "--dataset_ids world_split=me/world: 'world_split' is not a data flag naming a dataset"),
+    ("world=not a repo", "--dataset_ids world=not a repo: 'not a repo' is not a Hub id"),
+])
+def test_dataset_ids_are_checked_before_any_model_loads(tiny_default, value, expected):
+    _, world, _ = tiny_default
+    with pytest.raises(UserError) as error:
+        eval_cli.main(["no-such-model", "--tasks", "world", "--world", str(world), "--dataset_ids", value, "--out", "unused"])
+    assert expected in str(error.value)
