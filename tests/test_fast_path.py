@@ -21,8 +21,9 @@ from bench.measure import record_text_shapes
 from bench.workload import Geometry, fast_loss_terms, plain_loss_terms, text_forward_flops, text_train_flops
 from conftest import tiny_clip_config
 from modeling_omninegclip import OmniNegCLIPModel, OmniNegLossConfig, TrainableConfig, apply_trainable
-from omninegclip import data as data_module
+from omninegclip import images as images_module
 from omninegclip.data import OmniNegCollator, PackedRows
+from omninegclip.images import ImageRefs, ImageTransform, image_pass
 from omninegclip.embedding import embed_images
 
 CAPTIONS = [
@@ -150,64 +151,73 @@ def test_one_text_pass_equals_each_set_alone(tokenizer):
 
 
 @pytest.fixture
-def counted_embeds(monkeypatch):
+def counted_passes(monkeypatch):
+    """How often the image tower embeds a batch (a cache hit embeds none)."""
     calls = []
-    real = data_module.embed_images
+    real = images_module._features
 
-    def counting(*args, **kwargs):
+    def counting(output):
         calls.append(1)
-        return real(*args, **kwargs)
+        return real(output)
 
-    monkeypatch.setattr(data_module, "embed_images", counting)
+    monkeypatch.setattr(images_module, "_features", counting)
     return calls
 
 
-def image_dataset() -> datasets.Dataset:
-    return datasets.Dataset.from_dict({"image": images(5, seed=1)}, features=datasets.Features({"image": datasets.Image()}))
+def image_refs() -> ImageRefs:
+    table = datasets.Dataset.from_dict({"image": images(5, seed=1)}, features=datasets.Features({"image": datasets.Image()}))
+    refs, _ = ImageRefs.find([table], "image", ["pictures"], [list(range(5))])
+    return refs
 
 
-def cached(model, image_processor, dataset, cache_dir) -> np.ndarray:
-    return np.array(cached_image_embeddings(model, image_processor, dataset, "image", cache_dir)["image_embeds"])
+def cached(model, image_processor, refs, cache_dir) -> np.ndarray:
+    return image_pass(refs, ImageTransform.for_processor(image_processor), model=model, num_workers=0, cache_dir=cache_dir).embeds.numpy()
 
 
-def test_image_embedding_cache_is_reused_until_vision_weights_or_transform_change(tmp_path, processor, counted_embeds):
+def test_image_embedding_cache_is_reused_until_vision_weights_or_transform_change(tmp_path, processor, counted_passes):
     torch.manual_seed(0)
     model = CLIPModel(tiny_clip_config()).eval()
-    dataset = image_dataset()
+    refs = image_refs()
     image_processor = processor.image_processor
     files = lambda: sorted(path.name for path in tmp_path.glob("image_embeds-*.safetensors"))  # noqa: E731
 
-    first = cached(model, image_processor, dataset, tmp_path)
-    assert len(counted_embeds) == 1 and len(files()) == 1
-    direct = embed_images(model, image_processor, [image for image in dataset["image"]], normalize=False, progress=False)
-    np.testing.assert_allclose(first, direct.numpy(), rtol=1e-6, atol=1e-7)
+    first = cached(model, image_processor, refs, tmp_path)
+    assert len(counted_passes) == 1 and len(files()) == 1
+    direct = embed_images(model, image_processor, images(5, seed=1), normalize=False, progress=False)
+    np.testing.assert_allclose(first, direct.numpy(), rtol=1e-5, atol=1e-6)
 
     # Nothing changed: reused, no new file. A text-tower change does not touch image embeddings: reused too.
-    np.testing.assert_array_equal(cached(model, image_processor, dataset, tmp_path), first)
+    np.testing.assert_array_equal(cached(model, image_processor, refs, tmp_path), first)
     with torch.no_grad():
         model.text_model.final_layer_norm.weight.add_(1.0)
         model.text_projection.weight.mul_(2.0)
-    np.testing.assert_array_equal(cached(model, image_processor, dataset, tmp_path), first)
-    assert len(counted_embeds) == 1 and len(files()) == 1
+    np.testing.assert_array_equal(cached(model, image_processor, refs, tmp_path), first)
+    assert len(counted_passes) == 1 and len(files()) == 1
 
     # Vision weights changed: recomputed under a new key.
     with torch.no_grad():
         model.vision_model.post_layernorm.weight.add_(0.5)
-    changed_weights = cached(model, image_processor, dataset, tmp_path)
-    assert len(counted_embeds) == 2 and len(files()) == 2
+    changed_weights = cached(model, image_processor, refs, tmp_path)
+    assert len(counted_passes) == 2 and len(files()) == 2
     assert not np.allclose(changed_weights, first)
 
     # Transform changed (same weights): recomputed under a new key.
     other_transform = CLIPImageProcessorPil(
         size={"shortest_edge": 30}, crop_size={"height": 30, "width": 30}, image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5]
     )
-    changed_transform = cached(model, other_transform, dataset, tmp_path)
-    assert len(counted_embeds) == 3 and len(files()) == 3
+    changed_transform = cached(model, other_transform, refs, tmp_path)
+    assert len(counted_passes) == 3 and len(files()) == 3
     assert not np.allclose(changed_transform, changed_weights)
 
+    # Other images: recomputed under a new key.
+    table = datasets.Dataset.from_dict({"image": images(5, seed=2)}, features=datasets.Features({"image": datasets.Image()}))
+    other_refs, _ = ImageRefs.find([table], "image", ["pictures"], [list(range(5))])
+    cached(model, image_processor, other_refs, tmp_path)
+    assert len(counted_passes) == 4 and len(files()) == 4
+
     # Back to a setting seen before: its file is found again.
-    np.testing.assert_array_equal(cached(model, image_processor, dataset, tmp_path), changed_weights)
-    assert len(counted_embeds) == 3
+    np.testing.assert_array_equal(cached(model, image_processor, refs, tmp_path), changed_weights)
+    assert len(counted_passes) == 4
 
 
 # ---- the benchmark's FLOP model -----------------------------------------------------------------
