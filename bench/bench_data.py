@@ -188,6 +188,10 @@ _BUILD = r"""
 {load}
 # The image phase: store_images now; the baseline read and decoded the images inside _write_split.
 timed(builder, "store_images" if hasattr(builder, "store_images") else "_write_split", "image_phase")
+for name, key in (("_read_source", "read_annotations"), ("build_from_source", "build_rows"), ("_negate_all", "negations"),
+                  ("quality_gate", "quality_gate"), ("over_context_length", "token_count")):
+    if hasattr(builder, name):
+        timed(builder, name, key)
 summary = builder.main(payload["argv"])
 result = {{"rows_out": sum(summary["rows_out"].values()), "images": summary.get("images"), "rows_in": summary["rows_in"]}}
 """
@@ -263,6 +267,11 @@ def builder_table(result: dict) -> list[str]:
             f"| {name} | {run['wall_s']:.1f} | {rows / run['wall_s']:.0f} | {phase:.2f} | {1000 * phase_cpu / images:.2f} | {1000 * per_image / rate:.2f} "
             f"| {images / phase:.0f} | {workers * rate / per_image:.0f} | {run['peak_rss_mb']:.0f} | {run['bytes_on_disk'] / 2**20:.1f} "
             f"| {run['bytes_on_disk'] / fixture['image_bytes']:.2f} | {run['load_before']} → {run['load_after']} |")
+    lines += ["", "Where the wall time goes (s; `build_rows` holds the negations and the image phase):", "",
+              "| build | " + " | ".join(PHASES) + " | all |", "|---|" + "---:|" * (len(PHASES) + 1)]
+    for name, run in builds.items():
+        lines.append(f"| {name} | " + " | ".join(f"{run['timings'][phase]:.2f}" if phase in run["timings"] else "-" for phase in PHASES)
+                     + f" | {run['wall_s']:.2f} |")
     one, many = builds.get("new_num_proc_1"), [run for name, run in builds.items() if name.startswith("new_num_proc_") and not name.endswith("_1")]
     if one and many and one["timings"].get("image_phase") and many[0]["timings"].get("image_phase"):
         lines += ["", f"Image phase speed-up from 1 to {len(os.sched_getaffinity(0))} workers: "
@@ -284,6 +293,7 @@ def builder_table(result: dict) -> list[str]:
     return lines
 
 
+PHASES = ("read_annotations", "build_rows", "negations", "image_phase", "quality_gate", "token_count")
 SECTIONS = {"builder": (section_builder, builder_table)}
 
 
