@@ -198,7 +198,7 @@ result = {{"rows_out": sum(summary["rows_out"].values()), "images": summary.get(
 
 _READ_COCO = r"""
 sources = {load}
-items = sources.read_coco(payload["captions"], payload["instances"], payload["images"], captions_per_image=0).items
+items = sources.read_coco(payload["captions"], payload["instances"], payload["images"], captions_per_image=0, **payload["kwargs"]).items
 result = {{"captions": len(items)}}
 """
 
@@ -231,8 +231,10 @@ def section_builder(args, fixture: FixtureInfo) -> dict:
     annotations = {}
     if args.full_size_annotations:
         full = make_fixture(out / "fixture_full", images=min(args.images, 200), full_size_annotations=True, progress=False)
-        payload = {"captions": full.captions_file, "instances": full.instances_file, "images": full.images_dir}
-        annotations["new"] = run_child(_READ_COCO.format(load="__import__('omninegclip.sources').sources"), payload)
+        payload = {"captions": full.captions_file, "instances": full.instances_file, "images": full.images_dir, "kwargs": {}}
+        for num_proc in sorted({1, args.num_proc or cores}):
+            annotations[f"new_num_proc_{num_proc}"] = run_child(_READ_COCO.format(load="__import__('omninegclip.sources').sources"),
+                                                                {**payload, "kwargs": {"num_proc": num_proc}})
         old = baseline_file(args.baseline, "omninegclip/sources.py", out / "baseline") if args.baseline != "none" else None
         if old is not None:
             annotations["baseline"] = run_child(_READ_COCO.format(load=f"load({str(old)!r}, 'baseline_sources')"), payload)
@@ -286,9 +288,8 @@ def builder_table(result: dict) -> list[str]:
         lines += ["", f"COCO reader on full-size annotations ({annotations['fixture']['annotated_images']} images, {annotations['fixture']['captions']} captions, "
                   f"{annotations['fixture']['instances']} instances; JSON {annotations['files_mb']['captions']:.0f} + {annotations['files_mb']['instances']:.0f} MB):", "",
                   "| reader | wall s | peak RSS MB | load before → after |", "|---|---:|---:|---|"]
-        for name in ("baseline", "new"):
-            if name in annotations:
-                run = annotations[name]
+        for name, run in annotations.items():
+            if isinstance(run, dict) and "wall_s" in run:
                 lines.append(f"| {name} | {run['wall_s']:.1f} | {run['peak_rss_mb']:.0f} | {run['load_before']} → {run['load_after']} |")
     return lines
 

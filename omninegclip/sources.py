@@ -9,7 +9,7 @@ read becomes an item or a counted skip (`Source.skips`, by reason).
 Public surface:
 - `ImageRef`, `GivenNegation`, `SourceItem`, `Source`: what a reader returns; `ImageRef.read_bytes()`
   gives the encoded image, None when the file is missing, or raises `ImageUnavailable(reason)`;
-- `read_coco(captions, instances, images, captions_per_image=1)`: COCO 2017 `captions_*.json` +
+- `read_coco(captions, instances, images, captions_per_image=1, num_proc=1)`: COCO 2017 `captions_*.json` +
   `instances_*.json` + image folder; present objects from the instance annotations (exhaustive).
   Only the keys it uses are kept while the JSON is parsed (COCO's polygons are dropped as they
   are read). An image id listed twice with two different files, and an `image_id` whose type
