@@ -27,7 +27,7 @@ images, and `--push_to_hub` uploads that (each row with its image). The shapes w
 images in the table (one row per scene).
 
 Speed: the negations, the image checks and the quality gate run in `--num_proc` forked worker
-processes (`fork_map`: each row is seeded by its index, so any number of workers writes the same
+processes (`omninegclip.parallel.fork_map`: each row is seeded by its index, so any number of workers writes the same
 bytes). An image is checked by decoding it without keeping it, a JPEG in draft mode (1/8 scale:
 every byte of its compressed stream is still read, so a truncated file fails as in a full decode);
 workers write the image files themselves, so memory stays one image per worker.
@@ -44,7 +44,7 @@ a stable hash of the image id.
 
 Public surface: `CONTRACT_COLUMNS`, `contract_features(image_files=False)`, `IMAGES_FOLDER`, `BuildOptions`,
 `build_from_source(source, options, cache_dir, out_dir=None)`, `load_with_images(folder)`,
-`store_image(...)` / `store_images(...) -> list[StoredImage]`, `fork_map(function, count, num_proc, ...)`,
+`store_image(...)` / `store_images(...) -> list[StoredImage]`,
 `quality_gate(dataset_dict, num_proc=1) -> dict`, `CLIP_CONTEXT_LENGTH`, `TokenWindow` (what of a text CLIP's text
 encoder reads), `over_context_length(dataset_dict) -> dict | None`, `write_atomically(out, overwrite, fill)`,
 `recover_interrupted_builds(out) -> list[Path]`, `split_for(...)`, `push_to_hub(out, repo_id, card)`,
@@ -58,7 +58,6 @@ import functools
 import hashlib
 import io
 import json
-import multiprocessing
 import os
 import random
 import re
@@ -77,6 +76,7 @@ from tqdm.auto import tqdm
 
 from omninegclip.cards import GENERATED_DATA_LICENSE, hub_dataset_card, render_dataset_card, save_to_disk_files
 from omninegclip.cli import UserError, run_cli
+from omninegclip.parallel import fork_map
 from omninegclip.provenance import provenance
 from omninegclip.rewrite import (
     LLMRewriter, Rewrite, absence_affirm, absence_negate, absence_problem, presence_negate, presence_problem,
@@ -441,46 +441,8 @@ def store_image(image: ImageRef, relative: str, root: Path, max_pixels: int = DE
     return StoredImage(path=path, converted_from=converted_from, bytes_read=len(data), bytes_written=len(stored))
 
 
-_FORKED: Callable[[int], object] | None = None  # the function the forked workers of fork_map call
 MIN_IMAGES_PER_WORKER = 16  # fewer images than this per worker are stored in this process (starting workers costs more)
 NEGATION_CHUNK = 256  # rows negated per task of a worker
-
-
-def _call_forked(index: int) -> object:
-    return _FORKED(index)
-
-
-def default_num_proc() -> int:
-    """The cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def fork_map(function: Callable[[int], object], count: int, num_proc: int | None = None, min_per_worker: int = 1, desc: str = "",
-             progress: bool = False, unit: str = "it") -> list:
-    """`[function(i) for i in range(count)]`, in up to `num_proc` worker processes (default: the
-    cores), in order. The workers are forked, so `function` may be a closure over anything (image
-    readers of a dataset or a URL, the build's statistics): nothing is pickled but the indices and
-    the results. Fewer than `min_per_worker` calls per worker, or no fork on this system: here."""
-    global _FORKED
-    workers = min(num_proc or default_num_proc(), count // max(min_per_worker, 1))
-    results = []
-    with tqdm(total=count, desc=desc, disable=not progress, unit=unit) as bar:
-        if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
-            for index in range(count):
-                results.append(function(index))
-                bar.update()
-            return results
-        _FORKED = function
-        # A tokenizer used before the fork would warn in every worker; its own threads are not needed there.
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        try:
-            with multiprocessing.get_context("fork").Pool(workers) as pool:
-                for result in pool.imap(_call_forked, range(count), chunksize=max(1, min(64, count // (workers * 8)))):
-                    results.append(result)
-                    bar.update()
-        finally:
-            _FORKED = None
-    return results
 
 
 def store_images(jobs: list[tuple[ImageRef, str]], root: Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, num_proc: int | None = None,
@@ -987,7 +949,7 @@ def _arguments(args: argparse.Namespace) -> dict:
 def _read_source(args: argparse.Namespace, scratch: Path) -> Source:
     progress = not args.no_progress
     if args.source == "coco":
-        return read_coco(args.captions, args.instances, args.images, args.captions_per_image)
+        return read_coco(args.captions, args.instances, args.images, args.captions_per_image, num_proc=args.num_proc)
     if args.source == "captions":
         downloads = ImageDownloads(Path(args.image_cache) if args.image_cache else scratch / "images",
                                    timeout=args.download_timeout, max_bytes=args.max_image_bytes)

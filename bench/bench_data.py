@@ -188,13 +188,17 @@ _BUILD = r"""
 {load}
 # The image phase: store_images now; the baseline read and decoded the images inside _write_split.
 timed(builder, "store_images" if hasattr(builder, "store_images") else "_write_split", "image_phase")
+for name, key in (("_read_source", "read_annotations"), ("build_from_source", "build_rows"), ("_negate_all", "negations"),
+                  ("quality_gate", "quality_gate"), ("over_context_length", "token_count")):
+    if hasattr(builder, name):
+        timed(builder, name, key)
 summary = builder.main(payload["argv"])
 result = {{"rows_out": sum(summary["rows_out"].values()), "images": summary.get("images"), "rows_in": summary["rows_in"]}}
 """
 
 _READ_COCO = r"""
 sources = {load}
-items = sources.read_coco(payload["captions"], payload["instances"], payload["images"], captions_per_image=0).items
+items = sources.read_coco(payload["captions"], payload["instances"], payload["images"], captions_per_image=0, **payload["kwargs"]).items
 result = {{"captions": len(items)}}
 """
 
@@ -227,8 +231,10 @@ def section_builder(args, fixture: FixtureInfo) -> dict:
     annotations = {}
     if args.full_size_annotations:
         full = make_fixture(out / "fixture_full", images=min(args.images, 200), full_size_annotations=True, progress=False)
-        payload = {"captions": full.captions_file, "instances": full.instances_file, "images": full.images_dir}
-        annotations["new"] = run_child(_READ_COCO.format(load="__import__('omninegclip.sources').sources"), payload)
+        payload = {"captions": full.captions_file, "instances": full.instances_file, "images": full.images_dir, "kwargs": {}}
+        for num_proc in sorted({1, args.num_proc or cores}):
+            annotations[f"new_num_proc_{num_proc}"] = run_child(_READ_COCO.format(load="__import__('omninegclip.sources').sources"),
+                                                                {**payload, "kwargs": {"num_proc": num_proc}})
         old = baseline_file(args.baseline, "omninegclip/sources.py", out / "baseline") if args.baseline != "none" else None
         if old is not None:
             annotations["baseline"] = run_child(_READ_COCO.format(load=f"load({str(old)!r}, 'baseline_sources')"), payload)
@@ -263,6 +269,11 @@ def builder_table(result: dict) -> list[str]:
             f"| {name} | {run['wall_s']:.1f} | {rows / run['wall_s']:.0f} | {phase:.2f} | {1000 * phase_cpu / images:.2f} | {1000 * per_image / rate:.2f} "
             f"| {images / phase:.0f} | {workers * rate / per_image:.0f} | {run['peak_rss_mb']:.0f} | {run['bytes_on_disk'] / 2**20:.1f} "
             f"| {run['bytes_on_disk'] / fixture['image_bytes']:.2f} | {run['load_before']} → {run['load_after']} |")
+    lines += ["", "Where the wall time goes (s; `build_rows` holds the negations and the image phase):", "",
+              "| build | " + " | ".join(PHASES) + " | all |", "|---|" + "---:|" * (len(PHASES) + 1)]
+    for name, run in builds.items():
+        lines.append(f"| {name} | " + " | ".join(f"{run['timings'][phase]:.2f}" if phase in run["timings"] else "-" for phase in PHASES)
+                     + f" | {run['wall_s']:.2f} |")
     one, many = builds.get("new_num_proc_1"), [run for name, run in builds.items() if name.startswith("new_num_proc_") and not name.endswith("_1")]
     if one and many and one["timings"].get("image_phase") and many[0]["timings"].get("image_phase"):
         lines += ["", f"Image phase speed-up from 1 to {len(os.sched_getaffinity(0))} workers: "
@@ -277,13 +288,13 @@ def builder_table(result: dict) -> list[str]:
         lines += ["", f"COCO reader on full-size annotations ({annotations['fixture']['annotated_images']} images, {annotations['fixture']['captions']} captions, "
                   f"{annotations['fixture']['instances']} instances; JSON {annotations['files_mb']['captions']:.0f} + {annotations['files_mb']['instances']:.0f} MB):", "",
                   "| reader | wall s | peak RSS MB | load before → after |", "|---|---:|---:|---|"]
-        for name in ("baseline", "new"):
-            if name in annotations:
-                run = annotations[name]
+        for name, run in annotations.items():
+            if isinstance(run, dict) and "wall_s" in run:
                 lines.append(f"| {name} | {run['wall_s']:.1f} | {run['peak_rss_mb']:.0f} | {run['load_before']} → {run['load_after']} |")
     return lines
 
 
+PHASES = ("read_annotations", "build_rows", "negations", "image_phase", "quality_gate", "token_count")
 SECTIONS = {"builder": (section_builder, builder_table)}
 
 

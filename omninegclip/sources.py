@@ -9,7 +9,7 @@ read becomes an item or a counted skip (`Source.skips`, by reason).
 Public surface:
 - `ImageRef`, `GivenNegation`, `SourceItem`, `Source`: what a reader returns; `ImageRef.read_bytes()`
   gives the encoded image, None when the file is missing, or raises `ImageUnavailable(reason)`;
-- `read_coco(captions, instances, images, captions_per_image=1)`: COCO 2017 `captions_*.json` +
+- `read_coco(captions, instances, images, captions_per_image=1, num_proc=1)`: COCO 2017 `captions_*.json` +
   `instances_*.json` + image folder; present objects from the instance annotations (exhaustive).
   Only the keys it uses are kept while the JSON is parsed (COCO's polygons are dropped as they
   are read). An image id listed twice with two different files, and an `image_id` whose type
@@ -66,6 +66,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from omninegclip.cli import UserError
+from omninegclip.parallel import fork_map
 from omninegclip.safe_load import load_torch_file
 from omninegclip.vocabulary import NEGATION_CUES, canonical_category, detect_objects, find_mentions, mentions
 
@@ -282,6 +283,18 @@ def read_coco_objects(instances: Path | str) -> tuple[dict[object, dict[str, flo
     return areas, file_names
 
 
+_NAMING_CHUNK = 1024  # images whose captions one worker task reads
+
+
+def _objects_named(images: list[tuple[object, list[str]]], num_proc: int | None) -> list[tuple[str, ...]]:
+    """For each (image, captions): the objects its captions name (`detect_objects`), in workers."""
+    def chunk(index: int) -> list[tuple[str, ...]]:
+        return [tuple(sorted({obj for caption in captions for obj in detect_objects(caption)}))
+                for _, captions in images[index * _NAMING_CHUNK : (index + 1) * _NAMING_CHUNK]]
+
+    return [named for part in fork_map(chunk, -(-len(images) // _NAMING_CHUNK), num_proc, 2) for named in part]
+
+
 def _sort_key(value: object) -> tuple[str, object]:
     """Orders ids of mixed types (annotation ids may be numbers or strings, or missing)."""
     return (type(value).__name__, value) if isinstance(value, (int, float, str)) and not isinstance(value, bool) else ("~", repr(value))
@@ -307,8 +320,10 @@ def check_captions_per_image(value: int) -> int:
     return value
 
 
-def read_coco(captions: Path | str, instances: Path | str, images: Path | str, captions_per_image: int = 1) -> Source:
-    """COCO captions with present objects from the instance annotations (`captions_per_image` 0: all)."""
+def read_coco(captions: Path | str, instances: Path | str, images: Path | str, captions_per_image: int = 1,
+              num_proc: int | None = 1) -> Source:
+    """COCO captions with present objects from the instance annotations (`captions_per_image` 0: all);
+    the objects the captions name are found in `num_proc` worker processes (None: the cores)."""
     captions_path = Path(captions)
     check_captions_per_image(captions_per_image)
     images_dir = _check_dir(images, "--images")
@@ -334,16 +349,19 @@ def read_coco(captions: Path | str, instances: Path | str, images: Path | str, c
         else:
             by_image[image_id].append((annotation.get("id", index), caption.strip(), where))
     del data  # only what by_image and file_names hold is needed from here on
+    chosen = []  # (image id, its selected captions)
     for image_id in sorted(by_image, key=_sort_key):
         if image_id not in areas:  # a captions file paired with another split's instances file
             _check_id_type(image_id, areas, captions_path, by_image[image_id][0][2], Path(instances).name)
             source.skip("image_not_in_instances", f"{captions_path.name} {by_image[image_id][0][2]} (image_id {image_id!r})", len(by_image[image_id]))
             continue
-        objects = areas[image_id]
         selected = _select_captions([(key, caption) for key, caption, _ in by_image[image_id]], captions_per_image)
         if len(selected) < len(by_image[image_id]):
             source.skips[BEYOND_CAPTIONS_PER_IMAGE] += len(by_image[image_id]) - len(selected)
-        mentioned = tuple(sorted({obj for caption in selected for obj in detect_objects(caption)}))
+        chosen.append((image_id, selected))
+    named = _objects_named(chosen, num_proc)
+    for (image_id, selected), mentioned in zip(chosen, named):
+        objects = areas[image_id]
         # One ImageRef, objects tuple and salience dict per image, shared by its captions (memory).
         image, present = ImageRef(file_names[image_id], images_dir / file_names[image_id]), tuple(sorted(objects))
         for caption in selected:

@@ -283,7 +283,7 @@ class CooccurrenceStats:
     num_images: int = 0
     object_count: Counter = field(default_factory=Counter)
     pair_count: Counter = field(default_factory=Counter)
-    _ranked: dict = field(default_factory=dict, repr=False, compare=False)  # rank_absent's answers (the rows of one image ask alike)
+    _ranked: dict = field(default_factory=dict, repr=False, compare=False)  # rank_absent's recent answers (the rows of one image ask alike)
 
     @classmethod
     def from_object_sets(cls, object_sets: Iterable[Iterable[str]]) -> CooccurrenceStats:
@@ -318,6 +318,8 @@ class CooccurrenceStats:
         """Objects seen in the source, neither present nor excluded, most plausible first (ties by name)."""
         key = (tuple(present), frozenset(exclude))
         if key not in self._ranked:
+            if len(self._ranked) >= 1024:  # rows of one image come together: a small cache suffices, memory stays bounded
+                self._ranked.clear()
             banned = set(present) | set(exclude)
             scored = [(obj, self.plausibility(obj, present)) for obj in self.object_count if obj not in banned]
             self._ranked[key] = sorted((item for item in scored if item[1] > 0), key=lambda item: (-item[1], item[0]))

@@ -15,6 +15,7 @@ from huggingface_hub import DatasetCard, HfApi
 from PIL import Image
 
 import data_builder
+from omninegclip import parallel
 from omninegclip.cards import hub_dataset_card, render_dataset_card
 from omninegclip.cli import UserError, run_cli
 from omninegclip.vocabulary import find_mentions, mentions
@@ -476,8 +477,8 @@ def test_a_build_in_worker_processes_writes_the_same_bytes_as_one_in_a_single_pr
     monkeypatch.setattr(data_builder, "MIN_IMAGES_PER_WORKER", 2)  # and 2 workers store the 6 images
     monkeypatch.setattr(data_builder, "GATE_BATCH", 3)  # and check the rows
     workers = []
-    real_pool = data_builder.multiprocessing.get_context("fork").Pool
-    monkeypatch.setattr(data_builder.multiprocessing, "get_context", lambda method: types.SimpleNamespace(
+    real_pool = parallel.multiprocessing.get_context("fork").Pool
+    monkeypatch.setattr(parallel.multiprocessing, "get_context", lambda method: types.SimpleNamespace(
         Pool=lambda processes: workers.append(processes) or real_pool(processes)))
     build(args, tmp_path / "serial", "--num_proc", "1")
     assert workers == []

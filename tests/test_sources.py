@@ -444,3 +444,21 @@ def test_ccneg_images_unzipped_as_con_clip_says_are_found_from_the_ccneg_root(tm
     source = read_ccneg(tmp_path / "ccneg_dataset" / "ccneg_preprocessed.pt", tmp_path / "ccneg_dataset", eval_size=1)
     assert [item.image.path for item in source.items] == [folder / "00000.jpg", folder / "00001.jpg"]
     assert all(item.image.read_bytes() for item in source.items)
+
+
+def test_coco_objects_named_in_worker_processes_equal_one_process(tmp_path, monkeypatch):
+    import omninegclip.sources as sources
+
+    captions, instances, images = write_coco(tmp_path)
+    serial = read_coco(captions, instances, images, captions_per_image=0)
+    from omninegclip import parallel
+
+    monkeypatch.setattr(sources, "_NAMING_CHUNK", 1)  # 2 images: 2 tasks ...
+    monkeypatch.setattr(sources, "fork_map", lambda function, count, num_proc, _: parallel.fork_map(function, count, num_proc, 1))  # ... 2 workers
+    pools = []
+    real_context = parallel.multiprocessing.get_context
+    monkeypatch.setattr(parallel.multiprocessing, "get_context", lambda method: pools.append(method) or real_context(method))
+    forked = read_coco(captions, instances, images, captions_per_image=0, num_proc=2)
+    assert pools == ["fork"]
+    assert [(item.caption, item.also_mentioned) for item in forked.items] == [(item.caption, item.also_mentioned) for item in serial.items]
+    assert serial.items[0].also_mentioned == ("couch", "dog")  # "sofa" and "puppy" are synonyms
