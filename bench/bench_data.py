@@ -18,6 +18,11 @@ Sections (`--sections`, comma-separated; each a function `section_NAME(args, fix
   `--full_size_annotations`, the COCO reader's peak memory and time on annotation files of
   train2017's size (118,287 images, 591k captions, ~850k instances), now and at the baseline.
 
+- `preparation` and `input` (`bench/bench_prep.py`): `train.py`'s side, on the same fixture: each
+  unique image decoded once in 1 and 2 worker processes against one core's decode-once rate, bytes
+  written against the images' bytes, and the training input path's ms/step at batch 256 against
+  the previous per-row collator; `--device cuda --dtype bf16` adds images/s embedded on the GPU.
+
 Every build runs in its own process (peak resident memory from `getrusage`: the process, and
 separately the largest of its worker processes). The machine's load average is recorded before and
 after each measurement: on a shared machine the times are inflated and the parallel speed-up is
@@ -48,6 +53,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from PIL import Image  # noqa: E402
 
+from bench.bench_prep import input_table, preparation_table, section_input, section_preparation  # noqa: E402
 from bench.coco_fixture import FixtureInfo, make_fixture  # noqa: E402
 
 BASELINE = "d2ecc5f"  # the last commit whose builder stored every caption row with its image bytes
@@ -295,7 +301,11 @@ def builder_table(result: dict) -> list[str]:
 
 
 PHASES = ("read_annotations", "build_rows", "negations", "image_phase", "quality_gate", "token_count")
-SECTIONS = {"builder": (section_builder, builder_table)}
+SECTIONS = {
+    "builder": (section_builder, builder_table),
+    "preparation": (section_preparation, preparation_table),  # bench/bench_prep.py: train.py's side
+    "input": (section_input, input_table),
+}
 
 
 # ----------------------------------------------------------------------------- main
@@ -309,6 +319,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--num_proc", type=int, help="Workers of the parallel build (default: the cores); a build with 1 runs too.")
     parser.add_argument("--baseline", default=BASELINE, help="Git commit whose builder runs as the previous path ('none': skip).")
     parser.add_argument("--full_size_annotations", action="store_true", help="Also time the COCO reader on train2017-size annotation files.")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                        help="preparation: also embed the images with a ViT-B/32-geometry tower on this device (cuda)")
+    parser.add_argument("--dtype", default=None, choices=["fp32", "bf16"], help="preparation on cuda: the tower's autocast precision")
     args = parser.parse_args(argv)
     sections = [name.strip() for name in args.sections.split(",") if name.strip()]
     unknown = [name for name in sections if name not in SECTIONS]
