@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -568,6 +569,36 @@ def check_output_and_resume(training_args: TrainingArguments) -> str | None:
     return str(folder)
 
 
+def check_training_steps(trainer: Trainer) -> int:
+    """The optimiser steps this run will take; a `UserError` naming rows, global batch and steps when
+    it would take none (the run would then save the base model as the fine-tuned one)."""
+    args = trainer.args
+    sampler = trainer._get_train_sampler()  # a mix is repeated to the larger source's length
+    rows = len(sampler) if sampler is not None else len(trainer.train_dataset)
+    processes = args.world_size
+    accumulation = args.gradient_accumulation_steps
+    global_batch = args.per_device_train_batch_size * processes
+    batches = rows // global_batch if args.dataloader_drop_last else -(-rows // global_batch)  # per process and epoch
+    batch_text = (f"a global batch of {global_batch} rows per forward pass (--per_device_train_batch_size "
+                  f"{args.per_device_train_batch_size} x {processes} process(es)), {global_batch * accumulation} per optimiser step "
+                  f"(x --gradient_accumulation_steps {accumulation})")
+    if batches == 0:
+        forced = " (forced: several processes)" if processes > 1 else ""
+        raise UserError(
+            f"this run would train 0 steps and save the base model as the fine-tuned one: {rows} training rows, "
+            f"{batch_text}, and drop-last batches (--dataloader_drop_last{forced}) leave 0 batches per epoch; "
+            f"use --per_device_train_batch_size <= {max(rows // processes, 1)} or more data")
+    updates_per_epoch = -(-batches // accumulation)
+    steps = args.max_steps if args.max_steps >= 0 else math.ceil(args.num_train_epochs * updates_per_epoch)
+    if steps < 1:
+        chosen = (f"--max_steps {args.max_steps}" if args.max_steps >= 0 else
+                  f"--max_steps {args.max_steps} (epochs decide) and --num_train_epochs {args.num_train_epochs}")
+        raise UserError(
+            f"this run would train 0 steps and save the base model as the fine-tuned one: {chosen} with {rows} training rows, "
+            f"{batch_text} = {updates_per_epoch} step(s) per epoch; pass --max_steps >= 1 or --num_train_epochs > 0")
+    return steps
+
+
 def lora_target_regex(blocks: list[int], target: str) -> str:
     """PEFT `target_modules` for the chosen text blocks only. PEFT full-matches it against module
     names, so the vision tower's `vision_model.encoder.layers.*` never match."""
@@ -744,6 +775,7 @@ def main(argv: list[str]) -> None:
     if lora_settings is not None and trainer.is_fsdp_enabled:
         raise UserError("--lora_r does not work under FSDP (merging adapters needs unsharded weights): "
                         "launch with configs/accelerate/ddp.yaml or deepspeed_zero2.yaml instead")
+    check_training_steps(trainer)
     if push:
         logger.info("--push_to_hub: the final checkpoint is pushed once, after training (--hub_strategy is not used)")
     trainer.train(resume_from_checkpoint=resume)

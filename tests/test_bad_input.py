@@ -76,9 +76,10 @@ class Fixtures:
         return str(self.root / name)
 
     def out(self) -> str:
-        """A fresh output folder (not created)."""
+        """A fresh output folder (not created); `last_out` remembers it for a row's `check`."""
         self._outputs += 1
-        return str(self.root / "outputs" / f"out{self._outputs}")
+        self.last_out = self.root / "outputs" / f"out{self._outputs}"
+        return str(self.last_out)
 
     def existing_out(self) -> str:
         path = Path(self.out())
@@ -178,10 +179,17 @@ class Case:
     exit_code: int
     phrases: tuple[str, ...]
     once: str | None = None  # a phrase that must be printed exactly once
+    check: Callable[[Fixtures], None] | None = None  # asserts what was (not) written, after the run
 
     @property
     def id(self) -> str:
         return f"{self.cli}:{self.name}"
+
+
+def no_weights(folder: Path) -> None:
+    """Nothing that looks like a trained model was written into `folder`."""
+    written = sorted(path.name for path in Path(folder).glob("*")) if Path(folder).is_dir() else []
+    assert not [name for name in written if name.endswith((".safetensors", ".bin")) or name in ("README.md", "config.json")], written
 
 
 def db(*args: str) -> list[str]:
@@ -327,6 +335,16 @@ CASES = [
     Case("train", "config_file_not_a_mapping", lambda fx: [fx.write("list.yaml", "- a\n- b\n")], 2, ("must hold a mapping of flag names to values, got list",)),
     Case("train", "long_captions_and_rgba_gray_images", lambda fx: fx.train_args(fx.dataset("long_captions", [LONG_CAPTION] * 4, modes=("RGBA", "L"))), 0,
          ("truncated 4 caption(s) longer than 77 tokens",), once="longer than 77 tokens"),
+    # ------------------------------------------------------------------ train.py: runs that would be wrong (issue 14)
+    Case("train", "zero_steps_drop_last", lambda fx: fx.train_args(fx.dataset("good", ["a dog"] * 4), "--per_device_train_batch_size", "64",
+                                                                    "--dataloader_drop_last", "true"), 2,
+         ("this run would train 0 steps", "4 training rows, a global batch of 64 rows", "--dataloader_drop_last", "0 batches per epoch",
+          "--per_device_train_batch_size <= 4"), check=lambda fx: no_weights(fx.last_out)),
+    Case("train", "zero_steps_zero_epochs", lambda fx: fx.train_args(fx.dataset("good", ["a dog"] * 4), "--max_steps", "-1", "--num_train_epochs", "0"), 2,
+         ("this run would train 0 steps", "--num_train_epochs 0.0 with 4 training rows", "pass --max_steps >= 1 or --num_train_epochs > 0"),
+         check=lambda fx: no_weights(fx.last_out)),
+    Case("train", "zero_steps_max_steps_0", lambda fx: fx.train_args(fx.dataset("good", ["a dog"] * 4), "--max_steps", "0"), 2,
+         ("this run would train 0 steps", "--max_steps 0 with 4 training rows"), check=lambda fx: no_weights(fx.last_out)),
     # ------------------------------------------------------------------ python -m eval (what works today)
     Case("eval", "no_arguments", lambda fx: [], 2, ("the following arguments are required: MODEL, --tasks, --out",)),
     Case("eval", "missing_tasks", lambda fx: fx.eval_args(fx.clip()), 2, ("the following arguments are required: --tasks",)),
@@ -393,9 +411,11 @@ def test_bad_input_matrix(case: Case, fx: Fixtures, capsys, caplog):
         assert phrase in output, f"{phrase!r} not in:\n{output[-3000:]}"
     assert "Traceback" not in output
     if case.exit_code:
-        assert re.search(r"(^|: )error: ", output, re.MULTILINE), output[-3000:]
+        assert re.search(r"(^|: |\r\s*)error: ", output, re.MULTILINE), output[-3000:]  # \r: after a progress bar
     if case.once:
         assert output.count(case.once) == 1, output[-3000:]
+    if case.check:
+        case.check(fx)
     assert not (fx.root / MARKER).exists()  # the malicious pickle was never unpickled
 
 
