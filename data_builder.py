@@ -62,6 +62,7 @@ from omninegclip.provenance import provenance
 from omninegclip.rewrite import (
     LLMRewriter, Rewrite, absence_affirm, absence_negate, absence_problem, presence_negate, presence_problem,
 )
+from omninegclip.safe_load import to_rgb
 from omninegclip.sources import (
     DOWNLOAD_TIMEOUT,
     MAX_IMAGE_BYTES,
@@ -347,12 +348,7 @@ def _prepare_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> t
         if image.mode == "RGB":
             return data, None
         mode = image.mode
-        if mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-            rgba = image.convert("RGBA")
-            rgb = Image.new("RGB", rgba.size, (255, 255, 255))
-            rgb.paste(rgba, mask=rgba.getchannel("A"))
-        else:
-            rgb = image.convert("RGB")
+        rgb = to_rgb(image)
     buffer = io.BytesIO()
     rgb.save(buffer, format="PNG")
     return buffer.getvalue(), mode

@@ -100,6 +100,7 @@ from omninegclip.data import (
     prepare_dataset,
     summarize_reports,
 )
+from omninegclip.outputs import LOCK_FILE, OutputLock, ensure_writable, overlapping
 from omninegclip.model_card import load_widget_examples, push_checkpoint, write_model_card
 from omninegclip.provenance import provenance
 
@@ -299,6 +300,15 @@ class CardArguments:
         return [name.strip() for name in self.card_datasets.split(",") if name.strip()] if self.card_datasets else None
 
 
+@dataclass
+class OutputArguments:
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Write into a non-empty --output_dir that this run does not resume (its files are replaced; "
+                          "without this flag such a folder is refused)."},
+    )
+
+
 class Arguments(NamedTuple):
     model: ModelArguments
     data: DataArguments
@@ -306,6 +316,7 @@ class Arguments(NamedTuple):
     lora: LoraArguments
     card: CardArguments
     training: TrainingArguments
+    output: OutputArguments
 
 
 # ----------------------------------------------------------------------------------------------
@@ -477,7 +488,8 @@ def config_file_flags(path: Path) -> list[str]:
 
 def parse_args(argv: list[str]) -> Arguments:
     """Flags, or one YAML/JSON file of flags followed by flags that override it."""
-    parser = HfArgumentParser((ModelArguments, DataArguments, OmniNegArguments, LoraArguments, CardArguments, TrainingArguments))
+    parser = HfArgumentParser((ModelArguments, DataArguments, OmniNegArguments, LoraArguments, CardArguments, TrainingArguments,
+                               OutputArguments))
     where = "command line"
     if argv and argv[0].endswith(CONFIG_FILE_SUFFIXES) and not argv[0].startswith("-"):
         where = f"config file {argv[0]} (or the flags after it)"
@@ -541,13 +553,32 @@ def load_model(model_args: ModelArguments) -> tuple[OmniNegCLIPModel, CLIPProces
     return model, processor
 
 
-def check_output_and_resume(training_args: TrainingArguments) -> str | None:
-    """Fail before anything slow on an --output_dir that is a file or a checkpoint to resume from
-    that is not one; return the checkpoint folder to resume from (`latest`: the newest complete
-    checkpoint-* in --output_dir), or None."""
+def _local_paths(source: str) -> list[Path]:
+    """The local files or folders a --dataset_name value names (comma-separated data files allowed)."""
+    return [Path(part.strip()).expanduser() for part in source.split(",") if part.strip() and Path(part.strip()).expanduser().exists()]
+
+
+def check_output_and_resume(training_args: TrainingArguments, overwrite: bool = False, sources: list[str] = ()) -> str | None:
+    """Fail before anything slow on an --output_dir that is a file, that is or holds or lies inside
+    a dataset of `sources`, or that is not empty while this run neither resumes nor overwrites it;
+    on a checkpoint to resume from that is not one. Return the checkpoint folder to resume from
+    (`latest`: the newest complete checkpoint-* in --output_dir), or None."""
     output_dir = Path(training_args.output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise UserError(f"--output_dir {str(output_dir)!r} is a file; expected a folder (created if missing)")
+    for source in sources:
+        for path in _local_paths(source):
+            if overlapping(output_dir, path):
+                raise UserError(f"--output_dir {str(output_dir)!r} overlaps the training data {str(path)!r} (the same folder, or one "
+                                f"inside the other): the model would overwrite the dataset's files; pass another --output_dir")
+    contents = sorted(path.name for path in output_dir.iterdir() if path.name != LOCK_FILE) if output_dir.is_dir() else []
+    if contents and not training_args.resume_from_checkpoint:
+        shown = ", ".join(contents[:6]) + (f", … ({len(contents)} entries)" if len(contents) > 6 else "")
+        if not overwrite:
+            again = (" --resume_from_checkpoint latest to continue the run saved there," if complete_checkpoints(output_dir) else "")
+            raise UserError(f"--output_dir {str(output_dir)!r} is not empty ({shown}) and this run does not resume from it: pass"
+                            f"{again} --overwrite_output_dir to write over it, or another --output_dir")
+        logger.warning("--overwrite_output_dir: writing over the files in %s (%s)", output_dir, shown)
     if training_args.per_device_train_batch_size < 1:
         raise UserError(f"--per_device_train_batch_size must be >= 1, got {training_args.per_device_train_batch_size}")
     resume = training_args.resume_from_checkpoint
@@ -730,7 +761,7 @@ def save_outputs(args: Arguments, trainer: OmniNegCLIPTrainer, processor: CLIPPr
 
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
-    model_args, data_args, omni_args, lora_args, card_args, training_args = args
+    model_args, data_args, omni_args, lora_args, card_args, training_args, output_args = args
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     datasets.utils.logging.set_verbosity_warning()
     set_seed(training_args.seed)
@@ -745,8 +776,18 @@ def main(argv: list[str]) -> None:
     push = training_args.push_to_hub
     training_args.push_to_hub = False
     widget = load_widget_examples(card_args.widget_examples) if card_args.widget_examples else None
-    resume = check_output_and_resume(training_args)
+    resume = check_output_and_resume(training_args, output_args.overwrite_output_dir, data_args.sources())
+    if data_args.image_embedding_cache_dir:
+        ensure_writable(data_args.image_embedding_cache_dir, "--image_embedding_cache_dir")
+    if training_args.process_index != 0:  # the first process holds the lock for all
+        return train_and_save(args, resume, push, widget)
+    with OutputLock(training_args.output_dir, "--output_dir"):
+        train_and_save(args, resume, push, widget)
 
+
+def train_and_save(args: Arguments, resume: str | None, push: bool, widget: list | None) -> None:
+    """The run itself, once the output folder is known to be writable and is locked."""
+    model_args, data_args, omni_args, lora_args, card_args, training_args, output_args = args
     model, processor = load_model(model_args)
     model.loss_config = omni_args.loss_config()
     model.trainable_config = omni_args.trainable_config(lora=lora_args.enabled)

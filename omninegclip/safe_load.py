@@ -7,12 +7,17 @@ Public surface:
   file and the refused class or function, before any of it is built. `hint` (e.g. what the file
   should hold) is appended to every error message.
 - `open_rgb_image(source, max_pixels=None) -> PIL.Image.Image`: an image file (a path, raw bytes or
-  a `datasets.Image` value `{"bytes", "path"}`) fully decoded and converted to RGB (grayscale,
-  palette, RGBA, CMYK, 16-bit: all converted); a corrupt, truncated, missing or oversized image
+  a `datasets.Image` value `{"bytes", "path"}`) fully decoded and converted to RGB by `to_rgb`;
+  a corrupt, truncated, missing or oversized image
   raises `UnreadableImage` with a short reason, instead of whatever PIL, the file system or
   PIL's decompression-bomb guard would raise. `max_pixels` defaults to PIL's own limit,
   `PIL.Image.MAX_IMAGE_PIXELS` (about 89 million); larger images are refused from their header,
   never decoded.
+- `to_rgb(image) -> PIL.Image.Image`: the one conversion of a decoded image to 8-bit RGB, by content:
+  16-bit and 32-bit grayscale (`I;16*`, `I`) scaled by their bit depth (values up to 255 kept,
+  up to 65535 divided by 257), other integer ranges and floats (`F`; 0..1 taken as 0..255) by
+  their actual range, never clipped to white; transparency (RGBA, LA, PA, P or L with a
+  transparent colour) composited onto white; CMYK, palette, 1-bit and grayscale by PIL.
 - `UnreadableImage(ValueError)`: `.kind` is one of `UNREADABLE_KINDS` (how a skip is counted),
   the message says why.
 """
@@ -89,6 +94,38 @@ def _open(source) -> Image.Image:
     return Image.open(path)
 
 
+def _grey_to_8_bits(image: Image.Image) -> Image.Image:
+    import numpy as np
+
+    values = np.asarray(image, dtype=np.float64)
+    finite = values[np.isfinite(values)]
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    if image.mode == "F" and low >= 0.0 and high <= 1.0:
+        scaled = values * 255.0
+    elif image.mode != "F" and low >= 0 and high <= 255:
+        scaled = values
+    elif image.mode != "F" and low >= 0 and high <= 65535:
+        scaled = values / 257.0  # 16 bits of depth: 65535 -> 255
+    else:
+        scaled = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
+    scaled = np.nan_to_num(scaled, nan=0.0, posinf=255.0, neginf=0.0)
+    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """`image` as 8-bit RGB, by its content (see the module docstring)."""
+    if image.mode == "RGB":
+        return image
+    if image.mode.startswith("I") or image.mode == "F":
+        return _grey_to_8_bits(image).convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        rgb = Image.new("RGB", rgba.size, (255, 255, 255))
+        rgb.paste(rgba, mask=rgba.getchannel("A"))
+        return rgb
+    return image.convert("RGB")
+
+
 def open_rgb_image(source, max_pixels: int | None = None) -> Image.Image:
     """`source` decoded completely, as RGB; `UnreadableImage` if it cannot be (see the module docstring)."""
     limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
@@ -103,7 +140,7 @@ def open_rgb_image(source, max_pixels: int | None = None) -> Image.Image:
                 raise UnreadableImage("image_too_large", f"{width}x{height} = {width * height} pixels, over the "
                                                          f"decompression-bomb limit of {limit} pixels")
             image.load()
-            return image.convert("RGB")
+            return to_rgb(image) if image.mode != "RGB" else image.copy()
     except UnreadableImage:
         raise
     except Image.DecompressionBombError as error:  # over twice PIL's limit: refused by PIL itself while opening

@@ -19,6 +19,7 @@ import json
 import os
 import pickle
 import re
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -33,6 +34,7 @@ from transformers import CLIPModel, GPT2Config, GPT2LMHeadModel
 
 import data_builder
 from conftest import tiny_clip_config
+from test_run_safety import gradient_16_bit_png
 from train_helpers import invoke_cli
 from omninegclip.cli import UserError, run_cli
 
@@ -68,6 +70,7 @@ class Fixtures:
         images.mkdir()
         for name, mode, size in (("ok.png", "RGB", 8), ("rgba.png", "RGBA", 8), ("gray.png", "L", 8), ("big.png", "RGB", 64)):
             (images / name).write_bytes(png_bytes(mode, size))
+        (images / "grad16.png").write_bytes(gradient_16_bit_png())
         (images / "corrupt.png").write_bytes(b"this is not an image")
         (images / "trunc.png").write_bytes(png_bytes()[:40])
         self.images = images
@@ -86,6 +89,19 @@ class Fixtures:
         path.mkdir(parents=True)
         (path / "precious.txt").write_text("x")
         return str(path)
+
+    def locked_out(self, pid: int) -> str:
+        """A fresh output folder holding a run lock of process `pid`."""
+        path = Path(self.out())
+        path.mkdir(parents=True)
+        (path / ".omninegclip.lock").write_text(json.dumps({"pid": pid, "host": socket.gethostname()}))
+        return str(path)
+
+    @staticmethod
+    def dead_pid() -> int:
+        """The id of a process that has finished."""
+        finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+        return int(finished.stdout)
 
     def write(self, name: str, text: str | bytes) -> str:
         path = self.root / name
@@ -159,7 +175,8 @@ class Fixtures:
         return str(path)
 
     def train_args(self, dataset: str, *extra: str) -> list[str]:
-        return ["--model_name_or_path", self.clip(), "--dataset_name", dataset, "--output_dir", self.out(), "--report_to", "none",
+        output = [] if "--output_dir" in extra else ["--output_dir", self.out()]
+        return ["--model_name_or_path", self.clip(), "--dataset_name", dataset, *output, "--report_to", "none",
                 "--max_steps", "1", "--per_device_train_batch_size", "2", "--use_cpu", "true", "--save_strategy", "no",
                 "--eval_strategy", "no", *extra]
 
@@ -190,6 +207,29 @@ def no_weights(folder: Path) -> None:
     """Nothing that looks like a trained model was written into `folder`."""
     written = sorted(path.name for path in Path(folder).glob("*")) if Path(folder).is_dir() else []
     assert not [name for name in written if name.endswith((".safetensors", ".bin")) or name in ("README.md", "config.json")], written
+
+
+def gradient_kept(out: Path) -> None:
+    """The built dataset holds the 16-bit gradient as >= 200 grey levels in their order (not whitened)."""
+    import numpy as np
+
+    built = datasets.load_from_disk(str(out))
+    images = [image for split in built.values() for image in split["image"] if image.width == 256]
+    assert len(images) == 1, len(images)
+    row = np.asarray(images[0].convert("RGB"))[0, :, 0].tolist()
+    assert len(set(row)) >= 200 and row == sorted(row) and max(row) < 255, row
+
+
+def holds_only(folder: Path, names: list[str]) -> None:
+    """Nothing was added to `folder`: its entries (hidden ones only where named) are exactly `names`."""
+    found = sorted(path.name for path in Path(folder).iterdir() if not path.name.startswith(".") or path.name in names)
+    assert found == sorted(names), found
+
+
+def holds(folder: Path, names: list[str]) -> None:
+    """The run wrote (or kept) each of `names` in `folder`."""
+    missing = [name for name in names if not (Path(folder) / name).exists()]
+    assert not missing, (missing, sorted(path.name for path in Path(folder).iterdir()))
 
 
 def db(*args: str) -> list[str]:
@@ -297,6 +337,9 @@ CASES = [
     Case("data_builder", "grayscale_and_rgba_images", lambda fx: db("captions", "--dataset", fx.pairs("modes.jsonl", {"image": "images/gray.png", "caption": "a dog"},
                                                                                                       {"image": "images/rgba.png", "caption": "a cat"}), "--out", fx.out()), 0,
          ("converted to RGB from L: 1", "converted to RGB from RGBA: 1")),
+    Case("data_builder", "image_16_bit_scaled_not_whitened", lambda fx: db("captions", "--dataset", fx.pairs("grad16.jsonl", {"image": "images/grad16.png", "caption": "a dog"}),
+                                                                           "--out", fx.out()), 0,
+         ("converted to RGB from I;16: 1",), check=lambda fx: gradient_kept(fx.last_out)),
     Case("data_builder", "image_url_not_http", lambda fx: db("captions", "--dataset", fx.pairs("file_url.jsonl", {"image": "file:///etc/hostname", "caption": "a dog"}),
                                                              "--out", fx.out()), 0,
          ("skipped row:image_url_not_http: 1 (e.g. file:///etc/hostname)",)),
@@ -345,6 +388,23 @@ CASES = [
          check=lambda fx: no_weights(fx.last_out)),
     Case("train", "zero_steps_max_steps_0", lambda fx: fx.train_args(fx.dataset("good", ["a dog"] * 4), "--max_steps", "0"), 2,
          ("this run would train 0 steps", "--max_steps 0 with 4 training rows"), check=lambda fx: no_weights(fx.last_out)),
+    Case("train", "output_dir_not_empty", lambda fx: fx.train_args(fx.dataset("good", ["a dog"] * 4), "--output_dir", fx.existing_out()), 2,
+         ("is not empty (precious.txt) and this run does not resume from it: pass --overwrite_output_dir",),
+         check=lambda fx: holds_only(fx.last_out, ["precious.txt"])),
+    Case("train", "output_dir_not_empty_overwrite", lambda fx: fx.train_args(fx.dataset("good", ["a dog"] * 4), "--output_dir", fx.existing_out(),
+                                                                             "--overwrite_output_dir", "true"), 0,
+         ("--overwrite_output_dir: writing over the files in",), check=lambda fx: holds(fx.last_out, ["model.safetensors", "precious.txt"])),
+    Case("train", "output_dir_is_the_dataset", lambda fx: fx.train_args(fx.dataset("good", ["a dog"] * 4), "--output_dir", fx.dataset("good", [])), 2,
+         ("overlaps the training data", "the model would overwrite the dataset's files"),
+         check=lambda fx: holds_only(fx.root / "good", ["dataset_dict.json", "train"])),
+    Case("train", "output_dir_inside_the_dataset", lambda fx: fx.train_args(fx.dataset("good", ["a dog"] * 4), "--output_dir", fx.path("good/model")), 2,
+         ("overlaps the training data",), check=lambda fx: holds_only(fx.root / "good", ["dataset_dict.json", "train"])),
+    Case("train", "output_dir_locked_by_a_running_run", lambda fx: fx.train_args(fx.dataset("good", ["a dog"] * 4), "--output_dir", fx.locked_out(pid=1)), 2,
+         ("is in use by another run (pid 1, lock file",), check=lambda fx: holds_only(fx.last_out, [".omninegclip.lock"])),
+    Case("train", "output_dir_lock_of_a_dead_run", lambda fx: fx.train_args(fx.dataset("good", ["a dog"] * 4), "--output_dir", fx.locked_out(pid=fx.dead_pid())), 0,
+         ("taking over the lock of pid", "which is no longer running"), check=lambda fx: holds(fx.last_out, ["model.safetensors"])),
+    Case("train", "output_dir_not_writable", lambda fx: fx.train_args(fx.dataset("good", ["a dog"] * 4), "--output_dir", fx.write("a_file", "x") + "/run"), 2,
+         ("--output_dir", "a_file/run' is not writable (Not a directory); nothing was done",)),
     # ------------------------------------------------------------------ python -m eval (what works today)
     Case("eval", "no_arguments", lambda fx: [], 2, ("the following arguments are required: MODEL, --tasks, --out",)),
     Case("eval", "missing_tasks", lambda fx: fx.eval_args(fx.clip()), 2, ("the following arguments are required: --tasks",)),
@@ -383,6 +443,8 @@ CASES = [
          ("mcq_missing.csv, line 2: missing image",)),
     Case("eval", "empty_caption", lambda fx: fx.eval_args(fx.clip(), "--tasks", "layerwise", "--layerwise", fx.dataset("empty_captions", ["", "", ""]),
                                                           "--layerwise_split", "train"), 2, ("no caption pairs to analyse: skipped 3 (empty caption: 3",)),
+    Case("eval", "image_16_bit", lambda fx: fx.eval_args(fx.clip(), "--tasks", "negbench_mcq", "--negbench_mcq", fx.mcq("mcq_16bit.csv", "grad16.png")), 0,
+         ("negbench_mcq",)),
     Case("eval", "long_caption_rgba_gray_images", lambda fx: fx.eval_args(fx.clip(), "--tasks", "negbench_mcq", "--negbench_mcq",
                                                                           fx.mcq("mcq_long.csv", "rgba.png", "gray.png", caption=LONG_CAPTION)), 0,
          ("1 texts longer than 77 tokens were truncated",), once="longer than 77 tokens"),

@@ -34,3 +34,113 @@ def test_steps_counted_like_the_trainer():
     assert train.check_training_steps(_trainer(rows=20, per_device=64, drop_last=False, max_steps=7)) == 7  # one short batch
     with pytest.raises(UserError, match="--num_train_epochs 0.0"):
         train.check_training_steps(_trainer(rows=20, per_device=4, epochs=0.0))
+
+
+def test_read_only_output_dir_is_refused_before_any_work(tmp_path, monkeypatch):
+    import errno
+    from pathlib import Path
+
+    from omninegclip.outputs import OutputLock
+
+    real_write = Path.write_bytes
+
+    def read_only(self, data):
+        if self.parent == tmp_path / "mount":
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real_write(self, data)
+
+    (tmp_path / "mount").mkdir()
+    monkeypatch.setattr(Path, "write_bytes", read_only)
+    with pytest.raises(UserError, match=r"--output_dir '.*mount' is not writable \(Read-only file system\); nothing was done"):
+        OutputLock(tmp_path / "mount", "--output_dir").acquire()
+    assert list((tmp_path / "mount").iterdir()) == []
+
+
+def test_lock_is_released_after_the_run_and_a_second_holder_is_refused(tmp_path):
+    from omninegclip.outputs import LOCK_FILE, OutputLock
+
+    with OutputLock(tmp_path, "--output_dir"):
+        assert (tmp_path / LOCK_FILE).is_file()
+        with pytest.raises(UserError, match=rf"is in use by another run \(pid {__import__('os').getpid()}, lock file"):
+            OutputLock(tmp_path, "--output_dir").acquire()
+    assert not (tmp_path / LOCK_FILE).exists()
+
+
+def test_resuming_into_its_own_non_empty_folder_is_allowed(tmp_path):
+    from transformers import TrainingArguments
+
+    (tmp_path / "checkpoint-2").mkdir()
+    (tmp_path / "checkpoint-2" / train.TRAINER_STATE_FILE).write_text("{}")
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True, resume_from_checkpoint="latest")
+    assert train.check_output_and_resume(args) == str(tmp_path / "checkpoint-2")
+    args.resume_from_checkpoint = None
+    with pytest.raises(UserError, match="pass --resume_from_checkpoint latest to continue the run saved there, --overwrite_output_dir"):
+        train.check_output_and_resume(args)
+
+
+# ---------------------------------------------------------------------------------------- image modes
+
+
+def gradient_16_bit_png() -> bytes:
+    """A 256 x 4 16-bit grayscale PNG (mode I;16), levels 0..63750 rising left to right."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.tile(np.linspace(0, 63750, 256), (4, 1)).astype(np.uint16)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _grey_row(image) -> list[int]:
+    import numpy as np
+
+    pixels = np.asarray(image)
+    assert image.mode == "RGB" and (pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all()
+    return pixels[0, :, 0].tolist()
+
+
+def test_16_bit_grayscale_keeps_its_levels_and_their_order():
+    from omninegclip.safe_load import open_rgb_image
+
+    row = _grey_row(open_rgb_image(gradient_16_bit_png()))
+    assert len(set(row)) >= 200 and row == sorted(row)
+    assert row[0] == 0 and row[-1] == round(63750 / 257)  # scaled by bit depth, not clipped to white
+
+
+@pytest.mark.parametrize("mode, values, expected_first, expected_last", [
+    ("I", [-1000, 1000], 0, 255),  # a signed range: scaled by its actual range
+    ("I", [0, 200], 0, 200),  # 8-bit data in a 32-bit container: kept
+    ("F", [0.0, 1.0], 0, 255),  # floats in 0..1
+    ("F", [-5.0, 20.0], 0, 255),  # floats of any other range: by their range
+])
+def test_wide_grey_modes_are_scaled_by_content(mode, values, expected_first, expected_last):
+    import numpy as np
+    from PIL import Image
+
+    from omninegclip.safe_load import to_rgb
+
+    dtype = np.int32 if mode == "I" else np.float32
+    row = _grey_row(to_rgb(Image.fromarray(np.tile(np.linspace(*values, 64), (2, 1)).astype(dtype), mode=mode)))
+    assert row == sorted(row) and len(set(row)) >= 50
+    assert (row[0], row[-1]) == (expected_first, expected_last)
+
+
+def test_transparency_is_composited_onto_white_and_cmyk_keeps_its_colour():
+    from PIL import Image
+
+    from omninegclip.safe_load import to_rgb
+
+    rgba = Image.new("RGBA", (2, 1), (200, 30, 30, 255))
+    rgba.putpixel((1, 0), (0, 0, 0, 0))  # fully transparent (black underneath)
+    assert [to_rgb(rgba).getpixel((x, 0)) for x in range(rgba.width)] == [(200, 30, 30), (255, 255, 255)]
+    la = Image.new("LA", (1, 1), (10, 0))
+    assert [to_rgb(la).getpixel((x, 0)) for x in range(la.width)] == [(255, 255, 255)]
+    palette = Image.new("P", (2, 1), 0)
+    palette.putpalette([0, 0, 0, 250, 10, 10] + [0] * 762)
+    palette.putpixel((1, 0), 1)
+    palette.info["transparency"] = 0
+    assert [to_rgb(palette).getpixel((x, 0)) for x in range(palette.width)] == [(255, 255, 255), (250, 10, 10)]
+    cyan = to_rgb(Image.new("CMYK", (1, 1), (255, 0, 0, 0))).getpixel((0, 0))
+    assert cyan == (0, 255, 255)
