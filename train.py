@@ -230,15 +230,25 @@ class OmniNegArguments:
         except ValueError as error:
             raise UserError(f"bad loss setting: {error}") from None
 
+    def blocks_choice(self) -> tuple[str, list[str]]:
+        """(the flag that chooses the text blocks, the given flags it overrides): --text_blocks wins
+        over --text_preset, which wins over --front_blocks (a config file's value may be overridden)."""
+        given = [f"--{name} {value}" for name, value in (("text_blocks", self.text_blocks), ("text_preset", self.text_preset),
+                                                         ("front_blocks", self.front_blocks)) if value is not None]
+        return (given[0], given[1:]) if given else ("the default (the front half)", [])
+
     def trainable_config(self, lora: bool = False) -> TrainableConfig:
         """What trains. Under LoRA the chosen blocks get adapters instead, and the other text parts
         stay frozen unless their flag is given."""
         blocks = None
-        if self.text_blocks:
+        if self.text_blocks is not None:
             try:
                 blocks = [int(part) for part in self.text_blocks.split(",") if part.strip()]
             except ValueError:
                 raise UserError(f"--text_blocks must be comma-separated integers like '0,1,2', got {self.text_blocks!r}") from None
+            if not blocks:
+                raise UserError(f"--text_blocks {self.text_blocks!r} selects no text block; expected comma-separated indices like '0,1,2' "
+                                f"(leave it out for the default, or --front_blocks 0 to train no block)")
         default = not lora
         chosen = lambda flag: default if flag is None else flag  # noqa: E731
         try:
@@ -630,6 +640,19 @@ def check_training_steps(trainer: Trainer) -> int:
     return steps
 
 
+def log_text_blocks(model: OmniNegCLIPModel, omni_args: OmniNegArguments, lora: bool) -> list[int]:
+    """Say which text blocks train and which flag chose them (a warning when it overrode another)."""
+    depth = model.config.text_config.num_hidden_layers
+    blocks = resolve_text_blocks(depth, model.trainable_config)
+    chooser, overridden = omni_args.blocks_choice()
+    if overridden:
+        logger.warning("%s decides the text blocks; %s given too and ignored (--text_blocks wins over --text_preset, "
+                       "which wins over --front_blocks)", chooser, " and ".join(overridden))
+    logger.info("text blocks that train%s: %s of %d (chosen by %s)", " (LoRA adapters)" if lora else "",
+                blocks or "none", depth, chooser)
+    return blocks
+
+
 def lora_target_regex(blocks: list[int], target: str) -> str:
     """PEFT `target_modules` for the chosen text blocks only. PEFT full-matches it against module
     names, so the vision tower's `vision_model.encoder.layers.*` never match."""
@@ -800,6 +823,7 @@ def train_and_save(args: Arguments, resume: str | None, push: bool, widget: list
             apply_trainable(model, model.trainable_config)
     except ValueError as error:
         raise UserError(f"bad trainable setting for {model_args.model_name_or_path!r}: {error}") from None
+    log_text_blocks(model, omni_args, lora_args.enabled)
 
     prepared, reports = prepare_splits(args, processor, model)
     record = training_record(args, model, lora_settings, push, reports, resume)

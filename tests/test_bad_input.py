@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import pickle
 import re
@@ -409,6 +410,14 @@ CASES = [
          ("taking over the lock of pid", "which is no longer running"), check=lambda fx: holds(fx.last_out, ["model.safetensors"])),
     Case("train", "output_dir_not_writable", lambda fx: fx.train_args(fx.dataset("good", ["a dog"] * 4), "--output_dir", fx.write("a_file", "x") + "/run"), 2,
          ("--output_dir", "a_file/run' is not writable (Not a directory); nothing was done",)),
+    Case("train", "text_blocks_blank", lambda fx: fx.train_args(fx.dataset("good", ["a dog"] * 4), "--text_blocks", " "), 2,
+         ("--text_blocks ' ' selects no text block",)),
+    Case("train", "text_preset_overrides_front_blocks", lambda fx: fx.train_args(fx.dataset("good", ["a dog"] * 4), "--front_blocks", "1",
+                                                                                 "--text_preset", "back"), 0,
+         ("--text_preset back decides the text blocks; --front_blocks 1 given too and ignored",
+          "text blocks that train: [3, 4] of 5 (chosen by --text_preset back)")),
+    Case("train", "text_blocks_logged", lambda fx: fx.train_args(fx.dataset("good", ["a dog"] * 4)), 0,
+         ("text blocks that train: [0, 1] of 5 (chosen by the default (the front half))",)),
     # ------------------------------------------------------------------ python -m eval (what works today)
     Case("eval", "no_arguments", lambda fx: [], 2, ("the following arguments are required: MODEL, --tasks, --out",)),
     Case("eval", "missing_tasks", lambda fx: fx.eval_args(fx.clip()), 2, ("the following arguments are required: --tasks",)),
@@ -461,8 +470,9 @@ def fx(tmp_path_factory, processor) -> Fixtures:
 
 
 @pytest.fixture(autouse=True)
-def no_debug(monkeypatch):
+def no_debug(monkeypatch, caplog):
     monkeypatch.delenv("OMNINEGCLIP_DEBUG", raising=False)
+    caplog.set_level(logging.INFO, logger="omninegclip.train")  # what train.py says it trains
 
 
 def run_case(case: Case, fx: Fixtures, capsys, caplog) -> tuple[int, str]:
