@@ -100,9 +100,10 @@ from omninegclip.data import (
     prepare_dataset,
     summarize_reports,
 )
-from omninegclip.outputs import LOCK_FILE, OutputLock, ensure_writable, overlapping
 from omninegclip.model_card import load_widget_examples, push_checkpoint, write_model_card
+from omninegclip.outputs import LOCK_FILE, OutputLock, ensure_writable, overlapping
 from omninegclip.provenance import provenance
+from omninegclip.safe_load import load_pretrained_checked
 
 logger = logging.getLogger("omninegclip.train")
 
@@ -549,7 +550,7 @@ def load_model(model_args: ModelArguments) -> tuple[OmniNegCLIPModel, CLIPProces
     elif not HUB_ID.match(source):
         raise UserError(f"--model_name_or_path {source!r} does not exist (expected a CLIP checkpoint folder or a Hub id)")
     try:
-        model = OmniNegCLIPModel.from_pretrained(source, cache_dir=model_args.cache_dir, trust_remote_code=False)
+        model = load_pretrained_checked(OmniNegCLIPModel, source, f"--model_name_or_path {source!r}", cache_dir=model_args.cache_dir)
     except (OSError, ValueError, KeyError) as error:
         raise UserError(f"--model_name_or_path {source!r}: could not load a CLIP checkpoint: {_first_line(error)}") from None
     processor_source = model_args.processor_name_or_path or source

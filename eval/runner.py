@@ -28,9 +28,9 @@ from eval.report import write_outputs
 from eval.tasks import TASKS, BuiltTask, build_tasks, check_data, check_task_names
 from omninegclip.cli import UserError
 from omninegclip.provenance import provenance
+from omninegclip.safe_load import WEIGHTS_FILES, load_pretrained_checked
 
 HARNESS_VERSION = "1.0.0"
-WEIGHTS_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
 def _first_line(error: Exception) -> str:
@@ -73,7 +73,7 @@ def load_clip(model_id: str, device: str | torch.device = "cpu"):
 
     check_clip_checkpoint(model_id)
     try:
-        model = CLIPModel.from_pretrained(model_id, trust_remote_code=False)
+        model = load_pretrained_checked(CLIPModel, model_id, f"model {model_id}")
         processor = CLIPProcessor.from_pretrained(model_id, trust_remote_code=False)
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise UserError(f"model {model_id}: cannot load the CLIP weights and processor ({_first_line(error)})") from error
@@ -120,6 +120,8 @@ def run_evaluation(
     torch_device = resolve_device(device)
     for model in models:
         check_clip_checkpoint(model)
+    for model in models:  # weights and processor of every model, before any is evaluated
+        load_clip(model, "cpu")  # loaded, checked and let go
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)

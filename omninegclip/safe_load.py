@@ -18,6 +18,10 @@ Public surface:
   up to 65535 divided by 257), other integer ranges and floats (`F`; 0..1 taken as 0..255) by
   their actual range, never clipped to white; transparency (RGBA, LA, PA, P or L with a
   transparent colour) composited onto white; CMYK, palette, 1-bit and grayscale by PIL.
+- `load_pretrained_checked(cls, source, what, **kwargs)`: `cls.from_pretrained(source, ...)` with
+  `trust_remote_code=False`, refusing (a `UserError` naming `what`, the weights file and the keys)
+  weights that do not fit the config (keys missing, so left random; unexpected, so ignored; of
+  another shape) and a weights file that cannot be read (truncated, corrupt) or does not exist.
 - `UnreadableImage(ValueError)`: `.kind` is one of `UNREADABLE_KINDS` (how a skip is counted),
   the message says why.
 """
@@ -66,6 +70,49 @@ def load_torch_file(path: str | Path, hint: str = "") -> object:
     except (RuntimeError, OSError, ValueError, struct.error) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserError(f"{path}: not a readable torch.save file ({first_line}).{hint}") from None
+
+
+WEIGHTS_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def _weights_file(source) -> str:
+    folder = Path(str(source)).expanduser()
+    found = [folder / name for name in WEIGHTS_FILES if (folder / name).is_file()]
+    return str(found[0]) if found else f"the weights of {source}"
+
+
+def _key_list(keys) -> str:
+    names = sorted(str(key[0] if isinstance(key, tuple) else key) for key in keys)
+    return ", ".join(names[:6]) + (f", … ({len(names)} in all)" if len(names) > 6 else "")
+
+
+def load_pretrained_checked(cls, source, what: str, **kwargs):
+    """`cls.from_pretrained(source, **kwargs)`, refusing weights that do not fit (see the module docstring)."""
+    from safetensors import SafetensorError
+
+    try:
+        model, info = cls.from_pretrained(source, output_loading_info=True, trust_remote_code=False, **kwargs)
+    except SafetensorError as error:
+        raise UserError(f"{what}: {_weights_file(source)} cannot be read ({_first_line(error)}): the file is truncated or "
+                        f"corrupt; copy or download it again") from None
+    except (RuntimeError, ValueError) as error:
+        if "size mismatch" not in str(error) and "shape" not in str(error):
+            raise
+        raise UserError(f"{what}: {_weights_file(source)} does not fit its config.json ({_first_line(error)})") from None
+    problems = [f"{label}: {_key_list(info.get(key) or ())}" for key, label in (
+        ("missing_keys", "missing from the weights (they would stay random)"),
+        ("unexpected_keys", "in the weights but not in the config (they would be ignored)"),
+        ("mismatched_keys", "of another shape than the config says"),
+    ) if info.get(key)]
+    if problems:
+        raise UserError(f"{what}: {_weights_file(source)} does not fit its config.json: " + "; ".join(problems)
+                        + ". Pass the folder the weights were saved with (its config.json beside them)")
+    return model
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 class UnreadableImage(ValueError):

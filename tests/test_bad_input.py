@@ -20,6 +20,7 @@ import logging
 import os
 import pickle
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -150,6 +151,27 @@ class Fixtures:
             self.processor.save_pretrained(path)
         return str(path)
 
+    def broken_clip(self, kind: str) -> str:
+        """A CLIP folder whose weights are wrong: `deeper_config` (3-layer weights, config says 5),
+        `truncated` (model.safetensors cut in half) or `no_processor` (weights and config only)."""
+        path = self.root / f"clip_{kind}"
+        if not path.exists():
+            shutil.copytree(self.clip(), path)
+            if kind == "deeper_config":
+                torch.manual_seed(0)
+                CLIPModel(tiny_clip_config(3)).save_pretrained(path)
+                config = json.loads((path / "config.json").read_text())
+                config["text_config"]["num_hidden_layers"] = 5
+                (path / "config.json").write_text(json.dumps(config))
+            elif kind == "truncated":
+                data = (path / "model.safetensors").read_bytes()
+                (path / "model.safetensors").write_bytes(data[: len(data) // 2])
+            else:
+                for name in path.iterdir():
+                    if name.name not in ("config.json", "model.safetensors"):
+                        name.unlink()
+        return str(path)
+
     def gpt2(self) -> str:
         path = self.root / "gpt2"
         if not path.exists():
@@ -219,6 +241,10 @@ def gradient_kept(out: Path) -> None:
     assert len(images) == 1, len(images)
     row = np.asarray(images[0].convert("RGB"))[0, :, 0].tolist()
     assert len(set(row)) >= 200 and row == sorted(row) and max(row) < 255, row
+
+
+def nothing_written(folder: Path) -> None:
+    assert not Path(folder).exists() or not any(Path(folder).iterdir()), sorted(Path(folder).iterdir())
 
 
 def holds_only(folder: Path, names: list[str]) -> None:
@@ -418,6 +444,11 @@ CASES = [
           "text blocks that train: [3, 4] of 5 (chosen by --text_preset back)")),
     Case("train", "text_blocks_logged", lambda fx: fx.train_args(fx.dataset("good", ["a dog"] * 4)), 0,
          ("text blocks that train: [0, 1] of 5 (chosen by the default (the front half))",)),
+    Case("train", "weights_do_not_fit_the_config", lambda fx: ["--model_name_or_path", fx.broken_clip("deeper_config"), *fx.train_args(fx.dataset("good", ["a dog"] * 4))[2:]], 2,
+         ("clip_deeper_config/model.safetensors does not fit its config.json: missing from the weights (they would stay random): "
+          "text_model.encoder.layers.3.layer_norm1.bias",)),
+    Case("train", "weights_truncated", lambda fx: ["--model_name_or_path", fx.broken_clip("truncated"), *fx.train_args(fx.dataset("good", ["a dog"] * 4))[2:]], 2,
+         ("clip_truncated/model.safetensors cannot be read (", "the file is truncated or corrupt")),
     # ------------------------------------------------------------------ python -m eval (what works today)
     Case("eval", "no_arguments", lambda fx: [], 2, ("the following arguments are required: MODEL, --tasks, --out",)),
     Case("eval", "missing_tasks", lambda fx: fx.eval_args(fx.clip()), 2, ("the following arguments are required: --tasks",)),
@@ -458,6 +489,14 @@ CASES = [
                                                           "--layerwise_split", "train"), 2, ("no caption pairs to analyse: skipped 3 (empty caption: 3",)),
     Case("eval", "image_16_bit", lambda fx: fx.eval_args(fx.clip(), "--tasks", "negbench_mcq", "--negbench_mcq", fx.mcq("mcq_16bit.csv", "grad16.png")), 0,
          ("negbench_mcq",)),
+    Case("eval", "weights_do_not_fit_the_config", lambda fx: fx.eval_args(fx.broken_clip("deeper_config"), "--tasks", "negbench_mcq", "--negbench_mcq",
+                                                                          fx.mcq("mcq_ok.csv", "ok.png")), 2,
+         ("model ", "clip_deeper_config/model.safetensors does not fit its config.json: missing from the weights",)),
+    Case("eval", "weights_truncated", lambda fx: fx.eval_args(fx.broken_clip("truncated"), "--tasks", "negbench_mcq", "--negbench_mcq", fx.mcq("mcq_ok.csv", "ok.png")), 2,
+         ("clip_truncated/model.safetensors cannot be read (",)),
+    Case("eval", "second_model_without_processor", lambda fx: [fx.clip(), *fx.eval_args(fx.broken_clip("no_processor"), "--tasks", "negbench_mcq", "--negbench_mcq",
+                                                                                         fx.mcq("mcq_ok.csv", "ok.png"))], 2,
+         ("clip_no_processor: cannot load the CLIP weights and processor",), check=lambda fx: nothing_written(fx.last_out)),
     Case("eval", "long_caption_rgba_gray_images", lambda fx: fx.eval_args(fx.clip(), "--tasks", "negbench_mcq", "--negbench_mcq",
                                                                           fx.mcq("mcq_long.csv", "rgba.png", "gray.png", caption=LONG_CAPTION)), 0,
          ("1 texts longer than 77 tokens were truncated",), once="longer than 77 tokens"),

@@ -144,3 +144,29 @@ def test_transparency_is_composited_onto_white_and_cmyk_keeps_its_colour():
     assert [to_rgb(palette).getpixel((x, 0)) for x in range(palette.width)] == [(255, 255, 255), (250, 10, 10)]
     cyan = to_rgb(Image.new("CMYK", (1, 1), (255, 0, 0, 0))).getpixel((0, 0))
     assert cyan == (0, 255, 255)
+
+
+# ---------------------------------------------------------------------------------------- checkpoints
+
+
+def test_eval_checks_every_model_before_evaluating_any(tmp_path, processor, monkeypatch):
+    import shutil
+
+    import eval.runner as runner
+    from train_helpers import save_tiny_clip
+
+    good = save_tiny_clip(tmp_path / "good", processor)
+    bare = tmp_path / "bare"
+    shutil.copytree(good, bare)
+    for path in bare.iterdir():
+        if path.name not in ("config.json", "model.safetensors"):
+            path.unlink()
+    (tmp_path / "x.png").write_bytes(gradient_16_bit_png())
+    csv = tmp_path / "mcq.csv"
+    csv.write_text("image_path,correct_answer,caption_0,caption_1,caption_2,caption_3,correct_answer_template\n"
+                   f"{tmp_path / 'x.png'},0,a dog,no dog,a cat,no cat,negation\n")
+    evaluated = []
+    monkeypatch.setattr(runner, "evaluate_tasks", lambda *args, **kwargs: evaluated.append(args) or {})
+    with pytest.raises(UserError, match="bare: cannot load the CLIP weights and processor"):
+        runner.run_evaluation([str(good), str(bare)], ["negbench_mcq"], {"negbench_mcq": str(csv)}, tmp_path / "out", progress=False)
+    assert evaluated == [] and not (tmp_path / "out").exists()
