@@ -654,6 +654,42 @@ def log_text_blocks(model: OmniNegCLIPModel, omni_args: OmniNegArguments, lora: 
     return blocks
 
 
+def _resume_identity(record: dict) -> dict:
+    """What must match for a run to resume another: base model, data, losses, trainable parts, LoRA."""
+    record = json.loads(json.dumps(record, default=str))  # as the checkpoint's JSON holds it
+    settings = record.get("omninegclip") or {}
+    return {
+        "base model (--model_name_or_path)": record.get("base_model"),
+        "datasets (--dataset_name, --mix_dataset_name)": record.get("datasets"),
+        "data rows (per dataset and split: rows read, rows kept)": [
+            [report.get("name"), report.get("split"), report.get("rows"), report.get("kept")] for report in record.get("data") or []],
+        "loss settings (--lambda_*, --margin)": settings.get("loss"),
+        "text blocks that train": settings.get("trainable_text_blocks"),
+        "trainable parts (--train_*)": {key: value for key, value in (settings.get("trainable") or {}).items()
+                                        if key not in ("front_blocks", "text_preset", "text_blocks")},
+        "LoRA (--lora_*)": settings.get("lora"),
+    }
+
+
+def check_resume_settings(checkpoint: str | Path, record: dict) -> None:
+    """A `UserError` naming every difference between the settings recorded in the checkpoint to
+    resume from and this run's (a resumed run must continue the same run)."""
+    path = Path(checkpoint) / PROVENANCE_FILE
+    try:
+        saved = json.loads(path.read_text())
+    except FileNotFoundError:
+        logger.warning("--resume_from_checkpoint %s: no %s there, so its settings cannot be compared with this run's", checkpoint, PROVENANCE_FILE)
+        return
+    except (OSError, ValueError) as error:
+        raise UserError(f"--resume_from_checkpoint: {path} cannot be read ({_first_line(error)})") from None
+    before, now = _resume_identity(saved), _resume_identity(record)
+    differences = [f"{name}: {before[name]!r} in the checkpoint, {now[name]!r} now" for name in now if before[name] != now[name]]
+    if differences:
+        raise UserError(f"--resume_from_checkpoint {checkpoint} was saved by a run with other settings: " + "; ".join(differences)
+                        + ". Resume with the checkpoint's settings, or start a new run from its weights with "
+                          f"--model_name_or_path {checkpoint} and another --output_dir")
+
+
 def lora_target_regex(blocks: list[int], target: str) -> str:
     """PEFT `target_modules` for the chosen text blocks only. PEFT full-matches it against module
     names, so the vision tower's `vision_model.encoder.layers.*` never match."""
@@ -828,6 +864,8 @@ def train_and_save(args: Arguments, resume: str | None, push: bool, widget: list
 
     prepared, reports = prepare_splits(args, processor, model)
     record = training_record(args, model, lora_settings, push, reports, resume)
+    if resume:
+        check_resume_settings(resume, record)
     trainer = OmniNegCLIPTrainer(
         model=trained_model,
         args=training_args,

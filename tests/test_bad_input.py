@@ -203,6 +203,16 @@ class Fixtures:
                 "--max_steps", "1", "--per_device_train_batch_size", "2", "--use_cpu", "true", "--save_strategy", "no",
                 "--eval_strategy", "no", *extra]
 
+    def checkpoint(self) -> str:
+        """The checkpoint-1 folder of a one-step run on the `good` dataset (trained on first use)."""
+        run = self.root / "run_with_checkpoint"
+        if not (run / "checkpoint-1").is_dir():
+            import train
+
+            train.main([*self.train_args(self.dataset("good", ["a dog"] * 4), "--output_dir", str(run)), "--save_strategy", "steps", "--save_steps", "1"])
+            self.checkpoint_digest = folder_digest(run)
+        return str(run / "checkpoint-1")
+
     def mcq(self, name: str, *images: str, caption: str = "a dog") -> str:
         header = "image_path,correct_answer,caption_0,caption_1,caption_2,caption_3,correct_answer_template\n"
         return self.write(name, header + "".join(f"{self.images / image},0,{caption},no dog,a cat,no cat,negation\n" for image in images))
@@ -241,6 +251,16 @@ def gradient_kept(out: Path) -> None:
     assert len(images) == 1, len(images)
     row = np.asarray(images[0].convert("RGB"))[0, :, 0].tolist()
     assert len(set(row)) >= 200 and row == sorted(row) and max(row) < 255, row
+
+
+def folder_digest(folder: Path) -> dict[str, str]:
+    """Every file under `folder` (hidden ones aside) and a hash of its bytes."""
+    return {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(Path(folder).rglob("*")) if path.is_file() and not path.name.startswith(".")}
+
+
+def unchanged(folder: Path, digest: dict[str, str]) -> None:
+    assert folder_digest(folder) == digest
 
 
 def nothing_written(folder: Path) -> None:
@@ -444,6 +464,16 @@ CASES = [
           "text blocks that train: [3, 4] of 5 (chosen by --text_preset back)")),
     Case("train", "text_blocks_logged", lambda fx: fx.train_args(fx.dataset("good", ["a dog"] * 4)), 0,
          ("text blocks that train: [0, 1] of 5 (chosen by the default (the front half))",)),
+    Case("train", "resume_with_other_settings", lambda fx: fx.train_args(fx.dataset("other", ["a cat"] * 6), "--resume_from_checkpoint", fx.checkpoint(),
+                                                                         "--output_dir", str(Path(fx.checkpoint()).parent), "--max_steps", "2",
+                                                                         "--lambda_text", "0.5", "--text_blocks", "0"), 2,
+         ("checkpoint-1 was saved by a run with other settings: datasets", "good'] in the checkpoint", "other'] now",
+          "loss settings (--lambda_*, --margin)", "text blocks that train: [0, 1] in the checkpoint, [0] now",
+          "or start a new run from its weights with --model_name_or_path"),
+         check=lambda fx: unchanged(Path(fx.checkpoint()).parent, fx.checkpoint_digest)),
+    Case("train", "resume_with_the_same_settings", lambda fx: fx.train_args(fx.dataset("good", ["a dog"] * 4), "--resume_from_checkpoint", fx.checkpoint(),
+                                                                            "--output_dir", str(Path(fx.checkpoint()).parent), "--max_steps", "2"), 0,
+         ("wrote the checkpoint",)),
     Case("train", "weights_do_not_fit_the_config", lambda fx: ["--model_name_or_path", fx.broken_clip("deeper_config"), *fx.train_args(fx.dataset("good", ["a dog"] * 4))[2:]], 2,
          ("clip_deeper_config/model.safetensors does not fit its config.json: missing from the weights (they would stay random): "
           "text_model.encoder.layers.3.layer_norm1.bias",)),
