@@ -641,6 +641,26 @@ def check_training_steps(trainer: Trainer) -> int:
     return steps
 
 
+IN_BATCH_TERMS = ("loss_presence_text", "loss_absence_negated", "loss_absence_original")  # 0 with one row per batch
+
+
+def warn_degenerate_training(training_args: TrainingArguments, reports: list[SourceReport], split: str) -> list[str]:
+    """Warnings for runs that train something other than they seem to: a global batch of one row
+    (the in-batch terms are 0), training rows without any negation (plain CLIP fine-tuning)."""
+    warnings = []
+    global_batch = training_args.per_device_train_batch_size * training_args.world_size
+    if global_batch == 1:
+        warnings.append(f"a global batch of 1 row (--per_device_train_batch_size 1 x 1 process): the in-batch terms "
+                        f"{', '.join(IN_BATCH_TERMS)} compare each row only with itself and are 0; use a batch of 2 or more")
+    train = [report for report in reports if report.split == split]
+    if train and not any(report.with_presence or report.with_absence or report.with_affirmed for report in train):
+        warnings.append(f"no training row has a presence or an absence negation ({', '.join(repr(report.name) for report in train)}): "
+                        f"this is plain CLIP fine-tuning, not Omni-NegCLIP; check --presence_column and --absence_column")
+    for warning in warnings:
+        logger.warning(warning)
+    return warnings
+
+
 def log_text_blocks(model: OmniNegCLIPModel, omni_args: OmniNegArguments, lora: bool) -> list[int]:
     """Say which text blocks train and which flag chose them (a warning when it overrode another)."""
     depth = model.config.text_config.num_hidden_layers
@@ -863,6 +883,7 @@ def train_and_save(args: Arguments, resume: str | None, push: bool, widget: list
     log_text_blocks(model, omni_args, lora_args.enabled)
 
     prepared, reports = prepare_splits(args, processor, model)
+    warn_degenerate_training(training_args, reports, data_args.train_split)
     record = training_record(args, model, lora_settings, push, reports, resume)
     if resume:
         check_resume_settings(resume, record)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -127,6 +128,7 @@ def run_evaluation(
     torch.manual_seed(seed)
 
     built = build_tasks(task_names, data, max_items)
+    drop_degenerate_items(built)
     check_not_empty(built)
     pairs = None
     if "layerwise" in task_names:
@@ -174,6 +176,24 @@ def run_evaluation(
         results["tasks"][task.data.name]["notes"] = task.data.notes
     write_outputs(results, out_dir)
     return results
+
+
+def drop_degenerate_items(built: list[BuiltTask]) -> None:
+    """Leave out (counted in the task's notes) the multiple-choice items with fewer than two options,
+    which every model gets right; refuse a retrieval over fewer than two images, where every R@k is
+    100 % whatever the model."""
+    for task in built:
+        data = task.data
+        single = [item for item in data.choices if len(item.texts if item.choose == "text" else item.images) < 2]
+        if single:
+            data.choices = [item for item in data.choices if item not in single]
+            shown = ", ".join(item.item_id or "?" for item in single[:3]) + (", …" if len(single) > 3 else "")
+            note = f"left out {len(single)} item(s) with a single option, which any model gets right (e.g. {shown})"
+            data.notes = f"{data.notes}; {note}" if data.notes else note
+            print(f"warning: task {data.name}: {note}", file=sys.stderr)
+        if data.retrieval is not None and len(data.retrieval.images) < 2:
+            raise UserError(f"task {data.name}: retrieval over {len(data.retrieval.images)} image(s) scores 100 % for any model; "
+                            f"it needs at least two images (check --max_items and the data file)")
 
 
 def check_not_empty(built: list[BuiltTask]) -> None:

@@ -474,6 +474,11 @@ CASES = [
     Case("train", "resume_with_the_same_settings", lambda fx: fx.train_args(fx.dataset("good", ["a dog"] * 4), "--resume_from_checkpoint", fx.checkpoint(),
                                                                             "--output_dir", str(Path(fx.checkpoint()).parent), "--max_steps", "2"), 0,
          ("wrote the checkpoint",)),
+    Case("train", "batch_of_one_row", lambda fx: fx.train_args(fx.dataset("good", ["a dog"] * 4), "--per_device_train_batch_size", "1"), 0,
+         ("a global batch of 1 row (--per_device_train_batch_size 1 x 1 process): the in-batch terms loss_presence_text, "
+          "loss_absence_negated, loss_absence_original compare each row only with itself and are 0",)),
+    Case("train", "no_negation_at_all", lambda fx: fx.train_args(fx.dataset("good", ["a dog"] * 4), "--presence_column", "none", "--absence_column", "none"), 0,
+         ("no training row has a presence or an absence negation", "this is plain CLIP fine-tuning, not Omni-NegCLIP")),
     Case("train", "weights_do_not_fit_the_config", lambda fx: ["--model_name_or_path", fx.broken_clip("deeper_config"), *fx.train_args(fx.dataset("good", ["a dog"] * 4))[2:]], 2,
          ("clip_deeper_config/model.safetensors does not fit its config.json: missing from the weights (they would stay random): "
           "text_model.encoder.layers.3.layer_norm1.bias",)),
@@ -527,6 +532,18 @@ CASES = [
     Case("eval", "second_model_without_processor", lambda fx: [fx.clip(), *fx.eval_args(fx.broken_clip("no_processor"), "--tasks", "negbench_mcq", "--negbench_mcq",
                                                                                          fx.mcq("mcq_ok.csv", "ok.png"))], 2,
          ("clip_no_processor: cannot load the CLIP weights and processor",), check=lambda fx: nothing_written(fx.last_out)),
+    Case("eval", "single_option_mcq", lambda fx: fx.eval_args(fx.clip(), "--tasks", "negbench_mcq", "--negbench_mcq", fx.write(
+        "mcq_one_option.csv", f"image_path,correct_answer,caption_0\n{fx.images / 'ok.png'},0,a dog\n")), 2,
+         ("task negbench_mcq: no item to evaluate", "left out 1 item(s) with a single option, which any model gets right"),
+         check=lambda fx: nothing_written(fx.last_out)),
+    Case("eval", "retrieval_over_one_image", lambda fx: fx.eval_args(fx.clip(), "--tasks", "retrieval", "--retrieval", fx.write("karpathy_one.json", json.dumps(
+        {"images": [{"filename": "ok.png", "split": "test", "sentences": [{"raw": "a dog"}, {"raw": "a red square"}]}]})),
+                                                                     "--retrieval_images", str(fx.images)), 2,
+         ("task retrieval: retrieval over 1 image(s) scores 100 % for any model",), check=lambda fx: nothing_written(fx.last_out)),
+    Case("eval", "karpathy_image_without_sentences", lambda fx: fx.eval_args(fx.clip(), "--tasks", "retrieval", "--retrieval", fx.write("karpathy_empty.json", json.dumps(
+        {"images": [{"filename": name, "split": "test", "sentences": [{"raw": f"a {name}"}] if name != "gray.png" else []}
+                    for name in ("ok.png", "gray.png", "rgba.png")]})), "--retrieval_images", str(fx.images)), 0,
+         ("image without a usable caption: 1",)),
     Case("eval", "long_caption_rgba_gray_images", lambda fx: fx.eval_args(fx.clip(), "--tasks", "negbench_mcq", "--negbench_mcq",
                                                                           fx.mcq("mcq_long.csv", "rgba.png", "gray.png", caption=LONG_CAPTION)), 0,
          ("1 texts longer than 77 tokens were truncated",), once="longer than 77 tokens"),
