@@ -87,7 +87,7 @@ from modeling_omninegclip import (
     apply_trainable,
     resolve_text_blocks,
 )
-from omninegclip.cli import UserError, run_cli
+from omninegclip.cli import Interrupted, UserError, run_cli
 from omninegclip.data import (
     SOURCE_COLUMN,
     SOURCE_ROW_COLUMN,
@@ -516,7 +516,33 @@ def parse_args(argv: list[str]) -> Arguments:
         raise UserError(f"bad training arguments in the {where}: {' '.join(str(error).split())}") from None
     if unknown:
         raise UserError(f"unknown flag(s) in the {where}: {unknown}; `python train.py --help` lists the flags")
-    return Arguments(*parsed)
+    arguments = Arguments(*parsed)
+    check_numbers(arguments, where)
+    return arguments
+
+
+# flag -> (where it lives, lowest allowed value, whether that value itself is allowed)
+NUMERIC_FLAGS = {
+    "learning_rate": ("training", 0.0, False), "weight_decay": ("training", 0.0, True), "max_grad_norm": ("training", 0.0, True),
+    "warmup_steps": ("training", 0.0, True), "num_train_epochs": ("training", 0.0, True),
+    "adam_beta1": ("training", 0.0, True), "adam_beta2": ("training", 0.0, True), "adam_epsilon": ("training", 0.0, False),
+    "lambda_abs": ("omni", 0.0, True), "lambda_orig": ("omni", 0.0, True), "lambda_text": ("omni", 0.0, True),
+    "lambda_choice": ("omni", 0.0, True), "lambda_keep": ("omni", 0.0, True), "margin": ("omni", float("-inf"), True),
+    "lora_alpha": ("lora", 0.0, True), "gradient_accumulation_steps": ("training", 1, True),
+}
+
+
+def check_numbers(arguments: Arguments, where: str) -> None:
+    """A `UserError` naming the flag for a number that would break training later with a torch
+    traceback, or silently: NaN, infinity, a negative learning rate."""
+    for flag, (group, lowest, inclusive) in NUMERIC_FLAGS.items():
+        value = getattr(getattr(arguments, group), flag, None)
+        if value is None:
+            continue
+        if not math.isfinite(value) or value < lowest or (value == lowest and not inclusive):
+            bound = f">= {lowest:g}" if inclusive else f"> {lowest:g}"
+            raise UserError(f"--{flag} {value} in the {where}: expected a finite number {bound}" if math.isfinite(lowest)
+                            else f"--{flag} {value} in the {where}: expected a finite number")
 
 
 def _first_line(error: Exception) -> str:
@@ -859,10 +885,22 @@ def main(argv: list[str]) -> None:
     resume = check_output_and_resume(training_args, output_args.overwrite_output_dir, data_args.sources())
     if data_args.image_embedding_cache_dir:
         ensure_writable(data_args.image_embedding_cache_dir, "--image_embedding_cache_dir")
-    if training_args.process_index != 0:  # the first process holds the lock for all
-        return train_and_save(args, resume, push, widget)
-    with OutputLock(training_args.output_dir, "--output_dir"):
-        train_and_save(args, resume, push, widget)
+    try:
+        if training_args.process_index != 0:  # the first process holds the lock for all
+            return train_and_save(args, resume, push, widget)
+        with OutputLock(training_args.output_dir, "--output_dir"):
+            train_and_save(args, resume, push, widget)
+    except KeyboardInterrupt:
+        raise Interrupted(interrupted_message(training_args.output_dir)) from None
+
+
+def interrupted_message(output_dir: str) -> str:
+    """What a Ctrl-C'd run kept and how to go on."""
+    checkpoints = complete_checkpoints(output_dir)
+    if checkpoints:
+        return (f"the {len(checkpoints)} complete checkpoint-* folder(s) in {output_dir} are kept (newest: {checkpoints[-1].name}); "
+                f"continue with the same flags plus --resume_from_checkpoint latest")
+    return f"no checkpoint had been saved in {output_dir} yet (see --save_steps); run the same command again to start over"
 
 
 def train_and_save(args: Arguments, resume: str | None, push: bool, widget: list | None) -> None:

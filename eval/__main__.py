@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+INTERRUPTED_HINT = "nothing was written to --out (results are written once every model is evaluated); run the same command again"
+
+
 def main(argv: list[str]) -> None:
     from eval.runner import run_evaluation
 

@@ -16,7 +16,9 @@ max_items=None, progress=True, seed=0) -> dict`.
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
+import shutil
 import sys
 from pathlib import Path
 
@@ -28,6 +30,7 @@ from eval.layerwise import layerwise_cosines, read_negation_pairs
 from eval.report import write_outputs
 from eval.tasks import TASKS, BuiltTask, build_tasks, check_data, check_task_names
 from omninegclip.cli import UserError
+from omninegclip.outputs import ensure_writable
 from omninegclip.provenance import provenance
 from omninegclip.safe_load import WEIGHTS_FILES, load_pretrained_checked
 
@@ -118,6 +121,7 @@ def run_evaluation(
     check_data(task_names, data)  # before anything slow: a missing flag fails at once
     if Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise UserError(f"--out {out_dir}: is a file; expected a folder (created if missing)")
+    ensure_writable(out_dir, "--out")  # before anything slow
     torch_device = resolve_device(device)
     for model in models:
         check_clip_checkpoint(model)
@@ -174,8 +178,22 @@ def run_evaluation(
 
     for task in built:  # the first model's pass may have left out items with unreadable images
         results["tasks"][task.data.name]["notes"] = task.data.notes
-    write_outputs(results, out_dir)
+    write_outputs_atomically(results, Path(out_dir))
     return results
+
+
+def write_outputs_atomically(results: dict, out_dir: Path) -> None:
+    """The result files written into a hidden folder beside them, then each renamed into `out_dir`:
+    a full disk leaves the previous files (or none), never a 0-byte or partial one."""
+    staging = out_dir / f".partial-{os.getpid()}"
+    try:
+        for path in write_outputs(results, staging).values():
+            os.replace(path, out_dir / path.name)
+    except OSError as error:
+        raise UserError(f"--out {out_dir}: could not write the results ({error.filename or out_dir}: {error.strerror or error}); "
+                        f"the files there before, if any, are unchanged") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def drop_degenerate_items(built: list[BuiltTask]) -> None:

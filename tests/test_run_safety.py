@@ -169,4 +169,79 @@ def test_eval_checks_every_model_before_evaluating_any(tmp_path, processor, monk
     monkeypatch.setattr(runner, "evaluate_tasks", lambda *args, **kwargs: evaluated.append(args) or {})
     with pytest.raises(UserError, match="bare: cannot load the CLIP weights and processor"):
         runner.run_evaluation([str(good), str(bare)], ["negbench_mcq"], {"negbench_mcq": str(csv)}, tmp_path / "out", progress=False)
-    assert evaluated == [] and not (tmp_path / "out").exists()
+    assert evaluated == [] and not any((tmp_path / "out").iterdir())  # checked writable, nothing written
+
+
+# ---------------------------------------------------------------------------------------- Ctrl-C, full disk
+
+
+def test_ctrl_c_in_train_exits_130_saying_what_was_kept_and_releases_the_lock(tmp_path, processor, monkeypatch, capsys, caplog):
+    from train_helpers import color_rows, invoke_cli, save_dataset, save_tiny_clip, train_flags
+
+    from omninegclip.outputs import LOCK_FILE
+
+    out = tmp_path / "run"
+
+    def interrupted(*args):
+        (out / "checkpoint-2").mkdir()
+        (out / "checkpoint-2" / train.TRAINER_STATE_FILE).write_text("{}")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "train_and_save", interrupted)
+    flags = train_flags(save_tiny_clip(tmp_path / "clip", processor), save_dataset(tmp_path / "data", color_rows(4)), out)
+    code, output = invoke_cli("train", flags, capsys, caplog)
+    assert code == 130 and "Traceback" not in output
+    assert (f"interrupted: the 1 complete checkpoint-* folder(s) in {out} are kept (newest: checkpoint-2); "
+            "continue with the same flags plus --resume_from_checkpoint latest") in output
+    assert not (out / LOCK_FILE).exists()
+
+
+def test_ctrl_c_in_data_builder_and_eval_exits_130_with_one_line(monkeypatch, capsys, caplog, tmp_path):
+    import data_builder
+    import eval.runner
+    from train_helpers import invoke_cli
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(data_builder, "_build_shapes", interrupt)
+    code, output = invoke_cli("data_builder", ["shapes", "--out", str(tmp_path / "built"), "--no_progress"], capsys, caplog)
+    assert code == 130 and output.strip() == f"interrupted: {data_builder.INTERRUPTED_HINT}"
+    assert not (tmp_path / "built").exists()
+    monkeypatch.setattr(eval.runner, "run_evaluation", interrupt)
+    code, output = invoke_cli("eval.__main__", ["some/model", "--tasks", "negbench_mcq", "--out", str(tmp_path / "o")], capsys, caplog)
+    assert code == 130 and output.strip().startswith("interrupted: nothing was written to --out")
+
+
+def test_eval_results_on_a_full_disk_leave_the_previous_files(tmp_path, monkeypatch):
+    import errno
+
+    import eval.runner as runner
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.json").write_text('{"old": true}')
+
+    def full_disk(results, folder):
+        (folder).mkdir(parents=True)
+        (folder / "results.json").write_text('{"new": ')
+        raise OSError(errno.ENOSPC, "No space left on device", str(folder / "results.png"))
+
+    monkeypatch.setattr(runner, "write_outputs", full_disk)
+    with pytest.raises(UserError, match=r"could not write the results \(.*results.png: No space left on device\); the files there before"):
+        runner.write_outputs_atomically({}, out)
+    assert [path.name for path in out.iterdir()] == ["results.json"] and (out / "results.json").read_text() == '{"old": true}'
+
+
+def test_an_os_error_is_one_line_naming_the_path(capsys):
+    import errno
+
+    from omninegclip.cli import run_cli
+
+    def main(argv):
+        raise OSError(errno.EROFS, "Read-only file system", "/mnt/ro/model.safetensors")
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(main, [])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith("error: /mnt/ro/model.safetensors: Read-only file system (check the disk's free space")
