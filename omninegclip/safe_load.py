@@ -2,7 +2,9 @@
 
 Public surface:
 - `load_torch_file(path, hint="") -> object`: a `torch.save` file read with
-  `torch.load(weights_only=True)`: tensors, plain containers, strings and numbers load; anything
+  `torch.load(weights_only=True)`: tensors, plain containers, strings and numbers load, and NumPy
+  arrays, dtypes and scalars (their reconstruction functions are allowlisted through torch's
+  `safe_globals`: they build arrays from bytes and run no code); anything
   that would need arbitrary unpickling (which can run code) is refused with a `UserError` naming the
   file and the refused class or function, before any of it is built. `hint` (e.g. what the file
   should hold) is appended to every error message.
@@ -42,6 +44,16 @@ from omninegclip.cli import UserError
 UNREADABLE_KINDS = ("missing_image", "corrupt_image", "truncated_image", "image_too_large")
 
 
+def _numpy_globals() -> list:
+    """The NumPy functions and classes a pickled array, dtype or scalar names (NumPy 1 and 2 spellings)."""
+    import numpy as np
+
+    multiarray = np._core.multiarray
+    dtypes = [type(np.dtype(kind)) for kind in "?bhilqBHILQefdgFDGSUV"]
+    return [np.ndarray, np.dtype, multiarray._reconstruct, multiarray.scalar, *dtypes,
+            (multiarray._reconstruct, "numpy.core.multiarray._reconstruct"), (multiarray.scalar, "numpy.core.multiarray.scalar")]
+
+
 def load_torch_file(path: str | Path, hint: str = "") -> object:
     """The object in a `torch.save` file, loaded with `weights_only=True` onto the CPU."""
     import torch
@@ -51,7 +63,7 @@ def load_torch_file(path: str | Path, hint: str = "") -> object:
     if not path.is_file():
         raise UserError(f"{path}: no such file (expected a file written by torch.save).{hint}")
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), torch.serialization.safe_globals(_numpy_globals()):
             warnings.simplefilter("ignore", UserWarning)  # torch's note on the pickle protocol of a file it then refuses
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:

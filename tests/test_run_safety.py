@@ -245,3 +245,28 @@ def test_an_os_error_is_one_line_naming_the_path(capsys):
         run_cli(main, [])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.startswith("error: /mnt/ro/model.safetensors: Read-only file system (check the disk's free space")
+
+
+# ---------------------------------------------------------------------------------------- CC-Neg .pt with NumPy values
+
+
+def test_a_torch_file_with_numpy_values_loads_and_code_still_cannot_run(tmp_path):
+    import numpy as np
+    import torch
+
+    from omninegclip.safe_load import load_torch_file
+    from test_bad_input import Evil
+
+    genuine = {"image_paths": ["a.jpg"], "annotations": [{"caption": "a dog", "negative": "no dog", "ids": np.arange(3, dtype=np.int64),
+                                                          "score": np.float32(0.5), "index": np.int64(3), "name": np.str_("x")}]}
+    torch.save(genuine, tmp_path / "numpy.pt")
+    loaded = load_torch_file(tmp_path / "numpy.pt")
+    row = loaded["annotations"][0]
+    assert row["ids"].tolist() == [0, 1, 2] and row["score"] == np.float32(0.5) and row["index"] == 3 and row["name"] == "x"
+    marker = tmp_path / "PWNED"
+    hidden = np.empty(1, dtype=object)
+    hidden[0] = Evil(marker)  # code inside an object array: the array is allowed, its contents are not
+    torch.save({"annotations": hidden}, tmp_path / "evil_numpy.pt")
+    with pytest.raises(UserError, match="nothing in it was run"):  # object arrays are not allowlisted at all
+        load_torch_file(tmp_path / "evil_numpy.pt")
+    assert not marker.exists()
