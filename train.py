@@ -468,9 +468,20 @@ class OmniNegCLIPTrainer(Trainer):
 # ----------------------------------------------------------------------------------------------
 
 
-def config_file_flags(path: Path) -> list[str]:
+def _takes_one_value(action) -> bool:
+    return action.nargs in (None, "?")
+
+
+def _is_boolean(action) -> bool:
+    return getattr(action.type, "__name__", "") == "string_to_bool" or action.nargs == 0
+
+
+def config_file_flags(path: Path, parser=None) -> list[str]:
     """A YAML/JSON mapping of flag names to values, as command-line flags (so both go through the
-    same parser): booleans as true/false, lists as several values, mappings as JSON, null skipped."""
+    same parser): booleans as true/false, lists as several values, mappings as JSON, null skipped.
+    With the `parser`, a list for a one-value flag is an error naming the key, and YAML's `no`/`yes`
+    (read as booleans) stay the words for a flag that is not boolean (`save_strategy: no`)."""
+    actions = {option: action for action in (parser._actions if parser is not None else []) for option in action.option_strings}
     import yaml
 
     if not path.is_file():
@@ -485,8 +496,13 @@ def config_file_flags(path: Path) -> list[str]:
     for key, value in values.items():
         if value is None:
             continue
+        action = actions.get(f"--{key}")
+        if isinstance(value, list) and action is not None and _takes_one_value(action):
+            raise UserError(f"config file {path}: key {key!r} holds a list ({value}), but --{key} takes one value")
         flags.append(f"--{key}")
-        if isinstance(value, bool):
+        if isinstance(value, bool) and action is not None and not _is_boolean(action):
+            flags.append("yes" if value else "no")  # YAML 1.1 reads an unquoted no/yes/off/on as a boolean
+        elif isinstance(value, bool):
             flags.append(str(value).lower())
         elif isinstance(value, list):
             flags.extend(str(item) for item in value)
@@ -504,7 +520,7 @@ def parse_args(argv: list[str]) -> Arguments:
     where = "command line"
     if argv and argv[0].endswith(CONFIG_FILE_SUFFIXES) and not argv[0].startswith("-"):
         where = f"config file {argv[0]} (or the flags after it)"
-        argv = config_file_flags(Path(argv[0])) + argv[1:]
+        argv = config_file_flags(Path(argv[0]), parser) + argv[1:]
 
     def refuse(message: str):  # instead of argparse's usage dump and exit
         raise UserError(f"bad flag in the {where}: {message}; `python train.py --help` lists the flags")
@@ -665,6 +681,55 @@ def check_training_steps(trainer: Trainer) -> int:
             f"this run would train 0 steps and save the base model as the fine-tuned one: {chosen} with {rows} training rows, "
             f"{batch_text} = {updates_per_epoch} step(s) per epoch; pass --max_steps >= 1 or --num_train_epochs > 0")
     return steps
+
+
+ROWS_CHECKED = 2000  # rows of each training dataset read by check_negation_columns
+
+
+def check_negation_columns(data_args: DataArguments, cache_dir: str | None = None) -> list[str]:
+    """Warnings (logged, returned) about the negation columns of each training dataset, from its
+    first `ROWS_CHECKED` rows: negations identical to their caption (nothing to learn from them),
+    and presence/absence columns that look swapped (where a `negated_object` column says which
+    object the presence negation is about: the absence text negates it and the presence text does not)."""
+    from omninegclip.vocabulary import find_mentions
+
+    def negates(text: str, obj: str) -> bool:
+        return any(mention.negated for mention in find_mentions(text, [obj]))
+
+    columns = data_args.columns()
+    found = []
+    for name in data_args.sources():
+        dataset = load_any_dataset(name, data_args.train_split, data_args.dataset_config_name, cache_dir, required=False)
+        if dataset is None:
+            continue
+        texts = [column for column in (columns.caption, columns.presence, columns.absence) if column and column in dataset.column_names]
+        has_object = "negated_object" in dataset.column_names
+        rows = dataset.select(range(min(ROWS_CHECKED, len(dataset)))).select_columns(texts + (["negated_object"] if has_object else []))
+        identical = {flag: [] for flag in ("--presence_column", "--absence_column")}
+        swapped = checked = 0
+        for row, values in enumerate(rows):
+            caption = values.get(columns.caption)
+            for flag, column in (("--presence_column", columns.presence), ("--absence_column", columns.absence)):
+                text = values.get(column) if column else None
+                if isinstance(text, str) and isinstance(caption, str) and text.strip() and text.strip() == caption.strip():
+                    identical[flag].append(row)
+            presence, absence, obj = values.get(columns.presence), values.get(columns.absence), values.get("negated_object")
+            if has_object and all(isinstance(value, str) and value.strip() for value in (presence, absence, obj)):
+                checked += 1
+                swapped += negates(absence, obj) and not negates(presence, obj)
+        for flag, found_rows in identical.items():
+            if found_rows:
+                column = columns.presence if flag == "--presence_column" else columns.absence
+                found.append(f"dataset {name!r}: {len(found_rows)} of the first {len(rows)} rows have a {flag} {column!r} text identical to "
+                             f"their caption (rows {', '.join(map(str, found_rows[:5]))}{', …' if len(found_rows) > 5 else ''}): such a "
+                             f"pair pushes a text away from itself")
+        if checked and swapped * 2 > checked:
+            found.append(f"dataset {name!r}: in {swapped} of {checked} rows checked, the --absence_column {columns.absence!r} text negates the "
+                         f"row's negated_object and the --presence_column {columns.presence!r} text does not: the two columns look swapped "
+                         f"(try --presence_column {columns.absence} --absence_column {columns.presence})")
+    for warning in found:
+        logger.warning(warning)
+    return found
 
 
 IN_BATCH_TERMS = ("loss_presence_text", "loss_absence_negated", "loss_absence_original")  # 0 with one row per batch
@@ -919,6 +984,7 @@ def train_and_save(args: Arguments, resume: str | None, push: bool, widget: list
     except ValueError as error:
         raise UserError(f"bad trainable setting for {model_args.model_name_or_path!r}: {error}") from None
     log_text_blocks(model, omni_args, lora_args.enabled)
+    check_negation_columns(data_args, model_args.cache_dir)
 
     prepared, reports = prepare_splits(args, processor, model)
     warn_degenerate_training(training_args, reports, data_args.train_split)
