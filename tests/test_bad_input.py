@@ -263,6 +263,14 @@ def unchanged(folder: Path, digest: dict[str, str]) -> None:
     assert folder_digest(folder) == digest
 
 
+def tie_scored_both_ways(out: Path) -> None:
+    """The right option tied with a later one: wrong by the project's rule, right by NegBench's argmax."""
+    results = json.loads((Path(out) / "results.json").read_text())
+    metrics = results["metrics"]["negbench_mcq"]
+    assert list(metrics["accuracy"].values()) == [0.0] and list(metrics["accuracy_argmax"].values()) == [1.0], metrics
+    assert results["tasks"]["negbench_mcq"]["counts"]["ties_won_by_order"] == 1
+
+
 def nothing_written(folder: Path) -> None:
     assert not Path(folder).exists() or not any(Path(folder).iterdir()), sorted(Path(folder).iterdir())
 
@@ -566,6 +574,9 @@ CASES = [
     Case("eval", "out_not_writable", lambda fx: [fx.clip(), "--out", fx.write("a_file", "x") + "/results", "--no_progress", "--tasks", "negbench_mcq",
                                                  "--negbench_mcq", fx.mcq("mcq_ok.csv", "ok.png")], 2,
          ("--out", "a_file/results' is not writable (Not a directory); nothing was done",)),
+    Case("eval", "tied_options_scored_by_both_rules", lambda fx: fx.eval_args(fx.clip(), "--tasks", "negbench_mcq", "--negbench_mcq",
+                                                                              fx.write("mcq_tie.csv", "image_path,correct_answer,caption_0,caption_1\n" + f"{fx.images / 'ok.png'},0,a dog,a dog\n")), 0,
+         ("negbench_mcq",), check=lambda fx: tie_scored_both_ways(fx.last_out)),
     Case("eval", "long_caption_rgba_gray_images", lambda fx: fx.eval_args(fx.clip(), "--tasks", "negbench_mcq", "--negbench_mcq",
                                                                           fx.mcq("mcq_long.csv", "rgba.png", "gray.png", caption=LONG_CAPTION)), 0,
          ("1 texts longer than 77 tokens were truncated",), once="longer than 77 tokens"),

@@ -270,3 +270,20 @@ def test_a_torch_file_with_numpy_values_loads_and_code_still_cannot_run(tmp_path
     with pytest.raises(UserError, match="nothing in it was run"):  # object arrays are not allowlisted at all
         load_torch_file(tmp_path / "evil_numpy.pt")
     assert not marker.exists()
+
+
+# ---------------------------------------------------------------------------------------- NegBench ties
+
+
+def test_ties_are_reported_by_both_rules():
+    import torch
+
+    from eval.harness import choice_argmax_correct, choice_correct
+
+    anchors = torch.tensor([[1.0, 0.0]] * 3)
+    same, other = [1.0, 0.0], [0.0, 1.0]
+    options = torch.tensor([[same, same], [same, same], [same, other]])  # tie (answer first), tie (answer second), clear
+    mask = torch.ones(3, 2, dtype=torch.bool)
+    answers = torch.tensor([0, 1, 0])
+    assert choice_correct(anchors, options, mask, answers).tolist() == [False, False, True]  # ties count against the model
+    assert choice_argmax_correct(anchors, options, mask, answers).tolist() == [True, False, True]  # NegBench: first of the tied wins
