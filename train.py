@@ -63,7 +63,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
+import shutil
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import NamedTuple
@@ -101,7 +103,7 @@ from omninegclip.data import (
     summarize_reports,
 )
 from omninegclip.model_card import load_widget_examples, push_checkpoint, write_model_card
-from omninegclip.outputs import LOCK_FILE, OutputLock, ensure_writable, overlapping
+from omninegclip.outputs import LOCK_FILE, PROBE_PREFIX, OutputLock, ensure_writable, overlapping
 from omninegclip.provenance import provenance
 from omninegclip.safe_load import load_pretrained_checked
 
@@ -498,7 +500,9 @@ def config_file_flags(path: Path, parser=None) -> list[str]:
             continue
         action = actions.get(f"--{key}")
         if isinstance(value, list) and action is not None and _takes_one_value(action):
-            raise UserError(f"config file {path}: key {key!r} holds a list ({value}), but --{key} takes one value")
+            if len(value) != 1:
+                raise UserError(f"config file {path}: key {key!r} holds a list ({value}), but --{key} takes one value")
+            value = value[0]  # report_to: [none]
         flags.append(f"--{key}")
         if isinstance(value, bool) and action is not None and not _is_boolean(action):
             flags.append("yes" if value else "no")  # YAML 1.1 reads an unquoted no/yes/off/on as a boolean
@@ -542,10 +546,8 @@ NUMERIC_FLAGS = {
     "learning_rate": ("training", 0.0, False), "weight_decay": ("training", 0.0, True), "max_grad_norm": ("training", 0.0, True),
     "warmup_steps": ("training", 0.0, True), "num_train_epochs": ("training", 0.0, True),
     "adam_beta1": ("training", 0.0, True), "adam_beta2": ("training", 0.0, True), "adam_epsilon": ("training", 0.0, False),
-    "lambda_abs": ("omni", 0.0, True), "lambda_orig": ("omni", 0.0, True), "lambda_text": ("omni", 0.0, True),
-    "lambda_choice": ("omni", 0.0, True), "lambda_keep": ("omni", 0.0, True), "margin": ("omni", float("-inf"), True),
     "lora_alpha": ("lora", 0.0, True), "gradient_accumulation_steps": ("training", 1, True),
-}
+}  # the loss weights and margin: checked by OmniNegLossConfig ("bad loss setting")
 
 
 def check_numbers(arguments: Arguments, where: str) -> None:
@@ -557,8 +559,7 @@ def check_numbers(arguments: Arguments, where: str) -> None:
             continue
         if not math.isfinite(value) or value < lowest or (value == lowest and not inclusive):
             bound = f">= {lowest:g}" if inclusive else f"> {lowest:g}"
-            raise UserError(f"--{flag} {value} in the {where}: expected a finite number {bound}" if math.isfinite(lowest)
-                            else f"--{flag} {value} in the {where}: expected a finite number")
+            raise UserError(f"--{flag} {value} in the {where}: expected a finite number {bound}")
 
 
 def _first_line(error: Exception) -> str:
@@ -624,7 +625,8 @@ def check_output_and_resume(training_args: TrainingArguments, overwrite: bool = 
             if overlapping(output_dir, path):
                 raise UserError(f"--output_dir {str(output_dir)!r} overlaps the training data {str(path)!r} (the same folder, or one "
                                 f"inside the other): the model would overwrite the dataset's files; pass another --output_dir")
-    contents = sorted(path.name for path in output_dir.iterdir() if path.name != LOCK_FILE) if output_dir.is_dir() else []
+    contents = sorted(path.name for path in output_dir.iterdir()
+                      if path.name != LOCK_FILE and not path.name.startswith(PROBE_PREFIX)) if output_dir.is_dir() else []
     if contents and not training_args.resume_from_checkpoint:
         shown = ", ".join(contents[:6]) + (f", … ({len(contents)} entries)" if len(contents) > 6 else "")
         if not overwrite:
@@ -930,6 +932,52 @@ def save_outputs(args: Arguments, trainer: OmniNegCLIPTrainer, processor: CLIPPr
     logger.info("wrote the checkpoint to %s", output_dir)
 
 
+FINAL_STAGING = ".final-partial"  # where the final checkpoint is written before it is moved into --output_dir
+
+
+def save_outputs_atomically(args: Arguments, trainer: OmniNegCLIPTrainer, processor: CLIPProcessor, record: dict,
+                            metrics: dict | None, lora_settings: dict | None, push: bool, widget: list | None) -> None:
+    """`save_outputs` into a hidden folder of --output_dir, then each file renamed into place
+    (config.json last): a full disk or a crash while saving leaves no half-written final model that
+    loads (the checkpoint-* folders stay as they were)."""
+    training_args = args.training
+    output_dir = Path(training_args.output_dir)
+    staging = output_dir / FINAL_STAGING
+    if trainer.is_world_process_zero():
+        shutil.rmtree(staging, ignore_errors=True)
+    if push and training_args.hub_model_id is None:  # the default repo name is the folder's, not the staging folder's
+        training_args.hub_model_id = output_dir.resolve().name
+    training_args.output_dir = str(staging)
+    try:
+        save_outputs(args, trainer, processor, record, metrics, lora_settings, push, widget)
+    except BaseException:
+        complete = (staging / "README.md").is_file()  # written last: only a failed push can come after it
+        if trainer.is_world_process_zero() and not complete:
+            shutil.rmtree(staging, ignore_errors=True)
+        if not complete:
+            raise
+        _move_into(staging, output_dir)
+        raise
+    finally:
+        training_args.output_dir = str(output_dir)
+    if trainer.is_world_process_zero():
+        _move_into(staging, output_dir)
+        logger.info("the final checkpoint is complete in %s", output_dir)
+
+
+def _move_into(staging: Path, output_dir: Path) -> None:
+    try:
+        for path in sorted(staging.iterdir(), key=lambda path: path.name == "config.json"):
+            target = output_dir / path.name
+            if path.is_dir() and target.is_dir():
+                shutil.rmtree(target)
+            os.replace(path, target)
+        staging.rmdir()
+    except OSError as error:
+        raise UserError(f"--output_dir {output_dir}: could not move the final checkpoint into place from {staging} "
+                        f"({error.strerror or error}); the complete files are in {staging}") from None
+
+
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
     model_args, data_args, omni_args, lora_args, card_args, training_args, output_args = args
@@ -1011,7 +1059,7 @@ def train_and_save(args: Arguments, resume: str | None, push: bool, widget: list
     # Every process evaluates: the loss gathers embeddings across them.
     metrics = trainer.evaluate() if "eval" in prepared else None
 
-    save_outputs(args, trainer, processor, record, metrics, lora_settings, push, widget)
+    save_outputs_atomically(args, trainer, processor, record, metrics, lora_settings, push, widget)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()

@@ -18,8 +18,9 @@ EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
 
 
-class Interrupted(Exception):
-    """Ctrl-C, with what was kept and how to go on (a tool raises it from its KeyboardInterrupt)."""
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with what was kept and how to go on (a tool raises it from its KeyboardInterrupt;
+    still a KeyboardInterrupt to any caller of the tool's `main`)."""
 
 
 class UserError(Exception):
@@ -52,7 +53,7 @@ def run_cli(main: Callable[[list[str]], object], argv: Sequence[str] | None = No
         print(f"error: {error if isinstance(error, UserError) else _os_error(error)}", file=sys.stderr)
         print("(run again with --debug or OMNINEGCLIP_DEBUG=1 for the traceback)", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
-    except (KeyboardInterrupt, Interrupted) as interrupt:
+    except KeyboardInterrupt as interrupt:
         if debug:
             raise
         hint = getattr(sys.modules.get(getattr(main, "__module__", ""), None), "INTERRUPTED_HINT", "nothing more was done")

@@ -12,6 +12,7 @@ Public surface:
   over `path`: a reader sees the old file or the complete new one, never a partial one. An
   `OSError` becomes a `UserError` naming the file.
 - `overlapping(a, b) -> bool`: whether one of two paths is the other or inside it.
+- `LOCK_FILE`, `PROBE_PREFIX`: the names these write into a folder (not a run's own files).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from omninegclip.cli import UserError
 logger = logging.getLogger(__name__)
 
 LOCK_FILE = ".omninegclip.lock"
+PROBE_PREFIX = ".write-probe-"
 
 
 def is_alive(pid: int) -> bool:
@@ -45,7 +47,7 @@ def _reason(error: OSError) -> str:
 
 def ensure_writable(folder: str | Path, flag: str) -> Path:
     folder = Path(folder).expanduser()
-    probe = folder / f".write-probe-{os.getpid()}"
+    probe = folder / f"{PROBE_PREFIX}{os.getpid()}"
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe.write_bytes(b"probe")

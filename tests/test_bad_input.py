@@ -498,7 +498,7 @@ CASES = [
     Case("train", "learning_rate_negative", lambda fx: fx.good_run("--learning_rate", "-1"), 2,
          ("--learning_rate -1.0 in the command line: expected a finite number > 0",)),
     Case("train", "loss_weight_infinite", lambda fx: fx.good_run("--lambda_text", "inf"), 2,
-         ("--lambda_text inf in the command line: expected a finite number >= 0",)),
+         ("bad loss setting: lambda_text must be a finite number >= 0, got inf",)),
     Case("train", "negation_columns_swapped", lambda fx: fx.good_run("--presence_column", "absence_negated",
                                                                        "--absence_column", "presence_negated"), 0,
          ("in 4 of 4 rows checked, the --absence_column 'presence_negated' text negates the row's negated_object",

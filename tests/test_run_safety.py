@@ -287,3 +287,27 @@ def test_ties_are_reported_by_both_rules():
     answers = torch.tensor([0, 1, 0])
     assert choice_correct(anchors, options, mask, answers).tolist() == [False, False, True]  # ties count against the model
     assert choice_argmax_correct(anchors, options, mask, answers).tolist() == [True, False, True]  # NegBench: first of the tied wins
+
+
+def test_a_failed_final_save_leaves_no_loadable_half_model(tmp_path, processor, monkeypatch, capsys, caplog):
+    import errno
+
+    from train_helpers import color_rows, invoke_cli, save_dataset, save_tiny_clip, train_flags
+
+    real_write = train.write_provenance
+
+    def full_disk(folder, record):
+        if folder.name == train.FINAL_STAGING:
+            raise OSError(errno.ENOSPC, "No space left on device", str(folder / train.PROVENANCE_FILE))
+        return real_write(folder, record)
+
+    monkeypatch.setattr(train, "write_provenance", full_disk)
+    out = tmp_path / "run"
+    flags = train_flags(save_tiny_clip(tmp_path / "clip", processor), save_dataset(tmp_path / "data", color_rows(8)), out)
+    code, output = invoke_cli("train", flags, capsys, caplog)
+    assert code == 2 and "Traceback" not in output and "training_provenance.json: No space left on device" in output
+    assert sorted(path.name for path in out.iterdir()) == []  # no config.json or weights of a half-saved model, no staging left
+    monkeypatch.setattr(train, "write_provenance", real_write)
+    code, output = invoke_cli("train", flags, capsys, caplog)  # the same command again: the folder is empty, so it runs
+    assert code == 0 and {"config.json", "model.safetensors", "README.md"} <= {path.name for path in out.iterdir()}
+    assert not (out / train.FINAL_STAGING).exists()
