@@ -627,16 +627,17 @@ def check_output_and_resume(training_args: TrainingArguments, overwrite: bool = 
                                 f"inside the other): the model would overwrite the dataset's files; pass another --output_dir")
     contents = sorted(path.name for path in output_dir.iterdir()
                       if path.name != LOCK_FILE and not path.name.startswith(PROBE_PREFIX)) if output_dir.is_dir() else []
-    if contents and not training_args.resume_from_checkpoint:
+    resume = training_args.resume_from_checkpoint
+    resumes_here = bool(resume) and (resume.lower() in LATEST_CHECKPOINT or Path(resume).expanduser().resolve().parent == output_dir.resolve())
+    if contents and not resumes_here:
         shown = ", ".join(contents[:6]) + (f", … ({len(contents)} entries)" if len(contents) > 6 else "")
         if not overwrite:
             again = (" --resume_from_checkpoint latest to continue the run saved there," if complete_checkpoints(output_dir) else "")
-            raise UserError(f"--output_dir {str(output_dir)!r} is not empty ({shown}) and this run does not resume from it: pass"
+            raise UserError(f"--output_dir {str(output_dir)!r} is not empty ({shown}) and this run does not resume a checkpoint of it: pass"
                             f"{again} --overwrite_output_dir to write over it, or another --output_dir")
         logger.warning("--overwrite_output_dir: writing over the files in %s (%s)", output_dir, shown)
     if training_args.per_device_train_batch_size < 1:
         raise UserError(f"--per_device_train_batch_size must be >= 1, got {training_args.per_device_train_batch_size}")
-    resume = training_args.resume_from_checkpoint
     if not resume:
         return None
     if resume.lower() in LATEST_CHECKPOINT:
@@ -767,15 +768,16 @@ def log_text_blocks(model: OmniNegCLIPModel, omni_args: OmniNegArguments, lora: 
     return blocks
 
 
-def _resume_identity(record: dict) -> dict:
-    """What must match for a run to resume another: base model, data, losses, trainable parts, LoRA."""
+def _resume_identity(record: dict, train_split: str) -> dict:
+    """What must match for a run to resume another: base model, training data, losses, trainable parts, LoRA."""
     record = json.loads(json.dumps(record, default=str))  # as the checkpoint's JSON holds it
     settings = record.get("omninegclip") or {}
     return {
         "base model (--model_name_or_path)": record.get("base_model"),
         "datasets (--dataset_name, --mix_dataset_name)": record.get("datasets"),
-        "data rows (per dataset and split: rows read, rows kept)": [
-            [report.get("name"), report.get("split"), report.get("rows"), report.get("kept")] for report in record.get("data") or []],
+        "training rows (per dataset: rows read, rows kept)": [
+            [report.get("name"), report.get("split"), report.get("rows"), report.get("kept")] for report in record.get("data") or []
+            if report.get("split") == train_split],
         "loss settings (--lambda_*, --margin)": settings.get("loss"),
         "text blocks that train": settings.get("trainable_text_blocks"),
         "trainable parts (--train_*)": {key: value for key, value in (settings.get("trainable") or {}).items()
@@ -784,7 +786,7 @@ def _resume_identity(record: dict) -> dict:
     }
 
 
-def check_resume_settings(checkpoint: str | Path, record: dict) -> None:
+def check_resume_settings(checkpoint: str | Path, record: dict, train_split: str = "train") -> None:
     """A `UserError` naming every difference between the settings recorded in the checkpoint to
     resume from and this run's (a resumed run must continue the same run)."""
     path = Path(checkpoint) / PROVENANCE_FILE
@@ -795,7 +797,7 @@ def check_resume_settings(checkpoint: str | Path, record: dict) -> None:
         return
     except (OSError, ValueError) as error:
         raise UserError(f"--resume_from_checkpoint: {path} cannot be read ({_first_line(error)})") from None
-    before, now = _resume_identity(saved), _resume_identity(record)
+    before, now = _resume_identity(saved, train_split), _resume_identity(record, train_split)
     differences = [f"{name}: {before[name]!r} in the checkpoint, {now[name]!r} now" for name in now if before[name] != now[name]]
     if differences:
         raise UserError(f"--resume_from_checkpoint {checkpoint} was saved by a run with other settings: " + "; ".join(differences)
@@ -956,7 +958,8 @@ def save_outputs_atomically(args: Arguments, trainer: OmniNegCLIPTrainer, proces
             shutil.rmtree(staging, ignore_errors=True)
         if not complete:
             raise
-        _move_into(staging, output_dir)
+        if trainer.is_world_process_zero():
+            _move_into(staging, output_dir)
         raise
     finally:
         training_args.output_dir = str(output_dir)
@@ -1038,7 +1041,7 @@ def train_and_save(args: Arguments, resume: str | None, push: bool, widget: list
     warn_degenerate_training(training_args, reports, data_args.train_split)
     record = training_record(args, model, lora_settings, push, reports, resume)
     if resume:
-        check_resume_settings(resume, record)
+        check_resume_settings(resume, record, data_args.train_split)
     trainer = OmniNegCLIPTrainer(
         model=trained_model,
         args=training_args,

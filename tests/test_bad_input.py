@@ -454,7 +454,7 @@ CASES = [
     Case("train", "zero_steps_max_steps_0", lambda fx: fx.good_run("--max_steps", "0"), 2,
          ("this run would train 0 steps", "--max_steps 0 with 4 training rows"), check=lambda fx: no_weights(fx.last_out)),
     Case("train", "output_dir_not_empty", lambda fx: fx.good_run("--output_dir", fx.existing_out()), 2,
-         ("is not empty (precious.txt) and this run does not resume from it: pass --overwrite_output_dir",),
+         ("is not empty (precious.txt) and this run does not resume a checkpoint of it: pass --overwrite_output_dir",),
          check=lambda fx: holds_only(fx.last_out, ["precious.txt"])),
     Case("train", "output_dir_not_empty_overwrite", lambda fx: fx.good_run("--output_dir", fx.existing_out(),
                                                                              "--overwrite_output_dir", "true"), 0,

@@ -73,8 +73,11 @@ def test_resuming_into_its_own_non_empty_folder_is_allowed(tmp_path):
     (tmp_path / "checkpoint-2" / train.TRAINER_STATE_FILE).write_text("{}")
     args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True, resume_from_checkpoint="latest")
     assert train.check_output_and_resume(args) == str(tmp_path / "checkpoint-2")
+    args.resume_from_checkpoint = str(tmp_path.parent)  # a checkpoint elsewhere would mix two runs in this folder
+    with pytest.raises(UserError, match="is not empty"):
+        train.check_output_and_resume(args)
     args.resume_from_checkpoint = None
-    with pytest.raises(UserError, match="pass --resume_from_checkpoint latest to continue the run saved there, --overwrite_output_dir"):
+    with pytest.raises(UserError, match="does not resume a checkpoint of it: pass --resume_from_checkpoint latest to continue the run saved there, --overwrite_output_dir"):
         train.check_output_and_resume(args)
 
 
