@@ -77,10 +77,12 @@ from tqdm.auto import tqdm
 from omninegclip.cards import GENERATED_DATA_LICENSE, hub_dataset_card, render_dataset_card, save_to_disk_files
 from omninegclip.cli import UserError, run_cli
 from omninegclip.parallel import fork_map
+from omninegclip.outputs import ensure_writable, is_alive
 from omninegclip.provenance import provenance
 from omninegclip.rewrite import (
     LLMRewriter, Rewrite, absence_affirm, absence_negate, absence_problem, presence_negate, presence_problem,
 )
+from omninegclip.safe_load import to_rgb
 from omninegclip.sources import (
     DOWNLOAD_TIMEOUT,
     MAX_IMAGE_BYTES,
@@ -108,6 +110,8 @@ SUMMARY_FILE = "build_summary.json"
 IMAGES_FOLDER = "images"  # inside the output folder: each image once, as a file (`image` holds its relative path)
 CARD_FILE = "README.md"
 MAX_NAMED_FILES = 50  # skipped image files named in the summary, per reason
+INTERRUPTED_HINT = ("nothing was written to --out (a build replaces it only once complete, and the next build cleans up "
+                    "what this one left); run the same command again")  # said on Ctrl-C by omninegclip.cli.run_cli
 CLIP_CONTEXT_LENGTH = 77  # tokens CLIP's text encoder reads, start and end tokens included; the rest is cut off
 TEXT_COLUMNS = ("caption", "presence_negated", "absence_negated", "absence_affirmed")
 DEFAULT_MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS  # PIL's own decompression-bomb threshold (about 89 million)
@@ -394,12 +398,7 @@ def _checked_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> t
             return data, _EXTENSIONS.get(image.format, ".img"), None
         image.load()
         mode = image.mode
-        if mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-            rgba = image.convert("RGBA")
-            rgb = Image.new("RGB", rgba.size, (255, 255, 255))
-            rgb.paste(rgba, mask=rgba.getchannel("A"))
-        else:
-            rgb = image.convert("RGB")
+        rgb = to_rgb(image)
     buffer = io.BytesIO()
     rgb.save(buffer, format="PNG")
     return buffer.getvalue(), ".png", mode
@@ -698,16 +697,6 @@ def _examples(dataset_dict: datasets.DatasetDict, count: int = 3) -> list[dict]:
     return []
 
 
-def _is_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _check_target(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: is a file, expected a folder")
@@ -731,7 +720,7 @@ def recover_interrupted_builds(out: Path) -> list[Path]:
     removed = []
     for stale in sorted(out.parent.glob(prefix + "*")):
         pid = stale.name[len(prefix) :]
-        if not pid.isdigit() or (int(pid) != os.getpid() and _is_alive(int(pid))):
+        if not pid.isdigit() or (int(pid) != os.getpid() and is_alive(int(pid))):
             continue  # another build, still running
         previous = stale / "previous"
         if previous.is_dir() and not out.exists():
@@ -1042,6 +1031,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out).absolute()
     recover_interrupted_builds(out)
     _check_target(out, args.overwrite)
+    ensure_writable(out.parent, f"--out {out}: its folder")  # the build is written beside --out, then renamed
     summary: dict = {}
 
     def fill(staging: Path, scratch: Path) -> None:

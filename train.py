@@ -69,8 +69,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import os
 import re
-from dataclasses import asdict, dataclass, field
+import shutil
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import NamedTuple
@@ -95,7 +98,7 @@ from modeling_omninegclip import (
     resolve_text_blocks,
 )
 from eval.negation_metrics import NegationMetrics, stack_embeddings, which_object_rows
-from omninegclip.cli import UserError, run_cli
+from omninegclip.cli import Interrupted, UserError, run_cli
 from omninegclip.data import (
     SOURCE_COLUMN,
     SOURCE_ROW_COLUMN,
@@ -112,7 +115,9 @@ from omninegclip.images import ImageTransform, image_pass, pixel_values
 from omninegclip.lora import ADAPTER_DIR, LOGIT_SCALE_WITH_LORA, push_adapter, save_adapter
 from omninegclip.lora import modules_to_save as lora_modules_to_save
 from omninegclip.model_card import load_widget_examples, push_checkpoint, write_model_card
+from omninegclip.outputs import LOCK_FILE, PROBE_PREFIX, OutputLock, ensure_writable, overlapping
 from omninegclip.provenance import provenance
+from omninegclip.safe_load import load_pretrained_checked
 
 logger = logging.getLogger("omninegclip.train")
 
@@ -267,15 +272,25 @@ class OmniNegArguments:
         except ValueError as error:
             raise UserError(f"bad loss setting: {error}") from None
 
+    def blocks_choice(self) -> tuple[str, list[str]]:
+        """(the flag that chooses the text blocks, the given flags it overrides): --text_blocks wins
+        over --text_preset, which wins over --front_blocks (a config file's value may be overridden)."""
+        given = [f"--{name} {value}" for name, value in (("text_blocks", self.text_blocks), ("text_preset", self.text_preset),
+                                                         ("front_blocks", self.front_blocks)) if value is not None]
+        return (given[0], given[1:]) if given else ("the default (the front half)", [])
+
     def trainable_config(self, lora: bool = False) -> TrainableConfig:
         """What trains. Under LoRA the chosen blocks get adapters instead, and the other text parts
         stay frozen unless their flag is given."""
         blocks = None
-        if self.text_blocks:
+        if self.text_blocks is not None:
             try:
                 blocks = [int(part) for part in self.text_blocks.split(",") if part.strip()]
             except ValueError:
                 raise UserError(f"--text_blocks must be comma-separated integers like '0,1,2', got {self.text_blocks!r}") from None
+            if not blocks:
+                raise UserError(f"--text_blocks {self.text_blocks!r} selects no text block; expected comma-separated indices like '0,1,2' "
+                                f"(leave it out for the default, or --front_blocks 0 to train no block)")
         default = not lora
         chosen = lambda flag: default if flag is None else flag  # noqa: E731
         try:
@@ -351,6 +366,15 @@ class CardArguments:
         return [name.strip() for name in self.card_datasets.split(",") if name.strip()] if self.card_datasets else None
 
 
+@dataclass
+class OutputArguments:
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Write into a non-empty --output_dir that this run does not resume (its files are replaced; "
+                          "without this flag such a folder is refused)."},
+    )
+
+
 class Arguments(NamedTuple):
     model: ModelArguments
     data: DataArguments
@@ -358,6 +382,7 @@ class Arguments(NamedTuple):
     lora: LoraArguments
     card: CardArguments
     training: TrainingArguments
+    output: OutputArguments
 
 
 # ----------------------------------------------------------------------------------------------
@@ -542,9 +567,20 @@ class OmniNegCLIPTrainer(Trainer):
 # ----------------------------------------------------------------------------------------------
 
 
-def config_file_flags(path: Path) -> list[str]:
+def _takes_one_value(action) -> bool:
+    return action.nargs in (None, "?")
+
+
+def _is_boolean(action) -> bool:
+    return getattr(action.type, "__name__", "") == "string_to_bool" or action.nargs == 0
+
+
+def config_file_flags(path: Path, parser=None) -> list[str]:
     """A YAML/JSON mapping of flag names to values, as command-line flags (so both go through the
-    same parser): booleans as true/false, lists as several values, mappings as JSON, null skipped."""
+    same parser): booleans as true/false, lists as several values, mappings as JSON, null skipped.
+    With the `parser`, a list for a one-value flag is an error naming the key, and YAML's `no`/`yes`
+    (read as booleans) stay the words for a flag that is not boolean (`save_strategy: no`)."""
+    actions = {option: action for action in (parser._actions if parser is not None else []) for option in action.option_strings}
     import yaml
 
     if not path.is_file():
@@ -559,8 +595,15 @@ def config_file_flags(path: Path) -> list[str]:
     for key, value in values.items():
         if value is None:
             continue
+        action = actions.get(f"--{key}")
+        if isinstance(value, list) and action is not None and _takes_one_value(action):
+            if len(value) != 1:
+                raise UserError(f"config file {path}: key {key!r} holds a list ({value}), but --{key} takes one value")
+            value = value[0]  # report_to: [none]
         flags.append(f"--{key}")
-        if isinstance(value, bool):
+        if isinstance(value, bool) and action is not None and not _is_boolean(action):
+            flags.append("yes" if value else "no")  # YAML 1.1 reads an unquoted no/yes/off/on as a boolean
+        elif isinstance(value, bool):
             flags.append(str(value).lower())
         elif isinstance(value, list):
             flags.extend(str(item) for item in value)
@@ -573,11 +616,12 @@ def config_file_flags(path: Path) -> list[str]:
 
 def parse_args(argv: list[str]) -> Arguments:
     """Flags, or one YAML/JSON file of flags followed by flags that override it."""
-    parser = HfArgumentParser((ModelArguments, DataArguments, OmniNegArguments, LoraArguments, CardArguments, TrainingArguments))
+    parser = HfArgumentParser((ModelArguments, DataArguments, OmniNegArguments, LoraArguments, CardArguments, TrainingArguments,
+                               OutputArguments))
     where = "command line"
     if argv and argv[0].endswith(CONFIG_FILE_SUFFIXES) and not argv[0].startswith("-"):
         where = f"config file {argv[0]} (or the flags after it)"
-        argv = config_file_flags(Path(argv[0])) + argv[1:]
+        argv = config_file_flags(Path(argv[0]), parser) + argv[1:]
 
     def refuse(message: str):  # instead of argparse's usage dump and exit
         raise UserError(f"bad flag in the {where}: {message}; `python train.py --help` lists the flags")
@@ -589,7 +633,30 @@ def parse_args(argv: list[str]) -> Arguments:
         raise UserError(f"bad training arguments in the {where}: {' '.join(str(error).split())}") from None
     if unknown:
         raise UserError(f"unknown flag(s) in the {where}: {unknown}; `python train.py --help` lists the flags")
-    return Arguments(*parsed)
+    arguments = Arguments(*parsed)
+    check_numbers(arguments, where)
+    return arguments
+
+
+# flag -> (where it lives, lowest allowed value, whether that value itself is allowed)
+NUMERIC_FLAGS = {
+    "learning_rate": ("training", 0.0, False), "weight_decay": ("training", 0.0, True), "max_grad_norm": ("training", 0.0, True),
+    "warmup_steps": ("training", 0.0, True), "num_train_epochs": ("training", 0.0, True),
+    "adam_beta1": ("training", 0.0, True), "adam_beta2": ("training", 0.0, True), "adam_epsilon": ("training", 0.0, False),
+    "lora_alpha": ("lora", 0.0, True), "gradient_accumulation_steps": ("training", 1, True),
+}  # the loss weights and margin: checked by OmniNegLossConfig ("bad loss setting")
+
+
+def check_numbers(arguments: Arguments, where: str) -> None:
+    """A `UserError` naming the flag for a number that would break training later with a torch
+    traceback, or silently: NaN, infinity, a negative learning rate."""
+    for flag, (group, lowest, inclusive) in NUMERIC_FLAGS.items():
+        value = getattr(getattr(arguments, group), flag, None)
+        if value is None:
+            continue
+        if not math.isfinite(value) or value < lowest or (value == lowest and not inclusive):
+            bound = f">= {lowest:g}" if inclusive else f"> {lowest:g}"
+            raise UserError(f"--{flag} {value} in the {where}: expected a finite number {bound}")
 
 
 def _first_line(error: Exception) -> str:
@@ -623,7 +690,7 @@ def load_model(model_args: ModelArguments) -> tuple[OmniNegCLIPModel, CLIPProces
     elif not HUB_ID.match(source):
         raise UserError(f"--model_name_or_path {source!r} does not exist (expected a CLIP checkpoint folder or a Hub id)")
     try:
-        model = OmniNegCLIPModel.from_pretrained(source, cache_dir=model_args.cache_dir, trust_remote_code=False)
+        model = load_pretrained_checked(OmniNegCLIPModel, source, f"--model_name_or_path {source!r}", cache_dir=model_args.cache_dir)
     except (OSError, ValueError, KeyError) as error:
         raise UserError(f"--model_name_or_path {source!r}: could not load a CLIP checkpoint: {_first_line(error)}") from None
     processor_source = model_args.processor_name_or_path or source
@@ -637,16 +704,37 @@ def load_model(model_args: ModelArguments) -> tuple[OmniNegCLIPModel, CLIPProces
     return model, processor
 
 
-def check_output_and_resume(training_args: TrainingArguments) -> str | None:
-    """Fail before anything slow on an --output_dir that is a file or a checkpoint to resume from
-    that is not one; return the checkpoint folder to resume from (`latest`: the newest complete
-    checkpoint-* in --output_dir), or None."""
+def _local_paths(source: str) -> list[Path]:
+    """The local files or folders a --dataset_name value names (comma-separated data files allowed)."""
+    return [Path(part.strip()).expanduser() for part in source.split(",") if part.strip() and Path(part.strip()).expanduser().exists()]
+
+
+def check_output_and_resume(training_args: TrainingArguments, overwrite: bool = False, sources: list[str] = ()) -> str | None:
+    """Fail before anything slow on an --output_dir that is a file, that is or holds or lies inside
+    a dataset of `sources`, or that is not empty while this run neither resumes nor overwrites it;
+    on a checkpoint to resume from that is not one. Return the checkpoint folder to resume from
+    (`latest`: the newest complete checkpoint-* in --output_dir), or None."""
     output_dir = Path(training_args.output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise UserError(f"--output_dir {str(output_dir)!r} is a file; expected a folder (created if missing)")
+    for source in sources:
+        for path in _local_paths(source):
+            if overlapping(output_dir, path):
+                raise UserError(f"--output_dir {str(output_dir)!r} overlaps the training data {str(path)!r} (the same folder, or one "
+                                f"inside the other): the model would overwrite the dataset's files; pass another --output_dir")
+    contents = sorted(path.name for path in output_dir.iterdir()
+                      if path.name != LOCK_FILE and not path.name.startswith(PROBE_PREFIX)) if output_dir.is_dir() else []
+    resume = training_args.resume_from_checkpoint
+    resumes_here = bool(resume) and (resume.lower() in LATEST_CHECKPOINT or Path(resume).expanduser().resolve().parent == output_dir.resolve())
+    if contents and not resumes_here:
+        shown = ", ".join(contents[:6]) + (f", … ({len(contents)} entries)" if len(contents) > 6 else "")
+        if not overwrite:
+            again = (" --resume_from_checkpoint latest to continue the run saved there," if complete_checkpoints(output_dir) else "")
+            raise UserError(f"--output_dir {str(output_dir)!r} is not empty ({shown}) and this run does not resume a checkpoint of it: pass"
+                            f"{again} --overwrite_output_dir to write over it, or another --output_dir")
+        logger.warning("--overwrite_output_dir: writing over the files in %s (%s)", output_dir, shown)
     if training_args.per_device_train_batch_size < 1:
         raise UserError(f"--per_device_train_batch_size must be >= 1, got {training_args.per_device_train_batch_size}")
-    resume = training_args.resume_from_checkpoint
     if not resume:
         return None
     if resume.lower() in LATEST_CHECKPOINT:
@@ -663,6 +751,155 @@ def check_output_and_resume(training_args: TrainingArguments) -> str | None:
         raise UserError(f"--resume_from_checkpoint {resume!r} is not a complete checkpoint: it has no {TRAINER_STATE_FILE} "
                         f"(not a folder the Trainer wrote, or a save interrupted midway); pass an earlier checkpoint-* folder or 'latest'")
     return str(folder)
+
+
+def check_training_steps(trainer: Trainer) -> int:
+    """The optimiser steps this run will take; a `UserError` naming rows, global batch and steps when
+    it would take none (the run would then save the base model as the fine-tuned one)."""
+    args = trainer.args
+    sampler = trainer._get_train_sampler()  # a mix is repeated to the larger source's length
+    rows = len(sampler) if sampler is not None else len(trainer.train_dataset)
+    processes = args.world_size
+    accumulation = args.gradient_accumulation_steps
+    global_batch = args.per_device_train_batch_size * processes
+    batches = rows // global_batch if args.dataloader_drop_last else -(-rows // global_batch)  # per process and epoch
+    batch_text = (f"a global batch of {global_batch} rows per forward pass (--per_device_train_batch_size "
+                  f"{args.per_device_train_batch_size} x {processes} process(es)), {global_batch * accumulation} per optimiser step "
+                  f"(x --gradient_accumulation_steps {accumulation})")
+    if batches == 0:
+        forced = " (forced: several processes)" if processes > 1 else ""
+        raise UserError(
+            f"this run would train 0 steps and save the base model as the fine-tuned one: {rows} training rows, "
+            f"{batch_text}, and drop-last batches (--dataloader_drop_last{forced}) leave 0 batches per epoch; "
+            f"use --per_device_train_batch_size <= {max(rows // processes, 1)} or more data")
+    updates_per_epoch = -(-batches // accumulation)
+    steps = args.max_steps if args.max_steps >= 0 else math.ceil(args.num_train_epochs * updates_per_epoch)
+    if steps < 1:
+        chosen = (f"--max_steps {args.max_steps}" if args.max_steps >= 0 else
+                  f"--max_steps {args.max_steps} (epochs decide) and --num_train_epochs {args.num_train_epochs}")
+        raise UserError(
+            f"this run would train 0 steps and save the base model as the fine-tuned one: {chosen} with {rows} training rows, "
+            f"{batch_text} = {updates_per_epoch} step(s) per epoch; pass --max_steps >= 1 or --num_train_epochs > 0")
+    return steps
+
+
+ROWS_CHECKED = 2000  # rows of each training dataset read by check_negation_columns
+
+
+def check_negation_columns(data_args: DataArguments, cache_dir: str | None = None) -> list[str]:
+    """Warnings (logged, returned) about the negation columns of each training dataset, from its
+    first `ROWS_CHECKED` rows: negations identical to their caption (nothing to learn from them),
+    and presence/absence columns that look swapped (where a `negated_object` column says which
+    object the presence negation is about: the absence text negates it and the presence text does not)."""
+    from omninegclip.vocabulary import find_mentions
+
+    def negates(text: str, obj: str) -> bool:
+        return any(mention.negated for mention in find_mentions(text, [obj]))
+
+    columns = data_args.columns()
+    found = []
+    for name in data_args.sources():
+        dataset = load_any_dataset(name, data_args.train_split, data_args.dataset_config_name, cache_dir, required=False)
+        if dataset is None:
+            continue
+        texts = [column for column in (columns.caption, columns.presence, columns.absence) if column and column in dataset.column_names]
+        has_object = "negated_object" in dataset.column_names
+        rows = dataset.select(range(min(ROWS_CHECKED, len(dataset)))).select_columns(texts + (["negated_object"] if has_object else []))
+        identical = {flag: [] for flag in ("--presence_column", "--absence_column")}
+        swapped = checked = 0
+        for row, values in enumerate(rows):
+            caption = values.get(columns.caption)
+            for flag, column in (("--presence_column", columns.presence), ("--absence_column", columns.absence)):
+                text = values.get(column) if column else None
+                if isinstance(text, str) and isinstance(caption, str) and text.strip() and text.strip() == caption.strip():
+                    identical[flag].append(row)
+            presence, absence, obj = values.get(columns.presence), values.get(columns.absence), values.get("negated_object")
+            if has_object and all(isinstance(value, str) and value.strip() for value in (presence, absence, obj)):
+                checked += 1
+                swapped += negates(absence, obj) and not negates(presence, obj)
+        for flag, found_rows in identical.items():
+            if found_rows:
+                column = columns.presence if flag == "--presence_column" else columns.absence
+                found.append(f"dataset {name!r}: {len(found_rows)} of the first {len(rows)} rows have a {flag} {column!r} text identical to "
+                             f"their caption (rows {', '.join(map(str, found_rows[:5]))}{', …' if len(found_rows) > 5 else ''}): such a "
+                             f"pair pushes a text away from itself")
+        if checked and swapped * 2 > checked:
+            found.append(f"dataset {name!r}: in {swapped} of {checked} rows checked, the --absence_column {columns.absence!r} text negates the "
+                         f"row's negated_object and the --presence_column {columns.presence!r} text does not: the two columns look swapped "
+                         f"(try --presence_column {columns.absence} --absence_column {columns.presence})")
+    for warning in found:
+        logger.warning(warning)
+    return found
+
+
+IN_BATCH_TERMS = ("loss_presence_text", "loss_absence_negated", "loss_absence_original")  # 0 with one row per batch
+
+
+def warn_degenerate_training(training_args: TrainingArguments, reports: list[SourceReport], split: str) -> list[str]:
+    """Warnings for runs that train something other than they seem to: a global batch of one row
+    (the in-batch terms are 0), training rows without any negation (plain CLIP fine-tuning)."""
+    warnings = []
+    global_batch = training_args.per_device_train_batch_size * training_args.world_size
+    if global_batch == 1:
+        warnings.append(f"a global batch of 1 row (--per_device_train_batch_size 1 x 1 process): the in-batch terms "
+                        f"{', '.join(IN_BATCH_TERMS)} compare each row only with itself and are 0; use a batch of 2 or more")
+    train = [report for report in reports if report.split == split]
+    if train and not any(report.with_presence or report.with_absence or report.with_affirmed for report in train):
+        warnings.append(f"no training row has a presence or an absence negation ({', '.join(repr(report.name) for report in train)}): "
+                        f"this is plain CLIP fine-tuning, not Omni-NegCLIP; check --presence_column and --absence_column")
+    for warning in warnings:
+        logger.warning(warning)
+    return warnings
+
+
+def log_text_blocks(model: OmniNegCLIPModel, omni_args: OmniNegArguments, lora: bool) -> list[int]:
+    """Say which text blocks train and which flag chose them (a warning when it overrode another)."""
+    depth = model.config.text_config.num_hidden_layers
+    blocks = resolve_text_blocks(depth, model.trainable_config)
+    chooser, overridden = omni_args.blocks_choice()
+    if overridden:
+        logger.warning("%s decides the text blocks; %s given too and ignored (--text_blocks wins over --text_preset, "
+                       "which wins over --front_blocks)", chooser, " and ".join(overridden))
+    logger.info("text blocks that train%s: %s of %d (chosen by %s)", " (LoRA adapters)" if lora else "",
+                blocks or "none", depth, chooser)
+    return blocks
+
+
+def _resume_identity(record: dict, train_split: str) -> dict:
+    """What must match for a run to resume another: base model, training data, losses, trainable parts, LoRA."""
+    record = json.loads(json.dumps(record, default=str))  # as the checkpoint's JSON holds it
+    settings = record.get("omninegclip") or {}
+    return {
+        "base model (--model_name_or_path)": record.get("base_model"),
+        "datasets (--dataset_name, --mix_dataset_name)": record.get("datasets"),
+        "training rows (per dataset: rows read, rows kept)": [
+            [report.get("name"), report.get("split"), report.get("rows"), report.get("kept")] for report in record.get("data") or []
+            if report.get("split") == train_split],
+        "loss settings (--lambda_*, --margin)": settings.get("loss"),
+        "text blocks that train": settings.get("trainable_text_blocks"),
+        "trainable parts (--train_*)": {key: value for key, value in (settings.get("trainable") or {}).items()
+                                        if key not in ("front_blocks", "text_preset", "text_blocks")},
+        "LoRA (--lora_*)": settings.get("lora"),
+    }
+
+
+def check_resume_settings(checkpoint: str | Path, record: dict, train_split: str = "train") -> None:
+    """A `UserError` naming every difference between the settings recorded in the checkpoint to
+    resume from and this run's (a resumed run must continue the same run)."""
+    path = Path(checkpoint) / PROVENANCE_FILE
+    try:
+        saved = json.loads(path.read_text())
+    except FileNotFoundError:
+        logger.warning("--resume_from_checkpoint %s: no %s there, so its settings cannot be compared with this run's", checkpoint, PROVENANCE_FILE)
+        return
+    except (OSError, ValueError) as error:
+        raise UserError(f"--resume_from_checkpoint: {path} cannot be read ({_first_line(error)})") from None
+    before, now = _resume_identity(saved, train_split), _resume_identity(record, train_split)
+    differences = [f"{name}: {before[name]!r} in the checkpoint, {now[name]!r} now" for name in now if before[name] != now[name]]
+    if differences:
+        raise UserError(f"--resume_from_checkpoint {checkpoint} was saved by a run with other settings: " + "; ".join(differences)
+                        + ". Resume with the checkpoint's settings, or start a new run from its weights with "
+                          f"--model_name_or_path {checkpoint} and another --output_dir")
 
 
 def lora_target_regex(blocks: list[int], target: str) -> str:
@@ -822,13 +1059,18 @@ def check_report_to(training_args: TrainingArguments) -> None:
                             f"`pip install {package}`, or pass --report_to none") from None
 
 
+def _card_settings(args: Arguments, record: dict, widget: list | None) -> dict:
+    card_args = args.card
+    return dict(base_model=args.model.model_name_or_path, datasets=record["datasets"], widget_examples=widget,
+                license=card_args.license, base_model_id=card_args.card_base_model, dataset_ids=card_args.dataset_ids())
+
+
 def save_outputs(args: Arguments, trainer: OmniNegCLIPTrainer, processor: CLIPProcessor, record: dict,
-                 metrics: dict | None, lora_settings: dict | None, push: bool, widget: list | None,
+                 metrics: dict | None, lora_settings: dict | None, widget: list | None,
                  train_metrics: dict | None = None) -> None:
     """The checkpoint folder: plain CLIP weights (LoRA merged), processor, settings, provenance, the
     Trainer's state and train/eval metrics (`trainer_state.json`, `train_results.json`,
-    `eval_results.json`, `all_results.json`) and model card; pushed to the Hub when asked (with the
-    tracker logs in `runs/`). Written by the first process only."""
+    `eval_results.json`, `all_results.json`) and model card. Written by the first process only."""
     model_args, card_args, training_args = args.model, args.card, args.training
     output_dir = Path(training_args.output_dir)
     if lora_settings is None:
@@ -849,23 +1091,68 @@ def save_outputs(args: Arguments, trainer: OmniNegCLIPTrainer, processor: CLIPPr
         trainer.save_metrics("eval", metrics)
     trainer.save_state()
     write_provenance(output_dir, record | {"global_step": trainer.state.global_step})
-    card = dict(base_model=model_args.model_name_or_path, datasets=record["datasets"], widget_examples=widget,
-                license=card_args.license, base_model_id=card_args.card_base_model, dataset_ids=card_args.dataset_ids())
-    if push:
-        adapter_repo = args.lora.hub_adapter_id  # else the adapter/ subfolder goes up with the model
-        if adapter_repo:
-            push_adapter(output_dir / ADAPTER_DIR, adapter_repo, token=training_args.hub_token, private=training_args.hub_private_repo)
-        push_checkpoint(output_dir, training_args.hub_model_id or output_dir.resolve().name,
-                        token=training_args.hub_token, private=training_args.hub_private_repo,
-                        also_ignore=[f"{ADAPTER_DIR}/**"] if adapter_repo else [], **card)
-    else:
-        write_model_card(output_dir, repo_id=training_args.hub_model_id, **card)
-    logger.info("wrote the checkpoint to %s", output_dir)
+    write_model_card(output_dir, repo_id=training_args.hub_model_id, **_card_settings(args, record, widget))
+
+
+def push_outputs(args: Arguments, record: dict, widget: list | None) -> None:
+    """The final folder (with the tracker logs in `runs/`) to the Hub, the adapter to its own repo
+    when asked (else it goes up in the `adapter/` subfolder)."""
+    training_args, output_dir = args.training, Path(args.training.output_dir)
+    adapter_repo = args.lora.hub_adapter_id
+    if adapter_repo:
+        push_adapter(output_dir / ADAPTER_DIR, adapter_repo, token=training_args.hub_token, private=training_args.hub_private_repo)
+    push_checkpoint(output_dir, training_args.hub_model_id or output_dir.resolve().name,
+                    token=training_args.hub_token, private=training_args.hub_private_repo,
+                    also_ignore=[f"{ADAPTER_DIR}/**", f"{FINAL_STAGING}/**", LOCK_FILE] if adapter_repo
+                    else [f"{FINAL_STAGING}/**", LOCK_FILE], **_card_settings(args, record, widget))
+
+
+FINAL_STAGING = ".final-partial"  # where the final checkpoint is written before it is moved into --output_dir
+
+
+def save_outputs_atomically(args: Arguments, trainer: OmniNegCLIPTrainer, processor: CLIPProcessor, record: dict,
+                            metrics: dict | None, lora_settings: dict | None, push: bool, widget: list | None,
+                            train_metrics: dict | None = None) -> None:
+    """`save_outputs` into a hidden folder of --output_dir, then each file renamed into place
+    (config.json last): a full disk or a crash while saving leaves no half-written final model that
+    loads (the checkpoint-* folders stay as they were). Then the push, from the complete folder."""
+    training_args = args.training
+    output_dir = Path(training_args.output_dir)
+    staging = output_dir / FINAL_STAGING
+    if trainer.is_world_process_zero():
+        shutil.rmtree(staging, ignore_errors=True)
+    training_args.output_dir = str(staging)
+    try:
+        save_outputs(args, trainer, processor, record, metrics, lora_settings, widget, train_metrics=train_metrics)
+    except BaseException:
+        if trainer.is_world_process_zero():
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        training_args.output_dir = str(output_dir)
+    if trainer.is_world_process_zero():
+        _move_into(staging, output_dir)
+        logger.info("the final checkpoint is complete in %s", output_dir)
+        if push:
+            push_outputs(args, record, widget)
+
+
+def _move_into(staging: Path, output_dir: Path) -> None:
+    try:
+        for path in sorted(staging.iterdir(), key=lambda path: path.name == "config.json"):
+            target = output_dir / path.name
+            if path.is_dir() and target.is_dir():
+                shutil.rmtree(target)
+            os.replace(path, target)
+        staging.rmdir()
+    except OSError as error:
+        raise UserError(f"--output_dir {output_dir}: could not move the final checkpoint into place from {staging} "
+                        f"({error.strerror or error}); the complete files are in {staging}") from None
 
 
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
-    model_args, data_args, omni_args, lora_args, card_args, training_args = args
+    model_args, data_args, omni_args, lora_args, card_args, training_args, output_args = args
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     datasets.utils.logging.set_verbosity_warning()
     set_seed(training_args.seed)
@@ -885,8 +1172,30 @@ def main(argv: list[str]) -> None:
         raise UserError("--hub_adapter_id names where to push the adapter: it needs --push_to_hub")
     widget = load_widget_examples(card_args.widget_examples) if card_args.widget_examples else None
     check_report_to(training_args)
-    resume = check_output_and_resume(training_args)
+    resume = check_output_and_resume(training_args, output_args.overwrite_output_dir, data_args.sources())
+    if data_args.image_embedding_cache_dir:
+        ensure_writable(data_args.image_embedding_cache_dir, "--image_embedding_cache_dir")
+    try:
+        if training_args.process_index != 0:  # the first process holds the lock for all
+            return train_and_save(args, resume, push, widget)
+        with OutputLock(training_args.output_dir, "--output_dir"):
+            train_and_save(args, resume, push, widget)
+    except KeyboardInterrupt:
+        raise Interrupted(interrupted_message(training_args.output_dir)) from None
 
+
+def interrupted_message(output_dir: str) -> str:
+    """What a Ctrl-C'd run kept and how to go on."""
+    checkpoints = complete_checkpoints(output_dir)
+    if checkpoints:
+        return (f"the {len(checkpoints)} complete checkpoint-* folder(s) in {output_dir} are kept (newest: {checkpoints[-1].name}); "
+                f"continue with the same flags plus --resume_from_checkpoint latest")
+    return f"no checkpoint had been saved in {output_dir} yet (see --save_steps); run the same command again to start over"
+
+
+def train_and_save(args: Arguments, resume: str | None, push: bool, widget: list | None) -> None:
+    """The run itself, once the output folder is known to be writable and is locked."""
+    model_args, data_args, omni_args, lora_args, card_args, training_args, output_args = args
     model, processor = load_model(model_args)
     model.loss_config = omni_args.loss_config()
     model.trainable_config = omni_args.trainable_config(lora=lora_args.enabled)
@@ -899,9 +1208,14 @@ def main(argv: list[str]) -> None:
             apply_trainable(model, model.trainable_config)
     except ValueError as error:
         raise UserError(f"bad trainable setting for {model_args.model_name_or_path!r}: {error}") from None
+    log_text_blocks(model, omni_args, lora_args.enabled)
+    check_negation_columns(data_args, model_args.cache_dir)
 
     prepared, packed, _, reports = prepare_splits(args, processor, model)
+    warn_degenerate_training(training_args, reports, data_args.train_split)
     record = training_record(args, model, lora_settings, push, reports, resume)
+    if resume:
+        check_resume_settings(resume, record, data_args.train_split)
     trainer = OmniNegCLIPTrainer(
         model=trained_model,
         args=training_args,
@@ -917,13 +1231,15 @@ def main(argv: list[str]) -> None:
     if lora_settings is not None and trainer.is_fsdp_enabled:
         raise UserError("--lora_r does not work under FSDP (merging adapters needs unsharded weights): "
                         "launch with configs/accelerate/ddp.yaml or deepspeed_zero2.yaml instead")
+    check_training_steps(trainer)
     if push:
         logger.info("--push_to_hub: the final checkpoint is pushed once, after training (--hub_strategy is not used)")
     train_result = trainer.train(resume_from_checkpoint=resume)
     # Every process evaluates: the loss gathers embeddings across them.
     metrics = trainer.evaluate() if "eval" in prepared else None
 
-    save_outputs(args, trainer, processor, record, metrics, lora_settings, push, widget, train_metrics=train_result.metrics)
+    save_outputs_atomically(args, trainer, processor, record, metrics, lora_settings, push, widget,
+                            train_metrics=train_result.metrics)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()

@@ -56,6 +56,9 @@ def parse_dataset_ids(text: str | None) -> dict[str, str]:
     return dict(part.split("=") for part in pairs)
 
 
+INTERRUPTED_HINT = "nothing was written to --out (results are written once every model is evaluated); run the same command again"
+
+
 def main(argv: list[str]) -> None:
     from eval.runner import run_evaluation
 

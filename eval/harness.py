@@ -17,7 +17,10 @@ Public surface:
 Scoring rules (the same for every benchmark):
 - Embeddings are L2-normalised here again, whatever the embedder returned; scores are cosines.
 - A `ChoiceItem` is right only if the right option scores *strictly* higher than every other option:
-  a tie counts as wrong, so a model that cannot tell the options apart gets no credit.
+  a tie counts as wrong, so a model that cannot tell the options apart gets no credit (`accuracy`).
+  Beside it, `accuracy_argmax` follows NegBench's own scripts (`torch.argmax` over the options: a
+  tie goes to the first of the tied options); `counts["ties_won_by_order"]` counts the items only
+  that rule gets right (the right option tied with a later one), the one difference between the two.
 - Retrieval: a query's rank is the number of wrong candidates scoring at least as high as its best
   right candidate (ties again go against the model); R@k is the share of queries with rank < k.
   Text→image is scored for every text; image→text for every image that has at least one text.
@@ -250,6 +253,13 @@ def choice_correct(anchors: torch.Tensor, options: torch.Tensor, option_mask: to
     return answer_scores > others.max(dim=1).values
 
 
+def choice_argmax_correct(anchors: torch.Tensor, options: torch.Tensor, option_mask: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
+    """NegBench's rule: the first option with the highest cosine is the model's pick (arguments as
+    `choice_correct`). Returns a bool tensor (n,)."""
+    scores = torch.einsum("nd,nmd->nm", anchors, options).masked_fill(~option_mask, float("-inf"))
+    return scores.argmax(dim=1) == answers
+
+
 def first_positive_rank(scores: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
     """0-based rank of each query's best right candidate: wrong candidates scoring >= it (ties count against)."""
     best_positive = scores.masked_fill(~positive, float("-inf")).max(dim=1).values
@@ -281,9 +291,10 @@ class TaskScore:
     counts: dict[str, int] = field(default_factory=dict)
 
 
-def _score_choices(items: list[ChoiceItem], table: EmbeddingTable) -> torch.Tensor:
-    """Right/wrong per item, in item order."""
+def _score_choices(items: list[ChoiceItem], table: EmbeddingTable) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right/wrong per item, in item order: ties wrong (`choice_correct`), and by NegBench's argmax rule."""
     correct = torch.zeros(len(items), dtype=torch.bool)
+    argmax_correct = torch.zeros(len(items), dtype=torch.bool)
     for choose in ("text", "image"):
         indices = [index for index, item in enumerate(items) if item.choose == choose]
         for start in range(0, len(indices), _CHUNK):
@@ -299,7 +310,8 @@ def _score_choices(items: list[ChoiceItem], table: EmbeddingTable) -> torch.Tens
             mask = torch.arange(options.shape[1])[None, :] < lengths[:, None]
             answers = torch.tensor([item.answer for item in chunk])
             correct[indices[start : start + _CHUNK]] = choice_correct(anchors, options, mask, answers)
-    return correct
+            argmax_correct[indices[start : start + _CHUNK]] = choice_argmax_correct(anchors, options, mask, answers)
+    return correct, argmax_correct
 
 
 def validate_choice(item: ChoiceItem, task_name: str) -> None:
@@ -319,9 +331,11 @@ def score_task(task: TaskData, table: EmbeddingTable) -> TaskScore:
     if task.choices:
         for item in task.choices:
             validate_choice(item, task.name)
-        correct = _score_choices(task.choices, table)
+        correct, argmax_correct = _score_choices(task.choices, table)
         score.metrics["accuracy"] = correct.sum().item() / len(correct)
+        score.metrics["accuracy_argmax"] = argmax_correct.sum().item() / len(correct)
         score.counts["items"] = len(task.choices)
+        score.counts["ties_won_by_order"] = int((argmax_correct & ~correct).sum())
         groups = sorted({item.group for item in task.choices})
         if groups != ["all"]:
             group_accuracies = []

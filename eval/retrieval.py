@@ -75,8 +75,11 @@ def read_karpathy_json(path: str | Path, images_root: str | Path | None = None, 
         if builder.full():
             break
         sentences = entry["sentences"]
-        if not isinstance(sentences, list) or not sentences:
-            raise UserError(f"{where}: 'sentences' must be a non-empty list")
+        if not isinstance(sentences, list):
+            raise UserError(f"{where}: 'sentences' must be a list, got {type(sentences).__name__}")
+        if not sentences:
+            skips.add("image without a usable caption", where)  # left out, counted, like an image whose captions are all empty
+            continue
         captions = []
         for number, sentence in enumerate(sentences[:CAPTIONS_PER_IMAGE]):
             raw = sentence.get("raw") if isinstance(sentence, dict) else None

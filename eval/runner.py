@@ -16,7 +16,10 @@ max_items=None, progress=True, seed=0) -> dict`.
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
+import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +30,11 @@ from eval.layerwise import layerwise_cosines, read_negation_pairs
 from eval.report import write_outputs
 from eval.tasks import DATA_FLAGS, TASKS, BuiltTask, build_tasks, check_data, check_task_names
 from omninegclip.cli import UserError
+from omninegclip.outputs import ensure_writable
 from omninegclip.provenance import provenance
+from omninegclip.safe_load import WEIGHTS_FILES, load_pretrained_checked
 
 HARNESS_VERSION = "1.0.0"
-WEIGHTS_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
 def _first_line(error: Exception) -> str:
@@ -73,7 +77,7 @@ def load_clip(model_id: str, device: str | torch.device = "cpu"):
 
     check_clip_checkpoint(model_id)
     try:
-        model = CLIPModel.from_pretrained(model_id, trust_remote_code=False)
+        model = load_pretrained_checked(CLIPModel, model_id, f"model {model_id}")
         processor = CLIPProcessor.from_pretrained(model_id, trust_remote_code=False)
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise UserError(f"model {model_id}: cannot load the CLIP weights and processor ({_first_line(error)})") from error
@@ -140,14 +144,18 @@ def run_evaluation(
     dataset_ids = check_dataset_ids(dataset_ids or {}, data)
     if Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise UserError(f"--out {out_dir}: is a file; expected a folder (created if missing)")
+    ensure_writable(out_dir, "--out")  # before anything slow
     torch_device = resolve_device(device)
     for model in models:
         check_clip_checkpoint(model)
+    for model in models:  # weights and processor of every model, before any is evaluated
+        load_clip(model, "cpu")  # loaded, checked and let go
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
 
     built = build_tasks(task_names, data, max_items)
+    drop_degenerate_items(built)
     check_not_empty(built)
     pairs = None
     if "layerwise" in task_names:
@@ -196,8 +204,40 @@ def run_evaluation(
 
     for task in built:  # the first model's pass may have left out items with unreadable images
         results["tasks"][task.data.name]["notes"] = task.data.notes
-    write_outputs(results, out_dir)
+    write_outputs_atomically(results, Path(out_dir))
     return results
+
+
+def write_outputs_atomically(results: dict, out_dir: Path) -> None:
+    """The result files written into a hidden folder beside them, then each renamed into `out_dir`:
+    a full disk leaves the previous files (or none), never a 0-byte or partial one."""
+    staging = out_dir / f".partial-{os.getpid()}"
+    try:
+        for path in write_outputs(results, staging).values():
+            os.replace(path, out_dir / path.name)
+    except OSError as error:
+        raise UserError(f"--out {out_dir}: could not write the results ({error.filename or out_dir}: {error.strerror or error}); "
+                        f"the files there before, if any, are unchanged") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def drop_degenerate_items(built: list[BuiltTask]) -> None:
+    """Leave out (counted in the task's notes) the multiple-choice items with fewer than two options,
+    which every model gets right; refuse a retrieval over fewer than two images, where every R@k is
+    100 % whatever the model."""
+    for task in built:
+        data = task.data
+        single = [item for item in data.choices if len(item.texts if item.choose == "text" else item.images) < 2]
+        if single:
+            data.choices = [item for item in data.choices if item not in single]
+            shown = ", ".join(item.item_id or "?" for item in single[:3]) + (", …" if len(single) > 3 else "")
+            note = f"left out {len(single)} item(s) with a single option, which any model gets right (e.g. {shown})"
+            data.notes = f"{data.notes}; {note}" if data.notes else note
+            print(f"warning: task {data.name}: {note}", file=sys.stderr)
+        if data.retrieval is not None and len(data.retrieval.images) < 2:
+            raise UserError(f"task {data.name}: retrieval over {len(data.retrieval.images)} image(s) scores 100 % for any model; "
+                            f"it needs at least two images (check --max_items and the data file)")
 
 
 def check_not_empty(built: list[BuiltTask]) -> None:

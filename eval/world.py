@@ -47,6 +47,7 @@ from PIL import Image
 
 from eval.items import ChoiceItem, RetrievalSet, TaskData
 from omninegclip.cli import UserError
+from omninegclip.safe_load import to_rgb
 from omninegclip.shapes import (
     AFFIRMATIVE_FRAMES,
     NEGATION_TEMPLATES,
@@ -137,7 +138,7 @@ def _read_scenes(dataset: datasets.Dataset, split: str, max_scenes: int | None) 
 
 
 def _stored_image(images: datasets.Dataset, row: int) -> Image.Image:
-    return images[row]["image"].convert("RGB")
+    return to_rgb(images[row]["image"])
 
 
 def _rendered_variant(scene: WorldScene, kind: str) -> Image.Image:

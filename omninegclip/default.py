@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(init, ignore_errors=True)
         make_initial_model(init, size, args.seed, world_pixel_statistics(world))
         run([python, "train.py", "--model_name_or_path", str(init), "--dataset_name", str(world),
-             "--output_dir", str(base), "--caption_column", "pretrain_caption",
+             "--output_dir", str(base), "--overwrite_output_dir", "true", "--caption_column", "pretrain_caption",
              "--presence_column", "none", "--absence_column", "none",
              "--text_preset", "whole", "--train_vision_tower", "true", "--cache_image_embeddings", "false",
              *flags(dict(per_device_train_batch_size=128, learning_rate=5e-4, weight_decay=0.1, warmup_steps=100,
@@ -339,7 +339,7 @@ def main(argv: list[str] | None = None) -> None:
     for recipe in recipes:
         target = out / ("ablations" if args.ablations else "") / recipe.name
         run([python, "train.py", "--model_name_or_path", str(base), "--dataset_name", str(world),
-             "--output_dir", str(target),
+             "--output_dir", str(target), "--overwrite_output_dir", "true",  # a rerun replaces the earlier run's model
              *flags(dict(per_device_train_batch_size=128, learning_rate=1e-3, weight_decay=0.2, warmup_steps=20,
                          lr_scheduler_type="cosine", num_train_epochs=args.finetune_epochs, logging_steps=25,
                          eval_strategy="no", save_strategy="no", report_to="none", seed=args.seed,

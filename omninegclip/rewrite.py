@@ -21,8 +21,10 @@ Public surface:
   with the absent object affirmed ("a dog on a couch" -> "a dog on a couch, with a cat");
 - `PRESENCE_TEMPLATES`, `ABSENCE_TEMPLATES`: the template names;
 - `presence_problem(caption, text, obj, present_objects)` / `absence_problem(...)`: the quality gate
-  for one row, None when the negation is good, else the reason ("object_not_mentioned", ...); with
-  `strict=True` also that the negation governs the object (what the rewriters and the LLM check);
+  for one row, None when the negation is good, else the reason ("object_not_mentioned", ...); a
+  presence negation that negates one mention of its object and still affirms another ("no dog and
+  another dog near a cat") fails as "object_still_affirmed"; with `strict=True` also that the
+  negation governs the object (what the rewriters and the LLM check);
 - `LLMRewriter`: the optional rewriter backed by a text-generation model (any callable
   prompt -> text, or `LLMRewriter.from_pretrained(model_id)`, which never runs a repository's own
   code: `trust_remote_code=False`); its outputs pass the strict check or it returns None, and the
@@ -299,6 +301,8 @@ def presence_problem(caption: str, text: str | None, obj: str | None, present_ob
         return "no_negation_cue"
     if strict and not _negation_governs(text, obj):
         return "object_not_negated"
+    if _negation_governs(text, obj) and not all(mention.negated for mention in find_mentions(text, [obj])):
+        return "object_still_affirmed"  # "no dog and another dog near a cat": still true of the image
     return None
 
 

@@ -16,9 +16,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import pickle
 import re
+import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -33,6 +36,7 @@ from transformers import CLIPModel, GPT2Config, GPT2LMHeadModel
 
 import data_builder
 from conftest import tiny_clip_config
+from test_run_safety import gradient_16_bit_png
 from train_helpers import invoke_cli
 from omninegclip.cli import UserError, run_cli
 
@@ -68,6 +72,7 @@ class Fixtures:
         images.mkdir()
         for name, mode, size in (("ok.png", "RGB", 8), ("rgba.png", "RGBA", 8), ("gray.png", "L", 8), ("big.png", "RGB", 64)):
             (images / name).write_bytes(png_bytes(mode, size))
+        (images / "grad16.png").write_bytes(gradient_16_bit_png())
         (images / "corrupt.png").write_bytes(b"this is not an image")
         (images / "trunc.png").write_bytes(png_bytes()[:40])
         self.images = images
@@ -76,15 +81,29 @@ class Fixtures:
         return str(self.root / name)
 
     def out(self) -> str:
-        """A fresh output folder (not created)."""
+        """A fresh output folder (not created); `last_out` remembers it for a row's `check`."""
         self._outputs += 1
-        return str(self.root / "outputs" / f"out{self._outputs}")
+        self.last_out = self.root / "outputs" / f"out{self._outputs}"
+        return str(self.last_out)
 
     def existing_out(self) -> str:
         path = Path(self.out())
         path.mkdir(parents=True)
         (path / "precious.txt").write_text("x")
         return str(path)
+
+    def locked_out(self, pid: int) -> str:
+        """A fresh output folder holding a run lock of process `pid`."""
+        path = Path(self.out())
+        path.mkdir(parents=True)
+        (path / ".omninegclip.lock").write_text(json.dumps({"pid": pid, "host": socket.gethostname()}))
+        return str(path)
+
+    @staticmethod
+    def dead_pid() -> int:
+        """The id of a process that has finished."""
+        finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+        return int(finished.stdout)
 
     def write(self, name: str, text: str | bytes) -> str:
         path = self.root / name
@@ -141,6 +160,27 @@ class Fixtures:
             self.processor.save_pretrained(path)
         return str(path)
 
+    def broken_clip(self, kind: str) -> str:
+        """A CLIP folder whose weights are wrong: `deeper_config` (3-layer weights, config says 5),
+        `truncated` (model.safetensors cut in half) or `no_processor` (weights and config only)."""
+        path = self.root / f"clip_{kind}"
+        if not path.exists():
+            shutil.copytree(self.clip(), path)
+            if kind == "deeper_config":
+                torch.manual_seed(0)
+                CLIPModel(tiny_clip_config(3)).save_pretrained(path)
+                config = json.loads((path / "config.json").read_text())
+                config["text_config"]["num_hidden_layers"] = 5
+                (path / "config.json").write_text(json.dumps(config))
+            elif kind == "truncated":
+                data = (path / "model.safetensors").read_bytes()
+                (path / "model.safetensors").write_bytes(data[: len(data) // 2])
+            else:
+                for name in path.iterdir():
+                    if name.name not in ("config.json", "model.safetensors"):
+                        name.unlink()
+        return str(path)
+
     def gpt2(self) -> str:
         path = self.root / "gpt2"
         if not path.exists():
@@ -167,9 +207,24 @@ class Fixtures:
         return str(path)
 
     def train_args(self, dataset: str, *extra: str) -> list[str]:
-        return ["--model_name_or_path", self.clip(), "--dataset_name", dataset, "--output_dir", self.out(), "--report_to", "none",
+        output = [] if "--output_dir" in extra else ["--output_dir", self.out()]
+        return ["--model_name_or_path", self.clip(), "--dataset_name", dataset, *output, "--report_to", "none",
                 "--max_steps", "1", "--per_device_train_batch_size", "2", "--use_cpu", "true", "--save_strategy", "no",
                 "--eval_strategy", "no", *extra]
+
+    def checkpoint(self) -> str:
+        """The checkpoint-1 folder of a one-step run on the `good` dataset (trained on first use)."""
+        run = self.root / "run_with_checkpoint"
+        if not (run / "checkpoint-1").is_dir():
+            import train
+
+            train.main([*self.train_args(self.dataset("good", ["a dog"] * 4), "--output_dir", str(run)), "--save_strategy", "steps", "--save_steps", "1"])
+            self.checkpoint_digest = folder_digest(run)
+        return str(run / "checkpoint-1")
+
+    def good_run(self, *extra: str) -> list[str]:
+        """train.py flags for a one-step run on four good rows, then `extra`."""
+        return self.train_args(self.dataset("good", ["a dog"] * 4), *extra)
 
     def mcq(self, name: str, *images: str, caption: str = "a dog") -> str:
         header = "image_path,correct_answer,caption_0,caption_1,caption_2,caption_3,correct_answer_template\n"
@@ -187,10 +242,62 @@ class Case:
     exit_code: int
     phrases: tuple[str, ...]
     once: str | None = None  # a phrase that must be printed exactly once
+    check: Callable[[Fixtures], None] | None = None  # asserts what was (not) written, after the run
 
     @property
     def id(self) -> str:
         return f"{self.cli}:{self.name}"
+
+
+def no_weights(folder: Path) -> None:
+    """Nothing that looks like a trained model was written into `folder`."""
+    written = sorted(path.name for path in Path(folder).glob("*")) if Path(folder).is_dir() else []
+    assert not [name for name in written if name.endswith((".safetensors", ".bin")) or name in ("README.md", "config.json")], written
+
+
+def gradient_kept(out: Path) -> None:
+    """The built dataset holds the 16-bit gradient as >= 200 grey levels in their order (not whitened)."""
+    import numpy as np
+
+    built = datasets.load_from_disk(str(out))
+    images = [image for split in built.values() for image in split["image"] if image.width == 256]
+    assert len(images) == 1, len(images)
+    row = np.asarray(images[0].convert("RGB"))[0, :, 0].tolist()
+    assert len(set(row)) >= 200 and row == sorted(row) and max(row) < 255, row
+
+
+def folder_digest(folder: Path) -> dict[str, str]:
+    """Every file under `folder` (hidden ones aside) and a hash of its bytes."""
+    return {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(Path(folder).rglob("*")) if path.is_file() and not path.name.startswith(".")}
+
+
+def unchanged(folder: Path, digest: dict[str, str]) -> None:
+    assert folder_digest(folder) == digest
+
+
+def tie_scored_both_ways(out: Path) -> None:
+    """The right option tied with a later one: wrong by the project's rule, right by NegBench's argmax."""
+    results = json.loads((Path(out) / "results.json").read_text())
+    metrics = results["metrics"]["negbench_mcq"]
+    assert list(metrics["accuracy"].values()) == [0.0] and list(metrics["accuracy_argmax"].values()) == [1.0], metrics
+    assert results["tasks"]["negbench_mcq"]["counts"]["ties_won_by_order"] == 1
+
+
+def nothing_written(folder: Path) -> None:
+    assert not Path(folder).exists() or not any(Path(folder).iterdir()), sorted(Path(folder).iterdir())
+
+
+def holds_only(folder: Path, names: list[str]) -> None:
+    """Nothing was added to `folder`: its entries (hidden ones only where named) are exactly `names`."""
+    found = sorted(path.name for path in Path(folder).iterdir() if not path.name.startswith(".") or path.name in names)
+    assert found == sorted(names), found
+
+
+def holds(folder: Path, names: list[str]) -> None:
+    """The run wrote (or kept) each of `names` in `folder`."""
+    missing = [name for name in names if not (Path(folder) / name).exists()]
+    assert not missing, (missing, sorted(path.name for path in Path(folder).iterdir()))
 
 
 def db(*args: str) -> list[str]:
@@ -218,6 +325,8 @@ CASES = [
     Case("data_builder", "download_timeout_zero", lambda fx: db("captions", "--dataset", fx.pairs("p.jsonl"), "--out", fx.out(), "--download_timeout", "0"), 2,
          ("--download_timeout 0.0 must be > 0 seconds",)),
     Case("data_builder", "out_is_a_file", lambda fx: db(*fx.coco(), "--out", fx.write("a_file", "x")), 2, ("a_file: is a file, expected a folder",)),
+    Case("data_builder", "out_not_writable", lambda fx: db(*fx.coco(), "--out", fx.write("a_file", "x") + "/sub/out"), 2,
+         ("--out", "a_file/sub/out: its folder", "is not writable (Not a directory); nothing was done",)),
     Case("data_builder", "out_exists", lambda fx: db(*fx.coco(), "--out", fx.existing_out()), 2, ("already exists; pass --overwrite to replace it",)),
     Case("data_builder", "overwrite_not_ours", lambda fx: db(*fx.coco(), "--out", fx.existing_out(), "--overwrite"), 2,
          ("--overwrite only replaces a dataset this tool built",)),
@@ -298,6 +407,13 @@ CASES = [
     Case("data_builder", "grayscale_and_rgba_images", lambda fx: db("captions", "--dataset", fx.pairs("modes.jsonl", {"image": "images/gray.png", "caption": "a dog"},
                                                                                                       {"image": "images/rgba.png", "caption": "a cat"}), "--out", fx.out()), 0,
          ("converted to RGB from L: 1", "converted to RGB from RGBA: 1")),
+    Case("data_builder", "image_16_bit_scaled_not_whitened", lambda fx: db("captions", "--dataset", fx.pairs("grad16.jsonl", {"image": "images/grad16.png", "caption": "a dog"}),
+                                                                           "--out", fx.out()), 0,
+         ("converted to RGB from I;16: 1",), check=lambda fx: gradient_kept(fx.last_out)),
+    Case("data_builder", "presence_negation_still_affirms_its_object", lambda fx: db("captions", "--dataset", fx.pairs("two_dogs.jsonl", {"image": "images/ok.png",
+                                                                                                                          "caption": "a dog and another dog"}),
+                                                                                  "--out", fx.out()), 0,
+         ("skipped presence:quality_gate:object_still_affirmed: 1",)),
     Case("data_builder", "image_url_not_http", lambda fx: db("captions", "--dataset", fx.pairs("file_url.jsonl", {"image": "file:///etc/hostname", "caption": "a dog"}),
                                                              "--out", fx.out()), 0,
          ("skipped row:image_url_not_http: 1 (e.g. file:///etc/hostname)",)),
@@ -351,6 +467,78 @@ CASES = [
     Case("train", "config_file_not_a_mapping", lambda fx: [fx.write("list.yaml", "- a\n- b\n")], 2, ("must hold a mapping of flag names to values, got list",)),
     Case("train", "long_captions_and_rgba_gray_images", lambda fx: fx.train_args(fx.dataset("long_captions", [LONG_CAPTION] * 4, modes=("RGBA", "L"))), 0,
          ("truncated 4 caption(s) longer than 77 tokens",), once="longer than 77 tokens"),
+    # ------------------------------------------------------------------ train.py: runs that would be wrong (issue 14)
+    Case("train", "zero_steps_drop_last", lambda fx: fx.good_run("--per_device_train_batch_size", "64",
+                                                                    "--dataloader_drop_last", "true"), 2,
+         ("this run would train 0 steps", "4 training rows, a global batch of 64 rows", "--dataloader_drop_last", "0 batches per epoch",
+          "--per_device_train_batch_size <= 4"), check=lambda fx: no_weights(fx.last_out)),
+    Case("train", "zero_steps_zero_epochs", lambda fx: fx.good_run("--max_steps", "-1", "--num_train_epochs", "0"), 2,
+         ("this run would train 0 steps", "--num_train_epochs 0.0 with 4 training rows", "pass --max_steps >= 1 or --num_train_epochs > 0"),
+         check=lambda fx: no_weights(fx.last_out)),
+    Case("train", "zero_steps_max_steps_0", lambda fx: fx.good_run("--max_steps", "0"), 2,
+         ("this run would train 0 steps", "--max_steps 0 with 4 training rows"), check=lambda fx: no_weights(fx.last_out)),
+    Case("train", "output_dir_not_empty", lambda fx: fx.good_run("--output_dir", fx.existing_out()), 2,
+         ("is not empty (precious.txt) and this run does not resume a checkpoint of it: pass --overwrite_output_dir",),
+         check=lambda fx: holds_only(fx.last_out, ["precious.txt"])),
+    Case("train", "output_dir_not_empty_overwrite", lambda fx: fx.good_run("--output_dir", fx.existing_out(),
+                                                                             "--overwrite_output_dir", "true"), 0,
+         ("--overwrite_output_dir: writing over the files in",), check=lambda fx: holds(fx.last_out, ["model.safetensors", "precious.txt"])),
+    Case("train", "output_dir_is_the_dataset", lambda fx: fx.good_run("--output_dir", fx.dataset("good", [])), 2,
+         ("overlaps the training data", "the model would overwrite the dataset's files"),
+         check=lambda fx: holds_only(fx.root / "good", ["dataset_dict.json", "train"])),
+    Case("train", "output_dir_inside_the_dataset", lambda fx: fx.good_run("--output_dir", fx.path("good/model")), 2,
+         ("overlaps the training data",), check=lambda fx: holds_only(fx.root / "good", ["dataset_dict.json", "train"])),
+    Case("train", "output_dir_locked_by_a_running_run", lambda fx: fx.good_run("--output_dir", fx.locked_out(pid=1)), 2,
+         ("is in use by another run (pid 1, lock file",), check=lambda fx: holds_only(fx.last_out, [".omninegclip.lock"])),
+    Case("train", "output_dir_lock_of_a_dead_run", lambda fx: fx.good_run("--output_dir", fx.locked_out(pid=fx.dead_pid())), 0,
+         ("taking over the lock of pid", "which is no longer running"), check=lambda fx: holds(fx.last_out, ["model.safetensors"])),
+    Case("train", "output_dir_not_writable", lambda fx: fx.good_run("--output_dir", fx.write("a_file", "x") + "/run"), 2,
+         ("--output_dir", "a_file/run' is not writable (Not a directory); nothing was done",)),
+    Case("train", "text_blocks_blank", lambda fx: fx.good_run("--text_blocks", " "), 2,
+         ("--text_blocks ' ' selects no text block",)),
+    Case("train", "text_preset_overrides_front_blocks", lambda fx: fx.good_run("--front_blocks", "1",
+                                                                                 "--text_preset", "back"), 0,
+         ("--text_preset back decides the text blocks; --front_blocks 1 given too and ignored",
+          "text blocks that train: [3, 4] of 5 (chosen by --text_preset back)")),
+    Case("train", "text_blocks_logged", lambda fx: fx.good_run(), 0,
+         ("text blocks that train: [0, 1] of 5 (chosen by the default (the front half))",)),
+    Case("train", "resume_with_other_settings", lambda fx: fx.train_args(fx.dataset("other", ["a cat"] * 6), "--resume_from_checkpoint", fx.checkpoint(),
+                                                                         "--output_dir", str(Path(fx.checkpoint()).parent), "--max_steps", "2",
+                                                                         "--lambda_text", "0.5", "--text_blocks", "0"), 2,
+         ("checkpoint-1 was saved by a run with other settings: datasets", "good'] in the checkpoint", "other'] now",
+          "loss settings (--lambda_*, --margin)", "text blocks that train: [0, 1] in the checkpoint, [0] now",
+          "or start a new run from its weights with --model_name_or_path"),
+         check=lambda fx: unchanged(Path(fx.checkpoint()).parent, fx.checkpoint_digest)),
+    Case("train", "resume_with_the_same_settings", lambda fx: fx.good_run("--resume_from_checkpoint", fx.checkpoint(),
+                                                                            "--output_dir", str(Path(fx.checkpoint()).parent), "--max_steps", "2"), 0,
+         ("wrote the checkpoint",)),
+    Case("train", "batch_of_one_row", lambda fx: fx.good_run("--per_device_train_batch_size", "1"), 0,
+         ("a global batch of 1 row (--per_device_train_batch_size 1 x 1 process): the in-batch terms loss_presence_text, "
+          "loss_absence_negated, loss_absence_original compare each row only with itself and are 0",)),
+    Case("train", "no_negation_at_all", lambda fx: fx.good_run("--presence_column", "none", "--absence_column", "none"), 0,
+         ("no training row has a presence or an absence negation", "this is plain CLIP fine-tuning, not Omni-NegCLIP")),
+    Case("train", "learning_rate_nan", lambda fx: fx.good_run("--learning_rate", "nan"), 2,
+         ("--learning_rate nan in the command line: expected a finite number > 0",)),
+    Case("train", "learning_rate_negative", lambda fx: fx.good_run("--learning_rate", "-1"), 2,
+         ("--learning_rate -1.0 in the command line: expected a finite number > 0",)),
+    Case("train", "loss_weight_infinite", lambda fx: fx.good_run("--lambda_text", "inf"), 2,
+         ("bad loss setting: lambda_text must be a finite number >= 0, got inf",)),
+    Case("train", "negation_columns_swapped", lambda fx: fx.good_run("--presence_column", "absence_negated",
+                                                                       "--absence_column", "presence_negated"), 0,
+         ("in 4 of 4 rows checked, the --absence_column 'presence_negated' text negates the row's negated_object",
+          "the two columns look swapped (try --presence_column presence_negated --absence_column absence_negated)")),
+    Case("train", "negation_identical_to_caption", lambda fx: fx.train_args(fx.dataset("same_as_caption", ["no dog on a couch", "a dog"] * 2)), 0,
+         ("dataset", "same_as_caption': 2 of the first 4 rows have a --presence_column 'presence_negated' text identical to their caption (rows 0, 2)",)),
+    Case("train", "config_file_list_for_a_scalar", lambda fx: [fx.write("list_lr.yaml", "learning_rate: [1.0e-5, 2.0e-5]\n")], 2,
+         ("config file", "list_lr.yaml: key 'learning_rate' holds a list ([1e-05, 2e-05]), but --learning_rate takes one value",)),
+    Case("train", "config_file_save_strategy_no", lambda fx: [fx.write("strategy_no.yaml", "save_strategy: no\neval_strategy: no\n"),
+                                                              *fx.good_run()], 0,
+         ("wrote the checkpoint",)),
+    Case("train", "weights_do_not_fit_the_config", lambda fx: ["--model_name_or_path", fx.broken_clip("deeper_config"), *fx.good_run()[2:]], 2,
+         ("clip_deeper_config/model.safetensors does not fit its config.json: missing from the weights (they would stay random): "
+          "text_model.encoder.layers.3.layer_norm1.bias",)),
+    Case("train", "weights_truncated", lambda fx: ["--model_name_or_path", fx.broken_clip("truncated"), *fx.good_run()[2:]], 2,
+         ("clip_truncated/model.safetensors cannot be read (", "the file is truncated or corrupt")),
     # ------------------------------------------------------------------ python -m eval (what works today)
     Case("eval", "no_arguments", lambda fx: [], 2, ("the following arguments are required: MODEL, --tasks, --out",)),
     Case("eval", "missing_tasks", lambda fx: fx.eval_args(fx.clip()), 2, ("the following arguments are required: --tasks",)),
@@ -389,6 +577,34 @@ CASES = [
          ("mcq_missing.csv, line 2: missing image",)),
     Case("eval", "empty_caption", lambda fx: fx.eval_args(fx.clip(), "--tasks", "layerwise", "--layerwise", fx.dataset("empty_captions", ["", "", ""]),
                                                           "--layerwise_split", "train"), 2, ("no caption pairs to analyse: skipped 3 (empty caption: 3",)),
+    Case("eval", "image_16_bit", lambda fx: fx.eval_args(fx.clip(), "--tasks", "negbench_mcq", "--negbench_mcq", fx.mcq("mcq_16bit.csv", "grad16.png")), 0,
+         ("negbench_mcq",)),
+    Case("eval", "weights_do_not_fit_the_config", lambda fx: fx.eval_args(fx.broken_clip("deeper_config"), "--tasks", "negbench_mcq", "--negbench_mcq",
+                                                                          fx.mcq("mcq_ok.csv", "ok.png")), 2,
+         ("model ", "clip_deeper_config/model.safetensors does not fit its config.json: missing from the weights",)),
+    Case("eval", "weights_truncated", lambda fx: fx.eval_args(fx.broken_clip("truncated"), "--tasks", "negbench_mcq", "--negbench_mcq", fx.mcq("mcq_ok.csv", "ok.png")), 2,
+         ("clip_truncated/model.safetensors cannot be read (",)),
+    Case("eval", "second_model_without_processor", lambda fx: [fx.clip(), *fx.eval_args(fx.broken_clip("no_processor"), "--tasks", "negbench_mcq", "--negbench_mcq",
+                                                                                         fx.mcq("mcq_ok.csv", "ok.png"))], 2,
+         ("clip_no_processor: cannot load the CLIP weights and processor",), check=lambda fx: nothing_written(fx.last_out)),
+    Case("eval", "single_option_mcq", lambda fx: fx.eval_args(fx.clip(), "--tasks", "negbench_mcq", "--negbench_mcq", fx.write(
+        "mcq_one_option.csv", f"image_path,correct_answer,caption_0\n{fx.images / 'ok.png'},0,a dog\n")), 2,
+         ("task negbench_mcq: no item to evaluate", "left out 1 item(s) with a single option, which any model gets right"),
+         check=lambda fx: nothing_written(fx.last_out)),
+    Case("eval", "retrieval_over_one_image", lambda fx: fx.eval_args(fx.clip(), "--tasks", "retrieval", "--retrieval", fx.write("karpathy_one.json", json.dumps(
+        {"images": [{"filename": "ok.png", "split": "test", "sentences": [{"raw": "a dog"}, {"raw": "a red square"}]}]})),
+                                                                     "--retrieval_images", str(fx.images)), 2,
+         ("task retrieval: retrieval over 1 image(s) scores 100 % for any model",), check=lambda fx: nothing_written(fx.last_out)),
+    Case("eval", "karpathy_image_without_sentences", lambda fx: fx.eval_args(fx.clip(), "--tasks", "retrieval", "--retrieval", fx.write("karpathy_empty.json", json.dumps(
+        {"images": [{"filename": name, "split": "test", "sentences": [{"raw": f"a {name}"}] if name != "gray.png" else []}
+                    for name in ("ok.png", "gray.png", "rgba.png")]})), "--retrieval_images", str(fx.images)), 0,
+         ("image without a usable caption: 1",)),
+    Case("eval", "out_not_writable", lambda fx: [fx.clip(), "--out", fx.write("a_file", "x") + "/results", "--no_progress", "--tasks", "negbench_mcq",
+                                                 "--negbench_mcq", fx.mcq("mcq_ok.csv", "ok.png")], 2,
+         ("--out", "a_file/results' is not writable (Not a directory); nothing was done",)),
+    Case("eval", "tied_options_scored_by_both_rules", lambda fx: fx.eval_args(fx.clip(), "--tasks", "negbench_mcq", "--negbench_mcq",
+                                                                              fx.write("mcq_tie.csv", "image_path,correct_answer,caption_0,caption_1\n" + f"{fx.images / 'ok.png'},0,a dog,a dog\n")), 0,
+         ("negbench_mcq",), check=lambda fx: tie_scored_both_ways(fx.last_out)),
     Case("eval", "long_caption_rgba_gray_images", lambda fx: fx.eval_args(fx.clip(), "--tasks", "negbench_mcq", "--negbench_mcq",
                                                                           fx.mcq("mcq_long.csv", "rgba.png", "gray.png", caption=LONG_CAPTION)), 0,
          ("1 texts longer than 77 tokens were truncated",), once="longer than 77 tokens"),
@@ -401,8 +617,9 @@ def fx(tmp_path_factory, processor) -> Fixtures:
 
 
 @pytest.fixture(autouse=True)
-def no_debug(monkeypatch):
+def no_debug(monkeypatch, caplog):
     monkeypatch.delenv("OMNINEGCLIP_DEBUG", raising=False)
+    caplog.set_level(logging.INFO, logger="omninegclip.train")  # what train.py says it trains
 
 
 def run_case(case: Case, fx: Fixtures, capsys, caplog) -> tuple[int, str]:
@@ -417,9 +634,11 @@ def test_bad_input_matrix(case: Case, fx: Fixtures, capsys, caplog):
         assert phrase in output, f"{phrase!r} not in:\n{output[-3000:]}"
     assert "Traceback" not in output
     if case.exit_code:
-        assert re.search(r"(^|: )error: ", output, re.MULTILINE), output[-3000:]
+        assert re.search(r"(^|: |\r\s*)error: ", output, re.MULTILINE), output[-3000:]  # \r: after a progress bar
     if case.once:
         assert output.count(case.once) == 1, output[-3000:]
+    if case.check:
+        case.check(fx)
     assert not (fx.root / MARKER).exists()  # the malicious pickle was never unpickled
 
 

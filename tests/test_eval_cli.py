@@ -66,7 +66,8 @@ def test_cli_writes_every_output_with_a_column_per_model(tmp_path, tiny_clip_dir
     results = json.loads((out / "results.json").read_text())
     assert [model["name"] for model in results["models"]] == ["base", "other"]
     assert results["harness_version"] and results["provenance"]["libraries"]["torch"] == torch.__version__
-    assert results["tasks"]["negbench_mcq"]["counts"] == {"items": 4, "items/affirmation": 1, "items/hybrid": 1, "items/negation": 2}
+    assert results["tasks"]["negbench_mcq"]["counts"] == {"items": 4, "items/affirmation": 1, "items/hybrid": 1, "items/negation": 2,
+                                                          "ties_won_by_order": 0}
     assert results["tasks"]["negbench_retrieval"]["counts"] == {"images": 4, "texts": 8, "images_with_text": 4}
     assert set(results["metrics"]["negbench_retrieval"]) == {f"{d}/R@{k}" for d in ("text_to_image", "image_to_text") for k in (1, 5, 10)}
 
@@ -78,7 +79,7 @@ def test_cli_writes_every_output_with_a_column_per_model(tmp_path, tiny_clip_dir
         assert {metric: values[name] for metric, values in results["metrics"]["negbench_mcq"].items()} == pytest.approx(expected)
 
     table = (out / "results.md").read_text()
-    assert table.count("| negbench_mcq |") == 5  # accuracy, three templates, group mean
+    assert table.count("| negbench_mcq |") == 6  # accuracy, its argmax (NegBench) twin, three templates, group mean
     assert "## Layer-wise analysis" in table
     layerwise_rows = [line for line in (out / "layerwise.md").read_text().splitlines() if line.startswith("| ") and line[2].isdigit()]
     assert len(layerwise_rows) == TINY_TEXT_LAYERS

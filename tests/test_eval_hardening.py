@@ -323,7 +323,8 @@ def test_open_rgb_image_converts_every_mode_and_refuses_missing_ones(tmp_path):
     for mode in ("L", "LA", "P", "I;16", "1", "RGBA", "CMYK", "RGB"):
         image = open_rgb_image(png_bytes(mode, size=5))
         assert image.mode == "RGB" and image.size == (5, 5)
-    assert open_rgb_image(png_bytes("RGBA", color=(10, 20, 30, 0))).getpixel((0, 0)) == (10, 20, 30)
+    # fully transparent: composited onto white (one rule for every tool, as data_builder stores it)
+    assert open_rgb_image(png_bytes("RGBA", color=(10, 20, 30, 0))).getpixel((0, 0)) == (255, 255, 255)
     assert open_rgb_image(png_bytes(size=40), max_pixels=1600).size == (40, 40)
     with pytest.raises(UnreadableImage, match="40x40 = 1600 pixels, over the decompression-bomb limit of 1599") as error:
         open_rgb_image(png_bytes(size=40), max_pixels=1599)

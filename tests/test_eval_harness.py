@@ -74,7 +74,7 @@ def test_choice_accuracy_per_group_and_group_mean_known_by_construction():
     assert score.metrics["accuracy/a"] == pytest.approx(1 / 2)
     assert score.metrics["accuracy/b"] == pytest.approx(2 / 3)
     assert score.metrics["accuracy/group_mean"] == pytest.approx((1 / 2 + 2 / 3) / 2)
-    assert score.counts == {"items": 5, "items/a": 2, "items/b": 3}
+    assert score.counts == {"items": 5, "items/a": 2, "items/b": 3, "ties_won_by_order": 0}
 
 
 def test_a_tie_counts_as_wrong_and_only_a_strictly_higher_answer_counts():
@@ -84,7 +84,8 @@ def test_a_tie_counts_as_wrong_and_only_a_strictly_higher_answer_counts():
         ChoiceItem("text", ["img"], ["a dog", "a cat"], answer=0),
     ]
     score = evaluate_tasks(embedder, [TaskData("t", store("img"), items)])["t"]
-    assert score.metrics == {"accuracy": 0.5}  # one group only: no breakdown
+    assert score.metrics == {"accuracy": 0.5, "accuracy_argmax": 1.0}  # one group only: no breakdown; NegBench's argmax takes the tie
+    assert score.counts["ties_won_by_order"] == 1
 
 
 def test_choose_image_picks_the_image_closest_to_the_text():

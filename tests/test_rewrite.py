@@ -167,3 +167,11 @@ def test_absence_affirm_affirms_the_absent_object_after_the_whole_caption():
     twin = absence_affirm("A plate of food.", "broccoli")
     assert twin.startswith("A plate of food, with") and not any(m.negated for m in find_mentions(twin, ["broccoli"]))
     assert find_mentions(twin, ["broccoli"])
+
+
+def test_gate_rejects_a_presence_negation_that_still_affirms_its_object():
+    from omninegclip.rewrite import presence_problem
+
+    assert presence_problem("a dog and another dog near a cat", "no dog and another dog near a cat", "dog", ["dog", "cat"]) == "object_still_affirmed"
+    assert presence_problem("a dog and another dog near a cat", "there is no dog and no other dog near a cat", "dog", ["dog", "cat"]) is None
+    assert presence_problem("a dog near a cat", "no dog near a cat", "dog", ["dog", "cat"]) is None
