@@ -640,7 +640,7 @@ def parse_args(argv: list[str]) -> Arguments:
 
 # flag -> (where it lives, lowest allowed value, whether that value itself is allowed)
 NUMERIC_FLAGS = {
-    "learning_rate": ("training", 0.0, False), "weight_decay": ("training", 0.0, True), "max_grad_norm": ("training", 0.0, True),
+    "learning_rate": ("training", 0.0, True), "weight_decay": ("training", 0.0, True), "max_grad_norm": ("training", 0.0, True),
     "warmup_steps": ("training", 0.0, True), "num_train_epochs": ("training", 0.0, True),
     "adam_beta1": ("training", 0.0, True), "adam_beta2": ("training", 0.0, True), "adam_epsilon": ("training", 0.0, False),
     "lora_alpha": ("lora", 0.0, True), "gradient_accumulation_steps": ("training", 1, True),
@@ -1132,7 +1132,7 @@ def save_outputs_atomically(args: Arguments, trainer: OmniNegCLIPTrainer, proces
         training_args.output_dir = str(output_dir)
     if trainer.is_world_process_zero():
         _move_into(staging, output_dir)
-        logger.info("the final checkpoint is complete in %s", output_dir)
+        logger.info("wrote the checkpoint to %s", output_dir)
         if push:
             push_outputs(args, record, widget)
 

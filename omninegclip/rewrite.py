@@ -39,7 +39,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from omninegclip.vocabulary import canonical_category, find_mentions, has_negation_cue, mentions, noun_forms
+from omninegclip.vocabulary import NEGATION_CUES, canonical_category, find_mentions, has_negation_cue, mentions, noun_forms
 
 PRESENCE_TEMPLATES = ("no_object", "there_is_no", "with_to_without", "not_verb", "suffix_with_no", "suffix_but_there_is_no", "suffix_without_any")
 ABSENCE_TEMPLATES = ("with_no", "with_no_around", "without_a", "not_apposition", "no_just", "and_there_is_no")
@@ -301,7 +301,9 @@ def presence_problem(caption: str, text: str | None, obj: str | None, present_ob
         return "no_negation_cue"
     if strict and not _negation_governs(text, obj):
         return "object_not_negated"
-    if _negation_governs(text, obj) and not all(mention.negated for mention in find_mentions(text, [obj])):
+    # A mention that is itself a negation cue (an object called "no") affirms nothing.
+    affirmed = [mention for mention in find_mentions(text, [obj]) if not mention.negated and mention.text.lower() not in NEGATION_CUES]
+    if _negation_governs(text, obj) and affirmed:
         return "object_still_affirmed"  # "no dog and another dog near a cat": still true of the image
     return None
 

@@ -259,7 +259,7 @@ def gradient_kept(out: Path) -> None:
     """The built dataset holds the 16-bit gradient as >= 200 grey levels in their order (not whitened)."""
     import numpy as np
 
-    built = datasets.load_from_disk(str(out))
+    built = data_builder.load_with_images(out)
     images = [image for split in built.values() for image in split["image"] if image.width == 256]
     assert len(images) == 1, len(images)
     row = np.asarray(images[0].convert("RGB"))[0, :, 0].tolist()
@@ -518,9 +518,9 @@ CASES = [
     Case("train", "no_negation_at_all", lambda fx: fx.good_run("--presence_column", "none", "--absence_column", "none"), 0,
          ("no training row has a presence or an absence negation", "this is plain CLIP fine-tuning, not Omni-NegCLIP")),
     Case("train", "learning_rate_nan", lambda fx: fx.good_run("--learning_rate", "nan"), 2,
-         ("--learning_rate nan in the command line: expected a finite number > 0",)),
+         ("--learning_rate nan in the command line: expected a finite number >= 0",)),
     Case("train", "learning_rate_negative", lambda fx: fx.good_run("--learning_rate", "-1"), 2,
-         ("--learning_rate -1.0 in the command line: expected a finite number > 0",)),
+         ("--learning_rate -1.0 in the command line: expected a finite number >= 0",)),
     Case("train", "loss_weight_infinite", lambda fx: fx.good_run("--lambda_text", "inf"), 2,
          ("bad loss setting: lambda_text must be a finite number >= 0, got inf",)),
     Case("train", "negation_columns_swapped", lambda fx: fx.good_run("--presence_column", "absence_negated",
