@@ -471,7 +471,7 @@ def test_a_build_in_worker_processes_writes_the_same_bytes_as_one_in_a_single_pr
     workers = []
     real_pool = parallel.multiprocessing.get_context("fork").Pool
     monkeypatch.setattr(parallel.multiprocessing, "get_context", lambda method: types.SimpleNamespace(
-        Pool=lambda processes: workers.append(processes) or real_pool(processes)))
+        Pool=lambda processes, **kwargs: workers.append(processes) or real_pool(processes, **kwargs)))
     build(args, tmp_path / "serial", "--num_proc", "1")
     assert workers == []
     build(args, tmp_path / "parallel", "--num_proc", "2")
