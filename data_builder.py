@@ -72,7 +72,6 @@ from pathlib import Path
 
 import datasets
 from PIL import Image
-from tqdm.auto import tqdm
 
 from huggingface_hub import DatasetCard
 
