@@ -71,9 +71,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
-from PIL import Image
-
 from huggingface_hub import DatasetCard
+from PIL import Image
 
 from omninegclip.cards import hub_data_files, render_dataset_card, save_to_disk_files
 from omninegclip.cli import UserError, run_cli
