@@ -72,7 +72,6 @@ from pathlib import Path
 
 import datasets
 from PIL import Image
-from tqdm.auto import tqdm
 
 from omninegclip.cards import GENERATED_DATA_LICENSE, hub_dataset_card, render_dataset_card, save_to_disk_files
 from omninegclip.cli import UserError, run_cli
@@ -481,11 +480,13 @@ def _image_key(item: SourceItem) -> tuple:
 
 
 def _relative_image_paths(keys: list[tuple]) -> list[str]:
-    """`images/<2 hex digits>/<file stem>` (extension added when stored) for each key, unique; the
-    two-digit folder (a hash of the key) keeps folders under a few thousand files at COCO's scale."""
+    """`images/<2 hex digits>/<file stem>` (extension added when stored) for each key, unique (a
+    second image of the same name gets "-2"); the two-digit folder (a hash of the image id and name)
+    keeps folders under a few thousand files at COCO's scale."""
     used, paths = set(), []
     for key in keys:
-        digest = hashlib.sha256(json.dumps(key, ensure_ascii=False).encode("utf-8", "surrogatepass")).hexdigest()
+        # From the id and name only, not the input's location: the same inputs elsewhere give the same bytes.
+        digest = hashlib.sha256(json.dumps(key[:2], ensure_ascii=False).encode("utf-8", "surrogatepass")).hexdigest()
         stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(key[1].rsplit("/", 1)[-1]).stem).strip("._-")[:100] or digest[:16]
         path, number = f"{IMAGES_FOLDER}/{digest[:2]}/{stem}", 1
         while path.lower() in used:  # also unique on case-insensitive file systems

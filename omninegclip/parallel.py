@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 from collections.abc import Callable
 
 from tqdm.auto import tqdm
@@ -21,6 +22,12 @@ _FORKED: Callable[[int], object] | None = None  # the function the forked worker
 
 def _call_forked(index: int) -> object:
     return _FORKED(index)
+
+
+def _leave_interrupts_to_the_parent() -> None:
+    """Ctrl-C reaches every process of the group: the workers ignore it (no traceback from each of
+    them), the parent stops and the pool's exit ends the workers."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def default_num_proc() -> int:
@@ -45,7 +52,7 @@ def fork_map(function: Callable[[int], object], count: int, num_proc: int | None
         # A tokenizer used before the fork would warn in every worker; its own threads are not needed there.
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         try:
-            with multiprocessing.get_context("fork").Pool(workers) as pool:
+            with multiprocessing.get_context("fork").Pool(workers, initializer=_leave_interrupts_to_the_parent) as pool:
                 for result in pool.imap(_call_forked, range(count), chunksize=max(1, min(64, count // (workers * 8)))):
                     results.append(result)
                     bar.update()

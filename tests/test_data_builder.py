@@ -479,7 +479,7 @@ def test_a_build_in_worker_processes_writes_the_same_bytes_as_one_in_a_single_pr
     workers = []
     real_pool = parallel.multiprocessing.get_context("fork").Pool
     monkeypatch.setattr(parallel.multiprocessing, "get_context", lambda method: types.SimpleNamespace(
-        Pool=lambda processes: workers.append(processes) or real_pool(processes)))
+        Pool=lambda processes, **kwargs: workers.append(processes) or real_pool(processes, **kwargs)))
     build(args, tmp_path / "serial", "--num_proc", "1")
     assert workers == []
     build(args, tmp_path / "parallel", "--num_proc", "2")
@@ -497,3 +497,19 @@ def test_a_built_folder_can_be_the_input_of_the_captions_source(tmp_path, coco_a
     assert summary["skips"].get("row:missing_image") is None and sum(summary["rows_out"].values()) > 0
     second = rows_of(tmp_path / "second")
     assert {row["image"].size for rows in second.values() for row in rows} == {(8, 8)}
+
+
+def test_images_of_one_name_in_two_folders_are_both_kept_and_the_output_does_not_depend_on_where_the_input_is(tmp_path):
+    for folder in ("a", "b"):
+        (tmp_path / "in" / folder).mkdir(parents=True)
+        (tmp_path / "in" / folder / "1.jpg").write_bytes(_jpeg(ord(folder)))
+    rows = [{"image": f"{folder}/1.jpg", "caption": "a dog on a couch"} for folder in ("a", "b")]
+    (tmp_path / "in" / "pairs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    build(["captions", "--dataset", str(tmp_path / "in" / "pairs.jsonl"), "--image_id_column", "caption"], tmp_path / "one",
+          "--validation_fraction", "0", "--test_fraction", "0")
+    paths = datasets.load_from_disk(str(tmp_path / "one"))["train"]["image"]
+    assert len(set(paths)) == 2 and {(tmp_path / "one" / path).read_bytes() for path in paths} == {_jpeg(ord("a")), _jpeg(ord("b"))}
+    (tmp_path / "in").rename(tmp_path / "moved")
+    build(["captions", "--dataset", str(tmp_path / "moved" / "pairs.jsonl"), "--image_id_column", "caption"], tmp_path / "two",
+          "--validation_fraction", "0", "--test_fraction", "0")
+    assert datasets.load_from_disk(str(tmp_path / "two"))["train"]["image"] == paths
