@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: default test ablations bench setup
+.PHONY: default test ablations bench setup gpu-check
 
 setup: $(STAMP)
 
@@ -30,3 +30,8 @@ ablations: $(STAMP)
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_train.py
+
+# On a GPU machine, from the repository root (no virtual environment: it installs what is missing
+# from the wheels in .whl/, see bench/gpu_check.sh): the whole GPU path in about 7 minutes.
+gpu-check:
+	bash bench/gpu_check.sh
