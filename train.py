@@ -744,6 +744,8 @@ def main(argv: list[str]) -> None:
     if lora_settings is not None and trainer.is_fsdp_enabled:
         raise UserError("--lora_r does not work under FSDP (merging adapters needs unsharded weights): "
                         "launch with configs/accelerate/ddp.yaml or deepspeed_zero2.yaml instead")
+    if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:  # neither takes CLIP's 0-dim logit_scale
+        model.make_logit_scale_shardable()
     if push:
         logger.info("--push_to_hub: the final checkpoint is pushed once, after training (--hub_strategy is not used)")
     trainer.train(resume_from_checkpoint=resume)
