@@ -17,6 +17,7 @@ wheel (CLIP's BPE merges; its own dependencies are never needed) and DeepSpeed w
 from __future__ import annotations
 
 import ast
+import importlib.util
 import json
 import re
 import subprocess
@@ -114,7 +115,12 @@ def install(wheel_dir: str, target: str) -> int:
         print(f"{row['action']:8} {row['requirement']:40} {row['version']}" + (f"  ({row['note']})" if "note" in row else ""))
     pip = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile", "--upgrade", "--target", target]
     failed = []
-    if paths:
+    if paths and importlib.util.find_spec("pip") is None:  # no pip: a wheel is a zip archive of site-packages
+        print(f"no pip here: unpacking {len(paths)} wheels into {target}", flush=True)
+        for path in paths:
+            with zipfile.ZipFile(path) as archive:
+                archive.extractall(target)
+    elif paths:
         print("$", " ".join(pip + [str(path.name) for path in paths]), flush=True)
         if subprocess.call(pip + [str(path) for path in paths]) != 0:  # then one by one: one bad wheel spoils no other
             failed = [path.name for path in paths if subprocess.call(pip + [str(path)]) != 0]
@@ -224,13 +230,22 @@ def report(work: str, out: str) -> int:
         text = log.read_text(errors="replace") if log.is_file() else ""
         step = {"step": name, "status": status, "seconds": float(seconds), "limit_s": int(limit)}
         step |= _json_lines(text)
-        if name.startswith("train"):
+        if name in ("train", "fsdp", "deepspeed"):
             step |= _summary_of_training(_trainer_logs(text))
         if status not in ("ok", "skipped"):
             step["error_tail"] = "\n".join(text.splitlines()[-25:])
         steps.append(step)
     bench_json = work_dir / "bench" / "results.json"
     bench = json.loads(bench_json.read_text()) if bench_json.is_file() else None
+    for step in steps:
+        if step["step"] == "bench" and bench:
+            for row in bench["steps"]:
+                key = f"{row['step']} b{row['batch']} N{row['front_blocks']}"
+                step[f"{key} samples/s"] = row["samples_per_second"]
+                step[f"{key} share of matmul peak"] = row["peak_fraction"]
+            for row in bench["speedups"]:
+                step[f"project/plain b{row['batch']} N{row['front_blocks']}"] = row["speedup"]
+            step["matmul peak TFLOP/s"] = bench["meta"]["matmul_peak_flops"] / 1e12
     eval_json = work_dir / "eval" / "results.json"
     evaluation = json.loads(eval_json.read_text()) if eval_json.is_file() else None
     results = {"steps": steps, "bench_train": bench, "eval": evaluation}
