@@ -1,10 +1,14 @@
-"""Data parallelism, for real: two gloo processes on the CPU (torchrun) give the same loss terms and
-gradients as one process on the concatenated batch, and train.py under torchrun trains to the same
-weights as one process with the same global batch, evaluates and saves once.
+"""Several processes, for real, on the CPU (gloo): two processes give the same loss terms and
+gradients as one process on the concatenated batch; train.py trains to the same weights, logs the
+same global loss terms, evaluates and saves once, as one process with the same global batch, under
+each shipped engine: DDP (configs/accelerate/ddp.yaml), FSDP2 (fsdp.yaml), DeepSpeed ZeRO-2
+(deepspeed_zero2.yaml, where DeepSpeed is installed) and two machines (multi_node.yaml, as two
+torchrun nodes on this machine).
 
-`accelerate launch --multi_gpu` does not start distributed processes without GPUs (DESIGN.md §3),
-so the settings of configs/accelerate/ddp.yaml (its process count) are run through torchrun here,
-with ACCELERATE_USE_CPU=1 so that Accelerate and the Trainer use the CPU."""
+`accelerate launch` starts distributed processes only on GPUs, so each run goes
+through torchrun with the environment `accelerate launch` would give its processes
+(`accelerate_env`, computed by Accelerate's launcher code); DDP with ACCELERATE_USE_CPU=1, FSDP and
+DeepSpeed through tests/distributed_worker.py, which lets Accelerate start them without a GPU."""
 
 from __future__ import annotations
 
