@@ -592,8 +592,9 @@ class OmniNegCLIPModel(CLIPModel):
         self.logit_scale.clamp_(max=LOGIT_SCALE_MAX)
 
     def make_logit_scale_shardable(self) -> None:
-        """FSDP2 shards no 0-dim parameter: hold logit_scale with shape (1,), the same value (every
-        loss broadcasts it). `save_pretrained` writes it back as CLIP's scalar."""
+        """FSDP2 shards no 0-dim parameter (and DeepSpeed's start-up broadcast of one fails on the
+        CPU): hold logit_scale with shape (1,), the same value (every loss broadcasts it).
+        `save_pretrained` writes it back as CLIP's scalar."""
         if self.logit_scale.dim() == 0:
             self.logit_scale = nn.Parameter(self.logit_scale.detach().reshape(1), requires_grad=self.logit_scale.requires_grad)
 
@@ -615,8 +616,9 @@ class OmniNegCLIPModel(CLIPModel):
         state_dict = kwargs.get("state_dict")
         if state_dict is None and self.logit_scale.dim() == 1:
             state_dict = self.state_dict()
-        if state_dict is not None and getattr(state_dict.get("logit_scale"), "dim", lambda: 0)() == 1:
-            kwargs["state_dict"] = state_dict | {"logit_scale": state_dict["logit_scale"].reshape(())}  # CLIP's scalar
+        scale = None if state_dict is None else state_dict.get("logit_scale")
+        if scale is not None and scale.dim() == 1:  # held as shape (1,) under FSDP / DeepSpeed
+            kwargs["state_dict"] = state_dict | {"logit_scale": scale.reshape(())}  # CLIP's scalar
         super().save_pretrained(save_directory, *args, **kwargs)
         save_directory = Path(save_directory)
         config_path = save_directory / "config.json"
