@@ -108,7 +108,7 @@ step init-model 60 "$PY" bench/gpu_check.py init-model "$WORK/init" "$WORK/world
 # shellcheck disable=SC2046  # train_flags is a word list
 step train 150 "$PY" train.py $(train_flags "$WORK/train" "$STEPS")
 step check-train 30 "$PY" bench/gpu_check.py check-checkpoint "$WORK/train"
-step fsdp 90 "$PY" -m accelerate.commands.launch "${LAUNCH[@]}" --config_file configs/accelerate/fsdp.yaml \
+step fsdp 90 "$PY" -m accelerate.commands.launch ${LAUNCH[@]+"${LAUNCH[@]}"} --config_file configs/accelerate/fsdp.yaml \
     --num_processes 1 train.py $(train_flags "$WORK/fsdp" "$SHORT")
 step check-fsdp 30 "$PY" bench/gpu_check.py check-checkpoint "$WORK/fsdp"
 if [ "$CPU" = 0 ]; then
