@@ -230,7 +230,7 @@ def report(work: str, out: str) -> int:
         text = log.read_text(errors="replace") if log.is_file() else ""
         step = {"step": name, "status": status, "seconds": float(seconds), "limit_s": int(limit)}
         step |= _json_lines(text)
-        if name in ("train", "fsdp", "deepspeed"):
+        if name in ("train", "fsdp", "deepspeed") and status != "skipped":
             step |= _summary_of_training(_trainer_logs(text))
         if status not in ("ok", "skipped"):
             step["error_tail"] = "\n".join(text.splitlines()[-25:])
