@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: default test ablations bench bench-data setup demo browser
+.PHONY: default test ablations bench bench-data setup demo browser gpu-check
 
 setup: $(STAMP)
 
@@ -18,6 +18,9 @@ $(STAMP): requirements.txt requirements-dev.txt requirements-demo.txt
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
 	# CLIP's BPE merges ship in this wheel; only the data file is read (its dependencies would pull torchvision).
 	$(BIN)/python -m pip install --quiet --no-deps open_clip_torch==3.3.0
+	# DeepSpeed (tests/test_distributed.py runs ZeRO-2 on the CPU): PyPI has only its source, whose
+	# set-up imports torch, hence after torch and without build isolation; no compiled ops.
+	DS_BUILD_OPS=0 $(BIN)/python -m pip install --quiet --no-build-isolation deepspeed==0.19.8
 	touch $(STAMP)
 
 # tests/test_app.py drives the demo in Debian's headless chromium: installed here when missing (as
@@ -47,3 +50,8 @@ bench: $(STAMP)
 
 bench-data: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_data.py --full_size_annotations
+
+# On a GPU machine, from the repository root (no virtual environment: it installs what is missing
+# from the wheels in .whl/, see bench/gpu_check.sh): the whole GPU path in about 7 minutes.
+gpu-check:
+	bash bench/gpu_check.sh

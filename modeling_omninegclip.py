@@ -417,6 +417,11 @@ class OmniNegCLIPModel(CLIPModel):
         # How many captions go through the text encoder together (sorted by length); None: all at once.
         self.text_bucket_rows = text_bucket_rows
 
+    def get_input_embeddings(self) -> nn.Module:
+        """The text tower's token embedding. CLIPModel names none, and Accelerate's FSDP wrapping
+        asks for it (to make it a shard unit of its own)."""
+        return self.text_model.embeddings.token_embedding
+
     # -- encoding ------------------------------------------------------------------------------
 
     def encode_images(self, pixel_values: torch.Tensor | None, image_embeds: torch.Tensor | None) -> torch.Tensor:
@@ -586,6 +591,13 @@ class OmniNegCLIPModel(CLIPModel):
         """Keep s = exp(logit_scale) <= 100, as CLIP does after every optimiser step."""
         self.logit_scale.clamp_(max=LOGIT_SCALE_MAX)
 
+    def make_logit_scale_shardable(self) -> None:
+        """FSDP2 shards no 0-dim parameter (and DeepSpeed's start-up broadcast of one fails on the
+        CPU): hold logit_scale with shape (1,), the same value (every loss broadcasts it).
+        `save_pretrained` writes it back as CLIP's scalar."""
+        if self.logit_scale.dim() == 0:
+            self.logit_scale = nn.Parameter(self.logit_scale.detach().reshape(1), requires_grad=self.logit_scale.requires_grad)
+
     def settings(self) -> dict:
         """The Omni-NegCLIP settings used, as recorded beside the weights."""
         return {
@@ -601,6 +613,12 @@ class OmniNegCLIPModel(CLIPModel):
     def save_pretrained(self, save_directory, *args, extra_settings: dict | None = None, **kwargs):
         """Save as a plain `CLIPModel` checkpoint (loads anywhere without this file), plus
         `omninegclip_config.json` with the settings used."""
+        state_dict = kwargs.get("state_dict")
+        if state_dict is None and self.logit_scale.dim() == 1:
+            state_dict = self.state_dict()
+        scale = None if state_dict is None else state_dict.get("logit_scale")
+        if scale is not None and scale.dim() == 1:  # held as shape (1,) under FSDP / DeepSpeed
+            kwargs["state_dict"] = state_dict | {"logit_scale": scale.reshape(())}  # CLIP's scalar
         super().save_pretrained(save_directory, *args, **kwargs)
         save_directory = Path(save_directory)
         config_path = save_directory / "config.json"

@@ -1232,6 +1232,8 @@ def train_and_save(args: Arguments, resume: str | None, push: bool, widget: list
         raise UserError("--lora_r does not work under FSDP (merging adapters needs unsharded weights): "
                         "launch with configs/accelerate/ddp.yaml or deepspeed_zero2.yaml instead")
     check_training_steps(trainer)
+    if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:  # neither takes CLIP's 0-dim logit_scale
+        model.make_logit_scale_shardable()
     if push:
         logger.info("--push_to_hub: the final checkpoint is pushed once, after training (--hub_strategy is not used)")
     train_result = trainer.train(resume_from_checkpoint=resume)

@@ -16,6 +16,7 @@ counted, with examples, in each task's notes in results.json and results.md.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from eval.tasks import DATA_FLAGS, TASKS
 from omninegclip.cli import UserError, run_cli
@@ -79,7 +80,8 @@ def main(argv: list[str]) -> None:
     from eval.report import results_markdown
 
     print(results_markdown(results))
-    print(f"written to {args.out}: results.json, results.md, model_index.json" + (", results.png" if results["metrics"] else ""))
+    written = [name for name in ("results.json", "results.md", "model_index.json", "results.png") if (Path(args.out) / name).is_file()]
+    print(f"written to {args.out}: {', '.join(written)}")
 
 
 if __name__ == "__main__":

@@ -15,8 +15,10 @@ Public surface: `results_markdown(results)`, `model_index(results)`, `plot_resul
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
+import sys
 from pathlib import Path
 
 from eval.layerwise import LayerwiseResult, layerwise_markdown, plot_layerwise
@@ -161,13 +163,18 @@ def write_outputs(results: dict, out_dir: str | Path) -> dict[str, Path]:
     paths["results.json"].write_text(json.dumps(_json_safe(results), indent=2) + "\n")
     paths["results.md"].write_text(results_markdown(results))
     paths["model_index.json"].write_text(json.dumps(model_index(results), indent=2) + "\n")
-    if results["metrics"]:
+    # The plots repeat the tables: without matplotlib (a bare GPU machine) they are left out, said once.
+    plots = importlib.util.find_spec("matplotlib") is not None
+    if not plots:
+        print("no plots (results.png, layerwise.png): matplotlib is not installed", file=sys.stderr)
+    if results["metrics"] and plots:
         plot_results(results, paths["results.png"])
     else:
         del paths["results.png"]
     if results.get("layerwise"):
         paths["layerwise.md"] = out_dir / "layerwise.md"
-        paths["layerwise.png"] = out_dir / "layerwise.png"
         paths["layerwise.md"].write_text(layerwise_markdown(_layerwise_results(results)))
-        plot_layerwise(_layerwise_results(results), paths["layerwise.png"])
+        if plots:
+            paths["layerwise.png"] = out_dir / "layerwise.png"
+            plot_layerwise(_layerwise_results(results), paths["layerwise.png"])
     return paths

@@ -1,6 +1,10 @@
 """One rank of the data-parallel check in test_distributed.py, run as
 `torchrun --standalone --nproc_per_node 2 tests/distributed_worker.py OUT_DIR` (gloo, CPU).
 
+Also, as `torchrun ... tests/distributed_worker.py train <train.py flags>`: one rank of train.py on
+the CPU under the engine that the Accelerate environment names (FSDP or DeepSpeed; see
+`enable_engines_on_cpu`).
+
 Every rank builds the same seeded model and the same global batch, takes its own rows, runs forward
 and backward, and averages the gradients over ranks as DDP does; it saves the rank-averaged loss
 terms and gradients to OUT_DIR/rank{r}.pt. The test compares them with one process on the whole
@@ -9,6 +13,7 @@ batch. The batch construction lives here so that the test builds exactly the sam
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -105,5 +110,90 @@ def main(out_dir: str) -> None:
     dist.destroy_process_group()
 
 
+def enable_engines_on_cpu() -> None:
+    """Accelerate starts FSDP and DeepSpeed only on accelerators (without one, a torchrun process
+    becomes a non-distributed one, or DDP with ACCELERATE_USE_CPU). Two changes let them run on
+    the CPU with gloo, everything else as on GPUs: a torchrun process without an accelerator is a
+    gloo CPU process (even when ACCELERATE_USE_CPU is unset, which DeepSpeed needs), and with
+    ACCELERATE_USE_FSDP=true such a process uses FSDP, as it would on GPUs."""
+    from accelerate import state
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    prepare_backend = state.PartialState._prepare_backend
+    init_accelerator_state = state.AcceleratorState.__init__
+
+    def cpu_backend(self, cpu=False, sagemaker_dp=False, backend=None):
+        backend, kind = prepare_backend(self, cpu, sagemaker_dp, backend)
+        if kind == DistributedType.NO and int(os.environ.get("LOCAL_RANK", -1)) != -1:
+            return "gloo", DistributedType.MULTI_CPU
+        return backend, kind
+
+    def fsdp_on_cpu(self, *args, **kwargs):
+        init_accelerator_state(self, *args, **kwargs)
+        if self.distributed_type == DistributedType.MULTI_CPU and os.environ.get("ACCELERATE_USE_FSDP") == "true":
+            self.distributed_type = DistributedType.FSDP
+            if getattr(self, "fsdp_plugin", None) is None:
+                self.fsdp_plugin = kwargs.get("fsdp_plugin") or FullyShardedDataParallelPlugin()  # reads the FSDP_* settings
+
+    state.PartialState._prepare_backend = cpu_backend
+    state.AcceleratorState.__init__ = fsdp_on_cpu
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true":
+        import deepspeed.ops
+
+        # DeepSpeed would compile a shared-memory all-reduce for CPUs at start-up (a C++ toolchain
+        # and a minute); gloo's does the same job.
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
+def report_engine(model) -> dict:
+    """What the engine made of the model: for FSDP2, its shard units (each a module that
+    `fully_shard` wrapped) and the units that hold both trainable and frozen parameters."""
+    from torch.distributed.fsdp import FSDPModule
+
+    record = {"engine": type(model).__name__}
+    if isinstance(model, FSDPModule):
+        units = {name: module for name, module in model.named_modules() if isinstance(module, FSDPModule)}
+        mixed = []
+        for name, unit in units.items():
+            # parameters this unit manages itself: those not inside a nested unit
+            nested = [other for other in units if other != name and other.startswith(f"{name}." if name else "")]
+            own = [param for pname, param in unit.named_parameters(prefix=name)
+                   if not any(pname.startswith(f"{other}.") for other in nested)]
+            if len({param.requires_grad for param in own}) > 1:
+                mixed.append(name or "<root>")
+        record |= {"engine": "FSDP2", "units": len(units), "mixed_requires_grad_units": mixed}
+    elif hasattr(model, "zero_optimization_stage"):
+        record |= {"engine": "DeepSpeed", "zero_stage": model.zero_optimization_stage()}
+    return record
+
+
+def train(argv: list[str]) -> None:
+    """train.py on this rank; rank 0 prints what the engine made of the model (`report_engine`) as
+    one line `engine: {...}` once training is set up."""
+    import json
+
+    import accelerate
+
+    import train as train_script
+    from omninegclip.cli import run_cli
+
+    enable_engines_on_cpu()
+    prepare = accelerate.Accelerator.prepare
+
+    def reporting_prepare(self, *args, **kwargs):
+        prepared = prepare(self, *args, **kwargs)
+        models = [item for item in (prepared if isinstance(prepared, (tuple, list)) else (prepared,)) if isinstance(item, torch.nn.Module)]
+        if models and self.is_main_process:
+            print("engine: " + json.dumps(report_engine(models[0])), flush=True)
+        return prepared
+
+    accelerate.Accelerator.prepare = reporting_prepare
+    torch.set_num_threads(1)
+    run_cli(train_script.main, argv)
+
+
 if __name__ == "__main__":
-    main(sys.argv[1])
+    if sys.argv[1] == "train":
+        train(sys.argv[2:])
+    else:
+        main(sys.argv[1])

@@ -99,8 +99,11 @@ def weights(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def subprocess_env(**extra) -> dict[str, str]:
+    # The repository first; then whatever PYTHONPATH already held (bench/gpu_check.sh puts the
+    # libraries it installed there).
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), **extra)
+               OMP_NUM_THREADS="1", PYTHONPATH=path, **extra)
     env.pop("OMNINEGCLIP_DEBUG", None)
     return env
 

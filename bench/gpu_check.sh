@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# One check of the whole GPU path, on one GPU, in at most ~7 minutes (`make gpu-check`):
+#
+#   bash bench/gpu_check.sh            # on a GPU machine, from the repository root
+#   OUT=some/folder bash bench/gpu_check.sh
+#   bash bench/gpu_check.sh --cpu      # the same steps at toy sizes on the CPU (checks the script itself)
+#
+# Steps, in order, each under its own time limit (and all under GPU_CHECK_BUDGET seconds, default 420):
+#   install      what requirements.txt needs and this machine lacks, from the wheels in .whl/ (no network;
+#                torch is left as installed) into /tmp/site, put on PYTHONPATH
+#   versions     nvidia-smi; python, torch, CUDA, GPU, library versions
+#   cuda-tests   pytest -m cuda (tests that need a GPU: bf16 autocast, train.py --bf16, eval on CUDA)
+#   bench        bench/bench_train.py's GPU row: ViT-B/32 geometry, batch 256, N = 6, bf16 autocast:
+#                samples/s, share of the bf16 matmul peak measured in the same run, ratio over the plain step
+#   world, init-model   the offline image world and a random CLIP of ViT-B/32 geometry (no download)
+#   train        train.py --bf16, GPU_CHECK_STEPS steps (default 300) at batch 256; then check-train:
+#                the folder is a plain, finite CLIP
+#   fsdp, deepspeed     the same run through configs/accelerate/fsdp.yaml and deepspeed_zero2.yaml
+#                (accelerate launch --num_processes 1), 40 steps; each checkpoint checked
+#   eval         python -m eval on CUDA on the trained checkpoint (world + layerwise)
+#   bench-data   bench/bench_data.py --sections preparation --device cuda, where that script exists
+#
+# A failing step records its error and the script goes on. Results: $OUT (default runs/gpu_check)
+# holds three files: results.md (a table of every step and its numbers, the benchmark and eval
+# tables, the tail of each failed step's output), results.json (the same, machine-readable) and
+# log.txt (every step's full output). Intermediate folders go to $GPU_CHECK_WORK (default
+# /tmp/omninegclip_gpu_check), not into $OUT.
+set -u
+cd "$(dirname "$0")/.." || exit 2
+
+CPU=0
+[ "${1:-}" = "--cpu" ] && CPU=1
+PY=${PYTHON:-python3}
+OUT=${OUT:-runs/gpu_check}
+WORK=${GPU_CHECK_WORK:-/tmp/omninegclip_gpu_check}
+BUDGET=${GPU_CHECK_BUDGET:-420}
+STEPS=${GPU_CHECK_STEPS:-300}
+SITE=${GPU_CHECK_SITE:-/tmp/site}
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false TRANSFORMERS_NO_ADVISORY_WARNINGS=1
+export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+
+rm -rf "$WORK" && mkdir -p "$WORK/logs" "$OUT" || exit 2
+LOG="$OUT/log.txt"
+: > "$LOG"
+: > "$WORK/steps.tsv"
+START=$(date +%s)
+DEADLINE=$((START + BUDGET))
+
+# step NAME LIMIT_SECONDS COMMAND...: run under min(LIMIT, time left), output to the terminal, the
+# step's log and log.txt; record status (ok / failed rc=N / timeout / skipped) and seconds.
+step() {
+    local name=$1 limit=$2
+    shift 2
+    local left=$((DEADLINE - $(date +%s)))
+    local seconds=$limit
+    [ "$left" -lt "$seconds" ] && seconds=$left
+    local log="$WORK/logs/$name.log"
+    if [ "$seconds" -lt 10 ]; then
+        echo "== $name: skipped (budget of ${BUDGET}s spent)" | tee -a "$LOG" > "$log"
+        printf '%s\tskipped\t0\t%s\n' "$name" "$limit" >> "$WORK/steps.tsv"
+        return 0
+    fi
+    echo "== $name (limit ${seconds}s): $*" | tee -a "$LOG"
+    local begin=$(date +%s)
+    timeout -k 10 "$seconds" "$@" > "$log" 2>&1
+    local rc=$?
+    local took=$(($(date +%s) - begin))
+    cat "$log" >> "$LOG"
+    tail -n 5 "$log"
+    local status=ok
+    if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then status="timeout"; elif [ "$rc" -ne 0 ]; then status="failed rc=$rc"; fi
+    echo "== $name: $status in ${took}s" | tee -a "$LOG"
+    printf '%s\t%s\t%s\t%s\n' "$name" "$status" "$took" "$limit" >> "$WORK/steps.tsv"
+}
+
+if [ "$CPU" = 1 ]; then
+    DEVICE=cpu; PRECISION=""; BATCH=8; STEPS=${GPU_CHECK_STEPS:-3}; SHORT=2; SCENES=64; MODEL_SIZE=small; LOADER=""
+    BENCH=(--device cpu --quick --geometries default-small --batch-sizes 8 --front-blocks 2 --steps 1 --warmup 1 --no-eval)
+    LAUNCH=(--cpu)
+else
+    # 4 data-loader workers, kept across epochs: collating 256 rows takes ~0.1 s of CPU, as long as a GPU step
+    DEVICE=cuda; PRECISION="--bf16"; BATCH=256; SHORT=40; SCENES=2048; MODEL_SIZE=vit-b-32
+    LOADER="--dataloader_num_workers 4 --dataloader_persistent_workers true"
+    BENCH=(--device cuda --dtype bf16 --geometries ViT-B/32 --batch-sizes 256 --front-blocks 6 --steps 10 --warmup 3 --no-eval)
+    LAUNCH=()
+fi
+
+# Common train.py flags: cached image embeddings (frozen image tower), front 6 text blocks, bf16 autocast.
+train_flags() {  # OUTPUT_DIR STEPS
+    echo --model_name_or_path "$WORK/init" --dataset_name "$WORK/world" --output_dir "$1" \
+        --per_device_train_batch_size "$BATCH" --per_device_eval_batch_size "$BATCH" --max_steps "$2" \
+        --front_blocks 6 --learning_rate 1e-4 --warmup_steps 10 --logging_steps 25 --eval_strategy no \
+        --save_strategy no --report_to none --disable_tqdm true --seed 0 $LOADER $PRECISION \
+        --image_embedding_cache_dir "$WORK/embedding-cache"
+}
+
+step install 90 "$PY" bench/gpu_check.py install .whl "$SITE"
+if [ "$CPU" = 0 ]; then
+    step versions 30 bash -c "nvidia-smi; $PY bench/gpu_check.py versions"
+    step cuda-tests 150 "$PY" -m pytest -q -p no:cacheprovider -m cuda tests/test_cuda.py
+else
+    step versions 30 "$PY" bench/gpu_check.py versions
+fi
+step bench 120 "$PY" bench/bench_train.py "${BENCH[@]}" --out "$WORK/bench"
+step world 60 "$PY" data_builder.py shapes --out "$WORK/world" --num_train "$SCENES" --num_validation 64 \
+    --num_test 256 --no_progress
+step init-model 60 "$PY" bench/gpu_check.py init-model "$WORK/init" "$WORK/world" "$MODEL_SIZE"
+# shellcheck disable=SC2046  # train_flags is a word list
+step train 150 "$PY" train.py $(train_flags "$WORK/train" "$STEPS")
+step check-train 30 "$PY" bench/gpu_check.py check-checkpoint "$WORK/train"
+step fsdp 90 "$PY" -m accelerate.commands.launch ${LAUNCH[@]+"${LAUNCH[@]}"} --config_file configs/accelerate/fsdp.yaml \
+    --num_processes 1 train.py $(train_flags "$WORK/fsdp" "$SHORT")
+step check-fsdp 30 "$PY" bench/gpu_check.py check-checkpoint "$WORK/fsdp"
+if [ "$CPU" = 0 ]; then
+    step deepspeed 120 env DS_ACCELERATOR=cuda "$PY" -m accelerate.commands.launch \
+        --config_file configs/accelerate/deepspeed_zero2.yaml --num_processes 1 train.py $(train_flags "$WORK/deepspeed" "$SHORT")
+    step check-deepspeed 30 "$PY" bench/gpu_check.py check-checkpoint "$WORK/deepspeed"
+fi
+step eval 90 "$PY" -m eval "$WORK/train" --model_names trained --tasks world,layerwise --world "$WORK/world" \
+    --device "$DEVICE" --max_items 256 --out "$WORK/eval" --no_progress
+if [ -f bench/bench_data.py ]; then
+    step bench-data 90 "$PY" bench/bench_data.py --sections preparation --device "$DEVICE"
+fi
+
+"$PY" bench/gpu_check.py report "$WORK" "$OUT" 2>&1 | tee -a "$LOG"
+echo "gpu check took $(($(date +%s) - START))s; results in $OUT (results.md, results.json, log.txt)" | tee -a "$LOG"
