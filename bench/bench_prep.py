@@ -99,9 +99,10 @@ def _per_image(fn, values: list, repeats: int = 1) -> float:
     return (time.process_time() - start) / (len(values) * repeats)
 
 
-def _cpu_seconds_of_children() -> float:
+def _cpu_seconds() -> float:
+    """CPU seconds of this process and of its finished children (the decoding workers)."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+    return time.process_time() + usage.ru_utime + usage.ru_stime
 
 
 def _dir_bytes(folder: Path) -> int:
@@ -128,20 +129,20 @@ def section_preparation(args, fixture) -> dict:
     for workers in (1, 2):
         cache = workdir / f"cache-{workers}"
         tower = FreeTower()
-        load_before, cpu_before, start = os.getloadavg()[0], _cpu_seconds_of_children(), time.perf_counter()
+        load_before, cpu_before, start = os.getloadavg()[0], _cpu_seconds(), time.perf_counter()
         prepare_dataset([raw], [str(folder)], columns, tokenizer, images=lambda refs: image_pass(
             refs, transform, model=tower, num_workers=workers, batch_size=64, cache_dir=cache))
         seconds = time.perf_counter() - start
         runs[workers] = {
             "seconds": seconds, "images_per_second": images / seconds,
-            "worker_cpu_seconds_per_image": (_cpu_seconds_of_children() - cpu_before) / images,
+            "cpu_seconds_per_image": (_cpu_seconds() - cpu_before) / images,
             "disk_written_bytes": _dir_bytes(cache), "load_average_before": load_before,
         }
     result = {
         "images": images, "image_bytes": image_bytes, "mean_image_kib": image_bytes / images / 1024,
         "limit_images_per_second_per_core": 1 / limit, "previous_images_per_second_per_core": 1 / previous,
         "runs": runs,
-        "cpu_per_image_over_limit": runs[1]["worker_cpu_seconds_per_image"] / limit,
+        "cpu_per_image_over_limit": runs[1]["cpu_seconds_per_image"] / limit,
         "two_workers_speedup": runs[2]["images_per_second"] / runs[1]["images_per_second"],
         "disk_share": runs[1]["disk_written_bytes"] / image_bytes,
     }
@@ -233,7 +234,7 @@ def preparation_table(prep: dict) -> list[str]:
         f"| previous path (full decode + image processor), one core | {prep['previous_images_per_second_per_core']:.0f} images/s | | |",
         f"| preparation, 1 worker | {runs[1]['images_per_second']:.0f} images/s | | |",
         f"| preparation, 2 workers | {runs[2]['images_per_second']:.0f} images/s | | |",
-        f"| CPU work per image in the worker / the limit's | {prep['cpu_per_image_over_limit']:.2f}x | <= {TARGETS['cpu_per_image_over_limit']}x "
+        f"| preparation's CPU work per image (all processes, 1 worker) / the limit's | {prep['cpu_per_image_over_limit']:.2f}x | <= {TARGETS['cpu_per_image_over_limit']}x "
         f"| {_verdict(prep['cpu_per_image_over_limit'] <= TARGETS['cpu_per_image_over_limit'])} |",
         f"| 1 -> 2 workers | {prep['two_workers_speedup']:.2f}x | >= {TARGETS['two_workers_speedup']}x "
         f"| {_verdict(prep['two_workers_speedup'] >= TARGETS['two_workers_speedup'])} |",

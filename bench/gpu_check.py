@@ -264,6 +264,9 @@ def report(work: str, out: str) -> int:
     if bench:
         bench_md = work_dir / "bench" / "results.md"
         lines += ["", "## bench/bench_train.py", "", bench_md.read_text() if bench_md.is_file() else json.dumps(bench["speedups"])]
+    data_md = work_dir / "bench-data" / "results.md"
+    if data_md.is_file():
+        lines += ["", "## bench/bench_data.py (preparation on the GPU, input path)", "", data_md.read_text()]
     eval_md = work_dir / "eval" / "results.md"
     if eval_md.is_file():
         device = (evaluation or {}).get("settings", {}).get("device", "?")

@@ -12,13 +12,14 @@
 #   cuda-tests   pytest -m cuda (tests that need a GPU: bf16 autocast, train.py --bf16, eval on CUDA)
 #   bench        bench/bench_train.py's GPU row: ViT-B/32 geometry, batch 256, N = 6, bf16 autocast:
 #                samples/s, share of the bf16 matmul peak measured in the same run, ratio over the plain step
+#   bench-data   bench/bench_data.py --sections preparation,input --device cuda --dtype bf16: images decoded
+#                once in worker processes and embedded on the GPU (images/s), the training input path
 #   world, init-model   the offline image world and a random CLIP of ViT-B/32 geometry (no download)
 #   train        train.py --bf16, GPU_CHECK_STEPS steps (default 300) at batch 256; then check-train:
 #                the folder is a plain, finite CLIP
 #   fsdp, deepspeed     the same run through configs/accelerate/fsdp.yaml and deepspeed_zero2.yaml
 #                (accelerate launch --num_processes 1), 40 steps; each checkpoint checked
 #   eval         python -m eval on CUDA on the trained checkpoint (world + layerwise)
-#   bench-data   bench/bench_data.py --sections preparation --device cuda, where that script exists
 #
 # A failing step records its error and the script goes on. Results: $OUT (default runs/gpu_check)
 # holds three files: results.md (a table of every step and its numbers, the benchmark and eval
@@ -74,12 +75,12 @@ step() {
 }
 
 if [ "$CPU" = 1 ]; then
-    DEVICE=cpu; PRECISION=""; BATCH=8; STEPS=${GPU_CHECK_STEPS:-3}; SHORT=2; SCENES=64; MODEL_SIZE=small; LOADER=""
+    DEVICE=cpu; PRECISION=""; PREP_IMAGES=40; BATCH=8; STEPS=${GPU_CHECK_STEPS:-3}; SHORT=2; SCENES=64; MODEL_SIZE=small; LOADER=""
     BENCH=(--device cpu --quick --geometries default-small --batch-sizes 8 --front-blocks 2 --steps 1 --warmup 1 --no-eval)
     LAUNCH=(--cpu)
 else
     # 4 data-loader workers, kept across epochs: collating 256 rows takes ~0.1 s of CPU, as long as a GPU step
-    DEVICE=cuda; PRECISION="--bf16"; BATCH=256; SHORT=40; SCENES=2048; MODEL_SIZE=vit-b-32
+    DEVICE=cuda; PRECISION="--bf16"; PREP_IMAGES=1000; BATCH=256; SHORT=40; SCENES=2048; MODEL_SIZE=vit-b-32
     LOADER="--dataloader_num_workers 4 --dataloader_persistent_workers true"
     BENCH=(--device cuda --dtype bf16 --geometries ViT-B/32 --batch-sizes 256 --front-blocks 6 --steps 10 --warmup 3 --no-eval)
     LAUNCH=()
@@ -97,11 +98,14 @@ train_flags() {  # OUTPUT_DIR STEPS
 step install 90 "$PY" bench/gpu_check.py install .whl "$SITE"
 if [ "$CPU" = 0 ]; then
     step versions 30 bash -c "nvidia-smi; $PY bench/gpu_check.py versions"
-    step cuda-tests 150 "$PY" -m pytest -q -p no:cacheprovider -m cuda tests/test_cuda.py
+    step cuda-tests 150 "$PY" -m pytest -q -p no:cacheprovider -m cuda tests/test_cuda.py tests/test_image_prep.py
 else
     step versions 30 "$PY" bench/gpu_check.py versions
 fi
 step bench 120 "$PY" bench/bench_train.py "${BENCH[@]}" --out "$WORK/bench"
+# Preparation as train.py does it (issue 13): images decoded once by worker processes, embedded on the device.
+step bench-data 90 "$PY" bench/bench_data.py --sections preparation,input --images "$PREP_IMAGES" --device "$DEVICE" \
+    ${PRECISION:+--dtype bf16} --out "$WORK/bench-data"
 step world 60 "$PY" data_builder.py shapes --out "$WORK/world" --num_train "$SCENES" --num_validation 64 \
     --num_test 256 --no_progress
 step init-model 60 "$PY" bench/gpu_check.py init-model "$WORK/init" "$WORK/world" "$MODEL_SIZE"
@@ -118,9 +122,6 @@ if [ "$CPU" = 0 ]; then
 fi
 step eval 90 "$PY" -m eval "$WORK/train" --model_names trained --tasks world,layerwise --world "$WORK/world" \
     --device "$DEVICE" --max_items 256 --out "$WORK/eval" --no_progress
-if [ -f bench/bench_data.py ]; then
-    step bench-data 90 "$PY" bench/bench_data.py --sections preparation --device "$DEVICE"
-fi
 
 "$PY" bench/gpu_check.py report "$WORK" "$OUT" 2>&1 | tee -a "$LOG"
 echo "gpu check took $(($(date +%s) - START))s; results in $OUT (results.md, results.json, log.txt)" | tee -a "$LOG"
