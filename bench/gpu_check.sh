@@ -5,7 +5,8 @@
 #   OUT=some/folder bash bench/gpu_check.sh
 #   bash bench/gpu_check.sh --cpu      # the same steps at toy sizes on the CPU (checks the script itself)
 #
-# Steps, in order, each under its own time limit (and all under GPU_CHECK_BUDGET seconds, default 420):
+# Steps, in order, each under its own time limit (and all under GPU_CHECK_BUDGET seconds, default 420;
+# GPU_CHECK_ONLY="bench train ..." runs only the steps named, e.g. to rerun a few within a short lease):
 #   install      what requirements.txt needs and this machine lacks, from the wheels in .whl/ (no network;
 #                torch is left as installed) into /tmp/site, put on PYTHONPATH
 #   versions     nvidia-smi; python, torch, CUDA, GPU, library versions
@@ -56,6 +57,11 @@ step() {
     local seconds=$limit
     [ "$left" -lt "$seconds" ] && seconds=$left
     local log="$WORK/logs/$name.log"
+    if [ -n "${GPU_CHECK_ONLY:-}" ] && [[ " $GPU_CHECK_ONLY " != *" $name "* ]]; then
+        echo "== $name: skipped (not in GPU_CHECK_ONLY)" | tee -a "$LOG" > "$log"
+        printf '%s\tskipped\t0\t%s\n' "$name" "$limit" >> "$WORK/steps.tsv"
+        return 0
+    fi
     if [ "$seconds" -lt 10 ]; then
         echo "== $name: skipped (budget of ${BUDGET}s spent)" | tee -a "$LOG" > "$log"
         printf '%s\tskipped\t0\t%s\n' "$name" "$limit" >> "$WORK/steps.tsv"

@@ -41,6 +41,7 @@ from omninegclip.safe_load import UnreadableImage, open_rgb_image
 logger = logging.getLogger(__name__)
 
 KEY_CHUNK = 512  # rows read at once while finding the unique images (bytes are hashed, not kept)
+DECODE_CHUNK = 32  # images a worker decodes and hands over at once
 
 
 def _base_folder(name: str) -> Path | None:
@@ -330,25 +331,40 @@ def image_pass(
             logger.info("%s: reusing %s (no image decoded)", desc, path)
             return _load_cached(path)
     device = torch.device(device) if device is not None else (next(model.parameters()).device if model is not None else None)
-    batches = -(-len(refs) // batch_size)
-    workers = min(default_workers() if num_workers is None else num_workers, max(batches - 1, 0))
+    requested = default_workers() if num_workers is None else num_workers
+    # Workers decode small chunks (each worker one chunk at a time), the tower embeds `batch_size`
+    # images at once: with one batch per worker, a few large batches would leave most workers idle.
+    chunk = max(1, min(DECODE_CHUNK, batch_size, -(-len(refs) // max(requested, 1))))
+    chunks = -(-len(refs) // chunk)
+    workers = min(requested, chunks) if chunks > 1 else 0
     loader = torch.utils.data.DataLoader(
-        _Decoded(refs, transform if model is not None else None), batch_size=batch_size, num_workers=workers,
+        _Decoded(refs, transform if model is not None else None), batch_size=chunk, num_workers=workers,
         collate_fn=_collate, pin_memory=device is not None and device.type == "cuda",
     )
-    embeds, unreadable = None, {}
+    embeds, unreadable, pending = None, {}, []
     autocast = (torch.autocast(device.type, dtype=autocast_dtype) if model is not None and autocast_dtype is not None
                 else contextlib.nullcontext())
-    for indices, pixels, errors in tqdm(loader, desc=f"{'embedding' if model is not None else 'checking'} {desc}",
-                                        unit="batch", delay=2, leave=False):
-        unreadable.update((index, UnreadableImage(kind, message)) for index, kind, message in errors)
-        if model is None or pixels is None:
-            continue
+
+    def embed(pending: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        nonlocal embeds
+        indices = torch.cat([indices for indices, _ in pending])
         with autocast:
-            features = _features(model.get_image_features(pixel_values=pixels.to(device, non_blocking=True)))
+            features = _features(model.get_image_features(pixel_values=torch.cat([pixels for _, pixels in pending])))
         if embeds is None:
             embeds = torch.zeros(len(refs), features.shape[-1], dtype=torch.float32)
         embeds[indices] = features.float().cpu()
+
+    for indices, pixels, errors in tqdm(loader, desc=f"{'embedding' if model is not None else 'checking'} {desc}",
+                                        unit="chunk", delay=2, leave=False):
+        unreadable.update((index, UnreadableImage(kind, message)) for index, kind, message in errors)
+        if model is None or pixels is None:
+            continue
+        pending.append((indices, pixels.to(device, non_blocking=True)))
+        if sum(len(indices) for indices, _ in pending) >= batch_size:
+            embed(pending)
+            pending = []
+    if pending:
+        embed(pending)
     if model is not None and embeds is None:  # no image could be read
         embeds = torch.zeros(len(refs), model.config.projection_dim, dtype=torch.float32)
     result = ImagePass(embeds, unreadable)
