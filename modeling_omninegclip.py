@@ -17,7 +17,7 @@ Public surface
 - `gather_rows`: the autograd-carrying all-gather that makes every contrastive term see the
   global batch under several processes (local-loss semantics).
 
-Notation of DESIGN.md §1 and the output fields that carry each term:
+Notation of docs/method.md §1 and the output fields that carry each term:
     L1 loss_presence_image, L2 loss_presence_text, L3 loss_presence_pair, L_pre loss_presence,
     L_neg loss_absence_negated, L_orig loss_absence_original, L_text loss_absence_text, L_abs loss_absence.
 Total: L = L_pre + lambda_abs * L_abs (+ lambda_choice * L_choice + lambda_keep * L_keep: optional
@@ -52,7 +52,7 @@ TEXT_BUCKET_ROWS = 64
 
 @dataclass
 class OmniNegLossConfig:
-    """Loss weights and margin. Defaults are the authors' released code (DESIGN.md §1)."""
+    """Loss weights and margin. Defaults are the authors' released code (docs/method.md §1)."""
 
     lambda_abs: float = 1.0
     lambda_orig: float = 1.0
@@ -367,7 +367,7 @@ def keep_match_loss(
 
 @dataclass
 class OmniNegCLIPOutput(ModelOutput):
-    """Total loss, every term (see the module docstring for the mapping to DESIGN.md) and CLIP's logits.
+    """Total loss, every term (see the module docstring for the mapping to docs/method.md) and CLIP's logits.
 
     Terms whose rows are absent from the batch are 0. `logits_*` and the embeddings cover this
     process's rows (original captions); negated embeddings are zero where the row has none."""

@@ -2,7 +2,7 @@
 
 `world_tasks` rephrases every scene with the "train" or the "heldout" templates of
 `omninegclip.shapes` and returns one `TaskData` per family, named `world_{template_set}/{family}`.
-Two cheap strategies pass many negation tests without understanding negation (DESIGN.md §2):
+Two cheap strategies pass many negation tests without understanding negation (docs/method.md §2):
 *bag of words* (score = mentioned objects that are present, negation words ignored) and *ignoring
 the negated clause* (score the caption as if "… no B" were not there). For each family, what they do:
 

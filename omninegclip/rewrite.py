@@ -1,6 +1,6 @@
 """Caption rewriters that negate one object, and the checks every negated caption must pass.
 
-Two kinds of negation (DESIGN.md):
+Two kinds of negation (docs/method.md):
 - *presence* negation negates an object that IS in the image, so the new caption is false for it:
   "a dog on a couch" -> "no dog on a couch" / "there is no dog on a couch";
   "a man riding a horse" -> "a man not riding a horse"; "a man with an umbrella" -> "a man without an
