@@ -164,6 +164,7 @@ class ImageTransform:
             and getattr(p, "do_rescale", False) and getattr(p, "do_normalize", False)
             and getattr(p, "do_convert_rgb", True) is not False and not getattr(p, "do_pad", None)
             and int(getattr(p, "resample", -1)) == int(Image.Resampling.BICUBIC)
+            and shortest >= max(_value(crop, "height") or 0, _value(crop, "width") or 0)  # the crop always fits
         )
         plain = None
         if usual:
@@ -187,10 +188,12 @@ class ImageTransform:
         new_long = int(shortest * long / short)
         return (shortest, new_long) if width <= height else (new_long, shortest)
 
-    def __call__(self, value) -> np.ndarray:
+    def decode(self, value) -> np.ndarray:
+        """What a worker hands over: on the plain path the resized, cropped image as uint8 (H, W, 3)
+        (a quarter of the bytes of float pixel values; `normalize` finishes it on the device),
+        otherwise the processor's float32 pixel values (3, H, W)."""
         if self.plain is None:
-            image = open_rgb_image(value)
-            return np.asarray(self.processor(images=[image], return_tensors="np")["pixel_values"][0], dtype=np.float32)
+            return self._processed(open_rgb_image(value))
         original = {}
 
         def draft_to(size: tuple[int, int]) -> tuple[int, int] | None:
@@ -203,18 +206,27 @@ class ImageTransform:
             image = image.resize(target, Image.Resampling.BICUBIC)
         crop_height, crop_width = self.plain["crop"]
         width, height = image.size
-        if width < crop_width or height < crop_height:  # a crop larger than the image: the processor pads
-            return np.asarray(self.processor(images=[open_rgb_image(value)], return_tensors="np")["pixel_values"][0],
-                              dtype=np.float32)
         top, left = (height - crop_height) // 2, (width - crop_width) // 2
-        pixels = np.asarray(image, dtype=np.float32)[top : top + crop_height, left : left + crop_width]
-        mean = np.asarray(self.plain["mean"], dtype=np.float32)
-        std = np.asarray(self.plain["std"], dtype=np.float32)
-        return ((pixels * np.float32(self.plain["scale"]) - mean) / std).transpose(2, 0, 1).copy()
+        return np.asarray(image, dtype=np.uint8)[top : top + crop_height, left : left + crop_width].copy()
+
+    def _processed(self, image: Image.Image) -> np.ndarray:
+        return np.asarray(self.processor(images=[image], return_tensors="np")["pixel_values"][0], dtype=np.float32)
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """A batch of `decode` outputs as pixel values (B, 3, H, W) float32, where it lies (the GPU)."""
+        if pixels.dtype != torch.uint8:
+            return pixels
+        mean = torch.tensor(self.plain["mean"], dtype=torch.float32, device=pixels.device)
+        std = torch.tensor(self.plain["std"], dtype=torch.float32, device=pixels.device)
+        return ((pixels.float() * self.plain["scale"] - mean) / std).permute(0, 3, 1, 2).contiguous()
+
+    def __call__(self, value) -> np.ndarray:
+        """One image's pixel values (3, H, W) float32, as the image processor gives them."""
+        return self.normalize(torch.from_numpy(self.decode(value))[None])[0].numpy()
 
 
 class _Decoded(torch.utils.data.Dataset):
-    """Unique image i -> (i, pixel_values or None, the UnreadableImage or None), read in batches."""
+    """Unique image i -> (i, `decode` output or None, the UnreadableImage or None), read in chunks."""
 
     def __init__(self, refs: ImageRefs, transform: ImageTransform | None):
         self.refs, self.transform = refs, transform
@@ -229,20 +241,20 @@ class _Decoded(torch.utils.data.Dataset):
         out = []
         for index, value in zip(indices, self.refs.read(indices)):
             try:
-                pixels = self.transform(value) if self.transform is not None else open_rgb_image(value).close()
+                pixels = self.transform.decode(value) if self.transform is not None else open_rgb_image(value).close()
                 out.append((index, pixels, None))
             except UnreadableImage as error:
                 out.append((index, None, error))
         return out
 
-
-def _collate(items):
-    good = [(index, pixels) for index, pixels, error in items if error is None]
-    errors = [(index, error.kind, str(error)) for index, _, error in items if error is not None]
-    indices = torch.tensor([index for index, _ in good], dtype=torch.long)
-    pixels = (torch.from_numpy(np.stack([pixels for _, pixels in good]))
-              if good and good[0][1] is not None else None)
-    return indices, pixels, errors
+    def collate(self, items):
+        """(indices, the chunk's `decode` outputs stacked (None when only checked), errors)."""
+        good = [(index, pixels) for index, pixels, error in items if error is None]
+        errors = [(index, error.kind, str(error)) for index, _, error in items if error is not None]
+        indices = torch.tensor([index for index, _ in good], dtype=torch.long)
+        if not good or good[0][1] is None:
+            return indices, None, errors
+        return indices, torch.from_numpy(np.stack([pixels for _, pixels in good])), errors
 
 
 # ----------------------------------------------------------------------------------------------
@@ -337,9 +349,10 @@ def image_pass(
     chunk = max(1, min(DECODE_CHUNK, batch_size, -(-len(refs) // max(requested, 1))))
     chunks = -(-len(refs) // chunk)
     workers = min(requested, chunks) if chunks > 1 else 0
+    decoded = _Decoded(refs, transform if model is not None else None)
     loader = torch.utils.data.DataLoader(
-        _Decoded(refs, transform if model is not None else None), batch_size=chunk, num_workers=workers,
-        collate_fn=_collate, pin_memory=device is not None and device.type == "cuda",
+        decoded, batch_size=chunk, num_workers=workers,
+        collate_fn=decoded.collate, pin_memory=device is not None and device.type == "cuda",
     )
     embeds, unreadable, pending = None, {}, []
     autocast = (torch.autocast(device.type, dtype=autocast_dtype) if model is not None and autocast_dtype is not None
@@ -359,7 +372,7 @@ def image_pass(
         unreadable.update((index, UnreadableImage(kind, message)) for index, kind, message in errors)
         if model is None or pixels is None:
             continue
-        pending.append((indices, pixels.to(device, non_blocking=True)))
+        pending.append((indices, transform.normalize(pixels.to(device, non_blocking=True))))
         if sum(len(indices) for indices, _ in pending) >= batch_size:
             embed(pending)
             pending = []
