@@ -299,7 +299,11 @@ def _rewrite(kind: str, item: SourceItem, obj: str, rng: random.Random, options:
     rewrite = negate(item.caption, obj, rng, keep=keep)
     if rewrite is None:
         # A negation exists but every one falls beyond what the text encoder reads (a very long caption)?
-        return None, "negation_beyond_context" if negate(item.caption, obj, random.Random(0)) else "rewrite_failed"
+        if negate(item.caption, obj, random.Random(0)):
+            return None, "negation_beyond_context"
+        if kind == "presence" and len(find_mentions(item.caption, [obj])) > 1:
+            return None, "object_still_affirmed"  # negating one mention would leave another: "no dog and another dog"
+        return None, "rewrite_failed"
     return rewrite, ""
 
 

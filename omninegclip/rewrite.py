@@ -14,8 +14,9 @@ Public surface:
   `absence_negate(caption, absent_obj, rng, keep=None) -> Rewrite | None`: pure and deterministic given
   the `random.Random`; `obj` is a COCO category ("dog", matched in the caption by any synonym or plural,
   "puppies") or any other noun ("hat"). None when no template gives a valid rewrite (empty caption,
-  an absent object the caption already asserts, ...). Every returned text names the object under a
-  negation cue, and differs from the caption; any unicode string is accepted. `keep(text)`, when
+  an absent object the caption already asserts, a presence object the caption names twice, ...).
+  Every returned text names the object under a negation cue, never also outside one, and differs
+  from the caption; any unicode string is accepted. `keep(text)`, when
   given, must also accept the text (the builder passes "the text encoder still sees the negation");
 - `absence_affirm(caption, absent_obj) -> str`: the false twin of an absence negation, the caption
   with the absent object affirmed ("a dog on a couch" -> "a dog on a couch, with a cat");
@@ -39,7 +40,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from omninegclip.vocabulary import NEGATION_CUES, canonical_category, find_mentions, has_negation_cue, mentions, noun_forms
+from omninegclip.vocabulary import canonical_category, find_mentions, has_negation_cue, mentions, noun_forms
 
 PRESENCE_TEMPLATES = ("no_object", "there_is_no", "with_to_without", "not_verb", "suffix_with_no", "suffix_but_there_is_no", "suffix_without_any")
 ABSENCE_TEMPLATES = ("with_no", "with_no_around", "without_a", "not_apposition", "no_just", "and_there_is_no")
@@ -194,6 +195,12 @@ def _negation_governs(text: str, obj: str) -> bool:
     return any(mention.negated for mention in find_mentions(text, [obj]))
 
 
+def _still_affirmed(text: str, obj: str) -> bool:
+    """One mention of `obj` negated and another not: "no dog and another dog near a cat"."""
+    found = find_mentions(text, [obj])
+    return any(mention.negated for mention in found) and not all(mention.negated for mention in found)
+
+
 def presence_negate(caption: str, obj: str, rng: random.Random, keep: Callable[[str], bool] | None = None) -> Rewrite | None:
     """Negate `obj`, an object present in the image; in the caption where the caption names it."""
     if not isinstance(caption, str) or not isinstance(obj, str) or not obj.strip():
@@ -208,7 +215,8 @@ def presence_negate(caption: str, obj: str, rng: random.Random, keep: Callable[[
         attempts = [(name, lambda name=name: _presence_in_caption(base, phrase, name)) for name in PRESENCE_TEMPLATES[:4]]
     else:
         attempts = [(name, lambda name=name: _presence_clause(base, obj, name)) for name in PRESENCE_TEMPLATES[4:]]
-    candidates = {name: text for name, attempt in attempts if (text := attempt()) and text != caption.strip() and _negation_governs(text, obj)}
+    candidates = {name: text for name, attempt in attempts
+                  if (text := attempt()) and text != caption.strip() and _negation_governs(text, obj) and not _still_affirmed(text, obj)}
     if "not_verb" in candidates:
         candidates.pop("no_object", None)  # "a man not riding a horse", never "a man riding no horse"
     if keep is not None:
@@ -301,9 +309,7 @@ def presence_problem(caption: str, text: str | None, obj: str | None, present_ob
         return "no_negation_cue"
     if strict and not _negation_governs(text, obj):
         return "object_not_negated"
-    # A mention that is itself a negation cue (an object called "no") affirms nothing.
-    affirmed = [mention for mention in find_mentions(text, [obj]) if not mention.negated and mention.text.lower() not in NEGATION_CUES]
-    if _negation_governs(text, obj) and affirmed:
+    if _still_affirmed(text, obj):
         return "object_still_affirmed"  # "no dog and another dog near a cat": still true of the image
     return None
 

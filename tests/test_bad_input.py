@@ -413,7 +413,7 @@ CASES = [
     Case("data_builder", "presence_negation_still_affirms_its_object", lambda fx: db("captions", "--dataset", fx.pairs("two_dogs.jsonl", {"image": "images/ok.png",
                                                                                                                           "caption": "a dog and another dog"}),
                                                                                   "--out", fx.out()), 0,
-         ("skipped presence:quality_gate:object_still_affirmed: 1",)),
+         ("skipped presence:object_still_affirmed: 1",)),
     Case("data_builder", "image_url_not_http", lambda fx: db("captions", "--dataset", fx.pairs("file_url.jsonl", {"image": "file:///etc/hostname", "caption": "a dog"}),
                                                              "--out", fx.out()), 0,
          ("skipped row:image_url_not_http: 1 (e.g. file:///etc/hostname)",)),
