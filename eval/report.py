@@ -61,7 +61,8 @@ def _model_names(results: dict) -> list[str]:
 def results_markdown(results: dict) -> str:
     names = _model_names(results)
     lines = ["# Evaluation results", "",
-             "Accuracy and recall in percent; ties count as wrong. Models: "
+             "Accuracy and recall in percent; ties count as wrong (`accuracy_argmax`, where shown, is NegBench's own "
+             "rule: a tie goes to the first option). Models: "
              + ", ".join(f"`{model['name']}` = {_shown_id(model['id'])}" for model in results["models"]), "",
              "| task | metric | n | " + " | ".join(names) + " |",
              "|---|---|---:|" + "---:|" * len(names)]
