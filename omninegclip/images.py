@@ -124,7 +124,13 @@ def _identity(value, base: Path | None) -> str | None:
             return "bytes:" + xxhash.xxh3_128_hexdigest(value["bytes"])
         value = value.get("path")
     resolved = _resolve(value, base)
-    return None if resolved is None else "path:" + resolved
+    if resolved is None:
+        return None
+    try:  # a file replaced in place is another image (the cache key is made of these identities)
+        stat = os.stat(resolved)
+        return f"path:{resolved}:{stat.st_size}:{stat.st_mtime_ns}"
+    except OSError:  # missing: the pass counts it
+        return "path:" + resolved
 
 
 def _located(value, base: Path | None):

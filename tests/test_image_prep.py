@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import io
+import os
 from pathlib import Path
 
 import datasets
@@ -267,3 +268,17 @@ def test_the_nan_check_syncs_once_per_check_interval_not_every_step(tmp_path, pr
     train.main(train_flags(model_dir, data, tmp_path / "out", max_steps=6, nan_check_steps=4, logging_steps=100,
                            per_device_train_batch_size=4))
     assert checks == [(4, 4), (6, 2)]  # steps 1-4 checked together, then 5-6 as training stops
+
+
+def test_a_file_replaced_in_place_is_embedded_again(tmp_path, processor, tiny_clip):
+    (tmp_path / "a.jpg").write_bytes(jpeg_of(0))
+    table = datasets.Dataset.from_dict({"image": ["a.jpg"]})
+    transform = ImageTransform.for_processor(processor.image_processor)
+    run = lambda: image_pass(ImageRefs.find([table], "image", [str(tmp_path)], [[0]])[0], transform,  # noqa: E731
+                             model=tiny_clip, num_workers=0, cache_dir=tmp_path / "cache")
+    first = run().embeds
+    (tmp_path / "a.jpg").write_bytes(jpeg_of(1))  # same name, other picture (and size)
+    os.utime(tmp_path / "a.jpg", ns=(1, 1))  # whatever the clock's resolution
+    second = run().embeds
+    assert len(list((tmp_path / "cache").glob("image_embeds-*.safetensors"))) == 2
+    assert not torch.equal(first, second)
