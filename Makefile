@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt requirements-dev.txt requirements-demo.txt
+$(STAMP): requirements.txt requirements-dev.txt requirements-demo.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
@@ -21,6 +21,9 @@ $(STAMP): requirements.txt requirements-dev.txt requirements-demo.txt
 	# DeepSpeed (tests/test_distributed.py runs ZeRO-2 on the CPU): PyPI has only its source, whose
 	# set-up imports torch, hence after torch and without build isolation; no compiled ops.
 	DS_BUILD_OPS=0 $(BIN)/python -m pip install --quiet --no-build-isolation deepspeed==0.19.8
+	# The project itself, editable (pyproject.toml): its console scripts, and the package importable
+	# from anywhere (tests, accelerate launch, subprocesses); its dependencies are the ones above.
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 # tests/test_app.py drives the demo in Debian's headless chromium: installed here when missing (as
@@ -37,19 +40,19 @@ test: $(STAMP) browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests
 
 default: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m omninegclip.default
+	HF_HUB_OFFLINE=1 $(BIN)/python -m omninegclip.pipeline.default
 
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False $(BIN)/python app.py
 
 ablations: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m omninegclip.default --ablations --finetune_epochs 0.5
+	HF_HUB_OFFLINE=1 $(BIN)/python -m omninegclip.pipeline.default --ablations --finetune_epochs 0.5
 
 bench: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_train.py
+	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.bench_train
 
 bench-data: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_data.py --full_size_annotations
+	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.bench_data --full_size_annotations
 
 # On a GPU machine, from the repository root (no virtual environment: it installs what is missing
 # from the wheels in .whl/, see bench/gpu_check.sh): the whole GPU path in about 7 minutes.

@@ -5,7 +5,7 @@
     python data_builder.py captions --dataset flickr30k_folder --caption_column caption --out data/flickr-neg
     python data_builder.py ccneg --annotations ccneg_dataset/ccneg_preprocessed.pt --images ccneg_dataset --out data/ccneg
     python data_builder.py negationclip --annotations negationclip_captions_train2014.json --images train2014 --out data/negclip
-    python data_builder.py shapes --out data/world           # the offline image world (omninegclip/shapes.py)
+    python data_builder.py shapes --out data/world           # the offline image world (omninegclip/building/shapes.py)
 
 Common flags: --out DIR (required), --overwrite, --seed 0, --push_to_hub REPO_ID, --no_progress, --debug;
 for the real sources also --validation_fraction 0.05, --test_fraction 0.05, --max_rows N,
@@ -27,7 +27,7 @@ images, and `--push_to_hub` uploads that (each row with its image). The shapes w
 images in the table (one row per scene).
 
 Speed: the negations, the image checks and the quality gate run in `--num_proc` forked worker
-processes (`omninegclip.parallel.fork_map`: each row is seeded by its index, so any number of workers writes the same
+processes (`omninegclip.building.parallel.fork_map`: each row is seeded by its index, so any number of workers writes the same
 bytes). An image is checked by decoding it without keeping it, a JPEG in draft mode (1/8 scale:
 every byte of its compressed stream is still read, so a truncated file fails as in a full decode);
 workers write the image files themselves, so memory stays one image per worker.
@@ -45,7 +45,7 @@ a stable hash of the image id.
 Public surface: `CONTRACT_COLUMNS`, `contract_features(image_files=False)`, `IMAGES_FOLDER`, `BuildOptions`,
 `build_from_source(source, options, cache_dir, out_dir=None)`, `load_with_images(folder)`,
 `store_image(...)` / `store_images(...) -> list[StoredImage]`,
-`quality_gate(dataset_dict, num_proc=1) -> dict`, `CLIP_CONTEXT_LENGTH`, `TokenWindow` (what of a text CLIP's text
+`quality_gate(dataset_dict, num_proc=1) -> dict`, `CONTEXT_LENGTH`, `TokenWindow` (what of a text CLIP's text
 encoder reads), `over_context_length(dataset_dict) -> dict | None`, `write_atomically(out, overwrite, fill)`,
 `recover_interrupted_builds(out) -> list[Path]`, `split_for(...)`, `push_to_hub(out, repo_id, card)`,
 `main(argv) -> summary`.
@@ -73,16 +73,18 @@ from pathlib import Path
 import datasets
 from PIL import Image
 
-from omninegclip.cards import GENERATED_DATA_LICENSE, hub_dataset_card, render_dataset_card, save_to_disk_files
-from omninegclip.cli import UserError, run_cli
-from omninegclip.parallel import fork_map
-from omninegclip.outputs import ensure_writable, is_alive
-from omninegclip.provenance import provenance
-from omninegclip.rewrite import (
-    LLMRewriter, Rewrite, absence_affirm, absence_negate, absence_problem, presence_negate, presence_problem,
+from omninegclip.building.cards import GENERATED_DATA_LICENSE, hub_dataset_card, render_dataset_card, save_to_disk_files
+from omninegclip.building.parallel import fork_map
+from omninegclip.building.rewrite import (
+    LLMRewriter,
+    Rewrite,
+    absence_affirm,
+    absence_negate,
+    absence_problem,
+    presence_negate,
+    presence_problem,
 )
-from omninegclip.safe_load import to_rgb
-from omninegclip.sources import (
+from omninegclip.building.sources import (
     DOWNLOAD_TIMEOUT,
     MAX_IMAGE_BYTES,
     SPLITS,
@@ -98,7 +100,12 @@ from omninegclip.sources import (
     read_coco,
     read_negationclip,
 )
-from omninegclip.vocabulary import CooccurrenceStats, detect_objects, find_mentions
+from omninegclip.building.vocabulary import CooccurrenceStats, detect_objects, find_mentions
+from omninegclip.common.cli import UserError, run_cli
+from omninegclip.common.clip import CONTEXT_LENGTH
+from omninegclip.common.outputs import ensure_writable, is_alive
+from omninegclip.common.provenance import provenance
+from omninegclip.common.safe_load import to_rgb
 
 CONTRACT_COLUMNS = (
     "image", "caption", "presence_negated", "absence_negated", "absence_affirmed", "present_objects", "negated_object",
@@ -110,13 +117,12 @@ IMAGES_FOLDER = "images"  # inside the output folder: each image once, as a file
 CARD_FILE = "README.md"
 MAX_NAMED_FILES = 50  # skipped image files named in the summary, per reason
 INTERRUPTED_HINT = ("nothing was written to --out (a build replaces it only once complete, and the next build cleans up "
-                    "what this one left); run the same command again")  # said on Ctrl-C by omninegclip.cli.run_cli
-CLIP_CONTEXT_LENGTH = 77  # tokens CLIP's text encoder reads, start and end tokens included; the rest is cut off
+                    "what this one left); run the same command again")  # said on Ctrl-C by omninegclip.common.cli.run_cli
 TEXT_COLUMNS = ("caption", "presence_negated", "absence_negated", "absence_affirmed")
 DEFAULT_MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS  # PIL's own decompression-bomb threshold (about 89 million)
 DEFAULT_LICENSES = {"coco": "cc-by-4.0", "shapes": GENERATED_DATA_LICENSE}
 _RULES = (
-    "Rule-based rewrites (`omninegclip/rewrite.py`; the template is recorded in `presence_rewrite` / `absence_rewrite`) "
+    "Rule-based rewrites (`omninegclip/building/rewrite.py`; the template is recorded in `presence_rewrite` / `absence_rewrite`) "
     "name the negated object under a negation cue. "
 )
 _PRESENCE_RULES = "The presence-negated object is one the caption names if any, else the largest present object. "
@@ -146,7 +152,7 @@ LICENSE_NOTES = {
     "coco": "COCO annotations are CC BY 4.0; the images keep their Flickr licenses (see cocodataset.org/#termsofuse).",
     "ccneg": "CC-Neg captions come from CoN-CLIP's release; the images are CC3M's and keep their original terms.",
     "negationclip": "Captions from NegationCLIP's release, built on COCO (annotations CC BY 4.0, images under Flickr terms).",
-    "shapes": "Procedurally generated by omninegclip/shapes.py.",
+    "shapes": "Procedurally generated by omninegclip/building/shapes.py.",
 }
 
 
@@ -175,7 +181,7 @@ class BuildOptions:
     generate_absence: bool = True
     absent_top_k: int = 5  # the absent object is drawn among the k most plausible
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # larger images are skipped (counted), never decoded
-    context_length: int | None = CLIP_CONTEXT_LENGTH  # a negation the text encoder would not see is refused; None: no check
+    context_length: int | None = CONTEXT_LENGTH  # a negation the text encoder would not see is refused; None: no check
     num_proc: int | None = None  # processes that check and store the images (None: the cores)
     progress: bool = True
     rewriter: LLMRewriter | None = field(default=None, repr=False)
@@ -203,7 +209,7 @@ class BuildOptions:
 def _clip_tokenizer():
     """The openai CLIP tokenizer (for counting tokens), or None when it cannot be built here."""
     try:
-        from omninegclip.tokenization import build_clip_tokenizer
+        from omninegclip.common.tokenization import build_clip_tokenizer
 
         tokenizer = build_clip_tokenizer()
     except (ImportError, OSError):  # no open_clip wheel with CLIP's BPE merges
@@ -215,7 +221,7 @@ def _clip_tokenizer():
 class TokenWindow:
     """What of a text CLIP's text encoder sees: its first `context_length - 2` tokens (between start and end)."""
 
-    def __init__(self, context_length: int | None = CLIP_CONTEXT_LENGTH):
+    def __init__(self, context_length: int | None = CONTEXT_LENGTH):
         self.context_length = context_length
         self.tokenizer = _clip_tokenizer() if context_length is not None else None
         self.content_tokens = (context_length or 0) - 2
@@ -798,7 +804,7 @@ def _where(summary: dict, reason: str, shown: int = 3) -> str:
     return f" (e.g. {', '.join(found[:shown])}{', ...' if len(found) > shown else ''})" if found else ""
 
 
-def over_context_length(dataset_dict: datasets.DatasetDict, context_length: int = CLIP_CONTEXT_LENGTH) -> dict | None:
+def over_context_length(dataset_dict: datasets.DatasetDict, context_length: int = CONTEXT_LENGTH) -> dict | None:
     """How many texts of each text column have more tokens than CLIP's text encoder reads (it
     truncates them); None when no CLIP tokenizer can be built here."""
     window = TokenWindow(context_length)
@@ -906,7 +912,7 @@ def _parser() -> argparse.ArgumentParser:
     negationclip.add_argument("--instances", help="COCO instances_*.json of the same images: exact present objects.")
     negationclip.add_argument("--synthesize_presence", action="store_true", help="Also write rule-based presence negations.")
 
-    shapes = sources.add_parser("shapes", parents=[output], help="The offline image world (omninegclip/shapes.py).",
+    shapes = sources.add_parser("shapes", parents=[output], help="The offline image world (omninegclip/building/shapes.py).",
                                 description="The offline image world: procedurally drawn scenes whose objects are known exactly, "
                                 "with the world's own negated captions.")
     shapes.add_argument("--num_train", type=int, default=16000, help="Training scenes.")
@@ -961,9 +967,9 @@ def _read_source(args: argparse.Namespace, scratch: Path) -> Source:
 
 def _build_shapes(args: argparse.Namespace) -> tuple[datasets.DatasetDict, dict]:
     try:
-        from omninegclip.shapes import build_world
+        from omninegclip.building.shapes import build_world
     except ImportError as error:
-        raise UserError(f"the shapes world needs omninegclip.shapes.build_world, which cannot be imported ({error})") from None
+        raise UserError(f"the shapes world needs omninegclip.building.shapes.build_world, which cannot be imported ({error})") from None
     world = build_world(num_train=args.num_train, num_validation=args.num_validation, num_test=args.num_test,
                         seed=args.seed, image_size=args.image_size, progress=not args.no_progress)
     return world, {"source": "shapes", "inputs": [], "rows_in": sum(len(part) for part in world.values()), "skips": {}}
@@ -1043,7 +1049,7 @@ def main(argv: list[str] | None = None) -> dict:
         if options is None:
             dataset_dict, built = _build_shapes(args)
             description = "The offline image world: procedurally drawn scenes whose objects are known exactly."
-            method = "Negations come from the world's own templates (`omninegclip/shapes.py`), which know every object exactly."
+            method = "Negations come from the world's own templates (`omninegclip/building/shapes.py`), which know every object exactly."
         else:
             if args.rewriter_model:
                 options.rewriter = _load_rewriter(args.rewriter_model)
@@ -1091,5 +1097,10 @@ def _render_card(summary: dict, dataset_dict: datasets.DatasetDict, description:
     )
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script's entry point (pyproject.toml)."""
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -36,7 +36,7 @@ Push to the Hub (weights, processor and this project's model card, in one commit
 `--widget_examples` gives the card's widget its own images and negation labels):
 
     python train.py <flags> --push_to_hub --hub_model_id you/omninegclip-vit-b32
-    python -m omninegclip.model_card runs/omninegclip --push_to_hub you/omninegclip-vit-b32  # again, after eval
+    python -m omninegclip.training.model_card runs/omninegclip --push_to_hub you/omninegclip-vit-b32  # again, after eval
 
 Data: any HF dataset (a Hub id, a `save_to_disk` folder, or local json/csv/parquet files) with an
 image column, a caption column and presence-/absence-negated caption columns (`data_builder.py`
@@ -51,7 +51,7 @@ cached on disk keyed by the vision weights, the image processor and the data (so
 augmentation in that mode). Captions are padded per batch, and all caption sets of a batch go
 through the text encoder in one call.
 
-Bad data never stops a run midway: before training, every row is checked (see omninegclip/data.py).
+Bad data never stops a run midway: before training, every row is checked (see omninegclip/training/data.py).
 Rows with an empty caption or a missing, corrupt, truncated or oversized image are skipped and
 counted; captions over the token limit are truncated and counted; one `data:` line reports it all,
 and training_provenance.json keeps it. A caption that is not a string is an error naming the row.
@@ -89,6 +89,7 @@ from transformers import (
     set_seed,
 )
 
+from eval.negation_metrics import NegationMetrics, stack_embeddings, which_object_rows
 from modeling_omninegclip import (
     LOSS_TERM_NAMES,
     OmniNegCLIPModel,
@@ -97,27 +98,27 @@ from modeling_omninegclip import (
     apply_trainable,
     resolve_text_blocks,
 )
-from eval.negation_metrics import NegationMetrics, stack_embeddings, which_object_rows
-from omninegclip.cli import Interrupted, UserError, run_cli
-from omninegclip.data import (
+from omninegclip.common.cli import Interrupted, UserError, run_cli
+from omninegclip.common.clip import CONTEXT_LENGTH
+from omninegclip.common.outputs import LOCK_FILE, PROBE_PREFIX, OutputLock, ensure_writable, overlapping
+from omninegclip.common.provenance import provenance
+from omninegclip.common.safe_load import load_pretrained_checked
+from omninegclip.training.data import (
     SOURCE_COLUMN,
     SOURCE_ROW_COLUMN,
     BalancedSourceSampler,
     CaptionColumns,
     OmniNegCollator,
-    SourceReport,
     PackedRows,
+    SourceReport,
     load_any_dataset,
     prepare_dataset,
     summarize_reports,
 )
-from omninegclip.images import ImageTransform, image_pass, pixel_values
-from omninegclip.lora import ADAPTER_DIR, LOGIT_SCALE_WITH_LORA, push_adapter, save_adapter
-from omninegclip.lora import modules_to_save as lora_modules_to_save
-from omninegclip.model_card import load_widget_examples, push_checkpoint, write_model_card
-from omninegclip.outputs import LOCK_FILE, PROBE_PREFIX, OutputLock, ensure_writable, overlapping
-from omninegclip.provenance import provenance
-from omninegclip.safe_load import load_pretrained_checked
+from omninegclip.training.images import ImageTransform, image_pass, pixel_values
+from omninegclip.training.lora import ADAPTER_DIR, LOGIT_SCALE_WITH_LORA, push_adapter, save_adapter
+from omninegclip.training.lora import modules_to_save as lora_modules_to_save
+from omninegclip.training.model_card import load_widget_examples, push_checkpoint, write_model_card
 
 logger = logging.getLogger("omninegclip.train")
 
@@ -185,7 +186,7 @@ class DataArguments:
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep the first N training rows (debugging)."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Keep the first N evaluation rows."})
-    max_caption_length: int = field(default=77, metadata={"help": "Token limit per caption; longer ones are truncated and counted."})
+    max_caption_length: int = field(default=CONTEXT_LENGTH, metadata={"help": "Token limit per caption; longer ones are truncated and counted."})
     cache_image_embeddings: bool = field(
         default=True,
         metadata={"help": "With a frozen image tower, embed each image once and reuse it every epoch (cached on disk)."},
@@ -211,8 +212,8 @@ class DataArguments:
     def __post_init__(self):
         if not self.dataset_name:
             raise UserError("--dataset_name is required: a Hub id, a save_to_disk folder or data files")
-        if not 2 < self.max_caption_length <= 77:
-            raise UserError(f"--max_caption_length must be in 3..77 (CLIP's context), got {self.max_caption_length}")
+        if not 2 < self.max_caption_length <= CONTEXT_LENGTH:
+            raise UserError(f"--max_caption_length must be in 3..{CONTEXT_LENGTH} (CLIP's context), got {self.max_caption_length}")
         if self.preprocessing_num_workers is not None and self.preprocessing_num_workers < 0:
             raise UserError(f"--preprocessing_num_workers must be 0 or more, got {self.preprocessing_num_workers}")
         if self.image_embedding_batch_size < 1:
@@ -791,7 +792,7 @@ def check_negation_columns(data_args: DataArguments, cache_dir: str | None = Non
     first `ROWS_CHECKED` rows: negations identical to their caption (nothing to learn from them),
     and presence/absence columns that look swapped (where a `negated_object` column says which
     object the presence negation is about: the absence text negates it and the presence text does not)."""
-    from omninegclip.vocabulary import find_mentions
+    from omninegclip.building.vocabulary import find_mentions
 
     def negates(text: str, obj: str) -> bool:
         return any(mention.negated for mention in find_mentions(text, [obj]))
@@ -913,7 +914,7 @@ def lora_target_regex(blocks: list[int], target: str) -> str:
 def add_lora(model: OmniNegCLIPModel, trainable: TrainableConfig, lora_args: LoraArguments):
     """Wrap `model` in a PEFT model with LoRA adapters on the chosen text blocks; the other parts
     `trainable` asks for train through PEFT's `modules_to_save` (saved with the adapters, so a resumed
-    run restores them; see omninegclip/lora.py). Returns (peft model, settings)."""
+    run restores them; see omninegclip/training/lora.py). Returns (peft model, settings)."""
     from peft import LoraConfig, get_peft_model
 
     blocks = resolve_text_blocks(model.config.text_config.num_hidden_layers, trainable)
@@ -1247,5 +1248,10 @@ def train_and_save(args: Arguments, resume: str | None, push: bool, widget: list
         torch.distributed.destroy_process_group()
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script's entry point (pyproject.toml)."""
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

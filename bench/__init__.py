@@ -1,1 +1,1 @@
-"""Training and evaluation speed benchmark (`python bench/bench_train.py`); see bench/README.md."""
+"""Training and evaluation speed benchmark (`python -m bench.bench_train`); see bench/README.md."""

@@ -1,8 +1,8 @@
 """Data-side speed and memory of Omni-NegCLIP, each number beside the limit measured in the same run.
 
-    python bench/bench_data.py                              # builder section, 1,000 COCO-like images (make bench-data)
-    python bench/bench_data.py --images 2000 --full_size_annotations   # + annotation loading at COCO train2017's size
-    python bench/bench_data.py --sections builder --out runs/bench_data
+    python -m bench.bench_data                              # builder section, 1,000 COCO-like images (make bench-data)
+    python -m bench.bench_data --images 2000 --full_size_annotations   # + annotation loading at COCO train2017's size
+    python -m bench.bench_data --sections builder --out runs/bench_data
 
 Sections (`--sections`, comma-separated; each a function `section_NAME(args, fixture) -> dict` in
 `SECTIONS`, so others can be added beside it):
@@ -45,16 +45,14 @@ from dataclasses import asdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from PIL import Image  # noqa: E402
+from PIL import Image
 
-from bench.bench_prep import input_table, preparation_table, section_input, section_preparation  # noqa: E402
-from bench.coco_fixture import FixtureInfo, make_fixture  # noqa: E402
+from bench.bench_prep import input_table, preparation_table, section_input, section_preparation
+from bench.coco_fixture import FixtureInfo, make_fixture
 
 BASELINE = "d2ecc5f"  # the last commit whose builder stored every caption row with its image bytes
 
@@ -82,7 +80,6 @@ def _cpu_name() -> str:
 
 _DRIVER = r"""
 import json, resource, sys, time, importlib.util
-sys.path.insert(0, {root!r})
 payload = json.loads(sys.argv[1])
 timings = {{}}
 def cpu():
@@ -239,9 +236,9 @@ def section_builder(args, fixture: FixtureInfo) -> dict:
         full = make_fixture(out / "fixture_full", images=min(args.images, 200), full_size_annotations=True, progress=False)
         payload = {"captions": full.captions_file, "instances": full.instances_file, "images": full.images_dir, "kwargs": {}}
         for num_proc in sorted({1, args.num_proc or cores}):
-            annotations[f"new_num_proc_{num_proc}"] = run_child(_READ_COCO.format(load="__import__('omninegclip.sources').sources"),
+            annotations[f"new_num_proc_{num_proc}"] = run_child(_READ_COCO.format(load="__import__('omninegclip.building.sources').sources"),
                                                                 {**payload, "kwargs": {"num_proc": num_proc}})
-        old = baseline_file(args.baseline, "omninegclip/sources.py", out / "baseline") if args.baseline != "none" else None
+        old = baseline_file(args.baseline, "omninegclip/building/sources.py", out / "baseline") if args.baseline != "none" else None
         if old is not None:
             annotations["baseline"] = run_child(_READ_COCO.format(load=f"load({str(old)!r}, 'baseline_sources')"), payload)
         annotations["files_mb"] = {"captions": Path(full.captions_file).stat().st_size / 2**20, "instances": Path(full.instances_file).stat().st_size / 2**20}

@@ -1,7 +1,7 @@
 """The training side of `bench/bench_data.py`: preparation and the input path, each against its limit.
 
-    python bench/bench_data.py --sections preparation,input                 # on 2 idle CPU cores: ~2 minutes
-    python bench/bench_data.py --sections preparation --device cuda --dtype bf16   # on a GPU: embedding images/s
+    python -m bench.bench_data --sections preparation,input                 # on 2 idle CPU cores: ~2 minutes
+    python -m bench.bench_data --sections preparation --device cuda --dtype bf16   # on a GPU: embedding images/s
 
 Sections (`section_NAME(args, fixture) -> dict` and `NAME_table(result) -> lines`, registered in
 bench/bench_data.py's SECTIONS):
@@ -32,22 +32,21 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import datasets  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from transformers import CLIPConfig, CLIPModel  # noqa: E402
-from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil  # noqa: E402
+import datasets
+import numpy as np
+import torch
+from transformers import CLIPModel
+from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-from omninegclip.data import CaptionColumns, OmniNegCollator, PackedRows, prepare_dataset  # noqa: E402
-from omninegclip.images import ImageTransform, image_pass  # noqa: E402
-from omninegclip.safe_load import open_rgb_image  # noqa: E402
-from omninegclip.tokenization import build_clip_tokenizer  # noqa: E402
+from omninegclip.common.clip import BOS_TOKEN_ID, EOS_TOKEN_ID, VIT_B_32
+from omninegclip.common.safe_load import open_rgb_image
+from omninegclip.common.tokenization import build_clip_tokenizer
+from omninegclip.training.data import CaptionColumns, OmniNegCollator, PackedRows, prepare_dataset
+from omninegclip.training.images import ImageTransform, image_pass
 
 TARGETS = {"cpu_per_image_over_limit": 1.2, "two_workers_speedup": 1.6, "disk_share": 0.05, "input_ms_per_step": 5.0}
 
@@ -80,13 +79,7 @@ class FreeTower(torch.nn.Module):
 
 
 def vit_b32(device: str) -> CLIPModel:
-    config = CLIPConfig(
-        text_config=dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8),
-        vision_config=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                           image_size=224, patch_size=32),
-        projection_dim=512,
-    )
-    return CLIPModel(config).eval().to(device)
+    return CLIPModel(VIT_B_32.config()).eval().to(device)
 
 
 def _per_image(fn, values: list, repeats: int = 1) -> float:
@@ -194,10 +187,10 @@ def section_input(args, fixture=None, rows: int = 20000, batch: int = 256, steps
     rng = np.random.default_rng(seed)
     lengths = {name: rng.integers(low, high, rows) for name, (low, high) in
                {"input_ids": (10, 25), "presence_negated_input_ids": (12, 30), "absence_negated_input_ids": (13, 31)}.items()}
-    tokens = {name: [[49406] + rng.integers(0, 49000, n - 2).tolist() + [49407] for n in values]
+    tokens = {name: [[BOS_TOKEN_ID] + rng.integers(0, 49000, n - 2).tolist() + [EOS_TOKEN_ID] for n in values]
               for name, values in lengths.items()}
     embeds = torch.randn(rows, 512)
-    packed = PackedRows(tokens, 49407, image_index=np.arange(rows), image_embeds=embeds)
+    packed = PackedRows(tokens, EOS_TOKEN_ID, image_index=np.arange(rows), image_embeds=embeds)
     table = datasets.Dataset.from_dict({"row_id": np.arange(rows), "packed_row": np.arange(rows),
                                         "source_index": np.zeros(rows, dtype=np.int64), "source_row": np.arange(rows)})
     collator = OmniNegCollator(packed)
@@ -215,7 +208,7 @@ def section_input(args, fixture=None, rows: int = 20000, batch: int = 256, steps
 
     load = os.getloadavg()[0]
     new_ms = timed(lambda indices: collator(table.__getitems__(indices)))
-    old_ms = timed(lambda indices: _old_style_batch(old_table.__getitems__(indices), 49407))
+    old_ms = timed(lambda indices: _old_style_batch(old_table.__getitems__(indices), EOS_TOKEN_ID))
     return {"rows": rows, "batch": batch, "steps": steps, "ms_per_step": new_ms, "previous_ms_per_step": old_ms,
             "speedup": old_ms / new_ms, "load_average_before": load}
 

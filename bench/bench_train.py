@@ -1,10 +1,10 @@
 """Training and evaluation speed of Omni-NegCLIP: the project's step against a careful plain one.
 
-    python bench/bench_train.py                 # about 5 minutes on 2 idle CPU cores
-    python bench/bench_train.py --quick         # about 1 minute: a subset
-    python bench/bench_train.py --full          # the whole grid for both steps (half an hour on 2 cores)
-    python bench/bench_train.py --device cuda --dtype bf16    # GPU, bf16 autocast, batch up to 256
-    python bench/bench_train.py --wait-for-idle 300           # on a shared machine: time only quiet moments
+    python -m bench.bench_train                 # about 5 minutes on 2 idle CPU cores
+    python -m bench.bench_train --quick         # about 1 minute: a subset
+    python -m bench.bench_train --full          # the whole grid for both steps (half an hour on 2 cores)
+    python -m bench.bench_train --device cuda --dtype bf16    # GPU, bf16 autocast, batch up to 256
+    python -m bench.bench_train --wait-for-idle 300           # on a shared machine: time only quiet moments
 
 Two training steps, measured in one run on the same model, their timed steps interleaved so that
 both see the same machine load:
@@ -18,7 +18,7 @@ over the parameters `apply_trainable` selects, logit-scale clamp. Warm-up steps 
 numbers are medians of the timed steps, each with the cores other processes used meanwhile (a
 shared machine inflates times: OpenMP threads spin at barriers). Random weights at two geometries (ViT-B/32; the built-in
 default's small CLIP), caption lengths drawn like COCO's (`bench/workload.py`), every row carrying
-both negations. Also: evaluation throughput through `omninegclip.embedding` (images/s with
+both negations. Also: evaluation throughput through `omninegclip.common.embedding` (images/s with
 preprocessing, texts/s with tokenization), the machine's matmul peak (a large `torch.mm`: fp32 on
 CPU, bf16 on GPU) and the fraction of it each step reaches under the FLOP model of
 `bench/workload.py` (matmuls of the shapes the step runs; and of the real tokens only).
@@ -35,35 +35,31 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
 
-from bench.measure import (  # noqa: E402
+from bench.measure import (
     Device,
     StepMeasurement,
     matmul_peak_flops,
     measure_call,
-    others_load,
     peak_memory_of,
     prime_optimizer,
     record_text_shapes,
     wait_for_idle,
 )
-from bench.workload import (  # noqa: E402
+from bench.workload import (
     DEFAULT_SMALL,
     VIT_B_32,
     Geometry,
@@ -77,10 +73,10 @@ from bench.workload import (  # noqa: E402
     set_front_blocks,
     text_train_flops,
     trainable_text_blocks,
-    vision_forward_flops,
     trainer_like_optimizer,
+    vision_forward_flops,
 )
-from omninegclip.cli import UserError, run_cli  # noqa: E402
+from omninegclip.common.cli import UserError, run_cli
 
 STEP_LABELS = {"plain": "(a) plain", "project": "(b) project"}
 TARGET = dict(geometry=VIT_B_32.name, batch=64, front_blocks=6, speedup=5.0, peak_fraction=0.60)
@@ -296,11 +292,11 @@ class EvalResult:
 
 def run_eval(plan: Plan, device: Device, seed: int, progress: tqdm) -> list[EvalResult]:
     """images/s (decode-free PIL images -> preprocessing -> tower -> projection) and texts/s
-    (strings -> tokenizer -> tower -> projection) through `omninegclip.embedding`."""
+    (strings -> tokenizer -> tower -> projection) through `omninegclip.common.embedding`."""
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-    from omninegclip.embedding import embed_images, embed_texts
-    from omninegclip.tokenization import build_clip_tokenizer
+    from omninegclip.common.embedding import embed_images, embed_texts
+    from omninegclip.common.tokenization import build_clip_tokenizer
 
     tokenizer = build_clip_tokenizer()
     results = []

@@ -1,6 +1,6 @@
 """Measure proposed changes to the project's training step (b), one at a time.
 
-    python bench/candidates.py [--batch 64] [--front-blocks 6] [--steps 3] [--only NAME,...]
+    python -m bench.candidates [--batch 64] [--front-blocks 6] [--steps 3] [--only NAME,...]
                                [--wait-for-idle SECONDS] [--out DIR]
 
 Every variant is the project's step (b) at ViT-B/32 geometry with one change (or a named
@@ -28,14 +28,12 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
+import torch
+from tqdm.auto import tqdm
 
-from bench.measure import (  # noqa: E402
+from bench.measure import (
     Device,
     StepMeasurement,
     matmul_peak_flops,
@@ -45,7 +43,7 @@ from bench.measure import (  # noqa: E402
     record_text_shapes,
     wait_for_idle,
 )
-from bench.workload import (  # noqa: E402
+from bench.workload import (
     VIT_B_32,
     TrainStep,
     build_model,
@@ -55,9 +53,8 @@ from bench.workload import (  # noqa: E402
     text_train_flops,
     trainer_like_optimizer,
 )
-from modeling_omninegclip import TEXT_BUCKET_ROWS, TrainableConfig, apply_trainable, resolve_text_blocks  # noqa: E402
-from omninegclip.cli import UserError, run_cli  # noqa: E402
-
+from modeling_omninegclip import TEXT_BUCKET_ROWS, TrainableConfig, apply_trainable, resolve_text_blocks
+from omninegclip.common.cli import UserError, run_cli
 
 # ----------------------------------------------------------------------------------------------
 # The changes under test

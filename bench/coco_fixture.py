@@ -1,7 +1,7 @@
 """A COCO-format fixture for benchmarks: realistic JPEGs and captions/instances annotations.
 
-    python bench/coco_fixture.py --out runs/coco_fixture --images 1000
-    python bench/coco_fixture.py --out runs/coco_full --images 500 --full_size_annotations
+    python -m bench.coco_fixture --out runs/coco_fixture --images 1000
+    python -m bench.coco_fixture --out runs/coco_full --images 500 --full_size_annotations
 
 Images: 640x480 (a few other COCO shapes mixed in) drawn as smooth low-frequency colour fields,
 fine grain and a few filled shapes, JPEG quality 90, so that they compress like COCO's photographs

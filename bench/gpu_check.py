@@ -1,10 +1,10 @@
 """The Python side of `bench/gpu_check.sh` (one GPU check of the whole GPU path). Subcommands:
 
-    python bench/gpu_check.py install WHEEL_DIR TARGET   install what the project needs and this machine lacks
-    python bench/gpu_check.py versions                    python, torch, CUDA, GPU, library versions (JSON)
-    python bench/gpu_check.py init-model FOLDER WORLD     a random CLIP of ViT-B/32 geometry with the world's processor
-    python bench/gpu_check.py check-checkpoint FOLDER     the trained folder is a plain, finite CLIP (JSON)
-    python bench/gpu_check.py report WORK OUT             every step's numbers into OUT/results.json and results.md
+    python -m bench.gpu_check install WHEEL_DIR TARGET   install what the project needs and this machine lacks
+    python -m bench.gpu_check versions                    python, torch, CUDA, GPU, library versions (JSON)
+    python -m bench.gpu_check init-model FOLDER WORLD     a random CLIP of ViT-B/32 geometry with the world's processor
+    python -m bench.gpu_check check-checkpoint FOLDER     the trained folder is a plain, finite CLIP (JSON)
+    python -m bench.gpu_check report WORK OUT             every step's numbers into OUT/results.json and results.md
 
 `install` runs before the project's libraries can be imported, so it uses the standard library and
 pip's own `packaging` only. It reads requirements.txt (torch excepted: the machine's CUDA build
@@ -27,8 +27,6 @@ from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 try:
     from packaging.markers import default_environment
@@ -148,12 +146,11 @@ def versions() -> int:
 
 
 def init_model(folder: str, world: str, size_name: str = "vit-b-32") -> int:
-    """A random CLIP with the world's pixel statistics, no download: ViT-B/32's geometry (one head
-    count for both towers, 8; the same matmul shapes otherwise), or "small": the built-in default's."""
-    from omninegclip.default import SmallCLIP, make_initial_model, world_pixel_statistics
+    """A random CLIP with the world's pixel statistics, no download: ViT-B/32's geometry, or "small": the built-in default's."""
+    from omninegclip.common.clip import VIT_B_32
+    from omninegclip.pipeline.default import SMALL_CLIP, make_initial_model, world_pixel_statistics
 
-    sizes = {"small": SmallCLIP(), "vit-b-32": SmallCLIP(image_size=224, patch_size=32, vision_hidden=768, vision_layers=12,
-                                                          text_hidden=512, text_layers=12, heads=8, projection_dim=512)}
+    sizes = {"small": SMALL_CLIP, "vit-b-32": VIT_B_32}
     make_initial_model(Path(folder), sizes[size_name], seed=0, pixel_statistics=world_pixel_statistics(Path(world), rows=256))
     print(f"wrote a random {size_name} CLIP to {folder}")
     return 0

@@ -101,33 +101,33 @@ train_flags() {  # OUTPUT_DIR STEPS
         --image_embedding_cache_dir "$WORK/embedding-cache"
 }
 
-step install 90 "$PY" bench/gpu_check.py install .whl "$SITE"
+step install 90 "$PY" -m bench.gpu_check install .whl "$SITE"
 if [ "$CPU" = 0 ]; then
-    step versions 30 bash -c "nvidia-smi; $PY bench/gpu_check.py versions"
+    step versions 30 bash -c "nvidia-smi; $PY -m bench.gpu_check versions"
     step cuda-tests 150 "$PY" -m pytest -q -p no:cacheprovider -m cuda tests/test_cuda.py tests/test_image_prep.py
 else
-    step versions 30 "$PY" bench/gpu_check.py versions
+    step versions 30 "$PY" -m bench.gpu_check versions
 fi
-step bench 120 "$PY" bench/bench_train.py "${BENCH[@]}" --out "$WORK/bench"
+step bench 120 "$PY" -m bench.bench_train "${BENCH[@]}" --out "$WORK/bench"
 # Preparation as train.py does it (issue 13): images decoded once by worker processes, embedded on the device.
-step bench-data 90 "$PY" bench/bench_data.py --sections preparation,input --images "$PREP_IMAGES" --device "$DEVICE" \
+step bench-data 90 "$PY" -m bench.bench_data --sections preparation,input --images "$PREP_IMAGES" --device "$DEVICE" \
     ${PRECISION:+--dtype bf16} --out "$WORK/bench-data"
 step world 60 "$PY" data_builder.py shapes --out "$WORK/world" --num_train "$SCENES" --num_validation 64 \
     --num_test 256 --no_progress
-step init-model 60 "$PY" bench/gpu_check.py init-model "$WORK/init" "$WORK/world" "$MODEL_SIZE"
+step init-model 60 "$PY" -m bench.gpu_check init-model "$WORK/init" "$WORK/world" "$MODEL_SIZE"
 # shellcheck disable=SC2046  # train_flags is a word list
 step train 150 "$PY" train.py $(train_flags "$WORK/train" "$STEPS")
-step check-train 30 "$PY" bench/gpu_check.py check-checkpoint "$WORK/train"
+step check-train 30 "$PY" -m bench.gpu_check check-checkpoint "$WORK/train"
 step fsdp 90 "$PY" -m accelerate.commands.launch ${LAUNCH[@]+"${LAUNCH[@]}"} --config_file configs/accelerate/fsdp.yaml \
     --num_processes 1 train.py $(train_flags "$WORK/fsdp" "$SHORT")
-step check-fsdp 30 "$PY" bench/gpu_check.py check-checkpoint "$WORK/fsdp"
+step check-fsdp 30 "$PY" -m bench.gpu_check check-checkpoint "$WORK/fsdp"
 if [ "$CPU" = 0 ]; then
     step deepspeed 120 env DS_ACCELERATOR=cuda "$PY" -m accelerate.commands.launch \
         --config_file configs/accelerate/deepspeed_zero2.yaml --num_processes 1 train.py $(train_flags "$WORK/deepspeed" "$SHORT")
-    step check-deepspeed 30 "$PY" bench/gpu_check.py check-checkpoint "$WORK/deepspeed"
+    step check-deepspeed 30 "$PY" -m bench.gpu_check check-checkpoint "$WORK/deepspeed"
 fi
 step eval 90 "$PY" -m eval "$WORK/train" --model_names trained --tasks world,layerwise --world "$WORK/world" \
     --device "$DEVICE" --max_items 256 --out "$WORK/eval" --no_progress
 
-"$PY" bench/gpu_check.py report "$WORK" "$OUT" 2>&1 | tee -a "$LOG"
+"$PY" -m bench.gpu_check report "$WORK" "$OUT" 2>&1 | tee -a "$LOG"
 echo "gpu check took $(($(date +%s) - START))s; results in $OUT (results.md, results.json, log.txt)" | tee -a "$LOG"

@@ -1,6 +1,6 @@
 """Where the time of one training step goes: torch.profiler self time, grouped by kind of op.
 
-    python bench/profile_step.py [--step project|plain] [--batch 64] [--front-blocks 6] [--buckets ROWS] [--bf16]
+    python -m bench.profile_step [--step project|plain] [--batch 64] [--front-blocks 6] [--buckets ROWS] [--bf16]
 
 One warm-up step, then one profiled step of ViT-B/32 geometry (see bench/bench_train.py for the
 steps). Prints the share of each group (matmuls, attention, the quick-GELU activation, layer norms,
@@ -12,20 +12,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
-from torch.profiler import ProfilerActivity, profile  # noqa: E402
+import torch
+from torch.profiler import ProfilerActivity, profile
 
-from bench.measure import prime_optimizer  # noqa: E402
-from bench.workload import (  # noqa: E402
+from bench.measure import prime_optimizer
+from bench.workload import (
     VIT_B_32,
     TrainStep,
     build_model,
@@ -36,8 +33,8 @@ from bench.workload import (  # noqa: E402
     plain_loss_terms,
     trainer_like_optimizer,
 )
-from modeling_omninegclip import TEXT_BUCKET_ROWS  # noqa: E402
-from omninegclip.cli import run_cli  # noqa: E402
+from modeling_omninegclip import TEXT_BUCKET_ROWS
+from omninegclip.common.cli import run_cli
 
 # First match wins; op names as torch.profiler reports them.
 GROUPS = [

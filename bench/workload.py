@@ -38,13 +38,9 @@ from modeling_omninegclip import (
     presence_loss,
     resolve_text_blocks,
 )
-from omninegclip.data import OmniNegCollator, PackedRows
-from omninegclip.default import SmallCLIP
-
-BOS_TOKEN_ID = 49406
-EOS_TOKEN_ID = 49407  # also CLIP's pad token
-CONTEXT_LENGTH = 77
-
+from omninegclip.common.clip import BOS_TOKEN_ID, CONTEXT_LENGTH, EOS_TOKEN_ID, VOCAB_SIZE, ClipSize
+from omninegclip.pipeline.default import SMALL_CLIP
+from omninegclip.training.data import OmniNegCollator, PackedRows
 
 # ----------------------------------------------------------------------------------------------
 # Geometry
@@ -65,7 +61,7 @@ class Geometry:
     image_size: int
     patch_size: int
     projection_dim: int
-    vocab_size: int = 49408
+    vocab_size: int = VOCAB_SIZE
 
     def __post_init__(self):
         for hidden, heads, tower in ((self.text_hidden, self.text_heads, "text"), (self.vision_hidden, self.vision_heads, "vision")):
@@ -79,31 +75,19 @@ class Geometry:
         return (self.image_size // self.patch_size) ** 2
 
     def clip_config(self) -> CLIPConfig:
-        return CLIPConfig(
-            text_config=dict(
-                vocab_size=self.vocab_size, hidden_size=self.text_hidden, intermediate_size=4 * self.text_hidden,
-                num_hidden_layers=self.text_layers, num_attention_heads=self.text_heads,
-                max_position_embeddings=CONTEXT_LENGTH,
-                bos_token_id=BOS_TOKEN_ID, eos_token_id=EOS_TOKEN_ID, pad_token_id=EOS_TOKEN_ID,
-            ),
-            vision_config=dict(
-                image_size=self.image_size, patch_size=self.patch_size, hidden_size=self.vision_hidden,
-                intermediate_size=4 * self.vision_hidden, num_hidden_layers=self.vision_layers,
-                num_attention_heads=self.vision_heads,
-            ),
-            projection_dim=self.projection_dim,
-        )
+        return ClipSize(text_hidden=self.text_hidden, text_layers=self.text_layers, text_heads=self.text_heads,
+                        vision_hidden=self.vision_hidden, vision_layers=self.vision_layers, vision_heads=self.vision_heads,
+                        image_size=self.image_size, patch_size=self.patch_size, projection_dim=self.projection_dim).config()
 
 
 VIT_B_32 = Geometry(
     "ViT-B/32", text_hidden=512, text_layers=12, text_heads=8,
     vision_hidden=768, vision_layers=12, vision_heads=12, image_size=224, patch_size=32, projection_dim=512,
 )
-_SMALL = SmallCLIP()
 DEFAULT_SMALL = Geometry(
-    "default-small", text_hidden=_SMALL.text_hidden, text_layers=_SMALL.text_layers, text_heads=_SMALL.heads,
-    vision_hidden=_SMALL.vision_hidden, vision_layers=_SMALL.vision_layers, vision_heads=_SMALL.heads,
-    image_size=_SMALL.image_size, patch_size=_SMALL.patch_size, projection_dim=_SMALL.projection_dim,
+    "default-small", text_hidden=SMALL_CLIP.text_hidden, text_layers=SMALL_CLIP.text_layers, text_heads=SMALL_CLIP.text_heads,
+    vision_hidden=SMALL_CLIP.vision_hidden, vision_layers=SMALL_CLIP.vision_layers, vision_heads=SMALL_CLIP.vision_heads,
+    image_size=SMALL_CLIP.image_size, patch_size=SMALL_CLIP.patch_size, projection_dim=SMALL_CLIP.projection_dim,
 )
 
 
@@ -142,7 +126,7 @@ class CaptionRows:
         return sum(len(ids) for rows in self.sets().values() for ids in rows)
 
 
-def coco_like_captions(batch: int, generator: torch.Generator, vocab_size: int = 49408) -> CaptionRows:
+def coco_like_captions(batch: int, generator: torch.Generator, vocab_size: int = VOCAB_SIZE) -> CaptionRows:
     """Caption lengths like real COCO captions under CLIP's tokenizer: originals about 14 tokens
     (BOS and EOS included; 10-25); presence negations 2-5 tokens longer ("not", "with no X"),
     absence negations 3-6 longer (", with no dog"). Every row carries both negations."""

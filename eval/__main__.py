@@ -19,7 +19,7 @@ import argparse
 from pathlib import Path
 
 from eval.tasks import DATA_FLAGS, TASKS
-from omninegclip.cli import UserError, run_cli
+from omninegclip.common.cli import UserError, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,5 +84,10 @@ def main(argv: list[str]) -> None:
     print(f"written to {args.out}: {', '.join(written)}")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script's entry point (pyproject.toml)."""
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -10,7 +10,7 @@ plus an image folder `ccneg_images/cc3m_subset_images_extracted_final/`. The `.p
   we do the same so that the numbers compare);
 - `num_ops`: indices grouped by number of negated object-predicate pairs (not used here).
 The evaluation split is the last 40,000 items (`configs.num_ccneg_eval_samples` in CoN-CLIP); the rest
-is CoN-CLIP's fine-tuning data. The file is read with `omninegclip.safe_load.load_torch_file`
+is CoN-CLIP's fine-tuning data. The file is read with `omninegclip.common.safe_load.load_torch_file`
 (`torch.load(weights_only=True)`): plain containers load, anything that would need arbitrary
 unpickling is refused. An item whose caption or negated caption is empty is skipped and counted.
 
@@ -23,8 +23,8 @@ from pathlib import Path
 
 from eval.files import SkipCounter, image_loader, resolve_image, usable_text
 from eval.items import ChoiceItem, TaskData
-from omninegclip.cli import UserError
-from omninegclip.safe_load import load_torch_file
+from omninegclip.common.cli import UserError
+from omninegclip.common.safe_load import load_torch_file
 
 EVAL_SIZE = 40_000
 

@@ -8,7 +8,7 @@ Public surface:
   carry paths from their authors' machines, so a reference is looked for under `root`: as written
   (if relative), then by its last folder and file name, then by its file name alone.
 - `image_loader(path)` / `crop_loader(path, box)`: zero-argument functions for an `ImageStore` that
-  open the image (or crop a box `x, y, w, h` out of it) as RGB, with `omninegclip.safe_load.open_rgb_image`:
+  open the image (or crop a box `x, y, w, h` out of it) as RGB, with `omninegclip.common.safe_load.open_rgb_image`:
   grayscale, palette and RGBA images are converted; a corrupt, truncated or oversized one raises
   `UnreadableImage` (the harness then leaves out the items that use it, counted).
 - `SkipCounter`: counts rows left out, by reason, with the first few rows of each, and says so in
@@ -28,8 +28,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from omninegclip.cli import UserError
-from omninegclip.safe_load import open_rgb_image
+from omninegclip.common.cli import UserError
+from omninegclip.common.safe_load import open_rgb_image
 
 EXAMPLES_PER_REASON = 3
 

@@ -2,7 +2,7 @@
 
 Public surface:
 - `Embedder`: what the harness needs from a model (`embed_images`, `embed_texts`); `CLIPEmbedder`
-  wraps any `CLIPModel` + processor with `omninegclip.embedding`.
+  wraps any `CLIPModel` + processor with `omninegclip.common.embedding`.
 - `EmbeddingTable` and `embed_tasks(embedder, tasks)`: the image keys and texts of all tasks are
   collected first and deduplicated, then embedded in one batched pass each. An image that cannot
   be read (corrupt, truncated, over PIL's decompression-bomb limit) does not stop the pass: it is
@@ -40,9 +40,10 @@ from PIL import Image
 from eval.files import SkipCounter
 from eval.items import ChoiceItem, ImageStore, RetrievalSet, TaskData
 from eval.zeroshot import ZeroShotSet
-from omninegclip.cli import UserError
-from omninegclip.embedding import embed_images, embed_texts
-from omninegclip.safe_load import UnreadableImage
+from omninegclip.common.cli import UserError
+from omninegclip.common.clip import CONTEXT_LENGTH
+from omninegclip.common.embedding import embed_images, embed_texts
+from omninegclip.common.safe_load import UnreadableImage
 
 RETRIEVAL_KS = (1, 5, 10)
 ZEROSHOT_KS = (1, 5)
@@ -62,7 +63,7 @@ class CLIPEmbedder:
     truncated, as CLIP does, and counted in `truncated_texts`.
     """
 
-    MAX_TOKENS = 77
+    MAX_TOKENS = CONTEXT_LENGTH
 
     def __init__(self, model, processor, batch_size: int = 64, progress: bool = True, name: str = ""):
         self.model, self.processor = model.eval(), processor

@@ -28,7 +28,8 @@ import torch
 from tqdm.auto import tqdm
 
 from eval.files import SkipCounter, read_csv_rows, usable_text
-from omninegclip.cli import UserError
+from omninegclip.common.cli import UserError
+from omninegclip.common.clip import CONTEXT_LENGTH
 
 KINDS = ("presence", "absence")
 
@@ -107,7 +108,7 @@ def eos_positions(input_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
 def _eos_states(model, tokenizer, texts: list[str]) -> torch.Tensor:
     """EOS hidden state after each text block: (len(texts), num_blocks, hidden)."""
     device = next(model.parameters()).device
-    encoded = tokenizer(texts, padding=True, truncation=True, max_length=77, return_tensors="pt").to(device)
+    encoded = tokenizer(texts, padding=True, truncation=True, max_length=CONTEXT_LENGTH, return_tensors="pt").to(device)
     output = model.text_model(**encoded, output_hidden_states=True)
     rows = torch.arange(len(texts), device=device)
     positions = eos_positions(encoded["input_ids"], model.config.text_config.eos_token_id)

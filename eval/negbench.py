@@ -29,7 +29,7 @@ from pathlib import Path
 from eval.files import SkipCounter, image_loader, read_csv_rows, resolve_image, usable_text
 from eval.items import ChoiceItem, TaskData
 from eval.retrieval import read_retrieval_csv
-from omninegclip.cli import UserError
+from omninegclip.common.cli import UserError
 
 TEMPLATE_NAMES = {"positive": "affirmation", "negative": "negation", "hybrid": "hybrid",
                   "affirmation": "affirmation", "negation": "negation"}

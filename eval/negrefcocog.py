@@ -18,7 +18,7 @@ from pathlib import Path
 
 from eval.files import SkipCounter, crop_loader, read_json, resolve_image, usable_text
 from eval.items import ChoiceItem, TaskData
-from omninegclip.cli import UserError
+from omninegclip.common.cli import UserError
 
 
 def _box(value, where: str) -> tuple[float, float, float, float]:

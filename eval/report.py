@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from eval.layerwise import LayerwiseResult, layerwise_markdown, plot_layerwise
+from omninegclip.common.clip import CONTEXT_LENGTH
 
 HEADLINE_METRICS = ("accuracy", "text_to_image/R@1", "image_to_text/R@1", "top1")
 
@@ -74,7 +75,7 @@ def results_markdown(results: dict) -> str:
     notes = [(task, info["notes"]) for task, info in results["tasks"].items() if info.get("notes")]
     if results.get("layerwise") and results["layerwise"].get("notes"):
         notes.append(("layerwise", results["layerwise"]["notes"]))
-    notes += [(f"model {model['name']}", f"{model['texts_truncated']} texts longer than 77 tokens were truncated")
+    notes += [(f"model {model['name']}", f"{model['texts_truncated']} texts longer than {CONTEXT_LENGTH} tokens were truncated")
               for model in results["models"] if model.get("texts_truncated")]
     if notes:
         lines += ["", "Notes:", *(f"- {task}: {note}" for task, note in notes)]

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from eval.files import SkipCounter, image_loader, read_csv_rows, read_json, resolve_image, usable_text
 from eval.items import RetrievalSet, TaskData
-from omninegclip.cli import UserError
+from omninegclip.common.cli import UserError
 
 CAPTIONS_PER_IMAGE = 5
 IMAGE_COLUMNS = ["filepath", "image_path", "image", "filename"]

@@ -29,10 +29,10 @@ from eval.harness import CLIPEmbedder, evaluate_tasks, task_size
 from eval.layerwise import layerwise_cosines, read_negation_pairs
 from eval.report import write_outputs
 from eval.tasks import DATA_FLAGS, TASKS, BuiltTask, build_tasks, check_data, check_task_names
-from omninegclip.cli import UserError
-from omninegclip.outputs import ensure_writable
-from omninegclip.provenance import provenance
-from omninegclip.safe_load import WEIGHTS_FILES, load_pretrained_checked
+from omninegclip.common.cli import UserError
+from omninegclip.common.outputs import ensure_writable
+from omninegclip.common.provenance import provenance
+from omninegclip.common.safe_load import WEIGHTS_FILES, load_pretrained_checked
 
 HARNESS_VERSION = "1.0.0"
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from eval.items import TaskData
-from omninegclip.cli import UserError
+from omninegclip.common.cli import UserError
 
 DATA_FLAGS = {
     "ccneg": "CoN-CLIP's ccneg_preprocessed.pt (CC-Neg; the last 40,000 items are evaluated)",

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from eval.files import SkipCounter, image_loader, read_json, resolve_image, usable_text
 from eval.items import ChoiceItem, TaskData
-from omninegclip.cli import UserError
+from omninegclip.common.cli import UserError
 
 MIN_CAPTION_VOTES = 2
 

@@ -1,7 +1,7 @@
 """The offline image world's negation tasks, on held-out scenes (by default the `test` split).
 
 `world_tasks` rephrases every scene with the "train" or the "heldout" templates of
-`omninegclip.shapes` and returns one `TaskData` per family, named `world_{template_set}/{family}`.
+`omninegclip.building.shapes` and returns one `TaskData` per family, named `world_{template_set}/{family}`.
 Two cheap strategies pass many negation tests without understanding negation (docs/method.md §2):
 *bag of words* (score = mentioned objects that are present, negation words ignored) and *ignoring
 the negated clause* (score the caption as if "… no B" were not there). For each family, what they do:
@@ -46,9 +46,7 @@ import datasets
 from PIL import Image
 
 from eval.items import ChoiceItem, RetrievalSet, TaskData
-from omninegclip.cli import UserError
-from omninegclip.safe_load import to_rgb
-from omninegclip.shapes import (
+from omninegclip.building.shapes import (
     AFFIRMATIVE_FRAMES,
     NEGATION_TEMPLATES,
     OBJECT_KINDS,
@@ -67,6 +65,8 @@ from omninegclip.shapes import (
     presence_negated_caption,
     render_scene,
 )
+from omninegclip.common.cli import UserError
+from omninegclip.common.safe_load import to_rgb
 
 FAMILIES = ("presence", "which_negated", "absence_image", "absence_caption", "mcq", "retrieval", "negated_retrieval")
 MCQ_GROUPS = ("affirmation", "negation", "hybrid")
@@ -412,7 +412,7 @@ def world_tasks(dataset, split: str = "test", template_set: str = "train", seed:
                 max_scenes: int | None = None) -> list[TaskData]:
     """All families (`FAMILIES`) on the scenes of `split` (the first `max_scenes` rows, if given),
     phrased with `template_set` ("train" or "heldout"). `dataset`: a `save_to_disk` folder, a
-    `DatasetDict` or a `Dataset` built by `omninegclip.shapes.build_world`. Deterministic by seed;
+    `DatasetDict` or a `Dataset` built by `omninegclip.building.shapes.build_world`. Deterministic by seed;
     images load lazily."""
     if template_set not in TEMPLATE_SETS:
         raise UserError(f"template_set must be one of {list(TEMPLATE_SETS)}, not {template_set!r}")

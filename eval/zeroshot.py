@@ -3,7 +3,7 @@
 The dataset is a `save_to_disk` folder (a `Dataset` or a `DatasetDict`, then `split` picks one) or a
 Hub id; its image column is the first `Image` feature and its label column the first `ClassLabel`
 feature, whose names (underscores read as spaces) fill the templates. Images are decoded with
-`omninegclip.safe_load.open_rgb_image` (an unreadable one is left out by the harness, counted). A class is represented by the
+`omninegclip.common.safe_load.open_rgb_image` (an unreadable one is left out by the harness, counted). A class is represented by the
 mean of its prompts' normalised embeddings, re-normalised (CLIP's prompt ensembling).
 
 Public surface:
@@ -20,8 +20,8 @@ from pathlib import Path
 
 from eval.files import SkipCounter
 from eval.items import TaskData
-from omninegclip.cli import UserError
-from omninegclip.safe_load import open_rgb_image
+from omninegclip.common.cli import UserError
+from omninegclip.common.safe_load import open_rgb_image
 
 # A small ensemble in the style of CLIP's ImageNet prompts; `--zeroshot_templates FILE` replaces it.
 DEFAULT_TEMPLATES = (

@@ -1,6 +1,17 @@
-"""Shared helpers of Omni-NegCLIP: the offline tokenizer, the offline image world (`shapes`),
-the CLI error convention, batched embedding, provenance and cards.
+"""Omni-NegCLIP's package, one subpackage per layer (the README's "Layout" table):
 
-The model and its losses live in the top-level `modeling_omninegclip.py`; training in `train.py`;
-dataset building in `data_builder.py`; evaluation in `eval/`.
+- `omninegclip.building`: building caption datasets (`data_builder.py`): the published formats'
+  readers, the negation rewrites and their vocabulary, the offline image world, dataset cards;
+- `omninegclip.training`: what `train.py` uses: preparing rows and batches, image preprocessing,
+  LoRA, model cards;
+- `omninegclip.pipeline`: the built-in default (`make default`) and its demo Space;
+- `omninegclip.common`: shared by every layer: the CLI error convention, CLIP's constants and
+  tokenizer, safe loading, provenance, embedding, output folders.
+
+The model and its losses live in the top-level `modeling_omninegclip.py`; evaluation in `eval/`.
 """
+
+from pathlib import Path
+
+# The checkout the package runs from (the built-in pipeline, provenance and the Space read files there).
+REPO_ROOT = Path(__file__).resolve().parent.parent

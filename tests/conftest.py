@@ -4,6 +4,7 @@ observable, image 30, patch 2) with the exact openai tokenizer built offline. No
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
@@ -14,9 +15,10 @@ import torch
 from transformers import CLIPConfig, CLIPModel, CLIPProcessor
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-from omninegclip.tokenization import build_clip_tokenizer
+from omninegclip.common.clip import TINY_CLIP
+from omninegclip.common.tokenization import build_clip_tokenizer
 
-TINY_TEXT_LAYERS = 5
+TINY_TEXT_LAYERS = TINY_CLIP.text_layers
 
 # Tiny models gain nothing from a second thread, and on a busy 2-core machine thread
 # oversubscription makes them several times slower.
@@ -24,18 +26,7 @@ torch.set_num_threads(1)
 
 
 def tiny_clip_config(text_layers: int = TINY_TEXT_LAYERS) -> CLIPConfig:
-    return CLIPConfig(
-        text_config=dict(
-            vocab_size=49408, hidden_size=32, intermediate_size=37, num_hidden_layers=text_layers,
-            num_attention_heads=4, max_position_embeddings=77,
-            bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
-        ),
-        vision_config=dict(
-            image_size=30, patch_size=2, hidden_size=32, intermediate_size=37,
-            num_hidden_layers=2, num_attention_heads=4,
-        ),
-        projection_dim=16,
-    )
+    return replace(TINY_CLIP, text_layers=text_layers).config()
 
 
 @pytest.fixture(scope="session")

@@ -15,18 +15,17 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parent)]
+import torch
 
-import torch  # noqa: E402
-
-from conftest import tiny_clip_config  # noqa: E402
-from modeling_omninegclip import LOSS_TERM_NAMES, OmniNegCLIPModel, OmniNegLossConfig, TrainableConfig, apply_trainable  # noqa: E402
+from modeling_omninegclip import LOSS_TERM_NAMES, OmniNegCLIPModel, OmniNegLossConfig, TrainableConfig, apply_trainable
+from omninegclip.common.clip import BOS_TOKEN_ID as BOS
+from omninegclip.common.clip import EOS_TOKEN_ID as EOS
+from omninegclip.common.clip import TINY_CLIP
 
 GLOBAL_ROWS = 8
-BOS, EOS = 49406, 49407
 # Per scenario: which rows carry a presence / absence negation. Rank 0 holds rows 0-3, rank 1 rows 4-7.
 SCENARIOS = {
     # unbalanced masks: 3 presence rows on rank 0, 1 on rank 1; rows with both feed the choice term
@@ -41,7 +40,7 @@ SCENARIOS = {
 def make_model() -> OmniNegCLIPModel:
     """Both towers train, so gradients flow back through every gathered embedding."""
     torch.manual_seed(0)
-    model = OmniNegCLIPModel(tiny_clip_config(3), loss_config=OmniNegLossConfig(lambda_choice=1.0))
+    model = OmniNegCLIPModel(replace(TINY_CLIP, text_layers=3).config(), loss_config=OmniNegLossConfig(lambda_choice=1.0))
     apply_trainable(model, TrainableConfig(text_preset="whole", train_vision_tower=True))
     return model.train()
 
@@ -175,7 +174,7 @@ def train(argv: list[str]) -> None:
     import accelerate
 
     import train as train_script
-    from omninegclip.cli import run_cli
+    from omninegclip.common.cli import run_cli
 
     enable_engines_on_cpu()
     prepare = accelerate.Accelerator.prepare

@@ -10,16 +10,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_clip_config
 from PIL import Image
+from train_helpers import single_thread  # noqa: F401  (an autouse fixture)
 from transformers import CLIPModel
 
 import app
-from conftest import tiny_clip_config
-from omninegclip.cli import EXIT_USER_ERROR, UserError, run_cli
-from omninegclip.default import WIDGET_LABELS, write_widget_examples
-from omninegclip.model_card import load_widget_examples, write_model_card
-from omninegclip.space import write_space
-from train_helpers import single_thread  # noqa: F401  (an autouse fixture)
+from omninegclip.common.cli import EXIT_USER_ERROR, UserError, run_cli
+from omninegclip.pipeline.default import WIDGET_LABELS, write_widget_examples
+from omninegclip.pipeline.space import write_space
+from omninegclip.training.model_card import load_widget_examples, write_model_card
 
 WHICH = WIDGET_LABELS["circle-star"]  # "a red circle and no square" (right) / "... no star"
 RIGHT = WHICH["expected_label"]
@@ -193,7 +193,7 @@ def test_space_folder(tmp_path, monkeypatch):
     from huggingface_hub import SpaceCard
     from packaging.requirements import Requirement
 
-    import omninegclip.space as space
+    import omninegclip.pipeline.space as space
 
     folder = tmp_path / "space"
     card = SpaceCard.load(write_space(folder, "me/omninegclip-world-omni-choice", "me/omninegclip-world-base"))
@@ -224,7 +224,9 @@ def test_space_app_runs_without_the_project(tmp_path):
 
     folder = tmp_path / "space"
     write_space(folder, "me/tuned", "me/base")
-    probe = "import sys, app; assert 'omninegclip' not in sys.modules; print(app.choose_models(None, None))"
+    # The package is installed here (pip install -e .); a Space has none: make importing it fail.
+    probe = ("import sys; sys.modules['omninegclip'] = None; import app; "
+             "assert not any(name.startswith('omninegclip.') for name in sys.modules); print(app.choose_models(None, None))")
     env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", app.MODEL_ENV, app.BASE_ENV)}
     result = subprocess.run([sys.executable, "-c", probe], cwd=folder, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -232,7 +234,7 @@ def test_space_app_runs_without_the_project(tmp_path):
 
 
 def test_space_cli_wants_hub_ids(tmp_path, two_models, capsys):
-    import omninegclip.space as space
+    import omninegclip.pipeline.space as space
 
     tuned, _ = two_models
     with pytest.raises(SystemExit) as exit_info:

@@ -31,14 +31,14 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
+from conftest import tiny_clip_config
 from PIL import Image
+from test_run_safety import gradient_16_bit_png
+from train_helpers import invoke_cli
 from transformers import CLIPModel, GPT2Config, GPT2LMHeadModel
 
 import data_builder
-from conftest import tiny_clip_config
-from test_run_safety import gradient_16_bit_png
-from train_helpers import invoke_cli
-from omninegclip.cli import UserError, run_cli
+from omninegclip.common.cli import UserError, run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 CLIS = {"data_builder": "data_builder", "train": "train", "eval": "eval.__main__"}  # cli -> module with main(argv)
@@ -718,7 +718,7 @@ def test_model_loaders_here_refuse_remote_code_explicitly(monkeypatch):
     """The rewriter passes trust_remote_code=False to transformers; datasets 5.x runs no dataset scripts at all."""
     import transformers
 
-    from omninegclip.rewrite import LLMRewriter
+    from omninegclip.building.rewrite import LLMRewriter
 
     seen = {}
     monkeypatch.setattr(transformers, "pipeline", lambda *args, **kwargs: seen.update(kwargs) or (lambda prompt, **kw: [{"generated_text": ""}]))

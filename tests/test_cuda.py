@@ -8,12 +8,11 @@ from __future__ import annotations
 import json
 import sys
 
+import distributed_worker as worker
 import pytest
 import torch
-from transformers import CLIPModel
-
-import distributed_worker as worker
 from train_helpers import color_rows, run_command, save_dataset, save_tiny_clip, train_flags, weights
+from transformers import CLIPModel
 
 pytestmark = [
     pytest.mark.cuda,
@@ -60,7 +59,7 @@ def test_train_py_bf16_on_cuda_saves_a_plain_float32_clip(tmp_path, processor):
 
 
 def test_evaluation_embeddings_on_cuda_match_cpu(tiny_clip, tokenizer, processor):
-    from omninegclip.embedding import embed_images, embed_texts
+    from omninegclip.common.embedding import embed_images, embed_texts
 
     texts = ["a red square", "a picture with no blue circle", "two green squares and a yellow one"]
     images = [row["image"] for row in color_rows(4)]

@@ -15,10 +15,10 @@ from huggingface_hub import DatasetCard, HfApi
 from PIL import Image
 
 import data_builder
-from omninegclip import parallel
-from omninegclip.cards import hub_dataset_card, render_dataset_card
-from omninegclip.cli import UserError, run_cli
-from omninegclip.vocabulary import find_mentions, mentions
+from omninegclip.building import parallel
+from omninegclip.building.cards import hub_dataset_card, render_dataset_card
+from omninegclip.building.vocabulary import find_mentions, mentions
+from omninegclip.common.cli import UserError, run_cli
 
 CATEGORIES = {1: "person", 3: "car", 6: "bus", 17: "cat", 18: "dog", 34: "frisbee", 63: "couch"}
 # image id -> (caption, category ids)
@@ -303,7 +303,7 @@ def test_shapes_subcommand_writes_the_world_through_the_same_writer(tmp_path, mo
         return datasets.DatasetDict({split: datasets.Dataset.from_list([dict(row, image_id=f"{split}{i}") for i in range(count)], features=features)
                                      for split, count in (("train", num_train), ("validation", num_validation), ("test", num_test))})
 
-    monkeypatch.setitem(sys.modules, "omninegclip.shapes", types.SimpleNamespace(build_world=build_world))
+    monkeypatch.setitem(sys.modules, "omninegclip.building.shapes", types.SimpleNamespace(build_world=build_world))
     summary = build(["shapes", "--num_train", "3", "--num_validation", "1", "--num_test", "2", "--image_size", "16"], tmp_path / "world", "--seed", "5")
     assert calls == [(3, 1, 2, 5, 16)]
     assert summary["rows_out"] == {"train": 3, "validation": 1, "test": 2} and summary["quality_gate"]["passed"]
@@ -318,7 +318,7 @@ def _png_bytes(size: int) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.mark.skipif(not (Path(__file__).resolve().parent.parent / "omninegclip" / "shapes.py").is_file(), reason="omninegclip/shapes.py not written yet")
+@pytest.mark.skipif(not (Path(__file__).resolve().parent.parent / "omninegclip" / "shapes.py").is_file(), reason="omninegclip/building/shapes.py not written yet")
 def test_real_shapes_world_passes_the_gate(tmp_path):
     summary = build(["shapes", "--num_train", "8", "--num_validation", "2", "--num_test", "2", "--image_size", "32"], tmp_path / "world")
     assert summary["rows_out"] == {"train": 8, "validation": 2, "test": 2}
@@ -387,7 +387,7 @@ def test_negations_the_text_encoder_would_not_see_are_refused_and_long_texts_cou
 
 def test_each_image_is_stored_once_whatever_the_captions_and_training_reads_the_folder(tmp_path, tokenizer):
     from bench.coco_fixture import make_fixture
-    from omninegclip.data import CaptionColumns, load_any_dataset, prepare_dataset
+    from omninegclip.training.data import CaptionColumns, load_any_dataset, prepare_dataset
 
     fixture = make_fixture(tmp_path / "coco", images=6, progress=False)  # 5 captions an image, realistic JPEGs
     assert 80 * 1024 < fixture.mean_image_bytes < 160 * 1024
@@ -448,7 +448,7 @@ def test_the_cheap_image_check_still_catches_truncated_and_corrupt_jpegs():
 
 
 def test_parallel_image_storage_gives_the_same_files_and_counts(tmp_path):
-    from omninegclip.sources import ImageRef
+    from omninegclip.building.sources import ImageRef
 
     count = 2 * data_builder.MIN_IMAGES_PER_WORKER + 3
     (tmp_path / "in").mkdir()

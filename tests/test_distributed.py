@@ -19,13 +19,10 @@ import socket
 import subprocess
 import sys
 
+import distributed_worker as worker
 import pytest
 import torch
 import yaml
-from transformers import CLIPModel
-
-import distributed_worker as worker
-import train
 from train_helpers import (  # noqa: F401  (single_thread: an autouse fixture)
     REPO,
     capture_trainers,
@@ -38,6 +35,9 @@ from train_helpers import (  # noqa: F401  (single_thread: an autouse fixture)
     train_flags,
     weights,
 )
+from transformers import CLIPModel
+
+import train
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
 

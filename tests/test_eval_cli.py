@@ -8,15 +8,15 @@ import json
 
 import pytest
 import torch
+from conftest import TINY_TEXT_LAYERS, tiny_clip_config
 from PIL import Image
 from transformers import CLIPModel
 
-from conftest import TINY_TEXT_LAYERS, tiny_clip_config
 from eval.__main__ import main
 from eval.harness import CLIPEmbedder, evaluate_tasks
 from eval.negbench import read_negbench_mcq
 from eval.runner import run_evaluation
-from omninegclip.cli import UserError, run_cli
+from omninegclip.common.cli import UserError, run_cli
 
 
 @pytest.fixture

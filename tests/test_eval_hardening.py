@@ -6,7 +6,7 @@
 - Unreadable images (corrupt, truncated, over the decompression-bomb limit) are left out while the
   first model embeds them: every model scores the same items and no model opens them again.
 - results.json carries the seed, the git commit and the library versions.
-- `omninegclip.safe_load`: `load_torch_file` never unpickles code; `open_rgb_image` converts every
+- `omninegclip.common.safe_load`: `load_torch_file` never unpickles code; `open_rgb_image` converts every
   image mode and names what is wrong with a bad image. No remote code: trust_remote_code=False.
 """
 
@@ -23,16 +23,16 @@ import pytest
 import torch
 import transformers
 from PIL import Image
+from train_helpers import BAD_IMAGES, Case, check_case, png_bytes, save_tiny_clip
 
 import eval.files
 from eval.harness import drop_unreadable_images, embed_tasks, evaluate_tasks
 from eval.items import ChoiceItem, RetrievalSet, TaskData
 from eval.runner import load_clip, run_evaluation
 from eval.zeroshot import ZeroShotSet, ZeroShotTaskData
-from omninegclip.cli import UserError
-from omninegclip.provenance import provenance
-from omninegclip.safe_load import UNREADABLE_KINDS, UnreadableImage, load_torch_file, open_rgb_image
-from train_helpers import BAD_IMAGES, Case, check_case, png_bytes, save_tiny_clip
+from omninegclip.common.cli import UserError
+from omninegclip.common.provenance import provenance
+from omninegclip.common.safe_load import UNREADABLE_KINDS, UnreadableImage, load_torch_file, open_rgb_image
 
 HEADER = ["image_path", "correct_answer", "caption_0", "caption_1", "caption_2", "caption_3", "correct_answer_template"]
 IMAGE_FILES = {"ok.png": png_bytes(), "rgba.png": png_bytes("RGBA"), "gray.png": png_bytes("L"), "palette.png": png_bytes("P"),

@@ -21,7 +21,7 @@ from eval.harness import (
 )
 from eval.items import ChoiceItem, RetrievalSet, TaskData
 from eval.zeroshot import ZeroShotSet, ZeroShotTaskData
-from omninegclip.embedding import embed_images, embed_texts
+from omninegclip.common.embedding import embed_images, embed_texts
 
 
 class FakeEmbedder:
@@ -204,7 +204,7 @@ def _png(path, color):
 
 def test_two_way_accuracy_equals_mcq_accuracy_on_two_option_items_with_a_real_clip(tmp_path, tiny_clip, processor, monkeypatch):
     """CC-Neg's two-way reader and a two-option NegBench CSV of the same items agree, and both agree
-    with cosines computed by hand from `omninegclip.embedding`."""
+    with cosines computed by hand from `omninegclip.common.embedding`."""
     colors = [(200, 10, 10), (10, 200, 10), (10, 10, 200), (120, 120, 0), (0, 90, 160), (250, 250, 250)]
     captions = ["a red square", "a green field", "a blue sky", "an olive wall", "a teal sea", "a white page"]
     negations = ["a square that is not red", "no field", "a sky with no blue", "not a wall", "no sea here", "not a page"]

@@ -7,8 +7,8 @@ import csv
 
 import pytest
 import torch
-
 from conftest import TINY_TEXT_LAYERS
+
 from eval.layerwise import (
     LayerwiseResult,
     NegationPairs,
@@ -18,7 +18,7 @@ from eval.layerwise import (
     plot_layerwise,
     read_negation_pairs,
 )
-from omninegclip.cli import UserError
+from omninegclip.common.cli import UserError
 
 
 def test_identical_caption_and_negation_give_cosine_1_at_every_block(tiny_clip, tokenizer):

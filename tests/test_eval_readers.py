@@ -14,7 +14,7 @@ from PIL import Image
 
 from eval import ccneg, negbench, negrefcocog, retrieval, sugarcrepe, tasks, valse, zeroshot
 from eval.items import ChoiceItem, TaskData
-from omninegclip.cli import UserError
+from omninegclip.common.cli import UserError
 
 
 def png(path, color=(200, 30, 30), size=(16, 12)):

@@ -17,9 +17,9 @@ from PIL import Image
 
 from eval.items import ChoiceItem, TaskData
 from eval.world import FAMILIES, variant_scene, world_tasks
-from omninegclip.cli import UserError
-from omninegclip.embedding import embed_images
-from omninegclip.shapes import COLOURS, OBJECT_KINDS, SceneObject, build_world, decode_scene
+from omninegclip.building.shapes import COLOURS, OBJECT_KINDS, SceneObject, build_world, decode_scene
+from omninegclip.common.cli import UserError
+from omninegclip.common.embedding import embed_images
 
 NEGATION_BEFORE = {"no", "not", "without", "lacking", "lacks", "minus", "nowhere", "free"}  # up to 4 words before
 NEGATION_AFTER = {"missing", "absent"}  # up to 2 words after

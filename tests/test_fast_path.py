@@ -12,6 +12,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_clip_config
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import CLIPModel
@@ -19,12 +20,11 @@ from transformers.models.clip.image_processing_pil_clip import CLIPImageProcesso
 
 from bench.measure import record_text_shapes
 from bench.workload import Geometry, fast_loss_terms, plain_loss_terms, text_forward_flops, text_train_flops
-from conftest import tiny_clip_config
 from modeling_omninegclip import OmniNegCLIPModel, OmniNegLossConfig, TrainableConfig, apply_trainable
-from omninegclip import images as images_module
-from omninegclip.data import OmniNegCollator, PackedRows
-from omninegclip.images import ImageRefs, ImageTransform, image_pass
-from omninegclip.embedding import embed_images
+from omninegclip.common.embedding import embed_images
+from omninegclip.training import images as images_module
+from omninegclip.training.data import OmniNegCollator, PackedRows
+from omninegclip.training.images import ImageRefs, ImageTransform, image_pass
 
 CAPTIONS = [
     ("a dog on a sofa", "a sofa with no dog", "a dog on a sofa with no cat in the room"),

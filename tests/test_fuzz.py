@@ -17,10 +17,26 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import data_builder
-from omninegclip.cli import UserError
-from omninegclip.rewrite import absence_negate, absence_problem, presence_negate, presence_problem
-from omninegclip.sources import ImageRef, Source, SourceItem, _cache_file, infer_absent_object, read_captions_dataset, read_coco
-from omninegclip.vocabulary import _CATEGORY_FORMS, COCO_CATEGORIES, canonical_category, detect_objects, find_mentions, mentions, noun_forms
+from omninegclip.building.rewrite import absence_negate, absence_problem, presence_negate, presence_problem
+from omninegclip.building.sources import (
+    ImageRef,
+    Source,
+    SourceItem,
+    _cache_file,
+    infer_absent_object,
+    read_captions_dataset,
+    read_coco,
+)
+from omninegclip.building.vocabulary import (
+    _CATEGORY_FORMS,
+    COCO_CATEGORIES,
+    canonical_category,
+    detect_objects,
+    find_mentions,
+    mentions,
+    noun_forms,
+)
+from omninegclip.common.cli import UserError
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 FEW = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

@@ -16,10 +16,6 @@ import torch
 from huggingface_hub import ModelCard
 from huggingface_hub.utils import filter_repo_objects
 from PIL import Image
-from transformers import AutoModelForZeroShotImageClassification, CLIPModel, pipeline
-
-import omninegclip.model_card as model_card
-import train
 from train_helpers import (  # noqa: F401  (single_thread: an autouse fixture)
     color_rows,
     save_dataset,
@@ -28,6 +24,10 @@ from train_helpers import (  # noqa: F401  (single_thread: an autouse fixture)
     train_flags,
     weights,
 )
+from transformers import AutoModelForZeroShotImageClassification, CLIPModel, pipeline
+
+import omninegclip.training.model_card as model_card
+import train
 
 USER = "someone"
 LABELS = ["a red square", "a picture with no red square", "a red square with no blue circle"]

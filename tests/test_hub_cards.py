@@ -22,17 +22,17 @@ import pytest
 import transformers
 from huggingface_hub import DatasetCard, ModelCard
 from huggingface_hub.repocard_data import model_index_to_eval_results
+from test_hub import USER, hub  # noqa: F401  (hub: the fake Hub fixture)
+from train_helpers import color_rows, run_command, save_dataset, save_tiny_clip, single_thread, train_flags  # noqa: F401
 from transformers import CLIPModel
 
 import data_builder
 import eval.__main__ as eval_cli
-import omninegclip.model_card as model_card
+import omninegclip.training.model_card as model_card
 import train
-from omninegclip.cards import GENERATED_DATA_LICENSE
-from omninegclip.cli import UserError
-from omninegclip.default import HUB_NAMES, attach_results, write_widget_examples
-from test_hub import USER, hub  # noqa: F401  (hub: the fake Hub fixture)
-from train_helpers import color_rows, run_command, save_dataset, save_tiny_clip, single_thread, train_flags  # noqa: F401
+from omninegclip.building.cards import GENERATED_DATA_LICENSE
+from omninegclip.common.cli import UserError
+from omninegclip.pipeline.default import HUB_NAMES, attach_results, write_widget_examples
 
 ABSOLUTE_PATH = re.compile(r"(?<![\w/:.~-])(?:~|/)(?:[\w.@+-]+/)+[\w.@+-]*")
 PHOTO_WORDS = re.compile(r"\b(dogs?|sofas?|cats?|couch)\b", re.IGNORECASE)
@@ -274,7 +274,7 @@ def test_card_remembers_the_world_and_its_inputs_when_the_data_folder_is_gone(tm
     model_card.write_model_card(folder, base_description="a small CLIP", dataset_ids=["omninegclip-world"])
     first = ModelCard.load(folder / "README.md")
     (world / "build_summary.json").unlink()  # the data folder moved away
-    model_card.write_model_card(folder)  # e.g. `python -m omninegclip.model_card FOLDER` later
+    model_card.write_model_card(folder)  # e.g. `python -m omninegclip.training.model_card FOLDER` later
     again = ModelCard.load(folder / "README.md")
     assert again.text == first.text and again.data.datasets == ["omninegclip-world"]
     assert "64×64-pixel" in again.text and "synthetic scenes of coloured shapes" in again.text

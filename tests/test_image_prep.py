@@ -15,14 +15,14 @@ import pytest
 import torch
 import xxhash
 from PIL import Image
+from train_helpers import color_rows, save_dataset, save_tiny_clip, train_flags
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
 import train
 from bench.coco_fixture import jpeg_of
-from omninegclip import images as images_module
-from omninegclip.data import CaptionColumns, prepare_dataset
-from omninegclip.images import ImageRefs, ImageTransform, image_pass
-from train_helpers import color_rows, save_dataset, save_tiny_clip, train_flags
+from omninegclip.training import images as images_module
+from omninegclip.training.data import CaptionColumns, prepare_dataset
+from omninegclip.training.images import ImageRefs, ImageTransform, image_pass
 
 # The draft-mode JPEG path's mean distance from the image processor's pixel values (normalised
 # units, where the values span about 4): measured 0.011-0.026 on generated photo-like 640x480 and

@@ -10,16 +10,9 @@ import re
 
 import pytest
 import torch
+from conftest import tiny_clip_config
 from PIL import Image
 from safetensors.torch import load_file
-from transformers import CLIPModel, TrainerCallback
-
-import omninegclip.lora as lora
-import omninegclip.model_card as model_card
-import train
-from conftest import tiny_clip_config
-from modeling_omninegclip import OmniNegCLIPModel
-from omninegclip.cli import run_cli
 from test_hub import USER, FakeHub
 from test_train_hardening import CrashAt
 from train_helpers import (  # noqa: F401  (single_thread: an autouse fixture)
@@ -31,6 +24,13 @@ from train_helpers import (  # noqa: F401  (single_thread: an autouse fixture)
     train_flags,
     weights,
 )
+from transformers import CLIPModel, TrainerCallback
+
+import omninegclip.training.lora as lora
+import omninegclip.training.model_card as model_card
+import train
+from modeling_omninegclip import OmniNegCLIPModel
+from omninegclip.common.cli import run_cli
 
 ATTENTION = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj"}
 MLP = {"mlp.fc1", "mlp.fc2"}

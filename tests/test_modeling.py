@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TINY_TEXT_LAYERS, tiny_clip_config
 from transformers import CLIPModel
 
-from conftest import TINY_TEXT_LAYERS, tiny_clip_config
 from modeling_omninegclip import (
     LOGIT_SCALE_MAX,
     OmniNegCLIPModel,

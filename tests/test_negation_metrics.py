@@ -14,12 +14,6 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from transformers import CLIPModel, EvalPrediction
-
-import train
-from eval.negation_metrics import NegationMetrics, negation_accuracies, same_words_but_the_object, which_object_rows
-from omninegclip.data import SOURCE_COLUMN, SOURCE_ROW_COLUMN
-from omninegclip.shapes import MATCHED_PAIR_RATE, WORLD_FEATURES, world_row
 from train_helpers import (  # noqa: F401  (single_thread: an autouse fixture)
     capture_trainers,
     run_command,
@@ -27,6 +21,12 @@ from train_helpers import (  # noqa: F401  (single_thread: an autouse fixture)
     single_thread,
     train_flags,
 )
+from transformers import CLIPModel, EvalPrediction
+
+import train
+from eval.negation_metrics import NegationMetrics, negation_accuracies, same_words_but_the_object, which_object_rows
+from omninegclip.building.shapes import MATCHED_PAIR_RATE, WORLD_FEATURES, world_row
+from omninegclip.training.data import SOURCE_COLUMN, SOURCE_ROW_COLUMN
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
 

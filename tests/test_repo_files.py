@@ -16,7 +16,7 @@ CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 
 
 def test_license_is_the_mit_license_the_cards_name():
-    from omninegclip.cards import GENERATED_DATA_LICENSE
+    from omninegclip.building.cards import GENERATED_DATA_LICENSE
 
     text = (ROOT / "LICENSE").read_text()
     assert text.startswith("MIT License") and "WITHOUT WARRANTY OF ANY KIND" in text

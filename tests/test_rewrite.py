@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from omninegclip.rewrite import (
+from omninegclip.building.rewrite import (
     ABSENCE_TEMPLATES,
     PRESENCE_TEMPLATES,
     LLMRewriter,
@@ -16,7 +16,7 @@ from omninegclip.rewrite import (
     presence_negate,
     presence_problem,
 )
-from omninegclip.vocabulary import (
+from omninegclip.building.vocabulary import (
     COCO_CATEGORIES,
     CooccurrenceStats,
     canonical_category,
@@ -159,8 +159,8 @@ def test_llm_rewriter_loads_a_local_text_generation_model(tmp_path):
 
 
 def test_absence_affirm_affirms_the_absent_object_after_the_whole_caption():
-    from omninegclip.rewrite import absence_affirm
-    from omninegclip.vocabulary import find_mentions
+    from omninegclip.building.rewrite import absence_affirm
+    from omninegclip.building.vocabulary import find_mentions
 
     assert absence_affirm("A dog sleeping on a couch.", "cat") == "A dog sleeping on a couch, with a cat"
     assert absence_affirm("  a man  on a bench ", "umbrella") == "a man on a bench, with an umbrella"
@@ -170,7 +170,7 @@ def test_absence_affirm_affirms_the_absent_object_after_the_whole_caption():
 
 
 def test_gate_rejects_a_presence_negation_that_still_affirms_its_object():
-    from omninegclip.rewrite import presence_problem
+    from omninegclip.building.rewrite import presence_problem
 
     assert presence_problem("a dog and another dog near a cat", "no dog and another dog near a cat", "dog", ["dog", "cat"]) == "object_still_affirmed"
     assert presence_problem("a dog and another dog near a cat", "there is no dog and no other dog near a cat", "dog", ["dog", "cat"]) is None

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 import train
-from omninegclip.cli import UserError
+from omninegclip.common.cli import UserError
 
 
 def _trainer(rows: int, per_device: int, processes: int = 1, accumulation: int = 1, drop_last: bool = True,
@@ -40,7 +40,7 @@ def test_read_only_output_dir_is_refused_before_any_work(tmp_path, monkeypatch):
     import errno
     from pathlib import Path
 
-    from omninegclip.outputs import OutputLock
+    from omninegclip.common.outputs import OutputLock
 
     real_write = Path.write_bytes
 
@@ -57,7 +57,7 @@ def test_read_only_output_dir_is_refused_before_any_work(tmp_path, monkeypatch):
 
 
 def test_lock_is_released_after_the_run_and_a_second_holder_is_refused(tmp_path):
-    from omninegclip.outputs import LOCK_FILE, OutputLock
+    from omninegclip.common.outputs import LOCK_FILE, OutputLock
 
     with OutputLock(tmp_path, "--output_dir"):
         assert (tmp_path / LOCK_FILE).is_file()
@@ -105,7 +105,7 @@ def _grey_row(image) -> list[int]:
 
 
 def test_16_bit_grayscale_keeps_its_levels_and_their_order():
-    from omninegclip.safe_load import open_rgb_image
+    from omninegclip.common.safe_load import open_rgb_image
 
     row = _grey_row(open_rgb_image(gradient_16_bit_png()))
     assert len(set(row)) >= 200 and row == sorted(row)
@@ -122,7 +122,7 @@ def test_wide_grey_modes_are_scaled_by_content(mode, values, expected_first, exp
     import numpy as np
     from PIL import Image
 
-    from omninegclip.safe_load import to_rgb
+    from omninegclip.common.safe_load import to_rgb
 
     dtype = np.int32 if mode == "I" else np.float32
     row = _grey_row(to_rgb(Image.fromarray(np.tile(np.linspace(*values, 64), (2, 1)).astype(dtype), mode=mode)))
@@ -133,7 +133,7 @@ def test_wide_grey_modes_are_scaled_by_content(mode, values, expected_first, exp
 def test_transparency_is_composited_onto_white_and_cmyk_keeps_its_colour():
     from PIL import Image
 
-    from omninegclip.safe_load import to_rgb
+    from omninegclip.common.safe_load import to_rgb
 
     rgba = Image.new("RGBA", (2, 1), (200, 30, 30, 255))
     rgba.putpixel((1, 0), (0, 0, 0, 0))  # fully transparent (black underneath)
@@ -155,8 +155,9 @@ def test_transparency_is_composited_onto_white_and_cmyk_keeps_its_colour():
 def test_eval_checks_every_model_before_evaluating_any(tmp_path, processor, monkeypatch):
     import shutil
 
-    import eval.runner as runner
     from train_helpers import save_tiny_clip
+
+    import eval.runner as runner
 
     good = save_tiny_clip(tmp_path / "good", processor)
     bare = tmp_path / "bare"
@@ -181,7 +182,7 @@ def test_eval_checks_every_model_before_evaluating_any(tmp_path, processor, monk
 def test_ctrl_c_in_train_exits_130_saying_what_was_kept_and_releases_the_lock(tmp_path, processor, monkeypatch, capsys, caplog):
     from train_helpers import color_rows, invoke_cli, save_dataset, save_tiny_clip, train_flags
 
-    from omninegclip.outputs import LOCK_FILE
+    from omninegclip.common.outputs import LOCK_FILE
 
     out = tmp_path / "run"
 
@@ -200,9 +201,10 @@ def test_ctrl_c_in_train_exits_130_saying_what_was_kept_and_releases_the_lock(tm
 
 
 def test_ctrl_c_in_data_builder_and_eval_exits_130_with_one_line(monkeypatch, capsys, caplog, tmp_path):
+    from train_helpers import invoke_cli
+
     import data_builder
     import eval.runner
-    from train_helpers import invoke_cli
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
@@ -239,7 +241,7 @@ def test_eval_results_on_a_full_disk_leave_the_previous_files(tmp_path, monkeypa
 def test_an_os_error_is_one_line_naming_the_path(capsys):
     import errno
 
-    from omninegclip.cli import run_cli
+    from omninegclip.common.cli import run_cli
 
     def main(argv):
         raise OSError(errno.EROFS, "Read-only file system", "/mnt/ro/model.safetensors")
@@ -256,9 +258,9 @@ def test_an_os_error_is_one_line_naming_the_path(capsys):
 def test_a_torch_file_with_numpy_values_loads_and_code_still_cannot_run(tmp_path):
     import numpy as np
     import torch
-
-    from omninegclip.safe_load import load_torch_file
     from test_bad_input import Evil
+
+    from omninegclip.common.safe_load import load_torch_file
 
     genuine = {"image_paths": ["a.jpg"], "annotations": [{"caption": "a dog", "negative": "no dog", "ids": np.arange(3, dtype=np.int64),
                                                           "score": np.float32(0.5), "index": np.int64(3), "name": np.str_("x")}]}

@@ -1,4 +1,4 @@
-"""The offline image world (omninegclip/shapes.py): vocabulary, scenes, drawing, captions, dataset."""
+"""The offline image world (omninegclip/building/shapes.py): vocabulary, scenes, drawing, captions, dataset."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from omninegclip import shapes
-from omninegclip.shapes import (
+from omninegclip.building import shapes
+from omninegclip.building.shapes import (
     AFFIRMATIVE_FRAMES,
     COLOUR_RGB,
     COLOURS,
@@ -331,7 +331,7 @@ def test_stored_image_is_png(world):
 def test_half_of_the_double_negation_rows_are_matched_pairs():
     """A matched pair negates the absent object in the presence caption's own words, so only the
     negated object tells the two apart; the other rows keep the whole affirmative caption."""
-    from omninegclip.shapes import world_row
+    from omninegclip.building.shapes import world_row
 
     rows = [world_row("train", index, seed=3) for index in range(200)]
     both = [row for row in rows if row["presence_negated"] and row["absence_negated"]]

@@ -14,8 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from omninegclip.cli import UserError
-from omninegclip.sources import (
+from omninegclip.building.sources import (
     TRAIN_OR_VALIDATION,
     ImageUnavailable,
     fetch_image,
@@ -25,6 +24,7 @@ from omninegclip.sources import (
     read_coco,
     read_negationclip,
 )
+from omninegclip.common.cli import UserError
 
 COCO_CATEGORIES = [
     {"id": 1, "name": "person", "supercategory": "person"},
@@ -447,11 +447,11 @@ def test_ccneg_images_unzipped_as_con_clip_says_are_found_from_the_ccneg_root(tm
 
 
 def test_coco_objects_named_in_worker_processes_equal_one_process(tmp_path, monkeypatch):
-    import omninegclip.sources as sources
+    import omninegclip.building.sources as sources
 
     captions, instances, images = write_coco(tmp_path)
     serial = read_coco(captions, instances, images, captions_per_image=0)
-    from omninegclip import parallel
+    from omninegclip.building import parallel
 
     monkeypatch.setattr(sources, "_NAMING_CHUNK", 1)  # 2 images: 2 tasks ...
     monkeypatch.setattr(sources, "fork_map", lambda function, count, num_proc, _: parallel.fork_map(function, count, num_proc, 1))  # ... 2 workers

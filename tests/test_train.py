@@ -10,14 +10,9 @@ import sys
 import datasets
 import pytest
 import torch
+from conftest import TINY_TEXT_LAYERS
 from huggingface_hub import ModelCard
 from PIL import Image
-from transformers import CLIPConfig, CLIPModel, TrainerCallback, pipeline
-
-import train
-from conftest import TINY_TEXT_LAYERS
-from modeling_omninegclip import LOGIT_SCALE_MAX, LOSS_TERM_NAMES, OmniNegCLIPModel, TrainableConfig, apply_trainable
-from omninegclip.cli import run_cli
 from train_helpers import (  # noqa: F401  (single_thread: an autouse fixture)
     capture_trainers,
     color_rows,
@@ -29,6 +24,11 @@ from train_helpers import (  # noqa: F401  (single_thread: an autouse fixture)
     train_flags,
     weights,
 )
+from transformers import CLIPConfig, CLIPModel, TrainerCallback, pipeline
+
+import train
+from modeling_omninegclip import LOGIT_SCALE_MAX, LOSS_TERM_NAMES, OmniNegCLIPModel, TrainableConfig, apply_trainable
+from omninegclip.common.cli import run_cli
 
 
 @pytest.fixture(scope="module")

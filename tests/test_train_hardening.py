@@ -25,14 +25,6 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
-from transformers import CLIPModel, TrainerCallback
-
-import modeling_omninegclip
-import train
-from omninegclip.cli import run_cli
-from omninegclip.data import CaptionColumns, SourceReport, prepare_dataset
-from omninegclip.images import ImageTransform, image_pass
-from omninegclip.provenance import provenance
 from train_helpers import (  # noqa: F401  (single_thread: an autouse fixture)
     BAD_IMAGES,
     Case,
@@ -47,6 +39,14 @@ from train_helpers import (  # noqa: F401  (single_thread: an autouse fixture)
     train_flags,
     weights,
 )
+from transformers import CLIPModel, TrainerCallback
+
+import modeling_omninegclip
+import train
+from omninegclip.common.cli import run_cli
+from omninegclip.common.provenance import provenance
+from omninegclip.training.data import CaptionColumns, SourceReport, prepare_dataset
+from omninegclip.training.images import ImageTransform, image_pass
 
 LONG = "a red square " + "and a long winding description of the room around it " * 10 + "on a table"
 FEATURES = datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string"),

@@ -20,12 +20,12 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
+from conftest import tiny_clip_config
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import CLIPModel
 
-from conftest import tiny_clip_config
-from omninegclip.cli import run_cli
+from omninegclip.common.cli import run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 COLORS = {"red": (220, 30, 30), "green": (30, 200, 60), "blue": (40, 60, 220), "yellow": (230, 220, 40)}

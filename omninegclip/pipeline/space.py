@@ -5,7 +5,7 @@ ready to be pushed beside the model.
 - `write_space(folder, model_repo_id, base_repo_id) -> Path`: write that folder. The card lists the
   fine-tuned model first and the base second; `app.py` reads them from there (see its docstring);
 - `push_space(folder, space_id, model_repo_id, base_repo_id) -> str`: create the Space and upload it;
-- CLI: `python -m omninegclip.space FOLDER --model REPO_ID --base REPO_ID [--push_to_hub SPACE_ID]`.
+- CLI: `python -m omninegclip.pipeline.space FOLDER --model REPO_ID --base REPO_ID [--push_to_hub SPACE_ID]`.
 
 The pins come from the project's own requirements files (gradio from requirements-demo.txt, which
 also gives the card's `sdk_version`; torch, transformers, pillow and huggingface_hub from
@@ -21,9 +21,9 @@ from pathlib import Path
 from huggingface_hub import SpaceCard, SpaceCardData, create_repo, upload_folder
 from packaging.requirements import Requirement
 
-from omninegclip.cli import UserError, run_cli
+from omninegclip import REPO_ROOT as ROOT
+from omninegclip.common.cli import UserError, run_cli
 
-ROOT = Path(__file__).resolve().parent.parent
 APP = ROOT / "app.py"
 SPACE_FILES = ("README.md", "app.py", "requirements.txt")
 # What app.py imports on a Space (gradio itself comes with `sdk_version`).
@@ -134,5 +134,10 @@ def main(argv: list[str]) -> None:
         print(f"wrote {write_space(args.folder, args.model, args.base, license=args.license, overwrite=args.overwrite)}")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script's entry point (pyproject.toml)."""
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -7,7 +7,7 @@ Public surface:
   the same file, or hold the same bytes, share one image) and each row's image index. Nothing is
   decoded or copied: a unique image is a (dataset, row) reference into the data as loaded.
 - `ImageTransform.for_processor(image_processor)`: what a worker does to one image: decode it
-  (once), convert it to RGB with `omninegclip.safe_load.open_rgb_image`, and preprocess it. For
+  (once), convert it to RGB with `omninegclip.common.safe_load.open_rgb_image`, and preprocess it. For
   CLIP's usual settings (shortest-edge resize, centre crop, rescale, normalise) this is a plain
   PIL/numpy path whose JPEG decoding uses draft mode (the decoder's own 1/2, 1/4, 1/8 scaling to
   no smaller than the resize target); otherwise the image processor itself runs in the worker.
@@ -35,8 +35,8 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from omninegclip.embedding import _features
-from omninegclip.safe_load import UnreadableImage, open_rgb_image
+from omninegclip.common.embedding import _features
+from omninegclip.common.safe_load import UnreadableImage, open_rgb_image
 
 logger = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from omninegclip.cli import UserError
+from omninegclip.common.cli import UserError
 
 UNREADABLE_KINDS = ("missing_image", "corrupt_image", "truncated_image", "image_too_large")
 

@@ -65,10 +65,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from omninegclip.cli import UserError
-from omninegclip.parallel import fork_map
-from omninegclip.safe_load import load_torch_file
-from omninegclip.vocabulary import NEGATION_CUES, canonical_category, detect_objects, find_mentions, mentions
+from omninegclip.building.parallel import fork_map
+from omninegclip.building.vocabulary import NEGATION_CUES, canonical_category, detect_objects, find_mentions, mentions
+from omninegclip.common.cli import UserError
+from omninegclip.common.safe_load import load_torch_file
 
 CCNEG_PATH_PREFIX = "/workspace/datasets/cc3m/"
 CCNEG_IMAGES_FOLDER = "ccneg_images"  # where CoN-CLIP's README has the image zip unpacked, inside the CC-Neg root

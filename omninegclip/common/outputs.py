@@ -23,7 +23,7 @@ import os
 import socket
 from pathlib import Path
 
-from omninegclip.cli import UserError
+from omninegclip.common.cli import UserError
 
 logger = logging.getLogger(__name__)
 

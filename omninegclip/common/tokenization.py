@@ -18,6 +18,8 @@ from pathlib import Path
 
 from transformers import CLIPTokenizer
 
+from omninegclip.common.clip import CONTEXT_LENGTH
+
 BPE_FILE_NAME = "bpe_simple_vocab_16e6.txt.gz"
 # CLIP keeps the first 49,152 - 256 - 2 merges of the file (its first line is a header).
 NUM_MERGES = 49152 - 256 - 2
@@ -62,7 +64,7 @@ def _vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
     return {token: index for index, token in enumerate(tokens)}, merges
 
 
-def build_clip_tokenizer(model_max_length: int = 77) -> CLIPTokenizer:
+def build_clip_tokenizer(model_max_length: int = CONTEXT_LENGTH) -> CLIPTokenizer:
     """openai CLIP's tokenizer (vocab 49,408; bos 49406; eos = pad 49407), made from local files only."""
     vocab, merges = _vocab_and_merges()
     tokenizer = CLIPTokenizer(vocab=dict(vocab), merges=list(merges))

@@ -6,7 +6,7 @@ Public surface: `CaptionColumns`, `load_any_dataset`, `prepare_dataset` -> `Prep
 
 Nothing here copies image bytes. A prepared split holds, per distinct row, where it came from
 (`source_index`, `source_row`), its image (an index into the split's unique images,
-`omninegclip.images.ImageRefs`, and into their embeddings) and its token ids per caption set;
+`omninegclip.training.images.ImageRefs`, and into their embeddings) and its token ids per caption set;
 `PackedRows` packs every split into padded arrays, and the Trainer's tables hold small integers only
 (`row_id`, `source_index`, `source_row`): the collator gathers a batch from the arrays at once.
 
@@ -30,8 +30,9 @@ import datasets
 import numpy as np
 import torch
 
-from omninegclip.cli import UserError
-from omninegclip.images import ImagePass, ImageRefs, image_pass
+from omninegclip.common.cli import UserError
+from omninegclip.common.clip import CONTEXT_LENGTH
+from omninegclip.training.images import ImagePass, ImageRefs, image_pass
 
 logger = logging.getLogger(__name__)
 
@@ -284,7 +285,7 @@ def prepare_dataset(
     names: list[str],
     columns: CaptionColumns,
     tokenizer,
-    max_length: int = 77,
+    max_length: int = CONTEXT_LENGTH,
     limit: int | None = None,
     split: str = "train",
     images: Callable[[ImageRefs], ImagePass] | None = None,

@@ -20,7 +20,7 @@ Public surface:
 - `push_checkpoint(folder, repo_id, ...) -> str`: create the repo, write the card naming it (widget
   URLs inside the repo, bare repo names under its owner), upload the folder (weights, processor,
   card, Trainer state and metrics, tracker logs; not `checkpoint-*`) in one commit;
-- CLI: `python -m omninegclip.model_card CHECKPOINT [--push_to_hub REPO_ID]` re-renders the card (for
+- CLI: `python -m omninegclip.training.model_card CHECKPOINT [--push_to_hub REPO_ID]` re-renders the card (for
   instance after `python -m eval` wrote `CHECKPOINT/eval/`) and optionally pushes.
 
 `Trainer.push_to_hub` would rewrite README.md without this metadata, so `train.py` never uses it:
@@ -42,11 +42,12 @@ from huggingface_hub import ModelCard, ModelCardData, create_repo, upload_folder
 from huggingface_hub.repocard_data import model_index_to_eval_results
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-from omninegclip.cli import UserError, run_cli
+from omninegclip.common.cli import UserError, run_cli
 
 logger = logging.getLogger(__name__)
 
-TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "model_card.md"
+# The top-level model_card.md; a wheel carries it as package data (pyproject.toml).
+TEMPLATE_PATH = Path(__file__).resolve().parent / "model_card.md"
 WIDGET_FOLDER = "widget"
 WIDGET_RECORD = "examples.json"
 HUB_URL = "https://huggingface.co"
@@ -414,7 +415,7 @@ def world_widget_examples() -> list[WidgetExample]:
     checkpoint), not photographs such a model has never seen."""
     import tempfile
 
-    from omninegclip.default import write_widget_examples
+    from omninegclip.pipeline.default import write_widget_examples
 
     return load_widget_examples(write_widget_examples(Path(tempfile.mkdtemp(prefix="omninegclip-widget-"))))
 
@@ -566,7 +567,7 @@ def render_model_card(
         usage=_usage(facts),
         widget_note="" if pushed else (
             "> This card was written for a local folder whose Hub repo is not known yet: the widget's images are "
-            "named by their path in the folder (`widget/...`). `python -m omninegclip.model_card FOLDER --push_to_hub "
+            "named by their path in the folder (`widget/...`). `python -m omninegclip.training.model_card FOLDER --push_to_hub "
             "OWNER/NAME` rewrites them as `https://huggingface.co/OWNER/NAME/resolve/main/widget/...` (and puts bare "
             "repo names under OWNER) when it pushes.\n"),
         results=_demote_headings(_without_title(results_markdown)) if results_markdown
@@ -666,5 +667,10 @@ def main(argv: list[str]) -> None:
         print(f"wrote {write_model_card(folder, widget_examples=examples, license=args.license)}")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script's entry point (pyproject.toml)."""
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -40,7 +40,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from omninegclip.vocabulary import canonical_category, find_mentions, has_negation_cue, mentions, noun_forms
+from omninegclip.building.vocabulary import canonical_category, find_mentions, has_negation_cue, mentions, noun_forms
 
 PRESENCE_TEMPLATES = ("no_object", "there_is_no", "with_to_without", "not_verb", "suffix_with_no", "suffix_but_there_is_no", "suffix_without_any")
 ABSENCE_TEMPLATES = ("with_no", "with_no_around", "without_a", "not_apposition", "no_just", "and_there_is_no")

@@ -13,6 +13,8 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from omninegclip.common.clip import CONTEXT_LENGTH
+
 
 def _features(output) -> torch.Tensor:
     # transformers 5.x returns BaseModelOutputWithPooling (projected embedding in pooler_output); 4.x a tensor.
@@ -56,7 +58,7 @@ def embed_texts(
     chunks = []
     for start in tqdm(range(0, len(texts), batch_size), desc=f"embedding {desc}", disable=not progress, leave=False):
         encoded = tokenizer(
-            list(texts[start : start + batch_size]), padding=True, truncation=True, max_length=77, return_tensors="pt"
+            list(texts[start : start + batch_size]), padding=True, truncation=True, max_length=CONTEXT_LENGTH, return_tensors="pt"
         ).to(device)
         chunks.append(_features(model.get_text_features(**encoded)).float().cpu())
     embeds = torch.cat(chunks) if chunks else torch.empty(0, model.config.projection_dim)

@@ -25,21 +25,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from omninegclip import REPO_ROOT as ROOT
+from omninegclip.common.clip import ClipSize
 
-
-@dataclass(frozen=True)
-class SmallCLIP:
-    """The stand-in for pretrained CLIP: small enough to pretrain on 2 CPU cores in minutes."""
-
-    image_size: int = 64
-    patch_size: int = 16
-    vision_hidden: int = 128
-    vision_layers: int = 4
-    text_hidden: int = 128
-    text_layers: int = 6
-    heads: int = 4
-    projection_dim: int = 128
+# The stand-in for pretrained CLIP: small enough to pretrain on 2 CPU cores in minutes.
+SMALL_CLIP = ClipSize(text_hidden=128, text_layers=6, text_heads=4, vision_hidden=128, vision_layers=4, vision_heads=4,
+                      image_size=64, patch_size=16, projection_dim=128)
 
 
 @dataclass(frozen=True)
@@ -116,27 +107,16 @@ def world_pixel_statistics(world: Path, rows: int = 512) -> tuple[list[float], l
     return pixels.mean(axis=(0, 1, 2)).round(4).tolist(), pixels.std(axis=(0, 1, 2)).round(4).tolist()
 
 
-def make_initial_model(folder: Path, size: SmallCLIP, seed: int, pixel_statistics: tuple[list[float], list[float]] | None = None) -> None:
+def make_initial_model(folder: Path, size: ClipSize, seed: int, pixel_statistics: tuple[list[float], list[float]] | None = None) -> None:
     """A randomly initialised CLIP of `size` with the exact openai tokenizer, as a Hub-style folder."""
     import torch
-    from transformers import CLIPConfig, CLIPModel, CLIPProcessor
+    from transformers import CLIPModel, CLIPProcessor
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-    from omninegclip.tokenization import build_clip_tokenizer
+    from omninegclip.common.tokenization import build_clip_tokenizer
 
     torch.manual_seed(seed)
-    config = CLIPConfig(
-        text_config=dict(
-            vocab_size=49408, hidden_size=size.text_hidden, intermediate_size=4 * size.text_hidden,
-            num_hidden_layers=size.text_layers, num_attention_heads=size.heads, max_position_embeddings=77,
-            bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
-        ),
-        vision_config=dict(
-            image_size=size.image_size, patch_size=size.patch_size, hidden_size=size.vision_hidden,
-            intermediate_size=4 * size.vision_hidden, num_hidden_layers=size.vision_layers, num_attention_heads=size.heads,
-        ),
-        projection_dim=size.projection_dim,
-    )
+    config = size.config()
     CLIPModel(config).save_pretrained(folder)
     mean, std = pixel_statistics or ([0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711])
     image_processor = CLIPImageProcessorPil(
@@ -149,7 +129,7 @@ def make_initial_model(folder: Path, size: SmallCLIP, seed: int, pixel_statistic
 def write_widget_examples(out: Path) -> Path:
     """Two world scenes and negation labels for the card's widget (images rendered here, copied
     into the checkpoint by train.py)."""
-    from omninegclip.shapes import SceneObject, render_scene
+    from omninegclip.building.shapes import SceneObject, render_scene
 
     scenes = {
         "circle-star": [SceneObject("circle", "red", 0.28, 0.35, 0.3), SceneObject("star", "blue", 0.68, 0.62, 0.3)],
@@ -173,10 +153,10 @@ WIDGET_LABELS = {
                   candidate_labels=["a green heart", "there is no heart"]),
 }
 
-# The Hub repos of the default's folders, without an owner: `python -m omninegclip.model_card FOLDER
+# The Hub repos of the default's folders, without an owner: `python -m omninegclip.training.model_card FOLDER
 # --push_to_hub OWNER/NAME` (and `data_builder.py --push_to_hub`) put them under the pusher's account.
 HUB_NAMES = {"world": "omninegclip-world", "base": "omninegclip-world-base"}
-BASE_DESCRIPTION = (f"a randomly initialised CLIP ({SmallCLIP.image_size}-px images), pretrained here with the plain CLIP "
+BASE_DESCRIPTION = (f"a randomly initialised CLIP ({SMALL_CLIP.image_size}-px images), pretrained here with the plain CLIP "
                     "loss on the image world's `pretrain_caption` column")
 
 # Targets of the built-in default (fine-tuned minus base, percentage points, held-out scenes).
@@ -275,7 +255,7 @@ def _target_checks(metrics: dict, template_set: str, base: str, tuned: str) -> l
 
 def world_key(args: argparse.Namespace) -> str:
     """What the cached world depends on: a changed size, seed or column set rebuilds it."""
-    from omninegclip.shapes import WORLD_FEATURES
+    from omninegclip.building.shapes import WORLD_FEATURES
 
     return json.dumps({"seed": args.seed, "num_train": args.num_train, "num_test": args.num_test,
                        "columns": sorted(WORLD_FEATURES)}, sort_keys=True)
@@ -308,7 +288,7 @@ def main(argv: list[str] | None = None) -> None:
 
     widget = write_widget_examples(out)
     base = out / "base"
-    size = SmallCLIP()
+    size = SMALL_CLIP
     pretrain_key = json.dumps({"size": size.__dict__, "seed": args.seed, "epochs": args.pretrain_epochs,
                                "num_train": args.num_train}, sort_keys=True)
     stamp = base / "pretrain_key.json"
@@ -373,7 +353,7 @@ def main(argv: list[str] | None = None) -> None:
 def attach_results(checkpoint: Path, results: Path, name: str) -> None:
     """Make a folder Hub-ready: its own eval results beside the weights, the card re-rendered (the
     base's says what it is: plain CLIP training from a random initialisation)."""
-    from omninegclip.model_card import write_model_card
+    from omninegclip.training.model_card import write_model_card
 
     target = checkpoint / "eval"
     target.mkdir(exist_ok=True)

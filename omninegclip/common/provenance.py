@@ -9,13 +9,14 @@ from __future__ import annotations
 import importlib.metadata
 import platform
 import subprocess
-from pathlib import Path
+
+from omninegclip import REPO_ROOT
 
 LIBRARIES = ("torch", "transformers", "datasets", "accelerate", "peft", "huggingface_hub", "tokenizers", "pillow")
 
 
 def _git_commit() -> str | None:
-    root = Path(__file__).resolve().parent.parent
+    root = REPO_ROOT
     try:
         result = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True

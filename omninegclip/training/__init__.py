@@ -1,0 +1,1 @@
+"""What `train.py` uses: preparing rows and batches, image preprocessing, LoRA and model cards."""
