@@ -44,15 +44,13 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from PIL import Image
 
 from bench.bench_prep import input_table, preparation_table, section_input, section_preparation
 from bench.coco_fixture import FixtureInfo, make_fixture
+from omninegclip import REPO_ROOT as ROOT
 
 BASELINE = "d2ecc5f"  # the last commit whose builder stored every caption row with its image bytes
 
@@ -111,7 +109,7 @@ print("RESULT " + json.dumps({{"wall_s": wall, "cpu_s": cpu(), "timings": timing
 
 def run_child(body: str, payload: dict) -> dict:
     """Run `body` (Python; sets `result`) in a fresh interpreter; its wall time, peak memory, `timings`."""
-    code = _DRIVER.format(root=str(ROOT), body=body)
+    code = _DRIVER.format(body=body)
     load_before = _load()
     completed = subprocess.run([sys.executable, "-c", code, json.dumps(payload)], capture_output=True, text=True, cwd=str(ROOT))
     lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]

@@ -31,9 +31,6 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import datasets
@@ -102,6 +99,33 @@ def _dir_bytes(folder: Path) -> int:
     return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
 
 
+def _device_rates(raw, folder, columns, tokenizer, transform, images: int, device: str, dtype: str | None) -> dict:
+    """On a GPU: preparation with ViT-B/32 embedding on the device (every core a worker), and the
+    tower alone on random pixels (the limit preparation approaches)."""
+    model = vit_b32(device)
+    precision = torch.bfloat16 if dtype == "bf16" else None
+    workers = os.cpu_count() or 1
+    refs_run = lambda refs: image_pass(refs, transform, model=model, device=device, autocast_dtype=precision,  # noqa: E731
+                                       num_workers=workers, batch_size=256)
+    prepare_dataset([raw], [str(folder)], columns, tokenizer, images=refs_run)  # warm-up: kernels, page cache
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    prepare_dataset([raw], [str(folder)], columns, tokenizer, images=refs_run)
+    torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    tower_start = time.perf_counter()
+    with torch.no_grad(), torch.autocast("cuda", dtype=precision or torch.float32, enabled=precision is not None):
+        pixels = torch.randn(256, 3, 224, 224, device=device)
+        for _ in range(10):
+            model.get_image_features(pixel_values=pixels)
+    torch.cuda.synchronize()
+    return {
+        "name": torch.cuda.get_device_name(), "workers": workers, "dtype": dtype or "fp32",
+        "prepared_images_per_second": images / seconds,
+        "tower_only_images_per_second": 2560 / (time.perf_counter() - tower_start),
+    }
+
+
 def section_preparation(args, fixture) -> dict:
     """The preparation section (see the module docstring)."""
     torch.set_num_threads(1)
@@ -140,28 +164,7 @@ def section_preparation(args, fixture) -> dict:
         "disk_share": runs[1]["disk_written_bytes"] / image_bytes,
     }
     if device != "cpu":
-        model = vit_b32(device)
-        precision = torch.bfloat16 if dtype == "bf16" else None
-        workers = os.cpu_count() or 1
-        refs_run = lambda refs: image_pass(refs, transform, model=model, device=device, autocast_dtype=precision,  # noqa: E731
-                                           num_workers=workers, batch_size=256)
-        prepare_dataset([raw], [str(folder)], columns, tokenizer, images=refs_run)  # warm-up: kernels, page cache
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        prepare_dataset([raw], [str(folder)], columns, tokenizer, images=refs_run)
-        torch.cuda.synchronize()
-        seconds = time.perf_counter() - start
-        tower_start = time.perf_counter()
-        with torch.no_grad(), torch.autocast("cuda", dtype=precision or torch.float32, enabled=precision is not None):
-            pixels = torch.randn(256, 3, 224, 224, device=device)
-            for _ in range(10):
-                model.get_image_features(pixel_values=pixels)
-        torch.cuda.synchronize()
-        result["device"] = {
-            "name": torch.cuda.get_device_name(), "workers": workers, "dtype": dtype or "fp32",
-            "prepared_images_per_second": images / seconds,
-            "tower_only_images_per_second": 2560 / (time.perf_counter() - tower_start),
-        }
+        result["device"] = _device_rates(raw, folder, columns, tokenizer, transform, images, device, dtype)
     return result
 
 

@@ -39,9 +39,6 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np
@@ -49,16 +46,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from bench.measure import (
-    Device,
-    StepMeasurement,
-    matmul_peak_flops,
-    measure_call,
-    peak_memory_of,
-    prime_optimizer,
-    record_text_shapes,
-    wait_for_idle,
-)
+from bench.measure import Device, StepMeasurement, matmul_peak_flops, measure_call, peak_memory_of, prime_optimizer, record_text_shapes, wait_for_idle
 from bench.workload import (
     DEFAULT_SMALL,
     VIT_B_32,
@@ -76,6 +64,7 @@ from bench.workload import (
     trainer_like_optimizer,
     vision_forward_flops,
 )
+from omninegclip import REPO_ROOT
 from omninegclip.common.cli import UserError, run_cli
 
 STEP_LABELS = {"plain": "(a) plain", "project": "(b) project"}
@@ -501,7 +490,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="about a minute: batch 32, N = 6, few steps")
     size.add_argument("--full", action="store_true", help="every batch size and N for both steps (long on a CPU)")
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results"), help="folder for results.md/json and the plot")
+    parser.add_argument("--out", default=str(REPO_ROOT / "bench" / "results"), help="folder for results.md/json and the plot")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to run")
     parser.add_argument("--dtype", default=None, choices=["fp32", "bf16"],
                         help="fp32, or bf16 autocast (parameters stay fp32, as --bf16 trains). Default: fp32 on CPU, bf16 on CUDA")

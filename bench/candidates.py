@@ -27,33 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-ROOT = Path(__file__).resolve().parent.parent
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 import torch
 from tqdm.auto import tqdm
 
-from bench.measure import (
-    Device,
-    StepMeasurement,
-    matmul_peak_flops,
-    measure_call,
-    peak_memory_of,
-    prime_optimizer,
-    record_text_shapes,
-    wait_for_idle,
-)
-from bench.workload import (
-    VIT_B_32,
-    TrainStep,
-    build_model,
-    coco_like_captions,
-    fast_batch,
-    fast_loss_terms,
-    text_train_flops,
-    trainer_like_optimizer,
-)
+from bench.measure import Device, StepMeasurement, matmul_peak_flops, measure_call, peak_memory_of, prime_optimizer, record_text_shapes, wait_for_idle
+from bench.workload import VIT_B_32, TrainStep, build_model, coco_like_captions, fast_batch, fast_loss_terms, text_train_flops, trainer_like_optimizer
 from modeling_omninegclip import TEXT_BUCKET_ROWS, TrainableConfig, apply_trainable, resolve_text_blocks
+from omninegclip import REPO_ROOT
 from omninegclip.common.cli import UserError, run_cli
 
 # ----------------------------------------------------------------------------------------------
@@ -248,7 +228,7 @@ def _fmt(value: float | None, pattern: str) -> str:
     return "n/a" if value is None else format(value, pattern)
 
 
-def main(argv: list[str]) -> None:
+def _arguments(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--front-blocks", type=int, default=6)
@@ -256,45 +236,49 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--only", default=None, help="comma-separated variant names (the baseline always runs)")
     parser.add_argument("--wait-for-idle", type=float, default=0.0, metavar="SECONDS",
                         help="on a shared machine: before each timed step, wait up to this long for other processes to go quiet")
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    parser.add_argument("--out", default=str(REPO_ROOT / "bench" / "results"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: measure one variant, JSON to stdout
     args = parser.parse_args(argv)
     if args.batch < 1 or args.steps < 1 or args.wait_for_idle < 0 or not 0 <= args.front_blocks <= VIT_B_32.text_layers:
         raise UserError(f"--batch and --steps must be >= 1, --wait-for-idle >= 0 and --front-blocks in 0..{VIT_B_32.text_layers}")
-    known = {v.name: v for v in variants(args.front_blocks, VIT_B_32.text_layers)}
-    if args.worker:
-        print(json.dumps(run_variant(known[args.worker], args)))
-        return
+    return args
+
+
+def _order(known: dict, only: str | None) -> list[str]:
+    """The variants to run, the baseline first and again at the end (drift shows)."""
     names = list(known)
-    if args.only:
-        wanted = {name.strip() for name in args.only.split(",")}
+    if only:
+        wanted = {name.strip() for name in only.split(",")}
         unknown = wanted - set(known)
         if unknown:
             raise UserError(f"--only: unknown variant(s) {sorted(unknown)}; known: {names}")
         names = ["baseline"] + [name for name in names if name in wanted and name != "baseline"]
-    order = names + ["baseline"]  # the baseline again at the end: drift shows
+    return names + ["baseline"]
 
-    started = time.perf_counter()
-    peaks = _matmul_peaks(args.wait_for_idle)
-    results: list[dict] = []
+
+def _run_each(order: list[str], known: dict, args: argparse.Namespace) -> list[dict]:
+    """Each variant in a fresh process (its environment variables apply from the start)."""
+    results = []
     common = ["--batch", str(args.batch), "--front-blocks", str(args.front_blocks), "--steps", str(args.steps),
               "--wait-for-idle", str(args.wait_for_idle), "--seed", str(args.seed)]
     for name in tqdm(order, desc="variants (one process each)", unit="variant"):
-        finished = subprocess.run([sys.executable, __file__, "--worker", name, *common], env=os.environ | known[name].env,
-                                  capture_output=True, text=True)
+        finished = subprocess.run([sys.executable, "-m", "bench.candidates", "--worker", name, *common], cwd=REPO_ROOT,
+                                  env=os.environ | known[name].env, capture_output=True, text=True)
         if finished.returncode != 0:
             raise RuntimeError(f"variant {name} failed:\n{finished.stderr[-3000:]}")
         results.append(json.loads(finished.stdout.strip().splitlines()[-1]))
-    peaks = {dtype: max(peak, _matmul_peaks(args.wait_for_idle)[dtype]) for dtype, peak in peaks.items()}
+    return results
 
+
+def _report(results: list[dict], peaks: dict, args: argparse.Namespace, seconds: float) -> str:
     baseline = statistics.median([s for row in results if row["variant"] == "baseline" for s in row["seconds"]])
     lines = [
         f"# Candidate changes to step (b): ViT-B/32, batch {args.batch}, N = {args.front_blocks}",
         "",
         f"Matmul peak (best of start and end): fp32 {peaks['fp32'] / 1e9:,.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:,.0f} GFLOP/s. "
         f"Each variant in a fresh process, 1 warm-up and {args.steps} timed steps, medians; the baseline first and last "
-        f"(speed-ups are against both together). Took {time.perf_counter() - started:.0f} s. Others: cores other processes "
+        f"(speed-ups are against both together). Took {seconds:.0f} s. Others: cores other processes "
         "kept busy during the timed steps (median); above ~0.1 the times are inflated.",
         "",
         "| variant | what changes | step s | samples/s | vs baseline | peak MiB | TFLOP | % peak (dtype) | others |",
@@ -308,7 +292,21 @@ def main(argv: list[str]) -> None:
             f"{row['speedup']:.2f}x | {_fmt(row['peak_mib'], ',.0f')} | {row['flops'] / 1e12:.3f} | "
             f"{100 * row['peak_fraction']:.0f} ({row['matmul_dtype']}) | {_fmt(row['others'], '.2f')} |"
         )
-    report = "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str]) -> None:
+    args = _arguments(argv)
+    known = {v.name: v for v in variants(args.front_blocks, VIT_B_32.text_layers)}
+    if args.worker:
+        print(json.dumps(run_variant(known[args.worker], args)))
+        return
+    order = _order(known, args.only)
+    started = time.perf_counter()
+    peaks = _matmul_peaks(args.wait_for_idle)
+    results = _run_each(order, known, args)
+    peaks = {dtype: max(peak, _matmul_peaks(args.wait_for_idle)[dtype]) for dtype, peak in peaks.items()}
+    report = _report(results, peaks, args, time.perf_counter() - started)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "candidates.md").write_text(report)

@@ -26,7 +26,8 @@ import zipfile
 from importlib import metadata
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from omninegclip import REPO_ROOT as ROOT
+
 
 try:
     from packaging.markers import default_environment

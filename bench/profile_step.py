@@ -13,26 +13,12 @@ from __future__ import annotations
 import argparse
 import os
 from collections import defaultdict
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 from bench.measure import prime_optimizer
-from bench.workload import (
-    VIT_B_32,
-    TrainStep,
-    build_model,
-    coco_like_captions,
-    fast_batch,
-    fast_loss_terms,
-    plain_batch,
-    plain_loss_terms,
-    trainer_like_optimizer,
-)
+from bench.workload import VIT_B_32, TrainStep, build_model, coco_like_captions, fast_batch, fast_loss_terms, plain_batch, plain_loss_terms, trainer_like_optimizer
 from modeling_omninegclip import TEXT_BUCKET_ROWS
 from omninegclip.common.cli import run_cli
 

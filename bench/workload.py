@@ -19,7 +19,7 @@ Public surface
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Callable
 
 import numpy as np
@@ -38,6 +38,7 @@ from modeling_omninegclip import (
     presence_loss,
     resolve_text_blocks,
 )
+from omninegclip.common import clip
 from omninegclip.common.clip import BOS_TOKEN_ID, CONTEXT_LENGTH, EOS_TOKEN_ID, VOCAB_SIZE, ClipSize
 from omninegclip.pipeline.default import SMALL_CLIP
 from omninegclip.training.data import OmniNegCollator, PackedRows
@@ -48,47 +49,18 @@ from omninegclip.training.data import OmniNegCollator, PackedRows
 
 
 @dataclass(frozen=True)
-class Geometry:
-    """A CLIP's shape. Intermediate (MLP) width is 4x hidden in both towers, as in CLIP."""
+class Geometry(ClipSize):
+    """A named CLIP shape (`ClipSize`: intermediate (MLP) width 4x hidden in both towers, as in CLIP)."""
 
-    name: str
-    text_hidden: int
-    text_layers: int
-    text_heads: int
-    vision_hidden: int
-    vision_layers: int
-    vision_heads: int
-    image_size: int
-    patch_size: int
-    projection_dim: int
+    name: str = "unnamed"
     vocab_size: int = VOCAB_SIZE
 
-    def __post_init__(self):
-        for hidden, heads, tower in ((self.text_hidden, self.text_heads, "text"), (self.vision_hidden, self.vision_heads, "vision")):
-            if hidden % heads:
-                raise ValueError(f"{self.name}: {tower} hidden size {hidden} is not divisible by its {heads} heads")
-        if self.image_size % self.patch_size:
-            raise ValueError(f"{self.name}: image size {self.image_size} is not a multiple of patch size {self.patch_size}")
-
-    @property
-    def patches(self) -> int:
-        return (self.image_size // self.patch_size) ** 2
-
     def clip_config(self) -> CLIPConfig:
-        return ClipSize(text_hidden=self.text_hidden, text_layers=self.text_layers, text_heads=self.text_heads,
-                        vision_hidden=self.vision_hidden, vision_layers=self.vision_layers, vision_heads=self.vision_heads,
-                        image_size=self.image_size, patch_size=self.patch_size, projection_dim=self.projection_dim).config()
+        return self.config()
 
 
-VIT_B_32 = Geometry(
-    "ViT-B/32", text_hidden=512, text_layers=12, text_heads=8,
-    vision_hidden=768, vision_layers=12, vision_heads=12, image_size=224, patch_size=32, projection_dim=512,
-)
-DEFAULT_SMALL = Geometry(
-    "default-small", text_hidden=SMALL_CLIP.text_hidden, text_layers=SMALL_CLIP.text_layers, text_heads=SMALL_CLIP.text_heads,
-    vision_hidden=SMALL_CLIP.vision_hidden, vision_layers=SMALL_CLIP.vision_layers, vision_heads=SMALL_CLIP.vision_heads,
-    image_size=SMALL_CLIP.image_size, patch_size=SMALL_CLIP.patch_size, projection_dim=SMALL_CLIP.projection_dim,
-)
+VIT_B_32 = Geometry(**asdict(clip.VIT_B_32), name="ViT-B/32")
+DEFAULT_SMALL = Geometry(**asdict(SMALL_CLIP), name="default-small")
 
 
 def build_model(geometry: Geometry, front_blocks: int, seed: int = 0) -> OmniNegCLIPModel:

@@ -318,7 +318,6 @@ def _png_bytes(size: int) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.mark.skipif(not (Path(__file__).resolve().parent.parent / "omninegclip" / "shapes.py").is_file(), reason="omninegclip/building/shapes.py not written yet")
 def test_real_shapes_world_passes_the_gate(tmp_path):
     summary = build(["shapes", "--num_train", "8", "--num_validation", "2", "--num_test", "2", "--image_size", "32"], tmp_path / "world")
     assert summary["rows_out"] == {"train": 8, "validation": 2, "test": 2}

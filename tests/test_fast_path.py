@@ -233,7 +233,7 @@ def test_flop_model_matches_torch_flop_counter(front_blocks, tokenizer):
     apply_trainable(model, TrainableConfig(front_blocks=front_blocks))
     model.set_attn_implementation("eager")  # attention as plain matmuls, which the counter sees
     geometry = Geometry(
-        "tiny", text_hidden=text.hidden_size, text_layers=text.num_hidden_layers, text_heads=text.num_attention_heads,
+        name="tiny", text_hidden=text.hidden_size, text_layers=text.num_hidden_layers, text_heads=text.num_attention_heads,
         vision_hidden=32, vision_layers=2, vision_heads=4, image_size=30, patch_size=2, projection_dim=config.projection_dim,
     )
     encoded = tokenizer([row[1] for row in CAPTIONS], padding=True, return_tensors="pt")

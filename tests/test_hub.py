@@ -16,14 +16,7 @@ import torch
 from huggingface_hub import ModelCard
 from huggingface_hub.utils import filter_repo_objects
 from PIL import Image
-from train_helpers import (  # noqa: F401  (single_thread: an autouse fixture)
-    color_rows,
-    save_dataset,
-    save_tiny_clip,
-    single_thread,
-    train_flags,
-    weights,
-)
+from train_helpers import color_rows, save_dataset, save_tiny_clip, single_thread, train_flags, weights  # noqa: F401  (single_thread: an autouse fixture)
 from transformers import AutoModelForZeroShotImageClassification, CLIPModel, pipeline
 
 import omninegclip.training.model_card as model_card

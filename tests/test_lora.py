@@ -15,15 +15,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from test_hub import USER, FakeHub
 from test_train_hardening import CrashAt
-from train_helpers import (  # noqa: F401  (single_thread: an autouse fixture)
-    capture_trainers,
-    color_rows,
-    save_dataset,
-    save_tiny_clip,
-    single_thread,
-    train_flags,
-    weights,
-)
+from train_helpers import capture_trainers, color_rows, save_dataset, save_tiny_clip, single_thread, train_flags, weights  # noqa: F401  (single_thread: an autouse fixture)
 from transformers import CLIPModel, TrainerCallback
 
 import omninegclip.training.lora as lora

@@ -13,17 +13,7 @@ import torch
 from conftest import TINY_TEXT_LAYERS
 from huggingface_hub import ModelCard
 from PIL import Image
-from train_helpers import (  # noqa: F401  (single_thread: an autouse fixture)
-    capture_trainers,
-    color_rows,
-    python_module,
-    run_command,
-    save_dataset,
-    save_tiny_clip,
-    single_thread,
-    train_flags,
-    weights,
-)
+from train_helpers import capture_trainers, color_rows, python_module, run_command, save_dataset, save_tiny_clip, single_thread, train_flags, weights  # noqa: F401  (single_thread: an autouse fixture)
 from transformers import CLIPConfig, CLIPModel, TrainerCallback, pipeline
 
 import train

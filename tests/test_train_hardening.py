@@ -25,20 +25,7 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
-from train_helpers import (  # noqa: F401  (single_thread: an autouse fixture)
-    BAD_IMAGES,
-    Case,
-    capture_trainers,
-    check_case,
-    color_rows,
-    png_bytes,
-    run_command,
-    save_dataset,
-    save_tiny_clip,
-    single_thread,
-    train_flags,
-    weights,
-)
+from train_helpers import BAD_IMAGES, Case, capture_trainers, check_case, color_rows, png_bytes, run_command, save_dataset, save_tiny_clip, single_thread, train_flags, weights  # noqa: F401  (single_thread: an autouse fixture)
 from transformers import CLIPModel, TrainerCallback
 
 import modeling_omninegclip

@@ -34,6 +34,17 @@ class ClipSize:
     text_intermediate: int | None = None
     vision_intermediate: int | None = None
 
+    def __post_init__(self):
+        for hidden, heads, tower in ((self.text_hidden, self.text_heads, "text"), (self.vision_hidden, self.vision_heads, "vision")):
+            if hidden % heads:
+                raise ValueError(f"{tower} hidden size {hidden} is not divisible by its {heads} attention heads")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image size {self.image_size} is not a multiple of patch size {self.patch_size}")
+
+    @property
+    def patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
     def config(self) -> CLIPConfig:
         """A `CLIPConfig` with openai's vocabulary, context length and special tokens."""
         return CLIPConfig(
