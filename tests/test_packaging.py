@@ -1,0 +1,44 @@
+"""The project as an installable package (pyproject.toml): the wheel holds every module and the
+card template, every console script names a real entry point, and no module patches `sys.path`."""
+
+from __future__ import annotations
+
+import importlib
+import re
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def test_every_console_script_names_a_callable_entry_point():
+    scripts = PYPROJECT["project"]["scripts"]
+    assert {"omninegclip-build", "omninegclip-train", "omninegclip-eval"} <= set(scripts)
+    for name, target in scripts.items():
+        module, attribute = target.split(":")
+        assert callable(getattr(importlib.import_module(module), attribute)), name
+
+
+def test_the_wheel_holds_every_module_and_the_card_template(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", str(ROOT),
+                    "-w", str(tmp_path)], check=True, cwd=tmp_path, capture_output=True)
+    (wheel,) = tmp_path.glob("omninegclip-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    tracked = subprocess.run(["git", "ls-files", "omninegclip", "eval"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    modules = {path for path in tracked if path.endswith(".py")}
+    assert modules and modules <= names, sorted(modules - names)
+    assert {"train.py", "data_builder.py", "modeling_omninegclip.py"} <= names
+    template = zipfile.ZipFile(wheel).read("omninegclip/training/model_card.md").decode()
+    assert template == (ROOT / "model_card.md").read_text()  # the top-level template itself, not a link
+    assert not any(name.startswith(("tests/", "bench/")) for name in names)
+
+
+def test_no_module_patches_sys_path():
+    tracked = subprocess.run(["git", "ls-files", "*.py"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    assert len(tracked) > 50
+    patched = [path for path in tracked if re.search(r"sys\.path\s*(\.insert|\.append|\[|\+?=)", (ROOT / path).read_text())]
+    assert patched == [], patched
