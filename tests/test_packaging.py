@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -24,11 +25,18 @@ def test_every_console_script_names_a_callable_entry_point():
 
 
 def test_the_wheel_holds_every_module_and_the_card_template(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", str(ROOT),
+    # Built from a copy of the tracked files: the build writes build/ and *.egg-info beside its sources.
+    source = tmp_path / "source"
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    for path in tracked:
+        if not path.startswith(("tests/", "docs/")) and (ROOT / path).exists():
+            (source / path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(ROOT / path, source / path, follow_symlinks=False)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", str(source),
                     "-w", str(tmp_path)], check=True, cwd=tmp_path, capture_output=True)
     (wheel,) = tmp_path.glob("omninegclip-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    tracked = subprocess.run(["git", "ls-files", "omninegclip", "eval"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    tracked = [path for path in tracked if path.startswith(("omninegclip/", "eval/"))]
     modules = {path for path in tracked if path.endswith(".py")}
     assert modules and modules <= names, sorted(modules - names)
     assert {"train.py", "data_builder.py", "modeling_omninegclip.py"} <= names
