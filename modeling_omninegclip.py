@@ -539,6 +539,10 @@ class OmniNegCLIPModel(CLIPModel):
     call `apply_trainable(model, TrainableConfig(...))`; after training, `save_pretrained` writes a
     plain CLIP checkpoint plus `omninegclip_config.json` recording the settings used."""
 
+    # The caption sets come through `forward`'s **caption_sets; that is no loss keyword (such as
+    # num_items_in_batch) for the Trainer to pass: the loss is a mean, scaled for accumulation by the Trainer.
+    accepts_loss_kwargs = False
+
     def __init__(self, config, loss_config: OmniNegLossConfig | None = None, text_bucket_rows: int | None = TEXT_BUCKET_ROWS):
         super().__init__(config)
         self.loss_config = loss_config or OmniNegLossConfig()

@@ -66,10 +66,3 @@ AFFIRMED = CaptionSet(
 # The original caption first: it is the one every row has.
 CAPTION_SETS: tuple[CaptionSet, ...] = (CAPTION, PRESENCE, ABSENCE, AFFIRMED)
 
-
-def caption_set(name: str) -> CaptionSet:
-    """The caption set called `name`."""
-    for row in CAPTION_SETS:
-        if row.name == name:
-            return row
-    raise KeyError(f"no caption set {name!r}; the caption sets are {[row.name for row in CAPTION_SETS]}")
