@@ -101,15 +101,17 @@ from omninegclip.building.sources import (
     read_negationclip,
 )
 from omninegclip.building.vocabulary import CooccurrenceStats, detect_objects, find_mentions
+from omninegclip.common.caption_sets import CAPTION_SETS
 from omninegclip.common.cli import UserError, run_cli
 from omninegclip.common.clip import CONTEXT_LENGTH
 from omninegclip.common.outputs import ensure_writable, is_alive
 from omninegclip.common.provenance import provenance
 from omninegclip.common.safe_load import to_rgb
 
+TEXT_COLUMNS = tuple(row.column for row in CAPTION_SETS)  # caption, presence_negated, absence_negated, absence_affirmed
 CONTRACT_COLUMNS = (
-    "image", "caption", "presence_negated", "absence_negated", "absence_affirmed", "present_objects", "negated_object",
-    "absent_object", "presence_rewrite", "absence_rewrite", "source", "image_id",
+    "image", *TEXT_COLUMNS, "present_objects", "negated_object", "absent_object", "presence_rewrite", "absence_rewrite",
+    "source", "image_id",
 )
 GATE_COLUMNS = ("caption", "presence_negated", "absence_negated", "present_objects", "negated_object", "absent_object")
 SUMMARY_FILE = "build_summary.json"
@@ -118,7 +120,6 @@ CARD_FILE = "README.md"
 MAX_NAMED_FILES = 50  # skipped image files named in the summary, per reason
 INTERRUPTED_HINT = ("nothing was written to --out (a build replaces it only once complete, and the next build cleans up "
                     "what this one left); run the same command again")  # said on Ctrl-C by omninegclip.common.cli.run_cli
-TEXT_COLUMNS = ("caption", "presence_negated", "absence_negated", "absence_affirmed")
 DEFAULT_MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS  # PIL's own decompression-bomb threshold (about 89 million)
 DEFAULT_LICENSES = {"coco": "cc-by-4.0", "shapes": GENERATED_DATA_LICENSE}
 _RULES = (
@@ -162,8 +163,8 @@ def contract_features(image_files: bool = False) -> datasets.Features:
     the image's file relative to the dataset folder (each image stored once, `IMAGES_FOLDER`)."""
     text = datasets.Value("string")
     return datasets.Features({
-        "image": text if image_files else datasets.Image(), "caption": text, "presence_negated": text, "absence_negated": text,
-        "absence_affirmed": text, "present_objects": datasets.List(text), "negated_object": text, "absent_object": text,
+        "image": text if image_files else datasets.Image(), **dict.fromkeys(TEXT_COLUMNS, text),
+        "present_objects": datasets.List(text), "negated_object": text, "absent_object": text,
         "presence_rewrite": text, "absence_rewrite": text, "source": text, "image_id": text,
         "source_index": datasets.Value("int64"),
     })

@@ -1,21 +1,25 @@
 """Omni-NegCLIP: CLIP with presence- and absence-based negation losses (arXiv 2603.29258).
 
-Everything the forward pass and the losses need lives in this file; it imports nothing from the
-rest of the project, and its checkpoints stay plain CLIP (`model_type: clip`,
-`architectures: ["CLIPModel"]`, the same keys as `CLIPModel`).
+Everything the forward pass and the losses need lives in this file; from the rest of the project it
+imports only the table of caption sets (`omninegclip/common/caption_sets.py`), and its checkpoints
+stay plain CLIP (`model_type: clip`, `architectures: ["CLIPModel"]`, the same keys as `CLIPModel`).
 
 Public surface
 --------------
 - `OmniNegCLIPModel(CLIPModel)`: `forward` takes images (or their precomputed embeddings), the
-  original captions and, optionally, presence- and absence-negated captions with per-row masks;
-  returns an `OmniNegCLIPOutput` with the total loss, every term and the logits.
-- `OmniNegLossConfig`: loss weights and margin (defaults: the authors' released code).
+  original captions and, optionally, the other caption sets of `CAPTION_SETS` (presence-negated,
+  absence-negated, absence-affirmed) with per-row masks; returns an `OmniNegCLIPOutput` with the
+  total loss, every term, the logits and one embedding field per caption set.
+- `OmniNegLossConfig`: loss weights and margin (defaults: the authors' released code);
+  `caption_sets_read()`: the caption sets its active terms read (what the collator passes).
+- `LOSS_TERMS`: each term of the total loss with its weight and the caption sets it reads.
 - `TrainableConfig`, `resolve_text_blocks`, `apply_trainable`: which parameters train.
 - The loss terms, pure functions of L2-normalised embeddings, the logit scale and row masks:
   `presence_loss`, `absence_loss`, `choice_loss`, `keep_match_loss`, `symmetric_infonce`,
   `masked_cross_entropy`.
 - `gather_rows`: the autograd-carrying all-gather that makes every contrastive term see the
-  global batch under several processes (local-loss semantics).
+  global batch under several processes (local-loss semantics); `gather_batch` gathers the image
+  embeddings and every caption set at once into a `GlobalBatch`, which every loss term reads.
 
 Notation of docs/method.md §1 and the output fields that carry each term:
     L1 loss_presence_image, L2 loss_presence_text, L3 loss_presence_pair, L_pre loss_presence,
@@ -28,7 +32,8 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, make_dataclass
 from pathlib import Path
 
 import torch
@@ -36,6 +41,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import CLIPModel
 from transformers.utils import ModelOutput
+
+from omninegclip.common.caption_sets import CAPTION, CAPTION_SETS
 
 OMNINEGCLIP_CONFIG_NAME = "omninegclip_config.json"
 LOGIT_SCALE_MAX = math.log(100.0)
@@ -73,6 +80,11 @@ class OmniNegLossConfig:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if not (isinstance(self.margin, (int, float)) and -1.0 <= self.margin <= 2.0):
             raise ValueError(f"margin must be a number in [-1, 2] (a cosine offset), got {self.margin!r}")
+
+    def caption_sets_read(self) -> set[str]:
+        """The caption sets (`CaptionSet.name`) that the active terms of `LOSS_TERMS` read; the
+        collator leaves out the others."""
+        return {name for term in LOSS_TERMS if term.active(self) for name in term.reads}
 
 
 @dataclass
@@ -181,6 +193,39 @@ def gather_rows(tensor: torch.Tensor) -> tuple[torch.Tensor, slice, int]:
     return gathered, slice(rank * rows, (rank + 1) * rows), world_size
 
 
+@dataclass
+class GlobalBatch:
+    """What every loss term reads: L2-normalised embeddings of the global batch (G rows, every
+    process's in rank order) for the images and, by `CaptionSet.name`, for every caption set (zeros
+    where a row has none), each set's (G,) row mask, and which rows this process scores."""
+
+    image: torch.Tensor
+    embeds: dict[str, torch.Tensor]
+    masks: dict[str, torch.Tensor]
+    rows: slice
+    world_size: int = 1
+
+    @property
+    def local(self) -> dict:
+        """The `rows` / `world_size` keywords every loss function takes."""
+        return {"rows": self.rows, "world_size": self.world_size}
+
+
+def gather_batch(image_embeds: torch.Tensor, embeds: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]) -> GlobalBatch:
+    """One `gather_rows` for the images and every caption set of `CAPTION_SETS` with its row mask, so
+    that columns stay aligned row for row across processes. A set this process was not given goes as
+    zeros with no row on: every process gathers the same columns."""
+    names = [row.name for row in CAPTION_SETS]
+    none = image_embeds.new_zeros(image_embeds.shape[0], dtype=torch.bool)
+    vectors = [image_embeds] + [embeds.get(name, torch.zeros_like(image_embeds)) for name in names]
+    flags = [masks.get(name, none)[:, None].float() for name in names]
+    gathered, rows, world_size = gather_rows(torch.cat(vectors + flags, dim=1))
+    width = image_embeds.shape[1] * len(vectors)
+    image, *texts = gathered[:, :width].split(image_embeds.shape[1], dim=1)
+    on = (gathered[:, width:] > 0.5).unbind(dim=1)
+    return GlobalBatch(image, dict(zip(names, texts)), dict(zip(names, on)), rows, world_size)
+
+
 # ----------------------------------------------------------------------------------------------
 # Loss terms: pure functions of L2-normalised embeddings, the logit scale s = exp(logit_scale) and masks
 # ----------------------------------------------------------------------------------------------
@@ -190,12 +235,6 @@ def gather_rows(tensor: torch.Tensor) -> tuple[torch.Tensor, slice, int]:
 # global index. A term averages over the selected rows whose mask is on, normalised so that the
 # mean over processes equals the single-process mean over the global batch: sum / global_count * world_size.
 # Masked rows and masked columns contribute nothing and receive no gradient. No row on: the term is 0.
-
-
-@dataclass
-class _Rows:
-    rows: slice
-    world_size: int = 1
 
 
 def _mean_over(per_row: torch.Tensor, row_mask: torch.Tensor, global_mask: torch.Tensor, world_size: int) -> torch.Tensor:
@@ -361,16 +400,66 @@ def keep_match_loss(
 
 
 # ----------------------------------------------------------------------------------------------
-# The model
+# The total loss: its terms, the caption sets each reads, and the output that reports them
 # ----------------------------------------------------------------------------------------------
 
 
-@dataclass
-class OmniNegCLIPOutput(ModelOutput):
-    """Total loss, every term (see the module docstring for the mapping to docs/method.md) and CLIP's logits.
+@dataclass(frozen=True)
+class LossTerm:
+    """One term of the total loss. `compute(batch, logit_scale, config)` returns its value under
+    `name` and any parts it reports (each an `OmniNegCLIPOutput` field); the total adds the value
+    times the config field `weight` (None: 1). `reads`: the caption sets it reads (`CaptionSet.name`).
+    An `optional` term is off while its weight is 0: not computed, reported as 0, and the caption
+    sets that only it reads are left out of the batch (`OmniNegLossConfig.caption_sets_read`)."""
 
-    Terms whose rows are absent from the batch are 0. `logits_*` and the embeddings cover this
-    process's rows (original captions); negated embeddings are zero where the row has none."""
+    name: str
+    reads: tuple[str, ...]
+    compute: Callable[[GlobalBatch, torch.Tensor, OmniNegLossConfig], dict[str, torch.Tensor]]
+    weight: str | None = None
+    optional: bool = False
+
+    def active(self, config: OmniNegLossConfig) -> bool:
+        return not self.optional or getattr(config, self.weight) > 0
+
+
+def _presence_term(batch: GlobalBatch, logit_scale: torch.Tensor, cfg: OmniNegLossConfig) -> dict[str, torch.Tensor]:
+    return presence_loss(batch.image, batch.embeds["caption"], batch.embeds["presence"], batch.masks["presence"],
+                         logit_scale, **batch.local)
+
+
+def _absence_term(batch: GlobalBatch, logit_scale: torch.Tensor, cfg: OmniNegLossConfig) -> dict[str, torch.Tensor]:
+    return absence_loss(batch.image, batch.embeds["caption"], batch.embeds["absence"], batch.masks["absence"], logit_scale,
+                        lambda_orig=cfg.lambda_orig, lambda_text=cfg.lambda_text, margin=cfg.margin, **batch.local)
+
+
+def _choice_term(batch: GlobalBatch, logit_scale: torch.Tensor, cfg: OmniNegLossConfig) -> dict[str, torch.Tensor]:
+    # Rows without an affirmed caption (or data without any) keep the two-way choice.
+    options = torch.stack([batch.masks["presence"], batch.masks["affirmed"]], dim=1)
+    chooses = batch.masks["absence"] & options.any(dim=1)
+    value = choice_loss(batch.image, batch.embeds["absence"], batch.embeds["presence"], chooses, logit_scale, **batch.local,
+                        affirmed_embeds=batch.embeds["affirmed"], option_mask=options)
+    return {"loss_choice": value}
+
+
+def _keep_term(batch: GlobalBatch, logit_scale: torch.Tensor, cfg: OmniNegLossConfig) -> dict[str, torch.Tensor]:
+    value = keep_match_loss(batch.image, batch.embeds["caption"], batch.embeds["absence"], batch.masks["absence"],
+                            logit_scale, **batch.local)
+    return {"loss_keep": value}
+
+
+# L = L_pre + lambda_abs L_abs (+ lambda_choice L_choice + lambda_keep L_keep). A batch in which no row
+# carries a caption set that the non-optional terms read (besides the caption) gets CLIP's loss instead.
+LOSS_TERMS: tuple[LossTerm, ...] = (
+    LossTerm("loss_presence", ("caption", "presence"), _presence_term),
+    LossTerm("loss_absence", ("caption", "absence"), _absence_term, weight="lambda_abs"),
+    LossTerm("loss_choice", ("presence", "absence", "affirmed"), _choice_term, weight="lambda_choice", optional=True),
+    LossTerm("loss_keep", ("caption", "absence"), _keep_term, weight="lambda_keep", optional=True),
+)
+
+
+@dataclass
+class _OmniNegCLIPLosses(ModelOutput):
+    """The loss fields of `OmniNegCLIPOutput`."""
 
     loss: torch.Tensor | None = None
     loss_clip: torch.Tensor | None = None
@@ -386,14 +475,54 @@ class OmniNegCLIPOutput(ModelOutput):
     loss_keep: torch.Tensor | None = None
     logits_per_image: torch.Tensor | None = None
     logits_per_text: torch.Tensor | None = None
-    text_embeds: torch.Tensor | None = None
     image_embeds: torch.Tensor | None = None
-    presence_negated_embeds: torch.Tensor | None = None
-    absence_negated_embeds: torch.Tensor | None = None
-    absence_affirmed_embeds: torch.Tensor | None = None
 
+
+# The losses and logits above, then one embedding field per caption set (`CaptionSet.output`:
+# text_embeds, presence_negated_embeds, absence_negated_embeds, absence_affirmed_embeds).
+OmniNegCLIPOutput = make_dataclass(
+    "OmniNegCLIPOutput",
+    [(row.output, "torch.Tensor | None", field(default=None)) for row in CAPTION_SETS],
+    bases=(_OmniNegCLIPLosses,),
+    namespace={
+        "__module__": __name__,
+        "__doc__": """Total loss, every term (see the module docstring for the mapping to docs/method.md), CLIP's
+    logits and the L2-normalised embeddings: `image_embeds` and one field per caption set.
+
+    Terms whose rows are absent from the batch are 0. `logits_*` and the embeddings cover this
+    process's rows (original captions); a caption set's embeddings are zero where the row has none,
+    and None when the batch did not carry that set.""",
+    },
+)
 
 LOSS_TERM_NAMES = tuple(name for name in OmniNegCLIPOutput.__dataclass_fields__ if name.startswith("loss_"))
+
+
+# ----------------------------------------------------------------------------------------------
+# The model
+# ----------------------------------------------------------------------------------------------
+
+
+def caption_inputs(arguments: dict[str, torch.Tensor | None]) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+    """The caption sets among `forward`'s keyword arguments (`CaptionSet.input_ids`,
+    `.attention_mask`, `.row_mask`), by name: (input ids, attention mask (default: all ones), row
+    mask (default: every row; None for the original captions, which every row has))."""
+    known = {name for row in CAPTION_SETS for name in (row.input_ids, row.attention_mask, row.row_mask) if name}
+    unknown = sorted(set(arguments) - known)
+    if unknown:
+        raise TypeError(f"OmniNegCLIPModel.forward() got unexpected keyword argument(s) {unknown}")
+    if arguments.get(CAPTION.input_ids) is None:
+        raise ValueError(f"OmniNegCLIPModel.forward needs {CAPTION.input_ids} (the original captions)")
+    given = {}
+    for row in CAPTION_SETS:
+        ids = arguments.get(row.input_ids)
+        if ids is None:
+            continue
+        attention, rows = arguments.get(row.attention_mask), arguments.get(row.row_mask) if row.row_mask else None
+        if row.row_mask is not None:
+            rows = torch.ones(ids.shape[0], dtype=torch.bool, device=ids.device) if rows is None else rows.to(ids.device).bool()
+        given[row.name] = (ids, torch.ones_like(ids) if attention is None else attention, rows)
+    return given
 
 
 def _pad_to(ids: torch.Tensor, mask: torch.Tensor, length: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -409,6 +538,10 @@ class OmniNegCLIPModel(CLIPModel):
     Load any CLIP checkpoint with `OmniNegCLIPModel.from_pretrained(...)`; set `loss_config` and
     call `apply_trainable(model, TrainableConfig(...))`; after training, `save_pretrained` writes a
     plain CLIP checkpoint plus `omninegclip_config.json` recording the settings used."""
+
+    # The caption sets come through `forward`'s **caption_sets; that is no loss keyword (such as
+    # num_items_in_batch) for the Trainer to pass: the loss is a mean, scaled for accumulation by the Trainer.
+    accepts_loss_kwargs = False
 
     def __init__(self, config, loss_config: OmniNegLossConfig | None = None, text_bucket_rows: int | None = TEXT_BUCKET_ROWS):
         super().__init__(config)
@@ -473,122 +606,67 @@ class OmniNegCLIPModel(CLIPModel):
         input_ids: torch.LongTensor | None = None,
         pixel_values: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        presence_negated_input_ids: torch.LongTensor | None = None,
-        presence_negated_attention_mask: torch.Tensor | None = None,
-        presence_mask: torch.Tensor | None = None,
-        absence_negated_input_ids: torch.LongTensor | None = None,
-        absence_negated_attention_mask: torch.Tensor | None = None,
-        absence_mask: torch.Tensor | None = None,
-        absence_affirmed_input_ids: torch.LongTensor | None = None,
-        absence_affirmed_attention_mask: torch.Tensor | None = None,
-        absence_affirmed_mask: torch.Tensor | None = None,
         image_embeds: torch.Tensor | None = None,
         return_loss: bool | None = None,
+        **caption_sets: torch.Tensor | None,
     ) -> OmniNegCLIPOutput:
         """One step of Omni-NegCLIP.
 
         input_ids / attention_mask: the original captions (B rows). pixel_values, or image_embeds
         (precomputed projected image embeddings: the fast path when the image tower is frozen).
-        presence_negated_* / absence_negated_*: (B, L) token ids for every row, with a (B,) bool
-        mask saying which rows carry that negation; rows whose mask is off are never encoded.
-        absence_affirmed_*: the absence-negated caption with its object affirmed instead (false for
-        the image), likewise masked; only the optional choice term uses it (not encoded when it is off).
-        Without negations the loss is CLIP's symmetric InfoNCE."""
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        batch = input_ids.shape[0]
-        device = input_ids.device
+        caption_sets: every other caption set of `CAPTION_SETS` by its argument names, (B, L) token
+        ids for every row with a (B,) bool row mask saying which rows carry one:
+        presence_negated_input_ids / _attention_mask / presence_mask, absence_negated_* /
+        absence_mask, absence_affirmed_* / absence_affirmed_mask. Rows whose mask is off are never
+        encoded; every set given is encoded (the collator leaves out the sets that no active loss
+        term reads). Without negations the loss is CLIP's symmetric InfoNCE."""
+        given = caption_inputs(caption_sets | {CAPTION.input_ids: input_ids, CAPTION.attention_mask: attention_mask})
         images = self.encode_images(pixel_values, image_embeds)
-
-        caption_sets = [(input_ids, attention_mask)]
-        negations = {}
-        for kind, ids, mask_ids, rows in (
-            ("presence", presence_negated_input_ids, presence_negated_attention_mask, presence_mask),
-            ("absence", absence_negated_input_ids, absence_negated_attention_mask, absence_mask),
-            ("affirmed", absence_affirmed_input_ids, absence_affirmed_attention_mask, absence_affirmed_mask),
-        ):
-            if ids is None or (kind == "affirmed" and self.loss_config.lambda_choice == 0):
-                continue  # only the choice term reads the affirmed captions: not encoded without it
-            rows = torch.ones(batch, dtype=torch.bool, device=device) if rows is None else rows.to(device).bool()
-            mask_ids = torch.ones_like(ids) if mask_ids is None else mask_ids
-            negations[kind] = (rows, len(caption_sets))
-            caption_sets.append((ids[rows], mask_ids[rows]))
-        encoded = self.encode_texts(caption_sets)
-
-        normalize = lambda x: F.normalize(x.float(), dim=-1)  # noqa: E731
-        image_embeds = normalize(images)
-        text_embeds = normalize(encoded[0])
-        negated = {}
-        for kind, (rows, position) in negations.items():
-            full = text_embeds.new_zeros(batch, text_embeds.shape[1])
-            negated[kind] = (full.index_put((rows.nonzero(as_tuple=True)[0],), normalize(encoded[position])), rows)
-
+        embeds, masks = self.encode_caption_sets(given)
+        image_embeds = F.normalize(images.float(), dim=-1)
         logit_scale = self.logit_scale.exp()
-        logits_per_text = logit_scale * text_embeds @ image_embeds.T
+        logits_per_text = logit_scale * embeds[CAPTION.name] @ image_embeds.T
         output = OmniNegCLIPOutput(
             logits_per_image=logits_per_text.T,
             logits_per_text=logits_per_text,
-            text_embeds=text_embeds,
             image_embeds=image_embeds,
-            presence_negated_embeds=negated.get("presence", (None,))[0],
-            absence_negated_embeds=negated.get("absence", (None,))[0],
-            absence_affirmed_embeds=negated.get("affirmed", (None,))[0],
+            **{row.output: embeds.get(row.name) for row in CAPTION_SETS},
         )
-        if return_loss is False:
-            return output
-        self._add_losses(output, image_embeds, text_embeds, negated, logit_scale)
+        if return_loss is not False:
+            self._add_losses(output, gather_batch(image_embeds, embeds, masks), logit_scale)
         return output
 
-    def _add_losses(self, output, image_embeds, text_embeds, negated, logit_scale) -> None:
+    def encode_caption_sets(self, given: dict) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """`caption_inputs`' sets through the text encoder in one pass (`encode_texts`), each only for
+        its rows that carry one. Returns per set its L2-normalised (B, D) embeddings (zero where a row
+        has none) and its (B,) row mask."""
+        encoded = self.encode_texts([(ids, mask) if rows is None else (ids[rows], mask[rows]) for ids, mask, rows in given.values()])
+        embeds, masks = {}, {}
+        for (name, (ids, _, rows)), features in zip(given.items(), encoded):
+            features = F.normalize(features.float(), dim=-1)
+            if rows is None:  # the original captions: every row
+                embeds[name], masks[name] = features, torch.ones(ids.shape[0], dtype=torch.bool, device=features.device)
+            else:
+                full = features.new_zeros(ids.shape[0], features.shape[1])
+                embeds[name], masks[name] = full.index_put((rows.nonzero(as_tuple=True)[0],), features), rows
+        return embeds, masks
+
+    def _add_losses(self, output: OmniNegCLIPOutput, batch: GlobalBatch, logit_scale: torch.Tensor) -> None:
+        """The total loss and every term of `LOSS_TERMS` over the global batch, into `output`."""
         cfg = self.loss_config
-        batch = image_embeds.shape[0]
-        none = image_embeds.new_zeros(batch, dtype=torch.bool)
-        presence, presence_rows = negated.get("presence", (torch.zeros_like(text_embeds), none))
-        absence, absence_rows = negated.get("absence", (torch.zeros_like(text_embeds), none))
-        affirmed, affirmed_rows = negated.get("affirmed", (torch.zeros_like(text_embeds), none))
-
-        # One gather for everything: columns stay aligned row for row across processes.
-        local = torch.cat(
-            [image_embeds, text_embeds, presence, absence, affirmed]
-            + [flags[:, None].float() for flags in (presence_rows, absence_rows, affirmed_rows)],
-            dim=1,
-        )
-        gathered, rows, world_size = gather_rows(local)
-        dim = image_embeds.shape[1]
-        g_image, g_text, g_presence, g_absence, g_affirmed = gathered[:, : dim * 5].split(dim, dim=1)
-        g_presence_rows, g_absence_rows, g_affirmed_rows = (gathered[:, 5 * dim :] > 0.5).unbind(dim=1)
-        common = dict(rows=rows, world_size=world_size)
-        zero = logit_scale.new_zeros(())
-
-        if not bool(g_presence_rows.any()) and not bool(g_absence_rows.any()):
-            output.loss_clip = symmetric_infonce(g_image, g_text, logit_scale, **common)
+        core = {name for term in LOSS_TERMS if not term.optional for name in term.reads} - {CAPTION.name}
+        if not any(bool(batch.masks[row.name].any()) for row in CAPTION_SETS if row.name in core):
+            output.loss_clip = symmetric_infonce(batch.image, batch.embeds[CAPTION.name], logit_scale, **batch.local)
             output.loss = output.loss_clip
             return
-        terms = presence_loss(g_image, g_text, g_presence, g_presence_rows, logit_scale, **common)
-        terms |= absence_loss(
-            g_image, g_text, g_absence, g_absence_rows, logit_scale,
-            lambda_orig=cfg.lambda_orig, lambda_text=cfg.lambda_text, margin=cfg.margin, **common,
-        )
-        if cfg.lambda_choice > 0:
-            # Rows without an affirmed caption (or data without any) keep the two-way choice.
-            options = torch.stack([g_presence_rows, g_affirmed_rows], dim=1)
-            chooses = g_absence_rows & options.any(dim=1)
-            terms["loss_choice"] = choice_loss(
-                g_image, g_absence, g_presence, chooses, logit_scale, **common, affirmed_embeds=g_affirmed, option_mask=options
-            )
-        else:
-            terms["loss_choice"] = zero
-        terms["loss_keep"] = (
-            keep_match_loss(g_image, g_text, g_absence, g_absence_rows, logit_scale, **common) if cfg.lambda_keep > 0 else zero
-        )
-        for name, value in terms.items():
-            setattr(output, name, value)
-        output.loss = (
-            terms["loss_presence"]
-            + cfg.lambda_abs * terms["loss_absence"]
-            + cfg.lambda_choice * terms["loss_choice"]
-            + cfg.lambda_keep * terms["loss_keep"]
-        )
+        total = None
+        for term in LOSS_TERMS:
+            values = term.compute(batch, logit_scale, cfg) if term.active(cfg) else {term.name: logit_scale.new_zeros(())}
+            for name, value in values.items():
+                output[name] = value
+            weighted = values[term.name] if term.weight is None else getattr(cfg, term.weight) * values[term.name]
+            total = weighted if total is None else total + weighted
+        output.loss = total
 
     # -- training helpers ----------------------------------------------------------------------
 

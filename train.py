@@ -92,12 +92,14 @@ from transformers import (
 from eval.negation_metrics import NegationMetrics, stack_embeddings, which_object_rows
 from modeling_omninegclip import (
     LOSS_TERM_NAMES,
+    LOSS_TERMS,
     OmniNegCLIPModel,
     OmniNegLossConfig,
     TrainableConfig,
     apply_trainable,
     resolve_text_blocks,
 )
+from omninegclip.common.caption_sets import CAPTION_SETS
 from omninegclip.common.cli import Interrupted, UserError, run_cli
 from omninegclip.common.clip import CONTEXT_LENGTH
 from omninegclip.common.outputs import LOCK_FILE, PROBE_PREFIX, OutputLock, ensure_writable, overlapping
@@ -107,6 +109,7 @@ from omninegclip.training.data import (
     SOURCE_COLUMN,
     SOURCE_ROW_COLUMN,
     BalancedSourceSampler,
+    CaptionColumnArguments,
     CaptionColumns,
     OmniNegCollator,
     PackedRows,
@@ -155,7 +158,9 @@ class ModelArguments:
 
 
 @dataclass
-class DataArguments:
+class DataArguments(CaptionColumnArguments):
+    """The data flags; one column flag per caption set comes from `CaptionColumnArguments`."""
+
     dataset_name: str = field(
         default=None,
         metadata={"help": "Hub id, `save_to_disk` folder, or local data file(s) (comma-separated) to train on."},
@@ -170,20 +175,6 @@ class DataArguments:
         default="validation", metadata={"help": "Split for the evaluation loss and negation accuracies; 'none' to skip. Missing: skipped with a note."}
     )
     image_column: str = field(default="image", metadata={"help": "Column with the images (PIL or datasets Image)."})
-    caption_column: str = field(default="caption", metadata={"help": "Column with the original captions."})
-    presence_column: str = field(
-        default="presence_negated",
-        metadata={"help": "Column with presence-negated captions (negate an object IN the image); 'none' for no such column."},
-    )
-    absence_column: str = field(
-        default="absence_negated",
-        metadata={"help": "Column with absence-negated captions (negate a plausible object NOT in the image); 'none' for no such column."},
-    )
-    absence_affirmed_column: str = field(
-        default="none",
-        metadata={"help": "Column with absence-affirmed captions (the absence-negated caption with its object affirmed: false "
-                          "for the image), a third option of the --lambda_choice term; 'none' (default) for two options."},
-    )
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep the first N training rows (debugging)."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Keep the first N evaluation rows."})
     max_caption_length: int = field(default=CONTEXT_LENGTH, metadata={"help": "Token limit per caption; longer ones are truncated and counted."})
@@ -227,9 +218,7 @@ class DataArguments:
         return [self.dataset_name] + ([self.mix_dataset_name] if self.mix_dataset_name else [])
 
     def columns(self) -> CaptionColumns:
-        return CaptionColumns.from_flags(
-            self.image_column, self.caption_column, self.presence_column, self.absence_column, self.absence_affirmed_column
-        )
+        return CaptionColumns.from_flags(self.image_column, *(getattr(self, row.flag) for row in CAPTION_SETS))
 
 
 @dataclass
@@ -970,8 +959,11 @@ def prepare_splits(args: Arguments, processor: CLIPProcessor, model: OmniNegCLIP
     image transform and the reports."""
     data_args, training_args = args.data, args.training
     columns = data_args.columns()
-    if columns.affirmed and args.omni.lambda_choice == 0:
-        logger.warning("--absence_affirmed_column %r is only read by the choice term, which is off (--lambda_choice 0)", columns.affirmed)
+    read = args.omni.loss_config().caption_sets_read()
+    for row in CAPTION_SETS:
+        if columns.texts[row.name] and row.name not in read:
+            off = ", ".join(f"{term.name} (--{term.weight} 0)" for term in LOSS_TERMS if row.name in term.reads)
+            logger.warning("--%s %r is only read by loss terms that are off: %s", row.flag, columns.texts[row.name], off)
     splits = {"train": data_args.train_split}
     if training_args.eval_strategy != "no" and data_args.eval_split and data_args.eval_split.lower() != "none":
         splits["eval"] = data_args.eval_split
@@ -1222,7 +1214,7 @@ def train_and_save(args: Arguments, resume: str | None, push: bool, widget: list
         args=training_args,
         train_dataset=prepared["train"],
         eval_dataset=prepared.get("eval"),
-        data_collator=OmniNegCollator(packed, leave_out=() if omni_args.lambda_choice else ("absence_affirmed_input_ids",)),
+        data_collator=OmniNegCollator(packed, caption_sets=model.loss_config.caption_sets_read()),
         processing_class=processor,
         compute_metrics=negation_metrics(args, prepared["eval"]) if "eval" in prepared else None,
         source_names=data_args.sources(),

@@ -19,6 +19,7 @@ from transformers import CLIPConfig, CLIPModel, TrainerCallback, pipeline
 import train
 from modeling_omninegclip import LOGIT_SCALE_MAX, LOSS_TERM_NAMES, OmniNegCLIPModel, TrainableConfig, apply_trainable
 from omninegclip.common.cli import run_cli
+from omninegclip.training.data import OmniNegCollator
 
 
 @pytest.fixture(scope="module")
@@ -319,10 +320,15 @@ def test_absence_affirmed_column_is_the_choice_terms_third_option(tmp_path, proc
         with_twin = model(**{k: v for k, v in batch.items() if k != "row_ids"}).loss_choice
         without = model(**{k: v for k, v in batch.items() if k != "row_ids" and not k.startswith("absence_affirmed")}).loss_choice
     assert with_twin > without  # more wrong options can only raise each row's choice loss
-    # With the choice term off nothing reads the twins, so the text pass leaves them out.
+    # With the choice term off nothing reads the twins, so the collator leaves them out (the model
+    # encodes what it is given).
     model.loss_config.lambda_choice = 0.0
+    collator = trainers[0].data_collator
+    off_batch = OmniNegCollator(collator.rows, caption_sets=model.loss_config.caption_sets_read())(
+        [{"row_id": row, "packed_row": row} for row in range(8)])
+    assert not any(key.startswith("absence_affirmed") for key in off_batch) and "absence_mask" in off_batch
     with torch.no_grad():
-        off = model(**{k: v for k, v in batch.items() if k != "row_ids"})
+        off = model(**{k: v for k, v in off_batch.items() if k != "row_ids"})
     assert off.absence_affirmed_embeds is None and off.loss_choice == 0
     # Named by its flag when the data lacks it.
     message = _error_of(train_flags(model_dir, save_dataset(tmp_path / "plain", color_rows(4)), tmp_path / "out2",

@@ -1,12 +1,13 @@
 """Training data for `train.py`: load any HF dataset, validate it, tokenize, find and embed (or
 check) its unique images once, and collate batches for `OmniNegCLIPModel.forward`.
 
-Public surface: `CaptionColumns`, `load_any_dataset`, `prepare_dataset` -> `PreparedSplit`,
+Public surface: `CaptionColumns`, `CaptionColumnArguments`, `load_any_dataset`, `prepare_dataset` -> `PreparedSplit`,
 `SourceReport`, `summarize_reports`, `PackedRows`, `OmniNegCollator`, `BalancedSourceSampler`.
 
 Nothing here copies image bytes. A prepared split holds, per distinct row, where it came from
 (`source_index`, `source_row`), its image (an index into the split's unique images,
-`omninegclip.training.images.ImageRefs`, and into their embeddings) and its token ids per caption set;
+`omninegclip.training.images.ImageRefs`, and into their embeddings) and its token ids per caption set
+(`omninegclip.common.caption_sets.CAPTION_SETS`, keyed by `CaptionSet.input_ids`);
 `PackedRows` packs every split into padded arrays, and the Trainer's tables hold small integers only
 (`row_id`, `source_index`, `source_row`): the collator gathers a batch from the arrays at once.
 
@@ -22,14 +23,15 @@ example rows in a `SourceReport`, which `summarize_reports` turns into the one l
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 
 import datasets
 import numpy as np
 import torch
 
+from omninegclip.common.caption_sets import CAPTION, CAPTION_SETS
 from omninegclip.common.cli import UserError
 from omninegclip.common.clip import CONTEXT_LENGTH
 from omninegclip.training.images import ImagePass, ImageRefs, image_pass
@@ -37,12 +39,6 @@ from omninegclip.training.images import ImagePass, ImageRefs, image_pass
 logger = logging.getLogger(__name__)
 
 DATA_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".arrow": "arrow"}
-# (CaptionColumns field, prepared column, the forward's argument prefix, the forward's row-mask argument)
-NEGATION_FIELDS = (
-    ("presence", "presence_negated_input_ids", "presence_negated", "presence_mask"),
-    ("absence", "absence_negated_input_ids", "absence_negated", "absence_mask"),
-    ("affirmed", "absence_affirmed_input_ids", "absence_affirmed", "absence_affirmed_mask"),
-)
 SOURCE_COLUMN = "source_index"
 SOURCE_ROW_COLUMN = "source_row"
 PACKED_ROW_COLUMN = "packed_row"
@@ -51,28 +47,45 @@ EXAMPLES_PER_REASON = 3  # example rows named per skip reason
 
 @dataclass(frozen=True)
 class CaptionColumns:
+    """The dataset's image column and, per caption set (`CaptionSet.name`), the column holding it or
+    None (the data has no such set). `columns.presence` reads as `columns.texts["presence"]`."""
+
     image: str
-    caption: str
-    presence: str | None
-    absence: str | None
-    affirmed: str | None = None
+    texts: dict[str, str | None]
 
     @classmethod
-    def from_flags(cls, image: str, caption: str, presence: str | None, absence: str | None,
-                   affirmed: str | None = None) -> "CaptionColumns":
+    def from_flags(cls, image: str, *columns: str | None) -> "CaptionColumns":
+        """The flags' values in `CAPTION_SETS` order (caption, presence, absence, affirmed); for a set
+        with a row mask, 'none', '' or a value not given means no such column."""
+        if len(columns) > len(CAPTION_SETS):
+            raise TypeError(f"{len(columns)} caption columns given; the caption sets are {[row.name for row in CAPTION_SETS]}")
         off = lambda name: None if name is None or name.strip().lower() in ("", "none") else name  # noqa: E731
-        return cls(image, caption, off(presence), off(absence), off(affirmed))
+        named = dict(zip((row.name for row in CAPTION_SETS), columns))
+        return cls(image, {row.name: named.get(row.name) if row.row_mask is None else off(named.get(row.name))
+                           for row in CAPTION_SETS})
+
+    def __getattr__(self, name: str) -> str | None:
+        texts = self.__dict__.get("texts", {})
+        if name not in texts:
+            raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+        return texts[name]
+
+    def text_columns(self) -> list[str]:
+        """The caption columns the data has, in `CAPTION_SETS` order."""
+        return [self.texts[row.name] for row in CAPTION_SETS if self.texts.get(row.name)]
 
     def flags(self) -> dict[str, str]:
         """Column name -> the flag that named it, for error messages."""
-        named = {
-            self.image: "--image_column",
-            self.caption: "--caption_column",
-            self.presence: "--presence_column",
-            self.absence: "--absence_column",
-            self.affirmed: "--absence_affirmed_column",
-        }
+        named = {self.image: "--image_column"} | {self.texts.get(row.name): f"--{row.flag}" for row in CAPTION_SETS}
         return {column: flag for column, flag in named.items() if column is not None}
+
+
+# `train.py`'s column flags, one per caption set (`--caption_column`, `--presence_column`, ...).
+CaptionColumnArguments = make_dataclass(
+    "CaptionColumnArguments",
+    [(row.flag, str, field(default=row.default_column, metadata={"help": row.help})) for row in CAPTION_SETS],
+    namespace={"__module__": __name__, "__doc__": "One column flag per caption set (`CAPTION_SETS`)."},
+)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -218,8 +231,7 @@ def _validate(dataset: datasets.Dataset, name: str, columns: CaptionColumns) -> 
             f"dataset {name!r}, column {columns.image!r} (set by --image_column) holds {feature}; "
             "expected images (a datasets Image column) or image file paths (strings)"
         )
-    texts = {column: _text_column(dataset, column)
-             for column in (columns.caption, columns.presence, columns.absence, columns.affirmed) if column}
+    texts = {column: _text_column(dataset, column) for column in columns.text_columns()}
     for column, values in texts.items():
         for row, value in enumerate(values):
             if value is not None and not isinstance(value, str):
@@ -246,11 +258,6 @@ def _tokenize(texts: list[str | None], tokenizer, max_length: int) -> tuple[list
                 tokens = tokens[: max_length - 1] + [tokens[-1]]
             ids[index] = tokens
     return ids, truncated
-
-
-def _caption_sets(columns: CaptionColumns) -> list[tuple[str | None, str]]:
-    """(dataset column or None, prepared column) for the caption and each negation."""
-    return [(columns.caption, "input_ids")] + [(getattr(columns, kind), prepared) for kind, prepared, _, _ in NEGATION_FIELDS]
 
 
 @dataclass
@@ -280,6 +287,58 @@ def _interleaved(sizes: list[int]) -> np.ndarray:
     return np.stack([offset + turns % size for offset, size in zip(offsets, sizes)], axis=1).reshape(-1)
 
 
+@dataclass
+class _Source:
+    """One dataset on its way through `prepare_dataset`: its report, its text columns as lists and
+    the rows with a caption."""
+
+    dataset: datasets.Dataset
+    report: SourceReport
+    texts: dict[str, list]
+    keep: list[int]
+
+
+def _read_source(dataset: datasets.Dataset, name: str, columns: CaptionColumns, limit: int | None, split: str) -> _Source:
+    """Validate one dataset (its first `limit` rows) and skip, counted, the rows without a caption."""
+    if limit is not None:
+        dataset = dataset.select(range(min(limit, len(dataset))))
+    report = SourceReport(name=name, split=split)
+    texts = _validate(dataset, name, columns)
+    report.rows = len(dataset)
+    captions = texts[columns.caption]
+    keep = [row for row, caption in enumerate(captions) if caption is not None and caption.strip()]
+    if not keep:
+        raise UserError(f"dataset {name!r}: every caption in column {columns.caption!r} is empty")
+    for row in sorted(set(range(len(dataset))) - set(keep)):
+        report.skip("empty_caption", row, f"column {columns.caption!r}")
+    return _Source(dataset, report, texts, keep)
+
+
+def _tokenized_rows(source: _Source, image_index: np.ndarray, checked: ImagePass, columns: CaptionColumns, tokenizer,
+                    max_length: int) -> tuple[np.ndarray, np.ndarray, dict[str, list[list[int]]]]:
+    """Skip, counted, the rows whose image cannot be used; tokenize every caption set of the others.
+    Returns their rows, their image indices and their token ids per caption set (`CaptionSet.input_ids`)."""
+    report = source.report
+    usable = np.array([index not in checked.unreadable for index in image_index], dtype=bool)
+    for row, index in zip(source.keep, image_index):
+        if index in checked.unreadable:
+            error = checked.unreadable[index]
+            report.skip(error.kind, row, str(error))
+    if not usable.any():
+        raise UserError(f"dataset {report.name!r}: no usable row (column {columns.image!r}): {report.describe_skips()}")
+    rows = [row for row, ok in zip(source.keep, usable) if ok]
+    tokens = {}
+    for caption_set in CAPTION_SETS:
+        column = columns.texts.get(caption_set.name)
+        values = [source.texts[column][row] for row in rows] if column else [None] * len(rows)
+        tokens[caption_set.input_ids], cut = _tokenize(values, tokenizer, max_length)
+        report.truncated_captions += cut
+        if caption_set.row_mask is not None:  # SourceReport counts the rows with each optional set: with_<name>
+            setattr(report, f"with_{caption_set.name}", sum(bool(ids) for ids in tokens[caption_set.input_ids]))
+    report.kept = len(rows)
+    return np.array(rows, dtype=np.int64), image_index[usable], tokens
+
+
 def prepare_dataset(
     raw: list[datasets.Dataset],
     names: list[str],
@@ -296,47 +355,11 @@ def prepare_dataset(
     the split and one report per dataset (skips by reason with example rows, truncated captions);
     `split` only labels the reports."""
     images = images or (lambda refs: image_pass(refs, None))
-    reports, texts, kept, sources = [], [], [], []
-    for dataset, name in zip(raw, names):
-        if limit is not None:
-            dataset = dataset.select(range(min(limit, len(dataset))))
-        report = SourceReport(name=name, split=split)
-        source_texts = _validate(dataset, name, columns)
-        report.rows = len(dataset)
-        captions = source_texts[columns.caption]
-        keep = [row for row, caption in enumerate(captions) if caption is not None and caption.strip()]
-        if not keep:
-            raise UserError(f"dataset {name!r}: every caption in column {columns.caption!r} is empty")
-        for row in sorted(set(range(len(dataset))) - set(keep)):
-            report.skip("empty_caption", row, f"column {columns.caption!r}")
-        reports.append(report)
-        texts.append(source_texts)
-        kept.append(keep)
-        sources.append(dataset)
-
-    refs, image_index = ImageRefs.find(sources, columns.image, list(names), kept)
+    sources = [_read_source(dataset, name, columns, limit, split) for dataset, name in zip(raw, names)]
+    refs, image_index = ImageRefs.find([source.dataset for source in sources], columns.image, list(names),
+                                       [source.keep for source in sources])
     checked = images(refs)
-    parts = []
-    for k, (report, source_texts, keep) in enumerate(zip(reports, texts, kept)):
-        usable = np.array([index not in checked.unreadable for index in image_index[k]], dtype=bool)
-        for row, index in zip(keep, image_index[k]):
-            if index in checked.unreadable:
-                error = checked.unreadable[index]
-                report.skip(error.kind, row, str(error))
-        if not usable.any():
-            raise UserError(f"dataset {report.name!r}: no usable row (column {columns.image!r}): {report.describe_skips()}")
-        rows = [row for row, ok in zip(keep, usable) if ok]
-        tokens = {}
-        for column, prepared in _caption_sets(columns):
-            values = [source_texts[column][row] for row in rows] if column else [None] * len(rows)
-            tokens[prepared], cut = _tokenize(values, tokenizer, max_length)
-            report.truncated_captions += cut
-        report.kept = len(rows)
-        report.with_presence = sum(bool(ids) for ids in tokens["presence_negated_input_ids"])
-        report.with_absence = sum(bool(ids) for ids in tokens["absence_negated_input_ids"])
-        report.with_affirmed = sum(bool(ids) for ids in tokens["absence_affirmed_input_ids"])
-        parts.append((np.array(rows, dtype=np.int64), image_index[k][usable], tokens))
-
+    parts = [_tokenized_rows(source, index, checked, columns, tokenizer, max_length) for source, index in zip(sources, image_index)]
     sizes = [len(rows) for rows, _, _ in parts]
     prepared = PreparedSplit(
         source_index=np.concatenate([np.full(size, k, dtype=np.int64) for k, size in enumerate(sizes)]),
@@ -347,7 +370,7 @@ def prepare_dataset(
         images=refs,
         image_embeds=checked.embeds,
     )
-    return prepared, reports
+    return prepared, [source.report for source in sources]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -414,12 +437,15 @@ class PackedRows:
 
 @dataclass
 class OmniNegCollator:
-    """Rows of a Trainer table (`packed_row`, `row_id`) -> keyword arguments of `OmniNegCLIPModel.forward`.
+    """Rows of a Trainer table (`packed_row`, `row_id`) -> keyword arguments of `OmniNegCLIPModel.forward`,
+    one group per caption set of `CAPTION_SETS` (`CaptionSet.input_ids`, `.attention_mask`, `.row_mask`).
     Each caption set is padded to its own longest caption in the batch (dynamic padding, never to
-    77); a set that no row of the batch carries is left out, as is every set in `leave_out`."""
+    77). Left out: a set that no row of the batch carries, and every set not in `caption_sets` (by
+    name; None: all): pass `OmniNegLossConfig.caption_sets_read()`, what the active loss terms read.
+    The original captions are always there."""
 
     rows: PackedRows
-    leave_out: tuple[str, ...] = ()
+    caption_sets: Collection[str] | None = None
 
     def _pad(self, name: str, row_ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         lengths = torch.from_numpy(self.rows.lengths[name][row_ids])
@@ -428,23 +454,27 @@ class OmniNegCollator:
         attention_mask = (torch.arange(longest) < lengths[:, None]).long()
         return input_ids, attention_mask, lengths > 0
 
+    def _wanted(self, caption_set) -> bool:
+        if caption_set is CAPTION:
+            return True
+        read = self.caption_sets is None or caption_set.name in self.caption_sets
+        return read and caption_set.input_ids in self.rows.ids
+
     def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
         row_ids = np.fromiter((item[PACKED_ROW_COLUMN] for item in items), dtype=np.int64, count=len(items))
         batch = {"row_ids": torch.tensor([item["row_id"] for item in items])}
-        batch["input_ids"], batch["attention_mask"], _ = self._pad("input_ids", row_ids)
-        for _, name, prefix, mask_name in NEGATION_FIELDS:
-            if name in self.leave_out or name not in self.rows.ids:
-                continue
-            ids, mask, has = self._pad(name, row_ids)
-            if has.any():
-                batch[f"{prefix}_input_ids"], batch[f"{prefix}_attention_mask"], batch[mask_name] = ids, mask, has
+        for caption_set in filter(self._wanted, CAPTION_SETS):
+            ids, mask, has = self._pad(caption_set.input_ids, row_ids)
+            if caption_set.row_mask is None:
+                batch[caption_set.input_ids], batch[caption_set.attention_mask] = ids, mask
+            elif has.any():
+                batch[caption_set.input_ids], batch[caption_set.attention_mask], batch[caption_set.row_mask] = ids, mask, has
         images = self.rows.image_index[row_ids]
         if self.rows.image_embeds is not None:
             batch["image_embeds"] = self.rows.image_embeds[torch.from_numpy(images)]
         else:
             batch["pixel_values"] = self.rows.pixels(images)
         return batch
-
 
 
 class BalancedSourceSampler(torch.utils.data.Sampler[int]):
