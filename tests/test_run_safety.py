@@ -212,7 +212,7 @@ def test_ctrl_c_in_data_builder_and_eval_exits_130_with_one_line(monkeypatch, ca
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(data_builder, "_build_shapes", interrupt)
+    monkeypatch.setattr(data_builder, "build_shapes", interrupt)
     code, output = invoke_cli("data_builder", ["shapes", "--out", str(tmp_path / "built"), "--no_progress"], capsys, caplog)
     assert code == 130 and output.strip() == f"interrupted: {data_builder.INTERRUPTED_HINT}"
     assert not (tmp_path / "built").exists()
