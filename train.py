@@ -104,8 +104,6 @@ from omninegclip.training.prepare import (
 from omninegclip.training.saving import save_outputs_atomically
 from omninegclip.training.trainer import OmniNegCLIPTrainer, end_process_group, ready_to_train
 
-logger = logging.getLogger("omninegclip.train")
-
 
 # ----------------------------------------------------------------------------------------------
 # Arguments
@@ -404,6 +402,7 @@ def load_model(model_args: ModelArguments) -> tuple[OmniNegCLIPModel, CLIPProces
 
 
 def main(argv: list[str]) -> None:
+    """Arguments, the checks that need no model or data, then the run under the output folder's lock."""
     args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     datasets.utils.logging.set_verbosity_warning()
@@ -427,6 +426,7 @@ def main(argv: list[str]) -> None:
 def train_and_save(args: Arguments, resume: str | None, push: bool, widget: list | None) -> None:
     """The run itself, once the output folder is known to be writable and is locked: load, build, run, save."""
     model_args, data_args, omni_args, lora_args, card_args, training_args, output_args = args
+    # Load the model and make the chosen parts trainable; prepare and check the data.
     model, processor = load_model(model_args)
     trained_model, lora_settings = make_trainable(model, omni_args, lora_args, model_args.model_name_or_path)
     check_negation_columns(data_args, model_args.cache_dir)
@@ -435,6 +435,7 @@ def train_and_save(args: Arguments, resume: str | None, push: bool, widget: list
     record = training_record(args, model, lora_settings, push, reports, resume)
     if resume:
         check_resume_settings(resume, record, data_args.train_split)
+    # Build the Trainer and run it.
     trainer = OmniNegCLIPTrainer(
         model=trained_model,
         args=training_args,
@@ -451,7 +452,7 @@ def train_and_save(args: Arguments, resume: str | None, push: bool, widget: list
     train_result = trainer.train(resume_from_checkpoint=resume)
     # Every process evaluates: the loss gathers embeddings across them.
     metrics = trainer.evaluate() if "eval" in prepared else None
-
+    # Save (and push) the final checkpoint.
     save_outputs_atomically(args, trainer, processor, record, metrics, lora_settings, push, widget,
                             train_metrics=train_result.metrics)
     end_process_group()

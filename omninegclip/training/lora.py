@@ -12,7 +12,7 @@
   scalar either: `trainable_token_indices` is for embedding rows, `target_parameters` puts a
   low-rank update on 2-D/3-D weights). Unfrozen by hand, it would be missing from every checkpoint
   and from the adapter, so a resumed run and `PeftModel.from_pretrained` would silently use the
-  base value: `LOGIT_SCALE_WITH_LORA` is the error train.py raises instead.
+  base value: `LOGIT_SCALE_WITH_LORA` is the error `add_lora` raises instead.
 - `save_adapter(peft_model, folder, base_model_id)`: the adapter as `PeftModel.from_pretrained`
   reads it (adapter_config.json naming the base model, adapter_model.safetensors).
 - `push_adapter(folder, repo_id, ...)`: that folder to its own Hub repo, in one commit.
