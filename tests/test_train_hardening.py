@@ -39,7 +39,7 @@ from train_helpers import (  # noqa: F401  (single_thread: an autouse fixture)
     train_flags,
     weights,
 )
-from transformers import CLIPModel, CLIPProcessor, TrainerCallback
+from transformers import CLIPModel, TrainerCallback
 
 import modeling_omninegclip
 import train
@@ -396,6 +396,8 @@ def test_same_seed_same_weights_and_provenance_beside_every_checkpoint(tmp_path,
 
 
 def test_loaders_refuse_remote_code_explicitly(root, monkeypatch):
+    from transformers import CLIPProcessor
+
     seen = []
     for owner in (OmniNegCLIPModel, CLIPProcessor):
         real = owner.from_pretrained.__func__
