@@ -189,8 +189,9 @@ _BUILD = r"""
 {load}
 # The image phase: store_images now; the baseline read and decoded the images inside _write_split.
 timed(builder, "store_images" if hasattr(builder, "store_images") else "_write_split", "image_phase")
-for name, key in (("_read_source", "read_annotations"), ("build_from_source", "build_rows"), ("_negate_all", "negations"),
-                  ("quality_gate", "quality_gate"), ("over_context_length", "token_count")):
+# read_source: the source's reader as data_builder.py calls it (_read_source before it moved into omninegclip/building/inputs.py).
+for name, key in (("read_source", "read_annotations"), ("_read_source", "read_annotations"), ("build_from_source", "build_rows"),
+                  ("_negate_all", "negations"), ("quality_gate", "quality_gate"), ("over_context_length", "token_count")):
     if hasattr(builder, name):
         timed(builder, name, key)
 summary = builder.main(payload["argv"])

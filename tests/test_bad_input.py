@@ -38,6 +38,7 @@ from train_helpers import invoke_cli
 from transformers import CLIPModel, GPT2Config, GPT2LMHeadModel
 
 import data_builder
+from omninegclip.building import storage
 from omninegclip.common.cli import UserError, run_cli
 
 REPO = Path(__file__).resolve().parent.parent
@@ -259,7 +260,7 @@ def gradient_kept(out: Path) -> None:
     """The built dataset holds the 16-bit gradient as >= 200 grey levels in their order (not whitened)."""
     import numpy as np
 
-    built = data_builder.load_with_images(out)
+    built = storage.load_with_images(out)
     images = [image for split in built.values() for image in split["image"] if image.width == 256]
     assert len(images) == 1, len(images)
     row = np.asarray(images[0].convert("RGB"))[0, :, 0].tolist()

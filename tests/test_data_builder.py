@@ -15,6 +15,7 @@ from huggingface_hub import DatasetCard, HfApi
 from PIL import Image
 
 import data_builder
+from omninegclip.building import negation, quality, rewrite, storage, writing
 from omninegclip.building import parallel
 from omninegclip.building.cards import hub_dataset_card, render_dataset_card
 from omninegclip.building.vocabulary import find_mentions, mentions
@@ -59,7 +60,7 @@ def build(args: list[str], out: Path, *extra: str) -> dict:
 
 
 def rows_of(out: Path) -> dict[str, list[dict]]:
-    loaded = data_builder.load_with_images(out)
+    loaded = storage.load_with_images(out)
     return {split: list(loaded[split]) for split in loaded}  # iterating decodes the images
 
 
@@ -79,7 +80,7 @@ def test_coco_build_writes_contract_columns_and_valid_negations(tmp_path, coco_a
     by_image = {}
     for split, rows in rows_of(out).items():
         for row in rows:
-            assert split == data_builder.split_for(row["image_id"], None, 0.25, 0.25)
+            assert split == negation.split_for(row["image_id"], None, 0.25, 0.25)
             by_image[row["image_id"]] = row
     assert sorted(by_image) == ["1", "2", "3", "4", "5", "6", "7"]  # 8 is truncated
     for row in by_image.values():
@@ -103,9 +104,9 @@ def test_coco_build_writes_contract_columns_and_valid_negations(tmp_path, coco_a
     assert summary["images_converted_to_rgb"] == {"L": 1}
     assert summary["negations"] == {"both": 7}
     assert summary["quality_gate"]["passed"] and summary["quality_gate"]["total"]["presence"]["passed"] == 7
-    on_disk = json.loads((out / data_builder.SUMMARY_FILE).read_text())
+    on_disk = json.loads((out / writing.SUMMARY_FILE).read_text())
     assert on_disk["rows_out"] == summary["rows_out"] and len(on_disk["examples"]) == 3
-    card = DatasetCard((out / data_builder.CARD_FILE).read_text())
+    card = DatasetCard((out / writing.CARD_FILE).read_text())
     assert card.data.license == "cc-by-4.0" and "negation" in card.data.tags
 
 
@@ -124,7 +125,7 @@ def test_same_seed_same_bytes_and_another_seed_differs(tmp_path, coco_args):
 def test_overwrite_is_refused_then_atomic_and_a_failed_build_leaves_the_old_output(tmp_path, coco_args, monkeypatch):
     out = tmp_path / "out"
     build(coco_args, out, "--seed", "1")
-    before = (out / data_builder.SUMMARY_FILE).read_bytes()
+    before = (out / writing.SUMMARY_FILE).read_bytes()
     with pytest.raises(UserError, match="already exists; pass --overwrite"):
         build(coco_args, out)
     stale = tmp_path / ".out.building-999999999"  # left by a killed build (no such process)
@@ -136,11 +137,11 @@ def test_overwrite_is_refused_then_atomic_and_a_failed_build_leaves_the_old_outp
     monkeypatch.setattr(data_builder, "quality_gate", killed)
     with pytest.raises(KeyboardInterrupt):
         build(coco_args, out, "--overwrite", "--seed", "2")
-    assert (out / data_builder.SUMMARY_FILE).read_bytes() == before
+    assert (out / writing.SUMMARY_FILE).read_bytes() == before
     assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".out")] == []
     monkeypatch.undo()
     build(coco_args, out, "--overwrite", "--seed", "2")
-    assert json.loads((out / data_builder.SUMMARY_FILE).read_text())["arguments"]["seed"] == 2
+    assert json.loads((out / writing.SUMMARY_FILE).read_text())["arguments"]["seed"] == 2
     (tmp_path / "notmine").mkdir()
     (tmp_path / "notmine" / "precious.txt").write_text("x")
     with pytest.raises(UserError, match="only replaces a dataset this tool built"):
@@ -235,7 +236,7 @@ def test_llm_rewriter_outputs_are_gated_and_fallbacks_counted(tmp_path, coco_arg
         obj = prompt.rsplit("Object: ", 1)[1].split("\n")[0]
         return f"{caption}, and no {obj} anywhere" if "Add to the image caption" in prompt else caption  # presence: unchanged
 
-    monkeypatch.setattr(data_builder.LLMRewriter, "from_pretrained", classmethod(lambda cls, model_id: cls(fake_model, f"llm:{model_id}")))
+    monkeypatch.setattr(rewrite.LLMRewriter, "from_pretrained", classmethod(lambda cls, model_id: cls(fake_model, f"llm:{model_id}")))
     summary = build(coco_args, tmp_path / "out", "--rewriter_model", "tiny-lm")
     assert summary["rewrites"]["absence"] == {"llm:tiny-lm": 7}
     assert "llm:tiny-lm" not in summary["rewrites"]["presence"]
@@ -272,7 +273,7 @@ def test_dataset_card_parses_and_push_is_called(tmp_path, coco_args, monkeypatch
     # The card goes first: DatasetDict.push_to_hub then writes its dataset_info into it (tests/test_hub_cards.py pushes for real).
     assert pushed == [("repo", "me/coco-neg", "dataset"), ("card", "me/coco-neg", "dataset", "cc-by-4.0", "data/train-*"),
                       ("data", "me/coco-neg", ["test", "train", "validation"])]
-    local = DatasetCard((tmp_path / "out" / data_builder.CARD_FILE).read_text())  # the folder's own card: its Arrow files, paths
+    local = DatasetCard((tmp_path / "out" / writing.CARD_FILE).read_text())  # the folder's own card: its Arrow files, paths
     assert local.data.configs[0]["data_files"][0]["path"] == "train/data-*.arrow"
     assert local.data.dataset_info["features"][0] == {"name": "image", "dtype": "string"}
 
@@ -329,11 +330,11 @@ def test_summary_records_provenance_and_every_row_is_accounted_for(tmp_path, coc
     made_by = summary["provenance"]
     assert made_by["seed"] == 7 and made_by["libraries"]["datasets"] == datasets.__version__
     assert made_by["libraries"]["transformers"] and "git_commit" in made_by
-    on_disk = json.loads((tmp_path / "out" / data_builder.SUMMARY_FILE).read_text())
+    on_disk = json.loads((tmp_path / "out" / writing.SUMMARY_FILE).read_text())
     assert on_disk["provenance"] == json.loads(json.dumps(made_by))
     row_skips = sum(count for reason, count in summary["skips"].items() if reason.startswith("row:"))
     assert summary["rows_in"] == sum(summary["rows_out"].values()) + row_skips == 8
-    card = (tmp_path / "out" / data_builder.CARD_FILE).read_text()
+    card = (tmp_path / "out" / writing.CARD_FILE).read_text()
     assert "## Provenance" in card and f"datasets {datasets.__version__}" in card and "Seed 7" in card
 
 
@@ -368,7 +369,7 @@ def test_negations_the_text_encoder_would_not_see_are_refused_and_long_texts_cou
     ])
     summary = build(["captions", "--dataset", str(data)], tmp_path / "out", "--validation_fraction", "0", "--test_fraction", "0")
     rows = {row["caption"][:7]: row for row in rows_of(tmp_path / "out")["train"]}
-    window = data_builder.TokenWindow()
+    window = negation.TokenWindow()
     first = rows["a couch"]
     assert first["negated_object"] == "couch" and window.negation_visible(first["caption"], first["presence_negated"], "couch")
     second = rows["a room "]
@@ -397,13 +398,13 @@ def test_each_image_is_stored_once_whatever_the_captions_and_training_reads_the_
     rows = loaded["train"]
     ids = set(rows["image_id"])
     assert len(rows) > len(ids) == 6  # several captions of each image kept
-    files = sorted(path for path in (out / data_builder.IMAGES_FOLDER).rglob("*") if path.is_file())
+    files = sorted(path for path in (out / storage.IMAGES_FOLDER).rglob("*") if path.is_file())
     assert len(files) == len(ids) == summary["images"]["files"]
     originals = {path.name: path.read_bytes() for path in Path(fixture.images_dir).iterdir()}
     # Stored as they came (no re-encoding), once: the bytes on disk are the input's, whatever the row count.
     assert sorted(file.read_bytes() for file in files) == sorted(originals.values())
     assert summary["images"]["bytes_written"] == summary["images"]["bytes_read"] == fixture.image_bytes
-    others = [path for path in out.rglob("*") if path.is_file() and data_builder.IMAGES_FOLDER not in path.relative_to(out).parts]
+    others = [path for path in out.rglob("*") if path.is_file() and storage.IMAGES_FOLDER not in path.relative_to(out).parts]
     assert sum(path.stat().st_size for path in others) < fixture.image_bytes / 10
     assert not any(image[600:700] in path.read_bytes() for path in others for image in originals.values())
     for row in rows.select_columns(["image", "image_id"]):
@@ -415,9 +416,9 @@ def test_each_image_is_stored_once_whatever_the_captions_and_training_reads_the_
     assert report.kept == len(rows) and not report.skipped and len(prepared) == len(rows)
     assert len(prepared.images) == len(ids)  # rows of one image share it: each is decoded once
     first = prepared.images.read([0])[0]
-    assert Path(first).is_file() and (out / data_builder.IMAGES_FOLDER).resolve() in Path(first).parents
+    assert Path(first).is_file() and (out / storage.IMAGES_FOLDER).resolve() in Path(first).parents
     # load_with_images gives the decoded column (what --push_to_hub uploads); load_dataset reads the folder too.
-    assert data_builder.load_with_images(out)["train"][0]["image"].mode == "RGB"
+    assert storage.load_with_images(out)["train"][0]["image"].mode == "RGB"
     assert datasets.load_dataset(str(out), cache_dir=str(tmp_path / "hf"))["train"]["image"] == rows["image"]
 
 
@@ -433,23 +434,23 @@ def _jpeg(seed: int, size=(64, 48)) -> bytes:
 
 def test_the_cheap_image_check_still_catches_truncated_and_corrupt_jpegs():
     good = _jpeg(0)
-    assert data_builder._checked_image(good) == (good, ".jpg", None)  # stored as it came
+    assert storage._checked_image(good) == (good, ".jpg", None)  # stored as it came
     for broken in (good[: len(good) // 2], good[:-2], good[:300] + bytes(len(good) - 300)):
-        with pytest.raises(data_builder._BROKEN_IMAGE):
-            data_builder._checked_image(broken)
+        with pytest.raises(storage._BROKEN_IMAGE):
+            storage._checked_image(broken)
     grey = Image.new("L", (8, 8), 90)
     import io
 
     buffer = io.BytesIO()
     grey.save(buffer, format="JPEG")
-    stored, extension, mode = data_builder._checked_image(buffer.getvalue())
+    stored, extension, mode = storage._checked_image(buffer.getvalue())
     assert (extension, mode) == (".png", "L") and Image.open(io.BytesIO(stored)).mode == "RGB"
 
 
 def test_parallel_image_storage_gives_the_same_files_and_counts(tmp_path):
     from omninegclip.building.sources import ImageRef
 
-    count = 2 * data_builder.MIN_IMAGES_PER_WORKER + 3
+    count = 2 * storage.MIN_IMAGES_PER_WORKER + 3
     (tmp_path / "in").mkdir()
     jobs = []
     for index in range(count):
@@ -457,8 +458,8 @@ def test_parallel_image_storage_gives_the_same_files_and_counts(tmp_path):
         data = _jpeg(index, (16, 16))
         path.write_bytes(data if index % 7 else data[: len(data) // 2])  # every 7th truncated
         jobs.append((ImageRef(path.name, path if index != 5 else tmp_path / "in" / "gone.jpg"), f"images/{index % 3}/{index}"))
-    serial = data_builder.store_images(jobs, tmp_path / "serial", num_proc=1)
-    parallel = data_builder.store_images(jobs, tmp_path / "parallel", num_proc=2)
+    serial = storage.store_images(jobs, tmp_path / "serial", num_proc=1)
+    parallel = storage.store_images(jobs, tmp_path / "parallel", num_proc=2)
     assert serial == parallel
     assert [result.reason for result in serial].count("corrupt_image") == len(range(0, count, 7))
     assert serial[5].reason == "missing_image" and serial[1].path == "images/1/1.jpg"
@@ -473,8 +474,8 @@ def test_a_build_in_worker_processes_writes_the_same_bytes_as_one_in_a_single_pr
     args = ["coco", "--captions", fixture.captions_file, "--instances", fixture.instances_file, "--images", fixture.images_dir,
             "--captions_per_image", "0"]
     monkeypatch.setattr(data_builder, "NEGATION_CHUNK", 3)  # 30 rows: 10 chunks, so that 2 workers negate them
-    monkeypatch.setattr(data_builder, "MIN_IMAGES_PER_WORKER", 2)  # and 2 workers store the 6 images
-    monkeypatch.setattr(data_builder, "GATE_BATCH", 3)  # and check the rows
+    monkeypatch.setattr(storage, "MIN_IMAGES_PER_WORKER", 2)  # and 2 workers store the 6 images
+    monkeypatch.setattr(quality, "GATE_BATCH", 3)  # and check the rows
     workers = []
     real_pool = parallel.multiprocessing.get_context("fork").Pool
     monkeypatch.setattr(parallel.multiprocessing, "get_context", lambda method: types.SimpleNamespace(

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import data_builder
+from omninegclip.building import negation
 from omninegclip.building.rewrite import absence_negate, absence_problem, presence_negate, presence_problem
 from omninegclip.building.sources import (
     ImageRef,
@@ -94,7 +95,7 @@ def test_a_cached_download_is_always_named_inside_the_cache(url, tmp_path):
 
 @pytest.fixture(scope="module")
 def window():
-    return data_builder.TokenWindow()
+    return negation.TokenWindow()
 
 
 @FEW
@@ -179,7 +180,7 @@ def test_builder_writes_or_counts_every_row_and_every_negation_passes_the_gate(t
                         present_objects=tuple(objects), source_index=index) for index, (caption, objects, kind) in enumerate(rows)]
     source = Source(name="fuzz", description="", license="other", items=items, object_sets=[item.present_objects for item in items],
                     exhaustive_objects=exhaustive, files=["fuzz"])
-    options = data_builder.BuildOptions(seed=seed, progress=False)
+    options = negation.BuildOptions(seed=seed, progress=False)
     try:
         dataset_dict, summary = data_builder.build_from_source(source, options, tmp_path_factory.mktemp("cache"))
     except UserError as error:

@@ -27,6 +27,7 @@ from train_helpers import color_rows, run_command, save_dataset, save_tiny_clip,
 from transformers import CLIPModel
 
 import data_builder
+from omninegclip.building import writing
 import eval.__main__ as eval_cli
 import omninegclip.training.model_card as model_card
 import train
@@ -241,7 +242,7 @@ def test_world_dataset_card_and_pushed_layout_load(tiny_default, tmp_path, monke
     assert {name: len(part) for name, part in from_folder.items()} == {name: len(part) for name, part in on_disk.items()}
 
     hub = FakeDatasetHub(tmp_path / "hub", monkeypatch)
-    data_builder.push_to_hub(world, "omninegclip-world", (world / "README.md").read_text())
+    writing.push_to_hub(world, "omninegclip-world", (world / "README.md").read_text())
     repo_id = f"{USER}/omninegclip-world"
     assert [commit[0] for commit in hub.commits] == [repo_id, repo_id]
     assert hub.commits[0][2] == ["README.md"]  # the card first, then the data (and datasets' update of the card)

@@ -21,8 +21,10 @@ from transformers.models.clip.image_processing_pil_clip import CLIPImageProcesso
 import train
 from bench.coco_fixture import jpeg_of
 from omninegclip.training import images as images_module
+from omninegclip.training import prepare
 from omninegclip.training.data import CaptionColumns, prepare_dataset
 from omninegclip.training.images import ImageRefs, ImageTransform, image_pass
+from omninegclip.training.trainer import OmniNegCLIPTrainer
 
 # The draft-mode JPEG path's mean distance from the image processor's pixel values (normalised
 # units, where the values span about 4): measured 0.011-0.026 on generated photo-like 640x480 and
@@ -209,17 +211,17 @@ def test_train_embeds_on_its_device_in_its_precision_before_the_trainer_exists(t
     model_dir = save_tiny_clip(tmp_path / "clip", processor)
     data = save_dataset(tmp_path / "data", color_rows(8))
     calls = []
-    real = train.image_pass
+    real = prepare.image_pass
 
     def recording(refs, transform, **kwargs):
         model = kwargs["model"]
         calls.append((kwargs["device"], kwargs["autocast_dtype"], next(model.parameters()).device))
         return real(refs, transform, **kwargs)
 
-    monkeypatch.setattr(train, "image_pass", recording)
+    monkeypatch.setattr(prepare, "image_pass", recording)
     args = train.parse_args(train_flags(model_dir, data, tmp_path / "out", bf16="true", use_cpu="true"))
     model, loaded_processor = train.load_model(args.model)
-    train.prepare_splits(args, loaded_processor, model)
+    prepare.prepare_splits(args, loaded_processor, model)
     ((device, precision, model_device),) = calls  # called by prepare_splits: no Trainer exists yet
     assert device == args.training.device and model_device.type == args.training.device.type
     assert precision == torch.bfloat16
@@ -238,7 +240,7 @@ def test_preparation_writes_no_copy_of_the_images(tmp_path, processor):
     args = train.parse_args(train_flags(model_dir, tmp_path / "presence", tmp_path / "runs" / "out",
                                         mix_dataset_name=tmp_path / "absence"))
     model, loaded_processor = train.load_model(args.model)
-    tables, packed, _, reports = train.prepare_splits(args, loaded_processor, model)
+    tables, packed, _, reports = prepare.prepare_splits(args, loaded_processor, model)
     written = [path for path in tmp_path.rglob("*") if path.is_file() and before.get(path) != path.stat().st_size]
     image_bytes = sum(len(data) for data in pictures + more)
     assert written and all(path.parent == Path(args.data.image_embedding_cache_dir) for path in written)
@@ -258,13 +260,13 @@ def test_the_nan_check_syncs_once_per_check_interval_not_every_step(tmp_path, pr
     model_dir = save_tiny_clip(tmp_path / "clip", processor)
     data = save_dataset(tmp_path / "data", color_rows(8))
     checks = []
-    real = train.OmniNegCLIPTrainer.check_finite
+    real = OmniNegCLIPTrainer.check_finite
 
     def counting(self, model):
         checks.append((self.state.global_step, len(self._unchecked)))
         return real(self, model)
 
-    monkeypatch.setattr(train.OmniNegCLIPTrainer, "check_finite", counting)
+    monkeypatch.setattr(OmniNegCLIPTrainer, "check_finite", counting)
     train.main(train_flags(model_dir, data, tmp_path / "out", max_steps=6, nan_check_steps=4, logging_steps=100,
                            per_device_train_batch_size=4))
     assert checks == [(4, 4), (6, 2)]  # steps 1-4 checked together, then 5-6 as training stops

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 import data_builder
+from omninegclip.building import writing
+from omninegclip.common.cli import UserError
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL_WORLD = ["--num_train", "4", "--num_validation", "1", "--num_test", "1", "--image_size", "16", "--no_progress"]
@@ -88,7 +90,7 @@ def test_kill_while_writing_keeps_the_previous_output_and_the_next_build_cleans_
     assert leftovers(out) == [tmp_path / f".world.building-{process.pid}"]
     data_builder.main(["shapes", "--out", str(out), "--overwrite", "--seed", "2", *SMALL_WORLD])
     assert leftovers(out) == []
-    assert snapshot(out) != before and (out / data_builder.SUMMARY_FILE).is_file()
+    assert snapshot(out) != before and (out / writing.SUMMARY_FILE).is_file()
 
 
 def test_kill_of_a_real_build_midway(tmp_path, previous):
@@ -105,7 +107,7 @@ def test_kill_of_a_real_build_midway(tmp_path, previous):
             process.kill()
     assert snapshot(out) == before
     assert [folder.name for folder in leftovers(out)] == [f".world.building-{process.pid}"]
-    with pytest.raises(data_builder.UserError, match="already exists; pass --overwrite"):
+    with pytest.raises(UserError, match="already exists; pass --overwrite"):
         data_builder.main(["shapes", "--out", str(out), *SMALL_WORLD])  # the output is still there
     assert leftovers(out) == []  # ... and the failed attempt already removed the leftovers
 
@@ -116,7 +118,7 @@ def test_a_build_killed_between_its_final_renames_gets_its_previous_output_back(
     stale.mkdir()
     out.rename(stale / "previous")  # the state after `out -> previous`, before `staging -> out`
     (stale / "output").mkdir()
-    assert data_builder.recover_interrupted_builds(out) == [stale]
+    assert writing.recover_interrupted_builds(out) == [stale]
     assert snapshot(out) == before and leftovers(out) == []
 
 
@@ -126,9 +128,9 @@ def test_leftovers_of_a_running_build_are_not_touched(tmp_path, previous):
     try:
         running = tmp_path / f".world.building-{sleeper.pid}"
         (running / "scratch").mkdir(parents=True)
-        assert data_builder.recover_interrupted_builds(out) == []
+        assert writing.recover_interrupted_builds(out) == []
         assert running.is_dir()
     finally:
         sleeper.kill()
         sleeper.wait()
-    assert data_builder.recover_interrupted_builds(out) == [running] and not running.exists()
+    assert writing.recover_interrupted_builds(out) == [running] and not running.exists()

@@ -22,7 +22,7 @@ import omninegclip.training.lora as lora
 import omninegclip.training.model_card as model_card
 import train
 from modeling_omninegclip import OmniNegCLIPModel
-from omninegclip.common.cli import run_cli
+from omninegclip.common.cli import UserError, run_cli
 
 ATTENTION = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj"}
 MLP = {"mlp.fc1", "mlp.fc2"}
@@ -43,9 +43,9 @@ def adapted_modules(peft_model) -> set[tuple[str, int, str]]:
 @pytest.mark.parametrize("target, layers", [("attention", ATTENTION), ("mlp", MLP), ("all", ATTENTION | MLP)])
 def test_adapters_sit_only_on_the_chosen_text_blocks(target, layers):
     model = OmniNegCLIPModel(tiny_clip_config())  # the vision tower has encoder.layers.0/1 too
-    lora = train.LoraArguments(lora_r=4, lora_target=target)
+    lora_args = train.LoraArguments(lora_r=4, lora_target=target)
     trainable = train.OmniNegArguments(text_blocks="0,2").trainable_config(lora=True)
-    peft_model, settings = train.add_lora(model, trainable, lora)
+    peft_model, settings = lora.add_lora(model, trainable, lora_args)
     assert adapted_modules(peft_model) == {("text_model", block, layer) for block in (0, 2) for layer in layers}
     assert settings["text_blocks"] == [0, 2] and settings["r"] == 4 and settings["alpha"] == 8.0
     trainable = {name for name, param in peft_model.named_parameters() if param.requires_grad}
@@ -56,7 +56,7 @@ def test_adapters_sit_only_on_the_chosen_text_blocks(target, layers):
 def test_lora_extras_train_through_modules_to_save_and_the_logit_scale_is_refused():
     model = OmniNegCLIPModel(tiny_clip_config())
     omni = train.OmniNegArguments(front_blocks=1, train_text_projection=True, train_position_embedding=True)
-    peft_model, settings = train.add_lora(model, omni.trainable_config(lora=True), train.LoraArguments(lora_r=2))
+    peft_model, settings = lora.add_lora(model, omni.trainable_config(lora=True), train.LoraArguments(lora_r=2))
     assert peft_model.peft_config["default"].modules_to_save == ["text_model.embeddings.position_embedding", "text_projection"]
     assert settings["modules_to_save"] == ["text_model.embeddings.position_embedding", "text_projection"]
     extras = {name for name, param in peft_model.named_parameters() if param.requires_grad and ".lora_" not in name}
@@ -64,14 +64,14 @@ def test_lora_extras_train_through_modules_to_save_and_the_logit_scale_is_refuse
     assert extras == {"base_model.model.text_model.embeddings.position_embedding.modules_to_save.default.weight",
                       "base_model.model.text_projection.modules_to_save.default.weight"}
     omni = train.OmniNegArguments(front_blocks=1, train_vision_tower=True)
-    peft_model, settings = train.add_lora(OmniNegCLIPModel(tiny_clip_config()), omni.trainable_config(lora=True), train.LoraArguments(lora_r=2))
+    peft_model, settings = lora.add_lora(OmniNegCLIPModel(tiny_clip_config()), omni.trainable_config(lora=True), train.LoraArguments(lora_r=2))
     assert settings["modules_to_save"] == ["vision_model", "visual_projection"]
     vision = {name for name, param in peft_model.named_parameters() if param.requires_grad and ".lora_" not in name}
     assert "base_model.model.vision_model.modules_to_save.default.embeddings.patch_embedding.weight" in vision
     assert all(".modules_to_save.default." in name for name in vision)
     omni = train.OmniNegArguments(front_blocks=1, train_logit_scale=True)
-    with pytest.raises(train.UserError, match="--train_logit_scale does not work with --lora_r: .*bare parameter"):
-        train.add_lora(OmniNegCLIPModel(tiny_clip_config()), omni.trainable_config(lora=True), train.LoraArguments(lora_r=2))
+    with pytest.raises(UserError, match="--train_logit_scale does not work with --lora_r: .*bare parameter"):
+        lora.add_lora(OmniNegCLIPModel(tiny_clip_config()), omni.trainable_config(lora=True), train.LoraArguments(lora_r=2))
 
 
 class ProbeOutputs(TrainerCallback):

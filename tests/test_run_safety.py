@@ -10,6 +10,9 @@ import pytest
 
 import train
 from omninegclip.common.cli import UserError
+from omninegclip.training import saving
+from omninegclip.training.checkpoints import PROVENANCE_FILE, TRAINER_STATE_FILE, check_output_and_resume
+from omninegclip.training.trainer import check_training_steps
 
 
 def _trainer(rows: int, per_device: int, processes: int = 1, accumulation: int = 1, drop_last: bool = True,
@@ -21,7 +24,7 @@ def _trainer(rows: int, per_device: int, processes: int = 1, accumulation: int =
 
 def test_zero_steps_under_several_processes_names_rows_global_batch_and_forced_drop_last():
     with pytest.raises(UserError) as error:
-        train.check_training_steps(_trainer(rows=20, per_device=16, processes=2, accumulation=2))
+        check_training_steps(_trainer(rows=20, per_device=16, processes=2, accumulation=2))
     message = str(error.value)
     assert "20 training rows, a global batch of 32 rows per forward pass (--per_device_train_batch_size 16 x 2 process(es))" in message
     assert "64 per optimiser step (x --gradient_accumulation_steps 2)" in message
@@ -29,11 +32,11 @@ def test_zero_steps_under_several_processes_names_rows_global_batch_and_forced_d
 
 
 def test_steps_counted_like_the_trainer():
-    assert train.check_training_steps(_trainer(rows=20, per_device=8, processes=2, epochs=3)) == 3  # one batch per epoch
-    assert train.check_training_steps(_trainer(rows=20, per_device=4, drop_last=False, accumulation=2, epochs=1)) == 3  # 5 batches
-    assert train.check_training_steps(_trainer(rows=20, per_device=64, drop_last=False, max_steps=7)) == 7  # one short batch
+    assert check_training_steps(_trainer(rows=20, per_device=8, processes=2, epochs=3)) == 3  # one batch per epoch
+    assert check_training_steps(_trainer(rows=20, per_device=4, drop_last=False, accumulation=2, epochs=1)) == 3  # 5 batches
+    assert check_training_steps(_trainer(rows=20, per_device=64, drop_last=False, max_steps=7)) == 7  # one short batch
     with pytest.raises(UserError, match="--num_train_epochs 0.0"):
-        train.check_training_steps(_trainer(rows=20, per_device=4, epochs=0.0))
+        check_training_steps(_trainer(rows=20, per_device=4, epochs=0.0))
 
 
 def test_read_only_output_dir_is_refused_before_any_work(tmp_path, monkeypatch):
@@ -70,15 +73,15 @@ def test_resuming_into_its_own_non_empty_folder_is_allowed(tmp_path):
     from transformers import TrainingArguments
 
     (tmp_path / "checkpoint-2").mkdir()
-    (tmp_path / "checkpoint-2" / train.TRAINER_STATE_FILE).write_text("{}")
+    (tmp_path / "checkpoint-2" / TRAINER_STATE_FILE).write_text("{}")
     args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True, resume_from_checkpoint="latest")
-    assert train.check_output_and_resume(args) == str(tmp_path / "checkpoint-2")
+    assert check_output_and_resume(args) == str(tmp_path / "checkpoint-2")
     args.resume_from_checkpoint = str(tmp_path.parent)  # a checkpoint elsewhere would mix two runs in this folder
     with pytest.raises(UserError, match="is not empty"):
-        train.check_output_and_resume(args)
+        check_output_and_resume(args)
     args.resume_from_checkpoint = None
     with pytest.raises(UserError, match="does not resume a checkpoint of it: pass --resume_from_checkpoint latest to continue the run saved there, --overwrite_output_dir"):
-        train.check_output_and_resume(args)
+        check_output_and_resume(args)
 
 
 # ---------------------------------------------------------------------------------------- image modes
@@ -188,7 +191,7 @@ def test_ctrl_c_in_train_exits_130_saying_what_was_kept_and_releases_the_lock(tm
 
     def interrupted(*args):
         (out / "checkpoint-2").mkdir()
-        (out / "checkpoint-2" / train.TRAINER_STATE_FILE).write_text("{}")
+        (out / "checkpoint-2" / TRAINER_STATE_FILE).write_text("{}")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(train, "train_and_save", interrupted)
@@ -209,7 +212,7 @@ def test_ctrl_c_in_data_builder_and_eval_exits_130_with_one_line(monkeypatch, ca
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(data_builder, "_build_shapes", interrupt)
+    monkeypatch.setattr(data_builder, "build_shapes", interrupt)
     code, output = invoke_cli("data_builder", ["shapes", "--out", str(tmp_path / "built"), "--no_progress"], capsys, caplog)
     assert code == 130 and output.strip() == f"interrupted: {data_builder.INTERRUPTED_HINT}"
     assert not (tmp_path / "built").exists()
@@ -299,20 +302,20 @@ def test_a_failed_final_save_leaves_no_loadable_half_model(tmp_path, processor, 
 
     from train_helpers import color_rows, invoke_cli, save_dataset, save_tiny_clip, train_flags
 
-    real_write = train.write_provenance
+    real_write = saving.write_provenance
 
     def full_disk(folder, record):
-        if folder.name == train.FINAL_STAGING:
-            raise OSError(errno.ENOSPC, "No space left on device", str(folder / train.PROVENANCE_FILE))
+        if folder.name == saving.FINAL_STAGING:
+            raise OSError(errno.ENOSPC, "No space left on device", str(folder / PROVENANCE_FILE))
         return real_write(folder, record)
 
-    monkeypatch.setattr(train, "write_provenance", full_disk)
+    monkeypatch.setattr(saving, "write_provenance", full_disk)
     out = tmp_path / "run"
     flags = train_flags(save_tiny_clip(tmp_path / "clip", processor), save_dataset(tmp_path / "data", color_rows(8)), out)
     code, output = invoke_cli("train", flags, capsys, caplog)
     assert code == 2 and "Traceback" not in output and "training_provenance.json: No space left on device" in output
     assert sorted(path.name for path in out.iterdir()) == []  # no config.json or weights of a half-saved model, no staging left
-    monkeypatch.setattr(train, "write_provenance", real_write)
+    monkeypatch.setattr(saving, "write_provenance", real_write)
     code, output = invoke_cli("train", flags, capsys, caplog)  # the same command again: the folder is empty, so it runs
     assert code == 0 and {"config.json", "model.safetensors", "README.md"} <= {path.name for path in out.iterdir()}
-    assert not (out / train.FINAL_STAGING).exists()
+    assert not (out / saving.FINAL_STAGING).exists()

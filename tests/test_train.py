@@ -19,6 +19,7 @@ from transformers import CLIPConfig, CLIPModel, TrainerCallback, pipeline
 import train
 from modeling_omninegclip import LOGIT_SCALE_MAX, LOSS_TERM_NAMES, OmniNegCLIPModel, TrainableConfig, apply_trainable
 from omninegclip.common.cli import run_cli
+from omninegclip.training.callbacks import unwrap
 from omninegclip.training.data import OmniNegCollator
 
 
@@ -79,7 +80,7 @@ class LogitScaleRecorder(TrainerCallback):
         self.values = []
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        self.values.append(float(train.unwrap(model).logit_scale.detach()))
+        self.values.append(float(unwrap(model).logit_scale.detach()))
 
 
 def test_logit_scale_is_clamped_after_every_optimizer_step(workspace, tmp_path, processor, monkeypatch):

@@ -30,10 +30,12 @@ from transformers import CLIPModel, TrainerCallback
 
 import modeling_omninegclip
 import train
+from modeling_omninegclip import OmniNegCLIPModel
 from omninegclip.common.cli import run_cli
 from omninegclip.common.provenance import provenance
 from omninegclip.training.data import CaptionColumns, SourceReport, prepare_dataset
 from omninegclip.training.images import ImageTransform, image_pass
+from omninegclip.training.trainer import NonFiniteLossError, OmniNegCLIPTrainer
 
 LONG = "a red square " + "and a long winding description of the room around it " * 10 + "on a table"
 FEATURES = datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string"),
@@ -262,14 +264,14 @@ class CrashAt(TrainerCallback):
 
 def recording_rows(monkeypatch) -> list[list[int]]:
     seen = []
-    real = train.OmniNegCLIPTrainer.compute_loss
+    real = OmniNegCLIPTrainer.compute_loss
 
     def compute_loss(self, model, inputs, *args, **kwargs):
         if model.training:
             seen.append(inputs["row_ids"].tolist())
         return real(self, model, inputs, *args, **kwargs)
 
-    monkeypatch.setattr(train.OmniNegCLIPTrainer, "compute_loss", compute_loss)
+    monkeypatch.setattr(OmniNegCLIPTrainer, "compute_loss", compute_loss)
     return seen
 
 
@@ -349,7 +351,7 @@ def test_a_loss_that_becomes_inf_stops_cleanly_and_keeps_the_last_good_checkpoin
     assert json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] == 2
 
     calls.clear()
-    with pytest.raises(train.NonFiniteLossError):  # the same error, as an exception, for library callers
+    with pytest.raises(NonFiniteLossError):  # the same error, as an exception, for library callers
         train.main(train_flags(model, data, tmp_path / "again", max_steps=6, per_device_train_batch_size=4))
 
 
@@ -381,8 +383,10 @@ def test_same_seed_same_weights_and_provenance_beside_every_checkpoint(tmp_path,
 
 
 def test_loaders_refuse_remote_code_explicitly(root, monkeypatch):
+    from transformers import CLIPProcessor
+
     seen = []
-    for owner in (train.OmniNegCLIPModel, train.CLIPProcessor):
+    for owner in (OmniNegCLIPModel, CLIPProcessor):
         real = owner.from_pretrained.__func__
 
         def spy(cls, *args, _real=real, **kwargs):

@@ -105,12 +105,12 @@ def load_pretrained_checked(cls, source, what: str, **kwargs):
     try:
         model, info = cls.from_pretrained(source, output_loading_info=True, trust_remote_code=False, **kwargs)
     except SafetensorError as error:
-        raise UserError(f"{what}: {_weights_file(source)} cannot be read ({_first_line(error)}): the file is truncated or "
+        raise UserError(f"{what}: {_weights_file(source)} cannot be read ({first_line(error)}): the file is truncated or "
                         f"corrupt; copy or download it again") from None
     except (RuntimeError, ValueError) as error:
         if "size mismatch" not in str(error) and "shape" not in str(error):
             raise
-        raise UserError(f"{what}: {_weights_file(source)} does not fit its config.json ({_first_line(error)})") from None
+        raise UserError(f"{what}: {_weights_file(source)} does not fit its config.json ({first_line(error)})") from None
     problems = [f"{label}: {_key_list(info.get(key) or ())}" for key, label in (
         ("missing_keys", "missing from the weights (they would stay random)"),
         ("unexpected_keys", "in the weights but not in the config (they would be ignored)"),
@@ -122,7 +122,7 @@ def load_pretrained_checked(cls, source, what: str, **kwargs):
     return model
 
 
-def _first_line(error: Exception) -> str:
+def first_line(error: Exception) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
 

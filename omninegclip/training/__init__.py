@@ -1,1 +1,3 @@
-"""What `train.py` uses: preparing rows and batches, image preprocessing, LoRA and model cards."""
+"""What `train.py` uses: its flags' rules (`arguments`), the model and data made ready (`prepare`,
+`data`, `images`, `lora`), the Trainer (`trainer`, `callbacks`), the output folder (`checkpoints`,
+`saving`) and model cards."""

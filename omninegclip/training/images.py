@@ -325,6 +325,22 @@ def _save_cached(path: Path, result: ImagePass) -> None:
     os.replace(partial, path)
 
 
+def _decode_loader(refs: ImageRefs, transform: ImageTransform | None, batch_size: int, num_workers: int | None,
+                   device: torch.device | None) -> torch.utils.data.DataLoader:
+    """The DataLoader whose worker processes decode (and, with a `transform`, preprocess) the images."""
+    requested = default_workers() if num_workers is None else num_workers
+    # Workers decode small chunks (each worker one chunk at a time), the tower embeds `batch_size`
+    # images at once: with one batch per worker, a few large batches would leave most workers idle.
+    chunk = max(1, min(DECODE_CHUNK, batch_size, -(-len(refs) // max(requested, 1))))
+    chunks = -(-len(refs) // chunk)
+    workers = min(requested, chunks) if chunks > 1 else 0
+    decoded = _Decoded(refs, transform)
+    return torch.utils.data.DataLoader(
+        decoded, batch_size=chunk, num_workers=workers,
+        collate_fn=decoded.collate, pin_memory=device is not None and device.type == "cuda",
+    )
+
+
 @torch.no_grad()
 def image_pass(
     refs: ImageRefs,
@@ -349,17 +365,7 @@ def image_pass(
             logger.info("%s: reusing %s (no image decoded)", desc, path)
             return _load_cached(path)
     device = torch.device(device) if device is not None else (next(model.parameters()).device if model is not None else None)
-    requested = default_workers() if num_workers is None else num_workers
-    # Workers decode small chunks (each worker one chunk at a time), the tower embeds `batch_size`
-    # images at once: with one batch per worker, a few large batches would leave most workers idle.
-    chunk = max(1, min(DECODE_CHUNK, batch_size, -(-len(refs) // max(requested, 1))))
-    chunks = -(-len(refs) // chunk)
-    workers = min(requested, chunks) if chunks > 1 else 0
-    decoded = _Decoded(refs, transform if model is not None else None)
-    loader = torch.utils.data.DataLoader(
-        decoded, batch_size=chunk, num_workers=workers,
-        collate_fn=decoded.collate, pin_memory=device is not None and device.type == "cuda",
-    )
+    loader = _decode_loader(refs, transform if model is not None else None, batch_size, num_workers, device)
     embeds, unreadable, pending = None, {}, []
     autocast = (torch.autocast(device.type, dtype=autocast_dtype) if model is not None and autocast_dtype is not None
                 else contextlib.nullcontext())

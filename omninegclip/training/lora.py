@@ -1,5 +1,7 @@
-"""LoRA through PEFT as PEFT users expect it: what trains besides the adapters, and the adapter folder.
+"""LoRA through PEFT as PEFT users expect it: the adapters, what trains besides them, and the adapter folder.
 
+- `add_lora(model, trainable, lora_args)`: the model wrapped by PEFT with adapters on the chosen
+  text blocks only (`lora_target_regex`: `--lora_target` attention | mlp | all of those blocks).
 - `modules_to_save(trainable)`: the extra parts a `TrainableConfig` asks to train (token and position
   embeddings, final layer norm, text projection, image tower) as PEFT `modules_to_save` names. PEFT
   then trains a copy of each, saves it with the adapters in every checkpoint-* folder and loads it
@@ -10,7 +12,7 @@
   scalar either: `trainable_token_indices` is for embedding rows, `target_parameters` puts a
   low-rank update on 2-D/3-D weights). Unfrozen by hand, it would be missing from every checkpoint
   and from the adapter, so a resumed run and `PeftModel.from_pretrained` would silently use the
-  base value: `LOGIT_SCALE_WITH_LORA` is the error train.py raises instead.
+  base value: `LOGIT_SCALE_WITH_LORA` is the error `add_lora` raises instead.
 - `save_adapter(peft_model, folder, base_model_id)`: the adapter as `PeftModel.from_pretrained`
   reads it (adapter_config.json naming the base model, adapter_model.safetensors).
 - `push_adapter(folder, repo_id, ...)`: that folder to its own Hub repo, in one commit.
@@ -19,17 +21,28 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from huggingface_hub import create_repo, upload_folder
 
+from modeling_omninegclip import resolve_text_blocks
+from omninegclip.common.cli import UserError
+
 if TYPE_CHECKING:
-    from modeling_omninegclip import TrainableConfig
+    from modeling_omninegclip import OmniNegCLIPModel, TrainableConfig
+    from train import LoraArguments  # train.py's --lora_* flags
 
 logger = logging.getLogger(__name__)
 
 ADAPTER_DIR = "adapter"
+# --lora_target -> the linear layers of a text block that get adapters
+LORA_TARGET_MODULES = {
+    "attention": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj"),
+    "mlp": ("mlp.fc1", "mlp.fc2"),
+}
+LORA_TARGET_MODULES["all"] = LORA_TARGET_MODULES["attention"] + LORA_TARGET_MODULES["mlp"]
 # TrainableConfig flag -> the module's full name in CLIPModel (PEFT matches names by suffix: full
 # names keep the text tower's embeddings apart from the image tower's `position_embedding`).
 EXTRA_MODULES = {
@@ -69,3 +82,42 @@ def push_adapter(folder: str | Path, repo_id: str, token: str | None = None, pri
     upload_folder(repo_id=full_id, folder_path=str(folder), commit_message="Omni-NegCLIP LoRA adapter", token=token)
     logger.info("pushed the LoRA adapter %s to %s", folder, full_id)
     return full_id
+
+
+def lora_target_regex(blocks: list[int], target: str) -> str:
+    """PEFT `target_modules` for the chosen text blocks only. PEFT full-matches it against module
+    names, so the vision tower's `vision_model.encoder.layers.*` never match."""
+    layers = "|".join(str(block) for block in blocks)
+    modules = "|".join(re.escape(name) for name in LORA_TARGET_MODULES[target])
+    return rf"text_model\.encoder\.layers\.({layers})\.({modules})"
+
+
+def add_lora(model: OmniNegCLIPModel, trainable: TrainableConfig, lora_args: LoraArguments):
+    """Wrap `model` in a PEFT model with LoRA adapters on the chosen text blocks; the other parts
+    `trainable` asks for train through PEFT's `modules_to_save` (saved with the adapters, so a resumed
+    run restores them; see above). Returns (peft model, settings)."""
+    from peft import LoraConfig, get_peft_model
+
+    blocks = resolve_text_blocks(model.config.text_config.num_hidden_layers, trainable)
+    if not blocks:
+        raise UserError("--lora_r > 0 needs at least one text block to adapt; --front_blocks/--text_preset/--text_blocks chose none")
+    if trainable.train_logit_scale:
+        raise UserError(LOGIT_SCALE_WITH_LORA)
+    extras = modules_to_save(trainable)
+    regex = lora_target_regex(blocks, lora_args.lora_target)
+    config = LoraConfig(
+        r=lora_args.lora_r, lora_alpha=lora_args.lora_alpha, lora_dropout=lora_args.lora_dropout, target_modules=regex, bias="none",
+        modules_to_save=extras or None,
+    )
+    peft_model = get_peft_model(model, config)
+    settings = {
+        "r": lora_args.lora_r,
+        "alpha": lora_args.lora_alpha,
+        "dropout": lora_args.lora_dropout,
+        "target": lora_args.lora_target,
+        "target_modules": regex,
+        "text_blocks": blocks,
+        "modules_to_save": extras,
+        "merged": True,
+    }
+    return peft_model, settings

@@ -1,0 +1,105 @@
+"""Where a build goes: the output folder checked before any work, the build written into a hidden
+sibling folder and renamed into place only once complete (`write_atomically`; what a killed build
+left is cleaned up by the next, `recover_interrupted_builds`), and the finished folder pushed to the
+Hub (`push_to_hub`)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from omninegclip.building.cards import hub_dataset_card
+from omninegclip.building.storage import load_with_images
+from omninegclip.common.cli import UserError
+from omninegclip.common.outputs import ensure_writable, is_alive
+
+SUMMARY_FILE = "build_summary.json"
+CARD_FILE = "README.md"
+
+
+def _check_target(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file, expected a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise UserError(f"--out {out}: already exists; pass --overwrite to replace it")
+        if not ((out / "dataset_dict.json").is_file() or (out / SUMMARY_FILE).is_file()):
+            raise UserError(f"--out {out}: --overwrite only replaces a dataset this tool built, and this folder has no dataset_dict.json")
+
+
+def _building_prefix(out: Path) -> str:
+    return f".{out.name}.building-"
+
+
+def recover_interrupted_builds(out: Path) -> list[Path]:
+    """Clean up after builds of `out` whose process is gone (killed): a previous output that such a
+    build had moved aside, between its two final renames, goes back to `out`; their folders are removed.
+    Returns the folders removed."""
+    out = Path(out).absolute()
+    prefix = _building_prefix(out)
+    removed = []
+    for stale in sorted(out.parent.glob(prefix + "*")):
+        pid = stale.name[len(prefix) :]
+        if not pid.isdigit() or (int(pid) != os.getpid() and is_alive(int(pid))):
+            continue  # another build, still running
+        previous = stale / "previous"
+        if previous.is_dir() and not out.exists():
+            previous.rename(out)
+            print(f"restored {out} (a build killed while replacing it had moved it aside)", file=sys.stderr)
+        shutil.rmtree(stale, ignore_errors=True)
+        removed.append(stale)
+    return removed
+
+
+def prepare_output(out: Path | str, overwrite: bool) -> Path:
+    """`--out` as an absolute path, once what a killed build left is cleaned up and the folder is
+    known to be replaceable and writable (the build is written beside it, then renamed)."""
+    out = Path(out).absolute()
+    recover_interrupted_builds(out)
+    _check_target(out, overwrite)
+    ensure_writable(out.parent, f"--out {out}: its folder")
+    return out
+
+
+def write_atomically(out: Path, overwrite: bool, fill: Callable[[Path, Path], None]) -> None:
+    """`fill(staging, scratch)` writes the complete output into `staging`; it then replaces `out`.
+
+    Both folders are hidden siblings of `out` (same file system, so the final rename is atomic); they
+    are removed whatever happens, and what a killed build left is cleaned up first
+    (`recover_interrupted_builds`). `out` never holds a partial build.
+    """
+    out = Path(out).absolute()
+    recover_interrupted_builds(out)
+    _check_target(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    root = out.parent / f"{_building_prefix(out)}{os.getpid()}"
+    shutil.rmtree(root, ignore_errors=True)
+    staging, scratch = root / "output", root / "scratch"
+    scratch.mkdir(parents=True)
+    try:
+        fill(staging, scratch)
+        _check_target(out, overwrite)  # nothing appeared there meanwhile
+        if out.exists():
+            out.rename(root / "previous")
+        staging.rename(out)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def push_to_hub(out: Path, repo_id: str, card: str, private: bool = False) -> None:
+    """Push the card (README.md, with `configs` for the Hub layout), then the dataset, each row with
+    its image (`load_with_images`: datasets embeds the files' bytes in the Parquet files it uploads):
+    `DatasetDict.push_to_hub` reads the card from the repo and writes its own `dataset_info`
+    (features, the image column decoded; split sizes, download size) and `configs` into it, keeping the rest."""
+    from huggingface_hub import HfApi
+
+    dataset_dict = load_with_images(out)
+    try:
+        repo_id = HfApi().create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True).repo_id
+        hub_dataset_card(card).push_to_hub(repo_id, repo_type="dataset")
+        dataset_dict.push_to_hub(repo_id, private=private)
+    except Exception as error:  # network, authentication, permissions: the local build stays valid
+        raise UserError(f"--push_to_hub {repo_id}: the push failed ({type(error).__name__}: {error}); the dataset is saved at {out}") from None
