@@ -73,7 +73,7 @@ import math
 import os
 import re
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import NamedTuple
@@ -98,6 +98,7 @@ from modeling_omninegclip import (
     apply_trainable,
     resolve_text_blocks,
 )
+from omninegclip.common.checkpoints import HUB_ID, check_clip_checkpoint
 from omninegclip.common.cli import Interrupted, UserError, run_cli
 from omninegclip.common.clip import CONTEXT_LENGTH
 from omninegclip.common.outputs import LOCK_FILE, PROBE_PREFIX, OutputLock, ensure_writable, overlapping
@@ -129,7 +130,6 @@ PROVENANCE_FILE = "training_provenance.json"
 # is a save that was interrupted.
 TRAINER_STATE_FILE = "trainer_state.json"
 LATEST_CHECKPOINT = ("latest", "last", "true")
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 LORA_TARGET_MODULES = {
     "attention": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj"),
     "mlp": ("mlp.fc1", "mlp.fc2"),
@@ -665,31 +665,10 @@ def _first_line(error: Exception) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def _check_clip_folder(path: Path, flag: str) -> None:
-    if not path.is_dir():
-        raise UserError(f"{flag} {str(path)!r} is a file; expected a CLIP checkpoint folder or a Hub id")
-    config = path / "config.json"
-    if not config.is_file():
-        raise UserError(
-            f"{flag} {str(path)!r} is not a CLIP checkpoint: it holds no config.json "
-            f"(expected config.json of model_type 'clip', weights and processor files)"
-        )
-    try:
-        model_type = json.loads(config.read_text()).get("model_type")
-    except json.JSONDecodeError as error:
-        raise UserError(f"{flag}: {config} is not valid JSON: {error}") from None
-    if model_type != "clip":
-        raise UserError(f"{flag} {str(path)!r} is not a CLIP checkpoint: its config.json has model_type {model_type!r}, expected 'clip'")
-
-
 def load_model(model_args: ModelArguments) -> tuple[OmniNegCLIPModel, CLIPProcessor]:
     """The CLIP checkpoint as an OmniNegCLIPModel, and its processor; errors name the flag and the reason."""
     source = model_args.model_name_or_path
-    path = Path(source).expanduser()
-    if path.exists():
-        _check_clip_folder(path, "--model_name_or_path")
-    elif not HUB_ID.match(source):
-        raise UserError(f"--model_name_or_path {source!r} does not exist (expected a CLIP checkpoint folder or a Hub id)")
+    check_clip_checkpoint(source, f"--model_name_or_path {source!r}", cache_dir=model_args.cache_dir)
     try:
         model = load_pretrained_checked(OmniNegCLIPModel, source, f"--model_name_or_path {source!r}", cache_dir=model_args.cache_dir)
     except (OSError, ValueError, KeyError) as error:
@@ -1020,7 +999,7 @@ def training_record(args: Arguments, model: OmniNegCLIPModel, lora_settings: dic
         "datasets": data_args.sources(),
         "base_model_id": card_args.card_base_model,
         "dataset_ids": card_args.dataset_ids(),
-        "data": [asdict(report) for report in reports],
+        "data": [report.to_json() for report in reports],
         "world_size": training_args.world_size,
         "resumed_from": resumed_from,
         "omninegclip": model.settings() | {"lora": lora_settings},
