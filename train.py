@@ -52,9 +52,10 @@ augmentation in that mode). Captions are padded per batch, and all caption sets 
 through the text encoder in one call.
 
 Bad data never stops a run midway: before training, every row is checked (see omninegclip/training/data.py).
-Rows with an empty caption or a missing, corrupt, truncated or oversized image are skipped and
-counted; captions over the token limit are truncated and counted; one `data:` line reports it all,
-and training_provenance.json keeps it. A caption that is not a string is an error naming the row.
+Rows whose caption is missing, empty or not text, or whose image is missing, corrupt, truncated or
+oversized, are skipped and counted (the rule of omninegclip/common/skips.py); captions over the
+token limit are truncated and counted; one `data:` line reports it all, and training_provenance.json
+keeps it. A missing column is an error naming it.
 
 Interrupted? Resume with the same flags plus `--resume_from_checkpoint runs/x/checkpoint-500` (or
 `latest`: the newest complete checkpoint-* in --output_dir): the run then ends with the same weights

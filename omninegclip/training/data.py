@@ -253,6 +253,20 @@ def _caption_sets(columns: CaptionColumns) -> list[tuple[str | None, str]]:
     return [(columns.caption, "input_ids")] + [(getattr(columns, kind), prepared) for kind, prepared, _, _ in NEGATION_FIELDS]
 
 
+def _checked_rows(dataset: datasets.Dataset, name: str, columns: CaptionColumns, split: str, limit: int | None
+                  ) -> tuple[datasets.Dataset, SourceReport, dict[str, list], list[int]]:
+    """(the first `limit` rows, its report, its text columns, the rows whose texts can be used)."""
+    if limit is not None:
+        dataset = dataset.select(range(min(limit, len(dataset))))
+    report = SourceReport(name=name, split=split)
+    source_texts = _validate(dataset, name, columns)
+    report.rows = len(dataset)
+    keep = _usable_rows(source_texts, columns, report.skips)
+    if not keep:
+        raise UserError(f"dataset {name!r}: no usable row (column {columns.caption!r}): {report.skips.describe()}")
+    return dataset, report, source_texts, keep
+
+
 @dataclass
 class PreparedSplit:
     """One split, ready to batch. Its distinct rows (one per kept dataset row) carry where they came
@@ -296,22 +310,9 @@ def prepare_dataset(
     the split and one report per dataset (skips by reason with example rows, truncated captions);
     `split` only labels the reports."""
     images = images or (lambda refs: image_pass(refs, None))
-    reports, texts, kept, sources = [], [], [], []
-    for dataset, name in zip(raw, names):
-        if limit is not None:
-            dataset = dataset.select(range(min(limit, len(dataset))))
-        report = SourceReport(name=name, split=split)
-        source_texts = _validate(dataset, name, columns)
-        report.rows = len(dataset)
-        keep = _usable_rows(source_texts, columns, report.skips)
-        if not keep:
-            raise UserError(f"dataset {name!r}: no usable row (column {columns.caption!r}): {report.skips.describe()}")
-        reports.append(report)
-        texts.append(source_texts)
-        kept.append(keep)
-        sources.append(dataset)
+    sources, reports, texts, kept = zip(*(_checked_rows(dataset, name, columns, split, limit) for dataset, name in zip(raw, names)))
 
-    refs, image_index = ImageRefs.find(sources, columns.image, list(names), kept)
+    refs, image_index = ImageRefs.find(list(sources), columns.image, list(names), list(kept))
     checked = images(refs)
     parts = []
     for k, (report, source_texts, keep) in enumerate(zip(reports, texts, kept)):
@@ -344,7 +345,7 @@ def prepare_dataset(
         images=refs,
         image_embeds=checked.embeds,
     )
-    return prepared, reports
+    return prepared, list(reports)
 
 
 # ----------------------------------------------------------------------------------------------
