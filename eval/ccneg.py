@@ -3,8 +3,9 @@
 The release is one file, `ccneg_preprocessed.pt` (from the CoN-CLIP repository's `ccneg_dataset/`),
 plus an image folder `ccneg_images/cc3m_subset_images_extracted_final/`. The file is parsed by
 `omninegclip.common.formats.read_ccneg_file` (the reader the dataset builder uses too; the format is
-described there); image paths, as on the authors' machine, are looked up under `--ccneg_images`,
-which may be the `ccneg_images` folder or its `cc3m_subset_images_extracted_final` subfolder.
+described there); image paths, as on the authors' machine, are looked up under `--ccneg_images` as
+the builder looks them up (`ccneg_image_candidates`): it may be the CC-Neg root, its `ccneg_images`
+folder or the `cc3m_subset_images_extracted_final` folder inside that.
 CoN-CLIP's own loader strips commas from the negated caption; we do the same so that the numbers
 compare. The evaluation split is the last 40,000 items (`configs.num_ccneg_eval_samples` in
 CoN-CLIP); the rest is CoN-CLIP's fine-tuning data. An item whose caption or negated caption is
@@ -19,7 +20,8 @@ from pathlib import Path
 
 from eval.files import image_loader, resolve_image
 from eval.items import ChoiceItem, TaskData
-from omninegclip.common.formats import CCNEG_EVAL_SIZE, CCNegEntry, read_ccneg_file
+from omninegclip.common.cli import UserError
+from omninegclip.common.formats import CCNEG_EVAL_SIZE, CCNegEntry, ccneg_image_candidates, read_ccneg_file
 from omninegclip.common.skips import SkipLog
 
 EVAL_SIZE = CCNEG_EVAL_SIZE
@@ -31,6 +33,17 @@ def _caption_pair(entry: CCNegEntry, where: str, skips: SkipLog) -> tuple[str, s
     if caption is None or negated is None:
         return None
     return caption, negated.replace(",", "")
+
+
+def _image(entry: CCNegEntry, images_root: str | Path | None, where: str) -> Path:
+    """The image file of an entry, looked for where the dataset builder looks (`ccneg_image_candidates`)."""
+    if images_root is None:
+        return resolve_image(entry.image_path, None, where)
+    _, candidates = ccneg_image_candidates(entry.image_path, Path(images_root).expanduser())
+    found = next((candidate for candidate in candidates if candidate.is_file()), None)
+    if found is None:
+        raise UserError(f"{where}: missing image {entry.image_path!r} (looked for {', '.join(map(str, candidates))})")
+    return found
 
 
 def read_ccneg(path: str | Path, images_root: str | Path | None = None, max_items: int | None = None) -> TaskData:
@@ -45,7 +58,7 @@ def read_ccneg(path: str | Path, images_root: str | Path | None = None, max_item
         if pair is None:
             continue
         caption, negated = pair
-        image_path = resolve_image(entry.image_path, images_root, where)
+        image_path = _image(entry, images_root, where)
         key = str(image_path)
         task.images[key] = image_loader(image_path)
         task.choices.append(ChoiceItem(choose="text", images=[key], texts=[caption, negated], answer=0, item_id=where))

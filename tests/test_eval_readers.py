@@ -67,6 +67,7 @@ def test_ccneg_reads_the_last_eval_size_items_and_strips_commas_from_the_negatio
     assert task.notes == ""
     assert len(ccneg.read_ccneg(path, images, max_items=2).choices) == 2
     assert ccneg.read_ccneg(path, images.parent).choices[0].images == [str(images / "2.jpg")]  # ccneg_images/ works too
+    assert ccneg.read_ccneg(path, images.parent.parent).choices[0].images == [str(images / "2.jpg")]  # and the CC-Neg root
 
 
 def test_ccneg_smaller_than_the_eval_split_uses_all_items_and_says_so(tmp_path):
