@@ -4,7 +4,10 @@ The rule, the same in `data_builder.py`, `train.py` and `python -m eval`:
 - **a counted skip**: a row whose *content* cannot be used: a text value (caption, negation,
   phrase) that is missing (None), empty or not text (`text_skip`); an image that is missing,
   corrupt, truncated or too large; a caption of an image the file does not list. The row is left
-  out, counted under a reason, and the first places (file, row or line, column) are kept to be shown;
+  out, counted under a reason, and the first places (file, row or line, column) are kept to be shown.
+  Counted the same way: a negation the builder cannot make or that fails its quality gate (the
+  negation is left out), and rows left out by choice (beyond `--captions_per_image`, VALSE samples
+  the annotators did not validate);
 - **an error** (`UserError`, exit status 2, nothing written): whatever makes the input not the
   format it claims or the command ambiguous: a missing file, folder, column or schema key; a file
   that does not parse (not JSON, a CSV line with the wrong number of fields); a structural value
