@@ -85,6 +85,7 @@ from omninegclip.common.caption_sets import CAPTION_SETS
 from omninegclip.common.cli import UserError, run_cli
 from omninegclip.common.clip import CONTEXT_LENGTH
 from omninegclip.common.provenance import provenance
+from omninegclip.common.skips import SkipLog
 
 TEXT_COLUMNS = tuple(row.column for row in CAPTION_SETS)  # caption, presence_negated, absence_negated, absence_affirmed
 CONTRACT_COLUMNS = (
@@ -92,7 +93,6 @@ CONTRACT_COLUMNS = (
     "source", "image_id",
 )
 GATE_COLUMNS = ("caption", "presence_negated", "absence_negated", "present_objects", "negated_object", "absent_object")
-MAX_NAMED_FILES = 50  # skipped image files named in the summary, per reason
 INTERRUPTED_HINT = ("nothing was written to --out (a build replaces it only once complete, and the next build cleans up "
                     "what this one left); run the same command again")  # said on Ctrl-C by omninegclip.common.cli.run_cli
 
@@ -112,16 +112,9 @@ def contract_features(image_files: bool = False) -> datasets.Features:
 
 @dataclass
 class _Report:
-    skips: Counter = field(default_factory=Counter)
+    skips: SkipLog = field(default_factory=SkipLog)  # "source:", "row:", "<kind>:" reasons (omninegclip.common.skips)
     llm_fallbacks: Counter = field(default_factory=Counter)
     converted_modes: Counter = field(default_factory=Counter)
-    skipped_files: dict = field(default_factory=dict)
-
-    def skip_file(self, reason: str, name: str) -> None:
-        self.skips[f"row:{reason}"] += 1
-        named = self.skipped_files.setdefault(reason, [])
-        if len(named) < MAX_NAMED_FILES and name not in named:  # an image's rows are all counted; it is named once
-            named.append(name)
 
 
 def _negations(item: SourceItem, source: Source, stats: CooccurrenceStats, options: BuildOptions, report: _Report, window: TokenWindow) -> dict:
@@ -141,7 +134,7 @@ def _negations(item: SourceItem, source: Source, stats: CooccurrenceStats, optio
         if window.visible(twin) == twin:
             row["absence_affirmed"] = twin
         else:  # the affirmed object would fall beyond what the text encoder reads
-            report.skips["absence_affirmed:beyond_context"] += 1
+            report.skips.skip("absence_affirmed:beyond_context")
     return row
 
 
@@ -153,7 +146,7 @@ def _negate_all(items: list[SourceItem], source: Source, stats: CooccurrenceStat
     """`_negations` of every item, in worker processes (`fork_map`, chunks of NEGATION_CHUNK rows; each
     row's choices come from its own seeded generator, so the result does not depend on the workers).
     An LLM rewriter runs here, in one process."""
-    def chunk(index: int) -> tuple[list[dict], Counter, Counter]:
+    def chunk(index: int) -> tuple[list[dict], SkipLog, Counter]:
         counted = _Report()
         texts = [_negations(item, source, stats, options, counted, window) for item in items[index * NEGATION_CHUNK : (index + 1) * NEGATION_CHUNK]]
         return texts, counted.skips, counted.llm_fallbacks
@@ -180,7 +173,7 @@ def _write_split(split: str, rows: list[tuple[SourceItem, dict, StoredImage]], s
     def generate():
         for item, text, stored in rows:
             if stored.path is None:
-                report.skip_file(stored.reason, item.image.name)
+                report.skips.skip(f"row:{stored.reason}", item.image.name)  # an image's rows are all counted; it is named once
                 continue
             written[0] += 1
             yield {
@@ -203,20 +196,20 @@ def build_from_source(source: Source, options: BuildOptions, cache_dir: Path, ou
     Each image is stored once, as a file under `out_dir/images/` (default: `cache_dir`), however many
     rows show it; the `image` column holds its path relative to `out_dir` (`load_with_images`)."""
     if not source.items:
-        reasons = ", ".join(f"{reason}: {count}" for reason, count in sorted(source.skips.items())) or "no rows at all"
-        raise UserError(f"{', '.join(source.files)}: the source has no usable rows ({reasons})")
+        raise UserError(f"{', '.join(source.files)}: the source has no usable rows: {source.skips.describe() or 'no rows at all'}")
     items = source.items[: options.max_rows] if options.max_rows else source.items
     stats = CooccurrenceStats.from_object_sets(source.object_sets)
-    report = _Report(skips=Counter({f"source:{reason}": count for reason, count in source.skips.items()}))
+    report = _Report()
+    report.skips.update(source.skips, "source:")
     window = TokenWindow(options.context_length)
     by_split: dict[str, list] = {split: [] for split in SPLITS}
     for item, text in zip(items, _negate_all(items, source, stats, options, report, window)):
         if text["presence_negated"] is None and text["absence_negated"] is None:
-            report.skips["row:no_negation"] += 1
+            report.skips.skip("row:no_negation")
             continue
         by_split[split_for(item.image_id, item.split, options.validation_fraction, options.test_fraction)].append((item, text))
     if not any(by_split.values()):
-        raise UserError(f"{', '.join(source.files)}: no caption could be negated ({_describe(report.skips)})")
+        raise UserError(f"{', '.join(source.files)}: no caption could be negated ({report.skips.describe()})")
     images: dict[tuple, ImageRef] = {}  # each image once, in the order rows first show it
     for rows in by_split.values():
         for item, _ in rows:
@@ -233,20 +226,18 @@ def build_from_source(source: Source, options: BuildOptions, cache_dir: Path, ou
         for split, rows in by_split.items()
     })
     if not any(len(part) for part in dataset_dict.values()):
-        raise UserError(f"{', '.join(source.files)}: no row could be written ({_describe(report.skips)})")
+        raise UserError(f"{', '.join(source.files)}: no row could be written ({report.skips.describe()})")
     rows_out = sum(len(part) for part in dataset_dict.values())
-    row_skips = sum(count for reason, count in report.skips.items() if reason.startswith("row:"))
+    row_skips = report.skips.total("row:")
     if rows_out + row_skips != len(items):  # every row is written or counted: anything else is a bug here
-        raise RuntimeError(f"row accounting is off: {len(items)} rows in, {rows_out} out, {row_skips} skipped ({_describe(report.skips)})")
+        raise RuntimeError(f"row accounting is off: {len(items)} rows in, {rows_out} out, {row_skips} skipped ({report.skips.describe()})")
     kept = [result for result in stored if result.path is not None]
     summary = {
         "source": source.name,
         "inputs": source.files,
         "rows_in": len(items),
-        "skips": dict(sorted(report.skips.items())),
-        "skipped_rows": {reason: list(where) for reason, where in sorted(source.skip_examples.items())},
+        **report.skips.to_json(),  # "skips" (reason -> count) and "skip_examples" (reason -> places)
         "images_converted_to_rgb": dict(sorted(report.converted_modes.items())),
-        "skipped_files": report.skipped_files,
         "images": {"files": len(kept), "rows": rows_out, "bytes_read": sum(result.bytes_read for result in kept),
                    "bytes_written": sum(result.bytes_written for result in kept), "folder": IMAGES_FOLDER},
     }
@@ -255,10 +246,6 @@ def build_from_source(source: Source, options: BuildOptions, cache_dir: Path, ou
     if options.rewriter is not None:
         summary["llm_rewriter"] = {"model": options.rewriter.name, "fallbacks_to_rules": dict(report.llm_fallbacks)}
     return dataset_dict, summary
-
-
-def _describe(counts: Counter) -> str:
-    return ", ".join(f"{reason}: {count}" for reason, count in sorted(counts.items())) or "nothing counted"
 
 
 _GATE_CHECKS = (

@@ -52,9 +52,10 @@ augmentation in that mode). Captions are padded per batch, and all caption sets 
 through the text encoder in one call.
 
 Bad data never stops a run midway: before training, every row is checked (see omninegclip/training/data.py).
-Rows with an empty caption or a missing, corrupt, truncated or oversized image are skipped and
-counted; captions over the token limit are truncated and counted; one `data:` line reports it all,
-and training_provenance.json keeps it. A caption that is not a string is an error naming the row.
+Rows whose caption is missing, empty or not text, or whose image is missing, corrupt, truncated or
+oversized, are skipped and counted (the rule of omninegclip/common/skips.py); captions over the
+token limit are truncated and counted; one `data:` line reports it all, and training_provenance.json
+keeps it. A missing column is an error naming it.
 
 Interrupted? Resume with the same flags plus `--resume_from_checkpoint runs/x/checkpoint-500` (or
 `latest`: the newest complete checkpoint-* in --output_dir): the run then ends with the same weights
@@ -67,10 +68,8 @@ Add `--debug` (or OMNINEGCLIP_DEBUG=1) to see the traceback behind an error mess
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import NamedTuple
 
 import datasets
@@ -78,12 +77,12 @@ from transformers import CLIPProcessor, HfArgumentParser, TrainingArguments, set
 
 from modeling_omninegclip import OmniNegCLIPModel, OmniNegLossConfig, TrainableConfig
 from omninegclip.common.caption_sets import CAPTION_SETS
+from omninegclip.common.checkpoints import HUB_ID, check_clip_checkpoint
 from omninegclip.common.cli import Interrupted, UserError, run_cli
 from omninegclip.common.clip import CONTEXT_LENGTH
 from omninegclip.common.outputs import OutputLock, ensure_writable
 from omninegclip.common.safe_load import first_line, load_pretrained_checked
 from omninegclip.training.arguments import (
-    HUB_ID,
     check_numbers,
     check_report_to,
     parse_flags,
@@ -348,31 +347,10 @@ def parse_args(argv: list[str]) -> Arguments:
     return arguments
 
 
-def _check_clip_folder(path: Path, flag: str) -> None:
-    if not path.is_dir():
-        raise UserError(f"{flag} {str(path)!r} is a file; expected a CLIP checkpoint folder or a Hub id")
-    config = path / "config.json"
-    if not config.is_file():
-        raise UserError(
-            f"{flag} {str(path)!r} is not a CLIP checkpoint: it holds no config.json "
-            f"(expected config.json of model_type 'clip', weights and processor files)"
-        )
-    try:
-        model_type = json.loads(config.read_text()).get("model_type")
-    except json.JSONDecodeError as error:
-        raise UserError(f"{flag}: {config} is not valid JSON: {error}") from None
-    if model_type != "clip":
-        raise UserError(f"{flag} {str(path)!r} is not a CLIP checkpoint: its config.json has model_type {model_type!r}, expected 'clip'")
-
-
 def load_model(model_args: ModelArguments) -> tuple[OmniNegCLIPModel, CLIPProcessor]:
     """The CLIP checkpoint as an OmniNegCLIPModel, and its processor; errors name the flag and the reason."""
     source = model_args.model_name_or_path
-    path = Path(source).expanduser()
-    if path.exists():
-        _check_clip_folder(path, "--model_name_or_path")
-    elif not HUB_ID.match(source):
-        raise UserError(f"--model_name_or_path {source!r} does not exist (expected a CLIP checkpoint folder or a Hub id)")
+    check_clip_checkpoint(source, f"--model_name_or_path {source!r}", cache_dir=model_args.cache_dir)
     try:
         model = load_pretrained_checked(OmniNegCLIPModel, source, f"--model_name_or_path {source!r}", cache_dir=model_args.cache_dir)
     except (OSError, ValueError, KeyError) as error:

@@ -1,77 +1,64 @@
 """CC-Neg (CoN-CLIP, presence negation): does the image prefer its caption to the caption's negation?
 
 The release is one file, `ccneg_preprocessed.pt` (from the CoN-CLIP repository's `ccneg_dataset/`),
-plus an image folder `ccneg_images/cc3m_subset_images_extracted_final/`. The `.pt` file holds a dict:
-- `image_paths`: list of image paths as on the authors' machine (`/workspace/datasets/cc3m/…/
-  cc3m_subset_images_extracted_final/x.jpg`): looked up under `--ccneg_images`, which may be the
-  `ccneg_images` folder or its `cc3m_subset_images_extracted_final` subfolder;
-- `annotations`: one dict per image, with the caption at `["json"]["caption"]` and the negated caption
-  at `["sop_data"]["negative-prompt"]` (CoN-CLIP's own loader strips commas from the negated caption;
-  we do the same so that the numbers compare);
-- `num_ops`: indices grouped by number of negated object-predicate pairs (not used here).
-The evaluation split is the last 40,000 items (`configs.num_ccneg_eval_samples` in CoN-CLIP); the rest
-is CoN-CLIP's fine-tuning data. The file is read with `omninegclip.common.safe_load.load_torch_file`
-(`torch.load(weights_only=True)`): plain containers load, anything that would need arbitrary
-unpickling is refused. An item whose caption or negated caption is empty is skipped and counted.
+plus an image folder `ccneg_images/cc3m_subset_images_extracted_final/`. The file is parsed by
+`omninegclip.common.formats.read_ccneg_file` (the reader the dataset builder uses too; the format is
+described there); image paths, as on the authors' machine, are looked up under `--ccneg_images` as
+the builder looks them up (`ccneg_image_candidates`): it may be the CC-Neg root, its `ccneg_images`
+folder or the `cc3m_subset_images_extracted_final` folder inside that.
+CoN-CLIP's own loader strips commas from the negated caption; we do the same so that the numbers
+compare. The evaluation split is the last 40,000 items (`configs.num_ccneg_eval_samples` in
+CoN-CLIP); the rest is CoN-CLIP's fine-tuning data. An item whose caption or negated caption is
+missing, empty or not text is skipped and counted (`omninegclip.common.skips`).
 
-Public surface: `EVAL_SIZE`, `load_ccneg_file(path)`, `read_ccneg(path, images_root=None, max_items=None) -> TaskData`.
+Public surface: `EVAL_SIZE`, `read_ccneg(path, images_root=None, max_items=None) -> TaskData`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from eval.files import SkipCounter, image_loader, resolve_image, usable_text
+from eval.files import image_loader, resolve_image
 from eval.items import ChoiceItem, TaskData
 from omninegclip.common.cli import UserError
-from omninegclip.common.safe_load import load_torch_file
+from omninegclip.common.formats import CCNEG_EVAL_SIZE, CCNegEntry, ccneg_image_candidates, read_ccneg_file
+from omninegclip.common.skips import SkipLog
 
-EVAL_SIZE = 40_000
-
-
-def load_ccneg_file(path: str | Path) -> dict:
-    """The `.pt` file's dict, loaded without arbitrary unpickling, its shape checked."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"--ccneg {path}: no such file (expected CoN-CLIP's ccneg_preprocessed.pt)")
-    data = load_torch_file(path, hint="CoN-CLIP's ccneg_preprocessed.pt holds only lists, dicts, strings and numbers.")
-    if not isinstance(data, dict) or "image_paths" not in data or "annotations" not in data:
-        found = sorted(map(str, data)) if isinstance(data, dict) else type(data).__name__
-        raise UserError(f"{path}: expected a dict with 'image_paths' and 'annotations' (CC-Neg format), found {found}")
-    for key in ("image_paths", "annotations"):
-        if not isinstance(data[key], (list, tuple)):
-            raise UserError(f"{path}: '{key}' must be a list (CC-Neg format), found {type(data[key]).__name__}")
-    if len(data["image_paths"]) != len(data["annotations"]):
-        raise UserError(f"{path}: {len(data['image_paths'])} image_paths but {len(data['annotations'])} annotations")
-    return data
+EVAL_SIZE = CCNEG_EVAL_SIZE
 
 
-def _caption_pair(annotation, where: str, skips: SkipCounter) -> tuple[str, str] | None:
-    try:
-        caption = annotation["json"]["caption"]
-        negated = annotation["sop_data"]["negative-prompt"]
-    except (KeyError, TypeError) as error:
-        raise UserError(f"{where}: expected annotation['json']['caption'] and annotation['sop_data']['negative-prompt'] (missing {error})") from error
-    caption = usable_text(caption, "caption", where, skips)
-    negated = usable_text(negated, "negative-prompt", where, skips) if caption is not None else None
+def _caption_pair(entry: CCNegEntry, where: str, skips: SkipLog) -> tuple[str, str] | None:
+    caption = skips.text(entry.caption, where, "caption")
+    negated = skips.text(entry.negative, where, "negative_prompt") if caption is not None else None
     if caption is None or negated is None:
         return None
     return caption, negated.replace(",", "")
 
 
+def _image(entry: CCNegEntry, images_root: str | Path | None, where: str) -> Path:
+    """The image file of an entry, looked for where the dataset builder looks (`ccneg_image_candidates`)."""
+    if images_root is None:
+        return resolve_image(entry.image_path, None, where)
+    _, candidates = ccneg_image_candidates(entry.image_path, Path(images_root).expanduser())
+    found = next((candidate for candidate in candidates if candidate.is_file()), None)
+    if found is None:
+        raise UserError(f"{where}: missing image {entry.image_path!r} (looked for {', '.join(map(str, candidates))})")
+    return found
+
+
 def read_ccneg(path: str | Path, images_root: str | Path | None = None, max_items: int | None = None) -> TaskData:
-    data = load_ccneg_file(path)
-    total = len(data["image_paths"])
+    entries = read_ccneg_file(path)
+    total = len(entries)
     first = max(0, total - EVAL_SIZE)
     last = total if max_items is None else min(total, first + max_items)
-    task, skips = TaskData(name="ccneg"), SkipCounter()
-    for index in range(first, last):
-        where = f"{path}, item {index}"
-        pair = _caption_pair(data["annotations"][index], where, skips)
+    task, skips = TaskData(name="ccneg"), SkipLog()
+    for entry in entries[first:last]:
+        where = f"{path}, item {entry.index}"
+        pair = _caption_pair(entry, where, skips)
         if pair is None:
             continue
         caption, negated = pair
-        image_path = resolve_image(data["image_paths"][index], images_root, where)
+        image_path = _image(entry, images_root, where)
         key = str(image_path)
         task.images[key] = image_loader(image_path)
         task.choices.append(ChoiceItem(choose="text", images=[key], texts=[caption, negated], answer=0, item_id=where))

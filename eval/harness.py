@@ -37,13 +37,13 @@ from typing import Protocol
 import torch
 from PIL import Image
 
-from eval.files import SkipCounter
 from eval.items import ChoiceItem, ImageStore, RetrievalSet, TaskData
 from eval.zeroshot import ZeroShotSet
 from omninegclip.common.cli import UserError
 from omninegclip.common.clip import CONTEXT_LENGTH
 from omninegclip.common.embedding import embed_images, embed_texts
 from omninegclip.common.safe_load import UnreadableImage
+from omninegclip.common.skips import SkipLog
 
 RETRIEVAL_KS = (1, 5, 10)
 ZEROSHOT_KS = (1, 5)
@@ -189,7 +189,7 @@ def drop_unreadable_images(tasks: Sequence[TaskData], unreadable: dict[str, Unre
     if not unreadable:
         return
     for task in tasks:
-        skips = SkipCounter()
+        skips = SkipLog()
         before = task_size(task)
         kept = []
         for item in task.choices:
@@ -197,7 +197,7 @@ def drop_unreadable_images(tasks: Sequence[TaskData], unreadable: dict[str, Unre
             if bad is None:
                 kept.append(item)
             else:
-                skips.add(unreadable[bad].kind, _cannot_read(item.item_id or task.name, bad, unreadable[bad]))
+                skips.skip(unreadable[bad].kind, _cannot_read(item.item_id or task.name, bad, unreadable[bad]))
         task.choices = kept
         if task.retrieval is not None and any(key in unreadable for key in task.retrieval.images):
             task.retrieval = _retrieval_without(task.retrieval, unreadable, task.name, skips)
@@ -206,7 +206,7 @@ def drop_unreadable_images(tasks: Sequence[TaskData], unreadable: dict[str, Unre
             rows = [row for row, key in enumerate(zeroshot.images) if key not in unreadable]
             for key in zeroshot.images:
                 if key in unreadable:
-                    skips.add(unreadable[key].kind, _cannot_read(task.name, key, unreadable[key]))
+                    skips.skip(unreadable[key].kind, _cannot_read(task.name, key, unreadable[key]))
             task.zeroshot = ZeroShotSet([zeroshot.images[row] for row in rows], [zeroshot.labels[row] for row in rows],
                                         zeroshot.class_names, zeroshot.templates)
         if not skips:
@@ -216,13 +216,13 @@ def drop_unreadable_images(tasks: Sequence[TaskData], unreadable: dict[str, Unre
             raise UserError(f"task {task.name}: no item left to evaluate, every one needs an image that cannot be read: {skips.describe()}")
 
 
-def _retrieval_without(retrieval: RetrievalSet, unreadable: dict[str, UnreadableImage], name: str, skips: SkipCounter) -> RetrievalSet:
+def _retrieval_without(retrieval: RetrievalSet, unreadable: dict[str, UnreadableImage], name: str, skips: SkipLog) -> RetrievalSet:
     """The retrieval set without the unreadable images and their texts."""
     new_index = {}
     for index, key in enumerate(retrieval.images):
         if key in unreadable:
             texts = sum(image == index for image in retrieval.text_image)
-            skips.add(unreadable[key].kind, _cannot_read(name, key, unreadable[key]) + f", with its {texts} text(s)")
+            skips.skip(unreadable[key].kind, _cannot_read(name, key, unreadable[key]) + f", with its {texts} text(s)")
         else:
             new_index[index] = len(new_index)
     kept_texts = [row for row, image in enumerate(retrieval.text_image) if image in new_index]

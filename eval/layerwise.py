@@ -27,9 +27,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from eval.files import SkipCounter, read_csv_rows, usable_text
 from omninegclip.common.cli import UserError
 from omninegclip.common.clip import CONTEXT_LENGTH
+from omninegclip.common.formats import read_csv
+from omninegclip.common.skips import SkipLog
 
 KINDS = ("presence", "absence")
 
@@ -59,14 +60,14 @@ def _usable(value) -> str | None:
 def read_negation_pairs(source: str | Path, split: str = "test", max_items: int | None = None) -> NegationPairs:
     source = Path(source)
     columns = ["caption", *(f"{kind}_negated" for kind in KINDS)]
-    skips = SkipCounter()
+    skips = SkipLog()
     if source.suffix.lower() == ".csv":
-        header, rows = read_csv_rows(source, [["caption"], ["presence_negated", "absence_negated"]])
+        header, rows = read_csv(source, [["caption"], ["presence_negated", "absence_negated"]])
         table = {column: [] for column in columns if column in header}
         for line, row in rows:
             if max_items is not None and len(table["caption"]) >= max_items:
                 break
-            if usable_text(row["caption"], "caption", f"{source}, line {line}", skips) is None:
+            if skips.text(row["caption"], f"{source}, line {line}", "caption") is None:
                 continue
             for column in table:
                 table[column].append(row[column])
@@ -87,7 +88,7 @@ def read_negation_pairs(source: str | Path, split: str = "test", max_items: int 
             dataset = dataset.select(range(min(max_items, len(dataset))))
         table = {column: dataset[column] for column in columns if column in dataset.column_names}
         keep = [index for index, caption in enumerate(table["caption"])
-                if usable_text(caption, "caption", f"--layerwise {source}, row {index}", skips) is not None]
+                if skips.text(caption, f"--layerwise {source}, row {index}", "caption") is not None]
         table = {column: [values[index] for index in keep] for column, values in table.items()}
     else:
         raise UserError(f"--layerwise {source}: expected a dataset folder (save_to_disk) or a .csv of caption pairs")

@@ -26,10 +26,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from eval.files import SkipCounter, image_loader, read_csv_rows, resolve_image, usable_text
+from eval.files import image_loader, resolve_image
 from eval.items import ChoiceItem, TaskData
 from eval.retrieval import read_retrieval_csv
 from omninegclip.common.cli import UserError
+from omninegclip.common.formats import read_csv
+from omninegclip.common.skips import SkipLog
 
 TEMPLATE_NAMES = {"positive": "affirmation", "negative": "negation", "hybrid": "hybrid",
                   "affirmation": "affirmation", "negation": "negation"}
@@ -37,13 +39,13 @@ TEMPLATE_NAMES = {"positive": "affirmation", "negative": "negation", "hybrid": "
 
 def read_negbench_mcq(path: str | Path, images_root: str | Path | None = None, max_items: int | None = None) -> TaskData:
     path = Path(path)
-    header, rows = read_csv_rows(path, [["image_path", "filepath"], ["correct_answer"], ["caption_0"]])
+    header, rows = read_csv(path, [["image_path", "filepath"], ["correct_answer"], ["caption_0"]])
     image_column = "image_path" if "image_path" in header else "filepath"
     caption_columns = sorted((column for column in header if re.fullmatch(r"caption_\d+", column)), key=lambda c: int(c[8:]))
     expected = [f"caption_{index}" for index in range(len(caption_columns))]
     if caption_columns != expected:
         raise UserError(f"{path}: caption columns must be caption_0 … caption_{len(caption_columns) - 1} without gaps, found {caption_columns}")
-    task, skips = TaskData(name="negbench_mcq"), SkipCounter()
+    task, skips = TaskData(name="negbench_mcq"), SkipLog()
     for line, row in rows:
         if max_items is not None and len(task.choices) >= max_items:
             break
@@ -54,7 +56,7 @@ def read_negbench_mcq(path: str | Path, images_root: str | Path | None = None, m
             raise UserError(f"{where}: correct_answer must be an integer index into caption_0 … caption_{len(caption_columns) - 1}, got {row['correct_answer']!r}") from None
         if not 0 <= answer < len(caption_columns):
             raise UserError(f"{where}: correct_answer {answer} is not one of the {len(caption_columns)} caption columns")
-        captions = [usable_text(row[column], "caption", f"{where} (column {column})", skips) for column in caption_columns]
+        captions = [skips.text(row[column], f"{where} (column {column})", "caption") for column in caption_columns]
         if None in captions:
             continue
         template = (row.get("correct_answer_template") or "all").strip()

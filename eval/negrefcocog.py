@@ -16,9 +16,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from eval.files import SkipCounter, crop_loader, read_json, resolve_image, usable_text
+from eval.files import crop_loader, resolve_image
 from eval.items import ChoiceItem, TaskData
 from omninegclip.common.cli import UserError
+from omninegclip.common.formats import read_json
+from omninegclip.common.skips import SkipLog
 
 
 def _box(value, where: str) -> tuple[float, float, float, float]:
@@ -36,13 +38,13 @@ def read_negrefcocog(path: str | Path, images_root: str | Path | None = None, ma
     if not isinstance(records, list):
         raise UserError(f"{path}: expected a JSON list of {{image, phrase, ref_bbox, bbox_list}} records, found {type(records).__name__}")
     root = Path(images_root) if images_root is not None else path.parent
-    task, skips = TaskData(name="negrefcocog"), SkipCounter()
+    task, skips = TaskData(name="negrefcocog"), SkipLog()
     for index, record in enumerate(records[:max_items]):
         where = f"{path}, record {index}"
         if not isinstance(record, dict) or not {"image", "phrase", "ref_bbox", "bbox_list"} <= set(record):
             found = sorted(record) if isinstance(record, dict) else type(record).__name__
             raise UserError(f"{where}: expected keys image, phrase, ref_bbox, bbox_list; found {found}")
-        phrase = usable_text(record["phrase"], "phrase", where, skips)
+        phrase = skips.text(record["phrase"], where, "phrase")
         if phrase is None:
             continue
         if not isinstance(record["bbox_list"], list) or not record["bbox_list"]:

@@ -10,8 +10,8 @@ Accepted sources:
   per row (rows of the same image are grouped); a `split` column, if present, selects `split`;
 - a folder holding exactly one such JSON or CSV (images then default to that folder).
 
-An empty caption is skipped and counted in the task's notes; an image left with no caption is left
-out of the set (counted too).
+A caption that is missing, empty or not text is skipped and counted in the task's notes; an image
+left with no caption is left out of the set (counted too).
 
 Public surface: `read_retrieval(source, images_root=None, split="test", max_items=None, name="retrieval")`,
 `read_retrieval_csv(...)`, `read_karpathy_json(...)`, `CAPTIONS_PER_IMAGE`.
@@ -19,12 +19,13 @@ Public surface: `read_retrieval(source, images_root=None, split="test", max_item
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
-from eval.files import SkipCounter, image_loader, read_csv_rows, read_json, resolve_image, usable_text
+from eval.files import image_loader, resolve_image
 from eval.items import RetrievalSet, TaskData
 from omninegclip.common.cli import UserError
+from omninegclip.common.formats import parse_list_cell, read_csv, read_json
+from omninegclip.common.skips import SkipLog
 
 CAPTIONS_PER_IMAGE = 5
 IMAGE_COLUMNS = ["filepath", "image_path", "image", "filename"]
@@ -41,13 +42,13 @@ class _RetrievalBuilder:
     def full(self) -> bool:
         return self.max_images is not None and len(self.image_index) >= self.max_images
 
-    def add(self, image_path: Path, captions: list[str | None], where: str, skips: SkipCounter) -> None:
+    def add(self, image_path: Path, captions: list[str | None], where: str, skips: SkipLog) -> None:
         """The image and its captions; empty captions (None) were counted already; an image with
         no caption at all is left out (and counted) unless it is in the set already."""
         captions = [caption for caption in captions if caption is not None]
         key = str(image_path)
         if not captions and key not in self.image_index:
-            skips.add("image without a usable caption", where)
+            skips.skip("image_without_caption", where)
             return
         if key not in self.image_index:
             self.image_index[key] = len(self.task.retrieval.images)
@@ -65,7 +66,7 @@ def read_karpathy_json(path: str | Path, images_root: str | Path | None = None, 
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise UserError(f"{path}: expected a Karpathy-split JSON with an 'images' list")
     root = Path(images_root) if images_root is not None else path.parent
-    builder, skips = _RetrievalBuilder(name, max_items), SkipCounter()
+    builder, skips = _RetrievalBuilder(name, max_items), SkipLog()
     for index, entry in enumerate(data["images"]):
         where = f"{path}, images[{index}]"
         if not isinstance(entry, dict) or "filename" not in entry or "sentences" not in entry:
@@ -78,16 +79,16 @@ def read_karpathy_json(path: str | Path, images_root: str | Path | None = None, 
         if not isinstance(sentences, list):
             raise UserError(f"{where}: 'sentences' must be a list, got {type(sentences).__name__}")
         if not sentences:
-            skips.add("image without a usable caption", where)  # left out, counted, like an image whose captions are all empty
+            skips.skip("image_without_caption", where)  # left out, counted, like an image whose captions are all empty
             continue
         captions = []
         for number, sentence in enumerate(sentences[:CAPTIONS_PER_IMAGE]):
             raw = sentence.get("raw") if isinstance(sentence, dict) else None
             if raw is None and isinstance(sentence, dict) and isinstance(sentence.get("tokens"), list):
                 raw = " ".join(sentence["tokens"])
-            captions.append(usable_text(raw, "caption", f"{where}, sentences[{number}]", skips))
+            captions.append(skips.text(raw, f"{where}, sentences[{number}]", "caption"))
         if len(sentences) > CAPTIONS_PER_IMAGE:
-            skips[f"captions beyond the first {CAPTIONS_PER_IMAGE}"] += len(sentences) - CAPTIONS_PER_IMAGE
+            skips.skip("beyond_captions_per_image", where, len(sentences) - CAPTIONS_PER_IMAGE)
         folder, filename = entry.get("filepath", ""), entry["filename"]
         if not isinstance(folder, str) or not isinstance(filename, str):
             raise UserError(f"{where}: 'filepath' and 'filename' must be strings, got {folder!r} and {filename!r}")
@@ -99,22 +100,19 @@ def read_karpathy_json(path: str | Path, images_root: str | Path | None = None, 
     return builder.task
 
 
-def _parse_caption_list(value: str, where: str, skips: SkipCounter) -> list[str | None]:
-    try:
-        captions = ast.literal_eval(value)
-    except (ValueError, SyntaxError) as error:
-        raise UserError(f"{where}: column 'captions' must be a Python list of strings, got {value[:80]!r}") from error
-    if not isinstance(captions, (list, tuple)) or not captions:
-        raise UserError(f"{where}: column 'captions' must be a non-empty list of strings, got {value[:80]!r}")
-    return [usable_text(caption, "caption", where, skips) for caption in captions]
+def _parse_caption_list(value: str, where: str, skips: SkipLog) -> list[str | None]:
+    captions = parse_list_cell(value)
+    if not captions:
+        raise UserError(f"{where}: column 'captions' must be a non-empty Python list of strings, got {value[:80]!r}")
+    return [skips.text(caption, where, "caption") for caption in captions]
 
 
 def read_retrieval_csv(path: str | Path, images_root: str | Path | None = None, split: str = "test",
                        max_items: int | None = None, name: str = "retrieval") -> TaskData:
     path = Path(path)
-    header, rows = read_csv_rows(path, [IMAGE_COLUMNS, ["captions", "caption"]])
+    header, rows = read_csv(path, [IMAGE_COLUMNS, ["captions", "caption"]])
     image_column = next(column for column in IMAGE_COLUMNS if column in header)
-    builder, skips = _RetrievalBuilder(name, max_items), SkipCounter()
+    builder, skips = _RetrievalBuilder(name, max_items), SkipLog()
     resolved: dict[str, Path] = {}  # caption-per-row files name each image several times
     for line, row in rows:
         where = f"{path}, line {line}"
@@ -129,7 +127,7 @@ def read_retrieval_csv(path: str | Path, images_root: str | Path | None = None, 
         if "captions" in header:
             captions = _parse_caption_list(row["captions"], where, skips)
         else:
-            captions = [usable_text(row["caption"], "caption", where, skips)]
+            captions = [skips.text(row["caption"], where, "caption")]
         builder.add(image_path, captions, where, skips)
     if not builder.image_index:
         raise UserError(f"{path}: no rows" + (f" with split {split!r}" if "split" in header else "")

@@ -8,7 +8,7 @@ be read are left out (counted in the task's notes) while the first model embeds 
 scoring. Per model, each image and each text is embedded once across all tasks. A task with no item
 to evaluate is an error. results.json records the seed, the git commit and the library versions.
 
-Public surface: `HARNESS_VERSION`, `check_clip_checkpoint(model_id)`, `load_clip(model_id, device)`,
+Public surface: `HARNESS_VERSION`, `load_clip(model_id, device)`,
 `run_evaluation(models, tasks, data, out_dir, batch_size=64, device=None, model_names=None,
 max_items=None, progress=True, seed=0) -> dict`.
 """
@@ -29,10 +29,11 @@ from eval.harness import CLIPEmbedder, evaluate_tasks, task_size
 from eval.layerwise import layerwise_cosines, read_negation_pairs
 from eval.report import write_outputs
 from eval.tasks import DATA_FLAGS, TASKS, BuiltTask, build_tasks, check_data, check_task_names
+from omninegclip.common.checkpoints import check_clip_checkpoint
 from omninegclip.common.cli import UserError
 from omninegclip.common.outputs import ensure_writable
 from omninegclip.common.provenance import provenance
-from omninegclip.common.safe_load import WEIGHTS_FILES, load_pretrained_checked
+from omninegclip.common.safe_load import load_pretrained_checked
 
 HARNESS_VERSION = "1.0.0"
 
@@ -40,24 +41,6 @@ HARNESS_VERSION = "1.0.0"
 def _first_line(error: Exception) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
-
-
-def check_clip_checkpoint(model_id: str) -> None:
-    """A `UserError` unless `model_id` (folder or Hub id) has a config with `model_type: clip`."""
-    from transformers import AutoConfig
-
-    path = Path(model_id)
-    if path.is_file() or (path.is_dir() and not (path / "config.json").is_file()):
-        raise UserError(f"model {model_id}: not a CLIP checkpoint ({'a file' if path.is_file() else 'a folder without config.json'}); "
-                        "expected a folder written by CLIPModel.save_pretrained, or a Hub id")
-    try:
-        config = AutoConfig.from_pretrained(model_id, trust_remote_code=False)
-    except (OSError, ValueError, KeyError) as error:
-        raise UserError(f"model {model_id}: cannot read its config as a Hub id or folder ({_first_line(error)})") from error
-    if config.model_type != "clip":
-        raise UserError(f"model {model_id}: not a CLIP checkpoint (its config says model_type {config.model_type!r}, expected 'clip')")
-    if path.is_dir() and not any((path / name).is_file() for name in WEIGHTS_FILES):
-        raise UserError(f"model {model_id}: a CLIP config but no weights beside it (expected model.safetensors or pytorch_model.bin)")
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -75,7 +58,7 @@ def resolve_device(device: str | None) -> torch.device:
 def load_clip(model_id: str, device: str | torch.device = "cpu"):
     from transformers import CLIPModel, CLIPProcessor
 
-    check_clip_checkpoint(model_id)
+    check_clip_checkpoint(model_id, f"model {model_id}")
     try:
         model = load_pretrained_checked(CLIPModel, model_id, f"model {model_id}")
         processor = CLIPProcessor.from_pretrained(model_id, trust_remote_code=False)
@@ -147,7 +130,7 @@ def run_evaluation(
     ensure_writable(out_dir, "--out")  # before anything slow
     torch_device = resolve_device(device)
     for model in models:
-        check_clip_checkpoint(model)
+        check_clip_checkpoint(model, f"model {model}")
     for model in models:  # weights and processor of every model, before any is evaluated
         load_clip(model, "cpu")  # loaded, checked and let go
     random.seed(seed)

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from eval.files import SkipCounter, image_loader, read_json, resolve_image, usable_text
+from eval.files import image_loader, resolve_image
 from eval.items import ChoiceItem, TaskData
 from omninegclip.common.cli import UserError
+from omninegclip.common.formats import read_json
+from omninegclip.common.skips import SkipLog
 
 SUBSETS = ("add_att", "add_obj", "replace_att", "replace_obj", "replace_rel", "swap_att", "swap_obj")
 
@@ -38,7 +40,7 @@ def read_sugarcrepe(data_dir: str | Path, images_root: str | Path | None = None,
     missing = [subset for subset, file in files.items() if file is None]
     if len(missing) == len(SUBSETS):
         raise UserError(f"--sugarcrepe {data_dir}: none of SugarCrepe's files {[s + '.json' for s in SUBSETS]} is in the folder")
-    task, skips = TaskData(name="sugarcrepe"), SkipCounter()
+    task, skips = TaskData(name="sugarcrepe"), SkipLog()
     for subset, file in files.items():
         if file is None:
             continue
@@ -50,7 +52,7 @@ def read_sugarcrepe(data_dir: str | Path, images_root: str | Path | None = None,
             if not isinstance(record, dict) or not {"filename", "caption", "negative_caption"} <= set(record):
                 found = sorted(record) if isinstance(record, dict) else type(record).__name__
                 raise UserError(f"{where}: expected keys filename, caption, negative_caption; found {found}")
-            texts = [usable_text(record[name], name, where, skips) for name in ("caption", "negative_caption")]
+            texts = [skips.text(record[name], where, name) for name in ("caption", "negative_caption")]
             if None in texts:
                 continue
             image_path = resolve_image(record["filename"], images_root, where)

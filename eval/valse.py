@@ -16,17 +16,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from eval.files import SkipCounter, image_loader, read_json, resolve_image, usable_text
+from eval.files import image_loader, resolve_image
 from eval.items import ChoiceItem, TaskData
 from omninegclip.common.cli import UserError
+from omninegclip.common.formats import read_json
+from omninegclip.common.skips import SkipLog
 
 MIN_CAPTION_VOTES = 2
 
 
-def _sentence(value, field_name: str, where: str, skips: SkipCounter) -> str | None:
+def _sentence(value, field_name: str, where: str, skips: SkipLog) -> str | None:
     if isinstance(value, list):
         value = value[0] if value else None
-    return usable_text(value, field_name, where, skips)
+    return skips.text(value, where, field_name)
 
 
 def read_valse(path: str | Path, images_root: str | Path | None = None, max_items: int | None = None) -> TaskData:
@@ -35,7 +37,7 @@ def read_valse(path: str | Path, images_root: str | Path | None = None, max_item
     if not isinstance(samples, dict):
         raise UserError(f"{path}: expected a JSON object {{id: sample}} (VALSE format), found {type(samples).__name__}")
     root = Path(images_root) if images_root is not None else path.parent
-    task, skips = TaskData(name=f"valse/{path.stem}"), SkipCounter()
+    task, skips = TaskData(name=f"valse/{path.stem}"), SkipLog()
     for sample_id, sample in samples.items():
         if max_items is not None and len(task.choices) >= max_items:
             break
@@ -47,7 +49,7 @@ def read_valse(path: str | Path, images_root: str | Path | None = None, max_item
         if not isinstance(votes, (int, float)):
             raise UserError(f"{where}: mturk.caption must be a vote count, got {sample['mturk']!r}")
         if votes < MIN_CAPTION_VOTES:
-            skips[f"not validated (mturk.caption < {MIN_CAPTION_VOTES})"] += 1
+            skips.skip("not_validated", f"{where} (mturk.caption < {MIN_CAPTION_VOTES})")
             continue
         caption = _sentence(sample["caption"], "caption", where, skips)
         foil = _sentence(sample["foil"], "foil", where, skips) if caption is not None else None

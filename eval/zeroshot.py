@@ -18,10 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from eval.files import SkipCounter
 from eval.items import TaskData
 from omninegclip.common.cli import UserError
 from omninegclip.common.safe_load import open_rgb_image
+from omninegclip.common.skips import SkipLog
 
 # A small ensemble in the style of CLIP's ImageNet prompts; `--zeroshot_templates FILE` replaces it.
 DEFAULT_TEMPLATES = (
@@ -119,11 +119,11 @@ def read_zeroshot(source: str, split: str = "test", templates: list[str] | None 
         dataset = dataset.select(range(min(max_items, len(dataset))))
     # Decoded by open_rgb_image (RGB, the decompression-bomb guard), not by datasets.
     images_only = dataset.select_columns([image_column]).cast_column(image_column, datasets.Image(decode=False))
-    skips = SkipCounter()
+    skips = SkipLog()
     keys, labels, store = [], [], {}
     for index, label in enumerate(dataset[label_column]):
         if label is None or label < 0:
-            skips["no label"] += 1
+            skips.skip("missing_label", f"{source}[{split}] row {index}")
             continue
         key = f"{source}[{split}]#{index}"
         keys.append(key)

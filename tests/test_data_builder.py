@@ -100,7 +100,7 @@ def test_coco_build_writes_contract_columns_and_valid_negations(tmp_path, coco_a
     assert by_image["6"]["negated_object"] == "couch" and by_image["6"]["presence_rewrite"].startswith("suffix_")
     assert by_image["6"]["present_objects"] == ["couch"]
     assert summary["rows_in"] == 8 and sum(summary["rows_out"].values()) == 7
-    assert summary["skips"]["row:corrupt_image"] == 1 and summary["skipped_files"] == {"corrupt_image": ["000008.png"]}
+    assert summary["skips"]["row:corrupt_image"] == 1 and summary["skip_examples"]["row:corrupt_image"] == ["000008.png"]
     assert summary["images_converted_to_rgb"] == {"L": 1}
     assert summary["negations"] == {"both": 7}
     assert summary["quality_gate"]["passed"] and summary["quality_gate"]["total"]["presence"]["passed"] == 7
@@ -224,7 +224,7 @@ def test_negationclip_build_with_synthesized_presence(tmp_path):
     (row,) = rows_of(tmp_path / "out")["train"]
     assert (row["absence_negated"], row["absent_object"], row["absence_rewrite"]) == ("a dog on a couch, with no cat in sight", "cat", "negationclip")
     assert row["presence_negated"] is None and summary["negations"] == {"absence_only": 1}
-    assert summary["skips"] == {"row:missing_image": 1} and summary["skipped_files"] == {"missing_image": ["COCO_train2014_000000000010.jpg"]}
+    assert summary["skips"] == {"row:missing_image": 1} and summary["skip_examples"] == {"row:missing_image": ["COCO_train2014_000000000010.jpg"]}
     build(args, tmp_path / "both", "--test_fraction", "0", "--validation_fraction", "0", "--synthesize_presence", "--max_rows", "1")
     (row,) = rows_of(tmp_path / "both")["train"]
     assert row["negated_object"] in ("dog", "couch") and row["presence_negated"] is not None
@@ -413,7 +413,7 @@ def test_each_image_is_stored_once_whatever_the_captions_and_training_reads_the_
     raw = load_any_dataset(str(out), "train")
     columns = CaptionColumns.from_flags("image", "caption", "presence_negated", "absence_negated", "absence_affirmed")
     prepared, (report,) = prepare_dataset([raw], [str(out)], columns, tokenizer, max_length=77)
-    assert report.kept == len(rows) and not report.skipped and len(prepared) == len(rows)
+    assert report.kept == len(rows) and not report.skips and len(prepared) == len(rows)
     assert len(prepared.images) == len(ids)  # rows of one image share it: each is decoded once
     first = prepared.images.read([0])[0]
     assert Path(first).is_file() and (out / storage.IMAGES_FOLDER).resolve() in Path(first).parents

@@ -119,7 +119,7 @@ def test_a_folder_that_is_not_a_clip_checkpoint_is_named(tmp_path, benchmark_fil
     (tmp_path / "empty").mkdir()
     data = ["--negbench_mcq", benchmark_files["negbench_mcq"]]
     error = run_and_capture_error([str(tmp_path / "bert"), "--tasks", "negbench_mcq", "--out", str(tmp_path / "o"), *data], capsys)
-    assert "not a CLIP checkpoint (its config says model_type 'bert'" in error
+    assert "not a CLIP checkpoint (its config.json has model_type 'bert'" in error
     error = run_and_capture_error([str(tmp_path / "empty"), "--tasks", "negbench_mcq", "--out", str(tmp_path / "o"), *data], capsys)
     assert "not a CLIP checkpoint (a folder without config.json)" in error
 

@@ -159,7 +159,7 @@ CASES = [
          ("no_weights: a CLIP config but no weights beside it (expected model.safetensors or pytorch_model.bin)",)),
     # malformed files and rows
     Case("eval", "csv_row_not_utf8", lambda r: args(r, "--tasks", "negbench_mcq", "--negbench_mcq", long_csv_with_latin1_row(r)), 2,
-         ("latin1.csv, after line", "not UTF-8 text")),
+         ("latin1.csv: after line", "not UTF-8 text")),
     Case("eval", "json_record_missing_a_key", lambda r: args(r, "--tasks", "valse", "--valse", valse(r, "no_foil.json", {
         "s1": {"image_file": "ok.png", "caption": "a red square", "mturk": {"caption": 3}}}), "--valse_images", r / "images"), 2,
          ("no_foil.json, sample 's1': expected keys image_file, caption, foil, mturk; found ['caption', 'image_file', 'mturk']",)),
@@ -169,14 +169,15 @@ CASES = [
         {"image_paths": [], "annotations": [Evil(r / "PWNED")]}, protocol=2))), 2,
          ("evil.pt: refused to load: the file needs arbitrary unpickling of exec, which could run code",)),
     Case("eval", "ccneg_annotations_not_a_list", lambda r: args(r, "--tasks", "ccneg", "--ccneg", ccneg_file(r, "dict.pt", {
-        "image_paths": ["a.jpg"], "annotations": {"0": {}}})), 2, ("dict.pt: 'annotations' must be a list (CC-Neg format), found dict",)),
+        "image_paths": ["a.jpg"], "annotations": {"0": {}}})), 2, ("dict.pt: 'annotations' in the top level is a dict, expected a list (CC-Neg: {image_paths: [...], annotations: [{json: {caption}",)),
     # empty data
     Case("eval", "csv_with_a_header_only", lambda r: mcq_args(r, "header_only.csv", []), 2,
          ("task negbench_mcq: no item to evaluate in the data given by --negbench_mcq",)),
     Case("eval", "every_valse_sample_unvalidated", lambda r: args(r, "--tasks", "valse", "--valse", valse(r, "unvalidated.json", {
         f"s{index}": {"image_file": "ok.png", "caption": "a", "foil": "b", "mturk": {"caption": 1}} for index in range(2)}),
         "--valse_images", r / "images"), 2,
-         ("task valse: no item to evaluate in the data given by --valse (skipped 2 (not validated (mturk.caption < 2): 2))",)),
+         ("task valse: no item to evaluate in the data given by --valse (skipped 2 (not_validated: 2 [",
+          "unvalidated.json, sample 's0' (mturk.caption < 2); ", "unvalidated.json, sample 's1' (mturk.caption < 2)]))")),
     Case("eval", "every_image_unreadable", lambda r: mcq_args(r, "all_bad.csv", ["corrupt.png", "truncated.png"]), 2,
          ("task negbench_mcq: no item left to evaluate, every one needs an image that cannot be read",
           "all_bad.csv, line 2: cannot read the image", "corrupt.png' (not an image PIL can read")),
@@ -190,15 +191,15 @@ CASES = [
           "bomb.png' (Image size (400000000 pixels) exceeds limit"), once="skipped 4"),
     Case("eval", "empty_caption_skipped", lambda r: args(r, "--tasks", "negbench_mcq", "--negbench_mcq", write(
         r, "empty_caption.csv", ",".join(HEADER) + f"\n{r / 'images' / 'ok.png'},0,a,b,c,d,negative\n{r / 'images' / 'gray.png'},0,a, ,c,d,negative\n")), 0,
-         ("| negbench_mcq | accuracy | 1 |", "skipped 1 (empty caption: 1 [", "empty_caption.csv, line 3 (column caption_1)]")),
+         ("| negbench_mcq | accuracy | 1 |", "skipped 1 (empty_caption: 1 [", "empty_caption.csv, line 3 (column caption_1)]")),
     Case("eval", "retrieval_with_a_corrupt_image_and_an_empty_caption",
          lambda r: args(r, "--tasks", "retrieval", "--retrieval", karpathy(r), "--retrieval_images", r / "images"), 0,
-         ("| retrieval | text_to_image/R@1 | 3 |", "empty caption: 1 [", "dataset_coco.json, images[2], sentences[1]]",
+         ("| retrieval | text_to_image/R@1 | 3 |", "empty_caption: 1 [", "dataset_coco.json, images[2], sentences[1]]",
           "corrupt_image: 1 [retrieval: cannot read the image", "corrupt.png' (not an image PIL can read (corrupt or not an image file)), with its 2 text(s)]")),
     Case("eval", "zeroshot_with_a_corrupt_image", lambda r: args(r, "--tasks", "zeroshot", "--zeroshot", zeroshot_dataset(r)), 0,
          ("| zeroshot | top1 | 2 |", "corrupt_image: 1 [zeroshot: cannot read the image", "pets[test]#1' (not an image PIL can read")),
     Case("eval", "layerwise_empty_caption_counted", lambda r: args(r, "--tasks", "layerwise", "--layerwise", pairs_csv(r)), 0,
-         ("layerwise: skipped 1 (empty caption: 1 [", "pairs.csv, line 3])")),
+         ("layerwise: skipped 1 (empty_caption: 1 [", "pairs.csv, line 3])")),
 ]
 
 
@@ -349,6 +350,7 @@ def test_eval_loaders_refuse_remote_code_explicitly(root, monkeypatch):
 
         monkeypatch.setattr(owner, "from_pretrained", classmethod(spy))
     load_clip(str(root / "clip"))
-    # (the processor reads the config again itself, passing the setting on)
-    assert [name for name, _ in seen][:3] == ["AutoConfig", "CLIPModel", "CLIPProcessor"]
+    # (check_clip_checkpoint reads a local folder's config.json as JSON; the processor reads the config
+    # again itself, passing the setting on)
+    assert [name for name, _ in seen][:2] == ["CLIPModel", "CLIPProcessor"]
     assert all(trust is False for _, trust in seen)

@@ -67,6 +67,7 @@ def test_ccneg_reads_the_last_eval_size_items_and_strips_commas_from_the_negatio
     assert task.notes == ""
     assert len(ccneg.read_ccneg(path, images, max_items=2).choices) == 2
     assert ccneg.read_ccneg(path, images.parent).choices[0].images == [str(images / "2.jpg")]  # ccneg_images/ works too
+    assert ccneg.read_ccneg(path, images.parent.parent).choices[0].images == [str(images / "2.jpg")]  # and the CC-Neg root
 
 
 def test_ccneg_smaller_than_the_eval_split_uses_all_items_and_says_so(tmp_path):
@@ -91,8 +92,9 @@ def test_ccneg_malformed_annotation_names_file_and_item_missing_image_names_path
     data = torch.load(path, weights_only=True)
     del data["annotations"][1]["sop_data"]
     torch.save(data, path)
-    with pytest.raises(UserError, match=r"ccneg_preprocessed.pt, item 1: .*negative-prompt"):
+    with pytest.raises(UserError, match=r"ccneg_preprocessed.pt: annotations\[1\] has no 'sop_data' key \(CC-Neg: .*negative-prompt"):
         ccneg.read_ccneg(path, images)
+    path, images = write_ccneg(tmp_path, count=3)  # the whole file is checked first: a well-formed one for the image check
     with pytest.raises(UserError, match=r"missing image '/workspace/datasets/cc3m/cc3m_subset_images_extracted_final/0.jpg'"):
         ccneg.read_ccneg(path, tmp_path / "elsewhere")
 
@@ -169,7 +171,7 @@ def test_negbench_mcq_bad_rows_name_file_and_line(tmp_path):
     with pytest.raises(UserError, match=r"line 2: missing image '.*gone.jpg'"):
         negbench.read_negbench_mcq(tmp_path / "m.csv")
     write_csv(tmp_path / "m.csv", MCQ_HEADER, [[a, 0, "a", "b", "c", "d", "positive"], [a, 0, "a", "b", "c"]])
-    with pytest.raises(UserError, match=r"m.csv, line 3: 5 fields, the header has 7"):
+    with pytest.raises(UserError, match=r"m.csv: line 3 has 5 fields, but the header has 7"):
         negbench.read_negbench_mcq(tmp_path / "m.csv")
     write_csv(tmp_path / "m.csv", ["image", "correct_answer", "caption_0"], [[a, 0, "a"]])
     with pytest.raises(UserError, match=r"no column 'image_path' or 'filepath'"):
@@ -188,7 +190,7 @@ def test_negbench_negated_retrieval_reads_python_list_captions(tmp_path):
     assert task.retrieval.texts == ["A dog with no cat.", "A dog, not a cat.", "A kitchen without people."]
     assert task.retrieval.text_image == [0, 0, 1]
     write_csv(tmp_path / "neg_retrieval.csv", ["filepath", "captions"], [[a, "['unterminated"]])
-    with pytest.raises(UserError, match=r"neg_retrieval.csv, line 2: column 'captions' must be a Python list"):
+    with pytest.raises(UserError, match=r"neg_retrieval.csv, line 2: column 'captions' must be a non-empty Python list of strings, got \"\['unterminated\""):
         negbench.read_negbench_retrieval(tmp_path / "neg_retrieval.csv")
 
 
@@ -210,7 +212,7 @@ def test_valse_keeps_samples_validated_by_at_least_two_annotators_and_counts_the
     task = valse.read_valse(tmp_path / "existence.json", tmp_path / "images")
     assert task.name == "valse/existence"
     assert [item.texts for item in task.choices] == [["There are no people.", "There are people."], ["There is a dog.", "There is no dog."]]
-    assert task.notes == "skipped 1 (not validated (mturk.caption < 2): 1)"
+    assert task.notes == f"skipped 1 (not_validated: 1 [{tmp_path / 'existence.json'}, sample 'existence_2' (mturk.caption < 2)])"
     samples["existence_0"]["mturk"] = "3"
     (tmp_path / "existence.json").write_text(json.dumps(samples))
     with pytest.raises(UserError, match=r"sample 'existence_0': mturk.caption must be a vote count"):
@@ -255,7 +257,7 @@ def test_karpathy_json_reads_one_split_with_five_captions_and_counts_the_extra(t
     assert task.retrieval.images == [str(tmp_path / "val2014" / "COCO_val2014_1.jpg"), str(tmp_path / "val2014" / "COCO_val2014_3.jpg")]
     assert task.retrieval.texts == [f"one {i}" for i in range(5)] + ["three dogs", "three b"]
     assert task.retrieval.text_image == [0] * 5 + [1, 1]
-    assert task.notes == "skipped 2 (captions beyond the first 5: 2)"
+    assert task.notes == f"skipped 2 (beyond_captions_per_image: 2 [{tmp_path / 'dataset_coco.json'}, images[0]])"
     assert len(retrieval.read_retrieval(tmp_path, split="train").retrieval.images) == 1  # a folder holding the JSON
     with pytest.raises(UserError, match="no image has split 'val'"):
         retrieval.read_retrieval(tmp_path / "dataset_coco.json", split="val")

@@ -129,7 +129,7 @@ def test_coco_reader_counts_every_caption(tmp_path, annotations, captions_per_im
     (tmp_path / "captions.json").write_text(json.dumps({"images": images, "annotations": annotations}))
     (tmp_path / "instances.json").write_text(json.dumps(instances))
     source = read_coco(tmp_path / "captions.json", tmp_path / "instances.json", tmp_path, captions_per_image=captions_per_image)
-    assert len(source.items) + sum(source.skips.values()) == len(annotations)  # a COCO caption is one cell, never a list
+    assert len(source.items) + source.skips.total() == len(annotations)  # a COCO caption is one cell, never a list
     assert all(isinstance(item.caption, str) and item.caption.strip() == item.caption and item.caption for item in source.items)
 
 
@@ -139,7 +139,7 @@ def test_jsonl_reader_counts_every_caption(tmp_path, cells, captions_per_image, 
     path = tmp_path / "pairs.jsonl"
     path.write_text("".join(json.dumps({"image": "x.png", "caption": cell}, ensure_ascii=ascii_only) + "\n" for cell in cells), encoding="utf-8")
     source = read_captions_dataset(str(path), captions_per_image=captions_per_image, progress=False)
-    assert len(source.items) + sum(source.skips.values()) == sum(caption_units(cell) for cell in cells)
+    assert len(source.items) + source.skips.total() == sum(caption_units(cell) for cell in cells)
     texts = [text.strip() for cell in cells for text in (cell if isinstance(cell, list) else [cell]) if isinstance(text, str) and text.strip()]
     assert Counter(item.caption for item in source.items) <= Counter(texts)
 
@@ -155,7 +155,7 @@ def test_csv_reader_keeps_any_text_as_it_was(tmp_path, captions):
     (tmp_path / "pairs.csv").write_text(buffer.getvalue(), encoding="utf-8", newline="")
     source = read_captions_dataset(str(tmp_path / "pairs.csv"), progress=False)
     assert [item.caption for item in source.items] == [text.strip() for text in captions if text.strip()]
-    assert source.skips == Counter({"empty_caption": sum(not text.strip() for text in captions)}) - Counter()
+    assert source.skips.counts == Counter({"empty_caption": sum(not text.strip() for text in captions)}) - Counter()
 
 
 # ------------------------------------------------------------------------------------------- builder

@@ -167,7 +167,7 @@ def test_an_unreadable_image_is_counted_in_the_same_pass_and_remembered_by_the_c
         counted_decodes.clear()
         prepared, (report,) = prepare_dataset([table], ["photos"], columns, processor.tokenizer, images=run)
         assert sum(counted_decodes.values()) == decodes
-        assert report.skipped == {"truncated_image": 1} and report.kept == 2
+        assert report.skips.counts == {"truncated_image": 1} and report.kept == 2
         assert prepared.source_row.tolist() == [0, 2]
 
 
@@ -250,7 +250,7 @@ def test_preparation_writes_no_copy_of_the_images(tmp_path, processor):
         assert not any(data[200:400] in content for data in pictures + more), path  # no image's bytes anywhere
     assert len(tables["train"]) == 2 * 15 and len(packed.image_index) == 15 + 6  # 16 rows, one skipped; repeats share rows
     assert packed.image_embeds.shape[0] == 12 + 6  # unique images embedded once: 12 + 6, not 30 rows
-    assert reports[0].skipped == {"empty_caption": 1}
+    assert reports[0].skips.counts == {"empty_caption": 1}
 
 
 # ---- batches and steps ------------------------------------------------------------------------------

@@ -71,7 +71,7 @@ def test_coco_reads_objects_captions_and_counts_unknown_images(tmp_path):
     first = source.items[0]
     assert first.present_objects == ("couch", "dog") and first.salience == {"dog": 16.0, "couch": 64.0}
     assert first.image.path == images / "000001.png" and first.image.read_bytes() == (images / "000001.png").read_bytes()
-    assert source.skips == {"caption_of_unknown_image": 1}
+    assert source.skips.counts == {"caption_of_unknown_image": 1}
     assert sorted(source.object_sets) == [("couch", "dog"), ("dog", "person")]
     assert source.exhaustive_objects
     assert [item.caption for item in read_coco(captions, instances, images, captions_per_image=1).items] == ["A dog on a couch.", "A man walking his dog."]
@@ -374,7 +374,7 @@ def test_captions_build_with_image_urls_counts_failed_downloads(tmp_path, image_
                                  "--no_progress"])
     assert summary["rows_out"]["train"] == 2
     assert summary["skips"]["row:image_download_failed"] == 1 and summary["skips"]["row:image_download_too_large"] == 1
-    assert summary["skipped_files"]["image_download_failed"] == [f"{image_server}/img/gone.jpg"]
+    assert summary["skip_examples"]["row:image_download_failed"] == [f"{image_server}/img/gone.jpg"]
     assert len(files_under(cache)) == 2  # the two images that came, and nothing else
     rows_out = datasets.load_from_disk(str(tmp_path / "out"))["train"]
     assert sorted(row["image_id"] for row in rows_out) == [f"{image_server}/img/cat.png", f"{image_server}/img/dog.png"]
@@ -389,11 +389,11 @@ def test_json_shapes_and_csv_cells_are_read_as_written(tmp_path):
     (tmp_path / "columns.json").write_text(json.dumps(columns, ensure_ascii=False))
     source = read_captions_dataset(str(tmp_path / "columns.json"), captions_per_image=0, progress=False)
     assert [item.caption for item in source.items] == ["a dog\u2028on a couch", "a cat", "a kitten"]
-    assert source.skips == {"empty_caption": 1} and source.skip_examples == {"empty_caption": ["columns.json row 1 (column 'caption')"]}
+    assert source.skips.to_json() == {"skips": {"empty_caption": 1}, "skip_examples": {"empty_caption": ["columns.json row 1 (column 'caption')"]}}
     (tmp_path / "pairs.csv").write_text('image,caption\na.png,"NA"\na.png,123\na.png,"a dog, a cat"\na.png,"[\'a bus\', \'a car\']"\n')
     source = read_captions_dataset(str(tmp_path / "pairs.csv"), captions_per_image=1, progress=False)
     assert [item.caption for item in source.items] == ["NA", "123", "a dog, a cat", "a bus"]  # no type guessing; list cells as lists
-    assert source.skips == {"beyond_captions_per_image": 1}
+    assert source.skips.counts == {"beyond_captions_per_image": 1}
     (tmp_path / "pairs.txt").write_text("image,caption\na.png,a dog\n")
     assert [item.caption for item in read_captions_dataset(str(tmp_path / "pairs.txt"), loader="csv", progress=False).items] == ["a dog"]
 

@@ -131,7 +131,8 @@ SKIPS_OF_MIXED = (
     "truncated_image: 1 [row 2: image file is truncated]",
     "image_too_large: 2 [row 3: 10000x10000 = 100000000 pixels, over the decompression-bomb limit",
     "row 4: Image size (400000000 pixels) exceeds limit",
-    "empty_caption: 2 [row 6: column 'caption'; row 7: column 'caption']",
+    "empty_caption: 1 [row 6, column 'caption']",
+    "missing_caption: 1 [row 7, column 'caption']",
     "missing_image: 1 [row 11: no image in this row",
     "kept 5 of 12 rows",
 )
@@ -178,7 +179,7 @@ CASES = [
     Case("train", "resume_latest_without_checkpoints", lambda r: flags(r, good(r), resume_from_checkpoint="latest"), 2,
          ("--resume_from_checkpoint latest: no complete checkpoint-* folder",)),
     Case("train", "model_config_not_json", lambda r: ["--model_name_or_path", folder(r, "broken-config", {"config.json": "{model"}),
-                                                      *flags(r, good(r))[2:]], 2, ("broken-config/config.json is not valid JSON",)),
+                                                      *flags(r, good(r))[2:]], 2, ("broken-config': cannot read its config as a Hub id or folder (", "broken-config/config.json: not valid JSON: ",)),
     Case("train", "model_without_processor", lambda r: ["--model_name_or_path", clip_without_processor(r), *flags(r, good(r))[2:]], 2,
          ("no CLIP processor at", "clip-no-processor", "--processor_name_or_path")),
     # data files
@@ -191,7 +192,8 @@ CASES = [
     Case("train", "image_column_of_numbers", lambda r: flags(r, image_rows(r, "int_images", [None, None], image=[1, 2])), 2,
          ("column 'image' (set by --image_column) holds Value('int64')", "expected images (a datasets Image column) or image file paths")),
     Case("train", "negation_not_text", lambda r: flags(r, image_rows(r, "int_negation", [png_bytes()] * 2, presence_negated=[3, 4])), 2,
-         ("row 0, column 'presence_negated': expected a string, got int 3",)),
+         ("int_negation': no usable row (column 'caption'): skipped 2 (presence_negated_not_text: 2 "
+          "[row 0, column 'presence_negated': int 3; row 1, column 'presence_negated': int 4])",)),
     Case("train", "every_image_unreadable", lambda r: flags(r, image_rows(r, "all_corrupt", [BAD_IMAGES["corrupt"][0]] * 2)), 2,
          ("all_corrupt': no usable row (column 'image'): skipped 2 (corrupt_image: 2 [row 0: not an image PIL can read",)),
     # counted skips: the run goes on and reports them once
@@ -230,8 +232,8 @@ def test_prepare_dataset_skips_exactly_the_bad_rows_and_keeps_where_the_rest_cam
         prepared, (report,) = prepare_dataset([raw], ["mixed"], columns, tokenizer, max_length=77, images=images)
         assert isinstance(report, SourceReport)
         assert (report.rows, report.kept, report.truncated_captions) == (12, 5, 1)
-        assert report.skipped == {"corrupt_image": 1, "truncated_image": 1, "image_too_large": 2, "empty_caption": 2,
-                                  "missing_image": 1}
+        assert report.skips.counts == {"corrupt_image": 1, "truncated_image": 1, "image_too_large": 2, "empty_caption": 1,
+                                       "missing_caption": 1, "missing_image": 1}
         assert prepared.source_row.tolist() == [0, 5, 8, 9, 10] and prepared.order.tolist() == list(range(5))
         tokens = prepared.tokens["input_ids"][3]
         assert len(tokens) == 77 and tokens[-1] == tokenizer.eos_token_id
@@ -244,8 +246,9 @@ def test_the_provenance_records_what_was_skipped(root):
     out = root / "outputs" / "skips-recorded"
     train.main(train_flags(root / "clip", mixed_quality(root), out, max_steps=1, per_device_train_batch_size=4))
     (data,) = json.loads((out / "training_provenance.json").read_text())["data"]
-    assert data["skipped"]["image_too_large"] == 2 and data["kept"] == 5 and data["truncated_captions"] == 1
-    assert data["examples"]["empty_caption"] == ["row 6: column 'caption'", "row 7: column 'caption'"]
+    assert data["skips"]["image_too_large"] == 2 and data["kept"] == 5 and data["truncated_captions"] == 1
+    assert data["skip_examples"]["empty_caption"] == ["row 6, column 'caption'"]
+    assert data["skip_examples"]["missing_caption"] == ["row 7, column 'caption'"]
 
 
 # ---- interruptions ---------------------------------------------------------------------------------------

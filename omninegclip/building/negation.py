@@ -171,7 +171,7 @@ def negation(kind: str, item: SourceItem, source: Source, stats: CooccurrenceSta
     if given is not None:
         rewrite, obj = Rewrite(given.text, given.rewrite), given.obj
     elif skip:
-        report.skips[f"{kind}:{skip}"] += 1
+        report.skips.skip(f"{kind}:{skip}")
         return None
     elif not (options.generate_presence if kind == "presence" else options.generate_absence):
         return None
@@ -184,13 +184,13 @@ def negation(kind: str, item: SourceItem, source: Source, stats: CooccurrenceSta
         if obj:
             rewrite, reason = _rewrite(kind, item, obj, rng, options, report, keep=lambda text: window.negation_visible(item.caption, text, obj))
         if not obj or rewrite is None:
-            report.skips[f"{kind}:{reason}"] += 1
+            report.skips.skip(f"{kind}:{reason}")
             return None
     problem = (presence_problem if kind == "presence" else absence_problem)(item.caption, rewrite.text, obj, item.present_objects)
     if problem:
-        report.skips[f"{kind}:quality_gate:{problem}"] += 1
+        report.skips.skip(f"{kind}:quality_gate:{problem}")
         return None
     if not window.negation_visible(item.caption, rewrite.text, obj):
-        report.skips[f"{kind}:negation_beyond_context"] += 1
+        report.skips.skip(f"{kind}:negation_beyond_context")
         return None
     return rewrite, obj

@@ -4,7 +4,8 @@ A reader checks the published schema (a missing key is a `UserError` naming the 
 the key), finds each image on disk (or in the dataset, or at a URL), and says what it knows about
 each caption: the objects present, and any negation the source itself ships. Images are not opened
 here: the builder opens each one once, when it writes it. Nothing is lost silently: every caption
-read becomes an item or a counted skip (`Source.skips`, by reason).
+read becomes an item or a counted skip (`Source.skips`, an `omninegclip.common.skips.SkipLog`: by
+reason, with the first places of each).
 
 Public surface:
 - `ImageRef`, `GivenNegation`, `SourceItem`, `Source`: what a reader returns; `ImageRef.read_bytes()`
@@ -24,23 +25,16 @@ Public surface:
   `cache_dir` under a name made from a hash of the URL (never the URL's own name), with a total time
   limit and a size limit; `ImageUnavailable` when it cannot be had;
 - `read_ccneg(annotations, images, eval_size=40000)`: CoN-CLIP's `ccneg_preprocessed.pt` (presence
-  triples; the last `eval_size` items are the evaluation split), loaded with `weights_only=True`, so
-  a file that would need arbitrary unpickling (code execution) is refused, never run. `images` is
-  the CC-Neg root: images are looked for as stored, by their last folder and name under it and
-  under its `ccneg_images/` (where CoN-CLIP's README unzips them), and by name;
+  triples; the last `eval_size` items are the evaluation split), parsed by
+  `omninegclip.common.formats.read_ccneg_file` (the reader `eval/` uses too). `images` is the CC-Neg
+  root: images are looked for as `formats.ccneg_image_candidates` lists them;
 - `read_negationclip(annotations, images, instances=None)`: NegationCLIP's COCO-format JSON whose
   annotations carry `caption` and `updated_caption` (absence triples);
 - `infer_absent_object(caption, updated_caption)`: which object an absence rewrite negated;
 - `read_coco_objects(instances)`: image id -> {category: total box area}, from a COCO instances file.
 
-Formats, as the authors' released code reads them:
-- CC-Neg (github.com/jaisidhsingh/CoN-CLIP, `src/data/finetuning_datasets.py`): a dict with
-  `image_paths` (absolute paths under `/workspace/datasets/cc3m/`, e.g.
-  `.../cc3m_subset_images_extracted_final/x.jpg`, replaced there by the local CC-Neg root) and
-  `annotations`, a parallel list of dicts: `annotations[i]["json"]["caption"]` the true caption,
-  `annotations[i]["sop_data"]["negative-prompt"]` the negated caption (commas removed before use),
-  `["sop_data"]["sop_chosen_object"]` the negated object, `["sop_data"]["sop_decomposition"]` the
-  subject/object/predicate parse; an optional `num_ops` index. Train = all but the last 40,000.
+Formats, as the authors' released code reads them (CC-Neg's, shared with `eval/`, is described in
+`omninegclip.common.formats`; JSON and CSV files are read by its `read_json` and `read_csv`):
 - NegationCLIP (github.com/parkquasar/NegationCLIP, `src/data_generation.py`): COCO's
   `captions_train2014.json` with `info`, `licenses`, `images` kept and `annotations` reduced to the
   rewritten ones, each with an added `updated_caption`; the negated object is not stored.
@@ -48,8 +42,6 @@ Formats, as the authors' released code reads them:
 
 from __future__ import annotations
 
-import ast
-import csv
 import hashlib
 import http.client
 import json
@@ -61,20 +53,19 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from omninegclip.building.parallel import fork_map
 from omninegclip.building.vocabulary import NEGATION_CUES, canonical_category, detect_objects, find_mentions, mentions
 from omninegclip.common.cli import UserError
-from omninegclip.common.safe_load import load_torch_file
+from omninegclip.common.formats import (CCNEG_EVAL_SIZE, ccneg_image_candidates, describe_value, parse_list_cell, read_ccneg_file, read_csv,
+                                        read_json, require, require_list)
+from omninegclip.common.skips import SkipLog, text_skip
 
-CCNEG_PATH_PREFIX = "/workspace/datasets/cc3m/"
-CCNEG_IMAGES_FOLDER = "ccneg_images"  # where CoN-CLIP's README has the image zip unpacked, inside the CC-Neg root
 SPLITS = ("train", "validation", "test")
 TRAIN_OR_VALIDATION = "trainval"  # a source split the builder divides into train and validation by image hash
-MAX_SKIP_EXAMPLES = 20
 BEYOND_CAPTIONS_PER_IMAGE = "beyond_captions_per_image"  # a caption not selected (--captions_per_image): counted, not lost
 _SPLIT_ALIASES = {"train": "train", "training": "train", "validation": "validation", "valid": "validation", "val": "validation", "dev": "validation", "test": "test", "testing": "test"}
 
@@ -141,53 +132,7 @@ class Source:
     object_sets: list[tuple[str, ...]]  # objects of each image of the whole source (co-occurrence statistics)
     exhaustive_objects: bool  # True when every object in an image is known (annotations), not only the named ones
     files: list[str] = field(default_factory=list)
-    skips: Counter = field(default_factory=Counter)  # captions the reader could not use, by reason
-    skip_examples: dict[str, list[str]] = field(default_factory=dict)  # reason -> where the first few are
-
-    def skip(self, reason: str, where: str, count: int = 1) -> None:
-        """Count `count` skipped captions; name where the first `MAX_SKIP_EXAMPLES` of each reason are."""
-        self.skips[reason] += count
-        examples = self.skip_examples.setdefault(reason, [])
-        if len(examples) < MAX_SKIP_EXAMPLES:
-            examples.append(where)
-
-
-def _keep_only(keys: frozenset[str]) -> Callable[[dict], dict]:
-    """A json `object_hook` that keeps only `keys` of every object, so that what the reader never
-    uses (COCO's segmentation polygons, areas, URLs, ...) is freed as soon as it is parsed."""
-    def hook(value: dict) -> dict:
-        return {key: item for key, item in value.items() if key in keys}
-
-    return hook
-
-
-def _load_json(path: Path, what: str, keep: frozenset[str] | None = None) -> object:
-    """The JSON value of a file; with `keep`, every object in it holds only those keys (memory)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such file (expected {what})")
-    try:
-        with path.open(encoding="utf-8") as handle:
-            return json.load(handle, object_hook=_keep_only(keep) if keep is not None else None)
-    except json.JSONDecodeError as error:
-        raise UserError(f"{path}: not valid JSON (line {error.lineno}, column {error.colno}: {error.msg}); expected {what}") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not UTF-8 text; expected {what}") from None
-
-
-def _require(container: object, key: str, path: Path, where: str, schema: str) -> object:
-    if not isinstance(container, dict):
-        raise UserError(f"{path}: {where} is a {type(container).__name__}, expected an object ({schema})")
-    if key not in container:
-        raise UserError(f"{path}: {where} has no '{key}' key ({schema})")
-    return container[key]
-
-
-def _require_list(container: object, key: str, path: Path, where: str, schema: str) -> list:
-    value = _require(container, key, path, where, schema)
-    if not isinstance(value, list):
-        raise UserError(f"{path}: '{key}' in {where} is a {type(value).__name__}, expected a list ({schema})")
-    return value
+    skips: SkipLog = field(default_factory=SkipLog)  # captions the reader could not use, by reason, with places
 
 
 def _check_dir(path: Path | str, flag: str) -> Path:
@@ -203,15 +148,10 @@ _COCO_INSTANCES_SCHEMA = "COCO instances: images[...], annotations[{image_id, ca
 
 def _require_id(container: object, key: str, path: Path, where: str, schema: str) -> int | str:
     """An id (an integer or a string: what COCO-style files use)."""
-    value = _require(container, key, path, where, schema)
+    value = require(container, key, path, where, schema)
     if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise UserError(f"{path}: '{key}' in {where} is {_describe_value(value)}, expected an integer or a string id ({schema})")
+        raise UserError(f"{path}: '{key}' in {where} is {describe_value(value)}, expected an integer or a string id ({schema})")
     return value
-
-
-def _describe_value(value: object) -> str:
-    text = repr(value)
-    return f"a {type(value).__name__} ({text if len(text) <= 40 else text[:37] + '...'})"
 
 
 # The keys the COCO-format readers use; every other key is dropped while the file is parsed (the
@@ -224,11 +164,11 @@ def _coco_images(data: object, path: Path, schema: str) -> dict[object, str]:
     """Image id -> file name. An id listed twice with the same file name is harmless (nothing is
     lost); with two different file names it is an error (one of the two images would be dropped)."""
     file_names, first_index = {}, {}
-    for index, image in enumerate(_require_list(data, "images", path, "the top level", schema)):
+    for index, image in enumerate(require_list(data, "images", path, "the top level", schema)):
         image_id = _require_id(image, "id", path, f"images[{index}]", schema)
-        file_name = _require(image, "file_name", path, f"images[{index}]", schema)
+        file_name = require(image, "file_name", path, f"images[{index}]", schema)
         if not isinstance(file_name, str) or not file_name.strip():
-            raise UserError(f"{path}: 'file_name' in images[{index}] is {_describe_value(file_name)}, expected a file name ({schema})")
+            raise UserError(f"{path}: 'file_name' in images[{index}] is {describe_value(file_name)}, expected a file name ({schema})")
         if image_id in file_names and file_names[image_id] != file_name:
             raise UserError(f"{path}: images[{index}] repeats id {image_id!r} of images[{first_index[image_id]}] with another file "
                             f"({file_name!r}, not {file_names[image_id]!r}); image ids must be unique")
@@ -252,24 +192,24 @@ def _box_area(bbox: object, path: Path, where: str) -> float:
     if bbox is None or bbox == []:
         return 0.0
     if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox)):
-        raise UserError(f"{path}: 'bbox' in {where} is {_describe_value(bbox)}, expected [x, y, width, height] numbers")
+        raise UserError(f"{path}: 'bbox' in {where} is {describe_value(bbox)}, expected [x, y, width, height] numbers")
     return max(float(bbox[2]), 0.0) * max(float(bbox[3]), 0.0)
 
 
 def read_coco_objects(instances: Path | str) -> tuple[dict[object, dict[str, float]], dict[object, str]]:
     """From a COCO instances file: image id -> {category name: total box area}, and the image file names."""
     path = Path(instances)
-    data = _load_json(path, "a COCO instances_*.json file", keep=_COCO_KEYS)
+    data = read_json(path, "a COCO instances_*.json file", keep=_COCO_KEYS)
     file_names = _coco_images(data, path, _COCO_INSTANCES_SCHEMA)
     names = {}
-    for index, category in enumerate(_require_list(data, "categories", path, "the top level", _COCO_INSTANCES_SCHEMA)):
+    for index, category in enumerate(require_list(data, "categories", path, "the top level", _COCO_INSTANCES_SCHEMA)):
         category_id = _require_id(category, "id", path, f"categories[{index}]", _COCO_INSTANCES_SCHEMA)
-        name = _require(category, "name", path, f"categories[{index}]", _COCO_INSTANCES_SCHEMA)
+        name = require(category, "name", path, f"categories[{index}]", _COCO_INSTANCES_SCHEMA)
         if not isinstance(name, str) or not name.strip():
-            raise UserError(f"{path}: 'name' in categories[{index}] is {_describe_value(name)}, expected a category name")
+            raise UserError(f"{path}: 'name' in categories[{index}] is {describe_value(name)}, expected a category name")
         names[category_id] = canonical_category(name) or " ".join(name.lower().split())
     areas: dict[object, dict[str, float]] = {image_id: {} for image_id in file_names}
-    for index, annotation in enumerate(_require_list(data, "annotations", path, "the top level", _COCO_INSTANCES_SCHEMA)):
+    for index, annotation in enumerate(require_list(data, "annotations", path, "the top level", _COCO_INSTANCES_SCHEMA)):
         where = f"annotations[{index}]"
         image_id = _require_id(annotation, "image_id", path, where, _COCO_INSTANCES_SCHEMA)
         category_id = _require_id(annotation, "category_id", path, where, _COCO_INSTANCES_SCHEMA)
@@ -305,13 +245,22 @@ def _select_captions(captions: list[tuple[object, str]], captions_per_image: int
     return ordered if captions_per_image <= 0 else ordered[:captions_per_image]
 
 
-def _text_skip(value: object) -> str | None:
-    """Why a caption value cannot be used (None: it is non-empty text)."""
-    if value is None:
-        return "missing_caption"
-    if not isinstance(value, str):
-        return "caption_not_text"
-    return None if value.strip() else "empty_caption"
+def _known_captions(data: object, path: Path, schema: str, file_names: dict, skips: SkipLog,
+                    keys: tuple[str, ...] = ()) -> Iterator[tuple[int, str, dict, object, str]]:
+    """(index, where, annotation, image id, stripped caption) of each COCO-format caption annotation
+    (`image_id`, `caption` and `keys` required) whose image `file_names` lists and whose caption is
+    text; the others are counted in `skips` (`caption_of_unknown_image`, `text_skip`'s reasons)."""
+    for index, annotation in enumerate(require_list(data, "annotations", path, "the top level", schema)):
+        where = f"annotations[{index}]"
+        image_id = _require_id(annotation, "image_id", path, where, schema)
+        caption = require(annotation, "caption", path, where, schema)
+        for key in keys:
+            require(annotation, key, path, where, schema)
+        if image_id not in file_names:
+            _check_id_type(image_id, file_names, path, where, "its 'images' list")
+            skips.skip("caption_of_unknown_image", f"{path.name} {where} (image_id {image_id!r})")
+        elif skips.text(caption, f"{path.name} {where}") is not None:
+            yield index, where, annotation, image_id, caption.strip()
 
 
 def check_captions_per_image(value: int) -> int:
@@ -327,7 +276,7 @@ def read_coco(captions: Path | str, instances: Path | str, images: Path | str, c
     captions_path = Path(captions)
     check_captions_per_image(captions_per_image)
     images_dir = _check_dir(images, "--images")
-    data = _load_json(captions_path, "a COCO captions_*.json file", keep=_COCO_KEYS)
+    data = read_json(captions_path, "a COCO captions_*.json file", keep=_COCO_KEYS)
     file_names = _coco_images(data, captions_path, _COCO_CAPTIONS_SCHEMA)
     areas, _ = read_coco_objects(instances)
     source = Source(
@@ -337,27 +286,18 @@ def read_coco(captions: Path | str, instances: Path | str, images: Path | str, c
         exhaustive_objects=True, files=[str(captions_path), str(instances), str(images_dir)],
     )
     by_image: dict[object, list[tuple[object, str, str]]] = defaultdict(list)
-    for index, annotation in enumerate(_require_list(data, "annotations", captions_path, "the top level", _COCO_CAPTIONS_SCHEMA)):
-        where = f"annotations[{index}]"
-        image_id = _require_id(annotation, "image_id", captions_path, where, _COCO_CAPTIONS_SCHEMA)
-        caption = _require(annotation, "caption", captions_path, where, _COCO_CAPTIONS_SCHEMA)
-        if image_id not in file_names:
-            _check_id_type(image_id, file_names, captions_path, where, "its 'images' list")
-            source.skip("caption_of_unknown_image", f"{captions_path.name} {where} (image_id {image_id!r})")
-        elif _text_skip(caption):
-            source.skip(_text_skip(caption), f"{captions_path.name} {where}")
-        else:
-            by_image[image_id].append((annotation.get("id", index), caption.strip(), where))
+    for index, where, annotation, image_id, caption in _known_captions(data, captions_path, _COCO_CAPTIONS_SCHEMA, file_names, source.skips):
+        by_image[image_id].append((annotation.get("id", index), caption, where))
     del data  # only what by_image and file_names hold is needed from here on
     chosen = []  # (image id, its selected captions)
     for image_id in sorted(by_image, key=_sort_key):
         if image_id not in areas:  # a captions file paired with another split's instances file
             _check_id_type(image_id, areas, captions_path, by_image[image_id][0][2], Path(instances).name)
-            source.skip("image_not_in_instances", f"{captions_path.name} {by_image[image_id][0][2]} (image_id {image_id!r})", len(by_image[image_id]))
+            source.skips.skip("image_not_in_instances", f"{captions_path.name} {by_image[image_id][0][2]} (image_id {image_id!r})", len(by_image[image_id]))
             continue
         selected = _select_captions([(key, caption) for key, caption, _ in by_image[image_id]], captions_per_image)
         if len(selected) < len(by_image[image_id]):
-            source.skips[BEYOND_CAPTIONS_PER_IMAGE] += len(by_image[image_id]) - len(selected)
+            source.skips.skip(BEYOND_CAPTIONS_PER_IMAGE, count=len(by_image[image_id]) - len(selected))
         chosen.append((image_id, selected))
     named = _objects_named(chosen, num_proc)
     for (image_id, selected), mentioned in zip(chosen, named):
@@ -530,7 +470,7 @@ def _json_records(path: Path) -> list[tuple[str, dict]]:
             raise UserError(f"{path}: line {number} is not valid JSON ({error.msg}, column {error.colno}); "
                             "a JSON Lines file holds one object per line") from None
         if not isinstance(value, dict):
-            raise UserError(f"{path}: line {number} is {_describe_value(value)}, expected an object (one record per line)")
+            raise UserError(f"{path}: line {number} is {describe_value(value)}, expected an object (one record per line)")
         records.append((f"line {number}", value))
     return records
 
@@ -539,7 +479,7 @@ def _records_of(data: object, path: Path) -> list[tuple[str, dict]]:
     if isinstance(data, list):
         for index, record in enumerate(data):
             if not isinstance(record, dict):
-                raise UserError(f"{path}: record {index} is {_describe_value(record)}, expected an object of columns")
+                raise UserError(f"{path}: record {index} is {describe_value(record)}, expected an object of columns")
         return [(f"record {index}", record) for index, record in enumerate(data)]
     if isinstance(data, dict) and data and all(isinstance(column, list) for column in data.values()):
         lengths = {name: len(column) for name, column in data.items()}
@@ -549,46 +489,7 @@ def _records_of(data: object, path: Path) -> list[tuple[str, dict]]:
         return [(f"row {index}", {name: column[index] for name, column in data.items()}) for index in range(count)]
     if isinstance(data, dict):
         return [("record 0", data)]
-    raise UserError(f"{path}: the file holds {_describe_value(data)}; expected a list of objects, JSON Lines, or an object of columns")
-
-
-def _list_cell(value: str) -> object:
-    """A CSV cell holding a list literal ("['a dog', 'a puppy']", as NegBench writes lists) as a list."""
-    if len(value) > 1 and value[0] == "[" and value[-1] == "]":
-        try:
-            parsed = ast.literal_eval(value)  # literals only: never runs code
-        except (ValueError, SyntaxError, MemoryError, RecursionError):
-            return value
-        if isinstance(parsed, list):
-            return parsed
-    return value
-
-
-def _csv_records(path: Path) -> list[tuple[str, dict]]:
-    """(where, record) of a CSV (or, for .tsv, tab-separated) file with a header row; every value a string."""
-    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    records = []
-    try:
-        with path.open(encoding="utf-8-sig", newline="") as handle:
-            reader = csv.reader(handle, delimiter=delimiter, strict=True)
-            try:
-                header = next(reader, None)
-                if not header:
-                    raise UserError(f"{path}: empty, expected a header row naming the columns")
-                if len(set(header)) < len(header):
-                    raise UserError(f"{path}: the header names a column twice ({header})")
-                for row in reader:
-                    if not row:
-                        continue  # a blank line
-                    if len(row) != len(header):
-                        raise UserError(f"{path}: line {reader.line_num} has {len(row)} fields, but the header has {len(header)} "
-                                        f"({', '.join(header)}); quote a field that holds '{delimiter}'")
-                    records.append((f"line {reader.line_num}", dict(zip(header, row))))
-            except csv.Error as error:
-                raise UserError(f"{path}: line {reader.line_num} is not valid CSV ({error})") from None
-    except UnicodeDecodeError as error:
-        raise UserError(f"{path}: not UTF-8 text (byte {error.start}); expected CSV with a header row") from None
-    return records
+    raise UserError(f"{path}: the file holds {describe_value(data)}; expected a list of objects, JSON Lines, or an object of columns")
 
 
 _FILE_LOADERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
@@ -684,7 +585,7 @@ def _file_rows(records: list[tuple[str, dict]], file: Path, columns: dict[str, s
     for where, record in records:
         caption = record.get(caption_column)
         if from_csv and isinstance(caption, str):
-            caption = _list_cell(caption)
+            caption = parse_list_cell(caption) or caption
         image_id = record.get(image_id_column) if image_id_column else None
         rows.append(_Row(f"{file.name} {where}", caption, image_id, _image_ref(record.get(image_column), where.replace(" ", "-"), base_dir, downloads)))
     return rows
@@ -724,13 +625,12 @@ def _dataset_rows(part, name: str, split_name: str, columns: dict[str, str | Non
     return rows
 
 
-def _caption_texts(value: object) -> tuple[list[str], Counter]:
-    """The usable captions of a cell (a string or a list of strings), and the skipped ones by reason."""
+def _caption_texts(value: object, skips: SkipLog, where: str) -> list[str]:
+    """The usable captions of a cell (a string or a list of strings); the others counted in `skips`."""
     values = value if isinstance(value, list) else [value]
-    skips = Counter(reason for reason in map(_text_skip, values) if reason)
     if isinstance(value, list) and not value:
-        skips["missing_caption"] += 1
-    return [text.strip() for text in values if not _text_skip(text)], skips
+        skips.skip("missing_caption", where)
+    return [text.strip() for text in values if skips.text(text, where) is not None]
 
 
 def read_captions_dataset(
@@ -770,9 +670,7 @@ def read_captions_dataset(
     )
     for split_name, part_rows in parts:
         for row in tqdm(part_rows, desc=f"reading {split_name or 'captions'}", disable=not progress, leave=False):
-            texts, skipped = _caption_texts(row.caption)
-            for reason, count in sorted(skipped.items()):
-                source.skip(reason, f"{row.where} (column {caption_column!r})", count)
+            texts = _caption_texts(row.caption, source.skips, f"{row.where} (column {caption_column!r})")
             if not texts:
                 continue
             image_id = str(row.image_id) if row.image_id is not None else row.image.name
@@ -785,7 +683,7 @@ def read_captions_dataset(
         present = tuple(sorted(named_by_image[image_id]))
         selected = texts if captions_per_image <= 0 else texts[:captions_per_image]
         if len(selected) < len(texts):
-            source.skips[BEYOND_CAPTIONS_PER_IMAGE] += len(texts) - len(selected)
+            source.skips.skip(BEYOND_CAPTIONS_PER_IMAGE, count=len(texts) - len(selected))
         for caption in selected:
             source.items.append(SourceItem(
                 image_id=image_id, image=image, caption=caption, present_objects=present,
@@ -810,7 +708,7 @@ def _caption_rows(dataset: str, loader: str, split: str | None, columns: dict[st
             files = {"train": path}
         for name, _, file in _splits_of(files, split, dataset):
             as_csv = kind == "csv" or (kind == "imagefolder" and file.suffix.lower() == ".csv")
-            records = _csv_records(file) if as_csv else _json_records(file)
+            records = [(f"line {line}", row) for line, row in read_csv(file)[1]] if as_csv else _json_records(file)
             flags = dict(columns)
             image_column = columns["--image_column"]
             if kind == "imagefolder" and records and image_column not in records[0][1] and "file_name" in records[0][1]:
@@ -830,22 +728,6 @@ def _caption_rows(dataset: str, loader: str, split: str | None, columns: dict[st
     return parts
 
 
-_CCNEG_SCHEMA = "CC-Neg: {image_paths: [...], annotations: [{json: {caption}, sop_data: {negative-prompt, sop_chosen_object}}]}"
-
-
-def _resolve_ccneg_image(raw_path: str, images_dir: Path) -> tuple[str, Path]:
-    """(image id, local file) for a path as stored in ccneg_preprocessed.pt."""
-    relative = raw_path[len(CCNEG_PATH_PREFIX) :] if raw_path.startswith(CCNEG_PATH_PREFIX) else raw_path.lstrip("/")
-    parts = Path(relative).parts
-    last_two = Path(*parts[-2:]) if len(parts) >= 2 else None
-    # As stored; its last folder and name (cc3m_subset_images_extracted_final/x.jpg) under the root, or
-    # under the root's ccneg_images/ (CoN-CLIP's README unzips them there); the bare name.
-    candidates = [images_dir / relative, images_dir / last_two if last_two else None, images_dir / CCNEG_IMAGES_FOLDER / last_two if last_two else None,
-                  images_dir / Path(relative).name]
-    found = next((candidate for candidate in candidates if candidate is not None and candidate.is_file()), candidates[0])
-    return relative, found
-
-
 def _as_object_name(value: object) -> str | None:
     if isinstance(value, (list, tuple)) and value:
         value = value[0]
@@ -854,15 +736,11 @@ def _as_object_name(value: object) -> str | None:
     return canonical_category(value) or " ".join(value.lower().split())
 
 
-def read_ccneg(annotations: Path | str, images: Path | str, eval_size: int = 40000) -> Source:
+def read_ccneg(annotations: Path | str, images: Path | str, eval_size: int = CCNEG_EVAL_SIZE) -> Source:
     """CC-Neg presence triples; the last `eval_size` items form the test split, the rest train/validation."""
     path = Path(annotations)
     images_dir = _check_dir(images, "--images")
-    data = load_torch_file(path, hint="The released CC-Neg file (CoN-CLIP's ccneg_preprocessed.pt) holds only lists, dicts, strings and numbers.")
-    image_paths = _require_list(data, "image_paths", path, "the top level", _CCNEG_SCHEMA)
-    entries = _require_list(data, "annotations", path, "the top level", _CCNEG_SCHEMA)
-    if len(image_paths) != len(entries):
-        raise UserError(f"{path}: 'image_paths' has {len(image_paths)} entries but 'annotations' has {len(entries)}; they must be parallel lists")
+    entries = read_ccneg_file(path)
     if eval_size < 0 or eval_size > len(entries):
         raise UserError(f"--eval_size {eval_size} must be between 0 and the {len(entries)} items in {path}")
     first_eval = len(entries) - eval_size
@@ -872,34 +750,37 @@ def read_ccneg(annotations: Path | str, images: Path | str, eval_size: int = 400
         "the published evaluation split (here: test).",
         license="other", items=[], object_sets=[], exhaustive_objects=False, files=[str(path), str(images_dir)],
     )
-    for index, (raw_path, entry) in enumerate(zip(image_paths, entries)):
-        where = f"annotations[{index}]"
-        caption = _require(_require(entry, "json", path, where, _CCNEG_SCHEMA), "caption", path, f"{where}['json']", _CCNEG_SCHEMA)
-        sop = _require(entry, "sop_data", path, where, _CCNEG_SCHEMA)
-        negative = _require(sop, "negative-prompt", path, f"{where}['sop_data']", _CCNEG_SCHEMA)
-        if not isinstance(raw_path, str):
-            raise UserError(f"{path}: image_paths[{index}] is a {type(raw_path).__name__}, expected a string path")
-        image_id, file = _resolve_ccneg_image(raw_path, images_dir)
-        if _text_skip(caption):
-            source.skip(_text_skip(caption), f"{path.name} {where}['json']['caption']")
+    for entry in entries:
+        caption = source.skips.text(entry.caption, f"{entry.where}['json']['caption']")
+        if caption is None:
             continue
         caption = caption.strip()
-        chosen = _as_object_name(sop.get("sop_chosen_object"))
-        negative_skip = "ccneg_negative_prompt_not_text" if _text_skip(negative) == "caption_not_text" else "ccneg_empty_negative_prompt"
-        negative = negative.replace(",", "").strip() if isinstance(negative, str) else ""
-        if chosen is None and negative:
-            # No chosen object recorded: the object the negative prompt negates and the caption names.
-            named = set(detect_objects(caption))
-            chosen = next((m.category for m in find_mentions(negative) if m.negated and m.category in named), None)
+        image_id, candidates = ccneg_image_candidates(entry.image_path, images_dir)
+        file = next((candidate for candidate in candidates if candidate.is_file()), candidates[0])
+        chosen, negative, given_skip = _ccneg_negation(caption, entry)
         present = tuple(sorted(set(detect_objects(caption)) | ({chosen} if chosen else set())))
         source.object_sets.append(present)
-        given_skip = None if negative and chosen else ("ccneg_no_negated_object" if negative else negative_skip)
         source.items.append(SourceItem(
             image_id=image_id, image=ImageRef(image_id, file), caption=caption, present_objects=present,
-            source_index=index, split="test" if index >= first_eval else TRAIN_OR_VALIDATION, also_mentioned=present,
+            source_index=entry.index, split="test" if entry.index >= first_eval else TRAIN_OR_VALIDATION, also_mentioned=present,
             presence=GivenNegation(negative, chosen, "ccneg") if given_skip is None else None, presence_skip=given_skip,
         ))
     return source
+
+
+def _ccneg_negation(caption: str, entry) -> tuple[str | None, str, str | None]:
+    """(negated object, negative prompt without commas, why it cannot be used or None) of a CC-Neg entry."""
+    chosen = _as_object_name(entry.chosen_object)
+    negative = entry.negative.replace(",", "").strip() if isinstance(entry.negative, str) else ""
+    if chosen is None and negative:
+        # No chosen object recorded: the object the negative prompt negates and the caption names.
+        named = set(detect_objects(caption))
+        chosen = next((m.category for m in find_mentions(negative) if m.negated and m.category in named), None)
+    if negative and chosen:
+        return chosen, negative, None
+    if negative:
+        return chosen, negative, "ccneg_no_negated_object"
+    return chosen, negative, "ccneg_negative_prompt_not_text" if text_skip(entry.negative) == "caption_not_text" else "ccneg_empty_negative_prompt"
 
 
 _STOPWORDS = frozenset({
@@ -950,7 +831,7 @@ def read_negationclip(annotations: Path | str, images: Path | str, instances: Pa
     """NegationCLIP absence triples; present objects from COCO instances if given, else from the captions."""
     path = Path(annotations)
     images_dir = _check_dir(images, "--images")
-    data = _load_json(path, "NegationCLIP's COCO-format captions JSON with 'updated_caption'", keep=_COCO_KEYS)
+    data = read_json(path, "NegationCLIP's COCO-format captions JSON with 'updated_caption'", keep=_COCO_KEYS)
     file_names = _coco_images(data, path, _NEGATIONCLIP_SCHEMA)
     areas = read_coco_objects(instances)[0] if instances else None
     source = Source(
@@ -961,18 +842,9 @@ def read_negationclip(annotations: Path | str, images: Path | str, instances: Pa
         files=[str(path), str(images_dir)] + ([str(instances)] if instances else []),
     )
     entries = []
-    for index, annotation in enumerate(_require_list(data, "annotations", path, "the top level", _NEGATIONCLIP_SCHEMA)):
-        where = f"annotations[{index}]"
-        image_id = _require_id(annotation, "image_id", path, where, _NEGATIONCLIP_SCHEMA)
-        caption = _require(annotation, "caption", path, where, _NEGATIONCLIP_SCHEMA)
-        updated = _require(annotation, "updated_caption", path, where, _NEGATIONCLIP_SCHEMA)
-        if image_id not in file_names:
-            _check_id_type(image_id, file_names, path, where, "its 'images' list")
-            source.skip("caption_of_unknown_image", f"{path.name} {where} (image_id {image_id!r})")
-        elif _text_skip(caption):
-            source.skip(_text_skip(caption), f"{path.name} {where}")
-        else:
-            entries.append((image_id, caption.strip(), updated.strip() if isinstance(updated, str) else ""))
+    for _, _, annotation, image_id, caption in _known_captions(data, path, _NEGATIONCLIP_SCHEMA, file_names, source.skips, ("updated_caption",)):
+        updated = annotation["updated_caption"]
+        entries.append((image_id, caption, updated.strip() if isinstance(updated, str) else ""))
     named_by_image: dict[object, set[str]] = defaultdict(set)
     for image_id, caption, _ in entries:
         named_by_image[image_id].update(detect_objects(caption))

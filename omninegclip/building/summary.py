@@ -13,6 +13,7 @@ import datasets
 from omninegclip.building.cards import GENERATED_DATA_LICENSE, render_dataset_card, save_to_disk_files
 from omninegclip.building.negation import BuildOptions
 from omninegclip.building.writing import SUMMARY_FILE
+from omninegclip.common.skips import SkipLog
 
 DEFAULT_LICENSES = {"coco": "cc-by-4.0", "shapes": GENERATED_DATA_LICENSE}
 
@@ -75,8 +76,8 @@ def print_summary(summary: dict, out: Path) -> None:
         print("  negations: " + ", ".join(f"{k} {v}" for k, v in summary["negations"].items()))
     if summary.get("rows_beyond_max_rows"):
         print(f"  not read (--max_rows): {summary['rows_beyond_max_rows']}")
-    for reason, count in summary.get("skips", {}).items():
-        print(f"  skipped {reason}: {count}{_where(summary, reason)}")
+    if summary.get("skips"):
+        print(f"  {SkipLog.from_json(summary).describe()}")
     for mode, count in summary.get("images_converted_to_rgb", {}).items():
         print(f"  converted to RGB from {mode}: {count}")
     long = summary.get("over_context_length")
@@ -92,13 +93,6 @@ def print_summary(summary: dict, out: Path) -> None:
     if not summary["quality_gate"]["passed"]:
         print("  WARNING: some negations fail the quality gate; see build_summary.json", file=sys.stderr)
     print(f"  summary: {out / SUMMARY_FILE}")
-
-
-def _where(summary: dict, reason: str, shown: int = 3) -> str:
-    """Where the first few skips of a reason were, as " (e.g. a.png, b.png)"; "" when not recorded."""
-    kind, _, name = reason.partition(":")
-    found = {"row": summary.get("skipped_files", {}), "source": summary.get("skipped_rows", {})}.get(kind, {}).get(name, [])
-    return f" (e.g. {', '.join(found[:shown])}{', ...' if len(found) > shown else ''})" if found else ""
 
 
 def build_description(source: str, options: BuildOptions) -> str:

@@ -2,14 +2,13 @@
 flags (`parse_flags`, `config_file_flags`), numbers that would break training later refused by flag
 name (`check_numbers`), `--text_blocks` read (`parse_text_blocks`), the Trainer's settings that
 Omni-NegCLIP needs (`settle_training_arguments`), `--report_to` trackers checked before anything
-slow (`check_report_to`), and the Hub id pattern (`HUB_ID`)."""
+slow (`check_report_to`)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import math
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,7 +25,6 @@ logger = logging.getLogger("omninegclip.train")
 CONFIG_FILE_SUFFIXES = (".json", ".yaml", ".yml")
 
 
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 def _takes_one_value(action) -> bool:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -110,7 +109,7 @@ def training_record(args: Arguments, model: OmniNegCLIPModel, lora_settings: dic
         "datasets": data_args.sources(),
         "base_model_id": card_args.card_base_model,
         "dataset_ids": card_args.dataset_ids(),
-        "data": [asdict(report) for report in reports],
+        "data": [report.to_json() for report in reports],
         "world_size": training_args.world_size,
         "resumed_from": resumed_from,
         "omninegclip": model.settings() | {"lora": lora_settings},

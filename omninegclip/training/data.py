@@ -12,8 +12,9 @@ Nothing here copies image bytes. A prepared split holds, per distinct row, where
 (`row_id`, `source_index`, `source_row`): the collator gathers a batch from the arrays at once.
 
 Bad input never stops training midway and is never dropped silently. Before anything trains,
-`prepare_dataset` checks every value: a caption or negation that is not a string is an error naming
-the dataset, row and column; a row whose caption is empty (or None) is skipped; every unique image
+`prepare_dataset` checks every value (the rule of `omninegclip.common.skips`): a row whose caption is
+missing, empty or not text, or whose negation is not text, is skipped (an empty or None negation is
+allowed: the row then has no such negation); a missing column is an error; every unique image
 is decoded once (in the pass that embeds it), and a row whose image is missing, corrupt, truncated or
 larger than PIL's decompression-bomb limit is skipped (grayscale, palette and RGBA images are
 converted to RGB); captions over the token limit are truncated. Skips are counted by reason with
@@ -34,6 +35,7 @@ import torch
 from omninegclip.common.caption_sets import CAPTION, CAPTION_SETS
 from omninegclip.common.cli import UserError
 from omninegclip.common.clip import CONTEXT_LENGTH
+from omninegclip.common.skips import SkipLog, text_skip
 from omninegclip.training.images import ImagePass, ImageRefs, image_pass
 
 logger = logging.getLogger(__name__)
@@ -42,7 +44,6 @@ DATA_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parque
 SOURCE_COLUMN = "source_index"
 SOURCE_ROW_COLUMN = "source_row"
 PACKED_ROW_COLUMN = "packed_row"
-EXAMPLES_PER_REASON = 3  # example rows named per skip reason
 
 
 @dataclass(frozen=True)
@@ -154,41 +155,31 @@ def _missing_split(name: str, split: str, found: list[str], required: bool):
 
 @dataclass
 class SourceReport:
-    """What `prepare_dataset` did with one dataset: rows read and kept, skips by reason (with the
-    first few rows of each), captions truncated to the token limit, rows with each negation."""
+    """What `prepare_dataset` did with one dataset: rows read and kept, the rows left out
+    (`omninegclip.common.skips.SkipLog`: by reason, with the first rows of each), captions truncated to
+    the token limit, rows with each negation."""
 
     name: str
     split: str = "train"
     rows: int = 0
     kept: int = 0
-    skipped: dict[str, int] = field(default_factory=dict)
-    examples: dict[str, list[str]] = field(default_factory=dict)
+    skips: SkipLog = field(default_factory=SkipLog)
     truncated_captions: int = 0
     with_presence: int = 0
     with_absence: int = 0
     with_affirmed: int = 0
 
-    def skip(self, reason: str, row: int, detail: str = "") -> None:
-        self.skipped[reason] = self.skipped.get(reason, 0) + 1
-        shown = self.examples.setdefault(reason, [])
-        if len(shown) < EXAMPLES_PER_REASON:
-            shown.append(f"row {row}" + (f": {detail}" if detail else ""))
-
-    def describe_skips(self) -> str:
-        if not self.skipped:
-            return ""
-        reasons = "; ".join(
-            f"{reason}: {count} [{'; '.join(self.examples[reason])}{'; …' if count > len(self.examples[reason]) else ''}]"
-            for reason, count in sorted(self.skipped.items())
-        )
-        return f"skipped {sum(self.skipped.values())} ({reasons})"
+    def to_json(self) -> dict:
+        """The report as training_provenance.json records it (skips in `SkipLog.to_json`'s shape)."""
+        fields = {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "skips"}
+        return {**fields, **self.skips.to_json()}
 
     def describe(self) -> str:
         parts = [f"{self.split} {self.name!r}: kept {self.kept} of {self.rows} rows "
                  f"(with presence negation {self.with_presence}, with absence negation {self.with_absence}"
                  + (f", with absence-affirmed caption {self.with_affirmed}" if self.with_affirmed else "") + ")"]
-        if self.skipped:
-            parts.append(self.describe_skips())
+        if self.skips:
+            parts.append(self.skips.describe())
         return ", ".join(parts)
 
 
@@ -201,7 +192,7 @@ def summarize_reports(reports: list[SourceReport], max_length: int) -> tuple[str
         total = sum(count for _, count in truncated)
         shares = ", ".join(f"{report.split} {report.name!r}: {count}" for report, count in truncated)
         line += f" | truncated {total} caption(s) longer than {max_length} tokens ({shares}); CLIP reads only the first {max_length}"
-    return line, bool(truncated) or any(report.skipped for report in reports)
+    return line, bool(truncated) or any(report.skips for report in reports)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -216,8 +207,8 @@ def _text_column(dataset: datasets.Dataset, column: str) -> list:
 
 
 def _validate(dataset: datasets.Dataset, name: str, columns: CaptionColumns) -> dict[str, list]:
-    """Check the columns and their values; return the text columns as lists. A None caption counts
-    as empty (skipped later); any other non-string value is an error."""
+    """Check the columns (an error when one is missing or of the wrong kind); return the text
+    columns as lists. Their values are checked row by row by `_usable_rows`."""
     if len(dataset) == 0:
         raise UserError(f"dataset {name!r} is empty: nothing to train on")
     found = list(dataset.column_names)
@@ -231,16 +222,25 @@ def _validate(dataset: datasets.Dataset, name: str, columns: CaptionColumns) -> 
             f"dataset {name!r}, column {columns.image!r} (set by --image_column) holds {feature}; "
             "expected images (a datasets Image column) or image file paths (strings)"
         )
-    texts = {column: _text_column(dataset, column) for column in columns.text_columns()}
-    for column, values in texts.items():
-        for row, value in enumerate(values):
-            if value is not None and not isinstance(value, str):
-                raise UserError(
-                    f"dataset {name!r}, row {row}, column {column!r}: expected a string, got {type(value).__name__} {value!r:.80}"
-                    f" (an empty or None {'negation' if column != columns.caption else 'caption'} is allowed: "
-                    f"{'that row then has no such negation' if column != columns.caption else 'that row is skipped'})"
-                )
-    return texts
+    return {column: _text_column(dataset, column) for column in columns.text_columns()}
+
+
+def _usable_rows(texts: dict[str, list], columns: CaptionColumns, skips: SkipLog) -> list[int]:
+    """The rows whose caption is text and whose negations are text or absent (None or empty: the
+    row then has no such negation); every other row is counted in `skips` (`text_skip`'s reasons)."""
+    keep = []
+    for row in range(len(texts[columns.caption])):
+        for column, values in texts.items():
+            value = values[row]
+            reason = text_skip(value, "caption") if column == columns.caption else (
+                text_skip(value, column) if value is not None and not isinstance(value, str) else None)
+            if reason is not None:
+                shown = f": {type(value).__name__} {value!r:.40}" if reason.endswith("_not_text") else ""
+                skips.skip(reason, f"row {row}, column {column!r}{shown}")
+                break
+        else:
+            keep.append(row)
+    return keep
 
 
 def _tokenize(texts: list[str | None], tokenizer, max_length: int) -> tuple[list[list[int]], int]:
@@ -299,18 +299,15 @@ class _Source:
 
 
 def _read_source(dataset: datasets.Dataset, name: str, columns: CaptionColumns, limit: int | None, split: str) -> _Source:
-    """Validate one dataset (its first `limit` rows) and skip, counted, the rows without a caption."""
+    """Validate one dataset (its first `limit` rows) and skip, counted, the rows whose texts cannot be used."""
     if limit is not None:
         dataset = dataset.select(range(min(limit, len(dataset))))
     report = SourceReport(name=name, split=split)
     texts = _validate(dataset, name, columns)
     report.rows = len(dataset)
-    captions = texts[columns.caption]
-    keep = [row for row, caption in enumerate(captions) if caption is not None and caption.strip()]
+    keep = _usable_rows(texts, columns, report.skips)
     if not keep:
-        raise UserError(f"dataset {name!r}: every caption in column {columns.caption!r} is empty")
-    for row in sorted(set(range(len(dataset))) - set(keep)):
-        report.skip("empty_caption", row, f"column {columns.caption!r}")
+        raise UserError(f"dataset {name!r}: no usable row (column {columns.caption!r}): {report.skips.describe()}")
     return _Source(dataset, report, texts, keep)
 
 
@@ -323,9 +320,9 @@ def _tokenized_rows(source: _Source, image_index: np.ndarray, checked: ImagePass
     for row, index in zip(source.keep, image_index):
         if index in checked.unreadable:
             error = checked.unreadable[index]
-            report.skip(error.kind, row, str(error))
+            report.skips.skip(error.kind, f"row {row}: {error}")
     if not usable.any():
-        raise UserError(f"dataset {report.name!r}: no usable row (column {columns.image!r}): {report.describe_skips()}")
+        raise UserError(f"dataset {report.name!r}: no usable row (column {columns.image!r}): {report.skips.describe()}")
     rows = [row for row, ok in zip(source.keep, usable) if ok]
     tokens = {}
     for caption_set in CAPTION_SETS:
