@@ -50,3 +50,22 @@ def test_no_module_patches_sys_path():
     assert len(tracked) > 50
     patched = [path for path in tracked if re.search(r"sys\.path\s*(\.insert|\.append|\[|\+?=)", (ROOT / path).read_text())]
     assert patched == [], patched
+
+
+def _layout_rows() -> dict[str, str]:
+    """README's layout table: path -> what it says."""
+    text = (ROOT / "README.md").read_text()
+    table = text[text.index("## Layout"):].split("\n## ", 1)[0]
+    return {match[1]: match[2] for match in re.finditer(r"^\| `([^`]+)` \| (.*) \|$", table, flags=re.M)}
+
+
+def test_the_readme_layout_table_matches_the_tree():
+    rows = _layout_rows()
+    assert all((ROOT / path).exists() for path in rows), [path for path in rows if not (ROOT / path).exists()]
+    tracked = subprocess.run(["git", "ls-files", "omninegclip", "eval"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    layers = {str(Path(path).parent) + "/" for path in tracked if path.count("/") >= 1 and path.endswith(".py")}
+    assert layers - {"omninegclip/"} <= set(rows), sorted(layers - {"omninegclip/"} - set(rows))
+    for path in tracked:
+        module = Path(path)
+        if module.suffix == ".py" and module.stem not in ("__init__", "__main__") and module.parent.name != "omninegclip":
+            assert f"`{module.stem}`" in rows[f"{module.parent}/"], f"README's layout row for {module.parent}/ does not name `{module.stem}`"
