@@ -10,7 +10,7 @@ In memory each task holds its own metrics (`TaskResult.metrics`, metric -> model
 in [0, 1], NaN where a metric is undefined; NaN is written as null and read back as None).
 
 Public surface: `ModelRun`, `TaskResult`, `LayerwiseRun`, `EvalResults` (`metric(task, metric,
-model)`, `model_index()`, `model_index_entry(model)`, `to_dict()` / `from_dict(data)`,
+model)`, `metric_names(task)`, `model_index()`, `model_index_entry(model)`, `to_dict()` / `from_dict(data)`,
 `to_json(path)` / `from_json(path)`).
 """
 
@@ -94,6 +94,10 @@ class EvalResults:
         measured (no such task, metric or model) or is undefined (NaN)."""
         found = self.tasks[task].metrics.get(metric, {}).get(model) if task in self.tasks else None
         return None if found is None or math.isnan(found) else found
+
+    def metric_names(self, task: str) -> list[str]:
+        """The metrics measured on `task` (none where there is no such task)."""
+        return list(self.tasks[task].metrics) if task in self.tasks else []
 
     def model_index_entry(self, model: str) -> dict:
         """The Hub `model-index` entry of one model: `{"name", "results": [{"task", "dataset", "metrics"}]}`,

@@ -174,3 +174,33 @@ def test_unknown_task_missing_data_and_bad_rows_are_clean_errors(tmp_path, tiny_
     assert "mcq.csv, line 6: missing image" in error and "missing.png" in error
     with pytest.raises(UserError, match="2 names for 1 models"):
         run_evaluation([str(tiny_clip_dir)], ["layerwise"], {"layerwise": benchmark_files["layerwise"]}, tmp_path, model_names=["a", "b"])
+
+
+def test_default_summary_reads_targets_from_the_results_object():
+    """The built-in default's summary and target checks take an `EvalResults`: deltas against the
+    base, each target met or missed, a fall of a negation task, an unmeasured value shown as –."""
+    from eval.results import ModelRun, TaskResult
+    from omninegclip.pipeline.default import summarize
+
+    def task(metrics: dict) -> TaskResult:
+        return TaskResult("world", "a world task", {"name": "image world", "type": "omninegclip-world", "split": "test"},
+                          metrics=metrics)
+
+    results = EvalResults(harness_version="1", models=[ModelRun("base", "runs/base"), ModelRun("tuned", "runs/tuned")],
+                          settings={}, provenance={}, tasks={
+        "world_train/which_negated": task({"accuracy": {"base": 0.30, "tuned": 0.80}}),
+        "world_train/absence_image": task({"accuracy": {"base": 0.50, "tuned": 0.60}}),
+        "world_train/presence": task({"accuracy": {"base": 0.90, "tuned": 0.80}}),
+        "world_train/mcq": task({"accuracy": {"base": 0.4, "tuned": 0.5}, "accuracy/negation": {"base": 0.2, "tuned": 0.7},
+                                 "accuracy/group_mean": {"base": 0.3, "tuned": 0.6}}),
+        "world_heldout/which_negated": task({"accuracy": {"base": 0.25, "tuned": float("nan")}}),
+    })
+    summary = summarize(results, "base", ["tuned"])
+    assert "| which_negated/accuracy | 30.0 | 80.0 | +50.0 |" in summary
+    assert "| which_negated/accuracy | 25.0 | – | – |" in summary  # held-out: the tuned value is NaN
+    assert "group_mean" not in summary
+    train_targets = summary.split("Targets (training phrasings):")[1].split("###")[0]
+    assert "which_negated/accuracy +50.0 (target +40: met)" in train_targets
+    assert "absence_image/accuracy +10.0 (target +20: MISSED)" in train_targets
+    assert "MCQ negation template 70.0% (target > 50: met)" in train_targets
+    assert "no negation task falls by more than 3 points: MISSED (presence/accuracy -10.0)" in train_targets

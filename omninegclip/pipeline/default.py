@@ -202,7 +202,7 @@ def summarize(results: EvalResults, base: str, tuned: list[str]) -> str:
         rows = []
         for task in NEGATION_TASKS + ("retrieval", "negated_retrieval"):
             name = f"world_{template_set}/{task}"
-            for metric in results.tasks[name].metrics if name in results.tasks else ():
+            for metric in results.metric_names(name):
                 if metric.endswith(("R@10", "group_mean")) or "image_to_text/R@5" in metric:
                     continue
                 rows.append((name, metric, f"{task}/{metric}"))
@@ -242,8 +242,7 @@ def _target_checks(results: EvalResults, template_set: str, base: str, tuned: st
         checks.append(f"MCQ negation template {negation:.1f}% (target > 50: {'met' if negation > 50 else 'MISSED'})")
     falls = []
     for task in NEGATION_TASKS:
-        name = f"world_{template_set}/{task}"
-        for metric in results.tasks[name].metrics if name in results.tasks else ():
+        for metric in results.metric_names(f"world_{template_set}/{task}"):
             if metric.startswith("accuracy"):
                 before, after = value(f"{task}/{metric}", base), value(f"{task}/{metric}", tuned)
                 if before is not None and after is not None and after < before - 3:
