@@ -21,9 +21,12 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from eval.layerwise import LayerwiseResult
 from omninegclip.common.cli import UserError
+
+if TYPE_CHECKING:  # eval.layerwise imports torch; reading results.json needs no torch
+    from eval.layerwise import LayerwiseResult
 
 
 @dataclass
@@ -145,6 +148,8 @@ class EvalResults:
 
     @classmethod
     def from_dict(cls, data: dict) -> EvalResults:
+        from eval.layerwise import LayerwiseResult
+
         metrics = data["metrics"]
         tasks = {name: TaskResult(**info, metrics=metrics.get(name, {})) for name, info in data["tasks"].items()}
         layerwise = data.get("layerwise")
