@@ -1,4 +1,4 @@
-"""`run_evaluation`: several CLIP checkpoints, the same items, one results dict and the files in `out_dir`.
+"""`run_evaluation`: several CLIP checkpoints, the same items, one `EvalResults` and the files in `out_dir`.
 
 Every model is loaded with plain `CLIPModel.from_pretrained` + `CLIPProcessor.from_pretrained` (a Hub
 id or a local folder; no project code needed, and none is ever run: `trust_remote_code=False`). All
@@ -10,12 +10,11 @@ to evaluate is an error. results.json records the seed, the git commit and the l
 
 Public surface: `HARNESS_VERSION`, `load_clip(model_id, device)`,
 `run_evaluation(models, tasks, data, out_dir, batch_size=64, device=None, model_names=None,
-max_items=None, progress=True, seed=0) -> dict`.
+max_items=None, progress=True, seed=0, dataset_ids=None) -> EvalResults` (`eval.results`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import random
 import shutil
@@ -26,8 +25,9 @@ import numpy as np
 import torch
 
 from eval.harness import CLIPEmbedder, evaluate_tasks, task_size
-from eval.layerwise import layerwise_cosines, read_negation_pairs
+from eval.layerwise import NegationPairs, layerwise_cosines, read_negation_pairs
 from eval.report import write_outputs
+from eval.results import EvalResults, LayerwiseRun, ModelRun, TaskResult
 from eval.tasks import DATA_FLAGS, TASKS, BuiltTask, build_tasks, check_data, check_task_names
 from omninegclip.common.checkpoints import check_clip_checkpoint
 from omninegclip.common.cli import UserError
@@ -110,8 +110,8 @@ def run_evaluation(
     progress: bool = True,
     seed: int = 0,
     dataset_ids: dict[str, str] | None = None,
-) -> dict:
-    """Evaluate every model on every task; write results.json/.md/.png and model_index.json; return the results dict.
+) -> EvalResults:
+    """Evaluate every model on every task; write results.json/.md/.png and model_index.json; return the results.
     `seed` seeds Python, NumPy and torch (nothing here draws at random today; recorded with the results).
     `dataset_ids` maps a data key (`world`, `ccneg`, ...) to the Hub id its data is published under: the
     `dataset.type` of the model-index entries of its tasks."""
@@ -143,55 +143,50 @@ def run_evaluation(
     pairs = None
     if "layerwise" in task_names:
         pairs = read_negation_pairs(data.get("layerwise") or data["world"], data.get("layerwise_split") or "test", max_items)
-
-    results = {
-        "harness_version": HARNESS_VERSION,
-        "models": [{"name": name, "id": model} for name, model in zip(names, models)],
-        "settings": {"tasks": task_names, "data": data, "dataset_ids": dataset_ids, "batch_size": batch_size,
-                     "device": str(torch_device), "max_items": max_items},
-        "provenance": provenance(seed=seed),
-        "tasks": {
-            task.data.name: {
-                "task": task.spec.name,
-                "description": task.spec.description,
-                "dataset": {"name": task.spec.dataset_name,
-                            "type": dataset_ids.get(task.spec.data_key(), task.spec.dataset_type),
-                            "split": task.spec.split(data)},
-                "counts": {},
-                "notes": task.data.notes,
-            }
-            for task in built
-        },
-        "metrics": {task.data.name: {} for task in built},
-        "layerwise": None,
-    }
-    if pairs is not None:
-        results["layerwise"] = {"source": pairs.source, "description": TASKS["layerwise"].description,
-                                "notes": pairs.notes, "models": {}}
-
-    for entry in results["models"]:
-        name = entry["name"]
-        model, processor = load_clip(entry["id"], torch_device)
-        if built:
-            embedder = CLIPEmbedder(model, processor, batch_size, progress, name)
-            scores = evaluate_tasks(embedder, [task.data for task in built])
-            entry["texts_truncated"] = embedder.truncated_texts
-            for task_name, score in scores.items():
-                results["tasks"][task_name]["counts"] = score.counts
-                for metric, value in score.metrics.items():
-                    results["metrics"][task_name].setdefault(metric, {})[name] = value
-        if pairs is not None:
-            layerwise = layerwise_cosines(model, processor.tokenizer, pairs, batch_size, progress, name)
-            results["layerwise"]["models"][name] = dataclasses.asdict(layerwise)
-        del model, processor  # free this model before the next one loads
-
+    settings = {"tasks": task_names, "data": data, "dataset_ids": dataset_ids, "batch_size": batch_size,
+                "device": str(torch_device), "max_items": max_items}
+    results = new_results(names, models, settings, built, pairs, seed)
+    for model in results.models:
+        evaluate_model(results, model, built, pairs, torch_device, batch_size, progress)
     for task in built:  # the first model's pass may have left out items with unreadable images
-        results["tasks"][task.data.name]["notes"] = task.data.notes
+        results.tasks[task.data.name].notes = task.data.notes
     write_outputs_atomically(results, Path(out_dir))
     return results
 
 
-def write_outputs_atomically(results: dict, out_dir: Path) -> None:
+def new_results(names: list[str], models: list[str], settings: dict, built: list[BuiltTask], pairs: NegationPairs | None,
+                seed: int) -> EvalResults:
+    """The results before any model is scored: the models, settings, provenance and each task's data."""
+    dataset_ids, data = settings["dataset_ids"], settings["data"]
+    tasks = {task.data.name: TaskResult(task=task.spec.name, description=task.spec.description,
+                                        dataset={"name": task.spec.dataset_name,
+                                                 "type": dataset_ids.get(task.spec.data_key(), task.spec.dataset_type),
+                                                 "split": task.spec.split(data)},
+                                        notes=task.data.notes)
+             for task in built}
+    layerwise = None if pairs is None else LayerwiseRun(pairs.source, TASKS["layerwise"].description, pairs.notes)
+    return EvalResults(harness_version=HARNESS_VERSION, models=[ModelRun(name, model) for name, model in zip(names, models)],
+                       settings=settings, provenance=provenance(seed=seed), tasks=tasks, layerwise=layerwise)
+
+
+def evaluate_model(results: EvalResults, model: ModelRun, built: list[BuiltTask], pairs: NegationPairs | None,
+                   device: torch.device, batch_size: int, progress: bool) -> None:
+    """Score one model on every task (and the layer-wise analysis) into `results`; the model is let go after."""
+    clip, processor = load_clip(model.id, device)
+    if built:
+        embedder = CLIPEmbedder(clip, processor, batch_size, progress, model.name)
+        scores = evaluate_tasks(embedder, [task.data for task in built])
+        model.texts_truncated = embedder.truncated_texts
+        for task_name, score in scores.items():
+            task = results.tasks[task_name]
+            task.counts = score.counts
+            for metric, value in score.metrics.items():
+                task.metrics.setdefault(metric, {})[model.name] = value
+    if pairs is not None:
+        results.layerwise.models[model.name] = layerwise_cosines(clip, processor.tokenizer, pairs, batch_size, progress, model.name)
+
+
+def write_outputs_atomically(results: EvalResults, out_dir: Path) -> None:
     """The result files written into a hidden folder beside them, then each renamed into `out_dir`:
     a full disk leaves the previous files (or none), never a 0-byte or partial one."""
     staging = out_dir / f".partial-{os.getpid()}"

@@ -15,6 +15,7 @@ from transformers import CLIPModel
 from eval.__main__ import main
 from eval.harness import CLIPEmbedder, evaluate_tasks
 from eval.negbench import read_negbench_mcq
+from eval.results import EvalResults
 from eval.runner import run_evaluation
 from omninegclip.common.cli import UserError, run_cli
 
@@ -99,9 +100,46 @@ def test_cli_writes_every_output_with_a_column_per_model(tmp_path, tiny_clip_dir
 def test_run_evaluation_library_call_and_max_items(tmp_path, tiny_clip_dir, benchmark_files):
     results = run_evaluation([str(tiny_clip_dir)], ["negbench_mcq"], {"negbench_mcq": benchmark_files["negbench_mcq"]},
                              tmp_path / "out", batch_size=2, device="cpu", max_items=2, progress=False)
-    assert results["tasks"]["negbench_mcq"]["counts"]["items"] == 2
-    assert results["layerwise"] is None and not (tmp_path / "out" / "layerwise.md").exists()
+    assert results.tasks["negbench_mcq"].counts["items"] == 2
+    assert results.layerwise is None and not (tmp_path / "out" / "layerwise.md").exists()
     assert json.loads((tmp_path / "out" / "results.json").read_text())["settings"]["max_items"] == 2
+
+
+def test_results_object_is_results_json_and_reads_back_unchanged(tmp_path, tiny_clip_dir, second_clip_dir, benchmark_files):
+    """`results.json` is `EvalResults.to_json`: the layout others' scripts read, and from_json gives the
+    same object back (NaN aside, written as null)."""
+    out = tmp_path / "out"
+    results = run_evaluation([str(tiny_clip_dir), str(second_clip_dir)], ["negbench_mcq", "layerwise"],
+                             {"negbench_mcq": benchmark_files["negbench_mcq"], "layerwise": benchmark_files["layerwise"]},
+                             out, batch_size=3, model_names=["base", "other"], progress=False)
+    on_disk = json.loads((out / "results.json").read_text())
+    assert list(on_disk) == ["harness_version", "models", "settings", "provenance", "tasks", "metrics", "layerwise"]
+    assert list(on_disk["tasks"]["negbench_mcq"]) == ["task", "description", "dataset", "counts", "notes"]
+    assert on_disk["metrics"]["negbench_mcq"]["accuracy"]["other"] == results.metric("negbench_mcq", "accuracy", "other")
+    assert on_disk == results.to_dict()
+    again = EvalResults.from_json(out / "results.json")
+    assert again == results
+    assert again.to_json(tmp_path / "again.json").read_text() == (out / "results.json").read_text()
+    assert again.layerwise.models["other"].cosines == results.layerwise.models["other"].cosines
+
+    # what readers ask for: one metric of a task for a model, one model's model-index entry
+    assert results.metric("negbench_mcq", "accuracy", "nobody") is None and results.metric("nothing", "accuracy", "base") is None
+    entry = results.model_index_entry("other")
+    assert entry == json.loads((out / "model_index.json").read_text())[1]
+    accuracy = next(metric for metric in entry["results"][0]["metrics"] if metric["name"] == "negbench_mcq accuracy")
+    assert accuracy["value"] == round(100 * results.metric("negbench_mcq", "accuracy", "other"), 2)
+
+
+def test_results_json_that_is_not_results_is_one_clear_error(tmp_path):
+    bad = tmp_path / "results.json"
+    bad.write_text(json.dumps({"metrics": {}}))
+    with pytest.raises(UserError, match=r"results.json: not a results.json written by python -m eval"):
+        EvalResults.from_json(bad)
+    bad.write_text("{")
+    with pytest.raises(UserError, match=r"results.json: not JSON \(line 1"):
+        EvalResults.from_json(bad)
+    with pytest.raises(UserError, match="no such results file"):
+        EvalResults.from_json(tmp_path / "missing.json")
 
 
 def run_and_capture_error(argv, capsys) -> str:
@@ -136,3 +174,33 @@ def test_unknown_task_missing_data_and_bad_rows_are_clean_errors(tmp_path, tiny_
     assert "mcq.csv, line 6: missing image" in error and "missing.png" in error
     with pytest.raises(UserError, match="2 names for 1 models"):
         run_evaluation([str(tiny_clip_dir)], ["layerwise"], {"layerwise": benchmark_files["layerwise"]}, tmp_path, model_names=["a", "b"])
+
+
+def test_default_summary_reads_targets_from_the_results_object():
+    """The built-in default's summary and target checks take an `EvalResults`: deltas against the
+    base, each target met or missed, a fall of a negation task, an unmeasured value shown as –."""
+    from eval.results import ModelRun, TaskResult
+    from omninegclip.pipeline.default import summarize
+
+    def task(metrics: dict) -> TaskResult:
+        return TaskResult("world", "a world task", {"name": "image world", "type": "omninegclip-world", "split": "test"},
+                          metrics=metrics)
+
+    results = EvalResults(harness_version="1", models=[ModelRun("base", "runs/base"), ModelRun("tuned", "runs/tuned")],
+                          settings={}, provenance={}, tasks={
+        "world_train/which_negated": task({"accuracy": {"base": 0.30, "tuned": 0.80}}),
+        "world_train/absence_image": task({"accuracy": {"base": 0.50, "tuned": 0.60}}),
+        "world_train/presence": task({"accuracy": {"base": 0.90, "tuned": 0.80}}),
+        "world_train/mcq": task({"accuracy": {"base": 0.4, "tuned": 0.5}, "accuracy/negation": {"base": 0.2, "tuned": 0.7},
+                                 "accuracy/group_mean": {"base": 0.3, "tuned": 0.6}}),
+        "world_heldout/which_negated": task({"accuracy": {"base": 0.25, "tuned": float("nan")}}),
+    })
+    summary = summarize(results, "base", ["tuned"])
+    assert "| which_negated/accuracy | 30.0 | 80.0 | +50.0 |" in summary
+    assert "| which_negated/accuracy | 25.0 | – | – |" in summary  # held-out: the tuned value is NaN
+    assert "group_mean" not in summary
+    train_targets = summary.split("Targets (training phrasings):")[1].split("###")[0]
+    assert "which_negated/accuracy +50.0 (target +40: met)" in train_targets
+    assert "absence_image/accuracy +10.0 (target +20: MISSED)" in train_targets
+    assert "MCQ negation template 70.0% (target > 50: met)" in train_targets
+    assert "no negation task falls by more than 3 points: MISSED (presence/accuracy -10.0)" in train_targets

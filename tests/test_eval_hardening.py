@@ -225,15 +225,15 @@ def test_unreadable_images_are_left_out_once_for_every_model(root, processor, mo
                              {"negbench_mcq": str(mcq(root, "two_models.csv", ["ok.png", "corrupt.png", "gray.png", "truncated.png"]))},
                              tmp_path / "out", batch_size=2, device="cpu", progress=False, seed=7)
     assert sorted(opened) == sorted(["ok.png", "corrupt.png", "gray.png", "truncated.png", "ok.png", "gray.png"])
-    info = results["tasks"]["negbench_mcq"]
-    assert info["counts"]["items"] == 2 and info["notes"].startswith("skipped 2 (corrupt_image: 1 [")
-    assert set(results["metrics"]["negbench_mcq"]["accuracy"]) == {str(root / "clip"), str(other)}
+    info = results.tasks["negbench_mcq"]
+    assert info.counts["items"] == 2 and info.notes.startswith("skipped 2 (corrupt_image: 1 [")
+    assert set(info.metrics["accuracy"]) == {str(root / "clip"), str(other)}
 
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     expected = provenance(seed=7)
     assert saved["provenance"]["seed"] == 7 and saved["provenance"]["git_commit"] == expected["git_commit"]
     assert saved["provenance"]["libraries"] == expected["libraries"] and saved["provenance"]["libraries"]["torch"] == torch.__version__
-    assert saved["tasks"]["negbench_mcq"]["notes"] == info["notes"]
+    assert saved["tasks"]["negbench_mcq"]["notes"] == info.notes
 
 
 class NamedEmbedder:

@@ -19,10 +19,11 @@ from types import SimpleNamespace
 import datasets
 import datasets.dataset_dict
 import pytest
+import torch
 import transformers
 from huggingface_hub import DatasetCard, ModelCard
 from huggingface_hub.repocard_data import model_index_to_eval_results
-from test_hub import USER, hub  # noqa: F401  (hub: the fake Hub fixture)
+from test_hub import USER, FakeHub
 from train_helpers import color_rows, run_command, save_dataset, save_tiny_clip, single_thread, train_flags  # noqa: F401
 from transformers import CLIPModel
 
@@ -31,6 +32,7 @@ from omninegclip.building import writing
 import eval.__main__ as eval_cli
 import omninegclip.training.model_card as model_card
 import train
+from eval.results import EvalResults
 from omninegclip.building.cards import GENERATED_DATA_LICENSE
 from omninegclip.common.cli import UserError
 from omninegclip.pipeline.default import HUB_NAMES, attach_results, write_widget_examples
@@ -72,25 +74,58 @@ def tiny_default(tmp_path_factory):
     return root, world, widget
 
 
-def test_pushed_world_model_card_keeps_every_result_and_says_what_it_is(tiny_default, tmp_path, processor, hub):
+@pytest.fixture(scope="module")
+def pushed(tiny_default, tmp_path_factory, processor):
+    """A plain-CLIP base and one Omni-NegCLIP fine-tune of the tiny world, evaluated side by side, each
+    given its results with the built-in default's `attach_results` (from the `EvalResults` read back
+    from results.json), then the fine-tune pushed with the card CLI to a fake Hub."""
     root, world, widget = tiny_default
-    init = save_tiny_clip(tmp_path / "init", processor)
-    base, tuned = tmp_path / "base", tmp_path / "omni-choice"
-    train.main(train_flags(init, world, base, max_steps=1, caption_column="pretrain_caption", presence_column="none",
-                           absence_column="none", text_preset="whole", widget_examples=widget,
-                           card_datasets=HUB_NAMES["world"]))
-    train.main(train_flags(base, world, tuned, max_steps=2, widget_examples=widget, report_to="tensorboard",
-                           card_base_model=HUB_NAMES["base"], card_datasets=HUB_NAMES["world"]))
-    results = tmp_path / "eval"
-    eval_cli.main([str(base), str(tuned), "--model_names", "base,omni-choice", "--tasks", "world", "--world", str(world),
-                   "--dataset_ids", f"world={HUB_NAMES['world']}", "--max_items", "40", "--batch_size", "16",
-                   "--out", str(results), "--no_progress"])
-    table = (results / "results.md").read_text()  # published in the cards: local folders by name only
-    assert "`omni-choice` = local folder `omni-choice`" in table and str(tmp_path) not in table
-    attach_results(base, results, "base")
-    attach_results(tuned, results, "omni-choice")
+    folder = tmp_path_factory.mktemp("pushed")
+    init = save_tiny_clip(folder / "init", processor)
+    base, tuned = folder / "base", folder / "omni-choice"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the autouse single_thread fixture does for a test
+    with pytest.MonkeyPatch.context() as patch:
+        hub = FakeHub(folder / "hub")
+        patch.setattr(model_card, "create_repo", hub.create_repo)
+        patch.setattr(model_card, "upload_folder", hub.upload_folder)
+        train.main(train_flags(init, world, base, max_steps=1, caption_column="pretrain_caption", presence_column="none",
+                               absence_column="none", text_preset="whole", widget_examples=widget,
+                               card_datasets=HUB_NAMES["world"]))
+        train.main(train_flags(base, world, tuned, max_steps=2, widget_examples=widget, report_to="tensorboard",
+                               card_base_model=HUB_NAMES["base"], card_datasets=HUB_NAMES["world"]))
+        evaluated = folder / "eval"
+        eval_cli.main([str(base), str(tuned), "--model_names", "base,omni-choice", "--tasks", "world", "--world", str(world),
+                       "--dataset_ids", f"world={HUB_NAMES['world']}", "--max_items", "40", "--batch_size", "16",
+                       "--out", str(evaluated), "--no_progress"])
+        results = EvalResults.from_json(evaluated / "results.json")
+        attach_results(base, results, "base")
+        attach_results(tuned, results, "omni-choice")
+        model_card.main([str(tuned), "--push_to_hub", "omninegclip-world-omni-choice"])
+    torch.set_num_threads(threads)
+    uploaded = hub.commits[0].folder
+    return SimpleNamespace(folder=folder, base=base, tuned=tuned, evaluated=evaluated, results=results, hub=hub,
+                           repo_id=f"{USER}/omninegclip-world-omni-choice", uploaded=uploaded,
+                           files={path.relative_to(uploaded).as_posix() for path in uploaded.rglob("*") if path.is_file()},
+                           card=ModelCard.load(uploaded / "README.md"))
 
-    # The final folder has what the Trainer's own scripts leave: its state and the train + eval metrics.
+
+def test_eval_table_names_local_folders_by_name_only(pushed):
+    table = (pushed.evaluated / "results.md").read_text()  # published in the cards
+    assert "`omni-choice` = local folder `omni-choice`" in table and str(pushed.folder) not in table
+
+
+def test_attached_results_are_the_evaluation_s_with_the_model_s_own_index_entry(pushed):
+    attached = pushed.tuned / "eval"
+    assert EvalResults.from_json(attached / "results.json") == pushed.results
+    assert (attached / "results.md").read_text() == (pushed.evaluated / "results.md").read_text()
+    assert json.loads((attached / "model_index.json").read_text()) == [pushed.results.model_index_entry("omni-choice")]
+    assert json.loads((pushed.base / "eval" / "model_index.json").read_text()) == [pushed.results.model_index_entry("base")]
+    assert (attached / "layerwise.md").is_file() is (pushed.evaluated / "layerwise.md").is_file()
+
+
+def test_final_folder_keeps_the_trainer_state_metrics_and_logs(pushed):
+    tuned = pushed.tuned
     state = json.loads((tuned / "trainer_state.json").read_text())
     assert state["global_step"] == 2 and any("loss" in entry for entry in state["log_history"])
     train_results = json.loads((tuned / "train_results.json").read_text())
@@ -98,23 +133,21 @@ def test_pushed_world_model_card_keeps_every_result_and_says_what_it_is(tiny_def
     assert set(train_results) <= set(json.loads((tuned / "all_results.json").read_text()))
     assert list(tuned.glob("runs/*/events.out.tfevents.*")), "no TensorBoard log in the final folder"
 
-    # Push it: the card is rewritten for the repo, bare names of the default go under the owner.
-    model_card.main([str(tuned), "--push_to_hub", "omninegclip-world-omni-choice"])
-    assert len(hub.commits) == 1
-    repo_id = f"{USER}/omninegclip-world-omni-choice"
-    uploaded = hub.commits[0].folder
-    files = {path.relative_to(uploaded).as_posix() for path in uploaded.rglob("*") if path.is_file()}
-    assert {"trainer_state.json", "train_results.json", "all_results.json", "README.md", "model.safetensors"} <= files
-    assert any(name.startswith("runs/") and "tfevents" in name for name in files)  # logs go with the model
-    assert CLIPModel.from_pretrained(uploaded).config.vision_config.image_size == 30
 
-    card = ModelCard.load(uploaded / "README.md")
-    meta = card.data
-    assert meta.base_model == f"{USER}/{HUB_NAMES['base']}"
-    assert meta.datasets == [f"{USER}/{HUB_NAMES['world']}"]
+def test_push_uploads_a_loadable_model_with_its_logs_under_the_owner(pushed):
+    assert len(pushed.hub.commits) == 1
+    assert {"trainer_state.json", "train_results.json", "all_results.json", "README.md", "model.safetensors"} <= pushed.files
+    assert any(name.startswith("runs/") and "tfevents" in name for name in pushed.files)  # logs go with the model
+    assert CLIPModel.from_pretrained(pushed.uploaded).config.vision_config.image_size == 30
+    # the card is rewritten for the repo: bare names of the default go under the owner
+    assert pushed.card.data.base_model == f"{USER}/{HUB_NAMES['base']}"
+    assert pushed.card.data.datasets == [f"{USER}/{HUB_NAMES['world']}"]
 
-    # Every eval task survives the Hub's merge (task type, dataset type, config, split, revision).
-    evaluated = json.loads((tuned / "eval" / "model_index.json").read_text())[0]["results"]
+
+def test_every_eval_task_survives_the_hub_s_merge(pushed):
+    """One result per task survives (task type, dataset type, config, split and revision differ)."""
+    meta = pushed.card.data
+    evaluated = json.loads((pushed.tuned / "eval" / "model_index.json").read_text())[0]["results"]
     name, eval_results = model_index_to_eval_results(meta.to_dict()["model-index"])
     assert name == "omninegclip-world-omni-choice"
     assert len(evaluated) == 14  # seven world families x two phrasing template sets
@@ -126,32 +159,36 @@ def test_pushed_world_model_card_keeps_every_result_and_says_what_it_is(tiny_def
     heldout = [r for r in eval_results if r.dataset_config.startswith("world_heldout/")]
     assert heldout and all(r.metric_name.startswith("world_heldout/") for r in heldout)
 
-    # Widget images resolve inside the pushed repo.
-    for entry in meta.to_dict()["widget"]:
-        prefix = f"https://huggingface.co/{repo_id}/resolve/main/"
-        assert entry["src"].startswith(prefix) and entry["src"][len(prefix):] in files
-        assert "square" in entry["candidate_labels"] or "heart" in entry["candidate_labels"]
-    assert f'hf_hub_download("{repo_id}", "widget/example-0.png")' in card.text
 
-    check_public_card(card, tmp_path)
-    text = card.text
+def test_widget_images_resolve_inside_the_pushed_repo(pushed):
+    for entry in pushed.card.data.to_dict()["widget"]:
+        prefix = f"https://huggingface.co/{pushed.repo_id}/resolve/main/"
+        assert entry["src"].startswith(prefix) and entry["src"][len(prefix):] in pushed.files
+        assert "square" in entry["candidate_labels"] or "heart" in entry["candidate_labels"]
+    assert f'hf_hub_download("{pushed.repo_id}", "widget/example-0.png")' in pushed.card.text
+
+
+def test_pushed_card_says_what_the_model_is_and_how_it_was_trained(pushed):
+    check_public_card(pushed.card, pushed.folder)
+    text = pushed.card.text
     assert "fine-tuned with **Omni-NegCLIP**" in text and "30×30-pixel" in text
     assert "| learning rate | 0.001 |" in text and "| optimizer steps | 2 |" in text
     assert f"- transformers {transformers.__version__}" in text
     assert "@misc{omninegclip" in text and "eprint        = {2603.29258}" in text and "radford2021clip" in text
     assert "world_heldout/mcq" in text  # the results table is in the card
 
-    # The base model's card (local, not pushed): plain CLIP training, no Omni-NegCLIP claim.
-    base_card = ModelCard.load(base / "README.md")
+
+def test_base_card_says_plain_clip_training(pushed):
+    base_card = ModelCard.load(pushed.base / "README.md")  # local, not pushed
     assert base_card.data.base_model is None and base_card.data.datasets == [HUB_NAMES["world"]]
-    check_public_card(base_card, tmp_path)
+    check_public_card(base_card, pushed.folder)
     assert "plain CLIP contrastive loss" in base_card.text and "randomly initialised" in base_card.text
     assert "fine-tuned with" not in base_card.text and "lambda_text" not in base_card.text
     assert "negation" not in base_card.data.tags
     assert [entry["src"] for entry in base_card.data.to_dict()["widget"]] == ["widget/example-0.png", "widget/example-1.png"]
     assert "rewrites them as `https://huggingface.co/OWNER/NAME/resolve/main/widget/...`" in base_card.text
-    assert len(model_index_to_eval_results(base_card.data.to_dict()["model-index"])[1]) == len(eval_results)
-    (tmp_path / "rendered_card.md").write_text(str(card))
+    tuned_results = model_index_to_eval_results(pushed.card.data.to_dict()["model-index"])[1]
+    assert len(model_index_to_eval_results(base_card.data.to_dict()["model-index"])[1]) == len(tuned_results)
 
 
 def test_report_to_is_checked_before_anything_slow(tmp_path, monkeypatch):

@@ -110,8 +110,45 @@ def render_dataset_card(
     if license == "other" and not license_name:
         raise ValueError("license 'other' needs a license_name (the Hub shows it instead of a license)")
     source = summary.get("source", "unknown")
-    rows_out: dict = summary.get("rows_out", {})
     pretty_name = pretty_name or f"Omni-NegCLIP negation captions ({source})"
+    metadata, rows_out = _card_metadata(summary, features, pretty_name, license, license_name, license_link, num_bytes, data_files)
+    lines = ["---", metadata.to_yaml(), "---", "", f"# {pretty_name}", "", *_INTRO,
+             "## Source", "", source_description or f"Source: `{source}`.", ""]
+    lines += _columns_lines(features) + _build_lines(summary, build_description) + _counts_lines(summary, rows_out)
+    lines += _examples_lines(summary) + _provenance_lines(summary)
+    lines += [
+        "## License",
+        "",
+        f"`{license_name or license}`. " + (license_note or "The images and original captions keep the terms of their source."),
+        "",
+        "## Citation",
+        "",
+        "Omni-NegCLIP: *Enhancing CLIP with Front-Layer Contrastive Fine-Tuning for Comprehensive Negation "
+        "Understanding*, arXiv:2603.29258. Cite the source dataset too.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+_INTRO = [
+    "Image–caption pairs with *negated* captions for negation-aware CLIP fine-tuning "
+    "([Omni-NegCLIP](https://arxiv.org/abs/2603.29258)). Each row may carry two negations:",
+    "",
+    "- **presence negation** (`presence_negated`): an object that *is* in the image is negated, so the "
+    "caption becomes false (\"a dog on a couch\" → \"there is no dog on the couch\");",
+    "- **absence negation** (`absence_negated`): a plausible object that is *not* in the image is added under a "
+    "negation, so the caption stays true (\"a dog on a couch, with no cats around\").",
+    "",
+    "A row may have only one of them; the other is empty.",
+    "",
+]
+
+
+def _card_metadata(summary: dict, features, pretty_name: str, license: str, license_name: str | None, license_link: str | None,
+                   num_bytes: dict[str, int] | None, data_files: dict[str, str] | None) -> tuple[DatasetCardData, dict]:
+    """The card's YAML metadata, and the splits it shows (those of `data_files` where given)."""
+    source = summary.get("source", "unknown")
+    rows_out: dict = summary.get("rows_out", {})
     metadata = DatasetCardData(
         pretty_name=pretty_name,
         license=license,
@@ -127,50 +164,33 @@ def render_dataset_card(
                                 "data_files": [{"split": split, "path": path} for split, path in data_files.items()]}]
         rows_out = {split: count for split, count in rows_out.items() if split in data_files}
     _dataset_info(features, rows_out, num_bytes or {}).to_dataset_card_data(metadata)
-    lines = [
-        "---",
-        metadata.to_yaml(),
-        "---",
-        "",
-        f"# {pretty_name}",
-        "",
-        "Image–caption pairs with *negated* captions for negation-aware CLIP fine-tuning "
-        "([Omni-NegCLIP](https://arxiv.org/abs/2603.29258)). Each row may carry two negations:",
-        "",
-        "- **presence negation** (`presence_negated`): an object that *is* in the image is negated, so the "
-        "caption becomes false (\"a dog on a couch\" → \"there is no dog on the couch\");",
-        "- **absence negation** (`absence_negated`): a plausible object that is *not* in the image is added under a "
-        "negation, so the caption stays true (\"a dog on a couch, with no cats around\").",
-        "",
-        "A row may have only one of them; the other is empty.",
-        "",
-        "## Source",
-        "",
-        source_description or f"Source: `{source}`.",
-        "",
-        "## Columns",
-        "",
-        "| column | meaning |",
-        "|---|---|",
-    ]
+    return metadata, rows_out
+
+
+def _columns_lines(features) -> list[str]:
     columns = list(getattr(features, "keys", lambda: [])())
-    lines += [f"| `{name}` | {_DATASET_COLUMNS.get(name, '(source-specific)')} |" for name in columns]
-    lines += ["", "## How it was built", ""]
+    return (["## Columns", "", "| column | meaning |", "|---|---|"]
+            + [f"| `{name}` | {_DATASET_COLUMNS.get(name, '(source-specific)')} |" for name in columns])
+
+
+def _build_lines(summary: dict, build_description: str) -> list[str]:
+    lines = ["", "## How it was built", ""]
     arguments = summary.get("arguments")
     if arguments:
         lines += ["Built with `python data_builder.py` and these settings:", "", "```json", json.dumps(arguments, indent=2, sort_keys=True), "```", ""]
-    lines += [
+    return lines + [
         build_description or "See the source above.",
         "",
         "The quality gate checks every row: a presence-negated caption names `negated_object`, which is in "
         "`present_objects`; an absence-negated caption names `absent_object`, which is not; both hold a negation "
         "cue and differ from the caption.",
         "",
-        "## Counts",
-        "",
-        "| split | rows |",
-        "|---|---:|",
     ]
+
+
+def _counts_lines(summary: dict, rows_out: dict) -> list[str]:
+    """Rows per split, source rows read, negations, skips by reason, rewrites, the quality gate, texts over CLIP's context."""
+    lines = ["## Counts", "", "| split | rows |", "|---|---:|"]
     lines += [f"| {split} | {count} |" for split, count in rows_out.items()]
     lines += [""]
     if "rows_in" in summary:
@@ -194,25 +214,22 @@ def render_dataset_card(
         lines += [f"### Longer than CLIP's {long['limit']} tokens", "",
                   "CLIP's text encoder reads only the start of these texts. A negation it would not see was not written "
                   "(counted as `negation_beyond_context`).", ""] + _counts_table(long["texts"], "column")
+    return lines
+
+
+def _examples_lines(summary: dict) -> list[str]:
     examples = summary.get("examples") or []
-    if examples:
-        lines += ["## Examples", "", "| caption | presence_negated | absence_negated |", "|---|---|---|"]
-        lines += [f"| {_cell(row.get('caption'))} | {_cell(row.get('presence_negated'))} | {_cell(row.get('absence_negated'))} |" for row in examples]
-        lines += [""]
+    if not examples:
+        return []
+    return (["## Examples", "", "| caption | presence_negated | absence_negated |", "|---|---|---|"]
+            + [f"| {_cell(row.get('caption'))} | {_cell(row.get('presence_negated'))} | {_cell(row.get('absence_negated'))} |"
+               for row in examples] + [""])
+
+
+def _provenance_lines(summary: dict) -> list[str]:
     made_by = summary.get("provenance")
-    if made_by:
-        versions = ", ".join(f"{name} {version}" for name, version in sorted((made_by.get("libraries") or {}).items()) if version)
-        lines += ["## Provenance", "", f"Seed {made_by.get('seed')}; git commit `{made_by.get('git_commit') or 'unknown'}`; "
-                  f"Python {made_by.get('python')}; {versions}.", ""]
-    lines += [
-        "## License",
-        "",
-        f"`{license_name or license}`. " + (license_note or "The images and original captions keep the terms of their source."),
-        "",
-        "## Citation",
-        "",
-        "Omni-NegCLIP: *Enhancing CLIP with Front-Layer Contrastive Fine-Tuning for Comprehensive Negation "
-        "Understanding*, arXiv:2603.29258. Cite the source dataset too.",
-        "",
-    ]
-    return "\n".join(lines)
+    if not made_by:
+        return []
+    versions = ", ".join(f"{name} {version}" for name, version in sorted((made_by.get("libraries") or {}).items()) if version)
+    return ["## Provenance", "", f"Seed {made_by.get('seed')}; git commit `{made_by.get('git_commit') or 'unknown'}`; "
+            f"Python {made_by.get('python')}; {versions}.", ""]

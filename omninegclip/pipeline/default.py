@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from eval.results import EvalResults
 from omninegclip import REPO_ROOT as ROOT
 from omninegclip.common.clip import ClipSize
 
@@ -193,39 +194,40 @@ def describe_widget_answers(answers_by_model: dict[str, list[dict]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def summarize(results: dict, base: str, tuned: list[str]) -> str:
+def summarize(results: EvalResults, base: str, tuned: list[str]) -> str:
     """A markdown summary: every headline number per model, the change against the base, and
     whether each target of the built-in default is met (training and unseen phrasings)."""
-    metrics = results["metrics"]
     lines = []
     for template_set in ("train", "heldout"):
         rows = []
         for task in NEGATION_TASKS + ("retrieval", "negated_retrieval"):
             name = f"world_{template_set}/{task}"
-            for metric, values in metrics.get(name, {}).items():
+            for metric in results.metric_names(name):
                 if metric.endswith(("R@10", "group_mean")) or "image_to_text/R@5" in metric:
                     continue
-                rows.append((f"{task}/{metric}", values))
+                rows.append((name, metric, f"{task}/{metric}"))
         if not rows:
             continue
         header = "| metric | " + " | ".join([base] + tuned) + " | " + " | ".join(f"Δ {name}" for name in tuned) + " |"
         lines += [f"### Held-out scenes, {'training' if template_set == 'train' else 'unseen'} phrasing templates", "",
                   header, "|---|" + "---:|" * (1 + 2 * len(tuned))]
-        for metric, values in rows:
-            cells = [f"{100 * values[name]:.1f}" if values.get(name) is not None else "–" for name in [base] + tuned]
-            deltas = [f"{100 * (values[name] - values[base]):+.1f}" if values.get(name) is not None and values.get(base) is not None else "–" for name in tuned]
-            lines.append(f"| {metric} | " + " | ".join(cells + deltas) + " |")
+        for task, metric, shown in rows:
+            before = results.metric(task, metric, base)
+            values = [results.metric(task, metric, name) for name in [base] + tuned]
+            cells = [f"{100 * value:.1f}" if value is not None else "–" for value in values]
+            deltas = [f"{100 * (value - before):+.1f}" if value is not None and before is not None else "–" for value in values[1:]]
+            lines.append(f"| {shown} | " + " | ".join(cells + deltas) + " |")
         lines += ["", f"Targets ({'training' if template_set == 'train' else 'unseen'} phrasings):", ""]
         for name in tuned:
-            lines += [f"- `{name}`: " + "; ".join(_target_checks(metrics, template_set, base, name))]
+            lines += [f"- `{name}`: " + "; ".join(_target_checks(results, template_set, base, name))]
         lines.append("")
     return "\n".join(lines)
 
 
-def _target_checks(metrics: dict, template_set: str, base: str, tuned: str) -> list[str]:
+def _target_checks(results: EvalResults, template_set: str, base: str, tuned: str) -> list[str]:
     def value(task_metric: str, model: str) -> float | None:
         task, metric = task_metric.split("/", 1)
-        found = metrics.get(f"world_{template_set}/{task}", {}).get(metric, {}).get(model)
+        found = results.metric(f"world_{template_set}/{task}", metric, model)
         return None if found is None else 100 * found
 
     checks = []
@@ -240,7 +242,7 @@ def _target_checks(metrics: dict, template_set: str, base: str, tuned: str) -> l
         checks.append(f"MCQ negation template {negation:.1f}% (target > 50: {'met' if negation > 50 else 'MISSED'})")
     falls = []
     for task in NEGATION_TASKS:
-        for metric in metrics.get(f"world_{template_set}/{task}", {}):
+        for metric in results.metric_names(f"world_{template_set}/{task}"):
             if metric.startswith("accuracy"):
                 before, after = value(f"{task}/{metric}", base), value(f"{task}/{metric}", tuned)
                 if before is not None and after is not None and after < before - 3:
@@ -336,11 +338,11 @@ def main(argv: list[str] | None = None) -> None:
     run([python, "-m", "eval", *map(str, models), "--model_names", ",".join(names), "--tasks", tasks,
          "--world", str(world), "--dataset_ids", f"world={HUB_NAMES['world']}", "--out", str(results), "--no_progress"],
         out / "logs" / "eval.log")
-    report = json.loads((results / "results.json").read_text())
+    report = EvalResults.from_json(results / "results.json")
     summary = summarize(report, "base", names[1:])
     if not args.ablations:
         for model, name in zip(models, names):
-            attach_results(model, results, name)
+            attach_results(model, report, name)
         answers = {name: widget_answers(model, models[1]) for model, name in zip(models, names)}
         (results / "widget_answers.json").write_text(json.dumps(answers, indent=2) + "\n")
         summary += "\n" + describe_widget_answers(answers)
@@ -350,21 +352,18 @@ def main(argv: list[str] | None = None) -> None:
     print(f"done in {minutes:.1f} min; results in {results}")
 
 
-def attach_results(checkpoint: Path, results: Path, name: str) -> None:
-    """Make a folder Hub-ready: its own eval results beside the weights, the card re-rendered (the
-    base's says what it is: plain CLIP training from a random initialisation)."""
+def attach_results(checkpoint: Path, results: EvalResults, name: str) -> None:
+    """Make a folder Hub-ready: the results of the evaluation beside the weights (`eval/`: every file
+    of `python -m eval`, model_index.json with this model's entry only, for a later push from the
+    folder), the card re-rendered with this model's results (the base's says what it is: plain CLIP
+    training from a random initialisation)."""
+    from eval.report import write_outputs
     from omninegclip.training.model_card import write_model_card
 
-    target = checkpoint / "eval"
-    target.mkdir(exist_ok=True)
-    for file in ("results.json", "results.md", "results.png", "layerwise.md", "layerwise.png"):
-        if (results / file).is_file():
-            shutil.copy(results / file, target / file)
-    index = json.loads((results / "model_index.json").read_text())
-    (target / "model_index.json").write_text(json.dumps([entry for entry in index if entry.get("name") == name], indent=2) + "\n")
+    write_outputs(results, checkpoint / "eval", model=name)
     base = name == "base"
     write_model_card(checkpoint, repo_id=HUB_NAMES["base"] if base else f"omninegclip-world-{name}",
-                     base_description=BASE_DESCRIPTION if base else None)
+                     base_description=BASE_DESCRIPTION if base else None, results=results, results_model=name)
 
 
 if __name__ == "__main__":

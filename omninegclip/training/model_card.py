@@ -14,9 +14,10 @@ Public surface:
 - `public_text(text)`: text with absolute local paths reduced to their last component;
 - `citations_markdown(benchmark_types)`: BibTeX of the method, CLIP and the benchmarks evaluated on;
 - `render_model_card(facts, ...) -> huggingface_hub.ModelCard`;
-- `write_model_card(folder, ...) -> Path`: the card of a checkpoint folder, as its README.md, from the
-  folder's own records (`config.json`, `omninegclip_config.json`, `training_provenance.json`,
-  `model_card.json`, `eval/model_index.json`, `eval/results.md`);
+- `write_model_card(folder, ..., results=None, results_model=None) -> Path`: the card of a checkpoint
+  folder, as its README.md, from the folder's own records (`config.json`, `omninegclip_config.json`,
+  `training_provenance.json`, `model_card.json`) and the eval results: an `EvalResults` given, else
+  the folder's `eval/model_index.json` and `eval/results.md`;
 - `push_checkpoint(folder, repo_id, ...) -> str`: create the repo, write the card naming it (widget
   URLs inside the repo, bare repo names under its owner), upload the folder (weights, processor,
   card, Trainer state and metrics, tracker logs; not `checkpoint-*`) in one commit;
@@ -37,12 +38,16 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from string import Template
+from typing import TYPE_CHECKING
 
 from huggingface_hub import ModelCard, ModelCardData, create_repo, upload_folder
 from huggingface_hub.repocard_data import model_index_to_eval_results
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from omninegclip.common.cli import UserError, run_cli
+
+if TYPE_CHECKING:
+    from eval.results import EvalResults
 
 logger = logging.getLogger(__name__)
 
@@ -583,6 +588,10 @@ def _read_json(path: Path) -> dict | list | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def _read_text(path: Path) -> str | None:
+    return path.read_text() if path.is_file() else None
+
+
 def write_model_card(
     folder: str | Path,
     base_model: str | None = None,
@@ -594,28 +603,37 @@ def write_model_card(
     dataset_ids: list[str] | None = None,
     base_description: str | None = None,
     namespace: str | None = None,
+    results: EvalResults | None = None,
+    results_model: str | None = None,
 ) -> Path:
     """Render the card of a checkpoint folder and write it as the folder's README.md.
 
     Read from the folder (see `checkpoint_facts`): settings, base model and datasets (and their Hub
-    ids), the widget examples stored by an earlier call, results (`eval/model_index.json`,
-    `eval/results.md`). `base_description` replaces the base model's name in the text (e.g. "a
-    randomly initialised CLIP"); `namespace` is the owner the folder is pushed under."""
+    ids), the widget examples stored by an earlier call. The eval results: `results` (an
+    `EvalResults`; the entry of the model named `results_model` in it) where given, else the
+    folder's `eval/model_index.json` and `eval/results.md` (what `python -m eval --out FOLDER/eval`
+    and the built-in default's `attach_results` leave there). `base_description` replaces the base
+    model's name in the text (e.g. "a randomly initialised CLIP"); `namespace` is the owner the
+    folder is pushed under."""
     folder = Path(folder)
     facts = checkpoint_facts(folder, repo_id=repo_id, base_model=base_model, datasets=datasets, base_model_id=base_model_id,
                              dataset_ids=dataset_ids, widget_examples=widget_examples, base_description=base_description,
                              namespace=namespace, remember=True)
-    index = _read_json(folder / "eval" / "model_index.json")
+    if results is not None:
+        from eval.report import results_markdown
+
+        index, markdown = [results.model_index_entry(results_model or facts.model_name)], results_markdown(results)
+    else:
+        index, markdown = _read_json(folder / "eval" / "model_index.json"), _read_text(folder / "eval" / "results.md")
     model_index = _model_index_entry(index, facts.model_name, folder) if index else None
     if model_index and namespace:
         bare = {name.split("/")[-1]: name for name in facts.dataset_ids}
         for result in model_index[0]["results"]:
             result["dataset"]["type"] = bare.get(result["dataset"]["type"], result["dataset"]["type"])
-    results = folder / "eval" / "results.md"
     card = render_model_card(
         facts,
         model_index=model_index,
-        results_markdown=results.read_text() if results.is_file() else None,
+        results_markdown=markdown,
         widget=_store_widget(folder, facts.widget_examples, facts.repo_id),
         license=license,
     )
