@@ -33,14 +33,9 @@ from omninegclip.common.checkpoints import check_clip_checkpoint
 from omninegclip.common.cli import UserError
 from omninegclip.common.outputs import ensure_writable
 from omninegclip.common.provenance import provenance
-from omninegclip.common.safe_load import load_pretrained_checked
+from omninegclip.common.safe_load import first_line, load_pretrained_checked
 
 HARNESS_VERSION = "1.0.0"
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -63,7 +58,7 @@ def load_clip(model_id: str, device: str | torch.device = "cpu"):
         model = load_pretrained_checked(CLIPModel, model_id, f"model {model_id}")
         processor = CLIPProcessor.from_pretrained(model_id, trust_remote_code=False)
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise UserError(f"model {model_id}: cannot load the CLIP weights and processor ({_first_line(error)})") from error
+        raise UserError(f"model {model_id}: cannot load the CLIP weights and processor ({first_line(error)})") from error
     return model.to(device).eval(), processor
 
 
