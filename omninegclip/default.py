@@ -274,11 +274,12 @@ def _target_checks(metrics: dict, template_set: str, base: str, tuned: str) -> l
 
 
 def world_key(args: argparse.Namespace) -> str:
-    """What the cached world depends on: a changed size, seed or column set rebuilds it."""
-    from omninegclip.shapes import WORLD_FEATURES
+    """What the cached world depends on: a changed size, seed, column set or phrasing table (the
+    captions' words and rates) rebuilds it."""
+    from omninegclip.shapes import WORLD_FEATURES, phrasing_fingerprint
 
     return json.dumps({"seed": args.seed, "num_train": args.num_train, "num_test": args.num_test,
-                       "columns": sorted(WORLD_FEATURES)}, sort_keys=True)
+                       "columns": sorted(WORLD_FEATURES), "phrasings": phrasing_fingerprint()}, sort_keys=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -310,7 +311,7 @@ def main(argv: list[str] | None = None) -> None:
     base = out / "base"
     size = SmallCLIP()
     pretrain_key = json.dumps({"size": size.__dict__, "seed": args.seed, "epochs": args.pretrain_epochs,
-                               "num_train": args.num_train}, sort_keys=True)
+                               "world": json.loads(wanted_world)}, sort_keys=True)
     stamp = base / "pretrain_key.json"
     if not (stamp.is_file() and stamp.read_text() == pretrain_key):
         init = out / "init"
