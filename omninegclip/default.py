@@ -9,7 +9,10 @@
    (weights, processor, model card with the results).
 
 `--ablations` instead fine-tunes the same base with every variant of `ABLATIONS` (same world,
-steps and seed) and evaluates them all in one table.
+steps and seed) and evaluates them all in one table. `--seeds 0,1,2` (`make seeds`) repeats steps
+3-4 for every seed on the same cached world and base (the first seed in the default's layout, the
+others under OUT/seeds/seed-N/, each with its own results.json) and writes the mean ± standard
+deviation of every metric to OUT/seeds/seeds.md and seeds.json.
 
 Every step is a real command a user could type; this module only strings them together.
 """
@@ -19,11 +22,14 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from omninegclip.cli import UserError, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -282,11 +288,14 @@ def world_key(args: argparse.Namespace) -> str:
                        "columns": sorted(WORLD_FEATURES), "phrasings": phrasing_fingerprint()}, sort_keys=True)
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/default", help="Folder for the world, the models and the results.")
     parser.add_argument("--ablations", action="store_true", help="Run the ablation table instead of the default pair.")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the world and the pretrained base.")
+    parser.add_argument("--seeds", default=None,
+                        help="Comma-separated fine-tuning seeds (default: --seed). With several, every seed fine-tunes "
+                             "and evaluates the same cached base, and OUT/seeds/ gets mean ± std of every metric.")
     parser.add_argument("--num_train", type=int, default=16000, help="World training scenes.")
     parser.add_argument("--num_test", type=int, default=2000, help="World held-out test scenes.")
     parser.add_argument("--pretrain_epochs", type=float, default=5)
@@ -294,81 +303,198 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--recipes", default=f"{FAITHFUL.name},{IMPROVED.name}",
                         help="Comma-separated fine-tuning recipes of the default run (see ABLATIONS).")
     args = parser.parse_args(argv)
-    out = (ROOT / args.out).resolve() if not Path(args.out).is_absolute() else Path(args.out)
-    python = sys.executable
-    started = time.time()
-
-    world = out / "world"
-    world_stamp, wanted_world = out / "world_key.json", world_key(args)
-    if not (world_stamp.is_file() and world_stamp.read_text() == wanted_world and (world / "dataset_dict.json").is_file()):
-        run([python, "data_builder.py", "shapes", "--out", str(world), "--seed", str(args.seed), "--overwrite",
-             "--num_train", str(args.num_train), "--num_test", str(args.num_test)], out / "logs" / "world.log")
-        world_stamp.write_text(wanted_world)
-    else:
-        print(f"world: reusing {world}")
-
-    widget = write_widget_examples(out)
-    base = out / "base"
-    size = SmallCLIP()
-    pretrain_key = json.dumps({"size": size.__dict__, "seed": args.seed, "epochs": args.pretrain_epochs,
-                               "world": json.loads(wanted_world)}, sort_keys=True)
-    stamp = base / "pretrain_key.json"
-    if not (stamp.is_file() and stamp.read_text() == pretrain_key):
-        init = out / "init"
-        shutil.rmtree(init, ignore_errors=True)
-        make_initial_model(init, size, args.seed, world_pixel_statistics(world))
-        run([python, "train.py", "--model_name_or_path", str(init), "--dataset_name", str(world),
-             "--output_dir", str(base), "--overwrite_output_dir", "true", "--caption_column", "pretrain_caption",
-             "--presence_column", "none", "--absence_column", "none",
-             "--text_preset", "whole", "--train_vision_tower", "true", "--cache_image_embeddings", "false",
-             *flags(dict(per_device_train_batch_size=128, learning_rate=5e-4, weight_decay=0.1, warmup_steps=100,
-                         lr_scheduler_type="cosine", num_train_epochs=args.pretrain_epochs, logging_steps=25,
-                         eval_strategy="no", save_strategy="no", report_to="none", seed=args.seed,
-                         disable_tqdm=True)),
-             "--widget_examples", str(widget), "--card_datasets", HUB_NAMES["world"]],
-            out / "logs" / "pretrain.log")
-        stamp.write_text(pretrain_key)
-    else:
-        print(f"pretrained base: reusing {base}")
-
+    try:
+        args.seeds = [args.seed] if args.seeds is None else [int(seed) for seed in args.seeds.split(",")]
+    except ValueError:
+        raise UserError(f"--seeds: expected comma-separated integers such as 0,1,2, got {args.seeds!r}") from None
+    if len(set(args.seeds)) != len(args.seeds):
+        raise UserError(f"--seeds: {args.seeds} repeats a seed")
     known = {recipe.name: recipe for recipe in ABLATIONS}
     unknown = [name for name in args.recipes.split(",") if name not in known]
     if unknown:
-        raise SystemExit(f"--recipes: unknown {unknown}; known: {list(known)}")
-    recipes = ABLATIONS if args.ablations else [known[name] for name in args.recipes.split(",")]
-    models = [base]
-    for recipe in recipes:
-        target = out / ("ablations" if args.ablations else "") / recipe.name
-        run([python, "train.py", "--model_name_or_path", str(base), "--dataset_name", str(world),
-             "--output_dir", str(target), "--overwrite_output_dir", "true",  # a rerun replaces the earlier run's model
-             *flags(dict(per_device_train_batch_size=128, learning_rate=1e-3, weight_decay=0.2, warmup_steps=20,
-                         lr_scheduler_type="cosine", num_train_epochs=args.finetune_epochs, logging_steps=25,
-                         eval_strategy="no", save_strategy="no", report_to="none", seed=args.seed,
-                         disable_tqdm=True)),
-             "--widget_examples", str(widget), "--card_base_model", HUB_NAMES["base"], "--card_datasets", HUB_NAMES["world"],
-             *flags(recipe.flags)],
-            out / "logs" / f"finetune-{recipe.name}.log")
-        models.append(target)
+        raise UserError(f"--recipes: unknown {unknown}; known: {list(known)}")
+    args.recipe_list = ABLATIONS if args.ablations else [known[name] for name in args.recipes.split(",")]
+    args.out = (ROOT / args.out).resolve() if not Path(args.out).is_absolute() else Path(args.out)
+    return args
 
-    results = out / ("eval-ablations" if args.ablations else "eval")
-    names = ["base"] + [recipe.name for recipe in recipes]
+
+def ensure_world(args: argparse.Namespace) -> Path:
+    """The image world under OUT/world, rebuilt only when `world_key` changed."""
+    world = args.out / "world"
+    stamp, wanted = args.out / "world_key.json", world_key(args)
+    if stamp.is_file() and stamp.read_text() == wanted and (world / "dataset_dict.json").is_file():
+        print(f"world: reusing {world}")
+        return world
+    run([sys.executable, "data_builder.py", "shapes", "--out", str(world), "--seed", str(args.seed), "--overwrite",
+         "--num_train", str(args.num_train), "--num_test", str(args.num_test)], args.out / "logs" / "world.log")
+    stamp.write_text(wanted)
+    return world
+
+
+def ensure_base(args: argparse.Namespace, world: Path, widget: Path) -> Path:
+    """The pretrained stand-in for CLIP under OUT/base, pretrained again only when what it depends
+    on (model size, seed, epochs, the world's key) changed."""
+    base, size = args.out / "base", SmallCLIP()
+    key = json.dumps({"size": size.__dict__, "seed": args.seed, "epochs": args.pretrain_epochs,
+                      "world": json.loads(world_key(args))}, sort_keys=True)
+    stamp = base / "pretrain_key.json"
+    if stamp.is_file() and stamp.read_text() == key:
+        print(f"pretrained base: reusing {base}")
+        return base
+    init = args.out / "init"
+    shutil.rmtree(init, ignore_errors=True)
+    make_initial_model(init, size, args.seed, world_pixel_statistics(world))
+    run([sys.executable, "train.py", "--model_name_or_path", str(init), "--dataset_name", str(world),
+         "--output_dir", str(base), "--overwrite_output_dir", "true", "--caption_column", "pretrain_caption",
+         "--presence_column", "none", "--absence_column", "none",
+         "--text_preset", "whole", "--train_vision_tower", "true", "--cache_image_embeddings", "false",
+         *flags(dict(per_device_train_batch_size=128, learning_rate=5e-4, weight_decay=0.1, warmup_steps=100,
+                     lr_scheduler_type="cosine", num_train_epochs=args.pretrain_epochs, logging_steps=25,
+                     eval_strategy="no", save_strategy="no", report_to="none", seed=args.seed,
+                     disable_tqdm=True)),
+         "--widget_examples", str(widget), "--card_datasets", HUB_NAMES["world"]],
+        args.out / "logs" / "pretrain.log")
+    stamp.write_text(key)
+    return base
+
+
+def finetune(args: argparse.Namespace, recipe: Recipe, base: Path, world: Path, widget: Path, target: Path, seed: int,
+             log: Path) -> None:
+    """One recipe on the base through train.py, into `target` (a rerun replaces the earlier model)."""
+    run([sys.executable, "train.py", "--model_name_or_path", str(base), "--dataset_name", str(world),
+         "--output_dir", str(target), "--overwrite_output_dir", "true",
+         *flags(dict(per_device_train_batch_size=128, learning_rate=1e-3, weight_decay=0.2, warmup_steps=20,
+                     lr_scheduler_type="cosine", num_train_epochs=args.finetune_epochs, logging_steps=25,
+                     eval_strategy="no", save_strategy="no", report_to="none", seed=seed,
+                     disable_tqdm=True)),
+         "--widget_examples", str(widget), "--card_base_model", HUB_NAMES["base"], "--card_datasets", HUB_NAMES["world"],
+         *flags(recipe.flags)],
+        log)
+
+
+def seed_folder(args: argparse.Namespace, seed: int) -> Path:
+    """Where one fine-tuning seed's models and evaluation go: OUT itself for the first seed (the
+    default's layout), OUT/seeds/seed-N for the others."""
+    return args.out if seed == args.seeds[0] else args.out / "seeds" / f"seed-{seed}"
+
+
+def run_one_seed(args: argparse.Namespace, base: Path, world: Path, widget: Path, seed: int) -> tuple[Path, dict]:
+    """Fine-tune every recipe with `seed` and evaluate them beside the base; returns the results
+    folder and its results.json. The first seed also makes its folders Hub-ready and runs the widget."""
+    folder = seed_folder(args, seed)
+    models = [base]
+    for recipe in args.recipe_list:
+        target = folder / ("ablations" if args.ablations else "") / recipe.name
+        finetune(args, recipe, base, world, widget, target, seed, folder / "logs" / f"finetune-{recipe.name}.log")
+        models.append(target)
+    results = folder / ("eval-ablations" if args.ablations else "eval")
+    names = ["base"] + [recipe.name for recipe in args.recipe_list]
     # The ablation table keeps to the training phrasings (eleven models; the default run reports both).
     tasks = "world_train,layerwise" if args.ablations else "world,layerwise"
-    run([python, "-m", "eval", *map(str, models), "--model_names", ",".join(names), "--tasks", tasks,
+    run([sys.executable, "-m", "eval", *map(str, models), "--model_names", ",".join(names), "--tasks", tasks,
          "--world", str(world), "--dataset_ids", f"world={HUB_NAMES['world']}", "--out", str(results), "--no_progress"],
-        out / "logs" / "eval.log")
+        folder / "logs" / "eval.log")
     report = json.loads((results / "results.json").read_text())
     summary = summarize(report, "base", names[1:])
-    if not args.ablations:
+    if not args.ablations and folder == args.out:
         for model, name in zip(models, names):
             attach_results(model, results, name)
         answers = {name: widget_answers(model, models[1]) for model, name in zip(models, names)}
         (results / "widget_answers.json").write_text(json.dumps(answers, indent=2) + "\n")
         summary += "\n" + describe_widget_answers(answers)
-    minutes = (time.time() - started) / 60
-    (results / "summary.md").write_text(summary + f"\nWall time of this command: {minutes:.1f} min.\n")
+    minutes = (time.time() - args.started) / 60
+    (results / "summary.md").write_text(summary + f"\nWall time of this command up to here: {minutes:.1f} min.\n")
     print("\n" + summary)
-    print(f"done in {minutes:.1f} min; results in {results}")
+    print(f"seed {seed} done after {minutes:.1f} min; results in {results}")
+    return results, report
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    args.started = time.time()
+    world = ensure_world(args)
+    widget = write_widget_examples(args.out)
+    base = ensure_base(args, world, widget)
+    reports = {seed: run_one_seed(args, base, world, widget, seed)[1] for seed in args.seeds}
+    if len(args.seeds) > 1:
+        aggregate = aggregate_seeds(reports)
+        names = ["base"] + [recipe.name for recipe in args.recipe_list]
+        target = args.out / "seeds" / ("seeds-ablations" if args.ablations else "seeds")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.with_suffix(".json").write_text(json.dumps(aggregate, indent=2) + "\n")
+        minutes = (time.time() - args.started) / 60
+        text = describe_seeds(aggregate, "base", names[1:]) + f"\nWall time of this command: {minutes:.1f} min.\n"
+        target.with_suffix(".md").write_text(text)
+        print("\n" + text)
+        print(f"seeds aggregated in {target.with_suffix('.md')} and .json")
+    print(f"done in {(time.time() - args.started) / 60:.1f} min")
+
+
+def aggregate_seeds(reports: dict[int, dict]) -> dict:
+    """Mean and sample standard deviation over seeds of every metric of every model, from one
+    results.json per seed: {"seeds": [...], "metrics": {task: {metric: {model: {"mean", "std",
+    "values"}}}}} (values in seed order; None where a seed lacks the metric; std 0 for one seed)."""
+    seeds = list(reports)
+    metrics: dict = {}
+    for seed, report in reports.items():
+        for task, by_metric in report["metrics"].items():
+            for metric, by_model in by_metric.items():
+                if not isinstance(by_model, dict):
+                    continue
+                for model, value in by_model.items():
+                    if isinstance(value, (int, float)) or value is None:
+                        slot = metrics.setdefault(task, {}).setdefault(metric, {}).setdefault(model, [None] * len(seeds))
+                        slot[seeds.index(seed)] = value
+    out: dict = {}
+    for task, by_metric in metrics.items():
+        for metric, by_model in by_metric.items():
+            for model, values in by_model.items():
+                present = [value for value in values if value is not None]
+                mean = statistics.fmean(present) if present else None
+                std = statistics.stdev(present) if len(present) > 1 else (0.0 if present else None)
+                out.setdefault(task, {}).setdefault(metric, {})[model] = {"mean": mean, "std": std, "values": values}
+    return {"seeds": seeds, "metrics": out}
+
+
+def describe_seeds(aggregate: dict, base: str, tuned: list[str]) -> str:
+    """Markdown: mean ± std over seeds of every headline metric and of every change against the
+    base, then the targets checked on the means."""
+    seeds, metrics = aggregate["seeds"], aggregate["metrics"]
+    means = {task: {metric: {model: cell["mean"] for model, cell in by_model.items()} for metric, by_model in by_metric.items()}
+             for task, by_metric in metrics.items()}
+    lines = [f"Mean ± standard deviation over fine-tuning seeds {', '.join(map(str, seeds))} (the same world and "
+             "pretrained base; percent; Δ = fine-tuned minus base, per seed, then averaged).", ""]
+    for template_set in ("train", "heldout"):
+        header = "| metric | " + " | ".join([base] + tuned) + " | " + " | ".join(f"Δ {name}" for name in tuned) + " |"
+        rows = []
+        for task in NEGATION_TASKS + ("retrieval", "negated_retrieval"):
+            for metric, by_model in metrics.get(f"world_{template_set}/{task}", {}).items():
+                if metric.endswith(("R@10", "group_mean")) or "image_to_text/R@5" in metric or base not in by_model:
+                    continue
+                rows.append(f"| {task}/{metric} | " + " | ".join(
+                    [_mean_std(by_model.get(name, {}).get("values", [])) for name in [base] + tuned]
+                    + [_mean_std(_deltas(by_model, name, base), signed=True) for name in tuned]) + " |")
+        if not rows:
+            continue
+        phrasing = "training" if template_set == "train" else "unseen"
+        lines += [f"### Held-out scenes, {phrasing} phrasing templates", "", header,
+                  "|---|" + "---:|" * (1 + 2 * len(tuned)), *rows, "", f"Targets on the means ({phrasing} phrasings):", ""]
+        lines += [f"- `{name}`: " + "; ".join(_target_checks(means, template_set, base, name)) for name in tuned]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _deltas(by_model: dict, name: str, base: str) -> list[float | None]:
+    tuned, reference = by_model.get(name, {}).get("values", []), by_model[base]["values"]
+    return [None if a is None or b is None else a - b for a, b in zip(tuned, reference)]
+
+
+def _mean_std(values: list[float | None], signed: bool = False) -> str:
+    present = [100 * value for value in values if value is not None]
+    if not present:
+        return "–"
+    std = statistics.stdev(present) if len(present) > 1 else 0.0
+    return f"{statistics.fmean(present):{'+' if signed else ''}.1f} ± {std:.1f}"
 
 
 def attach_results(checkpoint: Path, results: Path, name: str) -> None:
@@ -389,4 +515,4 @@ def attach_results(checkpoint: Path, results: Path, name: str) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)
