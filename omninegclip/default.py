@@ -73,6 +73,10 @@ ABLATIONS = [
     Recipe("omni-choice-no-twin", "omni-choice without the absence-affirmed option", IMPROVED.flags | {"absence_affirmed_column": "none"}),
     Recipe("omni-choice-no-keep", "omni-choice without the keep-the-match hinge", IMPROVED.flags | {"lambda_keep": 0.0}),
     Recipe("omni-choice-with-L_text", "omni-choice with the faithful L_text (weight 1)", IMPROVED.flags | {"lambda_text": 1.0}),
+    # Transfer to unseen phrasings (issue: "an honest world"): flags any real-data run has too.
+    Recipe("omni-choice-frozen-tokens", "omni-choice with the token embedding frozen: no word-specific meaning for 'no'",
+           IMPROVED.flags | {"train_token_embedding": "false"}),
+    Recipe("omni-choice-gentle", "omni-choice at a third of the learning rate (3e-4)", IMPROVED.flags | {"learning_rate": 3e-4}),
     Recipe("middle", "faithful, middle text blocks", {"text_preset": "middle"}),
     Recipe("back", "faithful, back text blocks", {"text_preset": "back"}),
     Recipe("whole", "faithful, every text block", {"text_preset": "whole"}),
