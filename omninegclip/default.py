@@ -189,11 +189,11 @@ HUB_NAMES = {"world": "omninegclip-world", "base": "omninegclip-world-base"}
 BASE_DESCRIPTION = (f"a randomly initialised CLIP ({SmallCLIP.image_size}-px images), pretrained here with the plain CLIP "
                     "loss on the image world's `pretrain_caption` column")
 
-# Targets of the built-in default (fine-tuned minus base, percentage points, held-out scenes).
+# Targets of the built-in default (fine-tuned minus base, percentage points, held-out scenes), per
+# phrasing set: the training phrasings and the unseen ones (transfer, a lower bar).
 TARGETS = {
-    "which_negated/accuracy": 40.0,
-    "absence_image/accuracy": 20.0,
-    "mcq/accuracy": 15.0,
+    "train": {"which_negated/accuracy": 40.0, "absence_image/accuracy": 20.0, "mcq/accuracy": 15.0},
+    "heldout": {"which_negated/accuracy": 25.0, "absence_image/accuracy": 10.0, "mcq/accuracy": 10.0},
 }
 NEGATION_TASKS = ("presence", "which_negated", "absence_image", "absence_caption", "mcq")
 RETRIEVAL_R1 = ("retrieval/text_to_image/R@1", "retrieval/image_to_text/R@1")
@@ -259,14 +259,14 @@ def _target_checks(metrics: dict, template_set: str, base: str, tuned: str) -> l
         return None if found is None else 100 * found
 
     checks = []
-    for task_metric, least in TARGETS.items():
+    for task_metric, least in TARGETS[template_set].items():
         before, after = value(task_metric, base), value(task_metric, tuned)
         if before is None or after is None:
             continue
         delta = after - before
         checks.append(f"{task_metric} {delta:+.1f} (target +{least:.0f}: {'met' if delta >= least else 'MISSED'})")
     negation = value("mcq/accuracy/negation", tuned)
-    if negation is not None:
+    if negation is not None and template_set == "train":  # a target of the training phrasings only
         checks.append(f"MCQ negation template {negation:.1f}% (target > 50: {'met' if negation > 50 else 'MISSED'})")
     falls = []
     for task in NEGATION_TASKS:
@@ -483,9 +483,27 @@ def describe_seeds(aggregate: dict, base: str, tuned: list[str]) -> str:
         phrasing = "training" if template_set == "train" else "unseen"
         lines += [f"### Held-out scenes, {phrasing} phrasing templates", "", header,
                   "|---|" + "---:|" * (1 + 2 * len(tuned)), *rows, "", f"Targets on the means ({phrasing} phrasings):", ""]
-        lines += [f"- `{name}`: " + "; ".join(_target_checks(means, template_set, base, name)) for name in tuned]
+        lines += [f"- `{name}`: " + "; ".join(_target_checks(means, template_set, base, name)
+                                              + _beats_reference(means, template_set, FAITHFUL.name, name)) for name in tuned]
         lines.append("")
     return "\n".join(lines)
+
+
+def _beats_reference(means: dict, template_set: str, reference: str, tuned: str) -> list[str]:
+    """The target "beats `reference` on every negation task where `reference` is below 99 %", on the means."""
+    if tuned == reference:
+        return []
+    losses, compared = [], 0
+    for task in NEGATION_TASKS:
+        ours, theirs = (means.get(f"world_{template_set}/{task}", {}).get("accuracy", {}).get(name) for name in (tuned, reference))
+        if ours is None or theirs is None or theirs >= 0.99:
+            continue
+        compared += 1
+        if ours <= theirs:
+            losses.append(f"{task} {100 * ours:.1f} vs {100 * theirs:.1f}")
+    if not compared:
+        return []
+    return [f"beats `{reference}` where it is below 99 %: " + ("met" if not losses else "MISSED (" + ", ".join(losses) + ")")]
 
 
 def _deltas(by_model: dict, name: str, base: str) -> list[float | None]:

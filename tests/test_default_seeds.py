@@ -48,6 +48,23 @@ def test_describe_seeds_reports_mean_std_deltas_and_verdicts_on_the_means():
     assert "### Held-out scenes, unseen phrasing templates" in text and "retrieval/text_to_image/R@1 | 10.0 ± 0.0" in text
 
 
+def test_seed_verdicts_use_the_unseen_targets_and_compare_with_faithful():
+    def report(tuned: float, faithful: float) -> dict:
+        return {"metrics": {f"world_{name}/which_negated": {"accuracy": {"base": 0.3, "omni": tuned, "faithful": faithful}}
+                            for name in ("train", "heldout")}}
+
+    text = default.describe_seeds(default.aggregate_seeds({0: report(0.6, 0.5), 1: report(0.58, 0.62)}), "base",
+                                  ["faithful", "omni"])
+    train, heldout = text.split("unseen phrasing templates")
+    assert "which_negated/accuracy +29.0 (target +40: MISSED)" in train
+    assert "which_negated/accuracy +29.0 (target +25: met)" in heldout and "MCQ negation template" not in heldout
+    assert "beats `faithful` where it is below 99 %: met" in text  # 59.0 vs 56.0 on the means
+    worse = default.describe_seeds(default.aggregate_seeds({0: report(0.5, 0.7)}), "base", ["faithful", "omni"])
+    assert "beats `faithful` where it is below 99 %: MISSED (which_negated 50.0 vs 70.0)" in worse
+    solved = default.describe_seeds(default.aggregate_seeds({0: report(0.5, 0.995)}), "base", ["faithful", "omni"])
+    assert "beats `faithful`" not in solved  # faithful at >= 99 % everywhere: nothing to beat
+
+
 def test_seeds_flag_and_folders(tmp_path):
     args = default.parse_args(["--out", str(tmp_path), "--seeds", "3,1", "--recipes", "faithful"])
     assert args.seeds == [3, 1] and [recipe.name for recipe in args.recipe_list] == ["faithful"]
