@@ -77,6 +77,8 @@ ABLATIONS = [
     Recipe("omni-choice-frozen-tokens", "omni-choice with the token embedding frozen: no word-specific meaning for 'no'",
            IMPROVED.flags | {"train_token_embedding": "false"}),
     Recipe("omni-choice-gentle", "omni-choice at a third of the learning rate (3e-4)", IMPROVED.flags | {"learning_rate": 3e-4}),
+    Recipe("omni-choice-frozen-gentle", "omni-choice-frozen-tokens at a third of the learning rate (3e-4)",
+           IMPROVED.flags | {"train_token_embedding": "false", "learning_rate": 3e-4}),
     Recipe("middle", "faithful, middle text blocks", {"text_preset": "middle"}),
     Recipe("back", "faithful, back text blocks", {"text_preset": "back"}),
     Recipe("whole", "faithful, every text block", {"text_preset": "whole"}),
