@@ -1,7 +1,7 @@
 """The offline image world's negation tasks, on held-out scenes (by default the `test` split).
 
-`world_tasks` rephrases every scene with the "train" or the "heldout" templates of
-`omninegclip.building.shapes` and returns one `TaskData` per family, named `world_{template_set}/{family}`.
+`world_tasks` rephrases every scene with the "train" or the "heldout" templates (and MCQ phrasings,
+`MCQ_PHRASES`) of `omninegclip.building.shapes` and returns one `TaskData` per family, named `world_{template_set}/{family}`.
 Two cheap strategies pass many negation tests without understanding negation (docs/method.md §2):
 *bag of words* (score = mentioned objects that are present, negation words ignored) and *ignoring
 the negated clause* (score the caption as if "… no B" were not there). For each family, what they do:
@@ -28,7 +28,7 @@ Image keys: `shapes:{split}:{image_id}` (the stored image, decoded lazily) and
 `shapes:{split}:{image_id}+{kind}` (that scene with one more `kind`, rendered lazily; where it is
 placed depends only on the image id and the kind, so every task and seed shares one such image).
 
-Public surface: `FAMILIES`, `MCQ_PHRASES`, `world_tasks(dataset, split, template_set, seed, max_scenes)`,
+Public surface: `FAMILIES`, `world_tasks(dataset, split, template_set, seed, max_scenes)`,
 `variant_scene(scene, kind)`, `WorldScene`.
 """
 
@@ -48,6 +48,8 @@ from PIL import Image
 from eval.items import ChoiceItem, RetrievalSet, TaskData
 from omninegclip.building.shapes import (
     AFFIRMATIVE_FRAMES,
+    MCQ_GROUPS,
+    MCQ_PHRASES,
     NEGATION_TEMPLATES,
     OBJECT_KINDS,
     TEMPLATE_SETS,
@@ -69,12 +71,6 @@ from omninegclip.common.cli import UserError
 from omninegclip.common.safe_load import to_rgb
 
 FAMILIES = ("presence", "which_negated", "absence_image", "absence_caption", "mcq", "retrieval", "negated_retrieval")
-MCQ_GROUPS = ("affirmation", "negation", "hybrid")
-# NegBench's three question types, phrased per template set: (affirmation, negation, hybrid).
-MCQ_PHRASES: dict[str, tuple[str, str, str]] = {
-    "train": ("This image shows {x}.", "This image does not show {x}.", "This image shows {x} but not {y}."),
-    "heldout": ("This image contains {x}.", "This image lacks {x}.", "This image contains {x} but lacks {y}."),
-}
 _REQUIRED_COLUMNS = ("image", "scene", "image_id")
 
 

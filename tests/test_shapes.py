@@ -196,22 +196,69 @@ def test_negated_caption_refuses_to_affirm_and_negate_one_object():
 
 
 def test_pretrain_captions_negate_present_and_absent_objects_alike():
+    """Every negation in the pretraining captions, whatever its phrasing, is noise: the negated
+    object is present as often as it is absent."""
     negated_present = negated_absent = plain = 0
-    for index in range(600):
+    for index in range(1200):
         row = shapes.world_row("train", index, seed=7)
         text = row["pretrain_caption"]
-        if not TRAIN_NEGATION_WORDS & set(words(text)):
+        negated = [kind for kind in OBJECT_KINDS if re.search(
+            rf"\b(no|not an?|without an?|not show an?|lacking an?|lacks an?|free of any|minus any|the) {kind}\b"
+            rf"|\ban? {kind} is absent|nowhere is there an? {kind}\b", text) and not re.search(rf"\bthe {kind} there\b", text)]
+        if not negated:
             plain += 1
             continue
-        # The negated kind follows the negation word(s); it is the one kind not affirmed before them.
-        negated = [kind for kind in OBJECT_KINDS if re.search(rf"\b(no|not an?|without an?) {kind}\b", text)]
         assert len(negated) == 1, text
         if negated[0] in row["present_objects"]:
             negated_present += 1
         else:
             negated_absent += 1
-    assert 0.22 < (negated_present + negated_absent) / 600 < 0.38
-    assert 0.35 < negated_present / (negated_present + negated_absent) < 0.65
+    assert 0.25 < (negated_present + negated_absent) / 1200 < 0.45
+    assert 0.4 < negated_present / (negated_present + negated_absent) < 0.6
+
+
+def test_pretrain_captions_cover_every_phrasing_of_both_sets_and_the_mcq():
+    """The base stands in for a CLIP that has seen every phrasing the evaluation uses: each frame
+    and negation template of both sets and each MCQ phrasing occurs, and negates present and absent
+    objects alike (the phrasing tells nothing)."""
+    from omninegclip.building.shapes import MCQ_PHRASES, TEMPLATE_SETS, draw_pretrain_caption
+
+    expected = {f"{template_set}:{part}" for template_set in TEMPLATE_SETS for part in (
+        [f"frame:{frame}" for frame in AFFIRMATIVE_FRAMES[template_set]]
+        + [f"template:{name}" for name in NEGATION_TEMPLATES[template_set]]
+        + ["mcq:affirmation", "mcq:negation", "mcq:hybrid"])}
+    assert expected == shapes.pretrain_phrasings()
+    seen, present_by_phrasing, absent_by_phrasing = set(), {}, {}
+    rng = random.Random(11)
+    for _ in range(6000):
+        objects = sample_scene(rng)
+        caption = draw_pretrain_caption(objects, rng)
+        seen.add(caption.phrasing)
+        if caption.negated_kind is not None:
+            tally = present_by_phrasing if caption.negated_kind in [obj.kind for obj in objects] else absent_by_phrasing
+            tally[caption.phrasing] = tally.get(caption.phrasing, 0) + 1
+    assert seen == expected
+    negating = {phrasing for phrasing in expected if ":template:" in phrasing or phrasing.endswith(("mcq:negation", "mcq:hybrid"))}
+    for phrasing in negating:
+        assert present_by_phrasing.get(phrasing, 0) > 5 and absent_by_phrasing.get(phrasing, 0) > 5, phrasing
+    # In words: every held-out marker and every MCQ phrasing occurs in some pretraining caption.
+    texts = [shapes.world_row("train", index, seed=5)["pretrain_caption"] for index in range(1500)]
+    padded = " ".join(f" {' '.join(words(text))} " for text in texts)
+    assert [marker for marker in HELDOUT_MARKERS if f" {marker} " not in padded] == []
+    for phrases in MCQ_PHRASES.values():
+        for phrase in phrases:
+            pattern = re.escape(phrase).replace(re.escape("{x}"), "an? [a-z]+").replace(re.escape("{y}"), "an? [a-z]+")
+            assert any(re.fullmatch(pattern, text) for text in texts), phrase
+
+
+def test_the_phrasing_fingerprint_follows_the_phrasing_tables(monkeypatch):
+    before = shapes.phrasing_fingerprint()
+    assert before == shapes.phrasing_fingerprint()
+    monkeypatch.setitem(shapes.MCQ_PHRASES, "heldout", ("This image has {x}.", "This image lacks {x}.", "x {x} y {y}"))
+    assert shapes.phrasing_fingerprint() != before
+    monkeypatch.undo()
+    monkeypatch.setattr(shapes, "PRETRAIN_MCQ_RATE", 0.5)
+    assert shapes.phrasing_fingerprint() != before
 
 
 # ----- the dataset -------------------------------------------------------------------------------
@@ -309,11 +356,12 @@ def test_stored_images_are_render_scene_of_the_scene_column(world):
             assert (np.asarray(redrawn) == np.asarray(row["image"])).all()
 
 
-def test_train_rows_never_use_heldout_phrasings(world):
-    texts = [text for column in ("caption", "presence_negated", "absence_negated", "pretrain_caption")
-             for split in world for text in world[split][column] if text is not None]
-    texts += [shapes.world_row("train", index, seed=9)[column] for index in range(200)
-              for column in ("caption", "pretrain_caption")]
+def test_finetuning_columns_never_use_heldout_phrasings(world):
+    """Fine-tuning data keeps to the training phrasings (only the pretraining captions use them all)."""
+    columns = ("caption", "presence_negated", "absence_negated", "absence_affirmed")
+    texts = [text for column in columns for split in world for text in world[split][column] if text is not None]
+    texts += [text for index in range(200) for column in columns
+              if (text := shapes.world_row("train", index, seed=9)[column]) is not None]
     for text in texts:
         padded = f" {' '.join(words(text))} "
         assert not [marker for marker in HELDOUT_MARKERS if f" {marker} " in padded], text

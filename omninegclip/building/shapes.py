@@ -8,13 +8,17 @@ scene mostly draws from one theme, so "a plausible object that is absent" means 
 
 Captions mention SOME of the present objects, as real captions do (if silence meant absence,
 ignoring negation would pass every absence test). Each caption is one of two template sets:
-"train" phrasings (training data) and "heldout" phrasings no training row ever uses. A negated
+"train" phrasings (fine-tuning data) and "heldout" phrasings no fine-tuning row ever uses. The
+pretraining captions (`pretrain_caption`, the stand-in for web captions) use every phrasing of
+both sets and the MCQ phrasings, negating a present or an absent object with equal odds: the
+base has seen every word the evaluation uses, never with what it means. A negated
 object is always named without a colour ("no star"), so that its negation is simply "no star of any
 colour".
 
 Public surface
 - vocabulary: `OBJECT_KINDS`, `COLOURS`, `COLOUR_RGB`, `THEMES`, `KIND_THEME`, `TEMPLATE_SETS`,
-  `AFFIRMATIVE_FRAMES`, `NEGATION_TEMPLATES` (name -> `NegationTemplate`), per template set;
+  `AFFIRMATIVE_FRAMES`, `NEGATION_TEMPLATES` (name -> `NegationTemplate`), `MCQ_PHRASES` (NegBench's
+  question types `MCQ_GROUPS`), per template set; `phrasing_fingerprint()` (a hash of them all);
 - co-occurrence: `COOCCURRENCE` (pairwise affinity table), `next_kind_probabilities(present_kinds)`
   = P(kind | present kinds), `dominant_theme(present_kinds)`, `plausible_absent(present_kinds, rng)`;
 - scenes: `SceneObject`, `sample_scene(rng)`, `add_object(objects, kind, rng)`,
@@ -23,7 +27,9 @@ Public surface
 - captions: `Mention`, `Caption`, `choose_mentions(objects, rng)`, `full_mentions(objects)`,
   `affirmative_caption(mentions, template_set, rng)`, `negated_caption(mentions, negated_kind,
   template_set, rng)`, `presence_negated_caption(affirmative, present_kind, rng)`,
-  `absence_negated_caption(affirmative, absent_kind, rng)`, `affirmed_twin(negated)`, `pretrain_caption(objects, rng)`;
+  `absence_negated_caption(affirmative, absent_kind, rng)`, `affirmed_twin(negated)`;
+  pretraining: `pretrain_caption(objects, rng)` (the text of `draw_pretrain_caption`, a
+  `PretrainCaption` that names its phrasing), `pretrain_phrasings()` (every phrasing it draws from);
   `Caption.holds_for(objects)` says whether a caption is true of a scene;
 - the dataset: `build_world(num_train, num_validation, num_test, seed, image_size, progress)`,
   `world_row(split, index, seed, image_size)` (one row), `WORLD_FEATURES` (its columns).
@@ -33,6 +39,7 @@ Every random choice takes a `random.Random`; the same seed gives a byte-identica
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -369,8 +376,17 @@ NEGATION_TEMPLATES: dict[str, dict[str, NegationTemplate]] = {
     )},
 }
 
+# NegBench's three question types, phrased per template set: (affirmation, negation, hybrid); the
+# evaluation's MCQ (eval/world.py) asks them, pretraining captions use them as noise.
+MCQ_GROUPS: tuple[str, ...] = ("affirmation", "negation", "hybrid")
+MCQ_PHRASES: dict[str, tuple[str, str, str]] = {
+    "train": ("This image shows {x}.", "This image does not show {x}.", "This image shows {x} but not {y}."),
+    "heldout": ("This image contains {x}.", "This image lacks {x}.", "This image contains {x} but lacks {y}."),
+}
+
 COLOUR_MENTION_RATE = 0.5  # how often a mention names the object's colour
-PRETRAIN_NEGATION_RATE = 0.3  # how often a pretraining caption carries an (uninformative) negation
+PRETRAIN_NEGATION_RATE = 0.3  # how often a template pretraining caption carries an (uninformative) negation
+PRETRAIN_MCQ_RATE = 0.15  # how often a pretraining caption is an MCQ phrasing instead
 
 
 def _with_article(words: str) -> str:
@@ -497,21 +513,84 @@ def affirmed_twin(negated: Caption) -> Caption:
     return Caption(text, (*negated.mentions, Mention(negated.negated_kind)), negated.template_set, negated.frame, None, chosen.name)
 
 
-def pretrain_caption(objects: Sequence[SceneObject], rng: random.Random) -> str:
-    """A caption for the plain-CLIP pretraining that stands in for "pretrained CLIP": a mentioned
-    subset, and with probability PRETRAIN_NEGATION_RATE a negation clause about a present or an
-    absent object with equal odds, so negation words are familiar but carry no information."""
-    if rng.random() >= PRETRAIN_NEGATION_RATE:
-        return affirmative_caption(choose_mentions(objects, rng), "train", rng).text
+@dataclass(frozen=True)
+class PretrainCaption:
+    """A pretraining caption, the phrasing it was drawn with ("{set}:frame:{frame}",
+    "{set}:template:{name}" or "{set}:mcq:{affirmation|negation|hybrid}") and the kind it negates."""
+
+    text: str
+    phrasing: str
+    negated_kind: str | None = None
+
+
+def pretrain_phrasings() -> set[str]:
+    """Every phrasing `draw_pretrain_caption` draws from: the affirmative frames, the negation
+    templates and the MCQ phrasings of both template sets (what the evaluation uses)."""
+    return {f"{template_set}:{part}" for template_set in TEMPLATE_SETS for part in (
+        *(f"frame:{frame}" for frame in AFFIRMATIVE_FRAMES[template_set]),
+        *(f"template:{name}" for name in NEGATION_TEMPLATES[template_set]),
+        *(f"mcq:{group}" for group in MCQ_GROUPS))}
+
+
+def _negated_present_or_absent(objects: Sequence[SceneObject], rng: random.Random) -> tuple[str, list[SceneObject]]:
+    """A kind to negate, present or absent with equal odds, and the objects left to affirm."""
     kinds = scene_kinds(objects)
     if rng.random() < 0.5:
         negated = rng.choice(kinds)
-        rest = [obj for obj in objects if obj.kind != negated]
-        mentions = choose_mentions(rest, rng) if rest and rng.random() < 0.8 else []
+        return negated, [obj for obj in objects if obj.kind != negated]
+    return rng.choice([kind for kind in OBJECT_KINDS if kind not in kinds]), list(objects)
+
+
+def _pretrain_mcq_caption(objects: Sequence[SceneObject], template_set: str, rng: random.Random) -> PretrainCaption:
+    """One of NegBench's phrasings about one or two objects: "This image shows a star.", "… does not
+    show a star." (present or absent, equal odds), "… shows a star but not a moon." (the second
+    object present or absent, equal odds; a one-object scene gets the negation phrasing instead)."""
+    affirm, negate, hybrid = MCQ_PHRASES[template_set]
+    group = rng.choice(MCQ_GROUPS if len(objects) > 1 else MCQ_GROUPS[:2])
+    if group == "affirmation":
+        return PretrainCaption(affirm.format(x=Mention(rng.choice(objects).kind).phrase), f"{template_set}:mcq:{group}")
+    negated, rest = _negated_present_or_absent(objects, rng)
+    if group == "negation":
+        return PretrainCaption(negate.format(x=Mention(negated).phrase), f"{template_set}:mcq:{group}", negated)
+    shown = rng.choice(rest)
+    return PretrainCaption(hybrid.format(x=Mention(shown.kind).phrase, y=Mention(negated).phrase),
+                           f"{template_set}:mcq:{group}", negated)
+
+
+def draw_pretrain_caption(objects: Sequence[SceneObject], rng: random.Random) -> PretrainCaption:
+    """A caption for the plain-CLIP pretraining that stands in for "pretrained CLIP", phrased with
+    any phrasing the evaluation uses (either template set, or an MCQ phrasing with probability
+    PRETRAIN_MCQ_RATE), as web captions carry "without", "lacking" and "free of": a mentioned
+    subset, and with probability PRETRAIN_NEGATION_RATE a negation of a present or an absent object
+    with equal odds, so every negation phrasing is familiar but carries no information."""
+    template_set = rng.choice(TEMPLATE_SETS)
+    if rng.random() < PRETRAIN_MCQ_RATE:
+        return _pretrain_mcq_caption(objects, template_set, rng)
+    if rng.random() >= PRETRAIN_NEGATION_RATE:
+        caption = affirmative_caption(choose_mentions(objects, rng), template_set, rng)
+        return PretrainCaption(caption.text, f"{template_set}:frame:{caption.frame}")
+    negated, rest = _negated_present_or_absent(objects, rng)
+    if len(rest) == len(objects):  # an absent kind: the whole scene stays available to mention
+        mentions = choose_mentions(rest, rng)
     else:
-        negated = rng.choice([kind for kind in OBJECT_KINDS if kind not in kinds])
-        mentions = choose_mentions(objects, rng)
-    return negated_caption(mentions, negated, "train", rng).text
+        mentions = choose_mentions(rest, rng) if rest and rng.random() < 0.8 else []
+    caption = negated_caption(mentions, negated, template_set, rng)
+    return PretrainCaption(caption.text, f"{template_set}:template:{caption.template}", negated)
+
+
+def pretrain_caption(objects: Sequence[SceneObject], rng: random.Random) -> str:
+    """The text of `draw_pretrain_caption`: the world's `pretrain_caption` column."""
+    return draw_pretrain_caption(objects, rng).text
+
+
+def phrasing_fingerprint() -> str:
+    """A short hash of every table the world's captions are drawn from (frames, negation templates,
+    MCQ phrasings, the caption rates): caches of a world or of a model pretrained on it key on it,
+    so a changed phrasing never reuses a stale world."""
+    tables = {"frames": AFFIRMATIVE_FRAMES, "mcq": MCQ_PHRASES,
+              "templates": {name: [asdict(t) for t in templates.values()] for name, templates in NEGATION_TEMPLATES.items()},
+              "rates": [COLOUR_MENTION_RATE, PRETRAIN_NEGATION_RATE, PRETRAIN_MCQ_RATE, ONE_NEGATION_RATE, MATCHED_PAIR_RATE]}
+    return hashlib.sha256(json.dumps(tables, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # ----- the dataset -------------------------------------------------------------------------------
@@ -544,8 +623,8 @@ def _png_bytes(image: Image.Image) -> bytes:
 
 
 def world_row(split: str, index: int, seed: int, image_size: int = 64) -> dict:
-    """Row `index` of `split`: a fresh scene, its PNG and its captions ("train" templates), from an
-    rng seeded by (seed, split, index) alone."""
+    """Row `index` of `split`: a fresh scene, its PNG and its captions ("train" templates; the
+    pretraining caption: any phrasing), from an rng seeded by (seed, split, index) alone."""
     rng = random.Random(f"omninegclip-shapes:{seed}:{split}:{index}")
     objects = sample_scene(rng)
     background_seed = rng.getrandbits(32)
