@@ -27,7 +27,7 @@ def test_default_pipeline_end_to_end(tmp_path):
     out = tmp_path / "default"
     command = [sys.executable, "-m", "omninegclip.pipeline.default", "--out", str(out), "--recipes", "omni-choice"]
     env = os.environ | {"OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     results = json.loads((out / "eval" / "results.json").read_text())
@@ -62,5 +62,5 @@ def test_default_pipeline_end_to_end(tmp_path):
             assert {score["label"] for score in scores} == set(example["candidate_labels"])
     # A second run reuses the world and the pretrained base (a short fine-tune, to keep the test quick).
     again = subprocess.run([*command[:-2], "--finetune_epochs", "0.05", "--recipes", "faithful"], cwd=ROOT, env=env,
-                           capture_output=True, text=True, timeout=900)
+                           capture_output=True, text=True)
     assert again.returncode == 0 and "world: reusing" in again.stdout and "pretrained base: reusing" in again.stdout

@@ -190,7 +190,7 @@ def test_two_nodes_match_one_process(tmp_path, processor, monkeypatch):
             )
             for rank in range(nodes)
         ]
-        outputs = [run.communicate(timeout=240)[0] for run in runs]
+        outputs = [run.communicate()[0] for run in runs]
         assert [run.returncode for run in runs] == [0] * nodes, outputs[0][-3000:] + outputs[1][-3000:]
         # Only machine 0 saves; every machine's first process prints the logs (--log_on_each_node).
         assert "wrote the checkpoint to" not in outputs[1]

@@ -43,20 +43,18 @@ def leftovers(out: Path) -> list[Path]:
     return sorted(out.parent.glob(f".{out.name}.building-*"))
 
 
-def wait_for(condition, process: subprocess.Popen, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
+def wait_for(condition, process: subprocess.Popen) -> None:
+    """Poll until `condition` holds; the build ending first fails the test. No deadline: a loaded
+    machine only makes the wait longer."""
     while not condition():
         if process.poll() is not None:
             raise AssertionError(f"the build ended (status {process.returncode}) before it could be killed: {process.stderr.read()}")
-        if time.monotonic() > deadline:
-            process.kill()
-            raise AssertionError("the build did not reach the point to kill it at")
         time.sleep(0.02)
 
 
 def kill(process: subprocess.Popen) -> None:
     os.kill(process.pid, signal.SIGKILL)
-    process.wait(timeout=30)
+    process.wait()
     assert process.returncode == -signal.SIGKILL
 
 

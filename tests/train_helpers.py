@@ -108,7 +108,7 @@ def subprocess_env(**extra) -> dict[str, str]:
     return env
 
 
-def run_command(args: list[str], timeout: int = 240, **env) -> subprocess.CompletedProcess:
+def run_command(args: list[str], timeout: float | None = None, **env) -> subprocess.CompletedProcess:
     return subprocess.run([str(arg) for arg in args], cwd=REPO, env=subprocess_env(**env), capture_output=True,
                           text=True, timeout=timeout)
 
