@@ -61,7 +61,7 @@ tokenizer = build_clip_tokenizer()
 prepared, (report,) = prepare_dataset([datasets.Dataset.from_dict(rows)], ["fifth"], columns, tokenizer,
                                       images=lambda refs: ImagePass(embeds[: len(refs)]))
 assert [bool(ids) for ids in prepared.tokens[SCENE.input_ids]] == [True, False, True]
-assert report.with_scene == 2, report
+assert report.with_sets["scene"] == 2 and report.to_json()["with_scene"] == 2, report
 
 # The collator passes it, as the active term reads it.
 torch.manual_seed(0)

@@ -33,6 +33,7 @@ class CaptionSet:
     output: str  # `OmniNegCLIPOutput` field with its L2-normalised embeddings (zeros where a row has none)
     help: str  # the flag's help
     on_by_default: bool = True  # False: the flag defaults to 'none' (no such column)
+    counted_as: str = ""  # how `train.py`'s data line counts the rows with one ("with presence negation 12"); default: the name
 
     @property
     def default_column(self) -> str:
@@ -46,13 +47,13 @@ CAPTION = CaptionSet(
 PRESENCE = CaptionSet(
     name="presence", column="presence_negated", flag="presence_column",
     input_ids="presence_negated_input_ids", attention_mask="presence_negated_attention_mask",
-    row_mask="presence_mask", output="presence_negated_embeds",
+    row_mask="presence_mask", output="presence_negated_embeds", counted_as="presence negation",
     help="Column with presence-negated captions (negate an object IN the image); 'none' for no such column.",
 )
 ABSENCE = CaptionSet(
     name="absence", column="absence_negated", flag="absence_column",
     input_ids="absence_negated_input_ids", attention_mask="absence_negated_attention_mask",
-    row_mask="absence_mask", output="absence_negated_embeds",
+    row_mask="absence_mask", output="absence_negated_embeds", counted_as="absence negation",
     help="Column with absence-negated captions (negate a plausible object NOT in the image); 'none' for no such column.",
 )
 AFFIRMED = CaptionSet(
@@ -61,7 +62,7 @@ AFFIRMED = CaptionSet(
     row_mask="absence_affirmed_mask", output="absence_affirmed_embeds",
     help="Column with absence-affirmed captions (the absence-negated caption with its object affirmed: false "
          "for the image), a third option of the --lambda_choice term; 'none' (default) for two options.",
-    on_by_default=False,
+    on_by_default=False, counted_as="absence-affirmed caption",
 )
 # The original caption first: it is the one every row has.
 CAPTION_SETS: tuple[CaptionSet, ...] = (CAPTION, PRESENCE, ABSENCE, AFFIRMED)

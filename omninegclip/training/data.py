@@ -165,19 +165,22 @@ class SourceReport:
     kept: int = 0
     skips: SkipLog = field(default_factory=SkipLog)
     truncated_captions: int = 0
-    with_presence: int = 0
-    with_absence: int = 0
-    with_affirmed: int = 0
+    with_sets: dict[str, int] = field(default_factory=dict)  # rows with each optional caption set, by its name
 
     def to_json(self) -> dict:
-        """The report as training_provenance.json records it (skips in `SkipLog.to_json`'s shape)."""
-        fields = {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "skips"}
-        return {**fields, **self.skips.to_json()}
+        """The report as training_provenance.json records it: one `with_<name>` count per optional
+        caption set, skips in `SkipLog.to_json`'s shape."""
+        fields = {name: getattr(self, name) for name in self.__dataclass_fields__ if name not in ("skips", "with_sets")}
+        counts = {f"with_{caption_set.name}": self.with_sets.get(caption_set.name, 0)
+                  for caption_set in CAPTION_SETS if caption_set.row_mask is not None}
+        return {**fields, **counts, **self.skips.to_json()}
 
     def describe(self) -> str:
-        parts = [f"{self.split} {self.name!r}: kept {self.kept} of {self.rows} rows "
-                 f"(with presence negation {self.with_presence}, with absence negation {self.with_absence}"
-                 + (f", with absence-affirmed caption {self.with_affirmed}" if self.with_affirmed else "") + ")"]
+        # Sets on by default are always counted (a 0 is news); the others only where a dataset has them.
+        counts = ", ".join(f"with {caption_set.counted_as or caption_set.name} {self.with_sets.get(caption_set.name, 0)}"
+                           for caption_set in CAPTION_SETS if caption_set.row_mask is not None
+                           and (caption_set.on_by_default or self.with_sets.get(caption_set.name)))
+        parts = [f"{self.split} {self.name!r}: kept {self.kept} of {self.rows} rows ({counts})"]
         if self.skips:
             parts.append(self.skips.describe())
         return ", ".join(parts)
@@ -330,8 +333,8 @@ def _tokenized_rows(source: _Source, image_index: np.ndarray, checked: ImagePass
         values = [source.texts[column][row] for row in rows] if column else [None] * len(rows)
         tokens[caption_set.input_ids], cut = _tokenize(values, tokenizer, max_length)
         report.truncated_captions += cut
-        if caption_set.row_mask is not None:  # SourceReport counts the rows with each optional set: with_<name>
-            setattr(report, f"with_{caption_set.name}", sum(bool(ids) for ids in tokens[caption_set.input_ids]))
+        if caption_set.row_mask is not None:
+            report.with_sets[caption_set.name] = sum(bool(ids) for ids in tokens[caption_set.input_ids])
     report.kept = len(rows)
     return np.array(rows, dtype=np.int64), image_index[usable], tokens
 

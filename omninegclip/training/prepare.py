@@ -202,7 +202,7 @@ def warn_degenerate_training(training_args: TrainingArguments, reports: list[Sou
         warnings.append(f"a global batch of 1 row (--per_device_train_batch_size 1 x 1 process): the in-batch terms "
                         f"{', '.join(IN_BATCH_TERMS)} compare each row only with itself and are 0; use a batch of 2 or more")
     train = [report for report in reports if report.split == split]
-    if train and not any(report.with_presence or report.with_absence or report.with_affirmed for report in train):
+    if train and not any(any(report.with_sets.values()) for report in train):
         warnings.append(f"no training row has a presence or an absence negation ({', '.join(repr(report.name) for report in train)}): "
                         f"this is plain CLIP fine-tuning, not Omni-NegCLIP; check --presence_column and --absence_column")
     for warning in warnings:
