@@ -72,9 +72,14 @@ class OmniNegLossConfig:
     # Not in the paper: "absence-based negation must keep the match", as a hinge: an image's
     # absence-negated caption may not score below its original caption. 0 = off.
     lambda_keep: float = 0.0
+    # Not in the paper: the affirmation counterpart of the choice term: per image, its original
+    # caption (true) must beat its absence-affirmed caption and its presence-negated caption (both
+    # false), so that what the choice term teaches about negations is not bought by reading every
+    # affirmation as false. 0 = off.
+    lambda_affirm: float = 0.0
 
     def __post_init__(self):
-        for name in ("lambda_abs", "lambda_orig", "lambda_text", "lambda_choice", "lambda_keep"):
+        for name in ("lambda_abs", "lambda_orig", "lambda_text", "lambda_choice", "lambda_keep", "lambda_affirm"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
@@ -441,6 +446,14 @@ def _choice_term(batch: GlobalBatch, logit_scale: torch.Tensor, cfg: OmniNegLoss
     return {"loss_choice": value}
 
 
+def _affirm_term(batch: GlobalBatch, logit_scale: torch.Tensor, cfg: OmniNegLossConfig) -> dict[str, torch.Tensor]:
+    # The same multiple choice with the caption as the true option: [caption | affirmed, presence].
+    options = torch.stack([batch.masks["affirmed"], batch.masks["presence"]], dim=1)
+    value = choice_loss(batch.image, batch.embeds["caption"], batch.embeds["affirmed"], options.any(dim=1), logit_scale,
+                        **batch.local, affirmed_embeds=batch.embeds["presence"], option_mask=options)
+    return {"loss_affirm": value}
+
+
 def _keep_term(batch: GlobalBatch, logit_scale: torch.Tensor, cfg: OmniNegLossConfig) -> dict[str, torch.Tensor]:
     value = keep_match_loss(batch.image, batch.embeds["caption"], batch.embeds["absence"], batch.masks["absence"],
                             logit_scale, **batch.local)
@@ -454,6 +467,7 @@ LOSS_TERMS: tuple[LossTerm, ...] = (
     LossTerm("loss_absence", ("caption", "absence"), _absence_term, weight="lambda_abs"),
     LossTerm("loss_choice", ("presence", "absence", "affirmed"), _choice_term, weight="lambda_choice", optional=True),
     LossTerm("loss_keep", ("caption", "absence"), _keep_term, weight="lambda_keep", optional=True),
+    LossTerm("loss_affirm", ("caption", "presence", "affirmed"), _affirm_term, weight="lambda_affirm", optional=True),
 )
 
 
@@ -473,6 +487,7 @@ class _OmniNegCLIPLosses(ModelOutput):
     loss_absence: torch.Tensor | None = None
     loss_choice: torch.Tensor | None = None
     loss_keep: torch.Tensor | None = None
+    loss_affirm: torch.Tensor | None = None
     logits_per_image: torch.Tensor | None = None
     logits_per_text: torch.Tensor | None = None
     image_embeds: torch.Tensor | None = None

@@ -198,6 +198,10 @@ class OmniNegArguments:
     lambda_keep: float = field(
         default=0.0, metadata={"help": "Weight of the optional keep-the-match hinge (an absence negation may not score below its caption); 0 = the paper."}
     )
+    lambda_affirm: float = field(
+        default=0.0, metadata={"help": "Weight of the optional affirmation choice (the caption beats its absence-affirmed twin and its "
+                                       "presence negation; needs --absence_affirmed_column or --presence_column); 0 = the paper."}
+    )
     front_blocks: int | None = field(
         default=None, metadata={"help": "Train text blocks 0..N-1 (default: half the text depth, 6 of 12 for ViT-B/32)."}
     )
@@ -223,7 +227,8 @@ class OmniNegArguments:
 
     def loss_config(self) -> OmniNegLossConfig:
         try:
-            return OmniNegLossConfig(self.lambda_abs, self.lambda_orig, self.lambda_text, self.margin, self.lambda_choice, self.lambda_keep)
+            return OmniNegLossConfig(self.lambda_abs, self.lambda_orig, self.lambda_text, self.margin, self.lambda_choice, self.lambda_keep,
+                                     self.lambda_affirm)
         except ValueError as error:
             raise UserError(f"bad loss setting: {error}") from None
 

@@ -260,6 +260,36 @@ def test_forward_with_absence_affirmed_captions_takes_the_three_way_choice(token
     assert torch.all(out.absence_affirmed_embeds[2] == 0)
 
 
+def test_the_affirmation_choice_makes_the_caption_beat_its_twin_and_its_presence_negation(tokenizer):
+    torch.manual_seed(0)
+    model = OmniNegCLIPModel(tiny_clip_config(), OmniNegLossConfig(lambda_affirm=2.0)).eval()
+    assert model.loss_config.caption_sets_read() >= {"caption", "presence", "affirmed"}
+    encode = lambda texts: batch(tokenizer, texts)  # noqa: E731
+    ids, mask = encode(["This image shows a star.", "a blue square", "a heart and a ring"])
+    p_ids, p_mask = encode(["This image does not show a star.", "", "a heart and no ring"])
+    f_ids, f_mask = encode(["This image shows a moon.", "a blue square, with a cross", ""])
+    rows = dict(presence=on(1, 0, 1), affirmed=on(1, 1, 0))
+    pixels = torch.randn(3, 3, 30, 30)
+    out = model(
+        input_ids=ids, attention_mask=mask, pixel_values=pixels,
+        presence_negated_input_ids=p_ids, presence_negated_attention_mask=p_mask, presence_mask=rows["presence"],
+        absence_affirmed_input_ids=f_ids, absence_affirmed_attention_mask=f_mask, absence_affirmed_mask=rows["affirmed"],
+    )
+    features = lambda i, m: F.normalize(model.get_text_features(input_ids=i, attention_mask=m).pooler_output, dim=-1)  # noqa: E731
+    image = F.normalize(model.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
+    caption, presence, affirmed = features(ids, mask), features(p_ids, p_mask), features(f_ids, f_mask)
+    s = model.logit_scale.exp()
+    # Row 0: the caption against both; row 1: against its twin only; row 2: against its presence negation only.
+    expected = []
+    for row, wrong in ((0, [affirmed, presence]), (1, [affirmed]), (2, [presence])):
+        logits = s * torch.stack([image[row] @ caption[row]] + [image[row] @ option[row] for option in wrong])
+        expected.append(-(logits[0] - torch.logsumexp(logits, 0)))
+    assert out.loss_affirm.item() == pytest.approx(torch.stack(expected).mean().item(), rel=1e-4)
+    assert out.loss.item() == pytest.approx((out.loss_presence + out.loss_absence + 2.0 * out.loss_affirm).item(), rel=1e-4)
+    off = OmniNegCLIPModel(tiny_clip_config(), OmniNegLossConfig())
+    assert "affirmed" not in off.loss_config.caption_sets_read()
+
+
 def test_precomputed_image_embeddings_match_pixels(tokenizer):
     torch.manual_seed(0)
     model = OmniNegCLIPModel(tiny_clip_config()).eval()
