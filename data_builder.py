@@ -9,7 +9,8 @@
 
 Common flags: --out DIR (required), --overwrite, --seed 0, --push_to_hub REPO_ID, --no_progress, --debug;
 for the real sources also --validation_fraction 0.05, --test_fraction 0.05, --max_rows N,
---max_image_pixels N, --rewriter_model ID, --num_proc N (worker processes; default the cores).
+--max_image_pixels N, --rewriter_model ID, --num_proc N (worker processes; default the cores);
+for every source --statement_rate R (a share of rows written as NegBench-style statements).
 `python data_builder.py SOURCE --help` lists each source's flags.
 
 What it writes: a `datasets.DatasetDict` (train / validation / test, `save_to_disk`) with the contract
@@ -68,7 +69,7 @@ from omninegclip.building import quality
 from omninegclip.building.inputs import build_options, build_shapes, load_rewriter, read_source, shown_arguments
 from omninegclip.building.negation import BuildOptions, TokenWindow, negation, split_for
 from omninegclip.building.parallel import fork_map
-from omninegclip.building.rewrite import absence_affirm, absence_problem, presence_problem
+from omninegclip.building.rewrite import absence_affirm, absence_problem, presence_problem, statements
 from omninegclip.building.sources import DOWNLOAD_TIMEOUT, MAX_IMAGE_BYTES, SPLITS, ImageRef, Source, SourceItem
 from omninegclip.building.storage import (
     DEFAULT_MAX_IMAGE_PIXELS,
@@ -135,6 +136,10 @@ def _negations(item: SourceItem, source: Source, stats: CooccurrenceStats, optio
             row["absence_affirmed"] = twin
         else:  # the affirmed object would fall beyond what the text encoder reads
             report.skips.skip("absence_affirmed:beyond_context")
+    statement_rng = random.Random(f"{options.seed}|{source.name}|{item.source_index}|statement")  # the other choices stay as they were
+    if row["negated_object"] and row["absent_object"] and statement_rng.random() < options.statement_rate:
+        row.update(statements(row["negated_object"], row["absent_object"]))  # the caption too: this row's "caption" column
+        row["presence_rewrite"] = row["absence_rewrite"] = "statement"
     return row
 
 
@@ -339,6 +344,7 @@ def _negation_flags() -> argparse.ArgumentParser:
     group.add_argument("--absent_top_k", type=int, default=5, help="Draw the absent object among the k most plausible.")
     group.add_argument("--rewriter_model", metavar="ID", help="Hub id or folder of a text-generation model that writes the negations "
                        "(outputs failing the quality gate fall back to the rule-based rewrite). Default: rules only.")
+    _statement_flag(group)
     group.add_argument("--max_image_pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS, metavar="N",
                        help="Skip (and count) images with more pixels than this, without decoding them. Default: %(default)s.")
     group.add_argument("--num_proc", "--preprocessing_num_workers", type=int, metavar="N",
@@ -398,6 +404,14 @@ def _add_negationclip(sources, parents: list) -> None:
     negationclip.add_argument("--synthesize_presence", action="store_true", help="Also write rule-based presence negations.")
 
 
+def _statement_flag(group) -> None:
+    group.add_argument("--statement_rate", type=float, default=0.0, metavar="R",
+                       help="Share of the rows with both negations written as caption-free statements in NegBench's multiple-choice "
+                       "form, all four texts of the row: caption 'This image shows a dog.', presence 'This image does not show a dog.', "
+                       "absence 'This image does not show a cat.', affirmed twin 'This image shows a cat.' (their *_rewrite columns say "
+                       "'statement'; the source caption stays in the source). Default: 0 (none).")
+
+
 def _add_shapes(sources, parents: list) -> None:
     shapes = sources.add_parser("shapes", parents=parents, help="The offline image world (omninegclip/building/shapes.py).",
                                 description="The offline image world: procedurally drawn scenes whose objects are known exactly, "
@@ -406,6 +420,7 @@ def _add_shapes(sources, parents: list) -> None:
     shapes.add_argument("--num_validation", type=int, default=1000, help="Validation scenes.")
     shapes.add_argument("--num_test", type=int, default=2000, help="Test scenes.")
     shapes.add_argument("--image_size", type=int, default=64, help="Image side in pixels (8 to 1024).")
+    _statement_flag(shapes)
 
 
 def main(argv: list[str] | None = None) -> dict:

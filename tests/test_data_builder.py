@@ -15,8 +15,7 @@ from huggingface_hub import DatasetCard, HfApi
 from PIL import Image
 
 import data_builder
-from omninegclip.building import negation, quality, rewrite, storage, writing
-from omninegclip.building import parallel
+from omninegclip.building import negation, parallel, quality, rewrite, storage, writing
 from omninegclip.building.cards import hub_dataset_card, render_dataset_card
 from omninegclip.building.vocabulary import find_mentions, mentions
 from omninegclip.common.cli import UserError, run_cli
@@ -294,8 +293,8 @@ def test_dataset_card_parses_and_push_is_called(tmp_path, coco_args, monkeypatch
 def test_shapes_subcommand_writes_the_world_through_the_same_writer(tmp_path, monkeypatch):
     calls = []
 
-    def build_world(num_train=16000, num_validation=1000, num_test=2000, seed=0, image_size=64, progress=True):
-        calls.append((num_train, num_validation, num_test, seed, image_size))
+    def build_world(num_train=16000, num_validation=1000, num_test=2000, seed=0, image_size=64, progress=True, statement_rate=0.0):
+        calls.append((num_train, num_validation, num_test, seed, image_size, statement_rate))
         features = data_builder.contract_features()
         row = dict(image={"bytes": _png_bytes(image_size), "path": None}, caption="a red circle", present_objects=["circle"], source="shapes",
                    image_id="0", source_index=0, presence_negated="no red circle", negated_object="circle", presence_rewrite="world",
@@ -305,8 +304,9 @@ def test_shapes_subcommand_writes_the_world_through_the_same_writer(tmp_path, mo
                                      for split, count in (("train", num_train), ("validation", num_validation), ("test", num_test))})
 
     monkeypatch.setitem(sys.modules, "omninegclip.building.shapes", types.SimpleNamespace(build_world=build_world))
-    summary = build(["shapes", "--num_train", "3", "--num_validation", "1", "--num_test", "2", "--image_size", "16"], tmp_path / "world", "--seed", "5")
-    assert calls == [(3, 1, 2, 5, 16)]
+    summary = build(["shapes", "--num_train", "3", "--num_validation", "1", "--num_test", "2", "--image_size", "16",
+                     "--statement_rate", "0.25"], tmp_path / "world", "--seed", "5")
+    assert calls == [(3, 1, 2, 5, 16, 0.25)]
     assert summary["rows_out"] == {"train": 3, "validation": 1, "test": 2} and summary["quality_gate"]["passed"]
     assert datasets.load_from_disk(str(tmp_path / "world"))["train"][0]["image"].size == (16, 16)
 
@@ -513,3 +513,27 @@ def test_images_of_one_name_in_two_folders_are_both_kept_and_the_output_does_not
     build(["captions", "--dataset", str(tmp_path / "moved" / "pairs.jsonl"), "--image_id_column", "caption"], tmp_path / "two",
           "--validation_fraction", "0", "--test_fraction", "0")
     assert datasets.load_from_disk(str(tmp_path / "two"))["train"]["image"] == paths
+
+
+def test_the_statement_family_writes_negbench_statements_that_pass_the_gate(tmp_path, coco_args):
+    summary = build(coco_args, tmp_path / "out", "--absent_top_k", "1", "--statement_rate", "1")
+    rows = [row for split in rows_of(tmp_path / "out").values() for row in split]
+    assert len(rows) == 7 and summary["negations"] == {"both": 7}
+    for row in rows:  # every row with both negations, all four texts
+        present, absent = row["negated_object"], row["absent_object"]
+        assert row["presence_rewrite"] == row["absence_rewrite"] == "statement"
+        assert row["caption"] == rewrite.STATEMENT_AFFIRMS.format(x=rewrite._a_thing(present))
+        assert row["presence_negated"] == rewrite.STATEMENT_NEGATES.format(x=rewrite._a_thing(present))
+        assert row["absence_negated"] == rewrite.STATEMENT_NEGATES.format(x=rewrite._a_thing(absent))
+        assert row["absence_affirmed"] == rewrite.STATEMENT_AFFIRMS.format(x=rewrite._a_thing(absent))
+        assert present in row["present_objects"] and absent not in row["present_objects"]
+    assert summary["rewrites"] == {"presence": {"statement": 7}, "absence": {"statement": 7}}
+    assert summary["quality_gate"]["passed"]
+    # Without the flag (rate 0) none, and the statements negate the very objects the other rewrites do.
+    build(coco_args, tmp_path / "none", "--absent_top_k", "1")
+    plain = {row["image_id"]: row for split in rows_of(tmp_path / "none").values() for row in split}
+    assert not any(row["presence_rewrite"] == "statement" for row in plain.values())
+    assert {(row["image_id"], row["negated_object"], row["absent_object"]) for row in rows} == {
+        (row["image_id"], row["negated_object"], row["absent_object"]) for row in plain.values()}
+    with pytest.raises(UserError, match=r"--statement_rate 1.5 must be in \[0, 1\]"):
+        build(coco_args, tmp_path / "bad", "--statement_rate", "1.5")

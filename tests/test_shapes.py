@@ -19,6 +19,7 @@ from omninegclip.building.shapes import (
     COLOUR_RGB,
     COLOURS,
     KIND_THEME,
+    MCQ_PHRASES,
     NEGATION_TEMPLATES,
     OBJECT_KINDS,
     THEMES,
@@ -388,3 +389,29 @@ def test_half_of_the_double_negation_rows_are_matched_pairs():
     assert 0.35 < len(matched) / len(both) < 0.65
     for row in matched:
         assert row["absent_object"] not in row["present_objects"] and row["negated_object"] in row["present_objects"]
+
+
+def test_statement_rows_say_all_four_texts_as_statements_and_leave_the_rest_as_it_was():
+    from omninegclip.building.shapes import Caption, world_row
+
+    plain = [world_row("train", index, seed=3) for index in range(120)]
+    stated = [world_row("train", index, seed=3, statement_rate=0.5) for index in range(120)]
+    changed = [(before, after) for before, after in zip(plain, stated) if after["presence_rewrite"] == "statement"]
+    both = sum(bool(row["presence_negated"] and row["absence_negated"]) for row in plain)
+    assert 0.3 < len(changed) / both < 0.7
+    affirm, negate, _ = MCQ_PHRASES["train"]
+    for before, after in changed:
+        present, absent = after["negated_object"], after["absent_object"]
+        assert after["caption"] == affirm.format(x=Mention(present).phrase)
+        assert after["presence_negated"] == negate.format(x=Mention(present).phrase)
+        assert after["absence_negated"] == negate.format(x=Mention(absent).phrase)
+        assert after["absence_affirmed"] == affirm.format(x=Mention(absent).phrase) and after["absence_rewrite"] == "statement"
+        # True and false as the scene says: the caption and the absence statement hold, the other two do not.
+        objects = decode_scene(after["scene"])[0]
+        assert Caption(after["caption"], (Mention(present),), "train", "").holds_for(objects)
+        assert not Caption(after["absence_affirmed"], (Mention(absent),), "train", "").holds_for(objects)
+        for column in ("image", "pretrain_caption", "scene", "present_objects", "negated_object", "absent_object"):
+            assert after[column] == before[column], column
+    for before, after in zip(plain, stated):
+        if after["presence_rewrite"] != "statement":
+            assert after == before

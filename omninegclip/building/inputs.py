@@ -11,7 +11,7 @@ from pathlib import Path
 
 import datasets
 
-from omninegclip.building.negation import BuildOptions
+from omninegclip.building.negation import BuildOptions, check_statement_rate
 from omninegclip.building.rewrite import LLMRewriter
 from omninegclip.building.sources import (
     ImageDownloads,
@@ -24,6 +24,7 @@ from omninegclip.building.sources import (
 )
 from omninegclip.common.cli import UserError
 
+
 def build_options(args: argparse.Namespace) -> BuildOptions | None:
     """The options of a real source's build from its flags (None for the shapes world); every flag
     is checked here, before any work."""
@@ -33,7 +34,7 @@ def build_options(args: argparse.Namespace) -> BuildOptions | None:
     options = BuildOptions(
         seed=args.seed, validation_fraction=args.validation_fraction, test_fraction=args.test_fraction,
         max_rows=args.max_rows, absent_top_k=args.absent_top_k, max_image_pixels=args.max_image_pixels, progress=not args.no_progress,
-        num_proc=args.num_proc,
+        num_proc=args.num_proc, statement_rate=args.statement_rate,
         generate_presence=args.source in ("coco", "captions") or getattr(args, "synthesize_presence", False),
         generate_absence=args.source in ("coco", "captions") or getattr(args, "synthesize_absence", False),
     )
@@ -45,6 +46,7 @@ def build_options(args: argparse.Namespace) -> BuildOptions | None:
 
 
 def _check_shapes_arguments(args: argparse.Namespace) -> None:
+    check_statement_rate(args.statement_rate)
     for flag in ("num_train", "num_validation", "num_test"):
         if getattr(args, flag) < 0:
             raise UserError(f"--{flag} {getattr(args, flag)} must be at least 0")
@@ -93,7 +95,8 @@ def build_shapes(args: argparse.Namespace) -> tuple[datasets.DatasetDict, dict]:
     except ImportError as error:
         raise UserError(f"the shapes world needs omninegclip.building.shapes.build_world, which cannot be imported ({error})") from None
     world = build_world(num_train=args.num_train, num_validation=args.num_validation, num_test=args.num_test,
-                        seed=args.seed, image_size=args.image_size, progress=not args.no_progress)
+                        seed=args.seed, image_size=args.image_size, progress=not args.no_progress,
+                        statement_rate=args.statement_rate)
     return world, {"source": "shapes", "inputs": [], "rows_in": sum(len(part) for part in world.values()), "skips": {}}
 
 

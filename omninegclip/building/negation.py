@@ -37,6 +37,7 @@ class BuildOptions:
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # larger images are skipped (counted), never decoded
     context_length: int | None = CONTEXT_LENGTH  # a negation the text encoder would not see is refused; None: no check
     num_proc: int | None = None  # processes that check and store the images (None: the cores)
+    statement_rate: float = 0.0  # share of the rows with both negations written as statements (`rewrite.statements`)
     progress: bool = True
     rewriter: LLMRewriter | None = field(default=None, repr=False)
 
@@ -47,6 +48,7 @@ class BuildOptions:
                 raise UserError(f"--{name} {value} must be in [0, 1)")
         if self.validation_fraction + self.test_fraction >= 1.0:
             raise UserError(f"--validation_fraction + --test_fraction = {self.validation_fraction + self.test_fraction} must leave rows for train (< 1)")
+        check_statement_rate(self.statement_rate)
         if self.max_rows is not None and self.max_rows < 1:
             raise UserError(f"--max_rows {self.max_rows} must be at least 1")
         if self.absent_top_k < 1:
@@ -57,6 +59,11 @@ class BuildOptions:
             raise UserError(f"--num_proc {self.num_proc} must be at least 1")
         if self.context_length is not None and self.context_length < 3:
             raise UserError(f"context_length {self.context_length} must be at least 3 (start, one token, end)")
+
+
+def check_statement_rate(rate: float) -> None:
+    if not 0.0 <= rate <= 1.0:
+        raise UserError(f"--statement_rate {rate} must be in [0, 1] (the share of rows with both negations written as statements)")
 
 
 @functools.lru_cache(maxsize=1)

@@ -20,6 +20,9 @@ Public surface:
   given, must also accept the text (the builder passes "the text encoder still sees the negation");
 - `absence_affirm(caption, absent_obj) -> str`: the false twin of an absence negation, the caption
   with the absent object affirmed ("a dog on a couch" -> "a dog on a couch, with a cat");
+- `statements(present_obj, absent_obj) -> dict`: the statement family (`data_builder.py
+  --statement_rate`): a row's caption and its three negation columns as caption-free statements in
+  NegBench's multiple-choice form ("This image (does not) show(s) a dog.");
 - `PRESENCE_TEMPLATES`, `ABSENCE_TEMPLATES`: the template names;
 - `presence_problem(caption, text, obj, present_objects)` / `absence_problem(...)`: the quality gate
   for one row, None when the negation is good, else the reason ("object_not_mentioned", ...); a
@@ -275,12 +278,34 @@ def absence_negate(caption: str, absent_obj: str, rng: random.Random, keep: Call
     return None
 
 
+def _a_thing(obj: str) -> str:
+    """One of `obj`: "a dog", "an apple", "some rice"."""
+    forms = noun_forms(obj)
+    return f"{_article(forms.singular)} {forms.singular}" if forms.countable else f"some {forms.singular}"
+
+
 def absence_affirm(caption: str, absent_obj: str) -> str:
     """The caption with `absent_obj` affirmed: false for the image, the wrong option beside the
     absence negation in a multiple-choice term (a bag of words cannot tell the two apart)."""
-    forms = noun_forms(absent_obj)
-    thing = f"{_article(forms.singular)} {forms.singular}" if forms.countable else f"some {forms.singular}"
-    return f"{_clean(caption)}, with {thing}"
+    return f"{_clean(caption)}, with {_a_thing(absent_obj)}"
+
+
+# The statement family: caption-free statements in NegBench's multiple-choice form. The world's MCQ
+# (`omninegclip.building.shapes.MCQ_PHRASES`, training phrasings) asks in these words.
+STATEMENT_AFFIRMS = "This image shows {x}."
+STATEMENT_NEGATES = "This image does not show {x}."
+
+
+def statements(present_obj: str, absent_obj: str, phrase: Callable[[str], str] = _a_thing) -> dict[str, str]:
+    """A row's four texts as statements, keyed by their columns: each frame once true and once
+    false, so that neither "shows" nor "does not show" can be learnt as true or false by itself:
+    caption "This image shows a dog." (true), presence_negated "… does not show a dog." (false),
+    absence_negated "… does not show a cat." (true), absence_affirmed "… shows a cat." (false).
+    `phrase` names one object ("a dog")."""
+    return {"caption": STATEMENT_AFFIRMS.format(x=phrase(present_obj)),
+            "presence_negated": STATEMENT_NEGATES.format(x=phrase(present_obj)),
+            "absence_negated": STATEMENT_NEGATES.format(x=phrase(absent_obj)),
+            "absence_affirmed": STATEMENT_AFFIRMS.format(x=phrase(absent_obj))}
 
 
 def _absence_strictly_negated(text: str, obj: str) -> bool:

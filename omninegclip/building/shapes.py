@@ -52,6 +52,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
+from omninegclip.building.rewrite import STATEMENT_AFFIRMS, STATEMENT_NEGATES, statements
+
 # ----- vocabulary --------------------------------------------------------------------------------
 
 # Every kind and colour word is one token of the openai CLIP tokenizer (checked in the tests).
@@ -380,7 +382,7 @@ NEGATION_TEMPLATES: dict[str, dict[str, NegationTemplate]] = {
 # evaluation's MCQ (eval/world.py) asks them, pretraining captions use them as noise.
 MCQ_GROUPS: tuple[str, ...] = ("affirmation", "negation", "hybrid")
 MCQ_PHRASES: dict[str, tuple[str, str, str]] = {
-    "train": ("This image shows {x}.", "This image does not show {x}.", "This image shows {x} but not {y}."),
+    "train": (STATEMENT_AFFIRMS, STATEMENT_NEGATES, "This image shows {x} but not {y}."),  # the statement family's words
     "heldout": ("This image contains {x}.", "This image lacks {x}.", "This image contains {x} but lacks {y}."),
 }
 
@@ -622,9 +624,10 @@ def _png_bytes(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def world_row(split: str, index: int, seed: int, image_size: int = 64) -> dict:
+def world_row(split: str, index: int, seed: int, image_size: int = 64, statement_rate: float = 0.0) -> dict:
     """Row `index` of `split`: a fresh scene, its PNG and its captions ("train" templates; the
-    pretraining caption: any phrasing), from an rng seeded by (seed, split, index) alone."""
+    pretraining caption: any phrasing), from an rng seeded by (seed, split, index) alone. With
+    probability `statement_rate` a row with both negations is written as statements instead."""
     rng = random.Random(f"omninegclip-shapes:{seed}:{split}:{index}")
     objects = sample_scene(rng)
     background_seed = rng.getrandbits(32)
@@ -646,18 +649,25 @@ def world_row(split: str, index: int, seed: int, image_size: int = 64) -> dict:
         rest = [mention for mention in affirmative.mentions if mention.kind != presence.negated_kind]
         absence = negated_caption(rest, absence.negated_kind, "train", matched_rng, frame=affirmative.frame,
                                   template=presence.template)
+    texts = {"caption": affirmative.text, "presence_negated": presence.text if presence else None,
+             "absence_negated": absence.text if absence else None,
+             "absence_affirmed": affirmed_twin(absence).text if absence else None}
+    rewrites = (presence.template if presence else None, absence.template if absence else None)
+    # The statement family (data_builder.py --statement_rate): a share of the rows with both
+    # negations say all four texts as caption-free statements. Its own rng, as for matched pairs.
+    statement_rng = random.Random(f"omninegclip-shapes:{seed}:{split}:{index}:statement")
+    if presence is not None and absence is not None and statement_rng.random() < statement_rate:
+        texts = statements(presence.negated_kind, absence.negated_kind, phrase=lambda kind: Mention(kind).phrase)
+        rewrites = ("statement", "statement")
     return {
         "image": {"bytes": _png_bytes(render_scene(objects, image_size, background_seed)), "path": None},
-        "caption": affirmative.text,
-        "presence_negated": presence.text if presence else None,
-        "absence_negated": absence.text if absence else None,
-        "absence_affirmed": affirmed_twin(absence).text if absence else None,
+        **texts,
         "pretrain_caption": pretrain_caption(objects, rng),
         "present_objects": kinds,
         "negated_object": presence.negated_kind if presence else None,
         "absent_object": absence.negated_kind if absence else None,
-        "presence_rewrite": presence.template if presence else None,
-        "absence_rewrite": absence.template if absence else None,
+        "presence_rewrite": rewrites[0],
+        "absence_rewrite": rewrites[1],
         "scene": encode_scene(objects, background_seed, image_size),
         "source": "shapes",
         "image_id": f"{split}-{index:06d}",
@@ -665,7 +675,7 @@ def world_row(split: str, index: int, seed: int, image_size: int = 64) -> dict:
 
 
 def build_world(num_train: int = 16000, num_validation: int = 1000, num_test: int = 2000, seed: int = 0,
-                image_size: int = 64, progress: bool = True) -> datasets.DatasetDict:
+                image_size: int = 64, progress: bool = True, statement_rate: float = 0.0) -> datasets.DatasetDict:
     """The world as a DatasetDict with splits train / validation / test (scenes never shared between
     splits; every split captioned with the "train" templates; eval/world.py rephrases the test scenes
     with either template set). Columns: see WORLD_FEATURES. Same arguments => byte-identical data."""
@@ -679,7 +689,7 @@ def build_world(num_train: int = 16000, num_validation: int = 1000, num_test: in
     for split, size in sizes.items():
         rows = []
         for index in range(size):
-            row = world_row(split, index, seed, image_size)
+            row = world_row(split, index, seed, image_size, statement_rate)
             scene_objects = json.dumps(json.loads(row["scene"])["objects"])
             if scene_objects in seen_scenes:  # continuous positions: never seen in practice, but splits must be disjoint
                 raise RuntimeError(f"scene of {row['image_id']} repeats an earlier scene; try another seed")
@@ -690,6 +700,6 @@ def build_world(num_train: int = 16000, num_validation: int = 1000, num_test: in
         dataset = datasets.Dataset.from_dict(columns, features=WORLD_FEATURES, split=split)
         # A fingerprint from the arguments (not a random one): the saved folder is byte-identical too.
         splits[split] = datasets.Dataset(dataset.data, info=dataset.info, split=dataset.split,
-                                         fingerprint=f"shapes-{seed}-{image_size}-{split}-{size}")
+                                         fingerprint=f"shapes-{seed}-{image_size}-{split}-{size}-{statement_rate}")
     bar.close()
     return datasets.DatasetDict(splits)

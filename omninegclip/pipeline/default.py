@@ -87,6 +87,9 @@ TRANSFER = [
     Recipe("omni-choice-gentle", "omni-choice at a third of the learning rate (3e-4)", IMPROVED.flags | {"learning_rate": 3e-4}),
     Recipe("omni-choice-frozen-gentle", "omni-choice-frozen-tokens at a third of the learning rate (3e-4)",
            IMPROVED.flags | {"train_token_embedding": "false", "learning_rate": 3e-4}),
+    Recipe("omni-choice-affirm", "omni-choice + the affirmation choice (weight 2)", IMPROVED.flags | {"lambda_affirm": 2.0}),
+    Recipe("omni-choice-frozen-affirm", "omni-choice-frozen-tokens + the affirmation choice (weight 2)",
+           IMPROVED.flags | {"train_token_embedding": "false", "lambda_affirm": 2.0}),
 ]
 
 
@@ -275,7 +278,7 @@ def world_key(args: argparse.Namespace) -> str:
     captions' words and rates) rebuilds it."""
     from omninegclip.building.shapes import WORLD_FEATURES, phrasing_fingerprint
 
-    return json.dumps({"seed": args.seed, "num_train": args.num_train, "num_test": args.num_test,
+    return json.dumps({"seed": args.seed, "num_train": args.num_train, "num_test": args.num_test, "statement_rate": args.statement_rate,
                        "columns": sorted(WORLD_FEATURES), "phrasings": phrasing_fingerprint()}, sort_keys=True)
 
 
@@ -289,6 +292,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "and evaluates the same cached base, and OUT/seeds/ gets mean ± std of every metric.")
     parser.add_argument("--num_train", type=int, default=16000, help="World training scenes.")
     parser.add_argument("--num_test", type=int, default=2000, help="World held-out test scenes.")
+    parser.add_argument("--statement_rate", type=float, default=0.0,
+                        help="Share of the world's training rows with both negations written as statements (data_builder.py "
+                             "--statement_rate; the pretraining captions are the same either way). Default: 0.")
     parser.add_argument("--pretrain_epochs", type=float, default=5)
     parser.add_argument("--finetune_epochs", type=float, default=3)
     parser.add_argument("--recipes", default=f"{FAITHFUL.name},{IMPROVED.name}",
@@ -317,7 +323,8 @@ def ensure_world(args: argparse.Namespace) -> Path:
         print(f"world: reusing {world}")
         return world
     run([sys.executable, "data_builder.py", "shapes", "--out", str(world), "--seed", str(args.seed), "--overwrite",
-         "--num_train", str(args.num_train), "--num_test", str(args.num_test)], args.out / "logs" / "world.log")
+         "--num_train", str(args.num_train), "--num_test", str(args.num_test), "--statement_rate", str(args.statement_rate)],
+        args.out / "logs" / "world.log")
     stamp.write_text(wanted)
     return world
 
