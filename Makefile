@@ -2,6 +2,7 @@
 # requirements file changes).
 #   make default   build the image world, pretrain a small CLIP, fine-tune it with Omni-NegCLIP, evaluate
 #   make seeds     the default over fine-tuning seeds 0, 1, 2 (same world and base): mean ± std of every metric
+#   make seeds-statements   the same on statement data with the affirmation term (README)
 #   make test      the test suite (offline, CPU)
 #   make demo      serve the demo (app.py) on the default's models
 PYTHON ?= python3
@@ -9,7 +10,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: default seeds test ablations bench bench-data setup demo browser gpu-check
+.PHONY: default seeds seeds-statements test ablations bench bench-data setup demo browser gpu-check
 
 setup: $(STAMP)
 
@@ -45,6 +46,11 @@ default: $(STAMP)
 
 seeds: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m omninegclip.pipeline.default --seeds 0,1,2
+
+# The same over statement data (data_builder.py --statement_rate) with the affirmation term (README).
+seeds-statements: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m omninegclip.pipeline.default --out runs/statements --statement_rate 0.25 --seeds 0,1,2 \
+	  --recipes faithful,omni-choice-affirm
 
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False $(BIN)/python app.py
