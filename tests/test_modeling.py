@@ -25,6 +25,7 @@ from modeling_omninegclip import (
     symmetric_infonce,
     text_margin_loss,
 )
+from omninegclip.common.caption_sets import CAPTION_SETS
 
 S = torch.tensor(10.0)
 
@@ -231,32 +232,45 @@ def test_forward_with_negations_matches_the_pure_functions(tokenizer):
     assert torch.all(out.presence_negated_embeds[1] == 0) and torch.all(out.absence_negated_embeds[2] == 0)
 
 
+def forward_caption_sets(model, tokenizer, captions: dict[str, list[str]]):
+    """The forward on random pixels with the given caption sets (by `CaptionSet.name`; an empty
+    caption: the row has none), and the L2-normalised image and text embeddings computed apart."""
+    pixels, given, embeds = torch.randn(len(captions["caption"]), 3, 30, 30), {}, {}
+    for caption_set in CAPTION_SETS:
+        if caption_set.name in captions:
+            ids, mask = batch(tokenizer, captions[caption_set.name])
+            given |= {caption_set.input_ids: ids, caption_set.attention_mask: mask}
+            if caption_set.row_mask is not None:
+                given[caption_set.row_mask] = torch.tensor([bool(text) for text in captions[caption_set.name]])
+            features = model.get_text_features(input_ids=ids, attention_mask=mask).pooler_output
+            embeds[caption_set.name] = F.normalize(features, dim=-1)
+    image = F.normalize(model.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
+    return model(pixel_values=pixels, **given), image, embeds
+
+
+def choice_by_hand(scale, image, right, wrong_by_row) -> float:
+    """Mean over the rows of the cross-entropy of picking `right` among it and the row's wrong options."""
+    losses = []
+    for row, wrong in wrong_by_row.items():
+        logits = scale * torch.stack([image[row] @ right[row]] + [image[row] @ option[row] for option in wrong])
+        losses.append(-(logits[0] - torch.logsumexp(logits, 0)))
+    return torch.stack(losses).mean().item()
+
+
 def test_forward_with_absence_affirmed_captions_takes_the_three_way_choice(tokenizer):
     torch.manual_seed(0)
     model = OmniNegCLIPModel(tiny_clip_config(), OmniNegLossConfig(lambda_choice=1.0)).eval()
-    encode = lambda texts: batch(tokenizer, texts)  # noqa: E731
-    ids, mask = encode(["a red circle and a star", "a blue square", "a heart and a ring"])
-    p_ids, p_mask = encode(["a red circle and no star", "", "a heart and no ring"])
-    a_ids, a_mask = encode(["a red circle and a star, with no moon", "a blue square but no cross", "a heart and a ring and no star"])
-    f_ids, f_mask = encode(["a red circle and a star, with a moon", "a blue square but also a cross", ""])
-    rows = dict(presence=on(1, 0, 1), absence=on(1, 1, 1), affirmed=on(1, 1, 0))
-    pixels = torch.randn(3, 3, 30, 30)
-    out = model(
-        input_ids=ids, attention_mask=mask, pixel_values=pixels,
-        presence_negated_input_ids=p_ids, presence_negated_attention_mask=p_mask, presence_mask=rows["presence"],
-        absence_negated_input_ids=a_ids, absence_negated_attention_mask=a_mask, absence_mask=rows["absence"],
-        absence_affirmed_input_ids=f_ids, absence_affirmed_attention_mask=f_mask, absence_affirmed_mask=rows["affirmed"],
-    )
-    features = lambda i, m: F.normalize(model.get_text_features(input_ids=i, attention_mask=m).pooler_output, dim=-1)  # noqa: E731
-    image = F.normalize(model.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
-    absence, presence, affirmed = features(a_ids, a_mask), features(p_ids, p_mask), features(f_ids, f_mask)
-    s = model.logit_scale.exp()
+    out, image, embeds = forward_caption_sets(model, tokenizer, {
+        "caption": ["a red circle and a star", "a blue square", "a heart and a ring"],
+        "presence": ["a red circle and no star", "", "a heart and no ring"],
+        "absence": ["a red circle and a star, with no moon", "a blue square but no cross", "a heart and a ring and no star"],
+        "affirmed": ["a red circle and a star, with a moon", "a blue square but also a cross", ""],
+    })
+    presence, affirmed = embeds["presence"], embeds["affirmed"]
     # Row 0: three options; row 1: absence vs affirmed; row 2: absence vs presence.
-    expected = []
-    for row, wrong in ((0, [presence, affirmed]), (1, [affirmed]), (2, [presence])):
-        logits = s * torch.stack([image[row] @ absence[row]] + [image[row] @ option[row] for option in wrong])
-        expected.append(-(logits[0] - torch.logsumexp(logits, 0)))
-    assert out.loss_choice.item() == pytest.approx(torch.stack(expected).mean().item(), rel=1e-4)
+    options = {0: [presence, affirmed], 1: [affirmed], 2: [presence]}
+    expected = choice_by_hand(model.logit_scale.exp(), image, embeds["absence"], options)
+    assert out.loss_choice.item() == pytest.approx(expected, rel=1e-4)
     assert torch.all(out.absence_affirmed_embeds[2] == 0)
 
 
@@ -264,27 +278,16 @@ def test_the_affirmation_choice_makes_the_caption_beat_its_twin_and_its_presence
     torch.manual_seed(0)
     model = OmniNegCLIPModel(tiny_clip_config(), OmniNegLossConfig(lambda_affirm=2.0)).eval()
     assert model.loss_config.caption_sets_read() >= {"caption", "presence", "affirmed"}
-    encode = lambda texts: batch(tokenizer, texts)  # noqa: E731
-    ids, mask = encode(["This image shows a star.", "a blue square", "a heart and a ring"])
-    p_ids, p_mask = encode(["This image does not show a star.", "", "a heart and no ring"])
-    f_ids, f_mask = encode(["This image shows a moon.", "a blue square, with a cross", ""])
-    rows = dict(presence=on(1, 0, 1), affirmed=on(1, 1, 0))
-    pixels = torch.randn(3, 3, 30, 30)
-    out = model(
-        input_ids=ids, attention_mask=mask, pixel_values=pixels,
-        presence_negated_input_ids=p_ids, presence_negated_attention_mask=p_mask, presence_mask=rows["presence"],
-        absence_affirmed_input_ids=f_ids, absence_affirmed_attention_mask=f_mask, absence_affirmed_mask=rows["affirmed"],
-    )
-    features = lambda i, m: F.normalize(model.get_text_features(input_ids=i, attention_mask=m).pooler_output, dim=-1)  # noqa: E731
-    image = F.normalize(model.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
-    caption, presence, affirmed = features(ids, mask), features(p_ids, p_mask), features(f_ids, f_mask)
-    s = model.logit_scale.exp()
+    out, image, embeds = forward_caption_sets(model, tokenizer, {
+        "caption": ["This image shows a star.", "a blue square", "a heart and a ring"],
+        "presence": ["This image does not show a star.", "", "a heart and no ring"],
+        "affirmed": ["This image shows a moon.", "a blue square, with a cross", ""],
+    })
+    presence, affirmed = embeds["presence"], embeds["affirmed"]
     # Row 0: the caption against both; row 1: against its twin only; row 2: against its presence negation only.
-    expected = []
-    for row, wrong in ((0, [affirmed, presence]), (1, [affirmed]), (2, [presence])):
-        logits = s * torch.stack([image[row] @ caption[row]] + [image[row] @ option[row] for option in wrong])
-        expected.append(-(logits[0] - torch.logsumexp(logits, 0)))
-    assert out.loss_affirm.item() == pytest.approx(torch.stack(expected).mean().item(), rel=1e-4)
+    options = {0: [affirmed, presence], 1: [affirmed], 2: [presence]}
+    expected = choice_by_hand(model.logit_scale.exp(), image, embeds["caption"], options)
+    assert out.loss_affirm.item() == pytest.approx(expected, rel=1e-4)
     assert out.loss.item() == pytest.approx((out.loss_presence + out.loss_absence + 2.0 * out.loss_affirm).item(), rel=1e-4)
     off = OmniNegCLIPModel(tiny_clip_config(), OmniNegLossConfig())
     assert "affirmed" not in off.loss_config.caption_sets_read()
