@@ -42,21 +42,21 @@ test: $(STAMP) browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests
 
 default: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m omninegclip.pipeline.default
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pipeline.default
 
 seeds: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m omninegclip.pipeline.default --seeds 0,1,2
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pipeline.default --seeds 0,1,2
 
 # The same over statement data (data_builder.py --statement_rate) with the affirmation term (README).
 seeds-statements: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m omninegclip.pipeline.default --out runs/statements --statement_rate 0.25 --seeds 0,1,2 \
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pipeline.default --out runs/statements --statement_rate 0.25 --seeds 0,1,2 \
 	  --recipes faithful,omni-choice-affirm
 
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False $(BIN)/python app.py
 
 ablations: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m omninegclip.pipeline.default --ablations --finetune_epochs 0.5
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pipeline.default --ablations --finetune_epochs 0.5
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.bench_train

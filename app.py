@@ -1,13 +1,13 @@
 """Omni-NegCLIP demo: one image, candidate captions with negations, the base CLIP and the fine-tuned
 one scored side by side (a Gradio app; also the `app_file` of the Space that
-`python -m omninegclip.pipeline.space` writes).
+`python -m pipeline.space` writes).
 
     python app.py [--model MODEL] [--base BASE] [--host HOST] [--port PORT]     # or: make demo
 
 MODEL and BASE are checkpoint folders or Hub ids, loaded with `CLIPModel.from_pretrained` and
 `CLIPProcessor.from_pretrained`. Each is taken from, in order: the flag; the environment
 (`OMNINEGCLIP_MODEL`, `OMNINEGCLIP_BASE`); the `models` list of a Space card beside this file
-(the README.md that `omninegclip.pipeline.space.write_space` writes: fine-tuned first, then base); the
+(the README.md that `pipeline.space.write_space` writes: fine-tuned first, then base); the
 built-in default's folders (`runs/default/omni-choice`, `runs/default/base`, made by `make default`).
 
 Each model scores the captions as `pipeline("zero-shot-image-classification")` (and so the Hub
@@ -36,7 +36,7 @@ WIDGET_RECORD = "widget/examples.json"
 
 try:  # in the repository
     from omninegclip.common.cli import UserError, run_cli
-    from omninegclip.pipeline.default import IMPROVED
+    from pipeline.default import IMPROVED
 
     DEFAULT_MODEL, DEFAULT_BASE = f"runs/default/{IMPROVED.name}", "runs/default/base"
 except ImportError:  # on a Space: app.py, README.md and requirements.txt only

@@ -29,7 +29,7 @@ adapter to <output_dir>/adapter (`--hub_adapter_id` pushes it to a repo of its o
 
 Every evaluation reports the loss and the negation accuracies eval_presence_accuracy,
 eval_absence_choice_accuracy and (where the data names the negated objects)
-eval_which_object_accuracy, over the whole split (eval/negation_metrics.py); any of them can be
+eval_which_object_accuracy, over the whole split (omninegclip/training/metrics.py); any of them can be
 --metric_for_best_model.
 
 Push to the Hub (weights, processor and this project's model card, in one commit after training;

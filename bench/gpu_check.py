@@ -149,7 +149,7 @@ def versions() -> int:
 def init_model(folder: str, world: str, size_name: str = "vit-b-32") -> int:
     """A random CLIP with the world's pixel statistics, no download: ViT-B/32's geometry, or "small": the built-in default's."""
     from omninegclip.common.clip import VIT_B_32
-    from omninegclip.pipeline.default import SMALL_CLIP, make_initial_model, world_pixel_statistics
+    from pipeline.default import SMALL_CLIP, make_initial_model, world_pixel_statistics
 
     sizes = {"small": SMALL_CLIP, "vit-b-32": VIT_B_32}
     make_initial_model(Path(folder), sizes[size_name], seed=0, pixel_statistics=world_pixel_statistics(Path(world), rows=256))

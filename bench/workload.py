@@ -40,7 +40,7 @@ from modeling_omninegclip import (
 )
 from omninegclip.common import clip
 from omninegclip.common.clip import BOS_TOKEN_ID, CONTEXT_LENGTH, EOS_TOKEN_ID, VOCAB_SIZE, ClipSize
-from omninegclip.pipeline.default import SMALL_CLIP
+from pipeline.default import SMALL_CLIP
 from omninegclip.training.data import OmniNegCollator, PackedRows
 
 # ----------------------------------------------------------------------------------------------

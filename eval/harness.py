@@ -12,7 +12,7 @@ Public surface:
   model sees the same items and never opens those images); a task left with no item is an error.
 - `task_size(task)`: how many items a task holds (choices, retrieval texts and images, zero-shot images).
 - `score_task(task, table) -> TaskScore`; `evaluate_tasks(embedder, tasks)` embeds, drops, scores.
-- Pure metric functions over embedding tensors: `choice_correct`, `first_positive_rank`, `recall_at`.
+- The pure scoring rules (`choice_correct`, `first_positive_rank`, `recall_at`) live in `omninegclip.common.scoring`.
 
 Scoring rules (the same for every benchmark):
 - Embeddings are L2-normalised here again, whatever the embedder returned; scores are cosines.
@@ -38,6 +38,7 @@ import torch
 from PIL import Image
 
 from eval.items import ChoiceItem, ImageStore, RetrievalSet, TaskData
+from omninegclip.common.scoring import choice_argmax_correct, choice_correct, first_positive_rank, recall_at
 from eval.zeroshot import ZeroShotSet
 from omninegclip.common.cli import UserError
 from omninegclip.common.clip import CONTEXT_LENGTH
@@ -235,40 +236,6 @@ def _retrieval_without(retrieval: RetrievalSet, unreadable: dict[str, Unreadable
 
 def _normalized(embeds: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(embeds.float(), dim=-1) if embeds.numel() else embeds.float()
-
-
-# ----- pure metric functions -------------------------------------------------------------------
-
-
-def choice_correct(anchors: torch.Tensor, options: torch.Tensor, option_mask: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
-    """Which items the model gets right: the answer's cosine is strictly above every other option's.
-
-    anchors (n, d); options (n, m, d) padded to the longest item; option_mask (n, m) marks real options;
-    answers (n,) index of the right option. Returns a bool tensor (n,).
-    """
-    scores = torch.einsum("nd,nmd->nm", anchors, options).masked_fill(~option_mask, float("-inf"))
-    rows = torch.arange(len(answers))
-    answer_scores = scores[rows, answers]
-    others = scores.clone()
-    others[rows, answers] = float("-inf")
-    return answer_scores > others.max(dim=1).values
-
-
-def choice_argmax_correct(anchors: torch.Tensor, options: torch.Tensor, option_mask: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
-    """NegBench's rule: the first option with the highest cosine is the model's pick (arguments as
-    `choice_correct`). Returns a bool tensor (n,)."""
-    scores = torch.einsum("nd,nmd->nm", anchors, options).masked_fill(~option_mask, float("-inf"))
-    return scores.argmax(dim=1) == answers
-
-
-def first_positive_rank(scores: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
-    """0-based rank of each query's best right candidate: wrong candidates scoring >= it (ties count against)."""
-    best_positive = scores.masked_fill(~positive, float("-inf")).max(dim=1).values
-    return ((scores >= best_positive[:, None]) & ~positive).sum(dim=1)
-
-
-def recall_at(ranks: torch.Tensor, k: int) -> float:
-    return (ranks < k).sum().item() / len(ranks) if len(ranks) else float("nan")
 
 
 def _ranks(queries: torch.Tensor, candidates: torch.Tensor, positive_of: Sequence[Sequence[int]]) -> torch.Tensor:

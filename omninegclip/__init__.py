@@ -4,11 +4,12 @@
   readers, the negation rewrites and their vocabulary, the offline image world, dataset cards;
 - `omninegclip.training`: what `train.py` uses: preparing rows and batches, image preprocessing,
   LoRA, model cards;
-- `omninegclip.pipeline`: the built-in default (`make default`) and its demo Space;
 - `omninegclip.common`: shared by every layer: the CLI error convention, CLIP's constants and
   tokenizer, safe loading, provenance, embedding, output folders.
 
-The model and its losses live in the top-level `modeling_omninegclip.py`; evaluation in `eval/`.
+The model and its losses live in the top-level `modeling_omninegclip.py`, below this package.
+Above it, and never imported by it: the scripts `train.py`, `data_builder.py`, `app.py`, and
+`eval/` (the benchmarks), `pipeline/` (the built-in default, `make default`) and `bench/`.
 """
 
 from pathlib import Path

@@ -17,8 +17,8 @@ from transformers import CLIPModel
 
 import app
 from omninegclip.common.cli import EXIT_USER_ERROR, UserError, run_cli
-from omninegclip.pipeline.default import WIDGET_LABELS, write_widget_examples
-from omninegclip.pipeline.space import write_space
+from pipeline.default import WIDGET_LABELS, write_widget_examples
+from pipeline.space import write_space
 from omninegclip.training.model_card import load_widget_examples, write_model_card
 
 WHICH = WIDGET_LABELS["circle-star"]  # "a red circle and no square" (right) / "... no star"
@@ -193,7 +193,7 @@ def test_space_folder(tmp_path, monkeypatch):
     from huggingface_hub import SpaceCard
     from packaging.requirements import Requirement
 
-    import omninegclip.pipeline.space as space
+    import pipeline.space as space
 
     folder = tmp_path / "space"
     card = SpaceCard.load(write_space(folder, "me/omninegclip-world-omni-choice", "me/omninegclip-world-base"))
@@ -234,7 +234,7 @@ def test_space_app_runs_without_the_project(tmp_path):
 
 
 def test_space_cli_wants_hub_ids(tmp_path, two_models, capsys):
-    import omninegclip.pipeline.space as space
+    import pipeline.space as space
 
     tuned, _ = two_models
     with pytest.raises(SystemExit) as exit_info:

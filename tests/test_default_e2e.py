@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.slow
 def test_default_pipeline_end_to_end(tmp_path):
     out = tmp_path / "default"
-    command = [sys.executable, "-m", "omninegclip.pipeline.default", "--out", str(out), "--recipes", "omni-choice"]
+    command = [sys.executable, "-m", "pipeline.default", "--out", str(out), "--recipes", "omni-choice"]
     env = os.environ | {"OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -1,4 +1,4 @@
-"""The built-in default's seeds and caches (omninegclip/pipeline/default.py), as pure functions: mean ± std
+"""The built-in default's seeds and caches (pipeline/default.py), as pure functions: mean ± std
 over seeds from per-seed results.json files, the seeds' folders, and cache keys that follow the
 world's phrasing tables. No training here (tests/test_default_e2e.py runs the pipeline)."""
 
@@ -10,7 +10,7 @@ import statistics
 import pytest
 
 from omninegclip.building import shapes
-from omninegclip.pipeline import default
+from pipeline import default
 from omninegclip.common.cli import UserError
 
 

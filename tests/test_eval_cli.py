@@ -180,7 +180,7 @@ def test_default_summary_reads_targets_from_the_results_object():
     """The built-in default's summary and target checks take an `EvalResults`: deltas against the
     base, each target met or missed, a fall of a negation task, an unmeasured value shown as –."""
     from eval.results import ModelRun, TaskResult
-    from omninegclip.pipeline.default import summarize
+    from pipeline.default import summarize
 
     def task(metrics: dict) -> TaskResult:
         return TaskResult("world", "a world task", {"name": "image world", "type": "omninegclip-world", "split": "test"},

@@ -10,18 +10,11 @@ import torch
 from PIL import Image
 
 from eval import ccneg, negbench
-from eval.harness import (
-    CLIPEmbedder,
-    choice_correct,
-    embed_tasks,
-    evaluate_tasks,
-    first_positive_rank,
-    recall_at,
-    score_task,
-)
+from eval.harness import CLIPEmbedder, embed_tasks, evaluate_tasks, score_task
 from eval.items import ChoiceItem, RetrievalSet, TaskData
 from eval.zeroshot import ZeroShotSet, ZeroShotTaskData
 from omninegclip.common.embedding import embed_images, embed_texts
+from omninegclip.common.scoring import choice_correct, first_positive_rank, recall_at
 
 
 class FakeEmbedder:

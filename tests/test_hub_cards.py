@@ -35,7 +35,7 @@ import train
 from eval.results import EvalResults
 from omninegclip.building.cards import GENERATED_DATA_LICENSE
 from omninegclip.common.cli import UserError
-from omninegclip.pipeline.default import HUB_NAMES, attach_results, write_widget_examples
+from pipeline.default import HUB_NAMES, attach_results, write_widget_examples
 
 ABSOLUTE_PATH = re.compile(r"(?<![\w/:.~-])(?:~|/)(?:[\w.@+-]+/)+[\w.@+-]*")
 PHOTO_WORDS = re.compile(r"\b(dogs?|sofas?|cats?|couch)\b", re.IGNORECASE)

@@ -1,4 +1,4 @@
-"""The negation accuracies of train.py's evaluation (eval/negation_metrics.py): right values on
+"""The negation accuracies of train.py's evaluation (omninegclip/training/metrics.py): right values on
 hand-built embeddings (ties wrong, rows without a negation left out), which-object pairs recognised
 in the shapes world exactly where it builds them, and in a real run: the metrics appear among the
 eval metrics with the values the saved model gives by hand, and `--metric_for_best_model
@@ -24,7 +24,7 @@ from train_helpers import (  # noqa: F401  (single_thread: an autouse fixture)
 from transformers import CLIPModel, EvalPrediction
 
 import train
-from eval.negation_metrics import NegationMetrics, negation_accuracies, same_words_but_the_object, which_object_rows
+from omninegclip.training.metrics import NegationMetrics, negation_accuracies, same_words_but_the_object, which_object_rows
 from omninegclip.building.shapes import MATCHED_PAIR_RATE, WORLD_FEATURES, world_row
 from omninegclip.training.data import SOURCE_COLUMN, SOURCE_ROW_COLUMN
 

@@ -286,7 +286,7 @@ def test_a_torch_file_with_numpy_values_loads_and_code_still_cannot_run(tmp_path
 def test_ties_are_reported_by_both_rules():
     import torch
 
-    from eval.harness import choice_argmax_correct, choice_correct
+    from omninegclip.common.scoring import choice_argmax_correct, choice_correct
 
     anchors = torch.tensor([[1.0, 0.0]] * 3)
     same, other = [1.0, 0.0], [0.0, 1.0]

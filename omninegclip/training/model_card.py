@@ -420,7 +420,7 @@ def world_widget_examples() -> list[WidgetExample]:
     checkpoint), not photographs such a model has never seen."""
     import tempfile
 
-    from omninegclip.pipeline.default import write_widget_examples
+    from pipeline.default import write_widget_examples
 
     return load_widget_examples(write_widget_examples(Path(tempfile.mkdtemp(prefix="omninegclip-widget-"))))
 

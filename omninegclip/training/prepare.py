@@ -16,7 +16,7 @@ import datasets
 import torch
 from transformers import CLIPProcessor, TrainingArguments
 
-from eval.negation_metrics import NegationMetrics, which_object_rows
+from omninegclip.training.metrics import NegationMetrics, which_object_rows
 from modeling_omninegclip import LOSS_TERMS, OmniNegCLIPModel, apply_trainable, resolve_text_blocks
 from omninegclip.common.caption_sets import CAPTION_SETS
 from omninegclip.common.cli import UserError

@@ -12,7 +12,7 @@ import datasets
 import torch
 from transformers import Trainer
 
-from eval.negation_metrics import stack_embeddings
+from omninegclip.training.metrics import stack_embeddings
 from modeling_omninegclip import LOSS_TERM_NAMES
 from omninegclip.common.cli import UserError
 from omninegclip.training.callbacks import ClampLogitScaleCallback, FiniteLossCallback
@@ -112,7 +112,7 @@ class OmniNegCLIPTrainer(Trainer):
             raise self._non_finite_error(model, terms, row_ids, step - 1)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        """The loss, and for `compute_metrics` (eval/negation_metrics.py) every row's image, caption and
+        """The loss, and for `compute_metrics` (omninegclip/training/metrics.py) every row's image, caption and
         negated-caption embeddings with its row_id as the label (the Trainer gathers them from every process)."""
         inputs = self._prepare_inputs(inputs)
         row_ids = inputs.get("row_ids")

@@ -5,7 +5,7 @@ its caption and its two negated captions (`stack_embeddings`; zeros where the ro
 caption) and the row's `row_id` as its label; the Trainer gathers them from every process (dropping
 the rows Accelerate repeats to even out the last batch), and `NegationMetrics` (the Trainer's
 `compute_metrics`) scores them over the whole evaluation split. Each item is scored by the
-harness's own rule (`eval.harness.choice_correct`): right only if the right option's cosine is
+harness's own rule (`omninegclip.common.scoring.choice_correct`): right only if the right option's cosine is
 strictly higher, a tie counts as wrong.
 
 - `presence_accuracy`, rows with a presence negation: the image prefers its caption over its
@@ -30,14 +30,13 @@ import re
 import numpy as np
 import torch
 
-from eval.harness import choice_correct
+from omninegclip.common.scoring import choice_correct
 
 logger = logging.getLogger(__name__)
 
 PRESENCE_ACCURACY = "presence_accuracy"
 ABSENCE_CHOICE_ACCURACY = "absence_choice_accuracy"
 WHICH_OBJECT_ACCURACY = "which_object_accuracy"
-METRIC_NAMES = (PRESENCE_ACCURACY, ABSENCE_CHOICE_ACCURACY, WHICH_OBJECT_ACCURACY)
 # The built datasets' columns naming the object each negation negates (data_builder.CONTRACT_COLUMNS).
 NEGATED_OBJECT_COLUMN, ABSENT_OBJECT_COLUMN = "negated_object", "absent_object"
 IMAGE, CAPTION, PRESENCE, ABSENCE = range(4)  # slots of `stack_embeddings`

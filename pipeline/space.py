@@ -5,7 +5,7 @@ ready to be pushed beside the model.
 - `write_space(folder, model_repo_id, base_repo_id) -> Path`: write that folder. The card lists the
   fine-tuned model first and the base second; `app.py` reads them from there (see its docstring);
 - `push_space(folder, space_id, model_repo_id, base_repo_id) -> str`: create the Space and upload it;
-- CLI: `python -m omninegclip.pipeline.space FOLDER --model REPO_ID --base REPO_ID [--push_to_hub SPACE_ID]`.
+- CLI: `python -m pipeline.space FOLDER --model REPO_ID --base REPO_ID [--push_to_hub SPACE_ID]`.
 
 The pins come from the project's own requirements files (gradio from requirements-demo.txt, which
 also gives the card's `sdk_version`; torch, transformers, pillow and huggingface_hub from
