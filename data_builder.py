@@ -82,7 +82,7 @@ from omninegclip.building.storage import (
 from omninegclip.building.summary import STORAGE_NOTE, build_description, print_summary, render_card, to_json
 from omninegclip.building.vocabulary import CooccurrenceStats
 from omninegclip.building.writing import CARD_FILE, SUMMARY_FILE, prepare_output, push_to_hub, write_atomically
-from omninegclip.common.caption_sets import CAPTION_SETS
+from modeling_omninegclip import CAPTION_SETS
 from omninegclip.common.cli import UserError, run_cli
 from omninegclip.common.clip import CONTEXT_LENGTH
 from omninegclip.common.provenance import provenance

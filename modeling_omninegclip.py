@@ -1,8 +1,8 @@
 """Omni-NegCLIP: CLIP with presence- and absence-based negation losses (arXiv 2603.29258).
 
-Everything the forward pass and the losses need lives in this file; from the rest of the project it
-imports only the table of caption sets (`omninegclip/common/caption_sets.py`), and its checkpoints
-stay plain CLIP (`model_type: clip`, `architectures: ["CLIPModel"]`, the same keys as `CLIPModel`).
+Everything the forward pass and the losses need lives in this file, the table of caption sets
+(`CAPTION_SETS`) included: it imports nothing from the rest of the project, which builds on it. Its
+checkpoints stay plain CLIP (`model_type: clip`, `architectures: ["CLIPModel"]`, the same keys as `CLIPModel`).
 
 Public surface
 --------------
@@ -42,9 +42,11 @@ from torch import nn
 from transformers import CLIPModel
 from transformers.utils import ModelOutput
 
-from omninegclip.common.caption_sets import CAPTION, CAPTION_SETS
 
-OMNINEGCLIP_CONFIG_NAME = "omninegclip_config.json"
+# The key of config.json (an attribute of the CLIP config) holding a run's settings: plain CLIP
+# loaders ignore it, `OmniNegCLIPModel.from_pretrained` restores the loss and trainable settings.
+SETTINGS_KEY = "omninegclip"
+MODEL_TAGS = ["omni-negclip", "negation", "clip"]  # the Hub tags of a model trained here (`model_tags`)
 LOGIT_SCALE_MAX = math.log(100.0)
 TEXT_BLOCK_PRESETS = ("front", "middle", "back", "whole")
 # Captions per text-encoder call in a training step (sorted by length, see `encode_texts`): large
@@ -55,6 +57,67 @@ TEXT_BUCKET_ROWS = 64
 # ----------------------------------------------------------------------------------------------
 # Settings
 # ----------------------------------------------------------------------------------------------
+
+
+# ----------------------------------------------------------------------------------------------
+# The caption sets, declared once: every row has an original caption and, optionally, captions
+# derived from it. Each `CaptionSet` names everything that carries one set through the project:
+# the built dataset's column and the `train.py` flag naming it, the prepared token column and this
+# model's forward arguments, its row mask and its output field. What derives from `CAPTION_SETS`:
+# the builder's text columns, the column flags, the tokenized columns and the collator
+# (`omninegclip.training.data`), the forward's caption arguments, the one all-gather of the global
+# batch and the output's embedding fields. A new caption set is a new row here plus the loss term
+# that reads it (`LOSS_TERMS`).
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CaptionSet:
+    """One caption set. `row_mask` None means every row has one (the original caption); a set with
+    a row mask is optional per row and per dataset (its flag may say 'none')."""
+
+    name: str  # how loss terms and `CaptionColumns` refer to it
+    column: str  # the built dataset's column (`data_builder.py`), and the flag's default where `on_by_default`
+    flag: str  # `train.py`'s argument naming the column in the user's data (--<flag>)
+    input_ids: str  # forward argument with its token ids, and the prepared column that holds them
+    attention_mask: str  # forward argument
+    row_mask: str | None  # forward argument: (B,) bool, which rows carry one
+    output: str  # `OmniNegCLIPOutput` field with its L2-normalised embeddings (zeros where a row has none)
+    help: str  # the flag's help
+    on_by_default: bool = True  # False: the flag defaults to 'none' (no such column)
+    counted_as: str = ""  # how `train.py`'s data line counts the rows with one ("with presence negation 12"); default: the name
+
+    @property
+    def default_column(self) -> str:
+        return self.column if self.on_by_default else "none"
+
+
+CAPTION = CaptionSet(
+    name="caption", column="caption", flag="caption_column", input_ids="input_ids", attention_mask="attention_mask",
+    row_mask=None, output="text_embeds", help="Column with the original captions.",
+)
+PRESENCE = CaptionSet(
+    name="presence", column="presence_negated", flag="presence_column",
+    input_ids="presence_negated_input_ids", attention_mask="presence_negated_attention_mask",
+    row_mask="presence_mask", output="presence_negated_embeds", counted_as="presence negation",
+    help="Column with presence-negated captions (negate an object IN the image); 'none' for no such column.",
+)
+ABSENCE = CaptionSet(
+    name="absence", column="absence_negated", flag="absence_column",
+    input_ids="absence_negated_input_ids", attention_mask="absence_negated_attention_mask",
+    row_mask="absence_mask", output="absence_negated_embeds", counted_as="absence negation",
+    help="Column with absence-negated captions (negate a plausible object NOT in the image); 'none' for no such column.",
+)
+AFFIRMED = CaptionSet(
+    name="affirmed", column="absence_affirmed", flag="absence_affirmed_column",
+    input_ids="absence_affirmed_input_ids", attention_mask="absence_affirmed_attention_mask",
+    row_mask="absence_affirmed_mask", output="absence_affirmed_embeds",
+    help="Column with absence-affirmed captions (the absence-negated caption with its object affirmed: false "
+         "for the image), a third option of the --lambda_choice term; 'none' (default) for two options.",
+    on_by_default=False, counted_as="absence-affirmed caption",
+)
+# The original caption first: it is the one every row has.
+CAPTION_SETS: tuple[CaptionSet, ...] = (CAPTION, PRESENCE, ABSENCE, AFFIRMED)
 
 
 @dataclass
@@ -552,7 +615,8 @@ class OmniNegCLIPModel(CLIPModel):
 
     Load any CLIP checkpoint with `OmniNegCLIPModel.from_pretrained(...)`; set `loss_config` and
     call `apply_trainable(model, TrainableConfig(...))`; after training, `save_pretrained` writes a
-    plain CLIP checkpoint plus `omninegclip_config.json` recording the settings used."""
+    plain CLIP checkpoint whose config.json records the settings used (`omninegclip`), restored by
+    `from_pretrained`."""
 
     # The caption sets come through `forward`'s **caption_sets; that is no loss keyword (such as
     # num_items_in_batch) for the Trainer to pass: the loss is a mean, scaled for accumulation by the Trainer.
@@ -560,8 +624,12 @@ class OmniNegCLIPModel(CLIPModel):
 
     def __init__(self, config, loss_config: OmniNegLossConfig | None = None, text_bucket_rows: int | None = TEXT_BUCKET_ROWS):
         super().__init__(config)
-        self.loss_config = loss_config or OmniNegLossConfig()
-        self.trainable_config: TrainableConfig | None = None
+        # A checkpoint this project saved carries its run's settings in config.json (`omninegclip`).
+        saved = getattr(config, SETTINGS_KEY, None) or {}
+        self.loss_config = loss_config or OmniNegLossConfig(**(saved.get("loss") or {}))
+        # What trained in the saved run (a record; `apply_trainable` is what freezes the rest).
+        self.trainable_config: TrainableConfig | None = TrainableConfig(**saved["trainable"]) if saved.get("trainable") else None
+        self.add_model_tags(MODEL_TAGS)
         # How many captions go through the text encoder together (sorted by length); None: all at once.
         self.text_bucket_rows = text_bucket_rows
         self.text_bucket_devices = ("cpu",)  # where the buckets are used (see encode_texts)
@@ -710,21 +778,22 @@ class OmniNegCLIPModel(CLIPModel):
         }
 
     def save_pretrained(self, save_directory, *args, extra_settings: dict | None = None, **kwargs):
-        """Save as a plain `CLIPModel` checkpoint (loads anywhere without this file), plus
-        `omninegclip_config.json` with the settings used."""
+        """Save as a plain `CLIPModel` checkpoint (`architectures: ["CLIPModel"]`: it loads anywhere
+        without this file), with the settings used in config.json under `omninegclip`
+        (`SETTINGS_KEY`), which `OmniNegCLIPModel.from_pretrained` restores. `extra_settings` (e.g.
+        the LoRA settings) are recorded there too."""
         state_dict = kwargs.get("state_dict")
         if state_dict is None and self.logit_scale.dim() == 1:
             state_dict = self.state_dict()
         scale = None if state_dict is None else state_dict.get("logit_scale")
         if scale is not None and scale.dim() == 1:  # held as shape (1,) under FSDP / DeepSpeed
             kwargs["state_dict"] = state_dict | {"logit_scale": scale.reshape(())}  # CLIP's scalar
+        recorded = dict(getattr(self.config, SETTINGS_KEY, None) or {})
+        setattr(self.config, SETTINGS_KEY, json.loads(json.dumps(recorded | self.settings() | (extra_settings or {}), default=str)))
         super().save_pretrained(save_directory, *args, **kwargs)
-        save_directory = Path(save_directory)
-        config_path = save_directory / "config.json"
+        config_path = Path(save_directory) / "config.json"  # save_pretrained names this class: CLIP's is the one to load
         if config_path.is_file():
             config = json.loads(config_path.read_text())
             config["architectures"] = ["CLIPModel"]
             config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         self.config.architectures = ["CLIPModel"]
-        settings = self.settings() | (extra_settings or {})
-        (save_directory / OMNINEGCLIP_CONFIG_NAME).write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")

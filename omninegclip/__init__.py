@@ -1,4 +1,5 @@
-"""Omni-NegCLIP's package, one subpackage per layer (the README's "Layout" table):
+"""Omni-NegCLIP's package: `OmniNegCLIPConfig` and `OmniNegCLIPTrainer` (the method as a Trainer,
+used as trl's trainers are: docs/trainer.md), and one subpackage per layer (the README's "Layout" table):
 
 - `omninegclip.building`: building caption datasets (`data_builder.py`): the published formats'
   readers, the negation rewrites and their vocabulary, the offline image world, dataset cards;
@@ -12,7 +13,8 @@ Above it, and never imported by it: the scripts `train.py`, `data_builder.py`, `
 `eval/` (the benchmarks), `pipeline/` (the built-in default, `make default`) and `bench/`.
 """
 
-from pathlib import Path
+from omninegclip.common.paths import REPO_ROOT
+from omninegclip.training.config import DataArguments, ModelArguments, OmniNegCLIPConfig
+from omninegclip.training.trainer import OmniNegCLIPTrainer
 
-# The checkout the package runs from (the built-in pipeline, provenance and the Space read files there).
-REPO_ROOT = Path(__file__).resolve().parent.parent
+__all__ = ["REPO_ROOT", "DataArguments", "ModelArguments", "OmniNegCLIPConfig", "OmniNegCLIPTrainer"]

@@ -6,7 +6,7 @@ Prints "ok" at the end; any failed check raises."""
 
 from __future__ import annotations
 
-import omninegclip.common.caption_sets as table
+import modeling_omninegclip as table
 
 SCENE = table.CaptionSet(
     name="scene", column="scene_negated", flag="scene_column", input_ids="scene_negated_input_ids",
@@ -22,7 +22,7 @@ from transformers import HfArgumentParser  # noqa: E402
 
 import data_builder  # noqa: E402
 import modeling_omninegclip as modeling  # noqa: E402
-import train  # noqa: E402
+from omninegclip.training.config import OmniNegCLIPConfig  # noqa: E402
 from omninegclip.common.clip import TINY_CLIP  # noqa: E402
 from omninegclip.common.tokenization import build_clip_tokenizer  # noqa: E402
 from omninegclip.training.data import OmniNegCollator, PackedRows, prepare_dataset  # noqa: E402
@@ -42,9 +42,9 @@ modeling.LOSS_TERMS = modeling.LOSS_TERMS + (modeling.LossTerm("loss_scene", ("c
 
 # The builder's schema and train.py's flags.
 assert "scene_negated" in data_builder.TEXT_COLUMNS and "scene_negated" in data_builder.contract_features()
-(data_args,) = HfArgumentParser(train.DataArguments).parse_args_into_dataclasses(
-    ["--dataset_name", "unused", "--scene_column", "scene_negated"])
-columns = data_args.columns()
+(flags,) = HfArgumentParser(OmniNegCLIPConfig).parse_args_into_dataclasses(
+    ["--output_dir", "unused", "--report_to", "none", "--use_cpu", "true", "--scene_column", "scene_negated"])
+columns = flags.columns()
 assert columns.scene == "scene_negated" and columns.flags()["scene_negated"] == "--scene_column", columns
 
 # Preparation: validated, tokenized and counted per row.

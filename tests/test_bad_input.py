@@ -97,7 +97,7 @@ class Fixtures:
         """A fresh output folder holding a run lock of process `pid`."""
         path = Path(self.out())
         path.mkdir(parents=True)
-        (path / ".omninegclip.lock").write_text(json.dumps({"pid": pid, "host": socket.gethostname()}))
+        (path / "_omninegclip.lock").write_text(json.dumps({"pid": pid, "host": socket.gethostname()}))
         return str(path)
 
     @staticmethod
@@ -495,7 +495,7 @@ CASES = [
     Case("train", "output_dir_inside_the_dataset", lambda fx: fx.good_run("--output_dir", fx.path("good/model")), 2,
          ("overlaps the training data",), check=lambda fx: holds_only(fx.root / "good", ["dataset_dict.json", "train"])),
     Case("train", "output_dir_locked_by_a_running_run", lambda fx: fx.good_run("--output_dir", fx.locked_out(pid=1)), 2,
-         ("is in use by another run (pid 1, lock file",), check=lambda fx: holds_only(fx.last_out, [".omninegclip.lock"])),
+         ("is in use by another run (pid 1, lock file",), check=lambda fx: holds_only(fx.last_out, ["_omninegclip.lock"])),
     Case("train", "output_dir_lock_of_a_dead_run", lambda fx: fx.good_run("--output_dir", fx.locked_out(pid=fx.dead_pid())), 0,
          ("taking over the lock of pid", "which is no longer running"), check=lambda fx: holds(fx.last_out, ["model.safetensors"])),
     Case("train", "output_dir_not_writable", lambda fx: fx.good_run("--output_dir", fx.write("a_file", "x") + "/run"), 2,

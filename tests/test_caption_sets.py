@@ -1,4 +1,4 @@
-"""The caption sets are declared once (omninegclip/common/caption_sets.py): every consumer derives
+"""The caption sets are declared once (`CAPTION_SETS` in modeling_omninegclip.py): every consumer derives
 from the table, a new set is a new row plus the loss term that reads it, and the collator (not the
 model) leaves out the sets that no active loss term reads."""
 
@@ -15,7 +15,7 @@ from train_helpers import run_command
 
 import data_builder
 import modeling_omninegclip as modeling
-from omninegclip.common.caption_sets import AFFIRMED, CAPTION_SETS
+from modeling_omninegclip import AFFIRMED, CAPTION_SETS
 from omninegclip.training.data import CaptionColumnArguments, CaptionColumns, OmniNegCollator, PackedRows
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from concurrent.futures import Future
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,7 +19,10 @@ from huggingface_hub.utils import filter_repo_objects
 from PIL import Image
 from train_helpers import color_rows, save_dataset, save_tiny_clip, single_thread, train_flags, weights  # noqa: F401  (single_thread: an autouse fixture)
 from transformers import AutoModelForZeroShotImageClassification, CLIPModel, pipeline
+from transformers import trainer as transformers_trainer
 
+import omninegclip.training.hub as training_hub
+import omninegclip.training.lora as lora
 import omninegclip.training.model_card as model_card
 import train
 
@@ -27,32 +31,66 @@ LABELS = ["a red square", "a picture with no red square", "a red square with no 
 
 
 class FakeHub:
-    """Stands in for `create_repo` / `upload_folder`: each commit is a copy of the files that would be sent."""
+    """Stands in for the Hub client (`HfApi`: create_repo, create_branch, upload_folder, snapshot_download)
+    of the Trainer's push, the card command and the adapter push: each commit is a copy of the files
+    that would be sent (after the same ignore patterns, under `path_in_repo`), and `repos` holds what
+    each repo's branch then serves."""
 
     def __init__(self, root: Path):
-        self.root, self.commits = root, []
+        self.root, self.commits, self.branches, self.repos = root, [], [], {}
 
     def create_repo(self, repo_id, token=None, private=None, exist_ok=False, **kwargs):
         assert exist_ok
         return SimpleNamespace(repo_id=repo_id if "/" in repo_id else f"{USER}/{repo_id}")
 
-    def upload_folder(self, *, repo_id, folder_path, commit_message=None, token=None, ignore_patterns=None, **kwargs):
+    def create_branch(self, repo_id, branch, token=None, exist_ok=False, **kwargs):
+        self.branches.append((repo_id, branch))
+
+    def upload_folder(self, *, repo_id, folder_path, commit_message=None, token=None, ignore_patterns=None, path_in_repo=None,
+                      revision=None, run_as_future=False, **kwargs):
         folder = Path(folder_path)
         files = sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file())
         target = self.root / f"commit-{len(self.commits)}"
+        state = self.repos.setdefault((repo_id if "/" in repo_id else f"{USER}/{repo_id}", revision or "main"), {})
         for name in filter_repo_objects(files, ignore_patterns=ignore_patterns):
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(folder / name, target / name)
-        self.commits.append(SimpleNamespace(repo_id=repo_id, folder=target, message=commit_message))
-        return SimpleNamespace(commit_url=f"https://huggingface.co/{repo_id}/commit/{len(self.commits)}")
+            in_repo = f"{path_in_repo}/{name}" if path_in_repo else name
+            (target / in_repo).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(folder / name, target / in_repo)
+            state[in_repo] = target / in_repo
+        self.commits.append(SimpleNamespace(repo_id=repo_id, folder=target, message=commit_message, revision=revision))
+        info = SimpleNamespace(commit_url=f"https://huggingface.co/{repo_id}/commit/{len(self.commits)}")
+        if run_as_future:
+            done = Future()
+            done.set_result(info)
+            return done
+        return info
+
+    def snapshot_download(self, repo_id, allow_patterns=None, local_dir=None, revision=None, token=None, **kwargs):
+        state = self.repos.get((repo_id if "/" in repo_id else f"{USER}/{repo_id}", revision or "main"), {})
+        for name in filter_repo_objects(sorted(state), allow_patterns=allow_patterns):
+            (Path(local_dir) / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(state[name], Path(local_dir) / name)
+        return local_dir
+
+    def final(self):
+        """The last commit to the repo's root (the end of training, or the card command)."""
+        return [commit for commit in self.commits if commit.message in ("End of training", None) or "card" in (commit.message or "")][-1]
+
+
+def fake_the_hub(monkeypatch, root: Path) -> FakeHub:
+    """Every Hub call of the project and of the Trainer goes to a `FakeHub`."""
+    fake = FakeHub(root)
+    monkeypatch.setattr(transformers_trainer, "hf_api", lambda: fake)
+    monkeypatch.setattr(training_hub, "hub_api", lambda: fake)
+    for module in (model_card, lora):
+        monkeypatch.setattr(module, "create_repo", fake.create_repo)
+        monkeypatch.setattr(module, "upload_folder", fake.upload_folder)
+    return fake
 
 
 @pytest.fixture
 def hub(tmp_path, monkeypatch):
-    fake = FakeHub(tmp_path / "hub")
-    monkeypatch.setattr(model_card, "create_repo", fake.create_repo)
-    monkeypatch.setattr(model_card, "upload_folder", fake.upload_folder)
-    return fake
+    return fake_the_hub(monkeypatch, tmp_path / "hub")
 
 
 def test_push_uploads_a_plain_clip_with_a_working_card(tmp_path, processor, hub):
@@ -71,16 +109,20 @@ def test_push_uploads_a_plain_clip_with_a_working_card(tmp_path, processor, hub)
                            push_to_hub="true", hub_model_id="tiny-omninegclip", widget_examples=examples,
                            card_base_model="openai/clip-vit-base-patch32", card_datasets="someone/cc-neg,someone/coco-neg"))
 
-    assert len(hub.commits) == 1
-    commit = hub.commits[0]
+    # The Trainer's default --hub_strategy every_save: the weights went up at each save, then the final folder.
+    assert [commit.message for commit in hub.commits] == ["Training in progress, step 1", "Training in progress, step 2",
+                                                          "End of training"]
+    commit = hub.commits[-1]
     repo_id = f"{USER}/tiny-omninegclip"
     assert commit.repo_id == repo_id
     uploaded = commit.folder
-    assert (out / "checkpoint-2").is_dir()  # intermediate checkpoints stay local
+    assert (out / "checkpoint-2").is_dir()  # checkpoint folders stay local (--hub_strategy checkpoint pushes one)
     files = {path.relative_to(uploaded).as_posix() for path in uploaded.rglob("*") if path.is_file()}
     assert {"config.json", "model.safetensors", "processor_config.json", "tokenizer.json", "README.md",
-            "omninegclip_config.json", "training_provenance.json", "widget/example-0.png", "widget/examples.json"} <= files
-    assert not any(name.startswith("checkpoint-") or name == "training_args.bin" for name in files)
+            "training_provenance.json", "widget/example-0.png", "widget/examples.json"} <= files
+    assert not any(name.startswith(("checkpoint-", ".")) for name in files)
+    settings = json.loads((uploaded / "config.json").read_text())["omninegclip"]  # the run's settings travel in config.json
+    assert settings["loss"]["margin"] == 0.9 and settings["trainable_text_blocks"]
 
     # The weights load as a plain CLIP, directly and through the Auto class of the task.
     clip = CLIPModel.from_pretrained(uploaded)

@@ -21,7 +21,7 @@ def _tracked_modules() -> dict[str, Path]:
         parts = Path(path).with_suffix("").parts
         if parts[-1] == "__init__":
             parts = parts[:-1]
-        if parts and parts[0] in PROJECT:
+        if parts and parts[0] in PROJECT and (ROOT / path).is_file():
             modules[".".join(parts)] = ROOT / path
     return modules
 

@@ -13,7 +13,7 @@ import torch
 from conftest import tiny_clip_config
 from PIL import Image
 from safetensors.torch import load_file
-from test_hub import USER, FakeHub
+from test_hub import USER, fake_the_hub
 from test_train_hardening import CrashAt
 from train_helpers import capture_trainers, color_rows, save_dataset, save_tiny_clip, single_thread, train_flags, weights  # noqa: F401  (single_thread: an autouse fixture)
 from transformers import CLIPModel, TrainerCallback
@@ -22,6 +22,7 @@ import omninegclip.training.lora as lora
 import omninegclip.training.model_card as model_card
 import train
 from modeling_omninegclip import OmniNegCLIPModel
+from omninegclip import OmniNegCLIPConfig
 from omninegclip.common.cli import UserError, run_cli
 
 ATTENTION = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj"}
@@ -43,9 +44,8 @@ def adapted_modules(peft_model) -> set[tuple[str, int, str]]:
 @pytest.mark.parametrize("target, layers", [("attention", ATTENTION), ("mlp", MLP), ("all", ATTENTION | MLP)])
 def test_adapters_sit_only_on_the_chosen_text_blocks(target, layers):
     model = OmniNegCLIPModel(tiny_clip_config())  # the vision tower has encoder.layers.0/1 too
-    lora_args = train.LoraArguments(lora_r=4, lora_target=target)
-    trainable = train.OmniNegArguments(text_blocks="0,2").trainable_config(lora=True)
-    peft_model, settings = lora.add_lora(model, trainable, lora_args)
+    trainable = config(text_blocks="0,2", lora_r=4, lora_target=target).trainable_config()
+    peft_model, settings = lora.add_lora(model, trainable, r=4, alpha=8.0, target=target)
     assert adapted_modules(peft_model) == {("text_model", block, layer) for block in (0, 2) for layer in layers}
     assert settings["text_blocks"] == [0, 2] and settings["r"] == 4 and settings["alpha"] == 8.0
     trainable = {name for name, param in peft_model.named_parameters() if param.requires_grad}
@@ -55,23 +55,30 @@ def test_adapters_sit_only_on_the_chosen_text_blocks(target, layers):
 
 def test_lora_extras_train_through_modules_to_save_and_the_logit_scale_is_refused():
     model = OmniNegCLIPModel(tiny_clip_config())
-    omni = train.OmniNegArguments(front_blocks=1, train_text_projection=True, train_position_embedding=True)
-    peft_model, settings = lora.add_lora(model, omni.trainable_config(lora=True), train.LoraArguments(lora_r=2))
+    omni = config(front_blocks=1, train_text_projection=True, train_position_embedding=True, lora_r=2)
+    peft_model, settings = lora.add_lora(model, omni.trainable_config(), r=2, alpha=4.0)
     assert peft_model.peft_config["default"].modules_to_save == ["text_model.embeddings.position_embedding", "text_projection"]
     assert settings["modules_to_save"] == ["text_model.embeddings.position_embedding", "text_projection"]
     extras = {name for name, param in peft_model.named_parameters() if param.requires_grad and ".lora_" not in name}
     # PEFT trains a copy of each (saved with the adapters); the image tower's position embedding is not one.
     assert extras == {"base_model.model.text_model.embeddings.position_embedding.modules_to_save.default.weight",
                       "base_model.model.text_projection.modules_to_save.default.weight"}
-    omni = train.OmniNegArguments(front_blocks=1, train_vision_tower=True)
-    peft_model, settings = lora.add_lora(OmniNegCLIPModel(tiny_clip_config()), omni.trainable_config(lora=True), train.LoraArguments(lora_r=2))
+    omni = config(front_blocks=1, train_vision_tower=True, lora_r=2)
+    peft_model, settings = lora.add_lora(OmniNegCLIPModel(tiny_clip_config()), omni.trainable_config(), r=2, alpha=4.0)
     assert settings["modules_to_save"] == ["vision_model", "visual_projection"]
     vision = {name for name, param in peft_model.named_parameters() if param.requires_grad and ".lora_" not in name}
     assert "base_model.model.vision_model.modules_to_save.default.embeddings.patch_embedding.weight" in vision
     assert all(".modules_to_save.default." in name for name in vision)
-    omni = train.OmniNegArguments(front_blocks=1, train_logit_scale=True)
     with pytest.raises(UserError, match="--train_logit_scale does not work with --lora_r: .*bare parameter"):
-        lora.add_lora(OmniNegCLIPModel(tiny_clip_config()), omni.trainable_config(lora=True), train.LoraArguments(lora_r=2))
+        config(front_blocks=1, train_logit_scale=True, lora_r=2)  # refused by the config, before anything slow
+    trainable = config(front_blocks=1, train_logit_scale=False, lora_r=2).trainable_config()
+    trainable.train_logit_scale = True  # and by add_lora itself
+    with pytest.raises(UserError, match="--train_logit_scale does not work with --lora_r: .*bare parameter"):
+        lora.add_lora(OmniNegCLIPModel(tiny_clip_config()), trainable, r=2, alpha=4.0)
+
+
+def config(**settings) -> OmniNegCLIPConfig:
+    return OmniNegCLIPConfig(output_dir="unused", report_to="none", use_cpu=True, **settings)
 
 
 class ProbeOutputs(TrainerCallback):
@@ -112,7 +119,7 @@ def test_merged_lora_checkpoint_is_plain_clip_and_reproduces_the_adapted_model(t
         logits = loaded(**inputs).logits_per_image
     torch.testing.assert_close(logits, probe.logits, rtol=1e-5, atol=1e-5)
 
-    settings = json.loads((out / "omninegclip_config.json").read_text())
+    settings = json.loads((out / "config.json").read_text())["omninegclip"]
     assert settings["lora"]["r"] == 4 and settings["lora"]["target"] == "attention"
     assert settings["lora"]["text_blocks"] == [0, 1] and settings["lora"]["merged"] is True
     assert re.fullmatch(settings["lora"]["target_modules"], "text_model.encoder.layers.1.self_attn.q_proj")
@@ -193,24 +200,23 @@ def test_save_adapter_loads_on_the_base_with_peft_and_matches_the_merged_checkpo
 
 @pytest.mark.parametrize("own_repo", [False, True])
 def test_pushed_adapter_goes_to_its_own_repo_or_the_model_repos_subfolder(tmp_path, processor, monkeypatch, own_repo):
-    hub = FakeHub(tmp_path / "hub")
-    for module in (model_card, lora):
-        monkeypatch.setattr(module, "create_repo", hub.create_repo)
-        monkeypatch.setattr(module, "upload_folder", hub.upload_folder)
+    hub = fake_the_hub(monkeypatch, tmp_path / "hub")
     model = save_tiny_clip(tmp_path / "clip", processor)
     data = save_dataset(tmp_path / "data", color_rows(8))
     adapter_flags = dict(hub_adapter_id="tiny-omninegclip-lora") if own_repo else dict(save_adapter="true")
     train.main(train_flags(model, data, tmp_path / "out", push_to_hub="true", hub_model_id="tiny-omninegclip",
                            learning_rate=5e-2, **adapter_flags, **EXTRAS))
-    model_commit = hub.commits[-1]
+    # With LoRA the repo's root gets the merged weights once, at the end (--hub_strategy every_save pushes nothing before).
+    (model_commit,) = [commit for commit in hub.commits if commit.repo_id == f"{USER}/tiny-omninegclip"]
+    assert model_commit.message == "End of training"
     assert model_commit.repo_id == f"{USER}/tiny-omninegclip"
     model_files = {path.relative_to(model_commit.folder).as_posix() for path in model_commit.folder.rglob("*") if path.is_file()}
     if own_repo:
         assert len(hub.commits) == 2
-        adapter_commit = hub.commits[0]
+        adapter_commit = hub.commits[1]
         assert adapter_commit.repo_id == f"{USER}/tiny-omninegclip-lora"
         adapter_dir = adapter_commit.folder
-        assert not any(name.startswith("adapter/") for name in model_files)
+        assert not any(name.startswith("adapter_") for name in model_files)  # never next to the merged weights
     else:
         assert len(hub.commits) == 1
         adapter_dir = model_commit.folder / "adapter"

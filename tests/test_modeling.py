@@ -25,7 +25,7 @@ from modeling_omninegclip import (
     symmetric_infonce,
     text_margin_loss,
 )
-from omninegclip.common.caption_sets import CAPTION_SETS
+from modeling_omninegclip import CAPTION_SETS
 
 S = torch.tensor(10.0)
 

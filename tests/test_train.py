@@ -71,7 +71,7 @@ def test_exactly_the_selected_parameters_change(workspace, tmp_path, flags, bloc
     expected = {name for name in before if text_block(name) in blocks} | extras
     assert changed == expected
     assert not any(name.startswith(("vision_model.", "visual_projection.")) for name in changed)
-    settings = json.loads((out / "omninegclip_config.json").read_text())
+    settings = json.loads((out / "config.json").read_text())["omninegclip"]
     assert settings["trainable_text_blocks"] == sorted(blocks)
 
 
@@ -132,7 +132,7 @@ def test_checkpoint_is_plain_clip_and_reproduces_the_trained_model(workspace, tm
     assert sorted(entry["label"] for entry in result) == sorted(labels)
     assert sum(entry["score"] for entry in result) == pytest.approx(1.0, abs=1e-4)
 
-    settings = json.loads((out / "omninegclip_config.json").read_text())
+    settings = json.loads((out / "config.json").read_text())["omninegclip"]
     assert settings["trainable_text_blocks"] == [0, 1] and settings["loss"]["margin"] == 0.9
     record = json.loads((out / "training_provenance.json").read_text())
     assert record["seed"] == 0 and record["world_size"] == 1 and record["datasets"] == [str(data)]
@@ -271,10 +271,10 @@ def test_json_config_with_overriding_flag(workspace, tmp_path):
     flags = train_flags(model_dir, data, tmp_path / "out")
     config = tmp_path / "run.json"
     config.write_text(json.dumps({key[2:]: value for key, value in zip(flags[::2], flags[1::2])}))
-    args = train.parse_args([str(config), "--max_steps", "5", "--train_logit_scale", "false"])
-    assert args.training.max_steps == 5 and args.training.learning_rate == 1e-3
-    assert args.omni.front_blocks == 2 and args.omni.train_logit_scale is False
-    assert args.model.model_name_or_path == str(model_dir)
+    model_args, data_args, settings = train.parse_args([str(config), "--max_steps", "5", "--train_logit_scale", "false"])
+    assert settings.max_steps == 5 and settings.learning_rate == 1e-3
+    assert settings.front_blocks == 2 and settings.train_logit_scale is False
+    assert model_args.model_name_or_path == str(model_dir) and data_args.dataset_name == str(data)
 
 
 # ---- mixing two datasets --------------------------------------------------------------------------

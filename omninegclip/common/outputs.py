@@ -5,7 +5,7 @@ Public surface:
 - `ensure_writable(folder, flag) -> Path`: create `folder` (and its parents) and write a probe file in
   it; a `UserError` naming the flag, the folder and the system's reason (read-only mount, no
   permission, full disk) otherwise. Run before any slow work.
-- `OutputLock(folder, flag)`: a context manager holding `<folder>/.omninegclip.lock` (pid and host)
+- `OutputLock(folder, flag)`: a context manager holding `<folder>/_omninegclip.lock` (pid and host)
   for a run's lifetime. A second run into the same folder fails at once, naming the holder's pid;
   the lock of a process that is gone (killed) is taken over with a warning.
 - `write_atomically(path, data)`: `data` (str or bytes) written to a temporary sibling, then renamed
@@ -27,7 +27,8 @@ from omninegclip.common.cli import UserError
 
 logger = logging.getLogger(__name__)
 
-LOCK_FILE = ".omninegclip.lock"
+# "_": the Trainer's Hub pushes of the output folder leave out files whose name starts so.
+LOCK_FILE = "_omninegclip.lock"
 PROBE_PREFIX = ".write-probe-"
 
 
@@ -64,7 +65,7 @@ def overlapping(a: str | Path, b: str | Path) -> bool:
 
 
 class OutputLock:
-    """`<folder>/.omninegclip.lock` while a run writes into `folder` (see the module docstring)."""
+    """`<folder>/_omninegclip.lock` while a run writes into `folder` (see the module docstring)."""
 
     def __init__(self, folder: str | Path, flag: str):
         self.folder = Path(folder).expanduser()

@@ -10,7 +10,8 @@ import importlib.metadata
 import platform
 import subprocess
 
-from omninegclip import REPO_ROOT
+from omninegclip.common.paths import REPO_ROOT
+
 
 LIBRARIES = ("torch", "transformers", "datasets", "accelerate", "peft", "huggingface_hub", "tokenizers", "pillow")
 

@@ -1,24 +1,18 @@
-"""The rules for train.py's flags: the flags parsed, from the command line or a YAML/JSON file of
-flags (`parse_flags`, `config_file_flags`), numbers that would break training later refused by flag
-name (`check_numbers`), `--text_blocks` read (`parse_text_blocks`), the Trainer's settings that
-Omni-NegCLIP needs (`settle_training_arguments`), `--report_to` trackers checked before anything
-slow (`check_report_to`)."""
+"""Reading the flags: from the command line or a YAML/JSON file of flags (`parse_flags`,
+`config_file_flags`) into the dataclasses (`OmniNegCLIPConfig` and `train.py`'s model and data
+arguments), and `--report_to` trackers checked before anything slow (`check_report_to`). The
+settings' own rules live in their `__post_init__` (omninegclip/training/config.py)."""
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from transformers import TrainingArguments
 
 from omninegclip.common.cli import UserError
 from omninegclip.common.safe_load import first_line
-
-if TYPE_CHECKING:
-    from train import Arguments  # train.py's parsed flags
 
 logger = logging.getLogger("omninegclip.train")
 
@@ -94,61 +88,6 @@ def parse_flags(parser, argv: list[str]) -> tuple[list, str]:
     if unknown:
         raise UserError(f"unknown flag(s) in the {where}: {unknown}; `python train.py --help` lists the flags")
     return parsed, where
-
-
-def parse_text_blocks(text: str | None) -> list[int] | None:
-    """The text block indices `--text_blocks` names ('0,1,2'), or None when it is not given."""
-    if text is None:
-        return None
-    try:
-        blocks = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise UserError(f"--text_blocks must be comma-separated integers like '0,1,2', got {text!r}") from None
-    if not blocks:
-        raise UserError(f"--text_blocks {text!r} selects no text block; expected comma-separated indices like '0,1,2' "
-                        f"(leave it out for the default, or --front_blocks 0 to train no block)")
-    return blocks
-
-
-def settle_training_arguments(training_args: TrainingArguments, hub_adapter_id: str | None = None) -> bool:
-    """Set what Omni-NegCLIP needs of the Trainer's settings; return whether the final folder is to
-    be pushed (--push_to_hub: the Trainer's own push is turned off, train.py pushes once at the end)."""
-    # Negation columns are inputs the model's signature does not name: keep them.
-    training_args.remove_unused_columns = False
-    training_args.label_names = []
-    # The Trainer's NaN filter reads every step's loss on the host; FiniteLossCallback stops the run instead.
-    training_args.logging_nan_inf_filter = False
-    if training_args.world_size > 1 and not training_args.dataloader_drop_last:
-        logger.info("several processes: using drop-last batches (padded duplicate rows would be false negatives)")
-        training_args.dataloader_drop_last = True
-    # The Trainer's own push would rewrite README.md without the card's metadata (and push LoRA
-    # adapters, not merged weights): the final folder is pushed once, after training, with the card.
-    push = training_args.push_to_hub
-    training_args.push_to_hub = False
-    if hub_adapter_id and not push:
-        raise UserError("--hub_adapter_id names where to push the adapter: it needs --push_to_hub")
-    return push
-
-
-# flag -> (where it lives, lowest allowed value, whether that value itself is allowed)
-NUMERIC_FLAGS = {
-    "learning_rate": ("training", 0.0, True), "weight_decay": ("training", 0.0, True), "max_grad_norm": ("training", 0.0, True),
-    "warmup_steps": ("training", 0.0, True), "num_train_epochs": ("training", 0.0, True),
-    "adam_beta1": ("training", 0.0, True), "adam_beta2": ("training", 0.0, True), "adam_epsilon": ("training", 0.0, False),
-    "lora_alpha": ("lora", 0.0, True), "gradient_accumulation_steps": ("training", 1, True),
-}  # the loss weights and margin: checked by OmniNegLossConfig ("bad loss setting")
-
-
-def check_numbers(arguments: Arguments, where: str) -> None:
-    """A `UserError` naming the flag for a number that would break training later with a torch
-    traceback, or silently: NaN, infinity, a negative learning rate."""
-    for flag, (group, lowest, inclusive) in NUMERIC_FLAGS.items():
-        value = getattr(getattr(arguments, group), flag, None)
-        if value is None:
-            continue
-        if not math.isfinite(value) or value < lowest or (value == lowest and not inclusive):
-            bound = f">= {lowest:g}" if inclusive else f"> {lowest:g}"
-            raise UserError(f"--{flag} {value} in the {where}: expected a finite number {bound}")
 
 
 # What `--report_to NAME` needs installed (tensorboard and trackio come with requirements.txt).

@@ -1,12 +1,15 @@
 """The output folder of a training run: which checkpoint-* folders are complete, whether the folder
 may be written and which checkpoint to resume from (`check_output_and_resume`), whether a resumed
 run continues the same run (`check_resume_settings`), and the provenance record every checkpoint
-carries (`training_record`, `write_provenance`)."""
+carries (`training_record`, `write_provenance`). `resolve_resume` turns `latest` (the newest complete
+checkpoint-* of the output folder) and `last-checkpoint` (the Hub backup of `--hub_strategy
+checkpoint`) into a folder."""
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,7 +23,7 @@ from omninegclip.training.data import SourceReport
 
 if TYPE_CHECKING:
     from modeling_omninegclip import OmniNegCLIPModel
-    from train import Arguments  # train.py's parsed flags
+    from omninegclip.training.config import OmniNegCLIPConfig
 
 logger = logging.getLogger("omninegclip.train")
 
@@ -31,6 +34,7 @@ PROVENANCE_FILE = "training_provenance.json"
 # is a save that was interrupted.
 TRAINER_STATE_FILE = "trainer_state.json"
 LATEST_CHECKPOINT = ("latest", "last", "true")
+HUB_LAST_CHECKPOINT = "last-checkpoint"  # the folder --hub_strategy checkpoint keeps on the Hub (and here, once fetched)
 
 
 def complete_checkpoints(output_dir: str | Path) -> list[Path]:
@@ -63,7 +67,8 @@ def check_output_and_resume(training_args: TrainingArguments, overwrite: bool = 
     contents = sorted(path.name for path in output_dir.iterdir()
                       if path.name != LOCK_FILE and not path.name.startswith(PROBE_PREFIX)) if output_dir.is_dir() else []
     resume = training_args.resume_from_checkpoint
-    resumes_here = bool(resume) and (resume.lower() in LATEST_CHECKPOINT or Path(resume).expanduser().resolve().parent == output_dir.resolve())
+    resumes_here = bool(resume) and (resume.lower() in LATEST_CHECKPOINT or resume == HUB_LAST_CHECKPOINT
+                                     or Path(resume).expanduser().resolve().parent == output_dir.resolve())
     if contents and not resumes_here:
         shown = ", ".join(contents[:6]) + (f", … ({len(contents)} entries)" if len(contents) > 6 else "")
         if not overwrite:
@@ -71,10 +76,19 @@ def check_output_and_resume(training_args: TrainingArguments, overwrite: bool = 
             raise UserError(f"--output_dir {str(output_dir)!r} is not empty ({shown}) and this run does not resume a checkpoint of it: pass"
                             f"{again} --overwrite_output_dir to write over it, or another --output_dir")
         logger.warning("--overwrite_output_dir: writing over the files in %s (%s)", output_dir, shown)
-    if training_args.per_device_train_batch_size < 1:
-        raise UserError(f"--per_device_train_batch_size must be >= 1, got {training_args.per_device_train_batch_size}")
+        if training_args.process_index == 0:
+            _remove_old_checkpoints(output_dir)
     if not resume:
         return None
+    if resume == HUB_LAST_CHECKPOINT and not (output_dir / HUB_LAST_CHECKPOINT).is_dir():
+        return resume  # fetched from the Hub by the Trainer, once the Hub is known to answer
+    return resolve_checkpoint(output_dir, resume)
+
+
+def resolve_checkpoint(output_dir: str | Path, resume: str) -> str:
+    """The checkpoint folder `--resume_from_checkpoint` names: a folder the Trainer wrote, or `latest`
+    (the newest complete checkpoint-* in `output_dir`); a `UserError` naming the flag otherwise."""
+    output_dir = Path(output_dir)
     if resume.lower() in LATEST_CHECKPOINT:
         checkpoints = complete_checkpoints(output_dir)
         if not checkpoints:
@@ -84,11 +98,23 @@ def check_output_and_resume(training_args: TrainingArguments, overwrite: bool = 
     folder = Path(resume).expanduser()
     if not folder.is_dir():
         raise UserError(f"--resume_from_checkpoint {resume!r} does not exist or is not a folder; expected a checkpoint-* "
-                        f"folder the Trainer wrote, or 'latest' for the newest one in --output_dir")
+                        f"folder the Trainer wrote, 'latest' for the newest one in --output_dir, or '{HUB_LAST_CHECKPOINT}' "
+                        f"for the Hub backup of --hub_strategy checkpoint")
     if not (folder / TRAINER_STATE_FILE).is_file():
         raise UserError(f"--resume_from_checkpoint {resume!r} is not a complete checkpoint: it has no {TRAINER_STATE_FILE} "
                         f"(not a folder the Trainer wrote, or a save interrupted midway); pass an earlier checkpoint-* folder or 'latest'")
     return str(folder)
+
+
+def _remove_old_checkpoints(output_dir: Path) -> None:
+    """An overwritten run's checkpoint-* folders go (and a Hub backup fetched into it): `latest` must
+    never resume the old run, whose settings and schedule differ."""
+    old = [path for path in output_dir.glob("checkpoint-*") if path.is_dir()]
+    old += [path for path in (output_dir / HUB_LAST_CHECKPOINT,) if path.is_dir()]
+    for path in old:
+        shutil.rmtree(path)
+    if old:
+        logger.warning("--overwrite_output_dir: removed the old run's %s from %s", ", ".join(sorted(path.name for path in old)), output_dir)
 
 
 def interrupted_message(output_dir: str) -> str:
@@ -100,26 +126,30 @@ def interrupted_message(output_dir: str) -> str:
     return f"no checkpoint had been saved in {output_dir} yet (see --save_steps); run the same command again to start over"
 
 
-def training_record(args: Arguments, model: OmniNegCLIPModel, lora_settings: dict | None, push: bool,
-                    reports: list[SourceReport], resumed_from: str | None) -> dict:
+def training_record(config: OmniNegCLIPConfig, model: OmniNegCLIPModel, lora_settings: dict | None,
+                    reports: list[SourceReport], datasets: list[str]) -> dict:
     """What produced a checkpoint: versions, seed, git commit, data (with its skips) and every setting."""
-    model_args, data_args, card_args, training_args = args.model, args.data, args.card, args.training
-    return provenance(seed=training_args.seed) | {
-        "base_model": model_args.model_name_or_path,
-        "datasets": data_args.sources(),
-        "base_model_id": card_args.card_base_model,
-        "dataset_ids": card_args.dataset_ids(),
+    return provenance(seed=config.seed) | {
+        "base_model": model.name_or_path,
+        "datasets": datasets,
+        "base_model_id": config.card_base_model,
+        "dataset_ids": config.dataset_ids(),
         "data": [report.to_json() for report in reports],
-        "world_size": training_args.world_size,
-        "resumed_from": resumed_from,
+        "world_size": config.world_size,
+        "resumed_from": None,
         "omninegclip": model.settings() | {"lora": lora_settings},
-        "training_arguments": {k: v for k, v in training_args.to_dict().items() if not k.startswith("hub_token")}
-        | {"push_to_hub": push},
+        "training_arguments": {key: value for key, value in config.to_dict().items() if not key.startswith("hub_token")},
     }
 
 
 def write_provenance(folder: Path, record: dict) -> None:
     (folder / PROVENANCE_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
+
+
+# The Trainer's settings that change what a run computes: a resumed run must have the same.
+RUN_SETTINGS = ("learning_rate", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "warmup_ratio", "num_train_epochs",
+                "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "weight_decay", "adam_beta1",
+                "adam_beta2", "adam_epsilon", "max_grad_norm", "optim", "seed", "dataloader_drop_last")
 
 
 def _resume_identity(record: dict, train_split: str) -> dict:
@@ -137,6 +167,8 @@ def _resume_identity(record: dict, train_split: str) -> dict:
         "trainable parts (--train_*)": {key: value for key, value in (settings.get("trainable") or {}).items()
                                         if key not in ("front_blocks", "text_preset", "text_blocks")},
         "LoRA (--lora_*)": settings.get("lora"),
+        "schedule and optimiser (--learning_rate, --lr_scheduler_type, --warmup_*, --num_train_epochs, --max_steps, "
+        "batch sizes, --weight_decay, --seed, ...)": {name: (record.get("training_arguments") or {}).get(name) for name in RUN_SETTINGS},
     }
 
 

@@ -32,7 +32,7 @@ import datasets
 import numpy as np
 import torch
 
-from omninegclip.common.caption_sets import CAPTION, CAPTION_SETS
+from modeling_omninegclip import CAPTION, CAPTION_SETS
 from omninegclip.common.cli import UserError
 from omninegclip.common.clip import CONTEXT_LENGTH
 from omninegclip.common.skips import SkipLog, text_skip

@@ -1,6 +1,6 @@
 """LoRA through PEFT as PEFT users expect it: the adapters, what trains besides them, and the adapter folder.
 
-- `add_lora(model, trainable, lora_args)`: the model wrapped by PEFT with adapters on the chosen
+- `add_lora(model, trainable, r, alpha, dropout, target)`: the model wrapped by PEFT with adapters on the chosen
   text blocks only (`lora_target_regex`: `--lora_target` attention | mlp | all of those blocks).
 - `modules_to_save(trainable)`: the extra parts a `TrainableConfig` asks to train (token and position
   embeddings, final layer norm, text projection, image tower) as PEFT `modules_to_save` names. PEFT
@@ -32,7 +32,6 @@ from omninegclip.common.cli import UserError
 
 if TYPE_CHECKING:
     from modeling_omninegclip import OmniNegCLIPModel, TrainableConfig
-    from train import LoraArguments  # train.py's --lora_* flags
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +91,7 @@ def lora_target_regex(blocks: list[int], target: str) -> str:
     return rf"text_model\.encoder\.layers\.({layers})\.({modules})"
 
 
-def add_lora(model: OmniNegCLIPModel, trainable: TrainableConfig, lora_args: LoraArguments):
+def add_lora(model: OmniNegCLIPModel, trainable: TrainableConfig, r: int, alpha: float, dropout: float = 0.0, target: str = "all"):
     """Wrap `model` in a PEFT model with LoRA adapters on the chosen text blocks; the other parts
     `trainable` asks for train through PEFT's `modules_to_save` (saved with the adapters, so a resumed
     run restores them; see above). Returns (peft model, settings)."""
@@ -104,17 +103,17 @@ def add_lora(model: OmniNegCLIPModel, trainable: TrainableConfig, lora_args: Lor
     if trainable.train_logit_scale:
         raise UserError(LOGIT_SCALE_WITH_LORA)
     extras = modules_to_save(trainable)
-    regex = lora_target_regex(blocks, lora_args.lora_target)
+    regex = lora_target_regex(blocks, target)
     config = LoraConfig(
-        r=lora_args.lora_r, lora_alpha=lora_args.lora_alpha, lora_dropout=lora_args.lora_dropout, target_modules=regex, bias="none",
+        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=regex, bias="none",
         modules_to_save=extras or None,
     )
     peft_model = get_peft_model(model, config)
     settings = {
-        "r": lora_args.lora_r,
-        "alpha": lora_args.lora_alpha,
-        "dropout": lora_args.lora_dropout,
-        "target": lora_args.lora_target,
+        "r": r,
+        "alpha": alpha,
+        "dropout": dropout,
+        "target": target,
         "target_modules": regex,
         "text_blocks": blocks,
         "modules_to_save": extras,

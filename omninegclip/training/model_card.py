@@ -410,7 +410,7 @@ def checkpoint_facts(folder: str | Path, repo_id: str | None = None, base_model:
         widget_examples=widget_examples or _stored_widget(folder) or (world_widget_examples() if any(
             entry.get("source") == "shapes" for entry in training_data) else DEFAULT_WIDGET),
         provenance=provenance,
-        settings=_read_json(folder / "omninegclip_config.json") or {},
+        settings=(_read_json(folder / "config.json") or {}).get("omninegclip") or {},
     )
 
 

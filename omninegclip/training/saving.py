@@ -1,107 +1,124 @@
 """The end of a training run: the final checkpoint (plain CLIP weights with any LoRA adapters merged,
 processor, metrics, Trainer state, provenance, model card) written into a hidden folder and moved
-into --output_dir file by file (`save_outputs_atomically`), then pushed to the Hub when asked.
-
-`args` is train.py's parsed `Arguments` (model, data, omni, lora, card, training, output)."""
+into output_dir file by file (`save_final_model`), and the disk space that needs, checked before
+training (`check_disk_space`). The push is the Trainer's own (`trainer.push_to_hub()`)."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from transformers import CLIPProcessor
-
+from modeling_omninegclip import SETTINGS_KEY
 from omninegclip.common.cli import UserError
-from omninegclip.common.outputs import LOCK_FILE
 from omninegclip.training.checkpoints import write_provenance
-from omninegclip.training.lora import ADAPTER_DIR, push_adapter, save_adapter
-from omninegclip.training.model_card import push_checkpoint, write_model_card
+from omninegclip.training.lora import ADAPTER_DIR, save_adapter
 
 if TYPE_CHECKING:
     from omninegclip.training.trainer import OmniNegCLIPTrainer
-    from train import Arguments  # train.py's parsed flags
 
 logger = logging.getLogger("omninegclip.train")
 
-FINAL_STAGING = ".final-partial"  # where the final checkpoint is written before it is moved into --output_dir
+FINAL_STAGING = ".final-partial"  # where the final checkpoint is written before it is moved into output_dir
+PROCESSOR_BYTES = 4 * 2**20  # tokenizer and image processor files, with room to spare
 
 
-def _card_settings(args: Arguments, record: dict, widget: list | None) -> dict:
-    card_args = args.card
-    return dict(base_model=args.model.model_name_or_path, datasets=record["datasets"], widget_examples=widget,
-                license=card_args.license, base_model_id=card_args.card_base_model, dataset_ids=card_args.dataset_ids())
+def _megabytes(size: int) -> str:
+    return f"{size / 2**20:,.1f} MB"
 
 
-def save_outputs(args: Arguments, trainer: OmniNegCLIPTrainer, processor: CLIPProcessor, record: dict,
-                 metrics: dict | None, lora_settings: dict | None, widget: list | None,
-                 train_metrics: dict | None = None) -> None:
-    """The checkpoint folder: plain CLIP weights (LoRA merged), processor, settings, provenance, the
-    Trainer's state and train/eval metrics (`trainer_state.json`, `train_results.json`,
-    `eval_results.json`, `all_results.json`) and model card. Written by the first process only."""
-    model_args, card_args, training_args = args.model, args.card, args.training
-    output_dir = Path(training_args.output_dir)
-    if lora_settings is None:
-        trainer.save_model()  # on every process: FSDP/DeepSpeed gather the full weights collectively
-    else:
-        if args.lora.save_adapter and trainer.is_world_process_zero():  # before merging: it takes the adapters out
-            save_adapter(trainer.model, output_dir / ADAPTER_DIR, card_args.card_base_model or model_args.model_name_or_path)
-        merged = trainer.model.merge_and_unload()
-        if trainer.is_world_process_zero():
-            merged.save_pretrained(output_dir, extra_settings={"lora": lora_settings})
+def space_needed(trainer: OmniNegCLIPTrainer) -> tuple[int, int]:
+    """(bytes of the final folder, bytes of one checkpoint-* folder): the weights as saved, plus the
+    optimiser's two float32 moments of every trained parameter in a checkpoint."""
+    model = trainer.omninegclip_model
+    weights = sum(parameter.numel() * parameter.element_size() for parameter in model.parameters()) + PROCESSOR_BYTES
+    trained = sum(parameter.numel() for parameter in trainer.model.parameters() if parameter.requires_grad)
+    return weights, weights + 2 * 4 * trained
+
+
+def check_disk_space(trainer: OmniNegCLIPTrainer) -> None:
+    """Refuse, before training, an output_dir whose disk cannot hold the final folder and (when
+    checkpoints are saved) one checkpoint: a run that trains for hours must not lose its weights at the end."""
+    folder = Path(trainer.args.output_dir)
+    existing = next((path for path in (folder, *folder.parents) if path.exists()), Path("."))
+    free = shutil.disk_usage(existing).free
+    final, checkpoint = space_needed(trainer)
+    saves = str(getattr(trainer.args.save_strategy, "value", trainer.args.save_strategy)) != "no"
+    needed = final + (checkpoint if saves else 0)
+    if free < needed:
+        raise UserError(f"--output_dir {folder}: its disk has {_megabytes(free)} free, and this run needs about {_megabytes(needed)} "
+                        f"(final folder {_megabytes(final)}" + (f", one checkpoint {_megabytes(checkpoint)}" if saves else "")
+                        + "); free some space or pass an --output_dir on a larger disk")
+
+
+def merge_adapters(trainer: OmniNegCLIPTrainer) -> None:
+    """Write the adapter (when asked) and merge the LoRA adapters: from then on the Trainer holds
+    the merged plain model, so `save_model` and `push_to_hub` write plain CLIP weights only."""
+    output_dir, args = Path(trainer.args.output_dir), trainer.args
+    if args.save_adapter and trainer.is_world_process_zero():  # before merging: it takes the adapters out
+        save_adapter(trainer.model, output_dir / ADAPTER_DIR, args.card_base_model or trainer.base_model)
+    merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
+    trainer.model = trainer.model_wrapped = merged
+    # config.json records the adapters that were merged (OmniNegCLIPModel.save_pretrained keeps what the config holds)
+    setattr(merged.config, SETTINGS_KEY, dict(getattr(merged.config, SETTINGS_KEY, None) or {}) | {"lora": trainer.lora_settings})
+
+
+def _write_final(trainer: OmniNegCLIPTrainer, eval_metrics: dict | None, train_metrics: dict | None) -> None:
+    """Everything of the final folder into output_dir (the staging folder, while this runs)."""
+    output_dir = Path(trainer.args.output_dir)
+    trainer.save_model(_internal_call=True)  # every process (FSDP/DeepSpeed gather the weights); the push comes after
     if not trainer.is_world_process_zero():
         return
-    processor.save_pretrained(output_dir)
     if train_metrics is not None:
         trainer.log_metrics("train", train_metrics)
         trainer.save_metrics("train", train_metrics)
-    if metrics is not None:
-        trainer.save_metrics("eval", metrics)
+    if eval_metrics is not None:
+        trainer.save_metrics("eval", eval_metrics)
     trainer.save_state()
-    write_provenance(output_dir, record | {"global_step": trainer.state.global_step})
-    write_model_card(output_dir, repo_id=training_args.hub_model_id, **_card_settings(args, record, widget))
+    write_provenance(output_dir, trainer.record | {"global_step": trainer.state.global_step})
+    trainer.create_model_card()
 
 
-def push_outputs(args: Arguments, record: dict, widget: list | None) -> None:
-    """The final folder (with the tracker logs in `runs/`) to the Hub, the adapter to its own repo
-    when asked (else it goes up in the `adapter/` subfolder)."""
-    training_args, output_dir = args.training, Path(args.training.output_dir)
-    adapter_repo = args.lora.hub_adapter_id
-    if adapter_repo:
-        push_adapter(output_dir / ADAPTER_DIR, adapter_repo, token=training_args.hub_token, private=training_args.hub_private_repo)
-    push_checkpoint(output_dir, training_args.hub_model_id or output_dir.resolve().name,
-                    token=training_args.hub_token, private=training_args.hub_private_repo,
-                    also_ignore=[f"{ADAPTER_DIR}/**", f"{FINAL_STAGING}/**", LOCK_FILE] if adapter_repo
-                    else [f"{FINAL_STAGING}/**", LOCK_FILE], **_card_settings(args, record, widget))
-
-
-def save_outputs_atomically(args: Arguments, trainer: OmniNegCLIPTrainer, processor: CLIPProcessor, record: dict,
-                            metrics: dict | None, lora_settings: dict | None, push: bool, widget: list | None,
-                            train_metrics: dict | None = None) -> None:
-    """`save_outputs` into a hidden folder of --output_dir, then each file renamed into place
+def save_final_model(trainer: OmniNegCLIPTrainer, eval_metrics: dict | None = None, train_metrics: dict | None = None) -> Path:
+    """The final folder written into a hidden folder of output_dir, then each file renamed into place
     (config.json last): a full disk or a crash while saving leaves no half-written final model that
-    loads (the checkpoint-* folders stay as they were). Then the push, from the complete folder."""
-    training_args = args.training
-    output_dir = Path(training_args.output_dir)
+    loads, and the checkpoint-* folders stay as they were."""
+    args = trainer.args
+    output_dir = Path(args.output_dir)
     staging = output_dir / FINAL_STAGING
+    if trainer.lora_settings is not None and hasattr(trainer.accelerator.unwrap_model(trainer.model), "merge_and_unload"):
+        merge_adapters(trainer)
     if trainer.is_world_process_zero():
         shutil.rmtree(staging, ignore_errors=True)
-    training_args.output_dir = str(staging)
+    args.output_dir = str(staging)
     try:
-        save_outputs(args, trainer, processor, record, metrics, lora_settings, widget, train_metrics=train_metrics)
+        _write_final(trainer, eval_metrics, train_metrics)
+    except OSError as error:
+        if trainer.is_world_process_zero():
+            shutil.rmtree(staging, ignore_errors=True)
+        if error.errno != errno.ENOSPC:
+            raise
+        final, _ = space_needed(trainer)
+        kept = sorted(path.name for path in output_dir.glob("checkpoint-*"))
+        raise UserError(f"--output_dir {output_dir}: the disk filled up while saving the final model (it needs about "
+                        f"{_megabytes(final)}); nothing half-written was left there"
+                        + (f", and the checkpoint-* folders ({', '.join(kept)}) are kept as they were: free some space and "
+                           f"resume with --resume_from_checkpoint latest" if kept else
+                           "; no checkpoint was saved (see --save_steps): free some space and train again")) from None
     except BaseException:
         if trainer.is_world_process_zero():
             shutil.rmtree(staging, ignore_errors=True)
         raise
     finally:
-        training_args.output_dir = str(output_dir)
+        args.output_dir = str(output_dir)
     if trainer.is_world_process_zero():
         _move_into(staging, output_dir)
         logger.info("wrote the checkpoint to %s", output_dir)
-        if push:
-            push_outputs(args, record, widget)
+    trainer.accelerator.wait_for_everyone()
+    return output_dir
 
 
 def _move_into(staging: Path, output_dir: Path) -> None:

@@ -1,23 +1,56 @@
-"""The Trainer of Omni-NegCLIP: `OmniNegCLIPTrainer` (the Omni-NegCLIP losses, every term logged, a
-balanced sampler for mixed datasets, NaN/inf stops naming the bad rows, evaluation over every row),
-`check_training_steps` (a run that would train 0 steps is refused before it starts), and the steps
-around `trainer.train()` (`ready_to_train`, `end_process_group`)."""
+"""The Trainer of Omni-NegCLIP: `OmniNegCLIPTrainer`, configured by `OmniNegCLIPConfig`.
+
+It takes raw `datasets.Dataset`s (an image column, a caption column and the optional negation
+columns; a dict of several datasets mixes them half and half per batch) and a processor, and
+prepares them itself: every row checked (skips counted and reported), captions tokenized, each
+unique image embedded once on the training device by the frozen image tower. Its `compute_loss`
+runs the Omni-NegCLIP objective and logs every term; NaN/inf stops name the bad rows; evaluation
+reports the negation accuracies over every row; the Trainer's own Hub path (`push_to_hub`,
+`--hub_strategy`) pushes with the project's model card (`create_model_card`).
+
+    trainer = OmniNegCLIPTrainer(model, OmniNegCLIPConfig(output_dir="runs/x"), train_dataset=train,
+                                 eval_dataset=validation, processing_class=processor)
+    trainer.train(); trainer.evaluate(); trainer.save_final_model(); trainer.push_to_hub()
+"""
 
 from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 
 import datasets
 import torch
-from transformers import Trainer
+from transformers import CLIPProcessor, Trainer, TrainingArguments
+from transformers import trainer as transformers_trainer
+from transformers.utils import PushInProgress
 
-from omninegclip.training.metrics import stack_embeddings
-from modeling_omninegclip import LOSS_TERM_NAMES
+from modeling_omninegclip import LOSS_TERM_NAMES, OmniNegCLIPModel
 from omninegclip.common.cli import UserError
-from omninegclip.training.callbacks import ClampLogitScaleCallback, FiniteLossCallback
-from omninegclip.training.checkpoints import complete_checkpoints
-from omninegclip.training.data import SOURCE_COLUMN, SOURCE_ROW_COLUMN, BalancedSourceSampler
+from omninegclip.training.arguments import check_report_to
+from omninegclip.training.callbacks import ClampLogitScaleCallback, FiniteLossCallback, ProvenanceCallback
+from omninegclip.training.checkpoints import (
+    HUB_LAST_CHECKPOINT,
+    check_output_and_resume,
+    check_resume_settings,
+    complete_checkpoints,
+    resolve_checkpoint,
+    training_record,
+)
+from omninegclip.training.config import OmniNegCLIPConfig
+from omninegclip.training.data import PACKED_ROW_COLUMN, SOURCE_COLUMN, SOURCE_ROW_COLUMN, BalancedSourceSampler, OmniNegCollator
+from omninegclip.training.hub import check_hub_access, fetch_last_checkpoint
+from omninegclip.training.metrics import stack_embeddings
+from omninegclip.training.model_card import load_widget_examples, write_model_card
+from omninegclip.training.prepare import (
+    check_negation_columns,
+    make_trainable,
+    negation_metrics,
+    prepare_splits,
+    warn_degenerate_training,
+)
+from omninegclip.training.lora import ADAPTER_DIR, push_adapter
+from omninegclip.training.saving import check_disk_space, merge_adapters, save_final_model
 
 logger = logging.getLogger("omninegclip.train")
 
@@ -31,24 +64,177 @@ def _format_term(name: str, value: torch.Tensor) -> str:
     return f"{name}={float(value.detach().float().cpu()):g}" if value.numel() == 1 else name
 
 
-class OmniNegCLIPTrainer(Trainer):
-    """`Trainer` whose `compute_loss` runs the Omni-NegCLIP objectives and logs every term.
+HUB_CHECKPOINT, HUB_ALL_CHECKPOINTS = "checkpoint", "all_checkpoints"  # --hub_strategy values
+PLAIN_ARGUMENTS = (
+    "OmniNegCLIPTrainer needs an OmniNegCLIPConfig, not a plain TrainingArguments: the config holds the method's "
+    "settings (text blocks, loss weights, caption-set columns, LoRA, card) and the Trainer settings the method needs "
+    "(remove_unused_columns=False, label_names=[]). Use `from omninegclip import OmniNegCLIPConfig` and "
+    "`OmniNegCLIPConfig(output_dir=..., <the same TrainingArguments keywords>, <method settings>)`; "
+    "`OmniNegCLIPConfig(**your_args.to_dict())` converts existing arguments."
+)
 
-    `source_names` (the datasets of the prepared data, in `source_index` order) lets an error name
-    the dataset rows of a bad batch."""
+
+def _named(dataset, role: str) -> dict[str, datasets.Dataset]:
+    """A dataset, or a dict of datasets by name, as a dict by name."""
+    if dataset is None:
+        return {}
+    if isinstance(dataset, datasets.Dataset):
+        return {dataset.info.dataset_name or f"{role}_dataset": dataset}
+    if isinstance(dataset, dict) and dataset and all(isinstance(value, datasets.Dataset) for value in dataset.values()):
+        return dict(dataset)
+    raise UserError(f"{role}_dataset must be a datasets.Dataset or a dict of them by name (several are mixed half and half per "
+                    f"batch), got {type(dataset).__name__}; an IterableDataset (streaming) is not supported")
+
+
+def _is_prepared(dataset) -> bool:
+    """A table the Trainer already prepared (rows pointing into packed token and embedding arrays)."""
+    return isinstance(dataset, datasets.Dataset) and PACKED_ROW_COLUMN in dataset.column_names
+
+
+class OmniNegCLIPTrainer(Trainer):
+    """`Trainer` for Omni-NegCLIP: raw datasets in, the Omni-NegCLIP objective with every term logged.
+
+    model: an `OmniNegCLIPModel` (e.g. `OmniNegCLIPModel.from_pretrained("openai/clip-vit-base-patch32")`)
+    or the name of a CLIP checkpoint. args: an `OmniNegCLIPConfig`. train_dataset / eval_dataset: a
+    `datasets.Dataset` with the config's image, caption and negation columns, or a dict of them by
+    name. processing_class: the CLIP processor (tokenizer and image processor). The text blocks and
+    parts the config names train; the rest is frozen (or LoRA adapters are added)."""
 
     # The model returns a batch mean, not a sum over `num_items_in_batch`: the Trainer scales for GA.
     loss_is_scaled_for_ga = False
 
-    def __init__(self, *args, source_names: list[str] | None = None, nan_check_steps: int = 50, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, model: OmniNegCLIPModel | str, args: OmniNegCLIPConfig, train_dataset=None, eval_dataset=None,
+                 processing_class: CLIPProcessor | None = None, data_collator=None, compute_metrics=None, callbacks=None,
+                 **kwargs):
+        if not isinstance(args, OmniNegCLIPConfig):
+            raise TypeError(PLAIN_ARGUMENTS) if isinstance(args, TrainingArguments) else TypeError(
+                f"args must be an OmniNegCLIPConfig, got {type(args).__name__}")
+        if isinstance(model, str):
+            model = OmniNegCLIPModel.from_pretrained(model)
+        if not isinstance(model, OmniNegCLIPModel):
+            raise TypeError(f"model must be an OmniNegCLIPModel (OmniNegCLIPModel.from_pretrained(<a CLIP checkpoint>)), "
+                            f"got {type(model).__name__}")
+        # Before anything slow: the trackers, the Hub, the output folder, the card's examples.
+        check_report_to(args)
+        if args.world_size > 1 and not args.dataloader_drop_last:
+            logger.info("several processes: using drop-last batches (padded duplicate rows would be false negatives)")
+            args.dataloader_drop_last = True
+        train_named, eval_named = _named(train_dataset, "train"), _named(eval_dataset, "eval")
+        self.source_names = list(train_named)
+        check_output_and_resume(args, args.overwrite_output_dir, self.source_names + list(eval_named))
+        self.widget = load_widget_examples(args.widget_examples) if args.widget_examples else None
+        if args.push_to_hub:
+            check_hub_access(args)
+        self.base_model = model.name_or_path
+        trained_model, self.lora_settings = make_trainable(model, args)
+        reports = []
+        if train_named and not any(_is_prepared(dataset) for dataset in train_named.values()):
+            if processing_class is None:
+                raise UserError("OmniNegCLIPTrainer prepares raw datasets itself and needs the CLIP processor: pass "
+                                "processing_class=CLIPProcessor.from_pretrained(<the checkpoint>)")
+            check_negation_columns(train_named, args.columns())
+            splits = {"train": train_named} | ({"eval": eval_named} if eval_named else {})
+            tables, packed, _, reports = prepare_splits(args, processing_class, model, splits)
+            warn_degenerate_training(args, reports, reports[0].split)
+            train_dataset, eval_dataset = tables["train"], tables.get("eval")
+            data_collator = data_collator or OmniNegCollator(packed, caption_sets=model.loss_config.caption_sets_read())
+            if compute_metrics is None and eval_dataset is not None:
+                compute_metrics = negation_metrics(eval_dataset, eval_named, args.columns())
+        elif train_named:  # tables prepared by the caller, with their collator
+            (train_dataset,) = train_named.values()
+            eval_dataset = next(iter(eval_named.values()), None)
+        self.record = training_record(args, model, self.lora_settings, reports, self.source_names)
+        super().__init__(model=trained_model, args=args, data_collator=data_collator, train_dataset=train_dataset,
+                         eval_dataset=eval_dataset, processing_class=processing_class, compute_metrics=compute_metrics,
+                         callbacks=[ProvenanceCallback(self.record), *(callbacks or [])], **kwargs)
         self.model_accepts_loss_kwargs = False
         self.add_callback(ClampLogitScaleCallback())
-        self.add_callback(FiniteLossCallback(self, nan_check_steps))
-        self.source_names = list(source_names or [])
+        self.add_callback(FiniteLossCallback(self, args.nan_check_steps))
         self._term_sums: dict[str, torch.Tensor] = {}
         self._term_count = 0
         self._unchecked: list[tuple[int, dict[str, torch.Tensor], torch.Tensor | None]] = []
+        if self.train_dataset is not None:
+            self.planned_steps = ready_to_train(self, model, lora=self.lora_settings is not None)
+            check_disk_space(self)
+
+    @property
+    def omninegclip_model(self) -> OmniNegCLIPModel:
+        """The OmniNegCLIPModel being trained (inside any PEFT wrapper)."""
+        model = self.accelerator.unwrap_model(self.model)
+        return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
+        """`Trainer.train`, resuming from a checkpoint folder, `latest` (the newest complete
+        checkpoint-* of output_dir) or `last-checkpoint` (the Hub backup of `--hub_strategy
+        checkpoint`, fetched first), after checking that it was saved by a run with the same settings."""
+        resume = resume_from_checkpoint if resume_from_checkpoint is not None else self.args.resume_from_checkpoint
+        if resume is True:
+            resume = "latest"
+        if resume:
+            resume = self.resolve_resume(str(resume))
+            check_resume_settings(resume, self.record, self.record["data"][0]["split"] if self.record["data"] else "train")
+            logger.info("resuming from %s (step %s)", resume, Path(resume).name.rpartition("-")[2])
+        self.record["resumed_from"] = resume or None
+        return super().train(resume_from_checkpoint=resume or None, **kwargs)
+
+    def resolve_resume(self, resume: str) -> str:
+        """The checkpoint folder that `resume` names."""
+        if resume == HUB_LAST_CHECKPOINT and not (Path(self.args.output_dir) / resume).is_dir():
+            if self.args.process_index == 0:
+                fetch_last_checkpoint(self.args)
+            self.accelerator.wait_for_everyone()
+            return str(Path(self.args.output_dir) / resume)
+        return resolve_checkpoint(self.args.output_dir, resume)
+
+    def save_final_model(self, eval_metrics: dict | None = None, train_metrics: dict | None = None) -> Path:
+        """The final checkpoint in output_dir, written atomically: plain CLIP weights (LoRA adapters
+        merged first: from then on this Trainer holds the merged model), processor, metrics, Trainer
+        state, provenance and the model card. See `omninegclip.training.saving`."""
+        return save_final_model(self, eval_metrics, train_metrics)
+
+    def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True, **kwargs):
+        """`Trainer.push_to_hub` with the project's card; LoRA adapters are merged first (the repo holds
+        plain CLIP weights only), and with `hub_adapter_id` the adapter goes to its own repo as well."""
+        if self.lora_settings is not None and hasattr(self.accelerator.unwrap_model(self.model), "merge_and_unload"):
+            merge_adapters(self)
+        result = super().push_to_hub(commit_message=commit_message, blocking=blocking, **kwargs)
+        if self.args.hub_adapter_id and self.is_world_process_zero():
+            push_adapter(Path(self.args.output_dir) / ADAPTER_DIR, self.args.hub_adapter_id, token=self.args.hub_token,
+                         private=self.args.hub_private_repo)
+        return result
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """`--hub_strategy` backups during training. Without LoRA, the Trainer's own. With LoRA the
+        repo's root gets the merged weights once, at the end, and never the adapter files (loaders would
+        apply them on top of the merged weights): `checkpoint` and `all_checkpoints` push the checkpoint
+        folder (adapters, optimiser, scheduler) into `last-checkpoint/` or `checkpoint-N/` only, and
+        `every_save` pushes nothing before the end."""
+        if self.lora_settings is None:
+            return super()._push_from_checkpoint(checkpoint_folder)
+        strategy = str(getattr(self.args.hub_strategy, "value", self.args.hub_strategy))
+        if not self.is_world_process_zero() or strategy not in (HUB_CHECKPOINT, HUB_ALL_CHECKPOINTS):
+            return None
+        if self.push_in_progress is not None and not self.push_in_progress.is_done() and not self.args.hub_always_push:
+            return None
+        path_in_repo = HUB_LAST_CHECKPOINT if strategy == HUB_CHECKPOINT else Path(checkpoint_folder).name
+        job = transformers_trainer.hf_api().upload_folder(
+            repo_id=self.hub_model_id, folder_path=checkpoint_folder, path_in_repo=path_in_repo, token=self.args.hub_token,
+            commit_message=f"Training in progress, step {self.state.global_step}, checkpoint", run_as_future=True,
+            revision=self.args.hub_revision)
+        self.push_in_progress = PushInProgress([job])
+        return None
+
+    def create_model_card(self, model_name: str | None = None, **kwargs) -> None:
+        """The project's card (README.md of output_dir: metadata with pipeline tag, widget, base model,
+        datasets, tags and model-index; usage, training and results) instead of the Trainer's generic
+        one; `trainer.push_to_hub()` uploads it."""
+        if not self.is_world_process_zero():
+            return
+        write_model_card(Path(self.args.output_dir), repo_id=self.hub_model_id or self.args.hub_model_id, **self.card_settings())
+
+    def card_settings(self) -> dict:
+        return dict(base_model=self.base_model, datasets=self.source_names, widget_examples=self.widget, license=self.args.license,
+                    base_model_id=self.args.card_base_model, dataset_ids=self.args.dataset_ids())
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = self.train_dataset if train_dataset is None else train_dataset
@@ -173,7 +359,7 @@ def check_training_steps(trainer: Trainer) -> int:
     return steps
 
 
-def ready_to_train(trainer: OmniNegCLIPTrainer, model, lora: bool, push: bool) -> int:
+def ready_to_train(trainer: OmniNegCLIPTrainer, model, lora: bool) -> int:
     """Refuse what cannot train (LoRA under FSDP, a run of 0 steps), make the logit scale shardable
     for FSDP/DeepSpeed; return the optimiser steps the run will take."""
     if lora and trainer.is_fsdp_enabled:
@@ -182,8 +368,6 @@ def ready_to_train(trainer: OmniNegCLIPTrainer, model, lora: bool, push: bool) -
     steps = check_training_steps(trainer)
     if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:  # neither takes CLIP's 0-dim logit_scale
         model.make_logit_scale_shardable()
-    if push:
-        logger.info("--push_to_hub: the final checkpoint is pushed once, after training (--hub_strategy is not used)")
     return steps
 
 
