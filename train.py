@@ -82,8 +82,8 @@ from omninegclip.common.checkpoints import check_clip_checkpoint
 from omninegclip.common.cli import Interrupted, UserError, run_cli
 from omninegclip.common.outputs import OutputLock, ensure_writable
 from omninegclip.common.safe_load import first_line, load_pretrained_checked
-from omninegclip.training.arguments import parse_flags
-from omninegclip.training.checkpoints import interrupted_message
+from omninegclip.training.arguments import check_report_to, parse_flags
+from omninegclip.training.checkpoints import check_output_and_resume, interrupted_message
 from omninegclip.training.config import DataArguments, ModelArguments, OmniNegCLIPConfig
 from omninegclip.training.data import load_any_dataset
 from omninegclip.training.trainer import OmniNegCLIPTrainer, end_process_group
@@ -151,6 +151,9 @@ def main(argv: list[str]) -> tuple[OmniNegCLIPTrainer, dict]:
     set_seed(config.seed)
     if config.image_embedding_cache_dir:
         ensure_writable(config.image_embedding_cache_dir, "--image_embedding_cache_dir")
+    # Before anything slow (the Trainer checks both again): the trackers, and the output folder, before the lock is taken in it.
+    check_report_to(config)
+    check_output_and_resume(config, config.overwrite_output_dir, data_args.sources())
     try:
         if config.process_index != 0:  # the first process holds the lock for all
             return train_and_save(model_args, data_args, config)

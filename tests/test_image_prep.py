@@ -219,11 +219,12 @@ def test_train_embeds_on_its_device_in_its_precision_before_the_trainer_exists(t
         return real(refs, transform, **kwargs)
 
     monkeypatch.setattr(prepare, "image_pass", recording)
-    args = train.parse_args(train_flags(model_dir, data, tmp_path / "out", bf16="true", use_cpu="true"))
-    model, loaded_processor = train.load_model(args.model)
-    prepare.prepare_splits(args, loaded_processor, model)
+    model_args, data_args, config = train.parse_args(train_flags(model_dir, data, tmp_path / "out", bf16="true", use_cpu="true"))
+    model, loaded_processor = train.load_model(model_args)
+    train_datasets, _ = train.load_datasets(data_args, config, None)
+    prepare.prepare_splits(config, loaded_processor, model, {"train": train_datasets})
     ((device, precision, model_device),) = calls  # called by prepare_splits: no Trainer exists yet
-    assert device == args.training.device and model_device.type == args.training.device.type
+    assert device == config.device and model_device.type == config.device.type
     assert precision == torch.bfloat16
 
 
@@ -237,13 +238,14 @@ def test_preparation_writes_no_copy_of_the_images(tmp_path, processor):
     datasets.DatasetDict({"train": presence}).save_to_disk(str(tmp_path / "presence"))
     datasets.DatasetDict({"train": absence}).save_to_disk(str(tmp_path / "absence"))
     before = {path: path.stat().st_size for path in tmp_path.rglob("*") if path.is_file()}
-    args = train.parse_args(train_flags(model_dir, tmp_path / "presence", tmp_path / "runs" / "out",
-                                        mix_dataset_name=tmp_path / "absence"))
-    model, loaded_processor = train.load_model(args.model)
-    tables, packed, _, reports = prepare.prepare_splits(args, loaded_processor, model)
+    model_args, data_args, config = train.parse_args(train_flags(model_dir, tmp_path / "presence", tmp_path / "runs" / "out",
+                                                                 mix_dataset_name=tmp_path / "absence"))
+    model, loaded_processor = train.load_model(model_args)
+    train_datasets, _ = train.load_datasets(data_args, config, None)
+    tables, packed, _, reports = prepare.prepare_splits(config, loaded_processor, model, {"train": train_datasets})
     written = [path for path in tmp_path.rglob("*") if path.is_file() and before.get(path) != path.stat().st_size]
     image_bytes = sum(len(data) for data in pictures + more)
-    assert written and all(path.parent == Path(args.data.image_embedding_cache_dir) for path in written)
+    assert written and all(path.parent == Path(config.image_embedding_cache_dir) for path in written)
     assert sum(path.stat().st_size for path in written) <= 0.05 * image_bytes
     for path in written:
         content = path.read_bytes()

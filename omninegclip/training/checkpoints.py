@@ -147,8 +147,8 @@ def write_provenance(folder: Path, record: dict) -> None:
 
 
 # The Trainer's settings that change what a run computes: a resumed run must have the same.
-RUN_SETTINGS = ("learning_rate", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "warmup_ratio", "num_train_epochs",
-                "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "weight_decay", "adam_beta1",
+# (--max_steps and --num_train_epochs may grow, to train a run further.)
+RUN_SETTINGS = ("learning_rate", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "warmup_ratio", "per_device_train_batch_size", "gradient_accumulation_steps", "weight_decay", "adam_beta1",
                 "adam_beta2", "adam_epsilon", "max_grad_norm", "optim", "seed", "dataloader_drop_last")
 
 
@@ -167,8 +167,8 @@ def _resume_identity(record: dict, train_split: str) -> dict:
         "trainable parts (--train_*)": {key: value for key, value in (settings.get("trainable") or {}).items()
                                         if key not in ("front_blocks", "text_preset", "text_blocks")},
         "LoRA (--lora_*)": settings.get("lora"),
-        "schedule and optimiser (--learning_rate, --lr_scheduler_type, --warmup_*, --num_train_epochs, --max_steps, "
-        "batch sizes, --weight_decay, --seed, ...)": {name: (record.get("training_arguments") or {}).get(name) for name in RUN_SETTINGS},
+        "schedule and optimiser (--learning_rate, --lr_scheduler_type, --warmup_*, batch sizes, --weight_decay, --optim, "
+        "--seed, ...)": {name: (record.get("training_arguments") or {}).get(name) for name in RUN_SETTINGS},
     }
 
 
