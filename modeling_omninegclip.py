@@ -4,28 +4,56 @@ Everything the forward pass and the losses need lives in this file, the table of
 (`CAPTION_SETS`) included: it imports nothing from the rest of the project, which builds on it. Its
 checkpoints stay plain CLIP (`model_type: clip`, `architectures: ["CLIPModel"]`, the same keys as `CLIPModel`).
 
+The objective
+-------------
+Notation of docs/method.md §1: v_i the image, t_i the original caption, p_i its presence-negated
+caption (negates an object IN the image), a_i its absence-negated caption (negates a plausible object
+NOT in the image), f_i its absence-affirmed caption (a_i with the object affirmed: false for the
+image), all L2-normalised; s = exp(logit_scale); CE = cross-entropy. Each term averages over the rows
+that carry its captions; the output field that reports it follows the name.
+
+    L1      loss_presence_image    CE of image i over [t_1..t_B, p_1..p_B], target t_i
+    L2      loss_presence_text     CE of caption t_i over the images, target v_i
+    L3      loss_presence_pair     CE over [s v_i.t_i, s v_i.p_i], target 0
+    L_pre   loss_presence          (L1 + L2 + L3) / 3                       (rows with p_i)
+    L_neg   loss_absence_negated   symmetric InfoNCE between images and absence-negated captions
+    L_orig  loss_absence_original  symmetric InfoNCE between images and original captions
+    L_text  loss_absence_text      mean_i max(0, cos(t_i, a_i) + margin), no temperature
+    L_abs   loss_absence           L_neg + lambda_orig L_orig + lambda_text L_text   (rows with a_i)
+  Optional terms of ours, not in the paper (weight 0 by default: off, not computed, reported as 0):
+    L_choice  loss_choice  CE over [s v_i.a_i, s v_i.p_i, s v_i.f_i], target a_i: the absence-negated
+                           caption is the true option (rows with a_i and p_i or f_i; a missing option
+                           leaves the softmax)
+    L_keep    loss_keep    mean_i max(0, s v_i.t_i - s v_i.a_i): negating an absent object keeps the
+                           match (rows with a_i)
+    L_affirm  loss_affirm  CE over [s v_i.t_i, s v_i.f_i, s v_i.p_i], target t_i: the caption beats
+                           its affirmed twin and its presence negation (rows with f_i or p_i)
+
+    L = L_pre + lambda_abs L_abs + lambda_choice L_choice + lambda_keep L_keep + lambda_affirm L_affirm
+
+A batch in which no row (of any process) carries a presence- or absence-negated caption is plain CLIP:
+L = loss_clip, CLIP's symmetric InfoNCE between images and original captions, and the other terms are
+None. Under several processes every term sees the global batch (all processes' rows) and each process
+scores its own rows against all columns, so that the mean over processes equals one process's loss on
+the global batch.
+
 Public surface
 --------------
 - `OmniNegCLIPModel(CLIPModel)`: `forward` takes images (or their precomputed embeddings), the
-  original captions and, optionally, the other caption sets of `CAPTION_SETS` (presence-negated,
-  absence-negated, absence-affirmed) with per-row masks; returns an `OmniNegCLIPOutput` with the
-  total loss, every term, the logits and one embedding field per caption set.
+  original captions and, optionally, the presence-negated, absence-negated and absence-affirmed
+  captions with per-row masks; returns an `OmniNegCLIPOutput`.
+- `OmniNegCLIPOutput`: the total loss, every term above, CLIP's logits and the L2-normalised
+  embeddings of the images and of every caption set. `LOSS_TERM_NAMES`: its `loss_*` fields.
+- `OmniNegCLIPLoss(config, rank, world_size)`: the objective in two steps, as open_clip's `ClipLoss`:
+  `gather` (the one autograd-carrying all-gather, `all_gather_rows`, into a `GlobalBatch`: the
+  global batch's embeddings and row masks by caption set), then `terms` over it.
 - `OmniNegLossConfig`: loss weights and margin (defaults: the authors' released code);
   `caption_sets_read()`: the caption sets its active terms read (what the collator passes).
 - `LOSS_TERMS`: each term of the total loss with its weight and the caption sets it reads.
 - `TrainableConfig`, `resolve_text_blocks`, `apply_trainable`: which parameters train.
 - The loss terms, pure functions of L2-normalised embeddings, the logit scale and row masks:
-  `presence_loss`, `absence_loss`, `choice_loss`, `keep_match_loss`, `symmetric_infonce`,
-  `masked_cross_entropy`.
-- `gather_rows`: the autograd-carrying all-gather that makes every contrastive term see the
-  global batch under several processes (local-loss semantics); `gather_batch` gathers the image
-  embeddings and every caption set at once into a `GlobalBatch`, which every loss term reads.
-
-Notation of docs/method.md §1 and the output fields that carry each term:
-    L1 loss_presence_image, L2 loss_presence_text, L3 loss_presence_pair, L_pre loss_presence,
-    L_neg loss_absence_negated, L_orig loss_absence_original, L_text loss_absence_text, L_abs loss_absence.
-Total: L = L_pre + lambda_abs * L_abs (+ lambda_choice * L_choice + lambda_keep * L_keep: optional
-terms of ours, 0 by default).
+  `presence_loss`, `absence_loss`, `choice_loss`, `keep_match_loss`, `text_margin_loss`,
+  `symmetric_infonce`, `masked_cross_entropy`.
 """
 
 from __future__ import annotations
@@ -33,7 +61,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, make_dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -236,65 +264,6 @@ def apply_trainable(model: CLIPModel, trainable: TrainableConfig) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Distributed: autograd all-gather with local-loss semantics
-# ----------------------------------------------------------------------------------------------
-
-
-def _world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
-def gather_rows(tensor: torch.Tensor) -> tuple[torch.Tensor, slice, int]:
-    """All processes' rows, concatenated in rank order, with gradients flowing back to each owner.
-
-    Returns (global tensor, the slice of this process's rows in it, world size). Every process must
-    pass the same number of rows (drop-last batches). One process: the tensor itself."""
-    rank, world_size = _world()
-    if world_size == 1:
-        return tensor, slice(0, tensor.shape[0]), 1
-    import torch.distributed.nn.functional as dist_fn
-
-    gathered = torch.cat(dist_fn.all_gather(tensor.contiguous()), dim=0)
-    rows = tensor.shape[0]
-    return gathered, slice(rank * rows, (rank + 1) * rows), world_size
-
-
-@dataclass
-class GlobalBatch:
-    """What every loss term reads: L2-normalised embeddings of the global batch (G rows, every
-    process's in rank order) for the images and, by `CaptionSet.name`, for every caption set (zeros
-    where a row has none), each set's (G,) row mask, and which rows this process scores."""
-
-    image: torch.Tensor
-    embeds: dict[str, torch.Tensor]
-    masks: dict[str, torch.Tensor]
-    rows: slice
-    world_size: int = 1
-
-    @property
-    def local(self) -> dict:
-        """The `rows` / `world_size` keywords every loss function takes."""
-        return {"rows": self.rows, "world_size": self.world_size}
-
-
-def gather_batch(image_embeds: torch.Tensor, embeds: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]) -> GlobalBatch:
-    """One `gather_rows` for the images and every caption set of `CAPTION_SETS` with its row mask, so
-    that columns stay aligned row for row across processes. A set this process was not given goes as
-    zeros with no row on: every process gathers the same columns."""
-    names = [row.name for row in CAPTION_SETS]
-    none = image_embeds.new_zeros(image_embeds.shape[0], dtype=torch.bool)
-    vectors = [image_embeds] + [embeds.get(name, torch.zeros_like(image_embeds)) for name in names]
-    flags = [masks.get(name, none)[:, None].float() for name in names]
-    gathered, rows, world_size = gather_rows(torch.cat(vectors + flags, dim=1))
-    width = image_embeds.shape[1] * len(vectors)
-    image, *texts = gathered[:, :width].split(image_embeds.shape[1], dim=1)
-    on = (gathered[:, width:] > 0.5).unbind(dim=1)
-    return GlobalBatch(image, dict(zip(names, texts)), dict(zip(names, on)), rows, world_size)
-
-
-# ----------------------------------------------------------------------------------------------
 # Loss terms: pure functions of L2-normalised embeddings, the logit scale s = exp(logit_scale) and masks
 # ----------------------------------------------------------------------------------------------
 #
@@ -468,7 +437,36 @@ def keep_match_loss(
 
 
 # ----------------------------------------------------------------------------------------------
-# The total loss: its terms, the caption sets each reads, and the output that reports them
+# The global batch: what every term of the total loss reads
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GlobalBatch:
+    """The L2-normalised embeddings of the global batch: G = world_size x B rows, every process's
+    rows in rank order (one process: G = B, the batch itself).
+
+    image:      (G, D) the images.
+    embeds:     by `CaptionSet.name` ("caption", "presence", "absence", "affirmed"), (G, D) that
+                set's embeddings, zeros where a row has none (every set of `CAPTION_SETS` is here).
+    masks:      by `CaptionSet.name`, (G,) bool: which rows carry one of that set.
+    rows:       the rows of G this process scores (its own: rank x B to (rank + 1) x B).
+    world_size: how many processes score the batch (each term's mean is normalised by it)."""
+
+    image: torch.Tensor
+    embeds: dict[str, torch.Tensor]
+    masks: dict[str, torch.Tensor]
+    rows: slice
+    world_size: int = 1
+
+    @property
+    def local(self) -> dict:
+        """The `rows` / `world_size` keywords every loss function takes."""
+        return {"rows": self.rows, "world_size": self.world_size}
+
+
+# ----------------------------------------------------------------------------------------------
+# The total loss: its terms, the weight of each and the caption sets each reads
 # ----------------------------------------------------------------------------------------------
 
 
@@ -523,8 +521,9 @@ def _keep_term(batch: GlobalBatch, logit_scale: torch.Tensor, cfg: OmniNegLossCo
     return {"loss_keep": value}
 
 
-# L = L_pre + lambda_abs L_abs (+ lambda_choice L_choice + lambda_keep L_keep). A batch in which no row
-# carries a caption set that the non-optional terms read (besides the caption) gets CLIP's loss instead.
+# L = L_pre + lambda_abs L_abs (+ lambda_choice L_choice + lambda_keep L_keep + lambda_affirm L_affirm).
+# A batch in which no row carries a caption set that the non-optional terms read (besides the caption)
+# gets CLIP's loss instead (`OmniNegCLIPLoss.terms`).
 LOSS_TERMS: tuple[LossTerm, ...] = (
     LossTerm("loss_presence", ("caption", "presence"), _presence_term),
     LossTerm("loss_absence", ("caption", "absence"), _absence_term, weight="lambda_abs"),
@@ -534,9 +533,174 @@ LOSS_TERMS: tuple[LossTerm, ...] = (
 )
 
 
+# ----------------------------------------------------------------------------------------------
+# The loss: gather the global batch, then every term of `LOSS_TERMS` over it
+# ----------------------------------------------------------------------------------------------
+
+
+def all_gather_rows(tensors: list[torch.Tensor], world_size: int) -> list[torch.Tensor]:
+    """Every process's rows of each (B, ...) tensor, concatenated in rank order into (G, ...), with
+    gradients flowing back to the process that owns each row (`torch.distributed.nn.functional.all_gather`).
+
+    One collective for all of them: each flattened to (B, -1), laid side by side as float32, gathered,
+    then split back, reshaped and cast to its own dtype (a bool mask travels as 0/1). Every process
+    must pass the same list of shapes: the same B (drop-last batches) and the same tensors.
+    world_size 1: no collective, the same packing and unpacking (one code path for every world size;
+    it also keeps the memory layout of the gradients, and so the exact numbers, of earlier runs)."""
+    rows = tensors[0].shape[0]
+    flat = [tensor.reshape(rows, -1) for tensor in tensors]
+    packed = torch.cat([tensor.float() for tensor in flat], dim=1)
+    if world_size > 1:
+        import torch.distributed.nn.functional as dist_fn
+
+        packed = torch.cat(dist_fn.all_gather(packed.contiguous()), dim=0)
+    pieces = packed.split([tensor.shape[1] for tensor in flat], dim=1)
+    return [piece.reshape(-1, *tensor.shape[1:]).to(tensor.dtype) for piece, tensor in zip(pieces, tensors)]
+
+
+class OmniNegCLIPLoss:
+    """The Omni-NegCLIP objective (the module docstring lists every term), given this process's
+    place among the processes that share the batch, as open_clip's `ClipLoss` is.
+
+    Two steps: `gather` makes the `GlobalBatch` (one process: the batch itself; several: one
+    all-gather that carries gradients, see `all_gather_rows`), and `terms` computes the total loss and
+    every term of `LOSS_TERMS` over it. The semantics are open_clip's `local_loss=True`: each process
+    scores its own B rows against the columns of all G rows (targets offset by rank x B), and each
+    term's mean is normalised so that the mean over processes equals the loss of one process on the
+    whole global batch (as DDP averages gradients).
+
+    The terms, by the `OmniNegCLIPOutput` field that reports each (formulas: the module docstring):
+        loss = loss_presence + lambda_abs loss_absence
+               + lambda_choice loss_choice + lambda_keep loss_keep + lambda_affirm loss_affirm
+        loss_presence = (loss_presence_image + loss_presence_text + loss_presence_pair) / 3
+        loss_absence = loss_absence_negated + lambda_orig loss_absence_original + lambda_text loss_absence_text
+    loss_choice, loss_keep and loss_affirm are optional: 0 while their weight is 0. In a global batch
+    without presence- or absence-negated captions: loss = loss_clip (CLIP's symmetric InfoNCE) alone.
+
+    config:     the weights and margin.
+    rank:       this process's rank (0 for one process).
+    world_size: how many processes share the batch (1: no collective)."""
+
+    def __init__(self, config: OmniNegLossConfig, rank: int = 0, world_size: int = 1):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+        self.config = config
+        self.rank = rank
+        self.world_size = world_size
+
+    def __call__(
+        self,
+        image_embeds: torch.Tensor,
+        caption_embeds: dict[str, torch.Tensor],
+        row_masks: dict[str, torch.Tensor],
+        logit_scale: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """`terms(gather(image_embeds, caption_embeds, row_masks), logit_scale)`."""
+        return self.terms(self.gather(image_embeds, caption_embeds, row_masks), logit_scale)
+
+    def gather(
+        self, image_embeds: torch.Tensor, caption_embeds: dict[str, torch.Tensor], row_masks: dict[str, torch.Tensor]
+    ) -> GlobalBatch:
+        """This process's batch into the global one.
+
+        image_embeds:   (B, D) L2-normalised image embeddings.
+        caption_embeds: by `CaptionSet.name`, (B, D) L2-normalised embeddings, zeros where a row has none.
+        row_masks:      by `CaptionSet.name`, (B,) bool: the rows that carry one.
+        A set of `CAPTION_SETS` missing from these (the collator left it out) enters the global batch
+        as zeros with no row on, so that every process gathers the same tensors."""
+        rows = image_embeds.shape[0]
+        no_rows = image_embeds.new_zeros(rows, dtype=torch.bool)
+        names = [row.name for row in CAPTION_SETS]
+        embeds = {name: caption_embeds.get(name, torch.zeros_like(image_embeds)) for name in names}
+        masks = {name: row_masks.get(name, no_rows) for name in names}
+        image_embeds, *gathered = all_gather_rows([image_embeds, *embeds.values(), *masks.values()], self.world_size)
+        embeds = dict(zip(names, gathered[: len(names)]))
+        masks = dict(zip(names, gathered[len(names) :]))
+        own_rows = slice(self.rank * rows, (self.rank + 1) * rows)
+        return GlobalBatch(image_embeds, embeds, masks, own_rows, self.world_size)
+
+    def terms(self, batch: GlobalBatch, logit_scale: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The total loss ("loss") and every term over `batch`, by `OmniNegCLIPOutput` field name, each
+        a 0-dim tensor. logit_scale: s, the exp of the model's `logit_scale` (shape (), or (1,) under
+        FSDP / DeepSpeed).
+
+        No row of the global batch carries a caption set that the paper's terms read (a presence- or
+        absence-negated caption): CLIP's symmetric InfoNCE, as "loss" and "loss_clip", and no other term."""
+        cfg = self.config
+        paper_sets = {name for term in LOSS_TERMS if not term.optional for name in term.reads} - {CAPTION.name}
+        if not any(bool(batch.masks[name].any()) for name in paper_sets):
+            loss_clip = symmetric_infonce(batch.image, batch.embeds[CAPTION.name], logit_scale, **batch.local)
+            return {"loss_clip": loss_clip, "loss": loss_clip}
+        terms, total = {}, None
+        for term in LOSS_TERMS:
+            values = term.compute(batch, logit_scale, cfg) if term.active(cfg) else {term.name: logit_scale.new_zeros(())}
+            terms |= values
+            weighted = values[term.name] if term.weight is None else getattr(cfg, term.weight) * values[term.name]
+            total = weighted if total is None else total + weighted
+        terms["loss"] = total
+        return terms
+
+
+# ----------------------------------------------------------------------------------------------
+# The output
+# ----------------------------------------------------------------------------------------------
+
+
 @dataclass
-class _OmniNegCLIPLosses(ModelOutput):
-    """The loss fields of `OmniNegCLIPOutput`."""
+class OmniNegCLIPOutput(ModelOutput):
+    r"""
+    What `OmniNegCLIPModel.forward` returns. B: this process's rows; D: the projection size
+    (`config.projection_dim`). The loss and every term are 0-dim tensors over the global batch (the
+    module docstring gives each formula); a term is None when the loss was not computed
+    (`return_loss=False`), and in a batch without presence- or absence-negated captions every term but
+    `loss_clip` is None. A term whose rows are absent from the batch, or an optional term whose weight
+    is 0, is 0.
+
+    loss (`torch.Tensor` of shape `()`, returned unless `return_loss=False`):
+        The total loss, L = L_pre + lambda_abs L_abs + lambda_choice L_choice + lambda_keep L_keep
+        + lambda_affirm L_affirm; CLIP's loss (`loss_clip`) in a batch without negations.
+    loss_clip (`torch.Tensor` of shape `()`):
+        CLIP's symmetric InfoNCE between images and original captions; only in a batch without negations.
+    loss_presence_image (`torch.Tensor` of shape `()`):
+        L1: each image against every original and presence-negated caption, target its own caption.
+    loss_presence_text (`torch.Tensor` of shape `()`):
+        L2: each original caption against the images, target its own image.
+    loss_presence_pair (`torch.Tensor` of shape `()`):
+        L3: each image's own caption against its own presence negation, target the caption.
+    loss_presence (`torch.Tensor` of shape `()`):
+        L_pre = (L1 + L2 + L3) / 3, over the rows with a presence-negated caption.
+    loss_absence_negated (`torch.Tensor` of shape `()`):
+        L_neg: symmetric InfoNCE between images and absence-negated captions.
+    loss_absence_original (`torch.Tensor` of shape `()`):
+        L_orig: symmetric InfoNCE between images and original captions, on the same rows.
+    loss_absence_text (`torch.Tensor` of shape `()`):
+        L_text: mean max(0, cos(caption, absence-negated caption) + margin).
+    loss_absence (`torch.Tensor` of shape `()`):
+        L_abs = L_neg + lambda_orig L_orig + lambda_text L_text, over the rows with an absence-negated caption.
+    loss_choice (`torch.Tensor` of shape `()`):
+        L_choice (optional, `lambda_choice`): per image, its absence-negated caption against its
+        presence-negated and absence-affirmed captions.
+    loss_keep (`torch.Tensor` of shape `()`):
+        L_keep (optional, `lambda_keep`): mean max(0, s v.t - s v.a).
+    loss_affirm (`torch.Tensor` of shape `()`):
+        L_affirm (optional, `lambda_affirm`): per image, its original caption against its
+        absence-affirmed and presence-negated captions.
+    logits_per_image (`torch.Tensor` of shape `(B, B)`):
+        s times the cosine of each image (row) with each original caption (column), this process's rows.
+    logits_per_text (`torch.Tensor` of shape `(B, B)`):
+        `logits_per_image` transposed: each original caption (row) with each image (column).
+    text_embeds (`torch.Tensor` of shape `(B, D)`):
+        The L2-normalised embeddings of the original captions.
+    image_embeds (`torch.Tensor` of shape `(B, D)`):
+        The L2-normalised image embeddings.
+    presence_negated_embeds (`torch.Tensor` of shape `(B, D)`, *optional*):
+        The L2-normalised embeddings of the presence-negated captions, zeros where a row has none;
+        None when the batch carried none.
+    absence_negated_embeds (`torch.Tensor` of shape `(B, D)`, *optional*):
+        The same for the absence-negated captions.
+    absence_affirmed_embeds (`torch.Tensor` of shape `(B, D)`, *optional*):
+        The same for the absence-affirmed captions.
+    """
 
     loss: torch.Tensor | None = None
     loss_clip: torch.Tensor | None = None
@@ -553,27 +717,16 @@ class _OmniNegCLIPLosses(ModelOutput):
     loss_affirm: torch.Tensor | None = None
     logits_per_image: torch.Tensor | None = None
     logits_per_text: torch.Tensor | None = None
+    text_embeds: torch.Tensor | None = None
     image_embeds: torch.Tensor | None = None
+    presence_negated_embeds: torch.Tensor | None = None
+    absence_negated_embeds: torch.Tensor | None = None
+    absence_affirmed_embeds: torch.Tensor | None = None
 
 
-# The losses and logits above, then one embedding field per caption set (`CaptionSet.output`:
-# text_embeds, presence_negated_embeds, absence_negated_embeds, absence_affirmed_embeds).
-OmniNegCLIPOutput = make_dataclass(
-    "OmniNegCLIPOutput",
-    [(row.output, "torch.Tensor | None", field(default=None)) for row in CAPTION_SETS],
-    bases=(_OmniNegCLIPLosses,),
-    namespace={
-        "__module__": __name__,
-        "__doc__": """Total loss, every term (see the module docstring for the mapping to docs/method.md), CLIP's
-    logits and the L2-normalised embeddings: `image_embeds` and one field per caption set.
-
-    Terms whose rows are absent from the batch are 0. `logits_*` and the embeddings cover this
-    process's rows (original captions); a caption set's embeddings are zero where the row has none,
-    and None when the batch did not carry that set.""",
-    },
-)
-
-LOSS_TERM_NAMES = tuple(name for name in OmniNegCLIPOutput.__dataclass_fields__ if name.startswith("loss_"))
+_OUTPUT_FIELDS = tuple(field.name for field in fields(OmniNegCLIPOutput))
+# The terms the Trainer logs (`loss_clip` too, in a batch without negations).
+LOSS_TERM_NAMES = tuple(name for name in _OUTPUT_FIELDS if name.startswith("loss_"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -618,8 +771,8 @@ class OmniNegCLIPModel(CLIPModel):
     plain CLIP checkpoint whose config.json records the settings used (`omninegclip`), restored by
     `from_pretrained`."""
 
-    # The caption sets come through `forward`'s **caption_sets; that is no loss keyword (such as
-    # num_items_in_batch) for the Trainer to pass: the loss is a mean, scaled for accumulation by the Trainer.
+    # `forward`'s **extra_caption_sets takes caption sets, no loss keyword (such as num_items_in_batch)
+    # for the Trainer to pass: the loss is a mean, scaled for accumulation by the Trainer.
     accepts_loss_kwargs = False
 
     def __init__(self, config, loss_config: OmniNegLossConfig | None = None, text_bucket_rows: int | None = TEXT_BUCKET_ROWS):
@@ -689,35 +842,96 @@ class OmniNegCLIPModel(CLIPModel):
         input_ids: torch.LongTensor | None = None,
         pixel_values: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        *,
+        presence_negated_input_ids: torch.LongTensor | None = None,
+        presence_negated_attention_mask: torch.Tensor | None = None,
+        presence_mask: torch.Tensor | None = None,
+        absence_negated_input_ids: torch.LongTensor | None = None,
+        absence_negated_attention_mask: torch.Tensor | None = None,
+        absence_mask: torch.Tensor | None = None,
+        absence_affirmed_input_ids: torch.LongTensor | None = None,
+        absence_affirmed_attention_mask: torch.Tensor | None = None,
+        absence_affirmed_mask: torch.Tensor | None = None,
         image_embeds: torch.Tensor | None = None,
         return_loss: bool | None = None,
-        **caption_sets: torch.Tensor | None,
+        **extra_caption_sets: torch.Tensor | None,
     ) -> OmniNegCLIPOutput:
-        """One step of Omni-NegCLIP.
+        """One step of Omni-NegCLIP: encode, then the logits, then the loss (`OmniNegCLIPLoss`) over the
+        global batch. B: this process's rows, L: tokens (each caption set may have its own L).
 
-        input_ids / attention_mask: the original captions (B rows). pixel_values, or image_embeds
-        (precomputed projected image embeddings: the fast path when the image tower is frozen).
-        caption_sets: every other caption set of `CAPTION_SETS` by its argument names, (B, L) token
-        ids for every row with a (B,) bool row mask saying which rows carry one:
-        presence_negated_input_ids / _attention_mask / presence_mask, absence_negated_* /
-        absence_mask, absence_affirmed_* / absence_affirmed_mask. Rows whose mask is off are never
-        encoded; every set given is encoded (the collator leaves out the sets that no active loss
-        term reads). Without negations the loss is CLIP's symmetric InfoNCE."""
-        given = caption_inputs(caption_sets | {CAPTION.input_ids: input_ids, CAPTION.attention_mask: attention_mask})
+        input_ids (`(B, L)`), attention_mask (`(B, L)`, default all ones):
+            The original captions; every row has one. These three may be positional, in
+            `CLIPModel.forward`'s order (input_ids, pixel_values, attention_mask); the rest are keyword-only.
+        pixel_values (`(B, 3, H, W)`), or image_embeds (`(B, D)`):
+            The images, or their projected (un-normalised) embeddings precomputed by
+            `get_image_features`: the fast path while the image tower is frozen.
+        presence_negated_input_ids, presence_negated_attention_mask (`(B, L)`), presence_mask (`(B,)` bool):
+            The presence-negated captions (negate an object IN the image) and which rows carry one
+            (the ids of a row without one are ignored). Default mask: every row.
+        absence_negated_input_ids, absence_negated_attention_mask (`(B, L)`), absence_mask (`(B,)` bool):
+            The absence-negated captions (negate a plausible object NOT in the image), likewise.
+        absence_affirmed_input_ids, absence_affirmed_attention_mask (`(B, L)`), absence_affirmed_mask (`(B,)` bool):
+            The absence-affirmed captions (the absence-negated caption with its object affirmed),
+            read only by the optional choice and affirmation terms; likewise.
+        return_loss: False skips the loss; None or True computes it.
+        extra_caption_sets: the arguments (`CaptionSet.input_ids`, `.attention_mask`, `.row_mask`) of a
+            caption set appended to `CAPTION_SETS` beyond these four, whose embeddings the output carries
+            under its `CaptionSet.output` key; any other name is a TypeError.
+
+        Returns an `OmniNegCLIPOutput`: the logits and embeddings of this process's rows and, unless
+        `return_loss=False`, the loss over the global batch with every term (`OmniNegCLIPLoss`):
+            loss = loss_presence + lambda_abs loss_absence
+                   + lambda_choice loss_choice + lambda_keep loss_keep + lambda_affirm loss_affirm,
+            loss_presence from loss_presence_image, loss_presence_text, loss_presence_pair;
+            loss_absence from loss_absence_negated, loss_absence_original, loss_absence_text;
+            loss_choice, loss_keep, loss_affirm: optional (0 while their weight is 0);
+            loss_clip: the loss instead of all these when no row carries a presence- or absence-negated caption.
+
+        The argument names are the collator's keys (`CAPTION_SETS`). A caption set not given is left
+        out of every term; every set given is encoded, each only for its rows whose mask is on (the
+        collator leaves out the sets that no active loss term reads). All caption sets go through the
+        text encoder in one pass (`encode_texts`)."""
+        given = caption_inputs(dict(
+            input_ids=input_ids, attention_mask=attention_mask,
+            presence_negated_input_ids=presence_negated_input_ids,
+            presence_negated_attention_mask=presence_negated_attention_mask, presence_mask=presence_mask,
+            absence_negated_input_ids=absence_negated_input_ids,
+            absence_negated_attention_mask=absence_negated_attention_mask, absence_mask=absence_mask,
+            absence_affirmed_input_ids=absence_affirmed_input_ids,
+            absence_affirmed_attention_mask=absence_affirmed_attention_mask, absence_affirmed_mask=absence_affirmed_mask,
+        ) | extra_caption_sets)
         images = self.encode_images(pixel_values, image_embeds)
         embeds, masks = self.encode_caption_sets(given)
         image_embeds = F.normalize(images.float(), dim=-1)
         logit_scale = self.logit_scale.exp()
+
         logits_per_text = logit_scale * embeds[CAPTION.name] @ image_embeds.T
         output = OmniNegCLIPOutput(
             logits_per_image=logits_per_text.T,
             logits_per_text=logits_per_text,
+            text_embeds=embeds[CAPTION.name],
             image_embeds=image_embeds,
-            **{row.output: embeds.get(row.name) for row in CAPTION_SETS},
+            presence_negated_embeds=embeds.get(PRESENCE.name),
+            absence_negated_embeds=embeds.get(ABSENCE.name),
+            absence_affirmed_embeds=embeds.get(AFFIRMED.name),
         )
+        for row in CAPTION_SETS:
+            if row.name in embeds and row.output not in _OUTPUT_FIELDS:  # a caption set beyond the four above
+                output[row.output] = embeds[row.name]
+
         if return_loss is not False:
-            self._add_losses(output, gather_batch(image_embeds, embeds, masks), logit_scale)
+            losses = self.make_loss()(image_embeds, embeds, masks, logit_scale)
+            for name, value in losses.items():
+                output[name] = value
         return output
+
+    def make_loss(self) -> OmniNegCLIPLoss:
+        """The loss with `loss_config`, given this process's rank and the world size when
+        torch.distributed is initialised (one process otherwise)."""
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if not distributed:
+            return OmniNegCLIPLoss(self.loss_config)
+        return OmniNegCLIPLoss(self.loss_config, rank=torch.distributed.get_rank(), world_size=torch.distributed.get_world_size())
 
     def encode_caption_sets(self, given: dict) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """`caption_inputs`' sets through the text encoder in one pass (`encode_texts`), each only for
@@ -733,24 +947,6 @@ class OmniNegCLIPModel(CLIPModel):
                 full = features.new_zeros(ids.shape[0], features.shape[1])
                 embeds[name], masks[name] = full.index_put((rows.nonzero(as_tuple=True)[0],), features), rows
         return embeds, masks
-
-    def _add_losses(self, output: OmniNegCLIPOutput, batch: GlobalBatch, logit_scale: torch.Tensor) -> None:
-        """The total loss and every term of `LOSS_TERMS` over the global batch, into `output`."""
-        cfg = self.loss_config
-        core = {name for term in LOSS_TERMS if not term.optional for name in term.reads} - {CAPTION.name}
-        if not any(bool(batch.masks[row.name].any()) for row in CAPTION_SETS if row.name in core):
-            output.loss_clip = symmetric_infonce(batch.image, batch.embeds[CAPTION.name], logit_scale, **batch.local)
-            output.loss = output.loss_clip
-            return
-        total = None
-        for term in LOSS_TERMS:
-            values = term.compute(batch, logit_scale, cfg) if term.active(cfg) else {term.name: logit_scale.new_zeros(())}
-            for name, value in values.items():
-                output[name] = value
-            weighted = values[term.name] if term.weight is None else getattr(cfg, term.weight) * values[term.name]
-            total = weighted if total is None else total + weighted
-        output.loss = total
-
     # -- training helpers ----------------------------------------------------------------------
 
     @torch.no_grad()

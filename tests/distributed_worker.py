@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import torch
+from conftest import tiny_clip_config
 
 from modeling_omninegclip import LOSS_TERM_NAMES, OmniNegCLIPModel, OmniNegLossConfig, TrainableConfig, apply_trainable
 from omninegclip.common.clip import BOS_TOKEN_ID as BOS
 from omninegclip.common.clip import EOS_TOKEN_ID as EOS
-from omninegclip.common.clip import TINY_CLIP
 
 GLOBAL_ROWS = 8
 # Per scenario: which rows carry a presence / absence negation. Rank 0 holds rows 0-3, rank 1 rows 4-7.
@@ -40,7 +39,7 @@ SCENARIOS = {
 def make_model() -> OmniNegCLIPModel:
     """Both towers train, so gradients flow back through every gathered embedding."""
     torch.manual_seed(0)
-    model = OmniNegCLIPModel(replace(TINY_CLIP, text_layers=3).config(), loss_config=OmniNegLossConfig(lambda_choice=1.0))
+    model = OmniNegCLIPModel(tiny_clip_config(text_layers=3), loss_config=OmniNegLossConfig(lambda_choice=1.0))
     apply_trainable(model, TrainableConfig(text_preset="whole", train_vision_tower=True))
     return model.train()
 

@@ -22,8 +22,8 @@ from transformers import HfArgumentParser  # noqa: E402
 
 import data_builder  # noqa: E402
 import modeling_omninegclip as modeling  # noqa: E402
+from conftest import tiny_clip_config  # noqa: E402
 from omninegclip.training.config import OmniNegCLIPConfig  # noqa: E402
-from omninegclip.common.clip import TINY_CLIP  # noqa: E402
 from omninegclip.common.tokenization import build_clip_tokenizer  # noqa: E402
 from omninegclip.training.data import OmniNegCollator, PackedRows, prepare_dataset  # noqa: E402
 from omninegclip.training.images import ImagePass  # noqa: E402
@@ -55,7 +55,7 @@ rows = {
     "absence_negated": ["a red circle and no moon", None, "a green star and no sun"],
     "scene_negated": ["a red circle, not on a beach", None, "a green star, not in a forest"],
 }
-config = TINY_CLIP.config()
+config = tiny_clip_config()
 embeds = torch.randn(3, config.projection_dim)
 tokenizer = build_clip_tokenizer()
 prepared, (report,) = prepare_dataset([datasets.Dataset.from_dict(rows)], ["fifth"], columns, tokenizer,

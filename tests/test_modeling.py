@@ -3,7 +3,9 @@ no new parameters, plain-CLIP behaviour without negations, masks, trainable sele
 
 from __future__ import annotations
 
+import inspect
 import math
+from dataclasses import fields
 
 import pytest
 import torch
@@ -11,9 +13,13 @@ import torch.nn.functional as F
 from conftest import TINY_TEXT_LAYERS, tiny_clip_config
 from transformers import CLIPModel
 
+import modeling_omninegclip
 from modeling_omninegclip import (
     LOGIT_SCALE_MAX,
+    LOSS_TERM_NAMES,
+    OmniNegCLIPLoss,
     OmniNegCLIPModel,
+    OmniNegCLIPOutput,
     OmniNegLossConfig,
     TrainableConfig,
     absence_loss,
@@ -169,6 +175,72 @@ def test_local_rows_reproduce_the_global_mean():
     halves_abs = [absence_loss(image, text, negated, mask, S, rows=rows, world_size=2)["loss_absence"]
                   for rows in (slice(0, 3), slice(3, 6))]
     assert ((halves_abs[0] + halves_abs[1]) / 2).item() == pytest.approx(whole_abs.item(), rel=1e-6)
+
+
+# ---- the loss, given rank and world size -------------------------------------------------------
+
+
+def caption_set_batch(rows: int, dim: int = 5):
+    """Unit image embeddings and every caption set's embeddings (zero where a row has none) with
+    uneven row masks, by `CaptionSet.name`."""
+    flags = {"caption": [1] * rows, "presence": [1, 0, 1, 1, 0, 0], "absence": [0, 1, 1, 0, 1, 1],
+             "affirmed": [1, 1, 0, 0, 0, 1]}
+    masks = {row.name: on(*flags[row.name][:rows]) for row in CAPTION_SETS}
+    embeds = {row.name: unit(rows, dim, seed=30 + index) * masks[row.name][:, None] for index, row in enumerate(CAPTION_SETS)}
+    return unit(rows, dim, seed=29), embeds, masks
+
+
+def test_two_ranks_of_the_loss_average_to_one_process_on_the_global_batch(monkeypatch):
+    """As open_clip tests its ClipLoss: the collective faked on the CPU (each rank "receives" both
+    ranks' packed rows), every term of the two ranks' losses averages to one process's loss."""
+    import torch.distributed.nn.functional as dist_fn
+
+    config = OmniNegLossConfig(lambda_abs=0.7, lambda_choice=0.5, lambda_keep=0.3, lambda_affirm=0.2)
+    image, embeds, masks = caption_set_batch(6)
+    whole = OmniNegCLIPLoss(config)(image, embeds, masks, S)
+    assert whole.keys() == set(LOSS_TERM_NAMES) - {"loss_clip"} | {"loss"}
+
+    def share(rank):
+        rows = slice(3 * rank, 3 * rank + 3)
+        return image[rows], {name: value[rows] for name, value in embeds.items()}, {name: value[rows] for name, value in masks.items()}
+
+    sent = []
+
+    def record(packed):  # what a rank puts into the collective
+        sent.append(packed)
+        return [packed, packed]
+
+    monkeypatch.setattr(dist_fn, "all_gather", record)
+    for rank in (0, 1):
+        OmniNegCLIPLoss(config, rank=rank, world_size=2).gather(*share(rank))
+    monkeypatch.setattr(dist_fn, "all_gather", lambda packed: sent)
+    ranks = [OmniNegCLIPLoss(config, rank=rank, world_size=2) for rank in (0, 1)]
+    batches = [loss.gather(*share(rank)) for rank, loss in enumerate(ranks)]
+    assert [batch.rows for batch in batches] == [slice(0, 3), slice(3, 6)]
+    torch.testing.assert_close(batches[1].image, image, rtol=0, atol=0)
+    assert all(torch.equal(batches[1].masks[name], masks[name]) for name in masks)
+    terms = [loss.terms(batch, S) for loss, batch in zip(ranks, batches)]
+    for name, value in whole.items():
+        assert ((terms[0][name] + terms[1][name]) / 2).item() == pytest.approx(value.item(), rel=1e-6, abs=1e-7), name
+
+
+def test_the_loss_alone_is_the_global_batch_and_names_a_bad_rank():
+    image, embeds, masks = caption_set_batch(4)
+    del embeds["affirmed"], masks["affirmed"]  # a set the collator left out
+    batch = OmniNegCLIPLoss(OmniNegLossConfig()).gather(image, embeds, masks)
+    assert batch.rows == slice(0, 4) and batch.world_size == 1
+    assert torch.equal(batch.image, image) and torch.equal(batch.embeds["presence"], embeds["presence"])
+    assert torch.equal(batch.embeds["affirmed"], torch.zeros_like(image)) and not batch.masks["affirmed"].any()
+    with pytest.raises(ValueError, match=r"rank must be in \[0, world_size=2\), got 2"):
+        OmniNegCLIPLoss(OmniNegLossConfig(), rank=2, world_size=2)
+
+
+def test_without_negation_rows_the_loss_is_clip_alone():
+    image, embeds, masks = caption_set_batch(4)
+    masks = {name: value if name == "caption" else torch.zeros_like(value) for name, value in masks.items()}
+    terms = OmniNegCLIPLoss(OmniNegLossConfig(lambda_choice=1.0))(image, embeds, masks, S)
+    assert terms.keys() == {"loss", "loss_clip"}
+    assert terms["loss"].item() == pytest.approx(symmetric_infonce(image, embeds["caption"], S).item())
 
 
 # ---- the model ---------------------------------------------------------------------------------
@@ -367,3 +439,32 @@ def test_keep_match_masked_rows_get_no_gradient():
     mask = on(1, 0, 1, 0)
     keep_match_loss(image, text, absence, mask, S).backward()
     assert torch.all(absence.grad[~mask] == 0) and torch.any(absence.grad[mask] != 0)
+
+
+def test_forward_names_every_caption_argument_and_the_output_every_field():
+    """The collator's keys (`CAPTION_SETS`) are forward's named arguments; every output field is
+    documented with its shape; every term of the objective is in the docstrings a reader opens."""
+    parameters = inspect.signature(OmniNegCLIPModel.forward).parameters
+    for row in CAPTION_SETS:
+        for argument in (row.input_ids, row.attention_mask, row.row_mask):
+            assert argument is None or parameters[argument].kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                                                     inspect.Parameter.KEYWORD_ONLY), argument
+    names = [field.name for field in fields(OmniNegCLIPOutput)]
+    assert {row.output for row in CAPTION_SETS} <= set(names)
+    for name in names:
+        assert f"    {name} (`torch.Tensor` of shape `(" in OmniNegCLIPOutput.__doc__, name
+    for doc in (modeling_omninegclip.__doc__, OmniNegCLIPLoss.__doc__, OmniNegCLIPModel.forward.__doc__):
+        for name in LOSS_TERM_NAMES:
+            assert name in doc, name
+
+
+def test_return_loss_false_gives_embeddings_and_logits_only(tokenizer):
+    torch.manual_seed(0)
+    model = OmniNegCLIPModel(tiny_clip_config()).eval()
+    ids, mask = batch(tokenizer, ["a circle", "a square"])
+    p_ids, p_mask = batch(tokenizer, ["no circle", "no square"])
+    out = model(input_ids=ids, attention_mask=mask, image_embeds=torch.randn(2, tiny_clip_config().projection_dim),
+                presence_negated_input_ids=p_ids, presence_negated_attention_mask=p_mask, return_loss=False)
+    assert out.loss is None and all(getattr(out, name) is None for name in LOSS_TERM_NAMES)
+    assert out.logits_per_image.shape == (2, 2) and out.presence_negated_embeds.shape == (2, tiny_clip_config().projection_dim)
+    assert out.absence_negated_embeds is None

@@ -1,8 +1,8 @@
 """CLIP's constants (openai's tokenizer and text encoder) and the one factory of CLIP configs.
 
 Every CLIP this project builds from scratch (the built-in default's small base, the tests' tiny
-model, the benchmarks' ViT-B/32 geometry) comes from `ClipSize.config()`, so the vocabulary,
-context length and special tokens are written once.
+model in tests/conftest.py, the benchmarks' ViT-B/32 geometry) comes from `ClipSize.config()`, so
+the vocabulary, context length and special tokens are written once.
 """
 
 from __future__ import annotations
@@ -64,8 +64,5 @@ class ClipSize:
         )
 
 
-# The tests' tiny real CLIP: 5 text layers so that "only the front N train" is observable.
-TINY_CLIP = ClipSize(text_hidden=32, text_layers=5, text_heads=4, vision_hidden=32, vision_layers=2, vision_heads=4,
-                     image_size=30, patch_size=2, projection_dim=16, text_intermediate=37, vision_intermediate=37)
 VIT_B_32 = ClipSize(text_hidden=512, text_layers=12, text_heads=8, vision_hidden=768, vision_layers=12, vision_heads=12,
                     image_size=224, patch_size=32, projection_dim=512)
