@@ -13,7 +13,9 @@ Public surface (imported lazily, so that `from eval.items import ...` stays ligh
 Layout: `items` (what readers produce), one reader module per benchmark family (`ccneg`,
 `negrefcocog`, `negbench`, `valse`, `sugarcrepe`, `retrieval`, `zeroshot`, `world`), `files` (their
 shared file helpers), `harness` (embedding once per model, scoring), `layerwise` (the per-block
-analysis), `results` (the results object and its JSON), `report` (markdown, PNG, the files of `--out`), `tasks` (registry), `runner`, `__main__` (CLI).
+analysis), `results` (the results object and its JSON), `report` (markdown, PNG, the files of `--out`), `tasks` (registry), `runner`, `__main__` (CLI);
+`metrics/` holds the scoring rules as `evaluate` modules (`evaluate.load("eval/metrics/mcq_accuracy")`),
+for scoring any model's per-item scores by the harness's rules.
 """
 
 from __future__ import annotations

@@ -12,7 +12,9 @@ Public surface:
   model sees the same items and never opens those images); a task left with no item is an error.
 - `task_size(task)`: how many items a task holds (choices, retrieval texts and images, zero-shot images).
 - `score_task(task, table) -> TaskScore`; `evaluate_tasks(embedder, tasks)` embeds, drops, scores.
-- The pure scoring rules (`choice_correct`, `first_positive_rank`, `recall_at`) live in `omninegclip.common.scoring`.
+- The scoring rules themselves (the tie rules, accuracy per group, ranks, R@k) are the pure functions
+  of `omninegclip.common.scoring`; the `evaluate` modules of `eval/metrics/` wrap the same functions,
+  so per-item scores from any model, scored there, give the numbers this harness gives.
 
 Scoring rules (the same for every benchmark):
 - Embeddings are L2-normalised here again, whatever the embedder returned; scores are cosines.
@@ -38,12 +40,20 @@ import torch
 from PIL import Image
 
 from eval.items import ChoiceItem, ImageStore, RetrievalSet, TaskData
-from omninegclip.common.scoring import choice_argmax_correct, choice_correct, first_positive_rank, recall_at
 from eval.zeroshot import ZeroShotSet
 from omninegclip.common.cli import UserError
 from omninegclip.common.clip import CONTEXT_LENGTH
 from omninegclip.common.embedding import embed_images, embed_texts
 from omninegclip.common.safe_load import UnreadableImage
+from omninegclip.common.scoring import (
+    accuracy,
+    choice_correct_from_scores,
+    first_positive_rank,
+    grouped_accuracy,
+    option_scores,
+    positive_mask,
+    recall_at,
+)
 from omninegclip.common.skips import SkipLog
 
 RETRIEVAL_KS = (1, 5, 10)
@@ -243,10 +253,7 @@ def _ranks(queries: torch.Tensor, candidates: torch.Tensor, positive_of: Sequenc
     for start in range(0, len(queries), _CHUNK):
         chunk = queries[start : start + _CHUNK]
         scores = chunk @ candidates.T
-        positive = torch.zeros_like(scores, dtype=torch.bool)
-        for row, positives in enumerate(positive_of[start : start + _CHUNK]):
-            positive[row, list(positives)] = True
-        ranks.append(first_positive_rank(scores, positive))
+        ranks.append(first_positive_rank(scores, positive_mask(positive_of[start : start + _CHUNK], len(candidates))))
     return torch.cat(ranks) if ranks else torch.empty(0, dtype=torch.long)
 
 
@@ -260,7 +267,7 @@ class TaskScore:
 
 
 def _score_choices(items: list[ChoiceItem], table: EmbeddingTable) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right/wrong per item, in item order: ties wrong (`choice_correct`), and by NegBench's argmax rule."""
+    """Right/wrong per item, in item order: by the strict rule (ties wrong), and by NegBench's argmax rule."""
     correct = torch.zeros(len(items), dtype=torch.bool)
     argmax_correct = torch.zeros(len(items), dtype=torch.bool)
     for choose in ("text", "image"):
@@ -277,8 +284,9 @@ def _score_choices(items: list[ChoiceItem], table: EmbeddingTable) -> tuple[torc
             lengths = torch.tensor([len(option) for option in option_lists])
             mask = torch.arange(options.shape[1])[None, :] < lengths[:, None]
             answers = torch.tensor([item.answer for item in chunk])
-            correct[indices[start : start + _CHUNK]] = choice_correct(anchors, options, mask, answers)
-            argmax_correct[indices[start : start + _CHUNK]] = choice_argmax_correct(anchors, options, mask, answers)
+            scores = option_scores(anchors, options)
+            correct[indices[start : start + _CHUNK]] = choice_correct_from_scores(scores, answers, mask, "strict")
+            argmax_correct[indices[start : start + _CHUNK]] = choice_correct_from_scores(scores, answers, mask, "argmax")
     return correct, argmax_correct
 
 
@@ -300,20 +308,17 @@ def score_task(task: TaskData, table: EmbeddingTable) -> TaskScore:
         for item in task.choices:
             validate_choice(item, task.name)
         correct, argmax_correct = _score_choices(task.choices, table)
-        score.metrics["accuracy"] = correct.sum().item() / len(correct)
-        score.metrics["accuracy_argmax"] = argmax_correct.sum().item() / len(correct)
+        grouped = grouped_accuracy(correct, [item.group for item in task.choices])
+        score.metrics["accuracy"] = grouped.accuracy
+        score.metrics["accuracy_argmax"] = accuracy(argmax_correct)
         score.counts["items"] = len(task.choices)
         score.counts["ties_won_by_order"] = int((argmax_correct & ~correct).sum())
-        groups = sorted({item.group for item in task.choices})
-        if groups != ["all"]:
-            group_accuracies = []
-            for group in groups:
-                in_group = torch.tensor([item.group == group for item in task.choices])
-                group_accuracies.append(correct[in_group].sum().item() / int(in_group.sum()))
-                score.metrics[f"accuracy/{group}"] = group_accuracies[-1]
-                score.counts[f"items/{group}"] = int(in_group.sum())
-            if len(groups) > 1:
-                score.metrics["accuracy/group_mean"] = sum(group_accuracies) / len(group_accuracies)
+        if list(grouped.group_accuracy) != ["all"]:  # "all" alone: the items have no breakdown
+            for group, group_accuracy in grouped.group_accuracy.items():
+                score.metrics[f"accuracy/{group}"] = group_accuracy
+                score.counts[f"items/{group}"] = grouped.group_items[group]
+            if len(grouped.group_accuracy) > 1:
+                score.metrics["accuracy/group_mean"] = grouped.group_mean
     if task.retrieval is not None:
         score.metrics.update(score_retrieval(task.retrieval, table))
         score.counts["images"] = len(task.retrieval.images)

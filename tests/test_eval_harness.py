@@ -14,7 +14,14 @@ from eval.harness import CLIPEmbedder, embed_tasks, evaluate_tasks, score_task
 from eval.items import ChoiceItem, RetrievalSet, TaskData
 from eval.zeroshot import ZeroShotSet, ZeroShotTaskData
 from omninegclip.common.embedding import embed_images, embed_texts
-from omninegclip.common.scoring import choice_correct, first_positive_rank, recall_at
+from omninegclip.common.scoring import (
+    choice_correct,
+    choice_correct_from_scores,
+    first_positive_rank,
+    grouped_accuracy,
+    positive_mask,
+    recall_at,
+)
 
 
 class FakeEmbedder:
@@ -119,6 +126,32 @@ def test_choice_correct_pure_function_masks_padding():
     mask = torch.tensor([[True, True, False], [True, True, False]])  # the third option is padding
     assert choice_correct(anchors, options, mask, torch.tensor([0, 1])).tolist() == [True, True]
     assert choice_correct(anchors, options, torch.ones(2, 3, dtype=torch.bool), torch.tensor([0, 1])).tolist() == [True, False]
+
+
+def test_choice_correct_from_scores_tie_rules_padding_and_bad_answers():
+    scores = torch.tensor([[0.5, 0.5, 0.0], [0.1, 0.7, 0.7], [0.2, 0.1, 9.0]])
+    mask = torch.tensor([[True, True, True], [True, True, True], [True, True, False]])  # item 2: two options and padding
+    answers = torch.tensor([0, 2, 0])
+    assert choice_correct_from_scores(scores, answers, mask).tolist() == [False, False, True]  # ties wrong, padding never picked
+    assert choice_correct_from_scores(scores, answers, mask, "argmax").tolist() == [True, False, True]  # the first of the tied wins
+    with pytest.raises(ValueError, match=r"item 2: answer 2 is not an index into its 2 options"):
+        choice_correct_from_scores(scores, torch.tensor([0, 0, 2]), mask)
+    with pytest.raises(ValueError, match=r"tie_rule 'max'"):
+        choice_correct_from_scores(scores, answers, mask, "max")
+
+
+def test_grouped_accuracy_per_group_and_unweighted_group_mean():
+    grouped = grouped_accuracy(torch.tensor([True, False, True, True, False]), ["b", "a", "b", "a", "a"])
+    assert (grouped.accuracy, grouped.group_accuracy, grouped.group_items) == (3 / 5, {"a": 1 / 3, "b": 1.0}, {"a": 3, "b": 2})
+    assert grouped.group_mean == (1 / 3 + 1.0) / 2
+    with pytest.raises(ValueError, match="5 items but 2 group names"):
+        grouped_accuracy(torch.ones(5, dtype=torch.bool), ["a", "b"])
+
+
+def test_positive_mask_marks_each_querys_right_candidates_and_refuses_none_or_out_of_range():
+    assert positive_mask([[0], [1, 2]], 3).tolist() == [[True, False, False], [False, True, True]]
+    with pytest.raises(ValueError, match=r"query 1: right candidates \[3\]"):
+        positive_mask([[0], [3]], 3)
 
 
 def test_first_positive_rank_counts_wrong_candidates_at_least_as_high():

@@ -5,8 +5,9 @@ its caption and its two negated captions (`stack_embeddings`; zeros where the ro
 caption) and the row's `row_id` as its label; the Trainer gathers them from every process (dropping
 the rows Accelerate repeats to even out the last batch), and `NegationMetrics` (the Trainer's
 `compute_metrics`) scores them over the whole evaluation split. Each item is scored by the
-harness's own rule (`omninegclip.common.scoring.choice_correct`): right only if the right option's cosine is
-strictly higher, a tie counts as wrong.
+harness's own rules (`omninegclip.common.scoring`: `choice_correct`, right only if the right
+option's cosine is strictly higher, a tie counts as wrong; `accuracy`, the share of right items), the
+rules the `two_way_accuracy` module of `eval/metrics/` applies to any model's pair scores.
 
 - `presence_accuracy`, rows with a presence negation: the image prefers its caption over its
   presence-negated caption (the pair of the L3 term; the world's `presence` family).
@@ -30,7 +31,7 @@ import re
 import numpy as np
 import torch
 
-from omninegclip.common.scoring import choice_correct
+from omninegclip.common.scoring import accuracy, choice_correct
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ def negation_accuracies(embeddings: torch.Tensor, which_object: torch.Tensor | N
     results = {}
     for name, (rows, right, wrong) in items.items():
         if bool(rows.any()):
-            results[name] = float(_prefers(embeddings[rows], right, wrong).float().mean())
+            results[name] = accuracy(_prefers(embeddings[rows], right, wrong))
     return results
 
 
