@@ -67,9 +67,16 @@ def test_the_readme_layout_table_matches_the_tree():
     rows = _layout_rows()
     assert all((ROOT / path).exists() for path in rows), [path for path in rows if not (ROOT / path).exists()]
     tracked = subprocess.run(["git", "ls-files", "omninegclip", "eval"], cwd=ROOT, capture_output=True, text=True).stdout.split()
-    layers = {str(Path(path).parent) + "/" for path in tracked if path.count("/") >= 1 and path.endswith(".py")}
+    modules = [Path(path) for path in tracked if path.endswith(".py")]
+    # Every layer has a row: eval/ and each subpackage of omninegclip/.
+    layers = {f"{module.parent}/" for module in modules if module.parent.parent in (Path("."), Path("omninegclip"))}
     assert layers - {"omninegclip/"} <= set(rows), sorted(layers - {"omninegclip/"} - set(rows))
-    for path in tracked:
-        module = Path(path)
-        if module.suffix == ".py" and module.stem not in ("__init__", "__main__") and module.parent.name != "omninegclip":
+    for module in modules:
+        if module.stem in ("__init__", "__main__") or module.parent.name == "omninegclip":
+            continue
+        if f"{module.parent}/" in rows:  # a module of a layer: its row names it
             assert f"`{module.stem}`" in rows[f"{module.parent}/"], f"README's layout row for {module.parent}/ does not name `{module.stem}`"
+        else:  # deeper (eval/metrics/NAME/NAME.py): the layer's row names the folder it sits in
+            layer = next(parent for parent in module.parents if f"{parent}/" in rows)
+            folder = module.relative_to(layer).parts[0]
+            assert f"`{folder}/`" in rows[f"{layer}/"], f"README's layout row for {layer}/ does not name `{folder}/` (holding {module})"
