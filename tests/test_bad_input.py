@@ -741,6 +741,21 @@ def test_model_loaders_here_refuse_remote_code_explicitly(monkeypatch):
 # at start (a successful start would serve, so it is tested in test_app.py, with the demo's inputs);
 # the full disk and two concurrent builds need a mount, a monkeypatch or a second process: tests below.
 
+CLIS["app"] = "app"
+
+
+def bert_with_clip_processor(fx: Fixtures) -> str:
+    """A BERT checkpoint folder holding CLIP's processor files: it looks like a CLIP folder to anything
+    that reads only the processor."""
+    from transformers import BertConfig, BertModel
+
+    path = fx.root / "bert_with_clip_processor"
+    if not path.exists():
+        BertModel(BertConfig(vocab_size=32, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8)).save_pretrained(path)
+        fx.processor.save_pretrained(path)
+    return str(path)
+
+
 def truncated_embedding_cache(fx: Fixtures) -> str:
     """An image-embedding cache folder whose one file was cut in half (made by a one-step run on first
     use); `fx.intact_cache` keeps the file's bytes."""
@@ -766,6 +781,13 @@ def statement_shapes(fx: Fixtures) -> list[str]:
 
 
 CASES += [  # the table the matrix test is parametrized with (pytest reads it at collection, after this line)
+    Case("app", "model_weights_do_not_fit_the_config", lambda fx: ["--model", fx.broken_clip("deeper_config"), "--base", fx.clip()], 2,
+         ("--model ", "clip_deeper_config/model.safetensors does not fit its config.json: missing from the weights (they would stay random): "
+          "text_model.encoder.layers.3.layer_norm1.bias",)),
+    Case("app", "model_is_bert_with_clip_processor", lambda fx: ["--model", bert_with_clip_processor(fx), "--base", fx.clip()], 2,
+         ("--model ", "bert_with_clip_processor: not a CLIP checkpoint (its config.json has model_type 'bert', expected 'clip')",)),
+    Case("app", "base_weights_truncated", lambda fx: ["--model", fx.clip(), "--base", fx.broken_clip("truncated")], 2,
+         ("--base ", "clip_truncated/model.safetensors cannot be read (", "the file is truncated or corrupt")),
     Case("train", "image_embedding_cache_truncated", lambda fx: fx.good_run("--image_embedding_cache_dir", truncated_embedding_cache(fx)), 0,
          ("the cached image pass ", "embedding_cache_cut_short/image_embeds-", ".safetensors cannot be used (",
           "decoding the images again and replacing it", "wrote the checkpoint"), check=cache_rebuilt),
