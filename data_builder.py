@@ -39,9 +39,11 @@ OMNINEGCLIP_DEBUG=1); a caption or image that cannot be used (empty, not text, c
 too large, a download that fails) is skipped and counted by reason in the summary.
 
 The build goes into a hidden sibling folder and is renamed into place at the end: a killed build
-leaves the previous output as it was, and the next build removes what it left. Same inputs and seed
-give the same bytes. Rows of one image share a split: the source's own split where it has one, else
-a stable hash of the image id.
+leaves the previous output as it was, and the next build removes what it left; a full disk is one
+error naming --out, with the partial build removed. A second build into the same --out while one
+runs is refused (the lock file `.<out>.omninegclip.lock` beside it). Same inputs and seed give the
+same bytes. Rows of one image share a split: the source's own split where it has one, else a
+stable hash of the image id.
 
 Public surface: `CONTRACT_COLUMNS`, `contract_features(image_files=False)`,
 `build_from_source(source, options, cache_dir, out_dir=None)`, `quality_gate(dataset_dict, num_proc=1) -> dict`,
@@ -81,7 +83,7 @@ from omninegclip.building.storage import (
 )
 from omninegclip.building.summary import STORAGE_NOTE, build_description, print_summary, render_card, to_json
 from omninegclip.building.vocabulary import CooccurrenceStats
-from omninegclip.building.writing import CARD_FILE, SUMMARY_FILE, prepare_output, push_to_hub, write_atomically
+from omninegclip.building.writing import CARD_FILE, SUMMARY_FILE, output_lock, prepare_output, push_to_hub, write_atomically
 from modeling_omninegclip import CAPTION_SETS
 from omninegclip.common.cli import UserError, run_cli
 from omninegclip.common.clip import CONTEXT_LENGTH
@@ -280,6 +282,14 @@ def _negation_kinds(dataset_dict: datasets.DatasetDict) -> tuple[dict, dict]:
     return dict(sorted(kinds.items())), {kind: dict(sorted(counter.items())) for kind, counter in rewrites.items()}
 
 
+def _statements(rate: float, negations: dict, rewrites: dict) -> dict:
+    """What --statement_rate did: rows written as statements, and the rows that could be (a
+    statement needs a row with both a presence and an absence negation)."""
+    return {"rate": rate, "rows": sum(negations.values()), "written": rewrites["presence"].get("statement", 0),
+            "rows_with_both_negations": negations.get("both", 0), "presence_only": negations.get("presence_only", 0),
+            "absence_only": negations.get("absence_only", 0)}
+
+
 def _examples(dataset_dict: datasets.DatasetDict, count: int = 3) -> list[dict]:
     columns = ["image_id", "caption", "presence_negated", "negated_object", "absence_negated", "absent_object"]
     for dataset in dataset_dict.values():
@@ -431,13 +441,14 @@ def main(argv: list[str] | None = None) -> dict:
         datasets.disable_progress_bars()
     # Before any work: the flags, then the target (after cleaning up what a killed build left), then the inputs.
     options = build_options(args)
-    out = prepare_output(args.out, args.overwrite)
-    summary: dict = {}
-    write_atomically(out, args.overwrite, partial(_build_into, args, options, summary))
-    print_summary(summary, out)
-    if args.push_to_hub:
-        push_to_hub(out, args.push_to_hub, (out / CARD_FILE).read_text(encoding="utf-8"), private=args.private)
-        print(f"  pushed to https://huggingface.co/datasets/{args.push_to_hub}")
+    with output_lock(args.out):  # a second build into this folder is refused until this one is done
+        out = prepare_output(args.out, args.overwrite)
+        summary: dict = {}
+        write_atomically(out, args.overwrite, partial(_build_into, args, options, summary))
+        print_summary(summary, out)
+        if args.push_to_hub:
+            push_to_hub(out, args.push_to_hub, (out / CARD_FILE).read_text(encoding="utf-8"), private=args.private)
+            print(f"  pushed to https://huggingface.co/datasets/{args.push_to_hub}")
     return summary
 
 
@@ -477,6 +488,7 @@ def _summarize(args: argparse.Namespace, options: BuildOptions | None, dataset_d
         "rows_out": {split: len(part) for split, part in dataset_dict.items()},
         "negations": negations,
         "rewrites": rewrites,
+        **({"statements": _statements(args.statement_rate, negations, rewrites)} if args.statement_rate else {}),
         "quality_gate": quality_gate(dataset_dict, progress=not args.no_progress, num_proc=args.num_proc if options else 1),
         "over_context_length": over_context_length(dataset_dict),
         "examples": _examples(dataset_dict),

@@ -4,6 +4,7 @@ driven in headless Chromium on two tiny CLIPs whose answers are known by constru
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 from pathlib import Path
@@ -130,7 +131,158 @@ def test_cli_names_the_flag_of_a_bad_model(tmp_path, two_models, capsys):
     with pytest.raises(SystemExit) as exit_info:
         run_cli(app.main, ["--model", str(tuned), "--base", str(tmp_path / "nothing-here")])
     assert exit_info.value.code == EXIT_USER_ERROR
-    assert f"--base {tmp_path / 'nothing-here'}: not a CLIP checkpoint" in capsys.readouterr().err
+    assert f"--base {tmp_path / 'nothing-here'} does not exist (expected a CLIP checkpoint folder or a Hub id)" in capsys.readouterr().err
+
+
+# ---- bad models and bad inputs (issue 25) ----------------------------------------------------------
+
+BROKEN_MODELS = {  # kind -> what the refusal says (the same words as python -m eval's)
+    "weights_lack_two_text_layers": "model.safetensors does not fit its config.json: missing from the weights (they would stay random): "
+                                    "text_model.encoder.layers.3.",
+    "bert_with_clip_processor": "not a CLIP checkpoint (its config.json has model_type 'bert', expected 'clip')",
+    "weights_truncated": "model.safetensors cannot be read (",
+    "folder_without_config": "not a CLIP checkpoint (a folder without config.json)",
+}
+
+
+@pytest.fixture(scope="module")
+def broken_models(tmp_path_factory, processor) -> dict[str, Path]:
+    """A folder of each `BROKEN_MODELS` kind, each with CLIP's processor files beside it."""
+    from transformers import BertConfig, BertModel
+
+    root = tmp_path_factory.mktemp("broken")
+    folders = {kind: root / kind for kind in BROKEN_MODELS}
+    torch.manual_seed(0)
+    CLIPModel(tiny_clip_config(text_layers=3)).save_pretrained(folders["weights_lack_two_text_layers"])
+    config = folders["weights_lack_two_text_layers"] / "config.json"
+    config.write_text(config.read_text().replace('"num_hidden_layers": 3', '"num_hidden_layers": 5'))
+    BertModel(BertConfig(vocab_size=32, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=8)).save_pretrained(folders["bert_with_clip_processor"])
+    CLIPModel(tiny_clip_config()).save_pretrained(folders["weights_truncated"])
+    weights = folders["weights_truncated"] / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    for folder in folders.values():
+        processor.save_pretrained(folder)
+    return folders
+
+
+@pytest.mark.parametrize("kind", list(BROKEN_MODELS))
+def test_the_demo_refuses_at_start_what_eval_refuses_in_the_same_words(kind, broken_models, two_models, capsys, monkeypatch):
+    import gradio
+
+    from eval.runner import load_clip
+
+    folder = str(broken_models[kind])
+    with pytest.raises(UserError) as evaluation:
+        load_clip(folder)
+    with pytest.raises(UserError) as demo:
+        app.load_classifier(folder, "--model")
+    assert BROKEN_MODELS[kind] in str(demo.value)
+    assert str(demo.value) == str(evaluation.value).replace(f"model {folder}", f"--model {folder}")
+    monkeypatch.setattr(gradio.Blocks, "launch", lambda *args, **kwargs: pytest.fail("the demo served a broken model"))
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(app.main, ["--model", folder, "--base", str(two_models[1])])
+    assert exit_info.value.code == EXIT_USER_ERROR
+    error = capsys.readouterr().err
+    paragraphs = [line for line in re.split(r"[\r\n]", error) if line.startswith("error: ")]  # (after transformers' progress bar)
+    assert len(paragraphs) == 1 and paragraphs[0].startswith(f"error: --model {folder}") and BROKEN_MODELS[kind] in paragraphs[0]
+    assert "Traceback" not in error
+
+
+@pytest.fixture(scope="module")
+def classifiers(two_models) -> dict:
+    tuned, base = two_models
+    return {"model": app.load_classifier(str(tuned), "--model"), "base": app.load_classifier(str(base), "--base")}
+
+
+@pytest.fixture(scope="module")
+def uploads(tmp_path_factory) -> dict[str, dict]:
+    """Uploads as gradio passes them unprocessed: a picture, a text file, a PNG cut short."""
+    root = tmp_path_factory.mktemp("uploads")
+    Image.new("RGB", (64, 64), "white").save(root / "white.png")
+    (root / "notes.txt").write_text("not an image")
+    (root / "cut.png").write_bytes((root / "white.png").read_bytes()[:60])
+    return {name: {"path": str(root / name), "orig_name": name, "mime_type": None} for name in ("white.png", "notes.txt", "cut.png")}
+
+
+LONG_CAPTION = "a red circle and " + "a long winding description of everything else in the picture " * 8 + "no square"
+BAD_INPUTS = {  # name -> (upload, captions, template, what the page says)
+    "no_image": (None, f"{WRONG}\n{RIGHT}", "{}", "Upload an image first (or pick an example below)."),
+    "upload_not_an_image": ("notes.txt", f"{WRONG}\n{RIGHT}", "{}",
+                            "The upload 'notes.txt' cannot be read as an image (not an image PIL can read (corrupt or not an image file)): "
+                            "upload an image file (PNG, JPEG, WebP, GIF, BMP or TIFF)."),
+    "upload_cut_short": ("cut.png", f"{WRONG}\n{RIGHT}", "{}", "The upload 'cut.png' cannot be read as an image ("),
+    "one_caption": ("white.png", RIGHT, "{}", "Type at least two candidate captions, one per line (got 1)."),
+    "template_with_two_placeholders": ("white.png", f"{WRONG}\n{RIGHT}", "{} and {}",
+                                       "The template must hold exactly one {}, where each caption goes, and no other braces: "
+                                       "'{} and {}' has 2 {} (e.g. 'a photo of {}.', or {} alone for the captions as typed)."),
+    "template_with_a_named_field": ("white.png", f"{WRONG}\n{RIGHT}", "a {x} photo of {}",
+                                    "The template must hold exactly one {}, where each caption goes, and no other braces: "
+                                    "'a {x} photo of {}' also has {x}."),
+    "template_without_placeholder": ("white.png", f"{WRONG}\n{RIGHT}", "a photo", "'a photo' has no {}"),
+    "template_with_a_stray_brace": ("white.png", f"{WRONG}\n{RIGHT}", "a photo of {}}", "'a photo of {}}' also has }."),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_INPUTS))
+def test_bad_inputs_get_a_message_saying_what_is_expected(name, classifiers, uploads):
+    import gradio
+
+    upload, text, template, message = BAD_INPUTS[name]
+    with pytest.raises(gradio.Error) as error:
+        app.answer(classifiers, uploads.get(upload), text, template)
+    assert message in error.value.message
+
+
+def test_on_a_space_uploads_are_read_with_pil_alone(uploads, monkeypatch):
+    monkeypatch.setattr(app, "open_rgb_image", None)  # as on a Space: no omninegclip package
+    assert app.read_image(uploads["white.png"]).mode == "RGB"
+    with pytest.raises(ValueError, match=r"^the upload 'notes.txt' cannot be read as an image \(cannot identify image file"):
+        app.read_image(uploads["notes.txt"])
+
+
+def test_a_caption_over_77_tokens_is_cut_as_eval_cuts_it_and_the_page_says_so(classifiers, uploads, tokenizer):
+    from omninegclip.common.embedding import embed_images, embed_texts
+
+    template = "a photo of {}."
+    assert len(tokenizer(template.format(LONG_CAPTION))["input_ids"]) > 77
+    base, tuned, note = app.answer(classifiers, uploads["white.png"], f"{LONG_CAPTION}\n{WRONG}\n{RIGHT}", template)
+    assert note.startswith("Note: 1 caption(s) longer than the 77 tokens CLIP's text encoder reads (in the template): caption 1 ('a red circle")
+    assert "Each model read only their first 77 tokens, as `python -m eval` and `train.py` do." in note
+    picture = app.read_image(uploads["white.png"])
+    for scores, classifier in ((base, classifiers["base"]), (tuned, classifiers["model"])):
+        model = classifier.model
+        texts = embed_texts(model, classifier.tokenizer, [template.format(c) for c in (LONG_CAPTION, WRONG, RIGHT)], progress=False)
+        image = embed_images(model, classifier.image_processor, [picture], progress=False)
+        expected = (model.logit_scale.exp() * image @ texts.T).softmax(-1)[0].tolist()
+        assert [scores[c] for c in (LONG_CAPTION, WRONG, RIGHT)] == pytest.approx(expected, abs=1e-5)
+    assert app.answer(classifiers, uploads["white.png"], f"{WRONG}\n{RIGHT}", template)[2] == ""
+
+
+def test_the_served_demo_answers_bad_inputs_with_its_own_messages(two_models, uploads, monkeypatch):
+    """Through gradio's server (its API, no browser): a text file uploaded as the image reaches
+    `read_image` (the image component's own processing would fail first with a generic error), a bad
+    template gets its message, and a long caption is scored, with the note."""
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")  # offline: no usage reports
+    tuned, base = two_models
+    demo, _ = app.build_demo(str(tuned), str(base))
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True, ssr_mode=False)
+    try:
+        client = Client(url, verbose=False)
+        for upload, template, message in (("notes.txt", "{}", BAD_INPUTS["upload_not_an_image"][3]),
+                                          ("white.png", "{} and {}", BAD_INPUTS["template_with_two_placeholders"][3])):
+            with pytest.raises(AppError) as error:
+                client.predict(handle_file(uploads[upload]["path"]), f"{WRONG}\n{RIGHT}", template, api_name="/run")
+            assert str(error.value) == message
+        base_scores, tuned_scores, note = client.predict(handle_file(uploads["white.png"]["path"]), f"{LONG_CAPTION}\n{RIGHT}", "{}",
+                                                         api_name="/run")
+        assert {row["label"] for row in tuned_scores["confidences"]} == {LONG_CAPTION, RIGHT}
+        assert note.startswith("Note: 1 caption(s) longer than the 77 tokens")
+    finally:
+        demo.close()
 
 
 def chromium_path() -> str:

@@ -734,3 +734,162 @@ def test_model_loaders_here_refuse_remote_code_explicitly(monkeypatch):
     import inspect
 
     assert "trust_remote_code" not in inspect.signature(datasets.load_dataset).parameters
+
+
+# ======================================================================================================
+# Issue 25: the demo, the image-embedding cache and the data builder. Rows for `app.py` refuse a model
+# at start (a successful start would serve, so it is tested in test_app.py, with the demo's inputs);
+# the full disk and two concurrent builds need a mount, a monkeypatch or a second process: tests below.
+
+CLIS["app"] = "app"
+
+
+def bert_with_clip_processor(fx: Fixtures) -> str:
+    """A BERT checkpoint folder holding CLIP's processor files: it looks like a CLIP folder to anything
+    that reads only the processor."""
+    from transformers import BertConfig, BertModel
+
+    path = fx.root / "bert_with_clip_processor"
+    if not path.exists():
+        BertModel(BertConfig(vocab_size=32, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8)).save_pretrained(path)
+        fx.processor.save_pretrained(path)
+    return str(path)
+
+
+def truncated_embedding_cache(fx: Fixtures) -> str:
+    """An image-embedding cache folder whose one file was cut in half (made by a one-step run on first
+    use); `fx.intact_cache` keeps the file's bytes."""
+    cache = fx.root / "embedding_cache_cut_short"
+    if not cache.exists():
+        import train
+
+        train.main(fx.good_run("--image_embedding_cache_dir", str(cache)))
+        (path,) = cache.glob("image_embeds-*.safetensors")
+        fx.intact_cache = path.read_bytes()
+        path.write_bytes(fx.intact_cache[: len(fx.intact_cache) // 2])
+    return str(cache)
+
+
+def cache_rebuilt(fx: Fixtures) -> None:
+    (path,) = (fx.root / "embedding_cache_cut_short").glob("image_embeds-*.safetensors")
+    assert path.read_bytes() == fx.intact_cache
+
+
+def statement_shapes(fx: Fixtures) -> list[str]:
+    return db("shapes", "--out", fx.out(), "--num_train", "12", "--num_validation", "2", "--num_test", "2", "--image_size", "16",
+              "--statement_rate", "1")
+
+
+CASES += [  # the table the matrix test is parametrized with (pytest reads it at collection, after this line)
+    Case("app", "model_weights_do_not_fit_the_config", lambda fx: ["--model", fx.broken_clip("deeper_config"), "--base", fx.clip()], 2,
+         ("--model ", "clip_deeper_config/model.safetensors does not fit its config.json: missing from the weights (they would stay random): "
+          "text_model.encoder.layers.3.layer_norm1.bias",)),
+    Case("app", "model_is_bert_with_clip_processor", lambda fx: ["--model", bert_with_clip_processor(fx), "--base", fx.clip()], 2,
+         ("--model ", "bert_with_clip_processor: not a CLIP checkpoint (its config.json has model_type 'bert', expected 'clip')",)),
+    Case("app", "base_weights_truncated", lambda fx: ["--model", fx.clip(), "--base", fx.broken_clip("truncated")], 2,
+         ("--base ", "clip_truncated/model.safetensors cannot be read (", "the file is truncated or corrupt")),
+    Case("train", "image_embedding_cache_truncated", lambda fx: fx.good_run("--image_embedding_cache_dir", truncated_embedding_cache(fx)), 0,
+         ("the cached image pass ", "embedding_cache_cut_short/image_embeds-", ".safetensors cannot be used (",
+          "decoding the images again and replacing it", "wrote the checkpoint"), check=cache_rebuilt),
+    Case("data_builder", "statement_rate_without_absence_negations", lambda fx: db(
+        "ccneg", "--annotations", fx.ccneg("presence_only.pt", "a couch with no dog"), "--images", str(fx.images), "--eval_size", "0",
+        "--out", fx.out(), "--statement_rate", "1"), 0,
+         ("statements (--statement_rate 1.0): 0 of 2 rows; a statement needs both a presence and an absence negation, which 0 rows have "
+          "(2 presence only, 0 absence only)",
+          "WARNING: --statement_rate 1.0 wrote no statement: no row has both negations (none has an absence negation); "
+          "CC-Neg gives presence negations only: pass --synthesize_absence")),
+    Case("data_builder", "statement_rate_reported", statement_shapes, 0, ("statements (--statement_rate 1.0): ",), once="statements ("),
+]
+
+
+def test_data_builder_on_a_full_disk_names_out_and_leaves_it_unchanged(fx, capsys, caplog, monkeypatch):
+    """No space left while the dataset is saved (as pyarrow reports it: errno 28 and no file name),
+    here raised by a stand-in so that the row runs everywhere; the real disk is the next test."""
+    import errno
+
+    out = fx.out()
+    code, output = invoke_cli("data_builder", db(*fx.coco(), "--out", out), capsys, caplog)
+    assert code == 0, output[-3000:]
+    before = folder_digest(Path(out))
+
+    def disk_full(self, path, *args, **kwargs):
+        Path(path).mkdir(parents=True, exist_ok=True)
+        (Path(path) / "data-00000-of-00001.arrow").write_bytes(b"half a table")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(datasets.DatasetDict, "save_to_disk", disk_full)
+    case = Case("data_builder", "disk_full", lambda fx: db(*fx.coco(), "--out", out, "--overwrite"), 2,
+                (f"error: --out {out}: the disk is full (No space left on device): the build had written ", " MiB beside --out when it ran out of space",
+                 "Nothing at --out was changed and the partial build was removed (", " MiB free there now): free space on that disk, or pass an --out on a disk with more room"))
+    test_bad_input_matrix(case, fx, capsys, caplog)
+    unchanged(Path(out), before)
+    assert [path.name for path in Path(out).parent.iterdir() if path.name.startswith(f".{Path(out).name}.")] == []  # no partial build, no lock
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A real 1 MiB tmpfs, unmounted afterwards; skipped where this process may not mount one."""
+    mount = tmp_path / "full_disk"
+    mount.mkdir()
+    if shutil.which("mount") is None or shutil.which("umount") is None:
+        pytest.skip("no mount/umount command here: a real full disk (a 1 MiB tmpfs) cannot be made")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"mounting a 1 MiB tmpfs is not allowed here ({mounted.stderr.strip() or 'mount failed'}): it needs root "
+                    f"and a container that may mount")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True, check=False)
+
+
+def test_data_builder_on_a_real_full_disk(fx, full_disk, capsys, caplog):
+    """A 1.4 MB image into a 1 MiB tmpfs: the worker that stores it runs out of space."""
+    noise = fx.root / "noise.png"
+    if not noise.exists():
+        Image.frombytes("RGB", (700, 700), os.urandom(700 * 700 * 3)).save(noise)  # random pixels do not compress
+    pairs = fx.jsonl("noise.jsonl", [{"image": str(noise), "caption": "a dog on a couch"}, {"image": str(noise), "caption": "a cat on a bed"}])
+    out = full_disk / "pairs"
+    case = Case("data_builder", "disk_full_tmpfs", lambda fx: db("captions", "--dataset", pairs, "--out", str(out)), 2,
+                (f"error: --out {out}: the disk is full (No space left on device)", "the partial build was removed (1.0 MiB free there now)"))
+    test_bad_input_matrix(case, fx, capsys, caplog)
+    assert list(full_disk.iterdir()) == []
+
+
+def test_data_builder_refuses_a_second_build_into_the_same_folder(fx):
+    """Two real processes with --overwrite into one folder: the second is refused while the first
+    holds it (the first is paused once it holds the lock, so the order does not depend on timing),
+    naming the folder and the first build; the first then finishes and its build is the one kept."""
+    import signal
+    import time
+
+    out = Path(fx.out())
+    lock = out.parent / f".{out.name}.omninegclip.lock"
+    environment = {key: value for key, value in os.environ.items() if key != "OMNINEGCLIP_DEBUG"}
+    environment.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    flags = ["--out", str(out), "--overwrite", "--num_validation", "2", "--num_test", "2", "--image_size", "16", "--no_progress"]
+    first = subprocess.Popen([sys.executable, "data_builder.py", "shapes", "--num_train", "300", *flags], cwd=REPO, env=environment,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (lock.is_file() and f'"pid": {first.pid},' in lock.read_text()):
+            assert first.poll() is None, first.communicate()
+            assert time.monotonic() < deadline, "the first build never took the lock"
+            time.sleep(0.005)
+        os.kill(first.pid, signal.SIGSTOP)
+        try:
+            second = _run("data_builder.py", "shapes", "--num_train", "4", *flags)
+        finally:
+            os.kill(first.pid, signal.SIGCONT)
+        first_out, first_err = first.communicate(timeout=600)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert second.returncode == 2 and "Traceback" not in second.stderr, second.stderr
+    assert second.stderr.startswith(f"error: --out '{out}' is in use by another build (pid {first.pid}, lock file {lock}; "
+                                    f"its command: data_builder.py shapes --num_train 300 --out {out} --overwrite"), second.stderr
+    assert "two builds into one folder would replace each other's data; wait for it, pass another --out" in second.stderr
+    assert first.returncode == 0 and f"built shapes -> {out}" in first_out, first_err[-3000:]
+    assert sum(json.loads((out / "build_summary.json").read_text())["rows_out"].values()) == 304  # the first build's rows
+    assert not lock.exists()

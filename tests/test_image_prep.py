@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import collections
 import io
+import logging
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import datasets
@@ -142,6 +145,75 @@ def test_each_unique_image_is_decoded_once_and_a_relaunch_decodes_none(tmp_path,
     assert not counted_decodes  # read from the cache: nothing decoded, nothing checked again
     torch.testing.assert_close(again.embeds, first.embeds)
     assert len(list(tmp_path.glob("image_embeds-*.safetensors"))) == 1
+
+
+def _damaged(data: bytes, damage: str) -> bytes:
+    """A cache file's bytes after `damage`: cut in half, emptied, or another file's bytes."""
+    return {"truncated": data[: len(data) // 2], "empty": b"", "not_safetensors": b"not a safetensors file" * 8}[damage]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "not_safetensors"])
+def test_a_damaged_cache_file_is_named_in_a_warning_rebuilt_and_replaced(tmp_path, processor, tiny_clip, counted_decodes, caplog, damage):
+    table, pictures = jpeg_dataset(3)
+    refs, _ = refs_of(table)
+    transform = ImageTransform.for_processor(processor.image_processor)
+    first = image_pass(refs, transform, model=tiny_clip, num_workers=0, cache_dir=tmp_path)
+    (path,) = tmp_path.glob("image_embeds-*.safetensors")
+    intact = path.read_bytes()
+    path.write_bytes(_damaged(intact, damage))
+    counted_decodes.clear()
+    with caplog.at_level(logging.WARNING, logger=images_module.logger.name):
+        again = image_pass(refs, transform, model=tiny_clip, num_workers=0, cache_dir=tmp_path)
+    assert f"the cached image pass {path} cannot be used (" in caplog.text
+    assert "decoding the images again and replacing it" in caplog.text
+    assert sum(counted_decodes.values()) == len(pictures)  # rebuilt from the images
+    torch.testing.assert_close(again.embeds, first.embeds)
+    assert path.read_bytes() == intact  # replaced by a whole file: the next run reuses it without a word
+    caplog.clear()
+    image_pass(refs, transform, model=tiny_clip, num_workers=0, cache_dir=tmp_path)
+    assert "cannot be used" not in caplog.text
+
+
+def test_a_cache_file_of_another_shape_is_not_reused(tmp_path, processor, tiny_clip, caplog):
+    from safetensors.torch import save_file
+
+    table, _ = jpeg_dataset(3)
+    refs, _ = refs_of(table)
+    transform = ImageTransform.for_processor(processor.image_processor)
+    first = image_pass(refs, transform, model=tiny_clip, num_workers=0, cache_dir=tmp_path)
+    (path,) = tmp_path.glob("image_embeds-*.safetensors")
+    save_file({"image_embeds": torch.zeros(2, 16)}, str(path), metadata={"unreadable": "{}"})  # two rows for three images
+    with caplog.at_level(logging.WARNING, logger=images_module.logger.name):
+        again = image_pass(refs, transform, model=tiny_clip, num_workers=0, cache_dir=tmp_path)
+    assert f"{path} cannot be used (it holds (2, 16) image embeddings, expected 3 rows)" in caplog.text
+    torch.testing.assert_close(again.embeds, first.embeds)
+
+
+def test_a_write_cut_short_leaves_nothing_under_the_real_name(tmp_path, processor, tiny_clip, monkeypatch):
+    """A run stopped while writing the cache (here: half the file written, then Ctrl-C) leaves no
+    file under the name a relaunch reads; a temporary file of a process that is gone (killed before
+    it could clean up) is removed by the next write."""
+    table, _ = jpeg_dataset(2)
+    refs, _ = refs_of(table)
+    transform = ImageTransform.for_processor(processor.image_processor)
+    real_save = images_module.save_file
+
+    def cut_short(tensors, filename, metadata=None):
+        real_save(tensors, filename, metadata=metadata)
+        Path(filename).write_bytes(Path(filename).read_bytes()[:40])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(images_module, "save_file", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        image_pass(refs, transform, model=tiny_clip, num_workers=0, cache_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(images_module, "save_file", real_save)
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    key = images_module.cache_key(tiny_clip, transform, refs, str(torch.float32))
+    left_by_a_killed_run = tmp_path / f"image_embeds-{key}.partial-{int(finished.stdout)}"
+    left_by_a_killed_run.write_bytes(b"half a file")
+    image_pass(refs, transform, model=tiny_clip, num_workers=0, cache_dir=tmp_path)
+    assert [path.name for path in tmp_path.iterdir()] == [f"image_embeds-{key}.safetensors"]
 
 
 def test_worker_processes_give_the_same_embeddings(processor, tiny_clip):

@@ -86,6 +86,7 @@ def print_summary(summary: dict, out: Path) -> None:
               + ", ".join(f"{column} {count}" for column, count in long["texts"].items()))
     elif long is None:
         print("  token lengths not checked (no CLIP tokenizer: install open_clip_torch --no-deps for its BPE file)")
+    _print_statements(summary)
     gate = summary["quality_gate"]["total"]
     print("  quality gate: " + "; ".join(
         f"{kind} passed {gate[kind]['passed']}, none {gate[kind]['missing']}, failed {sum(gate[kind]['failed'].values())}"
@@ -93,6 +94,31 @@ def print_summary(summary: dict, out: Path) -> None:
     if not summary["quality_gate"]["passed"]:
         print("  WARNING: some negations fail the quality gate; see build_summary.json", file=sys.stderr)
     print(f"  summary: {out / SUMMARY_FILE}")
+
+
+_BOTH_NEGATIONS_HINTS = {"ccneg": "; CC-Neg gives presence negations only: pass --synthesize_absence",
+                         "negationclip": "; NegationCLIP gives absence negations only: pass --synthesize_presence"}
+
+
+def _print_statements(summary: dict) -> None:
+    """With --statement_rate: how many rows became statements and how many could; a warning when none did."""
+    statements = summary.get("statements")
+    if not statements:
+        return
+    rate, both = statements["rate"], statements["rows_with_both_negations"]
+    print(f"  statements (--statement_rate {rate}): {statements['written']} of {statements['rows']} rows; a statement needs "
+          f"both a presence and an absence negation, which {both} rows have ({statements['presence_only']} presence only, "
+          f"{statements['absence_only']} absence only)")
+    if statements["written"]:
+        return
+    if both:
+        why = f"none of the {both} rows with both negations was drawn at this rate"
+    else:
+        presence_only, absence_only = statements["presence_only"], statements["absence_only"]
+        lacking = ("none has an absence negation" if not absence_only else "none has a presence negation" if not presence_only
+                   else f"{presence_only} lack an absence negation, {absence_only} a presence negation")
+        why = f"no row has both negations ({lacking}){_BOTH_NEGATIONS_HINTS.get(summary['source'], '')}"
+    print(f"  WARNING: --statement_rate {rate} wrote no statement: {why}", file=sys.stderr)
 
 
 def build_description(source: str, options: BuildOptions) -> str:

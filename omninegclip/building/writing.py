@@ -1,10 +1,12 @@
-"""Where a build goes: the output folder checked before any work, the build written into a hidden
-sibling folder and renamed into place only once complete (`write_atomically`; what a killed build
-left is cleaned up by the next, `recover_interrupted_builds`), and the finished folder pushed to the
-Hub (`push_to_hub`)."""
+"""Where a build goes: the output folder locked against a second build for the whole build
+(`output_lock`), checked before any work, the build written into a hidden sibling folder and
+renamed into place only once complete (`write_atomically`; what a killed build left is cleaned up
+by the next, `recover_interrupted_builds`; a full disk is one error naming --out), and the finished
+folder pushed to the Hub (`push_to_hub`)."""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import sys
@@ -14,7 +16,7 @@ from pathlib import Path
 from omninegclip.building.cards import hub_dataset_card
 from omninegclip.building.storage import load_with_images
 from omninegclip.common.cli import UserError
-from omninegclip.common.outputs import ensure_writable, is_alive
+from omninegclip.common.outputs import OutputLock, ensure_writable, is_alive
 
 SUMMARY_FILE = "build_summary.json"
 CARD_FILE = "README.md"
@@ -28,6 +30,14 @@ def _check_target(out: Path, overwrite: bool) -> None:
             raise UserError(f"--out {out}: already exists; pass --overwrite to replace it")
         if not ((out / "dataset_dict.json").is_file() or (out / SUMMARY_FILE).is_file()):
             raise UserError(f"--out {out}: --overwrite only replaces a dataset this tool built, and this folder has no dataset_dict.json")
+
+
+def output_lock(out: Path | str) -> OutputLock:
+    """The lock of a build into `out`, held from before the checks until the build is in place (and
+    pushed): a second build into the same folder is refused, naming the first. The lock file is a
+    hidden sibling of `out` (`out` itself is replaced by a rename at the end)."""
+    out = Path(out).absolute()
+    return OutputLock(out, "--out", lock_file=out.parent / f".{out.name}.omninegclip.lock", kind="build", at_stake="data")
 
 
 def _building_prefix(out: Path) -> str:
@@ -78,15 +88,50 @@ def write_atomically(out: Path, overwrite: bool, fill: Callable[[Path, Path], No
     root = out.parent / f"{_building_prefix(out)}{os.getpid()}"
     shutil.rmtree(root, ignore_errors=True)
     staging, scratch = root / "output", root / "scratch"
-    scratch.mkdir(parents=True)
     try:
+        scratch.mkdir(parents=True)
         fill(staging, scratch)
         _check_target(out, overwrite)  # nothing appeared there meanwhile
         if out.exists():
             out.rename(root / "previous")
         staging.rename(out)
+    except Exception as error:
+        full = _disk_full(error)
+        if full is None:
+            raise
+        written = _bytes_under(root)
+        shutil.rmtree(root, ignore_errors=True)
+        raise UserError(
+            f"--out {out}: the disk is full ({full.strerror or 'no space left'}): the build had written {_mib(written)} beside "
+            f"--out when it ran out of space. Nothing at --out was changed and the partial build was removed "
+            f"({_mib(shutil.disk_usage(out.parent).free)} free there now): free space on that disk, or pass an --out on a disk "
+            f"with more room"
+        ) from None
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _disk_full(error: BaseException | None) -> OSError | None:
+    """The "no space left on device" (or "disk quota exceeded") error behind `error`, however the
+    libraries in between wrapped it (datasets, pyarrow, a worker process); None if there is none."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in _DISK_FULL:
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _bytes_under(folder: Path) -> int:
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file()) if folder.is_dir() else 0
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB"
 
 
 def push_to_hub(out: Path, repo_id: str, card: str, private: bool = False) -> None:

@@ -5,9 +5,12 @@ Public surface:
 - `ensure_writable(folder, flag) -> Path`: create `folder` (and its parents) and write a probe file in
   it; a `UserError` naming the flag, the folder and the system's reason (read-only mount, no
   permission, full disk) otherwise. Run before any slow work.
-- `OutputLock(folder, flag)`: a context manager holding `<folder>/_omninegclip.lock` (pid and host)
-  for a run's lifetime. A second run into the same folder fails at once, naming the holder's pid;
-  the lock of a process that is gone (killed) is taken over with a warning.
+- `OutputLock(folder, flag, lock_file=None, kind="run", at_stake=...)`: a context manager holding
+  `<folder>/_omninegclip.lock` (or `lock_file`, e.g. beside a folder that is replaced by a rename;
+  it records the pid, the host and the command) for a run's lifetime. A second run into the same
+  folder fails at once, naming the folder, the holder's pid and its command, and what two `kind`s
+  would do to each other's `at_stake`; the lock of a process that is gone (killed) is taken over
+  with a warning.
 - `write_atomically(path, data)`: `data` (str or bytes) written to a temporary sibling, then renamed
   over `path`: a reader sees the old file or the complete new one, never a partial one. An
   `OSError` becomes a `UserError` naming the file.
@@ -20,14 +23,16 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import socket
+import sys
 from pathlib import Path
 
 from omninegclip.common.cli import UserError
 
 logger = logging.getLogger(__name__)
 
-# "_": the Trainer's Hub pushes of the output folder leave out files whose name starts so.
+# "_": the Trainer's Hub pushes of an output folder leave out files whose name starts so.
 LOCK_FILE = "_omninegclip.lock"
 PROBE_PREFIX = ".write-probe-"
 
@@ -64,13 +69,22 @@ def overlapping(a: str | Path, b: str | Path) -> bool:
     return a == b or a in b.parents or b in a.parents
 
 
-class OutputLock:
-    """`<folder>/_omninegclip.lock` while a run writes into `folder` (see the module docstring)."""
+def _command() -> str:
+    """This process's command line as a shell would show it (cut to a readable length)."""
+    words = [Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python", *sys.argv[1:]]
+    command = " ".join(shlex.quote(word) for word in words)
+    return command if len(command) <= 300 else command[:297] + "..."
 
-    def __init__(self, folder: str | Path, flag: str):
+
+class OutputLock:
+    """A lock file while a run writes into `folder` (see the module docstring)."""
+
+    def __init__(self, folder: str | Path, flag: str, lock_file: str | Path | None = None, kind: str = "run",
+                 at_stake: str = "weights and checkpoints"):
         self.folder = Path(folder).expanduser()
         self.flag = flag
-        self.path = self.folder / LOCK_FILE
+        self.path = Path(lock_file).expanduser() if lock_file is not None else self.folder / LOCK_FILE
+        self.kind, self.at_stake = kind, at_stake
         self.held = False
 
     def _holder(self) -> dict:
@@ -81,8 +95,8 @@ class OutputLock:
             return {}
 
     def acquire(self) -> OutputLock:
-        ensure_writable(self.folder, self.flag)
-        record = json.dumps({"pid": os.getpid(), "host": socket.gethostname()})
+        ensure_writable(self.path.parent, self.flag if self.path.parent == self.folder else f"{self.flag} {self.folder}: its folder")
+        record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": _command()})
         for _ in range(2):
             try:
                 descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -92,10 +106,11 @@ class OutputLock:
                 same_host = host in (None, socket.gethostname())
                 if isinstance(pid, int) and (not same_host or is_alive(pid)):
                     where = "" if same_host else f" on host {host}"
+                    command = f"; its command: {holder['command']}" if isinstance(holder.get("command"), str) else ""
                     raise UserError(
-                        f"{self.flag} {str(self.folder)!r} is in use by another run (pid {pid}{where}, lock file {self.path}): "
-                        f"two runs into one folder would replace each other's weights and checkpoints; wait for it, "
-                        f"pass another {self.flag}, or delete the lock file if that run is gone") from None
+                        f"{self.flag} {str(self.folder)!r} is in use by another {self.kind} (pid {pid}{where}, lock file {self.path}"
+                        f"{command}): two {self.kind}s into one folder would replace each other's {self.at_stake}; wait for it, "
+                        f"pass another {self.flag}, or delete the lock file if that {self.kind} is gone") from None
                 logger.warning("%s %s: taking over the lock of pid %s, which is no longer running (%s)",
                                self.flag, self.folder, pid if pid is not None else "?", self.path)
                 self.path.unlink(missing_ok=True)
@@ -106,7 +121,7 @@ class OutputLock:
                 handle.write(record)
             self.held = True
             return self
-        raise UserError(f"{self.flag} {str(self.folder)!r}: another run took the lock file {self.path} meanwhile")
+        raise UserError(f"{self.flag} {str(self.folder)!r}: another {self.kind} took the lock file {self.path} meanwhile")
 
     def release(self) -> None:
         if self.held and self._holder().get("pid") == os.getpid():

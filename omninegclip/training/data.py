@@ -7,7 +7,7 @@ Public surface: `CaptionColumns`, `CaptionColumnArguments`, `load_any_dataset`, 
 Nothing here copies image bytes. A prepared split holds, per distinct row, where it came from
 (`source_index`, `source_row`), its image (an index into the split's unique images,
 `omninegclip.training.images.ImageRefs`, and into their embeddings) and its token ids per caption set
-(`omninegclip.common.caption_sets.CAPTION_SETS`, keyed by `CaptionSet.input_ids`);
+(`modeling_omninegclip.CAPTION_SETS`, keyed by `CaptionSet.input_ids`);
 `PackedRows` packs every split into padded arrays, and the Trainer's tables hold small integers only
 (`row_id`, `source_index`, `source_row`): the collator gathers a batch from the arrays at once.
 

@@ -15,6 +15,8 @@ Public surface:
   processes; returns an `ImagePass` (the embeddings, or None when `model` is None, and the unreadable
   images by index). With `cache_dir` the result is stored under a key of the vision weights, the
   preprocessing, the precision and the images, and a relaunch reads it without decoding anything.
+  The file is written atomically (a temporary name, then a rename); one that cannot be read
+  (truncated, corrupt, of another shape) is named in a warning, then rebuilt and replaced.
 """
 
 from __future__ import annotations
@@ -32,11 +34,13 @@ import numpy as np
 import torch
 import xxhash
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from omninegclip.common.embedding import _features
-from omninegclip.common.safe_load import UnreadableImage, open_rgb_image
+from omninegclip.common.outputs import is_alive
+from omninegclip.common.safe_load import UnreadableImage, first_line, open_rgb_image
 
 logger = logging.getLogger(__name__)
 
@@ -307,22 +311,51 @@ def cache_key(model, transform: ImageTransform | None, refs: ImageRefs, precisio
     return digest.hexdigest()[:32]
 
 
-def _load_cached(path: Path) -> ImagePass:
-    tensors = load_file(str(path))
-    with open(path, "rb") as handle:  # the unreadable images ride in the safetensors header's metadata
-        header = json.loads(handle.read(int.from_bytes(handle.read(8), "little")))
-    unreadable = {int(index): UnreadableImage(kind, message)
-                  for index, (kind, message) in json.loads(header.get("__metadata__", {}).get("unreadable", "{}")).items()}
-    return ImagePass(tensors.get("image_embeds"), unreadable)
+def _load_cached(path: Path, count: int, embedded: bool) -> ImagePass | None:
+    """The pass stored at `path` for `count` images, or None (with a warning naming the file) when
+    the file cannot be read (truncated, e.g. a copy cut short, or corrupt) or does not hold such a
+    pass (another shape). The caller then decodes the images again and replaces the file."""
+    try:
+        with safe_open(str(path), framework="pt") as cached:  # the unreadable images ride in the header's metadata
+            names = set(cached.keys())
+            embeds = cached.get_tensor("image_embeds") if "image_embeds" in names else None
+            listed = json.loads((cached.metadata() or {}).get("unreadable", "{}"))
+        unreadable = {int(index): UnreadableImage(kind, message) for index, (kind, message) in listed.items()}
+        problem = None
+        if embedded and (embeds is None or embeds.ndim != 2 or len(embeds) != count):
+            problem = f"it holds {tuple(embeds.shape) if embeds is not None else 'no'} image embeddings, expected {count} rows"
+        elif not embedded and "checked" not in names:
+            problem = "it is not the record of a checking pass"
+        elif any(not 0 <= index < count for index in unreadable):
+            problem = f"it lists unreadable images outside the {count} images"
+    except (SafetensorError, OSError, ValueError, TypeError, AttributeError) as error:  # ValueError: json and UnreadableImage too
+        problem = first_line(error)
+    if problem is not None:
+        logger.warning("the cached image pass %s cannot be used (%s); decoding the images again and replacing it",
+                       path, problem)
+        return None
+    return ImagePass(embeds, unreadable)
 
 
 def _save_cached(path: Path, result: ImagePass) -> None:
+    """`result` written to a temporary sibling, flushed to disk, then renamed over `path`: a run
+    killed while writing (or a full disk) leaves no partial file under the real name. What killed
+    runs left behind (`<stem>.partial-<pid>` of processes that are gone) is removed first."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f"{path.stem}.partial-*"):
+        pid = stale.name.rpartition("-")[2]
+        if pid.isdigit() and int(pid) != os.getpid() and not is_alive(int(pid)):
+            stale.unlink(missing_ok=True)
     tensors = {"image_embeds": result.embeds.contiguous()} if result.embeds is not None else {"checked": torch.zeros(1)}
     metadata = {"unreadable": json.dumps({str(i): [e.kind, str(e)] for i, e in result.unreadable.items()})}
     partial = path.with_suffix(f".partial-{os.getpid()}")
-    save_file(tensors, str(partial), metadata=metadata)
-    os.replace(partial, path)
+    try:
+        save_file(tensors, str(partial), metadata=metadata)
+        with open(partial, "rb") as written:
+            os.fsync(written.fileno())
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def _decode_loader(refs: ImageRefs, transform: ImageTransform | None, batch_size: int, num_workers: int | None,
@@ -361,9 +394,10 @@ def image_pass(
     if cache_dir is not None:
         stem = "image_embeds" if model is not None else "image_check"
         path = Path(cache_dir) / f"{stem}-{cache_key(model, transform, refs, precision)}.safetensors"
-        if path.is_file():
+        cached = _load_cached(path, len(refs), model is not None) if path.is_file() else None
+        if cached is not None:
             logger.info("%s: reusing %s (no image decoded)", desc, path)
-            return _load_cached(path)
+            return cached
     device = torch.device(device) if device is not None else (next(model.parameters()).device if model is not None else None)
     loader = _decode_loader(refs, transform if model is not None else None, batch_size, num_workers, device)
     embeds, unreadable, pending = None, {}, []
