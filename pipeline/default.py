@@ -30,10 +30,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from eval.results import EvalResults
 from omninegclip import REPO_ROOT as ROOT
 from omninegclip.common.cli import UserError, run_cli
 from omninegclip.common.clip import ClipSize
+from omninegclip.common.results import EvalResults
 
 # The stand-in for pretrained CLIP: small enough to pretrain on 2 CPU cores in minutes.
 SMALL_CLIP = ClipSize(text_hidden=128, text_layers=6, text_heads=4, vision_hidden=128, vision_layers=4, vision_heads=4,

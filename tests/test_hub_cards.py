@@ -32,9 +32,9 @@ from omninegclip.building import writing
 import eval.__main__ as eval_cli
 import omninegclip.training.model_card as model_card
 import train
-from eval.results import EvalResults
 from omninegclip.building.cards import GENERATED_DATA_LICENSE
 from omninegclip.common.cli import UserError
+from omninegclip.common.results import EvalResults
 from pipeline.default import HUB_NAMES, attach_results, write_widget_examples
 
 ABSOLUTE_PATH = re.compile(r"(?<![\w/:.~-])(?:~|/)(?:[\w.@+-]+/)+[\w.@+-]*")

@@ -38,16 +38,13 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from string import Template
-from typing import TYPE_CHECKING
 
 from huggingface_hub import ModelCard, ModelCardData, create_repo, upload_folder
 from huggingface_hub.repocard_data import model_index_to_eval_results
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from omninegclip.common.cli import UserError, run_cli
-
-if TYPE_CHECKING:
-    from eval.results import EvalResults
+from omninegclip.common.results import EvalResults, results_markdown
 
 logger = logging.getLogger(__name__)
 
@@ -620,8 +617,6 @@ def write_model_card(
                              dataset_ids=dataset_ids, widget_examples=widget_examples, base_description=base_description,
                              namespace=namespace, remember=True)
     if results is not None:
-        from eval.report import results_markdown
-
         index, markdown = [results.model_index_entry(results_model or facts.model_name)], results_markdown(results)
     else:
         index, markdown = _read_json(folder / "eval" / "model_index.json"), _read_text(folder / "eval" / "results.md")
