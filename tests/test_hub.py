@@ -19,6 +19,7 @@ from PIL import Image
 from train_helpers import color_rows, save_dataset, save_tiny_clip, single_thread, train_flags, weights  # noqa: F401  (single_thread: an autouse fixture)
 from transformers import AutoModelForZeroShotImageClassification, CLIPModel, pipeline
 
+import omninegclip.training.card.hub as card_hub
 import omninegclip.training.model_card as model_card
 import train
 
@@ -50,8 +51,8 @@ class FakeHub:
 @pytest.fixture
 def hub(tmp_path, monkeypatch):
     fake = FakeHub(tmp_path / "hub")
-    monkeypatch.setattr(model_card, "create_repo", fake.create_repo)
-    monkeypatch.setattr(model_card, "upload_folder", fake.upload_folder)
+    monkeypatch.setattr(card_hub, "create_repo", fake.create_repo)
+    monkeypatch.setattr(card_hub, "upload_folder", fake.upload_folder)
     return fake
 
 

@@ -30,12 +30,14 @@ from transformers import CLIPModel
 import data_builder
 from omninegclip.building import writing
 import eval.__main__ as eval_cli
+import omninegclip.training.card.hub as card_hub
 import omninegclip.training.model_card as model_card
 import train
 from omninegclip.building.cards import GENERATED_DATA_LICENSE
 from omninegclip.common.cli import UserError
 from omninegclip.common.results import EvalResults
-from pipeline.default import HUB_NAMES, attach_results, write_widget_examples
+from omninegclip.training.card.widget import write_world_widget_examples
+from pipeline.default import HUB_NAMES, attach_results
 
 ABSOLUTE_PATH = re.compile(r"(?<![\w/:.~-])(?:~|/)(?:[\w.@+-]+/)+[\w.@+-]*")
 PHOTO_WORDS = re.compile(r"\b(dogs?|sofas?|cats?|couch)\b", re.IGNORECASE)
@@ -70,7 +72,7 @@ def tiny_default(tmp_path_factory):
     world = root / "world"
     data_builder.main(["shapes", "--out", str(world), "--num_train", "48", "--num_validation", "8", "--num_test", "40",
                        "--image_size", "32", "--no_progress"])
-    widget = write_widget_examples(root)
+    widget = write_world_widget_examples(root)
     return root, world, widget
 
 
@@ -87,8 +89,8 @@ def pushed(tiny_default, tmp_path_factory, processor):
     torch.set_num_threads(1)  # as the autouse single_thread fixture does for a test
     with pytest.MonkeyPatch.context() as patch:
         hub = FakeHub(folder / "hub")
-        patch.setattr(model_card, "create_repo", hub.create_repo)
-        patch.setattr(model_card, "upload_folder", hub.upload_folder)
+        patch.setattr(card_hub, "create_repo", hub.create_repo)
+        patch.setattr(card_hub, "upload_folder", hub.upload_folder)
         train.main(train_flags(init, world, base, max_steps=1, caption_column="pretrain_caption", presence_column="none",
                                absence_column="none", text_preset="whole", widget_examples=widget,
                                card_datasets=HUB_NAMES["world"]))
@@ -354,3 +356,4 @@ def test_dataset_ids_are_checked_before_any_model_loads(tiny_default, value, exp
     with pytest.raises(UserError) as error:
         eval_cli.main(["no-such-model", "--tasks", "world", "--world", str(world), "--dataset_ids", value, "--out", "unused"])
     assert expected in str(error.value)
+

@@ -18,8 +18,8 @@ from test_train_hardening import CrashAt
 from train_helpers import capture_trainers, color_rows, save_dataset, save_tiny_clip, single_thread, train_flags, weights  # noqa: F401  (single_thread: an autouse fixture)
 from transformers import CLIPModel, TrainerCallback
 
+import omninegclip.training.card.hub as card_hub
 import omninegclip.training.lora as lora
-import omninegclip.training.model_card as model_card
 import train
 from modeling_omninegclip import OmniNegCLIPModel
 from omninegclip.common.cli import UserError, run_cli
@@ -194,7 +194,7 @@ def test_save_adapter_loads_on_the_base_with_peft_and_matches_the_merged_checkpo
 @pytest.mark.parametrize("own_repo", [False, True])
 def test_pushed_adapter_goes_to_its_own_repo_or_the_model_repos_subfolder(tmp_path, processor, monkeypatch, own_repo):
     hub = FakeHub(tmp_path / "hub")
-    for module in (model_card, lora):
+    for module in (card_hub, lora):
         monkeypatch.setattr(module, "create_repo", hub.create_repo)
         monkeypatch.setattr(module, "upload_folder", hub.upload_folder)
     model = save_tiny_clip(tmp_path / "clip", processor)
