@@ -504,14 +504,16 @@ def attach_results(checkpoint: Path, results: EvalResults, name: str) -> None:
     """Make a folder Hub-ready: the results of the evaluation beside the weights (`eval/`: every file
     of `python -m eval`, model_index.json with this model's entry only, for a later push from the
     folder), the card re-rendered with this model's results (the base's says what it is: plain CLIP
-    training from a random initialisation)."""
+    training from a random initialisation). The pipeline made these folders, so it rewrites their
+    cards even where an earlier version wrote them without the card's marker (a cached base)."""
     from eval.report import write_outputs
     from omninegclip.training.model_card import write_model_card
 
     write_outputs(results, checkpoint / "eval", model=name)
     base = name == "base"
     write_model_card(checkpoint, repo_id=HUB_NAMES["base"] if base else f"omninegclip-world-{name}",
-                     base_description=BASE_DESCRIPTION if base else None, results=results, results_model=name)
+                     base_description=BASE_DESCRIPTION if base else None, results=results, results_model=name,
+                     overwrite=True)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ driven in headless Chromium on two tiny CLIPs whose answers are known by constru
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -68,7 +69,9 @@ def two_models(tmp_path_factory, tokenizer, processor) -> tuple[Path, Path]:
         word_clip(tokenizer, word).save_pretrained(folders[name])
         processor.save_pretrained(folders[name])
     examples = load_widget_examples(write_world_widget_examples(root / "world"))
-    write_model_card(folders["tuned"], base_model=str(folders["base"]), widget_examples=examples)
+    # The record train.py leaves beside the weights, without which no card is written.
+    (folders["tuned"] / "training_provenance.json").write_text(json.dumps({"base_model": str(folders["base"]), "data": []}))
+    write_model_card(folders["tuned"], widget_examples=examples)
     return folders["tuned"], folders["base"]
 
 

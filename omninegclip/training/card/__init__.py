@@ -4,10 +4,10 @@ the list (a module imports only those below it):
 - `hub`: `push_checkpoint` (create the repo, write the card naming it, upload the folder) and
   `UPLOAD_IGNORE`;
 - `write`: `card_text` (the card of a folder, rendered, nothing written) and `write_model_card`
-  (the folder's README.md);
+  (the folder's README.md, which it never writes over a card it did not write);
 - `render`: `render_model_card(facts, ...)`: the Hub metadata and `model_card.md` filled in;
 - `facts`: `CheckpointFacts`, `checkpoint_facts(folder, ...)`: what a card says, from the folder's
-  own records;
+  own records (and a clear error for a folder without any);
 - `citations`: `citations_markdown(benchmark_types)`: BibTeX of the method, CLIP and the benchmarks;
 - `widget`: `WidgetExample` and where examples come from (`load_widget_examples`, the built-in
   `DEFAULT_WIDGET`, the image world's `world_widget_examples`), how they are stored in a folder and

@@ -16,7 +16,7 @@ from pathlib import Path
 from huggingface_hub import create_repo, upload_folder
 
 from omninegclip.training.card.names import HUB_URL
-from omninegclip.training.card.write import write_model_card
+from omninegclip.training.card.write import check_card_writable, write_model_card
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +34,10 @@ def push_checkpoint(
 ) -> str:
     """Create (or reuse) the Hub repo, write the card naming it (widget URLs in it, bare repo names
     of the card under its owner), and upload the folder in one commit (less `also_ignore`, patterns
-    like UPLOAD_IGNORE's). Returns the full repo id. `card_kwargs` go to `write_model_card`."""
+    like UPLOAD_IGNORE's). Returns the full repo id. `card_kwargs` go to `write_model_card`; the
+    folder is checked (`check_card_writable`) before the repo is created."""
     folder = Path(folder)
+    check_card_writable(folder, card_kwargs.get("overwrite", False))
     full_id = create_repo(repo_id, token=token, private=private, exist_ok=True).repo_id
     write_model_card(folder, repo_id=full_id, namespace=full_id.split("/")[0], **card_kwargs)
     upload_folder(

@@ -3,8 +3,12 @@ zero-shot-image-classification widget, `base_model` / `datasets`, `model-index` 
 eval task) above the template `model_card.md` (the repository's top-level file; the package ships it
 through a link) filled in from a checkpoint's facts.
 
+Every card begins with `CARD_MARKER`, an HTML comment the Hub does not show: it says which tool wrote
+the card, and that tool rewrites a README.md only where the marker is (`is_project_card`).
+
 Public surface: `render_model_card(facts, model_index=None, results_markdown=None, widget=None,
-license="mit") -> huggingface_hub.ModelCard`, `CARD_TAGS`, `TEMPLATE_PATH`.
+license=None) -> huggingface_hub.ModelCard`, `CARD_TAGS`, `CARD_MARKER`, `is_project_card(text)`,
+`TEMPLATE_PATH`.
 """
 
 from __future__ import annotations
@@ -26,6 +30,9 @@ from omninegclip.training.card.widget import stored_image, widget_metadata
 # as package data (pyproject.toml).
 TEMPLATE_PATH = Path(__file__).resolve().parent / "model_card.md"
 CARD_TAGS = ["clip", "negation", "omni-negclip", "zero-shot-image-classification", "contrastive-learning"]
+_MARKER_START = "<!-- omninegclip-card:"
+CARD_MARKER = (f"{_MARKER_START} written by python -m omninegclip.training.model_card, which rewrites this file; "
+               "delete this line to keep your edits -->")
 
 HYPERPARAMETERS = (
     ("learning_rate", "learning rate"), ("per_device_train_batch_size", "batch size per device"),
@@ -76,7 +83,8 @@ def _intro(facts: CheckpointFacts) -> str:
 def _details(facts: CheckpointFacts) -> str:
     settings = facts.settings
     arch = facts.architecture
-    lines = [f"- **Started from:** {facts.base_description or f'`{facts.base_model}`'}"
+    started = facts.base_description or (f"`{facts.base_model}`" if facts.base_model else "not recorded")
+    lines = [f"- **Started from:** {started}"
              + (f" (Hub: [`{facts.base_model_id}`]({HUB_URL}/{facts.base_model_id}))" if facts.base_model_id and "/" in facts.base_model_id else "")]
     data = ", ".join(f"`{name}`" for name in facts.dataset_ids or facts.datasets) or "not recorded"
     built = [f"`{entry['name']}` (`data_builder.py {entry['source']}`"
@@ -168,12 +176,13 @@ def render_model_card(
     model_index: list[dict] | None = None,
     results_markdown: str | None = None,
     widget: list[dict] | None = None,
-    license: str = "mit",
+    license: str | None = None,
 ) -> ModelCard:
     """The card: Hub metadata (YAML, built with `ModelCardData`) + `model_card.md` filled in from
     `facts`. `model_index`: the `model-index` metadata (one model's entry); `results_markdown`: the
     results table shown under Evaluation; `widget`: the `widget` metadata (default: `facts`' examples
-    where the folder stores them). Local absolute paths never reach the card (`public_text`)."""
+    where the folder stores them); `license`: default `facts.license`. Local absolute paths never
+    reach the card (`public_text`)."""
     if widget is None:
         widget = widget_metadata(facts.widget_examples, facts.repo_id)
     tags = CARD_TAGS + (["synthetic-data"] if facts.synthetic_world else [])
@@ -182,7 +191,7 @@ def render_model_card(
         pipeline_tag="zero-shot-image-classification",
         base_model=facts.base_model_id,
         datasets=facts.dataset_ids or None,
-        license=license,
+        license=license or facts.license,
         tags=tags if facts.negation_training else [tag for tag in tags if tag not in ("negation", "omni-negclip")] + ["omni-negclip"],
         widget=widget,
         model_name=facts.model_name if model_index else None,
@@ -206,5 +215,9 @@ def render_model_card(
         limitations=_limitations(facts),
         citation=citations_markdown(benchmarks),
     )
-    return ModelCard(public_text(f"---\n{data.to_yaml()}\n---\n\n{body}"))
+    return ModelCard(public_text(f"---\n{data.to_yaml()}\n---\n\n{CARD_MARKER}\n\n{body}"))
 
+
+def is_project_card(text: str) -> bool:
+    """Whether a README.md's `text` is a card this project wrote (and may rewrite): it holds `CARD_MARKER`."""
+    return _MARKER_START in text

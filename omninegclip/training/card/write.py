@@ -4,9 +4,12 @@ results: an `EvalResults` given (the entry of one model in it), else the folder'
 built-in default's `attach_results` leave there).
 
 `card_text` renders it and writes nothing; `write_model_card` writes it as the folder's README.md,
-with the widget images and the card's inputs beside it (`widget/`, `model_card.json`).
+with the widget images and the card's inputs beside it (`widget/`, `model_card.json`). It never
+writes over a README.md that this project did not write (one without `CARD_MARKER`: a card of the
+user's own) unless told to (`overwrite=True`, the command line's `--overwrite`).
 
-Public surface: `card_text(folder, ...) -> str`, `write_model_card(folder, ...) -> Path`.
+Public surface: `card_text(folder, ...) -> str`, `write_model_card(folder, ...) -> Path`,
+`check_card_writable(folder, overwrite)`.
 """
 
 from __future__ import annotations
@@ -17,14 +20,30 @@ from pathlib import Path
 
 from huggingface_hub import ModelCard
 
+from omninegclip.common.cli import UserError
 from omninegclip.common.results import EvalResults, results_markdown
-from omninegclip.training.card.facts import CheckpointFacts, checkpoint_facts
-from omninegclip.training.card.render import render_model_card
+from omninegclip.training.card.facts import CheckpointFacts, check_checkpoint_folder, checkpoint_facts
+from omninegclip.training.card.render import is_project_card, render_model_card
 from omninegclip.training.card.widget import WidgetExample, store_widget
 
 logger = logging.getLogger(__name__)
 
 CARD_FILE = "README.md"
+
+
+def check_card_writable(folder: str | Path, overwrite: bool = False) -> None:
+    """A `UserError` unless `folder` has the records a card is made from and its README.md, if any,
+    is a card this project wrote (or `overwrite`)."""
+    folder = Path(folder)
+    check_checkpoint_folder(folder)
+    readme = folder / CARD_FILE
+    if overwrite or not readme.is_file() or is_project_card(readme.read_text(errors="replace")):
+        return
+    raise UserError(
+        f"{readme} exists and was not written by this tool (it lacks the line `<!-- omninegclip-card: ... -->` "
+        "that every card of Omni-NegCLIP begins with): writing the card would replace it, its text and its "
+        "metadata (license, tags) with the project's. Pass --overwrite (overwrite=True from Python) to replace "
+        "it, or move it out of the folder first.")
 
 
 def _model_index_entry(index: list[dict], model_name: str, folder: Path) -> list[dict] | None:
@@ -45,7 +64,7 @@ def _read_text(path: Path) -> str | None:
 
 
 def _render(folder: Path, facts: CheckpointFacts, namespace: str | None, results: EvalResults | None,
-            results_model: str | None, license: str) -> ModelCard:
+            results_model: str | None) -> ModelCard:
     if results is not None:
         index, markdown = [results.model_index_entry(results_model or facts.model_name)], results_markdown(results)
     else:
@@ -56,7 +75,7 @@ def _render(folder: Path, facts: CheckpointFacts, namespace: str | None, results
         bare = {name.split("/")[-1]: name for name in facts.dataset_ids}
         for result in model_index[0]["results"]:
             result["dataset"]["type"] = bare.get(result["dataset"]["type"], result["dataset"]["type"])
-    return render_model_card(facts, model_index=model_index, results_markdown=markdown, license=license)
+    return render_model_card(facts, model_index=model_index, results_markdown=markdown)
 
 
 def card_text(
@@ -65,7 +84,7 @@ def card_text(
     datasets: list[str] | None = None,
     repo_id: str | None = None,
     widget_examples: list[WidgetExample] | None = None,
-    license: str = "mit",
+    license: str | None = None,
     base_model_id: str | None = None,
     dataset_ids: list[str] | None = None,
     base_description: str | None = None,
@@ -78,8 +97,8 @@ def card_text(
     folder = Path(folder)
     facts = checkpoint_facts(folder, repo_id=repo_id, base_model=base_model, datasets=datasets, base_model_id=base_model_id,
                              dataset_ids=dataset_ids, widget_examples=widget_examples, base_description=base_description,
-                             namespace=namespace)
-    return str(_render(folder, facts, namespace, results, results_model, license))
+                             namespace=namespace, license=license)
+    return str(_render(folder, facts, namespace, results, results_model))
 
 
 def write_model_card(
@@ -88,27 +107,31 @@ def write_model_card(
     datasets: list[str] | None = None,
     repo_id: str | None = None,
     widget_examples: list[WidgetExample] | None = None,
-    license: str = "mit",
+    license: str | None = None,
     base_model_id: str | None = None,
     dataset_ids: list[str] | None = None,
     base_description: str | None = None,
     namespace: str | None = None,
     results: EvalResults | None = None,
     results_model: str | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Render the card of a checkpoint folder and write it as the folder's README.md (returned).
 
     Read from the folder (see `checkpoint_facts`): settings, base model and datasets (and their Hub
-    ids), the widget examples stored by an earlier call.
+    ids), the widget examples stored by an earlier call, the license given earlier (default MIT).
     The eval results: `results` (an `EvalResults`; the entry of the model named `results_model` in
     it) where given, else the folder's `eval/model_index.json` and `eval/results.md`.
     `base_description` replaces the base model's name in the text (e.g. "a randomly initialised
-    CLIP"); `namespace` is the owner the folder is pushed under."""
+    CLIP"); `namespace` is the owner the folder is pushed under. A `UserError`, before anything is
+    written, for a folder without train.py's records or with a README.md this project did not write
+    (unless `overwrite`)."""
     folder = Path(folder)
+    check_card_writable(folder, overwrite)
     facts = checkpoint_facts(folder, repo_id=repo_id, base_model=base_model, datasets=datasets, base_model_id=base_model_id,
                              dataset_ids=dataset_ids, widget_examples=widget_examples, base_description=base_description,
-                             namespace=namespace, remember=True)
+                             namespace=namespace, license=license, remember=True)
     store_widget(folder, facts.widget_examples)
     path = folder / CARD_FILE
-    _render(folder, facts, namespace, results, results_model, license).save(path)
+    _render(folder, facts, namespace, results, results_model).save(path)
     return path
