@@ -77,7 +77,7 @@ def main(argv: list[str]) -> None:
         seed=args.seed,
         dataset_ids=parse_dataset_ids(args.dataset_ids),
     )
-    from eval.report import results_markdown
+    from omninegclip.common.results import results_markdown
 
     print(results_markdown(results))
     written = [name for name in ("results.json", "results.md", "model_index.json", "results.png") if (Path(args.out) / name).is_file()]

@@ -14,14 +14,15 @@ out of that kind only; a row with an empty caption is left out and counted in `N
 a caption that is not a string is an error naming the row.
 
 Public surface: `NegationPairs`, `read_negation_pairs(source, split="test", max_items=None)`,
-`eos_positions(input_ids, eos_token_id)`, `LayerwiseResult`,
+`eos_positions(input_ids, eos_token_id)`,
 `layerwise_cosines(model, tokenizer, pairs, batch_size=64, progress=True) -> LayerwiseResult`,
-`layerwise_markdown(results)`, `plot_layerwise(results, path)`.
+`plot_layerwise(results, path)`. `LayerwiseResult` and its table (`layerwise_markdown`) are part of the
+results (`omninegclip.common.results`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -30,6 +31,7 @@ from tqdm.auto import tqdm
 from omninegclip.common.cli import UserError
 from omninegclip.common.clip import CONTEXT_LENGTH
 from omninegclip.common.formats import read_csv
+from omninegclip.common.results import LayerwiseResult
 from omninegclip.common.skips import SkipLog
 
 KINDS = ("presence", "absence")
@@ -117,12 +119,6 @@ def _eos_states(model, tokenizer, texts: list[str]) -> torch.Tensor:
     return torch.stack([states[rows, positions] for states in output.hidden_states[1:]], dim=1).float().cpu()
 
 
-@dataclass
-class LayerwiseResult:
-    cosines: dict[str, list[float]] = field(default_factory=dict)  # kind -> mean cosine per block
-    pairs: dict[str, int] = field(default_factory=dict)  # kind -> number of pairs averaged
-
-
 def layerwise_cosines(model, tokenizer, pairs: NegationPairs, batch_size: int = 64, progress: bool = True, desc: str = "") -> LayerwiseResult:
     num_blocks = model.config.text_config.num_hidden_layers
     sums = {kind: torch.zeros(num_blocks, dtype=torch.float64) for kind in pairs.negations}
@@ -146,23 +142,6 @@ def layerwise_cosines(model, tokenizer, pairs: NegationPairs, batch_size: int = 
         cosines={kind: (sums[kind] / counts[kind]).tolist() if counts[kind] else [float("nan")] * num_blocks for kind in sums},
         pairs=counts,
     )
-
-
-def layerwise_markdown(results: dict[str, LayerwiseResult]) -> str:
-    """One row per text block, one column per (model, kind): mean cosine of caption vs negation."""
-    columns = [(model, kind) for model, result in results.items() for kind in result.cosines]
-    num_blocks = max((len(values) for result in results.values() for values in result.cosines.values()), default=0)
-    lines = [
-        "| block | " + " | ".join(f"{model} {kind} (n={results[model].pairs[kind]})" for model, kind in columns) + " |",
-        "|---:|" + "---:|" * len(columns),
-    ]
-    for block in range(num_blocks):
-        cells = []
-        for model, kind in columns:
-            values = results[model].cosines[kind]
-            cells.append(f"{values[block]:.4f}" if block < len(values) else "")
-        lines.append(f"| {block} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
 
 
 def plot_layerwise(results: dict[str, LayerwiseResult], path: str | Path) -> None:

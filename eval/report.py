@@ -9,21 +9,20 @@
   for a model card's metadata (`model-index: [entry]`; `EvalResults.model_index_entry`);
 - `layerwise.md` / `layerwise.png` when the layer-wise analysis ran.
 
-Public surface: `results_markdown(results)`, `plot_results(results, path)`, `write_outputs(results,
-out_dir, model=None)`.
+Public surface: `plot_results(results, path)`, `write_outputs(results, out_dir, model=None)`. The
+tables (`results_markdown`, `layerwise_markdown`) belong to the results object, in
+`omninegclip.common.results`: the model card publishes the same table.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
-import math
 import sys
 from pathlib import Path
 
-from eval.layerwise import layerwise_markdown, plot_layerwise
-from eval.results import EvalResults
-from omninegclip.common.clip import CONTEXT_LENGTH
+from eval.layerwise import plot_layerwise
+from omninegclip.common.results import EvalResults, layerwise_markdown, results_markdown
 
 HEADLINE_METRICS = ("accuracy", "text_to_image/R@1", "image_to_text/R@1", "top1")
 
@@ -31,56 +30,6 @@ HEADLINE_METRICS = ("accuracy", "text_to_image/R@1", "image_to_text/R@1", "top1"
 def _is_headline(metric: str) -> bool:
     """Plotted: the main number of each task and its per-group accuracies; the table and JSON have all."""
     return metric in HEADLINE_METRICS or (metric.startswith("accuracy/") and metric != "accuracy/group_mean")
-
-
-def _count_key(metric: str) -> str:
-    if metric.startswith("accuracy/") and metric != "accuracy/group_mean":
-        return "items/" + metric.split("/", 1)[1]
-    if metric.startswith("text_to_image"):
-        return "texts"
-    if metric.startswith("image_to_text"):
-        return "images_with_text"
-    if metric.startswith("top"):
-        return "images"
-    return "items"
-
-
-def _percent(value) -> str:
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}"
-
-
-def _shown_id(model_id: str) -> str:
-    """A Hub id as it is; a local folder by its name only (results.md is published in model cards;
-    results.json keeps the full path)."""
-    local = Path(model_id).is_absolute() or model_id.startswith((".", "~")) or Path(model_id).exists()
-    return f"local folder `{Path(model_id).name}`" if local else f"`{model_id}`"
-
-
-def results_markdown(results: EvalResults) -> str:
-    names = results.model_names
-    lines = ["# Evaluation results", "",
-             "Accuracy and recall in percent; ties count as wrong (`accuracy_argmax`, where shown, is NegBench's own "
-             "rule: a tie goes to the first option). Models: "
-             + ", ".join(f"`{model.name}` = {_shown_id(model.id)}" for model in results.models), "",
-             "| task | metric | n | " + " | ".join(names) + " |",
-             "|---|---|---:|" + "---:|" * len(names)]
-    for name, task in results.tasks.items():
-        for metric, values in task.metrics.items():
-            count = task.counts.get(_count_key(metric), "")
-            lines.append(f"| {name} | {metric} | {count} | " + " | ".join(_percent(values.get(model)) for model in names) + " |")
-    notes = [(name, task.notes) for name, task in results.tasks.items() if task.notes]
-    if results.layerwise and results.layerwise.notes:
-        notes.append(("layerwise", results.layerwise.notes))
-    notes += [(f"model {model.name}", f"{model.texts_truncated} texts longer than {CONTEXT_LENGTH} tokens were truncated")
-              for model in results.models if model.texts_truncated]
-    if notes:
-        lines += ["", "Notes:", *(f"- {task}: {note}" for task, note in notes)]
-    if results.layerwise:
-        lines += ["", "## Layer-wise analysis", "",
-                  f"Mean cosine between the EOS hidden states of a caption and its negation after each text block "
-                  f"(pairs from `{Path(results.layerwise.source).name}`; lower = better separated).", "",
-                  layerwise_markdown(results.layerwise.models)]
-    return "\n".join(lines).rstrip() + "\n"
 
 
 def plot_results(results: EvalResults, path: str | Path) -> None:

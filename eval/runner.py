@@ -10,7 +10,7 @@ to evaluate is an error. results.json records the seed, the git commit and the l
 
 Public surface: `HARNESS_VERSION`, `load_clip(model_id, device)`,
 `run_evaluation(models, tasks, data, out_dir, batch_size=64, device=None, model_names=None,
-max_items=None, progress=True, seed=0, dataset_ids=None) -> EvalResults` (`eval.results`).
+max_items=None, progress=True, seed=0, dataset_ids=None) -> EvalResults` (`omninegclip.common.results`).
 """
 
 from __future__ import annotations
@@ -27,12 +27,12 @@ import torch
 from eval.harness import CLIPEmbedder, evaluate_tasks, task_size
 from eval.layerwise import NegationPairs, layerwise_cosines, read_negation_pairs
 from eval.report import write_outputs
-from eval.results import EvalResults, LayerwiseRun, ModelRun, TaskResult
 from eval.tasks import DATA_FLAGS, TASKS, BuiltTask, build_tasks, check_data, check_task_names
 from omninegclip.common.checkpoints import check_clip_checkpoint
 from omninegclip.common.cli import UserError
 from omninegclip.common.outputs import ensure_writable
 from omninegclip.common.provenance import provenance
+from omninegclip.common.results import EvalResults, LayerwiseRun, ModelRun, TaskResult
 from omninegclip.common.safe_load import first_line, load_pretrained_checked
 
 HARNESS_VERSION = "1.0.0"

@@ -6,7 +6,7 @@ used as trl's trainers are: docs/trainer.md), and one subpackage per layer (the 
 - `omninegclip.training`: what `train.py` uses: preparing rows and batches, image preprocessing,
   LoRA, model cards;
 - `omninegclip.common`: shared by every layer: the CLI error convention, CLIP's constants and
-  tokenizer, safe loading, provenance, embedding, output folders.
+  tokenizer, safe loading, provenance, embedding, output folders, evaluation results.
 
 The model and its losses live in the top-level `modeling_omninegclip.py`, below this package.
 Above it, and never imported by it: the scripts `train.py`, `data_builder.py`, `app.py`, and

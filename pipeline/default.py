@@ -30,10 +30,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from eval.results import EvalResults
 from omninegclip import REPO_ROOT as ROOT
 from omninegclip.common.cli import UserError, run_cli
 from omninegclip.common.clip import ClipSize
+from omninegclip.common.results import EvalResults
+from omninegclip.training.card.widget import write_world_widget_examples
 
 # The stand-in for pretrained CLIP: small enough to pretrain on 2 CPU cores in minutes.
 SMALL_CLIP = ClipSize(text_hidden=128, text_layers=6, text_heads=4, vision_hidden=128, vision_layers=4, vision_heads=4,
@@ -143,33 +144,6 @@ def make_initial_model(folder: Path, size: ClipSize, seed: int, pixel_statistics
     )
     CLIPProcessor(image_processor=image_processor, tokenizer=build_clip_tokenizer()).save_pretrained(folder)
 
-
-def write_widget_examples(out: Path) -> Path:
-    """Two world scenes and negation labels for the card's widget (images rendered here, copied
-    into the checkpoint by train.py)."""
-    from omninegclip.building.shapes import SceneObject, render_scene
-
-    scenes = {
-        "circle-star": [SceneObject("circle", "red", 0.28, 0.35, 0.3), SceneObject("star", "blue", 0.68, 0.62, 0.3)],
-        "heart": [SceneObject("heart", "green", 0.5, 0.5, 0.32)],
-    }
-    examples = []
-    for name, objects in scenes.items():
-        path = out / "widget" / f"{name}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        render_scene(objects, image_size=224, seed=0).save(path)
-        examples.append(dict(image=str(path), **WIDGET_LABELS[name]))
-    target = out / "widget" / "examples.json"
-    target.write_text(json.dumps(examples, indent=2) + "\n")
-    return target
-
-
-WIDGET_LABELS = {
-    "circle-star": dict(title="Which object is negated?", expected_label="a red circle and no square",
-                        candidate_labels=["a red circle and no square", "a red circle and no star"]),
-    "heart": dict(title="Presence negation", expected_label="a green heart",
-                  candidate_labels=["a green heart", "there is no heart"]),
-}
 
 # The Hub repos of the default's folders, without an owner: `python -m omninegclip.training.model_card FOLDER
 # --push_to_hub OWNER/NAME` (and `data_builder.py --push_to_hub`) put them under the pusher's account.
@@ -410,7 +384,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     args.started = time.time()
     world = ensure_world(args)
-    widget = write_widget_examples(args.out)
+    widget = write_world_widget_examples(args.out)
     base = ensure_base(args, world, widget)
     reports = {seed: run_one_seed(args, base, world, widget, seed)[1].to_dict() for seed in args.seeds}
     if len(args.seeds) > 1:
@@ -530,14 +504,16 @@ def attach_results(checkpoint: Path, results: EvalResults, name: str) -> None:
     """Make a folder Hub-ready: the results of the evaluation beside the weights (`eval/`: every file
     of `python -m eval`, model_index.json with this model's entry only, for a later push from the
     folder), the card re-rendered with this model's results (the base's says what it is: plain CLIP
-    training from a random initialisation)."""
+    training from a random initialisation). The pipeline made these folders, so it rewrites their
+    cards even where an earlier version wrote them without the card's marker (a cached base)."""
     from eval.report import write_outputs
     from omninegclip.training.model_card import write_model_card
 
     write_outputs(results, checkpoint / "eval", model=name)
     base = name == "base"
     write_model_card(checkpoint, repo_id=HUB_NAMES["base"] if base else f"omninegclip-world-{name}",
-                     base_description=BASE_DESCRIPTION if base else None, results=results, results_model=name)
+                     base_description=BASE_DESCRIPTION if base else None, results=results, results_model=name,
+                     overwrite=True)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ driven in headless Chromium on two tiny CLIPs whose answers are known by constru
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -18,11 +19,11 @@ from transformers import CLIPModel
 
 import app
 from omninegclip.common.cli import EXIT_USER_ERROR, UserError, run_cli
-from pipeline.default import WIDGET_LABELS, write_widget_examples
-from pipeline.space import write_space
+from omninegclip.training.card.widget import WORLD_WIDGET_LABELS, write_world_widget_examples
 from omninegclip.training.model_card import load_widget_examples, write_model_card
+from pipeline.space import write_space
 
-WHICH = WIDGET_LABELS["circle-star"]  # "a red circle and no square" (right) / "... no star"
+WHICH = WORLD_WIDGET_LABELS["circle-star"]  # "a red circle and no square" (right) / "... no star"
 RIGHT = WHICH["expected_label"]
 WRONG = next(label for label in WHICH["candidate_labels"] if label != RIGHT)
 
@@ -68,8 +69,10 @@ def two_models(tmp_path_factory, tokenizer, processor) -> tuple[Path, Path]:
         folders[name] = root / f"tiny-stand-in-{name}"
         word_clip(tokenizer, word).save_pretrained(folders[name])
         processor.save_pretrained(folders[name])
-    examples = load_widget_examples(write_widget_examples(root / "world"))
-    write_model_card(folders["tuned"], base_model=str(folders["base"]), widget_examples=examples)
+    examples = load_widget_examples(write_world_widget_examples(root / "world"))
+    # The record train.py leaves beside the weights, without which no card is written.
+    (folders["tuned"] / "training_provenance.json").write_text(json.dumps({"base_model": str(folders["base"]), "data": []}))
+    write_model_card(folders["tuned"], widget_examples=examples)
     return folders["tuned"], folders["base"]
 
 
@@ -85,7 +88,7 @@ def test_models_score_as_constructed(two_models):
 def test_widget_examples_come_from_the_checkpoint(two_models):
     tuned, base = two_models
     examples = app.widget_examples(str(tuned))
-    assert [example.title for example in examples] == [labels["title"] for labels in WIDGET_LABELS.values()]
+    assert [example.title for example in examples] == [labels["title"] for labels in WORLD_WIDGET_LABELS.values()]
     assert examples[0].captions == WHICH["candidate_labels"]
     assert all(example.image.is_file() and example.image.parent == tuned / "widget" for example in examples)
     assert app.widget_examples(str(base)) == []

@@ -15,7 +15,7 @@ from transformers import CLIPModel
 from eval.__main__ import main
 from eval.harness import CLIPEmbedder, evaluate_tasks
 from eval.negbench import read_negbench_mcq
-from eval.results import EvalResults
+from omninegclip.common.results import EvalResults
 from eval.runner import run_evaluation
 from omninegclip.common.cli import UserError, run_cli
 
@@ -179,7 +179,7 @@ def test_unknown_task_missing_data_and_bad_rows_are_clean_errors(tmp_path, tiny_
 def test_default_summary_reads_targets_from_the_results_object():
     """The built-in default's summary and target checks take an `EvalResults`: deltas against the
     base, each target met or missed, a fall of a negation task, an unmeasured value shown as –."""
-    from eval.results import ModelRun, TaskResult
+    from omninegclip.common.results import ModelRun, TaskResult
     from pipeline.default import summarize
 
     def task(metrics: dict) -> TaskResult:

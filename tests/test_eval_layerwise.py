@@ -9,16 +9,9 @@ import pytest
 import torch
 from conftest import TINY_TEXT_LAYERS
 
-from eval.layerwise import (
-    LayerwiseResult,
-    NegationPairs,
-    eos_positions,
-    layerwise_cosines,
-    layerwise_markdown,
-    plot_layerwise,
-    read_negation_pairs,
-)
+from eval.layerwise import NegationPairs, eos_positions, layerwise_cosines, plot_layerwise, read_negation_pairs
 from omninegclip.common.cli import UserError
+from omninegclip.common.results import LayerwiseResult, layerwise_markdown
 
 
 def test_identical_caption_and_negation_give_cosine_1_at_every_block(tiny_clip, tokenizer):

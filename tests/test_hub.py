@@ -21,6 +21,7 @@ from train_helpers import color_rows, save_dataset, save_tiny_clip, single_threa
 from transformers import AutoModelForZeroShotImageClassification, CLIPModel, pipeline
 from transformers import trainer as transformers_trainer
 
+import omninegclip.training.card.hub as card_hub
 import omninegclip.training.hub as training_hub
 import omninegclip.training.lora as lora
 import omninegclip.training.model_card as model_card
@@ -82,7 +83,7 @@ def fake_the_hub(monkeypatch, root: Path) -> FakeHub:
     fake = FakeHub(root)
     monkeypatch.setattr(transformers_trainer, "hf_api", lambda: fake)
     monkeypatch.setattr(training_hub, "hub_api", lambda: fake)
-    for module in (model_card, lora):
+    for module in (card_hub, lora):
         monkeypatch.setattr(module, "create_repo", fake.create_repo)
         monkeypatch.setattr(module, "upload_folder", fake.upload_folder)
     return fake

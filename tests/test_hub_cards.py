@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -30,12 +31,14 @@ from transformers import CLIPModel
 import data_builder
 from omninegclip.building import writing
 import eval.__main__ as eval_cli
+import omninegclip.training.card.hub as card_hub
 import omninegclip.training.model_card as model_card
 import train
-from eval.results import EvalResults
 from omninegclip.building.cards import GENERATED_DATA_LICENSE
 from omninegclip.common.cli import UserError
-from pipeline.default import HUB_NAMES, attach_results, write_widget_examples
+from omninegclip.common.results import EvalResults
+from omninegclip.training.card.widget import write_world_widget_examples
+from pipeline.default import HUB_NAMES, attach_results
 
 ABSOLUTE_PATH = re.compile(r"(?<![\w/:.~-])(?:~|/)(?:[\w.@+-]+/)+[\w.@+-]*")
 PHOTO_WORDS = re.compile(r"\b(dogs?|sofas?|cats?|couch)\b", re.IGNORECASE)
@@ -70,7 +73,7 @@ def tiny_default(tmp_path_factory):
     world = root / "world"
     data_builder.main(["shapes", "--out", str(world), "--num_train", "48", "--num_validation", "8", "--num_test", "40",
                        "--image_size", "32", "--no_progress"])
-    widget = write_widget_examples(root)
+    widget = write_world_widget_examples(root)
     return root, world, widget
 
 
@@ -87,8 +90,8 @@ def pushed(tiny_default, tmp_path_factory, processor):
     torch.set_num_threads(1)  # as the autouse single_thread fixture does for a test
     with pytest.MonkeyPatch.context() as patch:
         hub = FakeHub(folder / "hub")
-        patch.setattr(model_card, "create_repo", hub.create_repo)
-        patch.setattr(model_card, "upload_folder", hub.upload_folder)
+        patch.setattr(card_hub, "create_repo", hub.create_repo)
+        patch.setattr(card_hub, "upload_folder", hub.upload_folder)
         train.main(train_flags(init, world, base, max_steps=1, caption_column="pretrain_caption", presence_column="none",
                                absence_column="none", text_preset="whole", widget_examples=widget,
                                card_datasets=HUB_NAMES["world"]))
@@ -354,3 +357,117 @@ def test_dataset_ids_are_checked_before_any_model_loads(tiny_default, value, exp
     with pytest.raises(UserError) as error:
         eval_cli.main(["no-such-model", "--tasks", "world", "--world", str(world), "--dataset_ids", value, "--out", "unused"])
     assert expected in str(error.value)
+
+
+# ------------------------------------------------------------------------- the card CLI's bad inputs
+
+
+def card_folder(root: Path, provenance: dict | None = None, readme: str | None = None, config: bool = True) -> Path:
+    """A checkpoint folder as far as the card reads it: config.json, train.py's record (`provenance`;
+    None: none, as in a plain CLIP) and a README.md already there (`readme`)."""
+    folder = root / "model"
+    folder.mkdir()
+    if config:
+        (folder / "config.json").write_text(json.dumps({"model_type": "clip", "projection_dim": 8,
+                                                        "vision_config": {"image_size": 30}, "text_config": {}}))
+    if provenance is not None:
+        (folder / "training_provenance.json").write_text(json.dumps(provenance))
+    if readme is not None:
+        (folder / "README.md").write_text(readme)
+    return folder
+
+
+def only(folder: Path, names: set[str]) -> None:
+    assert {path.name for path in folder.iterdir()} == names
+
+
+TRAINED = {"base_model": "openai/clip-vit-base-patch32", "datasets": [],
+           "data": [{"name": "data", "split": "train", "with_presence": 3, "with_absence": 2}]}
+USERS_CARD = "---\nlicense: apache-2.0\n---\n\n# My own model\n\nWritten by hand.\n"
+EDITED_CARD = "---\nlicense: mit\n---\n\n# model\n\nThe project's card, its marker line deleted to keep these edits.\n"
+RECORDS = {"config.json", "training_provenance.json"}
+
+
+@dataclass(frozen=True)
+class CardCase:
+    """`python -m omninegclip.training.model_card FOLDER FLAGS` on a folder holding `provenance`,
+    `readme` (and config.json unless not `config`): its exit code, phrases of its output, the files
+    left in the folder (None: not checked) and README.md unchanged where there was one and the run
+    failed."""
+
+    name: str
+    provenance: dict | None
+    readme: str | None
+    flags: tuple[str, ...]
+    exit_code: int
+    phrases: tuple[str, ...]
+    files_after: set[str] | None
+    config: bool = True
+
+
+CARD_CASES = [
+    # A README.md of the user's own is never replaced without --overwrite; the message names the file and the flag.
+    CardCase("own README.md", TRAINED, USERS_CARD, (), 2,
+             ("model/README.md exists and was not written by this tool", "Pass --overwrite"), RECORDS | {"README.md"}),
+    CardCase("own README.md, --overwrite", TRAINED, USERS_CARD, ("--overwrite",), 0, ("wrote",), None),
+    CardCase("own README.md, --push_to_hub: no repo created", TRAINED, USERS_CARD, ("--push_to_hub", "me/model"), 2,
+             ("was not written by this tool",), RECORDS | {"README.md"}),
+    CardCase("the project's card, its marker deleted", TRAINED, EDITED_CARD, (), 2, ("was not written by this tool",),
+             RECORDS | {"README.md"}),
+    # A plain or untrained CLIP (no training record): no card that would invent a training for it.
+    CardCase("no training record", None, None, (), 2,
+             ("model has no training_provenance.json", "a plain or untrained CLIP", "write this folder's README.md yourself"),
+             {"config.json"}),
+    CardCase("no training record, --overwrite", None, USERS_CARD, ("--overwrite",), 2, ("has no training_provenance.json",),
+             {"config.json", "README.md"}),
+    CardCase("no config.json", TRAINED, None, (), 2, ("is not a checkpoint folder (no config.json)",),
+             {"training_provenance.json"}, config=False),
+]
+
+
+@pytest.mark.parametrize("case", CARD_CASES, ids=lambda case: case.name)
+def test_card_cli_bad_inputs(case: CardCase, tmp_path, capsys, caplog, monkeypatch):
+    from train_helpers import invoke_cli
+
+    monkeypatch.setattr(card_hub, "create_repo", lambda *args, **kwargs: pytest.fail("a repo was created"))
+    folder = card_folder(tmp_path, case.provenance, case.readme, case.config)
+    code, output = invoke_cli("omninegclip.training.model_card", [str(folder), *case.flags], capsys, caplog)
+    assert code == case.exit_code, output
+    assert "Traceback" not in output and all(phrase in output for phrase in case.phrases), output
+    if case.files_after is not None:
+        only(folder, case.files_after)
+    if case.readme is not None:
+        readme = (folder / "README.md").read_text()
+        assert readme == case.readme if code else "<!-- omninegclip-card:" in readme
+
+
+def test_a_refused_push_creates_no_repo(tmp_path, monkeypatch):
+    folder = card_folder(tmp_path, TRAINED, USERS_CARD)
+    monkeypatch.setattr(card_hub, "create_repo", lambda *args, **kwargs: pytest.fail("a repo was created"))
+    with pytest.raises(UserError, match="Pass --overwrite"):
+        model_card.push_checkpoint(folder, "me/model")
+
+
+def test_the_card_s_own_marker_lets_it_rewrite_its_card_and_remembers_the_license(tmp_path):
+    folder = card_folder(tmp_path, TRAINED)
+    model_card.write_model_card(folder, license="apache-2.0")
+    first = (folder / "README.md").read_text()
+    assert "<!-- omninegclip-card:" in first.split("---", 2)[2].lstrip().splitlines()[0]  # the body's first line
+    model_card.main([str(folder)])  # a re-render without --license keeps the license given before
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.license == "apache-2.0" and str(card) == first
+    model_card.main([str(folder), "--license", "cc-by-4.0"])
+    assert ModelCard.load(folder / "README.md").data.license == "cc-by-4.0"
+
+
+def test_card_text_is_the_written_card_and_writes_nothing(tmp_path):
+    folder = card_folder(tmp_path, TRAINED)
+    text = model_card.card_text(folder, repo_id="me/model", dataset_ids=["me/data"])
+    only(folder, {"config.json", "training_provenance.json"})
+    assert (model_card.write_model_card(folder, repo_id="me/model", dataset_ids=["me/data"])).read_text() == text
+
+
+def test_a_record_without_its_base_model_says_not_recorded(tmp_path):
+    folder = card_folder(tmp_path, {key: value for key, value in TRAINED.items() if key != "base_model"})
+    text = ModelCard.load(model_card.write_model_card(folder)).text
+    assert "- **Started from:** not recorded" in text and "unknown" not in text

@@ -18,8 +18,8 @@ from test_train_hardening import CrashAt
 from train_helpers import capture_trainers, color_rows, save_dataset, save_tiny_clip, single_thread, train_flags, weights  # noqa: F401  (single_thread: an autouse fixture)
 from transformers import CLIPModel, TrainerCallback
 
+import omninegclip.training.card.hub as card_hub
 import omninegclip.training.lora as lora
-import omninegclip.training.model_card as model_card
 import train
 from modeling_omninegclip import OmniNegCLIPModel
 from omninegclip import OmniNegCLIPConfig

@@ -44,9 +44,22 @@ def test_the_wheel_holds_every_module_and_the_card_template(tmp_path):
     # The scripts on top run from the checkout: no generic top-level module (`train`, `eval`, …) is installed.
     top_level = {name.split("/")[0].removesuffix(".py") for name in names if not name.split("/")[0].endswith((".dist-info", ".data"))}
     assert top_level == {"omninegclip", "modeling_omninegclip"}, top_level
-    template = zipfile.ZipFile(wheel).read("omninegclip/training/model_card.md").decode()
-    assert template == (ROOT / "model_card.md").read_text()  # the top-level template itself, not a link
+    template = zipfile.ZipFile(wheel).read("omninegclip/training/card/model_card.md").decode()
+    assert template == (ROOT / "model_card.md").read_text()  # the top-level template's content, not a link
     assert not any(name.startswith(("tests/", "bench/")) for name in names)
+
+
+def test_the_card_template_is_one_file():
+    """The top-level model_card.md is the template; the package holds a link to it (git mode 120000),
+    not a second copy that could drift from it."""
+    tracked = subprocess.run(["git", "ls-files", "-s", "*model_card.md"], cwd=ROOT, capture_output=True, text=True).stdout
+    entries = {line.split("\t")[1]: line.split()[0] for line in tracked.splitlines()}
+    assert entries == {"model_card.md": "100644", "omninegclip/training/card/model_card.md": "120000"}, entries
+    link = ROOT / "omninegclip" / "training" / "card" / "model_card.md"
+    assert link.is_symlink() and link.resolve() == (ROOT / "model_card.md").resolve()
+    from omninegclip.training.card.render import TEMPLATE_PATH
+
+    assert TEMPLATE_PATH.read_text() == (ROOT / "model_card.md").read_text()
 
 
 def test_no_module_patches_sys_path():

@@ -1,5 +1,5 @@
-"""`EvalResults`: what one evaluation found, typed. `results.json` is the object on disk, in a layout
-that scripts outside this project read, so it never changes shape:
+"""`EvalResults`: what one evaluation found, typed, and its markdown table. `results.json` is the
+object on disk, in a layout that scripts outside this project read, so it never changes shape:
 
     {"harness_version", "models": [{"name", "id", "texts_truncated"?}], "settings", "provenance",
      "tasks": {TASK: {"task", "description", "dataset": {"name", "type", "split"}, "counts", "notes"}},
@@ -9,9 +9,14 @@ that scripts outside this project read, so it never changes shape:
 In memory each task holds its own metrics (`TaskResult.metrics`, metric -> model name -> fraction
 in [0, 1], NaN where a metric is undefined; NaN is written as null and read back as None).
 
-Public surface: `ModelRun`, `TaskResult`, `LayerwiseRun`, `EvalResults` (`metric(task, metric,
-model)`, `metric_names(task)`, `model_index()`, `model_index_entry(model)`, `to_dict()` / `from_dict(data)`,
-`to_json(path)` / `from_json(path)`).
+It lives in the package, below `eval/` (which writes it), the built-in pipeline (which reads it) and
+the model card (which publishes it): one reader of results.json and one table for all of them.
+
+Public surface: `ModelRun`, `TaskResult`, `LayerwiseResult`, `LayerwiseRun`, `EvalResults`
+(`metric(task, metric, model)`, `metric_names(task)`, `model_index()`, `model_index_entry(model)`,
+`to_dict()` / `from_dict(data)`, `to_json(path)` / `from_json(path)`); `results_markdown(results)`
+(results.md: a row per (task, metric), a column per model, then the notes and the layer-wise table);
+`layerwise_markdown(models)` (the layer-wise table alone, layerwise.md).
 """
 
 from __future__ import annotations
@@ -21,12 +26,9 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from omninegclip.common.cli import UserError
-
-if TYPE_CHECKING:  # eval.layerwise imports torch; reading results.json needs no torch
-    from eval.layerwise import LayerwiseResult
+from omninegclip.common.clip import CONTEXT_LENGTH
 
 
 @dataclass
@@ -54,6 +56,15 @@ class TaskResult:
     counts: dict[str, int] = field(default_factory=dict)
     notes: str = ""
     metrics: dict[str, dict[str, float | None]] = field(default_factory=dict)  # metric -> model name -> fraction
+
+
+@dataclass
+class LayerwiseResult:
+    """One model's layer-wise analysis: per kind of negation ("presence", "absence"), the mean cosine of
+    a caption and its negation after each text block, and the number of pairs averaged."""
+
+    cosines: dict[str, list[float]] = field(default_factory=dict)  # kind -> mean cosine per block
+    pairs: dict[str, int] = field(default_factory=dict)  # kind -> number of pairs averaged
 
 
 @dataclass
@@ -148,8 +159,6 @@ class EvalResults:
 
     @classmethod
     def from_dict(cls, data: dict) -> EvalResults:
-        from eval.layerwise import LayerwiseResult
-
         metrics = data["metrics"]
         tasks = {name: TaskResult(**info, metrics=metrics.get(name, {})) for name, info in data["tasks"].items()}
         layerwise = data.get("layerwise")
@@ -177,3 +186,76 @@ class EvalResults:
             raise UserError(f"{path}: not JSON (line {error.lineno}, column {error.colno}: {error.msg})") from None
         except (KeyError, TypeError, AttributeError) as error:
             raise UserError(f"{path}: not a results.json written by python -m eval ({type(error).__name__}: {error})") from None
+
+
+# ---------------------------------------------------------------------------------------------- markdown
+
+
+def _count_key(metric: str) -> str:
+    """The `TaskResult.counts` entry that says how many items `metric` was measured on."""
+    if metric.startswith("accuracy/") and metric != "accuracy/group_mean":
+        return "items/" + metric.split("/", 1)[1]
+    if metric.startswith("text_to_image"):
+        return "texts"
+    if metric.startswith("image_to_text"):
+        return "images_with_text"
+    if metric.startswith("top"):
+        return "images"
+    return "items"
+
+
+def _percent(value) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}"
+
+
+def _shown_id(model_id: str) -> str:
+    """A Hub id as it is; a local folder by its name only (results.md is published in model cards;
+    results.json keeps the full path)."""
+    local = Path(model_id).is_absolute() or model_id.startswith((".", "~")) or Path(model_id).exists()
+    return f"local folder `{Path(model_id).name}`" if local else f"`{model_id}`"
+
+
+def layerwise_markdown(results: dict[str, LayerwiseResult]) -> str:
+    """One row per text block, one column per (model, kind): mean cosine of caption vs negation."""
+    columns = [(model, kind) for model, result in results.items() for kind in result.cosines]
+    num_blocks = max((len(values) for result in results.values() for values in result.cosines.values()), default=0)
+    lines = [
+        "| block | " + " | ".join(f"{model} {kind} (n={results[model].pairs[kind]})" for model, kind in columns) + " |",
+        "|---:|" + "---:|" * len(columns),
+    ]
+    for block in range(num_blocks):
+        cells = []
+        for model, kind in columns:
+            values = results[model].cosines[kind]
+            cells.append(f"{values[block]:.4f}" if block < len(values) else "")
+        lines.append(f"| {block} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def results_markdown(results: EvalResults) -> str:
+    """results.md: one table, a row per (task, metric), a column per model (percentages), then the
+    notes; the layer-wise table under it when the analysis ran."""
+    names = results.model_names
+    lines = ["# Evaluation results", "",
+             "Accuracy and recall in percent; ties count as wrong (`accuracy_argmax`, where shown, is NegBench's own "
+             "rule: a tie goes to the first option). Models: "
+             + ", ".join(f"`{model.name}` = {_shown_id(model.id)}" for model in results.models), "",
+             "| task | metric | n | " + " | ".join(names) + " |",
+             "|---|---|---:|" + "---:|" * len(names)]
+    for name, task in results.tasks.items():
+        for metric, values in task.metrics.items():
+            count = task.counts.get(_count_key(metric), "")
+            lines.append(f"| {name} | {metric} | {count} | " + " | ".join(_percent(values.get(model)) for model in names) + " |")
+    notes = [(name, task.notes) for name, task in results.tasks.items() if task.notes]
+    if results.layerwise and results.layerwise.notes:
+        notes.append(("layerwise", results.layerwise.notes))
+    notes += [(f"model {model.name}", f"{model.texts_truncated} texts longer than {CONTEXT_LENGTH} tokens were truncated")
+              for model in results.models if model.texts_truncated]
+    if notes:
+        lines += ["", "Notes:", *(f"- {task}: {note}" for task, note in notes)]
+    if results.layerwise:
+        lines += ["", "## Layer-wise analysis", "",
+                  f"Mean cosine between the EOS hidden states of a caption and its negation after each text block "
+                  f"(pairs from `{Path(results.layerwise.source).name}`; lower = better separated).", "",
+                  layerwise_markdown(results.layerwise.models)]
+    return "\n".join(lines).rstrip() + "\n"
