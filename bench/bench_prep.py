@@ -27,7 +27,6 @@ import os
 import resource
 import shutil
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -254,8 +253,3 @@ def input_table(inputs: dict) -> list[str]:
         f"| previous (token lists and an embedding per row, padded row by row) | {inputs['previous_ms_per_step']:.2f} | | |",
     ]
 
-
-if __name__ == "__main__":
-    from bench.bench_data import main
-
-    main(["--sections", "preparation,input"] + sys.argv[1:])

@@ -5,15 +5,12 @@ folder; and `unwrap` (the OmniNegCLIPModel inside DDP/PEFT wrappers)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from transformers import TrainerCallback
+from transformers import Trainer, TrainerCallback
 
 from modeling_omninegclip import OmniNegCLIPModel
 from omninegclip.training.checkpoints import write_provenance
 
-if TYPE_CHECKING:
-    from omninegclip.training.trainer import OmniNegCLIPTrainer
 
 
 def unwrap(model) -> OmniNegCLIPModel:
@@ -36,7 +33,7 @@ class FiniteLossCallback(TrainerCallback):
     evaluation runs or training stops: one host sync per check instead of one per step, and no
     checkpoint ever holds weights updated by a bad step."""
 
-    def __init__(self, trainer: "OmniNegCLIPTrainer", every: int):
+    def __init__(self, trainer: Trainer, every: int):  # an OmniNegCLIPTrainer (it calls its check_finite)
         self.trainer, self.every = trainer, every
 
     def on_step_end(self, args, state, control, model=None, **kwargs):

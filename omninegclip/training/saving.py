@@ -1,7 +1,8 @@
 """The end of a training run: the final checkpoint (plain CLIP weights with any LoRA adapters merged,
 processor, metrics, Trainer state, provenance, model card) written into a hidden folder and moved
 into output_dir file by file (`save_final_model`), and the disk space that needs, checked before
-training (`check_disk_space`). The push is the Trainer's own (`trainer.push_to_hub()`)."""
+training (`check_disk_space`). The push is the Trainer's own (`trainer.push_to_hub()`). Each function
+takes the `OmniNegCLIPTrainer` (its `record`, `lora_settings`, `base_model`, `omninegclip_model`)."""
 
 from __future__ import annotations
 
@@ -10,15 +11,13 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
+
+from transformers import Trainer
 
 from modeling_omninegclip import SETTINGS_KEY
 from omninegclip.common.cli import UserError
 from omninegclip.training.checkpoints import write_provenance
 from omninegclip.training.lora import ADAPTER_DIR, save_adapter
-
-if TYPE_CHECKING:
-    from omninegclip.training.trainer import OmniNegCLIPTrainer
 
 logger = logging.getLogger("omninegclip.train")
 
@@ -30,7 +29,7 @@ def _megabytes(size: int) -> str:
     return f"{size / 2**20:,.1f} MB"
 
 
-def space_needed(trainer: OmniNegCLIPTrainer) -> tuple[int, int]:
+def space_needed(trainer: Trainer) -> tuple[int, int]:
     """(bytes of the final folder, bytes of one checkpoint-* folder): the weights as saved, plus the
     optimiser's two float32 moments of every trained parameter in a checkpoint."""
     model = trainer.omninegclip_model
@@ -39,7 +38,7 @@ def space_needed(trainer: OmniNegCLIPTrainer) -> tuple[int, int]:
     return weights, weights + 2 * 4 * trained
 
 
-def check_disk_space(trainer: OmniNegCLIPTrainer) -> None:
+def check_disk_space(trainer: Trainer) -> None:
     """Refuse, before training, an output_dir whose disk cannot hold the final folder and (when
     checkpoints are saved) one checkpoint: a run that trains for hours must not lose its weights at the end."""
     folder = Path(trainer.args.output_dir)
@@ -54,7 +53,7 @@ def check_disk_space(trainer: OmniNegCLIPTrainer) -> None:
                         + "); free some space or pass an --output_dir on a larger disk")
 
 
-def merge_adapters(trainer: OmniNegCLIPTrainer) -> None:
+def merge_adapters(trainer: Trainer) -> None:
     """Write the adapter (when asked) and merge the LoRA adapters: from then on the Trainer holds
     the merged plain model, so `save_model` and `push_to_hub` write plain CLIP weights only."""
     output_dir, args = Path(trainer.args.output_dir), trainer.args
@@ -66,7 +65,7 @@ def merge_adapters(trainer: OmniNegCLIPTrainer) -> None:
     setattr(merged.config, SETTINGS_KEY, dict(getattr(merged.config, SETTINGS_KEY, None) or {}) | {"lora": trainer.lora_settings})
 
 
-def _write_final(trainer: OmniNegCLIPTrainer, eval_metrics: dict | None, train_metrics: dict | None) -> None:
+def _write_final(trainer: Trainer, eval_metrics: dict | None, train_metrics: dict | None) -> None:
     """Everything of the final folder into output_dir (the staging folder, while this runs)."""
     output_dir = Path(trainer.args.output_dir)
     trainer.save_model(_internal_call=True)  # every process (FSDP/DeepSpeed gather the weights); the push comes after
@@ -82,7 +81,7 @@ def _write_final(trainer: OmniNegCLIPTrainer, eval_metrics: dict | None, train_m
     trainer.create_model_card()
 
 
-def save_final_model(trainer: OmniNegCLIPTrainer, eval_metrics: dict | None = None, train_metrics: dict | None = None) -> Path:
+def save_final_model(trainer: Trainer, eval_metrics: dict | None = None, train_metrics: dict | None = None) -> Path:
     """The final folder written into a hidden folder of output_dir, then each file renamed into place
     (config.json last): a full disk or a crash while saving leaves no half-written final model that
     loads, and the checkpoint-* folders stay as they were."""
