@@ -4,13 +4,14 @@
 #   make seeds     the default over fine-tuning seeds 0, 1, 2 (same world and base): mean ± std of every metric
 #   make seeds-statements   the same on statement data with the affirmation term (README)
 #   make test      the test suite (offline, CPU)
+#   make style     ruff: lint and format checked (CI runs it)
 #   make demo      serve the demo (app.py) on the default's models
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: default seeds seeds-statements test ablations bench bench-data setup demo browser gpu-check
+.PHONY: default seeds seeds-statements test style ablations bench bench-data setup demo browser gpu-check
 
 setup: $(STAMP)
 
@@ -40,6 +41,15 @@ browser:
 
 test: $(STAMP) browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests
+
+# The code's style (pyproject.toml [tool.ruff]): lint and format, checked; `make style-fix` applies both.
+style: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+style-fix: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 default: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pipeline.default

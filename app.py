@@ -90,13 +90,17 @@ def choose_models(model: str | None, base: str | None, folder: Path = ROOT) -> t
     """(fine-tuned, base): flag, else environment, else the Space card's models, else the default's folders."""
     listed = space_models(folder)
     chosen = []
-    for value, env, index, default, flag in ((model, MODEL_ENV, 0, DEFAULT_MODEL, "--model"),
-                                              (base, BASE_ENV, 1, DEFAULT_BASE, "--base")):
+    for value, env, index, default, flag in (
+        (model, MODEL_ENV, 0, DEFAULT_MODEL, "--model"),
+        (base, BASE_ENV, 1, DEFAULT_BASE, "--base"),
+    ):
         value = value or os.environ.get(env) or (listed[index] if len(listed) > index else None)
         if value is None and default is not None:
             if not (ROOT / default).is_dir():
-                raise UserError(f"{default} does not exist: run `make default` first (it trains the built-in default's "
-                                f"models), or name models with --model/--base or {MODEL_ENV}/{BASE_ENV}")
+                raise UserError(
+                    f"{default} does not exist: run `make default` first (it trains the built-in default's "
+                    f"models), or name models with --model/--base or {MODEL_ENV}/{BASE_ENV}"
+                )
             value = str(ROOT / default)
         if value is None:
             raise UserError(f"no model given: pass {flag} or set {env}")
@@ -126,9 +130,14 @@ def load_classifier(source: str, flag: str):
         processor = CLIPProcessor.from_pretrained(source)
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise UserError(f"{what}: cannot load the CLIP weights and processor ({_first_line(error)})") from None
-    return pipeline("zero-shot-image-classification", model=model.eval(), tokenizer=processor.tokenizer,
-                    image_processor=processor.image_processor, device="cuda" if torch.cuda.is_available() else "cpu",
-                    pipeline_class=_context_pipeline_class())
+    return pipeline(
+        "zero-shot-image-classification",
+        model=model.eval(),
+        tokenizer=processor.tokenizer,
+        image_processor=processor.image_processor,
+        device="cuda" if torch.cuda.is_available() else "cpu",
+        pipeline_class=_context_pipeline_class(),
+    )
 
 
 @functools.cache
@@ -181,13 +190,17 @@ def widget_examples(source: str) -> list[Example]:
         return []
     examples, left_out = [], []
     for entry in json.loads(record.read_text()):
-        image = None if entry["image"].startswith(("http://", "https://")) else _checkpoint_file(source, entry["image"])
+        image = (
+            None if entry["image"].startswith(("http://", "https://")) else _checkpoint_file(source, entry["image"])
+        )
         if image is None:
             left_out.append(entry["image"])
             continue
         examples.append(Example(image, list(entry["candidate_labels"]), entry["title"]))
     if left_out:
-        logger.warning("%s: %d widget example(s) left out (image is a URL or missing): %s", record, len(left_out), left_out)
+        logger.warning(
+            "%s: %d widget example(s) left out (image is a URL or missing): %s", record, len(left_out), left_out
+        )
     return examples
 
 
@@ -224,7 +237,9 @@ def read_image(value):
             image.load()
             return image.convert("RGB")
     except (UnreadableImage, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise ValueError(f"the upload {name!r} cannot be read as an image ({_first_line(error)}): upload {IMAGE_FILES}") from None
+        raise ValueError(
+            f"the upload {name!r} cannot be read as an image ({_first_line(error)}): upload {IMAGE_FILES}"
+        ) from None
 
 
 def check_template(template: str) -> str:
@@ -234,8 +249,10 @@ def check_template(template: str) -> str:
     count = template.count("{}")
     expected = "the template must hold exactly one {}, where each caption goes, and no other braces"
     if count != 1:
-        raise ValueError(f"{expected}: {template!r} has {count or 'no'} {{}} (e.g. 'a photo of {{}}.', or {{}} alone "
-                         f"for the captions as typed)")
+        raise ValueError(
+            f"{expected}: {template!r} has {count or 'no'} {{}} (e.g. 'a photo of {{}}.', or {{}} alone "
+            f"for the captions as typed)"
+        )
     others = re.findall(r"\{[^{}]*\}|[{}]", template.replace("{}", "", 1))
     if others:
         raise ValueError(f"{expected}: {template!r} also has {', '.join(others)}")
@@ -245,14 +262,20 @@ def check_template(template: str) -> str:
 def cut_captions(classifier, captions: list[str], template: str) -> list[int]:
     """The positions of the captions whose text (in the template) is longer than `classifier`'s text
     encoder reads: it reads only their first tokens."""
-    lengths = [len(ids) for ids in classifier.tokenizer([template.format(caption) for caption in captions], verbose=False)["input_ids"]]
+    lengths = [
+        len(ids)
+        for ids in classifier.tokenizer([template.format(caption) for caption in captions], verbose=False)["input_ids"]
+    ]
     limit = context_length(classifier.model)
     return [index for index, length in enumerate(lengths) if length > limit]
 
 
 def score(classifier, image, captions: list[str], template: str) -> dict[str, float]:
     """{caption: probability}, softmax over the candidates, as the pipeline computes it."""
-    return {row["label"]: row["score"] for row in classifier(image, candidate_labels=captions, hypothesis_template=template)}
+    return {
+        row["label"]: row["score"]
+        for row in classifier(image, candidate_labels=captions, hypothesis_template=template)
+    }
 
 
 def _sentence(message: str) -> str:
@@ -274,15 +297,26 @@ def answer(classifiers: dict, image, text: str, template: str) -> tuple[dict[str
         template = check_template(template)
     except ValueError as error:  # the user's input, not the server's fault: no traceback in the server's log
         raise gr.Error(_sentence(str(error)), print_exception=False) from None
-    cut = sorted(set(cut_captions(classifiers["base"], captions, template)) | set(cut_captions(classifiers["model"], captions, template)))
+    cut = sorted(
+        set(cut_captions(classifiers["base"], captions, template))
+        | set(cut_captions(classifiers["model"], captions, template))
+    )
     note = ""
     if cut:
         limit = context_length(classifiers["model"].model)
-        shown = [captions[index] if len(captions[index]) <= 40 else captions[index][:40].rstrip() + "…" for index in cut]
+        shown = [
+            captions[index] if len(captions[index]) <= 40 else captions[index][:40].rstrip() + "…" for index in cut
+        ]
         named = "; ".join(f"caption {index + 1} ({text!r})" for index, text in zip(cut, shown))
-        note = (f"Note: {len(cut)} caption(s) longer than the {limit} tokens CLIP's text encoder reads (in the template): {named}. "
-                f"Each model read only their first {limit} tokens, as `python -m eval` and `train.py` do.")
-    return score(classifiers["base"], picture, captions, template), score(classifiers["model"], picture, captions, template), note
+        note = (
+            f"Note: {len(cut)} caption(s) longer than the {limit} tokens CLIP's text encoder reads (in the template): {named}. "
+            f"Each model read only their first {limit} tokens, as `python -m eval` and `train.py` do."
+        )
+    return (
+        score(classifiers["base"], picture, captions, template),
+        score(classifiers["model"], picture, captions, template),
+        note,
+    )
 
 
 def shown_name(source: str) -> str:
@@ -312,25 +346,35 @@ def build_demo(model: str, base: str):
         gr.Markdown(
             "# Omni-NegCLIP: does CLIP understand *no*?\n"
             "Upload an image and type candidate captions with negations, one per line. Both models score every "
-            "caption as `pipeline(\"zero-shot-image-classification\")` and the Hub widget do (softmax over the "
+            'caption as `pipeline("zero-shot-image-classification")` and the Hub widget do (softmax over the '
             f"candidates).\n\n**Base:** `{shown_name(base)}` · **Fine-tuned with Omni-NegCLIP:** `{shown_name(model)}`"
         )
         with gr.Row():
             image = gr.Image(type="pil", label="Image", elem_id="image", height=320)
             with gr.Column():
-                captions = gr.Textbox(lines=5, label="Candidate captions, one per line", elem_id="captions",
-                                      placeholder="a red circle and no square\na red circle and no star")
-                template = gr.Textbox(value=template_default, label="Template ({} is the caption; this default is the "
-                                      "pipeline's and the Hub widget's)", elem_id="template")
+                captions = gr.Textbox(
+                    lines=5,
+                    label="Candidate captions, one per line",
+                    elem_id="captions",
+                    placeholder="a red circle and no square\na red circle and no star",
+                )
+                template = gr.Textbox(
+                    value=template_default,
+                    label="Template ({} is the caption; this default is the pipeline's and the Hub widget's)",
+                    elem_id="template",
+                )
                 submit = gr.Button("Score", variant="primary", elem_id="submit")
         with gr.Row():
             base_scores = gr.Label(label="Base CLIP", elem_id="base-scores")
             model_scores = gr.Label(label="Fine-tuned (Omni-NegCLIP)", elem_id="model-scores")
         notes = gr.Markdown(elem_id="notes")
         if examples:
-            gr.Examples(examples=[[str(example.image), "\n".join(example.captions)] for example in examples],
-                        inputs=[image, captions], example_labels=[example.title for example in examples],
-                        label="The fine-tuned model's widget examples")
+            gr.Examples(
+                examples=[[str(example.image), "\n".join(example.captions)] for example in examples],
+                inputs=[image, captions],
+                example_labels=[example.title for example in examples],
+                label="The fine-tuned model's widget examples",
+            )
         # Unprocessed inputs: the upload comes as its file record, so that a file that is not an
         # image gets `read_image`'s message instead of the image component's generic error.
         submit.click(run, [image, captions, template], [base_scores, model_scores, notes], preprocess=False)
@@ -339,7 +383,9 @@ def build_demo(model: str, base: str):
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help=f"fine-tuned checkpoint, folder or Hub id (env {MODEL_ENV}; default {DEFAULT_MODEL})")
+    parser.add_argument(
+        "--model", help=f"fine-tuned checkpoint, folder or Hub id (env {MODEL_ENV}; default {DEFAULT_MODEL})"
+    )
     parser.add_argument("--base", help=f"base checkpoint, folder or Hub id (env {BASE_ENV}; default {DEFAULT_BASE})")
     parser.add_argument("--host", help="address to serve on (default: gradio's, 127.0.0.1 or GRADIO_SERVER_NAME)")
     parser.add_argument("--port", type=int, help="port to serve on (default: gradio's, 7860 or GRADIO_SERVER_PORT)")

@@ -67,6 +67,7 @@ from pathlib import Path
 
 import datasets
 
+from modeling_omninegclip import CAPTION_SETS
 from omninegclip.building import quality
 from omninegclip.building.inputs import build_options, build_shapes, load_rewriter, read_source, shown_arguments
 from omninegclip.building.negation import BuildOptions, TokenWindow, negation, split_for
@@ -83,21 +84,38 @@ from omninegclip.building.storage import (
 )
 from omninegclip.building.summary import STORAGE_NOTE, build_description, print_summary, render_card, to_json
 from omninegclip.building.vocabulary import CooccurrenceStats
-from omninegclip.building.writing import CARD_FILE, SUMMARY_FILE, output_lock, prepare_output, push_to_hub, write_atomically
-from modeling_omninegclip import CAPTION_SETS
+from omninegclip.building.writing import (
+    CARD_FILE,
+    SUMMARY_FILE,
+    output_lock,
+    prepare_output,
+    push_to_hub,
+    write_atomically,
+)
 from omninegclip.common.cli import UserError, run_cli
 from omninegclip.common.clip import CONTEXT_LENGTH
 from omninegclip.common.provenance import provenance
 from omninegclip.common.skips import SkipLog
 
-TEXT_COLUMNS = tuple(row.column for row in CAPTION_SETS)  # caption, presence_negated, absence_negated, absence_affirmed
+TEXT_COLUMNS = tuple(
+    row.column for row in CAPTION_SETS
+)  # caption, presence_negated, absence_negated, absence_affirmed
 CONTRACT_COLUMNS = (
-    "image", *TEXT_COLUMNS, "present_objects", "negated_object", "absent_object", "presence_rewrite", "absence_rewrite",
-    "source", "image_id",
+    "image",
+    *TEXT_COLUMNS,
+    "present_objects",
+    "negated_object",
+    "absent_object",
+    "presence_rewrite",
+    "absence_rewrite",
+    "source",
+    "image_id",
 )
 GATE_COLUMNS = ("caption", "presence_negated", "absence_negated", "present_objects", "negated_object", "absent_object")
-INTERRUPTED_HINT = ("nothing was written to --out (a build replaces it only once complete, and the next build cleans up "
-                    "what this one left); run the same command again")  # said on Ctrl-C by omninegclip.common.cli.run_cli
+INTERRUPTED_HINT = (
+    "nothing was written to --out (a build replaces it only once complete, and the next build cleans up "
+    "what this one left); run the same command again"
+)  # said on Ctrl-C by omninegclip.common.cli.run_cli
 
 
 def contract_features(image_files: bool = False) -> datasets.Features:
@@ -105,12 +123,20 @@ def contract_features(image_files: bool = False) -> datasets.Features:
     `image` column is a `datasets.Image`; with `image_files`, as the builder stores it: the path of
     the image's file relative to the dataset folder (each image stored once, `IMAGES_FOLDER`)."""
     text = datasets.Value("string")
-    return datasets.Features({
-        "image": text if image_files else datasets.Image(), **dict.fromkeys(TEXT_COLUMNS, text),
-        "present_objects": datasets.List(text), "negated_object": text, "absent_object": text,
-        "presence_rewrite": text, "absence_rewrite": text, "source": text, "image_id": text,
-        "source_index": datasets.Value("int64"),
-    })
+    return datasets.Features(
+        {
+            "image": text if image_files else datasets.Image(),
+            **dict.fromkeys(TEXT_COLUMNS, text),
+            "present_objects": datasets.List(text),
+            "negated_object": text,
+            "absent_object": text,
+            "presence_rewrite": text,
+            "absence_rewrite": text,
+            "source": text,
+            "image_id": text,
+            "source_index": datasets.Value("int64"),
+        }
+    )
 
 
 @dataclass
@@ -120,7 +146,14 @@ class _Report:
     converted_modes: Counter = field(default_factory=Counter)
 
 
-def _negations(item: SourceItem, source: Source, stats: CooccurrenceStats, options: BuildOptions, report: _Report, window: TokenWindow) -> dict:
+def _negations(
+    item: SourceItem,
+    source: Source,
+    stats: CooccurrenceStats,
+    options: BuildOptions,
+    report: _Report,
+    window: TokenWindow,
+) -> dict:
     """The row's negation columns (None where it has no such negation; each missing one counted)."""
     rng = random.Random(f"{options.seed}|{source.name}|{item.source_index}")
     row = {}
@@ -129,8 +162,11 @@ def _negations(item: SourceItem, source: Source, stats: CooccurrenceStats, optio
         ("absence", ("absence_negated", "absent_object", "absence_rewrite")),
     ):
         found = negation(kind, item, source, stats, options, report, rng, window)
-        row.update({text_column: found[0].text, object_column: found[1], rewrite_column: found[0].name} if found else
-                   {text_column: None, object_column: None, rewrite_column: None})
+        row.update(
+            {text_column: found[0].text, object_column: found[1], rewrite_column: found[0].name}
+            if found
+            else {text_column: None, object_column: None, rewrite_column: None}
+        )
     row["absence_affirmed"] = None
     if row["absent_object"] is not None:
         twin = absence_affirm(item.caption, row["absent_object"])
@@ -138,9 +174,13 @@ def _negations(item: SourceItem, source: Source, stats: CooccurrenceStats, optio
             row["absence_affirmed"] = twin
         else:  # the affirmed object would fall beyond what the text encoder reads
             report.skips.skip("absence_affirmed:beyond_context")
-    statement_rng = random.Random(f"{options.seed}|{source.name}|{item.source_index}|statement")  # the other choices stay as they were
+    statement_rng = random.Random(
+        f"{options.seed}|{source.name}|{item.source_index}|statement"
+    )  # the other choices stay as they were
     if row["negated_object"] and row["absent_object"] and statement_rng.random() < options.statement_rate:
-        row.update(statements(row["negated_object"], row["absent_object"]))  # the caption too: this row's "caption" column
+        row.update(
+            statements(row["negated_object"], row["absent_object"])
+        )  # the caption too: this row's "caption" column
         row["presence_rewrite"] = row["absence_rewrite"] = "statement"
     return row
 
@@ -148,62 +188,106 @@ def _negations(item: SourceItem, source: Source, stats: CooccurrenceStats, optio
 NEGATION_CHUNK = 256  # rows negated per task of a worker
 
 
-def _negate_all(items: list[SourceItem], source: Source, stats: CooccurrenceStats, options: BuildOptions, report: _Report,
-                window: TokenWindow) -> list[dict]:
+def _negate_all(
+    items: list[SourceItem],
+    source: Source,
+    stats: CooccurrenceStats,
+    options: BuildOptions,
+    report: _Report,
+    window: TokenWindow,
+) -> list[dict]:
     """`_negations` of every item, in worker processes (`fork_map`, chunks of NEGATION_CHUNK rows; each
     row's choices come from its own seeded generator, so the result does not depend on the workers).
     An LLM rewriter runs here, in one process."""
+
     def chunk(index: int) -> tuple[list[dict], SkipLog, Counter]:
         counted = _Report()
-        texts = [_negations(item, source, stats, options, counted, window) for item in items[index * NEGATION_CHUNK : (index + 1) * NEGATION_CHUNK]]
+        texts = [
+            _negations(item, source, stats, options, counted, window)
+            for item in items[index * NEGATION_CHUNK : (index + 1) * NEGATION_CHUNK]
+        ]
         return texts, counted.skips, counted.llm_fallbacks
 
     chunks = -(-len(items) // NEGATION_CHUNK)
     num_proc = 1 if options.rewriter is not None else options.num_proc
     texts = []
-    for chunk_texts, skips, fallbacks in fork_map(chunk, chunks, num_proc, 2, f"negating {source.name} captions", options.progress, "chunk"):
+    for chunk_texts, skips, fallbacks in fork_map(
+        chunk, chunks, num_proc, 2, f"negating {source.name} captions", options.progress, "chunk"
+    ):
         texts += chunk_texts
         report.skips.update(skips)
         report.llm_fallbacks.update(fallbacks)
     return texts
 
 
-def _write_split(split: str, rows: list[tuple[SourceItem, dict, StoredImage]], source: Source, options: BuildOptions, report: _Report,
-                 cache_dir: Path) -> datasets.Dataset:
+def _write_split(
+    split: str,
+    rows: list[tuple[SourceItem, dict, StoredImage]],
+    source: Source,
+    options: BuildOptions,
+    report: _Report,
+    cache_dir: Path,
+) -> datasets.Dataset:
     features = contract_features(image_files=True)
-    fingerprint = hashlib.sha256(json.dumps(
-        [source.name, split, options.seed, [(item.image_id, item.source_index, text, stored.path) for item, text, stored in rows]],
-        sort_keys=True, default=str,
-    ).encode()).hexdigest()[:16]
+    fingerprint = hashlib.sha256(
+        json.dumps(
+            [
+                source.name,
+                split,
+                options.seed,
+                [(item.image_id, item.source_index, text, stored.path) for item, text, stored in rows],
+            ],
+            sort_keys=True,
+            default=str,
+        ).encode()
+    ).hexdigest()[:16]
     written = [0]
 
     def generate():
         for item, text, stored in rows:
             if stored.path is None:
-                report.skips.skip(f"row:{stored.reason}", item.image.name)  # an image's rows are all counted; it is named once
+                report.skips.skip(
+                    f"row:{stored.reason}", item.image.name
+                )  # an image's rows are all counted; it is named once
                 continue
             written[0] += 1
             yield {
-                "image": stored.path, "caption": item.caption,
-                "present_objects": sorted(set(item.present_objects)), "source": source.name,
-                "image_id": item.image_id, "source_index": item.source_index, **text,
+                "image": stored.path,
+                "caption": item.caption,
+                "present_objects": sorted(set(item.present_objects)),
+                "source": source.name,
+                "image_id": item.image_id,
+                "source_index": item.source_index,
+                **text,
             }
 
     try:
-        return datasets.Dataset.from_generator(generate, features=features, cache_dir=str(cache_dir), fingerprint=fingerprint, split=datasets.NamedSplit(split))
+        return datasets.Dataset.from_generator(
+            generate,
+            features=features,
+            cache_dir=str(cache_dir),
+            fingerprint=fingerprint,
+            split=datasets.NamedSplit(split),
+        )
     except ValueError as error:
         if written[0] or "no data" not in str(error):  # datasets refuses a generator that yields nothing
             raise
-        return datasets.Dataset.from_dict({name: [] for name in features}, features=features, split=datasets.NamedSplit(split))
+        return datasets.Dataset.from_dict(
+            {name: [] for name in features}, features=features, split=datasets.NamedSplit(split)
+        )
 
 
-def build_from_source(source: Source, options: BuildOptions, cache_dir: Path, out_dir: Path | None = None) -> tuple[datasets.DatasetDict, dict]:
+def build_from_source(
+    source: Source, options: BuildOptions, cache_dir: Path, out_dir: Path | None = None
+) -> tuple[datasets.DatasetDict, dict]:
     """Negate, split and write every row of a source; returns the DatasetDict and the build summary.
 
     Each image is stored once, as a file under `out_dir/images/` (default: `cache_dir`), however many
     rows show it; the `image` column holds its path relative to `out_dir` (`load_with_images`)."""
     if not source.items:
-        raise UserError(f"{', '.join(source.files)}: the source has no usable rows: {source.skips.describe() or 'no rows at all'}")
+        raise UserError(
+            f"{', '.join(source.files)}: the source has no usable rows: {source.skips.describe() or 'no rows at all'}"
+        )
     items = source.items[: options.max_rows] if options.max_rows else source.items
     stats = CooccurrenceStats.from_object_sets(source.object_sets)
     report = _Report()
@@ -214,7 +298,9 @@ def build_from_source(source: Source, options: BuildOptions, cache_dir: Path, ou
         if text["presence_negated"] is None and text["absence_negated"] is None:
             report.skips.skip("row:no_negation")
             continue
-        by_split[split_for(item.image_id, item.split, options.validation_fraction, options.test_fraction)].append((item, text))
+        by_split[split_for(item.image_id, item.split, options.validation_fraction, options.test_fraction)].append(
+            (item, text)
+        )
     if not any(by_split.values()):
         raise UserError(f"{', '.join(source.files)}: no caption could be negated ({report.skips.describe()})")
     images: dict[tuple, ImageRef] = {}  # each image once, in the order rows first show it
@@ -228,16 +314,27 @@ def build_from_source(source: Source, options: BuildOptions, cache_dir: Path, ou
     for result in stored:
         if result.converted_from:
             report.converted_modes[result.converted_from] += 1
-    dataset_dict = datasets.DatasetDict({
-        split: _write_split(split, [(item, text, stored[first_of[image_key(item)]]) for item, text in rows], source, options, report, cache_dir)
-        for split, rows in by_split.items()
-    })
+    dataset_dict = datasets.DatasetDict(
+        {
+            split: _write_split(
+                split,
+                [(item, text, stored[first_of[image_key(item)]]) for item, text in rows],
+                source,
+                options,
+                report,
+                cache_dir,
+            )
+            for split, rows in by_split.items()
+        }
+    )
     if not any(len(part) for part in dataset_dict.values()):
         raise UserError(f"{', '.join(source.files)}: no row could be written ({report.skips.describe()})")
     rows_out = sum(len(part) for part in dataset_dict.values())
     row_skips = report.skips.total("row:")
     if rows_out + row_skips != len(items):  # every row is written or counted: anything else is a bug here
-        raise RuntimeError(f"row accounting is off: {len(items)} rows in, {rows_out} out, {row_skips} skipped ({report.skips.describe()})")
+        raise RuntimeError(
+            f"row accounting is off: {len(items)} rows in, {rows_out} out, {row_skips} skipped ({report.skips.describe()})"
+        )
     kept = [result for result in stored if result.path is not None]
     summary = {
         "source": source.name,
@@ -245,8 +342,13 @@ def build_from_source(source: Source, options: BuildOptions, cache_dir: Path, ou
         "rows_in": len(items),
         **report.skips.to_json(),  # "skips" (reason -> count) and "skip_examples" (reason -> places)
         "images_converted_to_rgb": dict(sorted(report.converted_modes.items())),
-        "images": {"files": len(kept), "rows": rows_out, "bytes_read": sum(result.bytes_read for result in kept),
-                   "bytes_written": sum(result.bytes_written for result in kept), "folder": IMAGES_FOLDER},
+        "images": {
+            "files": len(kept),
+            "rows": rows_out,
+            "bytes_read": sum(result.bytes_read for result in kept),
+            "bytes_written": sum(result.bytes_written for result in kept),
+            "folder": IMAGES_FOLDER,
+        },
     }
     if options.max_rows and len(source.items) > len(items):
         summary["rows_beyond_max_rows"] = len(source.items) - len(items)  # not read: --max_rows
@@ -272,10 +374,20 @@ def _negation_kinds(dataset_dict: datasets.DatasetDict) -> tuple[dict, dict]:
     """How many rows carry both negations / one / neither, and how many each rewrite wrote."""
     kinds, rewrites = Counter(), {"presence": Counter(), "absence": Counter()}
     for dataset in dataset_dict.values():
-        columns = ["presence_negated", "absence_negated"] + [c for c in ("presence_rewrite", "absence_rewrite") if c in dataset.column_names]
+        columns = ["presence_negated", "absence_negated"] + [
+            c for c in ("presence_rewrite", "absence_rewrite") if c in dataset.column_names
+        ]
         for batch in dataset.select_columns(columns).iter(batch_size=1000):
             for index, (presence, absence) in enumerate(zip(batch["presence_negated"], batch["absence_negated"])):
-                kinds["both" if presence and absence else "presence_only" if presence else "absence_only" if absence else "neither"] += 1
+                kinds[
+                    "both"
+                    if presence and absence
+                    else "presence_only"
+                    if presence
+                    else "absence_only"
+                    if absence
+                    else "neither"
+                ] += 1
                 for kind, text in (("presence", presence), ("absence", absence)):
                     if text and f"{kind}_rewrite" in batch:
                         rewrites[kind][batch[f"{kind}_rewrite"][index] or "unnamed"] += 1
@@ -285,9 +397,14 @@ def _negation_kinds(dataset_dict: datasets.DatasetDict) -> tuple[dict, dict]:
 def _statements(rate: float, negations: dict, rewrites: dict) -> dict:
     """What --statement_rate did: rows written as statements, and the rows that could be (a
     statement needs a row with both a presence and an absence negation)."""
-    return {"rate": rate, "rows": sum(negations.values()), "written": rewrites["presence"].get("statement", 0),
-            "rows_with_both_negations": negations.get("both", 0), "presence_only": negations.get("presence_only", 0),
-            "absence_only": negations.get("absence_only", 0)}
+    return {
+        "rate": rate,
+        "rows": sum(negations.values()),
+        "written": rewrites["presence"].get("statement", 0),
+        "rows_with_both_negations": negations.get("both", 0),
+        "presence_only": negations.get("presence_only", 0),
+        "absence_only": negations.get("absence_only", 0),
+    }
 
 
 def _examples(dataset_dict: datasets.DatasetDict, count: int = 3) -> list[dict]:
@@ -320,8 +437,12 @@ def _parser() -> argparse.ArgumentParser:
     """`data_builder.py SOURCE ...`: one subcommand per source, each with its own flags and the
     common ones (`_output_flags`; the real sources also `_negation_flags`)."""
     paragraphs = __doc__.split("\n\n")
-    parser = argparse.ArgumentParser(prog="data_builder.py", description=paragraphs[0], epilog="\n\n".join(paragraphs[1:-1]),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="data_builder.py",
+        description=paragraphs[0],
+        epilog="\n\n".join(paragraphs[1:-1]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sources = parser.add_subparsers(dest="source", required=True, metavar="SOURCE")
 
     output, negation = _output_flags(), _negation_flags()
@@ -335,97 +456,197 @@ def _output_flags() -> argparse.ArgumentParser:
     output = argparse.ArgumentParser(add_help=False)
     group = output.add_argument_group("output")
     group.add_argument("--out", required=True, help="Folder to write the DatasetDict into (created; see --overwrite).")
-    group.add_argument("--overwrite", action="store_true", help="Replace an existing dataset built by this tool at --out.")
+    group.add_argument(
+        "--overwrite", action="store_true", help="Replace an existing dataset built by this tool at --out."
+    )
     group.add_argument("--seed", type=int, default=0, help="Seed of every random choice (templates, absent objects).")
-    group.add_argument("--push_to_hub", metavar="REPO_ID", help="Also push the dataset and its card to this Hub dataset repo.")
+    group.add_argument(
+        "--push_to_hub", metavar="REPO_ID", help="Also push the dataset and its card to this Hub dataset repo."
+    )
     group.add_argument("--private", action="store_true", help="With --push_to_hub: make the repo private.")
-    group.add_argument("--license", help="License field of the dataset card (default: mit for shapes, cc-by-4.0 for coco, else other, named <source>-source-terms).")
+    group.add_argument(
+        "--license",
+        help="License field of the dataset card (default: mit for shapes, cc-by-4.0 for coco, else other, named <source>-source-terms).",
+    )
     group.add_argument("--no_progress", action="store_true", help="No progress bars.")
-    group.add_argument("--debug", action="store_true", help="Show the full traceback of an error (also: OMNINEGCLIP_DEBUG=1).")
+    group.add_argument(
+        "--debug", action="store_true", help="Show the full traceback of an error (also: OMNINEGCLIP_DEBUG=1)."
+    )
     return output
 
 
 def _negation_flags() -> argparse.ArgumentParser:
     negation = argparse.ArgumentParser(add_help=False)
     group = negation.add_argument_group("negation and splits")
-    group.add_argument("--validation_fraction", type=float, default=0.05, help="Share of images in validation (by image-id hash).")
-    group.add_argument("--test_fraction", type=float, default=0.05, help="Share of images in test (by image-id hash) where the source has no test split.")
+    group.add_argument(
+        "--validation_fraction", type=float, default=0.05, help="Share of images in validation (by image-id hash)."
+    )
+    group.add_argument(
+        "--test_fraction",
+        type=float,
+        default=0.05,
+        help="Share of images in test (by image-id hash) where the source has no test split.",
+    )
     group.add_argument("--max_rows", type=int, help="Use only the first N source rows (captions).")
-    group.add_argument("--absent_top_k", type=int, default=5, help="Draw the absent object among the k most plausible.")
-    group.add_argument("--rewriter_model", metavar="ID", help="Hub id or folder of a text-generation model that writes the negations "
-                       "(outputs failing the quality gate fall back to the rule-based rewrite). Default: rules only.")
+    group.add_argument(
+        "--absent_top_k", type=int, default=5, help="Draw the absent object among the k most plausible."
+    )
+    group.add_argument(
+        "--rewriter_model",
+        metavar="ID",
+        help="Hub id or folder of a text-generation model that writes the negations "
+        "(outputs failing the quality gate fall back to the rule-based rewrite). Default: rules only.",
+    )
     _statement_flag(group)
-    group.add_argument("--max_image_pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS, metavar="N",
-                       help="Skip (and count) images with more pixels than this, without decoding them. Default: %(default)s.")
-    group.add_argument("--num_proc", "--preprocessing_num_workers", type=int, metavar="N",
-                       help="Processes that check and store the images (default: the cores this process may use).")
+    group.add_argument(
+        "--max_image_pixels",
+        type=int,
+        default=DEFAULT_MAX_IMAGE_PIXELS,
+        metavar="N",
+        help="Skip (and count) images with more pixels than this, without decoding them. Default: %(default)s.",
+    )
+    group.add_argument(
+        "--num_proc",
+        "--preprocessing_num_workers",
+        type=int,
+        metavar="N",
+        help="Processes that check and store the images (default: the cores this process may use).",
+    )
     return negation
 
 
 def _add_coco(sources, parents: list) -> None:
-    coco = sources.add_parser("coco", parents=parents, help="COCO captions + instances (presence and absence).",
-                              description="COCO captions with the present objects from the instance annotations: presence negations "
-                              "of objects the image holds, absence negations of plausible objects it does not.")
+    coco = sources.add_parser(
+        "coco",
+        parents=parents,
+        help="COCO captions + instances (presence and absence).",
+        description="COCO captions with the present objects from the instance annotations: presence negations "
+        "of objects the image holds, absence negations of plausible objects it does not.",
+    )
     coco.add_argument("--captions", required=True, help="COCO captions_*.json.")
     coco.add_argument("--instances", required=True, help="COCO instances_*.json of the same images.")
     coco.add_argument("--images", required=True, help="Folder of the images (file_name is relative to it).")
-    coco.add_argument("--captions_per_image", type=int, default=1, help="Captions kept per image, in annotation-id order (0: all).")
+    coco.add_argument(
+        "--captions_per_image", type=int, default=1, help="Captions kept per image, in annotation-id order (0: all)."
+    )
 
 
 def _add_captions(sources, parents: list) -> None:
-    captions = sources.add_parser("captions", parents=parents, help="Any image-caption dataset (objects found in the captions).",
-                                  description="Any image-caption dataset. The objects of an image are those its captions name (COCO "
-                                  "vocabulary with synonyms). JSON, JSON Lines and CSV/TSV files are read row by row: a malformed row "
-                                  "is an error naming its line; a caption that is missing, empty or not text is a counted skip.")
-    captions.add_argument("--dataset", required=True, help="A save_to_disk folder, an image folder (metadata.jsonl/csv), a JSON/JSONL/CSV/Parquet file, or a Hub id.")
-    captions.add_argument("--loader", default="auto", choices=["auto", "disk", "imagefolder", "json", "csv", "parquet", "hub"], help="How to read --dataset.")
+    captions = sources.add_parser(
+        "captions",
+        parents=parents,
+        help="Any image-caption dataset (objects found in the captions).",
+        description="Any image-caption dataset. The objects of an image are those its captions name (COCO "
+        "vocabulary with synonyms). JSON, JSON Lines and CSV/TSV files are read row by row: a malformed row "
+        "is an error naming its line; a caption that is missing, empty or not text is a counted skip.",
+    )
+    captions.add_argument(
+        "--dataset",
+        required=True,
+        help="A save_to_disk folder, an image folder (metadata.jsonl/csv), a JSON/JSONL/CSV/Parquet file, or a Hub id.",
+    )
+    captions.add_argument(
+        "--loader",
+        default="auto",
+        choices=["auto", "disk", "imagefolder", "json", "csv", "parquet", "hub"],
+        help="How to read --dataset.",
+    )
     captions.add_argument("--split", help="Use only this split (then divided by image-id hash).")
-    captions.add_argument("--image_column", default="image", help="Column with the image (an Image feature, or a file path).")
-    captions.add_argument("--caption_column", default="caption", help="Column with the caption (a string or a list of strings).")
-    captions.add_argument("--image_id_column", help="Column with an image id (default: the image file name, else the row).")
-    captions.add_argument("--images_dir", help="Folder that relative image paths start from (default: the data file's folder).")
-    captions.add_argument("--captions_per_image", type=int, default=1, help="Captions kept per row when a row has a list (0: all).")
+    captions.add_argument(
+        "--image_column", default="image", help="Column with the image (an Image feature, or a file path)."
+    )
+    captions.add_argument(
+        "--caption_column", default="caption", help="Column with the caption (a string or a list of strings)."
+    )
+    captions.add_argument(
+        "--image_id_column", help="Column with an image id (default: the image file name, else the row)."
+    )
+    captions.add_argument(
+        "--images_dir", help="Folder that relative image paths start from (default: the data file's folder)."
+    )
+    captions.add_argument(
+        "--captions_per_image", type=int, default=1, help="Captions kept per row when a row has a list (0: all)."
+    )
     downloads = captions.add_argument_group("images given as http(s) URLs")
-    downloads.add_argument("--image_cache", metavar="DIR", help="Folder the images are downloaded into, kept for later builds "
-                           "(default: a folder inside the build's scratch space, removed afterwards).")
-    downloads.add_argument("--download_timeout", type=float, default=DOWNLOAD_TIMEOUT, metavar="SECONDS",
-                           help="Give up on an image after this long in total (counted skip). Default: %(default)s.")
-    downloads.add_argument("--max_image_bytes", type=int, default=MAX_IMAGE_BYTES, metavar="N",
-                           help="Give up on an image larger than this (counted skip). Default: %(default)s.")
+    downloads.add_argument(
+        "--image_cache",
+        metavar="DIR",
+        help="Folder the images are downloaded into, kept for later builds "
+        "(default: a folder inside the build's scratch space, removed afterwards).",
+    )
+    downloads.add_argument(
+        "--download_timeout",
+        type=float,
+        default=DOWNLOAD_TIMEOUT,
+        metavar="SECONDS",
+        help="Give up on an image after this long in total (counted skip). Default: %(default)s.",
+    )
+    downloads.add_argument(
+        "--max_image_bytes",
+        type=int,
+        default=MAX_IMAGE_BYTES,
+        metavar="N",
+        help="Give up on an image larger than this (counted skip). Default: %(default)s.",
+    )
 
 
 def _add_ccneg(sources, parents: list) -> None:
-    ccneg = sources.add_parser("ccneg", parents=parents, help="CC-Neg (CoN-CLIP) presence triples.",
-                               description="CC-Neg presence triples from CoN-CLIP's ccneg_preprocessed.pt, read with "
-                               "torch.load(weights_only=True): a file that would need arbitrary unpickling is refused, never run.")
+    ccneg = sources.add_parser(
+        "ccneg",
+        parents=parents,
+        help="CC-Neg (CoN-CLIP) presence triples.",
+        description="CC-Neg presence triples from CoN-CLIP's ccneg_preprocessed.pt, read with "
+        "torch.load(weights_only=True): a file that would need arbitrary unpickling is refused, never run.",
+    )
     ccneg.add_argument("--annotations", required=True, help="ccneg_preprocessed.pt from the CoN-CLIP release.")
-    ccneg.add_argument("--images", required=True, help="CC-Neg image root (the folder holding cc3m_subset_images_extracted_final/).")
-    ccneg.add_argument("--eval_size", type=int, default=40000, help="The last N items are the evaluation (test) split.")
+    ccneg.add_argument(
+        "--images", required=True, help="CC-Neg image root (the folder holding cc3m_subset_images_extracted_final/)."
+    )
+    ccneg.add_argument(
+        "--eval_size", type=int, default=40000, help="The last N items are the evaluation (test) split."
+    )
     ccneg.add_argument("--synthesize_absence", action="store_true", help="Also write rule-based absence negations.")
 
 
 def _add_negationclip(sources, parents: list) -> None:
-    negationclip = sources.add_parser("negationclip", parents=parents, help="NegationCLIP absence triples.",
-                                      description="NegationCLIP absence triples: COCO captions with LLM-written 'updated_caption's "
-                                      "that negate a plausible absent object.")
-    negationclip.add_argument("--annotations", required=True, help="NegationCLIP's COCO-format JSON with 'updated_caption'.")
+    negationclip = sources.add_parser(
+        "negationclip",
+        parents=parents,
+        help="NegationCLIP absence triples.",
+        description="NegationCLIP absence triples: COCO captions with LLM-written 'updated_caption's "
+        "that negate a plausible absent object.",
+    )
+    negationclip.add_argument(
+        "--annotations", required=True, help="NegationCLIP's COCO-format JSON with 'updated_caption'."
+    )
     negationclip.add_argument("--images", required=True, help="Folder of the COCO images (e.g. train2014).")
     negationclip.add_argument("--instances", help="COCO instances_*.json of the same images: exact present objects.")
-    negationclip.add_argument("--synthesize_presence", action="store_true", help="Also write rule-based presence negations.")
+    negationclip.add_argument(
+        "--synthesize_presence", action="store_true", help="Also write rule-based presence negations."
+    )
 
 
 def _statement_flag(group) -> None:
-    group.add_argument("--statement_rate", type=float, default=0.0, metavar="R",
-                       help="Share of the rows with both negations written as caption-free statements in NegBench's multiple-choice "
-                       "form, all four texts of the row: caption 'This image shows a dog.', presence 'This image does not show a dog.', "
-                       "absence 'This image does not show a cat.', affirmed twin 'This image shows a cat.' (their *_rewrite columns say "
-                       "'statement'; the source caption stays in the source). Default: 0 (none).")
+    group.add_argument(
+        "--statement_rate",
+        type=float,
+        default=0.0,
+        metavar="R",
+        help="Share of the rows with both negations written as caption-free statements in NegBench's multiple-choice "
+        "form, all four texts of the row: caption 'This image shows a dog.', presence 'This image does not show a dog.', "
+        "absence 'This image does not show a cat.', affirmed twin 'This image shows a cat.' (their *_rewrite columns say "
+        "'statement'; the source caption stays in the source). Default: 0 (none).",
+    )
 
 
 def _add_shapes(sources, parents: list) -> None:
-    shapes = sources.add_parser("shapes", parents=parents, help="The offline image world (omninegclip/building/shapes.py).",
-                                description="The offline image world: procedurally drawn scenes whose objects are known exactly, "
-                                "with the world's own negated captions.")
+    shapes = sources.add_parser(
+        "shapes",
+        parents=parents,
+        help="The offline image world (omninegclip/building/shapes.py).",
+        description="The offline image world: procedurally drawn scenes whose objects are known exactly, "
+        "with the world's own negated captions.",
+    )
     shapes.add_argument("--num_train", type=int, default=16000, help="Training scenes.")
     shapes.add_argument("--num_validation", type=int, default=1000, help="Validation scenes.")
     shapes.add_argument("--num_test", type=int, default=2000, help="Test scenes.")
@@ -452,26 +673,35 @@ def main(argv: list[str] | None = None) -> dict:
     return summary
 
 
-def _build_into(args: argparse.Namespace, options: BuildOptions | None, summary: dict, staging: Path, scratch: Path) -> None:
+def _build_into(
+    args: argparse.Namespace, options: BuildOptions | None, summary: dict, staging: Path, scratch: Path
+) -> None:
     """The whole build written into `staging` (the dataset, its summary and card); `summary` filled in."""
     dataset_dict, built, description, method = _build(args, options, staging, scratch)
     summary.update(built)
     summary.update(_summarize(args, options, dataset_dict))
     # An empty split needs one (empty) shard, or load_from_disk cannot read it back.
-    dataset_dict.save_to_disk(str(staging), num_shards={split: 1 for split, part in dataset_dict.items() if not len(part)})
+    dataset_dict.save_to_disk(
+        str(staging), num_shards={split: 1 for split, part in dataset_dict.items() if not len(part)}
+    )
     card = render_card(summary, dataset_dict, description, method, args.license)
     (staging / SUMMARY_FILE).write_text(to_json(summary), encoding="utf-8")
     (staging / CARD_FILE).write_text(card, encoding="utf-8")
 
 
-def _build(args: argparse.Namespace, options: BuildOptions | None, staging: Path, scratch: Path
-           ) -> tuple[datasets.DatasetDict, dict, str, str]:
+def _build(
+    args: argparse.Namespace, options: BuildOptions | None, staging: Path, scratch: Path
+) -> tuple[datasets.DatasetDict, dict, str, str]:
     """The source read and built: (its DatasetDict, the build's summary, what the source is, how its
     negations were made)."""
     if options is None:
         dataset_dict, built = build_shapes(args)
-        return (dataset_dict, built, "The offline image world: procedurally drawn scenes whose objects are known exactly.",
-                "Negations come from the world's own templates (`omninegclip/building/shapes.py`), which know every object exactly.")
+        return (
+            dataset_dict,
+            built,
+            "The offline image world: procedurally drawn scenes whose objects are known exactly.",
+            "Negations come from the world's own templates (`omninegclip/building/shapes.py`), which know every object exactly.",
+        )
     if args.rewriter_model:
         options.rewriter = load_rewriter(args.rewriter_model)
     source = read_source(args, scratch)
@@ -489,7 +719,9 @@ def _summarize(args: argparse.Namespace, options: BuildOptions | None, dataset_d
         "negations": negations,
         "rewrites": rewrites,
         **({"statements": _statements(args.statement_rate, negations, rewrites)} if args.statement_rate else {}),
-        "quality_gate": quality_gate(dataset_dict, progress=not args.no_progress, num_proc=args.num_proc if options else 1),
+        "quality_gate": quality_gate(
+            dataset_dict, progress=not args.no_progress, num_proc=args.num_proc if options else 1
+        ),
         "over_context_length": over_context_length(dataset_dict),
         "examples": _examples(dataset_dict),
         "provenance": provenance(args.seed),

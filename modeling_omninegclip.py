@@ -70,7 +70,6 @@ from torch import nn
 from transformers import CLIPModel
 from transformers.utils import ModelOutput
 
-
 # The key of config.json (an attribute of the CLIP config) holding a run's settings: plain CLIP
 # loaders ignore it, `OmniNegCLIPModel.from_pretrained` restores the loss and trainable settings.
 SETTINGS_KEY = "omninegclip"
@@ -113,7 +112,9 @@ class CaptionSet:
     output: str  # `OmniNegCLIPOutput` field with its L2-normalised embeddings (zeros where a row has none)
     help: str  # the flag's help
     on_by_default: bool = True  # False: the flag defaults to 'none' (no such column)
-    counted_as: str = ""  # how `train.py`'s data line counts the rows with one ("with presence negation 12"); default: the name
+    counted_as: str = (
+        ""  # how `train.py`'s data line counts the rows with one ("with presence negation 12"); default: the name
+    )
 
     @property
     def default_column(self) -> str:
@@ -121,28 +122,49 @@ class CaptionSet:
 
 
 CAPTION = CaptionSet(
-    name="caption", column="caption", flag="caption_column", input_ids="input_ids", attention_mask="attention_mask",
-    row_mask=None, output="text_embeds", help="Column with the original captions.",
+    name="caption",
+    column="caption",
+    flag="caption_column",
+    input_ids="input_ids",
+    attention_mask="attention_mask",
+    row_mask=None,
+    output="text_embeds",
+    help="Column with the original captions.",
 )
 PRESENCE = CaptionSet(
-    name="presence", column="presence_negated", flag="presence_column",
-    input_ids="presence_negated_input_ids", attention_mask="presence_negated_attention_mask",
-    row_mask="presence_mask", output="presence_negated_embeds", counted_as="presence negation",
+    name="presence",
+    column="presence_negated",
+    flag="presence_column",
+    input_ids="presence_negated_input_ids",
+    attention_mask="presence_negated_attention_mask",
+    row_mask="presence_mask",
+    output="presence_negated_embeds",
+    counted_as="presence negation",
     help="Column with presence-negated captions (negate an object IN the image); 'none' for no such column.",
 )
 ABSENCE = CaptionSet(
-    name="absence", column="absence_negated", flag="absence_column",
-    input_ids="absence_negated_input_ids", attention_mask="absence_negated_attention_mask",
-    row_mask="absence_mask", output="absence_negated_embeds", counted_as="absence negation",
+    name="absence",
+    column="absence_negated",
+    flag="absence_column",
+    input_ids="absence_negated_input_ids",
+    attention_mask="absence_negated_attention_mask",
+    row_mask="absence_mask",
+    output="absence_negated_embeds",
+    counted_as="absence negation",
     help="Column with absence-negated captions (negate a plausible object NOT in the image); 'none' for no such column.",
 )
 AFFIRMED = CaptionSet(
-    name="affirmed", column="absence_affirmed", flag="absence_affirmed_column",
-    input_ids="absence_affirmed_input_ids", attention_mask="absence_affirmed_attention_mask",
-    row_mask="absence_affirmed_mask", output="absence_affirmed_embeds",
+    name="affirmed",
+    column="absence_affirmed",
+    flag="absence_affirmed_column",
+    input_ids="absence_affirmed_input_ids",
+    attention_mask="absence_affirmed_attention_mask",
+    row_mask="absence_affirmed_mask",
+    output="absence_affirmed_embeds",
     help="Column with absence-affirmed captions (the absence-negated caption with its object affirmed: false "
-         "for the image), a third option of the --lambda_choice term; 'none' (default) for two options.",
-    on_by_default=False, counted_as="absence-affirmed caption",
+    "for the image), a third option of the --lambda_choice term; 'none' (default) for two options.",
+    on_by_default=False,
+    counted_as="absence-affirmed caption",
 )
 # The original caption first: it is the one every row has.
 CAPTION_SETS: tuple[CaptionSet, ...] = (CAPTION, PRESENCE, ABSENCE, AFFIRMED)
@@ -211,7 +233,9 @@ def resolve_text_blocks(num_layers: int, trainable: TrainableConfig) -> list[int
         blocks = sorted(set(trainable.text_blocks))
         bad = [index for index in blocks if not 0 <= index < num_layers]
         if bad:
-            raise ValueError(f"text_blocks {bad} out of range: the text encoder has {num_layers} blocks (0..{num_layers - 1})")
+            raise ValueError(
+                f"text_blocks {bad} out of range: the text encoder has {num_layers} blocks (0..{num_layers - 1})"
+            )
         return blocks
     if trainable.text_preset is not None:
         third = num_layers / 3
@@ -274,7 +298,9 @@ def apply_trainable(model: CLIPModel, trainable: TrainableConfig) -> list[str]:
 # Masked rows and masked columns contribute nothing and receive no gradient. No row on: the term is 0.
 
 
-def _mean_over(per_row: torch.Tensor, row_mask: torch.Tensor, global_mask: torch.Tensor, world_size: int) -> torch.Tensor:
+def _mean_over(
+    per_row: torch.Tensor, row_mask: torch.Tensor, global_mask: torch.Tensor, world_size: int
+) -> torch.Tensor:
     total = global_mask.sum().clamp(min=1).to(per_row.dtype)
     return torch.where(row_mask, per_row, torch.zeros_like(per_row)).sum() / total * world_size
 
@@ -415,7 +441,9 @@ def choice_loss(
     if option_mask is not None:
         present[:, 1:] = option_mask[rows][:, : len(options) - 1]
     logits = logits.float().masked_fill(~present, -1e4)
-    per_row = F.cross_entropy(logits, torch.zeros(images.shape[0], dtype=torch.long, device=images.device), reduction="none")
+    per_row = F.cross_entropy(
+        logits, torch.zeros(images.shape[0], dtype=torch.long, device=images.device), reduction="none"
+    )
     return _mean_over(per_row, mask[rows], mask, world_size)
 
 
@@ -489,35 +517,72 @@ class LossTerm:
 
 
 def _presence_term(batch: GlobalBatch, logit_scale: torch.Tensor, cfg: OmniNegLossConfig) -> dict[str, torch.Tensor]:
-    return presence_loss(batch.image, batch.embeds["caption"], batch.embeds["presence"], batch.masks["presence"],
-                         logit_scale, **batch.local)
+    return presence_loss(
+        batch.image,
+        batch.embeds["caption"],
+        batch.embeds["presence"],
+        batch.masks["presence"],
+        logit_scale,
+        **batch.local,
+    )
 
 
 def _absence_term(batch: GlobalBatch, logit_scale: torch.Tensor, cfg: OmniNegLossConfig) -> dict[str, torch.Tensor]:
-    return absence_loss(batch.image, batch.embeds["caption"], batch.embeds["absence"], batch.masks["absence"], logit_scale,
-                        lambda_orig=cfg.lambda_orig, lambda_text=cfg.lambda_text, margin=cfg.margin, **batch.local)
+    return absence_loss(
+        batch.image,
+        batch.embeds["caption"],
+        batch.embeds["absence"],
+        batch.masks["absence"],
+        logit_scale,
+        lambda_orig=cfg.lambda_orig,
+        lambda_text=cfg.lambda_text,
+        margin=cfg.margin,
+        **batch.local,
+    )
 
 
 def _choice_term(batch: GlobalBatch, logit_scale: torch.Tensor, cfg: OmniNegLossConfig) -> dict[str, torch.Tensor]:
     # Rows without an affirmed caption (or data without any) keep the two-way choice.
     options = torch.stack([batch.masks["presence"], batch.masks["affirmed"]], dim=1)
     chooses = batch.masks["absence"] & options.any(dim=1)
-    value = choice_loss(batch.image, batch.embeds["absence"], batch.embeds["presence"], chooses, logit_scale, **batch.local,
-                        affirmed_embeds=batch.embeds["affirmed"], option_mask=options)
+    value = choice_loss(
+        batch.image,
+        batch.embeds["absence"],
+        batch.embeds["presence"],
+        chooses,
+        logit_scale,
+        **batch.local,
+        affirmed_embeds=batch.embeds["affirmed"],
+        option_mask=options,
+    )
     return {"loss_choice": value}
 
 
 def _affirm_term(batch: GlobalBatch, logit_scale: torch.Tensor, cfg: OmniNegLossConfig) -> dict[str, torch.Tensor]:
     # The same multiple choice with the caption as the true option: [caption | affirmed, presence].
     options = torch.stack([batch.masks["affirmed"], batch.masks["presence"]], dim=1)
-    value = choice_loss(batch.image, batch.embeds["caption"], batch.embeds["affirmed"], options.any(dim=1), logit_scale,
-                        **batch.local, affirmed_embeds=batch.embeds["presence"], option_mask=options)
+    value = choice_loss(
+        batch.image,
+        batch.embeds["caption"],
+        batch.embeds["affirmed"],
+        options.any(dim=1),
+        logit_scale,
+        **batch.local,
+        affirmed_embeds=batch.embeds["presence"],
+        option_mask=options,
+    )
     return {"loss_affirm": value}
 
 
 def _keep_term(batch: GlobalBatch, logit_scale: torch.Tensor, cfg: OmniNegLossConfig) -> dict[str, torch.Tensor]:
-    value = keep_match_loss(batch.image, batch.embeds["caption"], batch.embeds["absence"], batch.masks["absence"],
-                            logit_scale, **batch.local)
+    value = keep_match_loss(
+        batch.image,
+        batch.embeds["caption"],
+        batch.embeds["absence"],
+        batch.masks["absence"],
+        logit_scale,
+        **batch.local,
+    )
     return {"loss_keep": value}
 
 
@@ -633,7 +698,9 @@ class OmniNegCLIPLoss:
             return {"loss_clip": loss_clip, "loss": loss_clip}
         terms, total = {}, None
         for term in LOSS_TERMS:
-            values = term.compute(batch, logit_scale, cfg) if term.active(cfg) else {term.name: logit_scale.new_zeros(())}
+            values = (
+                term.compute(batch, logit_scale, cfg) if term.active(cfg) else {term.name: logit_scale.new_zeros(())}
+            )
             terms |= values
             weighted = values[term.name] if term.weight is None else getattr(cfg, term.weight) * values[term.name]
             total = weighted if total is None else total + weighted
@@ -734,7 +801,9 @@ LOSS_TERM_NAMES = tuple(name for name in _OUTPUT_FIELDS if name.startswith("loss
 # ----------------------------------------------------------------------------------------------
 
 
-def caption_inputs(arguments: dict[str, torch.Tensor | None]) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+def caption_inputs(
+    arguments: dict[str, torch.Tensor | None],
+) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
     """The caption sets among `forward`'s keyword arguments (`CaptionSet.input_ids`,
     `.attention_mask`, `.row_mask`), by name: (input ids, attention mask (default: all ones), row
     mask (default: every row; None for the original captions, which every row has))."""
@@ -751,7 +820,11 @@ def caption_inputs(arguments: dict[str, torch.Tensor | None]) -> dict[str, tuple
             continue
         attention, rows = arguments.get(row.attention_mask), arguments.get(row.row_mask) if row.row_mask else None
         if row.row_mask is not None:
-            rows = torch.ones(ids.shape[0], dtype=torch.bool, device=ids.device) if rows is None else rows.to(ids.device).bool()
+            rows = (
+                torch.ones(ids.shape[0], dtype=torch.bool, device=ids.device)
+                if rows is None
+                else rows.to(ids.device).bool()
+            )
         given[row.name] = (ids, torch.ones_like(ids) if attention is None else attention, rows)
     return given
 
@@ -775,13 +848,17 @@ class OmniNegCLIPModel(CLIPModel):
     # for the Trainer to pass: the loss is a mean, scaled for accumulation by the Trainer.
     accepts_loss_kwargs = False
 
-    def __init__(self, config, loss_config: OmniNegLossConfig | None = None, text_bucket_rows: int | None = TEXT_BUCKET_ROWS):
+    def __init__(
+        self, config, loss_config: OmniNegLossConfig | None = None, text_bucket_rows: int | None = TEXT_BUCKET_ROWS
+    ):
         super().__init__(config)
         # A checkpoint this project saved carries its run's settings in config.json (`omninegclip`).
         saved = getattr(config, SETTINGS_KEY, None) or {}
         self.loss_config = loss_config or OmniNegLossConfig(**(saved.get("loss") or {}))
         # What trained in the saved run (a record; `apply_trainable` is what freezes the rest).
-        self.trainable_config: TrainableConfig | None = TrainableConfig(**saved["trainable"]) if saved.get("trainable") else None
+        self.trainable_config: TrainableConfig | None = (
+            TrainableConfig(**saved["trainable"]) if saved.get("trainable") else None
+        )
         self.add_model_tags(MODEL_TAGS)
         # How many captions go through the text encoder together (sorted by length); None: all at once.
         self.text_bucket_rows = text_bucket_rows
@@ -831,7 +908,9 @@ class OmniNegCLIPModel(CLIPModel):
         pieces = []
         for rows in order.split(bucket_rows):
             cut = int(extent[rows].max())
-            features = self.get_text_features(input_ids=input_ids[rows, :cut], attention_mask=attention_mask[rows, :cut])
+            features = self.get_text_features(
+                input_ids=input_ids[rows, :cut], attention_mask=attention_mask[rows, :cut]
+            )
             pieces.append(features.pooler_output)
         return list(torch.cat(pieces)[torch.argsort(order)].split(sizes))
 
@@ -891,15 +970,22 @@ class OmniNegCLIPModel(CLIPModel):
         out of every term; every set given is encoded, each only for its rows whose mask is on (the
         collator leaves out the sets that no active loss term reads). All caption sets go through the
         text encoder in one pass (`encode_texts`)."""
-        given = caption_inputs(dict(
-            input_ids=input_ids, attention_mask=attention_mask,
-            presence_negated_input_ids=presence_negated_input_ids,
-            presence_negated_attention_mask=presence_negated_attention_mask, presence_mask=presence_mask,
-            absence_negated_input_ids=absence_negated_input_ids,
-            absence_negated_attention_mask=absence_negated_attention_mask, absence_mask=absence_mask,
-            absence_affirmed_input_ids=absence_affirmed_input_ids,
-            absence_affirmed_attention_mask=absence_affirmed_attention_mask, absence_affirmed_mask=absence_affirmed_mask,
-        ) | extra_caption_sets)
+        given = caption_inputs(
+            dict(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                presence_negated_input_ids=presence_negated_input_ids,
+                presence_negated_attention_mask=presence_negated_attention_mask,
+                presence_mask=presence_mask,
+                absence_negated_input_ids=absence_negated_input_ids,
+                absence_negated_attention_mask=absence_negated_attention_mask,
+                absence_mask=absence_mask,
+                absence_affirmed_input_ids=absence_affirmed_input_ids,
+                absence_affirmed_attention_mask=absence_affirmed_attention_mask,
+                absence_affirmed_mask=absence_affirmed_mask,
+            )
+            | extra_caption_sets
+        )
         images = self.encode_images(pixel_values, image_embeds)
         embeds, masks = self.encode_caption_sets(given)
         image_embeds = F.normalize(images.float(), dim=-1)
@@ -931,22 +1017,30 @@ class OmniNegCLIPModel(CLIPModel):
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         if not distributed:
             return OmniNegCLIPLoss(self.loss_config)
-        return OmniNegCLIPLoss(self.loss_config, rank=torch.distributed.get_rank(), world_size=torch.distributed.get_world_size())
+        return OmniNegCLIPLoss(
+            self.loss_config, rank=torch.distributed.get_rank(), world_size=torch.distributed.get_world_size()
+        )
 
     def encode_caption_sets(self, given: dict) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """`caption_inputs`' sets through the text encoder in one pass (`encode_texts`), each only for
         its rows that carry one. Returns per set its L2-normalised (B, D) embeddings (zero where a row
         has none) and its (B,) row mask."""
-        encoded = self.encode_texts([(ids, mask) if rows is None else (ids[rows], mask[rows]) for ids, mask, rows in given.values()])
+        encoded = self.encode_texts(
+            [(ids, mask) if rows is None else (ids[rows], mask[rows]) for ids, mask, rows in given.values()]
+        )
         embeds, masks = {}, {}
         for (name, (ids, _, rows)), features in zip(given.items(), encoded):
             features = F.normalize(features.float(), dim=-1)
             if rows is None:  # the original captions: every row
-                embeds[name], masks[name] = features, torch.ones(ids.shape[0], dtype=torch.bool, device=features.device)
+                embeds[name], masks[name] = (
+                    features,
+                    torch.ones(ids.shape[0], dtype=torch.bool, device=features.device),
+                )
             else:
                 full = features.new_zeros(ids.shape[0], features.shape[1])
                 embeds[name], masks[name] = full.index_put((rows.nonzero(as_tuple=True)[0],), features), rows
         return embeds, masks
+
     # -- training helpers ----------------------------------------------------------------------
 
     @torch.no_grad()
@@ -959,7 +1053,9 @@ class OmniNegCLIPModel(CLIPModel):
         CPU): hold logit_scale with shape (1,), the same value (every loss broadcasts it).
         `save_pretrained` writes it back as CLIP's scalar."""
         if self.logit_scale.dim() == 0:
-            self.logit_scale = nn.Parameter(self.logit_scale.detach().reshape(1), requires_grad=self.logit_scale.requires_grad)
+            self.logit_scale = nn.Parameter(
+                self.logit_scale.detach().reshape(1), requires_grad=self.logit_scale.requires_grad
+            )
 
     def settings(self) -> dict:
         """The Omni-NegCLIP settings used, as recorded beside the weights."""
@@ -985,9 +1081,15 @@ class OmniNegCLIPModel(CLIPModel):
         if scale is not None and scale.dim() == 1:  # held as shape (1,) under FSDP / DeepSpeed
             kwargs["state_dict"] = state_dict | {"logit_scale": scale.reshape(())}  # CLIP's scalar
         recorded = dict(getattr(self.config, SETTINGS_KEY, None) or {})
-        setattr(self.config, SETTINGS_KEY, json.loads(json.dumps(recorded | self.settings() | (extra_settings or {}), default=str)))
+        setattr(
+            self.config,
+            SETTINGS_KEY,
+            json.loads(json.dumps(recorded | self.settings() | (extra_settings or {}), default=str)),
+        )
         super().save_pretrained(save_directory, *args, **kwargs)
-        config_path = Path(save_directory) / "config.json"  # save_pretrained names this class: CLIP's is the one to load
+        config_path = (
+            Path(save_directory) / "config.json"
+        )  # save_pretrained names this class: CLIP's is the one to load
         if config_path.is_file():
             config = json.loads(config_path.read_text())
             config["architectures"] = ["CLIPModel"]

@@ -103,12 +103,18 @@ def load_model(model_args: ModelArguments) -> tuple[OmniNegCLIPModel, CLIPProces
     source = model_args.model_name_or_path
     check_clip_checkpoint(source, f"--model_name_or_path {source!r}", cache_dir=model_args.cache_dir)
     try:
-        model = load_pretrained_checked(OmniNegCLIPModel, source, f"--model_name_or_path {source!r}", cache_dir=model_args.cache_dir)
+        model = load_pretrained_checked(
+            OmniNegCLIPModel, source, f"--model_name_or_path {source!r}", cache_dir=model_args.cache_dir
+        )
     except (OSError, ValueError, KeyError) as error:
-        raise UserError(f"--model_name_or_path {source!r}: could not load a CLIP checkpoint: {first_line(error)}") from None
+        raise UserError(
+            f"--model_name_or_path {source!r}: could not load a CLIP checkpoint: {first_line(error)}"
+        ) from None
     processor_source = model_args.processor_name_or_path or source
     try:
-        processor = CLIPProcessor.from_pretrained(processor_source, cache_dir=model_args.cache_dir, trust_remote_code=False)
+        processor = CLIPProcessor.from_pretrained(
+            processor_source, cache_dir=model_args.cache_dir, trust_remote_code=False
+        )
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise UserError(
             f"no CLIP processor at {processor_source!r} (tokenizer and image processor files beside the weights, "
@@ -121,25 +127,36 @@ def load_datasets(data_args: DataArguments, config: OmniNegCLIPConfig, cache_dir
     """The training datasets and the evaluation datasets (dataset name -> split), each cut to
     --max_train_samples / --max_eval_samples rows."""
     if data_args.mix_dataset_name and data_args.mix_dataset_name == data_args.dataset_name:
-        raise UserError(f"--mix_dataset_name {data_args.mix_dataset_name!r} is --dataset_name itself: every row would be "
-                        f"there twice (false in-batch negatives); leave --mix_dataset_name out or name another dataset")
+        raise UserError(
+            f"--mix_dataset_name {data_args.mix_dataset_name!r} is --dataset_name itself: every row would be "
+            f"there twice (false in-batch negatives); leave --mix_dataset_name out or name another dataset"
+        )
 
     def load(split: str, required: bool, limit: int | None) -> dict[str, datasets.Dataset]:
-        loaded = {name: load_any_dataset(name, split, data_args.dataset_config_name, cache_dir, required=required)
-                  for name in data_args.sources()}
-        return {name: dataset.select(range(min(limit, len(dataset)))) if limit is not None else dataset
-                for name, dataset in loaded.items() if dataset is not None}
+        loaded = {
+            name: load_any_dataset(name, split, data_args.dataset_config_name, cache_dir, required=required)
+            for name in data_args.sources()
+        }
+        return {
+            name: dataset.select(range(min(limit, len(dataset)))) if limit is not None else dataset
+            for name, dataset in loaded.items()
+            if dataset is not None
+        }
 
     train = load(data_args.train_split, True, data_args.max_train_samples)
     evaluation = {}
     if config.eval_strategy != "no" and data_args.evaluates():
         evaluation = load(data_args.eval_split, False, data_args.max_eval_samples)
         if not evaluation:
-            logger.warning("no %r split in %s (--eval_split): evaluation skipped", data_args.eval_split, data_args.sources())
+            logger.warning(
+                "no %r split in %s (--eval_split): evaluation skipped", data_args.eval_split, data_args.sources()
+            )
             config.eval_strategy = "no"
     elif config.load_best_model_at_end:
-        raise UserError("--load_best_model_at_end needs evaluation: pass --eval_strategy steps (or epoch) and an --eval_split "
-                        "the data has")
+        raise UserError(
+            "--load_best_model_at_end needs evaluation: pass --eval_strategy steps (or epoch) and an --eval_split "
+            "the data has"
+        )
     return train, evaluation
 
 
@@ -163,13 +180,20 @@ def main(argv: list[str]) -> tuple[OmniNegCLIPTrainer, dict]:
         raise Interrupted(interrupted_message(config.output_dir)) from None
 
 
-def train_and_save(model_args: ModelArguments, data_args: DataArguments, config: OmniNegCLIPConfig) -> tuple[OmniNegCLIPTrainer, dict]:
+def train_and_save(
+    model_args: ModelArguments, data_args: DataArguments, config: OmniNegCLIPConfig
+) -> tuple[OmniNegCLIPTrainer, dict]:
     # 1. The model and the data.
     model, processor = load_model(model_args)
     train_datasets, eval_datasets = load_datasets(data_args, config, model_args.cache_dir)
     # 2. The Trainer prepares the data itself: rows checked, captions tokenized, images embedded once.
-    trainer = OmniNegCLIPTrainer(model=model, args=config, train_dataset=train_datasets, eval_dataset=eval_datasets or None,
-                                 processing_class=processor)
+    trainer = OmniNegCLIPTrainer(
+        model=model,
+        args=config,
+        train_dataset=train_datasets,
+        eval_dataset=eval_datasets or None,
+        processing_class=processor,
+    )
     # 3. Train; every process evaluates (the loss gathers embeddings across them).
     train_result = trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     metrics = {"train": train_result.metrics}

@@ -60,8 +60,13 @@ def _load() -> str:
 
 
 def machine() -> dict:
-    return {"platform": platform.platform(), "python": platform.python_version(), "cores": len(os.sched_getaffinity(0)),
-            "cpu": _cpu_name(), "load_average_at_start": _load()}
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cores": len(os.sched_getaffinity(0)),
+        "cpu": _cpu_name(),
+        "load_average_at_start": _load(),
+    }
 
 
 def _cpu_name() -> str:
@@ -111,11 +116,13 @@ def run_child(body: str, payload: dict) -> dict:
     """Run `body` (Python; sets `result`) in a fresh interpreter; its wall time, peak memory, `timings`."""
     code = _DRIVER.format(body=body)
     load_before = _load()
-    completed = subprocess.run([sys.executable, "-c", code, json.dumps(payload)], capture_output=True, text=True, cwd=str(ROOT))
+    completed = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(payload)], capture_output=True, text=True, cwd=str(ROOT)
+    )
     lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
     if completed.returncode or not lines:
         raise RuntimeError(f"child failed (exit {completed.returncode}):\n{completed.stderr[-3000:]}")
-    return {**json.loads(lines[-1][len("RESULT "):]), "load_before": load_before, "load_after": _load()}
+    return {**json.loads(lines[-1][len("RESULT ") :]), "load_before": load_before, "load_after": _load()}
 
 
 def _folder_bytes(folder: Path, under: str | None = None) -> int:
@@ -127,7 +134,9 @@ def baseline_file(commit: str, path: str, into: Path) -> Path | None:
     """The baseline's version of a file of this repository (from git), copied into `into` as
     baseline_<name>; None when git or the commit is not there."""
     try:
-        text = subprocess.run(["git", "show", f"{commit}:{path}"], capture_output=True, text=True, check=True, cwd=str(ROOT)).stdout
+        text = subprocess.run(
+            ["git", "show", f"{commit}:{path}"], capture_output=True, text=True, check=True, cwd=str(ROOT)
+        ).stdout
     except (OSError, subprocess.CalledProcessError):
         return None
     into.mkdir(parents=True, exist_ok=True)
@@ -169,7 +178,12 @@ def per_core_image_rates(fixture: FixtureInfo, scratch: Path, sample: int = 300)
             (copies / path.name).write_bytes(data)
 
     rates = {}
-    for name, work in (("read", read), ("read_and_draft_decode", draft), ("read_and_full_decode", full), ("read_check_and_write", draft_and_write)):
+    for name, work in (
+        ("read", read),
+        ("read_and_draft_decode", draft),
+        ("read_and_full_decode", full),
+        ("read_check_and_write", draft_and_write),
+    ):
         times = []
         for _ in range(3):
             shutil.rmtree(copies, ignore_errors=True)
@@ -206,11 +220,28 @@ result = {{"captions": len(items)}}
 
 
 def _build(args, fixture: FixtureInfo, out: Path, module: Path | None, num_proc: int | None) -> dict:
-    argv = ["coco", "--captions", fixture.captions_file, "--instances", fixture.instances_file, "--images", fixture.images_dir,
-            "--captions_per_image", "0", "--out", str(out), "--overwrite", "--no_progress"]
+    argv = [
+        "coco",
+        "--captions",
+        fixture.captions_file,
+        "--instances",
+        fixture.instances_file,
+        "--images",
+        fixture.images_dir,
+        "--captions_per_image",
+        "0",
+        "--out",
+        str(out),
+        "--overwrite",
+        "--no_progress",
+    ]
     if num_proc is not None:
         argv += ["--num_proc", str(num_proc)]
-    load = "import data_builder as builder" if module is None else f"builder = load({str(module)!r}, 'baseline_data_builder')"
+    load = (
+        "import data_builder as builder"
+        if module is None
+        else f"builder = load({str(module)!r}, 'baseline_data_builder')"
+    )
     shutil.rmtree(out, ignore_errors=True)
     measured = run_child(_BUILD.format(load=load), {"argv": argv})
     measured["bytes_on_disk"] = _folder_bytes(out)
@@ -232,15 +263,33 @@ def section_builder(args, fixture: FixtureInfo) -> dict:
             runs["baseline"] = _build(args, fixture, out / "build", module, None)
     annotations = {}
     if args.full_size_annotations:
-        full = make_fixture(out / "fixture_full", images=min(args.images, 200), full_size_annotations=True, progress=False)
-        payload = {"captions": full.captions_file, "instances": full.instances_file, "images": full.images_dir, "kwargs": {}}
+        full = make_fixture(
+            out / "fixture_full", images=min(args.images, 200), full_size_annotations=True, progress=False
+        )
+        payload = {
+            "captions": full.captions_file,
+            "instances": full.instances_file,
+            "images": full.images_dir,
+            "kwargs": {},
+        }
         for num_proc in sorted({1, args.num_proc or cores}):
-            annotations[f"new_num_proc_{num_proc}"] = run_child(_READ_COCO.format(load="__import__('omninegclip.building.sources').sources"),
-                                                                {**payload, "kwargs": {"num_proc": num_proc}})
-        old = baseline_file(args.baseline, "omninegclip/building/sources.py", out / "baseline") if args.baseline != "none" else None
+            annotations[f"new_num_proc_{num_proc}"] = run_child(
+                _READ_COCO.format(load="__import__('omninegclip.building.sources').sources"),
+                {**payload, "kwargs": {"num_proc": num_proc}},
+            )
+        old = (
+            baseline_file(args.baseline, "omninegclip/building/sources.py", out / "baseline")
+            if args.baseline != "none"
+            else None
+        )
         if old is not None:
-            annotations["baseline"] = run_child(_READ_COCO.format(load=f"load({str(old)!r}, 'baseline_sources')"), payload)
-        annotations["files_mb"] = {"captions": Path(full.captions_file).stat().st_size / 2**20, "instances": Path(full.instances_file).stat().st_size / 2**20}
+            annotations["baseline"] = run_child(
+                _READ_COCO.format(load=f"load({str(old)!r}, 'baseline_sources')"), payload
+            )
+        annotations["files_mb"] = {
+            "captions": Path(full.captions_file).stat().st_size / 2**20,
+            "instances": Path(full.instances_file).stat().st_size / 2**20,
+        }
         annotations["fixture"] = asdict(full)
     return {"fixture": asdict(fixture), "per_core_rates": rates, "builds": runs, "annotations": annotations}
 
@@ -270,29 +319,57 @@ def builder_table(result: dict) -> list[str]:
         lines.append(
             f"| {name} | {run['wall_s']:.1f} | {rows / run['wall_s']:.0f} | {phase:.2f} | {1000 * phase_cpu / images:.2f} | {1000 * per_image / rate:.2f} "
             f"| {images / phase:.0f} | {workers * rate / per_image:.0f} | {run['peak_rss_mb']:.0f} | {run['bytes_on_disk'] / 2**20:.1f} "
-            f"| {run['bytes_on_disk'] / fixture['image_bytes']:.2f} | {run['load_before']} → {run['load_after']} |")
-    lines += ["", "Where the wall time goes (s; `build_rows` holds the negations and the image phase):", "",
-              "| build | " + " | ".join(PHASES) + " | all |", "|---|" + "---:|" * (len(PHASES) + 1)]
+            f"| {run['bytes_on_disk'] / fixture['image_bytes']:.2f} | {run['load_before']} → {run['load_after']} |"
+        )
+    lines += [
+        "",
+        "Where the wall time goes (s; `build_rows` holds the negations and the image phase):",
+        "",
+        "| build | " + " | ".join(PHASES) + " | all |",
+        "|---|" + "---:|" * (len(PHASES) + 1),
+    ]
     for name, run in builds.items():
-        lines.append(f"| {name} | " + " | ".join(f"{run['timings'][phase]:.2f}" if phase in run["timings"] else "-" for phase in PHASES)
-                     + f" | {run['wall_s']:.2f} |")
-    one, many = builds.get("new_num_proc_1"), [run for name, run in builds.items() if name.startswith("new_num_proc_") and not name.endswith("_1")]
+        lines.append(
+            f"| {name} | "
+            + " | ".join(f"{run['timings'][phase]:.2f}" if phase in run["timings"] else "-" for phase in PHASES)
+            + f" | {run['wall_s']:.2f} |"
+        )
+    one, many = (
+        builds.get("new_num_proc_1"),
+        [run for name, run in builds.items() if name.startswith("new_num_proc_") and not name.endswith("_1")],
+    )
     if one and many and one["timings"].get("image_phase") and many[0]["timings"].get("image_phase"):
-        lines += ["", f"Image phase speed-up from 1 to {len(os.sched_getaffinity(0))} workers: "
-                  f"{one['timings']['image_phase'] / many[0]['timings']['image_phase']:.2f}x (target 1.6x on an idle 2-core machine)."]
+        lines += [
+            "",
+            f"Image phase speed-up from 1 to {len(os.sched_getaffinity(0))} workers: "
+            f"{one['timings']['image_phase'] / many[0]['timings']['image_phase']:.2f}x (target 1.6x on an idle 2-core machine).",
+        ]
     if "baseline" in builds:
-        lines += ["", "The baseline decodes every image in full once per caption row (its limits: the full-decode rate, per row) "
-                  "and stores the image bytes in every row; its image phase is its whole row writer (decode + Arrow)."]
-    lines += ["", "CPU ms/image: the image phase's CPU time (the process and its workers) over the images; the limit: reading and "
-              "checking one image on one core. Peak RSS: the building process (forked workers share its pages and hold one image each)."]
+        lines += [
+            "",
+            "The baseline decodes every image in full once per caption row (its limits: the full-decode rate, per row) "
+            "and stores the image bytes in every row; its image phase is its whole row writer (decode + Arrow).",
+        ]
+    lines += [
+        "",
+        "CPU ms/image: the image phase's CPU time (the process and its workers) over the images; the limit: reading and "
+        "checking one image on one core. Peak RSS: the building process (forked workers share its pages and hold one image each).",
+    ]
     annotations = result.get("annotations") or {}
     if annotations:
-        lines += ["", f"COCO reader on full-size annotations ({annotations['fixture']['annotated_images']} images, {annotations['fixture']['captions']} captions, "
-                  f"{annotations['fixture']['instances']} instances; JSON {annotations['files_mb']['captions']:.0f} + {annotations['files_mb']['instances']:.0f} MB):", "",
-                  "| reader | wall s | peak RSS MB | load before → after |", "|---|---:|---:|---|"]
+        lines += [
+            "",
+            f"COCO reader on full-size annotations ({annotations['fixture']['annotated_images']} images, {annotations['fixture']['captions']} captions, "
+            f"{annotations['fixture']['instances']} instances; JSON {annotations['files_mb']['captions']:.0f} + {annotations['files_mb']['instances']:.0f} MB):",
+            "",
+            "| reader | wall s | peak RSS MB | load before → after |",
+            "|---|---:|---:|---|",
+        ]
         for name, run in annotations.items():
             if isinstance(run, dict) and "wall_s" in run:
-                lines.append(f"| {name} | {run['wall_s']:.1f} | {run['peak_rss_mb']:.0f} | {run['load_before']} → {run['load_after']} |")
+                lines.append(
+                    f"| {name} | {run['wall_s']:.1f} | {run['peak_rss_mb']:.0f} | {run['load_before']} → {run['load_after']} |"
+                )
     return lines
 
 
@@ -308,16 +385,36 @@ SECTIONS = {
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"Comma-separated, of: {', '.join(SECTIONS)} (default: all).")
-    parser.add_argument("--out", default="runs/bench_data", help="Folder for results.json, results.md and the fixtures.")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--sections", default=",".join(SECTIONS), help=f"Comma-separated, of: {', '.join(SECTIONS)} (default: all)."
+    )
+    parser.add_argument(
+        "--out", default="runs/bench_data", help="Folder for results.json, results.md and the fixtures."
+    )
     parser.add_argument("--images", type=int, default=1000, help="Images in the fixture (5 captions each).")
-    parser.add_argument("--num_proc", type=int, help="Workers of the parallel build (default: the cores); a build with 1 runs too.")
-    parser.add_argument("--baseline", default=BASELINE, help="Git commit whose builder runs as the previous path ('none': skip).")
-    parser.add_argument("--full_size_annotations", action="store_true", help="Also time the COCO reader on train2017-size annotation files.")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
-                        help="preparation: also embed the images with a ViT-B/32-geometry tower on this device (cuda)")
-    parser.add_argument("--dtype", default=None, choices=["fp32", "bf16"], help="preparation on cuda: the tower's autocast precision")
+    parser.add_argument(
+        "--num_proc", type=int, help="Workers of the parallel build (default: the cores); a build with 1 runs too."
+    )
+    parser.add_argument(
+        "--baseline", default=BASELINE, help="Git commit whose builder runs as the previous path ('none': skip)."
+    )
+    parser.add_argument(
+        "--full_size_annotations",
+        action="store_true",
+        help="Also time the COCO reader on train2017-size annotation files.",
+    )
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        choices=["cpu", "cuda"],
+        help="preparation: also embed the images with a ViT-B/32-geometry tower on this device (cuda)",
+    )
+    parser.add_argument(
+        "--dtype", default=None, choices=["fp32", "bf16"], help="preparation on cuda: the tower's autocast precision"
+    )
     args = parser.parse_args(argv)
     sections = [name.strip() for name in args.sections.split(",") if name.strip()]
     unknown = [name for name in sections if name not in SECTIONS]
@@ -332,8 +429,13 @@ def main(argv: list[str] | None = None) -> dict:
         results["sections"][name] = measure(args, fixture)
     results["machine"]["load_average_at_end"] = _load()
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    lines = ["# Data benchmark", "", f"Machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, Python {results['machine']['python']}; "
-             f"load average {results['machine']['load_average_at_start']} at the start, {results['machine']['load_average_at_end']} at the end.", ""]
+    lines = [
+        "# Data benchmark",
+        "",
+        f"Machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, Python {results['machine']['python']}; "
+        f"load average {results['machine']['load_average_at_start']} at the start, {results['machine']['load_average_at_end']} at the end.",
+        "",
+    ]
     for name in sections:
         lines += [f"## {name}", ""] + SECTIONS[name][1](results["sections"][name]) + [""]
     (out / "results.md").write_text("\n".join(lines))

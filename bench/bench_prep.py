@@ -51,12 +51,14 @@ def fixture_dataset(fixture, folder: Path) -> tuple[Path, int]:
     """The fixture's images as a save_to_disk dataset of absolute image paths with captions; their bytes."""
     paths = sorted(Path(fixture.images_dir).glob("*.jpg"))
     count = len(paths)
-    datasets.Dataset.from_dict({
-        "image": [str(path.resolve()) for path in paths],
-        "caption": [f"a photo of a dog on a sofa number {i}" for i in range(count)],
-        "presence_negated": [f"a photo of a sofa with no dog number {i}" for i in range(count)],
-        "absence_negated": [f"a photo of a dog on a sofa with no cat number {i}" for i in range(count)],
-    }).save_to_disk(str(folder))
+    datasets.Dataset.from_dict(
+        {
+            "image": [str(path.resolve()) for path in paths],
+            "caption": [f"a photo of a dog on a sofa number {i}" for i in range(count)],
+            "presence_negated": [f"a photo of a sofa with no dog number {i}" for i in range(count)],
+            "absence_negated": [f"a photo of a dog on a sofa with no cat number {i}" for i in range(count)],
+        }
+    ).save_to_disk(str(folder))
     return folder, sum(path.stat().st_size for path in paths)
 
 
@@ -104,8 +106,15 @@ def _device_rates(raw, folder, columns, tokenizer, transform, images: int, devic
     model = vit_b32(device)
     precision = torch.bfloat16 if dtype == "bf16" else None
     workers = os.cpu_count() or 1
-    refs_run = lambda refs: image_pass(refs, transform, model=model, device=device, autocast_dtype=precision,  # noqa: E731
-                                       num_workers=workers, batch_size=256)
+    refs_run = lambda refs: image_pass(
+        refs,
+        transform,
+        model=model,
+        device=device,
+        autocast_dtype=precision,  # noqa: E731
+        num_workers=workers,
+        batch_size=256,
+    )
     prepare_dataset([raw], [str(folder)], columns, tokenizer, images=refs_run)  # warm-up: kernels, page cache
     torch.cuda.synchronize()
     start = time.perf_counter()
@@ -119,7 +128,9 @@ def _device_rates(raw, folder, columns, tokenizer, transform, images: int, devic
             model.get_image_features(pixel_values=pixels)
     torch.cuda.synchronize()
     return {
-        "name": torch.cuda.get_device_name(), "workers": workers, "dtype": dtype or "fp32",
+        "name": torch.cuda.get_device_name(),
+        "workers": workers,
+        "dtype": dtype or "fp32",
         "prepared_images_per_second": images / seconds,
         "tower_only_images_per_second": 2560 / (time.perf_counter() - tower_start),
     }
@@ -146,17 +157,29 @@ def section_preparation(args, fixture) -> dict:
         cache = workdir / f"cache-{workers}"
         tower = FreeTower()
         load_before, cpu_before, start = os.getloadavg()[0], _cpu_seconds(), time.perf_counter()
-        prepare_dataset([raw], [str(folder)], columns, tokenizer, images=lambda refs: image_pass(
-            refs, transform, model=tower, num_workers=workers, batch_size=64, cache_dir=cache))
+        prepare_dataset(
+            [raw],
+            [str(folder)],
+            columns,
+            tokenizer,
+            images=lambda refs: image_pass(
+                refs, transform, model=tower, num_workers=workers, batch_size=64, cache_dir=cache
+            ),
+        )
         seconds = time.perf_counter() - start
         runs[workers] = {
-            "seconds": seconds, "images_per_second": images / seconds,
+            "seconds": seconds,
+            "images_per_second": images / seconds,
             "cpu_seconds_per_image": (_cpu_seconds() - cpu_before) / images,
-            "disk_written_bytes": _dir_bytes(cache), "load_average_before": load_before,
+            "disk_written_bytes": _dir_bytes(cache),
+            "load_average_before": load_before,
         }
     result = {
-        "images": images, "image_bytes": image_bytes, "mean_image_kib": image_bytes / images / 1024,
-        "limit_images_per_second_per_core": 1 / limit, "previous_images_per_second_per_core": 1 / previous,
+        "images": images,
+        "image_bytes": image_bytes,
+        "mean_image_kib": image_bytes / images / 1024,
+        "limit_images_per_second_per_core": 1 / limit,
+        "previous_images_per_second_per_core": 1 / previous,
         "runs": runs,
         "cpu_per_image_over_limit": runs[1]["cpu_seconds_per_image"] / limit,
         "two_workers_speedup": runs[2]["images_per_second"] / runs[1]["images_per_second"],
@@ -187,14 +210,28 @@ def section_input(args, fixture=None, rows: int = 20000, batch: int = 256, steps
     """The input section (see the module docstring)."""
     torch.set_num_threads(1)
     rng = np.random.default_rng(seed)
-    lengths = {name: rng.integers(low, high, rows) for name, (low, high) in
-               {"input_ids": (10, 25), "presence_negated_input_ids": (12, 30), "absence_negated_input_ids": (13, 31)}.items()}
-    tokens = {name: [[BOS_TOKEN_ID] + rng.integers(0, 49000, n - 2).tolist() + [EOS_TOKEN_ID] for n in values]
-              for name, values in lengths.items()}
+    lengths = {
+        name: rng.integers(low, high, rows)
+        for name, (low, high) in {
+            "input_ids": (10, 25),
+            "presence_negated_input_ids": (12, 30),
+            "absence_negated_input_ids": (13, 31),
+        }.items()
+    }
+    tokens = {
+        name: [[BOS_TOKEN_ID] + rng.integers(0, 49000, n - 2).tolist() + [EOS_TOKEN_ID] for n in values]
+        for name, values in lengths.items()
+    }
     embeds = torch.randn(rows, 512)
     packed = PackedRows(tokens, EOS_TOKEN_ID, image_index=np.arange(rows), image_embeds=embeds)
-    table = datasets.Dataset.from_dict({"row_id": np.arange(rows), "packed_row": np.arange(rows),
-                                        "source_index": np.zeros(rows, dtype=np.int64), "source_row": np.arange(rows)})
+    table = datasets.Dataset.from_dict(
+        {
+            "row_id": np.arange(rows),
+            "packed_row": np.arange(rows),
+            "source_index": np.zeros(rows, dtype=np.int64),
+            "source_row": np.arange(rows),
+        }
+    )
     collator = OmniNegCollator(packed)
     old_table = datasets.Dataset.from_dict({"row_id": np.arange(rows), **tokens, "image_embeds": embeds.numpy()})
     order = rng.permutation(rows)
@@ -202,7 +239,7 @@ def section_input(args, fixture=None, rows: int = 20000, batch: int = 256, steps
     def timed(fetch_and_collate) -> float:
         times = []
         for step in range(steps + 3):
-            indices = order[(step * batch) % (rows - batch):][:batch].tolist()
+            indices = order[(step * batch) % (rows - batch) :][:batch].tolist()
             start = time.perf_counter()
             fetch_and_collate(indices)
             times.append(time.perf_counter() - start)
@@ -211,8 +248,15 @@ def section_input(args, fixture=None, rows: int = 20000, batch: int = 256, steps
     load = os.getloadavg()[0]
     new_ms = timed(lambda indices: collator(table.__getitems__(indices)))
     old_ms = timed(lambda indices: _old_style_batch(old_table.__getitems__(indices), EOS_TOKEN_ID))
-    return {"rows": rows, "batch": batch, "steps": steps, "ms_per_step": new_ms, "previous_ms_per_step": old_ms,
-            "speedup": old_ms / new_ms, "load_average_before": load}
+    return {
+        "rows": rows,
+        "batch": batch,
+        "steps": steps,
+        "ms_per_step": new_ms,
+        "previous_ms_per_step": old_ms,
+        "speedup": old_ms / new_ms,
+        "load_average_before": load,
+    }
 
 
 def _verdict(ok: bool) -> str:
@@ -223,8 +267,10 @@ def preparation_table(prep: dict) -> list[str]:
     runs = {int(workers): run for workers, run in prep["runs"].items()}
     lines = [
         f"Preparation of {prep['images']} JPEGs (mean {prep['mean_image_kib']:.0f} KiB) as `train.py` prepares them; "
-        "CPU time per image, so other processes on the machine do not inflate the per-core figures:", "",
-        "| what | value | limit / target | verdict |", "| --- | --- | --- | --- |",
+        "CPU time per image, so other processes on the machine do not inflate the per-core figures:",
+        "",
+        "| what | value | limit / target | verdict |",
+        "| --- | --- | --- | --- |",
         f"| decode once + preprocess, one core (the limit) | {prep['limit_images_per_second_per_core']:.0f} images/s | | |",
         f"| previous path (full decode + image processor), one core | {prep['previous_images_per_second_per_core']:.0f} images/s | | |",
         f"| preparation, 1 worker | {runs[1]['images_per_second']:.0f} images/s | | |",
@@ -238,8 +284,10 @@ def preparation_table(prep: dict) -> list[str]:
     ]
     if prep.get("device"):
         device = prep["device"]
-        lines.append(f"| on {device['name']} ({device['dtype']}, {device['workers']} workers): prepared and embedded "
-                     f"| {device['prepared_images_per_second']:.0f} images/s | the tower alone: {device['tower_only_images_per_second']:.0f} images/s | |")
+        lines.append(
+            f"| on {device['name']} ({device['dtype']}, {device['workers']} workers): prepared and embedded "
+            f"| {device['prepared_images_per_second']:.0f} images/s | the tower alone: {device['tower_only_images_per_second']:.0f} images/s | |"
+        )
     return lines
 
 
@@ -247,9 +295,10 @@ def input_table(inputs: dict) -> list[str]:
     ok = inputs["ms_per_step"] <= TARGETS["input_ms_per_step"]
     return [
         f"Training input path, batch {inputs['batch']} (the Trainer's fetch from its table + the collator), median of "
-        f"{inputs['steps']} steps:", "",
-        "| path | ms/step | target | verdict |", "| --- | --- | --- | --- |",
+        f"{inputs['steps']} steps:",
+        "",
+        "| path | ms/step | target | verdict |",
+        "| --- | --- | --- | --- |",
         f"| project (packed rows) | {inputs['ms_per_step']:.2f} | <= {TARGETS['input_ms_per_step']} | {_verdict(ok)} |",
         f"| previous (token lists and an embedding per row, padded row by row) | {inputs['previous_ms_per_step']:.2f} | | |",
     ]
-

@@ -46,7 +46,16 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from bench.measure import Device, StepMeasurement, matmul_peak_flops, measure_call, peak_memory_of, prime_optimizer, record_text_shapes, wait_for_idle
+from bench.measure import (
+    Device,
+    StepMeasurement,
+    matmul_peak_flops,
+    measure_call,
+    peak_memory_of,
+    prime_optimizer,
+    record_text_shapes,
+    wait_for_idle,
+)
 from bench.workload import (
     DEFAULT_SMALL,
     VIT_B_32,
@@ -107,7 +116,9 @@ def _capped(geometry: Geometry, blocks: list[int]) -> list[int]:
     return sorted({min(n, geometry.text_layers) for n in blocks})
 
 
-def make_plan(mode: str, device: Device, batch_sizes: list[int] | None, front_blocks: list[int], timed: int | None) -> Plan:
+def make_plan(
+    mode: str, device: Device, batch_sizes: list[int] | None, front_blocks: list[int], timed: int | None
+) -> Plan:
     """The grid. CPU default (about 5 minutes on 2 idle cores): the project's step at every batch size
     and N for the small CLIP, and at ViT-B/32 on a cross through the target point (batch 32/64/128
     at N = 6; N = 2/6/12 at batch 64); the plain step at batch 64 (ViT-B/32: N = 6 only). Points
@@ -117,15 +128,26 @@ def make_plan(mode: str, device: Device, batch_sizes: list[int] | None, front_bl
     if device.type == "cuda":
         configs = [
             Config(g, b, n, BOTH, timed or 10)
-            for g in (VIT_B_32, DEFAULT_SMALL) for n in _capped(g, front_blocks) for b in batch_sizes or [64, 128, 256]
+            for g in (VIT_B_32, DEFAULT_SMALL)
+            for n in _capped(g, front_blocks)
+            for b in batch_sizes or [64, 128, 256]
         ]
         everything = {g.name: 1024 for g in (VIT_B_32, DEFAULT_SMALL)}
-        return Plan(configs, warmup=3, eval_images=everything, eval_texts={name: 4 * count for name, count in everything.items()})
+        return Plan(
+            configs,
+            warmup=3,
+            eval_images=everything,
+            eval_texts={name: 4 * count for name, count in everything.items()},
+        )
     if mode == "quick":
         quick_batch = (batch_sizes or [32])[0]
         configs = [Config(g, quick_batch, min(6, g.text_layers), BOTH, timed or 2) for g in (VIT_B_32, DEFAULT_SMALL)]
-        return Plan(configs, warmup=1, eval_images={VIT_B_32.name: 16, DEFAULT_SMALL.name: 64},
-                    eval_texts={VIT_B_32.name: 64, DEFAULT_SMALL.name: 256})
+        return Plan(
+            configs,
+            warmup=1,
+            eval_images={VIT_B_32.name: 16, DEFAULT_SMALL.name: 64},
+            eval_texts={VIT_B_32.name: 64, DEFAULT_SMALL.name: 256},
+        )
     configs = []
     for geometry in (VIT_B_32, DEFAULT_SMALL):
         target_blocks = min(TARGET["front_blocks"], geometry.text_layers)
@@ -139,8 +161,12 @@ def make_plan(mode: str, device: Device, batch_sizes: list[int] | None, front_bl
                     configs.append(Config(geometry, b, n, BOTH, timed or 3))
                 elif b == TARGET["batch"] or n == target_blocks:
                     configs.append(Config(geometry, b, n, ("project",), timed or 2))
-    return Plan(configs, warmup=1, eval_images={VIT_B_32.name: 64, DEFAULT_SMALL.name: 256},
-                eval_texts={VIT_B_32.name: 256, DEFAULT_SMALL.name: 1024})
+    return Plan(
+        configs,
+        warmup=1,
+        eval_images={VIT_B_32.name: 64, DEFAULT_SMALL.name: 256},
+        eval_texts={VIT_B_32.name: 256, DEFAULT_SMALL.name: 1024},
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -178,7 +204,9 @@ class StepResult:
         return statistics.median(known) if known else None
 
 
-def _step_flops(geometry: Geometry, step: str, shapes: list[tuple[int, int]], lengths: list[int], batch: int, blocks: list[int]) -> tuple[int, int]:
+def _step_flops(
+    geometry: Geometry, step: str, shapes: list[tuple[int, int]], lengths: list[int], batch: int, blocks: list[int]
+) -> tuple[int, int]:
     """(FLOPs of the shapes the step ran, FLOPs of the real tokens only)."""
     executed = sum(text_train_flops(geometry, sequences, length, blocks) for sequences, length in shapes)
     useful = sum(text_train_flops(geometry, 1, length, blocks) for length in lengths)
@@ -214,7 +242,10 @@ def _run_config(model, config: Config, plan: Plan, device: Device, seed: int, pr
     with torch.no_grad():  # the cache: computed once, outside every timed step
         image_embeds = model.get_image_features(pixel_values=pixel_values.to(device.torch)).pooler_output.float().cpu()
     to_device = lambda batch: {key: value.to(device.torch) for key, value in batch.items()}  # noqa: E731
-    batches = {"plain": to_device(plain_batch(captions, pixel_values)), "project": to_device(fast_batch(captions, image_embeds))}
+    batches = {
+        "plain": to_device(plain_batch(captions, pixel_values)),
+        "project": to_device(fast_batch(captions, image_embeds)),
+    }
     losses = {"plain": plain_loss_terms, "project": fast_loss_terms}
     steps = {name: TrainStep(model, losses[name], optimizer, device.autocast_dtype) for name in config.steps}
     lengths = [len(ids) for rows in captions.sets().values() for ids in rows]
@@ -243,10 +274,20 @@ def _run_config(model, config: Config, plan: Plan, device: Device, seed: int, pr
     for name, measurement in measured.items():
         flops, useful = _step_flops(geometry, name, shapes[name], lengths, config.batch, blocks)
         peak_mib = None if peak_bytes.get(name) is None else peak_bytes[name] / 2**20
-        results.append(StepResult(
-            geometry.name, config.batch, config.front_blocks, name, measurement.seconds, measurement.others_load,
-            peak_mib, flops, useful, shapes[name],
-        ))
+        results.append(
+            StepResult(
+                geometry.name,
+                config.batch,
+                config.front_blocks,
+                name,
+                measurement.seconds,
+                measurement.others_load,
+                peak_mib,
+                flops,
+                useful,
+                shapes[name],
+            )
+        )
     optimizer.zero_grad(set_to_none=True)
     return results
 
@@ -256,7 +297,16 @@ def _run_config(model, config: Config, plan: Plan, device: Device, seed: int, pr
 # ----------------------------------------------------------------------------------------------
 
 _WORDS = {
-    "subject": ["a man", "a woman", "two dogs", "a cat", "a young boy", "a group of people", "a large bus", "a red car"],
+    "subject": [
+        "a man",
+        "a woman",
+        "two dogs",
+        "a cat",
+        "a young boy",
+        "a group of people",
+        "a large bus",
+        "a red car",
+    ],
     "verb": ["sitting on", "standing next to", "riding", "walking along", "looking at", "parked near", "playing with"],
     "object": ["a wooden bench", "the beach", "a busy street", "a kitchen counter", "a grassy field", "a snowy hill"],
     "tail": ["", " in the sun", " at night", " with a blue umbrella", " while it rains", " near some trees"],
@@ -297,7 +347,8 @@ def run_eval(plan: Plan, device: Device, seed: int, progress: tqdm) -> list[Eval
         if device.autocast_dtype is not None:
             model = model.to(device.autocast_dtype)
         processor = CLIPImageProcessorPil(
-            size={"shortest_edge": geometry.image_size}, crop_size={"height": geometry.image_size, "width": geometry.image_size}
+            size={"shortest_edge": geometry.image_size},
+            crop_size={"height": geometry.image_size, "width": geometry.image_size},
         )
         rng = np.random.default_rng(seed)
         # COCO-sized photos for ViT-B/32 (640x480), native-size images for the small world.
@@ -316,7 +367,9 @@ def run_eval(plan: Plan, device: Device, seed: int, progress: tqdm) -> list[Eval
         embed_texts(model, tokenizer, texts, batch_size=256, progress=False)
         device.synchronize()
         text_seconds = time.perf_counter() - start
-        results.append(EvalResult(geometry.name, len(images), len(texts), len(images) / image_seconds, len(texts) / text_seconds))
+        results.append(
+            EvalResult(geometry.name, len(images), len(texts), len(images) / image_seconds, len(texts) / text_seconds)
+        )
         progress.update(1)
         del model
     return results
@@ -339,11 +392,15 @@ def speedups(results: list[StepResult]) -> list[dict]:
         project = index.get((geometry, batch, blocks, "project"))
         if step != "plain" or project is None:
             continue
-        rows.append({
-            "geometry": geometry, "batch": batch, "front_blocks": blocks,
-            "speedup": project.samples_per_second / plain.samples_per_second,
-            "memory_ratio": (plain.peak_mib / project.peak_mib) if plain.peak_mib and project.peak_mib else None,
-        })
+        rows.append(
+            {
+                "geometry": geometry,
+                "batch": batch,
+                "front_blocks": blocks,
+                "speedup": project.samples_per_second / plain.samples_per_second,
+                "memory_ratio": (plain.peak_mib / project.peak_mib) if plain.peak_mib and project.peak_mib else None,
+            }
+        )
     return rows
 
 
@@ -360,15 +417,21 @@ def target_verdict(results: list[StepResult], device: str = "cpu") -> list[str]:
     lines = []
     if key in ratios:
         speedup = ratios[key]["speedup"]
-        lines.append(f"(b)/(a) at {where}: {speedup:.2f}x (target >= {target['speedup']:.0f}x: {_verdict(speedup, target['speedup'])})")
+        lines.append(
+            f"(b)/(a) at {where}: {speedup:.2f}x (target >= {target['speedup']:.0f}x: {_verdict(speedup, target['speedup'])})"
+        )
     if project is not None:
-        lines.append(f"step (b) at {where}: {100 * project.peak_fraction:.0f} % of the matmul peak, "
-                     f"{100 * project.useful_peak_fraction:.0f} % counting real tokens only (target >= "
-                     f"{100 * target['peak_fraction']:.0f} %: {_verdict(project.peak_fraction, target['peak_fraction'])})")
+        lines.append(
+            f"step (b) at {where}: {100 * project.peak_fraction:.0f} % of the matmul peak, "
+            f"{100 * project.useful_peak_fraction:.0f} % counting real tokens only (target >= "
+            f"{100 * target['peak_fraction']:.0f} %: {_verdict(project.peak_fraction, target['peak_fraction'])})"
+        )
     busy = [r for r in results if (r.median_others_load or 0) > BUSY_CORES]
     if busy:
-        lines.append(f"{len(busy)} of {len(results)} rows ran while other processes kept more than {BUSY_CORES} cores busy "
-                     "(column 'others'): their times are inflated; run again on an idle machine (or with --wait-for-idle)")
+        lines.append(
+            f"{len(busy)} of {len(results)} rows ran while other processes kept more than {BUSY_CORES} cores busy "
+            "(column 'others'): their times are inflated; run again on an idle machine (or with --wait-for-idle)"
+        )
     if not lines:
         lines.append(f"the target point ({where}) was not in this run")
     return lines
@@ -403,17 +466,25 @@ def markdown(meta: dict, results: list[StepResult], evals: list[EvalResult]) -> 
         )
     ratio_rows = speedups(results)
     if ratio_rows:
-        lines += ["", "| geometry | batch | N | (b)/(a) samples/s | (a)/(b) peak memory |", "|---|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            "| geometry | batch | N | (b)/(a) samples/s | (a)/(b) peak memory |",
+            "|---|---:|---:|---:|---:|",
+        ]
         for row in ratio_rows:
             memory = "n/a" if row["memory_ratio"] is None else f"{row['memory_ratio']:.2f}x"
-            lines.append(f"| {row['geometry']} | {row['batch']} | {row['front_blocks']} | {row['speedup']:.2f}x | {memory} |")
+            lines.append(
+                f"| {row['geometry']} | {row['batch']} | {row['front_blocks']} | {row['speedup']:.2f}x | {memory} |"
+            )
     growth = growth_lines(results)
     if growth:
         lines += ["", "Growth of step (b) time:", ""] + growth
     if evals:
         lines += ["", "| geometry | images/s (with preprocessing) | texts/s (with tokenization) |", "|---|---:|---:|"]
         for e in evals:
-            lines.append(f"| {e.geometry} | {e.images_per_second:,.1f} ({e.images} images) | {e.texts_per_second:,.1f} ({e.texts} texts) |")
+            lines.append(
+                f"| {e.geometry} | {e.images_per_second:,.1f} ({e.images} images) | {e.texts_per_second:,.1f} ({e.texts} texts) |"
+            )
     lines += ["", "Targets:", ""] + [f"- {line}" for line in target_verdict(results, meta["device"])]
     return "\n".join(lines) + "\n"
 
@@ -423,17 +494,25 @@ def growth_lines(results: list[StepResult]) -> list[str]:
     project = [r for r in results if r.step == "project"]
     lines = []
     for geometry in dict.fromkeys(r.geometry for r in project):
-        seconds = {(r.batch, r.front_blocks): r.batch / r.samples_per_second for r in project if r.geometry == geometry}
+        seconds = {
+            (r.batch, r.front_blocks): r.batch / r.samples_per_second for r in project if r.geometry == geometry
+        }
         for n in sorted({n for _, n in seconds}):
             series = sorted((b, t) for (b, m), t in seconds.items() if m == n)
             if len(series) > 1:
-                lines.append(f"- {geometry}, N = {n}: " + ", ".join(f"batch {b}: {t / series[0][1]:.2f}x" for b, t in series)
-                             + f" the time of batch {series[0][0]}")
+                lines.append(
+                    f"- {geometry}, N = {n}: "
+                    + ", ".join(f"batch {b}: {t / series[0][1]:.2f}x" for b, t in series)
+                    + f" the time of batch {series[0][0]}"
+                )
         for b in sorted({b for b, _ in seconds}):
             series = sorted((m, t) for (bb, m), t in seconds.items() if bb == b)
             if len(series) > 1:
-                lines.append(f"- {geometry}, batch {b}: " + ", ".join(f"N = {m}: {t / series[0][1]:.2f}x" for m, t in series)
-                             + f" the time of N = {series[0][0]}")
+                lines.append(
+                    f"- {geometry}, batch {b}: "
+                    + ", ".join(f"N = {m}: {t / series[0][1]:.2f}x" for m, t in series)
+                    + f" the time of N = {series[0][0]}"
+                )
     return lines
 
 
@@ -453,7 +532,9 @@ def plot(results: list[StepResult], path: Path) -> bool:
         rows = [r for r in results if r.geometry == geometry]
         for step, marker, style in (("project", "o", "-"), ("plain", "s", "--")):
             for n in sorted({r.front_blocks for r in rows if r.step == step}):
-                series = sorted((r.batch, r.samples_per_second) for r in rows if r.step == step and r.front_blocks == n)
+                series = sorted(
+                    (r.batch, r.samples_per_second) for r in rows if r.step == step and r.front_blocks == n
+                )
                 if series:
                     xs, ys = zip(*series)
                     axis.plot(xs, ys, style, marker=marker, label=f"{STEP_LABELS[step]}, N = {n}")
@@ -486,23 +567,49 @@ def _cpu_name() -> str:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="about a minute: batch 32, N = 6, few steps")
     size.add_argument("--full", action="store_true", help="every batch size and N for both steps (long on a CPU)")
-    parser.add_argument("--out", default=str(REPO_ROOT / "bench" / "results"), help="folder for results.md/json and the plot")
+    parser.add_argument(
+        "--out", default=str(REPO_ROOT / "bench" / "results"), help="folder for results.md/json and the plot"
+    )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to run")
-    parser.add_argument("--dtype", default=None, choices=["fp32", "bf16"],
-                        help="fp32, or bf16 autocast (parameters stay fp32, as --bf16 trains). Default: fp32 on CPU, bf16 on CUDA")
-    parser.add_argument("--batch-sizes", default=None, help="comma-separated, e.g. 32,64,128 (default: 32,64,128 on CPU; 64,128,256 on CUDA)")
-    parser.add_argument("--geometries", default=",".join(GEOMETRIES),
-                        help=f"comma-separated model geometries to run (default: all of {', '.join(GEOMETRIES)})")
-    parser.add_argument("--front-blocks", default="2,6,12", help="trainable front text blocks N, comma-separated (capped at the depth)")
-    parser.add_argument("--warmup", type=int, default=None, help="warm-up steps per step kind and point (default by mode)")
-    parser.add_argument("--steps", type=int, default=None, help="timed steps per step kind and point (default: by mode and point)")
+    parser.add_argument(
+        "--dtype",
+        default=None,
+        choices=["fp32", "bf16"],
+        help="fp32, or bf16 autocast (parameters stay fp32, as --bf16 trains). Default: fp32 on CPU, bf16 on CUDA",
+    )
+    parser.add_argument(
+        "--batch-sizes",
+        default=None,
+        help="comma-separated, e.g. 32,64,128 (default: 32,64,128 on CPU; 64,128,256 on CUDA)",
+    )
+    parser.add_argument(
+        "--geometries",
+        default=",".join(GEOMETRIES),
+        help=f"comma-separated model geometries to run (default: all of {', '.join(GEOMETRIES)})",
+    )
+    parser.add_argument(
+        "--front-blocks", default="2,6,12", help="trainable front text blocks N, comma-separated (capped at the depth)"
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=None, help="warm-up steps per step kind and point (default by mode)"
+    )
+    parser.add_argument(
+        "--steps", type=int, default=None, help="timed steps per step kind and point (default: by mode and point)"
+    )
     parser.add_argument("--no-eval", action="store_true", help="skip the evaluation throughput")
-    parser.add_argument("--wait-for-idle", type=float, default=0.0, metavar="SECONDS",
-                        help="on a shared machine: before each timed step, wait up to this long for other processes to go quiet")
+    parser.add_argument(
+        "--wait-for-idle",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="on a shared machine: before each timed step, wait up to this long for other processes to go quiet",
+    )
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
@@ -528,7 +635,9 @@ def main(argv: list[str]) -> None:
     front_blocks = _int_list(args.front_blocks, "--front-blocks")
     mode = "quick" if args.quick else "full" if args.full else "default"
     if (args.steps is not None and args.steps < 1) or (args.warmup is not None and args.warmup < 1):
-        raise UserError(f"--steps and --warmup must be >= 1 (the last warm-up step probes memory), got --steps {args.steps} --warmup {args.warmup}")
+        raise UserError(
+            f"--steps and --warmup must be >= 1 (the last warm-up step probes memory), got --steps {args.steps} --warmup {args.warmup}"
+        )
     if args.wait_for_idle < 0:
         raise UserError(f"--wait-for-idle must be >= 0 seconds, got {args.wait_for_idle}")
     geometries = [name.strip() for name in args.geometries.split(",") if name.strip()]
@@ -561,21 +670,41 @@ def main(argv: list[str]) -> None:
     for result in results:
         result.finish(max(peaks))
     meta = {
-        "mode": mode, "device": device.type, "dtype": dtype, "threads": threads,
+        "mode": mode,
+        "device": device.type,
+        "dtype": dtype,
+        "threads": threads,
         "peak_dtype": str(device.matmul_dtype).replace("torch.", ""),
-        "machine": f"{_cpu_name()}, {os.cpu_count()} CPUs" + (f", {torch.cuda.get_device_name()}" if device.type == "cuda" else ""),
-        "torch": torch.__version__, "matmul_peak_flops": max(peaks), "peak_start": peaks[0], "peak_end": peaks[1],
-        "seconds": time.perf_counter() - started, "warmup": plan.warmup, "wait_for_idle": plan.wait_for_idle,
+        "machine": f"{_cpu_name()}, {os.cpu_count()} CPUs"
+        + (f", {torch.cuda.get_device_name()}" if device.type == "cuda" else ""),
+        "torch": torch.__version__,
+        "matmul_peak_flops": max(peaks),
+        "peak_start": peaks[0],
+        "peak_end": peaks[1],
+        "seconds": time.perf_counter() - started,
+        "warmup": plan.warmup,
+        "wait_for_idle": plan.wait_for_idle,
     }
     report = markdown(meta, results, evals)
     (out / "results.md").write_text(report)
-    (out / "results.json").write_text(json.dumps(
-        {"meta": meta, "steps": [asdict(r) for r in results], "speedups": speedups(results), "eval": [asdict(e) for e in evals]},
-        indent=2) + "\n")
+    (out / "results.json").write_text(
+        json.dumps(
+            {
+                "meta": meta,
+                "steps": [asdict(r) for r in results],
+                "speedups": speedups(results),
+                "eval": [asdict(e) for e in evals],
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     plotted = plot(results, out / "samples_per_second.png")
     print(report)
-    print(f"wrote {out / 'results.md'}, {out / 'results.json'}"
-          + (f", {out / 'samples_per_second.png'}" if plotted else " (no plot: matplotlib is not installed)"))
+    print(
+        f"wrote {out / 'results.md'}, {out / 'results.json'}"
+        + (f", {out / 'samples_per_second.png'}" if plotted else " (no plot: matplotlib is not installed)")
+    )
 
 
 if __name__ == "__main__":

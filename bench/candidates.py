@@ -30,8 +30,26 @@ from typing import Callable, Iterator
 import torch
 from tqdm.auto import tqdm
 
-from bench.measure import Device, StepMeasurement, matmul_peak_flops, measure_call, peak_memory_of, prime_optimizer, record_text_shapes, wait_for_idle
-from bench.workload import VIT_B_32, TrainStep, build_model, coco_like_captions, fast_batch, fast_loss_terms, text_train_flops, trainer_like_optimizer
+from bench.measure import (
+    Device,
+    StepMeasurement,
+    matmul_peak_flops,
+    measure_call,
+    peak_memory_of,
+    prime_optimizer,
+    record_text_shapes,
+    wait_for_idle,
+)
+from bench.workload import (
+    VIT_B_32,
+    TrainStep,
+    build_model,
+    coco_like_captions,
+    fast_batch,
+    fast_loss_terms,
+    text_train_flops,
+    trainer_like_optimizer,
+)
 from modeling_omninegclip import TEXT_BUCKET_ROWS, TrainableConfig, apply_trainable, resolve_text_blocks
 from omninegclip import REPO_ROOT
 from omninegclip.common.cli import UserError, run_cli
@@ -153,30 +171,79 @@ def variants(front_blocks: int, layers: int) -> list[Variant]:
     back = TrainableConfig(text_preset="back", train_token_embedding=False, train_position_embedding=False)
     first_back = resolve_text_blocks(layers, back)[0]
     return [
-        Variant("baseline", f"the project's step (b) as it is: one text pass in length-sorted buckets of {TEXT_BUCKET_ROWS} "
-                            "captions, fused AdamW"),
-        Variant("adamw-forloop", "AdamW without fused/foreach (torch's default for CPU tensors)", optimizer={"fused": None, "foreach": False}),
+        Variant(
+            "baseline",
+            f"the project's step (b) as it is: one text pass in length-sorted buckets of {TEXT_BUCKET_ROWS} "
+            "captions, fused AdamW",
+        ),
+        Variant(
+            "adamw-forloop",
+            "AdamW without fused/foreach (torch's default for CPU tensors)",
+            optimizer={"fused": None, "foreach": False},
+        ),
         Variant("adamw-foreach", "AdamW with foreach=True", optimizer={"fused": None, "foreach": True}),
-        Variant("frozen-token-embedding", "token embedding frozen (the most a sparse/row-wise embedding update could save)",
-                trainable=TrainableConfig(front_blocks=front_blocks, train_token_embedding=False)),
-        Variant("one-call", "text pass in one call padded to the longest caption (no buckets)", patches=(_bucket_rows(None),)),
+        Variant(
+            "frozen-token-embedding",
+            "token embedding frozen (the most a sparse/row-wise embedding update could save)",
+            trainable=TrainableConfig(front_blocks=front_blocks, train_token_embedding=False),
+        ),
+        Variant(
+            "one-call",
+            "text pass in one call padded to the longest caption (no buckets)",
+            patches=(_bucket_rows(None),),
+        ),
         Variant("buckets-32", "text pass in length-sorted buckets of 32 captions", patches=(_bucket_rows(32),)),
         Variant("buckets-96", "text pass in length-sorted buckets of 96 captions", patches=(_bucket_rows(96),)),
-        Variant("quick-gelu-as-silu", "quick GELU computed as silu(1.702 x) / 1.702 (fused kernels)", patches=(_silu_activation,)),
-        Variant("compiled-quick-gelu", "quick GELU through torch.compile (fused kernels; compiled in the warm-up)",
-                patches=(_compiled_activation,)),
-        Variant("keep-freed-memory", "glibc keeps freed memory: " + " ".join(f"{k}={v}" for k, v in KEEP_FREED_MEMORY.items()),
-                env=KEEP_FREED_MEMORY),
+        Variant(
+            "quick-gelu-as-silu",
+            "quick GELU computed as silu(1.702 x) / 1.702 (fused kernels)",
+            patches=(_silu_activation,),
+        ),
+        Variant(
+            "compiled-quick-gelu",
+            "quick GELU through torch.compile (fused kernels; compiled in the warm-up)",
+            patches=(_compiled_activation,),
+        ),
+        Variant(
+            "keep-freed-memory",
+            "glibc keeps freed memory: " + " ".join(f"{k}={v}" for k, v in KEEP_FREED_MEMORY.items()),
+            env=KEEP_FREED_MEMORY,
+        ),
         Variant("eager-attention", "eager attention instead of SDPA", patches=(_eager_attention,)),
-        Variant("grad-checkpointing", "gradient checkpointing of every block (non-reentrant; recomputation not counted as FLOPs)",
-                patches=(_checkpointing,)),
-        Variant("bf16-autocast", "bf16 autocast on the CPU (train.py --bf16); % of the bf16 matmul peak", autocast_dtype=torch.bfloat16),
-        Variant("fp32-combined", "compiled-quick-gelu + keep-freed-memory", patches=(_compiled_activation,), env=KEEP_FREED_MEMORY),
-        Variant("bf16-combined", "fp32-combined + bf16 autocast", patches=(_compiled_activation,), env=KEEP_FREED_MEMORY,
-                autocast_dtype=torch.bfloat16),
-        Variant("back-preset", f"blocks {first_back}..{layers - 1} train, embeddings frozen: autograd records nothing below", trainable=back),
-        Variant("back-preset+no_grad", f"the same, blocks below {first_back} run under explicit no_grad",
-                patches=(lambda model: _no_grad_below(model, first_back),), trainable=back),
+        Variant(
+            "grad-checkpointing",
+            "gradient checkpointing of every block (non-reentrant; recomputation not counted as FLOPs)",
+            patches=(_checkpointing,),
+        ),
+        Variant(
+            "bf16-autocast",
+            "bf16 autocast on the CPU (train.py --bf16); % of the bf16 matmul peak",
+            autocast_dtype=torch.bfloat16,
+        ),
+        Variant(
+            "fp32-combined",
+            "compiled-quick-gelu + keep-freed-memory",
+            patches=(_compiled_activation,),
+            env=KEEP_FREED_MEMORY,
+        ),
+        Variant(
+            "bf16-combined",
+            "fp32-combined + bf16 autocast",
+            patches=(_compiled_activation,),
+            env=KEEP_FREED_MEMORY,
+            autocast_dtype=torch.bfloat16,
+        ),
+        Variant(
+            "back-preset",
+            f"blocks {first_back}..{layers - 1} train, embeddings frozen: autograd records nothing below",
+            trainable=back,
+        ),
+        Variant(
+            "back-preset+no_grad",
+            f"the same, blocks below {first_back} run under explicit no_grad",
+            patches=(lambda model: _no_grad_below(model, first_back),),
+            trainable=back,
+        ),
     ]
 
 
@@ -195,7 +262,10 @@ def run_variant(variant: Variant, args) -> dict:
     model.trainable_config = trainable
     apply_trainable(model, trainable)
     generator = torch.Generator().manual_seed(args.seed + args.batch)
-    batch = fast_batch(coco_like_captions(args.batch, generator), torch.randn(args.batch, VIT_B_32.projection_dim, generator=generator))
+    batch = fast_batch(
+        coco_like_captions(args.batch, generator),
+        torch.randn(args.batch, VIT_B_32.projection_dim, generator=generator),
+    )
     optimizer = trainer_like_optimizer(model, **(variant.optimizer or {"fused": True}))
     prime_optimizer(optimizer)
     step = TrainStep(model, fast_loss_terms, optimizer, variant.autocast_dtype)
@@ -210,11 +280,19 @@ def run_variant(variant: Variant, args) -> dict:
             measure_call(lambda: step(batch), device, measured)
     blocks = resolve_text_blocks(VIT_B_32.text_layers, trainable)
     embeddings_train = trainable.train_token_embedding or trainable.train_position_embedding
-    flops = sum(text_train_flops(VIT_B_32, sequences, length, blocks, embeddings_train) for sequences, length in shapes)
+    flops = sum(
+        text_train_flops(VIT_B_32, sequences, length, blocks, embeddings_train) for sequences, length in shapes
+    )
     return {
-        "variant": variant.name, "description": variant.description, "seconds": measured.seconds,
-        "others_load": measured.others_load, "median_seconds": measured.median_seconds, "others": measured.median_others_load,
-        "peak_mib": None if peak_bytes is None else peak_bytes / 2**20, "flops": flops, "text_shapes": shapes,
+        "variant": variant.name,
+        "description": variant.description,
+        "seconds": measured.seconds,
+        "others_load": measured.others_load,
+        "median_seconds": measured.median_seconds,
+        "others": measured.median_others_load,
+        "peak_mib": None if peak_bytes is None else peak_bytes / 2**20,
+        "flops": flops,
+        "text_shapes": shapes,
         "matmul_dtype": "bf16" if variant.autocast_dtype else "fp32",
     }
 
@@ -234,14 +312,28 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--front-blocks", type=int, default=6)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per variant")
     parser.add_argument("--only", default=None, help="comma-separated variant names (the baseline always runs)")
-    parser.add_argument("--wait-for-idle", type=float, default=0.0, metavar="SECONDS",
-                        help="on a shared machine: before each timed step, wait up to this long for other processes to go quiet")
+    parser.add_argument(
+        "--wait-for-idle",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="on a shared machine: before each timed step, wait up to this long for other processes to go quiet",
+    )
     parser.add_argument("--out", default=str(REPO_ROOT / "bench" / "results"))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: measure one variant, JSON to stdout
+    parser.add_argument(
+        "--worker", default=None, help=argparse.SUPPRESS
+    )  # internal: measure one variant, JSON to stdout
     args = parser.parse_args(argv)
-    if args.batch < 1 or args.steps < 1 or args.wait_for_idle < 0 or not 0 <= args.front_blocks <= VIT_B_32.text_layers:
-        raise UserError(f"--batch and --steps must be >= 1, --wait-for-idle >= 0 and --front-blocks in 0..{VIT_B_32.text_layers}")
+    if (
+        args.batch < 1
+        or args.steps < 1
+        or args.wait_for_idle < 0
+        or not 0 <= args.front_blocks <= VIT_B_32.text_layers
+    ):
+        raise UserError(
+            f"--batch and --steps must be >= 1, --wait-for-idle >= 0 and --front-blocks in 0..{VIT_B_32.text_layers}"
+        )
     return args
 
 
@@ -260,11 +352,26 @@ def _order(known: dict, only: str | None) -> list[str]:
 def _run_each(order: list[str], known: dict, args: argparse.Namespace) -> list[dict]:
     """Each variant in a fresh process (its environment variables apply from the start)."""
     results = []
-    common = ["--batch", str(args.batch), "--front-blocks", str(args.front_blocks), "--steps", str(args.steps),
-              "--wait-for-idle", str(args.wait_for_idle), "--seed", str(args.seed)]
+    common = [
+        "--batch",
+        str(args.batch),
+        "--front-blocks",
+        str(args.front_blocks),
+        "--steps",
+        str(args.steps),
+        "--wait-for-idle",
+        str(args.wait_for_idle),
+        "--seed",
+        str(args.seed),
+    ]
     for name in tqdm(order, desc="variants (one process each)", unit="variant"):
-        finished = subprocess.run([sys.executable, "-m", "bench.candidates", "--worker", name, *common], cwd=REPO_ROOT,
-                                  env=os.environ | known[name].env, capture_output=True, text=True)
+        finished = subprocess.run(
+            [sys.executable, "-m", "bench.candidates", "--worker", name, *common],
+            cwd=REPO_ROOT,
+            env=os.environ | known[name].env,
+            capture_output=True,
+            text=True,
+        )
         if finished.returncode != 0:
             raise RuntimeError(f"variant {name} failed:\n{finished.stderr[-3000:]}")
         results.append(json.loads(finished.stdout.strip().splitlines()[-1]))

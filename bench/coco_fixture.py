@@ -39,19 +39,94 @@ BOXES_PER_IMAGE = 7.3  # COCO train2017: 860,001 instances over 118,287 images
 CAPTIONS_PER_IMAGE = 5
 _SHAPES = [(640, 480)] * 6 + [(480, 640), (640, 427), (500, 375), (640, 512)]
 COCO_CATEGORIES = {
-    1: "person", 2: "bicycle", 3: "car", 4: "motorcycle", 5: "airplane", 6: "bus", 7: "train", 8: "truck", 9: "boat",
-    10: "traffic light", 11: "fire hydrant", 13: "stop sign", 14: "parking meter", 15: "bench", 16: "bird", 17: "cat",
-    18: "dog", 19: "horse", 20: "sheep", 21: "cow", 22: "elephant", 23: "bear", 24: "zebra", 25: "giraffe", 27: "backpack",
-    28: "umbrella", 31: "handbag", 32: "tie", 33: "suitcase", 34: "frisbee", 35: "skis", 36: "snowboard", 37: "sports ball",
-    38: "kite", 39: "baseball bat", 40: "baseball glove", 41: "skateboard", 42: "surfboard", 43: "tennis racket", 44: "bottle",
-    46: "wine glass", 47: "cup", 48: "fork", 49: "knife", 50: "spoon", 51: "bowl", 52: "banana", 53: "apple", 54: "sandwich",
-    55: "orange", 56: "broccoli", 57: "carrot", 58: "hot dog", 59: "pizza", 60: "donut", 61: "cake", 62: "chair", 63: "couch",
-    64: "potted plant", 65: "bed", 67: "dining table", 70: "toilet", 72: "tv", 73: "laptop", 74: "mouse", 75: "remote",
-    76: "keyboard", 77: "cell phone", 78: "microwave", 79: "oven", 80: "toaster", 81: "sink", 82: "refrigerator", 84: "book",
-    85: "clock", 86: "vase", 87: "scissors", 88: "teddy bear", 89: "hair drier", 90: "toothbrush",
+    1: "person",
+    2: "bicycle",
+    3: "car",
+    4: "motorcycle",
+    5: "airplane",
+    6: "bus",
+    7: "train",
+    8: "truck",
+    9: "boat",
+    10: "traffic light",
+    11: "fire hydrant",
+    13: "stop sign",
+    14: "parking meter",
+    15: "bench",
+    16: "bird",
+    17: "cat",
+    18: "dog",
+    19: "horse",
+    20: "sheep",
+    21: "cow",
+    22: "elephant",
+    23: "bear",
+    24: "zebra",
+    25: "giraffe",
+    27: "backpack",
+    28: "umbrella",
+    31: "handbag",
+    32: "tie",
+    33: "suitcase",
+    34: "frisbee",
+    35: "skis",
+    36: "snowboard",
+    37: "sports ball",
+    38: "kite",
+    39: "baseball bat",
+    40: "baseball glove",
+    41: "skateboard",
+    42: "surfboard",
+    43: "tennis racket",
+    44: "bottle",
+    46: "wine glass",
+    47: "cup",
+    48: "fork",
+    49: "knife",
+    50: "spoon",
+    51: "bowl",
+    52: "banana",
+    53: "apple",
+    54: "sandwich",
+    55: "orange",
+    56: "broccoli",
+    57: "carrot",
+    58: "hot dog",
+    59: "pizza",
+    60: "donut",
+    61: "cake",
+    62: "chair",
+    63: "couch",
+    64: "potted plant",
+    65: "bed",
+    67: "dining table",
+    70: "toilet",
+    72: "tv",
+    73: "laptop",
+    74: "mouse",
+    75: "remote",
+    76: "keyboard",
+    77: "cell phone",
+    78: "microwave",
+    79: "oven",
+    80: "toaster",
+    81: "sink",
+    82: "refrigerator",
+    84: "book",
+    85: "clock",
+    86: "vase",
+    87: "scissors",
+    88: "teddy bear",
+    89: "hair drier",
+    90: "toothbrush",
 }
-_TEMPLATES = ("A {a} next to a {b}.", "A photo of a {a} and a {b} in a room.", "Two {a}s near a {b} on a sunny day.",
-              "A {a} sitting beside a {b}.", "Someone looking at a {a} with a {b} in the background.")
+_TEMPLATES = (
+    "A {a} next to a {b}.",
+    "A photo of a {a} and a {b} in a room.",
+    "Two {a}s near a {b} on a sunny day.",
+    "A {a} sitting beside a {b}.",
+    "Someone looking at a {a} with a {b} in the background.",
+)
 
 
 @dataclass
@@ -93,7 +168,9 @@ def _objects(rng: random.Random) -> list[int]:
     return [rng.choice(ids) for _ in range(max(1, round(rng.gauss(BOXES_PER_IMAGE, 2))))]
 
 
-def make_fixture(out: Path | str, images: int, seed: int = 0, full_size_annotations: bool = False, progress: bool = True) -> FixtureInfo:
+def make_fixture(
+    out: Path | str, images: int, seed: int = 0, full_size_annotations: bool = False, progress: bool = True
+) -> FixtureInfo:
     """Write `images` JPEGs into out/train2017 and the two annotation files into out/annotations."""
     out = Path(out)
     image_dir, annotation_dir = out / "train2017", out / "annotations"
@@ -111,11 +188,20 @@ def make_fixture(out: Path | str, images: int, seed: int = 0, full_size_annotati
     stamp = out / "fixture.json"
     settings = {"images": images, "annotated_images": annotated, "seed": seed, "version": 1}
     if stamp.is_file() and json.loads(stamp.read_text()).get("settings") == settings:  # made before: reused
-        return FixtureInfo(**{**json.loads(stamp.read_text())["info"], "image_bytes": total_bytes, "mean_image_bytes": total_bytes / images})
+        return FixtureInfo(
+            **{
+                **json.loads(stamp.read_text())["info"],
+                "image_bytes": total_bytes,
+                "mean_image_bytes": total_bytes / images,
+            }
+        )
     info = {"description": "Omni-NegCLIP benchmark fixture (COCO format)", "version": "1.0", "year": 2017}
     licenses = [{"url": "", "id": 1, "name": "fixture"}]
     categories = [{"supercategory": "thing", "id": cid, "name": name} for cid, name in COCO_CATEGORIES.items()]
-    captions_file, instances_file = annotation_dir / "captions_train2017.json", annotation_dir / "instances_train2017.json"
+    captions_file, instances_file = (
+        annotation_dir / "captions_train2017.json",
+        annotation_dir / "instances_train2017.json",
+    )
     counts = {"captions": 0, "instances": 0}
     # Written entry by entry (a full-size instances file would take gigabytes as Python objects).
     with captions_file.open("w") as caps, instances_file.open("w") as inst:
@@ -132,23 +218,53 @@ def make_fixture(out: Path | str, images: int, seed: int = 0, full_size_annotati
             names = [COCO_CATEGORIES[category] for category in objects]
             for n in range(CAPTIONS_PER_IMAGE):
                 counts["captions"] += 1
-                caps.write((", " if counts["captions"] > 1 else "") + json.dumps({
-                    "image_id": image["id"], "id": counts["captions"],
-                    "caption": _TEMPLATES[n].format(a=names[n % len(names)], b=names[(n + 1) % len(names)])}))
+                caps.write(
+                    (", " if counts["captions"] > 1 else "")
+                    + json.dumps(
+                        {
+                            "image_id": image["id"],
+                            "id": counts["captions"],
+                            "caption": _TEMPLATES[n].format(a=names[n % len(names)], b=names[(n + 1) % len(names)]),
+                        }
+                    )
+                )
             width, height = image["width"], image["height"]
             for category in objects:
                 counts["instances"] += 1
                 x, y = rng.uniform(0, width - 50), rng.uniform(0, height - 50)
                 w, h = rng.uniform(10, width - x), rng.uniform(10, height - y)
-                polygon = [round(v, 2) for k in range(12) for v in (x + w * (0.5 + 0.5 * math.cos(k)), y + h * (0.5 + 0.5 * math.sin(k)))]
-                inst.write((", " if counts["instances"] > 1 else "") + json.dumps({
-                    "segmentation": [polygon], "area": round(w * h * 0.7, 2), "iscrowd": 0, "image_id": image["id"],
-                    "bbox": [round(x, 2), round(y, 2), round(w, 2), round(h, 2)], "category_id": category, "id": counts["instances"]}))
+                polygon = [
+                    round(v, 2)
+                    for k in range(12)
+                    for v in (x + w * (0.5 + 0.5 * math.cos(k)), y + h * (0.5 + 0.5 * math.sin(k)))
+                ]
+                inst.write(
+                    (", " if counts["instances"] > 1 else "")
+                    + json.dumps(
+                        {
+                            "segmentation": [polygon],
+                            "area": round(w * h * 0.7, 2),
+                            "iscrowd": 0,
+                            "image_id": image["id"],
+                            "bbox": [round(x, 2), round(y, 2), round(w, 2), round(h, 2)],
+                            "category_id": category,
+                            "id": counts["instances"],
+                        }
+                    )
+                )
         for handle in (caps, inst):
             handle.write("]}")
-    info = FixtureInfo(images=images, annotated_images=annotated, captions=counts["captions"], instances=counts["instances"],
-                       mean_image_bytes=total_bytes / max(images, 1), image_bytes=total_bytes, captions_file=str(captions_file),
-                       instances_file=str(instances_file), images_dir=str(image_dir))
+    info = FixtureInfo(
+        images=images,
+        annotated_images=annotated,
+        captions=counts["captions"],
+        instances=counts["instances"],
+        mean_image_bytes=total_bytes / max(images, 1),
+        image_bytes=total_bytes,
+        captions_file=str(captions_file),
+        instances_file=str(instances_file),
+        images_dir=str(image_dir),
+    )
     stamp.write_text(json.dumps({"settings": settings, "info": asdict(info)}))
     return info
 
@@ -156,16 +272,28 @@ def make_fixture(out: Path | str, images: int, seed: int = 0, full_size_annotati
 def _image_entries(count: int):
     for index in range(count):
         width, height = _SHAPES[index % len(_SHAPES)]
-        yield {"license": 1, "file_name": f"{index + 1:012d}.jpg", "coco_url": "", "height": height, "width": width,
-               "date_captured": "2013-11-14 11:18:45", "flickr_url": "", "id": index + 1}
+        yield {
+            "license": 1,
+            "file_name": f"{index + 1:012d}.jpg",
+            "coco_url": "",
+            "height": height,
+            "width": width,
+            "date_captured": "2013-11-14 11:18:45",
+            "flickr_url": "",
+            "id": index + 1,
+        }
 
 
 def main(argv: list[str] | None = None) -> FixtureInfo:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, help="Folder to write train2017/ and annotations/ into (image files are reused).")
+    parser.add_argument(
+        "--out", required=True, help="Folder to write train2017/ and annotations/ into (image files are reused)."
+    )
     parser.add_argument("--images", type=int, default=1000, help="Image files to write.")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--full_size_annotations", action="store_true", help="Annotation files of COCO train2017's size.")
+    parser.add_argument(
+        "--full_size_annotations", action="store_true", help="Annotation files of COCO train2017's size."
+    )
     args = parser.parse_args(argv)
     if args.images < 1:
         parser.error(f"--images {args.images} must be at least 1")

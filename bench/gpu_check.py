@@ -28,7 +28,6 @@ from pathlib import Path
 
 from omninegclip import REPO_ROOT as ROOT
 
-
 try:
     from packaging.markers import default_environment
     from packaging.requirements import Requirement
@@ -61,7 +60,9 @@ def wheel_requirements(path: Path) -> list[Requirement]:
         meta = next(name for name in archive.namelist() if name.endswith(".dist-info/METADATA"))
         text = archive.read(meta).decode()
     environment = default_environment() | {"extra": ""}
-    requirements = [Requirement(line.split(":", 1)[1].strip()) for line in text.splitlines() if line.startswith("Requires-Dist:")]
+    requirements = [
+        Requirement(line.split(":", 1)[1].strip()) for line in text.splitlines() if line.startswith("Requires-Dist:")
+    ]
     return [r for r in requirements if r.marker is None or r.marker.evaluate(environment)]
 
 
@@ -74,7 +75,11 @@ def installed_version(name: str) -> Version | None:
 
 def project_requirements() -> list[Requirement]:
     lines = (ROOT / "requirements.txt").read_text().splitlines()
-    return [Requirement(line.split("#")[0].strip()) for line in lines if line.split("#")[0].strip() and not line.startswith("-")]
+    return [
+        Requirement(line.split("#")[0].strip())
+        for line in lines
+        if line.split("#")[0].strip() and not line.startswith("-")
+    ]
 
 
 def plan_install(wheels: dict[str, tuple[Version, Path]]) -> tuple[list[Path], list[dict]]:
@@ -93,15 +98,30 @@ def plan_install(wheels: dict[str, tuple[Version, Path]]) -> tuple[list[Path], l
             rows.append({"requirement": str(requirement), "action": "kept", "version": str(have)})
             continue
         if name in KEEP:
-            rows.append({"requirement": str(requirement), "action": "missing", "version": "None", "note": "install it for your CUDA"})
+            rows.append(
+                {
+                    "requirement": str(requirement),
+                    "action": "missing",
+                    "version": "None",
+                    "note": "install it for your CUDA",
+                }
+            )
             continue
         carried = wheels.get(name)
         if carried is None or not requirement.specifier.contains(carried[0], prereleases=True):
-            rows.append({"requirement": str(requirement), "action": "missing", "version": str(have),
-                         "note": "no carried wheel fits" if carried is None else f"carried {carried[0]} does not fit"})
+            rows.append(
+                {
+                    "requirement": str(requirement),
+                    "action": "missing",
+                    "version": str(have),
+                    "note": "no carried wheel fits" if carried is None else f"carried {carried[0]} does not fit",
+                }
+            )
             continue
         chosen[name] = carried[1]
-        rows.append({"requirement": str(requirement), "action": "install", "version": str(carried[0]), "was": str(have)})
+        rows.append(
+            {"requirement": str(requirement), "action": "install", "version": str(carried[0]), "was": str(have)}
+        )
         if name not in NO_DEPS:
             queue.extend(wheel_requirements(carried[1]))
     return list(chosen.values()), rows
@@ -111,8 +131,23 @@ def install(wheel_dir: str, target: str) -> int:
     wheels = carried_wheels(Path(wheel_dir)) if Path(wheel_dir).is_dir() else {}
     paths, rows = plan_install(wheels)
     for row in rows:
-        print(f"{row['action']:8} {row['requirement']:40} {row['version']}" + (f"  ({row['note']})" if "note" in row else ""))
-    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile", "--upgrade", "--target", target]
+        print(
+            f"{row['action']:8} {row['requirement']:40} {row['version']}"
+            + (f"  ({row['note']})" if "note" in row else "")
+        )
+    pip = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--no-index",
+        "--no-deps",
+        "--no-compile",
+        "--upgrade",
+        "--target",
+        target,
+    ]
     failed = []
     if paths and importlib.util.find_spec("pip") is None:  # no pip: a wheel is a zip archive of site-packages
         print(f"no pip here: unpacking {len(paths)} wheels into {target}", flush=True)
@@ -135,12 +170,30 @@ def versions() -> int:
 
     import torch
 
-    record = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
-              "cuda_available": torch.cuda.is_available(), "cpus": len(__import__("os").sched_getaffinity(0))}
+    record = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cuda_available": torch.cuda.is_available(),
+        "cpus": len(__import__("os").sched_getaffinity(0)),
+    }
     if torch.cuda.is_available():
-        record |= {"gpu": torch.cuda.get_device_name(), "gpu_memory_gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1),
-                   "bf16_supported": torch.cuda.is_bf16_supported()}
-    for name in ("transformers", "datasets", "accelerate", "peft", "deepspeed", "huggingface_hub", "tokenizers", "pyarrow", "numpy"):
+        record |= {
+            "gpu": torch.cuda.get_device_name(),
+            "gpu_memory_gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1),
+            "bf16_supported": torch.cuda.is_bf16_supported(),
+        }
+    for name in (
+        "transformers",
+        "datasets",
+        "accelerate",
+        "peft",
+        "deepspeed",
+        "huggingface_hub",
+        "tokenizers",
+        "pyarrow",
+        "numpy",
+    ):
         record[name] = str(installed_version(name))
     print(json.dumps({"versions": record}))
     return 0
@@ -152,7 +205,9 @@ def init_model(folder: str, world: str, size_name: str = "vit-b-32") -> int:
     from pipeline.default import SMALL_CLIP, make_initial_model, world_pixel_statistics
 
     sizes = {"small": SMALL_CLIP, "vit-b-32": VIT_B_32}
-    make_initial_model(Path(folder), sizes[size_name], seed=0, pixel_statistics=world_pixel_statistics(Path(world), rows=256))
+    make_initial_model(
+        Path(folder), sizes[size_name], seed=0, pixel_statistics=world_pixel_statistics(Path(world), rows=256)
+    )
     print(f"wrote a random {size_name} CLIP to {folder}")
     return 0
 
@@ -212,7 +267,11 @@ def _trainer_logs(text: str) -> list[dict]:
 def _summary_of_training(logs: list[dict]) -> dict:
     losses = [float(entry["loss"]) for entry in logs if "loss" in entry]
     final = next((entry for entry in reversed(logs) if "train_runtime" in entry), {})
-    summary = {"logged_losses": len(losses), "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None}
+    summary = {
+        "logged_losses": len(losses),
+        "first_loss": losses[0] if losses else None,
+        "last_loss": losses[-1] if losses else None,
+    }
     for key in ("train_runtime", "train_samples_per_second", "train_steps_per_second", "train_loss"):
         summary[key] = float(final[key]) if key in final else None  # the Trainer prints them as strings
     return {k: v for k, v in summary.items() if v is not None}
@@ -222,7 +281,7 @@ def report(work: str, out: str) -> int:
     work_dir, out_dir = Path(work), Path(out)
     steps = []
     table = work_dir / "steps.tsv"
-    for line in (table.read_text().splitlines() if table.is_file() else []):
+    for line in table.read_text().splitlines() if table.is_file() else []:
         name, status, seconds, limit = line.split("\t")
         log = work_dir / "logs" / f"{name}.log"
         text = log.read_text(errors="replace") if log.is_file() else ""
@@ -256,12 +315,23 @@ def report(work: str, out: str) -> int:
         lines += [", ".join(f"{k} {v}" for k, v in version.items()), ""]
     lines += ["| step | status | seconds (limit) | numbers |", "|---|---|---:|---|"]
     for step in steps:
-        numbers = {k: v for k, v in step.items() if k not in ("step", "status", "seconds", "limit_s", "versions", "install", "error_tail")}
+        numbers = {
+            k: v
+            for k, v in step.items()
+            if k not in ("step", "status", "seconds", "limit_s", "versions", "install", "error_tail")
+        }
         shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in numbers.items())
-        lines.append(f"| {step['step']} | {step['status']} | {step['seconds']:.0f} ({step['limit_s']}) | {shown[:400]} |")
+        lines.append(
+            f"| {step['step']} | {step['status']} | {step['seconds']:.0f} ({step['limit_s']}) | {shown[:400]} |"
+        )
     if bench:
         bench_md = work_dir / "bench" / "results.md"
-        lines += ["", "## bench/bench_train.py", "", bench_md.read_text() if bench_md.is_file() else json.dumps(bench["speedups"])]
+        lines += [
+            "",
+            "## bench/bench_train.py",
+            "",
+            bench_md.read_text() if bench_md.is_file() else json.dumps(bench["speedups"]),
+        ]
     data_md = work_dir / "bench-data" / "results.md"
     if data_md.is_file():
         lines += ["", "## bench/bench_data.py (preparation on the GPU, input path)", "", data_md.read_text()]
@@ -278,8 +348,13 @@ def report(work: str, out: str) -> int:
 
 
 def main(argv: list[str]) -> int:
-    commands = {"install": install, "versions": versions, "init-model": init_model,
-                "check-checkpoint": check_checkpoint, "report": report}
+    commands = {
+        "install": install,
+        "versions": versions,
+        "init-model": init_model,
+        "check-checkpoint": check_checkpoint,
+        "report": report,
+    }
     if not argv or argv[0] not in commands:
         print(__doc__, file=sys.stderr)
         return 2

@@ -40,8 +40,8 @@ from modeling_omninegclip import (
 )
 from omninegclip.common import clip
 from omninegclip.common.clip import BOS_TOKEN_ID, CONTEXT_LENGTH, EOS_TOKEN_ID, VOCAB_SIZE, ClipSize
-from pipeline.default import SMALL_CLIP
 from omninegclip.training.data import OmniNegCollator, PackedRows
+from pipeline.default import SMALL_CLIP
 
 # ----------------------------------------------------------------------------------------------
 # Geometry
@@ -118,9 +118,14 @@ def coco_like_captions(batch: int, generator: torch.Generator, vocab_size: int =
 
 def fast_batch(captions: CaptionRows, image_embeds: torch.Tensor) -> dict[str, torch.Tensor]:
     """The project's batch, built by the real collator from prepared rows with cached embeddings."""
-    tokens = {"input_ids": captions.original, "presence_negated_input_ids": captions.presence,
-              "absence_negated_input_ids": captions.absence}
-    rows = PackedRows(tokens, EOS_TOKEN_ID, image_index=np.arange(len(captions.original)), image_embeds=image_embeds.float())
+    tokens = {
+        "input_ids": captions.original,
+        "presence_negated_input_ids": captions.presence,
+        "absence_negated_input_ids": captions.absence,
+    }
+    rows = PackedRows(
+        tokens, EOS_TOKEN_ID, image_index=np.arange(len(captions.original)), image_embeds=image_embeds.float()
+    )
     batch = OmniNegCollator(rows)([{"row_id": row, "packed_row": row} for row in range(len(captions.original))])
     batch.pop("row_ids")
     return batch
@@ -173,10 +178,21 @@ def plain_loss_terms(model: OmniNegCLIPModel, batch: dict[str, torch.Tensor]) ->
     cfg = model.loss_config
     terms = presence_loss(image, text, presence, every_row, scale)
     terms |= absence_loss(
-        image, text, absence, every_row, scale, lambda_orig=cfg.lambda_orig, lambda_text=cfg.lambda_text, margin=cfg.margin
+        image,
+        text,
+        absence,
+        every_row,
+        scale,
+        lambda_orig=cfg.lambda_orig,
+        lambda_text=cfg.lambda_text,
+        margin=cfg.margin,
     )
-    terms["loss_choice"] = choice_loss(image, absence, presence, every_row, scale) if cfg.lambda_choice > 0 else scale.new_zeros(())
-    terms["loss"] = terms["loss_presence"] + cfg.lambda_abs * terms["loss_absence"] + cfg.lambda_choice * terms["loss_choice"]
+    terms["loss_choice"] = (
+        choice_loss(image, absence, presence, every_row, scale) if cfg.lambda_choice > 0 else scale.new_zeros(())
+    )
+    terms["loss"] = (
+        terms["loss_presence"] + cfg.lambda_abs * terms["loss_absence"] + cfg.lambda_choice * terms["loss_choice"]
+    )
     return terms
 
 
@@ -186,11 +202,17 @@ def plain_loss_terms(model: OmniNegCLIPModel, batch: dict[str, torch.Tensor]) ->
 
 
 def trainer_like_optimizer(
-    model: nn.Module, learning_rate: float = 1e-6, weight_decay: float = 0.2, fused: bool | None = True, foreach: bool | None = None
+    model: nn.Module,
+    learning_rate: float = 1e-6,
+    weight_decay: float = 0.2,
+    fused: bool | None = True,
+    foreach: bool | None = None,
 ) -> torch.optim.AdamW:
     """AdamW over the trainable parameters as `Trainer.create_optimizer` builds it with the default
     `optim="adamw_torch_fused"`: weight decay on everything but biases and layer norms."""
-    decay = set(get_parameter_names(model, [nn.LayerNorm], [r"bias", r"layernorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)"]))
+    decay = set(
+        get_parameter_names(model, [nn.LayerNorm], [r"bias", r"layernorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)"])
+    )
     named = [(name, param) for name, param in model.named_parameters() if param.requires_grad]
     groups = [
         {"params": [param for name, param in named if name in decay], "weight_decay": weight_decay},
@@ -212,7 +234,9 @@ class TrainStep:
 
     def __call__(self, batch: dict[str, torch.Tensor]) -> float:
         device_type = next(self.model.parameters()).device.type
-        with torch.autocast(device_type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
+        with torch.autocast(
+            device_type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None
+        ):
             loss = self.loss_terms(self.model, batch)["loss"]
         loss.backward()
         trainable = [param for param in self.model.parameters() if param.grad is not None]
@@ -265,10 +289,13 @@ def text_train_flops(
     forward = text_forward_flops(geometry, sequences, length)
     lowest = 0 if embeddings_train else min(trainable_blocks, default=geometry.text_layers)
     backward_blocks = geometry.text_layers - lowest
-    input_gradients = backward_blocks * (
-        _block_linear_flops(tokens, d) + 2 * _block_attention_flops(sequences, length, d)
-    ) + 2 * sequences * d * geometry.projection_dim
-    weight_gradients = len(trainable_blocks) * _block_linear_flops(tokens, d) + 2 * sequences * d * geometry.projection_dim
+    input_gradients = (
+        backward_blocks * (_block_linear_flops(tokens, d) + 2 * _block_attention_flops(sequences, length, d))
+        + 2 * sequences * d * geometry.projection_dim
+    )
+    weight_gradients = (
+        len(trainable_blocks) * _block_linear_flops(tokens, d) + 2 * sequences * d * geometry.projection_dim
+    )
     return forward + input_gradients + weight_gradients
 
 

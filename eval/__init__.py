@@ -21,7 +21,13 @@ for scoring any model's per-item scores by the harness's rules.
 
 from __future__ import annotations
 
-_LAZY = {"run_evaluation": "eval.runner", "EvalResults": "omninegclip.common.results", "TASKS": "eval.tasks", "DATA_FLAGS": "eval.tasks", "known_tasks": "eval.tasks"}
+_LAZY = {
+    "run_evaluation": "eval.runner",
+    "EvalResults": "omninegclip.common.results",
+    "TASKS": "eval.tasks",
+    "DATA_FLAGS": "eval.tasks",
+    "known_tasks": "eval.tasks",
+}
 
 __all__ = list(_LAZY)
 

@@ -32,17 +32,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("models", nargs="+", metavar="MODEL", help="Hub id or local folder of a CLIP checkpoint")
     parser.add_argument("--tasks", required=True, help="comma-separated task names (see the list below)")
-    parser.add_argument("--out", required=True, help="folder for results.json, results.md, results.png, model_index.json")
+    parser.add_argument(
+        "--out", required=True, help="folder for results.json, results.md, results.png, model_index.json"
+    )
     parser.add_argument("--model_names", help="comma-separated display names, one per MODEL (default: the ids)")
     parser.add_argument("--batch_size", type=int, default=64, help="images per batch (texts: 4x); default 64")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda if available)")
     parser.add_argument("--max_items", type=int, help="evaluate only the first N items of each task (quick runs)")
     parser.add_argument("--no_progress", action="store_true", help="no progress bars")
-    parser.add_argument("--seed", type=int, default=0, help="seed for Python, NumPy and torch, recorded in results.json (default 0)")
-    parser.add_argument("--debug", action="store_true", help="show the traceback behind an error message (or set OMNINEGCLIP_DEBUG=1)")
-    parser.add_argument("--dataset_ids", metavar="KEY=HUB_ID[,KEY=HUB_ID]",
-                        help="the Hub ids the data are published under, e.g. world=you/omninegclip-world: the dataset.type "
-                             "of those tasks' model-index entries (default: a short name such as ccneg)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed for Python, NumPy and torch, recorded in results.json (default 0)"
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback behind an error message (or set OMNINEGCLIP_DEBUG=1)"
+    )
+    parser.add_argument(
+        "--dataset_ids",
+        metavar="KEY=HUB_ID[,KEY=HUB_ID]",
+        help="the Hub ids the data are published under, e.g. world=you/omninegclip-world: the dataset.type "
+        "of those tasks' model-index entries (default: a short name such as ccneg)",
+    )
     data = parser.add_argument_group("data (each task names the ones it needs)")
     for key, help_text in DATA_FLAGS.items():
         data.add_argument(f"--{key}", help=help_text, metavar="SPLIT" if key.endswith("_split") else "PATH")
@@ -57,7 +66,9 @@ def parse_dataset_ids(text: str | None) -> dict[str, str]:
     return dict(part.split("=") for part in pairs)
 
 
-INTERRUPTED_HINT = "nothing was written to --out (results are written once every model is evaluated); run the same command again"
+INTERRUPTED_HINT = (
+    "nothing was written to --out (results are written once every model is evaluated); run the same command again"
+)
 
 
 def main(argv: list[str]) -> None:
@@ -80,7 +91,11 @@ def main(argv: list[str]) -> None:
     from omninegclip.common.results import results_markdown
 
     print(results_markdown(results))
-    written = [name for name in ("results.json", "results.md", "model_index.json", "results.png") if (Path(args.out) / name).is_file()]
+    written = [
+        name
+        for name in ("results.json", "results.md", "model_index.json", "results.png")
+        if (Path(args.out) / name).is_file()
+    ]
     print(f"written to {args.out}: {', '.join(written)}")
 
 

@@ -64,6 +64,8 @@ def read_ccneg(path: str | Path, images_root: str | Path | None = None, max_item
         task.choices.append(ChoiceItem(choose="text", images=[key], texts=[caption, negated], answer=0, item_id=where))
     notes = [skips.describe()]
     if total < EVAL_SIZE:
-        notes.append(f"the file has {total} items, fewer than CC-Neg's {EVAL_SIZE}-item evaluation split: all are used")
+        notes.append(
+            f"the file has {total} items, fewer than CC-Neg's {EVAL_SIZE}-item evaluation split: all are used"
+        )
     task.notes = "; ".join(note for note in notes if note)
     return task

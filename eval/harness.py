@@ -82,15 +82,27 @@ class CLIPEmbedder:
         self.truncated_texts = 0
 
     def embed_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        return embed_images(self.model, self.processor.image_processor, images, batch_size=self.batch_size,
-                            progress=self.progress, desc=f"{self.name} images".strip())
+        return embed_images(
+            self.model,
+            self.processor.image_processor,
+            images,
+            batch_size=self.batch_size,
+            progress=self.progress,
+            desc=f"{self.name} images".strip(),
+        )
 
     def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
         lengths = [len(ids) for ids in self.processor.tokenizer(list(texts), verbose=False)["input_ids"]]
         self.truncated_texts += sum(length > self.MAX_TOKENS for length in lengths)
         order = sorted(range(len(texts)), key=lengths.__getitem__)
-        embeds = embed_texts(self.model, self.processor.tokenizer, [texts[index] for index in order],
-                             batch_size=4 * self.batch_size, progress=self.progress, desc=f"{self.name} texts".strip())
+        embeds = embed_texts(
+            self.model,
+            self.processor.tokenizer,
+            [texts[index] for index in order],
+            batch_size=4 * self.batch_size,
+            progress=self.progress,
+            desc=f"{self.name} texts".strip(),
+        )
         unsorted = torch.empty_like(embeds)
         unsorted[order] = embeds
         return unsorted
@@ -218,16 +230,24 @@ def drop_unreadable_images(tasks: Sequence[TaskData], unreadable: dict[str, Unre
             for key in zeroshot.images:
                 if key in unreadable:
                     skips.skip(unreadable[key].kind, _cannot_read(task.name, key, unreadable[key]))
-            task.zeroshot = ZeroShotSet([zeroshot.images[row] for row in rows], [zeroshot.labels[row] for row in rows],
-                                        zeroshot.class_names, zeroshot.templates)
+            task.zeroshot = ZeroShotSet(
+                [zeroshot.images[row] for row in rows],
+                [zeroshot.labels[row] for row in rows],
+                zeroshot.class_names,
+                zeroshot.templates,
+            )
         if not skips:
             continue
         task.notes = "; ".join(note for note in (task.notes, skips.describe()) if note)
         if before and not task_size(task):
-            raise UserError(f"task {task.name}: no item left to evaluate, every one needs an image that cannot be read: {skips.describe()}")
+            raise UserError(
+                f"task {task.name}: no item left to evaluate, every one needs an image that cannot be read: {skips.describe()}"
+            )
 
 
-def _retrieval_without(retrieval: RetrievalSet, unreadable: dict[str, UnreadableImage], name: str, skips: SkipLog) -> RetrievalSet:
+def _retrieval_without(
+    retrieval: RetrievalSet, unreadable: dict[str, UnreadableImage], name: str, skips: SkipLog
+) -> RetrievalSet:
     """The retrieval set without the unreadable images and their texts."""
     new_index = {}
     for index, key in enumerate(retrieval.images):
@@ -286,7 +306,9 @@ def _score_choices(items: list[ChoiceItem], table: EmbeddingTable) -> tuple[torc
             answers = torch.tensor([item.answer for item in chunk])
             scores = option_scores(anchors, options)
             correct[indices[start : start + _CHUNK]] = choice_correct_from_scores(scores, answers, mask, "strict")
-            argmax_correct[indices[start : start + _CHUNK]] = choice_correct_from_scores(scores, answers, mask, "argmax")
+            argmax_correct[indices[start : start + _CHUNK]] = choice_correct_from_scores(
+                scores, answers, mask, "argmax"
+            )
     return correct, argmax_correct
 
 
@@ -297,7 +319,9 @@ def validate_choice(item: ChoiceItem, task_name: str) -> None:
     if item.choose not in ("text", "image"):
         raise ValueError(f"{where}: choose must be 'text' or 'image', not {item.choose!r}")
     if len(anchors) != 1:
-        raise ValueError(f"{where}: choose={item.choose!r} needs exactly one {'image' if item.choose == 'text' else 'text'}, got {len(anchors)}")
+        raise ValueError(
+            f"{where}: choose={item.choose!r} needs exactly one {'image' if item.choose == 'text' else 'text'}, got {len(anchors)}"
+        )
     if not 0 <= item.answer < len(options):
         raise ValueError(f"{where}: answer {item.answer} is not an index into its {len(options)} options")
 
@@ -332,7 +356,9 @@ def score_task(task: TaskData, table: EmbeddingTable) -> TaskScore:
     return score
 
 
-def score_retrieval(retrieval: RetrievalSet, table: EmbeddingTable, ks: Sequence[int] = RETRIEVAL_KS) -> dict[str, float]:
+def score_retrieval(
+    retrieval: RetrievalSet, table: EmbeddingTable, ks: Sequence[int] = RETRIEVAL_KS
+) -> dict[str, float]:
     image_embeds, text_embeds = table.images(retrieval.images), table.texts(retrieval.texts)
     metrics = {}
     text_ranks = _ranks(text_embeds, image_embeds, [[image] for image in retrieval.text_image])

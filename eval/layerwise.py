@@ -82,22 +82,37 @@ def read_negation_pairs(source: str | Path, split: str = "test", max_items: int 
             raise UserError(f"--layerwise {source}: not a dataset saved with save_to_disk ({error})") from error
         if isinstance(dataset, datasets.DatasetDict):
             if split not in dataset:
-                raise UserError(f"--layerwise {source}: no split {split!r} (splits: {list(dataset)}); choose one with --layerwise_split")
+                raise UserError(
+                    f"--layerwise {source}: no split {split!r} (splits: {list(dataset)}); choose one with --layerwise_split"
+                )
             dataset = dataset[split]
-        if "caption" not in dataset.column_names or not {"presence_negated", "absence_negated"} & set(dataset.column_names):
-            raise UserError(f"--layerwise {source}: needs a 'caption' column and 'presence_negated' and/or 'absence_negated'; columns are {dataset.column_names}")
+        if "caption" not in dataset.column_names or not {"presence_negated", "absence_negated"} & set(
+            dataset.column_names
+        ):
+            raise UserError(
+                f"--layerwise {source}: needs a 'caption' column and 'presence_negated' and/or 'absence_negated'; columns are {dataset.column_names}"
+            )
         if max_items is not None:
             dataset = dataset.select(range(min(max_items, len(dataset))))
         table = {column: dataset[column] for column in columns if column in dataset.column_names}
-        keep = [index for index, caption in enumerate(table["caption"])
-                if skips.text(caption, f"--layerwise {source}, row {index}", "caption") is not None]
+        keep = [
+            index
+            for index, caption in enumerate(table["caption"])
+            if skips.text(caption, f"--layerwise {source}, row {index}", "caption") is not None
+        ]
         table = {column: [values[index] for index in keep] for column, values in table.items()}
     else:
         raise UserError(f"--layerwise {source}: expected a dataset folder (save_to_disk) or a .csv of caption pairs")
     if not table["caption"]:
-        raise UserError(f"--layerwise {source}: no caption pairs to analyse" + (f": {skips.describe()}" if skips else ""))
-    negations = {kind: [_usable(text) for text in table[f"{kind}_negated"]] for kind in KINDS if f"{kind}_negated" in table}
-    return NegationPairs(captions=list(table["caption"]), negations=negations, source=str(source), notes=skips.describe())
+        raise UserError(
+            f"--layerwise {source}: no caption pairs to analyse" + (f": {skips.describe()}" if skips else "")
+        )
+    negations = {
+        kind: [_usable(text) for text in table[f"{kind}_negated"]] for kind in KINDS if f"{kind}_negated" in table
+    }
+    return NegationPairs(
+        captions=list(table["caption"]), negations=negations, source=str(source), notes=skips.describe()
+    )
 
 
 def eos_positions(input_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
@@ -111,7 +126,9 @@ def eos_positions(input_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
 def _eos_states(model, tokenizer, texts: list[str]) -> torch.Tensor:
     """EOS hidden state after each text block: (len(texts), num_blocks, hidden)."""
     device = next(model.parameters()).device
-    encoded = tokenizer(texts, padding=True, truncation=True, max_length=CONTEXT_LENGTH, return_tensors="pt").to(device)
+    encoded = tokenizer(texts, padding=True, truncation=True, max_length=CONTEXT_LENGTH, return_tensors="pt").to(
+        device
+    )
     output = model.text_model(**encoded, output_hidden_states=True)
     rows = torch.arange(len(texts), device=device)
     positions = eos_positions(encoded["input_ids"], model.config.text_config.eos_token_id)
@@ -119,7 +136,9 @@ def _eos_states(model, tokenizer, texts: list[str]) -> torch.Tensor:
     return torch.stack([states[rows, positions] for states in output.hidden_states[1:]], dim=1).float().cpu()
 
 
-def layerwise_cosines(model, tokenizer, pairs: NegationPairs, batch_size: int = 64, progress: bool = True, desc: str = "") -> LayerwiseResult:
+def layerwise_cosines(
+    model, tokenizer, pairs: NegationPairs, batch_size: int = 64, progress: bool = True, desc: str = ""
+) -> LayerwiseResult:
     num_blocks = model.config.text_config.num_hidden_layers
     sums = {kind: torch.zeros(num_blocks, dtype=torch.float64) for kind in pairs.negations}
     counts = {kind: 0 for kind in pairs.negations}
@@ -139,7 +158,10 @@ def layerwise_cosines(model, tokenizer, pairs: NegationPairs, batch_size: int = 
                 sums[kind] += cosine.sum(dim=0).double()
                 counts[kind] += len(caption_slots)
     return LayerwiseResult(
-        cosines={kind: (sums[kind] / counts[kind]).tolist() if counts[kind] else [float("nan")] * num_blocks for kind in sums},
+        cosines={
+            kind: (sums[kind] / counts[kind]).tolist() if counts[kind] else [float("nan")] * num_blocks
+            for kind in sums
+        },
         pairs=counts,
     )
 

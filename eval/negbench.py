@@ -33,18 +33,29 @@ from omninegclip.common.cli import UserError
 from omninegclip.common.formats import read_csv
 from omninegclip.common.skips import SkipLog
 
-TEMPLATE_NAMES = {"positive": "affirmation", "negative": "negation", "hybrid": "hybrid",
-                  "affirmation": "affirmation", "negation": "negation"}
+TEMPLATE_NAMES = {
+    "positive": "affirmation",
+    "negative": "negation",
+    "hybrid": "hybrid",
+    "affirmation": "affirmation",
+    "negation": "negation",
+}
 
 
-def read_negbench_mcq(path: str | Path, images_root: str | Path | None = None, max_items: int | None = None) -> TaskData:
+def read_negbench_mcq(
+    path: str | Path, images_root: str | Path | None = None, max_items: int | None = None
+) -> TaskData:
     path = Path(path)
     header, rows = read_csv(path, [["image_path", "filepath"], ["correct_answer"], ["caption_0"]])
     image_column = "image_path" if "image_path" in header else "filepath"
-    caption_columns = sorted((column for column in header if re.fullmatch(r"caption_\d+", column)), key=lambda c: int(c[8:]))
+    caption_columns = sorted(
+        (column for column in header if re.fullmatch(r"caption_\d+", column)), key=lambda c: int(c[8:])
+    )
     expected = [f"caption_{index}" for index in range(len(caption_columns))]
     if caption_columns != expected:
-        raise UserError(f"{path}: caption columns must be caption_0 … caption_{len(caption_columns) - 1} without gaps, found {caption_columns}")
+        raise UserError(
+            f"{path}: caption columns must be caption_0 … caption_{len(caption_columns) - 1} without gaps, found {caption_columns}"
+        )
     task, skips = TaskData(name="negbench_mcq"), SkipLog()
     for line, row in rows:
         if max_items is not None and len(task.choices) >= max_items:
@@ -53,9 +64,13 @@ def read_negbench_mcq(path: str | Path, images_root: str | Path | None = None, m
         try:
             answer = int(row["correct_answer"])
         except (TypeError, ValueError):
-            raise UserError(f"{where}: correct_answer must be an integer index into caption_0 … caption_{len(caption_columns) - 1}, got {row['correct_answer']!r}") from None
+            raise UserError(
+                f"{where}: correct_answer must be an integer index into caption_0 … caption_{len(caption_columns) - 1}, got {row['correct_answer']!r}"
+            ) from None
         if not 0 <= answer < len(caption_columns):
-            raise UserError(f"{where}: correct_answer {answer} is not one of the {len(caption_columns)} caption columns")
+            raise UserError(
+                f"{where}: correct_answer {answer} is not one of the {len(caption_columns)} caption columns"
+            )
         captions = [skips.text(row[column], f"{where} (column {column})", "caption") for column in caption_columns]
         if None in captions:
             continue
@@ -63,11 +78,21 @@ def read_negbench_mcq(path: str | Path, images_root: str | Path | None = None, m
         image_path = resolve_image(row[image_column], images_root, where)
         key = str(image_path)
         task.images[key] = image_loader(image_path)
-        task.choices.append(ChoiceItem(choose="text", images=[key], texts=captions, answer=answer,
-                                       group=TEMPLATE_NAMES.get(template, template), item_id=where))
+        task.choices.append(
+            ChoiceItem(
+                choose="text",
+                images=[key],
+                texts=captions,
+                answer=answer,
+                group=TEMPLATE_NAMES.get(template, template),
+                item_id=where,
+            )
+        )
     task.notes = skips.describe()
     return task
 
 
-def read_negbench_retrieval(path: str | Path, images_root: str | Path | None = None, max_items: int | None = None) -> TaskData:
+def read_negbench_retrieval(
+    path: str | Path, images_root: str | Path | None = None, max_items: int | None = None
+) -> TaskData:
     return read_retrieval_csv(path, images_root, max_items=max_items, name="negbench_retrieval")

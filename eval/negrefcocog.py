@@ -32,11 +32,15 @@ def _box(value, where: str) -> tuple[float, float, float, float]:
     return x, y, width, height
 
 
-def read_negrefcocog(path: str | Path, images_root: str | Path | None = None, max_items: int | None = None) -> TaskData:
+def read_negrefcocog(
+    path: str | Path, images_root: str | Path | None = None, max_items: int | None = None
+) -> TaskData:
     path = Path(path)
     records = read_json(path)
     if not isinstance(records, list):
-        raise UserError(f"{path}: expected a JSON list of {{image, phrase, ref_bbox, bbox_list}} records, found {type(records).__name__}")
+        raise UserError(
+            f"{path}: expected a JSON list of {{image, phrase, ref_bbox, bbox_list}} records, found {type(records).__name__}"
+        )
     root = Path(images_root) if images_root is not None else path.parent
     task, skips = TaskData(name="negrefcocog"), SkipLog()
     for index, record in enumerate(records[:max_items]):
@@ -59,6 +63,8 @@ def read_negrefcocog(path: str | Path, images_root: str | Path | None = None, ma
             key = f"{image_path}#{','.join(f'{number:.10g}' for number in box)}"
             task.images[key] = crop_loader(image_path, box)
             keys.append(key)
-        task.choices.append(ChoiceItem(choose="image", images=keys, texts=[phrase], answer=boxes.index(reference), item_id=where))
+        task.choices.append(
+            ChoiceItem(choose="image", images=keys, texts=[phrase], answer=boxes.index(reference), item_id=where)
+        )
     task.notes = skips.describe()
     return task

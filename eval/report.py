@@ -39,8 +39,12 @@ def plot_results(results: EvalResults, path: str | Path) -> None:
     import matplotlib.pyplot as plt
 
     names = results.model_names
-    rows = [(f"{name} · {metric}", values) for name, task in results.tasks.items()
-            for metric, values in task.metrics.items() if _is_headline(metric)]
+    rows = [
+        (f"{name} · {metric}", values)
+        for name, task in results.tasks.items()
+        for metric, values in task.metrics.items()
+        if _is_headline(metric)
+    ]
     height = 0.8 / max(1, len(names))
     figure, axis = plt.subplots(figsize=(9, 1.0 + 0.32 * len(rows) * max(1, len(names)) ** 0.5))
     for index, name in enumerate(names):

@@ -59,8 +59,13 @@ class _RetrievalBuilder:
             self.task.retrieval.text_image.append(self.image_index[key])
 
 
-def read_karpathy_json(path: str | Path, images_root: str | Path | None = None, split: str = "test",
-                       max_items: int | None = None, name: str = "retrieval") -> TaskData:
+def read_karpathy_json(
+    path: str | Path,
+    images_root: str | Path | None = None,
+    split: str = "test",
+    max_items: int | None = None,
+    name: str = "retrieval",
+) -> TaskData:
     path = Path(path)
     data = read_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
@@ -94,8 +99,11 @@ def read_karpathy_json(path: str | Path, images_root: str | Path | None = None, 
             raise UserError(f"{where}: 'filepath' and 'filename' must be strings, got {folder!r} and {filename!r}")
         builder.add(resolve_image(str(Path(folder) / filename), root, where), captions, where, skips)
     if not builder.image_index:
-        raise UserError(f"{path}: no image has split {split!r}" + (f" with a usable caption ({skips.describe()})" if skips else "")
-                        + "; choose another with --retrieval_split")
+        raise UserError(
+            f"{path}: no image has split {split!r}"
+            + (f" with a usable caption ({skips.describe()})" if skips else "")
+            + "; choose another with --retrieval_split"
+        )
     builder.task.notes = skips.describe()
     return builder.task
 
@@ -107,8 +115,13 @@ def _parse_caption_list(value: str, where: str, skips: SkipLog) -> list[str | No
     return [skips.text(caption, where, "caption") for caption in captions]
 
 
-def read_retrieval_csv(path: str | Path, images_root: str | Path | None = None, split: str = "test",
-                       max_items: int | None = None, name: str = "retrieval") -> TaskData:
+def read_retrieval_csv(
+    path: str | Path,
+    images_root: str | Path | None = None,
+    split: str = "test",
+    max_items: int | None = None,
+    name: str = "retrieval",
+) -> TaskData:
     path = Path(path)
     header, rows = read_csv(path, [IMAGE_COLUMNS, ["captions", "caption"]])
     image_column = next(column for column in IMAGE_COLUMNS if column in header)
@@ -130,20 +143,32 @@ def read_retrieval_csv(path: str | Path, images_root: str | Path | None = None, 
             captions = [skips.text(row["caption"], where, "caption")]
         builder.add(image_path, captions, where, skips)
     if not builder.image_index:
-        raise UserError(f"{path}: no rows" + (f" with split {split!r}" if "split" in header else "")
-                        + (f" with a usable caption ({skips.describe()})" if skips else ""))
+        raise UserError(
+            f"{path}: no rows"
+            + (f" with split {split!r}" if "split" in header else "")
+            + (f" with a usable caption ({skips.describe()})" if skips else "")
+        )
     builder.task.notes = skips.describe()
     return builder.task
 
 
-def read_retrieval(source: str | Path, images_root: str | Path | None = None, split: str = "test",
-                   max_items: int | None = None, name: str = "retrieval") -> TaskData:
+def read_retrieval(
+    source: str | Path,
+    images_root: str | Path | None = None,
+    split: str = "test",
+    max_items: int | None = None,
+    name: str = "retrieval",
+) -> TaskData:
     source = Path(source)
     if source.is_dir():
         candidates = sorted(source.glob("*.json")) + sorted(source.glob("*.csv"))
         if len(candidates) != 1:
-            raise UserError(f"--retrieval {source}: expected exactly one Karpathy JSON or CSV in the folder, found {[c.name for c in candidates]}")
-        return read_retrieval(candidates[0], images_root if images_root is not None else source, split, max_items, name)
+            raise UserError(
+                f"--retrieval {source}: expected exactly one Karpathy JSON or CSV in the folder, found {[c.name for c in candidates]}"
+            )
+        return read_retrieval(
+            candidates[0], images_root if images_root is not None else source, split, max_items, name
+        )
     if source.suffix.lower() == ".json":
         return read_karpathy_json(source, images_root, split, max_items, name)
     if source.suffix.lower() == ".csv":

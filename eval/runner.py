@@ -58,7 +58,9 @@ def load_clip(model_id: str, device: str | torch.device = "cpu"):
         model = load_pretrained_checked(CLIPModel, model_id, f"model {model_id}")
         processor = CLIPProcessor.from_pretrained(model_id, trust_remote_code=False)
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise UserError(f"model {model_id}: cannot load the CLIP weights and processor ({first_line(error)})") from error
+        raise UserError(
+            f"model {model_id}: cannot load the CLIP weights and processor ({first_line(error)})"
+        ) from error
     return model.to(device).eval(), processor
 
 
@@ -81,12 +83,16 @@ def check_dataset_ids(dataset_ids: dict[str, str], data: dict[str, str]) -> dict
 
     for key, repo_id in dataset_ids.items():
         if key not in DATA_FLAGS or key.endswith(("_split", "_images", "_templates")):
-            raise UserError(f"--dataset_ids {key}={repo_id}: {key!r} is not a data flag naming a dataset "
-                            f"(expected one of {', '.join(k for k in DATA_FLAGS if not k.endswith(('_split', '_images', '_templates')))})")
+            raise UserError(
+                f"--dataset_ids {key}={repo_id}: {key!r} is not a data flag naming a dataset "
+                f"(expected one of {', '.join(k for k in DATA_FLAGS if not k.endswith(('_split', '_images', '_templates')))})"
+            )
         try:
             validate_repo_id(repo_id)
         except HFValidationError:
-            raise UserError(f"--dataset_ids {key}={repo_id}: {repo_id!r} is not a Hub id (expected owner/name or name)") from None
+            raise UserError(
+                f"--dataset_ids {key}={repo_id}: {repo_id!r} is not a Hub id (expected owner/name or name)"
+            ) from None
     zeroshot = data.get("zeroshot")
     if zeroshot and "zeroshot" not in dataset_ids and not Path(zeroshot).exists():
         dataset_ids = dataset_ids | {"zeroshot": zeroshot}
@@ -137,9 +143,17 @@ def run_evaluation(
     check_not_empty(built)
     pairs = None
     if "layerwise" in task_names:
-        pairs = read_negation_pairs(data.get("layerwise") or data["world"], data.get("layerwise_split") or "test", max_items)
-    settings = {"tasks": task_names, "data": data, "dataset_ids": dataset_ids, "batch_size": batch_size,
-                "device": str(torch_device), "max_items": max_items}
+        pairs = read_negation_pairs(
+            data.get("layerwise") or data["world"], data.get("layerwise_split") or "test", max_items
+        )
+    settings = {
+        "tasks": task_names,
+        "data": data,
+        "dataset_ids": dataset_ids,
+        "batch_size": batch_size,
+        "device": str(torch_device),
+        "max_items": max_items,
+    }
     results = new_results(names, models, settings, built, pairs, seed)
     for model in results.models:
         evaluate_model(results, model, built, pairs, torch_device, batch_size, progress)
@@ -149,23 +163,44 @@ def run_evaluation(
     return results
 
 
-def new_results(names: list[str], models: list[str], settings: dict, built: list[BuiltTask], pairs: NegationPairs | None,
-                seed: int) -> EvalResults:
+def new_results(
+    names: list[str], models: list[str], settings: dict, built: list[BuiltTask], pairs: NegationPairs | None, seed: int
+) -> EvalResults:
     """The results before any model is scored: the models, settings, provenance and each task's data."""
     dataset_ids, data = settings["dataset_ids"], settings["data"]
-    tasks = {task.data.name: TaskResult(task=task.spec.name, description=task.spec.description,
-                                        dataset={"name": task.spec.dataset_name,
-                                                 "type": dataset_ids.get(task.spec.data_key(), task.spec.dataset_type),
-                                                 "split": task.spec.split(data)},
-                                        notes=task.data.notes)
-             for task in built}
+    tasks = {
+        task.data.name: TaskResult(
+            task=task.spec.name,
+            description=task.spec.description,
+            dataset={
+                "name": task.spec.dataset_name,
+                "type": dataset_ids.get(task.spec.data_key(), task.spec.dataset_type),
+                "split": task.spec.split(data),
+            },
+            notes=task.data.notes,
+        )
+        for task in built
+    }
     layerwise = None if pairs is None else LayerwiseRun(pairs.source, TASKS["layerwise"].description, pairs.notes)
-    return EvalResults(harness_version=HARNESS_VERSION, models=[ModelRun(name, model) for name, model in zip(names, models)],
-                       settings=settings, provenance=provenance(seed=seed), tasks=tasks, layerwise=layerwise)
+    return EvalResults(
+        harness_version=HARNESS_VERSION,
+        models=[ModelRun(name, model) for name, model in zip(names, models)],
+        settings=settings,
+        provenance=provenance(seed=seed),
+        tasks=tasks,
+        layerwise=layerwise,
+    )
 
 
-def evaluate_model(results: EvalResults, model: ModelRun, built: list[BuiltTask], pairs: NegationPairs | None,
-                   device: torch.device, batch_size: int, progress: bool) -> None:
+def evaluate_model(
+    results: EvalResults,
+    model: ModelRun,
+    built: list[BuiltTask],
+    pairs: NegationPairs | None,
+    device: torch.device,
+    batch_size: int,
+    progress: bool,
+) -> None:
     """Score one model on every task (and the layer-wise analysis) into `results`; the model is let go after."""
     clip, processor = load_clip(model.id, device)
     if built:
@@ -178,7 +213,9 @@ def evaluate_model(results: EvalResults, model: ModelRun, built: list[BuiltTask]
             for metric, value in score.metrics.items():
                 task.metrics.setdefault(metric, {})[model.name] = value
     if pairs is not None:
-        results.layerwise.models[model.name] = layerwise_cosines(clip, processor.tokenizer, pairs, batch_size, progress, model.name)
+        results.layerwise.models[model.name] = layerwise_cosines(
+            clip, processor.tokenizer, pairs, batch_size, progress, model.name
+        )
 
 
 def write_outputs_atomically(results: EvalResults, out_dir: Path) -> None:
@@ -189,8 +226,10 @@ def write_outputs_atomically(results: EvalResults, out_dir: Path) -> None:
         for path in write_outputs(results, staging).values():
             os.replace(path, out_dir / path.name)
     except OSError as error:
-        raise UserError(f"--out {out_dir}: could not write the results ({error.filename or out_dir}: {error.strerror or error}); "
-                        f"the files there before, if any, are unchanged") from None
+        raise UserError(
+            f"--out {out_dir}: could not write the results ({error.filename or out_dir}: {error.strerror or error}); "
+            f"the files there before, if any, are unchanged"
+        ) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -209,8 +248,10 @@ def drop_degenerate_items(built: list[BuiltTask]) -> None:
             data.notes = f"{data.notes}; {note}" if data.notes else note
             print(f"warning: task {data.name}: {note}", file=sys.stderr)
         if data.retrieval is not None and len(data.retrieval.images) < 2:
-            raise UserError(f"task {data.name}: retrieval over {len(data.retrieval.images)} image(s) scores 100 % for any model; "
-                            f"it needs at least two images (check --max_items and the data file)")
+            raise UserError(
+                f"task {data.name}: retrieval over {len(data.retrieval.images)} image(s) scores 100 % for any model; "
+                f"it needs at least two images (check --max_items and the data file)"
+            )
 
 
 def check_not_empty(built: list[BuiltTask]) -> None:
@@ -223,4 +264,6 @@ def check_not_empty(built: list[BuiltTask]) -> None:
         if not any(task_size(task.data) for task in tasks):
             flags = ", ".join(f"--{key.split('|')[0]}" for key in tasks[0].spec.required)
             notes = "; ".join(task.data.notes for task in tasks if task.data.notes)
-            raise UserError(f"task {name}: no item to evaluate in the data given by {flags}" + (f" ({notes})" if notes else ""))
+            raise UserError(
+                f"task {name}: no item to evaluate in the data given by {flags}" + (f" ({notes})" if notes else "")
+            )

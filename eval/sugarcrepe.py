@@ -32,14 +32,20 @@ def _subset_file(data_dir: Path, subset: str) -> Path | None:
     return None
 
 
-def read_sugarcrepe(data_dir: str | Path, images_root: str | Path | None = None, max_items: int | None = None) -> TaskData:
+def read_sugarcrepe(
+    data_dir: str | Path, images_root: str | Path | None = None, max_items: int | None = None
+) -> TaskData:
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
-        raise UserError(f"--sugarcrepe {data_dir}: expected the folder holding SugarCrepe's JSON files ({', '.join(SUBSETS)})")
+        raise UserError(
+            f"--sugarcrepe {data_dir}: expected the folder holding SugarCrepe's JSON files ({', '.join(SUBSETS)})"
+        )
     files = {subset: _subset_file(data_dir, subset) for subset in SUBSETS}
     missing = [subset for subset, file in files.items() if file is None]
     if len(missing) == len(SUBSETS):
-        raise UserError(f"--sugarcrepe {data_dir}: none of SugarCrepe's files {[s + '.json' for s in SUBSETS]} is in the folder")
+        raise UserError(
+            f"--sugarcrepe {data_dir}: none of SugarCrepe's files {[s + '.json' for s in SUBSETS]} is in the folder"
+        )
     task, skips = TaskData(name="sugarcrepe"), SkipLog()
     for subset, file in files.items():
         if file is None:
@@ -58,7 +64,9 @@ def read_sugarcrepe(data_dir: str | Path, images_root: str | Path | None = None,
             image_path = resolve_image(record["filename"], images_root, where)
             key = str(image_path)
             task.images[key] = image_loader(image_path)
-            task.choices.append(ChoiceItem(choose="text", images=[key], texts=texts, answer=0, group=subset, item_id=where))
+            task.choices.append(
+                ChoiceItem(choose="text", images=[key], texts=texts, answer=0, group=subset, item_id=where)
+            )
     notes = [skips.describe(), f"subsets not found in {data_dir}: {', '.join(missing)}" if missing else ""]
     task.notes = "; ".join(note for note in notes if note)
     return task

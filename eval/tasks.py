@@ -81,9 +81,13 @@ def _world(template_sets: tuple[str, ...]):
             if error.name != "eval.world":
                 raise
             raise UserError("the world tasks need eval/world.py, which is not in this checkout") from error
-        return [task for template_set in template_sets
-                for task in world.world_tasks(data["world"], split=data.get("world_split") or "test",
-                                              template_set=template_set, max_scenes=max_items)]
+        return [
+            task
+            for template_set in template_sets
+            for task in world.world_tasks(
+                data["world"], split=data.get("world_split") or "test", template_set=template_set, max_scenes=max_items
+            )
+        ]
 
     return build
 
@@ -92,35 +96,126 @@ def _templates(data: dict[str, str]) -> list[str] | None:
     return _module("zeroshot").read_templates(data["zeroshot_templates"]) if data.get("zeroshot_templates") else None
 
 
-TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in [
-    TaskSpec("ccneg", "CC-Neg two-way accuracy: caption vs its presence negation", ("ccneg",), "CC-Neg", "ccneg",
-             lambda data, n: [_module("ccneg").read_ccneg(data["ccneg"], data.get("ccneg_images"), n)]),
-    TaskSpec("negrefcocog", "NegRefCOCOg: pick the box whose crop matches a negated phrase", ("negrefcocog",), "NegRefCOCOg", "negrefcocog",
-             lambda data, n: [_module("negrefcocog").read_negrefcocog(data["negrefcocog"], data.get("negrefcocog_images"), n)]),
-    TaskSpec("negbench_mcq", "NegBench MCQ accuracy, total and per template", ("negbench_mcq",), "NegBench MCQ", "negbench",
-             lambda data, n: [_module("negbench").read_negbench_mcq(data["negbench_mcq"], data.get("negbench_images"), n)]),
-    TaskSpec("negbench_retrieval", "NegBench negated retrieval, R@k", ("negbench_retrieval",), "NegBench negated retrieval", "negbench",
-             lambda data, n: [_module("negbench").read_negbench_retrieval(data["negbench_retrieval"], data.get("negbench_images"), n)]),
-    TaskSpec("valse", "VALSE (e.g. existence): caption vs foil, validated samples", ("valse",), "VALSE", "valse",
-             lambda data, n: [_module("valse").read_valse(data["valse"], data.get("valse_images"), n)]),
-    TaskSpec("sugarcrepe", "SugarCrepe: caption vs hard negative, seven subsets", ("sugarcrepe", "sugarcrepe_images"), "SugarCrepe", "sugarcrepe",
-             lambda data, n: [_module("sugarcrepe").read_sugarcrepe(data["sugarcrepe"], data["sugarcrepe_images"], n)]),
-    TaskSpec("retrieval", "image-text retrieval R@1/5/10 both directions (COCO/Flickr-style)", ("retrieval",), "image-text retrieval", "retrieval",
-             lambda data, n: [_module("retrieval").read_retrieval(data["retrieval"], data.get("retrieval_images"),
-                                                                    data.get("retrieval_split") or "test", n)],
-             "retrieval_split"),
-    TaskSpec("zeroshot", "zero-shot classification top-1/top-5 on an HF image-classification dataset", ("zeroshot",), "zero-shot classification", "zeroshot",
-             lambda data, n: [_module("zeroshot").read_zeroshot(data["zeroshot"], data.get("zeroshot_split") or "test", _templates(data), n)],
-             "zeroshot_split"),
-    TaskSpec("world", "the offline image world, training and held-out phrasing templates", ("world",), "Omni-NegCLIP image world", "omninegclip-image-world",
-             _world(("train", "heldout")), "world_split"),
-    TaskSpec("world_train", "the offline image world, training phrasing templates", ("world",), "Omni-NegCLIP image world", "omninegclip-image-world",
-             _world(("train",)), "world_split"),
-    TaskSpec("world_heldout", "the offline image world, phrasing templates training never used", ("world",), "Omni-NegCLIP image world", "omninegclip-image-world",
-             _world(("heldout",)), "world_split"),
-    TaskSpec("layerwise", "per text block, cosine of EOS states of caption vs negation", ("layerwise|world",), "negation pairs", "layerwise",
-             None),
-]}
+TASKS: dict[str, TaskSpec] = {
+    spec.name: spec
+    for spec in [
+        TaskSpec(
+            "ccneg",
+            "CC-Neg two-way accuracy: caption vs its presence negation",
+            ("ccneg",),
+            "CC-Neg",
+            "ccneg",
+            lambda data, n: [_module("ccneg").read_ccneg(data["ccneg"], data.get("ccneg_images"), n)],
+        ),
+        TaskSpec(
+            "negrefcocog",
+            "NegRefCOCOg: pick the box whose crop matches a negated phrase",
+            ("negrefcocog",),
+            "NegRefCOCOg",
+            "negrefcocog",
+            lambda data, n: [
+                _module("negrefcocog").read_negrefcocog(data["negrefcocog"], data.get("negrefcocog_images"), n)
+            ],
+        ),
+        TaskSpec(
+            "negbench_mcq",
+            "NegBench MCQ accuracy, total and per template",
+            ("negbench_mcq",),
+            "NegBench MCQ",
+            "negbench",
+            lambda data, n: [
+                _module("negbench").read_negbench_mcq(data["negbench_mcq"], data.get("negbench_images"), n)
+            ],
+        ),
+        TaskSpec(
+            "negbench_retrieval",
+            "NegBench negated retrieval, R@k",
+            ("negbench_retrieval",),
+            "NegBench negated retrieval",
+            "negbench",
+            lambda data, n: [
+                _module("negbench").read_negbench_retrieval(data["negbench_retrieval"], data.get("negbench_images"), n)
+            ],
+        ),
+        TaskSpec(
+            "valse",
+            "VALSE (e.g. existence): caption vs foil, validated samples",
+            ("valse",),
+            "VALSE",
+            "valse",
+            lambda data, n: [_module("valse").read_valse(data["valse"], data.get("valse_images"), n)],
+        ),
+        TaskSpec(
+            "sugarcrepe",
+            "SugarCrepe: caption vs hard negative, seven subsets",
+            ("sugarcrepe", "sugarcrepe_images"),
+            "SugarCrepe",
+            "sugarcrepe",
+            lambda data, n: [_module("sugarcrepe").read_sugarcrepe(data["sugarcrepe"], data["sugarcrepe_images"], n)],
+        ),
+        TaskSpec(
+            "retrieval",
+            "image-text retrieval R@1/5/10 both directions (COCO/Flickr-style)",
+            ("retrieval",),
+            "image-text retrieval",
+            "retrieval",
+            lambda data, n: [
+                _module("retrieval").read_retrieval(
+                    data["retrieval"], data.get("retrieval_images"), data.get("retrieval_split") or "test", n
+                )
+            ],
+            "retrieval_split",
+        ),
+        TaskSpec(
+            "zeroshot",
+            "zero-shot classification top-1/top-5 on an HF image-classification dataset",
+            ("zeroshot",),
+            "zero-shot classification",
+            "zeroshot",
+            lambda data, n: [
+                _module("zeroshot").read_zeroshot(
+                    data["zeroshot"], data.get("zeroshot_split") or "test", _templates(data), n
+                )
+            ],
+            "zeroshot_split",
+        ),
+        TaskSpec(
+            "world",
+            "the offline image world, training and held-out phrasing templates",
+            ("world",),
+            "Omni-NegCLIP image world",
+            "omninegclip-image-world",
+            _world(("train", "heldout")),
+            "world_split",
+        ),
+        TaskSpec(
+            "world_train",
+            "the offline image world, training phrasing templates",
+            ("world",),
+            "Omni-NegCLIP image world",
+            "omninegclip-image-world",
+            _world(("train",)),
+            "world_split",
+        ),
+        TaskSpec(
+            "world_heldout",
+            "the offline image world, phrasing templates training never used",
+            ("world",),
+            "Omni-NegCLIP image world",
+            "omninegclip-image-world",
+            _world(("heldout",)),
+            "world_split",
+        ),
+        TaskSpec(
+            "layerwise",
+            "per text block, cosine of EOS states of caption vs negation",
+            ("layerwise|world",),
+            "negation pairs",
+            "layerwise",
+            None,
+        ),
+    ]
+}
 
 
 def known_tasks() -> list[str]:
@@ -134,7 +229,9 @@ def check_task_names(names: list[str]) -> list[str]:
         raise UserError(f"--tasks: no task given; known tasks: {', '.join(known_tasks())}")
     unknown = [name for name in names if name not in TASKS]
     if unknown:
-        raise UserError(f"--tasks: unknown task {', '.join(map(repr, unknown))}; known tasks: {', '.join(known_tasks())}")
+        raise UserError(
+            f"--tasks: unknown task {', '.join(map(repr, unknown))}; known tasks: {', '.join(known_tasks())}"
+        )
     return names
 
 
@@ -165,6 +262,8 @@ def build_tasks(names: list[str], data: dict[str, str], max_items: int | None = 
     seen = set()
     for task in built:
         if task.data.name in seen:
-            raise UserError(f"two tasks produce items named {task.data.name!r}: ask for only one of them (e.g. world or world_train)")
+            raise UserError(
+                f"two tasks produce items named {task.data.name!r}: ask for only one of them (e.g. world or world_train)"
+            )
         seen.add(task.data.name)
     return built

@@ -35,7 +35,9 @@ def read_valse(path: str | Path, images_root: str | Path | None = None, max_item
     path = Path(path)
     samples = read_json(path)
     if not isinstance(samples, dict):
-        raise UserError(f"{path}: expected a JSON object {{id: sample}} (VALSE format), found {type(samples).__name__}")
+        raise UserError(
+            f"{path}: expected a JSON object {{id: sample}} (VALSE format), found {type(samples).__name__}"
+        )
     root = Path(images_root) if images_root is not None else path.parent
     task, skips = TaskData(name=f"valse/{path.stem}"), SkipLog()
     for sample_id, sample in samples.items():

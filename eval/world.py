@@ -100,7 +100,9 @@ def _load_split(dataset, split: str) -> datasets.Dataset:
     if isinstance(dataset, (str, Path)):
         where = str(dataset)
         if not Path(dataset).exists():
-            raise UserError(f"{dataset}: no such world dataset folder (build one with: python data_builder.py shapes --out {dataset})")
+            raise UserError(
+                f"{dataset}: no such world dataset folder (build one with: python data_builder.py shapes --out {dataset})"
+            )
         try:
             dataset = datasets.load_from_disk(str(dataset))
         except FileNotFoundError as error:
@@ -113,8 +115,10 @@ def _load_split(dataset, split: str) -> datasets.Dataset:
         raise TypeError(f"world_tasks needs a folder path, a DatasetDict or a Dataset, not {type(dataset).__name__}")
     missing = [column for column in _REQUIRED_COLUMNS if column not in dataset.column_names]
     if missing:
-        raise UserError(f"{where}, split {split!r}: no column(s) {missing}; a world dataset has {list(_REQUIRED_COLUMNS)} "
-                        f"(columns found: {dataset.column_names})")
+        raise UserError(
+            f"{where}, split {split!r}: no column(s) {missing}; a world dataset has {list(_REQUIRED_COLUMNS)} "
+            f"(columns found: {dataset.column_names})"
+        )
     return dataset
 
 
@@ -126,7 +130,9 @@ def _read_scenes(dataset: datasets.Dataset, split: str, max_scenes: int | None) 
         try:
             objects, seed, image_size = decode_scene(text)
         except (TypeError, KeyError, ValueError) as error:
-            raise UserError(f"world split {split!r}, row {row} ({image_id}), column 'scene': not a scene JSON ({error})") from None
+            raise UserError(
+                f"world split {split!r}, row {row} ({image_id}), column 'scene': not a scene JSON ({error})"
+            ) from None
         scenes.append(WorldScene(row, image_id, tuple(objects), seed, image_size))
     if len({scene.image_id for scene in scenes}) != len(scenes):
         raise UserError(f"world split {split!r}: column 'image_id' has repeated values; image keys must be unique")
@@ -165,8 +171,17 @@ class _Builder:
     def task(self, family: str) -> TaskData:
         return TaskData(name=f"world_{self.template_set}/{family}")
 
-    def add_choice(self, task: TaskData, scene: WorldScene, rng: random.Random, right, wrong: Sequence,
-                   choose: str = "text", group: str = "all", anchor: str | None = None) -> None:
+    def add_choice(
+        self,
+        task: TaskData,
+        scene: WorldScene,
+        rng: random.Random,
+        right,
+        wrong: Sequence,
+        choose: str = "text",
+        group: str = "all",
+        anchor: str | None = None,
+    ) -> None:
         """One item whose options are `right` and `wrong` in random order; options are texts, or
         (image key, loader) pairs when choose == "image"."""
         options = [right, *wrong]
@@ -237,8 +252,15 @@ def _absence_image(builder: _Builder, scenes: Sequence[WorldScene]) -> TaskData:
             skipped["no room to add the absent object"] += 1
             continue
         text = negated_caption(mentions, absent, builder.template_set, rng).text
-        builder.add_choice(task, scene, rng, (builder.key(scene), builder.loader(scene)),
-                           [(builder.key(scene, absent), builder.loader(scene, absent))], choose="image", anchor=text)
+        builder.add_choice(
+            task,
+            scene,
+            rng,
+            (builder.key(scene), builder.loader(scene)),
+            [(builder.key(scene, absent), builder.loader(scene, absent))],
+            choose="image",
+            anchor=text,
+        )
     _note(task, skipped)
     return task
 
@@ -250,7 +272,9 @@ def _absence_caption(builder: _Builder, scenes: Sequence[WorldScene]) -> TaskDat
         affirmative = affirmative_caption(choose_mentions(scene.objects, rng), builder.template_set, rng)
         absent = plausible_absent(scene.kinds, rng)
         right = absence_negated_caption(affirmative, absent, rng)
-        wrong = affirmative_caption([*affirmative.mentions, Mention(absent)], builder.template_set, rng, frame=affirmative.frame)
+        wrong = affirmative_caption(
+            [*affirmative.mentions, Mention(absent)], builder.template_set, rng, frame=affirmative.frame
+        )
         builder.add_choice(task, scene, rng, right.text, [wrong.text])
     _note(task, Counter())
     return task
@@ -281,12 +305,18 @@ def _mcq(builder: _Builder, scenes: Sequence[WorldScene]) -> TaskData:
             right, wrong = shows(present), [shows(absent), lacks(present), shows_but_not(absent, present)]
         elif group == "negation":  # the distractors negate present objects (or affirm the absent one)
             right = lacks(absent)
-            wrong = [lacks(present), shows(absent), lacks(other_present) if other_present else shows_but_not(absent, present)]
+            wrong = [
+                lacks(present),
+                shows(absent),
+                lacks(other_present) if other_present else shows_but_not(absent, present),
+            ]
         else:
             right = shows_but_not(present, absent)
-            wrong = [shows_but_not(absent, present),
-                     shows_but_not(other_present, present) if other_present else shows_but_not(other_absent, absent),
-                     shows_but_not(other_absent, present)]
+            wrong = [
+                shows_but_not(absent, present),
+                shows_but_not(other_present, present) if other_present else shows_but_not(other_absent, absent),
+                shows_but_not(other_absent, present),
+            ]
         builder.add_choice(task, scene, rng, right, wrong, group=group)
     _note(task, Counter())
     return task
@@ -385,7 +415,10 @@ def _negated_retrieval(builder: _Builder, scenes: Sequence[WorldScene]) -> TaskD
         gallery.add_query(query)
         text_image.append(len(keys))
         texts.append(query.text)
-        for key, load in ((builder.key(scene), builder.loader(scene)), (builder.key(scene, absent), builder.loader(scene, absent))):
+        for key, load in (
+            (builder.key(scene), builder.loader(scene)),
+            (builder.key(scene, absent), builder.loader(scene, absent)),
+        ):
             keys.append(key)
             task.images[key] = load
     task.retrieval = RetrievalSet(keys, texts, text_image)
@@ -404,8 +437,9 @@ _FAMILY_BUILDERS = {
 }
 
 
-def world_tasks(dataset, split: str = "test", template_set: str = "train", seed: int = 0,
-                max_scenes: int | None = None) -> list[TaskData]:
+def world_tasks(
+    dataset, split: str = "test", template_set: str = "train", seed: int = 0, max_scenes: int | None = None
+) -> list[TaskData]:
     """All families (`FAMILIES`) on the scenes of `split` (the first `max_scenes` rows, if given),
     phrased with `template_set` ("train" or "heldout"). `dataset`: a `save_to_disk` folder, a
     `DatasetDict` or a `Dataset` built by `omninegclip.building.shapes.build_world`. Deterministic by seed;

@@ -92,16 +92,22 @@ def _load_dataset(source: str, split: str):
             raise UserError(f"--zeroshot {source}: not a dataset saved with save_to_disk ({error})") from error
         if isinstance(loaded, datasets.DatasetDict):
             if split not in loaded:
-                raise UserError(f"--zeroshot {source}: no split {split!r} (splits: {list(loaded)}); choose one with --zeroshot_split")
+                raise UserError(
+                    f"--zeroshot {source}: no split {split!r} (splits: {list(loaded)}); choose one with --zeroshot_split"
+                )
             return loaded[split]
         return loaded
     try:
         return datasets.load_dataset(source, split=split)
     except Exception as error:  # the Hub client raises many types; the user needs the message either way
-        raise UserError(f"--zeroshot {source}: no such folder, and loading it as a Hub dataset failed ({error})") from error
+        raise UserError(
+            f"--zeroshot {source}: no such folder, and loading it as a Hub dataset failed ({error})"
+        ) from error
 
 
-def read_zeroshot(source: str, split: str = "test", templates: list[str] | None = None, max_items: int | None = None) -> ZeroShotTaskData:
+def read_zeroshot(
+    source: str, split: str = "test", templates: list[str] | None = None, max_items: int | None = None
+) -> ZeroShotTaskData:
     import datasets
 
     dataset = _load_dataset(source, split)

@@ -37,8 +37,17 @@ from omninegclip.common.results import EvalResults
 from omninegclip.training.card.widget import write_world_widget_examples
 
 # The stand-in for pretrained CLIP: small enough to pretrain on 2 CPU cores in minutes.
-SMALL_CLIP = ClipSize(text_hidden=128, text_layers=6, text_heads=4, vision_hidden=128, vision_layers=4, vision_heads=4,
-                      image_size=64, patch_size=16, projection_dim=128)
+SMALL_CLIP = ClipSize(
+    text_hidden=128,
+    text_layers=6,
+    text_heads=4,
+    vision_hidden=128,
+    vision_layers=4,
+    vision_heads=4,
+    image_size=64,
+    patch_size=16,
+    projection_dim=128,
+)
 
 
 @dataclass(frozen=True)
@@ -59,23 +68,46 @@ IMPROVED = Recipe(
     "omni-choice",
     "faithful without L_text, + a per-image multiple choice (weight 4: its absence negation must beat its presence "
     "negation and its absence-affirmed twin) + the keep-the-match hinge (weight 0.75); token embedding frozen",
-    {"lambda_choice": 4.0, "lambda_text": 0.0, "lambda_keep": 0.75, "absence_affirmed_column": "absence_affirmed",
-     "train_token_embedding": "false"},
+    {
+        "lambda_choice": 4.0,
+        "lambda_text": 0.0,
+        "lambda_keep": 0.75,
+        "absence_affirmed_column": "absence_affirmed",
+        "train_token_embedding": "false",
+    },
 )
 ABLATIONS = [
     FAITHFUL,
     IMPROVED,
-    Recipe("omni-choice-no-twin", "omni-choice without the absence-affirmed option", IMPROVED.flags | {"absence_affirmed_column": "none"}),
-    Recipe("omni-choice-no-keep", "omni-choice without the keep-the-match hinge", IMPROVED.flags | {"lambda_keep": 0.0}),
-    Recipe("omni-choice-with-L_text", "omni-choice with the faithful L_text (weight 1)", IMPROVED.flags | {"lambda_text": 1.0}),
+    Recipe(
+        "omni-choice-no-twin",
+        "omni-choice without the absence-affirmed option",
+        IMPROVED.flags | {"absence_affirmed_column": "none"},
+    ),
+    Recipe(
+        "omni-choice-no-keep", "omni-choice without the keep-the-match hinge", IMPROVED.flags | {"lambda_keep": 0.0}
+    ),
+    Recipe(
+        "omni-choice-with-L_text",
+        "omni-choice with the faithful L_text (weight 1)",
+        IMPROVED.flags | {"lambda_text": 1.0},
+    ),
     Recipe("middle", "faithful, middle text blocks", {"text_preset": "middle"}),
     Recipe("back", "faithful, back text blocks", {"text_preset": "back"}),
     Recipe("whole", "faithful, every text block", {"text_preset": "whole"}),
     Recipe("presence-only", "presence objective only", {"absence_column": "none"}),
     Recipe("absence-only", "absence objective only", {"presence_column": "none"}),
     Recipe("no-L_text", "faithful without L_text", {"lambda_text": 0.0}),
-    Recipe("clip-loss", "control: plain CLIP loss on the same captions", {"presence_column": "none", "absence_column": "none"}),
-    Recipe("conclip-style", "neighbour: CoN-CLIP-style (presence negations as hard negatives only)", {"absence_column": "none", "lambda_abs": 0.0}),
+    Recipe(
+        "clip-loss",
+        "control: plain CLIP loss on the same captions",
+        {"presence_column": "none", "absence_column": "none"},
+    ),
+    Recipe(
+        "conclip-style",
+        "neighbour: CoN-CLIP-style (presence negations as hard negatives only)",
+        {"absence_column": "none", "lambda_abs": 0.0},
+    ),
     Recipe(
         "negationclip-style",
         "neighbour: NegationCLIP-style (plain InfoNCE on absence-negated captions)",
@@ -85,11 +117,21 @@ ABLATIONS = [
 # Recipes for transfer to unseen phrasings, compared on both phrasing sets with `--recipes` (not in
 # the training-phrasing ablation table); plain train.py flags that any real-data run has too.
 TRANSFER = [
-    Recipe("omni-choice-trained-tokens", "omni-choice with the token embedding trained (omni-choice before it was frozen)",
-           IMPROVED.flags | {"train_token_embedding": "true"}),
-    Recipe("omni-choice-gentle", "omni-choice at a third of the learning rate (3e-4)", IMPROVED.flags | {"learning_rate": 3e-4}),
-    Recipe("omni-choice-affirm", "omni-choice + the affirmation choice (weight 2); for statement data (--statement_rate)",
-           IMPROVED.flags | {"lambda_affirm": 2.0}),
+    Recipe(
+        "omni-choice-trained-tokens",
+        "omni-choice with the token embedding trained (omni-choice before it was frozen)",
+        IMPROVED.flags | {"train_token_embedding": "true"},
+    ),
+    Recipe(
+        "omni-choice-gentle",
+        "omni-choice at a third of the learning rate (3e-4)",
+        IMPROVED.flags | {"learning_rate": 3e-4},
+    ),
+    Recipe(
+        "omni-choice-affirm",
+        "omni-choice + the affirmation choice (weight 2); for statement data (--statement_rate)",
+        IMPROVED.flags | {"lambda_affirm": 2.0},
+    ),
 ]
 
 
@@ -122,11 +164,18 @@ def world_pixel_statistics(world: Path, rows: int = 512) -> tuple[list[float], l
     import numpy as np
 
     train = datasets.load_from_disk(str(world))["train"]
-    pixels = np.stack([np.asarray(image.convert("RGB"), dtype=np.float32) / 255 for image in train.select(range(min(rows, len(train))))["image"]])
+    pixels = np.stack(
+        [
+            np.asarray(image.convert("RGB"), dtype=np.float32) / 255
+            for image in train.select(range(min(rows, len(train))))["image"]
+        ]
+    )
     return pixels.mean(axis=(0, 1, 2)).round(4).tolist(), pixels.std(axis=(0, 1, 2)).round(4).tolist()
 
 
-def make_initial_model(folder: Path, size: ClipSize, seed: int, pixel_statistics: tuple[list[float], list[float]] | None = None) -> None:
+def make_initial_model(
+    folder: Path, size: ClipSize, seed: int, pixel_statistics: tuple[list[float], list[float]] | None = None
+) -> None:
     """A randomly initialised CLIP of `size` with the exact openai tokenizer, as a Hub-style folder."""
     import torch
     from transformers import CLIPModel, CLIPProcessor
@@ -139,8 +188,10 @@ def make_initial_model(folder: Path, size: ClipSize, seed: int, pixel_statistics
     CLIPModel(config).save_pretrained(folder)
     mean, std = pixel_statistics or ([0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711])
     image_processor = CLIPImageProcessorPil(
-        size={"shortest_edge": size.image_size}, crop_size={"height": size.image_size, "width": size.image_size},
-        image_mean=mean, image_std=std,
+        size={"shortest_edge": size.image_size},
+        crop_size={"height": size.image_size, "width": size.image_size},
+        image_mean=mean,
+        image_std=std,
     )
     CLIPProcessor(image_processor=image_processor, tokenizer=build_clip_tokenizer()).save_pretrained(folder)
 
@@ -148,8 +199,10 @@ def make_initial_model(folder: Path, size: ClipSize, seed: int, pixel_statistics
 # The Hub repos of the default's folders, without an owner: `python -m omninegclip.training.model_card FOLDER
 # --push_to_hub OWNER/NAME` (and `data_builder.py --push_to_hub`) put them under the pusher's account.
 HUB_NAMES = {"world": "omninegclip-world", "base": "omninegclip-world-base"}
-BASE_DESCRIPTION = (f"a randomly initialised CLIP ({SMALL_CLIP.image_size}-px images), pretrained here with the plain CLIP "
-                    "loss on the image world's `pretrain_caption` column")
+BASE_DESCRIPTION = (
+    f"a randomly initialised CLIP ({SMALL_CLIP.image_size}-px images), pretrained here with the plain CLIP "
+    "loss on the image world's `pretrain_caption` column"
+)
 
 # Targets of the built-in default (fine-tuned minus base, percentage points, held-out scenes), per
 # phrasing set: the training phrasings and the unseen ones (transfer, a lower bar).
@@ -170,18 +223,32 @@ def widget_answers(model: Path, examples_folder: Path) -> list[dict]:
     classifier = pipeline("zero-shot-image-classification", model=str(model))
     answers = []
     for example in json.loads((examples_folder / "widget" / "examples.json").read_text()):
-        scores = classifier(Image.open(examples_folder / example["image"]), candidate_labels=example["candidate_labels"])
-        answers.append(dict(title=example["title"], expected=example["expected_label"], answer=scores[0]["label"],
-                            score=round(scores[0]["score"], 3)))
+        scores = classifier(
+            Image.open(examples_folder / example["image"]), candidate_labels=example["candidate_labels"]
+        )
+        answers.append(
+            dict(
+                title=example["title"],
+                expected=example["expected_label"],
+                answer=scores[0]["label"],
+                score=round(scores[0]["score"], 3),
+            )
+        )
     return answers
 
 
 def describe_widget_answers(answers_by_model: dict[str, list[dict]]) -> str:
-    lines = ["### The widget examples through `pipeline(\"zero-shot-image-classification\")`", "",
-             "| model | example | expected | answer (score) | right |", "|---|---|---|---|---|"]
+    lines = [
+        '### The widget examples through `pipeline("zero-shot-image-classification")`',
+        "",
+        "| model | example | expected | answer (score) | right |",
+        "|---|---|---|---|---|",
+    ]
     for name, answers in answers_by_model.items():
-        lines += [f"| {name} | {a['title']} | {a['expected']} | {a['answer']} ({a['score']:.2f}) | {'yes' if a['answer'] == a['expected'] else 'NO'} |"
-                  for a in answers]
+        lines += [
+            f"| {name} | {a['title']} | {a['expected']} | {a['answer']} ({a['score']:.2f}) | {'yes' if a['answer'] == a['expected'] else 'NO'} |"
+            for a in answers
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -200,13 +267,20 @@ def summarize(results: EvalResults, base: str, tuned: list[str]) -> str:
         if not rows:
             continue
         header = "| metric | " + " | ".join([base] + tuned) + " | " + " | ".join(f"Δ {name}" for name in tuned) + " |"
-        lines += [f"### Held-out scenes, {'training' if template_set == 'train' else 'unseen'} phrasing templates", "",
-                  header, "|---|" + "---:|" * (1 + 2 * len(tuned))]
+        lines += [
+            f"### Held-out scenes, {'training' if template_set == 'train' else 'unseen'} phrasing templates",
+            "",
+            header,
+            "|---|" + "---:|" * (1 + 2 * len(tuned)),
+        ]
         for task, metric, shown in rows:
             before = results.metric(task, metric, base)
             values = [results.metric(task, metric, name) for name in [base] + tuned]
             cells = [f"{100 * value:.1f}" if value is not None else "–" for value in values]
-            deltas = [f"{100 * (value - before):+.1f}" if value is not None and before is not None else "–" for value in values[1:]]
+            deltas = [
+                f"{100 * (value - before):+.1f}" if value is not None and before is not None else "–"
+                for value in values[1:]
+            ]
             lines.append(f"| {shown} | " + " | ".join(cells + deltas) + " |")
         lines += ["", f"Targets ({'training' if template_set == 'train' else 'unseen'} phrasings):", ""]
         for name in tuned:
@@ -238,7 +312,10 @@ def _target_checks(results: EvalResults | SeedMeans, template_set: str, base: st
                 before, after = value(f"{task}/{metric}", base), value(f"{task}/{metric}", tuned)
                 if before is not None and after is not None and after < before - 3:
                     falls.append(f"{task}/{metric} {after - before:+.1f}")
-    checks.append("no negation task falls by more than 3 points: " + ("met" if not falls else "MISSED (" + ", ".join(falls) + ")"))
+    checks.append(
+        "no negation task falls by more than 3 points: "
+        + ("met" if not falls else "MISSED (" + ", ".join(falls) + ")")
+    )
     for metric in RETRIEVAL_R1:
         before, after = value(metric, base), value(metric, tuned)
         if before is not None and after is not None:
@@ -251,8 +328,17 @@ def world_key(args: argparse.Namespace) -> str:
     captions' words and rates) rebuilds it."""
     from omninegclip.building.shapes import WORLD_FEATURES, phrasing_fingerprint
 
-    return json.dumps({"seed": args.seed, "num_train": args.num_train, "num_test": args.num_test, "statement_rate": args.statement_rate,
-                       "columns": sorted(WORLD_FEATURES), "phrasings": phrasing_fingerprint()}, sort_keys=True)
+    return json.dumps(
+        {
+            "seed": args.seed,
+            "num_train": args.num_train,
+            "num_test": args.num_test,
+            "statement_rate": args.statement_rate,
+            "columns": sorted(WORLD_FEATURES),
+            "phrasings": phrasing_fingerprint(),
+        },
+        sort_keys=True,
+    )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -260,18 +346,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", default="runs/default", help="Folder for the world, the models and the results.")
     parser.add_argument("--ablations", action="store_true", help="Run the ablation table instead of the default pair.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the world and the pretrained base.")
-    parser.add_argument("--seeds", default=None,
-                        help="Comma-separated fine-tuning seeds (default: --seed). With several, every seed fine-tunes "
-                             "and evaluates the same cached base, and OUT/seeds/ gets mean ± std of every metric.")
+    parser.add_argument(
+        "--seeds",
+        default=None,
+        help="Comma-separated fine-tuning seeds (default: --seed). With several, every seed fine-tunes "
+        "and evaluates the same cached base, and OUT/seeds/ gets mean ± std of every metric.",
+    )
     parser.add_argument("--num_train", type=int, default=16000, help="World training scenes.")
     parser.add_argument("--num_test", type=int, default=2000, help="World held-out test scenes.")
-    parser.add_argument("--statement_rate", type=float, default=0.0,
-                        help="Share of the world's training rows with both negations written as statements (data_builder.py "
-                             "--statement_rate; the pretraining captions are the same either way). Default: 0.")
+    parser.add_argument(
+        "--statement_rate",
+        type=float,
+        default=0.0,
+        help="Share of the world's training rows with both negations written as statements (data_builder.py "
+        "--statement_rate; the pretraining captions are the same either way). Default: 0.",
+    )
     parser.add_argument("--pretrain_epochs", type=float, default=5)
     parser.add_argument("--finetune_epochs", type=float, default=3)
-    parser.add_argument("--recipes", default=f"{FAITHFUL.name},{IMPROVED.name}",
-                        help="Comma-separated fine-tuning recipes of the default run (see ABLATIONS and TRANSFER).")
+    parser.add_argument(
+        "--recipes",
+        default=f"{FAITHFUL.name},{IMPROVED.name}",
+        help="Comma-separated fine-tuning recipes of the default run (see ABLATIONS and TRANSFER).",
+    )
     args = parser.parse_args(argv)
     try:
         args.seeds = [args.seed] if args.seeds is None else [int(seed) for seed in args.seeds.split(",")]
@@ -295,9 +391,25 @@ def ensure_world(args: argparse.Namespace) -> Path:
     if stamp.is_file() and stamp.read_text() == wanted and (world / "dataset_dict.json").is_file():
         print(f"world: reusing {world}")
         return world
-    run([sys.executable, "data_builder.py", "shapes", "--out", str(world), "--seed", str(args.seed), "--overwrite",
-         "--num_train", str(args.num_train), "--num_test", str(args.num_test), "--statement_rate", str(args.statement_rate)],
-        args.out / "logs" / "world.log")
+    run(
+        [
+            sys.executable,
+            "data_builder.py",
+            "shapes",
+            "--out",
+            str(world),
+            "--seed",
+            str(args.seed),
+            "--overwrite",
+            "--num_train",
+            str(args.num_train),
+            "--num_test",
+            str(args.num_test),
+            "--statement_rate",
+            str(args.statement_rate),
+        ],
+        args.out / "logs" / "world.log",
+    )
     stamp.write_text(wanted)
     return world
 
@@ -306,8 +418,15 @@ def ensure_base(args: argparse.Namespace, world: Path, widget: Path) -> Path:
     """The pretrained stand-in for CLIP under OUT/base, pretrained again only when what it depends
     on (model size, seed, epochs, the world's key) changed."""
     base, size = args.out / "base", SMALL_CLIP
-    key = json.dumps({"size": size.__dict__, "seed": args.seed, "epochs": args.pretrain_epochs,
-                      "world": json.loads(world_key(args))}, sort_keys=True)
+    key = json.dumps(
+        {
+            "size": size.__dict__,
+            "seed": args.seed,
+            "epochs": args.pretrain_epochs,
+            "world": json.loads(world_key(args)),
+        },
+        sort_keys=True,
+    )
     stamp = base / "pretrain_key.json"
     if stamp.is_file() and stamp.read_text() == key:
         print(f"pretrained base: reusing {base}")
@@ -315,32 +434,99 @@ def ensure_base(args: argparse.Namespace, world: Path, widget: Path) -> Path:
     init = args.out / "init"
     shutil.rmtree(init, ignore_errors=True)
     make_initial_model(init, size, args.seed, world_pixel_statistics(world))
-    run([sys.executable, "train.py", "--model_name_or_path", str(init), "--dataset_name", str(world),
-         "--output_dir", str(base), "--overwrite_output_dir", "true", "--caption_column", "pretrain_caption",
-         "--presence_column", "none", "--absence_column", "none",
-         "--text_preset", "whole", "--train_vision_tower", "true", "--cache_image_embeddings", "false",
-         *flags(dict(per_device_train_batch_size=128, learning_rate=5e-4, weight_decay=0.1, warmup_steps=100,
-                     lr_scheduler_type="cosine", num_train_epochs=args.pretrain_epochs, logging_steps=25,
-                     eval_strategy="no", save_strategy="no", report_to="none", seed=args.seed,
-                     disable_tqdm=True)),
-         "--widget_examples", str(widget), "--card_datasets", HUB_NAMES["world"]],
-        args.out / "logs" / "pretrain.log")
+    run(
+        [
+            sys.executable,
+            "train.py",
+            "--model_name_or_path",
+            str(init),
+            "--dataset_name",
+            str(world),
+            "--output_dir",
+            str(base),
+            "--overwrite_output_dir",
+            "true",
+            "--caption_column",
+            "pretrain_caption",
+            "--presence_column",
+            "none",
+            "--absence_column",
+            "none",
+            "--text_preset",
+            "whole",
+            "--train_vision_tower",
+            "true",
+            "--cache_image_embeddings",
+            "false",
+            *flags(
+                dict(
+                    per_device_train_batch_size=128,
+                    learning_rate=5e-4,
+                    weight_decay=0.1,
+                    warmup_steps=100,
+                    lr_scheduler_type="cosine",
+                    num_train_epochs=args.pretrain_epochs,
+                    logging_steps=25,
+                    eval_strategy="no",
+                    save_strategy="no",
+                    report_to="none",
+                    seed=args.seed,
+                    disable_tqdm=True,
+                )
+            ),
+            "--widget_examples",
+            str(widget),
+            "--card_datasets",
+            HUB_NAMES["world"],
+        ],
+        args.out / "logs" / "pretrain.log",
+    )
     stamp.write_text(key)
     return base
 
 
-def finetune(args: argparse.Namespace, recipe: Recipe, base: Path, world: Path, widget: Path, target: Path, seed: int,
-             log: Path) -> None:
+def finetune(
+    args: argparse.Namespace, recipe: Recipe, base: Path, world: Path, widget: Path, target: Path, seed: int, log: Path
+) -> None:
     """One recipe on the base through train.py, into `target` (a rerun replaces the earlier model)."""
-    run([sys.executable, "train.py", "--model_name_or_path", str(base), "--dataset_name", str(world),
-         "--output_dir", str(target), "--overwrite_output_dir", "true",
-         *flags(dict(per_device_train_batch_size=128, learning_rate=1e-3, weight_decay=0.2, warmup_steps=20,
-                     lr_scheduler_type="cosine", num_train_epochs=args.finetune_epochs, logging_steps=25,
-                     eval_strategy="no", save_strategy="no", report_to="none", seed=seed,
-                     disable_tqdm=True)),
-         "--widget_examples", str(widget), "--card_base_model", HUB_NAMES["base"], "--card_datasets", HUB_NAMES["world"],
-         *flags(recipe.flags)],
-        log)
+    run(
+        [
+            sys.executable,
+            "train.py",
+            "--model_name_or_path",
+            str(base),
+            "--dataset_name",
+            str(world),
+            "--output_dir",
+            str(target),
+            "--overwrite_output_dir",
+            "true",
+            *flags(
+                dict(
+                    per_device_train_batch_size=128,
+                    learning_rate=1e-3,
+                    weight_decay=0.2,
+                    warmup_steps=20,
+                    lr_scheduler_type="cosine",
+                    num_train_epochs=args.finetune_epochs,
+                    logging_steps=25,
+                    eval_strategy="no",
+                    save_strategy="no",
+                    report_to="none",
+                    seed=seed,
+                    disable_tqdm=True,
+                )
+            ),
+            "--widget_examples",
+            str(widget),
+            "--card_base_model",
+            HUB_NAMES["base"],
+            "--card_datasets",
+            HUB_NAMES["world"],
+            *flags(recipe.flags),
+        ],
+        log,
+    )
 
 
 def seed_folder(args: argparse.Namespace, seed: int) -> Path:
@@ -349,7 +535,9 @@ def seed_folder(args: argparse.Namespace, seed: int) -> Path:
     return args.out if seed == args.seeds[0] else args.out / "seeds" / f"seed-{seed}"
 
 
-def run_one_seed(args: argparse.Namespace, base: Path, world: Path, widget: Path, seed: int) -> tuple[Path, EvalResults]:
+def run_one_seed(
+    args: argparse.Namespace, base: Path, world: Path, widget: Path, seed: int
+) -> tuple[Path, EvalResults]:
     """Fine-tune every recipe with `seed` and evaluate them beside the base; returns the results
     folder and its results. The first seed also makes its folders Hub-ready and runs the widget."""
     folder = seed_folder(args, seed)
@@ -362,9 +550,26 @@ def run_one_seed(args: argparse.Namespace, base: Path, world: Path, widget: Path
     names = ["base"] + [recipe.name for recipe in args.recipe_list]
     # The ablation table keeps to the training phrasings (eleven models; the default run reports both).
     tasks = "world_train,layerwise" if args.ablations else "world,layerwise"
-    run([sys.executable, "-m", "eval", *map(str, models), "--model_names", ",".join(names), "--tasks", tasks,
-         "--world", str(world), "--dataset_ids", f"world={HUB_NAMES['world']}", "--out", str(results), "--no_progress"],
-        folder / "logs" / "eval.log")
+    run(
+        [
+            sys.executable,
+            "-m",
+            "eval",
+            *map(str, models),
+            "--model_names",
+            ",".join(names),
+            "--tasks",
+            tasks,
+            "--world",
+            str(world),
+            "--dataset_ids",
+            f"world={HUB_NAMES['world']}",
+            "--out",
+            str(results),
+            "--no_progress",
+        ],
+        folder / "logs" / "eval.log",
+    )
     report = EvalResults.from_json(results / "results.json")
     summary = summarize(report, "base", names[1:])
     if not args.ablations and folder == args.out:
@@ -414,7 +619,9 @@ def aggregate_seeds(reports: dict[int, dict]) -> dict:
                     continue
                 for model, value in by_model.items():
                     if isinstance(value, (int, float)) or value is None:
-                        slot = metrics.setdefault(task, {}).setdefault(metric, {}).setdefault(model, [None] * len(seeds))
+                        slot = (
+                            metrics.setdefault(task, {}).setdefault(metric, {}).setdefault(model, [None] * len(seeds))
+                        )
                         slot[seeds.index(seed)] = value
     out: dict = {}
     for task, by_metric in metrics.items():
@@ -431,10 +638,17 @@ def describe_seeds(aggregate: dict, base: str, tuned: list[str]) -> str:
     """Markdown: mean ± std over seeds of every headline metric and of every change against the
     base, then the targets checked on the means."""
     seeds, metrics = aggregate["seeds"], aggregate["metrics"]
-    means = {task: {metric: {model: cell["mean"] for model, cell in by_model.items()} for metric, by_model in by_metric.items()}
-             for task, by_metric in metrics.items()}
-    lines = [f"Mean ± standard deviation over fine-tuning seeds {', '.join(map(str, seeds))} (the same world and "
-             "pretrained base; percent; Δ = fine-tuned minus base, per seed, then averaged).", ""]
+    means = {
+        task: {
+            metric: {model: cell["mean"] for model, cell in by_model.items()} for metric, by_model in by_metric.items()
+        }
+        for task, by_metric in metrics.items()
+    }
+    lines = [
+        f"Mean ± standard deviation over fine-tuning seeds {', '.join(map(str, seeds))} (the same world and "
+        "pretrained base; percent; Δ = fine-tuned minus base, per seed, then averaged).",
+        "",
+    ]
     for template_set in ("train", "heldout"):
         header = "| metric | " + " | ".join([base] + tuned) + " | " + " | ".join(f"Δ {name}" for name in tuned) + " |"
         rows = []
@@ -442,16 +656,35 @@ def describe_seeds(aggregate: dict, base: str, tuned: list[str]) -> str:
             for metric, by_model in metrics.get(f"world_{template_set}/{task}", {}).items():
                 if metric.endswith(("R@10", "group_mean")) or "image_to_text/R@5" in metric or base not in by_model:
                     continue
-                rows.append(f"| {task}/{metric} | " + " | ".join(
-                    [_mean_std(by_model.get(name, {}).get("values", [])) for name in [base] + tuned]
-                    + [_mean_std(_deltas(by_model, name, base), signed=True) for name in tuned]) + " |")
+                rows.append(
+                    f"| {task}/{metric} | "
+                    + " | ".join(
+                        [_mean_std(by_model.get(name, {}).get("values", [])) for name in [base] + tuned]
+                        + [_mean_std(_deltas(by_model, name, base), signed=True) for name in tuned]
+                    )
+                    + " |"
+                )
         if not rows:
             continue
         phrasing = "training" if template_set == "train" else "unseen"
-        lines += [f"### Held-out scenes, {phrasing} phrasing templates", "", header,
-                  "|---|" + "---:|" * (1 + 2 * len(tuned)), *rows, "", f"Targets on the means ({phrasing} phrasings):", ""]
-        lines += [f"- `{name}`: " + "; ".join(_target_checks(SeedMeans(means), template_set, base, name)
-                                              + _beats_reference(means, template_set, FAITHFUL.name, name)) for name in tuned]
+        lines += [
+            f"### Held-out scenes, {phrasing} phrasing templates",
+            "",
+            header,
+            "|---|" + "---:|" * (1 + 2 * len(tuned)),
+            *rows,
+            "",
+            f"Targets on the means ({phrasing} phrasings):",
+            "",
+        ]
+        lines += [
+            f"- `{name}`: "
+            + "; ".join(
+                _target_checks(SeedMeans(means), template_set, base, name)
+                + _beats_reference(means, template_set, FAITHFUL.name, name)
+            )
+            for name in tuned
+        ]
         lines.append("")
     return "\n".join(lines)
 
@@ -476,7 +709,9 @@ def _beats_reference(means: dict, template_set: str, reference: str, tuned: str)
         return []
     losses, compared = [], 0
     for task in NEGATION_TASKS:
-        ours, theirs = (means.get(f"world_{template_set}/{task}", {}).get("accuracy", {}).get(name) for name in (tuned, reference))
+        ours, theirs = (
+            means.get(f"world_{template_set}/{task}", {}).get("accuracy", {}).get(name) for name in (tuned, reference)
+        )
         if ours is None or theirs is None or theirs >= 0.99:
             continue
         compared += 1
@@ -484,7 +719,10 @@ def _beats_reference(means: dict, template_set: str, reference: str, tuned: str)
             losses.append(f"{task} {100 * ours:.1f} vs {100 * theirs:.1f}")
     if not compared:
         return []
-    return [f"beats `{reference}` where it is below 99 %: " + ("met" if not losses else "MISSED (" + ", ".join(losses) + ")")]
+    return [
+        f"beats `{reference}` where it is below 99 %: "
+        + ("met" if not losses else "MISSED (" + ", ".join(losses) + ")")
+    ]
 
 
 def _deltas(by_model: dict, name: str, base: str) -> list[float | None]:
@@ -511,9 +749,14 @@ def attach_results(checkpoint: Path, results: EvalResults, name: str) -> None:
 
     write_outputs(results, checkpoint / "eval", model=name)
     base = name == "base"
-    write_model_card(checkpoint, repo_id=HUB_NAMES["base"] if base else f"omninegclip-world-{name}",
-                     base_description=BASE_DESCRIPTION if base else None, results=results, results_model=name,
-                     overwrite=True)
+    write_model_card(
+        checkpoint,
+        repo_id=HUB_NAMES["base"] if base else f"omninegclip-world-{name}",
+        base_description=BASE_DESCRIPTION if base else None,
+        results=results,
+        results_model=name,
+        overwrite=True,
+    )
 
 
 if __name__ == "__main__":

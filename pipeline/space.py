@@ -51,7 +51,9 @@ def gradio_version() -> str:
     requirement = Requirement(pinned(ROOT / "requirements-demo.txt", ("gradio",))["gradio"])
     versions = [spec.version for spec in requirement.specifier if spec.operator == "=="]
     if not versions:
-        raise UserError(f"{ROOT / 'requirements-demo.txt'}: gradio must be pinned with == (the Space's sdk_version), got {requirement}")
+        raise UserError(
+            f"{ROOT / 'requirements-demo.txt'}: gradio must be pinned with == (the Space's sdk_version), got {requirement}"
+        )
     return versions[0]
 
 
@@ -86,8 +88,9 @@ The models are the `models` listed above (fine-tuned first, then base); `OMNINEG
     return SpaceCard(f"---\n{data.to_yaml()}\n---\n{body}")
 
 
-def write_space(folder: str | Path, model_repo_id: str, base_repo_id: str, license: str = "mit",
-                overwrite: bool = False) -> Path:
+def write_space(
+    folder: str | Path, model_repo_id: str, base_repo_id: str, license: str = "mit", overwrite: bool = False
+) -> Path:
     """Write the Space folder (README.md, app.py, requirements.txt); returns its card's path.
     Refuses to replace those files unless `overwrite`."""
     folder = Path(folder)
@@ -103,13 +106,28 @@ def write_space(folder: str | Path, model_repo_id: str, base_repo_id: str, licen
     return folder / "README.md"
 
 
-def push_space(folder: str | Path, space_id: str, model_repo_id: str, base_repo_id: str, token: str | None = None,
-               private: bool | None = None, **space_kwargs) -> str:
+def push_space(
+    folder: str | Path,
+    space_id: str,
+    model_repo_id: str,
+    base_repo_id: str,
+    token: str | None = None,
+    private: bool | None = None,
+    **space_kwargs,
+) -> str:
     """Create (or reuse) the Space, write the folder, upload it in one commit; returns the Space id."""
-    full_id = create_repo(space_id, repo_type="space", space_sdk="gradio", token=token, private=private, exist_ok=True).repo_id
+    full_id = create_repo(
+        space_id, repo_type="space", space_sdk="gradio", token=token, private=private, exist_ok=True
+    ).repo_id
     write_space(folder, model_repo_id, base_repo_id, **space_kwargs)
-    upload_folder(repo_id=full_id, repo_type="space", folder_path=str(folder), allow_patterns=list(SPACE_FILES),
-                  token=token, commit_message="Omni-NegCLIP demo")
+    upload_folder(
+        repo_id=full_id,
+        repo_type="space",
+        folder_path=str(folder),
+        allow_patterns=list(SPACE_FILES),
+        token=token,
+        commit_message="Omni-NegCLIP demo",
+    )
     return full_id
 
 
@@ -125,13 +143,24 @@ def main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     for flag, value in (("--model", args.model), ("--base", args.base)):
         if Path(value).exists() or value.count("/") != 1:
-            raise UserError(f"{flag} {value}: expected a Hub model id (owner/name); a Space cannot load a local folder")
+            raise UserError(
+                f"{flag} {value}: expected a Hub model id (owner/name); a Space cannot load a local folder"
+            )
     if args.push_to_hub:
-        space_id = push_space(args.folder, args.push_to_hub, args.model, args.base, private=args.private or None,
-                              license=args.license, overwrite=args.overwrite)
+        space_id = push_space(
+            args.folder,
+            args.push_to_hub,
+            args.model,
+            args.base,
+            private=args.private or None,
+            license=args.license,
+            overwrite=args.overwrite,
+        )
         print(f"pushed to https://huggingface.co/spaces/{space_id}")
     else:
-        print(f"wrote {write_space(args.folder, args.model, args.base, license=args.license, overwrite=args.overwrite)}")
+        print(
+            f"wrote {write_space(args.folder, args.model, args.base, license=args.license, overwrite=args.overwrite)}"
+        )
 
 
 def cli() -> None:

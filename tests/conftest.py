@@ -19,8 +19,19 @@ from omninegclip.common.clip import ClipSize
 from omninegclip.common.tokenization import build_clip_tokenizer
 
 # The tests' tiny real CLIP: 5 text layers so that "only the front N train" is observable.
-TINY_CLIP = ClipSize(text_hidden=32, text_layers=5, text_heads=4, vision_hidden=32, vision_layers=2, vision_heads=4,
-                     image_size=30, patch_size=2, projection_dim=16, text_intermediate=37, vision_intermediate=37)
+TINY_CLIP = ClipSize(
+    text_hidden=32,
+    text_layers=5,
+    text_heads=4,
+    vision_hidden=32,
+    vision_layers=2,
+    vision_heads=4,
+    image_size=30,
+    patch_size=2,
+    projection_dim=16,
+    text_intermediate=37,
+    vision_intermediate=37,
+)
 TINY_TEXT_LAYERS = TINY_CLIP.text_layers
 
 # Tiny models gain nothing from a second thread, and on a busy 2-core machine thread

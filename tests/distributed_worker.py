@@ -77,7 +77,9 @@ def rows_of(batch: dict[str, torch.Tensor], rows: slice) -> dict[str, torch.Tens
     return local
 
 
-def step(model: OmniNegCLIPModel, inputs: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def step(
+    model: OmniNegCLIPModel, inputs: dict[str, torch.Tensor]
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Forward + backward; the loss terms and the gradients."""
     model.zero_grad()
     output = model(**inputs, return_loss=True)
@@ -131,7 +133,9 @@ def enable_engines_on_cpu() -> None:
         if self.distributed_type == DistributedType.MULTI_CPU and os.environ.get("ACCELERATE_USE_FSDP") == "true":
             self.distributed_type = DistributedType.FSDP
             if getattr(self, "fsdp_plugin", None) is None:
-                self.fsdp_plugin = kwargs.get("fsdp_plugin") or FullyShardedDataParallelPlugin()  # reads the FSDP_* settings
+                self.fsdp_plugin = (
+                    kwargs.get("fsdp_plugin") or FullyShardedDataParallelPlugin()
+                )  # reads the FSDP_* settings
 
     state.PartialState._prepare_backend = cpu_backend
     state.AcceleratorState.__init__ = fsdp_on_cpu
@@ -155,8 +159,11 @@ def report_engine(model) -> dict:
         for name, unit in units.items():
             # parameters this unit manages itself: those not inside a nested unit
             nested = [other for other in units if other != name and other.startswith(f"{name}." if name else "")]
-            own = [param for pname, param in unit.named_parameters(prefix=name)
-                   if not any(pname.startswith(f"{other}.") for other in nested)]
+            own = [
+                param
+                for pname, param in unit.named_parameters(prefix=name)
+                if not any(pname.startswith(f"{other}.") for other in nested)
+            ]
             if len({param.requires_grad for param in own}) > 1:
                 mixed.append(name or "<root>")
         record |= {"engine": "FSDP2", "units": len(units), "mixed_requires_grad_units": mixed}
@@ -180,7 +187,11 @@ def train(argv: list[str]) -> None:
 
     def reporting_prepare(self, *args, **kwargs):
         prepared = prepare(self, *args, **kwargs)
-        models = [item for item in (prepared if isinstance(prepared, (tuple, list)) else (prepared,)) if isinstance(item, torch.nn.Module)]
+        models = [
+            item
+            for item in (prepared if isinstance(prepared, (tuple, list)) else (prepared,))
+            if isinstance(item, torch.nn.Module)
+        ]
         if models and self.is_main_process:
             print("engine: " + json.dumps(report_engine(models[0])), flush=True)
         return prepared

@@ -9,22 +9,26 @@ from __future__ import annotations
 import modeling_omninegclip as table
 
 SCENE = table.CaptionSet(
-    name="scene", column="scene_negated", flag="scene_column", input_ids="scene_negated_input_ids",
-    attention_mask="scene_negated_attention_mask", row_mask="scene_mask", output="scene_negated_embeds",
+    name="scene",
+    column="scene_negated",
+    flag="scene_column",
+    input_ids="scene_negated_input_ids",
+    attention_mask="scene_negated_attention_mask",
+    row_mask="scene_mask",
+    output="scene_negated_embeds",
     help="Column with scene-negated captions.",
 )
 table.CAPTION_SETS = table.CAPTION_SETS + (SCENE,)  # the one new row
 
 import datasets  # noqa: E402
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from conftest import tiny_clip_config  # noqa: E402
 from transformers import HfArgumentParser  # noqa: E402
 
 import data_builder  # noqa: E402
 import modeling_omninegclip as modeling  # noqa: E402
-from conftest import tiny_clip_config  # noqa: E402
-from omninegclip.training.config import OmniNegCLIPConfig  # noqa: E402
 from omninegclip.common.tokenization import build_clip_tokenizer  # noqa: E402
+from omninegclip.training.config import OmniNegCLIPConfig  # noqa: E402
 from omninegclip.training.data import OmniNegCollator, PackedRows, prepare_dataset  # noqa: E402
 from omninegclip.training.images import ImagePass  # noqa: E402
 
@@ -43,7 +47,8 @@ modeling.LOSS_TERMS = modeling.LOSS_TERMS + (modeling.LossTerm("loss_scene", ("c
 # The builder's schema and train.py's flags.
 assert "scene_negated" in data_builder.TEXT_COLUMNS and "scene_negated" in data_builder.contract_features()
 (flags,) = HfArgumentParser(OmniNegCLIPConfig).parse_args_into_dataclasses(
-    ["--output_dir", "unused", "--report_to", "none", "--use_cpu", "true", "--scene_column", "scene_negated"])
+    ["--output_dir", "unused", "--report_to", "none", "--use_cpu", "true", "--scene_column", "scene_negated"]
+)
 columns = flags.columns()
 assert columns.scene == "scene_negated" and columns.flags()["scene_negated"] == "--scene_column", columns
 
@@ -58,8 +63,13 @@ rows = {
 config = tiny_clip_config()
 embeds = torch.randn(3, config.projection_dim)
 tokenizer = build_clip_tokenizer()
-prepared, (report,) = prepare_dataset([datasets.Dataset.from_dict(rows)], ["fifth"], columns, tokenizer,
-                                      images=lambda refs: ImagePass(embeds[: len(refs)]))
+prepared, (report,) = prepare_dataset(
+    [datasets.Dataset.from_dict(rows)],
+    ["fifth"],
+    columns,
+    tokenizer,
+    images=lambda refs: ImagePass(embeds[: len(refs)]),
+)
 assert [bool(ids) for ids in prepared.tokens[SCENE.input_ids]] == [True, False, True]
 assert report.with_sets["scene"] == 2 and report.to_json()["with_scene"] == 2, report
 
@@ -68,15 +78,18 @@ torch.manual_seed(0)
 model = modeling.OmniNegCLIPModel(config).eval()
 assert "scene" in model.loss_config.caption_sets_read()
 packed = PackedRows(prepared.tokens, tokenizer.pad_token_id, prepared.image_index, prepared.image_embeds)
-batch = OmniNegCollator(packed, model.loss_config.caption_sets_read())([{"row_id": r, "packed_row": r} for r in range(3)])
+batch = OmniNegCollator(packed, model.loss_config.caption_sets_read())(
+    [{"row_id": r, "packed_row": r} for r in range(3)]
+)
 batch.pop("row_ids")
 assert batch["scene_mask"].tolist() == [True, False, True] and batch["scene_negated_input_ids"].shape[0] == 3
 
 # The forward encodes it, the gather carries it, the output reports it and the loss adds its term.
 with torch.no_grad():
     output = model(**batch)
-    features = model.get_text_features(input_ids=batch["scene_negated_input_ids"],
-                                       attention_mask=batch["scene_negated_attention_mask"]).pooler_output
+    features = model.get_text_features(
+        input_ids=batch["scene_negated_input_ids"], attention_mask=batch["scene_negated_attention_mask"]
+    ).pooler_output
 expected = torch.nn.functional.normalize(features, dim=-1) * batch["scene_mask"][:, None]
 torch.testing.assert_close(output.scene_negated_embeds, expected, rtol=1e-5, atol=1e-6)
 (global_batch,) = seen

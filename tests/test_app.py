@@ -71,7 +71,9 @@ def two_models(tmp_path_factory, tokenizer, processor) -> tuple[Path, Path]:
         processor.save_pretrained(folders[name])
     examples = load_widget_examples(write_world_widget_examples(root / "world"))
     # The record train.py leaves beside the weights, without which no card is written.
-    (folders["tuned"] / "training_provenance.json").write_text(json.dumps({"base_model": str(folders["base"]), "data": []}))
+    (folders["tuned"] / "training_provenance.json").write_text(
+        json.dumps({"base_model": str(folders["base"]), "data": []})
+    )
     write_model_card(folders["tuned"], widget_examples=examples)
     return folders["tuned"], folders["base"]
 
@@ -110,7 +112,10 @@ def test_models_from_flag_env_space_card_then_default(tmp_path, monkeypatch):
         app.choose_models(None, None, folder=tmp_path)
     for default in (app.DEFAULT_MODEL, app.DEFAULT_BASE):
         (tmp_path / default).mkdir(parents=True)
-    assert app.choose_models(None, None, folder=tmp_path) == (str(tmp_path / app.DEFAULT_MODEL), str(tmp_path / app.DEFAULT_BASE))
+    assert app.choose_models(None, None, folder=tmp_path) == (
+        str(tmp_path / app.DEFAULT_MODEL),
+        str(tmp_path / app.DEFAULT_BASE),
+    )
     space = tmp_path / "space"
     write_space(space, "me/tuned", "me/base")
     assert app.choose_models(None, None, folder=space) == ("me/tuned", "me/base")
@@ -134,14 +139,17 @@ def test_cli_names_the_flag_of_a_bad_model(tmp_path, two_models, capsys):
     with pytest.raises(SystemExit) as exit_info:
         run_cli(app.main, ["--model", str(tuned), "--base", str(tmp_path / "nothing-here")])
     assert exit_info.value.code == EXIT_USER_ERROR
-    assert f"--base {tmp_path / 'nothing-here'} does not exist (expected a CLIP checkpoint folder or a Hub id)" in capsys.readouterr().err
+    assert (
+        f"--base {tmp_path / 'nothing-here'} does not exist (expected a CLIP checkpoint folder or a Hub id)"
+        in capsys.readouterr().err
+    )
 
 
 # ---- bad models and bad inputs (issue 25) ----------------------------------------------------------
 
 BROKEN_MODELS = {  # kind -> what the refusal says (the same words as python -m eval's)
     "weights_lack_two_text_layers": "model.safetensors does not fit its config.json: missing from the weights (they would stay random): "
-                                    "text_model.encoder.layers.3.",
+    "text_model.encoder.layers.3.",
     "bert_with_clip_processor": "not a CLIP checkpoint (its config.json has model_type 'bert', expected 'clip')",
     "weights_truncated": "model.safetensors cannot be read (",
     "folder_without_config": "not a CLIP checkpoint (a folder without config.json)",
@@ -159,8 +167,9 @@ def broken_models(tmp_path_factory, processor) -> dict[str, Path]:
     CLIPModel(tiny_clip_config(text_layers=3)).save_pretrained(folders["weights_lack_two_text_layers"])
     config = folders["weights_lack_two_text_layers"] / "config.json"
     config.write_text(config.read_text().replace('"num_hidden_layers": 3', '"num_hidden_layers": 5'))
-    BertModel(BertConfig(vocab_size=32, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=8)).save_pretrained(folders["bert_with_clip_processor"])
+    BertModel(
+        BertConfig(vocab_size=32, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8)
+    ).save_pretrained(folders["bert_with_clip_processor"])
     CLIPModel(tiny_clip_config()).save_pretrained(folders["weights_truncated"])
     weights = folders["weights_truncated"] / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
@@ -170,7 +179,9 @@ def broken_models(tmp_path_factory, processor) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize("kind", list(BROKEN_MODELS))
-def test_the_demo_refuses_at_start_what_eval_refuses_in_the_same_words(kind, broken_models, two_models, capsys, monkeypatch):
+def test_the_demo_refuses_at_start_what_eval_refuses_in_the_same_words(
+    kind, broken_models, two_models, capsys, monkeypatch
+):
     import gradio
 
     from eval.runner import load_clip
@@ -187,8 +198,14 @@ def test_the_demo_refuses_at_start_what_eval_refuses_in_the_same_words(kind, bro
         run_cli(app.main, ["--model", folder, "--base", str(two_models[1])])
     assert exit_info.value.code == EXIT_USER_ERROR
     error = capsys.readouterr().err
-    paragraphs = [line for line in re.split(r"[\r\n]", error) if line.startswith("error: ")]  # (after transformers' progress bar)
-    assert len(paragraphs) == 1 and paragraphs[0].startswith(f"error: --model {folder}") and BROKEN_MODELS[kind] in paragraphs[0]
+    paragraphs = [
+        line for line in re.split(r"[\r\n]", error) if line.startswith("error: ")
+    ]  # (after transformers' progress bar)
+    assert (
+        len(paragraphs) == 1
+        and paragraphs[0].startswith(f"error: --model {folder}")
+        and BROKEN_MODELS[kind] in paragraphs[0]
+    )
     assert "Traceback" not in error
 
 
@@ -205,25 +222,45 @@ def uploads(tmp_path_factory) -> dict[str, dict]:
     Image.new("RGB", (64, 64), "white").save(root / "white.png")
     (root / "notes.txt").write_text("not an image")
     (root / "cut.png").write_bytes((root / "white.png").read_bytes()[:60])
-    return {name: {"path": str(root / name), "orig_name": name, "mime_type": None} for name in ("white.png", "notes.txt", "cut.png")}
+    return {
+        name: {"path": str(root / name), "orig_name": name, "mime_type": None}
+        for name in ("white.png", "notes.txt", "cut.png")
+    }
 
 
 LONG_CAPTION = "a red circle and " + "a long winding description of everything else in the picture " * 8 + "no square"
 BAD_INPUTS = {  # name -> (upload, captions, template, what the page says)
     "no_image": (None, f"{WRONG}\n{RIGHT}", "{}", "Upload an image first (or pick an example below)."),
-    "upload_not_an_image": ("notes.txt", f"{WRONG}\n{RIGHT}", "{}",
-                            "The upload 'notes.txt' cannot be read as an image (not an image PIL can read (corrupt or not an image file)): "
-                            "upload an image file (PNG, JPEG, WebP, GIF, BMP or TIFF)."),
+    "upload_not_an_image": (
+        "notes.txt",
+        f"{WRONG}\n{RIGHT}",
+        "{}",
+        "The upload 'notes.txt' cannot be read as an image (not an image PIL can read (corrupt or not an image file)): "
+        "upload an image file (PNG, JPEG, WebP, GIF, BMP or TIFF).",
+    ),
     "upload_cut_short": ("cut.png", f"{WRONG}\n{RIGHT}", "{}", "The upload 'cut.png' cannot be read as an image ("),
     "one_caption": ("white.png", RIGHT, "{}", "Type at least two candidate captions, one per line (got 1)."),
-    "template_with_two_placeholders": ("white.png", f"{WRONG}\n{RIGHT}", "{} and {}",
-                                       "The template must hold exactly one {}, where each caption goes, and no other braces: "
-                                       "'{} and {}' has 2 {} (e.g. 'a photo of {}.', or {} alone for the captions as typed)."),
-    "template_with_a_named_field": ("white.png", f"{WRONG}\n{RIGHT}", "a {x} photo of {}",
-                                    "The template must hold exactly one {}, where each caption goes, and no other braces: "
-                                    "'a {x} photo of {}' also has {x}."),
+    "template_with_two_placeholders": (
+        "white.png",
+        f"{WRONG}\n{RIGHT}",
+        "{} and {}",
+        "The template must hold exactly one {}, where each caption goes, and no other braces: "
+        "'{} and {}' has 2 {} (e.g. 'a photo of {}.', or {} alone for the captions as typed).",
+    ),
+    "template_with_a_named_field": (
+        "white.png",
+        f"{WRONG}\n{RIGHT}",
+        "a {x} photo of {}",
+        "The template must hold exactly one {}, where each caption goes, and no other braces: "
+        "'a {x} photo of {}' also has {x}.",
+    ),
     "template_without_placeholder": ("white.png", f"{WRONG}\n{RIGHT}", "a photo", "'a photo' has no {}"),
-    "template_with_a_stray_brace": ("white.png", f"{WRONG}\n{RIGHT}", "a photo of {}}", "'a photo of {}}' also has }."),
+    "template_with_a_stray_brace": (
+        "white.png",
+        f"{WRONG}\n{RIGHT}",
+        "a photo of {}}",
+        "'a photo of {}}' also has }.",
+    ),
 }
 
 
@@ -240,7 +277,9 @@ def test_bad_inputs_get_a_message_saying_what_is_expected(name, classifiers, upl
 def test_on_a_space_uploads_are_read_with_pil_alone(uploads, monkeypatch):
     monkeypatch.setattr(app, "open_rgb_image", None)  # as on a Space: no omninegclip package
     assert app.read_image(uploads["white.png"]).mode == "RGB"
-    with pytest.raises(ValueError, match=r"^the upload 'notes.txt' cannot be read as an image \(cannot identify image file"):
+    with pytest.raises(
+        ValueError, match=r"^the upload 'notes.txt' cannot be read as an image \(cannot identify image file"
+    ):
         app.read_image(uploads["notes.txt"])
 
 
@@ -250,12 +289,16 @@ def test_a_caption_over_77_tokens_is_cut_as_eval_cuts_it_and_the_page_says_so(cl
     template = "a photo of {}."
     assert len(tokenizer(template.format(LONG_CAPTION))["input_ids"]) > 77
     base, tuned, note = app.answer(classifiers, uploads["white.png"], f"{LONG_CAPTION}\n{WRONG}\n{RIGHT}", template)
-    assert note.startswith("Note: 1 caption(s) longer than the 77 tokens CLIP's text encoder reads (in the template): caption 1 ('a red circle")
+    assert note.startswith(
+        "Note: 1 caption(s) longer than the 77 tokens CLIP's text encoder reads (in the template): caption 1 ('a red circle"
+    )
     assert "Each model read only their first 77 tokens, as `python -m eval` and `train.py` do." in note
     picture = app.read_image(uploads["white.png"])
     for scores, classifier in ((base, classifiers["base"]), (tuned, classifiers["model"])):
         model = classifier.model
-        texts = embed_texts(model, classifier.tokenizer, [template.format(c) for c in (LONG_CAPTION, WRONG, RIGHT)], progress=False)
+        texts = embed_texts(
+            model, classifier.tokenizer, [template.format(c) for c in (LONG_CAPTION, WRONG, RIGHT)], progress=False
+        )
         image = embed_images(model, classifier.image_processor, [picture], progress=False)
         expected = (model.logit_scale.exp() * image @ texts.T).softmax(-1)[0].tolist()
         assert [scores[c] for c in (LONG_CAPTION, WRONG, RIGHT)] == pytest.approx(expected, abs=1e-5)
@@ -272,16 +315,21 @@ def test_the_served_demo_answers_bad_inputs_with_its_own_messages(two_models, up
     monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")  # offline: no usage reports
     tuned, base = two_models
     demo, _ = app.build_demo(str(tuned), str(base))
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True, ssr_mode=False)
+    _, url, _ = demo.launch(
+        server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True, ssr_mode=False
+    )
     try:
         client = Client(url, verbose=False)
-        for upload, template, message in (("notes.txt", "{}", BAD_INPUTS["upload_not_an_image"][3]),
-                                          ("white.png", "{} and {}", BAD_INPUTS["template_with_two_placeholders"][3])):
+        for upload, template, message in (
+            ("notes.txt", "{}", BAD_INPUTS["upload_not_an_image"][3]),
+            ("white.png", "{} and {}", BAD_INPUTS["template_with_two_placeholders"][3]),
+        ):
             with pytest.raises(AppError) as error:
                 client.predict(handle_file(uploads[upload]["path"]), f"{WRONG}\n{RIGHT}", template, api_name="/run")
             assert str(error.value) == message
-        base_scores, tuned_scores, note = client.predict(handle_file(uploads["white.png"]["path"]), f"{LONG_CAPTION}\n{RIGHT}", "{}",
-                                                         api_name="/run")
+        base_scores, tuned_scores, note = client.predict(
+            handle_file(uploads["white.png"]["path"]), f"{LONG_CAPTION}\n{RIGHT}", "{}", api_name="/run"
+        )
         assert {row["label"] for row in tuned_scores["confidences"]} == {LONG_CAPTION, RIGHT}
         assert note.startswith("Note: 1 caption(s) longer than the 77 tokens")
     finally:
@@ -309,8 +357,14 @@ def test_app_in_headless_chromium(two_models, monkeypatch):
     tuned, base = two_models
     monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")  # offline: no usage reports
     demo, example_folders = app.build_demo(str(tuned), str(base))
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
-                            ssr_mode=False, allowed_paths=example_folders)
+    _, url, _ = demo.launch(
+        server_name="127.0.0.1",
+        server_port=free_port(),
+        prevent_thread_lock=True,
+        quiet=True,
+        ssr_mode=False,
+        allowed_paths=example_folders,
+    )
     try:
         with playwright.sync_playwright() as driver:
             browser = driver.chromium.launch(executable_path=executable, headless=True)
@@ -319,7 +373,9 @@ def test_app_in_headless_chromium(two_models, monkeypatch):
                 page.set_default_timeout(60_000)  # a bound on every wait below, not a measurement
                 page.goto(url)
                 page.get_by_text(WHICH["title"]).click()
-                playwright.expect(page.locator("#captions textarea")).to_have_value("\n".join(WHICH["candidate_labels"]))
+                playwright.expect(page.locator("#captions textarea")).to_have_value(
+                    "\n".join(WHICH["candidate_labels"])
+                )
                 page.locator("#submit").click()
                 tuned_top = page.locator("#model-scores [data-testid='label-output-value']")
                 base_top = page.locator("#base-scores [data-testid='label-output-value']")
@@ -364,7 +420,9 @@ def test_space_folder(tmp_path, monkeypatch):
     assert SpaceCard.load(folder / "README.md").data.models == ["me/a", "me/b"]
 
     uploads = []
-    monkeypatch.setattr(space, "create_repo", lambda repo_id, **kwargs: type("Url", (), {"repo_id": f"me/{repo_id}"})())
+    monkeypatch.setattr(
+        space, "create_repo", lambda repo_id, **kwargs: type("Url", (), {"repo_id": f"me/{repo_id}"})()
+    )
     monkeypatch.setattr(space, "upload_folder", lambda **kwargs: uploads.append(kwargs))
     assert space.push_space(tmp_path / "pushed", "demo", "me/a", "me/b") == "me/demo"
     assert uploads[0]["repo_type"] == "space" and uploads[0]["repo_id"] == "me/demo"
@@ -380,8 +438,10 @@ def test_space_app_runs_without_the_project(tmp_path):
     folder = tmp_path / "space"
     write_space(folder, "me/tuned", "me/base")
     # The package is installed here (pip install -e .); a Space has none: make importing it fail.
-    probe = ("import sys; sys.modules['omninegclip'] = None; import app; "
-             "assert not any(name.startswith('omninegclip.') for name in sys.modules); print(app.choose_models(None, None))")
+    probe = (
+        "import sys; sys.modules['omninegclip'] = None; import app; "
+        "assert not any(name.startswith('omninegclip.') for name in sys.modules); print(app.choose_models(None, None))"
+    )
     env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", app.MODEL_ENV, app.BASE_ENV)}
     result = subprocess.run([sys.executable, "-c", probe], cwd=folder, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

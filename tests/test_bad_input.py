@@ -58,7 +58,9 @@ class Evil:
 
 def png_bytes(mode: str = "RGB", size: int = 8) -> bytes:
     buffer = io.BytesIO()
-    Image.new(mode, (size, size), 128 if mode in ("L", "LA") else (200, 30, 30, 255)[: len(mode)]).save(buffer, format="PNG")
+    Image.new(mode, (size, size), 128 if mode in ("L", "LA") else (200, 30, 30, 255)[: len(mode)]).save(
+        buffer, format="PNG"
+    )
     return buffer.getvalue()
 
 
@@ -71,7 +73,12 @@ class Fixtures:
         self._outputs = 0
         images = root / "images"
         images.mkdir()
-        for name, mode, size in (("ok.png", "RGB", 8), ("rgba.png", "RGBA", 8), ("gray.png", "L", 8), ("big.png", "RGB", 64)):
+        for name, mode, size in (
+            ("ok.png", "RGB", 8),
+            ("rgba.png", "RGBA", 8),
+            ("gray.png", "L", 8),
+            ("big.png", "RGB", 64),
+        ):
             (images / name).write_bytes(png_bytes(mode, size))
         (images / "grad16.png").write_bytes(gradient_16_bit_png())
         (images / "corrupt.png").write_bytes(b"this is not an image")
@@ -103,7 +110,9 @@ class Fixtures:
     @staticmethod
     def dead_pid() -> int:
         """The id of a process that has finished."""
-        finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+        finished = subprocess.run(
+            [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+        )
         return int(finished.stdout)
 
     def write(self, name: str, text: str | bytes) -> str:
@@ -117,17 +126,39 @@ class Fixtures:
 
     def pairs(self, name: str, *extra: dict) -> str:
         """A JSONL image-caption file: two good rows, then `extra`."""
-        good = [{"image": "images/ok.png", "caption": "a dog on a couch"}, {"image": "images/ok.png", "caption": "a cat on a bed"}]
+        good = [
+            {"image": "images/ok.png", "caption": "a dog on a couch"},
+            {"image": "images/ok.png", "caption": "a cat on a bed"},
+        ]
         return self.jsonl(name, [*good, *extra])
 
     def coco(self, captions: dict | str | None = None) -> list[str]:
         """`coco` flags of a small valid COCO; `captions` replaces the captions file (a dict, or raw text)."""
-        images = [{"id": 1, "file_name": "ok.png", "width": 8, "height": 8}, {"id": 2, "file_name": "gray.png", "width": 8, "height": 8}]
+        images = [
+            {"id": 1, "file_name": "ok.png", "width": 8, "height": 8},
+            {"id": 2, "file_name": "gray.png", "width": 8, "height": 8},
+        ]
         if not (self.root / "instances.json").exists():
-            self.write("instances.json", json.dumps({"images": images, "categories": [{"id": 18, "name": "dog"}, {"id": 63, "name": "couch"}],
-                                                     "annotations": [{"image_id": 1, "category_id": 18, "bbox": [0, 0, 2, 2]},
-                                                                     {"image_id": 2, "category_id": 63, "bbox": [0, 0, 4, 4]}]}))
-        good = {"images": images, "annotations": [{"id": 1, "image_id": 1, "caption": "a dog"}, {"id": 2, "image_id": 2, "caption": "a couch"}]}
+            self.write(
+                "instances.json",
+                json.dumps(
+                    {
+                        "images": images,
+                        "categories": [{"id": 18, "name": "dog"}, {"id": 63, "name": "couch"}],
+                        "annotations": [
+                            {"image_id": 1, "category_id": 18, "bbox": [0, 0, 2, 2]},
+                            {"image_id": 2, "category_id": 63, "bbox": [0, 0, 4, 4]},
+                        ],
+                    }
+                ),
+            )
+        good = {
+            "images": images,
+            "annotations": [
+                {"id": 1, "image_id": 1, "caption": "a dog"},
+                {"id": 2, "image_id": 2, "caption": "a couch"},
+            ],
+        }
         if captions is None:
             name = self.write("captions.json", json.dumps(good))
         else:
@@ -139,9 +170,17 @@ class Fixtures:
         """A CC-Neg .pt of two items on ok.png: a good one, and one whose negative prompt is `second_negative`."""
         path = self.root / name
         if not path.exists():
-            entry = lambda negative: {"json": {"caption": "a dog on a couch"}, "sop_data": {"negative-prompt": negative, "sop_chosen_object": "dog"}}  # noqa: E731
-            torch.save({"image_paths": ["/workspace/datasets/cc3m/cc3m_subset_images_extracted_final/ok.png"] * 2,
-                        "annotations": [entry("no dog on a couch"), entry(second_negative)]}, path)
+            entry = lambda negative: {
+                "json": {"caption": "a dog on a couch"},
+                "sop_data": {"negative-prompt": negative, "sop_chosen_object": "dog"},
+            }  # noqa: E731
+            torch.save(
+                {
+                    "image_paths": ["/workspace/datasets/cc3m/cc3m_subset_images_extracted_final/ok.png"] * 2,
+                    "annotations": [entry("no dog on a couch"), entry(second_negative)],
+                },
+                path,
+            )
         return str(path)
 
     def evil_pickle(self) -> str:
@@ -185,7 +224,9 @@ class Fixtures:
     def gpt2(self) -> str:
         path = self.root / "gpt2"
         if not path.exists():
-            config = GPT2Config(vocab_size=16, n_embd=8, n_layer=1, n_head=2, n_positions=32, bos_token_id=1, eos_token_id=1)
+            config = GPT2Config(
+                vocab_size=16, n_embd=8, n_layer=1, n_head=2, n_positions=32, bos_token_id=1, eos_token_id=1
+            )
             GPT2LMHeadModel(config).save_pretrained(path)
         return str(path)
 
@@ -193,25 +234,65 @@ class Fixtures:
         (self.root / name).mkdir(exist_ok=True)
         return self.path(name)
 
-    def dataset(self, name: str, captions: list[object], modes: tuple[str, ...] = ("RGB",), features: datasets.Features | None = None) -> str:
+    def dataset(
+        self,
+        name: str,
+        captions: list[object],
+        modes: tuple[str, ...] = ("RGB",),
+        features: datasets.Features | None = None,
+    ) -> str:
         """A save_to_disk DatasetDict with the builder's contract columns."""
         path = self.root / name
         if not path.exists():
-            rows = [dict(image={"bytes": png_bytes(modes[index % len(modes)]), "path": f"{index}.png"}, caption=caption,
-                         presence_negated="no dog on a couch", absence_negated="a dog on a couch with no cat",
-                         absence_affirmed="a dog on a couch, with a cat", present_objects=["dog", "couch"],
-                         negated_object="dog", absent_object="cat", presence_rewrite="t", absence_rewrite="t", source="t",
-                         image_id=str(index), source_index=index) for index, caption in enumerate(captions)]
+            rows = [
+                dict(
+                    image={"bytes": png_bytes(modes[index % len(modes)]), "path": f"{index}.png"},
+                    caption=caption,
+                    presence_negated="no dog on a couch",
+                    absence_negated="a dog on a couch with no cat",
+                    absence_affirmed="a dog on a couch, with a cat",
+                    present_objects=["dog", "couch"],
+                    negated_object="dog",
+                    absent_object="cat",
+                    presence_rewrite="t",
+                    absence_rewrite="t",
+                    source="t",
+                    image_id=str(index),
+                    source_index=index,
+                )
+                for index, caption in enumerate(captions)
+            ]
             features = features or data_builder.contract_features()
-            split = datasets.Dataset.from_list(rows, features=features) if rows else datasets.Dataset.from_dict({key: [] for key in features}, features=features)
+            split = (
+                datasets.Dataset.from_list(rows, features=features)
+                if rows
+                else datasets.Dataset.from_dict({key: [] for key in features}, features=features)
+            )
             datasets.DatasetDict(train=split).save_to_disk(str(path), num_shards={"train": 1})
         return str(path)
 
     def train_args(self, dataset: str, *extra: str) -> list[str]:
         output = [] if "--output_dir" in extra else ["--output_dir", self.out()]
-        return ["--model_name_or_path", self.clip(), "--dataset_name", dataset, *output, "--report_to", "none",
-                "--max_steps", "1", "--per_device_train_batch_size", "2", "--use_cpu", "true", "--save_strategy", "no",
-                "--eval_strategy", "no", *extra]
+        return [
+            "--model_name_or_path",
+            self.clip(),
+            "--dataset_name",
+            dataset,
+            *output,
+            "--report_to",
+            "none",
+            "--max_steps",
+            "1",
+            "--per_device_train_batch_size",
+            "2",
+            "--use_cpu",
+            "true",
+            "--save_strategy",
+            "no",
+            "--eval_strategy",
+            "no",
+            *extra,
+        ]
 
     def checkpoint(self) -> str:
         """The checkpoint-1 folder of a one-step run on the `good` dataset (trained on first use)."""
@@ -219,7 +300,15 @@ class Fixtures:
         if not (run / "checkpoint-1").is_dir():
             import train
 
-            train.main([*self.train_args(self.dataset("good", ["a dog"] * 4), "--output_dir", str(run)), "--save_strategy", "steps", "--save_steps", "1"])
+            train.main(
+                [
+                    *self.train_args(self.dataset("good", ["a dog"] * 4), "--output_dir", str(run)),
+                    "--save_strategy",
+                    "steps",
+                    "--save_steps",
+                    "1",
+                ]
+            )
             self.checkpoint_digest = folder_digest(run)
         return str(run / "checkpoint-1")
 
@@ -229,7 +318,10 @@ class Fixtures:
 
     def mcq(self, name: str, *images: str, caption: str = "a dog") -> str:
         header = "image_path,correct_answer,caption_0,caption_1,caption_2,caption_3,correct_answer_template\n"
-        return self.write(name, header + "".join(f"{self.images / image},0,{caption},no dog,a cat,no cat,negation\n" for image in images))
+        return self.write(
+            name,
+            header + "".join(f"{self.images / image},0,{caption},no dog,a cat,no cat,negation\n" for image in images),
+        )
 
     def eval_args(self, model: str, *extra: str) -> list[str]:
         return [model, "--out", self.out(), "--no_progress", *extra]
@@ -253,7 +345,9 @@ class Case:
 def no_weights(folder: Path) -> None:
     """Nothing that looks like a trained model was written into `folder`."""
     written = sorted(path.name for path in Path(folder).glob("*")) if Path(folder).is_dir() else []
-    assert not [name for name in written if name.endswith((".safetensors", ".bin")) or name in ("README.md", "config.json")], written
+    assert not [
+        name for name in written if name.endswith((".safetensors", ".bin")) or name in ("README.md", "config.json")
+    ], written
 
 
 def gradient_kept(out: Path) -> None:
@@ -269,8 +363,11 @@ def gradient_kept(out: Path) -> None:
 
 def folder_digest(folder: Path) -> dict[str, str]:
     """Every file under `folder` (hidden ones aside) and a hash of its bytes."""
-    return {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
-            for path in sorted(Path(folder).rglob("*")) if path.is_file() and not path.name.startswith(".")}
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(Path(folder).rglob("*"))
+        if path.is_file() and not path.name.startswith(".")
+    }
 
 
 def unchanged(folder: Path, digest: dict[str, str]) -> None:
@@ -311,310 +408,1381 @@ CASES = [
     # ------------------------------------------------------------------ data_builder.py: flags
     Case("data_builder", "no_source", lambda fx: [], 2, ("the following arguments are required: SOURCE",)),
     Case("data_builder", "missing_out", lambda fx: ["shapes"], 2, ("the following arguments are required: --out",)),
-    Case("data_builder", "unknown_source", lambda fx: ["imagenet", "--out", fx.out()], 2, ("invalid choice: 'imagenet'",)),
-    Case("data_builder", "unknown_flag", lambda fx: ["shapes", "--out", fx.out(), "--colour", "red"], 2, ("unrecognized arguments: --colour red",)),
-    Case("data_builder", "wrong_type_int", lambda fx: ["shapes", "--out", fx.out(), "--num_train", "many"], 2, ("argument --num_train: invalid int value: 'many'",)),
-    Case("data_builder", "wrong_type_float", lambda fx: db(*fx.coco(), "--out", fx.out(), "--validation_fraction", "half"), 2,
-         ("argument --validation_fraction: invalid float value: 'half'",)),
-    Case("data_builder", "fraction_out_of_range", lambda fx: db(*fx.coco(), "--out", fx.out(), "--validation_fraction", "1.5"), 2,
-         ("--validation_fraction 1.5 must be in [0, 1)",)),
-    Case("data_builder", "negative_count", lambda fx: db("shapes", "--out", fx.out(), "--num_train", "-1"), 2, ("--num_train -1 must be at least 0",)),
-    Case("data_builder", "image_size_zero", lambda fx: db("shapes", "--out", fx.out(), "--image_size", "0"), 2,
-         ("--image_size 0 must be between 8 and 1024",)),
-    Case("data_builder", "max_image_pixels_zero", lambda fx: db(*fx.coco(), "--out", fx.out(), "--max_image_pixels", "0"), 2,
-         ("--max_image_pixels 0 must be at least 1",)),
-    Case("data_builder", "download_timeout_zero", lambda fx: db("captions", "--dataset", fx.pairs("p.jsonl"), "--out", fx.out(), "--download_timeout", "0"), 2,
-         ("--download_timeout 0.0 must be > 0 seconds",)),
-    Case("data_builder", "out_is_a_file", lambda fx: db(*fx.coco(), "--out", fx.write("a_file", "x")), 2, ("a_file: is a file, expected a folder",)),
-    Case("data_builder", "out_not_writable", lambda fx: db(*fx.coco(), "--out", fx.write("a_file", "x") + "/sub/out"), 2,
-         ("--out", "a_file/sub/out: its folder", "is not writable (Not a directory); nothing was done",)),
-    Case("data_builder", "out_exists", lambda fx: db(*fx.coco(), "--out", fx.existing_out()), 2, ("already exists; pass --overwrite to replace it",)),
-    Case("data_builder", "overwrite_not_ours", lambda fx: db(*fx.coco(), "--out", fx.existing_out(), "--overwrite"), 2,
-         ("--overwrite only replaces a dataset this tool built",)),
+    Case(
+        "data_builder",
+        "unknown_source",
+        lambda fx: ["imagenet", "--out", fx.out()],
+        2,
+        ("invalid choice: 'imagenet'",),
+    ),
+    Case(
+        "data_builder",
+        "unknown_flag",
+        lambda fx: ["shapes", "--out", fx.out(), "--colour", "red"],
+        2,
+        ("unrecognized arguments: --colour red",),
+    ),
+    Case(
+        "data_builder",
+        "wrong_type_int",
+        lambda fx: ["shapes", "--out", fx.out(), "--num_train", "many"],
+        2,
+        ("argument --num_train: invalid int value: 'many'",),
+    ),
+    Case(
+        "data_builder",
+        "wrong_type_float",
+        lambda fx: db(*fx.coco(), "--out", fx.out(), "--validation_fraction", "half"),
+        2,
+        ("argument --validation_fraction: invalid float value: 'half'",),
+    ),
+    Case(
+        "data_builder",
+        "fraction_out_of_range",
+        lambda fx: db(*fx.coco(), "--out", fx.out(), "--validation_fraction", "1.5"),
+        2,
+        ("--validation_fraction 1.5 must be in [0, 1)",),
+    ),
+    Case(
+        "data_builder",
+        "negative_count",
+        lambda fx: db("shapes", "--out", fx.out(), "--num_train", "-1"),
+        2,
+        ("--num_train -1 must be at least 0",),
+    ),
+    Case(
+        "data_builder",
+        "image_size_zero",
+        lambda fx: db("shapes", "--out", fx.out(), "--image_size", "0"),
+        2,
+        ("--image_size 0 must be between 8 and 1024",),
+    ),
+    Case(
+        "data_builder",
+        "max_image_pixels_zero",
+        lambda fx: db(*fx.coco(), "--out", fx.out(), "--max_image_pixels", "0"),
+        2,
+        ("--max_image_pixels 0 must be at least 1",),
+    ),
+    Case(
+        "data_builder",
+        "download_timeout_zero",
+        lambda fx: db("captions", "--dataset", fx.pairs("p.jsonl"), "--out", fx.out(), "--download_timeout", "0"),
+        2,
+        ("--download_timeout 0.0 must be > 0 seconds",),
+    ),
+    Case(
+        "data_builder",
+        "out_is_a_file",
+        lambda fx: db(*fx.coco(), "--out", fx.write("a_file", "x")),
+        2,
+        ("a_file: is a file, expected a folder",),
+    ),
+    Case(
+        "data_builder",
+        "out_not_writable",
+        lambda fx: db(*fx.coco(), "--out", fx.write("a_file", "x") + "/sub/out"),
+        2,
+        (
+            "--out",
+            "a_file/sub/out: its folder",
+            "is not writable (Not a directory); nothing was done",
+        ),
+    ),
+    Case(
+        "data_builder",
+        "out_exists",
+        lambda fx: db(*fx.coco(), "--out", fx.existing_out()),
+        2,
+        ("already exists; pass --overwrite to replace it",),
+    ),
+    Case(
+        "data_builder",
+        "overwrite_not_ours",
+        lambda fx: db(*fx.coco(), "--out", fx.existing_out(), "--overwrite"),
+        2,
+        ("--overwrite only replaces a dataset this tool built",),
+    ),
     # ------------------------------------------------------------------ data_builder.py: files
-    Case("data_builder", "captions_file_missing", lambda fx: db("coco", "--captions", fx.path("nowhere.json"), *fx.coco()[3:], "--out", fx.out()), 2,
-         ("nowhere.json: no such file (expected a COCO captions_*.json file)",)),
-    Case("data_builder", "images_folder_missing", lambda fx: db(*fx.coco()[:5], "--images", fx.path("no_images"), "--out", fx.out()), 2,
-         ("no_images: no such folder (the --images folder of images)",)),
-    Case("data_builder", "malformed_json", lambda fx: db(*fx.coco('{"images": [}'), "--out", fx.out()), 2, ("not valid JSON (line 1, column 13",)),
-    Case("data_builder", "missing_key", lambda fx: db(*fx.coco({"images": [], "annotations": [{"image_id": 1, "caption": "a"}, {"image_id": 1}]}), "--out", fx.out()), 2,
-         ("annotations[1] has no 'caption' key",)),
-    Case("data_builder", "id_of_wrong_type", lambda fx: db(*fx.coco({"images": [], "annotations": [{"image_id": [1], "caption": "a"}]}), "--out", fx.out()), 2,
-         ("'image_id' in annotations[0] is a list ([1]), expected an integer or a string id",)),
-    Case("data_builder", "empty_coco", lambda fx: db(*fx.coco({"images": [], "annotations": []}), "--out", fx.out()), 2,
-         ("the source has no usable rows: no rows at all",)),
-    Case("data_builder", "dataset_missing", lambda fx: db("captions", "--dataset", fx.path("nowhere.jsonl"), "--out", fx.out()), 2,
-         ("nowhere.jsonl: no such file or folder",)),
-    Case("data_builder", "unknown_file_type", lambda fx: db("captions", "--dataset", fx.write("pairs.txt", "x"), "--out", fx.out()), 2,
-         ("pairs.txt: cannot tell how to read a '.txt' file; pass --loader json|csv|parquet",)),
-    Case("data_builder", "missing_column", lambda fx: db("captions", "--dataset", fx.pairs("p.jsonl"), "--caption_column", "text", "--out", fx.out()), 2,
-         ("p.jsonl: has no column 'text' (--caption_column); its columns are ['image', 'caption']",)),
-    Case("data_builder", "missing_split", lambda fx: db("captions", "--dataset", fx.pairs("p.jsonl"), "--split", "test", "--out", fx.out()), 2,
-         ("has no split 'test' (--split); it has ['train']",)),
-    Case("data_builder", "malformed_jsonl_row", lambda fx: db("captions", "--dataset", fx.write("broken.jsonl", '{"image": "images/ok.png", "caption": "a dog"}\n{"image": "x", "caption": \n'),
-                                                              "--out", fx.out()), 2,
-         ("broken.jsonl: line 2 is not valid JSON (Expecting value, column 27)",)),
-    Case("data_builder", "jsonl_row_not_an_object", lambda fx: db("captions", "--dataset", fx.pairs("list_row.jsonl", ["images/ok.png", "a dog"]), "--out", fx.out()), 2,
-         ("list_row.jsonl: line 3 is a list (['images/ok.png', 'a dog']), expected an object",)),
-    Case("data_builder", "malformed_csv_row", lambda fx: db("captions", "--dataset", fx.write("broken.csv", "image,caption\nimages/ok.png,a dog\nimages/ok.png,a dog, with a hat\n"),
-                                                            "--out", fx.out()), 2,
-         ("broken.csv: line 3 has 3 fields, but the header has 2 (image, caption)",)),
-    Case("data_builder", "empty_csv", lambda fx: db("captions", "--dataset", fx.write("empty.csv", ""), "--out", fx.out()), 2,
-         ("empty.csv: empty, expected a header row",)),
-    Case("data_builder", "empty_jsonl", lambda fx: db("captions", "--dataset", fx.write("empty.jsonl", "\n"), "--out", fx.out()), 2,
-         ("empty.jsonl: the source has no usable rows: no rows at all",)),
-    Case("data_builder", "not_utf8", lambda fx: db("captions", "--dataset", fx.write("latin1.csv", "image,caption\nimages/ok.png,caf\xe9\n".encode("latin-1")), "--out", fx.out()), 2,
-         ("latin1.csv: not UTF-8 text",)),
-    Case("data_builder", "no_usable_caption", lambda fx: db("captions", "--dataset", fx.jsonl("bad_captions.jsonl", [
-        {"image": "images/ok.png", "caption": 3}, {"image": "images/ok.png", "caption": " "}, {"image": "images/ok.png"}]), "--out", fx.out()), 2,
-         ("bad_captions.jsonl: the source has no usable rows: skipped 3 (caption_not_text: 1 [bad_captions.jsonl line 1 (column 'caption')]; "
-          "empty_caption: 1 [bad_captions.jsonl line 2 (column 'caption')]; missing_caption: 1 [bad_captions.jsonl line 3 (column 'caption')])",)),
-    Case("data_builder", "no_image_found", lambda fx: db("captions", "--dataset", fx.jsonl("no_images.jsonl", [
-        {"image": "images/nope1.png", "caption": "a dog on a couch"}, {"image": "images/nope2.png", "caption": "a cat on a bed"}]), "--out", fx.out()), 2,
-         ("no_images.jsonl: no row could be written (", "row:missing_image: 2")),
-    Case("data_builder", "malicious_pickle", lambda fx: db("ccneg", "--annotations", fx.evil_pickle(), "--images", str(fx.images), "--out", fx.out()), 2,
-         ("evil.pt: refused to load: the file needs arbitrary unpickling of exec, which could run code",)),
-    Case("data_builder", "not_a_torch_file", lambda fx: db("ccneg", "--annotations", fx.write("garbage.pt", b"not a torch file"), "--images", str(fx.images), "--out", fx.out()), 2,
-         ("garbage.pt: not a readable torch.save file",)),
-    Case("data_builder", "negationclip_missing_key", lambda fx: db("negationclip", "--annotations", fx.write("negclip.json", json.dumps(
-        {"images": [{"id": 1, "file_name": "ok.png"}], "annotations": [{"image_id": 1, "caption": "a dog"}]})), "--images", str(fx.images), "--out", fx.out()), 2,
-         ("negclip.json: annotations[0] has no 'updated_caption' key",)),
-    Case("data_builder", "rewriter_folder_missing", lambda fx: db(*fx.coco(), "--out", fx.out(), "--rewriter_model", fx.path("no_model")), 2,
-         ("--rewriter_model", "no_model': no such folder (expected a text-generation model folder or a Hub id)")),
-    Case("data_builder", "rewriter_is_clip", lambda fx: db(*fx.coco(), "--out", fx.out(), "--rewriter_model", fx.clip()), 2,
-         ("its config.json has model_type 'clip', which is not a text-generation (causal language) model",)),
-    Case("data_builder", "rewriter_not_a_model", lambda fx: db(*fx.coco(), "--out", fx.out(), "--rewriter_model", fx.folder("not_a_model")), 2,
-         ("not_a_model': holds no config.json (expected a text-generation model folder)",)),
-    Case("data_builder", "rewriter_hub_id_offline", lambda fx: db(*fx.coco(), "--out", fx.out(), "--rewriter_model", "nobody/no-such-lm"), 2,
-         ("--rewriter_model 'nobody/no-such-lm': could not load a text-generation model",)),
+    Case(
+        "data_builder",
+        "captions_file_missing",
+        lambda fx: db("coco", "--captions", fx.path("nowhere.json"), *fx.coco()[3:], "--out", fx.out()),
+        2,
+        ("nowhere.json: no such file (expected a COCO captions_*.json file)",),
+    ),
+    Case(
+        "data_builder",
+        "images_folder_missing",
+        lambda fx: db(*fx.coco()[:5], "--images", fx.path("no_images"), "--out", fx.out()),
+        2,
+        ("no_images: no such folder (the --images folder of images)",),
+    ),
+    Case(
+        "data_builder",
+        "malformed_json",
+        lambda fx: db(*fx.coco('{"images": [}'), "--out", fx.out()),
+        2,
+        ("not valid JSON (line 1, column 13",),
+    ),
+    Case(
+        "data_builder",
+        "missing_key",
+        lambda fx: db(
+            *fx.coco({"images": [], "annotations": [{"image_id": 1, "caption": "a"}, {"image_id": 1}]}),
+            "--out",
+            fx.out(),
+        ),
+        2,
+        ("annotations[1] has no 'caption' key",),
+    ),
+    Case(
+        "data_builder",
+        "id_of_wrong_type",
+        lambda fx: db(*fx.coco({"images": [], "annotations": [{"image_id": [1], "caption": "a"}]}), "--out", fx.out()),
+        2,
+        ("'image_id' in annotations[0] is a list ([1]), expected an integer or a string id",),
+    ),
+    Case(
+        "data_builder",
+        "empty_coco",
+        lambda fx: db(*fx.coco({"images": [], "annotations": []}), "--out", fx.out()),
+        2,
+        ("the source has no usable rows: no rows at all",),
+    ),
+    Case(
+        "data_builder",
+        "dataset_missing",
+        lambda fx: db("captions", "--dataset", fx.path("nowhere.jsonl"), "--out", fx.out()),
+        2,
+        ("nowhere.jsonl: no such file or folder",),
+    ),
+    Case(
+        "data_builder",
+        "unknown_file_type",
+        lambda fx: db("captions", "--dataset", fx.write("pairs.txt", "x"), "--out", fx.out()),
+        2,
+        ("pairs.txt: cannot tell how to read a '.txt' file; pass --loader json|csv|parquet",),
+    ),
+    Case(
+        "data_builder",
+        "missing_column",
+        lambda fx: db("captions", "--dataset", fx.pairs("p.jsonl"), "--caption_column", "text", "--out", fx.out()),
+        2,
+        ("p.jsonl: has no column 'text' (--caption_column); its columns are ['image', 'caption']",),
+    ),
+    Case(
+        "data_builder",
+        "missing_split",
+        lambda fx: db("captions", "--dataset", fx.pairs("p.jsonl"), "--split", "test", "--out", fx.out()),
+        2,
+        ("has no split 'test' (--split); it has ['train']",),
+    ),
+    Case(
+        "data_builder",
+        "malformed_jsonl_row",
+        lambda fx: db(
+            "captions",
+            "--dataset",
+            fx.write("broken.jsonl", '{"image": "images/ok.png", "caption": "a dog"}\n{"image": "x", "caption": \n'),
+            "--out",
+            fx.out(),
+        ),
+        2,
+        ("broken.jsonl: line 2 is not valid JSON (Expecting value, column 27)",),
+    ),
+    Case(
+        "data_builder",
+        "jsonl_row_not_an_object",
+        lambda fx: db(
+            "captions", "--dataset", fx.pairs("list_row.jsonl", ["images/ok.png", "a dog"]), "--out", fx.out()
+        ),
+        2,
+        ("list_row.jsonl: line 3 is a list (['images/ok.png', 'a dog']), expected an object",),
+    ),
+    Case(
+        "data_builder",
+        "malformed_csv_row",
+        lambda fx: db(
+            "captions",
+            "--dataset",
+            fx.write("broken.csv", "image,caption\nimages/ok.png,a dog\nimages/ok.png,a dog, with a hat\n"),
+            "--out",
+            fx.out(),
+        ),
+        2,
+        ("broken.csv: line 3 has 3 fields, but the header has 2 (image, caption)",),
+    ),
+    Case(
+        "data_builder",
+        "empty_csv",
+        lambda fx: db("captions", "--dataset", fx.write("empty.csv", ""), "--out", fx.out()),
+        2,
+        ("empty.csv: empty, expected a header row",),
+    ),
+    Case(
+        "data_builder",
+        "empty_jsonl",
+        lambda fx: db("captions", "--dataset", fx.write("empty.jsonl", "\n"), "--out", fx.out()),
+        2,
+        ("empty.jsonl: the source has no usable rows: no rows at all",),
+    ),
+    Case(
+        "data_builder",
+        "not_utf8",
+        lambda fx: db(
+            "captions",
+            "--dataset",
+            fx.write("latin1.csv", "image,caption\nimages/ok.png,caf\xe9\n".encode("latin-1")),
+            "--out",
+            fx.out(),
+        ),
+        2,
+        ("latin1.csv: not UTF-8 text",),
+    ),
+    Case(
+        "data_builder",
+        "no_usable_caption",
+        lambda fx: db(
+            "captions",
+            "--dataset",
+            fx.jsonl(
+                "bad_captions.jsonl",
+                [
+                    {"image": "images/ok.png", "caption": 3},
+                    {"image": "images/ok.png", "caption": " "},
+                    {"image": "images/ok.png"},
+                ],
+            ),
+            "--out",
+            fx.out(),
+        ),
+        2,
+        (
+            "bad_captions.jsonl: the source has no usable rows: skipped 3 (caption_not_text: 1 [bad_captions.jsonl line 1 (column 'caption')]; "
+            "empty_caption: 1 [bad_captions.jsonl line 2 (column 'caption')]; missing_caption: 1 [bad_captions.jsonl line 3 (column 'caption')])",
+        ),
+    ),
+    Case(
+        "data_builder",
+        "no_image_found",
+        lambda fx: db(
+            "captions",
+            "--dataset",
+            fx.jsonl(
+                "no_images.jsonl",
+                [
+                    {"image": "images/nope1.png", "caption": "a dog on a couch"},
+                    {"image": "images/nope2.png", "caption": "a cat on a bed"},
+                ],
+            ),
+            "--out",
+            fx.out(),
+        ),
+        2,
+        ("no_images.jsonl: no row could be written (", "row:missing_image: 2"),
+    ),
+    Case(
+        "data_builder",
+        "malicious_pickle",
+        lambda fx: db("ccneg", "--annotations", fx.evil_pickle(), "--images", str(fx.images), "--out", fx.out()),
+        2,
+        ("evil.pt: refused to load: the file needs arbitrary unpickling of exec, which could run code",),
+    ),
+    Case(
+        "data_builder",
+        "not_a_torch_file",
+        lambda fx: db(
+            "ccneg",
+            "--annotations",
+            fx.write("garbage.pt", b"not a torch file"),
+            "--images",
+            str(fx.images),
+            "--out",
+            fx.out(),
+        ),
+        2,
+        ("garbage.pt: not a readable torch.save file",),
+    ),
+    Case(
+        "data_builder",
+        "negationclip_missing_key",
+        lambda fx: db(
+            "negationclip",
+            "--annotations",
+            fx.write(
+                "negclip.json",
+                json.dumps(
+                    {
+                        "images": [{"id": 1, "file_name": "ok.png"}],
+                        "annotations": [{"image_id": 1, "caption": "a dog"}],
+                    }
+                ),
+            ),
+            "--images",
+            str(fx.images),
+            "--out",
+            fx.out(),
+        ),
+        2,
+        ("negclip.json: annotations[0] has no 'updated_caption' key",),
+    ),
+    Case(
+        "data_builder",
+        "rewriter_folder_missing",
+        lambda fx: db(*fx.coco(), "--out", fx.out(), "--rewriter_model", fx.path("no_model")),
+        2,
+        ("--rewriter_model", "no_model': no such folder (expected a text-generation model folder or a Hub id)"),
+    ),
+    Case(
+        "data_builder",
+        "rewriter_is_clip",
+        lambda fx: db(*fx.coco(), "--out", fx.out(), "--rewriter_model", fx.clip()),
+        2,
+        ("its config.json has model_type 'clip', which is not a text-generation (causal language) model",),
+    ),
+    Case(
+        "data_builder",
+        "rewriter_not_a_model",
+        lambda fx: db(*fx.coco(), "--out", fx.out(), "--rewriter_model", fx.folder("not_a_model")),
+        2,
+        ("not_a_model': holds no config.json (expected a text-generation model folder)",),
+    ),
+    Case(
+        "data_builder",
+        "rewriter_hub_id_offline",
+        lambda fx: db(*fx.coco(), "--out", fx.out(), "--rewriter_model", "nobody/no-such-lm"),
+        2,
+        ("--rewriter_model 'nobody/no-such-lm': could not load a text-generation model",),
+    ),
     # ------------------------------------------------------------------ data_builder.py: counted skips
-    Case("data_builder", "caption_not_text", lambda fx: db("captions", "--dataset", fx.pairs("not_text.jsonl", {"image": "images/ok.png", "caption": 7},
-                                                                                             {"image": "images/ok.png", "caption": {"en": "a dog"}}), "--out", fx.out()), 0,
-         ("source:caption_not_text: 2 [not_text.jsonl line 3 (column 'caption'); not_text.jsonl line 4 (column 'caption')]",)),
-    Case("data_builder", "empty_and_missing_captions", lambda fx: db("captions", "--dataset", fx.pairs("empty_caps.jsonl", {"image": "images/ok.png", "caption": ""},
-                                                                                                        {"image": "images/ok.png", "caption": None}, {"image": "images/ok.png"}),
-                                                                      "--out", fx.out()), 0,
-         ("source:empty_caption: 1 [empty_caps.jsonl line 3 (column 'caption')]",
-          "source:missing_caption: 2 [empty_caps.jsonl line 4 (column 'caption'); empty_caps.jsonl line 5 (column 'caption')]")),
-    Case("data_builder", "csv_empty_cell", lambda fx: db("captions", "--dataset", fx.write("cells.csv", "image,caption\nimages/ok.png,a dog on a couch\nimages/ok.png,\n"), "--out", fx.out()), 0,
-         ("source:empty_caption: 1 [cells.csv line 3 (column 'caption')]",)),
-    Case("data_builder", "corrupt_image", lambda fx: db("captions", "--dataset", fx.pairs("corrupt.jsonl", {"image": "images/corrupt.png", "caption": "a dog"}), "--out", fx.out()), 0,
-         ("row:corrupt_image: 1 [corrupt.png]",)),
-    Case("data_builder", "truncated_image", lambda fx: db("captions", "--dataset", fx.pairs("trunc.jsonl", {"image": "images/trunc.png", "caption": "a dog"}), "--out", fx.out()), 0,
-         ("row:corrupt_image: 1 [trunc.png]",)),
-    Case("data_builder", "missing_image", lambda fx: db("captions", "--dataset", fx.pairs("missing.jsonl", {"image": "images/nope.png", "caption": "a dog"}), "--out", fx.out()), 0,
-         ("row:missing_image: 1 [nope.png]",)),
-    Case("data_builder", "huge_image", lambda fx: db("captions", "--dataset", fx.pairs("huge.jsonl", {"image": "images/big.png", "caption": "a dog"}), "--out", fx.out(),
-                                                     "--max_image_pixels", "1000"), 0,
-         ("row:image_too_large: 1 [big.png]",)),
-    Case("data_builder", "grayscale_and_rgba_images", lambda fx: db("captions", "--dataset", fx.pairs("modes.jsonl", {"image": "images/gray.png", "caption": "a dog"},
-                                                                                                      {"image": "images/rgba.png", "caption": "a cat"}), "--out", fx.out()), 0,
-         ("converted to RGB from L: 1", "converted to RGB from RGBA: 1")),
-    Case("data_builder", "image_16_bit_scaled_not_whitened", lambda fx: db("captions", "--dataset", fx.pairs("grad16.jsonl", {"image": "images/grad16.png", "caption": "a dog"}),
-                                                                           "--out", fx.out()), 0,
-         ("converted to RGB from I;16: 1",), check=lambda fx: gradient_kept(fx.last_out)),
-    Case("data_builder", "presence_negation_still_affirms_its_object", lambda fx: db("captions", "--dataset", fx.pairs("two_dogs.jsonl", {"image": "images/ok.png",
-                                                                                                                          "caption": "a dog and another dog"}),
-                                                                                  "--out", fx.out()), 0,
-         ("presence:object_still_affirmed: 1",)),
-    Case("data_builder", "image_url_not_http", lambda fx: db("captions", "--dataset", fx.pairs("file_url.jsonl", {"image": "file:///etc/hostname", "caption": "a dog"}),
-                                                             "--out", fx.out()), 0,
-         ("row:image_url_not_http: 1 [file:///etc/hostname]",)),
-    Case("data_builder", "caption_of_unknown_image", lambda fx: db(*fx.coco({"images": [{"id": 1, "file_name": "ok.png"}],
-                                                                            "annotations": [{"image_id": 1, "caption": "a dog"}, {"image_id": 99, "caption": "a cat"}]}),
-                                                                   "--out", fx.out()), 0,
-         ("source:caption_of_unknown_image: 1 [", "annotations[1] (image_id 99)]")),
-    Case("data_builder", "caption_over_77_tokens", lambda fx: db("captions", "--dataset", fx.pairs("long.jsonl", {"image": "images/ok.png", "caption": LONG_CAPTION}),
-                                                                 "--out", fx.out()), 0,
-         ("longer than CLIP's 77 tokens (the text encoder reads only their start): caption 1",), once="77 tokens"),
+    Case(
+        "data_builder",
+        "caption_not_text",
+        lambda fx: db(
+            "captions",
+            "--dataset",
+            fx.pairs(
+                "not_text.jsonl",
+                {"image": "images/ok.png", "caption": 7},
+                {"image": "images/ok.png", "caption": {"en": "a dog"}},
+            ),
+            "--out",
+            fx.out(),
+        ),
+        0,
+        (
+            "source:caption_not_text: 2 [not_text.jsonl line 3 (column 'caption'); not_text.jsonl line 4 (column 'caption')]",
+        ),
+    ),
+    Case(
+        "data_builder",
+        "empty_and_missing_captions",
+        lambda fx: db(
+            "captions",
+            "--dataset",
+            fx.pairs(
+                "empty_caps.jsonl",
+                {"image": "images/ok.png", "caption": ""},
+                {"image": "images/ok.png", "caption": None},
+                {"image": "images/ok.png"},
+            ),
+            "--out",
+            fx.out(),
+        ),
+        0,
+        (
+            "source:empty_caption: 1 [empty_caps.jsonl line 3 (column 'caption')]",
+            "source:missing_caption: 2 [empty_caps.jsonl line 4 (column 'caption'); empty_caps.jsonl line 5 (column 'caption')]",
+        ),
+    ),
+    Case(
+        "data_builder",
+        "csv_empty_cell",
+        lambda fx: db(
+            "captions",
+            "--dataset",
+            fx.write("cells.csv", "image,caption\nimages/ok.png,a dog on a couch\nimages/ok.png,\n"),
+            "--out",
+            fx.out(),
+        ),
+        0,
+        ("source:empty_caption: 1 [cells.csv line 3 (column 'caption')]",),
+    ),
+    Case(
+        "data_builder",
+        "corrupt_image",
+        lambda fx: db(
+            "captions",
+            "--dataset",
+            fx.pairs("corrupt.jsonl", {"image": "images/corrupt.png", "caption": "a dog"}),
+            "--out",
+            fx.out(),
+        ),
+        0,
+        ("row:corrupt_image: 1 [corrupt.png]",),
+    ),
+    Case(
+        "data_builder",
+        "truncated_image",
+        lambda fx: db(
+            "captions",
+            "--dataset",
+            fx.pairs("trunc.jsonl", {"image": "images/trunc.png", "caption": "a dog"}),
+            "--out",
+            fx.out(),
+        ),
+        0,
+        ("row:corrupt_image: 1 [trunc.png]",),
+    ),
+    Case(
+        "data_builder",
+        "missing_image",
+        lambda fx: db(
+            "captions",
+            "--dataset",
+            fx.pairs("missing.jsonl", {"image": "images/nope.png", "caption": "a dog"}),
+            "--out",
+            fx.out(),
+        ),
+        0,
+        ("row:missing_image: 1 [nope.png]",),
+    ),
+    Case(
+        "data_builder",
+        "huge_image",
+        lambda fx: db(
+            "captions",
+            "--dataset",
+            fx.pairs("huge.jsonl", {"image": "images/big.png", "caption": "a dog"}),
+            "--out",
+            fx.out(),
+            "--max_image_pixels",
+            "1000",
+        ),
+        0,
+        ("row:image_too_large: 1 [big.png]",),
+    ),
+    Case(
+        "data_builder",
+        "grayscale_and_rgba_images",
+        lambda fx: db(
+            "captions",
+            "--dataset",
+            fx.pairs(
+                "modes.jsonl",
+                {"image": "images/gray.png", "caption": "a dog"},
+                {"image": "images/rgba.png", "caption": "a cat"},
+            ),
+            "--out",
+            fx.out(),
+        ),
+        0,
+        ("converted to RGB from L: 1", "converted to RGB from RGBA: 1"),
+    ),
+    Case(
+        "data_builder",
+        "image_16_bit_scaled_not_whitened",
+        lambda fx: db(
+            "captions",
+            "--dataset",
+            fx.pairs("grad16.jsonl", {"image": "images/grad16.png", "caption": "a dog"}),
+            "--out",
+            fx.out(),
+        ),
+        0,
+        ("converted to RGB from I;16: 1",),
+        check=lambda fx: gradient_kept(fx.last_out),
+    ),
+    Case(
+        "data_builder",
+        "presence_negation_still_affirms_its_object",
+        lambda fx: db(
+            "captions",
+            "--dataset",
+            fx.pairs("two_dogs.jsonl", {"image": "images/ok.png", "caption": "a dog and another dog"}),
+            "--out",
+            fx.out(),
+        ),
+        0,
+        ("presence:object_still_affirmed: 1",),
+    ),
+    Case(
+        "data_builder",
+        "image_url_not_http",
+        lambda fx: db(
+            "captions",
+            "--dataset",
+            fx.pairs("file_url.jsonl", {"image": "file:///etc/hostname", "caption": "a dog"}),
+            "--out",
+            fx.out(),
+        ),
+        0,
+        ("row:image_url_not_http: 1 [file:///etc/hostname]",),
+    ),
+    Case(
+        "data_builder",
+        "caption_of_unknown_image",
+        lambda fx: db(
+            *fx.coco(
+                {
+                    "images": [{"id": 1, "file_name": "ok.png"}],
+                    "annotations": [{"image_id": 1, "caption": "a dog"}, {"image_id": 99, "caption": "a cat"}],
+                }
+            ),
+            "--out",
+            fx.out(),
+        ),
+        0,
+        ("source:caption_of_unknown_image: 1 [", "annotations[1] (image_id 99)]"),
+    ),
+    Case(
+        "data_builder",
+        "caption_over_77_tokens",
+        lambda fx: db(
+            "captions",
+            "--dataset",
+            fx.pairs("long.jsonl", {"image": "images/ok.png", "caption": LONG_CAPTION}),
+            "--out",
+            fx.out(),
+        ),
+        0,
+        ("longer than CLIP's 77 tokens (the text encoder reads only their start): caption 1",),
+        once="77 tokens",
+    ),
     # ------------------------------------------------------------------ data_builder.py: COCO / CC-Neg readers (issue 14)
-    Case("data_builder", "coco_duplicate_image_id", lambda fx: db(*fx.coco({"images": [{"id": 1, "file_name": "ok.png"}, {"id": 1, "file_name": "gray.png"}],
-                                                                           "annotations": [{"image_id": 1, "caption": "a dog"}]}), "--out", fx.out()), 2,
-         ("images[1] repeats id 1 of images[0] with another file ('gray.png', not 'ok.png'); image ids must be unique",)),
-    Case("data_builder", "coco_image_id_string_vs_int", lambda fx: db(*fx.coco({"images": [{"id": 1, "file_name": "ok.png"}],
-                                                                               "annotations": [{"image_id": "1", "caption": "a dog"}]}), "--out", fx.out()), 2,
-         ("'image_id' in annotations[0] is the string '1' but its 'images' list has the id as the integer 1; the types differ",)),
-    Case("data_builder", "captions_per_image_negative", lambda fx: db(*fx.coco(), "--out", fx.out(), "--captions_per_image", "-3"), 2,
-         ("--captions_per_image -3 must be 0 (all of an image's captions) or more",)),
-    Case("data_builder", "images_dir_missing", lambda fx: db("captions", "--dataset", fx.pairs("p.jsonl"), "--images_dir", fx.path("no_such_dir"), "--out", fx.out()), 2,
-         ("no_such_dir: no such folder (the --images_dir folder of images)",)),
-    Case("data_builder", "num_proc_zero", lambda fx: db(*fx.coco(), "--out", fx.out(), "--num_proc", "0"), 2, ("--num_proc 0 must be at least 1",)),
-    Case("data_builder", "ccneg_negative_prompt_not_text", lambda fx: db("ccneg", "--annotations", fx.ccneg("int_prompt.pt", 7), "--images", str(fx.images),
-                                                                         "--eval_size", "0", "--out", fx.out()), 0,
-         ("presence:ccneg_negative_prompt_not_text: 1",)),
+    Case(
+        "data_builder",
+        "coco_duplicate_image_id",
+        lambda fx: db(
+            *fx.coco(
+                {
+                    "images": [{"id": 1, "file_name": "ok.png"}, {"id": 1, "file_name": "gray.png"}],
+                    "annotations": [{"image_id": 1, "caption": "a dog"}],
+                }
+            ),
+            "--out",
+            fx.out(),
+        ),
+        2,
+        (
+            "images[1] repeats id 1 of images[0] with another file ('gray.png', not 'ok.png'); image ids must be unique",
+        ),
+    ),
+    Case(
+        "data_builder",
+        "coco_image_id_string_vs_int",
+        lambda fx: db(
+            *fx.coco(
+                {"images": [{"id": 1, "file_name": "ok.png"}], "annotations": [{"image_id": "1", "caption": "a dog"}]}
+            ),
+            "--out",
+            fx.out(),
+        ),
+        2,
+        (
+            "'image_id' in annotations[0] is the string '1' but its 'images' list has the id as the integer 1; the types differ",
+        ),
+    ),
+    Case(
+        "data_builder",
+        "captions_per_image_negative",
+        lambda fx: db(*fx.coco(), "--out", fx.out(), "--captions_per_image", "-3"),
+        2,
+        ("--captions_per_image -3 must be 0 (all of an image's captions) or more",),
+    ),
+    Case(
+        "data_builder",
+        "images_dir_missing",
+        lambda fx: db(
+            "captions", "--dataset", fx.pairs("p.jsonl"), "--images_dir", fx.path("no_such_dir"), "--out", fx.out()
+        ),
+        2,
+        ("no_such_dir: no such folder (the --images_dir folder of images)",),
+    ),
+    Case(
+        "data_builder",
+        "num_proc_zero",
+        lambda fx: db(*fx.coco(), "--out", fx.out(), "--num_proc", "0"),
+        2,
+        ("--num_proc 0 must be at least 1",),
+    ),
+    Case(
+        "data_builder",
+        "ccneg_negative_prompt_not_text",
+        lambda fx: db(
+            "ccneg",
+            "--annotations",
+            fx.ccneg("int_prompt.pt", 7),
+            "--images",
+            str(fx.images),
+            "--eval_size",
+            "0",
+            "--out",
+            fx.out(),
+        ),
+        0,
+        ("presence:ccneg_negative_prompt_not_text: 1",),
+    ),
     # ------------------------------------------------------------------ train.py (what works today)
     Case("train", "no_dataset", lambda fx: [], 2, ("--dataset_name is required",)),
-    Case("train", "unknown_flag", lambda fx: fx.train_args(fx.dataset("good", ["a dog"] * 4), "--colour", "red"), 2,
-         ("unknown flag(s) in the command line: ['--colour', 'red']",)),
-    Case("train", "wrong_type", lambda fx: fx.train_args(fx.dataset("good", ["a dog"] * 4), "--learning_rate", "fast"), 2,
-         ("argument --learning_rate/--learning-rate: invalid float value: 'fast'",)),
-    Case("train", "caption_length_over_77", lambda fx: fx.train_args(fx.dataset("good", ["a dog"] * 4), "--max_caption_length", "100"), 2,
-         ("--max_caption_length must be in 3..77 (CLIP's context), got 100",)),
-    Case("train", "model_folder_missing", lambda fx: ["--model_name_or_path", fx.path("no_model"), *fx.train_args(fx.dataset("good", ["a dog"] * 4))[2:]], 2,
-         ("no_model' does not exist (expected a CLIP checkpoint folder or a Hub id)",)),
-    Case("train", "model_not_clip", lambda fx: ["--model_name_or_path", fx.gpt2(), *fx.train_args(fx.dataset("good", ["a dog"] * 4))[2:]], 2,
-         ("--model_name_or_path '", "gpt2': not a CLIP checkpoint (its config.json has model_type 'gpt2', expected 'clip')",)),
-    Case("train", "model_folder_without_config", lambda fx: ["--model_name_or_path", fx.folder("not_a_model"), *fx.train_args(fx.dataset("good", ["a dog"] * 4))[2:]], 2,
-         ("--model_name_or_path '", "not_a_model': not a CLIP checkpoint (a folder without config.json)",)),
-    Case("train", "model_hub_id_offline", lambda fx: ["--model_name_or_path", "nobody/no-such-clip", *fx.train_args(fx.dataset("good", ["a dog"] * 4))[2:]], 2,
-         ("--model_name_or_path 'nobody/no-such-clip': cannot read its config as a Hub id or folder",)),
-    Case("train", "dataset_missing", lambda fx: fx.train_args(fx.path("no_data")), 2, ("no_data' does not exist: expected a save_to_disk folder, data files or a Hub id",)),
-    Case("train", "empty_dataset", lambda fx: fx.train_args(fx.dataset("empty", [])), 2, ("empty' is empty: nothing to train on",)),
-    Case("train", "missing_column", lambda fx: fx.train_args(fx.dataset("good", ["a dog"] * 4), "--presence_column", "negated"), 2,
-         ("has no column 'negated' (set by --presence_column)",)),
-    Case("train", "caption_not_text", lambda fx: fx.train_args(fx.dataset("int_captions", [1, 2, 3], features=datasets.Features(
-        {**data_builder.contract_features(), "caption": datasets.Value("int64")}))), 2,
-         ("int_captions': no usable row (column 'caption'): skipped 3 (caption_not_text: 3 [row 0, column 'caption': int 1; "
-          "row 1, column 'caption': int 2; row 2, column 'caption': int 3])",)),
-    Case("train", "empty_captions", lambda fx: fx.train_args(fx.dataset("empty_captions", ["", "", ""])), 2, ("empty_captions': no usable row (column 'caption'): skipped 3 (empty_caption: 3 [row 0, column 'caption'; "
-                                                                                       "row 1, column 'caption'; row 2, column 'caption'])",)),
+    Case(
+        "train",
+        "unknown_flag",
+        lambda fx: fx.train_args(fx.dataset("good", ["a dog"] * 4), "--colour", "red"),
+        2,
+        ("unknown flag(s) in the command line: ['--colour', 'red']",),
+    ),
+    Case(
+        "train",
+        "wrong_type",
+        lambda fx: fx.train_args(fx.dataset("good", ["a dog"] * 4), "--learning_rate", "fast"),
+        2,
+        ("argument --learning_rate/--learning-rate: invalid float value: 'fast'",),
+    ),
+    Case(
+        "train",
+        "caption_length_over_77",
+        lambda fx: fx.train_args(fx.dataset("good", ["a dog"] * 4), "--max_caption_length", "100"),
+        2,
+        ("--max_caption_length must be in 3..77 (CLIP's context), got 100",),
+    ),
+    Case(
+        "train",
+        "model_folder_missing",
+        lambda fx: [
+            "--model_name_or_path",
+            fx.path("no_model"),
+            *fx.train_args(fx.dataset("good", ["a dog"] * 4))[2:],
+        ],
+        2,
+        ("no_model' does not exist (expected a CLIP checkpoint folder or a Hub id)",),
+    ),
+    Case(
+        "train",
+        "model_not_clip",
+        lambda fx: ["--model_name_or_path", fx.gpt2(), *fx.train_args(fx.dataset("good", ["a dog"] * 4))[2:]],
+        2,
+        (
+            "--model_name_or_path '",
+            "gpt2': not a CLIP checkpoint (its config.json has model_type 'gpt2', expected 'clip')",
+        ),
+    ),
+    Case(
+        "train",
+        "model_folder_without_config",
+        lambda fx: [
+            "--model_name_or_path",
+            fx.folder("not_a_model"),
+            *fx.train_args(fx.dataset("good", ["a dog"] * 4))[2:],
+        ],
+        2,
+        (
+            "--model_name_or_path '",
+            "not_a_model': not a CLIP checkpoint (a folder without config.json)",
+        ),
+    ),
+    Case(
+        "train",
+        "model_hub_id_offline",
+        lambda fx: [
+            "--model_name_or_path",
+            "nobody/no-such-clip",
+            *fx.train_args(fx.dataset("good", ["a dog"] * 4))[2:],
+        ],
+        2,
+        ("--model_name_or_path 'nobody/no-such-clip': cannot read its config as a Hub id or folder",),
+    ),
+    Case(
+        "train",
+        "dataset_missing",
+        lambda fx: fx.train_args(fx.path("no_data")),
+        2,
+        ("no_data' does not exist: expected a save_to_disk folder, data files or a Hub id",),
+    ),
+    Case(
+        "train",
+        "empty_dataset",
+        lambda fx: fx.train_args(fx.dataset("empty", [])),
+        2,
+        ("empty' is empty: nothing to train on",),
+    ),
+    Case(
+        "train",
+        "missing_column",
+        lambda fx: fx.train_args(fx.dataset("good", ["a dog"] * 4), "--presence_column", "negated"),
+        2,
+        ("has no column 'negated' (set by --presence_column)",),
+    ),
+    Case(
+        "train",
+        "caption_not_text",
+        lambda fx: fx.train_args(
+            fx.dataset(
+                "int_captions",
+                [1, 2, 3],
+                features=datasets.Features({**data_builder.contract_features(), "caption": datasets.Value("int64")}),
+            )
+        ),
+        2,
+        (
+            "int_captions': no usable row (column 'caption'): skipped 3 (caption_not_text: 3 [row 0, column 'caption': int 1; "
+            "row 1, column 'caption': int 2; row 2, column 'caption': int 3])",
+        ),
+    ),
+    Case(
+        "train",
+        "empty_captions",
+        lambda fx: fx.train_args(fx.dataset("empty_captions", ["", "", ""])),
+        2,
+        (
+            "empty_captions': no usable row (column 'caption'): skipped 3 (empty_caption: 3 [row 0, column 'caption'; "
+            "row 1, column 'caption'; row 2, column 'caption'])",
+        ),
+    ),
     Case("train", "config_file_missing", lambda fx: [fx.path("nowhere.yaml")], 2, ("nowhere.yaml does not exist",)),
-    Case("train", "config_file_malformed", lambda fx: [fx.write("bad.yaml", "learning_rate: [1, 2\n")], 2, ("bad.yaml is not valid YAML/JSON",)),
-    Case("train", "config_file_not_a_mapping", lambda fx: [fx.write("list.yaml", "- a\n- b\n")], 2, ("must hold a mapping of flag names to values, got list",)),
-    Case("train", "long_captions_and_rgba_gray_images", lambda fx: fx.train_args(fx.dataset("long_captions", [LONG_CAPTION] * 4, modes=("RGBA", "L"))), 0,
-         ("truncated 4 caption(s) longer than 77 tokens",), once="longer than 77 tokens"),
+    Case(
+        "train",
+        "config_file_malformed",
+        lambda fx: [fx.write("bad.yaml", "learning_rate: [1, 2\n")],
+        2,
+        ("bad.yaml is not valid YAML/JSON",),
+    ),
+    Case(
+        "train",
+        "config_file_not_a_mapping",
+        lambda fx: [fx.write("list.yaml", "- a\n- b\n")],
+        2,
+        ("must hold a mapping of flag names to values, got list",),
+    ),
+    Case(
+        "train",
+        "long_captions_and_rgba_gray_images",
+        lambda fx: fx.train_args(fx.dataset("long_captions", [LONG_CAPTION] * 4, modes=("RGBA", "L"))),
+        0,
+        ("truncated 4 caption(s) longer than 77 tokens",),
+        once="longer than 77 tokens",
+    ),
     # ------------------------------------------------------------------ train.py: runs that would be wrong (issue 14)
-    Case("train", "zero_steps_drop_last", lambda fx: fx.good_run("--per_device_train_batch_size", "64",
-                                                                    "--dataloader_drop_last", "true"), 2,
-         ("this run would train 0 steps", "4 training rows, a global batch of 64 rows", "--dataloader_drop_last", "0 batches per epoch",
-          "--per_device_train_batch_size <= 4"), check=lambda fx: no_weights(fx.last_out)),
-    Case("train", "zero_steps_zero_epochs", lambda fx: fx.good_run("--max_steps", "-1", "--num_train_epochs", "0"), 2,
-         ("this run would train 0 steps", "--num_train_epochs 0.0 with 4 training rows", "pass --max_steps >= 1 or --num_train_epochs > 0"),
-         check=lambda fx: no_weights(fx.last_out)),
-    Case("train", "zero_steps_max_steps_0", lambda fx: fx.good_run("--max_steps", "0"), 2,
-         ("this run would train 0 steps", "--max_steps 0 with 4 training rows"), check=lambda fx: no_weights(fx.last_out)),
-    Case("train", "output_dir_not_empty", lambda fx: fx.good_run("--output_dir", fx.existing_out()), 2,
-         ("is not empty (precious.txt) and this run does not resume a checkpoint of it: pass --overwrite_output_dir",),
-         check=lambda fx: holds_only(fx.last_out, ["precious.txt"])),
-    Case("train", "output_dir_not_empty_overwrite", lambda fx: fx.good_run("--output_dir", fx.existing_out(),
-                                                                             "--overwrite_output_dir", "true"), 0,
-         ("--overwrite_output_dir: writing over the files in",), check=lambda fx: holds(fx.last_out, ["model.safetensors", "precious.txt"])),
-    Case("train", "output_dir_is_the_dataset", lambda fx: fx.good_run("--output_dir", fx.dataset("good", [])), 2,
-         ("overlaps the training data", "the model would overwrite the dataset's files"),
-         check=lambda fx: holds_only(fx.root / "good", ["dataset_dict.json", "train"])),
-    Case("train", "output_dir_inside_the_dataset", lambda fx: fx.good_run("--output_dir", fx.path("good/model")), 2,
-         ("overlaps the training data",), check=lambda fx: holds_only(fx.root / "good", ["dataset_dict.json", "train"])),
-    Case("train", "output_dir_locked_by_a_running_run", lambda fx: fx.good_run("--output_dir", fx.locked_out(pid=1)), 2,
-         ("is in use by another run (pid 1, lock file",), check=lambda fx: holds_only(fx.last_out, ["_omninegclip.lock"])),
-    Case("train", "output_dir_lock_of_a_dead_run", lambda fx: fx.good_run("--output_dir", fx.locked_out(pid=fx.dead_pid())), 0,
-         ("taking over the lock of pid", "which is no longer running"), check=lambda fx: holds(fx.last_out, ["model.safetensors"])),
-    Case("train", "output_dir_not_writable", lambda fx: fx.good_run("--output_dir", fx.write("a_file", "x") + "/run"), 2,
-         ("--output_dir", "a_file/run' is not writable (Not a directory); nothing was done",)),
-    Case("train", "text_blocks_blank", lambda fx: fx.good_run("--text_blocks", " "), 2,
-         ("--text_blocks ' ' selects no text block",)),
-    Case("train", "text_preset_overrides_front_blocks", lambda fx: fx.good_run("--front_blocks", "1",
-                                                                                 "--text_preset", "back"), 0,
-         ("--text_preset back decides the text blocks; --front_blocks 1 given too and ignored",
-          "text blocks that train: [3, 4] of 5 (chosen by --text_preset back)")),
-    Case("train", "text_blocks_logged", lambda fx: fx.good_run(), 0,
-         ("text blocks that train: [0, 1] of 5 (chosen by the default (the front half))",)),
-    Case("train", "resume_with_other_settings", lambda fx: fx.train_args(fx.dataset("other", ["a cat"] * 6), "--resume_from_checkpoint", fx.checkpoint(),
-                                                                         "--output_dir", str(Path(fx.checkpoint()).parent), "--max_steps", "2",
-                                                                         "--lambda_text", "0.5", "--text_blocks", "0"), 2,
-         ("checkpoint-1 was saved by a run with other settings: datasets", "good'] in the checkpoint", "other'] now",
-          "loss settings (--lambda_*, --margin)", "text blocks that train: [0, 1] in the checkpoint, [0] now",
-          "or start a new run from its weights with --model_name_or_path"),
-         check=lambda fx: unchanged(Path(fx.checkpoint()).parent, fx.checkpoint_digest)),
-    Case("train", "resume_with_the_same_settings", lambda fx: fx.good_run("--resume_from_checkpoint", fx.checkpoint(),
-                                                                            "--output_dir", str(Path(fx.checkpoint()).parent), "--max_steps", "2"), 0,
-         ("wrote the checkpoint",)),
-    Case("train", "batch_of_one_row", lambda fx: fx.good_run("--per_device_train_batch_size", "1"), 0,
-         ("a global batch of 1 row (--per_device_train_batch_size 1 x 1 process): the in-batch terms loss_presence_text, "
-          "loss_absence_negated, loss_absence_original compare each row only with itself and are 0",)),
-    Case("train", "no_negation_at_all", lambda fx: fx.good_run("--presence_column", "none", "--absence_column", "none"), 0,
-         ("no training row has a presence or an absence negation", "this is plain CLIP fine-tuning, not Omni-NegCLIP")),
-    Case("train", "learning_rate_nan", lambda fx: fx.good_run("--learning_rate", "nan"), 2,
-         ("--learning_rate nan: expected a finite number >= 0",)),
-    Case("train", "learning_rate_negative", lambda fx: fx.good_run("--learning_rate", "-1"), 2,
-         ("--learning_rate -1.0: expected a finite number >= 0",)),
-    Case("train", "loss_weight_infinite", lambda fx: fx.good_run("--lambda_text", "inf"), 2,
-         ("bad loss setting: lambda_text must be a finite number >= 0, got inf",)),
-    Case("train", "negation_columns_swapped", lambda fx: fx.good_run("--presence_column", "absence_negated",
-                                                                       "--absence_column", "presence_negated"), 0,
-         ("in 4 of 4 rows checked, the --absence_column 'presence_negated' text negates the row's negated_object",
-          "the two columns look swapped (try --presence_column presence_negated --absence_column absence_negated)")),
-    Case("train", "negation_identical_to_caption", lambda fx: fx.train_args(fx.dataset("same_as_caption", ["no dog on a couch", "a dog"] * 2)), 0,
-         ("dataset", "same_as_caption': 2 of the first 4 rows have a --presence_column 'presence_negated' text identical to their caption (rows 0, 2)",)),
-    Case("train", "config_file_list_for_a_scalar", lambda fx: [fx.write("list_lr.yaml", "learning_rate: [1.0e-5, 2.0e-5]\n")], 2,
-         ("config file", "list_lr.yaml: key 'learning_rate' holds a list ([1e-05, 2e-05]), but --learning_rate takes one value",)),
-    Case("train", "config_file_save_strategy_no", lambda fx: [fx.write("strategy_no.yaml", "save_strategy: no\neval_strategy: no\n"),
-                                                              *fx.good_run()], 0,
-         ("wrote the checkpoint",)),
-    Case("train", "weights_do_not_fit_the_config", lambda fx: ["--model_name_or_path", fx.broken_clip("deeper_config"), *fx.good_run()[2:]], 2,
-         ("clip_deeper_config/model.safetensors does not fit its config.json: missing from the weights (they would stay random): "
-          "text_model.encoder.layers.3.layer_norm1.bias",)),
-    Case("train", "weights_truncated", lambda fx: ["--model_name_or_path", fx.broken_clip("truncated"), *fx.good_run()[2:]], 2,
-         ("clip_truncated/model.safetensors cannot be read (", "the file is truncated or corrupt")),
+    Case(
+        "train",
+        "zero_steps_drop_last",
+        lambda fx: fx.good_run("--per_device_train_batch_size", "64", "--dataloader_drop_last", "true"),
+        2,
+        (
+            "this run would train 0 steps",
+            "4 training rows, a global batch of 64 rows",
+            "--dataloader_drop_last",
+            "0 batches per epoch",
+            "--per_device_train_batch_size <= 4",
+        ),
+        check=lambda fx: no_weights(fx.last_out),
+    ),
+    Case(
+        "train",
+        "zero_steps_zero_epochs",
+        lambda fx: fx.good_run("--max_steps", "-1", "--num_train_epochs", "0"),
+        2,
+        (
+            "this run would train 0 steps",
+            "--num_train_epochs 0.0 with 4 training rows",
+            "pass --max_steps >= 1 or --num_train_epochs > 0",
+        ),
+        check=lambda fx: no_weights(fx.last_out),
+    ),
+    Case(
+        "train",
+        "zero_steps_max_steps_0",
+        lambda fx: fx.good_run("--max_steps", "0"),
+        2,
+        ("this run would train 0 steps", "--max_steps 0 with 4 training rows"),
+        check=lambda fx: no_weights(fx.last_out),
+    ),
+    Case(
+        "train",
+        "output_dir_not_empty",
+        lambda fx: fx.good_run("--output_dir", fx.existing_out()),
+        2,
+        ("is not empty (precious.txt) and this run does not resume a checkpoint of it: pass --overwrite_output_dir",),
+        check=lambda fx: holds_only(fx.last_out, ["precious.txt"]),
+    ),
+    Case(
+        "train",
+        "output_dir_not_empty_overwrite",
+        lambda fx: fx.good_run("--output_dir", fx.existing_out(), "--overwrite_output_dir", "true"),
+        0,
+        ("--overwrite_output_dir: writing over the files in",),
+        check=lambda fx: holds(fx.last_out, ["model.safetensors", "precious.txt"]),
+    ),
+    Case(
+        "train",
+        "output_dir_is_the_dataset",
+        lambda fx: fx.good_run("--output_dir", fx.dataset("good", [])),
+        2,
+        ("overlaps the training data", "the model would overwrite the dataset's files"),
+        check=lambda fx: holds_only(fx.root / "good", ["dataset_dict.json", "train"]),
+    ),
+    Case(
+        "train",
+        "output_dir_inside_the_dataset",
+        lambda fx: fx.good_run("--output_dir", fx.path("good/model")),
+        2,
+        ("overlaps the training data",),
+        check=lambda fx: holds_only(fx.root / "good", ["dataset_dict.json", "train"]),
+    ),
+    Case(
+        "train",
+        "output_dir_locked_by_a_running_run",
+        lambda fx: fx.good_run("--output_dir", fx.locked_out(pid=1)),
+        2,
+        ("is in use by another run (pid 1, lock file",),
+        check=lambda fx: holds_only(fx.last_out, ["_omninegclip.lock"]),
+    ),
+    Case(
+        "train",
+        "output_dir_lock_of_a_dead_run",
+        lambda fx: fx.good_run("--output_dir", fx.locked_out(pid=fx.dead_pid())),
+        0,
+        ("taking over the lock of pid", "which is no longer running"),
+        check=lambda fx: holds(fx.last_out, ["model.safetensors"]),
+    ),
+    Case(
+        "train",
+        "output_dir_not_writable",
+        lambda fx: fx.good_run("--output_dir", fx.write("a_file", "x") + "/run"),
+        2,
+        (
+            "--output_dir",
+            "a_file/run' is not writable (Not a directory); nothing was done",
+        ),
+    ),
+    Case(
+        "train",
+        "text_blocks_blank",
+        lambda fx: fx.good_run("--text_blocks", " "),
+        2,
+        ("--text_blocks ' ' selects no text block",),
+    ),
+    Case(
+        "train",
+        "text_preset_overrides_front_blocks",
+        lambda fx: fx.good_run("--front_blocks", "1", "--text_preset", "back"),
+        0,
+        (
+            "--text_preset back decides the text blocks; --front_blocks 1 given too and ignored",
+            "text blocks that train: [3, 4] of 5 (chosen by --text_preset back)",
+        ),
+    ),
+    Case(
+        "train",
+        "text_blocks_logged",
+        lambda fx: fx.good_run(),
+        0,
+        ("text blocks that train: [0, 1] of 5 (chosen by the default (the front half))",),
+    ),
+    Case(
+        "train",
+        "resume_with_other_settings",
+        lambda fx: fx.train_args(
+            fx.dataset("other", ["a cat"] * 6),
+            "--resume_from_checkpoint",
+            fx.checkpoint(),
+            "--output_dir",
+            str(Path(fx.checkpoint()).parent),
+            "--max_steps",
+            "2",
+            "--lambda_text",
+            "0.5",
+            "--text_blocks",
+            "0",
+        ),
+        2,
+        (
+            "checkpoint-1 was saved by a run with other settings: datasets",
+            "good'] in the checkpoint",
+            "other'] now",
+            "loss settings (--lambda_*, --margin)",
+            "text blocks that train: [0, 1] in the checkpoint, [0] now",
+            "or start a new run from its weights with --model_name_or_path",
+        ),
+        check=lambda fx: unchanged(Path(fx.checkpoint()).parent, fx.checkpoint_digest),
+    ),
+    Case(
+        "train",
+        "resume_with_the_same_settings",
+        lambda fx: fx.good_run(
+            "--resume_from_checkpoint",
+            fx.checkpoint(),
+            "--output_dir",
+            str(Path(fx.checkpoint()).parent),
+            "--max_steps",
+            "2",
+        ),
+        0,
+        ("wrote the checkpoint",),
+    ),
+    Case(
+        "train",
+        "batch_of_one_row",
+        lambda fx: fx.good_run("--per_device_train_batch_size", "1"),
+        0,
+        (
+            "a global batch of 1 row (--per_device_train_batch_size 1 x 1 process): the in-batch terms loss_presence_text, "
+            "loss_absence_negated, loss_absence_original compare each row only with itself and are 0",
+        ),
+    ),
+    Case(
+        "train",
+        "no_negation_at_all",
+        lambda fx: fx.good_run("--presence_column", "none", "--absence_column", "none"),
+        0,
+        ("no training row has a presence or an absence negation", "this is plain CLIP fine-tuning, not Omni-NegCLIP"),
+    ),
+    Case(
+        "train",
+        "learning_rate_nan",
+        lambda fx: fx.good_run("--learning_rate", "nan"),
+        2,
+        ("--learning_rate nan: expected a finite number >= 0",),
+    ),
+    Case(
+        "train",
+        "learning_rate_negative",
+        lambda fx: fx.good_run("--learning_rate", "-1"),
+        2,
+        ("--learning_rate -1.0: expected a finite number >= 0",),
+    ),
+    Case(
+        "train",
+        "loss_weight_infinite",
+        lambda fx: fx.good_run("--lambda_text", "inf"),
+        2,
+        ("bad loss setting: lambda_text must be a finite number >= 0, got inf",),
+    ),
+    Case(
+        "train",
+        "negation_columns_swapped",
+        lambda fx: fx.good_run("--presence_column", "absence_negated", "--absence_column", "presence_negated"),
+        0,
+        (
+            "in 4 of 4 rows checked, the --absence_column 'presence_negated' text negates the row's negated_object",
+            "the two columns look swapped (try --presence_column presence_negated --absence_column absence_negated)",
+        ),
+    ),
+    Case(
+        "train",
+        "negation_identical_to_caption",
+        lambda fx: fx.train_args(fx.dataset("same_as_caption", ["no dog on a couch", "a dog"] * 2)),
+        0,
+        (
+            "dataset",
+            "same_as_caption': 2 of the first 4 rows have a --presence_column 'presence_negated' text identical to their caption (rows 0, 2)",
+        ),
+    ),
+    Case(
+        "train",
+        "config_file_list_for_a_scalar",
+        lambda fx: [fx.write("list_lr.yaml", "learning_rate: [1.0e-5, 2.0e-5]\n")],
+        2,
+        (
+            "config file",
+            "list_lr.yaml: key 'learning_rate' holds a list ([1e-05, 2e-05]), but --learning_rate takes one value",
+        ),
+    ),
+    Case(
+        "train",
+        "config_file_save_strategy_no",
+        lambda fx: [fx.write("strategy_no.yaml", "save_strategy: no\neval_strategy: no\n"), *fx.good_run()],
+        0,
+        ("wrote the checkpoint",),
+    ),
+    Case(
+        "train",
+        "weights_do_not_fit_the_config",
+        lambda fx: ["--model_name_or_path", fx.broken_clip("deeper_config"), *fx.good_run()[2:]],
+        2,
+        (
+            "clip_deeper_config/model.safetensors does not fit its config.json: missing from the weights (they would stay random): "
+            "text_model.encoder.layers.3.layer_norm1.bias",
+        ),
+    ),
+    Case(
+        "train",
+        "weights_truncated",
+        lambda fx: ["--model_name_or_path", fx.broken_clip("truncated"), *fx.good_run()[2:]],
+        2,
+        ("clip_truncated/model.safetensors cannot be read (", "the file is truncated or corrupt"),
+    ),
     # ------------------------------------------------------------------ python -m eval (what works today)
     Case("eval", "no_arguments", lambda fx: [], 2, ("the following arguments are required: MODEL, --tasks, --out",)),
-    Case("eval", "missing_tasks", lambda fx: fx.eval_args(fx.clip()), 2, ("the following arguments are required: --tasks",)),
-    Case("eval", "unknown_flag", lambda fx: fx.eval_args(fx.clip(), "--tasks", "negbench_mcq", "--colour"), 2, ("unrecognized arguments: --colour",)),
-    Case("eval", "wrong_type", lambda fx: fx.eval_args(fx.clip(), "--tasks", "negbench_mcq", "--batch_size", "many"), 2, ("argument --batch_size: invalid int value: 'many'",)),
-    Case("eval", "negative_max_items", lambda fx: fx.eval_args(fx.clip(), "--tasks", "negbench_mcq", "--negbench_mcq", fx.mcq("mcq_ok.csv", "ok.png"), "--max_items", "-1"), 2,
-         ("--max_items must be positive",)),
-    Case("eval", "unknown_task", lambda fx: fx.eval_args(fx.clip(), "--tasks", "imagenet"), 2, ("--tasks: unknown task 'imagenet'; known tasks:",)),
-    Case("eval", "missing_data_flag", lambda fx: fx.eval_args(fx.clip(), "--tasks", "negbench_mcq"), 2, ("task negbench_mcq needs --negbench_mcq",)),
-    Case("eval", "model_folder_missing", lambda fx: fx.eval_args(fx.path("no_model"), "--tasks", "negbench_mcq", "--negbench_mcq", fx.mcq("mcq_ok.csv", "ok.png")), 2,
-         ("model ", "no_model does not exist (expected a CLIP checkpoint folder or a Hub id)",)),
-    Case("eval", "model_not_clip", lambda fx: fx.eval_args(fx.gpt2(), "--tasks", "negbench_mcq", "--negbench_mcq", fx.mcq("mcq_ok.csv", "ok.png")), 2,
-         ("model ", "gpt2: not a CLIP checkpoint (its config.json has model_type 'gpt2', expected 'clip')",)),
-    Case("eval", "model_folder_without_config", lambda fx: fx.eval_args(fx.folder("not_a_model"), "--tasks", "negbench_mcq", "--negbench_mcq", fx.mcq("mcq_ok.csv", "ok.png")), 2,
-         ("not_a_model: not a CLIP checkpoint (a folder without config.json)",)),
-    Case("eval", "model_hub_id_offline", lambda fx: fx.eval_args("nobody/no-such-clip", "--tasks", "negbench_mcq", "--negbench_mcq", fx.mcq("mcq_ok.csv", "ok.png")), 2,
-         ("model nobody/no-such-clip: cannot read its config as a Hub id or folder",)),
-    Case("eval", "data_file_missing", lambda fx: fx.eval_args(fx.clip(), "--tasks", "negbench_mcq", "--negbench_mcq", fx.path("nowhere.csv")), 2,
-         ("--negbench_mcq", "nowhere.csv: no such file or folder")),
-    Case("eval", "malformed_csv_row", lambda fx: fx.eval_args(fx.clip(), "--tasks", "negbench_mcq", "--negbench_mcq", fx.write(
-        "mcq_short.csv", "image_path,correct_answer,caption_0,caption_1,caption_2,caption_3,correct_answer_template\nx.png,0,a,b,c\n")), 2,
-         ("mcq_short.csv: line 2 has 5 fields, but the header has 7 (image_path, correct_answer, caption_0, caption_1, caption_2, "
-          "caption_3, correct_answer_template)",)),
-    Case("eval", "missing_column", lambda fx: fx.eval_args(fx.clip(), "--tasks", "negbench_mcq", "--negbench_mcq", fx.write("mcq_cols.csv", "image_path,caption\nx.png,a\n")), 2,
-         ("mcq_cols.csv: the header has no column 'correct_answer'",)),
-    Case("eval", "empty_csv", lambda fx: fx.eval_args(fx.clip(), "--tasks", "negbench_mcq", "--negbench_mcq", fx.write("empty.csv", "")), 2,
-         ("empty.csv: empty, expected a header row naming the columns",)),
-    Case("eval", "malformed_json", lambda fx: fx.eval_args(fx.clip(), "--tasks", "valse", "--valse", fx.write("valse.json", '{"a": {"image_file": "ok.png"')), 2,
-         ("valse.json: not valid JSON (line 1",)),
-    Case("eval", "malicious_pickle", lambda fx: fx.eval_args(fx.clip(), "--tasks", "ccneg", "--ccneg", fx.evil_pickle(), "--ccneg_images", str(fx.images)), 2,
-         ("evil.pt: refused to load: the file needs arbitrary unpickling",)),
-    Case("eval", "corrupt_image", lambda fx: fx.eval_args(fx.clip(), "--tasks", "negbench_mcq", "--negbench_mcq", fx.mcq("mcq_corrupt.csv", "corrupt.png")), 2,
-         ("cannot read the image", "corrupt.png")),
-    Case("eval", "truncated_image", lambda fx: fx.eval_args(fx.clip(), "--tasks", "negbench_mcq", "--negbench_mcq", fx.mcq("mcq_trunc.csv", "trunc.png")), 2,
-         ("cannot read the image", "trunc.png")),
-    Case("eval", "missing_image", lambda fx: fx.eval_args(fx.clip(), "--tasks", "negbench_mcq", "--negbench_mcq", fx.mcq("mcq_missing.csv", "nope.png")), 2,
-         ("mcq_missing.csv, line 2: missing image",)),
-    Case("eval", "empty_caption", lambda fx: fx.eval_args(fx.clip(), "--tasks", "layerwise", "--layerwise", fx.dataset("empty_captions", ["", "", ""]),
-                                                          "--layerwise_split", "train"), 2, ("no caption pairs to analyse: skipped 3 (empty_caption: 3",)),
-    Case("eval", "image_16_bit", lambda fx: fx.eval_args(fx.clip(), "--tasks", "negbench_mcq", "--negbench_mcq", fx.mcq("mcq_16bit.csv", "grad16.png")), 0,
-         ("negbench_mcq",)),
-    Case("eval", "weights_do_not_fit_the_config", lambda fx: fx.eval_args(fx.broken_clip("deeper_config"), "--tasks", "negbench_mcq", "--negbench_mcq",
-                                                                          fx.mcq("mcq_ok.csv", "ok.png")), 2,
-         ("model ", "clip_deeper_config/model.safetensors does not fit its config.json: missing from the weights",)),
-    Case("eval", "weights_truncated", lambda fx: fx.eval_args(fx.broken_clip("truncated"), "--tasks", "negbench_mcq", "--negbench_mcq", fx.mcq("mcq_ok.csv", "ok.png")), 2,
-         ("clip_truncated/model.safetensors cannot be read (",)),
-    Case("eval", "second_model_without_processor", lambda fx: [fx.clip(), *fx.eval_args(fx.broken_clip("no_processor"), "--tasks", "negbench_mcq", "--negbench_mcq",
-                                                                                         fx.mcq("mcq_ok.csv", "ok.png"))], 2,
-         ("clip_no_processor: cannot load the CLIP weights and processor",), check=lambda fx: nothing_written(fx.last_out)),
-    Case("eval", "single_option_mcq", lambda fx: fx.eval_args(fx.clip(), "--tasks", "negbench_mcq", "--negbench_mcq", fx.write(
-        "mcq_one_option.csv", f"image_path,correct_answer,caption_0\n{fx.images / 'ok.png'},0,a dog\n")), 2,
-         ("task negbench_mcq: no item to evaluate", "left out 1 item(s) with a single option, which any model gets right"),
-         check=lambda fx: nothing_written(fx.last_out)),
-    Case("eval", "retrieval_over_one_image", lambda fx: fx.eval_args(fx.clip(), "--tasks", "retrieval", "--retrieval", fx.write("karpathy_one.json", json.dumps(
-        {"images": [{"filename": "ok.png", "split": "test", "sentences": [{"raw": "a dog"}, {"raw": "a red square"}]}]})),
-                                                                     "--retrieval_images", str(fx.images)), 2,
-         ("task retrieval: retrieval over 1 image(s) scores 100 % for any model",), check=lambda fx: nothing_written(fx.last_out)),
-    Case("eval", "karpathy_image_without_sentences", lambda fx: fx.eval_args(fx.clip(), "--tasks", "retrieval", "--retrieval", fx.write("karpathy_empty.json", json.dumps(
-        {"images": [{"filename": name, "split": "test", "sentences": [{"raw": f"a {name}"}] if name != "gray.png" else []}
-                    for name in ("ok.png", "gray.png", "rgba.png")]})), "--retrieval_images", str(fx.images)), 0,
-         ("image_without_caption: 1 [",)),
-    Case("eval", "out_not_writable", lambda fx: [fx.clip(), "--out", fx.write("a_file", "x") + "/results", "--no_progress", "--tasks", "negbench_mcq",
-                                                 "--negbench_mcq", fx.mcq("mcq_ok.csv", "ok.png")], 2,
-         ("--out", "a_file/results' is not writable (Not a directory); nothing was done",)),
-    Case("eval", "tied_options_scored_by_both_rules", lambda fx: fx.eval_args(fx.clip(), "--tasks", "negbench_mcq", "--negbench_mcq",
-                                                                              fx.write("mcq_tie.csv", "image_path,correct_answer,caption_0,caption_1\n" + f"{fx.images / 'ok.png'},0,a dog,a dog\n")), 0,
-         ("negbench_mcq",), check=lambda fx: tie_scored_both_ways(fx.last_out)),
-    Case("eval", "long_caption_rgba_gray_images", lambda fx: fx.eval_args(fx.clip(), "--tasks", "negbench_mcq", "--negbench_mcq",
-                                                                          fx.mcq("mcq_long.csv", "rgba.png", "gray.png", caption=LONG_CAPTION)), 0,
-         ("1 texts longer than 77 tokens were truncated",), once="longer than 77 tokens"),
+    Case(
+        "eval",
+        "missing_tasks",
+        lambda fx: fx.eval_args(fx.clip()),
+        2,
+        ("the following arguments are required: --tasks",),
+    ),
+    Case(
+        "eval",
+        "unknown_flag",
+        lambda fx: fx.eval_args(fx.clip(), "--tasks", "negbench_mcq", "--colour"),
+        2,
+        ("unrecognized arguments: --colour",),
+    ),
+    Case(
+        "eval",
+        "wrong_type",
+        lambda fx: fx.eval_args(fx.clip(), "--tasks", "negbench_mcq", "--batch_size", "many"),
+        2,
+        ("argument --batch_size: invalid int value: 'many'",),
+    ),
+    Case(
+        "eval",
+        "negative_max_items",
+        lambda fx: fx.eval_args(
+            fx.clip(), "--tasks", "negbench_mcq", "--negbench_mcq", fx.mcq("mcq_ok.csv", "ok.png"), "--max_items", "-1"
+        ),
+        2,
+        ("--max_items must be positive",),
+    ),
+    Case(
+        "eval",
+        "unknown_task",
+        lambda fx: fx.eval_args(fx.clip(), "--tasks", "imagenet"),
+        2,
+        ("--tasks: unknown task 'imagenet'; known tasks:",),
+    ),
+    Case(
+        "eval",
+        "missing_data_flag",
+        lambda fx: fx.eval_args(fx.clip(), "--tasks", "negbench_mcq"),
+        2,
+        ("task negbench_mcq needs --negbench_mcq",),
+    ),
+    Case(
+        "eval",
+        "model_folder_missing",
+        lambda fx: fx.eval_args(
+            fx.path("no_model"), "--tasks", "negbench_mcq", "--negbench_mcq", fx.mcq("mcq_ok.csv", "ok.png")
+        ),
+        2,
+        (
+            "model ",
+            "no_model does not exist (expected a CLIP checkpoint folder or a Hub id)",
+        ),
+    ),
+    Case(
+        "eval",
+        "model_not_clip",
+        lambda fx: fx.eval_args(
+            fx.gpt2(), "--tasks", "negbench_mcq", "--negbench_mcq", fx.mcq("mcq_ok.csv", "ok.png")
+        ),
+        2,
+        (
+            "model ",
+            "gpt2: not a CLIP checkpoint (its config.json has model_type 'gpt2', expected 'clip')",
+        ),
+    ),
+    Case(
+        "eval",
+        "model_folder_without_config",
+        lambda fx: fx.eval_args(
+            fx.folder("not_a_model"), "--tasks", "negbench_mcq", "--negbench_mcq", fx.mcq("mcq_ok.csv", "ok.png")
+        ),
+        2,
+        ("not_a_model: not a CLIP checkpoint (a folder without config.json)",),
+    ),
+    Case(
+        "eval",
+        "model_hub_id_offline",
+        lambda fx: fx.eval_args(
+            "nobody/no-such-clip", "--tasks", "negbench_mcq", "--negbench_mcq", fx.mcq("mcq_ok.csv", "ok.png")
+        ),
+        2,
+        ("model nobody/no-such-clip: cannot read its config as a Hub id or folder",),
+    ),
+    Case(
+        "eval",
+        "data_file_missing",
+        lambda fx: fx.eval_args(fx.clip(), "--tasks", "negbench_mcq", "--negbench_mcq", fx.path("nowhere.csv")),
+        2,
+        ("--negbench_mcq", "nowhere.csv: no such file or folder"),
+    ),
+    Case(
+        "eval",
+        "malformed_csv_row",
+        lambda fx: fx.eval_args(
+            fx.clip(),
+            "--tasks",
+            "negbench_mcq",
+            "--negbench_mcq",
+            fx.write(
+                "mcq_short.csv",
+                "image_path,correct_answer,caption_0,caption_1,caption_2,caption_3,correct_answer_template\nx.png,0,a,b,c\n",
+            ),
+        ),
+        2,
+        (
+            "mcq_short.csv: line 2 has 5 fields, but the header has 7 (image_path, correct_answer, caption_0, caption_1, caption_2, "
+            "caption_3, correct_answer_template)",
+        ),
+    ),
+    Case(
+        "eval",
+        "missing_column",
+        lambda fx: fx.eval_args(
+            fx.clip(),
+            "--tasks",
+            "negbench_mcq",
+            "--negbench_mcq",
+            fx.write("mcq_cols.csv", "image_path,caption\nx.png,a\n"),
+        ),
+        2,
+        ("mcq_cols.csv: the header has no column 'correct_answer'",),
+    ),
+    Case(
+        "eval",
+        "empty_csv",
+        lambda fx: fx.eval_args(fx.clip(), "--tasks", "negbench_mcq", "--negbench_mcq", fx.write("empty.csv", "")),
+        2,
+        ("empty.csv: empty, expected a header row naming the columns",),
+    ),
+    Case(
+        "eval",
+        "malformed_json",
+        lambda fx: fx.eval_args(
+            fx.clip(), "--tasks", "valse", "--valse", fx.write("valse.json", '{"a": {"image_file": "ok.png"')
+        ),
+        2,
+        ("valse.json: not valid JSON (line 1",),
+    ),
+    Case(
+        "eval",
+        "malicious_pickle",
+        lambda fx: fx.eval_args(
+            fx.clip(), "--tasks", "ccneg", "--ccneg", fx.evil_pickle(), "--ccneg_images", str(fx.images)
+        ),
+        2,
+        ("evil.pt: refused to load: the file needs arbitrary unpickling",),
+    ),
+    Case(
+        "eval",
+        "corrupt_image",
+        lambda fx: fx.eval_args(
+            fx.clip(), "--tasks", "negbench_mcq", "--negbench_mcq", fx.mcq("mcq_corrupt.csv", "corrupt.png")
+        ),
+        2,
+        ("cannot read the image", "corrupt.png"),
+    ),
+    Case(
+        "eval",
+        "truncated_image",
+        lambda fx: fx.eval_args(
+            fx.clip(), "--tasks", "negbench_mcq", "--negbench_mcq", fx.mcq("mcq_trunc.csv", "trunc.png")
+        ),
+        2,
+        ("cannot read the image", "trunc.png"),
+    ),
+    Case(
+        "eval",
+        "missing_image",
+        lambda fx: fx.eval_args(
+            fx.clip(), "--tasks", "negbench_mcq", "--negbench_mcq", fx.mcq("mcq_missing.csv", "nope.png")
+        ),
+        2,
+        ("mcq_missing.csv, line 2: missing image",),
+    ),
+    Case(
+        "eval",
+        "empty_caption",
+        lambda fx: fx.eval_args(
+            fx.clip(),
+            "--tasks",
+            "layerwise",
+            "--layerwise",
+            fx.dataset("empty_captions", ["", "", ""]),
+            "--layerwise_split",
+            "train",
+        ),
+        2,
+        ("no caption pairs to analyse: skipped 3 (empty_caption: 3",),
+    ),
+    Case(
+        "eval",
+        "image_16_bit",
+        lambda fx: fx.eval_args(
+            fx.clip(), "--tasks", "negbench_mcq", "--negbench_mcq", fx.mcq("mcq_16bit.csv", "grad16.png")
+        ),
+        0,
+        ("negbench_mcq",),
+    ),
+    Case(
+        "eval",
+        "weights_do_not_fit_the_config",
+        lambda fx: fx.eval_args(
+            fx.broken_clip("deeper_config"),
+            "--tasks",
+            "negbench_mcq",
+            "--negbench_mcq",
+            fx.mcq("mcq_ok.csv", "ok.png"),
+        ),
+        2,
+        (
+            "model ",
+            "clip_deeper_config/model.safetensors does not fit its config.json: missing from the weights",
+        ),
+    ),
+    Case(
+        "eval",
+        "weights_truncated",
+        lambda fx: fx.eval_args(
+            fx.broken_clip("truncated"), "--tasks", "negbench_mcq", "--negbench_mcq", fx.mcq("mcq_ok.csv", "ok.png")
+        ),
+        2,
+        ("clip_truncated/model.safetensors cannot be read (",),
+    ),
+    Case(
+        "eval",
+        "second_model_without_processor",
+        lambda fx: [
+            fx.clip(),
+            *fx.eval_args(
+                fx.broken_clip("no_processor"),
+                "--tasks",
+                "negbench_mcq",
+                "--negbench_mcq",
+                fx.mcq("mcq_ok.csv", "ok.png"),
+            ),
+        ],
+        2,
+        ("clip_no_processor: cannot load the CLIP weights and processor",),
+        check=lambda fx: nothing_written(fx.last_out),
+    ),
+    Case(
+        "eval",
+        "single_option_mcq",
+        lambda fx: fx.eval_args(
+            fx.clip(),
+            "--tasks",
+            "negbench_mcq",
+            "--negbench_mcq",
+            fx.write("mcq_one_option.csv", f"image_path,correct_answer,caption_0\n{fx.images / 'ok.png'},0,a dog\n"),
+        ),
+        2,
+        (
+            "task negbench_mcq: no item to evaluate",
+            "left out 1 item(s) with a single option, which any model gets right",
+        ),
+        check=lambda fx: nothing_written(fx.last_out),
+    ),
+    Case(
+        "eval",
+        "retrieval_over_one_image",
+        lambda fx: fx.eval_args(
+            fx.clip(),
+            "--tasks",
+            "retrieval",
+            "--retrieval",
+            fx.write(
+                "karpathy_one.json",
+                json.dumps(
+                    {
+                        "images": [
+                            {
+                                "filename": "ok.png",
+                                "split": "test",
+                                "sentences": [{"raw": "a dog"}, {"raw": "a red square"}],
+                            }
+                        ]
+                    }
+                ),
+            ),
+            "--retrieval_images",
+            str(fx.images),
+        ),
+        2,
+        ("task retrieval: retrieval over 1 image(s) scores 100 % for any model",),
+        check=lambda fx: nothing_written(fx.last_out),
+    ),
+    Case(
+        "eval",
+        "karpathy_image_without_sentences",
+        lambda fx: fx.eval_args(
+            fx.clip(),
+            "--tasks",
+            "retrieval",
+            "--retrieval",
+            fx.write(
+                "karpathy_empty.json",
+                json.dumps(
+                    {
+                        "images": [
+                            {
+                                "filename": name,
+                                "split": "test",
+                                "sentences": [{"raw": f"a {name}"}] if name != "gray.png" else [],
+                            }
+                            for name in ("ok.png", "gray.png", "rgba.png")
+                        ]
+                    }
+                ),
+            ),
+            "--retrieval_images",
+            str(fx.images),
+        ),
+        0,
+        ("image_without_caption: 1 [",),
+    ),
+    Case(
+        "eval",
+        "out_not_writable",
+        lambda fx: [
+            fx.clip(),
+            "--out",
+            fx.write("a_file", "x") + "/results",
+            "--no_progress",
+            "--tasks",
+            "negbench_mcq",
+            "--negbench_mcq",
+            fx.mcq("mcq_ok.csv", "ok.png"),
+        ],
+        2,
+        (
+            "--out",
+            "a_file/results' is not writable (Not a directory); nothing was done",
+        ),
+    ),
+    Case(
+        "eval",
+        "tied_options_scored_by_both_rules",
+        lambda fx: fx.eval_args(
+            fx.clip(),
+            "--tasks",
+            "negbench_mcq",
+            "--negbench_mcq",
+            fx.write(
+                "mcq_tie.csv",
+                "image_path,correct_answer,caption_0,caption_1\n" + f"{fx.images / 'ok.png'},0,a dog,a dog\n",
+            ),
+        ),
+        0,
+        ("negbench_mcq",),
+        check=lambda fx: tie_scored_both_ways(fx.last_out),
+    ),
+    Case(
+        "eval",
+        "long_caption_rgba_gray_images",
+        lambda fx: fx.eval_args(
+            fx.clip(),
+            "--tasks",
+            "negbench_mcq",
+            "--negbench_mcq",
+            fx.mcq("mcq_long.csv", "rgba.png", "gray.png", caption=LONG_CAPTION),
+        ),
+        0,
+        ("1 texts longer than 77 tokens were truncated",),
+        once="longer than 77 tokens",
+    ),
 ]
 
 
@@ -674,13 +1842,42 @@ def _run(*command: str) -> subprocess.CompletedProcess:
 
 def test_real_entry_points_print_one_paragraph_and_no_traceback(fx):
     missing = fx.path("nowhere.json")
-    plain = _run("data_builder.py", "coco", "--captions", missing, "--instances", missing, "--images", str(fx.images), "--out", fx.out())
+    plain = _run(
+        "data_builder.py",
+        "coco",
+        "--captions",
+        missing,
+        "--instances",
+        missing,
+        "--images",
+        str(fx.images),
+        "--out",
+        fx.out(),
+    )
     assert plain.returncode == 2 and "Traceback" not in plain.stderr
     assert plain.stderr.startswith(f"error: {missing}: no such file (expected a COCO captions_*.json file)\n")
-    debug = _run("data_builder.py", "coco", "--captions", missing, "--instances", missing, "--images", str(fx.images), "--out", fx.out(), "--debug")
-    assert debug.returncode == 1 and "Traceback (most recent call last)" in debug.stderr and "UserError" in debug.stderr
+    debug = _run(
+        "data_builder.py",
+        "coco",
+        "--captions",
+        missing,
+        "--instances",
+        missing,
+        "--images",
+        str(fx.images),
+        "--out",
+        fx.out(),
+        "--debug",
+    )
+    assert (
+        debug.returncode == 1 and "Traceback (most recent call last)" in debug.stderr and "UserError" in debug.stderr
+    )
     evaluation = _run("-m", "eval", fx.path("no_model"), "--tasks", "nonsense", "--out", fx.out())
-    assert evaluation.returncode == 2 and "Traceback" not in evaluation.stderr and "unknown task 'nonsense'" in evaluation.stderr
+    assert (
+        evaluation.returncode == 2
+        and "Traceback" not in evaluation.stderr
+        and "unknown task 'nonsense'" in evaluation.stderr
+    )
 
 
 def test_help_of_every_subcommand_describes_it():
@@ -701,10 +1898,15 @@ _TRUST_REMOTE_CODE_ON = re.compile(r"trust_remote_code\s*[=:]\s*True|[\"']trust_
 
 def _repository_files() -> list[Path]:
     """Tracked files and new ones git does not ignore (not .venv, build outputs or caches)."""
-    listed = subprocess.run(["git", "-C", str(REPO), "ls-files", "--cached", "--others", "--exclude-standard"],
-                            capture_output=True, text=True)
+    listed = subprocess.run(
+        ["git", "-C", str(REPO), "ls-files", "--cached", "--others", "--exclude-standard"],
+        capture_output=True,
+        text=True,
+    )
     if listed.returncode != 0:  # not a git checkout: every file outside hidden folders
-        return [path for path in REPO.rglob("*") if not any(part.startswith(".") for part in path.relative_to(REPO).parts)]
+        return [
+            path for path in REPO.rglob("*") if not any(part.startswith(".") for part in path.relative_to(REPO).parts)
+        ]
     return [REPO / line for line in listed.stdout.splitlines()]
 
 
@@ -728,7 +1930,11 @@ def test_model_loaders_here_refuse_remote_code_explicitly(monkeypatch):
     from omninegclip.building.rewrite import LLMRewriter
 
     seen = {}
-    monkeypatch.setattr(transformers, "pipeline", lambda *args, **kwargs: seen.update(kwargs) or (lambda prompt, **kw: [{"generated_text": ""}]))
+    monkeypatch.setattr(
+        transformers,
+        "pipeline",
+        lambda *args, **kwargs: seen.update(kwargs) or (lambda prompt, **kw: [{"generated_text": ""}]),
+    )
     LLMRewriter.from_pretrained("some/model")
     assert seen["trust_remote_code"] is False
     import inspect
@@ -751,7 +1957,9 @@ def bert_with_clip_processor(fx: Fixtures) -> str:
 
     path = fx.root / "bert_with_clip_processor"
     if not path.exists():
-        BertModel(BertConfig(vocab_size=32, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8)).save_pretrained(path)
+        BertModel(
+            BertConfig(vocab_size=32, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8)
+        ).save_pretrained(path)
         fx.processor.save_pretrained(path)
     return str(path)
 
@@ -776,29 +1984,98 @@ def cache_rebuilt(fx: Fixtures) -> None:
 
 
 def statement_shapes(fx: Fixtures) -> list[str]:
-    return db("shapes", "--out", fx.out(), "--num_train", "12", "--num_validation", "2", "--num_test", "2", "--image_size", "16",
-              "--statement_rate", "1")
+    return db(
+        "shapes",
+        "--out",
+        fx.out(),
+        "--num_train",
+        "12",
+        "--num_validation",
+        "2",
+        "--num_test",
+        "2",
+        "--image_size",
+        "16",
+        "--statement_rate",
+        "1",
+    )
 
 
 CASES += [  # the table the matrix test is parametrized with (pytest reads it at collection, after this line)
-    Case("app", "model_weights_do_not_fit_the_config", lambda fx: ["--model", fx.broken_clip("deeper_config"), "--base", fx.clip()], 2,
-         ("--model ", "clip_deeper_config/model.safetensors does not fit its config.json: missing from the weights (they would stay random): "
-          "text_model.encoder.layers.3.layer_norm1.bias",)),
-    Case("app", "model_is_bert_with_clip_processor", lambda fx: ["--model", bert_with_clip_processor(fx), "--base", fx.clip()], 2,
-         ("--model ", "bert_with_clip_processor: not a CLIP checkpoint (its config.json has model_type 'bert', expected 'clip')",)),
-    Case("app", "base_weights_truncated", lambda fx: ["--model", fx.clip(), "--base", fx.broken_clip("truncated")], 2,
-         ("--base ", "clip_truncated/model.safetensors cannot be read (", "the file is truncated or corrupt")),
-    Case("train", "image_embedding_cache_truncated", lambda fx: fx.good_run("--image_embedding_cache_dir", truncated_embedding_cache(fx)), 0,
-         ("the cached image pass ", "embedding_cache_cut_short/image_embeds-", ".safetensors cannot be used (",
-          "decoding the images again and replacing it", "wrote the checkpoint"), check=cache_rebuilt),
-    Case("data_builder", "statement_rate_without_absence_negations", lambda fx: db(
-        "ccneg", "--annotations", fx.ccneg("presence_only.pt", "a couch with no dog"), "--images", str(fx.images), "--eval_size", "0",
-        "--out", fx.out(), "--statement_rate", "1"), 0,
-         ("statements (--statement_rate 1.0): 0 of 2 rows; a statement needs both a presence and an absence negation, which 0 rows have "
-          "(2 presence only, 0 absence only)",
-          "WARNING: --statement_rate 1.0 wrote no statement: no row has both negations (none has an absence negation); "
-          "CC-Neg gives presence negations only: pass --synthesize_absence")),
-    Case("data_builder", "statement_rate_reported", statement_shapes, 0, ("statements (--statement_rate 1.0): ",), once="statements ("),
+    Case(
+        "app",
+        "model_weights_do_not_fit_the_config",
+        lambda fx: ["--model", fx.broken_clip("deeper_config"), "--base", fx.clip()],
+        2,
+        (
+            "--model ",
+            "clip_deeper_config/model.safetensors does not fit its config.json: missing from the weights (they would stay random): "
+            "text_model.encoder.layers.3.layer_norm1.bias",
+        ),
+    ),
+    Case(
+        "app",
+        "model_is_bert_with_clip_processor",
+        lambda fx: ["--model", bert_with_clip_processor(fx), "--base", fx.clip()],
+        2,
+        (
+            "--model ",
+            "bert_with_clip_processor: not a CLIP checkpoint (its config.json has model_type 'bert', expected 'clip')",
+        ),
+    ),
+    Case(
+        "app",
+        "base_weights_truncated",
+        lambda fx: ["--model", fx.clip(), "--base", fx.broken_clip("truncated")],
+        2,
+        ("--base ", "clip_truncated/model.safetensors cannot be read (", "the file is truncated or corrupt"),
+    ),
+    Case(
+        "train",
+        "image_embedding_cache_truncated",
+        lambda fx: fx.good_run("--image_embedding_cache_dir", truncated_embedding_cache(fx)),
+        0,
+        (
+            "the cached image pass ",
+            "embedding_cache_cut_short/image_embeds-",
+            ".safetensors cannot be used (",
+            "decoding the images again and replacing it",
+            "wrote the checkpoint",
+        ),
+        check=cache_rebuilt,
+    ),
+    Case(
+        "data_builder",
+        "statement_rate_without_absence_negations",
+        lambda fx: db(
+            "ccneg",
+            "--annotations",
+            fx.ccneg("presence_only.pt", "a couch with no dog"),
+            "--images",
+            str(fx.images),
+            "--eval_size",
+            "0",
+            "--out",
+            fx.out(),
+            "--statement_rate",
+            "1",
+        ),
+        0,
+        (
+            "statements (--statement_rate 1.0): 0 of 2 rows; a statement needs both a presence and an absence negation, which 0 rows have "
+            "(2 presence only, 0 absence only)",
+            "WARNING: --statement_rate 1.0 wrote no statement: no row has both negations (none has an absence negation); "
+            "CC-Neg gives presence negations only: pass --synthesize_absence",
+        ),
+    ),
+    Case(
+        "data_builder",
+        "statement_rate_reported",
+        statement_shapes,
+        0,
+        ("statements (--statement_rate 1.0): ",),
+        once="statements (",
+    ),
 ]
 
 
@@ -818,12 +2095,23 @@ def test_data_builder_on_a_full_disk_names_out_and_leaves_it_unchanged(fx, capsy
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(datasets.DatasetDict, "save_to_disk", disk_full)
-    case = Case("data_builder", "disk_full", lambda fx: db(*fx.coco(), "--out", out, "--overwrite"), 2,
-                (f"error: --out {out}: the disk is full (No space left on device): the build had written ", " MiB beside --out when it ran out of space",
-                 "Nothing at --out was changed and the partial build was removed (", " MiB free there now): free space on that disk, or pass an --out on a disk with more room"))
+    case = Case(
+        "data_builder",
+        "disk_full",
+        lambda fx: db(*fx.coco(), "--out", out, "--overwrite"),
+        2,
+        (
+            f"error: --out {out}: the disk is full (No space left on device): the build had written ",
+            " MiB beside --out when it ran out of space",
+            "Nothing at --out was changed and the partial build was removed (",
+            " MiB free there now): free space on that disk, or pass an --out on a disk with more room",
+        ),
+    )
     test_bad_input_matrix(case, fx, capsys, caplog)
     unchanged(Path(out), before)
-    assert [path.name for path in Path(out).parent.iterdir() if path.name.startswith(f".{Path(out).name}.")] == []  # no partial build, no lock
+    assert [
+        path.name for path in Path(out).parent.iterdir() if path.name.startswith(f".{Path(out).name}.")
+    ] == []  # no partial build, no lock
 
 
 @pytest.fixture
@@ -833,10 +2121,14 @@ def full_disk(tmp_path):
     mount.mkdir()
     if shutil.which("mount") is None or shutil.which("umount") is None:
         pytest.skip("no mount/umount command here: a real full disk (a 1 MiB tmpfs) cannot be made")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True, text=True
+    )
     if mounted.returncode != 0:
-        pytest.skip(f"mounting a 1 MiB tmpfs is not allowed here ({mounted.stderr.strip() or 'mount failed'}): it needs root "
-                    f"and a container that may mount")
+        pytest.skip(
+            f"mounting a 1 MiB tmpfs is not allowed here ({mounted.stderr.strip() or 'mount failed'}): it needs root "
+            f"and a container that may mount"
+        )
     try:
         yield mount
     finally:
@@ -848,10 +2140,21 @@ def test_data_builder_on_a_real_full_disk(fx, full_disk, capsys, caplog):
     noise = fx.root / "noise.png"
     if not noise.exists():
         Image.frombytes("RGB", (700, 700), os.urandom(700 * 700 * 3)).save(noise)  # random pixels do not compress
-    pairs = fx.jsonl("noise.jsonl", [{"image": str(noise), "caption": "a dog on a couch"}, {"image": str(noise), "caption": "a cat on a bed"}])
+    pairs = fx.jsonl(
+        "noise.jsonl",
+        [{"image": str(noise), "caption": "a dog on a couch"}, {"image": str(noise), "caption": "a cat on a bed"}],
+    )
     out = full_disk / "pairs"
-    case = Case("data_builder", "disk_full_tmpfs", lambda fx: db("captions", "--dataset", pairs, "--out", str(out)), 2,
-                (f"error: --out {out}: the disk is full (No space left on device)", "the partial build was removed (1.0 MiB free there now)"))
+    case = Case(
+        "data_builder",
+        "disk_full_tmpfs",
+        lambda fx: db("captions", "--dataset", pairs, "--out", str(out)),
+        2,
+        (
+            f"error: --out {out}: the disk is full (No space left on device)",
+            "the partial build was removed (1.0 MiB free there now)",
+        ),
+    )
     test_bad_input_matrix(case, fx, capsys, caplog)
     assert list(full_disk.iterdir()) == []
 
@@ -867,9 +2170,26 @@ def test_data_builder_refuses_a_second_build_into_the_same_folder(fx):
     lock = out.parent / f".{out.name}.omninegclip.lock"
     environment = {key: value for key, value in os.environ.items() if key != "OMNINEGCLIP_DEBUG"}
     environment.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    flags = ["--out", str(out), "--overwrite", "--num_validation", "2", "--num_test", "2", "--image_size", "16", "--no_progress"]
-    first = subprocess.Popen([sys.executable, "data_builder.py", "shapes", "--num_train", "300", *flags], cwd=REPO, env=environment,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    flags = [
+        "--out",
+        str(out),
+        "--overwrite",
+        "--num_validation",
+        "2",
+        "--num_test",
+        "2",
+        "--image_size",
+        "16",
+        "--no_progress",
+    ]
+    first = subprocess.Popen(
+        [sys.executable, "data_builder.py", "shapes", "--num_train", "300", *flags],
+        cwd=REPO,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 300
         while not (lock.is_file() and f'"pid": {first.pid},' in lock.read_text()):
@@ -887,9 +2207,15 @@ def test_data_builder_refuses_a_second_build_into_the_same_folder(fx):
             first.kill()
             first.wait()
     assert second.returncode == 2 and "Traceback" not in second.stderr, second.stderr
-    assert second.stderr.startswith(f"error: --out '{out}' is in use by another build (pid {first.pid}, lock file {lock}; "
-                                    f"its command: data_builder.py shapes --num_train 300 --out {out} --overwrite"), second.stderr
-    assert "two builds into one folder would replace each other's data; wait for it, pass another --out" in second.stderr
+    assert second.stderr.startswith(
+        f"error: --out '{out}' is in use by another build (pid {first.pid}, lock file {lock}; "
+        f"its command: data_builder.py shapes --num_train 300 --out {out} --overwrite"
+    ), second.stderr
+    assert (
+        "two builds into one folder would replace each other's data; wait for it, pass another --out" in second.stderr
+    )
     assert first.returncode == 0 and f"built shapes -> {out}" in first_out, first_err[-3000:]
-    assert sum(json.loads((out / "build_summary.json").read_text())["rows_out"].values()) == 304  # the first build's rows
+    assert (
+        sum(json.loads((out / "build_summary.json").read_text())["rows_out"].values()) == 304
+    )  # the first build's rows
     assert not lock.exists()

@@ -38,8 +38,16 @@ def test_every_consumer_has_each_row():
         assert term.weight is None or hasattr(modeling.OmniNegLossConfig(), term.weight), term
         assert term.name in output_fields, term
     # The output keeps the field names that users and checkpoints' code read.
-    assert {"text_embeds", "image_embeds", "presence_negated_embeds", "absence_negated_embeds",
-            "absence_affirmed_embeds", "logits_per_image", "loss_choice", "loss_keep"} <= output_fields
+    assert {
+        "text_embeds",
+        "image_embeds",
+        "presence_negated_embeds",
+        "absence_negated_embeds",
+        "absence_affirmed_embeds",
+        "logits_per_image",
+        "loss_choice",
+        "loss_keep",
+    } <= output_fields
 
 
 def test_caption_columns_from_flags():
@@ -58,7 +66,9 @@ def test_the_collator_leaves_out_what_no_active_term_reads():
     them out (and the model, given them anyway, encodes them: it encodes what it is given)."""
     rows = [[49406, 320 + row, 49407] for row in range(4)]
     tokens = {row.input_ids: rows for row in CAPTION_SETS}
-    packed = PackedRows(tokens, 49407, image_index=np.arange(4), image_embeds=torch.randn(4, tiny_clip_config().projection_dim))
+    packed = PackedRows(
+        tokens, 49407, image_index=np.arange(4), image_embeds=torch.randn(4, tiny_clip_config().projection_dim)
+    )
     items = [{"row_id": row, "packed_row": row} for row in range(4)]
     off, on = modeling.OmniNegLossConfig(), modeling.OmniNegLossConfig(lambda_choice=0.5)
     assert AFFIRMED.name not in off.caption_sets_read() and AFFIRMED.name in on.caption_sets_read()
@@ -80,4 +90,8 @@ def test_forward_names_an_unknown_caption_argument():
     model = modeling.OmniNegCLIPModel(tiny_clip_config())
     ids = torch.tensor([[49406, 320, 49407]])
     with pytest.raises(TypeError, match="presence_negated_input_idz"):
-        model(input_ids=ids, image_embeds=torch.randn(1, tiny_clip_config().projection_dim), presence_negated_input_idz=ids)
+        model(
+            input_ids=ids,
+            image_embeds=torch.randn(1, tiny_clip_config().projection_dim),
+            presence_negated_input_idz=ids,
+        )

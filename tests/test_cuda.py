@@ -41,12 +41,18 @@ def test_bf16_autocast_on_cuda_matches_fp32_on_cpu():
         cosine = torch.nn.functional.cosine_similarity(got.flatten(), value.flatten(), dim=0)
         assert cosine > 0.98, f"{name}: cosine {cosine:.3f}"
 
+
 def test_train_py_bf16_on_cuda_saves_a_plain_float32_clip(tmp_path, processor):
     model_dir = save_tiny_clip(tmp_path / "clip", processor)
     data = save_dataset(tmp_path / "data", color_rows(32), color_rows(16, offset=32))
     out = tmp_path / "out"
-    result = run_command([sys.executable, "train.py", *train_flags(model_dir, data, out, max_steps=4, bf16="true",
-                                                            eval_strategy="steps", eval_steps=4)])
+    result = run_command(
+        [
+            sys.executable,
+            "train.py",
+            *train_flags(model_dir, data, out, max_steps=4, bf16="true", eval_strategy="steps", eval_steps=4),
+        ]
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads((out / "training_provenance.json").read_text())
     assert record["training_arguments"]["bf16"] is True
@@ -63,8 +69,16 @@ def test_evaluation_embeddings_on_cuda_match_cpu(tiny_clip, tokenizer, processor
 
     texts = ["a red square", "a picture with no blue circle", "two green squares and a yellow one"]
     images = [row["image"] for row in color_rows(4)]
-    on_cpu = embed_texts(tiny_clip, tokenizer, texts, progress=False), embed_images(tiny_clip, processor.image_processor, images, progress=False)
+    on_cpu = (
+        embed_texts(tiny_clip, tokenizer, texts, progress=False),
+        embed_images(tiny_clip, processor.image_processor, images, progress=False),
+    )
     model = tiny_clip.cuda()
-    on_gpu = embed_texts(model, tokenizer, texts, progress=False), embed_images(model, processor.image_processor, images, progress=False)
+    on_gpu = (
+        embed_texts(model, tokenizer, texts, progress=False),
+        embed_images(model, processor.image_processor, images, progress=False),
+    )
     for cpu, gpu in zip(on_cpu, on_gpu):
-        torch.testing.assert_close(torch.as_tensor(gpu).float().cpu(), torch.as_tensor(cpu).float().cpu(), rtol=1e-3, atol=1e-3)
+        torch.testing.assert_close(
+            torch.as_tensor(gpu).float().cpu(), torch.as_tensor(cpu).float().cpu(), rtol=1e-3, atol=1e-3
+        )

@@ -37,21 +37,52 @@ COCO_IMAGES = {
 def write_coco(root: Path) -> list[str]:
     images_dir = root / "images"
     images_dir.mkdir(parents=True)
-    images = [{"id": image_id, "file_name": f"{image_id:06d}.png", "width": 8, "height": 8} for image_id in COCO_IMAGES]
+    images = [
+        {"id": image_id, "file_name": f"{image_id:06d}.png", "width": 8, "height": 8} for image_id in COCO_IMAGES
+    ]
     for image_id in COCO_IMAGES:
         path = images_dir / f"{image_id:06d}.png"
         Image.new("L" if image_id == 7 else "RGB", (8, 8), 90 if image_id == 7 else (image_id * 20, 0, 0)).save(path)
         if image_id == 8:
             path.write_bytes(path.read_bytes()[:40])
-    captions = {"info": {}, "licenses": [], "images": images,
-                "annotations": [{"id": 100 + image_id, "image_id": image_id, "caption": caption} for image_id, (caption, _) in COCO_IMAGES.items()]}
-    instances = {"info": {}, "licenses": [], "images": images,
-                 "categories": [{"id": cid, "name": name, "supercategory": "thing"} for cid, name in CATEGORIES.items()],
-                 "annotations": [{"id": 10 * image_id + n, "image_id": image_id, "category_id": cid, "bbox": [0, 0, 2 + n, 2], "area": 4, "iscrowd": 0}
-                                 for image_id, (_, cids) in COCO_IMAGES.items() for n, cid in enumerate(cids)]}
+    captions = {
+        "info": {},
+        "licenses": [],
+        "images": images,
+        "annotations": [
+            {"id": 100 + image_id, "image_id": image_id, "caption": caption}
+            for image_id, (caption, _) in COCO_IMAGES.items()
+        ],
+    }
+    instances = {
+        "info": {},
+        "licenses": [],
+        "images": images,
+        "categories": [{"id": cid, "name": name, "supercategory": "thing"} for cid, name in CATEGORIES.items()],
+        "annotations": [
+            {
+                "id": 10 * image_id + n,
+                "image_id": image_id,
+                "category_id": cid,
+                "bbox": [0, 0, 2 + n, 2],
+                "area": 4,
+                "iscrowd": 0,
+            }
+            for image_id, (_, cids) in COCO_IMAGES.items()
+            for n, cid in enumerate(cids)
+        ],
+    }
     (root / "captions_train2017.json").write_text(json.dumps(captions))
     (root / "instances_train2017.json").write_text(json.dumps(instances))
-    return ["coco", "--captions", str(root / "captions_train2017.json"), "--instances", str(root / "instances_train2017.json"), "--images", str(images_dir)]
+    return [
+        "coco",
+        "--captions",
+        str(root / "captions_train2017.json"),
+        "--instances",
+        str(root / "instances_train2017.json"),
+        "--images",
+        str(images_dir),
+    ]
 
 
 def build(args: list[str], out: Path, *extra: str) -> dict:
@@ -74,8 +105,12 @@ def test_coco_build_writes_contract_columns_and_valid_negations(tmp_path, coco_a
     loaded = datasets.load_from_disk(str(out))
     assert list(loaded) == ["train", "validation", "test"]
     assert set(data_builder.CONTRACT_COLUMNS) <= set(loaded["train"].column_names)
-    assert loaded["train"].features["image"] == datasets.Value("string")  # a path under images/, each image stored once
-    assert all(path.startswith("images/") and (out / path).is_file() for split in loaded.values() for path in split["image"])
+    assert loaded["train"].features["image"] == datasets.Value(
+        "string"
+    )  # a path under images/, each image stored once
+    assert all(
+        path.startswith("images/") and (out / path).is_file() for split in loaded.values() for path in split["image"]
+    )
     by_image = {}
     for split, rows in rows_of(out).items():
         for row in rows:
@@ -83,8 +118,12 @@ def test_coco_build_writes_contract_columns_and_valid_negations(tmp_path, coco_a
             by_image[row["image_id"]] = row
     assert sorted(by_image) == ["1", "2", "3", "4", "5", "6", "7"]  # 8 is truncated
     for row in by_image.values():
-        assert row["negated_object"] in row["present_objects"] and mentions(row["presence_negated"], row["negated_object"])
-        assert row["absent_object"] not in row["present_objects"] and mentions(row["absence_negated"], row["absent_object"])
+        assert row["negated_object"] in row["present_objects"] and mentions(
+            row["presence_negated"], row["negated_object"]
+        )
+        assert row["absent_object"] not in row["present_objects"] and mentions(
+            row["absence_negated"], row["absent_object"]
+        )
         # Its false twin affirms the absent object, unnegated, after the whole original caption.
         affirmed = [m for m in find_mentions(row["absence_affirmed"], [row["absent_object"]])]
         assert affirmed and not any(m.negated for m in affirmed), row["absence_affirmed"]
@@ -99,7 +138,9 @@ def test_coco_build_writes_contract_columns_and_valid_negations(tmp_path, coco_a
     assert by_image["6"]["negated_object"] == "couch" and by_image["6"]["presence_rewrite"].startswith("suffix_")
     assert by_image["6"]["present_objects"] == ["couch"]
     assert summary["rows_in"] == 8 and sum(summary["rows_out"].values()) == 7
-    assert summary["skips"]["row:corrupt_image"] == 1 and summary["skip_examples"]["row:corrupt_image"] == ["000008.png"]
+    assert summary["skips"]["row:corrupt_image"] == 1 and summary["skip_examples"]["row:corrupt_image"] == [
+        "000008.png"
+    ]
     assert summary["images_converted_to_rgb"] == {"L": 1}
     assert summary["negations"] == {"both": 7}
     assert summary["quality_gate"]["passed"] and summary["quality_gate"]["total"]["presence"]["passed"] == 7
@@ -111,13 +152,17 @@ def test_coco_build_writes_contract_columns_and_valid_negations(tmp_path, coco_a
 
 def test_same_seed_same_bytes_and_another_seed_differs(tmp_path, coco_args):
     def snapshot(folder: Path) -> dict[str, bytes]:
-        return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+        return {
+            str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()
+        }
 
     build(coco_args, tmp_path / "a", "--seed", "3")
     build(coco_args, tmp_path / "b", "--seed", "3")
     assert snapshot(tmp_path / "a") == snapshot(tmp_path / "b")
     build(coco_args, tmp_path / "c", "--seed", "4", "--captions_per_image", "1")
-    texts = lambda out: sorted((r["presence_negated"], r["absence_negated"]) for rows in rows_of(out).values() for r in rows)  # noqa: E731
+    texts = lambda out: sorted(
+        (r["presence_negated"], r["absence_negated"]) for rows in rows_of(out).values() for r in rows
+    )  # noqa: E731
     assert texts(tmp_path / "a") != texts(tmp_path / "c")
 
 
@@ -165,8 +210,13 @@ def test_cli_errors_are_one_clean_paragraph(tmp_path, coco_args, capsys):
 def write_caption_folder(root: Path) -> Path:
     root.mkdir(parents=True)
     lines = []
-    captions = {"a.png": "Two puppies on a sofa", "b.png": "A sunset over the sea", "c.png": "A dog chasing a frisbee",
-                "d.png": "A man sitting on a couch", "e.png": "A cat sleeping on a bed"}
+    captions = {
+        "a.png": "Two puppies on a sofa",
+        "b.png": "A sunset over the sea",
+        "c.png": "A dog chasing a frisbee",
+        "d.png": "A man sitting on a couch",
+        "e.png": "A cat sleeping on a bed",
+    }
     for name, caption in captions.items():
         Image.new("RGBA" if name == "e.png" else "RGB", (8, 8)).save(root / name)
         lines.append(json.dumps({"file_name": name, "caption": caption}))
@@ -176,11 +226,17 @@ def write_caption_folder(root: Path) -> Path:
 
 def test_captions_source_counts_captions_without_objects(tmp_path):
     folder = write_caption_folder(tmp_path / "flickr")
-    summary = build(["captions", "--dataset", str(folder)], tmp_path / "out", "--test_fraction", "0", "--validation_fraction", "0")
+    summary = build(
+        ["captions", "--dataset", str(folder)], tmp_path / "out", "--test_fraction", "0", "--validation_fraction", "0"
+    )
     rows = rows_of(tmp_path / "out")["train"]
     assert sorted(row["image_id"] for row in rows) == ["a.png", "c.png", "d.png", "e.png"]
     skips = summary["skips"]
-    assert skips["presence:no_detectable_object"] == 1 and skips["absence:no_detectable_object"] == 1 and skips["row:no_negation"] == 1
+    assert (
+        skips["presence:no_detectable_object"] == 1
+        and skips["absence:no_detectable_object"] == 1
+        and skips["row:no_negation"] == 1
+    )
     assert summary["images_converted_to_rgb"] == {"RGBA": 1}
     puppies = next(row for row in rows if row["image_id"] == "a.png")
     assert puppies["present_objects"] == ["couch", "dog"] and puppies["absent_object"] not in ("couch", "dog")
@@ -194,37 +250,100 @@ def test_ccneg_build_keeps_the_published_evaluation_split(tmp_path):
     for index in range(6):
         Image.new("RGB", (8, 8), (index, 0, 0)).save(folder / f"{index}.jpg")
         paths.append(f"/workspace/datasets/cc3m/cc3m_subset_images_extracted_final/{index}.jpg")
-        negative = "a man holding a cup" if index == 0 else "a man not holding a cup, outdoors"  # item 0 has no negation
-        annotations.append({"json": {"caption": "a man holding a cup outdoors"},
-                            "sop_data": {"negative-prompt": negative, "sop_chosen_object": "cup", "sop_decomposition": {"subject": "man"}}})
+        negative = (
+            "a man holding a cup" if index == 0 else "a man not holding a cup, outdoors"
+        )  # item 0 has no negation
+        annotations.append(
+            {
+                "json": {"caption": "a man holding a cup outdoors"},
+                "sop_data": {
+                    "negative-prompt": negative,
+                    "sop_chosen_object": "cup",
+                    "sop_decomposition": {"subject": "man"},
+                },
+            }
+        )
     torch.save({"image_paths": paths, "annotations": annotations}, tmp_path / "ccneg_preprocessed.pt")
-    summary = build(["ccneg", "--annotations", str(tmp_path / "ccneg_preprocessed.pt"), "--images", str(tmp_path / "ccneg"), "--eval_size", "2"],
-                    tmp_path / "out", "--validation_fraction", "0.3")
+    summary = build(
+        [
+            "ccneg",
+            "--annotations",
+            str(tmp_path / "ccneg_preprocessed.pt"),
+            "--images",
+            str(tmp_path / "ccneg"),
+            "--eval_size",
+            "2",
+        ],
+        tmp_path / "out",
+        "--validation_fraction",
+        "0.3",
+    )
     splits = rows_of(tmp_path / "out")
     assert sorted(row["source_index"] for row in splits["test"]) == [4, 5]
     assert sorted(row["source_index"] for row in splits["train"] + splits["validation"]) == [1, 2, 3]
     row = splits["test"][0]
-    assert row["presence_negated"] == "a man not holding a cup outdoors" and row["negated_object"] == "cup" and row["presence_rewrite"] == "ccneg"
+    assert (
+        row["presence_negated"] == "a man not holding a cup outdoors"
+        and row["negated_object"] == "cup"
+        and row["presence_rewrite"] == "ccneg"
+    )
     assert row["absence_negated"] is None
-    assert summary["skips"]["presence:quality_gate:no_negation_cue"] == 1 and summary["negations"] == {"presence_only": 5}
+    assert summary["skips"]["presence:quality_gate:no_negation_cue"] == 1 and summary["negations"] == {
+        "presence_only": 5
+    }
 
 
 def test_negationclip_build_with_synthesized_presence(tmp_path):
     images = tmp_path / "train2014"
     images.mkdir()
     Image.new("RGB", (8, 8)).save(images / "COCO_train2014_000000000009.jpg")
-    data = {"info": {}, "licenses": [], "images": [{"id": 9, "file_name": "COCO_train2014_000000000009.jpg", "width": 8, "height": 8}],
-            "annotations": [{"id": 1, "image_id": 9, "caption": "a dog on a couch", "updated_caption": "a dog on a couch, with no cat in sight"},
-                            {"id": 2, "image_id": 10, "caption": "a bus", "updated_caption": "a bus without a car"}]}
-    data["images"].append({"id": 10, "file_name": "COCO_train2014_000000000010.jpg", "width": 8, "height": 8})  # file missing
+    data = {
+        "info": {},
+        "licenses": [],
+        "images": [{"id": 9, "file_name": "COCO_train2014_000000000009.jpg", "width": 8, "height": 8}],
+        "annotations": [
+            {
+                "id": 1,
+                "image_id": 9,
+                "caption": "a dog on a couch",
+                "updated_caption": "a dog on a couch, with no cat in sight",
+            },
+            {"id": 2, "image_id": 10, "caption": "a bus", "updated_caption": "a bus without a car"},
+        ],
+    }
+    data["images"].append(
+        {"id": 10, "file_name": "COCO_train2014_000000000010.jpg", "width": 8, "height": 8}
+    )  # file missing
     (tmp_path / "negationclip_captions_train2014.json").write_text(json.dumps(data))
-    args = ["negationclip", "--annotations", str(tmp_path / "negationclip_captions_train2014.json"), "--images", str(images)]
+    args = [
+        "negationclip",
+        "--annotations",
+        str(tmp_path / "negationclip_captions_train2014.json"),
+        "--images",
+        str(images),
+    ]
     summary = build(args, tmp_path / "out", "--test_fraction", "0", "--validation_fraction", "0")
     (row,) = rows_of(tmp_path / "out")["train"]
-    assert (row["absence_negated"], row["absent_object"], row["absence_rewrite"]) == ("a dog on a couch, with no cat in sight", "cat", "negationclip")
+    assert (row["absence_negated"], row["absent_object"], row["absence_rewrite"]) == (
+        "a dog on a couch, with no cat in sight",
+        "cat",
+        "negationclip",
+    )
     assert row["presence_negated"] is None and summary["negations"] == {"absence_only": 1}
-    assert summary["skips"] == {"row:missing_image": 1} and summary["skip_examples"] == {"row:missing_image": ["COCO_train2014_000000000010.jpg"]}
-    build(args, tmp_path / "both", "--test_fraction", "0", "--validation_fraction", "0", "--synthesize_presence", "--max_rows", "1")
+    assert summary["skips"] == {"row:missing_image": 1} and summary["skip_examples"] == {
+        "row:missing_image": ["COCO_train2014_000000000010.jpg"]
+    }
+    build(
+        args,
+        tmp_path / "both",
+        "--test_fraction",
+        "0",
+        "--validation_fraction",
+        "0",
+        "--synthesize_presence",
+        "--max_rows",
+        "1",
+    )
     (row,) = rows_of(tmp_path / "both")["train"]
     assert row["negated_object"] in ("dog", "couch") and row["presence_negated"] is not None
 
@@ -233,9 +352,13 @@ def test_llm_rewriter_outputs_are_gated_and_fallbacks_counted(tmp_path, coco_arg
     def fake_model(prompt: str) -> str:
         caption = prompt.rsplit("Caption: ", 1)[1].split("\n")[0]
         obj = prompt.rsplit("Object: ", 1)[1].split("\n")[0]
-        return f"{caption}, and no {obj} anywhere" if "Add to the image caption" in prompt else caption  # presence: unchanged
+        return (
+            f"{caption}, and no {obj} anywhere" if "Add to the image caption" in prompt else caption
+        )  # presence: unchanged
 
-    monkeypatch.setattr(rewrite.LLMRewriter, "from_pretrained", classmethod(lambda cls, model_id: cls(fake_model, f"llm:{model_id}")))
+    monkeypatch.setattr(
+        rewrite.LLMRewriter, "from_pretrained", classmethod(lambda cls, model_id: cls(fake_model, f"llm:{model_id}"))
+    )
     summary = build(coco_args, tmp_path / "out", "--rewriter_model", "tiny-lm")
     assert summary["rewrites"]["absence"] == {"llm:tiny-lm": 7}
     assert "llm:tiny-lm" not in summary["rewrites"]["presence"]
@@ -244,45 +367,116 @@ def test_llm_rewriter_outputs_are_gated_and_fallbacks_counted(tmp_path, coco_arg
 
 def test_quality_gate_counts_failures_by_reason():
     features = data_builder.contract_features()
-    row = dict(image=None, caption="a dog on a couch", present_objects=["dog", "couch"], source="t", image_id="1", source_index=0,
-               presence_negated="no dog on a couch", negated_object="dog", presence_rewrite="x",
-               absence_negated="a dog on a couch with no cats", absence_affirmed="a dog on a couch, with a cat", absent_object="cat",
-               absence_rewrite="y")
-    bad = dict(row, image_id="2", presence_negated="no cat on a couch", negated_object="cat", absence_negated=None,
-               absence_affirmed=None, absent_object=None)
+    row = dict(
+        image=None,
+        caption="a dog on a couch",
+        present_objects=["dog", "couch"],
+        source="t",
+        image_id="1",
+        source_index=0,
+        presence_negated="no dog on a couch",
+        negated_object="dog",
+        presence_rewrite="x",
+        absence_negated="a dog on a couch with no cats",
+        absence_affirmed="a dog on a couch, with a cat",
+        absent_object="cat",
+        absence_rewrite="y",
+    )
+    bad = dict(
+        row,
+        image_id="2",
+        presence_negated="no cat on a couch",
+        negated_object="cat",
+        absence_negated=None,
+        absence_affirmed=None,
+        absent_object=None,
+    )
     worse = dict(row, image_id="3", absence_negated="a dog on a couch with no sofa", absent_object="couch")
-    gate = data_builder.quality_gate(datasets.DatasetDict(train=datasets.Dataset.from_list([row, bad], features=features),
-                                                          test=datasets.Dataset.from_list([worse], features=features)))
+    gate = data_builder.quality_gate(
+        datasets.DatasetDict(
+            train=datasets.Dataset.from_list([row, bad], features=features),
+            test=datasets.Dataset.from_list([worse], features=features),
+        )
+    )
     assert gate["train"]["presence"] == {"passed": 1, "missing": 0, "failed": {"object_not_present": 1}}
     assert gate["train"]["absence"] == {"passed": 1, "missing": 1, "failed": {}}
-    assert gate["total"]["absence"]["failed"] == {"object_present": 1} and gate["total"]["rows"] == 3 and not gate["passed"]
+    assert (
+        gate["total"]["absence"]["failed"] == {"object_present": 1}
+        and gate["total"]["rows"] == 3
+        and not gate["passed"]
+    )
     with pytest.raises(UserError, match="lacks the contract columns"):
         data_builder.quality_gate(datasets.DatasetDict(train=datasets.Dataset.from_dict({"caption": ["x"]})))
 
 
 def test_dataset_card_parses_and_push_is_called(tmp_path, coco_args, monkeypatch):
     pushed = []
-    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: pushed.append(("repo", repo_id, kw.get("repo_type"))) or types.SimpleNamespace(repo_id=repo_id))
+    monkeypatch.setattr(
+        HfApi,
+        "create_repo",
+        lambda self, repo_id, **kw: (
+            pushed.append(("repo", repo_id, kw.get("repo_type"))) or types.SimpleNamespace(repo_id=repo_id)
+        ),
+    )
     # What goes up carries each row's image (an Image feature: datasets embeds the files' bytes), not a path.
-    monkeypatch.setattr(datasets.DatasetDict, "push_to_hub", lambda self, repo_id, **kw: pushed.append(
-        ("data", repo_id, sorted(self)) if isinstance(self["train"].features["image"], datasets.Image) else ("paths", repo_id)))
-    monkeypatch.setattr(DatasetCard, "push_to_hub", lambda self, repo_id, **kw: pushed.append(
-        ("card", repo_id, kw.get("repo_type"), self.data.license, self.data.configs[0]["data_files"][0]["path"])))
+    monkeypatch.setattr(
+        datasets.DatasetDict,
+        "push_to_hub",
+        lambda self, repo_id, **kw: pushed.append(
+            ("data", repo_id, sorted(self))
+            if isinstance(self["train"].features["image"], datasets.Image)
+            else ("paths", repo_id)
+        ),
+    )
+    monkeypatch.setattr(
+        DatasetCard,
+        "push_to_hub",
+        lambda self, repo_id, **kw: pushed.append(
+            ("card", repo_id, kw.get("repo_type"), self.data.license, self.data.configs[0]["data_files"][0]["path"])
+        ),
+    )
     build(coco_args, tmp_path / "out", "--push_to_hub", "me/coco-neg", "--license", "cc-by-4.0")
     # The card goes first: DatasetDict.push_to_hub then writes its dataset_info into it (tests/test_hub_cards.py pushes for real).
-    assert pushed == [("repo", "me/coco-neg", "dataset"), ("card", "me/coco-neg", "dataset", "cc-by-4.0", "data/train-*"),
-                      ("data", "me/coco-neg", ["test", "train", "validation"])]
-    local = DatasetCard((tmp_path / "out" / writing.CARD_FILE).read_text())  # the folder's own card: its Arrow files, paths
+    assert pushed == [
+        ("repo", "me/coco-neg", "dataset"),
+        ("card", "me/coco-neg", "dataset", "cc-by-4.0", "data/train-*"),
+        ("data", "me/coco-neg", ["test", "train", "validation"]),
+    ]
+    local = DatasetCard(
+        (tmp_path / "out" / writing.CARD_FILE).read_text()
+    )  # the folder's own card: its Arrow files, paths
     assert local.data.configs[0]["data_files"][0]["path"] == "train/data-*.arrow"
     assert local.data.dataset_info["features"][0] == {"name": "image", "dtype": "string"}
 
-    summary = {"source": "coco", "rows_in": 10, "rows_out": {"train": 8, "validation": 1, "test": 1}, "skips": {"row:no_negation": 2},
-               "examples": [{"caption": "a | b", "presence_negated": "no a", "absence_negated": None}]}
-    card = DatasetCard(render_dataset_card(summary, data_builder.contract_features(), license="other", license_name="coco-terms",
-                                           source_description="COCO.", num_bytes={"train": 80, "validation": 10, "test": 10}))
-    assert card.data.license == "other" and card.data.license_name == "coco-terms" and card.data.size_categories == ["n<1K"]
-    assert "configs" not in card.data.to_dict()  # no data_files given: no configs; hub_dataset_card adds the pushed layout's
-    assert hub_dataset_card(str(card)).data.to_dict()["configs"][0]["data_files"][0] == {"split": "train", "path": "data/train-*"}
+    summary = {
+        "source": "coco",
+        "rows_in": 10,
+        "rows_out": {"train": 8, "validation": 1, "test": 1},
+        "skips": {"row:no_negation": 2},
+        "examples": [{"caption": "a | b", "presence_negated": "no a", "absence_negated": None}],
+    }
+    card = DatasetCard(
+        render_dataset_card(
+            summary,
+            data_builder.contract_features(),
+            license="other",
+            license_name="coco-terms",
+            source_description="COCO.",
+            num_bytes={"train": 80, "validation": 10, "test": 10},
+        )
+    )
+    assert (
+        card.data.license == "other"
+        and card.data.license_name == "coco-terms"
+        and card.data.size_categories == ["n<1K"]
+    )
+    assert (
+        "configs" not in card.data.to_dict()
+    )  # no data_files given: no configs; hub_dataset_card adds the pushed layout's
+    assert hub_dataset_card(str(card)).data.to_dict()["configs"][0]["data_files"][0] == {
+        "split": "train",
+        "path": "data/train-*",
+    }
     assert card.data.dataset_info["splits"][0] == {"name": "train", "num_bytes": 80, "num_examples": 8}
     with pytest.raises(ValueError, match="license_name"):
         render_dataset_card(summary, data_builder.contract_features(), license="other")
@@ -293,19 +487,54 @@ def test_dataset_card_parses_and_push_is_called(tmp_path, coco_args, monkeypatch
 def test_shapes_subcommand_writes_the_world_through_the_same_writer(tmp_path, monkeypatch):
     calls = []
 
-    def build_world(num_train=16000, num_validation=1000, num_test=2000, seed=0, image_size=64, progress=True, statement_rate=0.0):
+    def build_world(
+        num_train=16000, num_validation=1000, num_test=2000, seed=0, image_size=64, progress=True, statement_rate=0.0
+    ):
         calls.append((num_train, num_validation, num_test, seed, image_size, statement_rate))
         features = data_builder.contract_features()
-        row = dict(image={"bytes": _png_bytes(image_size), "path": None}, caption="a red circle", present_objects=["circle"], source="shapes",
-                   image_id="0", source_index=0, presence_negated="no red circle", negated_object="circle", presence_rewrite="world",
-                   absence_negated="a red circle and no square", absence_affirmed="a red circle and a square", absent_object="square",
-                   absence_rewrite="world")
-        return datasets.DatasetDict({split: datasets.Dataset.from_list([dict(row, image_id=f"{split}{i}") for i in range(count)], features=features)
-                                     for split, count in (("train", num_train), ("validation", num_validation), ("test", num_test))})
+        row = dict(
+            image={"bytes": _png_bytes(image_size), "path": None},
+            caption="a red circle",
+            present_objects=["circle"],
+            source="shapes",
+            image_id="0",
+            source_index=0,
+            presence_negated="no red circle",
+            negated_object="circle",
+            presence_rewrite="world",
+            absence_negated="a red circle and no square",
+            absence_affirmed="a red circle and a square",
+            absent_object="square",
+            absence_rewrite="world",
+        )
+        return datasets.DatasetDict(
+            {
+                split: datasets.Dataset.from_list(
+                    [dict(row, image_id=f"{split}{i}") for i in range(count)], features=features
+                )
+                for split, count in (("train", num_train), ("validation", num_validation), ("test", num_test))
+            }
+        )
 
     monkeypatch.setitem(sys.modules, "omninegclip.building.shapes", types.SimpleNamespace(build_world=build_world))
-    summary = build(["shapes", "--num_train", "3", "--num_validation", "1", "--num_test", "2", "--image_size", "16",
-                     "--statement_rate", "0.25"], tmp_path / "world", "--seed", "5")
+    summary = build(
+        [
+            "shapes",
+            "--num_train",
+            "3",
+            "--num_validation",
+            "1",
+            "--num_test",
+            "2",
+            "--image_size",
+            "16",
+            "--statement_rate",
+            "0.25",
+        ],
+        tmp_path / "world",
+        "--seed",
+        "5",
+    )
     assert calls == [(3, 1, 2, 5, 16, 0.25)]
     assert summary["rows_out"] == {"train": 3, "validation": 1, "test": 2} and summary["quality_gate"]["passed"]
     assert datasets.load_from_disk(str(tmp_path / "world"))["train"][0]["image"].size == (16, 16)
@@ -320,7 +549,10 @@ def _png_bytes(size: int) -> bytes:
 
 
 def test_real_shapes_world_passes_the_gate(tmp_path):
-    summary = build(["shapes", "--num_train", "8", "--num_validation", "2", "--num_test", "2", "--image_size", "32"], tmp_path / "world")
+    summary = build(
+        ["shapes", "--num_train", "8", "--num_validation", "2", "--num_test", "2", "--image_size", "32"],
+        tmp_path / "world",
+    )
     assert summary["rows_out"] == {"train": 8, "validation": 2, "test": 2}
     assert summary["quality_gate"]["passed"], summary["quality_gate"]
 
@@ -343,15 +575,29 @@ def write_captions_jsonl(root: Path, rows: list[tuple[str, str]]) -> Path:
     for index, _ in enumerate(rows):
         Image.new("RGB", (8, 8), (index * 30, 0, 0)).save(root / f"{index}.png")
     path = root / "pairs.jsonl"
-    path.write_text("".join(json.dumps({"image": f"{index}.png", "caption": caption}) + "\n" for index, (caption, _) in enumerate(rows)))
+    path.write_text(
+        "".join(
+            json.dumps({"image": f"{index}.png", "caption": caption}) + "\n" for index, (caption, _) in enumerate(rows)
+        )
+    )
     return path
 
 
 def test_captions_source_same_seed_same_bytes(tmp_path):
-    data = write_captions_jsonl(tmp_path / "data", [("a dog on a couch", ""), ("a cat on a bed", ""), ("a man riding a horse", ""), ("two people near a bus", "")])
+    data = write_captions_jsonl(
+        tmp_path / "data",
+        [
+            ("a dog on a couch", ""),
+            ("a cat on a bed", ""),
+            ("a man riding a horse", ""),
+            ("two people near a bus", ""),
+        ],
+    )
 
     def snapshot(folder: Path) -> dict[str, bytes]:
-        return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+        return {
+            str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()
+        }
 
     for name in ("a", "b"):
         build(["captions", "--dataset", str(data)], tmp_path / name, "--seed", "5")
@@ -362,16 +608,25 @@ FILLER = "and a long winding description of the room " * 12
 
 
 def test_negations_the_text_encoder_would_not_see_are_refused_and_long_texts_counted(tmp_path):
-    data = write_captions_jsonl(tmp_path / "data", [
-        ("a couch " + FILLER + "and a dog", "couch named first: its negation is seen"),
-        ("a room " + FILLER + "with a dog", "the dog only beyond 77 tokens: no presence negation"),
-        ("a cat on a bed", ""), ("a dog on a couch", ""), ("a man riding a horse", ""),
-    ])
-    summary = build(["captions", "--dataset", str(data)], tmp_path / "out", "--validation_fraction", "0", "--test_fraction", "0")
+    data = write_captions_jsonl(
+        tmp_path / "data",
+        [
+            ("a couch " + FILLER + "and a dog", "couch named first: its negation is seen"),
+            ("a room " + FILLER + "with a dog", "the dog only beyond 77 tokens: no presence negation"),
+            ("a cat on a bed", ""),
+            ("a dog on a couch", ""),
+            ("a man riding a horse", ""),
+        ],
+    )
+    summary = build(
+        ["captions", "--dataset", str(data)], tmp_path / "out", "--validation_fraction", "0", "--test_fraction", "0"
+    )
     rows = {row["caption"][:7]: row for row in rows_of(tmp_path / "out")["train"]}
     window = negation.TokenWindow()
     first = rows["a couch"]
-    assert first["negated_object"] == "couch" and window.negation_visible(first["caption"], first["presence_negated"], "couch")
+    assert first["negated_object"] == "couch" and window.negation_visible(
+        first["caption"], first["presence_negated"], "couch"
+    )
     second = rows["a room "]
     assert second["presence_negated"] is None and second["absence_negated"] is not None
     assert window.negation_visible(second["caption"], second["absence_negated"], second["absent_object"])
@@ -379,7 +634,9 @@ def test_negations_the_text_encoder_would_not_see_are_refused_and_long_texts_cou
     long = summary["over_context_length"]
     assert long["limit"] == 77 and long["texts"]["caption"] == 2 and long["texts"]["absence_negated"] >= 1
     assert window.too_long([first["caption"], "a dog"]) == 1 and window.visible("a dog") == "a dog"
-    assert first["caption"].startswith(window.visible(first["caption"])) and len(window.visible(first["caption"])) < len(first["caption"])
+    assert first["caption"].startswith(window.visible(first["caption"])) and len(
+        window.visible(first["caption"])
+    ) < len(first["caption"])
 
 
 # ---- each image stored once; checked cheaply; stored in parallel --------------------------------------------
@@ -392,8 +649,24 @@ def test_each_image_is_stored_once_whatever_the_captions_and_training_reads_the_
     fixture = make_fixture(tmp_path / "coco", images=6, progress=False)  # 5 captions an image, realistic JPEGs
     assert 80 * 1024 < fixture.mean_image_bytes < 160 * 1024
     out = tmp_path / "out"
-    summary = build(["coco", "--captions", fixture.captions_file, "--instances", fixture.instances_file, "--images", fixture.images_dir],
-                    out, "--captions_per_image", "0", "--validation_fraction", "0", "--test_fraction", "0")
+    summary = build(
+        [
+            "coco",
+            "--captions",
+            fixture.captions_file,
+            "--instances",
+            fixture.instances_file,
+            "--images",
+            fixture.images_dir,
+        ],
+        out,
+        "--captions_per_image",
+        "0",
+        "--validation_fraction",
+        "0",
+        "--test_fraction",
+        "0",
+    )
     loaded = datasets.load_from_disk(str(out))
     rows = loaded["train"]
     ids = set(rows["image_id"])
@@ -404,7 +677,9 @@ def test_each_image_is_stored_once_whatever_the_captions_and_training_reads_the_
     # Stored as they came (no re-encoding), once: the bytes on disk are the input's, whatever the row count.
     assert sorted(file.read_bytes() for file in files) == sorted(originals.values())
     assert summary["images"]["bytes_written"] == summary["images"]["bytes_read"] == fixture.image_bytes
-    others = [path for path in out.rglob("*") if path.is_file() and storage.IMAGES_FOLDER not in path.relative_to(out).parts]
+    others = [
+        path for path in out.rglob("*") if path.is_file() and storage.IMAGES_FOLDER not in path.relative_to(out).parts
+    ]
     assert sum(path.stat().st_size for path in others) < fixture.image_bytes / 10
     assert not any(image[600:700] in path.read_bytes() for path in others for image in originals.values())
     for row in rows.select_columns(["image", "image_id"]):
@@ -428,7 +703,9 @@ def _jpeg(seed: int, size=(64, 48)) -> bytes:
     import numpy as np
 
     buffer = io.BytesIO()
-    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8), "RGB").save(buffer, format="JPEG", quality=90)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8), "RGB").save(
+        buffer, format="JPEG", quality=90
+    )
     return buffer.getvalue()
 
 
@@ -457,36 +734,56 @@ def test_parallel_image_storage_gives_the_same_files_and_counts(tmp_path):
         path = tmp_path / "in" / f"{index}.jpg"
         data = _jpeg(index, (16, 16))
         path.write_bytes(data if index % 7 else data[: len(data) // 2])  # every 7th truncated
-        jobs.append((ImageRef(path.name, path if index != 5 else tmp_path / "in" / "gone.jpg"), f"images/{index % 3}/{index}"))
+        jobs.append(
+            (ImageRef(path.name, path if index != 5 else tmp_path / "in" / "gone.jpg"), f"images/{index % 3}/{index}")
+        )
     serial = storage.store_images(jobs, tmp_path / "serial", num_proc=1)
     parallel = storage.store_images(jobs, tmp_path / "parallel", num_proc=2)
     assert serial == parallel
     assert [result.reason for result in serial].count("corrupt_image") == len(range(0, count, 7))
     assert serial[5].reason == "missing_image" and serial[1].path == "images/1/1.jpg"
     snapshot = lambda root: {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}  # noqa: E731
-    assert snapshot(tmp_path / "serial") == snapshot(tmp_path / "parallel") and len(snapshot(tmp_path / "serial")) == sum(r.path is not None for r in serial)
+    assert snapshot(tmp_path / "serial") == snapshot(tmp_path / "parallel") and len(
+        snapshot(tmp_path / "serial")
+    ) == sum(r.path is not None for r in serial)
 
 
 def test_a_build_in_worker_processes_writes_the_same_bytes_as_one_in_a_single_process(tmp_path, monkeypatch):
     from bench.coco_fixture import make_fixture
 
     fixture = make_fixture(tmp_path / "coco", images=6, progress=False)
-    args = ["coco", "--captions", fixture.captions_file, "--instances", fixture.instances_file, "--images", fixture.images_dir,
-            "--captions_per_image", "0"]
+    args = [
+        "coco",
+        "--captions",
+        fixture.captions_file,
+        "--instances",
+        fixture.instances_file,
+        "--images",
+        fixture.images_dir,
+        "--captions_per_image",
+        "0",
+    ]
     monkeypatch.setattr(data_builder, "NEGATION_CHUNK", 3)  # 30 rows: 10 chunks, so that 2 workers negate them
     monkeypatch.setattr(storage, "MIN_IMAGES_PER_WORKER", 2)  # and 2 workers store the 6 images
     monkeypatch.setattr(quality, "GATE_BATCH", 3)  # and check the rows
     workers = []
     real_pool = parallel.multiprocessing.get_context("fork").Pool
-    monkeypatch.setattr(parallel.multiprocessing, "get_context", lambda method: types.SimpleNamespace(
-        Pool=lambda processes, **kwargs: workers.append(processes) or real_pool(processes, **kwargs)))
+    monkeypatch.setattr(
+        parallel.multiprocessing,
+        "get_context",
+        lambda method: types.SimpleNamespace(
+            Pool=lambda processes, **kwargs: workers.append(processes) or real_pool(processes, **kwargs)
+        ),
+    )
     build(args, tmp_path / "serial", "--num_proc", "1")
     assert workers == []
     build(args, tmp_path / "parallel", "--num_proc", "2")
     assert workers[:2] == [2, 2] and set(workers) == {2} and len(workers) >= 3  # negations, images, the quality gate
 
     def snapshot(folder: Path) -> dict[str, bytes]:
-        return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+        return {
+            str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()
+        }
 
     assert snapshot(tmp_path / "serial") == snapshot(tmp_path / "parallel")
 
@@ -499,19 +796,36 @@ def test_a_built_folder_can_be_the_input_of_the_captions_source(tmp_path, coco_a
     assert {row["image"].size for rows in second.values() for row in rows} == {(8, 8)}
 
 
-def test_images_of_one_name_in_two_folders_are_both_kept_and_the_output_does_not_depend_on_where_the_input_is(tmp_path):
+def test_images_of_one_name_in_two_folders_are_both_kept_and_the_output_does_not_depend_on_where_the_input_is(
+    tmp_path,
+):
     for folder in ("a", "b"):
         (tmp_path / "in" / folder).mkdir(parents=True)
         (tmp_path / "in" / folder / "1.jpg").write_bytes(_jpeg(ord(folder)))
     rows = [{"image": f"{folder}/1.jpg", "caption": "a dog on a couch"} for folder in ("a", "b")]
     (tmp_path / "in" / "pairs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    build(["captions", "--dataset", str(tmp_path / "in" / "pairs.jsonl"), "--image_id_column", "caption"], tmp_path / "one",
-          "--validation_fraction", "0", "--test_fraction", "0")
+    build(
+        ["captions", "--dataset", str(tmp_path / "in" / "pairs.jsonl"), "--image_id_column", "caption"],
+        tmp_path / "one",
+        "--validation_fraction",
+        "0",
+        "--test_fraction",
+        "0",
+    )
     paths = datasets.load_from_disk(str(tmp_path / "one"))["train"]["image"]
-    assert len(set(paths)) == 2 and {(tmp_path / "one" / path).read_bytes() for path in paths} == {_jpeg(ord("a")), _jpeg(ord("b"))}
+    assert len(set(paths)) == 2 and {(tmp_path / "one" / path).read_bytes() for path in paths} == {
+        _jpeg(ord("a")),
+        _jpeg(ord("b")),
+    }
     (tmp_path / "in").rename(tmp_path / "moved")
-    build(["captions", "--dataset", str(tmp_path / "moved" / "pairs.jsonl"), "--image_id_column", "caption"], tmp_path / "two",
-          "--validation_fraction", "0", "--test_fraction", "0")
+    build(
+        ["captions", "--dataset", str(tmp_path / "moved" / "pairs.jsonl"), "--image_id_column", "caption"],
+        tmp_path / "two",
+        "--validation_fraction",
+        "0",
+        "--test_fraction",
+        "0",
+    )
     assert datasets.load_from_disk(str(tmp_path / "two"))["train"]["image"] == paths
 
 
@@ -534,6 +848,7 @@ def test_the_statement_family_writes_negbench_statements_that_pass_the_gate(tmp_
     plain = {row["image_id"]: row for split in rows_of(tmp_path / "none").values() for row in split}
     assert not any(row["presence_rewrite"] == "statement" for row in plain.values())
     assert {(row["image_id"], row["negated_object"], row["absent_object"]) for row in rows} == {
-        (row["image_id"], row["negated_object"], row["absent_object"]) for row in plain.values()}
+        (row["image_id"], row["negated_object"], row["absent_object"]) for row in plain.values()
+    }
     with pytest.raises(UserError, match=r"--statement_rate 1.5 must be in \[0, 1\]"):
         build(coco_args, tmp_path / "bad", "--statement_rate", "1.5")

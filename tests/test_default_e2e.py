@@ -61,6 +61,11 @@ def test_default_pipeline_end_to_end(tmp_path):
             scores = classifier(Image.open(folder / example["image"]), candidate_labels=example["candidate_labels"])
             assert {score["label"] for score in scores} == set(example["candidate_labels"])
     # A second run reuses the world and the pretrained base (a short fine-tune, to keep the test quick).
-    again = subprocess.run([*command[:-2], "--finetune_epochs", "0.05", "--recipes", "faithful"], cwd=ROOT, env=env,
-                           capture_output=True, text=True)
+    again = subprocess.run(
+        [*command[:-2], "--finetune_epochs", "0.05", "--recipes", "faithful"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert again.returncode == 0 and "world: reusing" in again.stdout and "pretrained base: reusing" in again.stdout

@@ -10,21 +10,27 @@ import statistics
 import pytest
 
 from omninegclip.building import shapes
-from pipeline import default
 from omninegclip.common.cli import UserError
+from pipeline import default
 
 
 def _report(which: dict, r1: dict) -> dict:
     """A results.json of the layout `python -m eval` writes (only the parts the aggregation reads)."""
-    return {"models": [{"name": name} for name in which],
-            "metrics": {"world_train/which_negated": {"accuracy": which},
-                        "world_heldout/retrieval": {"text_to_image/R@1": r1}}}
+    return {
+        "models": [{"name": name} for name in which],
+        "metrics": {
+            "world_train/which_negated": {"accuracy": which},
+            "world_heldout/retrieval": {"text_to_image/R@1": r1},
+        },
+    }
 
 
 def test_aggregate_seeds_gives_mean_and_sample_std_per_metric_and_model():
-    reports = {0: _report({"base": 0.3, "tuned": 0.70}, {"base": 0.1, "tuned": 0.12}),
-               1: _report({"base": 0.3, "tuned": 0.74}, {"base": 0.1, "tuned": None}),
-               2: _report({"base": 0.3, "tuned": 0.78}, {"base": 0.1, "tuned": 0.16})}
+    reports = {
+        0: _report({"base": 0.3, "tuned": 0.70}, {"base": 0.1, "tuned": 0.12}),
+        1: _report({"base": 0.3, "tuned": 0.74}, {"base": 0.1, "tuned": None}),
+        2: _report({"base": 0.3, "tuned": 0.78}, {"base": 0.1, "tuned": 0.16}),
+    }
     aggregate = default.aggregate_seeds(reports)
     assert aggregate["seeds"] == [0, 1, 2]
     tuned = aggregate["metrics"]["world_train/which_negated"]["accuracy"]["tuned"]
@@ -39,23 +45,32 @@ def test_aggregate_seeds_gives_mean_and_sample_std_per_metric_and_model():
 
 
 def test_describe_seeds_reports_mean_std_deltas_and_verdicts_on_the_means():
-    reports = {seed: _report({"base": 0.3, "tuned": value}, {"base": 0.1, "tuned": 0.1})
-               for seed, value in ((0, 0.70), (1, 0.74), (2, 0.78))}
+    reports = {
+        seed: _report({"base": 0.3, "tuned": value}, {"base": 0.1, "tuned": 0.1})
+        for seed, value in ((0, 0.70), (1, 0.74), (2, 0.78))
+    }
     text = default.describe_seeds(default.aggregate_seeds(reports), "base", ["tuned"])
     assert "seeds 0, 1, 2" in text
     row = next(line for line in text.splitlines() if line.startswith("| which_negated/accuracy"))
     assert row == "| which_negated/accuracy | 30.0 ± 0.0 | 74.0 ± 4.0 | +44.0 ± 4.0 |"
     assert "which_negated/accuracy +44.0 (target +40: met)" in text
-    assert "### Held-out scenes, unseen phrasing templates" in text and "retrieval/text_to_image/R@1 | 10.0 ± 0.0" in text
+    assert (
+        "### Held-out scenes, unseen phrasing templates" in text and "retrieval/text_to_image/R@1 | 10.0 ± 0.0" in text
+    )
 
 
 def test_seed_verdicts_use_the_unseen_targets_and_compare_with_faithful():
     def report(tuned: float, faithful: float) -> dict:
-        return {"metrics": {f"world_{name}/which_negated": {"accuracy": {"base": 0.3, "omni": tuned, "faithful": faithful}}
-                            for name in ("train", "heldout")}}
+        return {
+            "metrics": {
+                f"world_{name}/which_negated": {"accuracy": {"base": 0.3, "omni": tuned, "faithful": faithful}}
+                for name in ("train", "heldout")
+            }
+        }
 
-    text = default.describe_seeds(default.aggregate_seeds({0: report(0.6, 0.5), 1: report(0.58, 0.62)}), "base",
-                                  ["faithful", "omni"])
+    text = default.describe_seeds(
+        default.aggregate_seeds({0: report(0.6, 0.5), 1: report(0.58, 0.62)}), "base", ["faithful", "omni"]
+    )
     train, heldout = text.split("unseen phrasing templates")
     assert "which_negated/accuracy +29.0 (target +40: MISSED)" in train
     assert "which_negated/accuracy +29.0 (target +25: met)" in heldout and "MCQ negation template" not in heldout

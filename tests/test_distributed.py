@@ -74,7 +74,9 @@ def accelerate_env(config: str, processes: int) -> dict[str, str]:
     from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
 
     path = REPO / "configs" / "accelerate" / f"{config}.yaml"
-    args = launch_command_parser().parse_args(["--config_file", str(path), "--num_processes", str(processes), "train.py"])
+    args = launch_command_parser().parse_args(
+        ["--config_file", str(path), "--num_processes", str(processes), "train.py"]
+    )
     args, defaults, _ = _validate_launch_command(args)
     if args.use_deepspeed:  # as `accelerate launch` does before it starts DeepSpeed's processes
         args.deepspeed_fields_from_accelerate_config = ",".join([*defaults.deepspeed_config, "mixed_precision"])
@@ -85,8 +87,14 @@ def accelerate_env(config: str, processes: int) -> dict[str, str]:
     return {key: value for key, value in env.items() if key.startswith(prefixes)}
 
 
-COMMON = dict(max_steps=3, optim="sgd", learning_rate=0.5, train_sampling_strategy="sequential",
-              eval_strategy="steps", eval_steps=2)
+COMMON = dict(
+    max_steps=3,
+    optim="sgd",
+    learning_rate=0.5,
+    train_sampling_strategy="sequential",
+    eval_strategy="steps",
+    eval_steps=2,
+)
 
 
 def check_matches_one_process(tmp_path, processor, monkeypatch, launch, processes: int, **extra) -> str:
@@ -97,12 +105,23 @@ def check_matches_one_process(tmp_path, processor, monkeypatch, launch, processe
     model_dir = save_tiny_clip(tmp_path / "clip", processor)
     data = save_dataset(tmp_path / "data", color_rows(32), color_rows(16, offset=32))
     distributed = tmp_path / "distributed"
-    flags = train_flags(model_dir, data, distributed, per_device_train_batch_size=8 // processes,
-                        per_device_eval_batch_size=8 // processes, **COMMON, **extra)
+    flags = train_flags(
+        model_dir,
+        data,
+        distributed,
+        per_device_train_batch_size=8 // processes,
+        per_device_eval_batch_size=8 // processes,
+        **COMMON,
+        **extra,
+    )
     output = launch(flags)
     single = tmp_path / "single"
     trainers = capture_trainers(monkeypatch)
-    train.main(train_flags(model_dir, data, single, per_device_train_batch_size=8, per_device_eval_batch_size=8, **COMMON, **extra))
+    train.main(
+        train_flags(
+            model_dir, data, single, per_device_train_batch_size=8, per_device_eval_batch_size=8, **COMMON, **extra
+        )
+    )
 
     record = json.loads((distributed / "training_provenance.json").read_text())
     assert record["world_size"] == processes
@@ -114,7 +133,9 @@ def check_matches_one_process(tmp_path, processor, monkeypatch, launch, processe
         assert got[name].shape == expected[name].shape, name  # e.g. logit_scale stays CLIP's scalar
         torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-5, msg=name)
     assert not torch.equal(got["text_projection.weight"], start["text_projection.weight"])
-    assert torch.equal(got["vision_model.encoder.layers.0.mlp.fc1.weight"], start["vision_model.encoder.layers.0.mlp.fc1.weight"])
+    assert torch.equal(
+        got["vision_model.encoder.layers.0.mlp.fc1.weight"], start["vision_model.encoder.layers.0.mlp.fc1.weight"]
+    )
     assert set(got) == set(CLIPModel.from_pretrained(distributed).state_dict())  # a plain CLIP checkpoint
     # Every logged loss term is the global-batch term (rank 0 prints the mean over processes).
     logged = [ast.literal_eval(line) for line in output.splitlines() if line.startswith("{'loss'")]
@@ -133,6 +154,7 @@ def torchrun(command: list, processes: int, **env):
         result = run_command(TORCHRUN + ["--nproc_per_node", processes, *command, *flags], **env)
         assert result.returncode == 0, result.stderr[-3000:]
         return result.stdout + result.stderr
+
     return launch
 
 
@@ -140,7 +162,9 @@ def test_train_py_under_torchrun_matches_one_process(tmp_path, processor, monkey
     ddp = yaml.safe_load((REPO / "configs/accelerate/ddp.yaml").read_text())
     assert ddp["distributed_type"] == "MULTI_GPU"
     processes = ddp["num_processes"]
-    check_matches_one_process(tmp_path, processor, monkeypatch, torchrun(["train.py"], processes, ACCELERATE_USE_CPU="1"), processes)
+    check_matches_one_process(
+        tmp_path, processor, monkeypatch, torchrun(["train.py"], processes, ACCELERATE_USE_CPU="1"), processes
+    )
 
 
 ENGINES = {
@@ -164,9 +188,12 @@ def test_train_py_under_fsdp_and_deepspeed_matches_one_process(config, tmp_path,
     settings = yaml.safe_load((REPO / f"configs/accelerate/{config}.yaml").read_text())
     env = accelerate_env(config, settings["num_processes"]) | {"DS_ACCELERATOR": "cpu"}
     launch = torchrun(["tests/distributed_worker.py", "train"], settings["num_processes"], **env)
-    output = check_matches_one_process(tmp_path, processor, monkeypatch, launch, settings["num_processes"],
-                                       cache_image_embeddings="false")
-    engines = [json.loads(line.removeprefix("engine: ")) for line in output.splitlines() if line.startswith("engine: ")]
+    output = check_matches_one_process(
+        tmp_path, processor, monkeypatch, launch, settings["num_processes"], cache_image_embeddings="false"
+    )
+    engines = [
+        json.loads(line.removeprefix("engine: ")) for line in output.splitlines() if line.startswith("engine: ")
+    ]
     assert engines == [expected_engine]
 
 
@@ -183,10 +210,28 @@ def test_two_nodes_match_one_process(tmp_path, processor, monkeypatch):
     def launch(flags: list[str]) -> str:
         runs = [
             subprocess.Popen(
-                [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nodes), "--node_rank", str(rank),
-                 "--nproc_per_node", str(processes // nodes), "--master_addr", "127.0.0.1", "--master_port", str(port),
-                 "train.py", *map(str, flags)],
-                cwd=REPO, env=subprocess_env(ACCELERATE_USE_CPU="1"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                [
+                    sys.executable,
+                    "-m",
+                    "torch.distributed.run",
+                    "--nnodes",
+                    str(nodes),
+                    "--node_rank",
+                    str(rank),
+                    "--nproc_per_node",
+                    str(processes // nodes),
+                    "--master_addr",
+                    "127.0.0.1",
+                    "--master_port",
+                    str(port),
+                    "train.py",
+                    *map(str, flags),
+                ],
+                cwd=REPO,
+                env=subprocess_env(ACCELERATE_USE_CPU="1"),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
             )
             for rank in range(nodes)
         ]
@@ -213,7 +258,7 @@ def test_accelerate_configs_are_valid_and_document_their_launch(name):
     known = vars(launch_command_parser().parse_args(["train.py"]))
     prefixes = {"fsdp_config": "fsdp_", "deepspeed_config": ""}
     for section, prefix in prefixes.items():
-        for key in (getattr(config, section) or {}):
+        for key in getattr(config, section) or {}:
             flag = key if key.startswith(prefix) else prefix + key
             assert flag in known, f"{path.name}: {section}.{key} is not an accelerate launch setting"
     header = [line for line in path.read_text().splitlines() if line.startswith("#")]

@@ -44,7 +44,9 @@ def _anchors(page: Path) -> set[str]:
 
 def test_the_readme_is_a_front_page():
     lines = len((ROOT / "README.md").read_text().splitlines())
-    assert lines <= README_MAX_LINES, f"README.md has {lines} lines; at most {README_MAX_LINES}: move the detail to a docs/ page"
+    assert lines <= README_MAX_LINES, (
+        f"README.md has {lines} lines; at most {README_MAX_LINES}: move the detail to a docs/ page"
+    )
 
 
 def test_every_docs_page_is_linked_from_the_readme():
@@ -71,8 +73,10 @@ def test_every_relative_link_resolves(page):
 
 
 def test_the_link_reader_sees_links_not_code():
-    text = "[a](docs/x.md) ![b](img.png) `[c](not-a-link)`\n```\n[d](nor-this)\n```\n[e [f]](g.md#h \"title\")"
+    text = '[a](docs/x.md) ![b](img.png) `[c](not-a-link)`\n```\n[d](nor-this)\n```\n[e [f]](g.md#h "title")'
     assert _links(text) == ["docs/x.md", "img.png", "g.md#h"]
     assert _anchor("Several seeds: `make seeds`") == "several-seeds-make-seeds"
     assert _anchor("§1 The losses") == "1-the-losses"
-    assert _anchor("Push a model: `train.py --push_to_hub`") == "push-a-model-trainpy---push_to_hub"  # as GitHub writes it
+    assert (
+        _anchor("Push a model: `train.py --push_to_hub`") == "push-a-model-trainpy---push_to_hub"
+    )  # as GitHub writes it

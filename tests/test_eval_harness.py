@@ -84,7 +84,10 @@ def test_a_tie_counts_as_wrong_and_only_a_strictly_higher_answer_counts():
         ChoiceItem("text", ["img"], ["a dog", "a cat"], answer=0),
     ]
     score = evaluate_tasks(embedder, [TaskData("t", store("img"), items)])["t"]
-    assert score.metrics == {"accuracy": 0.5, "accuracy_argmax": 1.0}  # one group only: no breakdown; NegBench's argmax takes the tie
+    assert score.metrics == {
+        "accuracy": 0.5,
+        "accuracy_argmax": 1.0,
+    }  # one group only: no breakdown; NegBench's argmax takes the tie
     assert score.counts["ties_won_by_order"] == 1
 
 
@@ -101,18 +104,28 @@ def test_choose_image_picks_the_image_closest_to_the_text():
 def test_embeddings_are_normalised_by_the_harness_whatever_the_embedder_returns():
     # Unnormalised, the long wrong option would win on the dot product; on cosines the right one wins.
     embedder = FakeEmbedder({"img": [1.0, 0.2, 0, 0]}, {"right": [1.0, 0.1, 0, 0], "long wrong": [5.0, 5.0, 0, 0]})
-    score = evaluate_tasks(embedder, [TaskData("t", store("img"), [ChoiceItem("text", ["img"], ["right", "long wrong"], 0)])])["t"]
+    score = evaluate_tasks(
+        embedder, [TaskData("t", store("img"), [ChoiceItem("text", ["img"], ["right", "long wrong"], 0)])]
+    )["t"]
     assert score.metrics["accuracy"] == 1.0
 
 
 def test_each_image_and_text_is_embedded_once_per_model_across_tasks():
     embedder = FakeEmbedder({f"img{i}": E[i] for i in range(3)}, {t: E[i] for i, t in enumerate(["a", "b", "c", "d"])})
-    first = TaskData("first", store("img0", "img1"), [
-        ChoiceItem("text", ["img0"], ["a", "b"], 0),
-        ChoiceItem("text", ["img1"], ["b", "a"], 0),
-        ChoiceItem("text", ["img0"], ["a", "c"], 0),
-    ])
-    second = TaskData("second", store("img1", "img2"), retrieval=RetrievalSet(["img1", "img2", "img0"], ["b", "c", "a", "d"], [0, 1, 2, 2]))
+    first = TaskData(
+        "first",
+        store("img0", "img1"),
+        [
+            ChoiceItem("text", ["img0"], ["a", "b"], 0),
+            ChoiceItem("text", ["img1"], ["b", "a"], 0),
+            ChoiceItem("text", ["img0"], ["a", "c"], 0),
+        ],
+    )
+    second = TaskData(
+        "second",
+        store("img1", "img2"),
+        retrieval=RetrievalSet(["img1", "img2", "img0"], ["b", "c", "a", "d"], [0, 1, 2, 2]),
+    )
     third = TaskData("third", store("img2"), [ChoiceItem("image", ["img2", "img1"], ["c"], 0)])
     scores = evaluate_tasks(embedder, [first, second, third])
     assert embedder.image_calls == [["img0", "img1", "img2"]]  # one call, each key once
@@ -125,15 +138,28 @@ def test_choice_correct_pure_function_masks_padding():
     options = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]], [[1.0, 0.0], [0.0, 1.0], [9.0, 9.0]]])
     mask = torch.tensor([[True, True, False], [True, True, False]])  # the third option is padding
     assert choice_correct(anchors, options, mask, torch.tensor([0, 1])).tolist() == [True, True]
-    assert choice_correct(anchors, options, torch.ones(2, 3, dtype=torch.bool), torch.tensor([0, 1])).tolist() == [True, False]
+    assert choice_correct(anchors, options, torch.ones(2, 3, dtype=torch.bool), torch.tensor([0, 1])).tolist() == [
+        True,
+        False,
+    ]
 
 
 def test_choice_correct_from_scores_tie_rules_padding_and_bad_answers():
     scores = torch.tensor([[0.5, 0.5, 0.0], [0.1, 0.7, 0.7], [0.2, 0.1, 9.0]])
-    mask = torch.tensor([[True, True, True], [True, True, True], [True, True, False]])  # item 2: two options and padding
+    mask = torch.tensor(
+        [[True, True, True], [True, True, True], [True, True, False]]
+    )  # item 2: two options and padding
     answers = torch.tensor([0, 2, 0])
-    assert choice_correct_from_scores(scores, answers, mask).tolist() == [False, False, True]  # ties wrong, padding never picked
-    assert choice_correct_from_scores(scores, answers, mask, "argmax").tolist() == [True, False, True]  # the first of the tied wins
+    assert choice_correct_from_scores(scores, answers, mask).tolist() == [
+        False,
+        False,
+        True,
+    ]  # ties wrong, padding never picked
+    assert choice_correct_from_scores(scores, answers, mask, "argmax").tolist() == [
+        True,
+        False,
+        True,
+    ]  # the first of the tied wins
     with pytest.raises(ValueError, match=r"item 2: answer 2 is not an index into its 2 options"):
         choice_correct_from_scores(scores, torch.tensor([0, 0, 2]), mask)
     with pytest.raises(ValueError, match=r"tie_rule 'max'"):
@@ -142,7 +168,11 @@ def test_choice_correct_from_scores_tie_rules_padding_and_bad_answers():
 
 def test_grouped_accuracy_per_group_and_unweighted_group_mean():
     grouped = grouped_accuracy(torch.tensor([True, False, True, True, False]), ["b", "a", "b", "a", "a"])
-    assert (grouped.accuracy, grouped.group_accuracy, grouped.group_items) == (3 / 5, {"a": 1 / 3, "b": 1.0}, {"a": 3, "b": 2})
+    assert (grouped.accuracy, grouped.group_accuracy, grouped.group_items) == (
+        3 / 5,
+        {"a": 1 / 3, "b": 1.0},
+        {"a": 3, "b": 2},
+    )
     assert grouped.group_mean == (1 / 3 + 1.0) / 2
     with pytest.raises(ValueError, match="5 items but 2 group names"):
         grouped_accuracy(torch.ones(5, dtype=torch.bool), ["a", "b"])
@@ -163,12 +193,18 @@ def test_first_positive_rank_counts_wrong_candidates_at_least_as_high():
 
 
 def test_identical_image_and_text_embeddings_give_recall_at_1_of_1_both_directions():
-    vectors = torch.nn.functional.normalize(torch.randn(6, 8, generator=torch.Generator().manual_seed(0)), dim=-1).tolist()
+    vectors = torch.nn.functional.normalize(
+        torch.randn(6, 8, generator=torch.Generator().manual_seed(0)), dim=-1
+    ).tolist()
     names = [f"img{i}" for i in range(6)]
     embedder = FakeEmbedder(dict(zip(names, vectors)), {f"caption {i}": vector for i, vector in enumerate(vectors)})
-    task = TaskData("r", store(*names), retrieval=RetrievalSet(names, [f"caption {i}" for i in range(6)], list(range(6))))
+    task = TaskData(
+        "r", store(*names), retrieval=RetrievalSet(names, [f"caption {i}" for i in range(6)], list(range(6)))
+    )
     metrics = evaluate_tasks(embedder, [task])["r"].metrics
-    assert all(metrics[f"{direction}/R@{k}"] == 1.0 for direction in ("text_to_image", "image_to_text") for k in (1, 5, 10))
+    assert all(
+        metrics[f"{direction}/R@{k}"] == 1.0 for direction in ("text_to_image", "image_to_text") for k in (1, 5, 10)
+    )
 
 
 def test_recall_is_monotone_in_k_and_image_to_text_counts_any_of_its_captions():
@@ -185,8 +221,12 @@ def test_recall_is_monotone_in_k_and_image_to_text_counts_any_of_its_captions():
         assert recalls == sorted(recalls) and 0 < recalls[0] < 1
 
     # image 0's first caption is far away, its third one is its nearest text: still a hit at R@1
-    embedder = FakeEmbedder({"a": E[0], "b": E[1]}, {"far": E[2], "near b": [0.1, 0.9, 0, 0], "exact": E[0], "b's": E[1]})
-    task = TaskData("r", store("a", "b"), retrieval=RetrievalSet(["a", "b"], ["far", "near b", "exact", "b's"], [0, 0, 0, 1]))
+    embedder = FakeEmbedder(
+        {"a": E[0], "b": E[1]}, {"far": E[2], "near b": [0.1, 0.9, 0, 0], "exact": E[0], "b's": E[1]}
+    )
+    task = TaskData(
+        "r", store("a", "b"), retrieval=RetrievalSet(["a", "b"], ["far", "near b", "exact", "b's"], [0, 0, 0, 1])
+    )
     metrics = evaluate_tasks(embedder, [task])["r"].metrics
     assert metrics["image_to_text/R@1"] == 1.0
     assert metrics["text_to_image/R@1"] == pytest.approx(2 / 4)  # "far" ties at 0 with both; "near b" prefers b
@@ -205,7 +245,12 @@ def test_images_without_text_are_distractors_for_text_queries_but_not_image_quer
 def test_zeroshot_top1_top5_with_prompt_ensembles():
     classes = ["cat", "dog"]
     templates = ["a {}", "the {}"]
-    texts = {"a cat": [1.0, 0.2, 0, 0], "the cat": [1.0, -0.2, 0, 0], "a dog": [0, 1.0, 0, 0], "the dog": [0.6, 0.8, 0, 0]}
+    texts = {
+        "a cat": [1.0, 0.2, 0, 0],
+        "the cat": [1.0, -0.2, 0, 0],
+        "a dog": [0, 1.0, 0, 0],
+        "the dog": [0.6, 0.8, 0, 0],
+    }
     embedder = FakeEmbedder({"i0": E[0], "i1": E[1], "i2": [0.9, 0.44, 0, 0]}, texts)
     zeroshot = ZeroShotSet(["i0", "i1", "i2"], [0, 1, 1], classes, templates)
     task = ZeroShotTaskData("z", store("i0", "i1", "i2"), zeroshot=zeroshot)
@@ -228,16 +273,31 @@ def _png(path, color):
     return path
 
 
-def test_two_way_accuracy_equals_mcq_accuracy_on_two_option_items_with_a_real_clip(tmp_path, tiny_clip, processor, monkeypatch):
+def test_two_way_accuracy_equals_mcq_accuracy_on_two_option_items_with_a_real_clip(
+    tmp_path, tiny_clip, processor, monkeypatch
+):
     """CC-Neg's two-way reader and a two-option NegBench CSV of the same items agree, and both agree
     with cosines computed by hand from `omninegclip.common.embedding`."""
     colors = [(200, 10, 10), (10, 200, 10), (10, 10, 200), (120, 120, 0), (0, 90, 160), (250, 250, 250)]
     captions = ["a red square", "a green field", "a blue sky", "an olive wall", "a teal sea", "a white page"]
-    negations = ["a square that is not red", "no field", "a sky with no blue", "not a wall", "no sea here", "not a page"]
+    negations = [
+        "a square that is not red",
+        "no field",
+        "a sky with no blue",
+        "not a wall",
+        "no sea here",
+        "not a page",
+    ]
     paths = [_png(tmp_path / f"img{i}.png", color) for i, color in enumerate(colors)]
-    torch.save({"image_paths": [str(p) for p in paths],
-                "annotations": [{"json": {"caption": c}, "sop_data": {"negative-prompt": n}} for c, n in zip(captions, negations)]},
-               tmp_path / "ccneg_preprocessed.pt")
+    torch.save(
+        {
+            "image_paths": [str(p) for p in paths],
+            "annotations": [
+                {"json": {"caption": c}, "sop_data": {"negative-prompt": n}} for c, n in zip(captions, negations)
+            ],
+        },
+        tmp_path / "ccneg_preprocessed.pt",
+    )
     with open(tmp_path / "mcq.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["image_path", "correct_answer", "caption_0", "caption_1", "correct_answer_template"])
@@ -245,8 +305,10 @@ def test_two_way_accuracy_equals_mcq_accuracy_on_two_option_items_with_a_real_cl
             writer.writerow([p, i % 2, *((c, n) if i % 2 == 0 else (n, c)), "positive"])
 
     embedder = CLIPEmbedder(tiny_clip, processor, batch_size=4, progress=False)
-    scores = evaluate_tasks(embedder, [ccneg.read_ccneg(tmp_path / "ccneg_preprocessed.pt"),
-                                       negbench.read_negbench_mcq(tmp_path / "mcq.csv")])
+    scores = evaluate_tasks(
+        embedder,
+        [ccneg.read_ccneg(tmp_path / "ccneg_preprocessed.pt"), negbench.read_negbench_mcq(tmp_path / "mcq.csv")],
+    )
     image_embeds = embed_images(tiny_clip, processor.image_processor, [Image.open(p) for p in paths], progress=False)
     caption_cos = (image_embeds * embed_texts(tiny_clip, processor.tokenizer, captions, progress=False)).sum(-1)
     negation_cos = (image_embeds * embed_texts(tiny_clip, processor.tokenizer, negations, progress=False)).sum(-1)
@@ -256,8 +318,14 @@ def test_two_way_accuracy_equals_mcq_accuracy_on_two_option_items_with_a_real_cl
 
 
 def test_clip_embedder_length_sorted_batches_return_texts_in_their_order_and_count_truncations(tiny_clip, processor):
-    texts = ["a very long caption about a dog on a red sofa in a room", "a cat", "two birds on a wire", "x",
-             " ".join(["dog"] * 80), "a sofa with no dog"]
+    texts = [
+        "a very long caption about a dog on a red sofa in a room",
+        "a cat",
+        "two birds on a wire",
+        "x",
+        " ".join(["dog"] * 80),
+        "a sofa with no dog",
+    ]
     embedder = CLIPEmbedder(tiny_clip, processor, batch_size=1, progress=False)  # text batches of 4 * 1
     direct = embed_texts(tiny_clip, processor.tokenizer, texts, batch_size=1, progress=False)
     assert torch.allclose(embedder.embed_texts(texts), direct, atol=1e-5)

@@ -51,7 +51,9 @@ def test_pairs_from_a_csv_and_a_dataset_folder_skip_rows_without_a_negation_per_
     with open(tmp_path / "pairs.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["caption", "presence_negated", "absence_negated"])
-        writer.writerows([["a dog", "no dog", "a dog and no cat"], ["a cat", "", "a cat, not a bird"], ["a bird", "no bird", ""]])
+        writer.writerows(
+            [["a dog", "no dog", "a dog and no cat"], ["a cat", "", "a cat, not a bird"], ["a bird", "no bird", ""]]
+        )
     pairs = read_negation_pairs(tmp_path / "pairs.csv")
     assert pairs.count("presence") == 2 and pairs.count("absence") == 2
     result = layerwise_cosines(tiny_clip, tokenizer, pairs, progress=False)
@@ -59,7 +61,11 @@ def test_pairs_from_a_csv_and_a_dataset_folder_skip_rows_without_a_negation_per_
 
     import datasets
 
-    rows = {"caption": ["a dog", "a cat"], "presence_negated": ["no dog", None], "absence_negated": [None, "a cat, no dog"]}
+    rows = {
+        "caption": ["a dog", "a cat"],
+        "presence_negated": ["no dog", None],
+        "absence_negated": [None, "a cat, no dog"],
+    }
     datasets.DatasetDict({"test": datasets.Dataset.from_dict(rows)}).save_to_disk(str(tmp_path / "world"))
     pairs = read_negation_pairs(tmp_path / "world", max_items=1)
     assert pairs.captions == ["a dog"] and pairs.negations == {"presence": ["no dog"], "absence": [None]}
@@ -68,11 +74,15 @@ def test_pairs_from_a_csv_and_a_dataset_folder_skip_rows_without_a_negation_per_
 
 
 def test_markdown_has_a_row_per_block_and_the_plot_is_written(tmp_path):
-    results = {"base": LayerwiseResult({"presence": [0.99, 0.9], "absence": [0.98, 0.95]}, {"presence": 4, "absence": 3}),
-               "tuned": LayerwiseResult({"presence": [0.9, 0.5], "absence": [0.97, 0.7]}, {"presence": 4, "absence": 3})}
+    results = {
+        "base": LayerwiseResult({"presence": [0.99, 0.9], "absence": [0.98, 0.95]}, {"presence": 4, "absence": 3}),
+        "tuned": LayerwiseResult({"presence": [0.9, 0.5], "absence": [0.97, 0.7]}, {"presence": 4, "absence": 3}),
+    }
     table = layerwise_markdown(results)
     lines = table.strip().splitlines()
-    assert lines[0] == "| block | base presence (n=4) | base absence (n=3) | tuned presence (n=4) | tuned absence (n=3) |"
+    assert (
+        lines[0] == "| block | base presence (n=4) | base absence (n=3) | tuned presence (n=4) | tuned absence (n=3) |"
+    )
     assert lines[2:] == ["| 0 | 0.9900 | 0.9800 | 0.9000 | 0.9700 |", "| 1 | 0.9000 | 0.9500 | 0.5000 | 0.7000 |"]
     plot_layerwise(results, tmp_path / "layerwise.png")
     assert (tmp_path / "layerwise.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -41,11 +41,18 @@ def write_ccneg(tmp_path, count=5):
         png(images / f"{index}.jpg", (index * 40, 10, 10))
     data = {
         # as on the authors' machine: absolute paths that do not exist here
-        "image_paths": [f"/workspace/datasets/cc3m/cc3m_subset_images_extracted_final/{index}.jpg" for index in range(count)],
+        "image_paths": [
+            f"/workspace/datasets/cc3m/cc3m_subset_images_extracted_final/{index}.jpg" for index in range(count)
+        ],
         "annotations": [
-            {"json": {"caption": f"a dog, a cat and bird {index}", "key": f"{index:09d}"},
-             "sop_data": {"negative-prompt": f"a dog, a cat but no bird {index}", "sop_chosen_object": "bird",
-                          "sop_decomposition": {"subject": "dog", "object": "bird", "predicate": "and"}}}
+            {
+                "json": {"caption": f"a dog, a cat and bird {index}", "key": f"{index:09d}"},
+                "sop_data": {
+                    "negative-prompt": f"a dog, a cat but no bird {index}",
+                    "sop_chosen_object": "bird",
+                    "sop_decomposition": {"subject": "dog", "object": "bird", "predicate": "and"},
+                },
+            }
             for index in range(count)
         ],
         "num_ops": {1: list(range(count))},
@@ -66,8 +73,12 @@ def test_ccneg_reads_the_last_eval_size_items_and_strips_commas_from_the_negatio
     assert task.images[str(images / "4.jpg")]().getpixel((0, 0)) == (160, 10, 10)
     assert task.notes == ""
     assert len(ccneg.read_ccneg(path, images, max_items=2).choices) == 2
-    assert ccneg.read_ccneg(path, images.parent).choices[0].images == [str(images / "2.jpg")]  # ccneg_images/ works too
-    assert ccneg.read_ccneg(path, images.parent.parent).choices[0].images == [str(images / "2.jpg")]  # and the CC-Neg root
+    assert ccneg.read_ccneg(path, images.parent).choices[0].images == [
+        str(images / "2.jpg")
+    ]  # ccneg_images/ works too
+    assert ccneg.read_ccneg(path, images.parent.parent).choices[0].images == [
+        str(images / "2.jpg")
+    ]  # and the CC-Neg root
 
 
 def test_ccneg_smaller_than_the_eval_split_uses_all_items_and_says_so(tmp_path):
@@ -92,10 +103,16 @@ def test_ccneg_malformed_annotation_names_file_and_item_missing_image_names_path
     data = torch.load(path, weights_only=True)
     del data["annotations"][1]["sop_data"]
     torch.save(data, path)
-    with pytest.raises(UserError, match=r"ccneg_preprocessed.pt: annotations\[1\] has no 'sop_data' key \(CC-Neg: .*negative-prompt"):
+    with pytest.raises(
+        UserError, match=r"ccneg_preprocessed.pt: annotations\[1\] has no 'sop_data' key \(CC-Neg: .*negative-prompt"
+    ):
         ccneg.read_ccneg(path, images)
-    path, images = write_ccneg(tmp_path, count=3)  # the whole file is checked first: a well-formed one for the image check
-    with pytest.raises(UserError, match=r"missing image '/workspace/datasets/cc3m/cc3m_subset_images_extracted_final/0.jpg'"):
+    path, images = write_ccneg(
+        tmp_path, count=3
+    )  # the whole file is checked first: a well-formed one for the image check
+    with pytest.raises(
+        UserError, match=r"missing image '/workspace/datasets/cc3m/cc3m_subset_images_extracted_final/0.jpg'"
+    ):
         ccneg.read_ccneg(path, tmp_path / "elsewhere")
 
 
@@ -107,10 +124,18 @@ def test_negrefcocog_crops_every_box_and_answers_with_the_reference_box(tmp_path
     image.paste((255, 0, 0), (20, 0, 40, 20))  # right half red
     image.save(tmp_path / "COCO_train2014_000000000001.jpg", format="PNG")
     records = [
-        {"image": "COCO_train2014_000000000001.jpg", "phrase": "the half that is not blue",
-         "ref_bbox": [20, 0, 20.0, 20], "bbox_list": [[0, 0, 20, 20], [20, 0, 20.0, 20]]},
-        {"image": "COCO_train2014_000000000001.jpg", "phrase": "a square with no red",
-         "ref_bbox": [0, 0, 20, 20], "bbox_list": [[0, 0, 20, 20], [10.5, 2.25, 20, 15]]},
+        {
+            "image": "COCO_train2014_000000000001.jpg",
+            "phrase": "the half that is not blue",
+            "ref_bbox": [20, 0, 20.0, 20],
+            "bbox_list": [[0, 0, 20, 20], [20, 0, 20.0, 20]],
+        },
+        {
+            "image": "COCO_train2014_000000000001.jpg",
+            "phrase": "a square with no red",
+            "ref_bbox": [0, 0, 20, 20],
+            "bbox_list": [[0, 0, 20, 20], [10.5, 2.25, 20, 15]],
+        },
     ]
     (tmp_path / "NegRefCOCOg.json").write_text(json.dumps(records))
     task = negrefcocog.read_negrefcocog(tmp_path / "NegRefCOCOg.json")
@@ -130,10 +155,12 @@ def test_negrefcocog_bad_records_name_the_file_and_record(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps(bad))
     with pytest.raises(UserError, match=r"bad.json, record 0: ref_bbox .* is not one of bbox_list"):
         negrefcocog.read_negrefcocog(tmp_path / "bad.json")
-    (tmp_path / "bad.json").write_text(json.dumps([{"image": "a.jpg", "phrase": "x", "ref_bbox": [0, 0, 0, 5], "bbox_list": [[0, 0, 0, 5]]}]))
+    (tmp_path / "bad.json").write_text(
+        json.dumps([{"image": "a.jpg", "phrase": "x", "ref_bbox": [0, 0, 0, 5], "bbox_list": [[0, 0, 0, 5]]}])
+    )
     with pytest.raises(UserError, match="no area"):
         negrefcocog.read_negrefcocog(tmp_path / "bad.json")
-    (tmp_path / "bad.json").write_text("[{\"image\": 1,")
+    (tmp_path / "bad.json").write_text('[{"image": 1,')
     with pytest.raises(UserError, match=r"bad.json: not valid JSON \(line 1"):
         negrefcocog.read_negrefcocog(tmp_path / "bad.json")
 
@@ -141,16 +168,28 @@ def test_negrefcocog_bad_records_name_the_file_and_record(tmp_path):
 # ----- NegBench ----------------------------------------------------------------------------------
 
 
-MCQ_HEADER = ["image_path", "correct_answer", "caption_0", "caption_1", "caption_2", "caption_3", "correct_answer_template"]
+MCQ_HEADER = [
+    "image_path",
+    "correct_answer",
+    "caption_0",
+    "caption_1",
+    "caption_2",
+    "caption_3",
+    "correct_answer_template",
+]
 
 
 def test_negbench_mcq_reads_index_answers_and_reports_templates_under_the_papers_names(tmp_path):
     a, b = png(tmp_path / "val2017" / "000000000139.jpg"), png(tmp_path / "val2017" / "000000000285.jpg", (0, 0, 0))
-    write_csv(tmp_path / "COCO_val_mcq.csv", MCQ_HEADER, [
-        [a, 0, "This image features a dog.", "A dog but no cat.", "No dog.", "A cat.", "positive"],
-        [b, 2, "A bear, not a chair.", "A chair.", "This image does not show a chair.", "A bear.", "negative"],
-        [a, 3, "x", "y", "z", "w, with a comma", "hybrid"],
-    ])
+    write_csv(
+        tmp_path / "COCO_val_mcq.csv",
+        MCQ_HEADER,
+        [
+            [a, 0, "This image features a dog.", "A dog but no cat.", "No dog.", "A cat.", "positive"],
+            [b, 2, "A bear, not a chair.", "A chair.", "This image does not show a chair.", "A bear.", "negative"],
+            [a, 3, "x", "y", "z", "w, with a comma", "hybrid"],
+        ],
+    )
     task = negbench.read_negbench_mcq(tmp_path / "COCO_val_mcq.csv")
     assert [item.answer for item in task.choices] == [0, 2, 3]
     assert [item.group for item in task.choices] == ["affirmation", "negation", "hybrid"]
@@ -161,7 +200,11 @@ def test_negbench_mcq_reads_index_answers_and_reports_templates_under_the_papers
 
 def test_negbench_mcq_bad_rows_name_file_and_line(tmp_path):
     a = png(tmp_path / "a.jpg")
-    write_csv(tmp_path / "m.csv", MCQ_HEADER, [[a, 0, "a", "b", "c", "d", "positive"], [a, "B", "a", "b", "c", "d", "positive"]])
+    write_csv(
+        tmp_path / "m.csv",
+        MCQ_HEADER,
+        [[a, 0, "a", "b", "c", "d", "positive"], [a, "B", "a", "b", "c", "d", "positive"]],
+    )
     with pytest.raises(UserError, match=r"m.csv, line 3: correct_answer must be an integer"):
         negbench.read_negbench_mcq(tmp_path / "m.csv")
     write_csv(tmp_path / "m.csv", MCQ_HEADER, [[a, 4, "a", "b", "c", "d", "positive"]])
@@ -180,17 +223,24 @@ def test_negbench_mcq_bad_rows_name_file_and_line(tmp_path):
 
 def test_negbench_negated_retrieval_reads_python_list_captions(tmp_path):
     a, b = png(tmp_path / "a.jpg"), png(tmp_path / "b.jpg", (0, 9, 9))
-    write_csv(tmp_path / "neg_retrieval.csv", ["filepath", "captions", "positive_objects"], [
-        [a, str(["A dog with no cat.", "A dog, not a cat."]), "['dog']"],
-        [b, str(["A kitchen without people."]), "['oven']"],
-    ])
+    write_csv(
+        tmp_path / "neg_retrieval.csv",
+        ["filepath", "captions", "positive_objects"],
+        [
+            [a, str(["A dog with no cat.", "A dog, not a cat."]), "['dog']"],
+            [b, str(["A kitchen without people."]), "['oven']"],
+        ],
+    )
     task = negbench.read_negbench_retrieval(tmp_path / "neg_retrieval.csv")
     assert task.name == "negbench_retrieval"
     assert task.retrieval.images == [str(a), str(b)]
     assert task.retrieval.texts == ["A dog with no cat.", "A dog, not a cat.", "A kitchen without people."]
     assert task.retrieval.text_image == [0, 0, 1]
     write_csv(tmp_path / "neg_retrieval.csv", ["filepath", "captions"], [[a, "['unterminated"]])
-    with pytest.raises(UserError, match=r"neg_retrieval.csv, line 2: column 'captions' must be a non-empty Python list of strings, got \"\['unterminated\""):
+    with pytest.raises(
+        UserError,
+        match=r"neg_retrieval.csv, line 2: column 'captions' must be a non-empty Python list of strings, got \"\['unterminated\"",
+    ):
         negbench.read_negbench_retrieval(tmp_path / "neg_retrieval.csv")
 
 
@@ -201,18 +251,40 @@ def test_valse_keeps_samples_validated_by_at_least_two_annotators_and_counts_the
     png(tmp_path / "images" / "v7w_1.jpg")
     png(tmp_path / "images" / "v7w_2.jpg", (1, 2, 3))
     samples = {
-        "existence_0": {"dataset": "visual7w", "image_file": "v7w_1.jpg", "caption": "There are no people.",
-                        "foil": "There are people.", "mturk": {"foil": 0, "caption": 3, "other": 0}, "classes": "people"},
-        "existence_1": {"dataset": "visual7w", "image_file": "v7w_2.jpg", "caption": "There is a dog.",
-                        "foil": "There is no dog.", "mturk": {"foil": 1, "caption": 2, "other": 0}},
-        "existence_2": {"dataset": "visual7w", "image_file": "v7w_2.jpg", "caption": "There are cars.",
-                        "foil": "There are no cars.", "mturk": {"foil": 2, "caption": 1, "other": 0}},
+        "existence_0": {
+            "dataset": "visual7w",
+            "image_file": "v7w_1.jpg",
+            "caption": "There are no people.",
+            "foil": "There are people.",
+            "mturk": {"foil": 0, "caption": 3, "other": 0},
+            "classes": "people",
+        },
+        "existence_1": {
+            "dataset": "visual7w",
+            "image_file": "v7w_2.jpg",
+            "caption": "There is a dog.",
+            "foil": "There is no dog.",
+            "mturk": {"foil": 1, "caption": 2, "other": 0},
+        },
+        "existence_2": {
+            "dataset": "visual7w",
+            "image_file": "v7w_2.jpg",
+            "caption": "There are cars.",
+            "foil": "There are no cars.",
+            "mturk": {"foil": 2, "caption": 1, "other": 0},
+        },
     }
     (tmp_path / "existence.json").write_text(json.dumps(samples))
     task = valse.read_valse(tmp_path / "existence.json", tmp_path / "images")
     assert task.name == "valse/existence"
-    assert [item.texts for item in task.choices] == [["There are no people.", "There are people."], ["There is a dog.", "There is no dog."]]
-    assert task.notes == f"skipped 1 (not_validated: 1 [{tmp_path / 'existence.json'}, sample 'existence_2' (mturk.caption < 2)])"
+    assert [item.texts for item in task.choices] == [
+        ["There are no people.", "There are people."],
+        ["There is a dog.", "There is no dog."],
+    ]
+    assert (
+        task.notes
+        == f"skipped 1 (not_validated: 1 [{tmp_path / 'existence.json'}, sample 'existence_2' (mturk.caption < 2)])"
+    )
     samples["existence_0"]["mturk"] = "3"
     (tmp_path / "existence.json").write_text(json.dumps(samples))
     with pytest.raises(UserError, match=r"sample 'existence_0': mturk.caption must be a vote count"):
@@ -226,15 +298,29 @@ def test_sugarcrepe_reads_each_subset_as_a_group_and_notes_missing_ones(tmp_path
     png(tmp_path / "val2017" / "000000544519.jpg")
     for subset in sugarcrepe.SUBSETS[:-1]:
         (tmp_path / "data").mkdir(exist_ok=True)
-        (tmp_path / "data" / f"{subset}.json").write_text(json.dumps({
-            "0": {"filename": "000000544519.jpg", "caption": f"{subset} right", "negative_caption": f"{subset} wrong"},
-            "1": {"filename": "000000544519.jpg", "caption": f"{subset} right 2", "negative_caption": f"{subset} wrong 2"},
-        }))
+        (tmp_path / "data" / f"{subset}.json").write_text(
+            json.dumps(
+                {
+                    "0": {
+                        "filename": "000000544519.jpg",
+                        "caption": f"{subset} right",
+                        "negative_caption": f"{subset} wrong",
+                    },
+                    "1": {
+                        "filename": "000000544519.jpg",
+                        "caption": f"{subset} right 2",
+                        "negative_caption": f"{subset} wrong 2",
+                    },
+                }
+            )
+        )
     task = sugarcrepe.read_sugarcrepe(tmp_path / "data", tmp_path / "val2017", max_items=1)
     assert [item.group for item in task.choices] == list(sugarcrepe.SUBSETS[:-1])
     assert task.choices[0].texts == ["add_att right", "add_att wrong"] and task.choices[0].answer == 0
     assert task.notes == f"subsets not found in {tmp_path / 'data'}: swap_obj"
-    (tmp_path / "data" / "swap_att.json").write_text(json.dumps({"7": {"filename": "000000544519.jpg", "caption": "c"}}))
+    (tmp_path / "data" / "swap_att.json").write_text(
+        json.dumps({"7": {"filename": "000000544519.jpg", "caption": "c"}})
+    )
     with pytest.raises(UserError, match=r"swap_att.json, item '7': expected keys filename, caption, negative_caption"):
         sugarcrepe.read_sugarcrepe(tmp_path / "data", tmp_path / "val2017")
 
@@ -246,15 +332,26 @@ def test_karpathy_json_reads_one_split_with_five_captions_and_counts_the_extra(t
     for name in ("COCO_val2014_1.jpg", "COCO_val2014_2.jpg", "COCO_val2014_3.jpg"):
         png(tmp_path / "val2014" / name)
     entries = [
-        {"filepath": "val2014", "filename": "COCO_val2014_1.jpg", "split": "test",
-         "sentences": [{"raw": f"one {i}", "tokens": ["one", str(i)]} for i in range(7)]},
+        {
+            "filepath": "val2014",
+            "filename": "COCO_val2014_1.jpg",
+            "split": "test",
+            "sentences": [{"raw": f"one {i}", "tokens": ["one", str(i)]} for i in range(7)],
+        },
         {"filepath": "val2014", "filename": "COCO_val2014_2.jpg", "split": "train", "sentences": [{"raw": "train"}]},
-        {"filepath": "val2014", "filename": "COCO_val2014_3.jpg", "split": "test",
-         "sentences": [{"tokens": ["three", "dogs"]}, {"raw": "three b"}]},
+        {
+            "filepath": "val2014",
+            "filename": "COCO_val2014_3.jpg",
+            "split": "test",
+            "sentences": [{"tokens": ["three", "dogs"]}, {"raw": "three b"}],
+        },
     ]
     (tmp_path / "dataset_coco.json").write_text(json.dumps({"images": entries, "dataset": "coco"}))
     task = retrieval.read_retrieval(tmp_path / "dataset_coco.json")
-    assert task.retrieval.images == [str(tmp_path / "val2014" / "COCO_val2014_1.jpg"), str(tmp_path / "val2014" / "COCO_val2014_3.jpg")]
+    assert task.retrieval.images == [
+        str(tmp_path / "val2014" / "COCO_val2014_1.jpg"),
+        str(tmp_path / "val2014" / "COCO_val2014_3.jpg"),
+    ]
     assert task.retrieval.texts == [f"one {i}" for i in range(5)] + ["three dogs", "three b"]
     assert task.retrieval.text_image == [0] * 5 + [1, 1]
     assert task.notes == f"skipped 2 (beyond_captions_per_image: 2 [{tmp_path / 'dataset_coco.json'}, images[0]])"
@@ -265,12 +362,16 @@ def test_karpathy_json_reads_one_split_with_five_captions_and_counts_the_extra(t
 
 def test_retrieval_csv_with_one_caption_per_row_groups_rows_by_image(tmp_path):
     a, b = png(tmp_path / "1000092795.jpg"), png(tmp_path / "10002456.jpg", (5, 5, 5))
-    write_csv(tmp_path / "flickr.csv", ["image", "caption", "split"], [
-        ["1000092795.jpg", "Two young guys with shaggy hair.", "test"],
-        ["10002456.jpg", "Several men in hard hats.", "test"],
-        ["1000092795.jpg", "Two friends enjoy time spent together.", "test"],
-        ["10002456.jpg", "Workers look down from up above.", "train"],
-    ])
+    write_csv(
+        tmp_path / "flickr.csv",
+        ["image", "caption", "split"],
+        [
+            ["1000092795.jpg", "Two young guys with shaggy hair.", "test"],
+            ["10002456.jpg", "Several men in hard hats.", "test"],
+            ["1000092795.jpg", "Two friends enjoy time spent together.", "test"],
+            ["10002456.jpg", "Workers look down from up above.", "train"],
+        ],
+    )
     task = retrieval.read_retrieval(tmp_path / "flickr.csv", images_root=tmp_path)
     assert task.retrieval.images == [str(a), str(b)]
     assert task.retrieval.text_image == [0, 1, 0]
@@ -283,7 +384,9 @@ def test_retrieval_csv_with_one_caption_per_row_groups_rows_by_image(tmp_path):
 def test_zeroshot_reads_a_saved_image_classification_dataset_and_template_files(tmp_path):
     import datasets
 
-    features = datasets.Features({"img": datasets.Image(), "fine_label": datasets.ClassLabel(names=["tabby_cat", "dog"])})
+    features = datasets.Features(
+        {"img": datasets.Image(), "fine_label": datasets.ClassLabel(names=["tabby_cat", "dog"])}
+    )
     images = [Image.new("RGB", (8, 8), (i * 60, 0, 0)) for i in range(3)]
     dataset = datasets.Dataset.from_dict({"img": images, "fine_label": [1, 0, 1]}, features=features)
     datasets.DatasetDict({"test": dataset}).save_to_disk(str(tmp_path / "pets"))
@@ -309,7 +412,9 @@ def test_zeroshot_reads_a_saved_image_classification_dataset_and_template_files(
 
 
 def test_unknown_task_lists_the_known_ones():
-    with pytest.raises(UserError, match=r"unknown task 'cc-neg'; known tasks: ccneg, negrefcocog, .*world_heldout, layerwise"):
+    with pytest.raises(
+        UserError, match=r"unknown task 'cc-neg'; known tasks: ccneg, negrefcocog, .*world_heldout, layerwise"
+    ):
         tasks.build_tasks(["cc-neg"], {})
 
 
@@ -331,6 +436,8 @@ def test_world_tasks_are_registered_for_both_template_sets(tmp_path, monkeypatch
     built = tasks.build_tasks(["world"], {"world": str(tmp_path), "world_split": "validation"}, max_items=7)
     assert [task.data.name for task in built] == ["world_train/presence", "world_heldout/presence"]
     assert calls == [(str(tmp_path), "validation", "train", 7), (str(tmp_path), "validation", "heldout", 7)]
-    assert [task.data.name for task in tasks.build_tasks(["world_heldout"], {"world": str(tmp_path)})] == ["world_heldout/presence"]
+    assert [task.data.name for task in tasks.build_tasks(["world_heldout"], {"world": str(tmp_path)})] == [
+        "world_heldout/presence"
+    ]
     with pytest.raises(UserError, match="two tasks produce items named 'world_train/presence'"):
         tasks.build_tasks(["world", "world_train"], {"world": str(tmp_path)})

@@ -34,12 +34,12 @@ def read_caption(text: str) -> tuple[dict[str, str | None], set[str]]:
         if word not in OBJECT_KINDS:
             continue
         before = []
-        for previous in reversed(words[max(0, index - 4):index]):
+        for previous in reversed(words[max(0, index - 4) : index]):
             if previous in OBJECT_KINDS:
                 break
             before.append(previous)
         after = []
-        for following in words[index + 1:index + 3]:
+        for following in words[index + 1 : index + 3]:
             if following in OBJECT_KINDS:
                 break
             after.append(following)
@@ -55,8 +55,9 @@ def read_caption(text: str) -> tuple[dict[str, str | None], set[str]]:
 def is_true(text: str, objects: list[SceneObject]) -> bool:
     colour_of = {obj.kind: obj.colour for obj in objects}
     affirmed, negated = read_caption(text)
-    return (all(kind in colour_of and colour in (None, colour_of[kind]) for kind, colour in affirmed.items())
-            and not negated & set(colour_of))
+    return all(
+        kind in colour_of and colour in (None, colour_of[kind]) for kind, colour in affirmed.items()
+    ) and not negated & set(colour_of)
 
 
 def bag_of_words(text: str, objects: list[SceneObject]) -> int:
@@ -100,8 +101,10 @@ def scenes_by_key(world):
 
 @pytest.fixture(scope="module")
 def tasks(world):
-    return {template_set: {task.name.split("/")[1]: task for task in world_tasks(world, template_set=template_set, seed=0)}
-            for template_set in ("train", "heldout")}
+    return {
+        template_set: {task.name.split("/")[1]: task for task in world_tasks(world, template_set=template_set, seed=0)}
+        for template_set in ("train", "heldout")
+    }
 
 
 def choice_accuracy(items: list[ChoiceItem], scenes_by_key, scorer) -> Fraction:
@@ -223,8 +226,14 @@ def test_heldout_tasks_use_only_heldout_negation_words(tasks):
 
 def test_deterministic_by_seed_and_same_from_a_saved_folder(world, tmp_path):
     def texts(task_list: list[TaskData]) -> list:
-        return [(task.name, [(item.texts, item.images, item.answer) for item in task.choices],
-                 task.retrieval and (task.retrieval.texts, task.retrieval.images)) for task in task_list]
+        return [
+            (
+                task.name,
+                [(item.texts, item.images, item.answer) for item in task.choices],
+                task.retrieval and (task.retrieval.texts, task.retrieval.images),
+            )
+            for task in task_list
+        ]
 
     world.save_to_disk(tmp_path / "world")
     from_folder = world_tasks(tmp_path / "world", seed=0, max_scenes=25)

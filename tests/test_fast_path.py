@@ -28,11 +28,17 @@ from omninegclip.training.images import ImageRefs, ImageTransform, image_pass
 
 CAPTIONS = [
     ("a dog on a sofa", "a sofa with no dog", "a dog on a sofa with no cat in the room"),
-    ("two cats playing in the tall grass near an old tree", "two cats playing in the tall grass near no tree",
-     "two cats playing in the grass, and there is no dog anywhere"),
+    (
+        "two cats playing in the tall grass near an old tree",
+        "two cats playing in the tall grass near no tree",
+        "two cats playing in the grass, and there is no dog anywhere",
+    ),
     ("a red car", "a street without a red car", "a red car with no people inside it"),
-    ("a man riding a horse along the beach at sunset", "a man on a beach at sunset, not riding a horse",
-     "a man riding a horse along the beach with no boats"),
+    (
+        "a man riding a horse along the beach at sunset",
+        "a man on a beach at sunset, not riding a horse",
+        "a man riding a horse along the beach with no boats",
+    ),
 ]
 
 
@@ -51,12 +57,16 @@ def omni_model(front_blocks: int = 2) -> OmniNegCLIPModel:
 def fast_and_plain_batches(model, processor):
     tokenizer, image_processor = processor.tokenizer, processor.image_processor
     pictures = images()
-    image_embeds = embed_images(model, image_processor, pictures, normalize=False, progress=False)  # what the cache holds
+    image_embeds = embed_images(
+        model, image_processor, pictures, normalize=False, progress=False
+    )  # what the cache holds
     tokens = {
         name: [tokenizer(row[index])["input_ids"] for row in CAPTIONS]
         for index, name in enumerate(("input_ids", "presence_negated_input_ids", "absence_negated_input_ids"))
     }
-    packed = PackedRows(tokens, tokenizer.pad_token_id, image_index=np.arange(len(CAPTIONS)), image_embeds=image_embeds)
+    packed = PackedRows(
+        tokens, tokenizer.pad_token_id, image_index=np.arange(len(CAPTIONS)), image_embeds=image_embeds
+    )
     fast = OmniNegCollator(packed)([{"row_id": row, "packed_row": row} for row in range(len(CAPTIONS))])
     fast.pop("row_ids")
     assert not any(key.startswith("absence_affirmed") for key in fast)  # rows without the field have no twin
@@ -128,12 +138,16 @@ def test_extra_right_padding_changes_no_embedding(tiny_clip, tokenizer):
         for extra in (1, 9, 77 - length):
             ids, mask = right_pad(encoded["input_ids"], encoded["attention_mask"], extra, tokenizer.pad_token_id)
             padded = tiny_clip.text_model(input_ids=ids, attention_mask=mask)
-            torch.testing.assert_close(tiny_clip.text_projection(padded.pooler_output), reference, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(
+                tiny_clip.text_projection(padded.pooler_output), reference, rtol=1e-5, atol=1e-6
+            )
             # Not vacuous: the state at the last position does move with padding, first-EOS pooling avoids it.
             last = padded.last_hidden_state[:, -1]
             assert not torch.allclose(tiny_clip.text_projection(last), reference, atol=1e-3)
         max_length = tokenizer(texts, padding="max_length", max_length=77, return_tensors="pt")
-        torch.testing.assert_close(tiny_clip.get_text_features(**max_length).pooler_output, reference, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            tiny_clip.get_text_features(**max_length).pooler_output, reference, rtol=1e-5, atol=1e-6
+        )
 
 
 def test_one_text_pass_equals_each_set_alone(tokenizer):
@@ -144,7 +158,9 @@ def test_one_text_pass_equals_each_set_alone(tokenizer):
     with torch.no_grad():
         joint = model.encode_texts([(encoded["input_ids"], encoded["attention_mask"]) for encoded in sets])
         for together, encoded in zip(joint, sets):
-            torch.testing.assert_close(together, model.get_text_features(**encoded).pooler_output, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(
+                together, model.get_text_features(**encoded).pooler_output, rtol=1e-5, atol=1e-6
+            )
 
 
 # ---- the image-embedding cache ----------------------------------------------------------------------
@@ -165,13 +181,17 @@ def counted_passes(monkeypatch):
 
 
 def image_refs() -> ImageRefs:
-    table = datasets.Dataset.from_dict({"image": images(5, seed=1)}, features=datasets.Features({"image": datasets.Image()}))
+    table = datasets.Dataset.from_dict(
+        {"image": images(5, seed=1)}, features=datasets.Features({"image": datasets.Image()})
+    )
     refs, _ = ImageRefs.find([table], "image", ["pictures"], [list(range(5))])
     return refs
 
 
 def cached(model, image_processor, refs, cache_dir) -> np.ndarray:
-    return image_pass(refs, ImageTransform.for_processor(image_processor), model=model, num_workers=0, cache_dir=cache_dir).embeds.numpy()
+    return image_pass(
+        refs, ImageTransform.for_processor(image_processor), model=model, num_workers=0, cache_dir=cache_dir
+    ).embeds.numpy()
 
 
 def test_image_embedding_cache_is_reused_until_vision_weights_or_transform_change(tmp_path, processor, counted_passes):
@@ -203,14 +223,19 @@ def test_image_embedding_cache_is_reused_until_vision_weights_or_transform_chang
 
     # Transform changed (same weights): recomputed under a new key.
     other_transform = CLIPImageProcessorPil(
-        size={"shortest_edge": 30}, crop_size={"height": 30, "width": 30}, image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5]
+        size={"shortest_edge": 30},
+        crop_size={"height": 30, "width": 30},
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
     )
     changed_transform = cached(model, other_transform, refs, tmp_path)
     assert len(counted_passes) == 3 and len(files()) == 3
     assert not np.allclose(changed_transform, changed_weights)
 
     # Other images: recomputed under a new key.
-    table = datasets.Dataset.from_dict({"image": images(5, seed=2)}, features=datasets.Features({"image": datasets.Image()}))
+    table = datasets.Dataset.from_dict(
+        {"image": images(5, seed=2)}, features=datasets.Features({"image": datasets.Image()})
+    )
     other_refs, _ = ImageRefs.find([table], "image", ["pictures"], [list(range(5))])
     cached(model, image_processor, other_refs, tmp_path)
     assert len(counted_passes) == 4 and len(files()) == 4
@@ -233,8 +258,16 @@ def test_flop_model_matches_torch_flop_counter(front_blocks, tokenizer):
     apply_trainable(model, TrainableConfig(front_blocks=front_blocks))
     model.set_attn_implementation("eager")  # attention as plain matmuls, which the counter sees
     geometry = Geometry(
-        name="tiny", text_hidden=text.hidden_size, text_layers=text.num_hidden_layers, text_heads=text.num_attention_heads,
-        vision_hidden=32, vision_layers=2, vision_heads=4, image_size=30, patch_size=2, projection_dim=config.projection_dim,
+        name="tiny",
+        text_hidden=text.hidden_size,
+        text_layers=text.num_hidden_layers,
+        text_heads=text.num_attention_heads,
+        vision_hidden=32,
+        vision_layers=2,
+        vision_heads=4,
+        image_size=30,
+        patch_size=2,
+        projection_dim=config.projection_dim,
     )
     encoded = tokenizer([row[1] for row in CAPTIONS], padding=True, return_tensors="pt")
     sequences, length = encoded["input_ids"].shape
@@ -246,4 +279,6 @@ def test_flop_model_matches_torch_flop_counter(front_blocks, tokenizer):
         model.get_text_features(**encoded)
     assert forward_counter.get_total_flops() == text_forward_flops(geometry, sequences, length)
     if front_blocks == text.num_hidden_layers:  # everything trains: backward = 2 x forward
-        assert text_train_flops(geometry, sequences, length, blocks) == 3 * text_forward_flops(geometry, sequences, length)
+        assert text_train_flops(geometry, sequences, length, blocks) == 3 * text_forward_flops(
+            geometry, sequences, length
+        )

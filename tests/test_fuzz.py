@@ -39,17 +39,56 @@ from omninegclip.building.vocabulary import (
 )
 from omninegclip.common.cli import UserError
 
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-FEW = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
+FEW = settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 
 # Every surface form of the vocabulary ("puppies", "dining table", "pair of skis"), and any text.
 VOCABULARY = sorted({form for pairs in _CATEGORY_FORMS.values() for pair in pairs for form in pair.split("|")})
 any_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=80)
-words = st.sampled_from(["a", "the", "dog", "no", "not", "with", "without", "riding", "of", "group", "two", ",", ".", "and", "sofa",
-                         "people", "hot", "teddy", "bear", "orange", "ü", "狗", "Ä", "'s", "-", "\n", "\u2028", "😀", "n't"])
+words = st.sampled_from(
+    [
+        "a",
+        "the",
+        "dog",
+        "no",
+        "not",
+        "with",
+        "without",
+        "riding",
+        "of",
+        "group",
+        "two",
+        ",",
+        ".",
+        "and",
+        "sofa",
+        "people",
+        "hot",
+        "teddy",
+        "bear",
+        "orange",
+        "ü",
+        "狗",
+        "Ä",
+        "'s",
+        "-",
+        "\n",
+        "\u2028",
+        "😀",
+        "n't",
+    ]
+)
 caption_like = st.one_of(any_text, st.lists(st.one_of(words, st.sampled_from(VOCABULARY)), max_size=14).map(" ".join))
-object_name = st.one_of(st.sampled_from(VOCABULARY), st.sampled_from(COCO_CATEGORIES), any_text.filter(lambda text: len(text) < 20),
-                        st.sampled_from(["hat", "tree", "no", "not a", "x-ray", "c++", "(", "", "   "]))
+object_name = st.one_of(
+    st.sampled_from(VOCABULARY),
+    st.sampled_from(COCO_CATEGORIES),
+    any_text.filter(lambda text: len(text) < 20),
+    st.sampled_from(["hat", "tree", "no", "not a", "x-ray", "c++", "(", "", "   "]),
+)
 
 
 @FUZZ
@@ -111,7 +150,11 @@ def test_token_window_keeps_a_prefix(window, text):
 
 # ------------------------------------------------------------------------------------------- readers
 
-json_value = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(-5, 5), any_text), lambda inner: st.lists(inner, max_size=3), max_leaves=6)
+json_value = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-5, 5), any_text),
+    lambda inner: st.lists(inner, max_size=3),
+    max_leaves=6,
+)
 
 
 def caption_units(value) -> int:
@@ -120,27 +163,53 @@ def caption_units(value) -> int:
 
 
 @FUZZ
-@given(annotations=st.lists(st.fixed_dictionaries({"image_id": st.sampled_from([1, 2, 3, "4", 99]), "caption": json_value},
-                                                  optional={"id": st.one_of(st.integers(), any_text, st.none())}), max_size=12),
-       captions_per_image=st.integers(0, 2))
+@given(
+    annotations=st.lists(
+        st.fixed_dictionaries(
+            {"image_id": st.sampled_from([1, 2, 3, "4", 99]), "caption": json_value},
+            optional={"id": st.one_of(st.integers(), any_text, st.none())},
+        ),
+        max_size=12,
+    ),
+    captions_per_image=st.integers(0, 2),
+)
 def test_coco_reader_counts_every_caption(tmp_path, annotations, captions_per_image):
     images = [{"id": image_id, "file_name": f"{image_id}.png"} for image_id in (1, 2, 3, "4")]
-    instances = {"images": images, "categories": [{"id": 18, "name": "dog"}], "annotations": [{"image_id": 1, "category_id": 18, "bbox": [0, 0, 1, 1]}]}
+    instances = {
+        "images": images,
+        "categories": [{"id": 18, "name": "dog"}],
+        "annotations": [{"image_id": 1, "category_id": 18, "bbox": [0, 0, 1, 1]}],
+    }
     (tmp_path / "captions.json").write_text(json.dumps({"images": images, "annotations": annotations}))
     (tmp_path / "instances.json").write_text(json.dumps(instances))
-    source = read_coco(tmp_path / "captions.json", tmp_path / "instances.json", tmp_path, captions_per_image=captions_per_image)
+    source = read_coco(
+        tmp_path / "captions.json", tmp_path / "instances.json", tmp_path, captions_per_image=captions_per_image
+    )
     assert len(source.items) + source.skips.total() == len(annotations)  # a COCO caption is one cell, never a list
-    assert all(isinstance(item.caption, str) and item.caption.strip() == item.caption and item.caption for item in source.items)
+    assert all(
+        isinstance(item.caption, str) and item.caption.strip() == item.caption and item.caption
+        for item in source.items
+    )
 
 
 @FEW
-@given(cells=st.lists(json_value, min_size=1, max_size=8), captions_per_image=st.integers(0, 2), ascii_only=st.booleans())
+@given(
+    cells=st.lists(json_value, min_size=1, max_size=8), captions_per_image=st.integers(0, 2), ascii_only=st.booleans()
+)
 def test_jsonl_reader_counts_every_caption(tmp_path, cells, captions_per_image, ascii_only):
     path = tmp_path / "pairs.jsonl"
-    path.write_text("".join(json.dumps({"image": "x.png", "caption": cell}, ensure_ascii=ascii_only) + "\n" for cell in cells), encoding="utf-8")
+    path.write_text(
+        "".join(json.dumps({"image": "x.png", "caption": cell}, ensure_ascii=ascii_only) + "\n" for cell in cells),
+        encoding="utf-8",
+    )
     source = read_captions_dataset(str(path), captions_per_image=captions_per_image, progress=False)
     assert len(source.items) + source.skips.total() == sum(caption_units(cell) for cell in cells)
-    texts = [text.strip() for cell in cells for text in (cell if isinstance(cell, list) else [cell]) if isinstance(text, str) and text.strip()]
+    texts = [
+        text.strip()
+        for cell in cells
+        for text in (cell if isinstance(cell, list) else [cell])
+        if isinstance(text, str) and text.strip()
+    ]
     assert Counter(item.caption for item in source.items) <= Counter(texts)
 
 
@@ -160,6 +229,7 @@ def test_csv_reader_keeps_any_text_as_it_was(tmp_path, captions):
 
 # ------------------------------------------------------------------------------------------- builder
 
+
 def _png(mode: str) -> bytes:
     buffer = io.BytesIO()
     Image.new(mode, (4, 4)).save(buffer, format="PNG")
@@ -168,18 +238,47 @@ def _png(mode: str) -> bytes:
 
 IMAGES = {"rgb": _png("RGB"), "rgba": _png("RGBA"), "gray": _png("L"), "corrupt": b"not an image", "missing": None}
 FEW_OBJECTS = COCO_CATEGORIES[:12]
-builder_caption = st.one_of(caption_like, st.builds("a {} next to two {}".format, st.sampled_from(FEW_OBJECTS), st.sampled_from(VOCABULARY)))
+builder_caption = st.one_of(
+    caption_like, st.builds("a {} next to two {}".format, st.sampled_from(FEW_OBJECTS), st.sampled_from(VOCABULARY))
+)
 
 
 @FEW
-@given(rows=st.lists(st.tuples(builder_caption.filter(str.strip), st.lists(st.sampled_from(FEW_OBJECTS), max_size=3),
-                               st.sampled_from(sorted(IMAGES))), min_size=1, max_size=10),
-       exhaustive=st.booleans(), seed=st.integers(0, 3))
-def test_builder_writes_or_counts_every_row_and_every_negation_passes_the_gate(tmp_path_factory, rows, exhaustive, seed):
-    items = [SourceItem(image_id=str(index), image=ImageRef(f"{index}.png", read=lambda kind=kind: IMAGES[kind]), caption=caption.strip(),
-                        present_objects=tuple(objects), source_index=index) for index, (caption, objects, kind) in enumerate(rows)]
-    source = Source(name="fuzz", description="", license="other", items=items, object_sets=[item.present_objects for item in items],
-                    exhaustive_objects=exhaustive, files=["fuzz"])
+@given(
+    rows=st.lists(
+        st.tuples(
+            builder_caption.filter(str.strip),
+            st.lists(st.sampled_from(FEW_OBJECTS), max_size=3),
+            st.sampled_from(sorted(IMAGES)),
+        ),
+        min_size=1,
+        max_size=10,
+    ),
+    exhaustive=st.booleans(),
+    seed=st.integers(0, 3),
+)
+def test_builder_writes_or_counts_every_row_and_every_negation_passes_the_gate(
+    tmp_path_factory, rows, exhaustive, seed
+):
+    items = [
+        SourceItem(
+            image_id=str(index),
+            image=ImageRef(f"{index}.png", read=lambda kind=kind: IMAGES[kind]),
+            caption=caption.strip(),
+            present_objects=tuple(objects),
+            source_index=index,
+        )
+        for index, (caption, objects, kind) in enumerate(rows)
+    ]
+    source = Source(
+        name="fuzz",
+        description="",
+        license="other",
+        items=items,
+        object_sets=[item.present_objects for item in items],
+        exhaustive_objects=exhaustive,
+        files=["fuzz"],
+    )
     options = negation.BuildOptions(seed=seed, progress=False)
     try:
         dataset_dict, summary = data_builder.build_from_source(source, options, tmp_path_factory.mktemp("cache"))
@@ -195,8 +294,14 @@ def test_builder_writes_or_counts_every_row_and_every_negation_passes_the_gate(t
     gate = data_builder.quality_gate(dataset_dict)
     assert gate["passed"], gate["total"]
     for part in dataset_dict.values():
-        for row in part.select_columns(["caption", "presence_negated", "negated_object", "absence_negated", "absent_object"]):
+        for row in part.select_columns(
+            ["caption", "presence_negated", "negated_object", "absence_negated", "absent_object"]
+        ):
             if row["presence_negated"]:
-                assert any(mention.negated for mention in find_mentions(row["presence_negated"], [row["negated_object"]]))
+                assert any(
+                    mention.negated for mention in find_mentions(row["presence_negated"], [row["negated_object"]])
+                )
             if row["absence_negated"]:
-                assert all(mention.negated for mention in find_mentions(row["absence_negated"], [row["absent_object"]]))
+                assert all(
+                    mention.negated for mention in find_mentions(row["absence_negated"], [row["absent_object"]])
+                )

@@ -47,8 +47,19 @@ class FakeHub:
     def create_branch(self, repo_id, branch, token=None, exist_ok=False, **kwargs):
         self.branches.append((repo_id, branch))
 
-    def upload_folder(self, *, repo_id, folder_path, commit_message=None, token=None, ignore_patterns=None, path_in_repo=None,
-                      revision=None, run_as_future=False, **kwargs):
+    def upload_folder(
+        self,
+        *,
+        repo_id,
+        folder_path,
+        commit_message=None,
+        token=None,
+        ignore_patterns=None,
+        path_in_repo=None,
+        revision=None,
+        run_as_future=False,
+        **kwargs,
+    ):
         folder = Path(folder_path)
         files = sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file())
         target = self.root / f"commit-{len(self.commits)}"
@@ -75,7 +86,11 @@ class FakeHub:
 
     def final(self):
         """The last commit to the repo's root (the end of training, or the card command)."""
-        return [commit for commit in self.commits if commit.message in ("End of training", None) or "card" in (commit.message or "")][-1]
+        return [
+            commit
+            for commit in self.commits
+            if commit.message in ("End of training", None) or "card" in (commit.message or "")
+        ][-1]
 
 
 def fake_the_hub(monkeypatch, root: Path) -> FakeHub:
@@ -101,28 +116,62 @@ def test_push_uploads_a_plain_clip_with_a_working_card(tmp_path, processor, hub)
     red.parent.mkdir()
     Image.new("RGB", (32, 32), (220, 30, 30)).save(red)
     examples = tmp_path / "examples" / "widget.json"
-    examples.write_text(json.dumps([
-        {"image": "red.png", "candidate_labels": LABELS, "title": "Which negation is true?", "expected_label": LABELS[2]},
-        {"image": "https://example.org/cat.jpg", "candidate_labels": ["a cat", "no cat"], "title": "Presence"},
-    ]))
+    examples.write_text(
+        json.dumps(
+            [
+                {
+                    "image": "red.png",
+                    "candidate_labels": LABELS,
+                    "title": "Which negation is true?",
+                    "expected_label": LABELS[2],
+                },
+                {"image": "https://example.org/cat.jpg", "candidate_labels": ["a cat", "no cat"], "title": "Presence"},
+            ]
+        )
+    )
     out = tmp_path / "tiny-omninegclip"
-    train.main(train_flags(model_dir, data, out, max_steps=2, save_strategy="steps", save_steps=1,
-                           push_to_hub="true", hub_model_id="tiny-omninegclip", widget_examples=examples,
-                           card_base_model="openai/clip-vit-base-patch32", card_datasets="someone/cc-neg,someone/coco-neg"))
+    train.main(
+        train_flags(
+            model_dir,
+            data,
+            out,
+            max_steps=2,
+            save_strategy="steps",
+            save_steps=1,
+            push_to_hub="true",
+            hub_model_id="tiny-omninegclip",
+            widget_examples=examples,
+            card_base_model="openai/clip-vit-base-patch32",
+            card_datasets="someone/cc-neg,someone/coco-neg",
+        )
+    )
 
     # The Trainer's default --hub_strategy every_save: the weights went up at each save, then the final folder.
-    assert [commit.message for commit in hub.commits] == ["Training in progress, step 1", "Training in progress, step 2",
-                                                          "End of training"]
+    assert [commit.message for commit in hub.commits] == [
+        "Training in progress, step 1",
+        "Training in progress, step 2",
+        "End of training",
+    ]
     commit = hub.commits[-1]
     repo_id = f"{USER}/tiny-omninegclip"
     assert commit.repo_id == repo_id
     uploaded = commit.folder
     assert (out / "checkpoint-2").is_dir()  # checkpoint folders stay local (--hub_strategy checkpoint pushes one)
     files = {path.relative_to(uploaded).as_posix() for path in uploaded.rglob("*") if path.is_file()}
-    assert {"config.json", "model.safetensors", "processor_config.json", "tokenizer.json", "README.md",
-            "training_provenance.json", "widget/example-0.png", "widget/examples.json"} <= files
+    assert {
+        "config.json",
+        "model.safetensors",
+        "processor_config.json",
+        "tokenizer.json",
+        "README.md",
+        "training_provenance.json",
+        "widget/example-0.png",
+        "widget/examples.json",
+    } <= files
     assert not any(name.startswith(("checkpoint-", ".")) for name in files)
-    settings = json.loads((uploaded / "config.json").read_text())["omninegclip"]  # the run's settings travel in config.json
+    settings = json.loads((uploaded / "config.json").read_text())[
+        "omninegclip"
+    ]  # the run's settings travel in config.json
     assert settings["loss"]["margin"] == 0.9 and settings["trainable_text_blocks"]
 
     # The weights load as a plain CLIP, directly and through the Auto class of the task.
@@ -144,7 +193,8 @@ def test_push_uploads_a_plain_clip_with_a_working_card(tmp_path, processor, hub)
     labels = [label.strip() for label in widget[0]["candidate_labels"].split(",")]
     assert labels == LABELS and any(" no " in label for label in labels)
     result = pipeline("zero-shot-image-classification", model=str(uploaded))(
-        Image.open(uploaded / "widget" / "example-0.png"), candidate_labels=labels)
+        Image.open(uploaded / "widget" / "example-0.png"), candidate_labels=labels
+    )
     assert sorted(entry["label"] for entry in result) == sorted(labels)
     assert sum(entry["score"] for entry in result) == pytest.approx(1.0, abs=1e-4)
     stored = json.loads((uploaded / "widget" / "examples.json").read_text())
@@ -162,13 +212,22 @@ def test_card_cli_adds_eval_results_and_pushes_again(tmp_path, processor, hub):
     assert not hub.commits  # no --push_to_hub: nothing uploaded
 
     (out / "eval").mkdir()
-    entry = {"name": out.name, "results": [{
-        "task": {"type": "zero-shot-image-classification", "name": "CC-Neg presence negation"},
-        "dataset": {"name": "CC-Neg (ccneg)", "type": "ccneg"},
-        "metrics": [{"type": "accuracy", "name": "ccneg accuracy", "value": 87.5}],
-    }]}
-    other = {"name": "base-model", "results": [entry["results"][0] | {
-        "metrics": [{"type": "accuracy", "name": "ccneg accuracy", "value": 50.0}]}]}  # another model of the same eval run
+    entry = {
+        "name": out.name,
+        "results": [
+            {
+                "task": {"type": "zero-shot-image-classification", "name": "CC-Neg presence negation"},
+                "dataset": {"name": "CC-Neg (ccneg)", "type": "ccneg"},
+                "metrics": [{"type": "accuracy", "name": "ccneg accuracy", "value": 87.5}],
+            }
+        ],
+    }
+    other = {
+        "name": "base-model",
+        "results": [
+            entry["results"][0] | {"metrics": [{"type": "accuracy", "name": "ccneg accuracy", "value": 50.0}]}
+        ],
+    }  # another model of the same eval run
     (out / "eval" / "model_index.json").write_text(json.dumps([other, entry]))
     (out / "eval" / "results.md").write_text("| task | accuracy |\n|---|---|\n| ccneg | 87.5 |\n")
     model_card.main([str(out), "--push_to_hub", "tiny-omninegclip"])

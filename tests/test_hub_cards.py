@@ -29,11 +29,11 @@ from train_helpers import color_rows, run_command, save_dataset, save_tiny_clip,
 from transformers import CLIPModel
 
 import data_builder
-from omninegclip.building import writing
 import eval.__main__ as eval_cli
 import omninegclip.training.card.hub as card_hub
 import omninegclip.training.model_card as model_card
 import train
+from omninegclip.building import writing
 from omninegclip.building.cards import GENERATED_DATA_LICENSE
 from omninegclip.common.cli import UserError
 from omninegclip.common.results import EvalResults
@@ -71,8 +71,22 @@ def tiny_default(tmp_path_factory):
     """The built-in default's steps at toy size: its world, a plain-CLIP base, one fine-tune, the eval."""
     root = tmp_path_factory.mktemp("default")
     world = root / "world"
-    data_builder.main(["shapes", "--out", str(world), "--num_train", "48", "--num_validation", "8", "--num_test", "40",
-                       "--image_size", "32", "--no_progress"])
+    data_builder.main(
+        [
+            "shapes",
+            "--out",
+            str(world),
+            "--num_train",
+            "48",
+            "--num_validation",
+            "8",
+            "--num_test",
+            "40",
+            "--image_size",
+            "32",
+            "--no_progress",
+        ]
+    )
     widget = write_world_widget_examples(root)
     return root, world, widget
 
@@ -92,25 +106,72 @@ def pushed(tiny_default, tmp_path_factory, processor):
         hub = FakeHub(folder / "hub")
         patch.setattr(card_hub, "create_repo", hub.create_repo)
         patch.setattr(card_hub, "upload_folder", hub.upload_folder)
-        train.main(train_flags(init, world, base, max_steps=1, caption_column="pretrain_caption", presence_column="none",
-                               absence_column="none", text_preset="whole", widget_examples=widget,
-                               card_datasets=HUB_NAMES["world"]))
-        train.main(train_flags(base, world, tuned, max_steps=2, widget_examples=widget, report_to="tensorboard",
-                               card_base_model=HUB_NAMES["base"], card_datasets=HUB_NAMES["world"]))
+        train.main(
+            train_flags(
+                init,
+                world,
+                base,
+                max_steps=1,
+                caption_column="pretrain_caption",
+                presence_column="none",
+                absence_column="none",
+                text_preset="whole",
+                widget_examples=widget,
+                card_datasets=HUB_NAMES["world"],
+            )
+        )
+        train.main(
+            train_flags(
+                base,
+                world,
+                tuned,
+                max_steps=2,
+                widget_examples=widget,
+                report_to="tensorboard",
+                card_base_model=HUB_NAMES["base"],
+                card_datasets=HUB_NAMES["world"],
+            )
+        )
         evaluated = folder / "eval"
-        eval_cli.main([str(base), str(tuned), "--model_names", "base,omni-choice", "--tasks", "world", "--world", str(world),
-                       "--dataset_ids", f"world={HUB_NAMES['world']}", "--max_items", "40", "--batch_size", "16",
-                       "--out", str(evaluated), "--no_progress"])
+        eval_cli.main(
+            [
+                str(base),
+                str(tuned),
+                "--model_names",
+                "base,omni-choice",
+                "--tasks",
+                "world",
+                "--world",
+                str(world),
+                "--dataset_ids",
+                f"world={HUB_NAMES['world']}",
+                "--max_items",
+                "40",
+                "--batch_size",
+                "16",
+                "--out",
+                str(evaluated),
+                "--no_progress",
+            ]
+        )
         results = EvalResults.from_json(evaluated / "results.json")
         attach_results(base, results, "base")
         attach_results(tuned, results, "omni-choice")
         model_card.main([str(tuned), "--push_to_hub", "omninegclip-world-omni-choice"])
     torch.set_num_threads(threads)
     uploaded = hub.commits[0].folder
-    return SimpleNamespace(folder=folder, base=base, tuned=tuned, evaluated=evaluated, results=results, hub=hub,
-                           repo_id=f"{USER}/omninegclip-world-omni-choice", uploaded=uploaded,
-                           files={path.relative_to(uploaded).as_posix() for path in uploaded.rglob("*") if path.is_file()},
-                           card=ModelCard.load(uploaded / "README.md"))
+    return SimpleNamespace(
+        folder=folder,
+        base=base,
+        tuned=tuned,
+        evaluated=evaluated,
+        results=results,
+        hub=hub,
+        repo_id=f"{USER}/omninegclip-world-omni-choice",
+        uploaded=uploaded,
+        files={path.relative_to(uploaded).as_posix() for path in uploaded.rglob("*") if path.is_file()},
+        card=ModelCard.load(uploaded / "README.md"),
+    )
 
 
 def test_eval_table_names_local_folders_by_name_only(pushed):
@@ -123,7 +184,9 @@ def test_attached_results_are_the_evaluation_s_with_the_model_s_own_index_entry(
     assert EvalResults.from_json(attached / "results.json") == pushed.results
     assert (attached / "results.md").read_text() == (pushed.evaluated / "results.md").read_text()
     assert json.loads((attached / "model_index.json").read_text()) == [pushed.results.model_index_entry("omni-choice")]
-    assert json.loads((pushed.base / "eval" / "model_index.json").read_text()) == [pushed.results.model_index_entry("base")]
+    assert json.loads((pushed.base / "eval" / "model_index.json").read_text()) == [
+        pushed.results.model_index_entry("base")
+    ]
     assert (attached / "layerwise.md").is_file() is (pushed.evaluated / "layerwise.md").is_file()
 
 
@@ -139,7 +202,13 @@ def test_final_folder_keeps_the_trainer_state_metrics_and_logs(pushed):
 
 def test_push_uploads_a_loadable_model_with_its_logs_under_the_owner(pushed):
     assert len(pushed.hub.commits) == 1
-    assert {"trainer_state.json", "train_results.json", "all_results.json", "README.md", "model.safetensors"} <= pushed.files
+    assert {
+        "trainer_state.json",
+        "train_results.json",
+        "all_results.json",
+        "README.md",
+        "model.safetensors",
+    } <= pushed.files
     assert any(name.startswith("runs/") and "tfevents" in name for name in pushed.files)  # logs go with the model
     assert CLIPModel.from_pretrained(pushed.uploaded).config.vision_config.image_size == 30
     # the card is rewritten for the repo: bare names of the default go under the owner
@@ -166,7 +235,7 @@ def test_every_eval_task_survives_the_hub_s_merge(pushed):
 def test_widget_images_resolve_inside_the_pushed_repo(pushed):
     for entry in pushed.card.data.to_dict()["widget"]:
         prefix = f"https://huggingface.co/{pushed.repo_id}/resolve/main/"
-        assert entry["src"].startswith(prefix) and entry["src"][len(prefix):] in pushed.files
+        assert entry["src"].startswith(prefix) and entry["src"][len(prefix) :] in pushed.files
         assert "square" in entry["candidate_labels"] or "heart" in entry["candidate_labels"]
     assert f'hf_hub_download("{pushed.repo_id}", "widget/example-0.png")' in pushed.card.text
 
@@ -188,7 +257,10 @@ def test_base_card_says_plain_clip_training(pushed):
     assert "plain CLIP contrastive loss" in base_card.text and "randomly initialised" in base_card.text
     assert "fine-tuned with" not in base_card.text and "lambda_text" not in base_card.text
     assert "negation" not in base_card.data.tags
-    assert [entry["src"] for entry in base_card.data.to_dict()["widget"]] == ["widget/example-0.png", "widget/example-1.png"]
+    assert [entry["src"] for entry in base_card.data.to_dict()["widget"]] == [
+        "widget/example-0.png",
+        "widget/example-1.png",
+    ]
     assert "rewrites them as `https://huggingface.co/OWNER/NAME/resolve/main/widget/...`" in base_card.text
     tuned_results = model_index_to_eval_results(pushed.card.data.to_dict()["model-index"])[1]
     assert len(model_index_to_eval_results(base_card.data.to_dict()["model-index"])[1]) == len(tuned_results)
@@ -196,8 +268,10 @@ def test_base_card_says_plain_clip_training(pushed):
 
 def test_report_to_is_checked_before_anything_slow(tmp_path, monkeypatch):
     missing_model = tmp_path / "no-such-model"  # loading it would fail: the tracker check comes first
-    for value, expected in (("wandb", "--report_to wandb: the wandb tracker is not installed"),
-                            ("tensorboard,nonsense", "--report_to tensorboard,nonsense: nonsense is not supported, only")):
+    for value, expected in (
+        ("wandb", "--report_to wandb: the wandb tracker is not installed"),
+        ("tensorboard,nonsense", "--report_to tensorboard,nonsense: nonsense is not supported, only"),
+    ):
         with pytest.raises(UserError) as error:
             train.main(train_flags(missing_model, tmp_path / "no-data", tmp_path / "out", report_to=value))
         assert expected in str(error.value)
@@ -251,11 +325,18 @@ class FakeDatasetHub:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(content)
             self.commits.append((repo_id, commit_message, sorted(operation.path_in_repo for operation in operations)))
-            return SimpleNamespace(commit_url=f"https://huggingface.co/datasets/{repo_id}/commit/{len(self.commits)}",
-                                   oid="main", pr_url=None)
+            return SimpleNamespace(
+                commit_url=f"https://huggingface.co/datasets/{repo_id}/commit/{len(self.commits)}",
+                oid="main",
+                pr_url=None,
+            )
 
-        for name, fake in (("create_repo", create_repo), ("repo_info", repo_info),
-                           ("preupload_lfs_files", preupload_lfs_files), ("create_commit", create_commit)):
+        for name, fake in (
+            ("create_repo", create_repo),
+            ("repo_info", repo_info),
+            ("preupload_lfs_files", preupload_lfs_files),
+            ("create_commit", create_commit),
+        ):
             monkeypatch.setattr(HfApi, name, fake)
         monkeypatch.setattr(datasets.dataset_dict, "HfFileSystem", lambda *args, **kwargs: LocalFileSystem())
         # The Hub's YAML check (a server call): here the card must at least parse back as a DatasetCard.
@@ -273,13 +354,17 @@ def test_world_dataset_card_and_pushed_layout_load(tiny_default, tmp_path, monke
     assert local.data.to_dict()["configs"][0]["data_files"][0] == {"split": "train", "path": "train/data-*.arrow"}
     splits = {split["name"]: split for split in local.data.dataset_info["splits"]}
     on_disk = datasets.load_from_disk(str(world))
-    assert {name: split["num_examples"] for name, split in splits.items()} == {name: len(part) for name, part in on_disk.items()}
+    assert {name: split["num_examples"] for name, split in splits.items()} == {
+        name: len(part) for name, part in on_disk.items()
+    }
     assert all(split["num_bytes"] == on_disk[name].data.nbytes > 0 for name, split in splits.items())
     assert local.data.dataset_info["dataset_size"] == sum(split["num_bytes"] for split in splits.values())
     assert str(tmp_path) not in str(local) and str(root) not in str(local)
     # load_dataset reads the folder's own layout (train/, validation/, test/) too.
     from_folder = datasets.load_dataset(str(world), cache_dir=str(tmp_path / "cache"))
-    assert {name: len(part) for name, part in from_folder.items()} == {name: len(part) for name, part in on_disk.items()}
+    assert {name: len(part) for name, part in from_folder.items()} == {
+        name: len(part) for name, part in on_disk.items()
+    }
 
     hub = FakeDatasetHub(tmp_path / "hub", monkeypatch)
     writing.push_to_hub(world, "omninegclip-world", (world / "README.md").read_text())
@@ -292,8 +377,9 @@ def test_world_dataset_card_and_pushed_layout_load(tiny_default, tmp_path, monke
     assert {split["name"] for split in pushed.data.dataset_info["splits"]} == set(on_disk)
     assert pushed.data.license == "mit" and pushed.data.pretty_name == local.data.pretty_name
     assert pushed.text == local.text
-    assert pushed.data.to_dict()["configs"] == [{"config_name": "default",
-                                    "data_files": [{"split": split, "path": f"data/{split}-*"} for split in on_disk]}]
+    assert pushed.data.to_dict()["configs"] == [
+        {"config_name": "default", "data_files": [{"split": split, "path": f"data/{split}-*"} for split in on_disk]}
+    ]
     # The pushed layout loads with load_dataset, every split, the same rows.
     loaded = datasets.load_dataset(str(hub.repo(repo_id)))
     assert {name: len(part) for name, part in loaded.items()} == {name: len(part) for name, part in on_disk.items()}
@@ -307,11 +393,18 @@ def test_card_remembers_the_world_and_its_inputs_when_the_data_folder_is_gone(tm
     (world / "build_summary.json").write_text(json.dumps({"source": "shapes", "rows_out": {"train": 5}}))
     folder = tmp_path / "model"
     folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({"model_type": "clip", "projection_dim": 8, "vision_config": {"image_size": 64},
-                                                    "text_config": {}}))
-    (folder / "training_provenance.json").write_text(json.dumps({
-        "base_model": str(tmp_path / "base"), "datasets": [str(world)],
-        "data": [{"name": str(world), "split": "train", "with_presence": 3, "with_absence": 2}]}))
+    (folder / "config.json").write_text(
+        json.dumps({"model_type": "clip", "projection_dim": 8, "vision_config": {"image_size": 64}, "text_config": {}})
+    )
+    (folder / "training_provenance.json").write_text(
+        json.dumps(
+            {
+                "base_model": str(tmp_path / "base"),
+                "datasets": [str(world)],
+                "data": [{"name": str(world), "split": "train", "with_presence": 3, "with_absence": 2}],
+            }
+        )
+    )
     model_card.write_model_card(folder, base_description="a small CLIP", dataset_ids=["omninegclip-world"])
     first = ModelCard.load(folder / "README.md")
     (world / "build_summary.json").unlink()  # the data folder moved away
@@ -321,7 +414,10 @@ def test_card_remembers_the_world_and_its_inputs_when_the_data_folder_is_gone(tm
     assert "64×64-pixel" in again.text and "synthetic scenes of coloured shapes" in again.text
     assert "Started from:** a small CLIP" in again.text
     # No widget examples given: the world's own scenes, not the photo of the built-in default.
-    assert [example["example_title"] for example in again.data.to_dict()["widget"]] == ["Which object is negated?", "Presence negation"]
+    assert [example["example_title"] for example in again.data.to_dict()["widget"]] == [
+        "Which object is negated?",
+        "Presence negation",
+    ]
     assert not PHOTO_WORDS.search(again.text) and str(tmp_path) not in str(again)
     # The provenance holds no training arguments: the card says so rather than inventing hyperparameters.
     assert "Not recorded (no training arguments" in again.text and "### Hyperparameters" not in again.text
@@ -336,9 +432,14 @@ def test_trackio_records_the_loss_terms_offline(tmp_path, processor):
 
     model = save_tiny_clip(tmp_path / "clip", processor)
     data = save_dataset(tmp_path / "data", color_rows(16))
-    result = run_command([sys.executable, "train.py", *train_flags(model, data, tmp_path / "out", max_steps=2,
-                                                                  report_to="trackio", project="omninegclip-test")],
-                         TRACKIO_DIR=str(tmp_path / "trackio"))
+    result = run_command(
+        [
+            sys.executable,
+            "train.py",
+            *train_flags(model, data, tmp_path / "out", max_steps=2, report_to="trackio", project="omninegclip-test"),
+        ],
+        TRACKIO_DIR=str(tmp_path / "trackio"),
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     database = tmp_path / "trackio" / "omninegclip-test.db"
     rows = [json.loads(row[0]) for row in sqlite3.connect(database).execute("select metrics from metrics")]
@@ -347,15 +448,23 @@ def test_trackio_records_the_loss_terms_offline(tmp_path, processor):
     assert json.loads((tmp_path / "out" / "trainer_state.json").read_text())["global_step"] == 2
 
 
-@pytest.mark.parametrize("value, expected", [
-    ("world", "--dataset_ids: expected KEY=HUB_ID pairs"),
-    ("world_split=me/world", "--dataset_ids world_split=me/world: 'world_split' is not a data flag naming a dataset"),
-    ("world=not a repo", "--dataset_ids world=not a repo: 'not a repo' is not a Hub id"),
-])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("world", "--dataset_ids: expected KEY=HUB_ID pairs"),
+        (
+            "world_split=me/world",
+            "--dataset_ids world_split=me/world: 'world_split' is not a data flag naming a dataset",
+        ),
+        ("world=not a repo", "--dataset_ids world=not a repo: 'not a repo' is not a Hub id"),
+    ],
+)
 def test_dataset_ids_are_checked_before_any_model_loads(tiny_default, value, expected):
     _, world, _ = tiny_default
     with pytest.raises(UserError) as error:
-        eval_cli.main(["no-such-model", "--tasks", "world", "--world", str(world), "--dataset_ids", value, "--out", "unused"])
+        eval_cli.main(
+            ["no-such-model", "--tasks", "world", "--world", str(world), "--dataset_ids", value, "--out", "unused"]
+        )
     assert expected in str(error.value)
 
 
@@ -368,8 +477,11 @@ def card_folder(root: Path, provenance: dict | None = None, readme: str | None =
     folder = root / "model"
     folder.mkdir()
     if config:
-        (folder / "config.json").write_text(json.dumps({"model_type": "clip", "projection_dim": 8,
-                                                        "vision_config": {"image_size": 30}, "text_config": {}}))
+        (folder / "config.json").write_text(
+            json.dumps(
+                {"model_type": "clip", "projection_dim": 8, "vision_config": {"image_size": 30}, "text_config": {}}
+            )
+        )
     if provenance is not None:
         (folder / "training_provenance.json").write_text(json.dumps(provenance))
     if readme is not None:
@@ -381,8 +493,11 @@ def only(folder: Path, names: set[str]) -> None:
     assert {path.name for path in folder.iterdir()} == names
 
 
-TRAINED = {"base_model": "openai/clip-vit-base-patch32", "datasets": [],
-           "data": [{"name": "data", "split": "train", "with_presence": 3, "with_absence": 2}]}
+TRAINED = {
+    "base_model": "openai/clip-vit-base-patch32",
+    "datasets": [],
+    "data": [{"name": "data", "split": "train", "with_presence": 3, "with_absence": 2}],
+}
 USERS_CARD = "---\nlicense: apache-2.0\n---\n\n# My own model\n\nWritten by hand.\n"
 EDITED_CARD = "---\nlicense: mit\n---\n\n# model\n\nThe project's card, its marker line deleted to keep these edits.\n"
 RECORDS = {"config.json", "training_provenance.json"}
@@ -407,21 +522,67 @@ class CardCase:
 
 CARD_CASES = [
     # A README.md of the user's own is never replaced without --overwrite; the message names the file and the flag.
-    CardCase("own README.md", TRAINED, USERS_CARD, (), 2,
-             ("model/README.md exists and was not written by this tool", "Pass --overwrite"), RECORDS | {"README.md"}),
+    CardCase(
+        "own README.md",
+        TRAINED,
+        USERS_CARD,
+        (),
+        2,
+        ("model/README.md exists and was not written by this tool", "Pass --overwrite"),
+        RECORDS | {"README.md"},
+    ),
     CardCase("own README.md, --overwrite", TRAINED, USERS_CARD, ("--overwrite",), 0, ("wrote",), None),
-    CardCase("own README.md, --push_to_hub: no repo created", TRAINED, USERS_CARD, ("--push_to_hub", "me/model"), 2,
-             ("was not written by this tool",), RECORDS | {"README.md"}),
-    CardCase("the project's card, its marker deleted", TRAINED, EDITED_CARD, (), 2, ("was not written by this tool",),
-             RECORDS | {"README.md"}),
+    CardCase(
+        "own README.md, --push_to_hub: no repo created",
+        TRAINED,
+        USERS_CARD,
+        ("--push_to_hub", "me/model"),
+        2,
+        ("was not written by this tool",),
+        RECORDS | {"README.md"},
+    ),
+    CardCase(
+        "the project's card, its marker deleted",
+        TRAINED,
+        EDITED_CARD,
+        (),
+        2,
+        ("was not written by this tool",),
+        RECORDS | {"README.md"},
+    ),
     # A plain or untrained CLIP (no training record): no card that would invent a training for it.
-    CardCase("no training record", None, None, (), 2,
-             ("model has no training_provenance.json", "a plain or untrained CLIP", "write this folder's README.md yourself"),
-             {"config.json"}),
-    CardCase("no training record, --overwrite", None, USERS_CARD, ("--overwrite",), 2, ("has no training_provenance.json",),
-             {"config.json", "README.md"}),
-    CardCase("no config.json", TRAINED, None, (), 2, ("is not a checkpoint folder (no config.json)",),
-             {"training_provenance.json"}, config=False),
+    CardCase(
+        "no training record",
+        None,
+        None,
+        (),
+        2,
+        (
+            "model has no training_provenance.json",
+            "a plain or untrained CLIP",
+            "write this folder's README.md yourself",
+        ),
+        {"config.json"},
+    ),
+    CardCase(
+        "no training record, --overwrite",
+        None,
+        USERS_CARD,
+        ("--overwrite",),
+        2,
+        ("has no training_provenance.json",),
+        {"config.json", "README.md"},
+    ),
+    CardCase(
+        "no config.json",
+        TRAINED,
+        None,
+        (),
+        2,
+        ("is not a checkpoint folder (no config.json)",),
+        {"training_provenance.json"},
+        config=False,
+    ),
 ]
 
 

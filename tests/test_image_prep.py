@@ -42,7 +42,9 @@ def encoded(image: Image.Image, fmt: str = "PNG") -> bytes:
 
 
 def processor_pixels(image_processor, data: bytes) -> np.ndarray:
-    return image_processor(images=[Image.open(io.BytesIO(data)).convert("RGB")], return_tensors="np")["pixel_values"][0]
+    return image_processor(images=[Image.open(io.BytesIO(data)).convert("RGB")], return_tensors="np")["pixel_values"][
+        0
+    ]
 
 
 # ---- one image -------------------------------------------------------------------------------------
@@ -57,7 +59,9 @@ def test_the_plain_path_gives_the_image_processors_pixels(size, mode):
     rng = np.random.default_rng(sum(size))
     picture = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).convert(mode)
     data = encoded(picture)
-    np.testing.assert_allclose(transform({"bytes": data, "path": None}), processor_pixels(image_processor, data), atol=1e-5)
+    np.testing.assert_allclose(
+        transform({"bytes": data, "path": None}), processor_pixels(image_processor, data), atol=1e-5
+    )
 
 
 def test_draft_mode_jpegs_stay_within_the_stated_tolerance():
@@ -80,7 +84,9 @@ def test_unusual_processor_settings_run_the_processor_itself():
     transform = ImageTransform.for_processor(image_processor)
     assert transform.plain is None
     data = jpeg_of(3)
-    np.testing.assert_allclose(transform({"bytes": data, "path": None}), processor_pixels(image_processor, data), atol=1e-6)
+    np.testing.assert_allclose(
+        transform({"bytes": data, "path": None}), processor_pixels(image_processor, data), atol=1e-6
+    )
 
 
 # ---- the pass over the unique images -----------------------------------------------------------------
@@ -90,14 +96,23 @@ def jpeg_dataset(count: int, repeat: int = 0, seed: int = 0) -> tuple[datasets.D
     """`count` distinct small JPEGs, then `repeat` rows that reuse the first images' bytes."""
     pictures = [jpeg_of(i, seed=seed) for i in range(count)]
     rows = pictures + pictures[:repeat]
-    features = datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string"),
-                                  "presence_negated": datasets.Value("string"), "absence_negated": datasets.Value("string")})
-    table = datasets.Dataset.from_dict({
-        "image": [{"bytes": data, "path": None} for data in rows],
-        "caption": [f"a photo number {i}" for i in range(len(rows))],
-        "presence_negated": [f"a photo with no number {i}" for i in range(len(rows))],
-        "absence_negated": [f"a photo number {i} with no dog" for i in range(len(rows))],
-    }, features=features)
+    features = datasets.Features(
+        {
+            "image": datasets.Image(),
+            "caption": datasets.Value("string"),
+            "presence_negated": datasets.Value("string"),
+            "absence_negated": datasets.Value("string"),
+        }
+    )
+    table = datasets.Dataset.from_dict(
+        {
+            "image": [{"bytes": data, "path": None} for data in rows],
+            "caption": [f"a photo number {i}" for i in range(len(rows))],
+            "presence_negated": [f"a photo with no number {i}" for i in range(len(rows))],
+            "absence_negated": [f"a photo number {i} with no dog" for i in range(len(rows))],
+        },
+        features=features,
+    )
     return table, pictures
 
 
@@ -117,7 +132,9 @@ def counted_decodes(monkeypatch) -> collections.Counter:
 
 
 def refs_of(*tables: datasets.Dataset) -> tuple[ImageRefs, list[np.ndarray]]:
-    return ImageRefs.find(list(tables), "image", [f"t{k}" for k in range(len(tables))], [list(range(len(t))) for t in tables])
+    return ImageRefs.find(
+        list(tables), "image", [f"t{k}" for k in range(len(tables))], [list(range(len(t))) for t in tables]
+    )
 
 
 def test_rows_that_repeat_an_image_share_it(tmp_path):
@@ -125,8 +142,12 @@ def test_rows_that_repeat_an_image_share_it(tmp_path):
     second, _ = jpeg_dataset(3, seed=10)
     (tmp_path / "a.jpg").write_bytes(jpeg_of(0, seed=20))
     paths = datasets.Dataset.from_dict({"image": ["a.jpg", str(tmp_path / "a.jpg"), "missing.jpg", None]})
-    refs, index = ImageRefs.find([first, second, paths], "image", ["first", "second", str(tmp_path)],
-                                 [list(range(6)), list(range(3)), list(range(4))])
+    refs, index = ImageRefs.find(
+        [first, second, paths],
+        "image",
+        ["first", "second", str(tmp_path)],
+        [list(range(6)), list(range(3)), list(range(4))],
+    )
     assert index[0].tolist() == [0, 1, 2, 3, 0, 1]  # same bytes, same image
     assert index[1].tolist() == [4, 5, 6]
     assert index[2][0] == index[2][1] == 7  # a relative and an absolute path to one file: one image
@@ -134,7 +155,9 @@ def test_rows_that_repeat_an_image_share_it(tmp_path):
     assert len(refs) == 10
 
 
-def test_each_unique_image_is_decoded_once_and_a_relaunch_decodes_none(tmp_path, processor, tiny_clip, counted_decodes):
+def test_each_unique_image_is_decoded_once_and_a_relaunch_decodes_none(
+    tmp_path, processor, tiny_clip, counted_decodes
+):
     table, pictures = jpeg_dataset(5, repeat=3)
     refs, _ = refs_of(table)
     transform = ImageTransform.for_processor(processor.image_processor)
@@ -149,11 +172,15 @@ def test_each_unique_image_is_decoded_once_and_a_relaunch_decodes_none(tmp_path,
 
 def _damaged(data: bytes, damage: str) -> bytes:
     """A cache file's bytes after `damage`: cut in half, emptied, or another file's bytes."""
-    return {"truncated": data[: len(data) // 2], "empty": b"", "not_safetensors": b"not a safetensors file" * 8}[damage]
+    return {"truncated": data[: len(data) // 2], "empty": b"", "not_safetensors": b"not a safetensors file" * 8}[
+        damage
+    ]
 
 
 @pytest.mark.parametrize("damage", ["truncated", "empty", "not_safetensors"])
-def test_a_damaged_cache_file_is_named_in_a_warning_rebuilt_and_replaced(tmp_path, processor, tiny_clip, counted_decodes, caplog, damage):
+def test_a_damaged_cache_file_is_named_in_a_warning_rebuilt_and_replaced(
+    tmp_path, processor, tiny_clip, counted_decodes, caplog, damage
+):
     table, pictures = jpeg_dataset(3)
     refs, _ = refs_of(table)
     transform = ImageTransform.for_processor(processor.image_processor)
@@ -182,7 +209,9 @@ def test_a_cache_file_of_another_shape_is_not_reused(tmp_path, processor, tiny_c
     transform = ImageTransform.for_processor(processor.image_processor)
     first = image_pass(refs, transform, model=tiny_clip, num_workers=0, cache_dir=tmp_path)
     (path,) = tmp_path.glob("image_embeds-*.safetensors")
-    save_file({"image_embeds": torch.zeros(2, 16)}, str(path), metadata={"unreadable": "{}"})  # two rows for three images
+    save_file(
+        {"image_embeds": torch.zeros(2, 16)}, str(path), metadata={"unreadable": "{}"}
+    )  # two rows for three images
     with caplog.at_level(logging.WARNING, logger=images_module.logger.name):
         again = image_pass(refs, transform, model=tiny_clip, num_workers=0, cache_dir=tmp_path)
     assert f"{path} cannot be used (it holds (2, 16) image embeddings, expected 3 rows)" in caplog.text
@@ -208,7 +237,9 @@ def test_a_write_cut_short_leaves_nothing_under_the_real_name(tmp_path, processo
         image_pass(refs, transform, model=tiny_clip, num_workers=0, cache_dir=tmp_path)
     assert list(tmp_path.iterdir()) == []
     monkeypatch.setattr(images_module, "save_file", real_save)
-    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    finished = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     key = images_module.cache_key(tiny_clip, transform, refs, str(torch.float32))
     left_by_a_killed_run = tmp_path / f"image_embeds-{key}.partial-{int(finished.stdout)}"
     left_by_a_killed_run.write_bytes(b"half a file")
@@ -226,8 +257,9 @@ def test_worker_processes_give_the_same_embeddings(processor, tiny_clip):
     assert alone.embeds.shape == (7, tiny_clip.config.projection_dim) and alone.embeds.abs().sum() > 0
 
 
-def test_an_unreadable_image_is_counted_in_the_same_pass_and_remembered_by_the_cache(tmp_path, processor, tiny_clip,
-                                                                                    counted_decodes):
+def test_an_unreadable_image_is_counted_in_the_same_pass_and_remembered_by_the_cache(
+    tmp_path, processor, tiny_clip, counted_decodes
+):
     table, pictures = jpeg_dataset(3)
     truncated = table.cast_column("image", datasets.Image(decode=False)).to_dict()
     truncated["image"][1] = {"bytes": pictures[1][: len(pictures[1]) // 2], "path": None}
@@ -256,8 +288,15 @@ def test_the_cache_key_records_the_precision_and_autocast_reaches_the_tower(tmp_
 
     tiny_clip.get_image_features = recording
     full = image_pass(refs, transform, model=tiny_clip, device="cpu", num_workers=0, cache_dir=tmp_path)
-    half = image_pass(refs, transform, model=tiny_clip, device="cpu", autocast_dtype=torch.bfloat16, num_workers=0,
-                      cache_dir=tmp_path)
+    half = image_pass(
+        refs,
+        transform,
+        model=tiny_clip,
+        device="cpu",
+        autocast_dtype=torch.bfloat16,
+        num_workers=0,
+        cache_dir=tmp_path,
+    )
     assert seen == [("cpu", False, torch.get_autocast_dtype("cpu")), ("cpu", True, torch.bfloat16)]
     assert len(list(tmp_path.glob("image_embeds-*.safetensors"))) == 2  # one per precision
     assert full.embeds.dtype == half.embeds.dtype == torch.float32
@@ -291,7 +330,9 @@ def test_train_embeds_on_its_device_in_its_precision_before_the_trainer_exists(t
         return real(refs, transform, **kwargs)
 
     monkeypatch.setattr(prepare, "image_pass", recording)
-    model_args, data_args, config = train.parse_args(train_flags(model_dir, data, tmp_path / "out", bf16="true", use_cpu="true"))
+    model_args, data_args, config = train.parse_args(
+        train_flags(model_dir, data, tmp_path / "out", bf16="true", use_cpu="true")
+    )
     model, loaded_processor = train.load_model(model_args)
     train_datasets, _ = train.load_datasets(data_args, config, None)
     prepare.prepare_splits(config, loaded_processor, model, {"train": train_datasets})
@@ -310,8 +351,9 @@ def test_preparation_writes_no_copy_of_the_images(tmp_path, processor):
     datasets.DatasetDict({"train": presence}).save_to_disk(str(tmp_path / "presence"))
     datasets.DatasetDict({"train": absence}).save_to_disk(str(tmp_path / "absence"))
     before = {path: path.stat().st_size for path in tmp_path.rglob("*") if path.is_file()}
-    model_args, data_args, config = train.parse_args(train_flags(model_dir, tmp_path / "presence", tmp_path / "runs" / "out",
-                                                                 mix_dataset_name=tmp_path / "absence"))
+    model_args, data_args, config = train.parse_args(
+        train_flags(model_dir, tmp_path / "presence", tmp_path / "runs" / "out", mix_dataset_name=tmp_path / "absence")
+    )
     model, loaded_processor = train.load_model(model_args)
     train_datasets, _ = train.load_datasets(data_args, config, None)
     tables, packed, _, reports = prepare.prepare_splits(config, loaded_processor, model, {"train": train_datasets})
@@ -322,7 +364,9 @@ def test_preparation_writes_no_copy_of_the_images(tmp_path, processor):
     for path in written:
         content = path.read_bytes()
         assert not any(data[200:400] in content for data in pictures + more), path  # no image's bytes anywhere
-    assert len(tables["train"]) == 2 * 15 and len(packed.image_index) == 15 + 6  # 16 rows, one skipped; repeats share rows
+    assert (
+        len(tables["train"]) == 2 * 15 and len(packed.image_index) == 15 + 6
+    )  # 16 rows, one skipped; repeats share rows
     assert packed.image_embeds.shape[0] == 12 + 6  # unique images embedded once: 12 + 6, not 30 rows
     assert reports[0].skips.counts == {"empty_caption": 1}
 
@@ -341,8 +385,17 @@ def test_the_nan_check_syncs_once_per_check_interval_not_every_step(tmp_path, pr
         return real(self, model)
 
     monkeypatch.setattr(OmniNegCLIPTrainer, "check_finite", counting)
-    train.main(train_flags(model_dir, data, tmp_path / "out", max_steps=6, nan_check_steps=4, logging_steps=100,
-                           per_device_train_batch_size=4))
+    train.main(
+        train_flags(
+            model_dir,
+            data,
+            tmp_path / "out",
+            max_steps=6,
+            nan_check_steps=4,
+            logging_steps=100,
+            per_device_train_batch_size=4,
+        )
+    )
     assert checks == [(4, 4), (6, 2)]  # steps 1-4 checked together, then 5-6 as training stops
 
 
@@ -350,8 +403,13 @@ def test_a_file_replaced_in_place_is_embedded_again(tmp_path, processor, tiny_cl
     (tmp_path / "a.jpg").write_bytes(jpeg_of(0))
     table = datasets.Dataset.from_dict({"image": ["a.jpg"]})
     transform = ImageTransform.for_processor(processor.image_processor)
-    run = lambda: image_pass(ImageRefs.find([table], "image", [str(tmp_path)], [[0]])[0], transform,  # noqa: E731
-                             model=tiny_clip, num_workers=0, cache_dir=tmp_path / "cache")
+    run = lambda: image_pass(
+        ImageRefs.find([table], "image", [str(tmp_path)], [[0]])[0],
+        transform,  # noqa: E731
+        model=tiny_clip,
+        num_workers=0,
+        cache_dir=tmp_path / "cache",
+    )
     first = run().embeds
     (tmp_path / "a.jpg").write_bytes(jpeg_of(1))  # same name, other picture (and size)
     os.utime(tmp_path / "a.jpg", ns=(1, 1))  # whatever the clock's resolution

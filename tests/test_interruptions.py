@@ -48,7 +48,9 @@ def wait_for(condition, process: subprocess.Popen) -> None:
     machine only makes the wait longer."""
     while not condition():
         if process.poll() is not None:
-            raise AssertionError(f"the build ended (status {process.returncode}) before it could be killed: {process.stderr.read()}")
+            raise AssertionError(
+                f"the build ended (status {process.returncode}) before it could be killed: {process.stderr.read()}"
+            )
         time.sleep(0.02)
 
 
@@ -60,7 +62,14 @@ def kill(process: subprocess.Popen) -> None:
 
 def start(*argv: str) -> subprocess.Popen:
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    return subprocess.Popen([sys.executable, *argv], cwd=REPO, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, *argv],
+        cwd=REPO,
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 @pytest.fixture
@@ -74,7 +83,18 @@ def previous(tmp_path) -> tuple[Path, dict[str, bytes]]:
 def test_kill_while_writing_keeps_the_previous_output_and_the_next_build_cleans_up(tmp_path, previous):
     out, before = previous
     signal_file = tmp_path / "one_split_written"
-    process = start("-c", PAUSE_WHILE_WRITING, str(signal_file), "shapes", "--out", str(out), "--overwrite", "--seed", "2", *SMALL_WORLD)
+    process = start(
+        "-c",
+        PAUSE_WHILE_WRITING,
+        str(signal_file),
+        "shapes",
+        "--out",
+        str(out),
+        "--overwrite",
+        "--seed",
+        "2",
+        *SMALL_WORLD,
+    )
     try:
         wait_for(signal_file.exists, process)
         written = Path(signal_file.read_text())
@@ -94,8 +114,22 @@ def test_kill_while_writing_keeps_the_previous_output_and_the_next_build_cleans_
 def test_kill_of_a_real_build_midway(tmp_path, previous):
     """No hooks: a build big enough to take seconds (a few thousand images), killed once it has started."""
     out, before = previous
-    process = start("data_builder.py", "shapes", "--out", str(out), "--overwrite", "--num_train", "3000", "--num_validation", "50",
-                    "--num_test", "50", "--image_size", "32", "--no_progress")
+    process = start(
+        "data_builder.py",
+        "shapes",
+        "--out",
+        str(out),
+        "--overwrite",
+        "--num_train",
+        "3000",
+        "--num_validation",
+        "50",
+        "--num_test",
+        "50",
+        "--image_size",
+        "32",
+        "--no_progress",
+    )
     try:
         wait_for(lambda: any((folder / "scratch").is_dir() for folder in leftovers(out)), process)
         time.sleep(0.5)  # drawing the world: well before the end of the build

@@ -15,7 +15,9 @@ PROJECT = ("omninegclip", "modeling_omninegclip", *TOP)
 
 def _tracked_modules() -> dict[str, Path]:
     """Dotted module name -> file, for every tracked Python file of the project."""
-    paths = subprocess.run(["git", "ls-files", "*.py"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    paths = subprocess.run(
+        ["git", "ls-files", "*.py"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
     modules = {}
     for path in paths:
         parts = Path(path).with_suffix("").parts
@@ -62,8 +64,11 @@ def _layer(module: str) -> str:
 def test_the_model_and_the_package_never_import_the_layer_above():
     graph = _graph()
     assert any(module.startswith("omninegclip.training") for module in graph)
-    upward = {module: sorted(name for name in imports if _layer(name) in TOP)
-              for module, imports in graph.items() if _layer(module) in ("omninegclip", "modeling_omninegclip")}
+    upward = {
+        module: sorted(name for name in imports if _layer(name) in TOP)
+        for module, imports in graph.items()
+        if _layer(module) in ("omninegclip", "modeling_omninegclip")
+    }
     assert {module: names for module, names in upward.items() if names} == {}
     model = graph["modeling_omninegclip"]
     assert not [name for name in model if _layer(name) != "modeling_omninegclip"], sorted(model)
@@ -103,4 +108,3 @@ def test_no_import_circle_anywhere():
         if module not in index:
             visit(module)
     assert circles == [], circles
-

@@ -15,10 +15,16 @@ from PIL import Image
 from safetensors.torch import load_file
 from test_hub import USER, fake_the_hub
 from test_train_hardening import CrashAt
-from train_helpers import capture_trainers, color_rows, save_dataset, save_tiny_clip, single_thread, train_flags, weights  # noqa: F401  (single_thread: an autouse fixture)
+from train_helpers import (
+    capture_trainers,
+    color_rows,
+    save_dataset,
+    save_tiny_clip,
+    train_flags,
+    weights,
+)  # noqa: F401  (single_thread: an autouse fixture)
 from transformers import CLIPModel, TrainerCallback
 
-import omninegclip.training.card.hub as card_hub
 import omninegclip.training.lora as lora
 import train
 from modeling_omninegclip import OmniNegCLIPModel
@@ -57,12 +63,17 @@ def test_lora_extras_train_through_modules_to_save_and_the_logit_scale_is_refuse
     model = OmniNegCLIPModel(tiny_clip_config())
     omni = config(front_blocks=1, train_text_projection=True, train_position_embedding=True, lora_r=2)
     peft_model, settings = lora.add_lora(model, omni.trainable_config(), r=2, alpha=4.0)
-    assert peft_model.peft_config["default"].modules_to_save == ["text_model.embeddings.position_embedding", "text_projection"]
+    assert peft_model.peft_config["default"].modules_to_save == [
+        "text_model.embeddings.position_embedding",
+        "text_projection",
+    ]
     assert settings["modules_to_save"] == ["text_model.embeddings.position_embedding", "text_projection"]
     extras = {name for name, param in peft_model.named_parameters() if param.requires_grad and ".lora_" not in name}
     # PEFT trains a copy of each (saved with the adapters); the image tower's position embedding is not one.
-    assert extras == {"base_model.model.text_model.embeddings.position_embedding.modules_to_save.default.weight",
-                      "base_model.model.text_projection.modules_to_save.default.weight"}
+    assert extras == {
+        "base_model.model.text_model.embeddings.position_embedding.modules_to_save.default.weight",
+        "base_model.model.text_projection.modules_to_save.default.weight",
+    }
     omni = config(front_blocks=1, train_vision_tower=True, lora_r=2)
     peft_model, settings = lora.add_lora(OmniNegCLIPModel(tiny_clip_config()), omni.trainable_config(), r=2, alpha=4.0)
     assert settings["modules_to_save"] == ["vision_model", "visual_projection"]
@@ -98,13 +109,19 @@ def test_merged_lora_checkpoint_is_plain_clip_and_reproduces_the_adapted_model(t
     model_dir = save_tiny_clip(tmp_path / "clip", processor)
     data = save_dataset(tmp_path / "data", color_rows(16))
     images = [Image.new("RGB", (32, 32), color) for color in ((220, 30, 30), (40, 60, 220))]
-    inputs = dict(processor(text=["a red square", "a picture with no red square"], images=images,
-                            return_tensors="pt", padding=True))
+    inputs = dict(
+        processor(
+            text=["a red square", "a picture with no red square"], images=images, return_tensors="pt", padding=True
+        )
+    )
     probe = ProbeOutputs(inputs)
     capture_trainers(monkeypatch, probe)
     out = tmp_path / "out"
-    train.main(train_flags(model_dir, data, out, lora_r=4, lora_target="attention", front_blocks=2,
-                           learning_rate=5e-2, max_steps=3))
+    train.main(
+        train_flags(
+            model_dir, data, out, lora_r=4, lora_target="attention", front_blocks=2, learning_rate=5e-2, max_steps=3
+        )
+    )
     assert probe.adapters == {("text_model", block, layer) for block in (0, 1) for layer in ATTENTION}
 
     base, merged = weights(model_dir), weights(out)
@@ -130,8 +147,15 @@ def test_merged_lora_checkpoint_is_plain_clip_and_reproduces_the_adapted_model(t
 
 # ---- resume, and the adapter itself --------------------------------------------------------------
 
-EXTRAS = dict(lora_r=2, lora_target="all", front_blocks=2, train_token_embedding="true", train_position_embedding="true",
-              train_final_layer_norm="true", train_text_projection="true")
+EXTRAS = dict(
+    lora_r=2,
+    lora_target="all",
+    front_blocks=2,
+    train_token_embedding="true",
+    train_position_embedding="true",
+    train_final_layer_norm="true",
+    train_text_projection="true",
+)
 
 
 def test_resumed_lora_run_with_extras_ends_exactly_like_an_uninterrupted_one(tmp_path, processor, monkeypatch):
@@ -139,8 +163,16 @@ def test_resumed_lora_run_with_extras_ends_exactly_like_an_uninterrupted_one(tmp
     resumed: every tensor of the merged checkpoint equals the uninterrupted run's."""
     model = save_tiny_clip(tmp_path / "clip", processor)
     data = save_dataset(tmp_path / "data", color_rows(8, presence=True, absence=2))
-    settings = dict(EXTRAS, max_steps=6, per_device_train_batch_size=4, save_strategy="steps", save_steps=3,
-                    learning_rate=2e-2, lr_scheduler_type="cosine", warmup_steps=1)
+    settings = dict(
+        EXTRAS,
+        max_steps=6,
+        per_device_train_batch_size=4,
+        save_strategy="steps",
+        save_steps=3,
+        learning_rate=2e-2,
+        lr_scheduler_type="cosine",
+        warmup_steps=1,
+    )
     train.main(train_flags(model, data, tmp_path / "whole", **settings))
 
     crash = CrashAt(5)
@@ -149,7 +181,10 @@ def test_resumed_lora_run_with_extras_ends_exactly_like_an_uninterrupted_one(tmp
         train.main(train_flags(model, data, tmp_path / "resumed", **settings))
     checkpoint = tmp_path / "resumed" / "checkpoint-3"
     saved = set(load_file(str(checkpoint / "adapter_model.safetensors")))
-    assert {"base_model.model.text_projection.weight", "base_model.model.text_model.embeddings.token_embedding.weight"} <= saved
+    assert {
+        "base_model.model.text_projection.weight",
+        "base_model.model.text_model.embeddings.token_embedding.weight",
+    } <= saved
     crash.step = -1
     train.main(train_flags(model, data, tmp_path / "resumed", resume_from_checkpoint="latest", **settings))
 
@@ -157,15 +192,28 @@ def test_resumed_lora_run_with_extras_ends_exactly_like_an_uninterrupted_one(tmp
     assert whole.keys() == resumed.keys() == base.keys()
     assert [name for name in whole if not torch.equal(whole[name], resumed[name])] == []
     changed = {name for name in base if not torch.equal(base[name], whole[name])}
-    assert {"text_projection.weight", "text_model.embeddings.token_embedding.weight", "text_model.embeddings.position_embedding.weight",
-            "text_model.final_layer_norm.weight", "text_model.encoder.layers.1.mlp.fc2.weight"} <= changed
-    assert "logit_scale" not in changed and not any(name.startswith(("vision_model.", "text_model.encoder.layers.2.")) for name in changed)
+    assert {
+        "text_projection.weight",
+        "text_model.embeddings.token_embedding.weight",
+        "text_model.embeddings.position_embedding.weight",
+        "text_model.final_layer_norm.weight",
+        "text_model.encoder.layers.1.mlp.fc2.weight",
+    } <= changed
+    assert "logit_scale" not in changed and not any(
+        name.startswith(("vision_model.", "text_model.encoder.layers.2.")) for name in changed
+    )
 
 
 def _probe_inputs(processor) -> dict:
     images = [Image.new("RGB", (32, 32), color) for color in ((220, 30, 30), (40, 60, 220))]
-    return dict(processor(text=["a red square", "a picture with no red square", "a blue square"], images=images,
-                          return_tensors="pt", padding=True))
+    return dict(
+        processor(
+            text=["a red square", "a picture with no red square", "a blue square"],
+            images=images,
+            return_tensors="pt",
+            padding=True,
+        )
+    )
 
 
 def _assert_adapter_reproduces_merged(base_dir, adapter_dir, merged_dir, inputs, **load) -> None:
@@ -185,15 +233,34 @@ def test_save_adapter_loads_on_the_base_with_peft_and_matches_the_merged_checkpo
     model = save_tiny_clip(tmp_path / "clip", processor)
     data = save_dataset(tmp_path / "data", color_rows(8), color_rows(6, offset=8))
     out = tmp_path / "out"
-    train.main(train_flags(model, data, out, save_adapter="true", learning_rate=5e-2, card_base_model="someone/tiny-clip",
-                           eval_strategy="steps", eval_steps=2, **EXTRAS))
+    train.main(
+        train_flags(
+            model,
+            data,
+            out,
+            save_adapter="true",
+            learning_rate=5e-2,
+            card_base_model="someone/tiny-clip",
+            eval_strategy="steps",
+            eval_steps=2,
+            **EXTRAS,
+        )
+    )
     # The PEFT-wrapped model evaluates like the full one: loss and negation accuracies.
-    assert {"eval_loss", "eval_presence_accuracy", "eval_absence_choice_accuracy"} <= json.loads((out / "eval_results.json").read_text()).keys()
+    assert {"eval_loss", "eval_presence_accuracy", "eval_absence_choice_accuracy"} <= json.loads(
+        (out / "eval_results.json").read_text()
+    ).keys()
     adapter = out / "adapter"
     config = json.loads((adapter / "adapter_config.json").read_text())
-    assert config["peft_type"] == "LORA" and config["r"] == 2 and config["base_model_name_or_path"] == "someone/tiny-clip"
-    assert set(config["modules_to_save"]) == {"text_model.embeddings.token_embedding", "text_model.embeddings.position_embedding",
-                                              "text_model.final_layer_norm", "text_projection"}
+    assert (
+        config["peft_type"] == "LORA" and config["r"] == 2 and config["base_model_name_or_path"] == "someone/tiny-clip"
+    )
+    assert set(config["modules_to_save"]) == {
+        "text_model.embeddings.token_embedding",
+        "text_model.embeddings.position_embedding",
+        "text_model.final_layer_norm",
+        "text_projection",
+    }
     assert weights(out).keys() == weights(model).keys()  # the merged checkpoint beside it stays plain CLIP
     _assert_adapter_reproduces_merged(model, adapter, out, _probe_inputs(processor))
 
@@ -204,13 +271,25 @@ def test_pushed_adapter_goes_to_its_own_repo_or_the_model_repos_subfolder(tmp_pa
     model = save_tiny_clip(tmp_path / "clip", processor)
     data = save_dataset(tmp_path / "data", color_rows(8))
     adapter_flags = dict(hub_adapter_id="tiny-omninegclip-lora") if own_repo else dict(save_adapter="true")
-    train.main(train_flags(model, data, tmp_path / "out", push_to_hub="true", hub_model_id="tiny-omninegclip",
-                           learning_rate=5e-2, **adapter_flags, **EXTRAS))
+    train.main(
+        train_flags(
+            model,
+            data,
+            tmp_path / "out",
+            push_to_hub="true",
+            hub_model_id="tiny-omninegclip",
+            learning_rate=5e-2,
+            **adapter_flags,
+            **EXTRAS,
+        )
+    )
     # With LoRA the repo's root gets the merged weights once, at the end (--hub_strategy every_save pushes nothing before).
     (model_commit,) = [commit for commit in hub.commits if commit.repo_id == f"{USER}/tiny-omninegclip"]
     assert model_commit.message == "End of training"
     assert model_commit.repo_id == f"{USER}/tiny-omninegclip"
-    model_files = {path.relative_to(model_commit.folder).as_posix() for path in model_commit.folder.rglob("*") if path.is_file()}
+    model_files = {
+        path.relative_to(model_commit.folder).as_posix() for path in model_commit.folder.rglob("*") if path.is_file()
+    }
     if own_repo:
         assert len(hub.commits) == 2
         adapter_commit = hub.commits[1]
@@ -222,7 +301,9 @@ def test_pushed_adapter_goes_to_its_own_repo_or_the_model_repos_subfolder(tmp_pa
         adapter_dir = model_commit.folder / "adapter"
         assert {"adapter/adapter_config.json", "adapter/adapter_model.safetensors"} <= model_files
         # As a user loads it from the model repo: the repo, subfolder="adapter".
-        _assert_adapter_reproduces_merged(model, model_commit.folder, model_commit.folder, _probe_inputs(processor), subfolder="adapter")
+        _assert_adapter_reproduces_merged(
+            model, model_commit.folder, model_commit.folder, _probe_inputs(processor), subfolder="adapter"
+        )
     assert {"adapter_config.json", "adapter_model.safetensors"} <= {path.name for path in adapter_dir.iterdir()}
     _assert_adapter_reproduces_merged(model, adapter_dir, model_commit.folder, _probe_inputs(processor))
 
@@ -232,7 +313,10 @@ def test_adapter_flags_are_checked_before_anything_slow(tmp_path, processor, cap
     data = tmp_path / "no-data-needed"
     for overrides, phrase in (
         (dict(save_adapter="true"), "--save_adapter/--hub_adapter_id need --lora_r > 0"),
-        (dict(lora_r=2, hub_adapter_id="someone/x"), "--hub_adapter_id names where to push the adapter: it needs --push_to_hub"),
+        (
+            dict(lora_r=2, hub_adapter_id="someone/x"),
+            "--hub_adapter_id names where to push the adapter: it needs --push_to_hub",
+        ),
         (dict(lora_r=2, hub_adapter_id="not a repo"), "--hub_adapter_id must be a Hub repo id"),
         (dict(lora_r=2, train_logit_scale="true"), "--train_logit_scale does not work with --lora_r"),
     ):

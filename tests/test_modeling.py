@@ -15,6 +15,7 @@ from transformers import CLIPModel
 
 import modeling_omninegclip
 from modeling_omninegclip import (
+    CAPTION_SETS,
     LOGIT_SCALE_MAX,
     LOSS_TERM_NAMES,
     OmniNegCLIPLoss,
@@ -31,7 +32,6 @@ from modeling_omninegclip import (
     symmetric_infonce,
     text_margin_loss,
 )
-from modeling_omninegclip import CAPTION_SETS
 
 S = torch.tensor(10.0)
 
@@ -79,13 +79,15 @@ def test_masked_columns_leave_the_softmax():
 def test_hand_computed_values_on_random_embeddings():
     image, text, negated = unit(3, 5, seed=1), unit(3, 5, seed=2), unit(3, 5, seed=3)
     mask = on(1, 1, 1)
-    l1 = sum(
-        -torch.log_softmax(S * image[i] @ torch.cat([text, negated]).T, dim=0)[i] for i in range(3)
-    ) / 3
+    l1 = sum(-torch.log_softmax(S * image[i] @ torch.cat([text, negated]).T, dim=0)[i] for i in range(3)) / 3
     l2 = sum(-torch.log_softmax(S * text[i] @ image.T, dim=0)[i] for i in range(3)) / 3
-    l3 = sum(
-        -torch.log_softmax(S * torch.stack([image[i] @ text[i], image[i] @ negated[i]]), dim=0)[0] for i in range(3)
-    ) / 3
+    l3 = (
+        sum(
+            -torch.log_softmax(S * torch.stack([image[i] @ text[i], image[i] @ negated[i]]), dim=0)[0]
+            for i in range(3)
+        )
+        / 3
+    )
     terms = presence_loss(image, text, negated, mask, S)
     assert terms["loss_presence_image"].item() == pytest.approx(l1.item(), rel=1e-5)
     assert terms["loss_presence_text"].item() == pytest.approx(l2.item(), rel=1e-5)
@@ -107,8 +109,14 @@ def test_a_harder_negative_gives_a_larger_loss():
     easy = -image  # the negation points away from the image
     hard = F.normalize(image + 0.05 * unit(4, 6, seed=5), dim=-1)  # the negation nearly matches the image
     mask = on(1, 1, 1, 1)
-    assert presence_loss(image, text, hard, mask, S)["loss_presence_pair"] > presence_loss(image, text, easy, mask, S)["loss_presence_pair"]
-    assert presence_loss(image, text, hard, mask, S)["loss_presence_image"] > presence_loss(image, text, easy, mask, S)["loss_presence_image"]
+    assert (
+        presence_loss(image, text, hard, mask, S)["loss_presence_pair"]
+        > presence_loss(image, text, easy, mask, S)["loss_presence_pair"]
+    )
+    assert (
+        presence_loss(image, text, hard, mask, S)["loss_presence_image"]
+        > presence_loss(image, text, easy, mask, S)["loss_presence_image"]
+    )
     assert choice_loss(image, easy, hard, mask, S) > choice_loss(image, hard, easy, mask, S)
 
 
@@ -123,10 +131,14 @@ def test_choice_loss_three_way_by_hand_and_a_missing_option_leaves_the_softmax()
     assert got.item() == pytest.approx(by_hand.item(), rel=1e-5)
     # Without its affirmed caption the row is the two-way choice; without both options it drops out.
     two_way = choice_loss(image, absence, presence, on(1), S)
-    masked = choice_loss(image, absence, presence, on(1), S, affirmed_embeds=affirmed, option_mask=torch.tensor([[True, False]]))
+    masked = choice_loss(
+        image, absence, presence, on(1), S, affirmed_embeds=affirmed, option_mask=torch.tensor([[True, False]])
+    )
     assert masked.item() == pytest.approx(two_way.item(), rel=1e-4)
     assert two_way.item() < got.item()  # a third wrong option can only add to the loss
-    only_affirmed = choice_loss(image, absence, presence, on(1), S, affirmed_embeds=affirmed, option_mask=torch.tensor([[False, True]]))
+    only_affirmed = choice_loss(
+        image, absence, presence, on(1), S, affirmed_embeds=affirmed, option_mask=torch.tensor([[False, True]])
+    )
     by_hand = -(logits[0] - torch.logsumexp(logits[[0, 2]], 0))
     assert only_affirmed.item() == pytest.approx(by_hand.item(), rel=1e-4)
 
@@ -168,12 +180,16 @@ def test_local_rows_reproduce_the_global_mean():
     image, text, negated = unit(6, 5, seed=10), unit(6, 5, seed=11), unit(6, 5, seed=12)
     mask = on(1, 0, 1, 1, 1, 0)  # unbalanced across halves on purpose
     whole = presence_loss(image, text, negated, mask, S)["loss_presence"]
-    halves = [presence_loss(image, text, negated, mask, S, rows=rows, world_size=2)["loss_presence"]
-              for rows in (slice(0, 3), slice(3, 6))]
+    halves = [
+        presence_loss(image, text, negated, mask, S, rows=rows, world_size=2)["loss_presence"]
+        for rows in (slice(0, 3), slice(3, 6))
+    ]
     assert ((halves[0] + halves[1]) / 2).item() == pytest.approx(whole.item(), rel=1e-6)
     whole_abs = absence_loss(image, text, negated, mask, S)["loss_absence"]
-    halves_abs = [absence_loss(image, text, negated, mask, S, rows=rows, world_size=2)["loss_absence"]
-                  for rows in (slice(0, 3), slice(3, 6))]
+    halves_abs = [
+        absence_loss(image, text, negated, mask, S, rows=rows, world_size=2)["loss_absence"]
+        for rows in (slice(0, 3), slice(3, 6))
+    ]
     assert ((halves_abs[0] + halves_abs[1]) / 2).item() == pytest.approx(whole_abs.item(), rel=1e-6)
 
 
@@ -183,10 +199,16 @@ def test_local_rows_reproduce_the_global_mean():
 def caption_set_batch(rows: int, dim: int = 5):
     """Unit image embeddings and every caption set's embeddings (zero where a row has none) with
     uneven row masks, by `CaptionSet.name`."""
-    flags = {"caption": [1] * rows, "presence": [1, 0, 1, 1, 0, 0], "absence": [0, 1, 1, 0, 1, 1],
-             "affirmed": [1, 1, 0, 0, 0, 1]}
+    flags = {
+        "caption": [1] * rows,
+        "presence": [1, 0, 1, 1, 0, 0],
+        "absence": [0, 1, 1, 0, 1, 1],
+        "affirmed": [1, 1, 0, 0, 0, 1],
+    }
     masks = {row.name: on(*flags[row.name][:rows]) for row in CAPTION_SETS}
-    embeds = {row.name: unit(rows, dim, seed=30 + index) * masks[row.name][:, None] for index, row in enumerate(CAPTION_SETS)}
+    embeds = {
+        row.name: unit(rows, dim, seed=30 + index) * masks[row.name][:, None] for index, row in enumerate(CAPTION_SETS)
+    }
     return unit(rows, dim, seed=29), embeds, masks
 
 
@@ -202,7 +224,11 @@ def test_two_ranks_of_the_loss_average_to_one_process_on_the_global_batch(monkey
 
     def share(rank):
         rows = slice(3 * rank, 3 * rank + 3)
-        return image[rows], {name: value[rows] for name, value in embeds.items()}, {name: value[rows] for name, value in masks.items()}
+        return (
+            image[rows],
+            {name: value[rows] for name, value in embeds.items()},
+            {name: value[rows] for name, value in masks.items()},
+        )
 
     sent = []
 
@@ -283,9 +309,15 @@ def test_forward_with_negations_matches_the_pure_functions(tokenizer):
     presence_rows, absence_rows = on(1, 0, 1), on(1, 1, 0)
     pixels = torch.randn(3, 3, 30, 30)
     out = model(
-        input_ids=ids, attention_mask=mask, pixel_values=pixels,
-        presence_negated_input_ids=p_ids, presence_negated_attention_mask=p_mask, presence_mask=presence_rows,
-        absence_negated_input_ids=a_ids, absence_negated_attention_mask=a_mask, absence_mask=absence_rows,
+        input_ids=ids,
+        attention_mask=mask,
+        pixel_values=pixels,
+        presence_negated_input_ids=p_ids,
+        presence_negated_attention_mask=p_mask,
+        presence_mask=presence_rows,
+        absence_negated_input_ids=a_ids,
+        absence_negated_attention_mask=a_mask,
+        absence_mask=absence_rows,
     )
     # Embeddings computed one caption set at a time, without the one-pass concatenation.
     features = lambda i, m: F.normalize(model.get_text_features(input_ids=i, attention_mask=m).pooler_output, dim=-1)  # noqa: E731
@@ -332,12 +364,20 @@ def choice_by_hand(scale, image, right, wrong_by_row) -> float:
 def test_forward_with_absence_affirmed_captions_takes_the_three_way_choice(tokenizer):
     torch.manual_seed(0)
     model = OmniNegCLIPModel(tiny_clip_config(), OmniNegLossConfig(lambda_choice=1.0)).eval()
-    out, image, embeds = forward_caption_sets(model, tokenizer, {
-        "caption": ["a red circle and a star", "a blue square", "a heart and a ring"],
-        "presence": ["a red circle and no star", "", "a heart and no ring"],
-        "absence": ["a red circle and a star, with no moon", "a blue square but no cross", "a heart and a ring and no star"],
-        "affirmed": ["a red circle and a star, with a moon", "a blue square but also a cross", ""],
-    })
+    out, image, embeds = forward_caption_sets(
+        model,
+        tokenizer,
+        {
+            "caption": ["a red circle and a star", "a blue square", "a heart and a ring"],
+            "presence": ["a red circle and no star", "", "a heart and no ring"],
+            "absence": [
+                "a red circle and a star, with no moon",
+                "a blue square but no cross",
+                "a heart and a ring and no star",
+            ],
+            "affirmed": ["a red circle and a star, with a moon", "a blue square but also a cross", ""],
+        },
+    )
     presence, affirmed = embeds["presence"], embeds["affirmed"]
     # Row 0: three options; row 1: absence vs affirmed; row 2: absence vs presence.
     options = {0: [presence, affirmed], 1: [affirmed], 2: [presence]}
@@ -350,17 +390,23 @@ def test_the_affirmation_choice_makes_the_caption_beat_its_twin_and_its_presence
     torch.manual_seed(0)
     model = OmniNegCLIPModel(tiny_clip_config(), OmniNegLossConfig(lambda_affirm=2.0)).eval()
     assert model.loss_config.caption_sets_read() >= {"caption", "presence", "affirmed"}
-    out, image, embeds = forward_caption_sets(model, tokenizer, {
-        "caption": ["This image shows a star.", "a blue square", "a heart and a ring"],
-        "presence": ["This image does not show a star.", "", "a heart and no ring"],
-        "affirmed": ["This image shows a moon.", "a blue square, with a cross", ""],
-    })
+    out, image, embeds = forward_caption_sets(
+        model,
+        tokenizer,
+        {
+            "caption": ["This image shows a star.", "a blue square", "a heart and a ring"],
+            "presence": ["This image does not show a star.", "", "a heart and no ring"],
+            "affirmed": ["This image shows a moon.", "a blue square, with a cross", ""],
+        },
+    )
     presence, affirmed = embeds["presence"], embeds["affirmed"]
     # Row 0: the caption against both; row 1: against its twin only; row 2: against its presence negation only.
     options = {0: [affirmed, presence], 1: [affirmed], 2: [presence]}
     expected = choice_by_hand(model.logit_scale.exp(), image, embeds["caption"], options)
     assert out.loss_affirm.item() == pytest.approx(expected, rel=1e-4)
-    assert out.loss.item() == pytest.approx((out.loss_presence + out.loss_absence + 2.0 * out.loss_affirm).item(), rel=1e-4)
+    assert out.loss.item() == pytest.approx(
+        (out.loss_presence + out.loss_absence + 2.0 * out.loss_affirm).item(), rel=1e-4
+    )
     off = OmniNegCLIPModel(tiny_clip_config(), OmniNegLossConfig())
     assert "affirmed" not in off.loss_config.caption_sets_read()
 
@@ -401,8 +447,12 @@ def test_apply_trainable_selects_exactly():
         assert not any(n.startswith(f"text_model.encoder.layers.{layer}.") for n in names)
     assert not any(n.startswith(("vision_model.", "visual_projection")) for n in names)
     assert "text_model.embeddings.token_embedding.weight" not in names
-    assert {"text_model.embeddings.position_embedding.weight", "text_projection.weight", "logit_scale",
-            "text_model.final_layer_norm.weight"} <= names
+    assert {
+        "text_model.embeddings.position_embedding.weight",
+        "text_projection.weight",
+        "logit_scale",
+        "text_model.final_layer_norm.weight",
+    } <= names
 
 
 def test_loss_config_validates():
@@ -447,8 +497,10 @@ def test_forward_names_every_caption_argument_and_the_output_every_field():
     parameters = inspect.signature(OmniNegCLIPModel.forward).parameters
     for row in CAPTION_SETS:
         for argument in (row.input_ids, row.attention_mask, row.row_mask):
-            assert argument is None or parameters[argument].kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                                                                     inspect.Parameter.KEYWORD_ONLY), argument
+            assert argument is None or parameters[argument].kind in (
+                inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                inspect.Parameter.KEYWORD_ONLY,
+            ), argument
     names = [field.name for field in fields(OmniNegCLIPOutput)]
     assert {row.output for row in CAPTION_SETS} <= set(names)
     for name in names:
@@ -463,8 +515,17 @@ def test_return_loss_false_gives_embeddings_and_logits_only(tokenizer):
     model = OmniNegCLIPModel(tiny_clip_config()).eval()
     ids, mask = batch(tokenizer, ["a circle", "a square"])
     p_ids, p_mask = batch(tokenizer, ["no circle", "no square"])
-    out = model(input_ids=ids, attention_mask=mask, image_embeds=torch.randn(2, tiny_clip_config().projection_dim),
-                presence_negated_input_ids=p_ids, presence_negated_attention_mask=p_mask, return_loss=False)
+    out = model(
+        input_ids=ids,
+        attention_mask=mask,
+        image_embeds=torch.randn(2, tiny_clip_config().projection_dim),
+        presence_negated_input_ids=p_ids,
+        presence_negated_attention_mask=p_mask,
+        return_loss=False,
+    )
     assert out.loss is None and all(getattr(out, name) is None for name in LOSS_TERM_NAMES)
-    assert out.logits_per_image.shape == (2, 2) and out.presence_negated_embeds.shape == (2, tiny_clip_config().projection_dim)
+    assert out.logits_per_image.shape == (2, 2) and out.presence_negated_embeds.shape == (
+        2,
+        tiny_clip_config().projection_dim,
+    )
     assert out.absence_negated_embeds is None

@@ -24,9 +24,14 @@ from train_helpers import (  # noqa: F401  (single_thread: an autouse fixture)
 from transformers import CLIPModel, EvalPrediction
 
 import train
-from omninegclip.training.metrics import NegationMetrics, negation_accuracies, same_words_but_the_object, which_object_rows
 from omninegclip.building.shapes import MATCHED_PAIR_RATE, WORLD_FEATURES, world_row
 from omninegclip.training.data import SOURCE_COLUMN, SOURCE_ROW_COLUMN
+from omninegclip.training.metrics import (
+    NegationMetrics,
+    negation_accuracies,
+    same_words_but_the_object,
+    which_object_rows,
+)
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
 
@@ -50,24 +55,36 @@ def test_accuracies_on_hand_built_embeddings():
         [Y, unit(0, 1, 0.1), FAR_X, unit(0.3, 1, 0)],  # presence right; absence choice right
     ]
     embeddings = torch.tensor(rows)
-    assert negation_accuracies(embeddings) == pytest.approx({"presence_accuracy": 2 / 4, "absence_choice_accuracy": 2 / 3})
+    assert negation_accuracies(embeddings) == pytest.approx(
+        {"presence_accuracy": 2 / 4, "absence_choice_accuracy": 2 / 3}
+    )
     which = torch.tensor([False, True, True, True, True])  # rows 2 and 3 lack a negation: no item
     results = negation_accuracies(embeddings, which)
     assert results["which_object_accuracy"] == pytest.approx(1 / 2)
-    assert "which_object_accuracy" not in negation_accuracies(embeddings, torch.tensor([False, False, True, True, False]))
+    assert "which_object_accuracy" not in negation_accuracies(
+        embeddings, torch.tensor([False, False, True, True, False])
+    )
     assert negation_accuracies(embeddings[3:4]) == {}  # no item at all: nothing reported, no NaN
 
     # The Trainer's call: gathered predictions in any row order, labels = row ids.
     order = [4, 2, 0, 3, 1]
     metrics = NegationMetrics(which_object=which.numpy())
-    assert metrics(EvalPrediction(predictions=embeddings[order].numpy(), label_ids=np.array(order))) == pytest.approx(results)
+    assert metrics(EvalPrediction(predictions=embeddings[order].numpy(), label_ids=np.array(order))) == pytest.approx(
+        results
+    )
     # --batch_eval_metrics: one call per batch (tensors), the last with compute_result=True scores them all.
-    assert metrics(EvalPrediction(predictions=embeddings[:2], label_ids=torch.tensor([0, 1])), compute_result=False) == {}
-    assert metrics(EvalPrediction(predictions=embeddings[2:], label_ids=torch.tensor([2, 3, 4])), compute_result=True) == pytest.approx(results)
+    assert (
+        metrics(EvalPrediction(predictions=embeddings[:2], label_ids=torch.tensor([0, 1])), compute_result=False) == {}
+    )
+    assert metrics(
+        EvalPrediction(predictions=embeddings[2:], label_ids=torch.tensor([2, 3, 4])), compute_result=True
+    ) == pytest.approx(results)
 
 
 def _world_split(split: str, count: int, seed: int = 0, image_size: int = 32) -> datasets.Dataset:
-    return datasets.Dataset.from_list([world_row(split, index, seed, image_size) for index in range(count)], features=WORLD_FEATURES)
+    return datasets.Dataset.from_list(
+        [world_row(split, index, seed, image_size) for index in range(count)], features=WORLD_FEATURES
+    )
 
 
 def test_which_object_pairs_are_found_exactly_where_the_world_builds_them():
@@ -79,16 +96,24 @@ def test_which_object_pairs_are_found_exactly_where_the_world_builds_them():
 
     seed, split = 3, "validation"
     raw = _world_split(split, 60, seed, image_size=16)
-    built = [bool(row["presence_negated"]) and bool(row["absence_negated"])
-             and random.Random(f"omninegclip-shapes:{seed}:{split}:{index}:matched").random() < MATCHED_PAIR_RATE
-             for index, row in enumerate(raw)]
+    built = [
+        bool(row["presence_negated"])
+        and bool(row["absence_negated"])
+        and random.Random(f"omninegclip-shapes:{seed}:{split}:{index}:matched").random() < MATCHED_PAIR_RATE
+        for index, row in enumerate(raw)
+    ]
     assert 10 < sum(built) < 50
     # A prepared split as prepare_dataset leaves it: here its rows in reverse, from the one source.
-    prepared = datasets.Dataset.from_dict({SOURCE_COLUMN: [0] * len(raw), SOURCE_ROW_COLUMN: list(range(len(raw)))[::-1]})
+    prepared = datasets.Dataset.from_dict(
+        {SOURCE_COLUMN: [0] * len(raw), SOURCE_ROW_COLUMN: list(range(len(raw)))[::-1]}
+    )
     flags = which_object_rows(prepared, [raw], "presence_negated", "absence_negated", SOURCE_COLUMN, SOURCE_ROW_COLUMN)
     assert flags.tolist() == built[::-1]
     without = raw.remove_columns(["negated_object", "absent_object"])
-    assert which_object_rows(prepared, [without], "presence_negated", "absence_negated", SOURCE_COLUMN, SOURCE_ROW_COLUMN) is None
+    assert (
+        which_object_rows(prepared, [without], "presence_negated", "absence_negated", SOURCE_COLUMN, SOURCE_ROW_COLUMN)
+        is None
+    )
 
 
 def best_step_of(per_step: dict[int, float]) -> int:
@@ -106,13 +131,23 @@ def _by_hand(model_dir, processor, rows: list[dict]) -> dict[str, float]:
         return dict(zip(present, embeds))
 
     with torch.no_grad():
-        pixels = processor.image_processor(images=[row["image"].convert("RGB") for row in rows], return_tensors="pt")["pixel_values"]
+        pixels = processor.image_processor(images=[row["image"].convert("RGB") for row in rows], return_tensors="pt")[
+            "pixel_values"
+        ]
         images = torch.nn.functional.normalize(model.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
         caption, presence, absence = texts("caption"), texts("presence_negated"), texts("absence_negated")
     score = lambda index, embeds: float(images[index] @ embeds[index])  # noqa: E731
     pairs = [index for index in presence if index in absence]
-    matched = [index for index in pairs if same_words_but_the_object(rows[index]["presence_negated"], rows[index]["absence_negated"],
-                                                                     rows[index]["negated_object"], rows[index]["absent_object"])]
+    matched = [
+        index
+        for index in pairs
+        if same_words_but_the_object(
+            rows[index]["presence_negated"],
+            rows[index]["absence_negated"],
+            rows[index]["negated_object"],
+            rows[index]["absent_object"],
+        )
+    ]
     mean = lambda flags: sum(flags) / len(flags)  # noqa: E731
     return {
         "eval_presence_accuracy": mean([score(i, caption) > score(i, presence) for i in presence]),
@@ -122,7 +157,9 @@ def _by_hand(model_dir, processor, rows: list[dict]) -> dict[str, float]:
 
 
 @pytest.mark.parametrize("metric", ["eval_presence_accuracy", "eval_absence_choice_accuracy"])
-def test_eval_reports_the_negation_metrics_and_metric_for_best_model_chooses_by_one(tmp_path, processor, monkeypatch, metric):
+def test_eval_reports_the_negation_metrics_and_metric_for_best_model_chooses_by_one(
+    tmp_path, processor, monkeypatch, metric
+):
     """(In this run presence accuracy rises at every step, absence choice accuracy peaks early: the
     second run shows an earlier checkpoint chosen and loaded.)"""
     model_dir = save_tiny_clip(tmp_path / "clip", processor)
@@ -131,19 +168,37 @@ def test_eval_reports_the_negation_metrics_and_metric_for_best_model_chooses_by_
     datasets.DatasetDict({"train": _world_split("train", 16), "validation": validation}).save_to_disk(str(data))
     trainers = capture_trainers(monkeypatch)
     out = tmp_path / "out"
-    train.main(train_flags(model_dir, data, out, max_steps=4, learning_rate=2e-2, per_device_train_batch_size=8,
-                           per_device_eval_batch_size=5, eval_strategy="steps", eval_steps=1, save_strategy="steps",
-                           save_steps=1, metric_for_best_model=metric, load_best_model_at_end="true"))
+    train.main(
+        train_flags(
+            model_dir,
+            data,
+            out,
+            max_steps=4,
+            learning_rate=2e-2,
+            per_device_train_batch_size=8,
+            per_device_eval_batch_size=5,
+            eval_strategy="steps",
+            eval_steps=1,
+            save_strategy="steps",
+            save_steps=1,
+            metric_for_best_model=metric,
+            load_best_model_at_end="true",
+        )
+    )
     history = [entry for entry in trainers[0].state.log_history if "eval_loss" in entry]
-    assert len(history) >= 4 and all({"eval_presence_accuracy", "eval_absence_choice_accuracy",
-                                      "eval_which_object_accuracy"} <= entry.keys() for entry in history)
+    assert len(history) >= 4 and all(
+        {"eval_presence_accuracy", "eval_absence_choice_accuracy", "eval_which_object_accuracy"} <= entry.keys()
+        for entry in history
+    )
     # The checkpoint chosen is the first with the highest value, and it is what was saved.
     per_step = {entry["step"]: entry[metric] for entry in history[:4]}
     if metric == "eval_absence_choice_accuracy":
         assert best_step_of(per_step) < 4
     best_step = best_step_of(per_step)
     state = trainers[0].state
-    assert state.best_metric == per_step[best_step] and state.best_model_checkpoint == str(out / f"checkpoint-{best_step}")
+    assert state.best_metric == per_step[best_step] and state.best_model_checkpoint == str(
+        out / f"checkpoint-{best_step}"
+    )
     final = json.loads((out / "eval_results.json").read_text())
     assert final[metric] == per_step[best_step]
     expected = _by_hand(out, processor, [validation[index] for index in range(len(validation))])
@@ -156,16 +211,30 @@ def test_two_processes_score_the_whole_split_like_one(tmp_path, processor, monke
     still cover all 13 rows, as one process does (learning rate 0: both runs score the base model)."""
     model_dir = save_tiny_clip(tmp_path / "clip", processor)
     data = tmp_path / "world"
-    datasets.DatasetDict({"train": _world_split("train", 8), "validation": _world_split("validation", 13)}).save_to_disk(str(data))
-    common = dict(max_steps=1, learning_rate=0.0, per_device_train_batch_size=4, per_device_eval_batch_size=4, eval_strategy="steps",
-                  eval_steps=1)
-    result = run_command(TORCHRUN + ["--nproc_per_node", "2", "train.py", *train_flags(model_dir, data, tmp_path / "ddp", **common)],
-                         ACCELERATE_USE_CPU="1")
+    datasets.DatasetDict(
+        {"train": _world_split("train", 8), "validation": _world_split("validation", 13)}
+    ).save_to_disk(str(data))
+    common = dict(
+        max_steps=1,
+        learning_rate=0.0,
+        per_device_train_batch_size=4,
+        per_device_eval_batch_size=4,
+        eval_strategy="steps",
+        eval_steps=1,
+    )
+    result = run_command(
+        TORCHRUN + ["--nproc_per_node", "2", "train.py", *train_flags(model_dir, data, tmp_path / "ddp", **common)],
+        ACCELERATE_USE_CPU="1",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     train.main(train_flags(model_dir, data, tmp_path / "one", **common))
     train.main(train_flags(model_dir, data, tmp_path / "first8", max_eval_samples=8, **common))
-    results = {name: json.loads((tmp_path / name / "eval_results.json").read_text()) for name in ("ddp", "one", "first8")}
+    results = {
+        name: json.loads((tmp_path / name / "eval_results.json").read_text()) for name in ("ddp", "one", "first8")
+    }
     for metric in ("eval_presence_accuracy", "eval_absence_choice_accuracy", "eval_which_object_accuracy"):
         assert results["ddp"][metric] == pytest.approx(results["one"][metric]), metric
-    assert any(results["first8"][metric] != pytest.approx(results["one"][metric]) for metric in
-               ("eval_presence_accuracy", "eval_absence_choice_accuracy", "eval_which_object_accuracy"))
+    assert any(
+        results["first8"][metric] != pytest.approx(results["one"][metric])
+        for metric in ("eval_presence_accuracy", "eval_absence_choice_accuracy", "eval_which_object_accuracy")
+    )

@@ -52,8 +52,10 @@ def test_the_notebook_trains_evaluates_and_pushes(tmp_path, processor, monkeypat
     final = hub.commits[-1].folder
     clip = CLIPModel.from_pretrained(final)
     assert all(torch.equal(tensor, weights(final)[name]) for name, tensor in clip.state_dict().items())
-    assert not torch.equal(weights(final)["text_model.encoder.layers.0.mlp.fc1.weight"],
-                           weights(model_dir)["text_model.encoder.layers.0.mlp.fc1.weight"])
+    assert not torch.equal(
+        weights(final)["text_model.encoder.layers.0.mlp.fc1.weight"],
+        weights(model_dir)["text_model.encoder.layers.0.mlp.fc1.weight"],
+    )
     card = ModelCard.load(final / "README.md")
     assert card.data.pipeline_tag == "zero-shot-image-classification" and card.data.library_name == "transformers"
     assert {"omni-negclip", "negation"} <= set(card.data.tags) and card.data.to_dict()["widget"]
@@ -66,9 +68,19 @@ def test_the_notebook_trains_evaluates_and_pushes(tmp_path, processor, monkeypat
 def test_settings_travel_in_config_json_and_plain_clip_ignores_them(tmp_path, processor):
     model_dir = save_tiny_clip(tmp_path / "clip", processor)
     model = OmniNegCLIPModel.from_pretrained(model_dir)
-    config = OmniNegCLIPConfig(output_dir=str(tmp_path / "out"), lambda_abs=0.5, margin=0.7, front_blocks=1, max_steps=1,
-                               per_device_train_batch_size=4, report_to="none", save_strategy="no")
-    trainer = OmniNegCLIPTrainer(model, config, train_dataset=save_and_load(tmp_path, color_rows(8)), processing_class=processor)
+    config = OmniNegCLIPConfig(
+        output_dir=str(tmp_path / "out"),
+        lambda_abs=0.5,
+        margin=0.7,
+        front_blocks=1,
+        max_steps=1,
+        per_device_train_batch_size=4,
+        report_to="none",
+        save_strategy="no",
+    )
+    trainer = OmniNegCLIPTrainer(
+        model, config, train_dataset=save_and_load(tmp_path, color_rows(8)), processing_class=processor
+    )
     trainer.train()
     trainer.save_final_model()
     restored = OmniNegCLIPModel.from_pretrained(config.output_dir)
@@ -86,7 +98,9 @@ def save_and_load(tmp_path: Path, rows: list[dict]):
 
 def test_plain_training_arguments_get_one_paragraph_saying_what_to_use(tmp_path, processor):
     model = OmniNegCLIPModel.from_pretrained(save_tiny_clip(tmp_path / "clip", processor))
-    with pytest.raises(TypeError, match=r"needs an OmniNegCLIPConfig, not a plain TrainingArguments.*OmniNegCLIPConfig\(\*\*"):
+    with pytest.raises(
+        TypeError, match=r"needs an OmniNegCLIPConfig, not a plain TrainingArguments.*OmniNegCLIPConfig\(\*\*"
+    ):
         OmniNegCLIPTrainer(model, TrainingArguments(output_dir=str(tmp_path / "out")), processing_class=processor)
     with pytest.raises(Exception, match="remove_unused_columns=True would drop the negation columns"):
         OmniNegCLIPConfig(output_dir=str(tmp_path / "out"), remove_unused_columns=True)

@@ -9,9 +9,10 @@ import re
 import shutil
 import subprocess
 import sys
-import tomllib
 import zipfile
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -33,8 +34,23 @@ def test_the_wheel_holds_every_module_and_the_card_template(tmp_path):
         if not path.startswith(("tests/", "docs/")) and (ROOT / path).exists():
             (source / path).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(ROOT / path, source / path, follow_symlinks=False)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", str(source),
-                    "-w", str(tmp_path)], check=True, cwd=tmp_path, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            str(source),
+            "-w",
+            str(tmp_path),
+        ],
+        check=True,
+        cwd=tmp_path,
+        capture_output=True,
+    )
     (wheel,) = tmp_path.glob("omninegclip-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     tracked = [path for path in tracked if path.startswith("omninegclip/")]
@@ -42,7 +58,11 @@ def test_the_wheel_holds_every_module_and_the_card_template(tmp_path):
     assert modules and modules <= names, sorted(modules - names)
     assert "modeling_omninegclip.py" in names
     # The scripts on top run from the checkout: no generic top-level module (`train`, `eval`, …) is installed.
-    top_level = {name.split("/")[0].removesuffix(".py") for name in names if not name.split("/")[0].endswith((".dist-info", ".data"))}
+    top_level = {
+        name.split("/")[0].removesuffix(".py")
+        for name in names
+        if not name.split("/")[0].endswith((".dist-info", ".data"))
+    }
     assert top_level == {"omninegclip", "modeling_omninegclip"}, top_level
     template = zipfile.ZipFile(wheel).read("omninegclip/training/card/model_card.md").decode()
     assert template == (ROOT / "model_card.md").read_text()  # the top-level template's content, not a link
@@ -52,7 +72,9 @@ def test_the_wheel_holds_every_module_and_the_card_template(tmp_path):
 def test_the_card_template_is_one_file():
     """The top-level model_card.md is the template; the package holds a link to it (git mode 120000),
     not a second copy that could drift from it."""
-    tracked = subprocess.run(["git", "ls-files", "-s", "*model_card.md"], cwd=ROOT, capture_output=True, text=True).stdout
+    tracked = subprocess.run(
+        ["git", "ls-files", "-s", "*model_card.md"], cwd=ROOT, capture_output=True, text=True
+    ).stdout
     entries = {line.split("\t")[1]: line.split()[0] for line in tracked.splitlines()}
     assert entries == {"model_card.md": "100644", "omninegclip/training/card/model_card.md": "120000"}, entries
     link = ROOT / "omninegclip" / "training" / "card" / "model_card.md"
@@ -65,21 +87,25 @@ def test_the_card_template_is_one_file():
 def test_no_module_patches_sys_path():
     tracked = subprocess.run(["git", "ls-files", "*.py"], cwd=ROOT, capture_output=True, text=True).stdout.split()
     assert len(tracked) > 50
-    patched = [path for path in tracked if re.search(r"sys\.path\s*(\.insert|\.append|\[|\+?=)", (ROOT / path).read_text())]
+    patched = [
+        path for path in tracked if re.search(r"sys\.path\s*(\.insert|\.append|\[|\+?=)", (ROOT / path).read_text())
+    ]
     assert patched == [], patched
 
 
 def _layout_rows() -> dict[str, str]:
     """README's layout table: path -> what it says."""
     text = (ROOT / "README.md").read_text()
-    table = text[text.index("## Layout"):].split("\n## ", 1)[0]
+    table = text[text.index("## Layout") :].split("\n## ", 1)[0]
     return {match[1]: match[2] for match in re.finditer(r"^\| `([^`]+)` \| (.*) \|$", table, flags=re.M)}
 
 
 def test_the_readme_layout_table_matches_the_tree():
     rows = _layout_rows()
     assert all((ROOT / path).exists() for path in rows), [path for path in rows if not (ROOT / path).exists()]
-    tracked = subprocess.run(["git", "ls-files", "omninegclip", "eval"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    tracked = subprocess.run(
+        ["git", "ls-files", "omninegclip", "eval"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.split()
     modules = [Path(path) for path in tracked if path.endswith(".py")]
     # Every layer has a row: eval/ and each subpackage of omninegclip/.
     layers = {f"{module.parent}/" for module in modules if module.parent.parent in (Path("."), Path("omninegclip"))}
@@ -88,8 +114,12 @@ def test_the_readme_layout_table_matches_the_tree():
         if module.stem in ("__init__", "__main__") or module.parent.name == "omninegclip":
             continue
         if f"{module.parent}/" in rows:  # a module of a layer: its row names it
-            assert f"`{module.stem}`" in rows[f"{module.parent}/"], f"README's layout row for {module.parent}/ does not name `{module.stem}`"
+            assert f"`{module.stem}`" in rows[f"{module.parent}/"], (
+                f"README's layout row for {module.parent}/ does not name `{module.stem}`"
+            )
         else:  # deeper (eval/metrics/NAME/NAME.py): the layer's row names the folder it sits in
             layer = next(parent for parent in module.parents if f"{parent}/" in rows)
             folder = module.relative_to(layer).parts[0]
-            assert f"`{folder}/`" in rows[f"{layer}/"], f"README's layout row for {layer}/ does not name `{folder}/` (holding {module})"
+            assert f"`{folder}/`" in rows[f"{layer}/"], (
+                f"README's layout row for {layer}/ does not name `{folder}/` (holding {module})"
+            )

@@ -3,9 +3,8 @@ config files' comments (each must parse with the real command-line parser and la
 
 from __future__ import annotations
 
-from dataclasses import fields
-
 import shlex
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -51,5 +50,7 @@ def test_config_comments_run_real_commands_on_their_own_file(config):
     assert launches and all(command[command.index("train.py") + 1] == f"configs/{config.name}" for command in launches)
     for command in commands:
         if "data_builder.py" in command:
-            data_builder._parser().parse_args(command[command.index("data_builder.py") + 1:])  # exits 2 on an unknown flag
+            data_builder._parser().parse_args(
+                command[command.index("data_builder.py") + 1 :]
+            )  # exits 2 on an unknown flag
     train.parse_args([str(config), "--bf16", "false"])  # the file holds only real flags (bf16 needs a GPU here)

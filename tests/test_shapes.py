@@ -36,11 +36,36 @@ from omninegclip.building.shapes import (
     sample_scene,
 )
 
-COLUMNS = ["image", "caption", "presence_negated", "absence_negated", "absence_affirmed", "pretrain_caption", "present_objects",
-           "negated_object", "absent_object", "presence_rewrite", "absence_rewrite", "scene", "source", "image_id"]
+COLUMNS = [
+    "image",
+    "caption",
+    "presence_negated",
+    "absence_negated",
+    "absence_affirmed",
+    "pretrain_caption",
+    "present_objects",
+    "negated_object",
+    "absent_object",
+    "presence_rewrite",
+    "absence_rewrite",
+    "scene",
+    "source",
+    "image_id",
+]
 # Words and phrases of the held-out templates, written out here rather than read from the module.
-HELDOUT_MARKERS = ["lacking", "free of", "minus", "missing", "absent", "nowhere", "this scene contains", "we can see",
-                   "a rendering of", "lacks", "contains"]
+HELDOUT_MARKERS = [
+    "lacking",
+    "free of",
+    "minus",
+    "missing",
+    "absent",
+    "nowhere",
+    "this scene contains",
+    "we can see",
+    "a rendering of",
+    "lacks",
+    "contains",
+]
 TRAIN_NEGATION_WORDS = {"no", "not", "without"}
 
 
@@ -105,8 +130,8 @@ def test_sampled_scenes_are_valid_and_mostly_keep_to_one_theme():
     for scene in scenes:
         assert len({obj.kind for obj in scene}) == len(scene)
         assert len({obj.colour for obj in scene}) == len(scene)
-        assert not any(overlaps(a, b) for i, a in enumerate(scene) for b in scene[i + 1:])
-    pairs = [(a, b) for scene in scenes for i, a in enumerate(scene) for b in scene[i + 1:]]
+        assert not any(overlaps(a, b) for i, a in enumerate(scene) for b in scene[i + 1 :])
+    pairs = [(a, b) for scene in scenes for i, a in enumerate(scene) for b in scene[i + 1 :]]
     same_theme = sum(KIND_THEME[a.kind] == KIND_THEME[b.kind] for a, b in pairs) / len(pairs)
     assert same_theme > 0.6  # uniform kinds would give about 0.27
 
@@ -136,10 +161,12 @@ def test_render_draws_each_kind_in_its_colour_on_the_background():
         corner = pixels[2, 2].astype(int)
         assert corner.min() > 200  # pale background away from the object
     # Distinct shapes: no two kinds cover the same pixels.
-    masks = {kind: (np.asarray(render_scene([SceneObject(kind, "red", 0.5, 0.5, 0.5)])) == COLOUR_RGB["red"]).all(-1)
-             for kind in OBJECT_KINDS}
+    masks = {
+        kind: (np.asarray(render_scene([SceneObject(kind, "red", 0.5, 0.5, 0.5)])) == COLOUR_RGB["red"]).all(-1)
+        for kind in OBJECT_KINDS
+    }
     for i, a in enumerate(OBJECT_KINDS):
-        for b in OBJECT_KINDS[i + 1:]:
+        for b in OBJECT_KINDS[i + 1 :]:
             assert (masks[a] ^ masks[b]).sum() > 40, (a, b)
 
 
@@ -164,8 +191,14 @@ def test_every_template_tokenises_under_77_tokens(tokenizer):
         for frame in AFFIRMATIVE_FRAMES[template_set]:
             for name, template in templates.items():
                 for mentions in (longest, []) if template.alone else (longest,):
-                    text = negated_caption(mentions, "triangle" if not mentions else "circle", template_set, rng,
-                                           frame=frame, template=name).text
+                    text = negated_caption(
+                        mentions,
+                        "triangle" if not mentions else "circle",
+                        template_set,
+                        rng,
+                        frame=frame,
+                        template=name,
+                    ).text
                     assert len(tokenizer(text)["input_ids"]) < 77, text
 
 
@@ -175,11 +208,15 @@ def test_affirmed_twin_of_every_template_affirms_what_the_negation_denied():
     rng = random.Random(0)
     for template_set, templates in NEGATION_TEMPLATES.items():
         for name, template in templates.items():
-            for mentions in ([Mention("circle", "red"), Mention("star")], []) if template.alone else ([Mention("star")],):
+            for mentions in (
+                ([Mention("circle", "red"), Mention("star")], []) if template.alone else ([Mention("star")],)
+            ):
                 negated = negated_caption(mentions, "heart", template_set, rng, template=name)
                 twin = affirmed_twin(negated)
                 assert twin.text != negated.text and "heart" in words(twin.text), (name, twin.text)
-                assert not {"no", "not", "without", "lacking", "free", "minus", "missing", "absent", "nowhere"} & set(words(twin.text))
+                assert not {"no", "not", "without", "lacking", "free", "minus", "missing", "absent", "nowhere"} & set(
+                    words(twin.text)
+                )
                 # The negation is true of the scene without a heart, its twin only of the one with it.
                 assert negated.holds_for(scene) and not twin.holds_for(scene)
                 assert twin.holds_for(with_heart) and not negated.holds_for(with_heart)
@@ -203,9 +240,16 @@ def test_pretrain_captions_negate_present_and_absent_objects_alike():
     for index in range(1200):
         row = shapes.world_row("train", index, seed=7)
         text = row["pretrain_caption"]
-        negated = [kind for kind in OBJECT_KINDS if re.search(
-            rf"\b(no|not an?|without an?|not show an?|lacking an?|lacks an?|free of any|minus any|the) {kind}\b"
-            rf"|\ban? {kind} is absent|nowhere is there an? {kind}\b", text) and not re.search(rf"\bthe {kind} there\b", text)]
+        negated = [
+            kind
+            for kind in OBJECT_KINDS
+            if re.search(
+                rf"\b(no|not an?|without an?|not show an?|lacking an?|lacks an?|free of any|minus any|the) {kind}\b"
+                rf"|\ban? {kind} is absent|nowhere is there an? {kind}\b",
+                text,
+            )
+            and not re.search(rf"\bthe {kind} there\b", text)
+        ]
         if not negated:
             plain += 1
             continue
@@ -224,10 +268,15 @@ def test_pretrain_captions_cover_every_phrasing_of_both_sets_and_the_mcq():
     objects alike (the phrasing tells nothing)."""
     from omninegclip.building.shapes import MCQ_PHRASES, TEMPLATE_SETS, draw_pretrain_caption
 
-    expected = {f"{template_set}:{part}" for template_set in TEMPLATE_SETS for part in (
-        [f"frame:{frame}" for frame in AFFIRMATIVE_FRAMES[template_set]]
-        + [f"template:{name}" for name in NEGATION_TEMPLATES[template_set]]
-        + ["mcq:affirmation", "mcq:negation", "mcq:hybrid"])}
+    expected = {
+        f"{template_set}:{part}"
+        for template_set in TEMPLATE_SETS
+        for part in (
+            [f"frame:{frame}" for frame in AFFIRMATIVE_FRAMES[template_set]]
+            + [f"template:{name}" for name in NEGATION_TEMPLATES[template_set]]
+            + ["mcq:affirmation", "mcq:negation", "mcq:hybrid"]
+        )
+    }
     assert expected == shapes.pretrain_phrasings()
     seen, present_by_phrasing, absent_by_phrasing = set(), {}, {}
     rng = random.Random(11)
@@ -236,10 +285,16 @@ def test_pretrain_captions_cover_every_phrasing_of_both_sets_and_the_mcq():
         caption = draw_pretrain_caption(objects, rng)
         seen.add(caption.phrasing)
         if caption.negated_kind is not None:
-            tally = present_by_phrasing if caption.negated_kind in [obj.kind for obj in objects] else absent_by_phrasing
+            tally = (
+                present_by_phrasing if caption.negated_kind in [obj.kind for obj in objects] else absent_by_phrasing
+            )
             tally[caption.phrasing] = tally.get(caption.phrasing, 0) + 1
     assert seen == expected
-    negating = {phrasing for phrasing in expected if ":template:" in phrasing or phrasing.endswith(("mcq:negation", "mcq:hybrid"))}
+    negating = {
+        phrasing
+        for phrasing in expected
+        if ":template:" in phrasing or phrasing.endswith(("mcq:negation", "mcq:hybrid"))
+    }
     for phrasing in negating:
         assert present_by_phrasing.get(phrasing, 0) > 5 and absent_by_phrasing.get(phrasing, 0) > 5, phrasing
     # In words: every held-out marker and every MCQ phrasing occurs in some pretraining caption.
@@ -294,8 +349,14 @@ def test_same_seed_same_bytes_other_seed_differs(world, tmp_path):
     # The saved folders are byte-identical, fingerprints and all.
     world.save_to_disk(tmp_path / "a")
     again.save_to_disk(tmp_path / "b")
-    digests = {name: {path.relative_to(tmp_path / name): hashlib.sha256(path.read_bytes()).hexdigest()
-                      for path in (tmp_path / name).rglob("*") if path.is_file()} for name in ("a", "b")}
+    digests = {
+        name: {
+            path.relative_to(tmp_path / name): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in (tmp_path / name).rglob("*")
+            if path.is_file()
+        }
+        for name in ("a", "b")
+    }
     assert digests["a"] == digests["b"]
 
 
@@ -313,8 +374,14 @@ def test_negation_columns_agree_with_the_scene(world):
             objects, _, _ = decode_scene(row["scene"])
             kinds = [obj.kind for obj in objects]
             assert kinds == row["present_objects"]
-            assert (row["presence_negated"] is None) == (row["negated_object"] is None) == (row["presence_rewrite"] is None)
-            assert (row["absence_negated"] is None) == (row["absent_object"] is None) == (row["absence_rewrite"] is None)
+            assert (
+                (row["presence_negated"] is None)
+                == (row["negated_object"] is None)
+                == (row["presence_rewrite"] is None)
+            )
+            assert (
+                (row["absence_negated"] is None) == (row["absent_object"] is None) == (row["absence_rewrite"] is None)
+            )
             both += row["presence_negated"] is not None and row["absence_negated"] is not None
             caption_words = words(row["caption"])
             assert [kind for kind in OBJECT_KINDS if kind in caption_words]  # mentions something
@@ -361,8 +428,12 @@ def test_finetuning_columns_never_use_heldout_phrasings(world):
     """Fine-tuning data keeps to the training phrasings (only the pretraining captions use them all)."""
     columns = ("caption", "presence_negated", "absence_negated", "absence_affirmed")
     texts = [text for column in columns for split in world for text in world[split][column] if text is not None]
-    texts += [text for index in range(200) for column in columns
-              if (text := shapes.world_row("train", index, seed=9)[column]) is not None]
+    texts += [
+        text
+        for index in range(200)
+        for column in columns
+        if (text := shapes.world_row("train", index, seed=9)[column]) is not None
+    ]
     for text in texts:
         padded = f" {' '.join(words(text))} "
         assert not [marker for marker in HELDOUT_MARKERS if f" {marker} " in padded], text
@@ -384,8 +455,12 @@ def test_half_of_the_double_negation_rows_are_matched_pairs():
 
     rows = [world_row("train", index, seed=3) for index in range(200)]
     both = [row for row in rows if row["presence_negated"] and row["absence_negated"]]
-    matched = [row for row in both
-               if row["absence_negated"].replace(row["absent_object"], "X") == row["presence_negated"].replace(row["negated_object"], "X")]
+    matched = [
+        row
+        for row in both
+        if row["absence_negated"].replace(row["absent_object"], "X")
+        == row["presence_negated"].replace(row["negated_object"], "X")
+    ]
     assert 0.35 < len(matched) / len(both) < 0.65
     for row in matched:
         assert row["absent_object"] not in row["present_objects"] and row["negated_object"] in row["present_objects"]
@@ -405,7 +480,10 @@ def test_statement_rows_say_all_four_texts_as_statements_and_leave_the_rest_as_i
         assert after["caption"] == affirm.format(x=Mention(present).phrase)
         assert after["presence_negated"] == negate.format(x=Mention(present).phrase)
         assert after["absence_negated"] == negate.format(x=Mention(absent).phrase)
-        assert after["absence_affirmed"] == affirm.format(x=Mention(absent).phrase) and after["absence_rewrite"] == "statement"
+        assert (
+            after["absence_affirmed"] == affirm.format(x=Mention(absent).phrase)
+            and after["absence_rewrite"] == "statement"
+        )
         # True and false as the scene says: the caption and the absence statement hold, the other two do not.
         objects = decode_scene(after["scene"])[0]
         assert Caption(after["caption"], (Mention(present),), "train", "").holds_for(objects)

@@ -42,21 +42,33 @@ def write_png(path, color=(200, 10, 10), mode="RGB"):
 
 def write_coco(tmp_path):
     """Two images: 1 (dog + couch, 2 captions), 2 (person + dog); an instances file with boxes."""
-    images = [{"id": 1, "file_name": "000001.png", "width": 8, "height": 8}, {"id": 2, "file_name": "000002.png", "width": 8, "height": 8}]
+    images = [
+        {"id": 1, "file_name": "000001.png", "width": 8, "height": 8},
+        {"id": 2, "file_name": "000002.png", "width": 8, "height": 8},
+    ]
     for image in images:
         write_png(tmp_path / "images" / image["file_name"])
-    captions = {"info": {}, "licenses": [], "images": images, "annotations": [
-        {"id": 12, "image_id": 1, "caption": "A puppy sleeping on a sofa."},
-        {"id": 11, "image_id": 1, "caption": "A dog on a couch."},
-        {"id": 13, "image_id": 2, "caption": "A man walking his dog."},
-        {"id": 14, "image_id": 99, "caption": "An image that is not listed."},
-    ]}
-    instances = {"images": images, "categories": COCO_CATEGORIES, "annotations": [
-        {"id": 1, "image_id": 1, "category_id": 18, "bbox": [0, 0, 4, 4], "area": 16, "iscrowd": 0},
-        {"id": 2, "image_id": 1, "category_id": 63, "bbox": [0, 0, 8, 8], "area": 64, "iscrowd": 0},
-        {"id": 3, "image_id": 2, "category_id": 1, "bbox": [0, 0, 2, 2], "area": 4, "iscrowd": 0},
-        {"id": 4, "image_id": 2, "category_id": 18, "bbox": [0, 0, 3, 3], "area": 9, "iscrowd": 0},
-    ]}
+    captions = {
+        "info": {},
+        "licenses": [],
+        "images": images,
+        "annotations": [
+            {"id": 12, "image_id": 1, "caption": "A puppy sleeping on a sofa."},
+            {"id": 11, "image_id": 1, "caption": "A dog on a couch."},
+            {"id": 13, "image_id": 2, "caption": "A man walking his dog."},
+            {"id": 14, "image_id": 99, "caption": "An image that is not listed."},
+        ],
+    }
+    instances = {
+        "images": images,
+        "categories": COCO_CATEGORIES,
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 18, "bbox": [0, 0, 4, 4], "area": 16, "iscrowd": 0},
+            {"id": 2, "image_id": 1, "category_id": 63, "bbox": [0, 0, 8, 8], "area": 64, "iscrowd": 0},
+            {"id": 3, "image_id": 2, "category_id": 1, "bbox": [0, 0, 2, 2], "area": 4, "iscrowd": 0},
+            {"id": 4, "image_id": 2, "category_id": 18, "bbox": [0, 0, 3, 3], "area": 9, "iscrowd": 0},
+        ],
+    }
     (tmp_path / "captions.json").write_text(json.dumps(captions))
     (tmp_path / "instances.json").write_text(json.dumps(instances))
     return tmp_path / "captions.json", tmp_path / "instances.json", tmp_path / "images"
@@ -66,15 +78,22 @@ def test_coco_reads_objects_captions_and_counts_unknown_images(tmp_path):
     captions, instances, images = write_coco(tmp_path)
     source = read_coco(captions, instances, images, captions_per_image=0)
     assert [(item.image_id, item.caption) for item in source.items] == [
-        ("1", "A dog on a couch."), ("1", "A puppy sleeping on a sofa."), ("2", "A man walking his dog."),
+        ("1", "A dog on a couch."),
+        ("1", "A puppy sleeping on a sofa."),
+        ("2", "A man walking his dog."),
     ]  # captions in annotation-id order
     first = source.items[0]
     assert first.present_objects == ("couch", "dog") and first.salience == {"dog": 16.0, "couch": 64.0}
-    assert first.image.path == images / "000001.png" and first.image.read_bytes() == (images / "000001.png").read_bytes()
+    assert (
+        first.image.path == images / "000001.png" and first.image.read_bytes() == (images / "000001.png").read_bytes()
+    )
     assert source.skips.counts == {"caption_of_unknown_image": 1}
     assert sorted(source.object_sets) == [("couch", "dog"), ("dog", "person")]
     assert source.exhaustive_objects
-    assert [item.caption for item in read_coco(captions, instances, images, captions_per_image=1).items] == ["A dog on a couch.", "A man walking his dog."]
+    assert [item.caption for item in read_coco(captions, instances, images, captions_per_image=1).items] == [
+        "A dog on a couch.",
+        "A man walking his dog.",
+    ]
 
 
 def test_coco_schema_errors_name_the_file_entry_and_key(tmp_path):
@@ -102,13 +121,27 @@ def test_captions_dataset_from_save_to_disk_groups_objects_by_image(tmp_path):
     png = tmp_path / "a.png"
     write_png(png)
     dataset = datasets.Dataset.from_dict(
-        {"image": [str(png), str(png)], "caption": [["Two puppies on a sofa.", "Dogs resting"], ["A cat on a mat"]], "img_id": ["a", "b"]},
-        features=datasets.Features({"image": datasets.Image(), "caption": datasets.List(datasets.Value("string")), "img_id": datasets.Value("string")}),
+        {
+            "image": [str(png), str(png)],
+            "caption": [["Two puppies on a sofa.", "Dogs resting"], ["A cat on a mat"]],
+            "img_id": ["a", "b"],
+        },
+        features=datasets.Features(
+            {
+                "image": datasets.Image(),
+                "caption": datasets.List(datasets.Value("string")),
+                "img_id": datasets.Value("string"),
+            }
+        ),
     )
     dataset.save_to_disk(str(tmp_path / "flickr"))
-    source = read_captions_dataset(str(tmp_path / "flickr"), image_id_column="img_id", captions_per_image=0, progress=False)
+    source = read_captions_dataset(
+        str(tmp_path / "flickr"), image_id_column="img_id", captions_per_image=0, progress=False
+    )
     assert [(item.image_id, item.caption, item.present_objects) for item in source.items] == [
-        ("a", "Two puppies on a sofa.", ("couch", "dog")), ("a", "Dogs resting", ("couch", "dog")), ("b", "A cat on a mat", ("cat",)),
+        ("a", "Two puppies on a sofa.", ("couch", "dog")),
+        ("a", "Dogs resting", ("couch", "dog")),
+        ("b", "A cat on a mat", ("cat",)),
     ]
     assert source.items[0].image.read_bytes() == png.read_bytes()  # bytes embedded by save_to_disk
     assert not source.exhaustive_objects and all(item.split is None for item in source.items)
@@ -118,27 +151,50 @@ def test_captions_dataset_from_imagefolder_and_csv(tmp_path):
     folder = tmp_path / "folder"
     write_png(folder / "x.png")
     write_png(folder / "y.png")
-    (folder / "metadata.jsonl").write_text('{"file_name": "x.png", "text": "a dog"}\n{"file_name": "y.png", "text": "a horse in a field"}\n')
-    source = read_captions_dataset(str(folder), caption_column="text", cache_dir=str(tmp_path / "cache"), progress=False)
-    assert sorted((item.image_id, item.present_objects) for item in source.items) == [("x.png", ("dog",)), ("y.png", ("horse",))]
+    (folder / "metadata.jsonl").write_text(
+        '{"file_name": "x.png", "text": "a dog"}\n{"file_name": "y.png", "text": "a horse in a field"}\n'
+    )
+    source = read_captions_dataset(
+        str(folder), caption_column="text", cache_dir=str(tmp_path / "cache"), progress=False
+    )
+    assert sorted((item.image_id, item.present_objects) for item in source.items) == [
+        ("x.png", ("dog",)),
+        ("y.png", ("horse",)),
+    ]
     assert {item.image.read_bytes() for item in source.items} == {(folder / "x.png").read_bytes()}
 
     (tmp_path / "pairs.csv").write_text("filepath,caption\nfolder/x.png,a cat on a bed\nfolder/missing.png,a bus\n")
-    source = read_captions_dataset(str(tmp_path / "pairs.csv"), image_column="filepath", cache_dir=str(tmp_path / "cache"), progress=False)
-    assert [(item.image_id, item.present_objects) for item in source.items] == [("x.png", ("bed", "cat")), ("missing.png", ("bus",))]
+    source = read_captions_dataset(
+        str(tmp_path / "pairs.csv"), image_column="filepath", cache_dir=str(tmp_path / "cache"), progress=False
+    )
+    assert [(item.image_id, item.present_objects) for item in source.items] == [
+        ("x.png", ("bed", "cat")),
+        ("missing.png", ("bus",)),
+    ]
     assert source.items[0].image.read_bytes() == (folder / "x.png").read_bytes()  # relative to the CSV's folder
     assert source.items[1].image.read_bytes() is None
     with pytest.raises(UserError, match=r"has no column 'caption_text' \(--caption_column\)"):
-        read_captions_dataset(str(tmp_path / "pairs.csv"), image_column="filepath", caption_column="caption_text", cache_dir=str(tmp_path / "cache"), progress=False)
+        read_captions_dataset(
+            str(tmp_path / "pairs.csv"),
+            image_column="filepath",
+            caption_column="caption_text",
+            cache_dir=str(tmp_path / "cache"),
+            progress=False,
+        )
 
 
 def test_captions_dataset_dict_splits_are_kept(tmp_path):
     png = write_png(tmp_path / "a.png")
-    part = lambda caption: datasets.Dataset.from_dict({"image": [str(png)], "caption": [caption]}, features=datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string")}))  # noqa: E731
+    part = lambda caption: datasets.Dataset.from_dict(
+        {"image": [str(png)], "caption": [caption]},
+        features=datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string")}),
+    )  # noqa: E731
     datasets.DatasetDict(train=part("a dog"), test=part("a cat")).save_to_disk(str(tmp_path / "dd"))
     source = read_captions_dataset(str(tmp_path / "dd"), progress=False)
     assert [(item.caption, item.split) for item in source.items] == [("a dog", TRAIN_OR_VALIDATION), ("a cat", "test")]
-    assert [item.split for item in read_captions_dataset(str(tmp_path / "dd"), split="test", progress=False).items] == [None]
+    assert [
+        item.split for item in read_captions_dataset(str(tmp_path / "dd"), split="test", progress=False).items
+    ] == [None]
 
 
 class NotPlainData:  # only arbitrary unpickling can rebuild an instance of a class
@@ -147,11 +203,17 @@ class NotPlainData:  # only arbitrary unpickling can rebuild an instance of a cl
 
 def ccneg_payload(count=5):
     paths = [f"/workspace/datasets/cc3m/cc3m_subset_images_extracted_final/{index:05d}.jpg" for index in range(count)]
-    annotations = [{
-        "json": {"caption": f"a man riding a horse number {index}", "key": f"{index:09d}"},
-        "sop_data": {"negative-prompt": "a man not riding a horse, on the beach", "sop_chosen_object": "horse",
-                     "sop_decomposition": {"subject": "man", "object": "horse", "predicate": "riding"}},
-    } for index in range(count)]
+    annotations = [
+        {
+            "json": {"caption": f"a man riding a horse number {index}", "key": f"{index:09d}"},
+            "sop_data": {
+                "negative-prompt": "a man not riding a horse, on the beach",
+                "sop_chosen_object": "horse",
+                "sop_decomposition": {"subject": "man", "object": "horse", "predicate": "riding"},
+            },
+        }
+        for index in range(count)
+    ]
     return {"image_paths": paths, "annotations": annotations, "num_ops": {1: list(range(count))}}
 
 
@@ -168,7 +230,9 @@ def test_ccneg_reads_published_structure_and_splits_last_items(tmp_path):
     first = source.items[0]
     assert first.presence.text == "a man not riding a horse on the beach"  # commas removed, as CoN-CLIP's loader does
     assert first.presence.obj == "horse" and first.present_objects == ("horse", "person")
-    assert first.image.path == folder / "00000.jpg" and first.image_id == "cc3m_subset_images_extracted_final/00000.jpg"
+    assert (
+        first.image.path == folder / "00000.jpg" and first.image_id == "cc3m_subset_images_extracted_final/00000.jpg"
+    )
     assert source.items[1].presence.obj == "horse"  # no chosen object recorded: the negated object the caption names
     with pytest.raises(UserError, match=r"--eval_size 6 must be between 0 and the 5 items"):
         read_ccneg(tmp_path / "ccneg_preprocessed.pt", tmp_path / "ccneg_images", eval_size=6)
@@ -188,23 +252,35 @@ def test_ccneg_refuses_unsafe_pickles_and_names_missing_keys(tmp_path):
         read_ccneg(tmp_path / "garbage.pt", tmp_path)
 
 
-@pytest.mark.parametrize("caption, updated, expected", [
-    ("a woman riding a horse in a field", "a woman not wearing a hat riding a horse in a field", "hat"),
-    ("a child playing with a ball in the park", "a child playing with a ball in the park with no tree", "tree"),
-    ("a kitchen with a stove", "a kitchen with a stove and no people around", "person"),
-    ("a dog on a couch", "a dog on a couch", None),
-])
+@pytest.mark.parametrize(
+    "caption, updated, expected",
+    [
+        ("a woman riding a horse in a field", "a woman not wearing a hat riding a horse in a field", "hat"),
+        ("a child playing with a ball in the park", "a child playing with a ball in the park with no tree", "tree"),
+        ("a kitchen with a stove", "a kitchen with a stove and no people around", "person"),
+        ("a dog on a couch", "a dog on a couch", None),
+    ],
+)
 def test_infer_absent_object(caption, updated, expected):
     assert infer_absent_object(caption, updated) == expected
 
 
 def test_negationclip_reads_updated_captions(tmp_path):
     write_png(tmp_path / "train2014" / "COCO_train2014_000000000001.jpg")
-    data = {"info": {}, "licenses": [], "images": [{"id": 1, "file_name": "COCO_train2014_000000000001.jpg", "width": 8, "height": 8}],
-            "annotations": [
-                {"image_id": 1, "id": 5, "caption": "a dog on a couch", "updated_caption": "a dog on a couch with no cat nearby"},
-                {"image_id": 1, "id": 6, "caption": "a sofa and a puppy", "updated_caption": "a sofa and a puppy"},
-            ]}
+    data = {
+        "info": {},
+        "licenses": [],
+        "images": [{"id": 1, "file_name": "COCO_train2014_000000000001.jpg", "width": 8, "height": 8}],
+        "annotations": [
+            {
+                "image_id": 1,
+                "id": 5,
+                "caption": "a dog on a couch",
+                "updated_caption": "a dog on a couch with no cat nearby",
+            },
+            {"image_id": 1, "id": 6, "caption": "a sofa and a puppy", "updated_caption": "a sofa and a puppy"},
+        ],
+    }
     (tmp_path / "negationclip.json").write_text(json.dumps(data))
     source = read_negationclip(tmp_path / "negationclip.json", tmp_path / "train2014")
     first, second = source.items
@@ -239,7 +315,10 @@ def test_ccneg_never_unpickles_code(tmp_path, writer):
         torch.save(payload, path)
     else:
         path.write_bytes(pickle.dumps(payload, protocol=5))
-    with pytest.raises(UserError, match=rf"{re.escape(str(path))}: (refused to load: the file needs arbitrary unpickling of exec|not a readable torch.save file)"):
+    with pytest.raises(
+        UserError,
+        match=rf"{re.escape(str(path))}: (refused to load: the file needs arbitrary unpickling of exec|not a readable torch.save file)",
+    ):
         read_ccneg(path, tmp_path)
     assert not marker.exists()
     pickle.loads(pickle.dumps(WritesAFile(marker)))  # what an unsafe loader would have done
@@ -247,6 +326,7 @@ def test_ccneg_never_unpickles_code(tmp_path, writer):
 
 
 # --------------------------------------------------------------------------------- images given as URLs
+
 
 class _ImageServer(http.server.BaseHTTPRequestHandler):
     """Serves test images on 127.0.0.1: good, oversize (declared or streamed), slow, missing, redirecting."""
@@ -322,12 +402,15 @@ def test_fetch_image_downloads_once_into_the_cache(tmp_path, image_server):
     assert files_under(cache) == [path.name]
 
 
-@pytest.mark.parametrize("name, reason", [
-    ("big-declared.png", "image_download_too_large"),
-    ("big-streamed.png", "image_download_too_large"),
-    ("missing.jpg", "image_download_failed"),
-    ("to-file.png", "image_download_failed"),
-])
+@pytest.mark.parametrize(
+    "name, reason",
+    [
+        ("big-declared.png", "image_download_too_large"),
+        ("big-streamed.png", "image_download_too_large"),
+        ("missing.jpg", "image_download_failed"),
+        ("to-file.png", "image_download_failed"),
+    ],
+)
 def test_fetch_image_refuses_oversize_missing_and_non_http_redirects(tmp_path, image_server, name, reason):
     with pytest.raises(ImageUnavailable) as error:
         fetch_image(f"{image_server}/{name}", tmp_path / "cache", timeout=5, max_bytes=1000)
@@ -344,7 +427,10 @@ def test_fetch_image_gives_up_on_a_slow_server_in_time(tmp_path, image_server):
     assert files_under(tmp_path / "cache") == []
 
 
-@pytest.mark.parametrize("path", ["/../../escape.png", "/%2e%2e/%2e%2e/escape.png", "/a/..%2F..%2Fescape.png", "/x.png?name=../../escape.png"])
+@pytest.mark.parametrize(
+    "path",
+    ["/../../escape.png", "/%2e%2e/%2e%2e/escape.png", "/a/..%2F..%2Fescape.png", "/x.png?name=../../escape.png"],
+)
 def test_fetch_image_never_writes_outside_the_cache(tmp_path, image_server, path):
     cache = tmp_path / "deep" / "cache"
     before = files_under(tmp_path)
@@ -364,20 +450,46 @@ def test_fetch_image_fetches_http_only(tmp_path, url):
 def test_captions_build_with_image_urls_counts_failed_downloads(tmp_path, image_server):
     import data_builder
 
-    rows = [{"url": f"{image_server}/img/{name}", "caption": caption} for name, caption in [
-        ("dog.png", "a dog on a couch"), ("cat.png", "a cat on a bed"), ("gone.jpg", "a bus on a street"), ("big-streamed.png", "a car"),
-    ]]
+    rows = [
+        {"url": f"{image_server}/img/{name}", "caption": caption}
+        for name, caption in [
+            ("dog.png", "a dog on a couch"),
+            ("cat.png", "a cat on a bed"),
+            ("gone.jpg", "a bus on a street"),
+            ("big-streamed.png", "a car"),
+        ]
+    ]
     (tmp_path / "urls.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     cache = tmp_path / "image_cache"
-    summary = data_builder.main(["captions", "--dataset", str(tmp_path / "urls.jsonl"), "--image_column", "url", "--out", str(tmp_path / "out"),
-                                 "--image_cache", str(cache), "--max_image_bytes", "2000", "--validation_fraction", "0", "--test_fraction", "0",
-                                 "--no_progress"])
+    summary = data_builder.main(
+        [
+            "captions",
+            "--dataset",
+            str(tmp_path / "urls.jsonl"),
+            "--image_column",
+            "url",
+            "--out",
+            str(tmp_path / "out"),
+            "--image_cache",
+            str(cache),
+            "--max_image_bytes",
+            "2000",
+            "--validation_fraction",
+            "0",
+            "--test_fraction",
+            "0",
+            "--no_progress",
+        ]
+    )
     assert summary["rows_out"]["train"] == 2
     assert summary["skips"]["row:image_download_failed"] == 1 and summary["skips"]["row:image_download_too_large"] == 1
     assert summary["skip_examples"]["row:image_download_failed"] == [f"{image_server}/img/gone.jpg"]
     assert len(files_under(cache)) == 2  # the two images that came, and nothing else
     rows_out = datasets.load_from_disk(str(tmp_path / "out"))["train"]
-    assert sorted(row["image_id"] for row in rows_out) == [f"{image_server}/img/cat.png", f"{image_server}/img/dog.png"]
+    assert sorted(row["image_id"] for row in rows_out) == [
+        f"{image_server}/img/cat.png",
+        f"{image_server}/img/dog.png",
+    ]
 
 
 # ----------------------------------------------------------------------------- JSON / CSV read row by row
@@ -389,13 +501,25 @@ def test_json_shapes_and_csv_cells_are_read_as_written(tmp_path):
     (tmp_path / "columns.json").write_text(json.dumps(columns, ensure_ascii=False))
     source = read_captions_dataset(str(tmp_path / "columns.json"), captions_per_image=0, progress=False)
     assert [item.caption for item in source.items] == ["a dog\u2028on a couch", "a cat", "a kitten"]
-    assert source.skips.to_json() == {"skips": {"empty_caption": 1}, "skip_examples": {"empty_caption": ["columns.json row 1 (column 'caption')"]}}
-    (tmp_path / "pairs.csv").write_text('image,caption\na.png,"NA"\na.png,123\na.png,"a dog, a cat"\na.png,"[\'a bus\', \'a car\']"\n')
+    assert source.skips.to_json() == {
+        "skips": {"empty_caption": 1},
+        "skip_examples": {"empty_caption": ["columns.json row 1 (column 'caption')"]},
+    }
+    (tmp_path / "pairs.csv").write_text(
+        'image,caption\na.png,"NA"\na.png,123\na.png,"a dog, a cat"\na.png,"[\'a bus\', \'a car\']"\n'
+    )
     source = read_captions_dataset(str(tmp_path / "pairs.csv"), captions_per_image=1, progress=False)
-    assert [item.caption for item in source.items] == ["NA", "123", "a dog, a cat", "a bus"]  # no type guessing; list cells as lists
+    assert [item.caption for item in source.items] == [
+        "NA",
+        "123",
+        "a dog, a cat",
+        "a bus",
+    ]  # no type guessing; list cells as lists
     assert source.skips.counts == {"beyond_captions_per_image": 1}
     (tmp_path / "pairs.txt").write_text("image,caption\na.png,a dog\n")
-    assert [item.caption for item in read_captions_dataset(str(tmp_path / "pairs.txt"), loader="csv", progress=False).items] == ["a dog"]
+    assert [
+        item.caption for item in read_captions_dataset(str(tmp_path / "pairs.txt"), loader="csv", progress=False).items
+    ] == ["a dog"]
 
 
 def test_image_folder_with_split_sub_folders(tmp_path):
@@ -404,7 +528,9 @@ def test_image_folder_with_split_sub_folders(tmp_path):
         (tmp_path / "folder" / split / "metadata.csv").write_text(f"file_name,caption\nx.png,{caption}\n")
     source = read_captions_dataset(str(tmp_path / "folder"), progress=False)
     assert [(item.caption, item.split) for item in source.items] == [("a cat", "test"), ("a dog", TRAIN_OR_VALIDATION)]
-    assert all(item.image.read_bytes() == (tmp_path / "folder" / "train" / "x.png").read_bytes() for item in source.items)
+    assert all(
+        item.image.read_bytes() == (tmp_path / "folder" / "train" / "x.png").read_bytes() for item in source.items
+    )
 
 
 def test_coco_ids_listed_twice_or_of_another_type_are_named_never_dropped(tmp_path):
@@ -424,12 +550,18 @@ def test_coco_ids_listed_twice_or_of_another_type_are_named_never_dropped(tmp_pa
         annotation["image_id"] = str(annotation["image_id"])
     captions["images"].pop()
     captions_file.write_text(json.dumps(captions))
-    with pytest.raises(UserError, match=r"captions.json: 'image_id' in annotations\[0\] is the string '1' but instances.json has the id as the integer 1"):
+    with pytest.raises(
+        UserError,
+        match=r"captions.json: 'image_id' in annotations\[0\] is the string '1' but instances.json has the id as the integer 1",
+    ):
         read_coco(captions_file, instances_file, tmp_path / "images")
     instances = json.loads(instances_file.read_text())
     instances["annotations"][0]["image_id"] = "1"
     instances_file.write_text(json.dumps(instances))
-    with pytest.raises(UserError, match=r"instances.json: 'image_id' in annotations\[0\] is the string '1' but its 'images' list has the id as the integer 1"):
+    with pytest.raises(
+        UserError,
+        match=r"instances.json: 'image_id' in annotations\[0\] is the string '1' but its 'images' list has the id as the integer 1",
+    ):
         read_coco(captions_file, instances_file, tmp_path / "images")
     with pytest.raises(UserError, match=r"--captions_per_image -1 must be 0"):
         read_coco(captions_file, instances_file, tmp_path / "images", captions_per_image=-1)
@@ -454,11 +586,17 @@ def test_coco_objects_named_in_worker_processes_equal_one_process(tmp_path, monk
     from omninegclip.building import parallel
 
     monkeypatch.setattr(sources, "_NAMING_CHUNK", 1)  # 2 images: 2 tasks ...
-    monkeypatch.setattr(sources, "fork_map", lambda function, count, num_proc, _: parallel.fork_map(function, count, num_proc, 1))  # ... 2 workers
+    monkeypatch.setattr(
+        sources, "fork_map", lambda function, count, num_proc, _: parallel.fork_map(function, count, num_proc, 1)
+    )  # ... 2 workers
     pools = []
     real_context = parallel.multiprocessing.get_context
-    monkeypatch.setattr(parallel.multiprocessing, "get_context", lambda method: pools.append(method) or real_context(method))
+    monkeypatch.setattr(
+        parallel.multiprocessing, "get_context", lambda method: pools.append(method) or real_context(method)
+    )
     forked = read_coco(captions, instances, images, captions_per_image=0, num_proc=2)
     assert pools == ["fork"]
-    assert [(item.caption, item.also_mentioned) for item in forked.items] == [(item.caption, item.also_mentioned) for item in serial.items]
+    assert [(item.caption, item.also_mentioned) for item in forked.items] == [
+        (item.caption, item.also_mentioned) for item in serial.items
+    ]
     assert serial.items[0].also_mentioned == ("couch", "dog")  # "sofa" and "puppy" are synonyms

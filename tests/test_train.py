@@ -13,7 +13,16 @@ import torch
 from conftest import TINY_TEXT_LAYERS
 from huggingface_hub import ModelCard
 from PIL import Image
-from train_helpers import capture_trainers, color_rows, python_module, run_command, save_dataset, save_tiny_clip, single_thread, train_flags, weights  # noqa: F401  (single_thread: an autouse fixture)
+from train_helpers import (
+    capture_trainers,
+    color_rows,
+    python_module,
+    run_command,
+    save_dataset,
+    save_tiny_clip,
+    train_flags,
+    weights,
+)  # noqa: F401  (single_thread: an autouse fixture)
 from transformers import CLIPConfig, CLIPModel, TrainerCallback, pipeline
 
 import train
@@ -34,7 +43,7 @@ def workspace(tmp_path_factory, processor):
 
 def text_block(name: str) -> int | None:
     prefix = "text_model.encoder.layers."
-    return int(name[len(prefix):].split(".")[0]) if name.startswith(prefix) else None
+    return int(name[len(prefix) :].split(".")[0]) if name.startswith(prefix) else None
 
 
 EXTRAS = {
@@ -55,8 +64,16 @@ EXTRAS = {
     [
         ({"front_blocks": 2}, {0, 1}, EXTRAS),
         ({"text_preset": "back"}, {3, 4}, EXTRAS),  # 5 blocks: back third = round(10/3)=3 .. 4
-        ({"text_blocks": "1,3", "train_token_embedding": "false", "train_logit_scale": "false",
-          "cache_image_embeddings": "false"}, {1, 3}, EXTRAS - {"text_model.embeddings.token_embedding.weight", "logit_scale"}),
+        (
+            {
+                "text_blocks": "1,3",
+                "train_token_embedding": "false",
+                "train_logit_scale": "false",
+                "cache_image_embeddings": "false",
+            },
+            {1, 3},
+            EXTRAS - {"text_model.embeddings.token_embedding.weight", "logit_scale"},
+        ),
     ],
     ids=["front-2", "preset-back", "blocks-1,3-no-embedding-no-scale-live-images"],
 )
@@ -127,8 +144,9 @@ def test_checkpoint_is_plain_clip_and_reproduces_the_trained_model(workspace, tm
     assert not torch.allclose(actual, CLIPModel.from_pretrained(model_dir)(**inputs).logits_per_image)  # it did train
 
     labels = ["a red square", "a picture with no red square"]
-    result = pipeline("zero-shot-image-classification", model=str(out))(Image.new("RGB", (32, 32), (220, 30, 30)),
-                                                                        candidate_labels=labels)
+    result = pipeline("zero-shot-image-classification", model=str(out))(
+        Image.new("RGB", (32, 32), (220, 30, 30)), candidate_labels=labels
+    )
     assert sorted(entry["label"] for entry in result) == sorted(labels)
     assert sum(entry["score"] for entry in result) == pytest.approx(1.0, abs=1e-4)
 
@@ -150,16 +168,22 @@ def test_gradient_checkpointing_gives_the_same_weights_and_bf16_trains(workspace
     plain, checkpointed, bf16 = (tmp_path / name for name in ("plain", "checkpointed", "bf16"))
     train.main(train_flags(model_dir, data, plain, max_steps=2, learning_rate=1e-2))
     trainers = capture_trainers(monkeypatch)
-    train.main(train_flags(model_dir, data, checkpointed, max_steps=2, learning_rate=1e-2, activation_checkpointing="true"))
+    train.main(
+        train_flags(model_dir, data, checkpointed, max_steps=2, learning_rate=1e-2, activation_checkpointing="true")
+    )
     assert trainers[0].model.text_model.encoder.gradient_checkpointing  # the option reached the text blocks
     for name, tensor in weights(plain).items():  # recomputing activations changes nothing but memory
         torch.testing.assert_close(weights(checkpointed)[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
     train.main(train_flags(model_dir, data, bf16, max_steps=2, learning_rate=1e-2, bf16="true", use_cpu="true"))
     trained, before = weights(bf16), weights(model_dir)
     assert all(torch.isfinite(tensor).all() for tensor in trained.values())
-    assert trained["text_model.encoder.layers.0.mlp.fc1.weight"].dtype == torch.float32  # autocast: parameters stay fp32
+    assert (
+        trained["text_model.encoder.layers.0.mlp.fc1.weight"].dtype == torch.float32
+    )  # autocast: parameters stay fp32
     changed = {name for name in trained if not torch.equal(trained[name], before[name])}
-    assert "text_model.encoder.layers.0.mlp.fc1.weight" in changed and not any(name.startswith("vision_model.") for name in changed)
+    assert "text_model.encoder.layers.0.mlp.fc1.weight" in changed and not any(
+        name.startswith("vision_model.") for name in changed
+    )
 
 
 # ---- learning ----------------------------------------------------------------------------------------
@@ -171,8 +195,19 @@ def test_training_lowers_the_loss_and_evaluates(tmp_path, processor, monkeypatch
     data = save_dataset(tmp_path / "data", rows, rows)  # evaluate on what it trains on: it must fit it
     trainers = capture_trainers(monkeypatch)
     out = tmp_path / "out"
-    train.main(train_flags(model_dir, data, out, max_steps=12, learning_rate=3e-3, per_device_train_batch_size=16,
-                           eval_strategy="steps", eval_steps=1000, eval_on_start="true"))
+    train.main(
+        train_flags(
+            model_dir,
+            data,
+            out,
+            max_steps=12,
+            learning_rate=3e-3,
+            per_device_train_batch_size=16,
+            eval_strategy="steps",
+            eval_steps=1000,
+            eval_on_start="true",
+        )
+    )
     history = trainers[0].state.log_history
     eval_losses = [entry["eval_loss"] for entry in history if "eval_loss" in entry]
     assert len(eval_losses) >= 2 and eval_losses[-1] < eval_losses[0] - 0.1
@@ -186,9 +221,21 @@ def test_training_lowers_the_loss_and_evaluates(tmp_path, processor, monkeypatch
 def _first_update(tmp_path, model_dir, data, monkeypatch, batch: int, accumulation: int):
     trainers = capture_trainers(monkeypatch)
     out = tmp_path / f"b{batch}-ga{accumulation}"
-    train.main(train_flags(model_dir, data, out, max_steps=1, per_device_train_batch_size=batch,
-                           gradient_accumulation_steps=accumulation, optim="sgd", learning_rate=0.5,
-                           max_grad_norm=0, weight_decay=0, train_sampling_strategy="sequential"))
+    train.main(
+        train_flags(
+            model_dir,
+            data,
+            out,
+            max_steps=1,
+            per_device_train_batch_size=batch,
+            gradient_accumulation_steps=accumulation,
+            optim="sgd",
+            learning_rate=0.5,
+            max_grad_norm=0,
+            weight_decay=0,
+            train_sampling_strategy="sequential",
+        )
+    )
     return trainers[-1]
 
 
@@ -198,8 +245,10 @@ def _expected_update(model_dir, trainer, chunks: list[range], lr: float) -> dict
     apply_trainable(model, TrainableConfig(front_blocks=2))
     model.train()
     dataset = trainer.train_dataset
-    loss = sum(model(**_without_row_ids(trainer.data_collator([dataset[i] for i in chunk])), return_loss=True).loss
-               for chunk in chunks) / len(chunks)
+    loss = sum(
+        model(**_without_row_ids(trainer.data_collator([dataset[i] for i in chunk])), return_loss=True).loss
+        for chunk in chunks
+    ) / len(chunks)
     loss.backward()
     return {name: -lr * param.grad for name, param in model.named_parameters() if param.grad is not None}
 
@@ -250,12 +299,24 @@ def test_accelerate_launch_of_a_config_file_trains_like_the_flags_in_process(wor
     flags = train_flags(model_dir, data, with_file)
     values = {key[2:]: value for key, value in zip(flags[::2], flags[1::2])}
     # Typed YAML values where the flags were strings: both must parse to the same settings.
-    values.update(max_steps=3, learning_rate=0.001, front_blocks=2, dataloader_pin_memory=False, seed=0,
-                  per_device_train_batch_size=8, report_to=["none"])
+    values.update(
+        max_steps=3,
+        learning_rate=0.001,
+        front_blocks=2,
+        dataloader_pin_memory=False,
+        seed=0,
+        per_device_train_batch_size=8,
+        report_to=["none"],
+    )
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump(values))
     launch = python_module("accelerate.commands.launch") + [
-        "--config_file", "configs/accelerate/single_gpu.yaml", "--cpu", "--num_processes", "1"]
+        "--config_file",
+        "configs/accelerate/single_gpu.yaml",
+        "--cpu",
+        "--num_processes",
+        "1",
+    ]
     result = run_command(launch + ["train.py", config])
     assert result.returncode == 0, result.stderr[-3000:]
 
@@ -271,7 +332,9 @@ def test_json_config_with_overriding_flag(workspace, tmp_path):
     flags = train_flags(model_dir, data, tmp_path / "out")
     config = tmp_path / "run.json"
     config.write_text(json.dumps({key[2:]: value for key, value in zip(flags[::2], flags[1::2])}))
-    model_args, data_args, settings = train.parse_args([str(config), "--max_steps", "5", "--train_logit_scale", "false"])
+    model_args, data_args, settings = train.parse_args(
+        [str(config), "--max_steps", "5", "--train_logit_scale", "false"]
+    )
     assert settings.max_steps == 5 and settings.learning_rate == 1e-3
     assert settings.front_blocks == 2 and settings.train_logit_scale is False
     assert model_args.model_name_or_path == str(model_dir) and data_args.dataset_name == str(data)
@@ -312,28 +375,40 @@ def test_absence_affirmed_column_is_the_choice_terms_third_option(tmp_path, proc
     data = tmp_path / "data"
     datasets.Dataset.from_list(rows).cast_column("image", datasets.Image()).save_to_disk(str(data))
     trainers = capture_trainers(monkeypatch)
-    flags = train_flags(model_dir, data, tmp_path / "out", max_steps=1, lambda_choice=1.0, absence_affirmed_column="absence_affirmed")
+    flags = train_flags(
+        model_dir, data, tmp_path / "out", max_steps=1, lambda_choice=1.0, absence_affirmed_column="absence_affirmed"
+    )
     train.main(flags)
     batch = next(iter(trainers[0].get_train_dataloader()))
     assert batch["absence_affirmed_mask"].sum() == 6 and batch["absence_affirmed_input_ids"].shape[0] == 8
     model = trainers[0].model
     with torch.no_grad():
         with_twin = model(**{k: v for k, v in batch.items() if k != "row_ids"}).loss_choice
-        without = model(**{k: v for k, v in batch.items() if k != "row_ids" and not k.startswith("absence_affirmed")}).loss_choice
+        without = model(
+            **{k: v for k, v in batch.items() if k != "row_ids" and not k.startswith("absence_affirmed")}
+        ).loss_choice
     assert with_twin > without  # more wrong options can only raise each row's choice loss
     # With the choice term off nothing reads the twins, so the collator leaves them out (the model
     # encodes what it is given).
     model.loss_config.lambda_choice = 0.0
     collator = trainers[0].data_collator
     off_batch = OmniNegCollator(collator.rows, caption_sets=model.loss_config.caption_sets_read())(
-        [{"row_id": row, "packed_row": row} for row in range(8)])
+        [{"row_id": row, "packed_row": row} for row in range(8)]
+    )
     assert not any(key.startswith("absence_affirmed") for key in off_batch) and "absence_mask" in off_batch
     with torch.no_grad():
         off = model(**{k: v for k, v in off_batch.items() if k != "row_ids"})
     assert off.absence_affirmed_embeds is None and off.loss_choice == 0
     # Named by its flag when the data lacks it.
-    message = _error_of(train_flags(model_dir, save_dataset(tmp_path / "plain", color_rows(4)), tmp_path / "out2",
-                                    absence_affirmed_column="absence_affirmed"), capsys)
+    message = _error_of(
+        train_flags(
+            model_dir,
+            save_dataset(tmp_path / "plain", color_rows(4)),
+            tmp_path / "out2",
+            absence_affirmed_column="absence_affirmed",
+        ),
+        capsys,
+    )
     assert "'absence_affirmed'" in message and "--absence_affirmed_column" in message
 
 
@@ -342,7 +417,9 @@ def test_absence_affirmed_column_is_the_choice_terms_third_option(tmp_path, proc
 
 def test_cli_missing_column(workspace, tmp_path):
     _, model_dir, data = workspace
-    result = run_command([sys.executable, "train.py", *train_flags(model_dir, data, tmp_path / "a"), "--caption_column", "text"])
+    result = run_command(
+        [sys.executable, "train.py", *train_flags(model_dir, data, tmp_path / "a"), "--caption_column", "text"]
+    )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     error = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
@@ -382,8 +459,12 @@ def test_bad_input_is_named(workspace, tmp_path, capsys, caplog):
     bad_negation = _dataset_with(tmp_path, "bad", absence_negated=[None, None, ["a list"], ["another"]])
     with caplog.at_level("WARNING", logger="omninegclip.train"):
         run_cli(train.main, train_flags(model_dir, bad_negation, tmp_path / "out_bad"))
-    assert ("kept 2 of 4 rows" in caplog.text and "skipped 2 (absence_negated_not_text: 2 [row 2, column 'absence_negated': list ['a list']; "
-            "row 3, column 'absence_negated': list ['another']])" in caplog.text), caplog.text
+    assert (
+        "kept 2 of 4 rows" in caplog.text
+        and "skipped 2 (absence_negated_not_text: 2 [row 2, column 'absence_negated': list ['a list']; "
+        "row 3, column 'absence_negated': list ['another']])"
+        in caplog.text
+    ), caplog.text
 
     empty = _dataset_with(tmp_path, "empty", image=[], caption=[], presence_negated=[], absence_negated=[])
     message = _error_of(train_flags(model_dir, empty, out), capsys)

@@ -31,7 +31,9 @@ REPO = Path(__file__).resolve().parent.parent
 COLORS = {"red": (220, 30, 30), "green": (30, 200, 60), "blue": (40, 60, 220), "yellow": (230, 220, 40)}
 
 
-def save_tiny_clip(path: Path, processor, text_layers: int = 5, logit_scale: float | None = None, seed: int = 0) -> Path:
+def save_tiny_clip(
+    path: Path, processor, text_layers: int = 5, logit_scale: float | None = None, seed: int = 0
+) -> Path:
     """A Hub-style CLIP folder (weights + processor); `logit_scale` overrides the initial value."""
     torch.manual_seed(seed)
     model = CLIPModel(tiny_clip_config(text_layers))
@@ -56,21 +58,27 @@ def color_rows(n: int, presence: bool | int = 2, absence: bool | int = 3, offset
         color, other = names[i % 4], names[(i + 1 + i // 4) % 4]
         if other == color:
             other = names[(i + 2) % 4]
-        rows.append(dict(
-            image=Image.new("RGB", (32, 32), COLORS[color]),
-            caption=f"a {color} square",
-            presence_negated=f"a picture with no {color} square" if has(presence, i) else None,
-            absence_negated=f"a {color} square with no {other} circle" if has(absence, i) else None,
-        ))
+        rows.append(
+            dict(
+                image=Image.new("RGB", (32, 32), COLORS[color]),
+                caption=f"a {color} square",
+                presence_negated=f"a picture with no {color} square" if has(presence, i) else None,
+                absence_negated=f"a {color} square with no {other} circle" if has(absence, i) else None,
+            )
+        )
     return rows
 
 
 def save_dataset(path: Path, train_rows: list[dict], validation_rows: list[dict] | None = None) -> Path:
     """A `save_to_disk` DatasetDict with an Image column."""
-    features = datasets.Features({
-        "image": datasets.Image(), "caption": datasets.Value("string"),
-        "presence_negated": datasets.Value("string"), "absence_negated": datasets.Value("string"),
-    })
+    features = datasets.Features(
+        {
+            "image": datasets.Image(),
+            "caption": datasets.Value("string"),
+            "presence_negated": datasets.Value("string"),
+            "absence_negated": datasets.Value("string"),
+        }
+    )
     splits = {"train": datasets.Dataset.from_list(train_rows, features=features)}
     if validation_rows:
         splits["validation"] = datasets.Dataset.from_list(validation_rows, features=features)
@@ -81,9 +89,20 @@ def save_dataset(path: Path, train_rows: list[dict], validation_rows: list[dict]
 def train_flags(model: Path, data: Path, out: Path, **overrides) -> list[str]:
     """train.py flags for a run of a few seconds; `overrides` replace or add flags (None drops one)."""
     values = dict(
-        model_name_or_path=model, dataset_name=data, output_dir=out, per_device_train_batch_size=8,
-        max_steps=3, learning_rate=1e-3, report_to="none", save_strategy="no", eval_strategy="no",
-        seed=0, front_blocks=2, logging_steps=1, dataloader_pin_memory=False, disable_tqdm=True,
+        model_name_or_path=model,
+        dataset_name=data,
+        output_dir=out,
+        per_device_train_batch_size=8,
+        max_steps=3,
+        learning_rate=1e-3,
+        report_to="none",
+        save_strategy="no",
+        eval_strategy="no",
+        seed=0,
+        front_blocks=2,
+        logging_steps=1,
+        dataloader_pin_memory=False,
+        disable_tqdm=True,
         image_embedding_cache_dir=out.parent / f"{out.name}-embedding-cache",
     )
     values.update(overrides)
@@ -102,15 +121,28 @@ def subprocess_env(**extra) -> dict[str, str]:
     # The repository first; then whatever PYTHONPATH already held (bench/gpu_check.sh puts the
     # libraries it installed there).
     path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               OMP_NUM_THREADS="1", PYTHONPATH=path, **extra)
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=path,
+        **extra,
+    )
     env.pop("OMNINEGCLIP_DEBUG", None)
     return env
 
 
 def run_command(args: list[str], timeout: float | None = None, **env) -> subprocess.CompletedProcess:
-    return subprocess.run([str(arg) for arg in args], cwd=REPO, env=subprocess_env(**env), capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [str(arg) for arg in args],
+        cwd=REPO,
+        env=subprocess_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def python_module(name: str) -> list[str]:
@@ -154,8 +186,19 @@ def single_thread():
 
 def png_bytes(mode: str = "RGB", size: int = 8, color=None) -> bytes:
     buffer = io.BytesIO()
-    fill = color if color is not None else {"L": 128, "LA": (128, 255), "P": 3, "I;16": 40000, "1": 1,
-                                            "RGBA": (200, 30, 30, 128), "CMYK": (0, 200, 200, 0)}.get(mode, (200, 30, 30))
+    fill = (
+        color
+        if color is not None
+        else {
+            "L": 128,
+            "LA": (128, 255),
+            "P": 3,
+            "I;16": 40000,
+            "1": 1,
+            "RGBA": (200, 30, 30, 128),
+            "CMYK": (0, 200, 200, 0),
+        }.get(mode, (200, 30, 30))
+    )
     Image.new(mode, (size, size), fill).save(buffer, format="TIFF" if mode == "CMYK" else "PNG")
     return buffer.getvalue()
 
@@ -168,7 +211,12 @@ def huge_png_bytes(side: int) -> bytes:
     """A PNG whose header claims side x side pixels, in a few bytes: PIL's decompression-bomb guard
     refuses it on opening when over twice Image.MAX_IMAGE_PIXELS (side 20000), warns above once (10000)."""
     header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)  # 8-bit grayscale
-    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", zlib.compress(b"\0" * 16)) + _png_chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", zlib.compress(b"\0" * 16))
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 BAD_IMAGES = {  # name -> bytes, and the skip reason each must be counted under

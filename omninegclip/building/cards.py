@@ -56,12 +56,20 @@ def hub_dataset_card(text: str) -> DatasetCard:
     `DatasetDict.push_to_hub` writes (`data/{split}-*`), so that `load_dataset(repo_id)` reads every split."""
     card = DatasetCard(text)
     splits = [split["name"] for split in (card.data.dataset_info or {}).get("splits", [])]
-    card.data["configs"] = [{"config_name": "default", "data_files": [{"split": split, "path": f"data/{split}-*"} for split in splits]}]
+    card.data["configs"] = [
+        {"config_name": "default", "data_files": [{"split": split, "path": f"data/{split}-*"} for split in splits]}
+    ]
     return card
 
 
 def _size_category(num_rows: int) -> str:
-    bounds = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M")]
+    bounds = [
+        (1_000, "n<1K"),
+        (10_000, "1K<n<10K"),
+        (100_000, "10K<n<100K"),
+        (1_000_000, "100K<n<1M"),
+        (10_000_000, "1M<n<10M"),
+    ]
     return next((label for bound, label in bounds if num_rows < bound), "10M<n<100M")
 
 
@@ -74,7 +82,9 @@ def _counts_table(counts: dict, heading: str) -> list[str]:
     if not counts:
         return ["None.", ""]
     lines = [f"| {heading} | count |", "|---|---:|"]
-    lines += [f"| {_cell(key)} | {value} |" for key, value in sorted(counts.items(), key=lambda item: (-item[1], item[0]))]
+    lines += [
+        f"| {_cell(key)} | {value} |" for key, value in sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    ]
     return lines + [""]
 
 
@@ -111,15 +121,29 @@ def render_dataset_card(
         raise ValueError("license 'other' needs a license_name (the Hub shows it instead of a license)")
     source = summary.get("source", "unknown")
     pretty_name = pretty_name or f"Omni-NegCLIP negation captions ({source})"
-    metadata, rows_out = _card_metadata(summary, features, pretty_name, license, license_name, license_link, num_bytes, data_files)
-    lines = ["---", metadata.to_yaml(), "---", "", f"# {pretty_name}", "", *_INTRO,
-             "## Source", "", source_description or f"Source: `{source}`.", ""]
+    metadata, rows_out = _card_metadata(
+        summary, features, pretty_name, license, license_name, license_link, num_bytes, data_files
+    )
+    lines = [
+        "---",
+        metadata.to_yaml(),
+        "---",
+        "",
+        f"# {pretty_name}",
+        "",
+        *_INTRO,
+        "## Source",
+        "",
+        source_description or f"Source: `{source}`.",
+        "",
+    ]
     lines += _columns_lines(features) + _build_lines(summary, build_description) + _counts_lines(summary, rows_out)
     lines += _examples_lines(summary) + _provenance_lines(summary)
     lines += [
         "## License",
         "",
-        f"`{license_name or license}`. " + (license_note or "The images and original captions keep the terms of their source."),
+        f"`{license_name or license}`. "
+        + (license_note or "The images and original captions keep the terms of their source."),
         "",
         "## Citation",
         "",
@@ -135,17 +159,25 @@ _INTRO = [
     "([Omni-NegCLIP](https://arxiv.org/abs/2603.29258)). Each row may carry two negations:",
     "",
     "- **presence negation** (`presence_negated`): an object that *is* in the image is negated, so the "
-    "caption becomes false (\"a dog on a couch\" → \"there is no dog on the couch\");",
+    'caption becomes false ("a dog on a couch" → "there is no dog on the couch");',
     "- **absence negation** (`absence_negated`): a plausible object that is *not* in the image is added under a "
-    "negation, so the caption stays true (\"a dog on a couch, with no cats around\").",
+    'negation, so the caption stays true ("a dog on a couch, with no cats around").',
     "",
     "A row may have only one of them; the other is empty.",
     "",
 ]
 
 
-def _card_metadata(summary: dict, features, pretty_name: str, license: str, license_name: str | None, license_link: str | None,
-                   num_bytes: dict[str, int] | None, data_files: dict[str, str] | None) -> tuple[DatasetCardData, dict]:
+def _card_metadata(
+    summary: dict,
+    features,
+    pretty_name: str,
+    license: str,
+    license_name: str | None,
+    license_link: str | None,
+    num_bytes: dict[str, int] | None,
+    data_files: dict[str, str] | None,
+) -> tuple[DatasetCardData, dict]:
     """The card's YAML metadata, and the splits it shows (those of `data_files` where given)."""
     source = summary.get("source", "unknown")
     rows_out: dict = summary.get("rows_out", {})
@@ -160,8 +192,12 @@ def _card_metadata(summary: dict, features, pretty_name: str, license: str, lice
         size_categories=[_size_category(sum(rows_out.values()))],
     )
     if data_files:  # then only the splits it lists (load_dataset expects every split that dataset_info names)
-        metadata["configs"] = [{"config_name": "default",
-                                "data_files": [{"split": split, "path": path} for split, path in data_files.items()]}]
+        metadata["configs"] = [
+            {
+                "config_name": "default",
+                "data_files": [{"split": split, "path": path} for split, path in data_files.items()],
+            }
+        ]
         rows_out = {split: count for split, count in rows_out.items() if split in data_files}
     _dataset_info(features, rows_out, num_bytes or {}).to_dataset_card_data(metadata)
     return metadata, rows_out
@@ -169,15 +205,23 @@ def _card_metadata(summary: dict, features, pretty_name: str, license: str, lice
 
 def _columns_lines(features) -> list[str]:
     columns = list(getattr(features, "keys", lambda: [])())
-    return (["## Columns", "", "| column | meaning |", "|---|---|"]
-            + [f"| `{name}` | {_DATASET_COLUMNS.get(name, '(source-specific)')} |" for name in columns])
+    return ["## Columns", "", "| column | meaning |", "|---|---|"] + [
+        f"| `{name}` | {_DATASET_COLUMNS.get(name, '(source-specific)')} |" for name in columns
+    ]
 
 
 def _build_lines(summary: dict, build_description: str) -> list[str]:
     lines = ["", "## How it was built", ""]
     arguments = summary.get("arguments")
     if arguments:
-        lines += ["Built with `python data_builder.py` and these settings:", "", "```json", json.dumps(arguments, indent=2, sort_keys=True), "```", ""]
+        lines += [
+            "Built with `python data_builder.py` and these settings:",
+            "",
+            "```json",
+            json.dumps(arguments, indent=2, sort_keys=True),
+            "```",
+            "",
+        ]
     return lines + [
         build_description or "See the source above.",
         "",
@@ -211,9 +255,13 @@ def _counts_lines(summary: dict, rows_out: dict) -> list[str]:
         lines += [""]
     long = summary.get("over_context_length")
     if long:
-        lines += [f"### Longer than CLIP's {long['limit']} tokens", "",
-                  "CLIP's text encoder reads only the start of these texts. A negation it would not see was not written "
-                  "(counted as `negation_beyond_context`).", ""] + _counts_table(long["texts"], "column")
+        lines += [
+            f"### Longer than CLIP's {long['limit']} tokens",
+            "",
+            "CLIP's text encoder reads only the start of these texts. A negation it would not see was not written "
+            "(counted as `negation_beyond_context`).",
+            "",
+        ] + _counts_table(long["texts"], "column")
     return lines
 
 
@@ -221,15 +269,27 @@ def _examples_lines(summary: dict) -> list[str]:
     examples = summary.get("examples") or []
     if not examples:
         return []
-    return (["## Examples", "", "| caption | presence_negated | absence_negated |", "|---|---|---|"]
-            + [f"| {_cell(row.get('caption'))} | {_cell(row.get('presence_negated'))} | {_cell(row.get('absence_negated'))} |"
-               for row in examples] + [""])
+    return (
+        ["## Examples", "", "| caption | presence_negated | absence_negated |", "|---|---|---|"]
+        + [
+            f"| {_cell(row.get('caption'))} | {_cell(row.get('presence_negated'))} | {_cell(row.get('absence_negated'))} |"
+            for row in examples
+        ]
+        + [""]
+    )
 
 
 def _provenance_lines(summary: dict) -> list[str]:
     made_by = summary.get("provenance")
     if not made_by:
         return []
-    versions = ", ".join(f"{name} {version}" for name, version in sorted((made_by.get("libraries") or {}).items()) if version)
-    return ["## Provenance", "", f"Seed {made_by.get('seed')}; git commit `{made_by.get('git_commit') or 'unknown'}`; "
-            f"Python {made_by.get('python')}; {versions}.", ""]
+    versions = ", ".join(
+        f"{name} {version}" for name, version in sorted((made_by.get("libraries") or {}).items()) if version
+    )
+    return [
+        "## Provenance",
+        "",
+        f"Seed {made_by.get('seed')}; git commit `{made_by.get('git_commit') or 'unknown'}`; "
+        f"Python {made_by.get('python')}; {versions}.",
+        "",
+    ]

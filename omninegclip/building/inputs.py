@@ -32,9 +32,15 @@ def build_options(args: argparse.Namespace) -> BuildOptions | None:
         _check_shapes_arguments(args)
         return None
     options = BuildOptions(
-        seed=args.seed, validation_fraction=args.validation_fraction, test_fraction=args.test_fraction,
-        max_rows=args.max_rows, absent_top_k=args.absent_top_k, max_image_pixels=args.max_image_pixels, progress=not args.no_progress,
-        num_proc=args.num_proc, statement_rate=args.statement_rate,
+        seed=args.seed,
+        validation_fraction=args.validation_fraction,
+        test_fraction=args.test_fraction,
+        max_rows=args.max_rows,
+        absent_top_k=args.absent_top_k,
+        max_image_pixels=args.max_image_pixels,
+        progress=not args.no_progress,
+        num_proc=args.num_proc,
+        statement_rate=args.statement_rate,
         generate_presence=args.source in ("coco", "captions") or getattr(args, "synthesize_presence", False),
         generate_absence=args.source in ("coco", "captions") or getattr(args, "synthesize_absence", False),
     )
@@ -75,12 +81,23 @@ def read_source(args: argparse.Namespace, scratch: Path) -> Source:
     if args.source == "coco":
         return read_coco(args.captions, args.instances, args.images, args.captions_per_image, num_proc=args.num_proc)
     if args.source == "captions":
-        downloads = ImageDownloads(Path(args.image_cache) if args.image_cache else scratch / "images",
-                                   timeout=args.download_timeout, max_bytes=args.max_image_bytes)
+        downloads = ImageDownloads(
+            Path(args.image_cache) if args.image_cache else scratch / "images",
+            timeout=args.download_timeout,
+            max_bytes=args.max_image_bytes,
+        )
         return read_captions_dataset(
-            args.dataset, loader=args.loader, split=args.split, image_column=args.image_column, caption_column=args.caption_column,
-            image_id_column=args.image_id_column, images_dir=args.images_dir, captions_per_image=args.captions_per_image,
-            cache_dir=str(scratch / "hf_cache"), progress=progress, downloads=downloads,
+            args.dataset,
+            loader=args.loader,
+            split=args.split,
+            image_column=args.image_column,
+            caption_column=args.caption_column,
+            image_id_column=args.image_id_column,
+            images_dir=args.images_dir,
+            captions_per_image=args.captions_per_image,
+            cache_dir=str(scratch / "hf_cache"),
+            progress=progress,
+            downloads=downloads,
         )
     if args.source == "ccneg":
         return read_ccneg(args.annotations, args.images, eval_size=args.eval_size)
@@ -93,10 +110,18 @@ def build_shapes(args: argparse.Namespace) -> tuple[datasets.DatasetDict, dict]:
     try:
         from omninegclip.building.shapes import build_world
     except ImportError as error:
-        raise UserError(f"the shapes world needs omninegclip.building.shapes.build_world, which cannot be imported ({error})") from None
-    world = build_world(num_train=args.num_train, num_validation=args.num_validation, num_test=args.num_test,
-                        seed=args.seed, image_size=args.image_size, progress=not args.no_progress,
-                        statement_rate=args.statement_rate)
+        raise UserError(
+            f"the shapes world needs omninegclip.building.shapes.build_world, which cannot be imported ({error})"
+        ) from None
+    world = build_world(
+        num_train=args.num_train,
+        num_validation=args.num_validation,
+        num_test=args.num_test,
+        seed=args.seed,
+        image_size=args.image_size,
+        progress=not args.no_progress,
+        statement_rate=args.statement_rate,
+    )
     return world, {"source": "shapes", "inputs": [], "rows_in": sum(len(part) for part in world.values()), "skips": {}}
 
 
@@ -106,24 +131,34 @@ def _check_causal_lm_folder(path: Path) -> None:
 
     config = path / "config.json"
     if not config.is_file():
-        raise UserError(f"--rewriter_model {str(path)!r}: holds no config.json (expected a text-generation model folder)")
+        raise UserError(
+            f"--rewriter_model {str(path)!r}: holds no config.json (expected a text-generation model folder)"
+        )
     try:
         model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
         raise UserError(f"--rewriter_model {str(path)!r}: {config.name} is not a JSON object") from None
     if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-        raise UserError(f"--rewriter_model {str(path)!r}: its config.json has model_type {model_type!r}, which is not a "
-                        "text-generation (causal language) model")
+        raise UserError(
+            f"--rewriter_model {str(path)!r}: its config.json has model_type {model_type!r}, which is not a "
+            "text-generation (causal language) model"
+        )
 
 
 def load_rewriter(model_id: str) -> LLMRewriter:
     path = Path(model_id).expanduser()
     if not path.exists() and (model_id.startswith((".", "/", "~")) or model_id.count("/") > 1):
-        raise UserError(f"--rewriter_model {model_id!r}: no such folder (expected a text-generation model folder or a Hub id)")
+        raise UserError(
+            f"--rewriter_model {model_id!r}: no such folder (expected a text-generation model folder or a Hub id)"
+        )
     if path.is_dir():
         _check_causal_lm_folder(path)
     try:
         return LLMRewriter.from_pretrained(model_id)
-    except Exception as error:  # transformers' many ways to fail: no such folder or repo, not a text-generation model, offline
+    except (
+        Exception
+    ) as error:  # transformers' many ways to fail: no such folder or repo, not a text-generation model, offline
         detail = " ".join(str(error).split()) or type(error).__name__
-        raise UserError(f"--rewriter_model {model_id!r}: could not load a text-generation model ({detail[:300]})") from None
+        raise UserError(
+            f"--rewriter_model {model_id!r}: could not load a text-generation model ({detail[:300]})"
+        ) from None

@@ -15,7 +15,14 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from omninegclip.building.rewrite import LLMRewriter, Rewrite, absence_negate, absence_problem, presence_negate, presence_problem
+from omninegclip.building.rewrite import (
+    LLMRewriter,
+    Rewrite,
+    absence_negate,
+    absence_problem,
+    presence_negate,
+    presence_problem,
+)
 from omninegclip.building.sources import SPLITS, TRAIN_OR_VALIDATION, Source, SourceItem
 from omninegclip.building.storage import DEFAULT_MAX_IMAGE_PIXELS
 from omninegclip.building.vocabulary import CooccurrenceStats, detect_objects, find_mentions
@@ -47,7 +54,9 @@ class BuildOptions:
             if not 0.0 <= value < 1.0:
                 raise UserError(f"--{name} {value} must be in [0, 1)")
         if self.validation_fraction + self.test_fraction >= 1.0:
-            raise UserError(f"--validation_fraction + --test_fraction = {self.validation_fraction + self.test_fraction} must leave rows for train (< 1)")
+            raise UserError(
+                f"--validation_fraction + --test_fraction = {self.validation_fraction + self.test_fraction} must leave rows for train (< 1)"
+            )
         check_statement_rate(self.statement_rate)
         if self.max_rows is not None and self.max_rows < 1:
             raise UserError(f"--max_rows {self.max_rows} must be at least 1")
@@ -63,7 +72,9 @@ class BuildOptions:
 
 def check_statement_rate(rate: float) -> None:
     if not 0.0 <= rate <= 1.0:
-        raise UserError(f"--statement_rate {rate} must be in [0, 1] (the share of rows with both negations written as statements)")
+        raise UserError(
+            f"--statement_rate {rate} must be in [0, 1] (the share of rows with both negations written as statements)"
+        )
 
 
 @functools.lru_cache(maxsize=1)
@@ -100,10 +111,16 @@ class TokenWindow:
 
     def too_long(self, texts: list[str]) -> int:
         """How many of `texts` have more tokens than the encoder reads."""
-        long = [text for text in texts if isinstance(text, str) and len(text.encode("utf-8", "surrogatepass")) > self.content_tokens]
+        long = [
+            text
+            for text in texts
+            if isinstance(text, str) and len(text.encode("utf-8", "surrogatepass")) > self.content_tokens
+        ]
         if self.tokenizer is None or not long:
             return 0
-        return sum(len(ids) > self.content_tokens for ids in self.tokenizer(long, add_special_tokens=False)["input_ids"])
+        return sum(
+            len(ids) > self.content_tokens for ids in self.tokenizer(long, add_special_tokens=False)["input_ids"]
+        )
 
     def negation_visible(self, caption: str, text: str, obj: str) -> bool:
         """Does the encoder still see the negation: the object under a negation cue, and a change from the caption?"""
@@ -133,14 +150,23 @@ def _choose_negated(item: SourceItem, rng: random.Random, window: TokenWindow) -
     """The present object to negate: one the caption names if any (within what the text encoder
     reads of a very long caption, if it names one there), else the most visible."""
     present = sorted(set(item.present_objects))
-    named = sorted(set(present) & set(detect_objects(window.visible(item.caption)))) or sorted(set(present) & set(detect_objects(item.caption)))
+    named = sorted(set(present) & set(detect_objects(window.visible(item.caption)))) or sorted(
+        set(present) & set(detect_objects(item.caption))
+    )
     if named:
         return rng.choice(named)
     return min(present, key=lambda obj: (-item.salience.get(obj, 0.0), obj)) if present else None
 
 
-def _rewrite(kind: str, item: SourceItem, obj: str, rng: random.Random, options: BuildOptions, report,
-             keep: Callable[[str], bool]) -> tuple[Rewrite | None, str]:
+def _rewrite(
+    kind: str,
+    item: SourceItem,
+    obj: str,
+    rng: random.Random,
+    options: BuildOptions,
+    report,
+    keep: Callable[[str], bool],
+) -> tuple[Rewrite | None, str]:
     """(a negation whose text `keep` accepts, or None with the reason)."""
     if options.rewriter is not None:
         ask = options.rewriter.presence if kind == "presence" else options.rewriter.absence
@@ -160,7 +186,9 @@ def _rewrite(kind: str, item: SourceItem, obj: str, rng: random.Random, options:
     return rewrite, ""
 
 
-def _choose_absent(item: SourceItem, source: Source, stats: CooccurrenceStats, options: BuildOptions, rng: random.Random) -> tuple[str | None, str]:
+def _choose_absent(
+    item: SourceItem, source: Source, stats: CooccurrenceStats, options: BuildOptions, rng: random.Random
+) -> tuple[str | None, str]:
     """(a plausible object that is not in the image, or None with the reason)."""
     present = sorted(set(item.present_objects))
     if not present and not source.exhaustive_objects:
@@ -170,8 +198,16 @@ def _choose_absent(item: SourceItem, source: Source, stats: CooccurrenceStats, o
     return absent, "no_plausible_absent_object"
 
 
-def negation(kind: str, item: SourceItem, source: Source, stats: CooccurrenceStats, options: BuildOptions, report,
-            rng: random.Random, window: TokenWindow) -> tuple[Rewrite, str] | None:
+def negation(
+    kind: str,
+    item: SourceItem,
+    source: Source,
+    stats: CooccurrenceStats,
+    options: BuildOptions,
+    report,
+    rng: random.Random,
+    window: TokenWindow,
+) -> tuple[Rewrite, str] | None:
     """One negation of a row, (rewrite, object), checked by the quality gate and by what the text
     encoder reads of it; None (counted) when there is none."""
     given, skip = (item.presence, item.presence_skip) if kind == "presence" else (item.absence, item.absence_skip)
@@ -189,11 +225,21 @@ def negation(kind: str, item: SourceItem, source: Source, stats: CooccurrenceSta
         else:
             obj, reason = _choose_absent(item, source, stats, options, rng)
         if obj:
-            rewrite, reason = _rewrite(kind, item, obj, rng, options, report, keep=lambda text: window.negation_visible(item.caption, text, obj))
+            rewrite, reason = _rewrite(
+                kind,
+                item,
+                obj,
+                rng,
+                options,
+                report,
+                keep=lambda text: window.negation_visible(item.caption, text, obj),
+            )
         if not obj or rewrite is None:
             report.skips.skip(f"{kind}:{reason}")
             return None
-    problem = (presence_problem if kind == "presence" else absence_problem)(item.caption, rewrite.text, obj, item.present_objects)
+    problem = (presence_problem if kind == "presence" else absence_problem)(
+        item.caption, rewrite.text, obj, item.present_objects
+    )
     if problem:
         report.skips.skip(f"{kind}:quality_gate:{problem}")
         return None

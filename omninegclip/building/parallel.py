@@ -35,8 +35,15 @@ def default_num_proc() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def fork_map(function: Callable[[int], object], count: int, num_proc: int | None = None, min_per_worker: int = 1, desc: str = "",
-             progress: bool = False, unit: str = "it") -> list:
+def fork_map(
+    function: Callable[[int], object],
+    count: int,
+    num_proc: int | None = None,
+    min_per_worker: int = 1,
+    desc: str = "",
+    progress: bool = False,
+    unit: str = "it",
+) -> list:
     """`[function(i) for i in range(count)]`, in up to `num_proc` forked worker processes, in order
     (see the module); fewer than `min_per_worker` calls per worker, or no fork here: in this process."""
     global _FORKED
@@ -52,7 +59,9 @@ def fork_map(function: Callable[[int], object], count: int, num_proc: int | None
         # A tokenizer used before the fork would warn in every worker; its own threads are not needed there.
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         try:
-            with multiprocessing.get_context("fork").Pool(workers, initializer=_leave_interrupts_to_the_parent) as pool:
+            with multiprocessing.get_context("fork").Pool(
+                workers, initializer=_leave_interrupts_to_the_parent
+            ) as pool:
                 for result in pool.imap(_call_forked, range(count), chunksize=max(1, min(64, count // (workers * 8)))):
                     results.append(result)
                     bar.update()

@@ -16,11 +16,20 @@ from omninegclip.common.cli import UserError
 GATE_BATCH = 1000  # rows checked per task of a worker
 
 
-def _gate_split(dataset: datasets.Dataset, columns: tuple, checks: tuple, progress: bool, desc: str, num_proc: int | None = 1) -> dict:
+def _gate_split(
+    dataset: datasets.Dataset, columns: tuple, checks: tuple, progress: bool, desc: str, num_proc: int | None = 1
+) -> dict:
     table = dataset.select_columns(list(columns))
     counts = {kind: {"passed": 0, "missing": 0, "failed": Counter()} for kind, *_ in checks}
-    for part in fork_map(lambda index: _gate_batch(table[index * GATE_BATCH : (index + 1) * GATE_BATCH], checks), -(-len(dataset) // GATE_BATCH),
-                         num_proc, 2, desc, progress, "batch"):
+    for part in fork_map(
+        lambda index: _gate_batch(table[index * GATE_BATCH : (index + 1) * GATE_BATCH], checks),
+        -(-len(dataset) // GATE_BATCH),
+        num_proc,
+        2,
+        desc,
+        progress,
+        "batch",
+    ):
         for kind, *_ in checks:
             counts[kind]["passed"] += part[kind]["passed"]
             counts[kind]["missing"] += part[kind]["missing"]
@@ -44,8 +53,9 @@ def _gate_batch(batch: dict, checks: tuple) -> dict:
     return counts
 
 
-def quality_gate(dataset_dict: datasets.DatasetDict, columns: tuple, checks: tuple, progress: bool = False,
-                 num_proc: int | None = 1) -> dict:
+def quality_gate(
+    dataset_dict: datasets.DatasetDict, columns: tuple, checks: tuple, progress: bool = False, num_proc: int | None = 1
+) -> dict:
     """Check every negation of a DatasetDict with the contract columns; counts per split and in total.
 
     presence_negated must name `negated_object`, which must be in `present_objects`; absence_negated must
@@ -58,7 +68,9 @@ def quality_gate(dataset_dict: datasets.DatasetDict, columns: tuple, checks: tup
     for split, dataset in dataset_dict.items():
         missing_columns = [column for column in columns if column not in dataset.column_names]
         if missing_columns:
-            raise UserError(f"split {split!r} lacks the contract columns {missing_columns}; it has {dataset.column_names}")
+            raise UserError(
+                f"split {split!r} lacks the contract columns {missing_columns}; it has {dataset.column_names}"
+            )
         per_split[split] = _gate_split(dataset, columns, checks, progress, f"quality gate {split}", num_proc)
     total = {"rows": sum(counts["rows"] for counts in per_split.values())}
     for kind, *_ in checks:

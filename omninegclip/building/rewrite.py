@@ -45,24 +45,148 @@ from typing import NamedTuple
 
 from omninegclip.building.vocabulary import canonical_category, find_mentions, has_negation_cue, mentions, noun_forms
 
-PRESENCE_TEMPLATES = ("no_object", "there_is_no", "with_to_without", "not_verb", "suffix_with_no", "suffix_but_there_is_no", "suffix_without_any")
+PRESENCE_TEMPLATES = (
+    "no_object",
+    "there_is_no",
+    "with_to_without",
+    "not_verb",
+    "suffix_with_no",
+    "suffix_but_there_is_no",
+    "suffix_without_any",
+)
 ABSENCE_TEMPLATES = ("with_no", "with_no_around", "without_a", "not_apposition", "no_just", "and_there_is_no")
 
-_DETERMINERS = frozenset({
-    "a", "an", "the", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "some", "several",
-    "many", "few", "his", "her", "their", "its", "my", "our", "your", "this", "that", "these", "those", "another",
-    "each", "every", "multiple", "numerous", "various", "any", "both",
-})
-_COLLECTIVES = frozenset({"group", "couple", "pair", "herd", "flock", "bunch", "lot", "lots", "number", "pack", "team", "crowd", "family", "line", "row", "pile", "stack", "set"})
-_PREPOSITIONS = frozenset({
-    "on", "in", "at", "of", "with", "by", "near", "under", "over", "behind", "beside", "next", "to", "from", "into", "onto",
-    "for", "across", "through", "along", "around", "inside", "outside", "above", "below", "between", "against", "toward",
-    "towards", "up", "down", "off", "out", "past", "as", "like", "than",
-})
+_DETERMINERS = frozenset(
+    {
+        "a",
+        "an",
+        "the",
+        "one",
+        "two",
+        "three",
+        "four",
+        "five",
+        "six",
+        "seven",
+        "eight",
+        "nine",
+        "ten",
+        "some",
+        "several",
+        "many",
+        "few",
+        "his",
+        "her",
+        "their",
+        "its",
+        "my",
+        "our",
+        "your",
+        "this",
+        "that",
+        "these",
+        "those",
+        "another",
+        "each",
+        "every",
+        "multiple",
+        "numerous",
+        "various",
+        "any",
+        "both",
+    }
+)
+_COLLECTIVES = frozenset(
+    {
+        "group",
+        "couple",
+        "pair",
+        "herd",
+        "flock",
+        "bunch",
+        "lot",
+        "lots",
+        "number",
+        "pack",
+        "team",
+        "crowd",
+        "family",
+        "line",
+        "row",
+        "pile",
+        "stack",
+        "set",
+    }
+)
+_PREPOSITIONS = frozenset(
+    {
+        "on",
+        "in",
+        "at",
+        "of",
+        "with",
+        "by",
+        "near",
+        "under",
+        "over",
+        "behind",
+        "beside",
+        "next",
+        "to",
+        "from",
+        "into",
+        "onto",
+        "for",
+        "across",
+        "through",
+        "along",
+        "around",
+        "inside",
+        "outside",
+        "above",
+        "below",
+        "between",
+        "against",
+        "toward",
+        "towards",
+        "up",
+        "down",
+        "off",
+        "out",
+        "past",
+        "as",
+        "like",
+        "than",
+    }
+)
 # Words that end a noun phrase when walking back from its noun (anything else may be a modifier: "a large brown dog").
 _NOT_MODIFIERS = _PREPOSITIONS | {
-    "and", "or", "but", "while", "is", "are", "was", "were", "be", "been", "has", "have", "had", "there", "here", "who",
-    "which", "that", "it", "he", "she", "they", "them", "no", "not", "without",
+    "and",
+    "or",
+    "but",
+    "while",
+    "is",
+    "are",
+    "was",
+    "were",
+    "be",
+    "been",
+    "has",
+    "have",
+    "had",
+    "there",
+    "here",
+    "who",
+    "which",
+    "that",
+    "it",
+    "he",
+    "she",
+    "they",
+    "them",
+    "no",
+    "not",
+    "without",
 }
 _WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)?")
 
@@ -123,6 +247,7 @@ def _words_before(text: str, position: int) -> list[re.Match]:
 def _noun_phrase(text: str, start: int, end: int, plural: bool) -> _NounPhrase:
     """The noun phrase ending at a mention: its determiner ("a", "two", "a group of") and modifiers."""
     before = _words_before(text, start)
+
     # Anything but spaces between two words (a comma, a quote) ends the phrase.
     def adjacent(left: re.Match, right_start: int) -> bool:
         return text[left.end() : right_start].strip() == ""
@@ -136,7 +261,11 @@ def _noun_phrase(text: str, start: int, end: int, plural: bool) -> _NounPhrase:
             return _NounPhrase(word.start(), position, end, lowered, plural)
         if lowered == "of" and len(before) >= distance + 3:
             quantity, article = before[-distance - 2], before[-distance - 3]
-            if quantity.group(0).lower() in _COLLECTIVES and article.group(0).lower() in _DETERMINERS and adjacent(article, quantity.start()):
+            if (
+                quantity.group(0).lower() in _COLLECTIVES
+                and article.group(0).lower() in _DETERMINERS
+                and adjacent(article, quantity.start())
+            ):
                 return _NounPhrase(article.start(), position, end, "a " + quantity.group(0).lower() + " of", True)
         if lowered in _NOT_MODIFIERS or find_mentions(word.group(0)):
             break
@@ -159,12 +288,25 @@ def _presence_in_caption(caption: str, phrase: _NounPhrase, template: str) -> st
         return _match_case(f"there {verb} no ", caption[phrase.start :]) + _lower_first(words) + tail
     before = _words_before(caption, phrase.start)
     if template == "with_to_without":
-        if not before or before[-1].group(0).lower() != "with" or phrase.determiner not in ("", "a", "an", "the", "some", "any", "his", "her", "their", "its"):
+        if (
+            not before
+            or before[-1].group(0).lower() != "with"
+            or phrase.determiner not in ("", "a", "an", "the", "some", "any", "his", "her", "their", "its")
+        ):
             return None
         with_word = before[-1]
-        new_determiner = "any " if phrase.determiner == "some" else (phrase.determiner + " " if phrase.determiner else "")
+        new_determiner = (
+            "any " if phrase.determiner == "some" else (phrase.determiner + " " if phrase.determiner else "")
+        )
         without = _match_case("without", with_word.group(0))
-        return caption[: with_word.start()] + without + caption[with_word.end() : phrase.start] + new_determiner + words + tail
+        return (
+            caption[: with_word.start()]
+            + without
+            + caption[with_word.end() : phrase.start]
+            + new_determiner
+            + words
+            + tail
+        )
     if template == "not_verb":
         # "riding a horse" / "sitting on a couch" -> "not riding a horse" / "not sitting on a couch"
         candidates = before[-2:]
@@ -204,7 +346,9 @@ def _still_affirmed(text: str, obj: str) -> bool:
     return any(mention.negated for mention in found) and not all(mention.negated for mention in found)
 
 
-def presence_negate(caption: str, obj: str, rng: random.Random, keep: Callable[[str], bool] | None = None) -> Rewrite | None:
+def presence_negate(
+    caption: str, obj: str, rng: random.Random, keep: Callable[[str], bool] | None = None
+) -> Rewrite | None:
     """Negate `obj`, an object present in the image; in the caption where the caption names it."""
     if not isinstance(caption, str) or not isinstance(obj, str) or not obj.strip():
         return None
@@ -215,11 +359,19 @@ def presence_negate(caption: str, obj: str, rng: random.Random, keep: Callable[[
     if named:
         mention = named[0]
         phrase = _noun_phrase(base, mention.start, mention.end, mention.plural)
-        attempts = [(name, lambda name=name: _presence_in_caption(base, phrase, name)) for name in PRESENCE_TEMPLATES[:4]]
+        attempts = [
+            (name, lambda name=name: _presence_in_caption(base, phrase, name)) for name in PRESENCE_TEMPLATES[:4]
+        ]
     else:
         attempts = [(name, lambda name=name: _presence_clause(base, obj, name)) for name in PRESENCE_TEMPLATES[4:]]
-    candidates = {name: text for name, attempt in attempts
-                  if (text := attempt()) and text != caption.strip() and _negation_governs(text, obj) and not _still_affirmed(text, obj)}
+    candidates = {
+        name: text
+        for name, attempt in attempts
+        if (text := attempt())
+        and text != caption.strip()
+        and _negation_governs(text, obj)
+        and not _still_affirmed(text, obj)
+    }
     if "not_verb" in candidates:
         candidates.pop("no_object", None)  # "a man not riding a horse", never "a man riding no horse"
     if keep is not None:
@@ -262,7 +414,9 @@ def _absence_text(caption: str, obj: str, template: str) -> str | None:
     raise ValueError(f"unknown absence template {template!r}; expected one of {ABSENCE_TEMPLATES}")
 
 
-def absence_negate(caption: str, absent_obj: str, rng: random.Random, keep: Callable[[str], bool] | None = None) -> Rewrite | None:
+def absence_negate(
+    caption: str, absent_obj: str, rng: random.Random, keep: Callable[[str], bool] | None = None
+) -> Rewrite | None:
     """Add a negated `absent_obj` (an object NOT in the image); None if the caption already names it."""
     if not isinstance(caption, str) or not isinstance(absent_obj, str) or not absent_obj.strip():
         return None
@@ -273,7 +427,12 @@ def absence_negate(caption: str, absent_obj: str, rng: random.Random, keep: Call
     rng.shuffle(names)
     for name in names:
         text = _absence_text(base, absent_obj, name)
-        if text and text != caption.strip() and _absence_strictly_negated(text, absent_obj) and (keep is None or keep(text)):
+        if (
+            text
+            and text != caption.strip()
+            and _absence_strictly_negated(text, absent_obj)
+            and (keep is None or keep(text))
+        ):
             return Rewrite(text, name)
     return None
 
@@ -302,10 +461,12 @@ def statements(present_obj: str, absent_obj: str, phrase: Callable[[str], str] =
     caption "This image shows a dog." (true), presence_negated "… does not show a dog." (false),
     absence_negated "… does not show a cat." (true), absence_affirmed "… shows a cat." (false).
     `phrase` names one object ("a dog")."""
-    return {"caption": STATEMENT_AFFIRMS.format(x=phrase(present_obj)),
-            "presence_negated": STATEMENT_NEGATES.format(x=phrase(present_obj)),
-            "absence_negated": STATEMENT_NEGATES.format(x=phrase(absent_obj)),
-            "absence_affirmed": STATEMENT_AFFIRMS.format(x=phrase(absent_obj))}
+    return {
+        "caption": STATEMENT_AFFIRMS.format(x=phrase(present_obj)),
+        "presence_negated": STATEMENT_NEGATES.format(x=phrase(present_obj)),
+        "absence_negated": STATEMENT_NEGATES.format(x=phrase(absent_obj)),
+        "absence_affirmed": STATEMENT_AFFIRMS.format(x=phrase(absent_obj)),
+    }
 
 
 def _absence_strictly_negated(text: str, obj: str) -> bool:
@@ -318,7 +479,9 @@ def _same_object(obj: str, objects: Sequence[str]) -> bool:
     return any((canonical_category(other) or " ".join(other.lower().split())) == key for other in objects)
 
 
-def presence_problem(caption: str, text: str | None, obj: str | None, present_objects: Sequence[str], strict: bool = False) -> str | None:
+def presence_problem(
+    caption: str, text: str | None, obj: str | None, present_objects: Sequence[str], strict: bool = False
+) -> str | None:
     """Why a presence-negated caption fails the quality gate (None: it passes)."""
     if not isinstance(text, str) or not text.strip():
         return "empty"
@@ -339,7 +502,9 @@ def presence_problem(caption: str, text: str | None, obj: str | None, present_ob
     return None
 
 
-def absence_problem(caption: str, text: str | None, obj: str | None, present_objects: Sequence[str], strict: bool = False) -> str | None:
+def absence_problem(
+    caption: str, text: str | None, obj: str | None, present_objects: Sequence[str], strict: bool = False
+) -> str | None:
     """Why an absence-negated caption fails the quality gate (None: it passes)."""
     if not isinstance(text, str) or not text.strip():
         return "empty"
@@ -412,4 +577,8 @@ class LLMRewriter:
         text = self._ask(_ABSENCE_PROMPT, caption, absent_obj)
         if mentions(_clean(caption), absent_obj):
             return None
-        return None if absence_problem(caption, text, absent_obj, present_objects, strict=True) else Rewrite(text, self.name)
+        return (
+            None
+            if absence_problem(caption, text, absent_obj, present_objects, strict=True)
+            else Rewrite(text, self.name)
+        )

@@ -96,8 +96,11 @@ COOCCURRENCE: dict[str, dict[str, float]] = {
 def next_kind_probabilities(present_kinds: Sequence[str]) -> dict[str, float]:
     """P(kind | present kinds) over the absent kinds: the chance each would be the scene's next object."""
     _check_kinds(present_kinds)
-    weights = {kind: math.prod(COOCCURRENCE[present][kind] for present in present_kinds)
-               for kind in OBJECT_KINDS if kind not in present_kinds}
+    weights = {
+        kind: math.prod(COOCCURRENCE[present][kind] for present in present_kinds)
+        for kind in OBJECT_KINDS
+        if kind not in present_kinds
+    }
     total = sum(weights.values())
     return {kind: weight / total for kind, weight in weights.items()}
 
@@ -163,12 +166,15 @@ def scene_kinds(objects: Sequence[SceneObject]) -> list[str]:
 
 def _fits(x: float, y: float, size: float, objects: Sequence[SceneObject]) -> bool:
     # Bounding squares apart by at least _GAP along x or along y: objects never touch.
-    return all(abs(x - other.x) >= (size + other.size) / 2 + _GAP or abs(y - other.y) >= (size + other.size) / 2 + _GAP
-               for other in objects)
+    return all(
+        abs(x - other.x) >= (size + other.size) / 2 + _GAP or abs(y - other.y) >= (size + other.size) / 2 + _GAP
+        for other in objects
+    )
 
 
-def _place(kind: str, colour: str, size: float, objects: Sequence[SceneObject], rng: random.Random,
-           tries: int = 60) -> SceneObject | None:
+def _place(
+    kind: str, colour: str, size: float, objects: Sequence[SceneObject], rng: random.Random, tries: int = 60
+) -> SceneObject | None:
     low, high = _MARGIN + size / 2, 1 - _MARGIN - size / 2
     for _ in range(tries):
         x, y = round(rng.uniform(low, high), 4), round(rng.uniform(low, high), 4)
@@ -197,7 +203,9 @@ def sample_scene(rng: random.Random) -> list[SceneObject]:
             return objects
 
 
-def add_object(objects: Sequence[SceneObject], kind: str, rng: random.Random, colour: str | None = None) -> list[SceneObject]:
+def add_object(
+    objects: Sequence[SceneObject], kind: str, rng: random.Random, colour: str | None = None
+) -> list[SceneObject]:
     """The scene with one more object of `kind` (a colour no other object has, unless given) placed
     where it overlaps nothing; the other objects stay exactly as they were. Raises ValueError if
     `kind` is already present or there is no room."""
@@ -216,7 +224,9 @@ def add_object(objects: Sequence[SceneObject], kind: str, rng: random.Random, co
 
 def encode_scene(objects: Sequence[SceneObject], seed: int | None, image_size: int = 64) -> str:
     """The dataset's `scene` column: JSON with the objects, the background seed and the image size."""
-    return json.dumps({"image_size": image_size, "seed": seed, "objects": [asdict(obj) for obj in objects]}, sort_keys=True)
+    return json.dumps(
+        {"image_size": image_size, "seed": seed, "objects": [asdict(obj) for obj in objects]}, sort_keys=True
+    )
 
 
 def decode_scene(text: str) -> tuple[list[SceneObject], int | None, int]:
@@ -239,14 +249,25 @@ def _unit_polygon(points: Sequence[tuple[float, float]]) -> tuple[tuple[float, f
 
 
 def _star() -> tuple[tuple[float, float], ...]:
-    return _unit_polygon([(math.sin(i * math.pi / 5) * (1 if i % 2 == 0 else 0.42),
-                           -math.cos(i * math.pi / 5) * (1 if i % 2 == 0 else 0.42)) for i in range(10)])
+    return _unit_polygon(
+        [
+            (
+                math.sin(i * math.pi / 5) * (1 if i % 2 == 0 else 0.42),
+                -math.cos(i * math.pi / 5) * (1 if i % 2 == 0 else 0.42),
+            )
+            for i in range(10)
+        ]
+    )
 
 
 def _heart() -> tuple[tuple[float, float], ...]:
     steps = [2 * math.pi * i / 48 for i in range(48)]
-    return _unit_polygon([(16 * math.sin(t) ** 3, -(13 * math.cos(t) - 5 * math.cos(2 * t) - 2 * math.cos(3 * t) - math.cos(4 * t)))
-                          for t in steps])
+    return _unit_polygon(
+        [
+            (16 * math.sin(t) ** 3, -(13 * math.cos(t) - 5 * math.cos(2 * t) - 2 * math.cos(3 * t) - math.cos(4 * t)))
+            for t in steps
+        ]
+    )
 
 
 def _crescent() -> tuple[tuple[float, float], ...]:
@@ -256,7 +277,9 @@ def _crescent() -> tuple[tuple[float, float], ...]:
     inner_start = math.acos(-shift / 2)
     outer = [outer_start + (2 * math.pi - 2 * outer_start) * i / 32 for i in range(33)]
     inner = [(2 * math.pi - inner_start) - (2 * math.pi - 2 * inner_start) * i / 24 for i in range(25)]
-    return _unit_polygon([(math.cos(a), math.sin(a)) for a in outer] + [(shift + math.cos(a), math.sin(a)) for a in inner])
+    return _unit_polygon(
+        [(math.cos(a), math.sin(a)) for a in outer] + [(shift + math.cos(a), math.sin(a)) for a in inner]
+    )
 
 
 def _arrow() -> tuple[tuple[float, float], ...]:
@@ -268,7 +291,9 @@ _POLYGONS: dict[str, tuple[tuple[float, float], ...]] = {
     "star": _star(),
     "heart": _heart(),
     "diamond": ((0, -0.5), (0.33, 0), (0, 0.5), (-0.33, 0)),
-    "cross": _unit_polygon([(-1, -3), (1, -3), (1, -1), (3, -1), (3, 1), (1, 1), (1, 3), (-1, 3), (-1, 1), (-3, 1), (-3, -1), (-1, -1)]),
+    "cross": _unit_polygon(
+        [(-1, -3), (1, -3), (1, -1), (3, -1), (3, 1), (1, 1), (1, 3), (-1, 3), (-1, 1), (-3, 1), (-3, -1), (-1, -1)]
+    ),
     "moon": _crescent(),
     "arrow": _arrow(),
 }
@@ -351,38 +376,95 @@ class NegationTemplate:
 
 
 NEGATION_TEMPLATES: dict[str, dict[str, NegationTemplate]] = {
-    "train": {template.name: template for template in (
-        NegationTemplate("and_no", "{frame}{mentions} and no {kind}", "no {kind}",
-                         "{frame}{mentions} and {a_kind}", "{a_kind}"),
-        NegationTemplate("with_no", "{frame}{mentions}, with no {kind}", "a picture with no {kind}",
-                         "{frame}{mentions}, with {a_kind}", "a picture with {a_kind}"),
-        NegationTemplate("but_no", "{frame}{mentions} but no {kind}", None, "{frame}{mentions} but also {a_kind}", None),
-        NegationTemplate("without", "{frame}{mentions} without {a_kind}", "a picture without {a_kind}",
-                         "{frame}{mentions} with {a_kind}", "a picture with {a_kind}"),
-        NegationTemplate("but_not", "{frame}{mentions}, but not {a_kind}", None, "{frame}{mentions}, and also {a_kind}", None),
-        NegationTemplate("there_is_no", "there is no {kind} next to {mentions}", "there is no {kind}",
-                         "there is {a_kind} next to {mentions}", "there is {a_kind}"),
-    )},
-    "heldout": {template.name: template for template in (
-        NegationTemplate("lacking", "{frame}{mentions}, lacking {a_kind}", "a scene lacking {a_kind}",
-                         "{frame}{mentions}, including {a_kind}", "a scene including {a_kind}"),
-        NegationTemplate("free_of", "{frame}{mentions}, free of any {kind}", "a scene free of any {kind}",
-                         "{frame}{mentions}, plus {a_kind}", "a scene with {a_kind}"),
-        NegationTemplate("minus", "{frame}{mentions}, minus any {kind}", None, "{frame}{mentions}, plus {a_kind}", None),
-        NegationTemplate("missing", "{frame}{mentions}, with the {kind} missing", "a scene with the {kind} missing",
-                         "{frame}{mentions}, with the {kind} there", "a scene with the {kind} there"),
-        NegationTemplate("absent", "{frame}{mentions}; {a_kind} is absent", "{a_kind} is absent from this scene",
-                         "{frame}{mentions}; {a_kind} is there", "{a_kind} is in this scene"),
-        NegationTemplate("nowhere", "{frame}{mentions}, and nowhere is there {a_kind}", "nowhere is there {a_kind}",
-                         "{frame}{mentions}, and somewhere there is {a_kind}", "somewhere there is {a_kind}"),
-    )},
+    "train": {
+        template.name: template
+        for template in (
+            NegationTemplate(
+                "and_no", "{frame}{mentions} and no {kind}", "no {kind}", "{frame}{mentions} and {a_kind}", "{a_kind}"
+            ),
+            NegationTemplate(
+                "with_no",
+                "{frame}{mentions}, with no {kind}",
+                "a picture with no {kind}",
+                "{frame}{mentions}, with {a_kind}",
+                "a picture with {a_kind}",
+            ),
+            NegationTemplate(
+                "but_no", "{frame}{mentions} but no {kind}", None, "{frame}{mentions} but also {a_kind}", None
+            ),
+            NegationTemplate(
+                "without",
+                "{frame}{mentions} without {a_kind}",
+                "a picture without {a_kind}",
+                "{frame}{mentions} with {a_kind}",
+                "a picture with {a_kind}",
+            ),
+            NegationTemplate(
+                "but_not", "{frame}{mentions}, but not {a_kind}", None, "{frame}{mentions}, and also {a_kind}", None
+            ),
+            NegationTemplate(
+                "there_is_no",
+                "there is no {kind} next to {mentions}",
+                "there is no {kind}",
+                "there is {a_kind} next to {mentions}",
+                "there is {a_kind}",
+            ),
+        )
+    },
+    "heldout": {
+        template.name: template
+        for template in (
+            NegationTemplate(
+                "lacking",
+                "{frame}{mentions}, lacking {a_kind}",
+                "a scene lacking {a_kind}",
+                "{frame}{mentions}, including {a_kind}",
+                "a scene including {a_kind}",
+            ),
+            NegationTemplate(
+                "free_of",
+                "{frame}{mentions}, free of any {kind}",
+                "a scene free of any {kind}",
+                "{frame}{mentions}, plus {a_kind}",
+                "a scene with {a_kind}",
+            ),
+            NegationTemplate(
+                "minus", "{frame}{mentions}, minus any {kind}", None, "{frame}{mentions}, plus {a_kind}", None
+            ),
+            NegationTemplate(
+                "missing",
+                "{frame}{mentions}, with the {kind} missing",
+                "a scene with the {kind} missing",
+                "{frame}{mentions}, with the {kind} there",
+                "a scene with the {kind} there",
+            ),
+            NegationTemplate(
+                "absent",
+                "{frame}{mentions}; {a_kind} is absent",
+                "{a_kind} is absent from this scene",
+                "{frame}{mentions}; {a_kind} is there",
+                "{a_kind} is in this scene",
+            ),
+            NegationTemplate(
+                "nowhere",
+                "{frame}{mentions}, and nowhere is there {a_kind}",
+                "nowhere is there {a_kind}",
+                "{frame}{mentions}, and somewhere there is {a_kind}",
+                "somewhere there is {a_kind}",
+            ),
+        )
+    },
 }
 
 # NegBench's three question types, phrased per template set: (affirmation, negation, hybrid); the
 # evaluation's MCQ (eval/world.py) asks them, pretraining captions use them as noise.
 MCQ_GROUPS: tuple[str, ...] = ("affirmation", "negation", "hybrid")
 MCQ_PHRASES: dict[str, tuple[str, str, str]] = {
-    "train": (STATEMENT_AFFIRMS, STATEMENT_NEGATES, "This image shows {x} but not {y}."),  # the statement family's words
+    "train": (
+        STATEMENT_AFFIRMS,
+        STATEMENT_NEGATES,
+        "This image shows {x} but not {y}.",
+    ),  # the statement family's words
     "heldout": ("This image contains {x}.", "This image lacks {x}.", "This image contains {x} but lacks {y}."),
 }
 
@@ -436,8 +518,13 @@ def _list_phrase(mentions: Sequence[Mention]) -> str:
     return phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
 
 
-def choose_mentions(objects: Sequence[SceneObject], rng: random.Random, count: int | None = None,
-                    colour_rate: float = COLOUR_MENTION_RATE, exclude: Sequence[str] = ()) -> list[Mention]:
+def choose_mentions(
+    objects: Sequence[SceneObject],
+    rng: random.Random,
+    count: int | None = None,
+    colour_rate: float = COLOUR_MENTION_RATE,
+    exclude: Sequence[str] = (),
+) -> list[Mention]:
     """A random subset of the scene's objects (1..all, or `count`; never the kinds in `exclude`), in
     random order, each naming its colour with probability `colour_rate`."""
     candidates = [obj for obj in objects if obj.kind not in exclude]
@@ -446,7 +533,9 @@ def choose_mentions(objects: Sequence[SceneObject], rng: random.Random, count: i
     count = rng.randint(1, len(candidates)) if count is None else count
     if not 1 <= count <= len(candidates):
         raise ValueError(f"cannot mention {count} of {len(candidates)} objects")
-    return [Mention(obj.kind, obj.colour if rng.random() < colour_rate else None) for obj in rng.sample(candidates, count)]
+    return [
+        Mention(obj.kind, obj.colour if rng.random() < colour_rate else None) for obj in rng.sample(candidates, count)
+    ]
 
 
 def full_mentions(objects: Sequence[SceneObject]) -> list[Mention]:
@@ -454,8 +543,10 @@ def full_mentions(objects: Sequence[SceneObject]) -> list[Mention]:
     return [Mention(obj.kind, obj.colour) for obj in objects]
 
 
-def affirmative_caption(mentions: Sequence[Mention], template_set: str, rng: random.Random, frame: str | None = None) -> Caption:
-    """"a picture of a red circle and a star": a random frame of `template_set` around the mentions."""
+def affirmative_caption(
+    mentions: Sequence[Mention], template_set: str, rng: random.Random, frame: str | None = None
+) -> Caption:
+    """ "a picture of a red circle and a star": a random frame of `template_set` around the mentions."""
     _check_template_set(template_set)
     if not mentions:
         raise ValueError("an affirmative caption needs at least one mention")
@@ -463,8 +554,14 @@ def affirmative_caption(mentions: Sequence[Mention], template_set: str, rng: ran
     return Caption(frame + _list_phrase(mentions), tuple(mentions), template_set, frame)
 
 
-def negated_caption(mentions: Sequence[Mention], negated_kind: str, template_set: str, rng: random.Random,
-                    frame: str | None = None, template: str | None = None) -> Caption:
+def negated_caption(
+    mentions: Sequence[Mention],
+    negated_kind: str,
+    template_set: str,
+    rng: random.Random,
+    frame: str | None = None,
+    template: str | None = None,
+) -> Caption:
     """The mentions affirmed and `negated_kind` negated, e.g. "a red circle and a star but no heart"
     (random template of `template_set` unless named; with no mentions, a template's `alone` form)."""
     _check_template_set(template_set)
@@ -483,24 +580,35 @@ def negated_caption(mentions: Sequence[Mention], negated_kind: str, template_set
     pattern = chosen.with_mentions if mentions else chosen.alone
     if pattern is None:
         raise ValueError(f"negation template {chosen.name!r} needs at least one affirmed mention")
-    text = pattern.format(frame=frame, mentions=_list_phrase(mentions) if mentions else "", kind=negated_kind,
-                          a_kind=_with_article(negated_kind))
+    text = pattern.format(
+        frame=frame,
+        mentions=_list_phrase(mentions) if mentions else "",
+        kind=negated_kind,
+        a_kind=_with_article(negated_kind),
+    )
     return Caption(text, tuple(mentions), template_set, frame, negated_kind, chosen.name)
 
 
-def presence_negated_caption(affirmative: Caption, present_kind: str, rng: random.Random, template: str | None = None) -> Caption:
+def presence_negated_caption(
+    affirmative: Caption, present_kind: str, rng: random.Random, template: str | None = None
+) -> Caption:
     """Negate a mentioned (hence present) object of an affirmative caption, in the same frame:
     "a red circle and a star" -> "a red circle and no star" / "there is no star next to a red circle"."""
     if present_kind not in {mention.kind for mention in affirmative.mentions}:
         raise ValueError(f"{present_kind!r} is not mentioned in {affirmative.text!r}")
     rest = [mention for mention in affirmative.mentions if mention.kind != present_kind]
-    return negated_caption(rest, present_kind, affirmative.template_set, rng, frame=affirmative.frame, template=template)
+    return negated_caption(
+        rest, present_kind, affirmative.template_set, rng, frame=affirmative.frame, template=template
+    )
 
 
-def absence_negated_caption(affirmative: Caption, absent_kind: str, rng: random.Random, template: str | None = None) -> Caption:
+def absence_negated_caption(
+    affirmative: Caption, absent_kind: str, rng: random.Random, template: str | None = None
+) -> Caption:
     """The affirmative caption plus a negated absent object: "a red circle and a star, with no heart"."""
-    return negated_caption(affirmative.mentions, absent_kind, affirmative.template_set, rng,
-                           frame=affirmative.frame, template=template)
+    return negated_caption(
+        affirmative.mentions, absent_kind, affirmative.template_set, rng, frame=affirmative.frame, template=template
+    )
 
 
 def affirmed_twin(negated: Caption) -> Caption:
@@ -510,9 +618,20 @@ def affirmed_twin(negated: Caption) -> Caption:
         raise ValueError(f"{negated.text!r} negates nothing: it has no affirmed twin")
     chosen = NEGATION_TEMPLATES[negated.template_set][negated.template]
     pattern = chosen.affirmed if negated.mentions else chosen.affirmed_alone
-    text = pattern.format(frame=negated.frame, mentions=_list_phrase(negated.mentions) if negated.mentions else "",
-                          kind=negated.negated_kind, a_kind=_with_article(negated.negated_kind))
-    return Caption(text, (*negated.mentions, Mention(negated.negated_kind)), negated.template_set, negated.frame, None, chosen.name)
+    text = pattern.format(
+        frame=negated.frame,
+        mentions=_list_phrase(negated.mentions) if negated.mentions else "",
+        kind=negated.negated_kind,
+        a_kind=_with_article(negated.negated_kind),
+    )
+    return Caption(
+        text,
+        (*negated.mentions, Mention(negated.negated_kind)),
+        negated.template_set,
+        negated.frame,
+        None,
+        chosen.name,
+    )
 
 
 @dataclass(frozen=True)
@@ -528,10 +647,15 @@ class PretrainCaption:
 def pretrain_phrasings() -> set[str]:
     """Every phrasing `draw_pretrain_caption` draws from: the affirmative frames, the negation
     templates and the MCQ phrasings of both template sets (what the evaluation uses)."""
-    return {f"{template_set}:{part}" for template_set in TEMPLATE_SETS for part in (
-        *(f"frame:{frame}" for frame in AFFIRMATIVE_FRAMES[template_set]),
-        *(f"template:{name}" for name in NEGATION_TEMPLATES[template_set]),
-        *(f"mcq:{group}" for group in MCQ_GROUPS))}
+    return {
+        f"{template_set}:{part}"
+        for template_set in TEMPLATE_SETS
+        for part in (
+            *(f"frame:{frame}" for frame in AFFIRMATIVE_FRAMES[template_set]),
+            *(f"template:{name}" for name in NEGATION_TEMPLATES[template_set]),
+            *(f"mcq:{group}" for group in MCQ_GROUPS),
+        )
+    }
 
 
 def _negated_present_or_absent(objects: Sequence[SceneObject], rng: random.Random) -> tuple[str, list[SceneObject]]:
@@ -550,13 +674,16 @@ def _pretrain_mcq_caption(objects: Sequence[SceneObject], template_set: str, rng
     affirm, negate, hybrid = MCQ_PHRASES[template_set]
     group = rng.choice(MCQ_GROUPS if len(objects) > 1 else MCQ_GROUPS[:2])
     if group == "affirmation":
-        return PretrainCaption(affirm.format(x=Mention(rng.choice(objects).kind).phrase), f"{template_set}:mcq:{group}")
+        return PretrainCaption(
+            affirm.format(x=Mention(rng.choice(objects).kind).phrase), f"{template_set}:mcq:{group}"
+        )
     negated, rest = _negated_present_or_absent(objects, rng)
     if group == "negation":
         return PretrainCaption(negate.format(x=Mention(negated).phrase), f"{template_set}:mcq:{group}", negated)
     shown = rng.choice(rest)
-    return PretrainCaption(hybrid.format(x=Mention(shown.kind).phrase, y=Mention(negated).phrase),
-                           f"{template_set}:mcq:{group}", negated)
+    return PretrainCaption(
+        hybrid.format(x=Mention(shown.kind).phrase, y=Mention(negated).phrase), f"{template_set}:mcq:{group}", negated
+    )
 
 
 def draw_pretrain_caption(objects: Sequence[SceneObject], rng: random.Random) -> PretrainCaption:
@@ -589,9 +716,18 @@ def phrasing_fingerprint() -> str:
     """A short hash of every table the world's captions are drawn from (frames, negation templates,
     MCQ phrasings, the caption rates): caches of a world or of a model pretrained on it key on it,
     so a changed phrasing never reuses a stale world."""
-    tables = {"frames": AFFIRMATIVE_FRAMES, "mcq": MCQ_PHRASES,
-              "templates": {name: [asdict(t) for t in templates.values()] for name, templates in NEGATION_TEMPLATES.items()},
-              "rates": [COLOUR_MENTION_RATE, PRETRAIN_NEGATION_RATE, PRETRAIN_MCQ_RATE, ONE_NEGATION_RATE, MATCHED_PAIR_RATE]}
+    tables = {
+        "frames": AFFIRMATIVE_FRAMES,
+        "mcq": MCQ_PHRASES,
+        "templates": {name: [asdict(t) for t in templates.values()] for name, templates in NEGATION_TEMPLATES.items()},
+        "rates": [
+            COLOUR_MENTION_RATE,
+            PRETRAIN_NEGATION_RATE,
+            PRETRAIN_MCQ_RATE,
+            ONE_NEGATION_RATE,
+            MATCHED_PAIR_RATE,
+        ],
+    }
     return hashlib.sha256(json.dumps(tables, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -600,22 +736,24 @@ def phrasing_fingerprint() -> str:
 ONE_NEGATION_RATE = 0.1
 MATCHED_PAIR_RATE = 0.5  # rows whose absence caption mirrors their presence caption (see world_row)  # rows that carry only one of the two negations (half each), as mixed real data does
 
-WORLD_FEATURES = datasets.Features({
-    "image": datasets.Image(),
-    "caption": datasets.Value("string"),
-    "presence_negated": datasets.Value("string"),
-    "absence_negated": datasets.Value("string"),
-    "absence_affirmed": datasets.Value("string"),
-    "pretrain_caption": datasets.Value("string"),
-    "present_objects": datasets.List(datasets.Value("string")),
-    "negated_object": datasets.Value("string"),
-    "absent_object": datasets.Value("string"),
-    "presence_rewrite": datasets.Value("string"),
-    "absence_rewrite": datasets.Value("string"),
-    "scene": datasets.Value("string"),
-    "source": datasets.Value("string"),
-    "image_id": datasets.Value("string"),
-})
+WORLD_FEATURES = datasets.Features(
+    {
+        "image": datasets.Image(),
+        "caption": datasets.Value("string"),
+        "presence_negated": datasets.Value("string"),
+        "absence_negated": datasets.Value("string"),
+        "absence_affirmed": datasets.Value("string"),
+        "pretrain_caption": datasets.Value("string"),
+        "present_objects": datasets.List(datasets.Value("string")),
+        "negated_object": datasets.Value("string"),
+        "absent_object": datasets.Value("string"),
+        "presence_rewrite": datasets.Value("string"),
+        "absence_rewrite": datasets.Value("string"),
+        "scene": datasets.Value("string"),
+        "source": datasets.Value("string"),
+        "image_id": datasets.Value("string"),
+    }
+)
 
 
 def _png_bytes(image: Image.Image) -> bytes:
@@ -633,7 +771,9 @@ def world_row(split: str, index: int, seed: int, image_size: int = 64, statement
     background_seed = rng.getrandbits(32)
     kinds = scene_kinds(objects)
     affirmative = affirmative_caption(choose_mentions(objects, rng), "train", rng)
-    carries = rng.choices(("both", "presence", "absence"), weights=(1 - ONE_NEGATION_RATE, ONE_NEGATION_RATE / 2, ONE_NEGATION_RATE / 2))[0]
+    carries = rng.choices(
+        ("both", "presence", "absence"), weights=(1 - ONE_NEGATION_RATE, ONE_NEGATION_RATE / 2, ONE_NEGATION_RATE / 2)
+    )[0]
     presence = absence = None
     if carries in ("both", "presence"):
         presence = presence_negated_caption(affirmative, rng.choice(affirmative.mentions).kind, rng)
@@ -647,11 +787,15 @@ def world_row(split: str, index: int, seed: int, image_size: int = 64, statement
     matched_rng = random.Random(f"omninegclip-shapes:{seed}:{split}:{index}:matched")
     if presence is not None and absence is not None and matched_rng.random() < MATCHED_PAIR_RATE:
         rest = [mention for mention in affirmative.mentions if mention.kind != presence.negated_kind]
-        absence = negated_caption(rest, absence.negated_kind, "train", matched_rng, frame=affirmative.frame,
-                                  template=presence.template)
-    texts = {"caption": affirmative.text, "presence_negated": presence.text if presence else None,
-             "absence_negated": absence.text if absence else None,
-             "absence_affirmed": affirmed_twin(absence).text if absence else None}
+        absence = negated_caption(
+            rest, absence.negated_kind, "train", matched_rng, frame=affirmative.frame, template=presence.template
+        )
+    texts = {
+        "caption": affirmative.text,
+        "presence_negated": presence.text if presence else None,
+        "absence_negated": absence.text if absence else None,
+        "absence_affirmed": affirmed_twin(absence).text if absence else None,
+    }
     rewrites = (presence.template if presence else None, absence.template if absence else None)
     # The statement family (data_builder.py --statement_rate): a share of the rows with both
     # negations say all four texts as caption-free statements. Its own rng, as for matched pairs.
@@ -674,8 +818,15 @@ def world_row(split: str, index: int, seed: int, image_size: int = 64, statement
     }
 
 
-def build_world(num_train: int = 16000, num_validation: int = 1000, num_test: int = 2000, seed: int = 0,
-                image_size: int = 64, progress: bool = True, statement_rate: float = 0.0) -> datasets.DatasetDict:
+def build_world(
+    num_train: int = 16000,
+    num_validation: int = 1000,
+    num_test: int = 2000,
+    seed: int = 0,
+    image_size: int = 64,
+    progress: bool = True,
+    statement_rate: float = 0.0,
+) -> datasets.DatasetDict:
     """The world as a DatasetDict with splits train / validation / test (scenes never shared between
     splits; every split captioned with the "train" templates; eval/world.py rephrases the test scenes
     with either template set). Columns: see WORLD_FEATURES. Same arguments => byte-identical data."""
@@ -691,7 +842,9 @@ def build_world(num_train: int = 16000, num_validation: int = 1000, num_test: in
         for index in range(size):
             row = world_row(split, index, seed, image_size, statement_rate)
             scene_objects = json.dumps(json.loads(row["scene"])["objects"])
-            if scene_objects in seen_scenes:  # continuous positions: never seen in practice, but splits must be disjoint
+            if (
+                scene_objects in seen_scenes
+            ):  # continuous positions: never seen in practice, but splits must be disjoint
                 raise RuntimeError(f"scene of {row['image_id']} repeats an earlier scene; try another seed")
             seen_scenes.add(scene_objects)
             rows.append(row)
@@ -699,7 +852,11 @@ def build_world(num_train: int = 16000, num_validation: int = 1000, num_test: in
         columns = {name: [row[name] for row in rows] for name in WORLD_FEATURES}
         dataset = datasets.Dataset.from_dict(columns, features=WORLD_FEATURES, split=split)
         # A fingerprint from the arguments (not a random one): the saved folder is byte-identical too.
-        splits[split] = datasets.Dataset(dataset.data, info=dataset.info, split=dataset.split,
-                                         fingerprint=f"shapes-{seed}-{image_size}-{split}-{size}-{statement_rate}")
+        splits[split] = datasets.Dataset(
+            dataset.data,
+            info=dataset.info,
+            split=dataset.split,
+            fingerprint=f"shapes-{seed}-{image_size}-{split}-{size}-{statement_rate}",
+        )
     bar.close()
     return datasets.DatasetDict(splits)

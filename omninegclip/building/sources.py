@@ -60,14 +60,34 @@ from pathlib import Path, PurePosixPath
 from omninegclip.building.parallel import fork_map
 from omninegclip.building.vocabulary import NEGATION_CUES, canonical_category, detect_objects, find_mentions, mentions
 from omninegclip.common.cli import UserError
-from omninegclip.common.formats import (CCNEG_EVAL_SIZE, ccneg_image_candidates, describe_value, parse_list_cell, read_ccneg_file, read_csv,
-                                        read_json, require, require_list)
+from omninegclip.common.formats import (
+    CCNEG_EVAL_SIZE,
+    ccneg_image_candidates,
+    describe_value,
+    parse_list_cell,
+    read_ccneg_file,
+    read_csv,
+    read_json,
+    require,
+    require_list,
+)
 from omninegclip.common.skips import SkipLog, text_skip
 
 SPLITS = ("train", "validation", "test")
 TRAIN_OR_VALIDATION = "trainval"  # a source split the builder divides into train and validation by image hash
-BEYOND_CAPTIONS_PER_IMAGE = "beyond_captions_per_image"  # a caption not selected (--captions_per_image): counted, not lost
-_SPLIT_ALIASES = {"train": "train", "training": "train", "validation": "validation", "valid": "validation", "val": "validation", "dev": "validation", "test": "test", "testing": "test"}
+BEYOND_CAPTIONS_PER_IMAGE = (
+    "beyond_captions_per_image"  # a caption not selected (--captions_per_image): counted, not lost
+)
+_SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "validation": "validation",
+    "valid": "validation",
+    "val": "validation",
+    "dev": "validation",
+    "test": "test",
+    "testing": "test",
+}
 
 
 class ImageUnavailable(Exception):
@@ -143,21 +163,38 @@ def _check_dir(path: Path | str, flag: str) -> Path:
 
 
 _COCO_CAPTIONS_SCHEMA = "COCO captions: images[{id, file_name, width, height}], annotations[{image_id, caption}]"
-_COCO_INSTANCES_SCHEMA = "COCO instances: images[...], annotations[{image_id, category_id, bbox}], categories[{id, name, supercategory}]"
+_COCO_INSTANCES_SCHEMA = (
+    "COCO instances: images[...], annotations[{image_id, category_id, bbox}], categories[{id, name, supercategory}]"
+)
 
 
 def _require_id(container: object, key: str, path: Path, where: str, schema: str) -> int | str:
     """An id (an integer or a string: what COCO-style files use)."""
     value = require(container, key, path, where, schema)
     if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise UserError(f"{path}: '{key}' in {where} is {describe_value(value)}, expected an integer or a string id ({schema})")
+        raise UserError(
+            f"{path}: '{key}' in {where} is {describe_value(value)}, expected an integer or a string id ({schema})"
+        )
     return value
 
 
 # The keys the COCO-format readers use; every other key is dropped while the file is parsed (the
 # polygons alone make up most of an instances file: 3 GB of Python objects for train2017's).
-_COCO_KEYS = frozenset({"images", "annotations", "categories", "id", "file_name", "image_id", "caption", "category_id", "bbox",
-                        "name", "updated_caption"})
+_COCO_KEYS = frozenset(
+    {
+        "images",
+        "annotations",
+        "categories",
+        "id",
+        "file_name",
+        "image_id",
+        "caption",
+        "category_id",
+        "bbox",
+        "name",
+        "updated_caption",
+    }
+)
 
 
 def _coco_images(data: object, path: Path, schema: str) -> dict[object, str]:
@@ -168,10 +205,14 @@ def _coco_images(data: object, path: Path, schema: str) -> dict[object, str]:
         image_id = _require_id(image, "id", path, f"images[{index}]", schema)
         file_name = require(image, "file_name", path, f"images[{index}]", schema)
         if not isinstance(file_name, str) or not file_name.strip():
-            raise UserError(f"{path}: 'file_name' in images[{index}] is {describe_value(file_name)}, expected a file name ({schema})")
+            raise UserError(
+                f"{path}: 'file_name' in images[{index}] is {describe_value(file_name)}, expected a file name ({schema})"
+            )
         if image_id in file_names and file_names[image_id] != file_name:
-            raise UserError(f"{path}: images[{index}] repeats id {image_id!r} of images[{first_index[image_id]}] with another file "
-                            f"({file_name!r}, not {file_names[image_id]!r}); image ids must be unique")
+            raise UserError(
+                f"{path}: images[{index}] repeats id {image_id!r} of images[{first_index[image_id]}] with another file "
+                f"({file_name!r}, not {file_names[image_id]!r}); image ids must be unique"
+            )
         file_names[image_id] = file_name
         first_index.setdefault(image_id, index)
     return file_names
@@ -180,18 +221,30 @@ def _coco_images(data: object, path: Path, schema: str) -> dict[object, str]:
 def _check_id_type(image_id: object, known: dict, path: Path, where: str, known_what: str) -> None:
     """An id that is not among `known` but whose string / integer twin is: say the types differ
     (`image_id` "1" against `id` 1), instead of counting every caption as one of an unknown image."""
-    twin = str(image_id) if isinstance(image_id, int) else int(image_id) if isinstance(image_id, str) and image_id.strip().isdigit() else None
+    twin = (
+        str(image_id)
+        if isinstance(image_id, int)
+        else int(image_id)
+        if isinstance(image_id, str) and image_id.strip().isdigit()
+        else None
+    )
     if twin is not None and twin in known:
         kind = lambda value: f"the string {value!r}" if isinstance(value, str) else f"the integer {value!r}"  # noqa: E731
-        raise UserError(f"{path}: 'image_id' in {where} is {kind(image_id)} but {known_what} has the id as {kind(twin)}; "
-                        "the types differ (use integers in both, or strings in both)")
+        raise UserError(
+            f"{path}: 'image_id' in {where} is {kind(image_id)} but {known_what} has the id as {kind(twin)}; "
+            "the types differ (use integers in both, or strings in both)"
+        )
 
 
 def _box_area(bbox: object, path: Path, where: str) -> float:
     """Area of a COCO `bbox` [x, y, width, height]; 0 when the annotation has none (crowd regions may not)."""
     if bbox is None or bbox == []:
         return 0.0
-    if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox)):
+    if not (
+        isinstance(bbox, list)
+        and len(bbox) == 4
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox)
+    ):
         raise UserError(f"{path}: 'bbox' in {where} is {describe_value(bbox)}, expected [x, y, width, height] numbers")
     return max(float(bbox[2]), 0.0) * max(float(bbox[3]), 0.0)
 
@@ -206,10 +259,14 @@ def read_coco_objects(instances: Path | str) -> tuple[dict[object, dict[str, flo
         category_id = _require_id(category, "id", path, f"categories[{index}]", _COCO_INSTANCES_SCHEMA)
         name = require(category, "name", path, f"categories[{index}]", _COCO_INSTANCES_SCHEMA)
         if not isinstance(name, str) or not name.strip():
-            raise UserError(f"{path}: 'name' in categories[{index}] is {describe_value(name)}, expected a category name")
+            raise UserError(
+                f"{path}: 'name' in categories[{index}] is {describe_value(name)}, expected a category name"
+            )
         names[category_id] = canonical_category(name) or " ".join(name.lower().split())
     areas: dict[object, dict[str, float]] = {image_id: {} for image_id in file_names}
-    for index, annotation in enumerate(require_list(data, "annotations", path, "the top level", _COCO_INSTANCES_SCHEMA)):
+    for index, annotation in enumerate(
+        require_list(data, "annotations", path, "the top level", _COCO_INSTANCES_SCHEMA)
+    ):
         where = f"annotations[{index}]"
         image_id = _require_id(annotation, "image_id", path, where, _COCO_INSTANCES_SCHEMA)
         category_id = _require_id(annotation, "category_id", path, where, _COCO_INSTANCES_SCHEMA)
@@ -228,16 +285,23 @@ _NAMING_CHUNK = 1024  # images whose captions one worker task reads
 
 def _objects_named(images: list[tuple[object, list[str]]], num_proc: int | None) -> list[tuple[str, ...]]:
     """For each (image, captions): the objects its captions name (`detect_objects`), in workers."""
+
     def chunk(index: int) -> list[tuple[str, ...]]:
-        return [tuple(sorted({obj for caption in captions for obj in detect_objects(caption)}))
-                for _, captions in images[index * _NAMING_CHUNK : (index + 1) * _NAMING_CHUNK]]
+        return [
+            tuple(sorted({obj for caption in captions for obj in detect_objects(caption)}))
+            for _, captions in images[index * _NAMING_CHUNK : (index + 1) * _NAMING_CHUNK]
+        ]
 
     return [named for part in fork_map(chunk, -(-len(images) // _NAMING_CHUNK), num_proc, 2) for named in part]
 
 
 def _sort_key(value: object) -> tuple[str, object]:
     """Orders ids of mixed types (annotation ids may be numbers or strings, or missing)."""
-    return (type(value).__name__, value) if isinstance(value, (int, float, str)) and not isinstance(value, bool) else ("~", repr(value))
+    return (
+        (type(value).__name__, value)
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool)
+        else ("~", repr(value))
+    )
 
 
 def _select_captions(captions: list[tuple[object, str]], captions_per_image: int) -> list[str]:
@@ -245,8 +309,9 @@ def _select_captions(captions: list[tuple[object, str]], captions_per_image: int
     return ordered if captions_per_image <= 0 else ordered[:captions_per_image]
 
 
-def _known_captions(data: object, path: Path, schema: str, file_names: dict, skips: SkipLog,
-                    keys: tuple[str, ...] = ()) -> Iterator[tuple[int, str, dict, object, str]]:
+def _known_captions(
+    data: object, path: Path, schema: str, file_names: dict, skips: SkipLog, keys: tuple[str, ...] = ()
+) -> Iterator[tuple[int, str, dict, object, str]]:
     """(index, where, annotation, image id, stripped caption) of each COCO-format caption annotation
     (`image_id`, `caption` and `keys` required) whose image `file_names` lists and whose caption is
     text; the others are counted in `skips` (`caption_of_unknown_image`, `text_skip`'s reasons)."""
@@ -269,8 +334,13 @@ def check_captions_per_image(value: int) -> int:
     return value
 
 
-def read_coco(captions: Path | str, instances: Path | str, images: Path | str, captions_per_image: int = 1,
-              num_proc: int | None = 1) -> Source:
+def read_coco(
+    captions: Path | str,
+    instances: Path | str,
+    images: Path | str,
+    captions_per_image: int = 1,
+    num_proc: int | None = 1,
+) -> Source:
     """COCO captions with present objects from the instance annotations (`captions_per_image` 0: all);
     the objects the captions name are found in `num_proc` worker processes (None: the cores)."""
     captions_path = Path(captions)
@@ -282,18 +352,27 @@ def read_coco(captions: Path | str, instances: Path | str, images: Path | str, c
     source = Source(
         name="coco",
         description="MS-COCO captions; present objects from COCO's instance annotations (80 categories, exhaustive).",
-        license="cc-by-4.0", items=[], object_sets=[tuple(sorted(objects)) for objects in areas.values()],
-        exhaustive_objects=True, files=[str(captions_path), str(instances), str(images_dir)],
+        license="cc-by-4.0",
+        items=[],
+        object_sets=[tuple(sorted(objects)) for objects in areas.values()],
+        exhaustive_objects=True,
+        files=[str(captions_path), str(instances), str(images_dir)],
     )
     by_image: dict[object, list[tuple[object, str, str]]] = defaultdict(list)
-    for index, where, annotation, image_id, caption in _known_captions(data, captions_path, _COCO_CAPTIONS_SCHEMA, file_names, source.skips):
+    for index, where, annotation, image_id, caption in _known_captions(
+        data, captions_path, _COCO_CAPTIONS_SCHEMA, file_names, source.skips
+    ):
         by_image[image_id].append((annotation.get("id", index), caption, where))
     del data  # only what by_image and file_names hold is needed from here on
     chosen = []  # (image id, its selected captions)
     for image_id in sorted(by_image, key=_sort_key):
         if image_id not in areas:  # a captions file paired with another split's instances file
             _check_id_type(image_id, areas, captions_path, by_image[image_id][0][2], Path(instances).name)
-            source.skips.skip("image_not_in_instances", f"{captions_path.name} {by_image[image_id][0][2]} (image_id {image_id!r})", len(by_image[image_id]))
+            source.skips.skip(
+                "image_not_in_instances",
+                f"{captions_path.name} {by_image[image_id][0][2]} (image_id {image_id!r})",
+                len(by_image[image_id]),
+            )
             continue
         selected = _select_captions([(key, caption) for key, caption, _ in by_image[image_id]], captions_per_image)
         if len(selected) < len(by_image[image_id]):
@@ -305,10 +384,17 @@ def read_coco(captions: Path | str, instances: Path | str, images: Path | str, c
         # One ImageRef, objects tuple and salience dict per image, shared by its captions (memory).
         image, present = ImageRef(file_names[image_id], images_dir / file_names[image_id]), tuple(sorted(objects))
         for caption in selected:
-            source.items.append(SourceItem(
-                image_id=str(image_id), image=image, caption=caption, present_objects=present, source_index=len(source.items),
-                also_mentioned=mentioned, salience=objects,
-            ))
+            source.items.append(
+                SourceItem(
+                    image_id=str(image_id),
+                    image=image,
+                    caption=caption,
+                    present_objects=present,
+                    source_index=len(source.items),
+                    also_mentioned=mentioned,
+                    salience=objects,
+                )
+            )
     return source
 
 
@@ -324,7 +410,9 @@ class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
 
     def redirect_request(self, req, fp, code, msg, headers, newurl):
         if urllib.parse.urlsplit(newurl).scheme.lower() not in ("http", "https"):
-            raise ImageUnavailable("image_download_failed", f"{req.full_url}: redirected to {newurl}, which is not an http(s) URL")
+            raise ImageUnavailable(
+                "image_download_failed", f"{req.full_url}: redirected to {newurl}, which is not an http(s) URL"
+            )
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
@@ -336,7 +424,9 @@ def _cache_file(url: str, cache_dir: Path) -> Path:
     return cache_dir / (hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()[:40] + suffix)
 
 
-def fetch_image(url: str, cache_dir: Path | str, timeout: float = DOWNLOAD_TIMEOUT, max_bytes: int = MAX_IMAGE_BYTES) -> Path:
+def fetch_image(
+    url: str, cache_dir: Path | str, timeout: float = DOWNLOAD_TIMEOUT, max_bytes: int = MAX_IMAGE_BYTES
+) -> Path:
     """Download an http(s) image into `cache_dir` (once: a cached file is reused) and return its path.
 
     Gives up after `timeout` seconds in total (a server that trickles bytes too) and beyond `max_bytes`;
@@ -362,7 +452,9 @@ def fetch_image(url: str, cache_dir: Path | str, timeout: float = DOWNLOAD_TIMEO
         with opener.open(request, timeout=timeout) as response:
             length = response.headers.get("Content-Length", "")
             if length.strip().isdigit() and int(length) > max_bytes:
-                raise ImageUnavailable("image_download_too_large", f"{url}: {int(length)} bytes, more than the {max_bytes} allowed")
+                raise ImageUnavailable(
+                    "image_download_too_large", f"{url}: {int(length)} bytes, more than the {max_bytes} allowed"
+                )
             while True:
                 if time.monotonic() > deadline:
                     raise ImageUnavailable("image_download_timeout", f"{url}: not complete after {timeout:g} s")
@@ -371,7 +463,9 @@ def fetch_image(url: str, cache_dir: Path | str, timeout: float = DOWNLOAD_TIMEO
                     break
                 data += chunk
                 if len(data) > max_bytes:
-                    raise ImageUnavailable("image_download_too_large", f"{url}: more than the {max_bytes} bytes allowed")
+                    raise ImageUnavailable(
+                        "image_download_too_large", f"{url}: more than the {max_bytes} bytes allowed"
+                    )
     except ImageUnavailable:
         raise
     except urllib.error.HTTPError as error:
@@ -410,7 +504,9 @@ class ImageDownloads:
     def reader(self, url: str) -> Callable[[], bytes]:
         def read() -> bytes:
             if self.cache_dir is None:
-                raise ImageUnavailable("image_url_without_cache", f"{url}: images given as URLs need a download folder")
+                raise ImageUnavailable(
+                    "image_url_without_cache", f"{url}: images given as URLs need a download folder"
+                )
             return fetch_image(url, self.cache_dir, self.timeout, self.max_bytes).read_bytes()
 
         return read
@@ -457,7 +553,9 @@ def _json_records(path: Path) -> list[tuple[str, dict]]:
             data = json.loads(text)
         except json.JSONDecodeError as error:
             if error.msg != "Extra data":  # JSON Lines in a .json file read as one value and then more
-                raise UserError(f"{path}: not valid JSON (line {error.lineno}, column {error.colno}: {error.msg})") from None
+                raise UserError(
+                    f"{path}: not valid JSON (line {error.lineno}, column {error.colno}: {error.msg})"
+                ) from None
         else:
             return _records_of(data, path)
     records = []
@@ -467,10 +565,14 @@ def _json_records(path: Path) -> list[tuple[str, dict]]:
         try:
             value = json.loads(line)
         except json.JSONDecodeError as error:
-            raise UserError(f"{path}: line {number} is not valid JSON ({error.msg}, column {error.colno}); "
-                            "a JSON Lines file holds one object per line") from None
+            raise UserError(
+                f"{path}: line {number} is not valid JSON ({error.msg}, column {error.colno}); "
+                "a JSON Lines file holds one object per line"
+            ) from None
         if not isinstance(value, dict):
-            raise UserError(f"{path}: line {number} is {describe_value(value)}, expected an object (one record per line)")
+            raise UserError(
+                f"{path}: line {number} is {describe_value(value)}, expected an object (one record per line)"
+            )
         records.append((f"line {number}", value))
     return records
 
@@ -489,7 +591,9 @@ def _records_of(data: object, path: Path) -> list[tuple[str, dict]]:
         return [(f"row {index}", {name: column[index] for name, column in data.items()}) for index in range(count)]
     if isinstance(data, dict):
         return [("record 0", data)]
-    raise UserError(f"{path}: the file holds {describe_value(data)}; expected a list of objects, JSON Lines, or an object of columns")
+    raise UserError(
+        f"{path}: the file holds {describe_value(data)}; expected a list of objects, JSON Lines, or an object of columns"
+    )
 
 
 _FILE_LOADERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
@@ -522,7 +626,9 @@ def _loader_of(dataset: str, loader: str) -> str:
             raise UserError(f"{path}: cannot tell how to read a '{path.suffix}' file; pass --loader json|csv|parquet")
         return _FILE_LOADERS[path.suffix.lower()]
     if path.suffix or dataset.startswith((".", "/", "~")) or dataset.count("/") > 1:
-        raise UserError(f"{dataset}: no such file or folder (expected a save_to_disk folder, an image folder, a JSON/CSV/Parquet file or a Hub id)")
+        raise UserError(
+            f"{dataset}: no such file or folder (expected a save_to_disk folder, an image folder, a JSON/CSV/Parquet file or a Hub id)"
+        )
     return "hub"
 
 
@@ -558,7 +664,9 @@ def _splits_of(loaded, split: str | None, dataset: str) -> list[tuple[str | None
         return [(None, names[0], loaded[names[0]])]
     unknown = [name for name in names if name not in _SPLIT_ALIASES]
     if unknown:
-        raise UserError(f"{dataset}: splits {unknown} are not train/validation/test; choose one with --split (it has {names})")
+        raise UserError(
+            f"{dataset}: splits {unknown} are not train/validation/test; choose one with --split (it has {names})"
+        )
     mapped = {_SPLIT_ALIASES[name]: name for name in names}
     pairs = []
     for name in names:
@@ -575,51 +683,86 @@ def _check_columns(found: list[str], where: str, columns: dict[str, str | None])
             raise UserError(f"{where}: has no column {column!r} ({flag}); its columns are {found}")
 
 
-def _file_rows(records: list[tuple[str, dict]], file: Path, columns: dict[str, str | None], base_dir: Path, downloads: ImageDownloads,
-               from_csv: bool) -> list[_Row]:
+def _file_rows(
+    records: list[tuple[str, dict]],
+    file: Path,
+    columns: dict[str, str | None],
+    base_dir: Path,
+    downloads: ImageDownloads,
+    from_csv: bool,
+) -> list[_Row]:
     if not records:
         return []
     _check_columns(list(dict.fromkeys(key for _, record in records for key in record)), str(file), columns)
-    image_column, caption_column, image_id_column = columns["--image_column"], columns["--caption_column"], columns["--image_id_column"]
+    image_column, caption_column, image_id_column = (
+        columns["--image_column"],
+        columns["--caption_column"],
+        columns["--image_id_column"],
+    )
     rows = []
     for where, record in records:
         caption = record.get(caption_column)
         if from_csv and isinstance(caption, str):
             caption = parse_list_cell(caption) or caption
         image_id = record.get(image_id_column) if image_id_column else None
-        rows.append(_Row(f"{file.name} {where}", caption, image_id, _image_ref(record.get(image_column), where.replace(" ", "-"), base_dir, downloads)))
+        rows.append(
+            _Row(
+                f"{file.name} {where}",
+                caption,
+                image_id,
+                _image_ref(record.get(image_column), where.replace(" ", "-"), base_dir, downloads),
+            )
+        )
     return rows
 
 
-def _dataset_image_reader(dataset, column: str, index: int, base_dir: Path | None, downloads: ImageDownloads) -> Callable[[], bytes | None]:
+def _dataset_image_reader(
+    dataset, column: str, index: int, base_dir: Path | None, downloads: ImageDownloads
+) -> Callable[[], bytes | None]:
     def read() -> bytes | None:
         value = dataset[index][column]
         if isinstance(value, dict):
             if value.get("bytes"):
                 return value["bytes"]
             value = value.get("path")
-        return _image_ref(value, "", base_dir, downloads).read_bytes() if isinstance(value, str) and value.strip() else None
+        return (
+            _image_ref(value, "", base_dir, downloads).read_bytes()
+            if isinstance(value, str) and value.strip()
+            else None
+        )
 
     return read
 
 
-def _dataset_rows(part, name: str, split_name: str, columns: dict[str, str | None], base_dir: Path | None, downloads: ImageDownloads) -> list[_Row]:
+def _dataset_rows(
+    part, name: str, split_name: str, columns: dict[str, str | None], base_dir: Path | None, downloads: ImageDownloads
+) -> list[_Row]:
     import datasets
     import pyarrow.compute as pc
 
     _check_columns(part.column_names, name, columns)
-    image_column, caption_column, image_id_column = columns["--image_column"], columns["--caption_column"], columns["--image_id_column"]
+    image_column, caption_column, image_id_column = (
+        columns["--image_column"],
+        columns["--caption_column"],
+        columns["--image_id_column"],
+    )
     if isinstance(part.features[image_column], datasets.Image):
         part = part.cast_column(image_column, datasets.Image(decode=False))
         paths = pc.struct_field(part.with_format("arrow")[image_column], "path").to_pylist()
     else:
-        paths = [value if isinstance(value, str) else None for value in part.with_format("arrow")[image_column].to_pylist()]
+        paths = [
+            value if isinstance(value, str) else None for value in part.with_format("arrow")[image_column].to_pylist()
+        ]
     captions = part.with_format("arrow")[caption_column].to_pylist()
     ids = part.with_format("arrow")[image_id_column].to_pylist() if image_id_column else [None] * len(part)
     rows = []
     for index in range(len(part)):
         path = paths[index]
-        image_name = (path.strip() if _is_url(path.strip()) else Path(path).name) if isinstance(path, str) and path.strip() else f"row-{index}"
+        image_name = (
+            (path.strip() if _is_url(path.strip()) else Path(path).name)
+            if isinstance(path, str) and path.strip()
+            else f"row-{index}"
+        )
         image = ImageRef(image_name, read=_dataset_image_reader(part, image_column, index, base_dir, downloads))
         rows.append(_Row(f"split {split_name!r} row {index}", captions[index], ids[index], image))
     return rows
@@ -659,14 +802,22 @@ def read_captions_dataset(
     check_captions_per_image(captions_per_image)
     if images_dir is not None:
         _check_dir(images_dir, "--images_dir")
-    columns = {"--image_column": image_column, "--caption_column": caption_column, "--image_id_column": image_id_column}
+    columns = {
+        "--image_column": image_column,
+        "--caption_column": caption_column,
+        "--image_id_column": image_id_column,
+    }
     parts = _caption_rows(dataset, loader, split, columns, images_dir, cache_dir, downloads or ImageDownloads())
     rows = []  # (split, image id, captions, image)
     source = Source(
         name="captions",
         description=f"Image–caption dataset `{dataset}`; objects are those its captions name (COCO vocabulary with synonyms), "
         "so an 'absent' object is one no caption of the image names.",
-        license="other", items=[], object_sets=[], exhaustive_objects=False, files=[dataset],
+        license="other",
+        items=[],
+        object_sets=[],
+        exhaustive_objects=False,
+        files=[dataset],
     )
     for split_name, part_rows in parts:
         for row in tqdm(part_rows, desc=f"reading {split_name or 'captions'}", disable=not progress, leave=False):
@@ -685,16 +836,30 @@ def read_captions_dataset(
         if len(selected) < len(texts):
             source.skips.skip(BEYOND_CAPTIONS_PER_IMAGE, count=len(texts) - len(selected))
         for caption in selected:
-            source.items.append(SourceItem(
-                image_id=image_id, image=image, caption=caption, present_objects=present,
-                source_index=len(source.items), split=split_name, also_mentioned=present,
-            ))
+            source.items.append(
+                SourceItem(
+                    image_id=image_id,
+                    image=image,
+                    caption=caption,
+                    present_objects=present,
+                    source_index=len(source.items),
+                    split=split_name,
+                    also_mentioned=present,
+                )
+            )
     source.object_sets = [tuple(sorted(objects)) for objects in named_by_image.values()]
     return source
 
 
-def _caption_rows(dataset: str, loader: str, split: str | None, columns: dict[str, str | None], images_dir: str | Path | None,
-                  cache_dir: str | None, downloads: ImageDownloads) -> list[tuple[str | None, list[_Row]]]:
+def _caption_rows(
+    dataset: str,
+    loader: str,
+    split: str | None,
+    columns: dict[str, str | None],
+    images_dir: str | Path | None,
+    cache_dir: str | None,
+    downloads: ImageDownloads,
+) -> list[tuple[str | None, list[_Row]]]:
     """(builder split, rows) of each split of an image-caption dataset; `columns` maps flags to column names."""
     path = Path(dataset)
     kind = _loader_of(dataset, loader)
@@ -711,8 +876,15 @@ def _caption_rows(dataset: str, loader: str, split: str | None, columns: dict[st
             records = [(f"line {line}", row) for line, row in read_csv(file)[1]] if as_csv else _json_records(file)
             flags = dict(columns)
             image_column = columns["--image_column"]
-            if kind == "imagefolder" and records and image_column not in records[0][1] and "file_name" in records[0][1]:
-                flags["--image_column"] = "file_name"  # the image folder convention (datasets' imagefolder calls it "image")
+            if (
+                kind == "imagefolder"
+                and records
+                and image_column not in records[0][1]
+                and "file_name" in records[0][1]
+            ):
+                flags["--image_column"] = (
+                    "file_name"  # the image folder convention (datasets' imagefolder calls it "image")
+                )
             base_dir = Path(images_dir) if images_dir else file.parent
             parts.append((name, _file_rows(records, file, flags, base_dir, downloads, from_csv=as_csv)))
     else:
@@ -722,7 +894,9 @@ def _caption_rows(dataset: str, loader: str, split: str | None, columns: dict[st
         named = {"train": loaded} if isinstance(loaded, datasets.Dataset) else loaded
         # Relative image paths start from the data file's folder, or the save_to_disk folder itself
         # (where this builder's own output keeps its images/).
-        base_dir = Path(images_dir) if images_dir else (path.parent if path.is_file() else path if kind == "disk" else None)
+        base_dir = (
+            Path(images_dir) if images_dir else (path.parent if path.is_file() else path if kind == "disk" else None)
+        )
         for name, part_name, part in _splits_of(named, split, dataset):
             parts.append((name, _dataset_rows(part, dataset, part_name, columns, base_dir, downloads)))
     return parts
@@ -748,7 +922,11 @@ def read_ccneg(annotations: Path | str, images: Path | str, eval_size: int = CCN
         name="ccneg",
         description=f"CC-Neg (CoN-CLIP, WACV 2025): CC3M images with LLM-negated captions; the last {eval_size} items are "
         "the published evaluation split (here: test).",
-        license="other", items=[], object_sets=[], exhaustive_objects=False, files=[str(path), str(images_dir)],
+        license="other",
+        items=[],
+        object_sets=[],
+        exhaustive_objects=False,
+        files=[str(path), str(images_dir)],
     )
     for entry in entries:
         caption = source.skips.text(entry.caption, f"{entry.where}['json']['caption']")
@@ -760,11 +938,19 @@ def read_ccneg(annotations: Path | str, images: Path | str, eval_size: int = CCN
         chosen, negative, given_skip = _ccneg_negation(caption, entry)
         present = tuple(sorted(set(detect_objects(caption)) | ({chosen} if chosen else set())))
         source.object_sets.append(present)
-        source.items.append(SourceItem(
-            image_id=image_id, image=ImageRef(image_id, file), caption=caption, present_objects=present,
-            source_index=entry.index, split="test" if entry.index >= first_eval else TRAIN_OR_VALIDATION, also_mentioned=present,
-            presence=GivenNegation(negative, chosen, "ccneg") if given_skip is None else None, presence_skip=given_skip,
-        ))
+        source.items.append(
+            SourceItem(
+                image_id=image_id,
+                image=ImageRef(image_id, file),
+                caption=caption,
+                present_objects=present,
+                source_index=entry.index,
+                split="test" if entry.index >= first_eval else TRAIN_OR_VALIDATION,
+                also_mentioned=present,
+                presence=GivenNegation(negative, chosen, "ccneg") if given_skip is None else None,
+                presence_skip=given_skip,
+            )
+        )
     return source
 
 
@@ -780,14 +966,61 @@ def _ccneg_negation(caption: str, entry) -> tuple[str | None, str, str | None]:
         return chosen, negative, None
     if negative:
         return chosen, negative, "ccneg_no_negated_object"
-    return chosen, negative, "ccneg_negative_prompt_not_text" if text_skip(entry.negative) == "caption_not_text" else "ccneg_empty_negative_prompt"
+    return (
+        chosen,
+        negative,
+        "ccneg_negative_prompt_not_text"
+        if text_skip(entry.negative) == "caption_not_text"
+        else "ccneg_empty_negative_prompt",
+    )
 
 
-_STOPWORDS = frozenset({
-    "a", "an", "the", "any", "some", "of", "in", "on", "at", "to", "with", "and", "or", "is", "are", "be", "there", "here",
-    "around", "nearby", "visible", "present", "seen", "in sight", "anywhere", "one", "its", "his", "her", "their", "this", "that",
-    "it", "image", "picture", "photo", "scene", "background", "foreground", "sight", "view", "frame",
-})
+_STOPWORDS = frozenset(
+    {
+        "a",
+        "an",
+        "the",
+        "any",
+        "some",
+        "of",
+        "in",
+        "on",
+        "at",
+        "to",
+        "with",
+        "and",
+        "or",
+        "is",
+        "are",
+        "be",
+        "there",
+        "here",
+        "around",
+        "nearby",
+        "visible",
+        "present",
+        "seen",
+        "in sight",
+        "anywhere",
+        "one",
+        "its",
+        "his",
+        "her",
+        "their",
+        "this",
+        "that",
+        "it",
+        "image",
+        "picture",
+        "photo",
+        "scene",
+        "background",
+        "foreground",
+        "sight",
+        "view",
+        "frame",
+    }
+)
 
 
 def infer_absent_object(caption: str, updated_caption: str) -> str | None:
@@ -824,7 +1057,9 @@ def infer_absent_object(caption: str, updated_caption: str) -> str | None:
     return None
 
 
-_NEGATIONCLIP_SCHEMA = "NegationCLIP: COCO captions JSON, images[{id, file_name}], annotations[{image_id, caption, updated_caption}]"
+_NEGATIONCLIP_SCHEMA = (
+    "NegationCLIP: COCO captions JSON, images[{id, file_name}], annotations[{image_id, caption, updated_caption}]"
+)
 
 
 def read_negationclip(annotations: Path | str, images: Path | str, instances: Path | str | None = None) -> Source:
@@ -838,11 +1073,16 @@ def read_negationclip(annotations: Path | str, images: Path | str, instances: Pa
         name="negationclip",
         description="NegationCLIP (ICCV 2025): COCO captions rewritten by an LLM to state that a plausible object, checked "
         "absent by a VLM, is not there; the negated object is recovered from the rewrite.",
-        license="other", items=[], object_sets=[], exhaustive_objects=areas is not None,
+        license="other",
+        items=[],
+        object_sets=[],
+        exhaustive_objects=areas is not None,
         files=[str(path), str(images_dir)] + ([str(instances)] if instances else []),
     )
     entries = []
-    for _, _, annotation, image_id, caption in _known_captions(data, path, _NEGATIONCLIP_SCHEMA, file_names, source.skips, ("updated_caption",)):
+    for _, _, annotation, image_id, caption in _known_captions(
+        data, path, _NEGATIONCLIP_SCHEMA, file_names, source.skips, ("updated_caption",)
+    ):
         updated = annotation["updated_caption"]
         entries.append((image_id, caption, updated.strip() if isinstance(updated, str) else ""))
     named_by_image: dict[object, set[str]] = defaultdict(set)
@@ -854,13 +1094,25 @@ def read_negationclip(annotations: Path | str, images: Path | str, instances: Pa
         else:
             present = tuple(sorted(named_by_image[image_id]))
         absent = infer_absent_object(caption, updated) if updated else None
-        given_skip = None if updated and absent else ("negationclip_absent_object_not_found" if updated else "negationclip_empty_updated_caption")
-        source.items.append(SourceItem(
-            image_id=str(image_id), image=ImageRef(file_names[image_id], images_dir / file_names[image_id]), caption=caption,
-            present_objects=present, source_index=index, also_mentioned=tuple(sorted(named_by_image[image_id])),
-            salience=dict(areas.get(image_id, {})) if areas is not None else {},
-            absence=GivenNegation(updated, absent, "negationclip") if given_skip is None else None, absence_skip=given_skip,
-        ))
-    source.object_sets = [tuple(sorted(objects)) for objects in (areas.values() if areas is not None else named_by_image.values())]
+        given_skip = (
+            None
+            if updated and absent
+            else ("negationclip_absent_object_not_found" if updated else "negationclip_empty_updated_caption")
+        )
+        source.items.append(
+            SourceItem(
+                image_id=str(image_id),
+                image=ImageRef(file_names[image_id], images_dir / file_names[image_id]),
+                caption=caption,
+                present_objects=present,
+                source_index=index,
+                also_mentioned=tuple(sorted(named_by_image[image_id])),
+                salience=dict(areas.get(image_id, {})) if areas is not None else {},
+                absence=GivenNegation(updated, absent, "negationclip") if given_skip is None else None,
+                absence_skip=given_skip,
+            )
+        )
+    source.object_sets = [
+        tuple(sorted(objects)) for objects in (areas.values() if areas is not None else named_by_image.values())
+    ]
     return source
-

@@ -29,7 +29,15 @@ class _ImageTooLarge(Exception):
     pass
 
 
-_EXTENSIONS = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif"}
+_EXTENSIONS = {
+    "JPEG": ".jpg",
+    "MPO": ".jpg",
+    "PNG": ".png",
+    "WEBP": ".webp",
+    "GIF": ".gif",
+    "BMP": ".bmp",
+    "TIFF": ".tif",
+}
 
 
 def _checked_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[bytes, str, str | None]:
@@ -91,24 +99,40 @@ def store_image(image: ImageRef, relative: str, root: Path, max_pixels: int = DE
         return StoredImage(reason="corrupt_image")
     path = relative + extension
     target = root / path
-    if not target.parent.is_dir():  # (store_images makes the folders beforehand: a failing mkdir costs more than a stat)
+    if (
+        not target.parent.is_dir()
+    ):  # (store_images makes the folders beforehand: a failing mkdir costs more than a stat)
         target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(stored)
     return StoredImage(path=path, converted_from=converted_from, bytes_read=len(data), bytes_written=len(stored))
 
 
-MIN_IMAGES_PER_WORKER = 16  # fewer images than this per worker are stored in this process (starting workers costs more)
+MIN_IMAGES_PER_WORKER = (
+    16  # fewer images than this per worker are stored in this process (starting workers costs more)
+)
 
 
-def store_images(jobs: list[tuple[ImageRef, str]], root: Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, num_proc: int | None = None,
-                 progress: bool = False) -> list[StoredImage]:
+def store_images(
+    jobs: list[tuple[ImageRef, str]],
+    root: Path,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    num_proc: int | None = None,
+    progress: bool = False,
+) -> list[StoredImage]:
     """`store_image` for each (image, relative path) of `jobs`, in `num_proc` worker processes
     (`fork_map`). Each worker reads, checks and writes its images itself and sends back only a
     `StoredImage`: memory stays about one image per worker, whatever the number of images."""
     for folder in sorted({(root / relative).parent for _, relative in jobs}):
         folder.mkdir(parents=True, exist_ok=True)
-    return fork_map(lambda index: store_image(*jobs[index], root, max_pixels), len(jobs), num_proc, MIN_IMAGES_PER_WORKER,
-                    "checking and storing images", progress, "image")
+    return fork_map(
+        lambda index: store_image(*jobs[index], root, max_pixels),
+        len(jobs),
+        num_proc,
+        MIN_IMAGES_PER_WORKER,
+        "checking and storing images",
+        progress,
+        "image",
+    )
 
 
 def image_key(item: SourceItem) -> tuple:
@@ -145,9 +169,15 @@ def load_with_images(folder: Path | str) -> datasets.DatasetDict:
             continue  # built before images were stored as files
         features = datasets.Features({**dataset.features, "image": datasets.Image()})
         if not len(dataset):  # (an empty table cannot be cast)
-            dataset_dict[split] = datasets.Dataset.from_dict({name: [] for name in features}, features=features, split=dataset.split)
+            dataset_dict[split] = datasets.Dataset.from_dict(
+                {name: [] for name in features}, features=features, split=dataset.split
+            )
             continue
-        resolved = dataset.map(lambda batch: {"image": [str(folder / path) if path else None for path in batch["image"]]},
-                               batched=True, keep_in_memory=True, desc=f"resolving the image paths of {split}")
+        resolved = dataset.map(
+            lambda batch: {"image": [str(folder / path) if path else None for path in batch["image"]]},
+            batched=True,
+            keep_in_memory=True,
+            desc=f"resolving the image paths of {split}",
+        )
         dataset_dict[split] = resolved.cast(features)
     return dataset_dict

@@ -50,10 +50,10 @@ _SPLIT_AND_GATE = (
 
 _GIVEN = {
     "ccneg": "Presence negations are CC-Neg's own negative prompts (`sop_data['negative-prompt']`, commas removed as "
-             "CoN-CLIP's loader does); the negated object is `sop_data['sop_chosen_object']`. ",
+    "CoN-CLIP's loader does); the negated object is `sop_data['sop_chosen_object']`. ",
     "negationclip": "Absence negations are NegationCLIP's `updated_caption`; the absent object, which the file does not "
-                    "store, is recovered from the rewrite (the COCO category it newly names under a negation, else the "
-                    "noun after the new negation cue). ",
+    "store, is recovered from the rewrite (the COCO category it newly names under a negation, else the "
+    "noun after the new negation cue). ",
 }
 
 
@@ -71,7 +71,10 @@ def to_json(data: object) -> str:
 
 def print_summary(summary: dict, out: Path) -> None:
     print(f"\nbuilt {summary['source']} -> {out}")
-    print(f"  rows in: {summary.get('rows_in', '-')}; rows out: " + ", ".join(f"{k} {v}" for k, v in summary["rows_out"].items()))
+    print(
+        f"  rows in: {summary.get('rows_in', '-')}; rows out: "
+        + ", ".join(f"{k} {v}" for k, v in summary["rows_out"].items())
+    )
     if summary.get("negations"):
         print("  negations: " + ", ".join(f"{k} {v}" for k, v in summary["negations"].items()))
     if summary.get("rows_beyond_max_rows"):
@@ -82,22 +85,30 @@ def print_summary(summary: dict, out: Path) -> None:
         print(f"  converted to RGB from {mode}: {count}")
     long = summary.get("over_context_length")
     if long and any(long["texts"].values()):
-        print(f"  longer than CLIP's {long['limit']} tokens (the text encoder reads only their start): "
-              + ", ".join(f"{column} {count}" for column, count in long["texts"].items()))
+        print(
+            f"  longer than CLIP's {long['limit']} tokens (the text encoder reads only their start): "
+            + ", ".join(f"{column} {count}" for column, count in long["texts"].items())
+        )
     elif long is None:
         print("  token lengths not checked (no CLIP tokenizer: install open_clip_torch --no-deps for its BPE file)")
     _print_statements(summary)
     gate = summary["quality_gate"]["total"]
-    print("  quality gate: " + "; ".join(
-        f"{kind} passed {gate[kind]['passed']}, none {gate[kind]['missing']}, failed {sum(gate[kind]['failed'].values())}"
-        for kind in ("presence", "absence")))
+    print(
+        "  quality gate: "
+        + "; ".join(
+            f"{kind} passed {gate[kind]['passed']}, none {gate[kind]['missing']}, failed {sum(gate[kind]['failed'].values())}"
+            for kind in ("presence", "absence")
+        )
+    )
     if not summary["quality_gate"]["passed"]:
         print("  WARNING: some negations fail the quality gate; see build_summary.json", file=sys.stderr)
     print(f"  summary: {out / SUMMARY_FILE}")
 
 
-_BOTH_NEGATIONS_HINTS = {"ccneg": "; CC-Neg gives presence negations only: pass --synthesize_absence",
-                         "negationclip": "; NegationCLIP gives absence negations only: pass --synthesize_presence"}
+_BOTH_NEGATIONS_HINTS = {
+    "ccneg": "; CC-Neg gives presence negations only: pass --synthesize_absence",
+    "negationclip": "; NegationCLIP gives absence negations only: pass --synthesize_presence",
+}
 
 
 def _print_statements(summary: dict) -> None:
@@ -106,17 +117,24 @@ def _print_statements(summary: dict) -> None:
     if not statements:
         return
     rate, both = statements["rate"], statements["rows_with_both_negations"]
-    print(f"  statements (--statement_rate {rate}): {statements['written']} of {statements['rows']} rows; a statement needs "
-          f"both a presence and an absence negation, which {both} rows have ({statements['presence_only']} presence only, "
-          f"{statements['absence_only']} absence only)")
+    print(
+        f"  statements (--statement_rate {rate}): {statements['written']} of {statements['rows']} rows; a statement needs "
+        f"both a presence and an absence negation, which {both} rows have ({statements['presence_only']} presence only, "
+        f"{statements['absence_only']} absence only)"
+    )
     if statements["written"]:
         return
     if both:
         why = f"none of the {both} rows with both negations was drawn at this rate"
     else:
         presence_only, absence_only = statements["presence_only"], statements["absence_only"]
-        lacking = ("none has an absence negation" if not absence_only else "none has a presence negation" if not presence_only
-                   else f"{presence_only} lack an absence negation, {absence_only} a presence negation")
+        lacking = (
+            "none has an absence negation"
+            if not absence_only
+            else "none has a presence negation"
+            if not presence_only
+            else f"{presence_only} lack an absence negation, {absence_only} a presence negation"
+        )
         why = f"no row has both negations ({lacking}){_BOTH_NEGATIONS_HINTS.get(summary['source'], '')}"
     print(f"  WARNING: --statement_rate {rate} wrote no statement: {why}", file=sys.stderr)
 
@@ -130,20 +148,30 @@ def build_description(source: str, options: BuildOptions) -> str:
         text += _PRESENCE_RULES
     if options.generate_absence:
         text += _ABSENCE_RULES.format(k=options.absent_top_k)
-    splits = ("the last --eval_size items are the test split, the rest divided into train and validation by a stable hash of "
-              "`image_id`" if source == "ccneg" else "the source's own splits where it has them, else a stable hash of `image_id`")
+    splits = (
+        "the last --eval_size items are the test split, the rest divided into train and validation by a stable hash of "
+        "`image_id`"
+        if source == "ccneg"
+        else "the source's own splits where it has them, else a stable hash of `image_id`"
+    )
     return text + _SPLIT_AND_GATE.format(splits=splits)
 
 
-def render_card(summary: dict, dataset_dict: datasets.DatasetDict, description: str, method: str, license: str | None) -> str:
+def render_card(
+    summary: dict, dataset_dict: datasets.DatasetDict, description: str, method: str, license: str | None
+) -> str:
     """The folder's card. License: --license, else the source's (data the project generates: the
     repository's MIT; third-party captions and images: `other`, named after their source's terms)."""
     source = summary["source"]
     license = license or DEFAULT_LICENSES.get(source, "other")
     return render_dataset_card(
-        summary, next(iter(dataset_dict.values())).features, license=license,
+        summary,
+        next(iter(dataset_dict.values())).features,
+        license=license,
         license_name=f"{source}-source-terms" if license == "other" else None,
-        source_description=description, build_description=method, license_note=LICENSE_NOTES.get(source, ""),
+        source_description=description,
+        build_description=method,
+        license_note=LICENSE_NOTES.get(source, ""),
         num_bytes={split: part.data.nbytes for split, part in dataset_dict.items()},
         data_files=save_to_disk_files(summary["rows_out"]),
     )

@@ -28,28 +28,94 @@ from dataclasses import dataclass, field
 # Each category: "singular|plural" surface forms; the first pair is how generated text writes it.
 _CATEGORY_FORMS: dict[str, list[str]] = {
     "person": [
-        "person|people", "persons|persons", "man|men", "woman|women", "boy|boys", "girl|girls",
-        "child|children", "kid|kids", "guy|guys", "lady|ladies", "gentleman|gentlemen", "adult|adults",
-        "baby|babies", "toddler|toddlers", "teenager|teenagers", "player|players", "skier|skiers",
-        "snowboarder|snowboarders", "surfer|surfers", "skateboarder|skateboarders", "rider|riders",
-        "pedestrian|pedestrians", "chef|chefs", "worker|workers", "tourist|tourists", "batter|batters",
-        "catcher|catchers", "umpire|umpires", "policeman|policemen", "biker|bikers", "cyclist|cyclists",
-        "athlete|athletes", "student|students", "mother|mothers", "father|fathers", "friend|friends",
+        "person|people",
+        "persons|persons",
+        "man|men",
+        "woman|women",
+        "boy|boys",
+        "girl|girls",
+        "child|children",
+        "kid|kids",
+        "guy|guys",
+        "lady|ladies",
+        "gentleman|gentlemen",
+        "adult|adults",
+        "baby|babies",
+        "toddler|toddlers",
+        "teenager|teenagers",
+        "player|players",
+        "skier|skiers",
+        "snowboarder|snowboarders",
+        "surfer|surfers",
+        "skateboarder|skateboarders",
+        "rider|riders",
+        "pedestrian|pedestrians",
+        "chef|chefs",
+        "worker|workers",
+        "tourist|tourists",
+        "batter|batters",
+        "catcher|catchers",
+        "umpire|umpires",
+        "policeman|policemen",
+        "biker|bikers",
+        "cyclist|cyclists",
+        "athlete|athletes",
+        "student|students",
+        "mother|mothers",
+        "father|fathers",
+        "friend|friends",
     ],
     "bicycle": ["bicycle|bicycles", "bike|bikes"],
     "car": ["car|cars", "sedan|sedans", "taxi|taxis", "cab|cabs", "automobile|automobiles", "suv|suvs"],
-    "motorcycle": ["motorcycle|motorcycles", "motorbike|motorbikes", "scooter|scooters", "moped|mopeds", "dirt bike|dirt bikes"],
-    "airplane": ["airplane|airplanes", "plane|planes", "aeroplane|aeroplanes", "jet|jets", "airliner|airliners", "jetliner|jetliners", "aircraft|aircraft"],
+    "motorcycle": [
+        "motorcycle|motorcycles",
+        "motorbike|motorbikes",
+        "scooter|scooters",
+        "moped|mopeds",
+        "dirt bike|dirt bikes",
+    ],
+    "airplane": [
+        "airplane|airplanes",
+        "plane|planes",
+        "aeroplane|aeroplanes",
+        "jet|jets",
+        "airliner|airliners",
+        "jetliner|jetliners",
+        "aircraft|aircraft",
+    ],
     "bus": ["bus|buses", "bus|busses"],
     "train": ["train|trains", "locomotive|locomotives"],
     "truck": ["truck|trucks", "lorry|lorries", "pickup truck|pickup trucks"],
-    "boat": ["boat|boats", "ship|ships", "sailboat|sailboats", "canoe|canoes", "kayak|kayaks", "yacht|yachts", "ferry|ferries"],
-    "traffic light": ["traffic light|traffic lights", "stoplight|stoplights", "stop light|stop lights", "traffic signal|traffic signals"],
+    "boat": [
+        "boat|boats",
+        "ship|ships",
+        "sailboat|sailboats",
+        "canoe|canoes",
+        "kayak|kayaks",
+        "yacht|yachts",
+        "ferry|ferries",
+    ],
+    "traffic light": [
+        "traffic light|traffic lights",
+        "stoplight|stoplights",
+        "stop light|stop lights",
+        "traffic signal|traffic signals",
+    ],
     "fire hydrant": ["fire hydrant|fire hydrants", "hydrant|hydrants"],
     "stop sign": ["stop sign|stop signs"],
     "parking meter": ["parking meter|parking meters"],
     "bench": ["bench|benches"],
-    "bird": ["bird|birds", "seagull|seagulls", "gull|gulls", "pigeon|pigeons", "duck|ducks", "parrot|parrots", "goose|geese", "swan|swans", "owl|owls"],
+    "bird": [
+        "bird|birds",
+        "seagull|seagulls",
+        "gull|gulls",
+        "pigeon|pigeons",
+        "duck|ducks",
+        "parrot|parrots",
+        "goose|geese",
+        "swan|swans",
+        "owl|owls",
+    ],
     "cat": ["cat|cats", "kitten|kittens", "kitty|kitties"],
     "dog": ["dog|dogs", "puppy|puppies", "pup|pups", "doggy|doggies"],
     "horse": ["horse|horses", "pony|ponies", "foal|foals"],
@@ -67,7 +133,13 @@ _CATEGORY_FORMS: dict[str, list[str]] = {
     "frisbee": ["frisbee|frisbees"],
     "skis": ["pair of skis|skis", "ski|skis"],
     "snowboard": ["snowboard|snowboards"],
-    "sports ball": ["ball|balls", "soccer ball|soccer balls", "tennis ball|tennis balls", "basketball|basketballs", "volleyball|volleyballs"],
+    "sports ball": [
+        "ball|balls",
+        "soccer ball|soccer balls",
+        "tennis ball|tennis balls",
+        "basketball|basketballs",
+        "volleyball|volleyballs",
+    ],
     "kite": ["kite|kites"],
     "baseball bat": ["baseball bat|baseball bats", "bat|bats"],
     "baseball glove": ["baseball glove|baseball gloves", "baseball mitt|baseball mitts", "mitt|mitts"],
@@ -102,7 +174,13 @@ _CATEGORY_FORMS: dict[str, list[str]] = {
     "mouse": ["computer mouse|computer mice", "mouse|mice"],
     "remote": ["remote|remotes", "remote control|remote controls"],
     "keyboard": ["keyboard|keyboards"],
-    "cell phone": ["cell phone|cell phones", "cellphone|cellphones", "phone|phones", "smartphone|smartphones", "mobile phone|mobile phones"],
+    "cell phone": [
+        "cell phone|cell phones",
+        "cellphone|cellphones",
+        "phone|phones",
+        "smartphone|smartphones",
+        "mobile phone|mobile phones",
+    ],
     "microwave": ["microwave|microwaves"],
     "oven": ["oven|ovens", "stove|stoves"],
     "toaster": ["toaster|toasters"],
@@ -122,14 +200,40 @@ COCO_CATEGORIES: tuple[str, ...] = tuple(_CATEGORY_FORMS)
 # Mass nouns: "no broccoli", never "a broccoli".
 UNCOUNTABLE = frozenset({"broccoli", "luggage", "cattle"})
 
-NEGATION_CUES = frozenset({"no", "not", "without", "never", "none", "nor", "neither", "nobody", "nothing", "lacking", "n't", "cannot"})
+NEGATION_CUES = frozenset(
+    {"no", "not", "without", "never", "none", "nor", "neither", "nobody", "nothing", "lacking", "n't", "cannot"}
+)
 # Words after which an ambiguous adjective ("an orange cat", "a remote island") is still a noun.
-_NOUN_FOLLOWERS = frozenset({
-    "and", "or", "with", "on", "in", "of", "at", "by", "is", "are", "was", "sitting", "lying", "next", "near", "beside", "for", "to", "from", "that", "which",
-})
+_NOUN_FOLLOWERS = frozenset(
+    {
+        "and",
+        "or",
+        "with",
+        "on",
+        "in",
+        "of",
+        "at",
+        "by",
+        "is",
+        "are",
+        "was",
+        "sitting",
+        "lying",
+        "next",
+        "near",
+        "beside",
+        "for",
+        "to",
+        "from",
+        "that",
+        "which",
+    }
+)
 _AMBIGUOUS_ADJECTIVES = frozenset({"orange", "remote"})
 # Tokens that end the reach of a negation cue ("no dogs and a cat": the cat is asserted).
-_CLAUSE_BREAKS = frozenset({",", ";", ":", ".", "!", "?", "and", "but", "while", "whereas", "although", "yet", "just", "only"})
+_CLAUSE_BREAKS = frozenset(
+    {",", ";", ":", ".", "!", "?", "and", "but", "while", "whereas", "although", "yet", "just", "only"}
+)
 NEGATION_WINDOW = 4
 
 _TOKEN = re.compile(r"n't|\w+|[^\w\s]")
@@ -246,14 +350,18 @@ def find_mentions(text: str, objects: Sequence[str] | None = None) -> list[Menti
         if written.lower() in _AMBIGUOUS_ADJECTIVES and _used_as_adjective(text, match.end()):
             continue
         if targets is None or category in targets:
-            found.append(Mention(category, match.start(), match.end(), written, plural, _is_negated(text, match.start())))
+            found.append(
+                Mention(category, match.start(), match.end(), written, plural, _is_negated(text, match.start()))
+            )
     # Objects outside the vocabulary ("hat", "tree") are found by their own forms.
     for obj in sorted(targets or ()):
         if obj in _CATEGORY_FORMS or not obj:
             continue
         for match in _free_pattern(obj).finditer(text):
             plural = _normalize(match.group(0)) != noun_forms(obj).singular
-            found.append(Mention(obj, match.start(), match.end(), match.group(0), plural, _is_negated(text, match.start())))
+            found.append(
+                Mention(obj, match.start(), match.end(), match.group(0), plural, _is_negated(text, match.start()))
+            )
     return sorted(found, key=lambda mention: mention.start)
 
 
@@ -283,7 +391,9 @@ class CooccurrenceStats:
     num_images: int = 0
     object_count: Counter = field(default_factory=Counter)
     pair_count: Counter = field(default_factory=Counter)
-    _ranked: dict = field(default_factory=dict, repr=False, compare=False)  # rank_absent's recent answers (the rows of one image ask alike)
+    _ranked: dict = field(
+        default_factory=dict, repr=False, compare=False
+    )  # rank_absent's recent answers (the rows of one image ask alike)
 
     @classmethod
     def from_object_sets(cls, object_sets: Iterable[Iterable[str]]) -> CooccurrenceStats:
@@ -318,14 +428,18 @@ class CooccurrenceStats:
         """Objects seen in the source, neither present nor excluded, most plausible first (ties by name)."""
         key = (tuple(present), frozenset(exclude))
         if key not in self._ranked:
-            if len(self._ranked) >= 1024:  # rows of one image come together: a small cache suffices, memory stays bounded
+            if (
+                len(self._ranked) >= 1024
+            ):  # rows of one image come together: a small cache suffices, memory stays bounded
                 self._ranked.clear()
             banned = set(present) | set(exclude)
             scored = [(obj, self.plausibility(obj, present)) for obj in self.object_count if obj not in banned]
             self._ranked[key] = sorted((item for item in scored if item[1] > 0), key=lambda item: (-item[1], item[0]))
         return list(self._ranked[key])
 
-    def choose_absent(self, present: Sequence[str], rng: random.Random, exclude: Iterable[str] = (), top_k: int = 5) -> str | None:
+    def choose_absent(
+        self, present: Sequence[str], rng: random.Random, exclude: Iterable[str] = (), top_k: int = 5
+    ) -> str | None:
         """One of the `top_k` most plausible absent objects, drawn in proportion to plausibility; None if none."""
         ranked = self.rank_absent(present, exclude)[:top_k]
         if not ranked:

@@ -29,7 +29,9 @@ def _check_target(out: Path, overwrite: bool) -> None:
         if not overwrite:
             raise UserError(f"--out {out}: already exists; pass --overwrite to replace it")
         if not ((out / "dataset_dict.json").is_file() or (out / SUMMARY_FILE).is_file()):
-            raise UserError(f"--out {out}: --overwrite only replaces a dataset this tool built, and this folder has no dataset_dict.json")
+            raise UserError(
+                f"--out {out}: --overwrite only replaces a dataset this tool built, and this folder has no dataset_dict.json"
+            )
 
 
 def output_lock(out: Path | str) -> OutputLock:
@@ -37,7 +39,9 @@ def output_lock(out: Path | str) -> OutputLock:
     pushed): a second build into the same folder is refused, naming the first. The lock file is a
     hidden sibling of `out` (`out` itself is replaced by a rename at the end)."""
     out = Path(out).absolute()
-    return OutputLock(out, "--out", lock_file=out.parent / f".{out.name}.omninegclip.lock", kind="build", at_stake="data")
+    return OutputLock(
+        out, "--out", lock_file=out.parent / f".{out.name}.omninegclip.lock", kind="build", at_stake="data"
+    )
 
 
 def _building_prefix(out: Path) -> str:
@@ -147,4 +151,6 @@ def push_to_hub(out: Path, repo_id: str, card: str, private: bool = False) -> No
         hub_dataset_card(card).push_to_hub(repo_id, repo_type="dataset")
         dataset_dict.push_to_hub(repo_id, private=private)
     except Exception as error:  # network, authentication, permissions: the local build stays valid
-        raise UserError(f"--push_to_hub {repo_id}: the push failed ({type(error).__name__}: {error}); the dataset is saved at {out}") from None
+        raise UserError(
+            f"--push_to_hub {repo_id}: the push failed ({type(error).__name__}: {error}); the dataset is saved at {out}"
+        ) from None

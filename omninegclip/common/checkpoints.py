@@ -27,7 +27,9 @@ def _model_type(source: str, path: Path, what: str, cache_dir: str | None) -> ob
         try:
             config = json.loads((path / "config.json").read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise UserError(f"{what}: cannot read its config as a Hub id or folder ({path / 'config.json'}: not valid JSON: {error})") from None
+            raise UserError(
+                f"{what}: cannot read its config as a Hub id or folder ({path / 'config.json'}: not valid JSON: {error})"
+            ) from None
         return config.get("model_type") if isinstance(config, dict) else None
     from transformers import AutoConfig
 
@@ -48,6 +50,10 @@ def check_clip_checkpoint(source: str, what: str, cache_dir: str | None = None) 
         raise UserError(f"{what}: not a CLIP checkpoint (a folder without config.json); {_EXPECTED}")
     model_type = _model_type(source, path, what, cache_dir)
     if model_type != "clip":
-        raise UserError(f"{what}: not a CLIP checkpoint (its config.json has model_type {model_type!r}, expected 'clip')")
+        raise UserError(
+            f"{what}: not a CLIP checkpoint (its config.json has model_type {model_type!r}, expected 'clip')"
+        )
     if path.is_dir() and not any((path / name).is_file() for name in WEIGHTS_FILES):
-        raise UserError(f"{what}: a CLIP config but no weights beside it (expected model.safetensors or pytorch_model.bin)")
+        raise UserError(
+            f"{what}: a CLIP config but no weights beside it (expected model.safetensors or pytorch_model.bin)"
+        )

@@ -56,6 +56,8 @@ def run_cli(main: Callable[[list[str]], object], argv: Sequence[str] | None = No
     except KeyboardInterrupt as interrupt:
         if debug:
             raise
-        hint = getattr(sys.modules.get(getattr(main, "__module__", ""), None), "INTERRUPTED_HINT", "nothing more was done")
+        hint = getattr(
+            sys.modules.get(getattr(main, "__module__", ""), None), "INTERRUPTED_HINT", "nothing more was done"
+        )
         print(f"interrupted: {interrupt if isinstance(interrupt, Interrupted) else hint}", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)

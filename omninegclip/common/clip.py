@@ -35,7 +35,10 @@ class ClipSize:
     vision_intermediate: int | None = None
 
     def __post_init__(self):
-        for hidden, heads, tower in ((self.text_hidden, self.text_heads, "text"), (self.vision_hidden, self.vision_heads, "vision")):
+        for hidden, heads, tower in (
+            (self.text_hidden, self.text_heads, "text"),
+            (self.vision_hidden, self.vision_heads, "vision"),
+        ):
             if hidden % heads:
                 raise ValueError(f"{tower} hidden size {hidden} is not divisible by its {heads} attention heads")
         if self.image_size % self.patch_size:
@@ -49,20 +52,36 @@ class ClipSize:
         """A `CLIPConfig` with openai's vocabulary, context length and special tokens."""
         return CLIPConfig(
             text_config=dict(
-                vocab_size=VOCAB_SIZE, hidden_size=self.text_hidden,
+                vocab_size=VOCAB_SIZE,
+                hidden_size=self.text_hidden,
                 intermediate_size=self.text_intermediate or 4 * self.text_hidden,
-                num_hidden_layers=self.text_layers, num_attention_heads=self.text_heads,
+                num_hidden_layers=self.text_layers,
+                num_attention_heads=self.text_heads,
                 max_position_embeddings=CONTEXT_LENGTH,
-                bos_token_id=BOS_TOKEN_ID, eos_token_id=EOS_TOKEN_ID, pad_token_id=PAD_TOKEN_ID,
+                bos_token_id=BOS_TOKEN_ID,
+                eos_token_id=EOS_TOKEN_ID,
+                pad_token_id=PAD_TOKEN_ID,
             ),
             vision_config=dict(
-                image_size=self.image_size, patch_size=self.patch_size, hidden_size=self.vision_hidden,
+                image_size=self.image_size,
+                patch_size=self.patch_size,
+                hidden_size=self.vision_hidden,
                 intermediate_size=self.vision_intermediate or 4 * self.vision_hidden,
-                num_hidden_layers=self.vision_layers, num_attention_heads=self.vision_heads,
+                num_hidden_layers=self.vision_layers,
+                num_attention_heads=self.vision_heads,
             ),
             projection_dim=self.projection_dim,
         )
 
 
-VIT_B_32 = ClipSize(text_hidden=512, text_layers=12, text_heads=8, vision_hidden=768, vision_layers=12, vision_heads=12,
-                    image_size=224, patch_size=32, projection_dim=512)
+VIT_B_32 = ClipSize(
+    text_hidden=512,
+    text_layers=12,
+    text_heads=8,
+    vision_hidden=768,
+    vision_layers=12,
+    vision_heads=12,
+    image_size=224,
+    patch_size=32,
+    projection_dim=512,
+)

@@ -58,7 +58,11 @@ def embed_texts(
     chunks = []
     for start in tqdm(range(0, len(texts), batch_size), desc=f"embedding {desc}", disable=not progress, leave=False):
         encoded = tokenizer(
-            list(texts[start : start + batch_size]), padding=True, truncation=True, max_length=CONTEXT_LENGTH, return_tensors="pt"
+            list(texts[start : start + batch_size]),
+            padding=True,
+            truncation=True,
+            max_length=CONTEXT_LENGTH,
+            return_tensors="pt",
         ).to(device)
         chunks.append(_features(model.get_text_features(**encoded)).float().cpu())
     embeds = torch.cat(chunks) if chunks else torch.empty(0, model.config.projection_dim)

@@ -44,7 +44,9 @@ from omninegclip.common.safe_load import load_torch_file
 CCNEG_EVAL_SIZE = 40_000  # CoN-CLIP's `num_ccneg_eval_samples`: the last items of the file
 CCNEG_PATH_PREFIX = "/workspace/datasets/cc3m/"
 CCNEG_IMAGES_FOLDER = "ccneg_images"  # where CoN-CLIP's README has the image zip unpacked, inside the CC-Neg root
-CCNEG_SCHEMA = "CC-Neg: {image_paths: [...], annotations: [{json: {caption}, sop_data: {negative-prompt, sop_chosen_object}}]}"
+CCNEG_SCHEMA = (
+    "CC-Neg: {image_paths: [...], annotations: [{json: {caption}, sop_data: {negative-prompt, sop_chosen_object}}]}"
+)
 
 
 def describe_value(value: object) -> str:
@@ -71,6 +73,7 @@ def require_list(container: object, key: str, path: Path, where: str, schema: st
 def _keep_only(keys: frozenset[str]) -> Callable[[dict], dict]:
     """A json `object_hook` that keeps only `keys` of every object, so that what the reader never
     uses (COCO's segmentation polygons, areas, URLs, ...) is freed as soon as it is parsed."""
+
     def hook(value: dict) -> dict:
         return {key: item for key, item in value.items() if key in keys}
 
@@ -87,13 +90,16 @@ def read_json(path: str | Path, what: str = "", keep: frozenset[str] | None = No
         with path.open(encoding="utf-8-sig") as handle:  # -sig: tolerate a byte-order mark
             return json.load(handle, object_hook=_keep_only(keep) if keep is not None else None)
     except json.JSONDecodeError as error:
-        raise UserError(f"{path}: not valid JSON (line {error.lineno}, column {error.colno}: {error.msg}){expected}") from None
+        raise UserError(
+            f"{path}: not valid JSON (line {error.lineno}, column {error.colno}: {error.msg}){expected}"
+        ) from None
     except UnicodeDecodeError as error:
         raise UserError(f"{path}: not UTF-8 text (byte {error.start}){expected}") from None
 
 
-def read_csv(path: str | Path, required: Sequence[Sequence[str]] = (), what: str = "CSV with a header row"
-             ) -> tuple[list[str], Iterator[tuple[int, dict[str, str]]]]:
+def read_csv(
+    path: str | Path, required: Sequence[Sequence[str]] = (), what: str = "CSV with a header row"
+) -> tuple[list[str], Iterator[tuple[int, dict[str, str]]]]:
     """The header and the rows `(line number, {column: value})` of a CSV file (tab-separated for `.tsv`).
 
     `required` lists groups of acceptable column names; each group must be met by one column of the
@@ -114,10 +120,20 @@ def read_csv(path: str | Path, required: Sequence[Sequence[str]] = (), what: str
     except csv.Error as error:
         handle.close()
         raise UserError(f"{path}: cannot read the header row ({error}); expected {what}") from None
-    problem = ("empty, expected a header row naming the columns" if not header else
-               f"the header names a column twice ({header})" if len(set(header)) < len(header) else
-               next((f"the header has no column {' or '.join(map(repr, names))} (header: {header})"
-                     for names in required if not any(name in header for name in names)), None))
+    problem = (
+        "empty, expected a header row naming the columns"
+        if not header
+        else f"the header names a column twice ({header})"
+        if len(set(header)) < len(header)
+        else next(
+            (
+                f"the header has no column {' or '.join(map(repr, names))} (header: {header})"
+                for names in required
+                if not any(name in header for name in names)
+            ),
+            None,
+        )
+    )
     if problem is not None:
         handle.close()
         raise UserError(f"{path}: {problem}")
@@ -131,8 +147,10 @@ def _csv_rows(path: Path, handle, reader, header: list[str], delimiter: str) -> 
                 if not row:
                     continue  # a blank line
                 if len(row) != len(header):
-                    raise UserError(f"{path}: line {reader.line_num} has {len(row)} fields, but the header has {len(header)} "
-                                    f"({', '.join(header)}); quote a field that holds '{delimiter}'")
+                    raise UserError(
+                        f"{path}: line {reader.line_num} has {len(row)} fields, but the header has {len(header)} "
+                        f"({', '.join(header)}); quote a field that holds '{delimiter}'"
+                    )
                 yield reader.line_num, dict(zip(header, row))
         except csv.Error as error:
             raise UserError(f"{path}: line {reader.line_num} is not valid CSV ({error})") from None
@@ -176,17 +194,23 @@ def read_ccneg_file(path: str | Path) -> list[CCNegEntry]:
     image_paths = require_list(data, "image_paths", path, "the top level", CCNEG_SCHEMA)
     annotations = require_list(data, "annotations", path, "the top level", CCNEG_SCHEMA)
     if len(image_paths) != len(annotations):
-        raise UserError(f"{path}: 'image_paths' has {len(image_paths)} entries but 'annotations' has {len(annotations)}; "
-                        "they must be parallel lists")
+        raise UserError(
+            f"{path}: 'image_paths' has {len(image_paths)} entries but 'annotations' has {len(annotations)}; "
+            "they must be parallel lists"
+        )
     entries = []
     for index, (image_path, annotation) in enumerate(zip(image_paths, annotations)):
         where = f"annotations[{index}]"
-        caption = require(require(annotation, "json", path, where, CCNEG_SCHEMA), "caption", path, f"{where}['json']", CCNEG_SCHEMA)
+        caption = require(
+            require(annotation, "json", path, where, CCNEG_SCHEMA), "caption", path, f"{where}['json']", CCNEG_SCHEMA
+        )
         sop = require(annotation, "sop_data", path, where, CCNEG_SCHEMA)
         negative = require(sop, "negative-prompt", path, f"{where}['sop_data']", CCNEG_SCHEMA)
         if not isinstance(image_path, str) or not image_path.strip():
             raise UserError(f"{path}: image_paths[{index}] is {describe_value(image_path)}, expected a string path")
-        entries.append(CCNegEntry(index, f"{path.name} {where}", image_path, caption, negative, sop.get("sop_chosen_object")))
+        entries.append(
+            CCNegEntry(index, f"{path.name} {where}", image_path, caption, negative, sop.get("sop_chosen_object"))
+        )
     return entries
 
 
@@ -194,9 +218,15 @@ def ccneg_image_candidates(image_path: str, root: Path) -> tuple[str, list[Path]
     """(image id, the files to look for, in order) for a path as stored in `ccneg_preprocessed.pt`:
     as stored under `root`; its last folder and name (`cc3m_subset_images_extracted_final/x.jpg`)
     under `root` and under `root/ccneg_images/` (where CoN-CLIP's README unzips them); the bare name."""
-    relative = image_path[len(CCNEG_PATH_PREFIX):] if image_path.startswith(CCNEG_PATH_PREFIX) else image_path.lstrip("/")
+    relative = (
+        image_path[len(CCNEG_PATH_PREFIX) :] if image_path.startswith(CCNEG_PATH_PREFIX) else image_path.lstrip("/")
+    )
     parts = Path(relative).parts
     last_two = [Path(*parts[-2:])] if len(parts) >= 2 else []
-    candidates = [root / relative, *(root / path for path in last_two), *(root / CCNEG_IMAGES_FOLDER / path for path in last_two),
-                  root / Path(relative).name]
+    candidates = [
+        root / relative,
+        *(root / path for path in last_two),
+        *(root / CCNEG_IMAGES_FOLDER / path for path in last_two),
+        root / Path(relative).name,
+    ]
     return relative, list(dict.fromkeys(candidates))

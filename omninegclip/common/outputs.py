@@ -59,8 +59,10 @@ def ensure_writable(folder: str | Path, flag: str) -> Path:
         probe.write_bytes(b"probe")
         probe.unlink()
     except OSError as error:
-        raise UserError(f"{flag} {str(folder)!r} is not writable ({_reason(error)}); nothing was done: "
-                        f"pass a folder on a writable disk with free space") from None
+        raise UserError(
+            f"{flag} {str(folder)!r} is not writable ({_reason(error)}); nothing was done: "
+            f"pass a folder on a writable disk with free space"
+        ) from None
     return folder
 
 
@@ -79,8 +81,14 @@ def _command() -> str:
 class OutputLock:
     """A lock file while a run writes into `folder` (see the module docstring)."""
 
-    def __init__(self, folder: str | Path, flag: str, lock_file: str | Path | None = None, kind: str = "run",
-                 at_stake: str = "weights and checkpoints"):
+    def __init__(
+        self,
+        folder: str | Path,
+        flag: str,
+        lock_file: str | Path | None = None,
+        kind: str = "run",
+        at_stake: str = "weights and checkpoints",
+    ):
         self.folder = Path(folder).expanduser()
         self.flag = flag
         self.path = Path(lock_file).expanduser() if lock_file is not None else self.folder / LOCK_FILE
@@ -95,7 +103,10 @@ class OutputLock:
             return {}
 
     def acquire(self) -> OutputLock:
-        ensure_writable(self.path.parent, self.flag if self.path.parent == self.folder else f"{self.flag} {self.folder}: its folder")
+        ensure_writable(
+            self.path.parent,
+            self.flag if self.path.parent == self.folder else f"{self.flag} {self.folder}: its folder",
+        )
         record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": _command()})
         for _ in range(2):
             try:
@@ -110,18 +121,28 @@ class OutputLock:
                     raise UserError(
                         f"{self.flag} {str(self.folder)!r} is in use by another {self.kind} (pid {pid}{where}, lock file {self.path}"
                         f"{command}): two {self.kind}s into one folder would replace each other's {self.at_stake}; wait for it, "
-                        f"pass another {self.flag}, or delete the lock file if that {self.kind} is gone") from None
-                logger.warning("%s %s: taking over the lock of pid %s, which is no longer running (%s)",
-                               self.flag, self.folder, pid if pid is not None else "?", self.path)
+                        f"pass another {self.flag}, or delete the lock file if that {self.kind} is gone"
+                    ) from None
+                logger.warning(
+                    "%s %s: taking over the lock of pid %s, which is no longer running (%s)",
+                    self.flag,
+                    self.folder,
+                    pid if pid is not None else "?",
+                    self.path,
+                )
                 self.path.unlink(missing_ok=True)
                 continue
             except OSError as error:
-                raise UserError(f"{self.flag} {str(self.folder)!r}: cannot create the lock file {self.path} ({_reason(error)})") from None
+                raise UserError(
+                    f"{self.flag} {str(self.folder)!r}: cannot create the lock file {self.path} ({_reason(error)})"
+                ) from None
             with os.fdopen(descriptor, "w") as handle:
                 handle.write(record)
             self.held = True
             return self
-        raise UserError(f"{self.flag} {str(self.folder)!r}: another {self.kind} took the lock file {self.path} meanwhile")
+        raise UserError(
+            f"{self.flag} {str(self.folder)!r}: another {self.kind} took the lock file {self.path} meanwhile"
+        )
 
     def release(self) -> None:
         if self.held and self._holder().get("pid") == os.getpid():
@@ -142,7 +163,9 @@ def write_atomically(path: str | Path, data: str | bytes) -> Path:
         partial.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
         os.replace(partial, path)
     except OSError as error:
-        raise UserError(f"could not write {path} ({_reason(error)}); the previous file, if any, is unchanged") from None
+        raise UserError(
+            f"could not write {path} ({_reason(error)}); the previous file, if any, is unchanged"
+        ) from None
     finally:
         partial.unlink(missing_ok=True)
     return path

@@ -12,7 +12,6 @@ import subprocess
 
 from omninegclip.common.paths import REPO_ROOT
 
-
 LIBRARIES = ("torch", "transformers", "datasets", "accelerate", "peft", "huggingface_hub", "tokenizers", "pillow")
 
 
@@ -24,8 +23,12 @@ def _git_commit() -> str | None:
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True, timeout=10).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    ).stdout.strip()
     return result.stdout.strip() + ("+dirty" if dirty else "")
 
 

@@ -125,15 +125,28 @@ class EvalResults:
         task_results = []
         for name, task in self.tasks.items():
             values = [(metric, self.metric(name, metric, model)) for metric in task.metrics]
-            task_metrics = [{"type": "recall" if "R@" in metric else "accuracy", "name": f"{name} {metric}", "value": round(100 * value, 2)}
-                            for metric, value in values if value is not None]
+            task_metrics = [
+                {
+                    "type": "recall" if "R@" in metric else "accuracy",
+                    "name": f"{name} {metric}",
+                    "value": round(100 * value, 2),
+                }
+                for metric, value in values
+                if value is not None
+            ]
             if task_metrics:
-                task_results.append({
-                    "task": {"type": "zero-shot-image-classification", "name": task.description},
-                    "dataset": {"name": f"{task.dataset['name']} ({name})", "type": task.dataset["type"], "config": name,
-                                "split": task.dataset.get("split", "test")},
-                    "metrics": task_metrics,
-                })
+                task_results.append(
+                    {
+                        "task": {"type": "zero-shot-image-classification", "name": task.description},
+                        "dataset": {
+                            "name": f"{task.dataset['name']} ({name})",
+                            "type": task.dataset["type"],
+                            "config": name,
+                            "split": task.dataset.get("split", "test"),
+                        },
+                        "metrics": task_metrics,
+                    }
+                )
         return {"name": model, "results": task_results}
 
     def model_index(self) -> list[dict]:
@@ -144,18 +157,32 @@ class EvalResults:
         """The `results.json` layout (NaN as None)."""
         layerwise = None
         if self.layerwise is not None:
-            layerwise = {"source": self.layerwise.source, "description": self.layerwise.description, "notes": self.layerwise.notes,
-                         "models": {name: dataclasses.asdict(result) for name, result in self.layerwise.models.items()}}
-        return _without_nan({
-            "harness_version": self.harness_version,
-            "models": [model.to_dict() for model in self.models],
-            "settings": self.settings,
-            "provenance": self.provenance,
-            "tasks": {name: {"task": task.task, "description": task.description, "dataset": task.dataset,
-                             "counts": task.counts, "notes": task.notes} for name, task in self.tasks.items()},
-            "metrics": {name: task.metrics for name, task in self.tasks.items()},
-            "layerwise": layerwise,
-        })
+            layerwise = {
+                "source": self.layerwise.source,
+                "description": self.layerwise.description,
+                "notes": self.layerwise.notes,
+                "models": {name: dataclasses.asdict(result) for name, result in self.layerwise.models.items()},
+            }
+        return _without_nan(
+            {
+                "harness_version": self.harness_version,
+                "models": [model.to_dict() for model in self.models],
+                "settings": self.settings,
+                "provenance": self.provenance,
+                "tasks": {
+                    name: {
+                        "task": task.task,
+                        "description": task.description,
+                        "dataset": task.dataset,
+                        "counts": task.counts,
+                        "notes": task.notes,
+                    }
+                    for name, task in self.tasks.items()
+                },
+                "metrics": {name: task.metrics for name, task in self.tasks.items()},
+                "layerwise": layerwise,
+            }
+        )
 
     @classmethod
     def from_dict(cls, data: dict) -> EvalResults:
@@ -163,10 +190,20 @@ class EvalResults:
         tasks = {name: TaskResult(**info, metrics=metrics.get(name, {})) for name, info in data["tasks"].items()}
         layerwise = data.get("layerwise")
         if layerwise is not None:
-            layerwise = LayerwiseRun(**(layerwise | {"models": {name: LayerwiseResult(**entry)
-                                                                for name, entry in layerwise["models"].items()}}))
-        return cls(harness_version=data["harness_version"], models=[ModelRun(**entry) for entry in data["models"]],
-                   settings=data["settings"], provenance=data["provenance"], tasks=tasks, layerwise=layerwise)
+            layerwise = LayerwiseRun(
+                **(
+                    layerwise
+                    | {"models": {name: LayerwiseResult(**entry) for name, entry in layerwise["models"].items()}}
+                )
+            )
+        return cls(
+            harness_version=data["harness_version"],
+            models=[ModelRun(**entry) for entry in data["models"]],
+            settings=data["settings"],
+            provenance=data["provenance"],
+            tasks=tasks,
+            layerwise=layerwise,
+        )
 
     def to_json(self, path: str | Path) -> Path:
         path = Path(path)
@@ -185,7 +222,9 @@ class EvalResults:
         except json.JSONDecodeError as error:
             raise UserError(f"{path}: not JSON (line {error.lineno}, column {error.colno}: {error.msg})") from None
         except (KeyError, TypeError, AttributeError) as error:
-            raise UserError(f"{path}: not a results.json written by python -m eval ({type(error).__name__}: {error})") from None
+            raise UserError(
+                f"{path}: not a results.json written by python -m eval ({type(error).__name__}: {error})"
+            ) from None
 
 
 # ---------------------------------------------------------------------------------------------- markdown
@@ -220,7 +259,9 @@ def layerwise_markdown(results: dict[str, LayerwiseResult]) -> str:
     columns = [(model, kind) for model, result in results.items() for kind in result.cosines]
     num_blocks = max((len(values) for result in results.values() for values in result.cosines.values()), default=0)
     lines = [
-        "| block | " + " | ".join(f"{model} {kind} (n={results[model].pairs[kind]})" for model, kind in columns) + " |",
+        "| block | "
+        + " | ".join(f"{model} {kind} (n={results[model].pairs[kind]})" for model, kind in columns)
+        + " |",
         "|---:|" + "---:|" * len(columns),
     ]
     for block in range(num_blocks):
@@ -236,26 +277,40 @@ def results_markdown(results: EvalResults) -> str:
     """results.md: one table, a row per (task, metric), a column per model (percentages), then the
     notes; the layer-wise table under it when the analysis ran."""
     names = results.model_names
-    lines = ["# Evaluation results", "",
-             "Accuracy and recall in percent; ties count as wrong (`accuracy_argmax`, where shown, is NegBench's own "
-             "rule: a tie goes to the first option). Models: "
-             + ", ".join(f"`{model.name}` = {_shown_id(model.id)}" for model in results.models), "",
-             "| task | metric | n | " + " | ".join(names) + " |",
-             "|---|---|---:|" + "---:|" * len(names)]
+    lines = [
+        "# Evaluation results",
+        "",
+        "Accuracy and recall in percent; ties count as wrong (`accuracy_argmax`, where shown, is NegBench's own "
+        "rule: a tie goes to the first option). Models: "
+        + ", ".join(f"`{model.name}` = {_shown_id(model.id)}" for model in results.models),
+        "",
+        "| task | metric | n | " + " | ".join(names) + " |",
+        "|---|---|---:|" + "---:|" * len(names),
+    ]
     for name, task in results.tasks.items():
         for metric, values in task.metrics.items():
             count = task.counts.get(_count_key(metric), "")
-            lines.append(f"| {name} | {metric} | {count} | " + " | ".join(_percent(values.get(model)) for model in names) + " |")
+            lines.append(
+                f"| {name} | {metric} | {count} | " + " | ".join(_percent(values.get(model)) for model in names) + " |"
+            )
     notes = [(name, task.notes) for name, task in results.tasks.items() if task.notes]
     if results.layerwise and results.layerwise.notes:
         notes.append(("layerwise", results.layerwise.notes))
-    notes += [(f"model {model.name}", f"{model.texts_truncated} texts longer than {CONTEXT_LENGTH} tokens were truncated")
-              for model in results.models if model.texts_truncated]
+    notes += [
+        (f"model {model.name}", f"{model.texts_truncated} texts longer than {CONTEXT_LENGTH} tokens were truncated")
+        for model in results.models
+        if model.texts_truncated
+    ]
     if notes:
         lines += ["", "Notes:", *(f"- {task}: {note}" for task, note in notes)]
     if results.layerwise:
-        lines += ["", "## Layer-wise analysis", "",
-                  f"Mean cosine between the EOS hidden states of a caption and its negation after each text block "
-                  f"(pairs from `{Path(results.layerwise.source).name}`; lower = better separated).", "",
-                  layerwise_markdown(results.layerwise.models)]
+        lines += [
+            "",
+            "## Layer-wise analysis",
+            "",
+            f"Mean cosine between the EOS hidden states of a caption and its negation after each text block "
+            f"(pairs from `{Path(results.layerwise.source).name}`; lower = better separated).",
+            "",
+            layerwise_markdown(results.layerwise.models),
+        ]
     return "\n".join(lines).rstrip() + "\n"

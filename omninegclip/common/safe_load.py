@@ -50,8 +50,15 @@ def _numpy_globals() -> list:
 
     multiarray = np._core.multiarray
     dtypes = [type(np.dtype(kind)) for kind in "?bhilqBHILQefdgFDGSUV"]
-    return [np.ndarray, np.dtype, multiarray._reconstruct, multiarray.scalar, *dtypes,
-            (multiarray._reconstruct, "numpy.core.multiarray._reconstruct"), (multiarray.scalar, "numpy.core.multiarray.scalar")]
+    return [
+        np.ndarray,
+        np.dtype,
+        multiarray._reconstruct,
+        multiarray.scalar,
+        *dtypes,
+        (multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
+        (multiarray.scalar, "numpy.core.multiarray.scalar"),
+    ]
 
 
 def load_torch_file(path: str | Path, hint: str = "") -> object:
@@ -64,7 +71,9 @@ def load_torch_file(path: str | Path, hint: str = "") -> object:
         raise UserError(f"{path}: no such file (expected a file written by torch.save).{hint}")
     try:
         with warnings.catch_warnings(), torch.serialization.safe_globals(_numpy_globals()):
-            warnings.simplefilter("ignore", UserWarning)  # torch's note on the pickle protocol of a file it then refuses
+            warnings.simplefilter(
+                "ignore", UserWarning
+            )  # torch's note on the pickle protocol of a file it then refuses
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         text = str(error)
@@ -84,7 +93,12 @@ def load_torch_file(path: str | Path, hint: str = "") -> object:
         raise UserError(f"{path}: not a readable torch.save file ({first_line}).{hint}") from None
 
 
-WEIGHTS_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+WEIGHTS_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 
 
 def _weights_file(source) -> str:
@@ -105,20 +119,31 @@ def load_pretrained_checked(cls, source, what: str, **kwargs):
     try:
         model, info = cls.from_pretrained(source, output_loading_info=True, trust_remote_code=False, **kwargs)
     except SafetensorError as error:
-        raise UserError(f"{what}: {_weights_file(source)} cannot be read ({first_line(error)}): the file is truncated or "
-                        f"corrupt; copy or download it again") from None
+        raise UserError(
+            f"{what}: {_weights_file(source)} cannot be read ({first_line(error)}): the file is truncated or "
+            f"corrupt; copy or download it again"
+        ) from None
     except (RuntimeError, ValueError) as error:
         if "size mismatch" not in str(error) and "shape" not in str(error):
             raise
-        raise UserError(f"{what}: {_weights_file(source)} does not fit its config.json ({first_line(error)})") from None
-    problems = [f"{label}: {_key_list(info.get(key) or ())}" for key, label in (
-        ("missing_keys", "missing from the weights (they would stay random)"),
-        ("unexpected_keys", "in the weights but not in the config (they would be ignored)"),
-        ("mismatched_keys", "of another shape than the config says"),
-    ) if info.get(key)]
+        raise UserError(
+            f"{what}: {_weights_file(source)} does not fit its config.json ({first_line(error)})"
+        ) from None
+    problems = [
+        f"{label}: {_key_list(info.get(key) or ())}"
+        for key, label in (
+            ("missing_keys", "missing from the weights (they would stay random)"),
+            ("unexpected_keys", "in the weights but not in the config (they would be ignored)"),
+            ("mismatched_keys", "of another shape than the config says"),
+        )
+        if info.get(key)
+    ]
     if problems:
-        raise UserError(f"{what}: {_weights_file(source)} does not fit its config.json: " + "; ".join(problems)
-                        + ". Pass the folder the weights were saved with (its config.json beside them)")
+        raise UserError(
+            f"{what}: {_weights_file(source)} does not fit its config.json: "
+            + "; ".join(problems)
+            + ". Pass the folder the weights were saved with (its config.json beside them)"
+        )
     return model
 
 
@@ -198,8 +223,10 @@ def open_rgb_image(source, max_pixels: int | None = None, draft=None) -> Image.I
         with image:
             width, height = image.size
             if limit is not None and width * height > limit:
-                raise UnreadableImage("image_too_large", f"{width}x{height} = {width * height} pixels, over the "
-                                                         f"decompression-bomb limit of {limit} pixels")
+                raise UnreadableImage(
+                    "image_too_large",
+                    f"{width}x{height} = {width * height} pixels, over the decompression-bomb limit of {limit} pixels",
+                )
             requested = draft((width, height)) if draft is not None else None
             if requested is not None and image.format == "JPEG":
                 image.draft("RGB", requested)

@@ -44,31 +44,42 @@ def padded_option_scores(score_lists: Sequence[Sequence[float]]) -> tuple[torch.
     if empty is not None:
         raise ValueError(f"item {empty}: no option score; every item needs the score of each of its options")
     width = max(lengths, default=0)
-    scores = torch.tensor([list(map(float, item)) + [0.0] * (width - len(item)) for item in score_lists], dtype=torch.float64)
+    scores = torch.tensor(
+        [list(map(float, item)) + [0.0] * (width - len(item)) for item in score_lists], dtype=torch.float64
+    )
     mask = torch.arange(width)[None, :] < torch.tensor(lengths, dtype=torch.long)[:, None]
     return scores.reshape(len(lengths), width), mask.reshape(len(lengths), width)
 
 
 def _check_choices(scores: torch.Tensor, answers: torch.Tensor, option_mask: torch.Tensor, tie_rule: str) -> None:
     if tie_rule not in TIE_RULES:
-        raise ValueError(f"tie_rule {tie_rule!r}: expected 'strict' (a tie counts as wrong) or 'argmax' (NegBench's: the first of the tied options wins)")
+        raise ValueError(
+            f"tie_rule {tie_rule!r}: expected 'strict' (a tie counts as wrong) or 'argmax' (NegBench's: the first of the tied options wins)"
+        )
     if scores.dim() != 2 or answers.dim() != 1 or len(answers) != len(scores):
-        raise ValueError(f"expected scores of shape (items, options) and one answer per item; got scores {tuple(scores.shape)} "
-                         f"and answers {tuple(answers.shape)}")
+        raise ValueError(
+            f"expected scores of shape (items, options) and one answer per item; got scores {tuple(scores.shape)} "
+            f"and answers {tuple(answers.shape)}"
+        )
     if option_mask.shape != scores.shape:
         raise ValueError(f"option_mask {tuple(option_mask.shape)} must have the shape of scores {tuple(scores.shape)}")
     options = option_mask.sum(dim=1)
     bad = ((answers < 0) | (answers >= options)).nonzero()
     if len(bad):
         item = int(bad[0])
-        raise ValueError(f"item {item}: answer {int(answers[item])} is not an index into its {int(options[item])} options")
+        raise ValueError(
+            f"item {item}: answer {int(answers[item])} is not an index into its {int(options[item])} options"
+        )
     nan = (scores.isnan() & option_mask).any(dim=1).nonzero()
     if len(nan):
-        raise ValueError(f"item {int(nan[0])}: an option's score is NaN ({int(nan.numel())} such item(s)); scores must be numbers")
+        raise ValueError(
+            f"item {int(nan[0])}: an option's score is NaN ({int(nan.numel())} such item(s)); scores must be numbers"
+        )
 
 
-def choice_correct_from_scores(scores: torch.Tensor, answers: torch.Tensor, option_mask: torch.Tensor | None = None,
-                               tie_rule: str = "strict") -> torch.Tensor:
+def choice_correct_from_scores(
+    scores: torch.Tensor, answers: torch.Tensor, option_mask: torch.Tensor | None = None, tie_rule: str = "strict"
+) -> torch.Tensor:
     """Which items are right, from their options' scores.
 
     scores (n, m): each item's score of each option; option_mask (n, m) marks real options (None: all
@@ -89,7 +100,9 @@ def choice_correct_from_scores(scores: torch.Tensor, answers: torch.Tensor, opti
     return answer_scores > others.max(dim=1).values
 
 
-def choice_correct(anchors: torch.Tensor, options: torch.Tensor, option_mask: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
+def choice_correct(
+    anchors: torch.Tensor, options: torch.Tensor, option_mask: torch.Tensor, answers: torch.Tensor
+) -> torch.Tensor:
     """Which items the model gets right: the answer's cosine is strictly above every other option's.
 
     anchors (n, d); options (n, m, d) padded to the longest item; option_mask (n, m) marks real options;
@@ -98,7 +111,9 @@ def choice_correct(anchors: torch.Tensor, options: torch.Tensor, option_mask: to
     return choice_correct_from_scores(option_scores(anchors, options), answers, option_mask, "strict")
 
 
-def choice_argmax_correct(anchors: torch.Tensor, options: torch.Tensor, option_mask: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
+def choice_argmax_correct(
+    anchors: torch.Tensor, options: torch.Tensor, option_mask: torch.Tensor, answers: torch.Tensor
+) -> torch.Tensor:
     """NegBench's rule: the first option with the highest cosine is the model's pick (arguments as
     `choice_correct`). Returns a bool tensor (n,)."""
     return choice_correct_from_scores(option_scores(anchors, options), answers, option_mask, "argmax")
@@ -143,7 +158,9 @@ def positive_mask(positive_of: Sequence[Sequence[int]], candidates: int) -> torc
     for query, positives in enumerate(positive_of):
         positives = list(positives)
         if not positives or not all(0 <= index < candidates for index in positives):
-            raise ValueError(f"query {query}: right candidates {positives} must be one or more indices into its {candidates} candidates")
+            raise ValueError(
+                f"query {query}: right candidates {positives} must be one or more indices into its {candidates} candidates"
+            )
         positive[query, positives] = True
     return positive
 
@@ -161,5 +178,7 @@ def recall_at(ranks: torch.Tensor, k: int) -> float:
     negative = (ranks < 0).nonzero()
     if len(negative):
         query = int(negative[0])
-        raise ValueError(f"query {query}: rank {int(ranks[query])} is negative; ranks are 0-based (0: no wrong candidate ranks above)")
+        raise ValueError(
+            f"query {query}: rank {int(ranks[query])} is negative; ranks are 0-based (0: no wrong candidate ranks above)"
+        )
     return (ranks < k).sum().item() / len(ranks) if len(ranks) else float("nan")

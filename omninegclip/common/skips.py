@@ -99,8 +99,13 @@ class SkipLog:
     @classmethod
     def from_json(cls, data: dict) -> SkipLog:
         """The log `to_json` wrote (other keys of `data` are ignored)."""
-        return cls(Counter(data.get("skips", {})), {reason: list(places) for reason, places in data.get("skip_examples", {}).items()})
+        return cls(
+            Counter(data.get("skips", {})),
+            {reason: list(places) for reason, places in data.get("skip_examples", {}).items()},
+        )
 
     def to_json(self) -> dict:
-        return {"skips": dict(sorted(self.counts.items())),
-                "skip_examples": {reason: list(places) for reason, places in sorted(self.examples.items())}}
+        return {
+            "skips": dict(sorted(self.counts.items())),
+            "skip_examples": {reason: list(places) for reason, places in sorted(self.examples.items())},
+        }

@@ -37,12 +37,16 @@ def bpe_merges_path() -> Path:
         path = Path(location) / BPE_FILE_NAME
         if path.is_file():
             return path
-    raise FileNotFoundError(f"open_clip is installed but has no {BPE_FILE_NAME} in {list(spec.submodule_search_locations)}")
+    raise FileNotFoundError(
+        f"open_clip is installed but has no {BPE_FILE_NAME} in {list(spec.submodule_search_locations)}"
+    )
 
 
 def _byte_symbols() -> list[str]:
     """GPT-2/CLIP's reversible map of the 256 bytes onto printable unicode characters, in vocabulary order."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     codes = printable[:]
     extra = 0
     for byte in range(256):

@@ -19,8 +19,6 @@ logger = logging.getLogger("omninegclip.train")
 CONFIG_FILE_SUFFIXES = (".json", ".yaml", ".yml")
 
 
-
-
 def _takes_one_value(action) -> bool:
     return action.nargs in (None, "?")
 
@@ -34,7 +32,11 @@ def config_file_flags(path: Path, parser=None) -> list[str]:
     same parser): booleans as true/false, lists as several values, mappings as JSON, null skipped.
     With the `parser`, a list for a one-value flag is an error naming the key, and YAML's `no`/`yes`
     (read as booleans) stay the words for a flag that is not boolean (`save_strategy: no`)."""
-    actions = {option: action for action in (parser._actions if parser is not None else []) for option in action.option_strings}
+    actions = {
+        option: action
+        for action in (parser._actions if parser is not None else [])
+        for option in action.option_strings
+    }
     import yaml
 
     if not path.is_file():
@@ -91,9 +93,20 @@ def parse_flags(parser, argv: list[str]) -> tuple[list, str]:
 
 
 # What `--report_to NAME` needs installed (tensorboard and trackio come with requirements.txt).
-TRACKER_PACKAGES = {"tensorboard": "tensorboard", "trackio": "trackio", "wandb": "wandb", "mlflow": "mlflow",
-                    "comet_ml": "comet_ml", "clearml": "clearml", "neptune": "neptune", "dvclive": "dvclive",
-                    "codecarbon": "codecarbon", "dagshub": "dagshub", "azure_ml": "azureml-core", "flyte": "flytekit"}
+TRACKER_PACKAGES = {
+    "tensorboard": "tensorboard",
+    "trackio": "trackio",
+    "wandb": "wandb",
+    "mlflow": "mlflow",
+    "comet_ml": "comet_ml",
+    "clearml": "clearml",
+    "neptune": "neptune",
+    "dvclive": "dvclive",
+    "codecarbon": "codecarbon",
+    "dagshub": "dagshub",
+    "azure_ml": "azureml-core",
+    "flyte": "flytekit",
+}
 
 
 def check_report_to(training_args: TrainingArguments) -> None:
@@ -103,7 +116,9 @@ def check_report_to(training_args: TrainingArguments) -> None:
     from transformers.integrations import get_reporting_integration_callbacks
 
     if isinstance(training_args.report_to, list):
-        training_args.report_to = [name.strip() for entry in training_args.report_to for name in entry.split(",") if name.strip()]
+        training_args.report_to = [
+            name.strip() for entry in training_args.report_to for name in entry.split(",") if name.strip()
+        ]
     try:
         callbacks = get_reporting_integration_callbacks(training_args.report_to)
     except ValueError as error:
@@ -113,5 +128,7 @@ def check_report_to(training_args: TrainingArguments) -> None:
             callback()
         except (RuntimeError, ImportError) as error:
             package = TRACKER_PACKAGES.get(name, name)
-            raise UserError(f"--report_to {name}: the {name} tracker is not installed ({first_line(error)}); install it with "
-                            f"`pip install {package}`, or pass --report_to none") from None
+            raise UserError(
+                f"--report_to {name}: the {name} tracker is not installed ({first_line(error)}); install it with "
+                f"`pip install {package}`, or pass --report_to none"
+            ) from None

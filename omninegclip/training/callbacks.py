@@ -12,7 +12,6 @@ from modeling_omninegclip import OmniNegCLIPModel
 from omninegclip.training.checkpoints import write_provenance
 
 
-
 def unwrap(model) -> OmniNegCLIPModel:
     """The OmniNegCLIPModel inside a DDP and/or PEFT wrapper."""
     model = getattr(model, "module", model)

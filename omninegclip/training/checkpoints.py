@@ -34,7 +34,9 @@ PROVENANCE_FILE = "training_provenance.json"
 # is a save that was interrupted.
 TRAINER_STATE_FILE = "trainer_state.json"
 LATEST_CHECKPOINT = ("latest", "last", "true")
-HUB_LAST_CHECKPOINT = "last-checkpoint"  # the folder --hub_strategy checkpoint keeps on the Hub (and here, once fetched)
+HUB_LAST_CHECKPOINT = (
+    "last-checkpoint"  # the folder --hub_strategy checkpoint keeps on the Hub (and here, once fetched)
+)
 
 
 def complete_checkpoints(output_dir: str | Path) -> list[Path]:
@@ -43,15 +45,24 @@ def complete_checkpoints(output_dir: str | Path) -> list[Path]:
     if not folder.is_dir():
         return []
     found = [path for path in folder.glob("checkpoint-*") if path.is_dir() and path.name.split("-", 1)[1].isdigit()]
-    return sorted((path for path in found if (path / TRAINER_STATE_FILE).is_file()), key=lambda path: int(path.name.split("-", 1)[1]))
+    return sorted(
+        (path for path in found if (path / TRAINER_STATE_FILE).is_file()),
+        key=lambda path: int(path.name.split("-", 1)[1]),
+    )
 
 
 def _local_paths(source: str) -> list[Path]:
     """The local files or folders a --dataset_name value names (comma-separated data files allowed)."""
-    return [Path(part.strip()).expanduser() for part in source.split(",") if part.strip() and Path(part.strip()).expanduser().exists()]
+    return [
+        Path(part.strip()).expanduser()
+        for part in source.split(",")
+        if part.strip() and Path(part.strip()).expanduser().exists()
+    ]
 
 
-def check_output_and_resume(training_args: TrainingArguments, overwrite: bool = False, sources: list[str] = ()) -> str | None:
+def check_output_and_resume(
+    training_args: TrainingArguments, overwrite: bool = False, sources: list[str] = ()
+) -> str | None:
     """Fail before anything slow on an --output_dir that is a file, that is or holds or lies inside
     a dataset of `sources`, or that is not empty while this run neither resumes nor overwrites it;
     on a checkpoint to resume from that is not one. Return the checkpoint folder to resume from
@@ -62,19 +73,37 @@ def check_output_and_resume(training_args: TrainingArguments, overwrite: bool = 
     for source in sources:
         for path in _local_paths(source):
             if overlapping(output_dir, path):
-                raise UserError(f"--output_dir {str(output_dir)!r} overlaps the training data {str(path)!r} (the same folder, or one "
-                                f"inside the other): the model would overwrite the dataset's files; pass another --output_dir")
-    contents = sorted(path.name for path in output_dir.iterdir()
-                      if path.name != LOCK_FILE and not path.name.startswith(PROBE_PREFIX)) if output_dir.is_dir() else []
+                raise UserError(
+                    f"--output_dir {str(output_dir)!r} overlaps the training data {str(path)!r} (the same folder, or one "
+                    f"inside the other): the model would overwrite the dataset's files; pass another --output_dir"
+                )
+    contents = (
+        sorted(
+            path.name
+            for path in output_dir.iterdir()
+            if path.name != LOCK_FILE and not path.name.startswith(PROBE_PREFIX)
+        )
+        if output_dir.is_dir()
+        else []
+    )
     resume = training_args.resume_from_checkpoint
-    resumes_here = bool(resume) and (resume.lower() in LATEST_CHECKPOINT or resume == HUB_LAST_CHECKPOINT
-                                     or Path(resume).expanduser().resolve().parent == output_dir.resolve())
+    resumes_here = bool(resume) and (
+        resume.lower() in LATEST_CHECKPOINT
+        or resume == HUB_LAST_CHECKPOINT
+        or Path(resume).expanduser().resolve().parent == output_dir.resolve()
+    )
     if contents and not resumes_here:
         shown = ", ".join(contents[:6]) + (f", … ({len(contents)} entries)" if len(contents) > 6 else "")
         if not overwrite:
-            again = (" --resume_from_checkpoint latest to continue the run saved there," if complete_checkpoints(output_dir) else "")
-            raise UserError(f"--output_dir {str(output_dir)!r} is not empty ({shown}) and this run does not resume a checkpoint of it: pass"
-                            f"{again} --overwrite_output_dir to write over it, or another --output_dir")
+            again = (
+                " --resume_from_checkpoint latest to continue the run saved there,"
+                if complete_checkpoints(output_dir)
+                else ""
+            )
+            raise UserError(
+                f"--output_dir {str(output_dir)!r} is not empty ({shown}) and this run does not resume a checkpoint of it: pass"
+                f"{again} --overwrite_output_dir to write over it, or another --output_dir"
+            )
         logger.warning("--overwrite_output_dir: writing over the files in %s (%s)", output_dir, shown)
         if training_args.process_index == 0:
             _remove_old_checkpoints(output_dir)
@@ -92,17 +121,23 @@ def resolve_checkpoint(output_dir: str | Path, resume: str) -> str:
     if resume.lower() in LATEST_CHECKPOINT:
         checkpoints = complete_checkpoints(output_dir)
         if not checkpoints:
-            raise UserError(f"--resume_from_checkpoint {resume}: no complete checkpoint-* folder (one with {TRAINER_STATE_FILE}) "
-                            f"in --output_dir {str(output_dir)!r}")
+            raise UserError(
+                f"--resume_from_checkpoint {resume}: no complete checkpoint-* folder (one with {TRAINER_STATE_FILE}) "
+                f"in --output_dir {str(output_dir)!r}"
+            )
         return str(checkpoints[-1])
     folder = Path(resume).expanduser()
     if not folder.is_dir():
-        raise UserError(f"--resume_from_checkpoint {resume!r} does not exist or is not a folder; expected a checkpoint-* "
-                        f"folder the Trainer wrote, 'latest' for the newest one in --output_dir, or '{HUB_LAST_CHECKPOINT}' "
-                        f"for the Hub backup of --hub_strategy checkpoint")
+        raise UserError(
+            f"--resume_from_checkpoint {resume!r} does not exist or is not a folder; expected a checkpoint-* "
+            f"folder the Trainer wrote, 'latest' for the newest one in --output_dir, or '{HUB_LAST_CHECKPOINT}' "
+            f"for the Hub backup of --hub_strategy checkpoint"
+        )
     if not (folder / TRAINER_STATE_FILE).is_file():
-        raise UserError(f"--resume_from_checkpoint {resume!r} is not a complete checkpoint: it has no {TRAINER_STATE_FILE} "
-                        f"(not a folder the Trainer wrote, or a save interrupted midway); pass an earlier checkpoint-* folder or 'latest'")
+        raise UserError(
+            f"--resume_from_checkpoint {resume!r} is not a complete checkpoint: it has no {TRAINER_STATE_FILE} "
+            f"(not a folder the Trainer wrote, or a save interrupted midway); pass an earlier checkpoint-* folder or 'latest'"
+        )
     return str(folder)
 
 
@@ -114,20 +149,31 @@ def _remove_old_checkpoints(output_dir: Path) -> None:
     for path in old:
         shutil.rmtree(path)
     if old:
-        logger.warning("--overwrite_output_dir: removed the old run's %s from %s", ", ".join(sorted(path.name for path in old)), output_dir)
+        logger.warning(
+            "--overwrite_output_dir: removed the old run's %s from %s",
+            ", ".join(sorted(path.name for path in old)),
+            output_dir,
+        )
 
 
 def interrupted_message(output_dir: str) -> str:
     """What a Ctrl-C'd run kept and how to go on."""
     checkpoints = complete_checkpoints(output_dir)
     if checkpoints:
-        return (f"the {len(checkpoints)} complete checkpoint-* folder(s) in {output_dir} are kept (newest: {checkpoints[-1].name}); "
-                f"continue with the same flags plus --resume_from_checkpoint latest")
+        return (
+            f"the {len(checkpoints)} complete checkpoint-* folder(s) in {output_dir} are kept (newest: {checkpoints[-1].name}); "
+            f"continue with the same flags plus --resume_from_checkpoint latest"
+        )
     return f"no checkpoint had been saved in {output_dir} yet (see --save_steps); run the same command again to start over"
 
 
-def training_record(config: OmniNegCLIPConfig, model: OmniNegCLIPModel, lora_settings: dict | None,
-                    reports: list[SourceReport], datasets: list[str]) -> dict:
+def training_record(
+    config: OmniNegCLIPConfig,
+    model: OmniNegCLIPModel,
+    lora_settings: dict | None,
+    reports: list[SourceReport],
+    datasets: list[str],
+) -> dict:
     """What produced a checkpoint: versions, seed, git commit, data (with its skips) and every setting."""
     return provenance(seed=config.seed) | {
         "base_model": model.name_or_path,
@@ -138,7 +184,9 @@ def training_record(config: OmniNegCLIPConfig, model: OmniNegCLIPModel, lora_set
         "world_size": config.world_size,
         "resumed_from": None,
         "omninegclip": model.settings() | {"lora": lora_settings},
-        "training_arguments": {key: value for key, value in config.to_dict().items() if not key.startswith("hub_token")},
+        "training_arguments": {
+            key: value for key, value in config.to_dict().items() if not key.startswith("hub_token")
+        },
     }
 
 
@@ -148,8 +196,23 @@ def write_provenance(folder: Path, record: dict) -> None:
 
 # The Trainer's settings that change what a run computes: a resumed run must have the same.
 # (--max_steps and --num_train_epochs may grow, to train a run further.)
-RUN_SETTINGS = ("learning_rate", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "warmup_ratio", "per_device_train_batch_size", "gradient_accumulation_steps", "weight_decay", "adam_beta1",
-                "adam_beta2", "adam_epsilon", "max_grad_norm", "optim", "seed", "dataloader_drop_last")
+RUN_SETTINGS = (
+    "learning_rate",
+    "lr_scheduler_type",
+    "lr_scheduler_kwargs",
+    "warmup_steps",
+    "warmup_ratio",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "weight_decay",
+    "adam_beta1",
+    "adam_beta2",
+    "adam_epsilon",
+    "max_grad_norm",
+    "optim",
+    "seed",
+    "dataloader_drop_last",
+)
 
 
 def _resume_identity(record: dict, train_split: str) -> dict:
@@ -160,12 +223,17 @@ def _resume_identity(record: dict, train_split: str) -> dict:
         "base model (--model_name_or_path)": record.get("base_model"),
         "datasets (--dataset_name, --mix_dataset_name)": record.get("datasets"),
         "training rows (per dataset: rows read, rows kept)": [
-            [report.get("name"), report.get("split"), report.get("rows"), report.get("kept")] for report in record.get("data") or []
-            if report.get("split") == train_split],
+            [report.get("name"), report.get("split"), report.get("rows"), report.get("kept")]
+            for report in record.get("data") or []
+            if report.get("split") == train_split
+        ],
         "loss settings (--lambda_*, --margin)": settings.get("loss"),
         "text blocks that train": settings.get("trainable_text_blocks"),
-        "trainable parts (--train_*)": {key: value for key, value in (settings.get("trainable") or {}).items()
-                                        if key not in ("front_blocks", "text_preset", "text_blocks")},
+        "trainable parts (--train_*)": {
+            key: value
+            for key, value in (settings.get("trainable") or {}).items()
+            if key not in ("front_blocks", "text_preset", "text_blocks")
+        },
         "LoRA (--lora_*)": settings.get("lora"),
         "schedule and optimiser (--learning_rate, --lr_scheduler_type, --warmup_*, batch sizes, --weight_decay, --optim, "
         "--seed, ...)": {name: (record.get("training_arguments") or {}).get(name) for name in RUN_SETTINGS},
@@ -179,13 +247,22 @@ def check_resume_settings(checkpoint: str | Path, record: dict, train_split: str
     try:
         saved = json.loads(path.read_text())
     except FileNotFoundError:
-        logger.warning("--resume_from_checkpoint %s: no %s there, so its settings cannot be compared with this run's", checkpoint, PROVENANCE_FILE)
+        logger.warning(
+            "--resume_from_checkpoint %s: no %s there, so its settings cannot be compared with this run's",
+            checkpoint,
+            PROVENANCE_FILE,
+        )
         return
     except (OSError, ValueError) as error:
         raise UserError(f"--resume_from_checkpoint: {path} cannot be read ({first_line(error)})") from None
     before, now = _resume_identity(saved, train_split), _resume_identity(record, train_split)
-    differences = [f"{name}: {before[name]!r} in the checkpoint, {now[name]!r} now" for name in now if before[name] != now[name]]
+    differences = [
+        f"{name}: {before[name]!r} in the checkpoint, {now[name]!r} now" for name in now if before[name] != now[name]
+    ]
     if differences:
-        raise UserError(f"--resume_from_checkpoint {checkpoint} was saved by a run with other settings: " + "; ".join(differences)
-                        + ". Resume with the checkpoint's settings, or start a new run from its weights with "
-                          f"--model_name_or_path {checkpoint} and another --output_dir")
+        raise UserError(
+            f"--resume_from_checkpoint {checkpoint} was saved by a run with other settings: "
+            + "; ".join(differences)
+            + ". Resume with the checkpoint's settings, or start a new run from its weights with "
+            f"--model_name_or_path {checkpoint} and another --output_dir"
+        )

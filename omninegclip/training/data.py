@@ -59,11 +59,18 @@ class CaptionColumns:
         """The flags' values in `CAPTION_SETS` order (caption, presence, absence, affirmed); for a set
         with a row mask, 'none', '' or a value not given means no such column."""
         if len(columns) > len(CAPTION_SETS):
-            raise TypeError(f"{len(columns)} caption columns given; the caption sets are {[row.name for row in CAPTION_SETS]}")
+            raise TypeError(
+                f"{len(columns)} caption columns given; the caption sets are {[row.name for row in CAPTION_SETS]}"
+            )
         off = lambda name: None if name is None or name.strip().lower() in ("", "none") else name  # noqa: E731
         named = dict(zip((row.name for row in CAPTION_SETS), columns))
-        return cls(image, {row.name: named.get(row.name) if row.row_mask is None else off(named.get(row.name))
-                           for row in CAPTION_SETS})
+        return cls(
+            image,
+            {
+                row.name: named.get(row.name) if row.row_mask is None else off(named.get(row.name))
+                for row in CAPTION_SETS
+            },
+        )
 
     def __getattr__(self, name: str) -> str | None:
         texts = self.__dict__.get("texts", {})
@@ -129,7 +136,9 @@ def load_any_dataset(
             loaded = datasets.load_dataset(str(path), cache_dir=cache_dir)
         else:
             if name.startswith((".", "/", "~")):
-                raise UserError(f"dataset {name!r} does not exist: expected a save_to_disk folder, data files or a Hub id")
+                raise UserError(
+                    f"dataset {name!r} does not exist: expected a save_to_disk folder, data files or a Hub id"
+                )
             loaded = datasets.load_dataset(name, config_name, cache_dir=cache_dir)
     except UserError:
         raise
@@ -170,16 +179,23 @@ class SourceReport:
     def to_json(self) -> dict:
         """The report as training_provenance.json records it: one `with_<name>` count per optional
         caption set, skips in `SkipLog.to_json`'s shape."""
-        fields = {name: getattr(self, name) for name in self.__dataclass_fields__ if name not in ("skips", "with_sets")}
-        counts = {f"with_{caption_set.name}": self.with_sets.get(caption_set.name, 0)
-                  for caption_set in CAPTION_SETS if caption_set.row_mask is not None}
+        fields = {
+            name: getattr(self, name) for name in self.__dataclass_fields__ if name not in ("skips", "with_sets")
+        }
+        counts = {
+            f"with_{caption_set.name}": self.with_sets.get(caption_set.name, 0)
+            for caption_set in CAPTION_SETS
+            if caption_set.row_mask is not None
+        }
         return {**fields, **counts, **self.skips.to_json()}
 
     def describe(self) -> str:
         # Sets on by default are always counted (a 0 is news); the others only where a dataset has them.
-        counts = ", ".join(f"with {caption_set.counted_as or caption_set.name} {self.with_sets.get(caption_set.name, 0)}"
-                           for caption_set in CAPTION_SETS if caption_set.row_mask is not None
-                           and (caption_set.on_by_default or self.with_sets.get(caption_set.name)))
+        counts = ", ".join(
+            f"with {caption_set.counted_as or caption_set.name} {self.with_sets.get(caption_set.name, 0)}"
+            for caption_set in CAPTION_SETS
+            if caption_set.row_mask is not None and (caption_set.on_by_default or self.with_sets.get(caption_set.name))
+        )
         parts = [f"{self.split} {self.name!r}: kept {self.kept} of {self.rows} rows ({counts})"]
         if self.skips:
             parts.append(self.skips.describe())
@@ -219,8 +235,10 @@ def _validate(dataset: datasets.Dataset, name: str, columns: CaptionColumns) -> 
         if column not in found:
             raise UserError(f"dataset {name!r} has no column {column!r} (set by {flag}); its columns are {found}")
     feature = dataset.features[columns.image]
-    if not (isinstance(feature, datasets.Image)
-            or (isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string"))):
+    if not (
+        isinstance(feature, datasets.Image)
+        or (isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string"))
+    ):
         raise UserError(
             f"dataset {name!r}, column {columns.image!r} (set by --image_column) holds {feature}; "
             "expected images (a datasets Image column) or image file paths (strings)"
@@ -235,8 +253,11 @@ def _usable_rows(texts: dict[str, list], columns: CaptionColumns, skips: SkipLog
     for row in range(len(texts[columns.caption])):
         for column, values in texts.items():
             value = values[row]
-            reason = text_skip(value, "caption") if column == columns.caption else (
-                text_skip(value, column) if value is not None and not isinstance(value, str) else None)
+            reason = (
+                text_skip(value, "caption")
+                if column == columns.caption
+                else (text_skip(value, column) if value is not None and not isinstance(value, str) else None)
+            )
             if reason is not None:
                 shown = f": {type(value).__name__} {value!r:.40}" if reason.endswith("_not_text") else ""
                 skips.skip(reason, f"row {row}, column {column!r}{shown}")
@@ -301,7 +322,9 @@ class _Source:
     keep: list[int]
 
 
-def _read_source(dataset: datasets.Dataset, name: str, columns: CaptionColumns, limit: int | None, split: str) -> _Source:
+def _read_source(
+    dataset: datasets.Dataset, name: str, columns: CaptionColumns, limit: int | None, split: str
+) -> _Source:
     """Validate one dataset (its first `limit` rows) and skip, counted, the rows whose texts cannot be used."""
     if limit is not None:
         dataset = dataset.select(range(min(limit, len(dataset))))
@@ -314,8 +337,9 @@ def _read_source(dataset: datasets.Dataset, name: str, columns: CaptionColumns, 
     return _Source(dataset, report, texts, keep)
 
 
-def _tokenized_rows(source: _Source, image_index: np.ndarray, checked: ImagePass, columns: CaptionColumns, tokenizer,
-                    max_length: int) -> tuple[np.ndarray, np.ndarray, dict[str, list[list[int]]]]:
+def _tokenized_rows(
+    source: _Source, image_index: np.ndarray, checked: ImagePass, columns: CaptionColumns, tokenizer, max_length: int
+) -> tuple[np.ndarray, np.ndarray, dict[str, list[list[int]]]]:
     """Skip, counted, the rows whose image cannot be used; tokenize every caption set of the others.
     Returns their rows, their image indices and their token ids per caption set (`CaptionSet.input_ids`)."""
     report = source.report
@@ -325,7 +349,9 @@ def _tokenized_rows(source: _Source, image_index: np.ndarray, checked: ImagePass
             error = checked.unreadable[index]
             report.skips.skip(error.kind, f"row {row}: {error}")
     if not usable.any():
-        raise UserError(f"dataset {report.name!r}: no usable row (column {columns.image!r}): {report.skips.describe()}")
+        raise UserError(
+            f"dataset {report.name!r}: no usable row (column {columns.image!r}): {report.skips.describe()}"
+        )
     rows = [row for row, ok in zip(source.keep, usable) if ok]
     tokens = {}
     for caption_set in CAPTION_SETS:
@@ -356,10 +382,14 @@ def prepare_dataset(
     `split` only labels the reports."""
     images = images or (lambda refs: image_pass(refs, None))
     sources = [_read_source(dataset, name, columns, limit, split) for dataset, name in zip(raw, names)]
-    refs, image_index = ImageRefs.find([source.dataset for source in sources], columns.image, list(names),
-                                       [source.keep for source in sources])
+    refs, image_index = ImageRefs.find(
+        [source.dataset for source in sources], columns.image, list(names), [source.keep for source in sources]
+    )
     checked = images(refs)
-    parts = [_tokenized_rows(source, index, checked, columns, tokenizer, max_length) for source, index in zip(sources, image_index)]
+    parts = [
+        _tokenized_rows(source, index, checked, columns, tokenizer, max_length)
+        for source, index in zip(sources, image_index)
+    ]
     sizes = [len(rows) for rows, _, _ in parts]
     prepared = PreparedSplit(
         source_index=np.concatenate([np.full(size, k, dtype=np.int64) for k, size in enumerate(sizes)]),
@@ -386,15 +416,26 @@ class PackedRows:
     small integers only: `row_id` (the training row's position in its split), `packed_row` (its
     row here), `source_index`, `source_row`."""
 
-    def __init__(self, tokens: dict[str, list[list[int]]], pad_token_id: int, image_index: np.ndarray,
-                 image_embeds: torch.Tensor | None = None, source_index: np.ndarray | None = None,
-                 source_row: np.ndarray | None = None, pixels: Callable[[np.ndarray], torch.Tensor] | None = None):
+    def __init__(
+        self,
+        tokens: dict[str, list[list[int]]],
+        pad_token_id: int,
+        image_index: np.ndarray,
+        image_embeds: torch.Tensor | None = None,
+        source_index: np.ndarray | None = None,
+        source_row: np.ndarray | None = None,
+        pixels: Callable[[np.ndarray], torch.Tensor] | None = None,
+    ):
         rows = len(image_index)
         self.ids, self.lengths = {}, {}
         for name, sequences in tokens.items():
             lengths = np.fromiter((len(ids) for ids in sequences), dtype=np.int64, count=rows)
             longest = max(1, int(lengths.max(initial=0)))
-            dtype = np.uint16 if pad_token_id < 2**16 and all(max(ids, default=0) < 2**16 for ids in sequences) else np.int64
+            dtype = (
+                np.uint16
+                if pad_token_id < 2**16 and all(max(ids, default=0) < 2**16 for ids in sequences)
+                else np.int64
+            )
             padded = np.full((rows, longest), pad_token_id, dtype=dtype)
             for row, ids in enumerate(sequences):
                 padded[row, : len(ids)] = ids
@@ -406,9 +447,12 @@ class PackedRows:
         self.pixels = pixels
 
     @classmethod
-    def from_splits(cls, splits: dict[str, PreparedSplit], pad_token_id: int,
-                    pixels: Callable[[list[ImageRefs], np.ndarray], torch.Tensor] | None = None
-                    ) -> tuple["PackedRows", dict[str, datasets.Dataset]]:
+    def from_splits(
+        cls,
+        splits: dict[str, PreparedSplit],
+        pad_token_id: int,
+        pixels: Callable[[list[ImageRefs], np.ndarray], torch.Tensor] | None = None,
+    ) -> tuple["PackedRows", dict[str, datasets.Dataset]]:
         """All splits packed together, and each split's table for the Trainer."""
         names = list(next(iter(splits.values())).tokens)
         row_offsets = np.cumsum([0] + [len(split.source_row) for split in splits.values()])
@@ -418,7 +462,9 @@ class PackedRows:
         packed = cls(
             tokens={name: [ids for split in splits.values() for ids in split.tokens[name]] for name in names},
             pad_token_id=pad_token_id,
-            image_index=np.concatenate([split.image_index + offset for split, offset in zip(splits.values(), image_offsets)]),
+            image_index=np.concatenate(
+                [split.image_index + offset for split, offset in zip(splits.values(), image_offsets)]
+            ),
             image_embeds=torch.cat([split.image_embeds for split in splits.values()]) if embedded else None,
             source_index=np.concatenate([split.source_index for split in splits.values()]),
             source_row=np.concatenate([split.source_row for split in splits.values()]),
@@ -426,12 +472,14 @@ class PackedRows:
         )
         tables = {}
         for (role, split), offset in zip(splits.items(), row_offsets):
-            tables[role] = datasets.Dataset.from_dict({
-                "row_id": np.arange(len(split.order), dtype=np.int64),
-                PACKED_ROW_COLUMN: (split.order + offset).astype(np.int64),
-                SOURCE_COLUMN: split.source_index[split.order],
-                SOURCE_ROW_COLUMN: split.source_row[split.order],
-            })
+            tables[role] = datasets.Dataset.from_dict(
+                {
+                    "row_id": np.arange(len(split.order), dtype=np.int64),
+                    PACKED_ROW_COLUMN: (split.order + offset).astype(np.int64),
+                    SOURCE_COLUMN: split.source_index[split.order],
+                    SOURCE_ROW_COLUMN: split.source_row[split.order],
+                }
+            )
         return packed, tables
 
 
@@ -468,7 +516,11 @@ class OmniNegCollator:
             if caption_set.row_mask is None:
                 batch[caption_set.input_ids], batch[caption_set.attention_mask] = ids, mask
             elif has.any():
-                batch[caption_set.input_ids], batch[caption_set.attention_mask], batch[caption_set.row_mask] = ids, mask, has
+                batch[caption_set.input_ids], batch[caption_set.attention_mask], batch[caption_set.row_mask] = (
+                    ids,
+                    mask,
+                    has,
+                )
         images = self.rows.image_index[row_ids]
         if self.rows.image_embeds is not None:
             batch["image_embeds"] = self.rows.image_embeds[torch.from_numpy(images)]
@@ -486,7 +538,9 @@ class BalancedSourceSampler(torch.utils.data.Sampler[int]):
 
     def __init__(self, source_index: list[int], seed: int = 0):
         sources = sorted(set(source_index))
-        self.positions = [torch.tensor([row for row, source in enumerate(source_index) if source == s]) for s in sources]
+        self.positions = [
+            torch.tensor([row for row, source in enumerate(source_index) if source == s]) for s in sources
+        ]
         self.seed = seed
         self.epoch = 0
 

@@ -41,7 +41,9 @@ def check_hub_access(args) -> str:
     repo id. A `UserError` naming the flags when the Hub refuses or cannot be reached."""
     name = repo_name(args)
     try:
-        repo_id = hub_api().create_repo(name, token=args.hub_token, private=args.hub_private_repo, exist_ok=True).repo_id
+        repo_id = (
+            hub_api().create_repo(name, token=args.hub_token, private=args.hub_private_repo, exist_ok=True).repo_id
+        )
         if args.hub_revision:
             hub_api().create_branch(repo_id, branch=args.hub_revision, token=args.hub_token, exist_ok=True)
     except HUB_FAILURES as error:
@@ -51,7 +53,11 @@ def check_hub_access(args) -> str:
             f"trained yet. Check the token (--hub_token or `hf auth login`) and its write permission, or train without "
             f"--push_to_hub and push the saved folder later (python -m omninegclip.training.model_card FOLDER --push_to_hub REPO)"
         ) from None
-    logger.info("--push_to_hub: the Hub answers for %s (--hub_strategy %s)", repo_id, getattr(args.hub_strategy, "value", args.hub_strategy))
+    logger.info(
+        "--push_to_hub: the Hub answers for %s (--hub_strategy %s)",
+        repo_id,
+        getattr(args.hub_strategy, "value", args.hub_strategy),
+    )
     return repo_id
 
 
@@ -60,14 +66,23 @@ def fetch_last_checkpoint(args) -> Path:
     name = repo_name(args)
     target = Path(args.output_dir)
     try:
-        hub_api().snapshot_download(repo_id=name, allow_patterns=[f"{HUB_LAST_CHECKPOINT}/*"], local_dir=str(target),
-                                    revision=args.hub_revision, token=args.hub_token)
+        hub_api().snapshot_download(
+            repo_id=name,
+            allow_patterns=[f"{HUB_LAST_CHECKPOINT}/*"],
+            local_dir=str(target),
+            revision=args.hub_revision,
+            token=args.hub_token,
+        )
     except HUB_FAILURES as error:
-        raise UserError(f"--resume_from_checkpoint {HUB_LAST_CHECKPOINT}: could not download it from the Hub repo {name!r} "
-                        f"(--hub_model_id): {first_line(error)}") from None
+        raise UserError(
+            f"--resume_from_checkpoint {HUB_LAST_CHECKPOINT}: could not download it from the Hub repo {name!r} "
+            f"(--hub_model_id): {first_line(error)}"
+        ) from None
     folder = target / HUB_LAST_CHECKPOINT
     if not folder.is_dir():
-        raise UserError(f"--resume_from_checkpoint {HUB_LAST_CHECKPOINT}: the Hub repo {name!r} has no {HUB_LAST_CHECKPOINT}/ "
-                        f"folder (a run with --hub_strategy checkpoint pushes one at every save)")
+        raise UserError(
+            f"--resume_from_checkpoint {HUB_LAST_CHECKPOINT}: the Hub repo {name!r} has no {HUB_LAST_CHECKPOINT}/ "
+            f"folder (a run with --hub_strategy checkpoint pushes one at every save)"
+        )
     logger.info("fetched %s/ from the Hub repo %s into %s", HUB_LAST_CHECKPOINT, name, folder)
     return folder

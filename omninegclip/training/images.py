@@ -81,8 +81,9 @@ class ImageRefs:
         return len(self.refs)
 
     @classmethod
-    def find(cls, sources: list[datasets.Dataset], column: str, names: list[str],
-             rows: list[list[int]]) -> tuple["ImageRefs", list[np.ndarray]]:
+    def find(
+        cls, sources: list[datasets.Dataset], column: str, names: list[str], rows: list[list[int]]
+    ) -> tuple["ImageRefs", list[np.ndarray]]:
         """The unique images among `rows[k]` of `sources[k]`, and the image index of each of those rows.
         An image is its path when the data holds only a path, else its bytes (hashed): rows that
         repeat an image (several captions of one photo, a dataset mixed in twice) share it."""
@@ -169,18 +170,26 @@ class ImageTransform:
         shortest = _value(size, "shortest_edge")
         others = [_value(size, key) for key in ("height", "width", "longest_edge", "max_height", "max_width")]
         usual = (
-            getattr(p, "do_resize", False) and shortest and not any(others)
-            and getattr(p, "do_center_crop", False) and _value(crop, "height") and _value(crop, "width")
-            and getattr(p, "do_rescale", False) and getattr(p, "do_normalize", False)
-            and getattr(p, "do_convert_rgb", True) is not False and not getattr(p, "do_pad", None)
+            getattr(p, "do_resize", False)
+            and shortest
+            and not any(others)
+            and getattr(p, "do_center_crop", False)
+            and _value(crop, "height")
+            and _value(crop, "width")
+            and getattr(p, "do_rescale", False)
+            and getattr(p, "do_normalize", False)
+            and getattr(p, "do_convert_rgb", True) is not False
+            and not getattr(p, "do_pad", None)
             and int(getattr(p, "resample", -1)) == int(Image.Resampling.BICUBIC)
             and shortest >= max(_value(crop, "height") or 0, _value(crop, "width") or 0)  # the crop always fits
         )
         plain = None
         if usual:
             plain = {
-                "shortest_edge": int(shortest), "crop": (int(_value(crop, "height")), int(_value(crop, "width"))),
-                "scale": float(p.rescale_factor), "mean": tuple(float(x) for x in p.image_mean),
+                "shortest_edge": int(shortest),
+                "crop": (int(_value(crop, "height")), int(_value(crop, "width"))),
+                "scale": float(p.rescale_factor),
+                "mean": tuple(float(x) for x in p.image_mean),
                 "std": tuple(float(x) for x in p.image_std),
             }
         return cls(p, plain, draft)
@@ -328,11 +337,18 @@ def _load_cached(path: Path, count: int, embedded: bool) -> ImagePass | None:
             problem = "it is not the record of a checking pass"
         elif any(not 0 <= index < count for index in unreadable):
             problem = f"it lists unreadable images outside the {count} images"
-    except (SafetensorError, OSError, ValueError, TypeError, AttributeError) as error:  # ValueError: json and UnreadableImage too
+    except (
+        SafetensorError,
+        OSError,
+        ValueError,
+        TypeError,
+        AttributeError,
+    ) as error:  # ValueError: json and UnreadableImage too
         problem = first_line(error)
     if problem is not None:
-        logger.warning("the cached image pass %s cannot be used (%s); decoding the images again and replacing it",
-                       path, problem)
+        logger.warning(
+            "the cached image pass %s cannot be used (%s); decoding the images again and replacing it", path, problem
+        )
         return None
     return ImagePass(embeds, unreadable)
 
@@ -346,7 +362,9 @@ def _save_cached(path: Path, result: ImagePass) -> None:
         pid = stale.name.rpartition("-")[2]
         if pid.isdigit() and int(pid) != os.getpid() and not is_alive(int(pid)):
             stale.unlink(missing_ok=True)
-    tensors = {"image_embeds": result.embeds.contiguous()} if result.embeds is not None else {"checked": torch.zeros(1)}
+    tensors = (
+        {"image_embeds": result.embeds.contiguous()} if result.embeds is not None else {"checked": torch.zeros(1)}
+    )
     metadata = {"unreadable": json.dumps({str(i): [e.kind, str(e)] for i, e in result.unreadable.items()})}
     partial = path.with_suffix(f".partial-{os.getpid()}")
     try:
@@ -358,8 +376,13 @@ def _save_cached(path: Path, result: ImagePass) -> None:
         partial.unlink(missing_ok=True)
 
 
-def _decode_loader(refs: ImageRefs, transform: ImageTransform | None, batch_size: int, num_workers: int | None,
-                   device: torch.device | None) -> torch.utils.data.DataLoader:
+def _decode_loader(
+    refs: ImageRefs,
+    transform: ImageTransform | None,
+    batch_size: int,
+    num_workers: int | None,
+    device: torch.device | None,
+) -> torch.utils.data.DataLoader:
     """The DataLoader whose worker processes decode (and, with a `transform`, preprocess) the images."""
     requested = default_workers() if num_workers is None else num_workers
     # Workers decode small chunks (each worker one chunk at a time), the tower embeds `batch_size`
@@ -369,8 +392,11 @@ def _decode_loader(refs: ImageRefs, transform: ImageTransform | None, batch_size
     workers = min(requested, chunks) if chunks > 1 else 0
     decoded = _Decoded(refs, transform)
     return torch.utils.data.DataLoader(
-        decoded, batch_size=chunk, num_workers=workers,
-        collate_fn=decoded.collate, pin_memory=device is not None and device.type == "cuda",
+        decoded,
+        batch_size=chunk,
+        num_workers=workers,
+        collate_fn=decoded.collate,
+        pin_memory=device is not None and device.type == "cuda",
     )
 
 
@@ -398,11 +424,18 @@ def image_pass(
         if cached is not None:
             logger.info("%s: reusing %s (no image decoded)", desc, path)
             return cached
-    device = torch.device(device) if device is not None else (next(model.parameters()).device if model is not None else None)
+    device = (
+        torch.device(device)
+        if device is not None
+        else (next(model.parameters()).device if model is not None else None)
+    )
     loader = _decode_loader(refs, transform if model is not None else None, batch_size, num_workers, device)
     embeds, unreadable, pending = None, {}, []
-    autocast = (torch.autocast(device.type, dtype=autocast_dtype) if model is not None and autocast_dtype is not None
-                else contextlib.nullcontext())
+    autocast = (
+        torch.autocast(device.type, dtype=autocast_dtype)
+        if model is not None and autocast_dtype is not None
+        else contextlib.nullcontext()
+    )
 
     def embed(pending: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         nonlocal embeds
@@ -413,8 +446,9 @@ def image_pass(
             embeds = torch.zeros(len(refs), features.shape[-1], dtype=torch.float32)
         embeds[indices] = features.float().cpu()
 
-    for indices, pixels, errors in tqdm(loader, desc=f"{'embedding' if model is not None else 'checking'} {desc}",
-                                        unit="chunk", delay=2, leave=False):
+    for indices, pixels, errors in tqdm(
+        loader, desc=f"{'embedding' if model is not None else 'checking'} {desc}", unit="chunk", delay=2, leave=False
+    ):
         unreadable.update((index, UnreadableImage(kind, message)) for index, kind, message in errors)
         if model is None or pixels is None:
             continue
@@ -432,7 +466,9 @@ def image_pass(
     return result
 
 
-def pixel_values(transform: ImageTransform, refs: list[ImageRefs], offsets: np.ndarray, indices: np.ndarray) -> torch.Tensor:
+def pixel_values(
+    transform: ImageTransform, refs: list[ImageRefs], offsets: np.ndarray, indices: np.ndarray
+) -> torch.Tensor:
     """The preprocessed pixels of some images, numbered across several splits' unique images
     (`offsets[s]` = the number of split s's first image): the batch of a run whose image tower trains."""
     pixels = []

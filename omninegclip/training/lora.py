@@ -91,7 +91,14 @@ def lora_target_regex(blocks: list[int], target: str) -> str:
     return rf"text_model\.encoder\.layers\.({layers})\.({modules})"
 
 
-def add_lora(model: OmniNegCLIPModel, trainable: TrainableConfig, r: int, alpha: float, dropout: float = 0.0, target: str = "all"):
+def add_lora(
+    model: OmniNegCLIPModel,
+    trainable: TrainableConfig,
+    r: int,
+    alpha: float,
+    dropout: float = 0.0,
+    target: str = "all",
+):
     """Wrap `model` in a PEFT model with LoRA adapters on the chosen text blocks; the other parts
     `trainable` asks for train through PEFT's `modules_to_save` (saved with the adapters, so a resumed
     run restores them; see above). Returns (peft model, settings)."""
@@ -99,13 +106,19 @@ def add_lora(model: OmniNegCLIPModel, trainable: TrainableConfig, r: int, alpha:
 
     blocks = resolve_text_blocks(model.config.text_config.num_hidden_layers, trainable)
     if not blocks:
-        raise UserError("--lora_r > 0 needs at least one text block to adapt; --front_blocks/--text_preset/--text_blocks chose none")
+        raise UserError(
+            "--lora_r > 0 needs at least one text block to adapt; --front_blocks/--text_preset/--text_blocks chose none"
+        )
     if trainable.train_logit_scale:
         raise UserError(LOGIT_SCALE_WITH_LORA)
     extras = modules_to_save(trainable)
     regex = lora_target_regex(blocks, target)
     config = LoraConfig(
-        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=regex, bias="none",
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=regex,
+        bias="none",
         modules_to_save=extras or None,
     )
     peft_model = get_peft_model(model, config)

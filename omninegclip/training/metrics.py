@@ -87,7 +87,9 @@ class NegationMetrics:
 
     def __call__(self, prediction, compute_result: bool = True) -> dict[str, float]:
         as_tensor = lambda values, dtype: torch.as_tensor(values).detach().cpu().to(dtype)  # noqa: E731  (numpy or tensor)
-        self._batches.append((as_tensor(prediction.predictions, torch.float32), as_tensor(prediction.label_ids, torch.long)))
+        self._batches.append(
+            (as_tensor(prediction.predictions, torch.float32), as_tensor(prediction.label_ids, torch.long))
+        )
         if not compute_result:
             return {}
         embeddings, rows = (torch.cat(parts) for parts in zip(*self._batches))
@@ -104,24 +106,39 @@ def _object_masked(text: str, kind: str) -> str:
 def same_words_but_the_object(presence: str, absence: str, negated_object: str, absent_object: str) -> bool:
     """Whether a presence negation (negating `negated_object`) and an absence negation (negating
     `absent_object`) are the same words but for the object they negate (a which-object pair)."""
-    if not (presence and absence and negated_object and absent_object) or negated_object.strip() == absent_object.strip():
+    if (
+        not (presence and absence and negated_object and absent_object)
+        or negated_object.strip() == absent_object.strip()
+    ):
         return False
     masked = _object_masked(presence, negated_object)
     return "\0" in masked and masked == _object_masked(absence, absent_object)
 
 
-def which_object_rows(prepared, raw_sources: list, presence_column: str | None, absence_column: str | None,
-                      source_column: str, source_row_column: str) -> np.ndarray | None:
+def which_object_rows(
+    prepared,
+    raw_sources: list,
+    presence_column: str | None,
+    absence_column: str | None,
+    source_column: str,
+    source_row_column: str,
+) -> np.ndarray | None:
     """For each row of the prepared evaluation split (by position = row_id), whether its negations
     are a which-object pair; read from the raw splits `raw_sources` (in the prepared data's
     `source_column` order; `source_row_column` is the row in its raw split). None when no raw split
     has the object columns (the which-object accuracy then cannot be computed)."""
     needed = [presence_column, absence_column, NEGATED_OBJECT_COLUMN, ABSENT_OBJECT_COLUMN]
-    usable = {index: raw for index, raw in enumerate(raw_sources)
-              if presence_column and absence_column and all(column in raw.column_names for column in needed)}
+    usable = {
+        index: raw
+        for index, raw in enumerate(raw_sources)
+        if presence_column and absence_column and all(column in raw.column_names for column in needed)
+    }
     if not usable:
-        logger.info("which-object accuracy: not computed (the evaluation data has no %s/%s columns naming the negated objects)",
-                    NEGATED_OBJECT_COLUMN, ABSENT_OBJECT_COLUMN)
+        logger.info(
+            "which-object accuracy: not computed (the evaluation data has no %s/%s columns naming the negated objects)",
+            NEGATED_OBJECT_COLUMN,
+            ABSENT_OBJECT_COLUMN,
+        )
         return None
     texts = {index: raw.select_columns(needed).to_dict() for index, raw in usable.items()}
     origin = prepared.select_columns([source_column, source_row_column]).to_dict()

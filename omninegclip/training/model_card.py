@@ -35,21 +35,45 @@ from omninegclip.training.card.widget import DEFAULT_WIDGET, WidgetExample, load
 from omninegclip.training.card.write import card_text, check_card_writable, write_model_card
 
 __all__ = [
-    "CARD_TAGS", "DEFAULT_WIDGET", "UPLOAD_IGNORE", "CheckpointFacts", "WidgetExample", "card_text", "checkpoint_facts",
-    "citations_markdown", "cli", "load_widget_examples", "main", "public_text", "push_checkpoint", "render_model_card",
-    "world_widget_examples", "write_model_card",
+    "CARD_TAGS",
+    "DEFAULT_WIDGET",
+    "UPLOAD_IGNORE",
+    "CheckpointFacts",
+    "WidgetExample",
+    "card_text",
+    "checkpoint_facts",
+    "citations_markdown",
+    "cli",
+    "load_widget_examples",
+    "main",
+    "public_text",
+    "push_checkpoint",
+    "render_model_card",
+    "world_widget_examples",
+    "write_model_card",
 ]
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(description="(Re)write a checkpoint's model card; optionally push the checkpoint.")
+    parser = argparse.ArgumentParser(
+        description="(Re)write a checkpoint's model card; optionally push the checkpoint."
+    )
     parser.add_argument("checkpoint", help="a checkpoint folder written by train.py")
-    parser.add_argument("--push_to_hub", metavar="REPO_ID", help="push the folder to this Hub repo (name or owner/name)")
+    parser.add_argument(
+        "--push_to_hub", metavar="REPO_ID", help="push the folder to this Hub repo (name or owner/name)"
+    )
     parser.add_argument("--private", action="store_true", help="create the repo private")
-    parser.add_argument("--widget_examples", help="JSON list of widget examples (default: the folder's own, else built-in)")
-    parser.add_argument("--license", help="the card's license (a Hub license id; default: the one given before, else mit)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace a README.md in the folder that this project did not write (a card of your own)")
+    parser.add_argument(
+        "--widget_examples", help="JSON list of widget examples (default: the folder's own, else built-in)"
+    )
+    parser.add_argument(
+        "--license", help="the card's license (a Hub license id; default: the one given before, else mit)"
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a README.md in the folder that this project did not write (a card of your own)",
+    )
     args = parser.parse_args(argv)
     folder = Path(args.checkpoint)
     check_card_writable(folder, args.overwrite)  # before the widget file is read or a repo is created

@@ -14,9 +14,8 @@ import datasets
 import torch
 from transformers import CLIPProcessor, TrainingArguments
 
-from modeling_omninegclip import LOSS_TERMS, OmniNegCLIPModel, apply_trainable, resolve_text_blocks
+from modeling_omninegclip import CAPTION_SETS, LOSS_TERMS, OmniNegCLIPModel, apply_trainable, resolve_text_blocks
 from omninegclip.building.vocabulary import find_mentions
-from modeling_omninegclip import CAPTION_SETS
 from omninegclip.common.cli import UserError
 from omninegclip.training.config import OmniNegCLIPConfig
 from omninegclip.training.data import (
@@ -34,6 +33,7 @@ from omninegclip.training.metrics import NegationMetrics, which_object_rows
 
 logger = logging.getLogger("omninegclip.train")
 
+
 def make_trainable(model: OmniNegCLIPModel, config: OmniNegCLIPConfig):
     """Give `model` the loss and trainable settings of `config`, and freeze what does not train, or
     wrap it with LoRA adapters on the chosen blocks; log which blocks train. Returns (the model to
@@ -44,8 +44,14 @@ def make_trainable(model: OmniNegCLIPModel, config: OmniNegCLIPConfig):
     lora_settings = None
     try:
         if config.lora:
-            trained_model, lora_settings = add_lora(model, model.trainable_config, config.lora_r, config.lora_alpha,
-                                                    config.lora_dropout, config.lora_target)
+            trained_model, lora_settings = add_lora(
+                model,
+                model.trainable_config,
+                config.lora_r,
+                config.lora_alpha,
+                config.lora_dropout,
+                config.lora_target,
+            )
         else:
             trained_model = model
             apply_trainable(model, model.trainable_config)
@@ -53,9 +59,11 @@ def make_trainable(model: OmniNegCLIPModel, config: OmniNegCLIPConfig):
         raise UserError(f"bad trainable setting for {source!r}: {error}") from None
     log_text_blocks(model, config)
     if not any(parameter.requires_grad for parameter in trained_model.parameters()):
-        raise UserError("nothing would train: --front_blocks/--text_preset/--text_blocks chose no text block and every "
-                        "--train_* flag (token and position embedding, final layer norm, text projection, logit scale, "
-                        "vision tower) is false; choose blocks (e.g. --front_blocks 6) or set a --train_* flag")
+        raise UserError(
+            "nothing would train: --front_blocks/--text_preset/--text_blocks chose no text block and every "
+            "--train_* flag (token and position embedding, final layer norm, text projection, logit scale, "
+            "vision tower) is false; choose blocks (e.g. --front_blocks 6) or set a --train_* flag"
+        )
     return trained_model, lora_settings
 
 
@@ -65,10 +73,19 @@ def log_text_blocks(model: OmniNegCLIPModel, config: OmniNegCLIPConfig) -> list[
     blocks = resolve_text_blocks(depth, model.trainable_config)
     chooser, overridden = config.blocks_choice()
     if overridden:
-        logger.warning("%s decides the text blocks; %s given too and ignored (--text_blocks wins over --text_preset, "
-                       "which wins over --front_blocks)", chooser, " and ".join(overridden))
-    logger.info("text blocks that train%s: %s of %d (chosen by %s)", " (LoRA adapters)" if config.lora else "",
-                blocks or "none", depth, chooser)
+        logger.warning(
+            "%s decides the text blocks; %s given too and ignored (--text_blocks wins over --text_preset, "
+            "which wins over --front_blocks)",
+            chooser,
+            " and ".join(overridden),
+        )
+    logger.info(
+        "text blocks that train%s: %s of %d (chosen by %s)",
+        " (LoRA adapters)" if config.lora else "",
+        blocks or "none",
+        depth,
+        chooser,
+    )
     return blocks
 
 
@@ -84,9 +101,17 @@ def _image_pass(config: OmniNegCLIPConfig, processor: CLIPProcessor, model: Omni
         model.to(config.device)  # the Trainer would move it only later: embed where training runs
 
     def run(refs):
-        return image_pass(refs, transform, model=model if embed else None, device=config.device,
-                          autocast_dtype=precision, batch_size=config.image_embedding_batch_size,
-                          num_workers=config.preprocessing_num_workers, cache_dir=cache_dir)
+        return image_pass(
+            refs,
+            transform,
+            model=model if embed else None,
+            device=config.device,
+            autocast_dtype=precision,
+            batch_size=config.image_embedding_batch_size,
+            num_workers=config.preprocessing_num_workers,
+            cache_dir=cache_dir,
+        )
+
     return run, transform
 
 
@@ -96,12 +121,17 @@ def warn_unread_columns(config: OmniNegCLIPConfig) -> None:
     for row in CAPTION_SETS:
         if columns.texts[row.name] and row.name not in read:
             off = ", ".join(f"{term.name} (--{term.weight} 0)" for term in LOSS_TERMS if row.name in term.reads)
-            logger.warning("--%s %r is only read by loss terms that are off: %s", row.flag, columns.texts[row.name], off)
+            logger.warning(
+                "--%s %r is only read by loss terms that are off: %s", row.flag, columns.texts[row.name], off
+            )
 
 
-def prepare_splits(config: OmniNegCLIPConfig, processor: CLIPProcessor, model: OmniNegCLIPModel,
-                   splits: dict[str, dict[str, datasets.Dataset]]
-                   ) -> tuple[dict[str, datasets.Dataset], PackedRows, ImageTransform, list[SourceReport]]:
+def prepare_splits(
+    config: OmniNegCLIPConfig,
+    processor: CLIPProcessor,
+    model: OmniNegCLIPModel,
+    splits: dict[str, dict[str, datasets.Dataset]],
+) -> tuple[dict[str, datasets.Dataset], PackedRows, ImageTransform, list[SourceReport]]:
     """Validate and tokenize each split's datasets (`splits`: role "train"/"eval" -> dataset name ->
     raw dataset), decode each unique image once, embedding it with the frozen image tower (the first
     process of a machine does it and caches the result; the others read it). Logs one `data:` line
@@ -114,13 +144,20 @@ def prepare_splits(config: OmniNegCLIPConfig, processor: CLIPProcessor, model: O
     for role, named in splits.items():
         with config.main_process_first(desc=f"preparing {role} data"):
             prepared[role], split_reports = prepare_dataset(
-                list(named.values()), list(named), columns, processor.tokenizer, config.max_caption_length,
-                split=_split_name(named, role), images=images,
+                list(named.values()),
+                list(named),
+                columns,
+                processor.tokenizer,
+                config.max_caption_length,
+                split=_split_name(named, role),
+                images=images,
             )
         reports += split_reports
     summary, noteworthy = summarize_reports(reports, config.max_caption_length)
     logger.log(logging.WARNING if noteworthy else logging.INFO, summary)
-    packed, tables = PackedRows.from_splits(prepared, processor.tokenizer.pad_token_id, pixels=partial(pixel_values, transform))
+    packed, tables = PackedRows.from_splits(
+        prepared, processor.tokenizer.pad_token_id, pixels=partial(pixel_values, transform)
+    )
     return tables, packed, transform, reports
 
 
@@ -130,10 +167,14 @@ def _split_name(named: dict[str, datasets.Dataset], role: str) -> str:
     return found.pop() if len(found) == 1 else role
 
 
-def negation_metrics(eval_table: datasets.Dataset, raw: dict[str, datasets.Dataset], columns: CaptionColumns) -> NegationMetrics:
+def negation_metrics(
+    eval_table: datasets.Dataset, raw: dict[str, datasets.Dataset], columns: CaptionColumns
+) -> NegationMetrics:
     """The evaluation's negation accuracies; which rows are which-object pairs is read from the raw
     evaluation datasets (in the prepared table's `source_index` order)."""
-    pairs = which_object_rows(eval_table, list(raw.values()), columns.presence, columns.absence, SOURCE_COLUMN, SOURCE_ROW_COLUMN)
+    pairs = which_object_rows(
+        eval_table, list(raw.values()), columns.presence, columns.absence, SOURCE_COLUMN, SOURCE_ROW_COLUMN
+    )
     return NegationMetrics(pairs)
 
 
@@ -145,36 +186,56 @@ def check_negation_columns(train: dict[str, datasets.Dataset], columns: CaptionC
     first `ROWS_CHECKED` rows: negations identical to their caption (nothing to learn from them),
     and presence/absence columns that look swapped (where a `negated_object` column says which
     object the presence negation is about: the absence text negates it and the presence text does not)."""
+
     def negates(text: str, obj: str) -> bool:
         return any(mention.negated for mention in find_mentions(text, [obj]))
 
     found = []
     for name, dataset in train.items():
-        texts = [column for column in (columns.caption, columns.presence, columns.absence) if column and column in dataset.column_names]
+        texts = [
+            column
+            for column in (columns.caption, columns.presence, columns.absence)
+            if column and column in dataset.column_names
+        ]
         has_object = "negated_object" in dataset.column_names
-        rows = dataset.select(range(min(ROWS_CHECKED, len(dataset)))).select_columns(texts + (["negated_object"] if has_object else []))
+        rows = dataset.select(range(min(ROWS_CHECKED, len(dataset)))).select_columns(
+            texts + (["negated_object"] if has_object else [])
+        )
         identical = {flag: [] for flag in ("--presence_column", "--absence_column")}
         swapped = checked = 0
         for row, values in enumerate(rows):
             caption = values.get(columns.caption)
             for flag, column in (("--presence_column", columns.presence), ("--absence_column", columns.absence)):
                 text = values.get(column) if column else None
-                if isinstance(text, str) and isinstance(caption, str) and text.strip() and text.strip() == caption.strip():
+                if (
+                    isinstance(text, str)
+                    and isinstance(caption, str)
+                    and text.strip()
+                    and text.strip() == caption.strip()
+                ):
                     identical[flag].append(row)
-            presence, absence, obj = values.get(columns.presence), values.get(columns.absence), values.get("negated_object")
+            presence, absence, obj = (
+                values.get(columns.presence),
+                values.get(columns.absence),
+                values.get("negated_object"),
+            )
             if has_object and all(isinstance(value, str) and value.strip() for value in (presence, absence, obj)):
                 checked += 1
                 swapped += negates(absence, obj) and not negates(presence, obj)
         for flag, found_rows in identical.items():
             if found_rows:
                 column = columns.presence if flag == "--presence_column" else columns.absence
-                found.append(f"dataset {name!r}: {len(found_rows)} of the first {len(rows)} rows have a {flag} {column!r} text identical to "
-                             f"their caption (rows {', '.join(map(str, found_rows[:5]))}{', …' if len(found_rows) > 5 else ''}): such a "
-                             f"pair pushes a text away from itself")
+                found.append(
+                    f"dataset {name!r}: {len(found_rows)} of the first {len(rows)} rows have a {flag} {column!r} text identical to "
+                    f"their caption (rows {', '.join(map(str, found_rows[:5]))}{', …' if len(found_rows) > 5 else ''}): such a "
+                    f"pair pushes a text away from itself"
+                )
         if checked and swapped * 2 > checked:
-            found.append(f"dataset {name!r}: in {swapped} of {checked} rows checked, the --absence_column {columns.absence!r} text negates the "
-                         f"row's negated_object and the --presence_column {columns.presence!r} text does not: the two columns look swapped "
-                         f"(try --presence_column {columns.absence} --absence_column {columns.presence})")
+            found.append(
+                f"dataset {name!r}: in {swapped} of {checked} rows checked, the --absence_column {columns.absence!r} text negates the "
+                f"row's negated_object and the --presence_column {columns.presence!r} text does not: the two columns look swapped "
+                f"(try --presence_column {columns.absence} --absence_column {columns.presence})"
+            )
     for warning in found:
         logger.warning(warning)
     return found
@@ -189,12 +250,16 @@ def warn_degenerate_training(training_args: TrainingArguments, reports: list[Sou
     warnings = []
     global_batch = training_args.per_device_train_batch_size * training_args.world_size
     if global_batch == 1:
-        warnings.append(f"a global batch of 1 row (--per_device_train_batch_size 1 x 1 process): the in-batch terms "
-                        f"{', '.join(IN_BATCH_TERMS)} compare each row only with itself and are 0; use a batch of 2 or more")
+        warnings.append(
+            f"a global batch of 1 row (--per_device_train_batch_size 1 x 1 process): the in-batch terms "
+            f"{', '.join(IN_BATCH_TERMS)} compare each row only with itself and are 0; use a batch of 2 or more"
+        )
     train = [report for report in reports if report.split == split]
     if train and not any(any(report.with_sets.values()) for report in train):
-        warnings.append(f"no training row has a presence or an absence negation ({', '.join(repr(report.name) for report in train)}): "
-                        f"this is plain CLIP fine-tuning, not Omni-NegCLIP; check --presence_column and --absence_column")
+        warnings.append(
+            f"no training row has a presence or an absence negation ({', '.join(repr(report.name) for report in train)}): "
+            f"this is plain CLIP fine-tuning, not Omni-NegCLIP; check --presence_column and --absence_column"
+        )
     for warning in warnings:
         logger.warning(warning)
     return warnings

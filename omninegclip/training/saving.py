@@ -48,9 +48,12 @@ def check_disk_space(trainer: Trainer) -> None:
     saves = str(getattr(trainer.args.save_strategy, "value", trainer.args.save_strategy)) != "no"
     needed = final + (checkpoint if saves else 0)
     if free < needed:
-        raise UserError(f"--output_dir {folder}: its disk has {_megabytes(free)} free, and this run needs about {_megabytes(needed)} "
-                        f"(final folder {_megabytes(final)}" + (f", one checkpoint {_megabytes(checkpoint)}" if saves else "")
-                        + "); free some space or pass an --output_dir on a larger disk")
+        raise UserError(
+            f"--output_dir {folder}: its disk has {_megabytes(free)} free, and this run needs about {_megabytes(needed)} "
+            f"(final folder {_megabytes(final)}"
+            + (f", one checkpoint {_megabytes(checkpoint)}" if saves else "")
+            + "); free some space or pass an --output_dir on a larger disk"
+        )
 
 
 def merge_adapters(trainer: Trainer) -> None:
@@ -62,7 +65,11 @@ def merge_adapters(trainer: Trainer) -> None:
     merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
     trainer.model = trainer.model_wrapped = merged
     # config.json records the adapters that were merged (OmniNegCLIPModel.save_pretrained keeps what the config holds)
-    setattr(merged.config, SETTINGS_KEY, dict(getattr(merged.config, SETTINGS_KEY, None) or {}) | {"lora": trainer.lora_settings})
+    setattr(
+        merged.config,
+        SETTINGS_KEY,
+        dict(getattr(merged.config, SETTINGS_KEY, None) or {}) | {"lora": trainer.lora_settings},
+    )
 
 
 def _write_final(trainer: Trainer, eval_metrics: dict | None, train_metrics: dict | None) -> None:
@@ -88,7 +95,9 @@ def save_final_model(trainer: Trainer, eval_metrics: dict | None = None, train_m
     args = trainer.args
     output_dir = Path(args.output_dir)
     staging = output_dir / FINAL_STAGING
-    if trainer.lora_settings is not None and hasattr(trainer.accelerator.unwrap_model(trainer.model), "merge_and_unload"):
+    if trainer.lora_settings is not None and hasattr(
+        trainer.accelerator.unwrap_model(trainer.model), "merge_and_unload"
+    ):
         merge_adapters(trainer)
     if trainer.is_world_process_zero():
         shutil.rmtree(staging, ignore_errors=True)
@@ -102,11 +111,16 @@ def save_final_model(trainer: Trainer, eval_metrics: dict | None = None, train_m
             raise
         final, _ = space_needed(trainer)
         kept = sorted(path.name for path in output_dir.glob("checkpoint-*"))
-        raise UserError(f"--output_dir {output_dir}: the disk filled up while saving the final model (it needs about "
-                        f"{_megabytes(final)}); nothing half-written was left there"
-                        + (f", and the checkpoint-* folders ({', '.join(kept)}) are kept as they were: free some space and "
-                           f"resume with --resume_from_checkpoint latest" if kept else
-                           "; no checkpoint was saved (see --save_steps): free some space and train again")) from None
+        raise UserError(
+            f"--output_dir {output_dir}: the disk filled up while saving the final model (it needs about "
+            f"{_megabytes(final)}); nothing half-written was left there"
+            + (
+                f", and the checkpoint-* folders ({', '.join(kept)}) are kept as they were: free some space and "
+                f"resume with --resume_from_checkpoint latest"
+                if kept
+                else "; no checkpoint was saved (see --save_steps): free some space and train again"
+            )
+        ) from None
     except BaseException:
         if trainer.is_world_process_zero():
             shutil.rmtree(staging, ignore_errors=True)
@@ -129,5 +143,7 @@ def _move_into(staging: Path, output_dir: Path) -> None:
             os.replace(path, target)
         staging.rmdir()
     except OSError as error:
-        raise UserError(f"--output_dir {output_dir}: could not move the final checkpoint into place from {staging} "
-                        f"({error.strerror or error}); the complete files are in {staging}") from None
+        raise UserError(
+            f"--output_dir {output_dir}: could not move the final checkpoint into place from {staging} "
+            f"({error.strerror or error}); the complete files are in {staging}"
+        ) from None

@@ -38,8 +38,15 @@ from omninegclip.training.checkpoints import (
     training_record,
 )
 from omninegclip.training.config import OmniNegCLIPConfig
-from omninegclip.training.data import PACKED_ROW_COLUMN, SOURCE_COLUMN, SOURCE_ROW_COLUMN, BalancedSourceSampler, OmniNegCollator
+from omninegclip.training.data import (
+    PACKED_ROW_COLUMN,
+    SOURCE_COLUMN,
+    SOURCE_ROW_COLUMN,
+    BalancedSourceSampler,
+    OmniNegCollator,
+)
 from omninegclip.training.hub import check_hub_access, fetch_last_checkpoint
+from omninegclip.training.lora import ADAPTER_DIR, push_adapter
 from omninegclip.training.metrics import stack_embeddings
 from omninegclip.training.model_card import load_widget_examples, write_model_card
 from omninegclip.training.prepare import (
@@ -49,7 +56,6 @@ from omninegclip.training.prepare import (
     prepare_splits,
     warn_degenerate_training,
 )
-from omninegclip.training.lora import ADAPTER_DIR, push_adapter
 from omninegclip.training.saving import check_disk_space, merge_adapters, save_final_model
 
 logger = logging.getLogger("omninegclip.train")
@@ -80,10 +86,16 @@ def _named(dataset, role: str) -> dict[str, datasets.Dataset]:
         return {}
     if isinstance(dataset, datasets.Dataset):
         return {dataset.info.dataset_name or f"{role}_dataset": dataset}
-    if isinstance(dataset, dict) and dataset and all(isinstance(value, datasets.Dataset) for value in dataset.values()):
+    if (
+        isinstance(dataset, dict)
+        and dataset
+        and all(isinstance(value, datasets.Dataset) for value in dataset.values())
+    ):
         return dict(dataset)
-    raise UserError(f"{role}_dataset must be a datasets.Dataset or a dict of them by name (several are mixed half and half per "
-                    f"batch), got {type(dataset).__name__}; an IterableDataset (streaming) is not supported")
+    raise UserError(
+        f"{role}_dataset must be a datasets.Dataset or a dict of them by name (several are mixed half and half per "
+        f"batch), got {type(dataset).__name__}; an IterableDataset (streaming) is not supported"
+    )
 
 
 def _is_prepared(dataset) -> bool:
@@ -103,17 +115,31 @@ class OmniNegCLIPTrainer(Trainer):
     # The model returns a batch mean, not a sum over `num_items_in_batch`: the Trainer scales for GA.
     loss_is_scaled_for_ga = False
 
-    def __init__(self, model: OmniNegCLIPModel | str, args: OmniNegCLIPConfig, train_dataset=None, eval_dataset=None,
-                 processing_class: CLIPProcessor | None = None, data_collator=None, compute_metrics=None, callbacks=None,
-                 **kwargs):
+    def __init__(
+        self,
+        model: OmniNegCLIPModel | str,
+        args: OmniNegCLIPConfig,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class: CLIPProcessor | None = None,
+        data_collator=None,
+        compute_metrics=None,
+        callbacks=None,
+        **kwargs,
+    ):
         if not isinstance(args, OmniNegCLIPConfig):
-            raise TypeError(PLAIN_ARGUMENTS) if isinstance(args, TrainingArguments) else TypeError(
-                f"args must be an OmniNegCLIPConfig, got {type(args).__name__}")
+            raise (
+                TypeError(PLAIN_ARGUMENTS)
+                if isinstance(args, TrainingArguments)
+                else TypeError(f"args must be an OmniNegCLIPConfig, got {type(args).__name__}")
+            )
         if isinstance(model, str):
             model = OmniNegCLIPModel.from_pretrained(model)
         if not isinstance(model, OmniNegCLIPModel):
-            raise TypeError(f"model must be an OmniNegCLIPModel (OmniNegCLIPModel.from_pretrained(<a CLIP checkpoint>)), "
-                            f"got {type(model).__name__}")
+            raise TypeError(
+                f"model must be an OmniNegCLIPModel (OmniNegCLIPModel.from_pretrained(<a CLIP checkpoint>)), "
+                f"got {type(model).__name__}"
+            )
         # Before anything slow: the trackers, the Hub, the output folder, the card's examples.
         check_report_to(args)
         if args.world_size > 1 and not args.dataloader_drop_last:
@@ -130,23 +156,35 @@ class OmniNegCLIPTrainer(Trainer):
         reports = []
         if train_named and not any(_is_prepared(dataset) for dataset in train_named.values()):
             if processing_class is None:
-                raise UserError("OmniNegCLIPTrainer prepares raw datasets itself and needs the CLIP processor: pass "
-                                "processing_class=CLIPProcessor.from_pretrained(<the checkpoint>)")
+                raise UserError(
+                    "OmniNegCLIPTrainer prepares raw datasets itself and needs the CLIP processor: pass "
+                    "processing_class=CLIPProcessor.from_pretrained(<the checkpoint>)"
+                )
             check_negation_columns(train_named, args.columns())
             splits = {"train": train_named} | ({"eval": eval_named} if eval_named else {})
             tables, packed, _, reports = prepare_splits(args, processing_class, model, splits)
             warn_degenerate_training(args, reports, reports[0].split)
             train_dataset, eval_dataset = tables["train"], tables.get("eval")
-            data_collator = data_collator or OmniNegCollator(packed, caption_sets=model.loss_config.caption_sets_read())
+            data_collator = data_collator or OmniNegCollator(
+                packed, caption_sets=model.loss_config.caption_sets_read()
+            )
             if compute_metrics is None and eval_dataset is not None:
                 compute_metrics = negation_metrics(eval_dataset, eval_named, args.columns())
         elif train_named:  # tables prepared by the caller, with their collator
             (train_dataset,) = train_named.values()
             eval_dataset = next(iter(eval_named.values()), None)
         self.record = training_record(args, model, self.lora_settings, reports, self.source_names)
-        super().__init__(model=trained_model, args=args, data_collator=data_collator, train_dataset=train_dataset,
-                         eval_dataset=eval_dataset, processing_class=processing_class, compute_metrics=compute_metrics,
-                         callbacks=[ProvenanceCallback(self.record), *(callbacks or [])], **kwargs)
+        super().__init__(
+            model=trained_model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            compute_metrics=compute_metrics,
+            callbacks=[ProvenanceCallback(self.record), *(callbacks or [])],
+            **kwargs,
+        )
         self.model_accepts_loss_kwargs = False
         self.add_callback(ClampLogitScaleCallback())
         self.add_callback(FiniteLossCallback(self, args.nan_check_steps))
@@ -172,7 +210,9 @@ class OmniNegCLIPTrainer(Trainer):
             resume = "latest"
         if resume:
             resume = self.resolve_resume(str(resume))
-            check_resume_settings(resume, self.record, self.record["data"][0]["split"] if self.record["data"] else "train")
+            check_resume_settings(
+                resume, self.record, self.record["data"][0]["split"] if self.record["data"] else "train"
+            )
             logger.info("resuming from %s (step %s)", resume, Path(resume).name.rpartition("-")[2])
         self.record["resumed_from"] = resume or None
         return super().train(resume_from_checkpoint=resume or None, **kwargs)
@@ -199,8 +239,12 @@ class OmniNegCLIPTrainer(Trainer):
             merge_adapters(self)
         result = super().push_to_hub(commit_message=commit_message, blocking=blocking, **kwargs)
         if self.args.hub_adapter_id and self.is_world_process_zero():
-            push_adapter(Path(self.args.output_dir) / ADAPTER_DIR, self.args.hub_adapter_id, token=self.args.hub_token,
-                         private=self.args.hub_private_repo)
+            push_adapter(
+                Path(self.args.output_dir) / ADAPTER_DIR,
+                self.args.hub_adapter_id,
+                token=self.args.hub_token,
+                private=self.args.hub_private_repo,
+            )
         return result
 
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
@@ -218,9 +262,14 @@ class OmniNegCLIPTrainer(Trainer):
             return None
         path_in_repo = HUB_LAST_CHECKPOINT if strategy == HUB_CHECKPOINT else Path(checkpoint_folder).name
         job = transformers_trainer.hf_api().upload_folder(
-            repo_id=self.hub_model_id, folder_path=checkpoint_folder, path_in_repo=path_in_repo, token=self.args.hub_token,
-            commit_message=f"Training in progress, step {self.state.global_step}, checkpoint", run_as_future=True,
-            revision=self.args.hub_revision)
+            repo_id=self.hub_model_id,
+            folder_path=checkpoint_folder,
+            path_in_repo=path_in_repo,
+            token=self.args.hub_token,
+            commit_message=f"Training in progress, step {self.state.global_step}, checkpoint",
+            run_as_future=True,
+            revision=self.args.hub_revision,
+        )
         self.push_in_progress = PushInProgress([job])
         return None
 
@@ -230,11 +279,19 @@ class OmniNegCLIPTrainer(Trainer):
         one; `trainer.push_to_hub()` uploads it."""
         if not self.is_world_process_zero():
             return
-        write_model_card(Path(self.args.output_dir), repo_id=self.hub_model_id or self.args.hub_model_id, **self.card_settings())
+        write_model_card(
+            Path(self.args.output_dir), repo_id=self.hub_model_id or self.args.hub_model_id, **self.card_settings()
+        )
 
     def card_settings(self) -> dict:
-        return dict(base_model=self.base_model, datasets=self.source_names, widget_examples=self.widget, license=self.args.license,
-                    base_model_id=self.args.card_base_model, dataset_ids=self.args.dataset_ids())
+        return dict(
+            base_model=self.base_model,
+            datasets=self.source_names,
+            widget_examples=self.widget,
+            license=self.args.license,
+            base_model_id=self.args.card_base_model,
+            dataset_ids=self.args.dataset_ids(),
+        )
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = self.train_dataset if train_dataset is None else train_dataset
@@ -262,10 +319,15 @@ class OmniNegCLIPTrainer(Trainer):
         bad = [name for name, value in terms.items() if not torch.isfinite(value).all()] or ["loss"]
         rows = self.describe_rows(row_ids.tolist(), model.training) if row_ids is not None else "rows unknown"
         checkpoints = complete_checkpoints(self.args.output_dir)
-        kept = (f"the last good checkpoint, {checkpoints[-1]}, is kept as it was; resume from it with "
-                f"--resume_from_checkpoint {checkpoints[-1]} (e.g. with a lower --learning_rate)"
-                if checkpoints else f"no checkpoint had been saved yet in {self.args.output_dir} (see --save_steps)")
-        where = f"training step {completed_steps + 1}" if model.training else f"evaluation after step {completed_steps}"
+        kept = (
+            f"the last good checkpoint, {checkpoints[-1]}, is kept as it was; resume from it with "
+            f"--resume_from_checkpoint {checkpoints[-1]} (e.g. with a lower --learning_rate)"
+            if checkpoints
+            else f"no checkpoint had been saved yet in {self.args.output_dir} (see --save_steps)"
+        )
+        where = (
+            f"training step {completed_steps + 1}" if model.training else f"evaluation after step {completed_steps}"
+        )
         return NonFiniteLossError(
             f"the loss became NaN or inf in {where}: terms that went bad: "
             f"{', '.join(_format_term(name, terms[name]) if name in terms else name for name in bad)}; "
@@ -291,8 +353,9 @@ class OmniNegCLIPTrainer(Trainer):
         unchecked, self._unchecked = self._unchecked, []
         if not unchecked:
             return
-        finite = torch.stack([torch.stack([torch.isfinite(v).all() for v in terms.values()]).all()
-                              for _, terms, _ in unchecked]).cpu()
+        finite = torch.stack(
+            [torch.stack([torch.isfinite(v).all() for v in terms.values()]).all() for _, terms, _ in unchecked]
+        ).cpu()
         if not bool(finite.all()):
             step, terms, row_ids = unchecked[int((~finite).nonzero()[0])]
             raise self._non_finite_error(model, terms, row_ids, step - 1)
@@ -339,23 +402,30 @@ def check_training_steps(trainer: Trainer) -> int:
     accumulation = args.gradient_accumulation_steps
     global_batch = args.per_device_train_batch_size * processes
     batches = rows // global_batch if args.dataloader_drop_last else -(-rows // global_batch)  # per process and epoch
-    batch_text = (f"a global batch of {global_batch} rows per forward pass (--per_device_train_batch_size "
-                  f"{args.per_device_train_batch_size} x {processes} process(es)), {global_batch * accumulation} per optimiser step "
-                  f"(x --gradient_accumulation_steps {accumulation})")
+    batch_text = (
+        f"a global batch of {global_batch} rows per forward pass (--per_device_train_batch_size "
+        f"{args.per_device_train_batch_size} x {processes} process(es)), {global_batch * accumulation} per optimiser step "
+        f"(x --gradient_accumulation_steps {accumulation})"
+    )
     if batches == 0:
         forced = " (forced: several processes)" if processes > 1 else ""
         raise UserError(
             f"this run would train 0 steps and save the base model as the fine-tuned one: {rows} training rows, "
             f"{batch_text}, and drop-last batches (--dataloader_drop_last{forced}) leave 0 batches per epoch; "
-            f"use --per_device_train_batch_size <= {max(rows // processes, 1)} or more data")
+            f"use --per_device_train_batch_size <= {max(rows // processes, 1)} or more data"
+        )
     updates_per_epoch = -(-batches // accumulation)
     steps = args.max_steps if args.max_steps >= 0 else math.ceil(args.num_train_epochs * updates_per_epoch)
     if steps < 1:
-        chosen = (f"--max_steps {args.max_steps}" if args.max_steps >= 0 else
-                  f"--max_steps {args.max_steps} (epochs decide) and --num_train_epochs {args.num_train_epochs}")
+        chosen = (
+            f"--max_steps {args.max_steps}"
+            if args.max_steps >= 0
+            else f"--max_steps {args.max_steps} (epochs decide) and --num_train_epochs {args.num_train_epochs}"
+        )
         raise UserError(
             f"this run would train 0 steps and save the base model as the fine-tuned one: {chosen} with {rows} training rows, "
-            f"{batch_text} = {updates_per_epoch} step(s) per epoch; pass --max_steps >= 1 or --num_train_epochs > 0")
+            f"{batch_text} = {updates_per_epoch} step(s) per epoch; pass --max_steps >= 1 or --num_train_epochs > 0"
+        )
     return steps
 
 
@@ -363,8 +433,10 @@ def ready_to_train(trainer: OmniNegCLIPTrainer, model, lora: bool) -> int:
     """Refuse what cannot train (LoRA under FSDP, a run of 0 steps), make the logit scale shardable
     for FSDP/DeepSpeed; return the optimiser steps the run will take."""
     if lora and trainer.is_fsdp_enabled:
-        raise UserError("--lora_r does not work under FSDP (merging adapters needs unsharded weights): "
-                        "launch with configs/accelerate/ddp.yaml or deepspeed_zero2.yaml instead")
+        raise UserError(
+            "--lora_r does not work under FSDP (merging adapters needs unsharded weights): "
+            "launch with configs/accelerate/ddp.yaml or deepspeed_zero2.yaml instead"
+        )
     steps = check_training_steps(trainer)
     if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:  # neither takes CLIP's 0-dim logit_scale
         model.make_logit_scale_shardable()

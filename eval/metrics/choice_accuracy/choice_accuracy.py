@@ -49,7 +49,9 @@ class ChoiceAccuracy(evaluate.Metric):
             description=_DESCRIPTION,
             citation=_CITATION,
             inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"scores": datasets.List(datasets.Value("float64")), "answers": datasets.Value("int64")}),
+            features=datasets.Features(
+                {"scores": datasets.List(datasets.Value("float64")), "answers": datasets.Value("int64")}
+            ),
         )
 
     def _compute(self, scores, answers, tie_rule="strict"):

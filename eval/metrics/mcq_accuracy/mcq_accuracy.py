@@ -52,8 +52,11 @@ _CITATION = """
 """
 
 _FEATURES = {
-    "default": {"scores": datasets.List(datasets.Value("float64")), "answers": datasets.Value("int64"),
-                "template_types": datasets.Value("string")},
+    "default": {
+        "scores": datasets.List(datasets.Value("float64")),
+        "answers": datasets.Value("int64"),
+        "template_types": datasets.Value("string"),
+    },
     "correct": {"correct": datasets.Value("bool"), "template_types": datasets.Value("string")},
 }
 
@@ -62,8 +65,10 @@ _FEATURES = {
 class MCQAccuracy(evaluate.Metric):
     def _info(self):
         if self.config_name not in _FEATURES:
-            raise ValueError(f"mcq_accuracy: config_name {self.config_name!r}; expected 'default' (option scores and answers) "
-                             f"or 'correct' (each item judged right or wrong)")
+            raise ValueError(
+                f"mcq_accuracy: config_name {self.config_name!r}; expected 'default' (option scores and answers) "
+                f"or 'correct' (each item judged right or wrong)"
+            )
         return evaluate.MetricInfo(
             description=_DESCRIPTION,
             citation=_CITATION,
@@ -78,7 +83,9 @@ class MCQAccuracy(evaluate.Metric):
             option_scores, option_mask = padded_option_scores(scores)
             correct = choice_correct_from_scores(option_scores, answers, option_mask, tie_rule or "strict")
         elif tie_rule is not None:
-            raise ValueError("mcq_accuracy: tie_rule judges option scores; the 'correct' config takes items already judged")
+            raise ValueError(
+                "mcq_accuracy: tie_rule judges option scores; the 'correct' config takes items already judged"
+            )
         grouped = grouped_accuracy(torch.as_tensor(correct, dtype=torch.bool), template_types)
         results = {"accuracy": grouped.accuracy}
         results.update({f"accuracy/{group}": value for group, value in grouped.group_accuracy.items()})

@@ -38,7 +38,10 @@ Examples:
 """
 
 _FEATURES = {
-    "default": {"scores": datasets.List(datasets.Value("float64")), "positives": datasets.List(datasets.Value("int64"))},
+    "default": {
+        "scores": datasets.List(datasets.Value("float64")),
+        "positives": datasets.List(datasets.Value("int64")),
+    },
     "ranks": {"ranks": datasets.Value("int64")},
 }
 
@@ -47,8 +50,10 @@ _FEATURES = {
 class RetrievalRecall(evaluate.Metric):
     def _info(self):
         if self.config_name not in _FEATURES:
-            raise ValueError(f"retrieval_recall: config_name {self.config_name!r}; expected 'default' (candidate scores and "
-                             f"right candidates) or 'ranks' (0-based ranks)")
+            raise ValueError(
+                f"retrieval_recall: config_name {self.config_name!r}; expected 'default' (candidate scores and "
+                f"right candidates) or 'ranks' (0-based ranks)"
+            )
         return evaluate.MetricInfo(
             description=_DESCRIPTION,
             citation="",
@@ -69,7 +74,9 @@ def _ranks(scores, positives) -> torch.Tensor:
     candidates = len(scores[0]) if scores else 0
     uneven = next((query for query, row in enumerate(scores) if len(row) != candidates), None)
     if uneven is not None:
-        raise ValueError(f"retrieval_recall: query {uneven} scores {len(scores[uneven])} candidates, query 0 scores {candidates}; "
-                         f"every query ranks the same candidates")
+        raise ValueError(
+            f"retrieval_recall: query {uneven} scores {len(scores[uneven])} candidates, query 0 scores {candidates}; "
+            f"every query ranks the same candidates"
+        )
     scores = torch.tensor(scores, dtype=torch.float64).reshape(len(scores), candidates)
     return first_positive_rank(scores, positive_mask(positives, candidates))

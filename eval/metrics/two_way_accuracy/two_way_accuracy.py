@@ -43,8 +43,13 @@ class TwoWayAccuracy(evaluate.Metric):
             description=_DESCRIPTION,
             citation="",
             inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"true_scores": datasets.Value("float64"), "false_scores": datasets.Value("float64"),
-                                        "pair_types": datasets.Value("string")}),
+            features=datasets.Features(
+                {
+                    "true_scores": datasets.Value("float64"),
+                    "false_scores": datasets.Value("float64"),
+                    "pair_types": datasets.Value("string"),
+                }
+            ),
         )
 
     def _compute(self, true_scores, false_scores, pair_types, tie_rule="strict"):
@@ -53,4 +58,7 @@ class TwoWayAccuracy(evaluate.Metric):
         scores = torch.tensor([true_scores, false_scores], dtype=torch.float64).T  # option 0: the true caption
         correct = choice_correct_from_scores(scores, torch.zeros(len(scores), dtype=torch.long), tie_rule=tie_rule)
         grouped = grouped_accuracy(correct, pair_types)
-        return {"accuracy": grouped.accuracy, **{f"{kind}_accuracy": value for kind, value in grouped.group_accuracy.items()}}
+        return {
+            "accuracy": grouped.accuracy,
+            **{f"{kind}_accuracy": value for kind, value in grouped.group_accuracy.items()},
+        }

@@ -69,7 +69,8 @@ def check_checkpoint_folder(folder: str | Path) -> None:
             "untrained CLIP, or weights saved by other code). The card describes a checkpoint written by "
             "train.py: what it started from, its data, its settings and whether it was fine-tuned with "
             "Omni-NegCLIP; written here it would claim a training that never happened. Train the model with "
-            "train.py, or write this folder's README.md yourself.")
+            "train.py, or write this folder's README.md yourself."
+        )
 
 
 def _describe_training_data(names: list[str]) -> list[dict]:
@@ -80,16 +81,29 @@ def _describe_training_data(names: list[str]) -> list[dict]:
         if not summary_path.is_file():
             continue
         summary = json.loads(summary_path.read_text())
-        found.append({"name": Path(name).name, "source": summary.get("source"),
-                      "rows": (summary.get("rows_out") or {}).get("train")})
+        found.append(
+            {
+                "name": Path(name).name,
+                "source": summary.get("source"),
+                "rows": (summary.get("rows_out") or {}).get("train"),
+            }
+        )
     return found
 
 
-def checkpoint_facts(folder: str | Path, repo_id: str | None = None, base_model: str | None = None,
-                     datasets: list[str] | None = None, base_model_id: str | None = None,
-                     dataset_ids: list[str] | None = None, widget_examples: list[WidgetExample] | None = None,
-                     base_description: str | None = None, namespace: str | None = None, remember: bool = False,
-                     license: str | None = None) -> CheckpointFacts:
+def checkpoint_facts(
+    folder: str | Path,
+    repo_id: str | None = None,
+    base_model: str | None = None,
+    datasets: list[str] | None = None,
+    base_model_id: str | None = None,
+    dataset_ids: list[str] | None = None,
+    widget_examples: list[WidgetExample] | None = None,
+    base_description: str | None = None,
+    namespace: str | None = None,
+    remember: bool = False,
+    license: str | None = None,
+) -> CheckpointFacts:
     """Everything the card of `folder` says, from its files (see the module docstring) and the
     arguments, which win. With `remember` (as `write_model_card` does), the arguments given and the
     training data found are written to `model_card.json`, so that a later re-render keeps them (even
@@ -100,8 +114,17 @@ def checkpoint_facts(folder: str | Path, repo_id: str | None = None, base_model:
     check_checkpoint_folder(folder)
     record = _read_json(folder / CARD_RECORD) or {}
     provenance = _read_json(folder / TRAINING_RECORD) or {}
-    given = {key: value for key, value in dict(repo_id=repo_id, base_model_id=base_model_id, dataset_ids=dataset_ids,
-                                                 base_description=base_description, license=license).items() if value}
+    given = {
+        key: value
+        for key, value in dict(
+            repo_id=repo_id,
+            base_model_id=base_model_id,
+            dataset_ids=dataset_ids,
+            base_description=base_description,
+            license=license,
+        ).items()
+        if value
+    }
     record = record | given
     data_names = datasets if datasets is not None else provenance.get("datasets") or []
     training_data = _describe_training_data(data_names) or record.get("training_data") or []
@@ -111,13 +134,20 @@ def checkpoint_facts(folder: str | Path, repo_id: str | None = None, base_model:
 
     repo_id = qualified(record.get("repo_id") or folder.resolve().name, namespace)
     base = base_model or provenance.get("base_model")
-    base_model_id = record.get("base_model_id") or provenance.get("base_model_id") or (base if is_hub_id(base) else None)
-    hub_datasets = record.get("dataset_ids") or provenance.get("dataset_ids") or [name for name in data_names if is_hub_id(name)]
+    base_model_id = (
+        record.get("base_model_id") or provenance.get("base_model_id") or (base if is_hub_id(base) else None)
+    )
+    hub_datasets = (
+        record.get("dataset_ids") or provenance.get("dataset_ids") or [name for name in data_names if is_hub_id(name)]
+    )
     config = _read_json(folder / "config.json") or {}
     vision, text = config.get("vision_config") or {}, config.get("text_config") or {}
     train_reports = [report for report in provenance.get("data") or [] if report.get("split", "train") == "train"]
-    negation = (any(report.get("with_presence") or report.get("with_absence") for report in train_reports)
-                if train_reports else True)
+    negation = (
+        any(report.get("with_presence") or report.get("with_absence") for report in train_reports)
+        if train_reports
+        else True
+    )
     return CheckpointFacts(
         model_name=repo_id.split("/")[-1],
         repo_id=repo_id,
@@ -128,12 +158,22 @@ def checkpoint_facts(folder: str | Path, repo_id: str | None = None, base_model:
         dataset_ids=[qualified(name, namespace) for name in hub_datasets],
         negation_training=negation,
         image_size=vision.get("image_size"),
-        architecture={"vision_layers": vision.get("num_hidden_layers"), "vision_hidden": vision.get("hidden_size"),
-                      "patch_size": vision.get("patch_size"), "text_layers": text.get("num_hidden_layers"),
-                      "text_hidden": text.get("hidden_size"), "projection_dim": config.get("projection_dim")},
+        architecture={
+            "vision_layers": vision.get("num_hidden_layers"),
+            "vision_hidden": vision.get("hidden_size"),
+            "patch_size": vision.get("patch_size"),
+            "text_layers": text.get("num_hidden_layers"),
+            "text_hidden": text.get("hidden_size"),
+            "projection_dim": config.get("projection_dim"),
+        },
         training_data=training_data,
-        widget_examples=widget_examples or stored_widget(folder) or (world_widget_examples() if any(
-            entry.get("source") == "shapes" for entry in training_data) else DEFAULT_WIDGET),
+        widget_examples=widget_examples
+        or stored_widget(folder)
+        or (
+            world_widget_examples()
+            if any(entry.get("source") == "shapes" for entry in training_data)
+            else DEFAULT_WIDGET
+        ),
         provenance=provenance,
         settings=(_read_json(folder / "config.json") or {}).get("omninegclip") or {},
         license=record.get("license") or DEFAULT_LICENSE,

@@ -41,7 +41,10 @@ def push_checkpoint(
     full_id = create_repo(repo_id, token=token, private=private, exist_ok=True).repo_id
     write_model_card(folder, repo_id=full_id, namespace=full_id.split("/")[0], **card_kwargs)
     upload_folder(
-        repo_id=full_id, folder_path=str(folder), commit_message=commit_message, token=token,
+        repo_id=full_id,
+        folder_path=str(folder),
+        commit_message=commit_message,
+        token=token,
         ignore_patterns=UPLOAD_IGNORE + list(also_ignore or []),
     )
     logger.info("pushed %s to %s/%s", folder, HUB_URL, full_id)

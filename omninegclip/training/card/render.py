@@ -31,15 +31,25 @@ from omninegclip.training.card.widget import stored_image, widget_metadata
 TEMPLATE_PATH = Path(__file__).resolve().parent / "model_card.md"
 CARD_TAGS = ["clip", "negation", "omni-negclip", "zero-shot-image-classification", "contrastive-learning"]
 _MARKER_START = "<!-- omninegclip-card:"
-CARD_MARKER = (f"{_MARKER_START} written by python -m omninegclip.training.model_card, which rewrites this file; "
-               "delete this line to keep your edits -->")
+CARD_MARKER = (
+    f"{_MARKER_START} written by python -m omninegclip.training.model_card, which rewrites this file; "
+    "delete this line to keep your edits -->"
+)
 
 HYPERPARAMETERS = (
-    ("learning_rate", "learning rate"), ("per_device_train_batch_size", "batch size per device"),
-    ("gradient_accumulation_steps", "gradient accumulation steps"), ("num_train_epochs", "epochs"),
-    ("max_steps", "max steps"), ("warmup_steps", "warmup steps"), ("lr_scheduler_type", "learning-rate schedule"),
-    ("weight_decay", "weight decay"), ("optim", "optimizer"), ("max_grad_norm", "gradient clipping (max norm)"),
-    ("bf16", "bf16"), ("fp16", "fp16"), ("seed", "seed"),
+    ("learning_rate", "learning rate"),
+    ("per_device_train_batch_size", "batch size per device"),
+    ("gradient_accumulation_steps", "gradient accumulation steps"),
+    ("num_train_epochs", "epochs"),
+    ("max_steps", "max steps"),
+    ("warmup_steps", "warmup steps"),
+    ("lr_scheduler_type", "learning-rate schedule"),
+    ("weight_decay", "weight decay"),
+    ("optim", "optimizer"),
+    ("max_grad_norm", "gradient clipping (max norm)"),
+    ("bf16", "bf16"),
+    ("fp16", "fp16"),
+    ("seed", "seed"),
 )
 
 
@@ -62,48 +72,72 @@ def _without_title(markdown: str) -> str:
 def _intro(facts: CheckpointFacts) -> str:
     size = f"{facts.image_size}×{facts.image_size}-pixel" if facts.image_size else "its base model's"
     if facts.synthetic_world:
-        domain = (f"It is a small CLIP for {size} images, trained on the Omni-NegCLIP **image world**: procedurally "
-                  "drawn synthetic scenes of coloured shapes (circles, squares, stars, hearts, ...) on a plain "
-                  "background, whose captions name exactly what is drawn. It understands captions about such "
-                  "shapes only; it has never seen a photograph.")
+        domain = (
+            f"It is a small CLIP for {size} images, trained on the Omni-NegCLIP **image world**: procedurally "
+            "drawn synthetic scenes of coloured shapes (circles, squares, stars, hearts, ...) on a plain "
+            "background, whose captions name exactly what is drawn. It understands captions about such "
+            "shapes only; it has never seen a photograph."
+        )
     else:
         domain = f"It reads {size} images."
     if not facts.negation_training:
-        return ("A CLIP model trained with the **plain CLIP contrastive loss** (InfoNCE in both directions), "
-                "no negation objective. " + domain + " In the Omni-NegCLIP project it is the *pretrained* model that "
-                "negation fine-tuning starts from; its captions may contain negation words, which this loss does "
-                "not teach it to read.")
-    return ("A CLIP model fine-tuned with **Omni-NegCLIP** ([arXiv 2603.29258](https://arxiv.org/abs/2603.29258)) "
-            "so that it understands negation: a caption that negates an object *in* the image (presence-based "
-            "negation) must no longer match it, and a caption that adds a negated object that is *not* in the "
-            "image (absence-based negation) must still match it. " + domain + " The checkpoint is a plain "
-            "`CLIPModel`: no custom code is needed to use it.")
+        return (
+            "A CLIP model trained with the **plain CLIP contrastive loss** (InfoNCE in both directions), "
+            "no negation objective. " + domain + " In the Omni-NegCLIP project it is the *pretrained* model that "
+            "negation fine-tuning starts from; its captions may contain negation words, which this loss does "
+            "not teach it to read."
+        )
+    return (
+        "A CLIP model fine-tuned with **Omni-NegCLIP** ([arXiv 2603.29258](https://arxiv.org/abs/2603.29258)) "
+        "so that it understands negation: a caption that negates an object *in* the image (presence-based "
+        "negation) must no longer match it, and a caption that adds a negated object that is *not* in the "
+        "image (absence-based negation) must still match it. " + domain + " The checkpoint is a plain "
+        "`CLIPModel`: no custom code is needed to use it."
+    )
 
 
 def _details(facts: CheckpointFacts) -> str:
     settings = facts.settings
     arch = facts.architecture
     started = facts.base_description or (f"`{facts.base_model}`" if facts.base_model else "not recorded")
-    lines = [f"- **Started from:** {started}"
-             + (f" (Hub: [`{facts.base_model_id}`]({HUB_URL}/{facts.base_model_id}))" if facts.base_model_id and "/" in facts.base_model_id else "")]
+    lines = [
+        f"- **Started from:** {started}"
+        + (
+            f" (Hub: [`{facts.base_model_id}`]({HUB_URL}/{facts.base_model_id}))"
+            if facts.base_model_id and "/" in facts.base_model_id
+            else ""
+        )
+    ]
     data = ", ".join(f"`{name}`" for name in facts.dataset_ids or facts.datasets) or "not recorded"
-    built = [f"`{entry['name']}` (`data_builder.py {entry['source']}`"
-             + (f", {entry['rows']} training rows)" if entry.get("rows") is not None else ")") for entry in facts.training_data]
+    built = [
+        f"`{entry['name']}` (`data_builder.py {entry['source']}`"
+        + (f", {entry['rows']} training rows)" if entry.get("rows") is not None else ")")
+        for entry in facts.training_data
+    ]
     lines.append(f"- **Training data:** {data}" + (f" — built with {', '.join(built)}" if built else ""))
     if facts.image_size:
-        lines.append(f"- **Input:** {facts.image_size}×{facts.image_size} RGB images; ViT with {arch['patch_size']}-px patches, "
-                     f"{arch['vision_layers']} vision / {arch['text_layers']} text layers (widths {arch['vision_hidden']} / "
-                     f"{arch['text_hidden']}), {arch['projection_dim']}-d embeddings")
+        lines.append(
+            f"- **Input:** {facts.image_size}×{facts.image_size} RGB images; ViT with {arch['patch_size']}-px patches, "
+            f"{arch['vision_layers']} vision / {arch['text_layers']} text layers (widths {arch['vision_hidden']} / "
+            f"{arch['text_hidden']}), {arch['projection_dim']}-d embeddings"
+        )
     if facts.negation_training:
         lora = settings.get("lora")
         trained = settings.get("trainable_text_blocks", "not recorded")
         if lora:
-            layers = {"attention": "attention", "mlp": "MLP", "all": "attention and MLP"}.get(lora["target"], lora["target"])
+            layers = {"attention": "attention", "mlp": "MLP", "all": "attention and MLP"}.get(
+                lora["target"], lora["target"]
+            )
             trained = f"{trained} (LoRA r={lora['r']} on their {layers} layers, merged into the weights)"
         vision_trained = (settings.get("trainable") or {}).get("train_vision_tower")
-        lines.append(f"- **Trained text blocks:** {trained}; "
-                     + ("the image tower was trained too" if vision_trained else "the image tower is the base model's"))
-        lines.append("- **Loss settings:** " + (", ".join(f"{k}={v}" for k, v in (settings.get("loss") or {}).items()) or "not recorded"))
+        lines.append(
+            f"- **Trained text blocks:** {trained}; "
+            + ("the image tower was trained too" if vision_trained else "the image tower is the base model's")
+        )
+        lines.append(
+            "- **Loss settings:** "
+            + (", ".join(f"{k}={v}" for k, v in (settings.get("loss") or {}).items()) or "not recorded")
+        )
     else:
         lines.append("- **Objective:** CLIP's contrastive loss on the caption column only (no negated captions)")
     return "\n".join(lines)
@@ -117,19 +151,27 @@ def _usage(facts: CheckpointFacts) -> str:
         load = f"import requests\nfrom PIL import Image\n\nimage = Image.open(requests.get({json.dumps(example.image)}, stream=True).raw)"
     else:
         name = stored_image(facts.widget_examples.index(example), example)
-        load = ("from huggingface_hub import hf_hub_download\nfrom PIL import Image\n\n"
-                f'image = Image.open(hf_hub_download("{facts.repo_id}", "{name}"))')
-    answer = f"  # a negation-aware model ranks {json.dumps(example.expected_label)} first" if example.expected_label else ""
-    return (f"The widget's example *{example.title}*, in code:\n\n"
-            f"```python\n{load}  # {example.title}\n\n"
-            "from transformers import pipeline\n\n"
-            f'classifier = pipeline("zero-shot-image-classification", model="{facts.repo_id}")\n'
-            f"print(classifier(image, candidate_labels={labels})){answer}\n\n"
-            "# or the model itself\nimport torch\nfrom transformers import CLIPModel, CLIPProcessor\n\n"
-            f'model = CLIPModel.from_pretrained("{facts.repo_id}")\n'
-            f'processor = CLIPProcessor.from_pretrained("{facts.repo_id}")\n'
-            f'inputs = processor(text={labels}, images=image, return_tensors="pt", padding=True)\n'
-            "with torch.no_grad():\n    probs = model(**inputs).logits_per_image.softmax(dim=-1)\n```")
+        load = (
+            "from huggingface_hub import hf_hub_download\nfrom PIL import Image\n\n"
+            f'image = Image.open(hf_hub_download("{facts.repo_id}", "{name}"))'
+        )
+    answer = (
+        f"  # a negation-aware model ranks {json.dumps(example.expected_label)} first"
+        if example.expected_label
+        else ""
+    )
+    return (
+        f"The widget's example *{example.title}*, in code:\n\n"
+        f"```python\n{load}  # {example.title}\n\n"
+        "from transformers import pipeline\n\n"
+        f'classifier = pipeline("zero-shot-image-classification", model="{facts.repo_id}")\n'
+        f"print(classifier(image, candidate_labels={labels})){answer}\n\n"
+        "# or the model itself\nimport torch\nfrom transformers import CLIPModel, CLIPProcessor\n\n"
+        f'model = CLIPModel.from_pretrained("{facts.repo_id}")\n'
+        f'processor = CLIPProcessor.from_pretrained("{facts.repo_id}")\n'
+        f'inputs = processor(text={labels}, images=image, return_tensors="pt", padding=True)\n'
+        "with torch.no_grad():\n    probs = model(**inputs).logits_per_image.softmax(dim=-1)\n```"
+    )
 
 
 def _training(facts: CheckpointFacts) -> str:
@@ -144,9 +186,13 @@ def _training(facts: CheckpointFacts) -> str:
     world = provenance.get("world_size") or 1
     batch = arguments.get("per_device_train_batch_size")
     if batch:
-        rows.append(("global batch (processes × per device × accumulation)",
-                     f"{world} × {batch} × {arguments.get('gradient_accumulation_steps', 1)} = "
-                     f"{world * batch * arguments.get('gradient_accumulation_steps', 1)}"))
+        rows.append(
+            (
+                "global batch (processes × per device × accumulation)",
+                f"{world} × {batch} × {arguments.get('gradient_accumulation_steps', 1)} = "
+                f"{world * batch * arguments.get('gradient_accumulation_steps', 1)}",
+            )
+        )
     if provenance.get("global_step") is not None:
         rows.append(("optimizer steps", provenance["global_step"]))
     lines = ["### Hyperparameters", "", "| setting | value |", "|---|---|"]
@@ -155,20 +201,28 @@ def _training(facts: CheckpointFacts) -> str:
     lines += ["", "### Framework versions", "", f"- Python {provenance.get('python', 'not recorded')}"]
     lines += [f"- {name} {version}" for name, version in sorted(libraries.items()) if version]
     commit = provenance.get("git_commit")
-    lines += ["", "Every setting, the seed" + (f" and the code's git commit (`{commit}`)" if commit else "")
-              + " are in `training_provenance.json` beside the weights; the Trainer's log history is in "
-              "`trainer_state.json`, its summary in `train_results.json` / `all_results.json`."]
+    lines += [
+        "",
+        "Every setting, the seed"
+        + (f" and the code's git commit (`{commit}`)" if commit else "")
+        + " are in `training_provenance.json` beside the weights; the Trainer's log history is in "
+        "`trainer_state.json`, its summary in `train_results.json` / `all_results.json`.",
+    ]
     return "\n".join(lines)
 
 
 def _limitations(facts: CheckpointFacts) -> str:
     if facts.synthetic_world:
-        return ("A demonstration model: it was trained on synthetic shapes at "
-                f"{facts.image_size or 'low'} px and is meaningless on photographs or on captions about anything else. "
-                "Phrasings far from the world's training templates are understood less well (the results above "
-                "separate training and unseen phrasings).")
-    return ("Negation understanding is measured on the benchmarks above; phrasings far from the training "
-            "templates may be understood less well, and the model inherits the base CLIP's biases.")
+        return (
+            "A demonstration model: it was trained on synthetic shapes at "
+            f"{facts.image_size or 'low'} px and is meaningless on photographs or on captions about anything else. "
+            "Phrasings far from the world's training templates are understood less well (the results above "
+            "separate training and unseen phrasings)."
+        )
+    return (
+        "Negation understanding is measured on the benchmarks above; phrasings far from the training "
+        "templates may be understood less well, and the model inherits the base CLIP's biases."
+    )
 
 
 def render_model_card(
@@ -192,7 +246,9 @@ def render_model_card(
         base_model=facts.base_model_id,
         datasets=facts.dataset_ids or None,
         license=license or facts.license,
-        tags=tags if facts.negation_training else [tag for tag in tags if tag not in ("negation", "omni-negclip")] + ["omni-negclip"],
+        tags=tags
+        if facts.negation_training
+        else [tag for tag in tags if tag not in ("negation", "omni-negclip")] + ["omni-negclip"],
         widget=widget,
         model_name=facts.model_name if model_index else None,
         eval_results=model_index_to_eval_results(model_index)[1] if model_index else None,
@@ -204,12 +260,16 @@ def render_model_card(
         intro=_intro(facts),
         details=_details(facts),
         usage=_usage(facts),
-        widget_note="" if pushed else (
+        widget_note=""
+        if pushed
+        else (
             "> This card was written for a local folder whose Hub repo is not known yet: the widget's images are "
             "named by their path in the folder (`widget/...`). `python -m omninegclip.training.model_card FOLDER --push_to_hub "
             "OWNER/NAME` rewrites them as `https://huggingface.co/OWNER/NAME/resolve/main/widget/...` (and puts bare "
-            "repo names under OWNER) when it pushes.\n"),
-        results=_demote_headings(_without_title(results_markdown)) if results_markdown
+            "repo names under OWNER) when it pushes.\n"
+        ),
+        results=_demote_headings(_without_title(results_markdown))
+        if results_markdown
         else "No evaluation results were attached to this checkpoint; run `python -m eval` on it.",
         training=_training(facts),
         limitations=_limitations(facts),

@@ -47,11 +47,15 @@ class WidgetExample:
 
     def __post_init__(self):
         if len(self.candidate_labels) < 2:
-            raise ValueError(f"widget example {self.title!r}: needs at least 2 candidate labels, got {self.candidate_labels}")
+            raise ValueError(
+                f"widget example {self.title!r}: needs at least 2 candidate labels, got {self.candidate_labels}"
+            )
         with_comma = [label for label in self.candidate_labels if "," in label or not label.strip()]
         if with_comma:
             # The Hub widget reads candidate_labels as one comma-separated string.
-            raise ValueError(f"widget example {self.title!r}: labels must be non-empty and hold no comma, got {with_comma}")
+            raise ValueError(
+                f"widget example {self.title!r}: labels must be non-empty and hold no comma, got {with_comma}"
+            )
         if self.expected_label is not None and self.expected_label not in self.candidate_labels:
             raise ValueError(
                 f"widget example {self.title!r}: expected_label {self.expected_label!r} is not one of {self.candidate_labels}"
@@ -70,16 +74,25 @@ DEFAULT_WIDGET = [
         expected_label="two cats on a sofa with no dog",
     ),
     WidgetExample(
-        COCO_SOFA_CATS, ["a photo of cats", "a photo with no cats"], "Presence negation", expected_label="a photo of cats"
+        COCO_SOFA_CATS,
+        ["a photo of cats", "a photo with no cats"],
+        "Presence negation",
+        expected_label="a photo of cats",
     ),
 ]
 
 # The image world's widget scenes (`write_world_widget_examples`): their labels, by scene.
 WORLD_WIDGET_LABELS = {
-    "circle-star": dict(title="Which object is negated?", expected_label="a red circle and no square",
-                        candidate_labels=["a red circle and no square", "a red circle and no star"]),
-    "heart": dict(title="Presence negation", expected_label="a green heart",
-                  candidate_labels=["a green heart", "there is no heart"]),
+    "circle-star": dict(
+        title="Which object is negated?",
+        expected_label="a red circle and no square",
+        candidate_labels=["a red circle and no square", "a red circle and no star"],
+    ),
+    "heart": dict(
+        title="Presence negation",
+        expected_label="a green heart",
+        candidate_labels=["a green heart", "there is no heart"],
+    ),
 }
 
 
@@ -102,7 +115,9 @@ def load_widget_examples(path: str | Path) -> list[WidgetExample]:
         if not example.is_url:
             image = (path.parent / example.image).resolve()
             if not image.is_file():
-                raise UserError(f"widget examples file {path}: image {example.image!r} of {example.title!r} does not exist")
+                raise UserError(
+                    f"widget examples file {path}: image {example.image!r} of {example.title!r} does not exist"
+                )
             example.image = str(image)
     return examples
 
@@ -161,9 +176,14 @@ def _widget_src(image: str, is_url: bool, repo_id: str) -> str:
 def widget_metadata(examples: list[WidgetExample], repo_id: str) -> list[dict]:
     """The card's `widget` metadata: each example's image where the folder stores it, served from
     the repo `repo_id`, its labels as the comma-separated string the widget reads, its title."""
-    return [{"src": _widget_src(stored_image(index, example), example.is_url, repo_id),
-             "candidate_labels": ", ".join(example.candidate_labels), "example_title": example.title}
-            for index, example in enumerate(examples)]
+    return [
+        {
+            "src": _widget_src(stored_image(index, example), example.is_url, repo_id),
+            "candidate_labels": ", ".join(example.candidate_labels),
+            "example_title": example.title,
+        }
+        for index, example in enumerate(examples)
+    ]
 
 
 def store_widget(folder: Path, examples: list[WidgetExample]) -> None:

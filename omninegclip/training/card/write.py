@@ -43,7 +43,8 @@ def check_card_writable(folder: str | Path, overwrite: bool = False) -> None:
         f"{readme} exists and was not written by this tool (it lacks the line `<!-- omninegclip-card: ... -->` "
         "that every card of Omni-NegCLIP begins with): writing the card would replace it, its text and its "
         "metadata (license, tags) with the project's. Pass --overwrite (overwrite=True from Python) to replace "
-        "it, or move it out of the folder first.")
+        "it, or move it out of the folder first."
+    )
 
 
 def _model_index_entry(index: list[dict], model_name: str, folder: Path) -> list[dict] | None:
@@ -53,8 +54,11 @@ def _model_index_entry(index: list[dict], model_name: str, folder: Path) -> list
     if not matching and len(index) == 1:
         matching = index
     if not matching:
-        logger.warning("eval/model_index.json in %s names %s, none of them this model: no model-index in the card",
-                       folder, [entry.get("name") for entry in index])
+        logger.warning(
+            "eval/model_index.json in %s names %s, none of them this model: no model-index in the card",
+            folder,
+            [entry.get("name") for entry in index],
+        )
         return None
     return [matching[0] | {"name": model_name}]
 
@@ -63,8 +67,9 @@ def _read_text(path: Path) -> str | None:
     return path.read_text() if path.is_file() else None
 
 
-def _render(folder: Path, facts: CheckpointFacts, namespace: str | None, results: EvalResults | None,
-            results_model: str | None) -> ModelCard:
+def _render(
+    folder: Path, facts: CheckpointFacts, namespace: str | None, results: EvalResults | None, results_model: str | None
+) -> ModelCard:
     if results is not None:
         index, markdown = [results.model_index_entry(results_model or facts.model_name)], results_markdown(results)
     else:
@@ -95,9 +100,18 @@ def card_text(
     """The card `write_model_card` would write for `folder` with the same settings, as text; nothing
     is written (the widget images it names are where `write_model_card` copies them, `widget/`)."""
     folder = Path(folder)
-    facts = checkpoint_facts(folder, repo_id=repo_id, base_model=base_model, datasets=datasets, base_model_id=base_model_id,
-                             dataset_ids=dataset_ids, widget_examples=widget_examples, base_description=base_description,
-                             namespace=namespace, license=license)
+    facts = checkpoint_facts(
+        folder,
+        repo_id=repo_id,
+        base_model=base_model,
+        datasets=datasets,
+        base_model_id=base_model_id,
+        dataset_ids=dataset_ids,
+        widget_examples=widget_examples,
+        base_description=base_description,
+        namespace=namespace,
+        license=license,
+    )
     return str(_render(folder, facts, namespace, results, results_model))
 
 
@@ -128,9 +142,19 @@ def write_model_card(
     (unless `overwrite`)."""
     folder = Path(folder)
     check_card_writable(folder, overwrite)
-    facts = checkpoint_facts(folder, repo_id=repo_id, base_model=base_model, datasets=datasets, base_model_id=base_model_id,
-                             dataset_ids=dataset_ids, widget_examples=widget_examples, base_description=base_description,
-                             namespace=namespace, license=license, remember=True)
+    facts = checkpoint_facts(
+        folder,
+        repo_id=repo_id,
+        base_model=base_model,
+        datasets=datasets,
+        base_model_id=base_model_id,
+        dataset_ids=dataset_ids,
+        widget_examples=widget_examples,
+        base_description=base_description,
+        namespace=namespace,
+        license=license,
+        remember=True,
+    )
     store_widget(folder, facts.widget_examples)
     path = folder / CARD_FILE
     _render(folder, facts, namespace, results, results_model).save(path)
