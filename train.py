@@ -170,7 +170,7 @@ def main(argv: list[str]) -> tuple[OmniNegCLIPTrainer, dict]:
         ensure_writable(config.image_embedding_cache_dir, "--image_embedding_cache_dir")
     # Before anything slow (the Trainer checks both again): the trackers, and the output folder, before the lock is taken in it.
     check_report_to(config)
-    check_output_and_resume(config, config.overwrite_output_dir, data_args.sources())
+    check_output_and_resume(config, config.overwrite_output_dir, data_args.sources(), model_args.model_name_or_path)
     try:
         if config.process_index != 0:  # the first process holds the lock for all
             return train_and_save(model_args, data_args, config)

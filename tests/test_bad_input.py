@@ -23,7 +23,9 @@ import re
 import shutil
 import socket
 import subprocess
+import signal
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -2219,3 +2221,137 @@ def test_data_builder_refuses_a_second_build_into_the_same_folder(fx):
         sum(json.loads((out / "build_summary.json").read_text())["rows_out"].values()) == 304
     )  # the first build's rows
     assert not lock.exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# Issue 25: train.py. Rows that refuse before anything slow, or that handle the input; the stale
+# checkpoints of an overwritten run, SIGTERM (a real signal) and a full disk (a real 1 MiB tmpfs) need
+# several runs, a second process or a mount: tests below.
+
+NOTHING_TRAINS = [
+    "--front_blocks", "0", "--train_token_embedding", "false", "--train_position_embedding", "false",
+    "--train_final_layer_norm", "false", "--train_text_projection", "false", "--train_logit_scale", "false",
+]  # fmt: skip
+
+
+def empty_validation_split(fx: Fixtures) -> str:
+    """Four good training rows and a validation split with no row."""
+    path = fx.root / "empty_validation"
+    if not path.exists():
+        train_split = datasets.load_from_disk(fx.dataset("good", ["a dog"] * 4))["train"]
+        splits = datasets.DatasetDict({"train": train_split, "validation": train_split.select([])})
+        splits.save_to_disk(str(path), num_shards={"train": 1, "validation": 1})  # an empty split needs its one shard
+    return str(path)
+
+
+def fp16_recorded_off(fx: Fixtures) -> None:
+    record = json.loads((fx.last_out / "training_provenance.json").read_text())
+    assert record["training_arguments"]["fp16"] is False
+
+
+CASES += [
+    Case("train", "nothing_trains", lambda fx: fx.good_run(*NOTHING_TRAINS), 2,
+         ("nothing would train: --front_blocks/--text_preset/--text_blocks chose no text block and every --train_*",)),
+    Case("train", "best_model_metric_that_no_evaluation_reports",
+         lambda fx: fx.good_run("--metric_for_best_model", "eval_nonexistent_accuracy", "--load_best_model_at_end", "true",
+                                "--eval_strategy", "steps", "--save_strategy", "steps"), 2,
+         ("--metric_for_best_model eval_nonexistent_accuracy: no evaluation reports it; the evaluation reports eval_loss, "
+          "eval_presence_accuracy, eval_absence_choice_accuracy, eval_which_object_accuracy",)),
+    Case("train", "load_best_model_without_evaluation", lambda fx: fx.good_run("--load_best_model_at_end", "true"), 2,
+         ("--load_best_model_at_end keeps the checkpoint with the best evaluation, but --eval_strategy is no",)),
+    Case("train", "output_dir_is_the_base_model", lambda fx: fx.good_run("--output_dir", fx.clip(), "--overwrite_output_dir", "true"),
+         2, ("overlaps the model trained from, --model_name_or_path", "would replace its base in place"),
+         check=lambda fx: holds(Path(fx.clip()), ["config.json", "model.safetensors"])),
+    Case("train", "fp16_on_the_cpu", lambda fx: fx.good_run("--fp16", "true"), 0,
+         ("--fp16 has no effect on the CPU: training runs in float32", "wrote the checkpoint"), check=fp16_recorded_off),
+    Case("train", "mix_dataset_is_the_dataset",
+         lambda fx: fx.good_run("--mix_dataset_name", fx.dataset("good", ["a dog"] * 4)), 2,
+         ("--mix_dataset_name", "is --dataset_name itself: every row would be there twice (false in-batch negatives)",)),
+    Case("train", "empty_validation_split",
+         lambda fx: fx.train_args(empty_validation_split(fx), "--eval_strategy", "steps", "--eval_steps", "1"), 2,
+         ("empty_validation': its evaluation split", "(--eval_split) is empty: pass --eval_split none",)),
+    Case("train", "push_to_hub_offline", lambda fx: fx.good_run("--push_to_hub", "true", "--hub_model_id", "someone/x"), 2,
+         ("--push_to_hub: the Hub refused or could not be reached for repo 'someone/x'", "Nothing has trained yet"),
+         check=lambda fx: nothing_written(fx.last_out)),
+]  # fmt: skip
+
+
+def test_overwriting_a_run_removes_its_checkpoints_and_resume_compares_the_schedule(fx, capsys, caplog):
+    import train
+
+    out = fx.out()
+    steps = ("--save_strategy", "steps", "--save_steps", "1", "--output_dir", out)
+    train.main(fx.good_run(*steps, "--max_steps", "2", "--learning_rate", "1e-3"))
+    assert sorted(path.name for path in Path(out).glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    caplog.clear()
+    train.main(fx.good_run(*steps, "--overwrite_output_dir", "true", "--learning_rate", "5e-4"))
+    assert "removed the old run's checkpoint-1, checkpoint-2" in caplog.text
+    assert sorted(path.name for path in Path(out).glob("checkpoint-*")) == ["checkpoint-1"]  # the new run's only
+    code, output = invoke_cli("train", fx.good_run(*steps, "--max_steps", "2", "--learning_rate", "1e-3",
+                                                   "--resume_from_checkpoint", "latest"), capsys, caplog)
+    assert code == 2 and "was saved by a run with other settings: schedule and optimiser" in output
+    assert "'learning_rate': 0.0005" in output and "'learning_rate': 0.001" in output
+    code, output = invoke_cli("train", fx.good_run(*steps, "--max_steps", "2", "--learning_rate", "5e-4",
+                                                   "--resume_from_checkpoint", "latest"), capsys, caplog)
+    assert code == 0 and f"resuming from {out}/checkpoint-1 (step 1)" in output, output[-3000:]
+
+
+def test_sigterm_stops_a_run_like_ctrl_c(fx, tmp_path):
+    """A real SIGTERM to a running train.py: one line, exit 143, the lock released, no traceback."""
+    out = Path(fx.out())
+    started = tmp_path / "training"
+    # A callback notes the first checkpoint, so the signal lands during training (no deadline: a loaded machine only waits longer).
+    code = (
+        "import sys, pathlib, train\n"
+        "from transformers import TrainerCallback\n"
+        "from omninegclip.training import trainer as module\n"
+        "class Started(TrainerCallback):\n"
+        "    def on_save(self, args, state, control, **kwargs):\n"
+        f"        pathlib.Path({str(started)!r}).touch()\n"
+        "real = module.OmniNegCLIPTrainer.__init__\n"
+        "def init(self, *args, **kwargs):\n"
+        "    real(self, *args, **kwargs)\n"
+        "    self.add_callback(Started())\n"
+        "module.OmniNegCLIPTrainer.__init__ = init\n"
+        "from omninegclip.common.cli import run_cli\n"
+        "run_cli(train.main, sys.argv[1:])\n"
+    )
+    environment = {key: value for key, value in os.environ.items() if key != "OMNINEGCLIP_DEBUG"}
+    environment.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1")
+    argv = fx.good_run("--output_dir", str(out), "--max_steps", "100000", "--save_strategy", "steps", "--save_steps", "1")
+    process = subprocess.Popen([sys.executable, "-c", code, *argv], cwd=REPO, env=environment,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        while not started.exists():
+            assert process.poll() is None, process.stderr.read()[-3000:]
+            time.sleep(0.02)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate()
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 143, stderr[-3000:]
+    assert "terminated (SIGTERM):" in stderr and "--resume_from_checkpoint latest" in stderr and "Traceback" not in stderr
+    assert not (out / "_omninegclip.lock").exists()
+    assert any(path.is_dir() for path in out.glob("checkpoint-*"))  # the complete checkpoints are kept
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A real 1 MiB tmpfs (root and a kernel that allows it), unmounted afterwards."""
+    mount = tmp_path / "tiny_disk"
+    mount.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a 1 MiB tmpfs here: {result.stderr.strip() or result.returncode}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_disk_too_small_for_the_checkpoint_is_refused_before_preparation(fx, tiny_disk, capsys, caplog):
+    out = tiny_disk / "run"
+    code, output = invoke_cli("train", fx.good_run("--output_dir", str(out)), capsys, caplog)
+    assert code == 2 and "Traceback" not in output, output[-3000:]
+    assert f"--output_dir {out}: its disk has" in output and "and this run needs about" in output
+    assert "data: " not in output  # refused before the data was prepared
+    assert not out.exists() or not any(out.iterdir())

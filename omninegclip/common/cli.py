@@ -5,22 +5,34 @@ and what was expected. `run_cli` prints it as one paragraph and exits with statu
 traceback unless `--debug` is on the command line or `OMNINEGCLIP_DEBUG=1` is set. An `OSError`
 (a read-only or full disk, a missing permission) is reported the same way, naming its path.
 Ctrl-C exits with status 130 and one line: `interrupted` plus what was kept and how to go on (an
-`Interrupted` raised by the tool, or the `INTERRUPTED_HINT` string of the tool's module).
+`Interrupted` raised by the tool, or the `INTERRUPTED_HINT` string of the tool's module). SIGTERM (a
+scheduler or `kill` stopping the run) is handled the same way, through the same clean-up (locks
+released, partial files removed), and exits with status 143.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C, with what was kept and how to go on (a tool raises it from its KeyboardInterrupt;
     still a KeyboardInterrupt to any caller of the tool's `main`)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that the run unwinds as it does on Ctrl-C."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
 
 
 class UserError(Exception):
@@ -45,6 +57,7 @@ def run_cli(main: Callable[[list[str]], object], argv: Sequence[str] | None = No
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = debug_requested(argv)
     argv = [arg for arg in argv if arg != "--debug"]
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         main(argv)
     except (UserError, OSError) as error:
@@ -59,5 +72,9 @@ def run_cli(main: Callable[[list[str]], object], argv: Sequence[str] | None = No
         hint = getattr(
             sys.modules.get(getattr(main, "__module__", ""), None), "INTERRUPTED_HINT", "nothing more was done"
         )
-        print(f"interrupted: {interrupt if isinstance(interrupt, Interrupted) else hint}", file=sys.stderr)
-        sys.exit(EXIT_INTERRUPTED)
+        terminated = isinstance(interrupt, Terminated) or isinstance(interrupt.__context__, Terminated)
+        told = interrupt if isinstance(interrupt, Interrupted) else hint
+        print(f"{'terminated (SIGTERM)' if terminated else 'interrupted'}: {told}", file=sys.stderr)
+        sys.exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -61,10 +61,10 @@ def _local_paths(source: str) -> list[Path]:
 
 
 def check_output_and_resume(
-    training_args: TrainingArguments, overwrite: bool = False, sources: list[str] = ()
+    training_args: TrainingArguments, overwrite: bool = False, sources: list[str] = (), model: str | None = None
 ) -> str | None:
     """Fail before anything slow on an --output_dir that is a file, that is or holds or lies inside
-    a dataset of `sources`, or that is not empty while this run neither resumes nor overwrites it;
+    a dataset of `sources` or the `model` trained from, or that is not empty while this run neither resumes nor overwrites it;
     on a checkpoint to resume from that is not one. Return the checkpoint folder to resume from
     (`latest`: the newest complete checkpoint-* in --output_dir), or None."""
     output_dir = Path(training_args.output_dir)
@@ -77,6 +77,13 @@ def check_output_and_resume(
                     f"--output_dir {str(output_dir)!r} overlaps the training data {str(path)!r} (the same folder, or one "
                     f"inside the other): the model would overwrite the dataset's files; pass another --output_dir"
                 )
+    for path in _local_paths(model or ""):
+        if overlapping(output_dir, path):
+            raise UserError(
+                f"--output_dir {str(output_dir)!r} overlaps the model trained from, --model_name_or_path {str(path)!r} (the "
+                f"same folder, or one inside the other): the run would replace its base in place, even with "
+                f"--overwrite_output_dir; pass another --output_dir"
+            )
     contents = (
         sorted(
             path.name

@@ -15,6 +15,7 @@ sync per step), and `__post_init__` refuses a bad value by name before anything 
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 
@@ -26,6 +27,12 @@ from omninegclip.common.cli import UserError
 from omninegclip.common.clip import CONTEXT_LENGTH
 from omninegclip.training.data import CaptionColumnArguments, CaptionColumns
 from omninegclip.training.lora import LOGIT_SCALE_WITH_LORA, LORA_TARGET_MODULES
+from omninegclip.training.metrics import ABSENCE_CHOICE_ACCURACY, PRESENCE_ACCURACY, WHICH_OBJECT_ACCURACY
+
+logger = logging.getLogger("omninegclip.train")
+
+# What every evaluation reports (`metric_for_best_model` may name one, with or without "eval_").
+EVALUATION_METRICS = ("loss", PRESENCE_ACCURACY, ABSENCE_CHOICE_ACCURACY, WHICH_OBJECT_ACCURACY)
 
 # flag -> (lowest allowed value, whether that value itself is allowed); the loss weights and margin
 # are checked by OmniNegLossConfig ("bad loss setting").
@@ -325,6 +332,8 @@ class OmniNegCLIPConfig(TrainingArguments, CaptionColumnArguments):
         if self.image_embedding_batch_size < 1:
             raise UserError(f"--image_embedding_batch_size must be 1 or more, got {self.image_embedding_batch_size}")
         self._check_lora()
+        self._check_evaluation()
+        self._check_precision()
         self.loss_config()  # refuses bad weights now, by name
         parse_text_blocks(self.text_blocks)
         self.trainable_config()
@@ -352,6 +361,24 @@ class OmniNegCLIPConfig(TrainingArguments, CaptionColumnArguments):
             self.lora_alpha = 2.0 * self.lora_r
         if self.lora and self.train_logit_scale:
             raise UserError(LOGIT_SCALE_WITH_LORA)
+
+    def _check_evaluation(self) -> None:
+        strategy = str(getattr(self.eval_strategy, "value", self.eval_strategy))
+        if self.load_best_model_at_end and strategy == "no":
+            raise UserError("--load_best_model_at_end keeps the checkpoint with the best evaluation, but --eval_strategy is "
+                            "no: pass --eval_strategy steps (or epoch, as --save_strategy) and an --eval_split the data has")
+        if self.metric_for_best_model is not None:
+            name = self.metric_for_best_model.removeprefix("eval_")
+            if name not in EVALUATION_METRICS:
+                raise UserError(f"--metric_for_best_model {self.metric_for_best_model}: no evaluation reports it; the "
+                                f"evaluation reports {', '.join('eval_' + metric for metric in EVALUATION_METRICS)} "
+                                f"(eval_which_object_accuracy where the data names the negated objects)")
+
+    def _check_precision(self) -> None:
+        """fp16/bf16 that the device cannot use are switched off with a warning (and recorded as off)."""
+        if self.fp16 and self.device.type == "cpu":
+            logger.warning("--fp16 has no effect on the CPU: training runs in float32 (use --bf16 for a CPU that has it)")
+            self.fp16 = False
 
     @property
     def lora(self) -> bool:

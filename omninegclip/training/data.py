@@ -225,11 +225,11 @@ def _text_column(dataset: datasets.Dataset, column: str) -> list:
     return dataset.with_format("arrow")[column].to_pylist()
 
 
-def _validate(dataset: datasets.Dataset, name: str, columns: CaptionColumns) -> dict[str, list]:
+def _validate(dataset: datasets.Dataset, name: str, columns: CaptionColumns, split: str = "train") -> dict[str, list]:
     """Check the columns (an error when one is missing or of the wrong kind); return the text
     columns as lists. Their values are checked row by row by `_usable_rows`."""
     if len(dataset) == 0:
-        raise UserError(f"dataset {name!r} is empty: nothing to train on")
+        raise UserError(f"dataset {name!r}: its {split!r} split is empty")
     found = list(dataset.column_names)
     for column, flag in columns.flags().items():
         if column not in found:
@@ -329,7 +329,7 @@ def _read_source(
     if limit is not None:
         dataset = dataset.select(range(min(limit, len(dataset))))
     report = SourceReport(name=name, split=split)
-    texts = _validate(dataset, name, columns)
+    texts = _validate(dataset, name, columns, split)
     report.rows = len(dataset)
     keep = _usable_rows(texts, columns, report.skips)
     if not keep:

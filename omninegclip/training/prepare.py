@@ -142,6 +142,10 @@ def prepare_splits(
     images, transform = _image_pass(config, processor, model)
     prepared, reports = {}, []
     for role, named in splits.items():
+        for name, dataset in named.items():
+            if len(dataset) == 0:
+                split = getattr(dataset, "split", None)
+                raise UserError(EMPTY_SPLIT[role].format(name=name, split=f" {str(split)!r}" if split is not None else ""))
         with config.main_process_first(desc=f"preparing {role} data"):
             prepared[role], split_reports = prepare_dataset(
                 list(named.values()),
@@ -159,6 +163,14 @@ def prepare_splits(
         prepared, processor.tokenizer.pad_token_id, pixels=partial(pixel_values, transform)
     )
     return tables, packed, transform, reports
+
+
+EMPTY_SPLIT = {
+    "train": "dataset {name!r}: its training split{split} (--train_split) is empty: nothing to train on; "
+             "pass the split that holds the training rows",
+    "eval": "dataset {name!r}: its evaluation split{split} (--eval_split) is empty: pass --eval_split none to "
+            "train without evaluation, or a split that has rows",
+}
 
 
 def _split_name(named: dict[str, datasets.Dataset], role: str) -> str:

@@ -29,23 +29,23 @@ def _megabytes(size: int) -> str:
     return f"{size / 2**20:,.1f} MB"
 
 
-def space_needed(trainer: Trainer) -> tuple[int, int]:
+def space_needed(model, trained_model) -> tuple[int, int]:
     """(bytes of the final folder, bytes of one checkpoint-* folder): the weights as saved, plus the
-    optimiser's two float32 moments of every trained parameter in a checkpoint."""
-    model = trainer.omninegclip_model
+    optimiser's two float32 moments of every trained parameter (of `trained_model`: LoRA's adapters) in a checkpoint."""
     weights = sum(parameter.numel() * parameter.element_size() for parameter in model.parameters()) + PROCESSOR_BYTES
-    trained = sum(parameter.numel() for parameter in trainer.model.parameters() if parameter.requires_grad)
+    trained = sum(parameter.numel() for parameter in trained_model.parameters() if parameter.requires_grad)
     return weights, weights + 2 * 4 * trained
 
 
-def check_disk_space(trainer: Trainer) -> None:
-    """Refuse, before training, an output_dir whose disk cannot hold the final folder and (when
-    checkpoints are saved) one checkpoint: a run that trains for hours must not lose its weights at the end."""
-    folder = Path(trainer.args.output_dir)
+def check_disk_space(args, model, trained_model) -> None:
+    """Refuse, before preparation and training, an output_dir whose disk cannot hold the final folder
+    and (when checkpoints are saved) one checkpoint: a run that trains for hours must not lose its
+    weights at the end."""
+    folder = Path(args.output_dir)
     existing = next((path for path in (folder, *folder.parents) if path.exists()), Path("."))
     free = shutil.disk_usage(existing).free
-    final, checkpoint = space_needed(trainer)
-    saves = str(getattr(trainer.args.save_strategy, "value", trainer.args.save_strategy)) != "no"
+    final, checkpoint = space_needed(model, trained_model)
+    saves = str(getattr(args.save_strategy, "value", args.save_strategy)) != "no"
     needed = final + (checkpoint if saves else 0)
     if free < needed:
         raise UserError(
@@ -109,7 +109,7 @@ def save_final_model(trainer: Trainer, eval_metrics: dict | None = None, train_m
             shutil.rmtree(staging, ignore_errors=True)
         if error.errno != errno.ENOSPC:
             raise
-        final, _ = space_needed(trainer)
+        final, _ = space_needed(trainer.omninegclip_model, trainer.model)
         kept = sorted(path.name for path in output_dir.glob("checkpoint-*"))
         raise UserError(
             f"--output_dir {output_dir}: the disk filled up while saving the final model (it needs about "

@@ -147,12 +147,13 @@ class OmniNegCLIPTrainer(Trainer):
             args.dataloader_drop_last = True
         train_named, eval_named = _named(train_dataset, "train"), _named(eval_dataset, "eval")
         self.source_names = list(train_named)
-        check_output_and_resume(args, args.overwrite_output_dir, self.source_names + list(eval_named))
+        check_output_and_resume(args, args.overwrite_output_dir, self.source_names + list(eval_named), model.name_or_path)
         self.widget = load_widget_examples(args.widget_examples) if args.widget_examples else None
         if args.push_to_hub:
             check_hub_access(args)
         self.base_model = model.name_or_path
         trained_model, self.lora_settings = make_trainable(model, args)
+        check_disk_space(args, model, trained_model)
         reports = []
         if train_named and not any(_is_prepared(dataset) for dataset in train_named.values()):
             if processing_class is None:
@@ -193,7 +194,6 @@ class OmniNegCLIPTrainer(Trainer):
         self._unchecked: list[tuple[int, dict[str, torch.Tensor], torch.Tensor | None]] = []
         if self.train_dataset is not None:
             self.planned_steps = ready_to_train(self, model, lora=self.lora_settings is not None)
-            check_disk_space(self)
 
     @property
     def omninegclip_model(self) -> OmniNegCLIPModel:
