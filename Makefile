@@ -24,6 +24,9 @@ $(STAMP): requirements.txt requirements-dev.txt requirements-demo.txt pyproject.
 	# DeepSpeed (tests/test_distributed.py runs ZeRO-2 on the CPU): PyPI has only its source, whose
 	# set-up imports torch, hence after torch and without build isolation; no compiled ops.
 	DS_BUILD_OPS=0 $(BIN)/python -m pip install --quiet --no-build-isolation deepspeed==0.19.8
+	# The oldest transformers the checkpoints are tested to load with (tests/test_checkpoint_compat.py), in a
+	# folder of its own that only that test puts first on the path; the venv keeps the pinned 5.x.
+	$(BIN)/python -m pip install --quiet --no-deps --target $(VENV)/transformers-oldest transformers==5.0.0 tokenizers==0.22.2 "huggingface_hub>=1.3,<2"
 	# The project itself, editable (pyproject.toml): its console scripts, and the package importable
 	# from anywhere (tests, accelerate launch, subprocesses); its dependencies are the ones above.
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
