@@ -309,7 +309,8 @@ def answer(classifiers: dict, image, text: str, template: str) -> tuple[dict[str
         ]
         named = "; ".join(f"caption {index + 1} ({text!r})" for index, text in zip(cut, shown))
         note = (
-            f"Note: {len(cut)} caption(s) longer than the {limit} tokens CLIP's text encoder reads (in the template): {named}. "
+            f"Note: {len(cut)} caption(s) longer than the {limit} tokens CLIP's text encoder reads "
+            f"(in the template): {named}. "
             f"Each model read only their first {limit} tokens, as `python -m eval` and `train.py` do."
         )
     return (

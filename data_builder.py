@@ -3,8 +3,10 @@
     python data_builder.py coco --captions annotations/captions_train2017.json \\
         --instances annotations/instances_train2017.json --images train2017 --out data/coco-neg
     python data_builder.py captions --dataset flickr30k_folder --caption_column caption --out data/flickr-neg
-    python data_builder.py ccneg --annotations ccneg_dataset/ccneg_preprocessed.pt --images ccneg_dataset --out data/ccneg
-    python data_builder.py negationclip --annotations negationclip_captions_train2014.json --images train2014 --out data/negclip
+    python data_builder.py ccneg --annotations ccneg_dataset/ccneg_preprocessed.pt --images ccneg_dataset \\
+        --out data/ccneg
+    python data_builder.py negationclip --annotations negationclip_captions_train2014.json --images train2014 \\
+        --out data/negclip
     python data_builder.py shapes --out data/world           # the offline image world (omninegclip/building/shapes.py)
 
 Common flags: --out DIR (required), --overwrite, --seed 0, --push_to_hub REPO_ID, --no_progress, --debug;
@@ -28,10 +30,11 @@ images, and `--push_to_hub` uploads that (each row with its image). The shapes w
 images in the table (one row per scene).
 
 Speed: the negations, the image checks and the quality gate run in `--num_proc` forked worker
-processes (`omninegclip.building.parallel.fork_map`: each row is seeded by its index, so any number of workers writes the same
-bytes). An image is checked by decoding it without keeping it, a JPEG in draft mode (1/8 scale:
-every byte of its compressed stream is still read, so a truncated file fails as in a full decode);
-workers write the image files themselves, so memory stays one image per worker.
+processes (`omninegclip.building.parallel.fork_map`: each row is seeded by its index, so any
+number of workers writes the same bytes). An image is checked by decoding it without keeping it, a
+JPEG in draft mode (1/8 scale: every byte of its compressed stream is still read, so a truncated
+file fails as in a full decode); workers write the image files themselves, so memory stays one
+image per worker.
 
 Bad input: a bad flag, a missing file or folder, a malformed file or row is one error paragraph
 naming the flag / file / row / column (exit status 2, no traceback unless --debug or
@@ -333,7 +336,8 @@ def build_from_source(
     row_skips = report.skips.total("row:")
     if rows_out + row_skips != len(items):  # every row is written or counted: anything else is a bug here
         raise RuntimeError(
-            f"row accounting is off: {len(items)} rows in, {rows_out} out, {row_skips} skipped ({report.skips.describe()})"
+            f"row accounting is off: {len(items)} rows in, {rows_out} out, {row_skips} skipped "
+            f"({report.skips.describe()})"
         )
     kept = [result for result in stored if result.path is not None]
     summary = {
@@ -466,7 +470,8 @@ def _output_flags() -> argparse.ArgumentParser:
     group.add_argument("--private", action="store_true", help="With --push_to_hub: make the repo private.")
     group.add_argument(
         "--license",
-        help="License field of the dataset card (default: mit for shapes, cc-by-4.0 for coco, else other, named <source>-source-terms).",
+        help="License field of the dataset card (default: mit for shapes, cc-by-4.0 for coco, else other, named "
+        "<source>-source-terms).",
     )
     group.add_argument("--no_progress", action="store_true", help="No progress bars.")
     group.add_argument(
@@ -543,7 +548,8 @@ def _add_captions(sources, parents: list) -> None:
     captions.add_argument(
         "--dataset",
         required=True,
-        help="A save_to_disk folder, an image folder (metadata.jsonl/csv), a JSON/JSONL/CSV/Parquet file, or a Hub id.",
+        help="A save_to_disk folder, an image folder (metadata.jsonl/csv), a JSON/JSONL/CSV/Parquet file, "
+        "or a Hub id.",
     )
     captions.add_argument(
         "--loader",
@@ -633,8 +639,9 @@ def _statement_flag(group) -> None:
         default=0.0,
         metavar="R",
         help="Share of the rows with both negations written as caption-free statements in NegBench's multiple-choice "
-        "form, all four texts of the row: caption 'This image shows a dog.', presence 'This image does not show a dog.', "
-        "absence 'This image does not show a cat.', affirmed twin 'This image shows a cat.' (their *_rewrite columns say "
+        "form, all four texts of the row: caption 'This image shows a dog.', "
+        "presence 'This image does not show a dog.', absence 'This image does not show a cat.', "
+        "affirmed twin 'This image shows a cat.' (their *_rewrite columns say "
         "'statement'; the source caption stays in the source). Default: 0 (none).",
     )
 
@@ -700,7 +707,8 @@ def _build(
             dataset_dict,
             built,
             "The offline image world: procedurally drawn scenes whose objects are known exactly.",
-            "Negations come from the world's own templates (`omninegclip/building/shapes.py`), which know every object exactly.",
+            "Negations come from the world's own templates (`omninegclip/building/shapes.py`), "
+            "which know every object exactly.",
         )
     if args.rewriter_model:
         options.rewriter = load_rewriter(args.rewriter_model)

@@ -151,7 +151,8 @@ ABSENCE = CaptionSet(
     row_mask="absence_mask",
     output="absence_negated_embeds",
     counted_as="absence negation",
-    help="Column with absence-negated captions (negate a plausible object NOT in the image); 'none' for no such column.",
+    help="Column with absence-negated captions (negate a plausible object NOT in the image); "
+    "'none' for no such column.",
 )
 AFFIRMED = CaptionSet(
     name="affirmed",

@@ -241,7 +241,8 @@ def drop_unreadable_images(tasks: Sequence[TaskData], unreadable: dict[str, Unre
         task.notes = "; ".join(note for note in (task.notes, skips.describe()) if note)
         if before and not task_size(task):
             raise UserError(
-                f"task {task.name}: no item left to evaluate, every one needs an image that cannot be read: {skips.describe()}"
+                f"task {task.name}: no item left to evaluate, every one needs an image that cannot be read: "
+                f"{skips.describe()}"
             )
 
 
@@ -320,7 +321,8 @@ def validate_choice(item: ChoiceItem, task_name: str) -> None:
         raise ValueError(f"{where}: choose must be 'text' or 'image', not {item.choose!r}")
     if len(anchors) != 1:
         raise ValueError(
-            f"{where}: choose={item.choose!r} needs exactly one {'image' if item.choose == 'text' else 'text'}, got {len(anchors)}"
+            f"{where}: choose={item.choose!r} needs exactly one {'image' if item.choose == 'text' else 'text'}, "
+            f"got {len(anchors)}"
         )
     if not 0 <= item.answer < len(options):
         raise ValueError(f"{where}: answer {item.answer} is not an index into its {len(options)} options")

@@ -83,14 +83,16 @@ def read_negation_pairs(source: str | Path, split: str = "test", max_items: int 
         if isinstance(dataset, datasets.DatasetDict):
             if split not in dataset:
                 raise UserError(
-                    f"--layerwise {source}: no split {split!r} (splits: {list(dataset)}); choose one with --layerwise_split"
+                    f"--layerwise {source}: no split {split!r} (splits: {list(dataset)}); "
+                    "choose one with --layerwise_split"
                 )
             dataset = dataset[split]
         if "caption" not in dataset.column_names or not {"presence_negated", "absence_negated"} & set(
             dataset.column_names
         ):
             raise UserError(
-                f"--layerwise {source}: needs a 'caption' column and 'presence_negated' and/or 'absence_negated'; columns are {dataset.column_names}"
+                f"--layerwise {source}: needs a 'caption' column and 'presence_negated' and/or 'absence_negated'; "
+                f"columns are {dataset.column_names}"
             )
         if max_items is not None:
             dataset = dataset.select(range(min(max_items, len(dataset))))

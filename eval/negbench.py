@@ -54,7 +54,8 @@ def read_negbench_mcq(
     expected = [f"caption_{index}" for index in range(len(caption_columns))]
     if caption_columns != expected:
         raise UserError(
-            f"{path}: caption columns must be caption_0 … caption_{len(caption_columns) - 1} without gaps, found {caption_columns}"
+            f"{path}: caption columns must be caption_0 … caption_{len(caption_columns) - 1} without gaps, "
+            f"found {caption_columns}"
         )
     task, skips = TaskData(name="negbench_mcq"), SkipLog()
     for line, row in rows:
@@ -65,7 +66,8 @@ def read_negbench_mcq(
             answer = int(row["correct_answer"])
         except (TypeError, ValueError):
             raise UserError(
-                f"{where}: correct_answer must be an integer index into caption_0 … caption_{len(caption_columns) - 1}, got {row['correct_answer']!r}"
+                f"{where}: correct_answer must be an integer index into "
+                f"caption_0 … caption_{len(caption_columns) - 1}, got {row['correct_answer']!r}"
             ) from None
         if not 0 <= answer < len(caption_columns):
             raise UserError(

@@ -39,7 +39,8 @@ def read_negrefcocog(
     records = read_json(path)
     if not isinstance(records, list):
         raise UserError(
-            f"{path}: expected a JSON list of {{image, phrase, ref_bbox, bbox_list}} records, found {type(records).__name__}"
+            f"{path}: expected a JSON list of {{image, phrase, ref_bbox, bbox_list}} records, "
+            f"found {type(records).__name__}"
         )
     root = Path(images_root) if images_root is not None else path.parent
     task, skips = TaskData(name="negrefcocog"), SkipLog()

@@ -164,7 +164,8 @@ def read_retrieval(
         candidates = sorted(source.glob("*.json")) + sorted(source.glob("*.csv"))
         if len(candidates) != 1:
             raise UserError(
-                f"--retrieval {source}: expected exactly one Karpathy JSON or CSV in the folder, found {[c.name for c in candidates]}"
+                f"--retrieval {source}: expected exactly one Karpathy JSON or CSV in the folder, "
+                f"found {[c.name for c in candidates]}"
             )
         return read_retrieval(
             candidates[0], images_root if images_root is not None else source, split, max_items, name

@@ -85,7 +85,8 @@ def check_dataset_ids(dataset_ids: dict[str, str], data: dict[str, str]) -> dict
         if key not in DATA_FLAGS or key.endswith(("_split", "_images", "_templates")):
             raise UserError(
                 f"--dataset_ids {key}={repo_id}: {key!r} is not a data flag naming a dataset "
-                f"(expected one of {', '.join(k for k in DATA_FLAGS if not k.endswith(('_split', '_images', '_templates')))})"
+                "(expected one of "
+                f"{', '.join(k for k in DATA_FLAGS if not k.endswith(('_split', '_images', '_templates')))})"
             )
         try:
             validate_repo_id(repo_id)

@@ -263,7 +263,8 @@ def build_tasks(names: list[str], data: dict[str, str], max_items: int | None = 
     for task in built:
         if task.data.name in seen:
             raise UserError(
-                f"two tasks produce items named {task.data.name!r}: ask for only one of them (e.g. world or world_train)"
+                f"two tasks produce items named {task.data.name!r}: ask for only one of them "
+                "(e.g. world or world_train)"
             )
         seen.add(task.data.name)
     return built

@@ -1,7 +1,8 @@
 """The offline image world's negation tasks, on held-out scenes (by default the `test` split).
 
 `world_tasks` rephrases every scene with the "train" or the "heldout" templates (and MCQ phrasings,
-`MCQ_PHRASES`) of `omninegclip.building.shapes` and returns one `TaskData` per family, named `world_{template_set}/{family}`.
+`MCQ_PHRASES`) of `omninegclip.building.shapes` and returns one `TaskData` per family, named
+`world_{template_set}/{family}`.
 Two cheap strategies pass many negation tests without understanding negation (docs/method.md §2):
 *bag of words* (score = mentioned objects that are present, negation words ignored) and *ignoring
 the negated clause* (score the caption as if "… no B" were not there). For each family, what they do:
@@ -9,19 +10,20 @@ the negated clause* (score the caption as if "… no B" were not there). For eac
 | family | item | bag of words | ignore the clause |
 |---|---|---|---|
 | `presence` | image: [affirmative, presence-negated] | tie | passes (CC-Neg-like) |
-| `which_negated` | image with A, P present, B absent: ["A … no B", "A … no P"] (same template) | always wrong | tie |
+| `which_negated` | image with A, P present, B absent: ["A … no B", "A … no P"] | always wrong | tie |
 | `absence_image` | "A … no B": [the image, the same image plus a B] | always wrong | tie |
 | `absence_caption` | image: ["A … no B", "A … and a B"] | tie | passes |
 | `mcq` | NegBench-style, 4 options, groups affirmation / negation / hybrid | wrong on negation | passes affirmation |
 | `retrieval` | one full description per image, no scene's description fits another | — | — |
-| `negated_retrieval` | "every object of S, no B" among S and S plus a B (twins without text) | prefers the twin | ties with the twin |
+| `negated_retrieval` | "every object of S, no B" among S and S plus a B | prefers the twin | ties with the twin |
 
 So `which_negated`, `absence_image` and MCQ negation are the scores only real negation lifts;
 `absence_caption` only tells that "no B" is not read as "a B" (a bag of words ties there).
 Every item has exactly one option that is true of its scene. Option order is random (seeded).
-`which_negated` needs two objects (one-object scenes are skipped); the retrieval sets keep only the
-scenes whose text fits no other image of the set (about a third of the 2,000 default test scenes);
-in `negated_retrieval` the twins have no text, so its image-to-text recall covers the targets only.
+`which_negated` needs two objects (one-object scenes are skipped) and writes its two options with the
+same template; the retrieval sets keep only the scenes whose text fits no other image of the set
+(about a third of the 2,000 default test scenes); in `negated_retrieval` the twins (S plus a B) have
+no text, so its image-to-text recall covers the targets only.
 Skips are counted in each task's `notes`.
 
 Image keys: `shapes:{split}:{image_id}` (the stored image, decoded lazily) and
@@ -101,7 +103,8 @@ def _load_split(dataset, split: str) -> datasets.Dataset:
         where = str(dataset)
         if not Path(dataset).exists():
             raise UserError(
-                f"{dataset}: no such world dataset folder (build one with: python data_builder.py shapes --out {dataset})"
+                f"{dataset}: no such world dataset folder "
+                f"(build one with: python data_builder.py shapes --out {dataset})"
             )
         try:
             dataset = datasets.load_from_disk(str(dataset))

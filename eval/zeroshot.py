@@ -3,8 +3,9 @@
 The dataset is a `save_to_disk` folder (a `Dataset` or a `DatasetDict`, then `split` picks one) or a
 Hub id; its image column is the first `Image` feature and its label column the first `ClassLabel`
 feature, whose names (underscores read as spaces) fill the templates. Images are decoded with
-`omninegclip.common.safe_load.open_rgb_image` (an unreadable one is left out by the harness, counted). A class is represented by the
-mean of its prompts' normalised embeddings, re-normalised (CLIP's prompt ensembling).
+`omninegclip.common.safe_load.open_rgb_image` (an unreadable one is left out by the harness,
+counted). A class is represented by the mean of its prompts' normalised embeddings, re-normalised
+(CLIP's prompt ensembling).
 
 Public surface:
 - `DEFAULT_TEMPLATES`, `read_templates(path)`.
@@ -93,7 +94,8 @@ def _load_dataset(source: str, split: str):
         if isinstance(loaded, datasets.DatasetDict):
             if split not in loaded:
                 raise UserError(
-                    f"--zeroshot {source}: no split {split!r} (splits: {list(loaded)}); choose one with --zeroshot_split"
+                    f"--zeroshot {source}: no split {split!r} (splits: {list(loaded)}); "
+                    "choose one with --zeroshot_split"
                 )
             return loaded[split]
         return loaded

@@ -246,7 +246,8 @@ def describe_widget_answers(answers_by_model: dict[str, list[dict]]) -> str:
     ]
     for name, answers in answers_by_model.items():
         lines += [
-            f"| {name} | {a['title']} | {a['expected']} | {a['answer']} ({a['score']:.2f}) | {'yes' if a['answer'] == a['expected'] else 'NO'} |"
+            f"| {name} | {a['title']} | {a['expected']} | {a['answer']} ({a['score']:.2f}) "
+            f"| {'yes' if a['answer'] == a['expected'] else 'NO'} |"
             for a in answers
         ]
     return "\n".join(lines) + "\n"

@@ -52,7 +52,8 @@ def gradio_version() -> str:
     versions = [spec.version for spec in requirement.specifier if spec.operator == "=="]
     if not versions:
         raise UserError(
-            f"{ROOT / 'requirements-demo.txt'}: gradio must be pinned with == (the Space's sdk_version), got {requirement}"
+            f"{ROOT / 'requirements-demo.txt'}: gradio must be pinned with == (the Space's sdk_version), "
+            f"got {requirement}"
         )
     return versions[0]
 
@@ -83,7 +84,8 @@ puts every caption into the template and takes a softmax over the candidates, as
 in the fine-tuned model's card (`widget/examples.json` in its repo).
 
 The models are the `models` listed above (fine-tuned first, then base); `OMNINEGCLIP_MODEL` and
-`OMNINEGCLIP_BASE` (Space variables) override them. Locally: `python app.py --model {model_repo_id} --base {base_repo_id}`.
+`OMNINEGCLIP_BASE` (Space variables) override them. Locally: \
+`python app.py --model {model_repo_id} --base {base_repo_id}`.
 """
     return SpaceCard(f"---\n{data.to_yaml()}\n---\n{body}")
 

@@ -148,8 +148,8 @@ def test_cli_names_the_flag_of_a_bad_model(tmp_path, two_models, capsys):
 # ---- bad models and bad inputs (issue 25) ----------------------------------------------------------
 
 BROKEN_MODELS = {  # kind -> what the refusal says (the same words as python -m eval's)
-    "weights_lack_two_text_layers": "model.safetensors does not fit its config.json: missing from the weights (they would stay random): "
-    "text_model.encoder.layers.3.",
+    "weights_lack_two_text_layers": "model.safetensors does not fit its config.json: missing from the weights "
+    "(they would stay random): text_model.encoder.layers.3.",
     "bert_with_clip_processor": "not a CLIP checkpoint (its config.json has model_type 'bert', expected 'clip')",
     "weights_truncated": "model.safetensors cannot be read (",
     "folder_without_config": "not a CLIP checkpoint (a folder without config.json)",
@@ -235,7 +235,8 @@ BAD_INPUTS = {  # name -> (upload, captions, template, what the page says)
         "notes.txt",
         f"{WRONG}\n{RIGHT}",
         "{}",
-        "The upload 'notes.txt' cannot be read as an image (not an image PIL can read (corrupt or not an image file)): "
+        "The upload 'notes.txt' cannot be read as an image "
+        "(not an image PIL can read (corrupt or not an image file)): "
         "upload an image file (PNG, JPEG, WebP, GIF, BMP or TIFF).",
     ),
     "upload_cut_short": ("cut.png", f"{WRONG}\n{RIGHT}", "{}", "The upload 'cut.png' cannot be read as an image ("),
@@ -290,7 +291,8 @@ def test_a_caption_over_77_tokens_is_cut_as_eval_cuts_it_and_the_page_says_so(cl
     assert len(tokenizer(template.format(LONG_CAPTION))["input_ids"]) > 77
     base, tuned, note = app.answer(classifiers, uploads["white.png"], f"{LONG_CAPTION}\n{WRONG}\n{RIGHT}", template)
     assert note.startswith(
-        "Note: 1 caption(s) longer than the 77 tokens CLIP's text encoder reads (in the template): caption 1 ('a red circle"
+        "Note: 1 caption(s) longer than the 77 tokens CLIP's text encoder reads (in the template): "
+        "caption 1 ('a red circle"
     )
     assert "Each model read only their first 77 tokens, as `python -m eval` and `train.py` do." in note
     picture = app.read_image(uploads["white.png"])

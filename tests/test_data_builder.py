@@ -160,9 +160,10 @@ def test_same_seed_same_bytes_and_another_seed_differs(tmp_path, coco_args):
     build(coco_args, tmp_path / "b", "--seed", "3")
     assert snapshot(tmp_path / "a") == snapshot(tmp_path / "b")
     build(coco_args, tmp_path / "c", "--seed", "4", "--captions_per_image", "1")
-    texts = lambda out: sorted(
-        (r["presence_negated"], r["absence_negated"]) for rows in rows_of(out).values() for r in rows
-    )  # noqa: E731
+
+    def texts(out):
+        return sorted((r["presence_negated"], r["absence_negated"]) for rows in rows_of(out).values() for r in rows)
+
     assert texts(tmp_path / "a") != texts(tmp_path / "c")
 
 
@@ -436,7 +437,8 @@ def test_dataset_card_parses_and_push_is_called(tmp_path, coco_args, monkeypatch
         ),
     )
     build(coco_args, tmp_path / "out", "--push_to_hub", "me/coco-neg", "--license", "cc-by-4.0")
-    # The card goes first: DatasetDict.push_to_hub then writes its dataset_info into it (tests/test_hub_cards.py pushes for real).
+    # The card goes first: DatasetDict.push_to_hub then writes its dataset_info into it
+    # (tests/test_hub_cards.py pushes for real).
     assert pushed == [
         ("repo", "me/coco-neg", "dataset"),
         ("card", "me/coco-neg", "dataset", "cc-by-4.0", "data/train-*"),

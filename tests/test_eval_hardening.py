@@ -167,7 +167,10 @@ def pairs_csv(root: Path) -> Path:
     return write(
         root,
         "pairs.csv",
-        "caption,presence_negated,absence_negated\na dog,no dog,a dog and no cat\n,no cat,\na cat,no cat,a cat and no bird\n",
+        "caption,presence_negated,absence_negated\n"
+        "a dog,no dog,a dog and no cat\n"
+        ",no cat,\n"
+        "a cat,no cat,a cat and no bird\n",
     )
 
 
@@ -260,7 +263,8 @@ CASES = [
         ),
         2,
         (
-            "no_foil.json, sample 's1': expected keys image_file, caption, foil, mturk; found ['caption', 'image_file', 'mturk']",
+            "no_foil.json, sample 's1': expected keys image_file, caption, foil, mturk; "
+            "found ['caption', 'image_file', 'mturk']",
         ),
     ),
     Case(
@@ -295,7 +299,8 @@ CASES = [
         ),
         2,
         (
-            "dict.pt: 'annotations' in the top level is a dict, expected a list (CC-Neg: {image_paths: [...], annotations: [{json: {caption}",
+            "dict.pt: 'annotations' in the top level is a dict, expected a list "
+            "(CC-Neg: {image_paths: [...], annotations: [{json: {caption}",
         ),
     ),
     # empty data

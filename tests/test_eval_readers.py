@@ -239,7 +239,8 @@ def test_negbench_negated_retrieval_reads_python_list_captions(tmp_path):
     write_csv(tmp_path / "neg_retrieval.csv", ["filepath", "captions"], [[a, "['unterminated"]])
     with pytest.raises(
         UserError,
-        match=r"neg_retrieval.csv, line 2: column 'captions' must be a non-empty Python list of strings, got \"\['unterminated\"",
+        match=r"neg_retrieval.csv, line 2: column 'captions' must be a non-empty Python list of strings, "
+        r"got \"\['unterminated\"",
     ):
         negbench.read_negbench_retrieval(tmp_path / "neg_retrieval.csv")
 

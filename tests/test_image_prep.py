@@ -403,13 +403,16 @@ def test_a_file_replaced_in_place_is_embedded_again(tmp_path, processor, tiny_cl
     (tmp_path / "a.jpg").write_bytes(jpeg_of(0))
     table = datasets.Dataset.from_dict({"image": ["a.jpg"]})
     transform = ImageTransform.for_processor(processor.image_processor)
-    run = lambda: image_pass(
-        ImageRefs.find([table], "image", [str(tmp_path)], [[0]])[0],
-        transform,  # noqa: E731
-        model=tiny_clip,
-        num_workers=0,
-        cache_dir=tmp_path / "cache",
-    )
+
+    def run():
+        return image_pass(
+            ImageRefs.find([table], "image", [str(tmp_path)], [[0]])[0],
+            transform,
+            model=tiny_clip,
+            num_workers=0,
+            cache_dir=tmp_path / "cache",
+        )
+
     first = run().embeds
     (tmp_path / "a.jpg").write_bytes(jpeg_of(1))  # same name, other picture (and size)
     os.utime(tmp_path / "a.jpg", ns=(1, 1))  # whatever the clock's resolution

@@ -283,7 +283,8 @@ def test_pushed_adapter_goes_to_its_own_repo_or_the_model_repos_subfolder(tmp_pa
             **EXTRAS,
         )
     )
-    # With LoRA the repo's root gets the merged weights once, at the end (--hub_strategy every_save pushes nothing before).
+    # With LoRA the repo's root gets the merged weights once, at the end (--hub_strategy every_save
+    # pushes nothing before).
     (model_commit,) = [commit for commit in hub.commits if commit.repo_id == f"{USER}/tiny-omninegclip"]
     assert model_commit.message == "End of training"
     assert model_commit.repo_id == f"{USER}/tiny-omninegclip"

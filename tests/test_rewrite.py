@@ -216,7 +216,8 @@ def test_llm_rewriter_keeps_valid_outputs_and_rejects_the_rest():
 
 
 def test_llm_rewriter_loads_a_local_text_generation_model(tmp_path):
-    """The real loading path (transformers pipeline) on a tiny random causal LM made here: its babble fails the gate."""
+    """The real loading path (transformers pipeline) on a tiny random causal LM made here: its babble
+    fails the gate."""
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast

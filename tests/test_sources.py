@@ -185,10 +185,13 @@ def test_captions_dataset_from_imagefolder_and_csv(tmp_path):
 
 def test_captions_dataset_dict_splits_are_kept(tmp_path):
     png = write_png(tmp_path / "a.png")
-    part = lambda caption: datasets.Dataset.from_dict(
-        {"image": [str(png)], "caption": [caption]},
-        features=datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string")}),
-    )  # noqa: E731
+
+    def part(caption):
+        return datasets.Dataset.from_dict(
+            {"image": [str(png)], "caption": [caption]},
+            features=datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string")}),
+        )
+
     datasets.DatasetDict(train=part("a dog"), test=part("a cat")).save_to_disk(str(tmp_path / "dd"))
     source = read_captions_dataset(str(tmp_path / "dd"), progress=False)
     assert [(item.caption, item.split) for item in source.items] == [("a dog", TRAIN_OR_VALIDATION), ("a cat", "test")]
@@ -317,7 +320,8 @@ def test_ccneg_never_unpickles_code(tmp_path, writer):
         path.write_bytes(pickle.dumps(payload, protocol=5))
     with pytest.raises(
         UserError,
-        match=rf"{re.escape(str(path))}: (refused to load: the file needs arbitrary unpickling of exec|not a readable torch.save file)",
+        match=rf"{re.escape(str(path))}: (refused to load: the file needs arbitrary unpickling of exec"
+        r"|not a readable torch.save file)",
     ):
         read_ccneg(path, tmp_path)
     assert not marker.exists()
@@ -552,7 +556,8 @@ def test_coco_ids_listed_twice_or_of_another_type_are_named_never_dropped(tmp_pa
     captions_file.write_text(json.dumps(captions))
     with pytest.raises(
         UserError,
-        match=r"captions.json: 'image_id' in annotations\[0\] is the string '1' but instances.json has the id as the integer 1",
+        match=r"captions.json: 'image_id' in annotations\[0\] is the string '1' "
+        r"but instances.json has the id as the integer 1",
     ):
         read_coco(captions_file, instances_file, tmp_path / "images")
     instances = json.loads(instances_file.read_text())
@@ -560,7 +565,8 @@ def test_coco_ids_listed_twice_or_of_another_type_are_named_never_dropped(tmp_pa
     instances_file.write_text(json.dumps(instances))
     with pytest.raises(
         UserError,
-        match=r"instances.json: 'image_id' in annotations\[0\] is the string '1' but its 'images' list has the id as the integer 1",
+        match=r"instances.json: 'image_id' in annotations\[0\] is the string '1' "
+        r"but its 'images' list has the id as the integer 1",
     ):
         read_coco(captions_file, instances_file, tmp_path / "images")
     with pytest.raises(UserError, match=r"--captions_per_image -1 must be 0"):

@@ -455,7 +455,8 @@ def test_bad_input_is_named(workspace, tmp_path, capsys, caplog):
     message = _error_of(train_flags(model_dir, data, out, front_blocks=TINY_TEXT_LAYERS + 2), capsys)
     assert f"front_blocks={TINY_TEXT_LAYERS + 2}" in message and f"only {TINY_TEXT_LAYERS} blocks" in message
 
-    # A negation that is not text is a counted skip of its row (the rule of omninegclip/common/skips.py), named in the data line.
+    # A negation that is not text is a counted skip of its row (the rule of omninegclip/common/skips.py),
+    # named in the data line.
     bad_negation = _dataset_with(tmp_path, "bad", absence_negated=[None, None, ["a list"], ["another"]])
     with caplog.at_level("WARNING", logger="omninegclip.train"):
         run_cli(train.main, train_flags(model_dir, bad_negation, tmp_path / "out_bad"))

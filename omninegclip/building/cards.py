@@ -25,9 +25,12 @@ GENERATED_DATA_LICENSE = "mit"
 _DATASET_COLUMNS = {
     "image": "the image (RGB)",
     "caption": "the original caption",
-    "presence_negated": "the caption with an object that IS in the image negated (false for the image); empty when none",
-    "absence_negated": "the caption plus a negated plausible object that is NOT in the image (still true); empty when none",
-    "absence_affirmed": "the caption with `absent_object` affirmed instead (false for the image): the wrong option of the optional choice term; empty when none",
+    "presence_negated": "the caption with an object that IS in the image negated (false for the image); "
+    "empty when none",
+    "absence_negated": "the caption plus a negated plausible object that is NOT in the image (still true); "
+    "empty when none",
+    "absence_affirmed": "the caption with `absent_object` affirmed instead (false for the image): "
+    "the wrong option of the optional choice term; empty when none",
     "present_objects": "objects known to be in the image",
     "negated_object": "the object `presence_negated` negates (one of `present_objects`)",
     "absent_object": "the object `absence_negated` negates (not in `present_objects`)",
@@ -233,7 +236,8 @@ def _build_lines(summary: dict, build_description: str) -> list[str]:
 
 
 def _counts_lines(summary: dict, rows_out: dict) -> list[str]:
-    """Rows per split, source rows read, negations, skips by reason, rewrites, the quality gate, texts over CLIP's context."""
+    """Rows per split, source rows read, negations, skips by reason, rewrites, the quality gate, texts
+    over CLIP's context."""
     lines = ["## Counts", "", "| split | rows |", "|---|---:|"]
     lines += [f"| {split} | {count} |" for split, count in rows_out.items()]
     lines += [""]
@@ -272,7 +276,8 @@ def _examples_lines(summary: dict) -> list[str]:
     return (
         ["## Examples", "", "| caption | presence_negated | absence_negated |", "|---|---|---|"]
         + [
-            f"| {_cell(row.get('caption'))} | {_cell(row.get('presence_negated'))} | {_cell(row.get('absence_negated'))} |"
+            f"| {_cell(row.get('caption'))} | {_cell(row.get('presence_negated'))} "
+            f"| {_cell(row.get('absence_negated'))} |"
             for row in examples
         ]
         + [""]

@@ -55,7 +55,8 @@ class BuildOptions:
                 raise UserError(f"--{name} {value} must be in [0, 1)")
         if self.validation_fraction + self.test_fraction >= 1.0:
             raise UserError(
-                f"--validation_fraction + --test_fraction = {self.validation_fraction + self.test_fraction} must leave rows for train (< 1)"
+                f"--validation_fraction + --test_fraction = {self.validation_fraction + self.test_fraction} "
+                "must leave rows for train (< 1)"
             )
         check_statement_rate(self.statement_rate)
         if self.max_rows is not None and self.max_rows < 1:

@@ -534,7 +534,8 @@ _ABSENCE_PROMPT = (
     "Add to the image caption that there is no {obj}. Keep the rest of the caption. "
     "Answer with the new caption only.\n"
     "Caption: a dog sleeping on a couch\nObject: cat\nNew caption: a dog sleeping on a couch, with no cat around\n"
-    "Caption: a woman riding a horse in a field\nObject: hat\nNew caption: a woman not wearing a hat riding a horse in a field\n"
+    "Caption: a woman riding a horse in a field\nObject: hat\n"
+    "New caption: a woman not wearing a hat riding a horse in a field\n"
     "Caption: {caption}\nObject: {obj}\nNew caption:"
 )
 

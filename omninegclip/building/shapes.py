@@ -733,8 +733,8 @@ def phrasing_fingerprint() -> str:
 
 # ----- the dataset -------------------------------------------------------------------------------
 
-ONE_NEGATION_RATE = 0.1
-MATCHED_PAIR_RATE = 0.5  # rows whose absence caption mirrors their presence caption (see world_row)  # rows that carry only one of the two negations (half each), as mixed real data does
+ONE_NEGATION_RATE = 0.1  # rows that carry only one of the two negations (half each), as mixed real data does
+MATCHED_PAIR_RATE = 0.5  # rows whose absence caption mirrors their presence caption (see world_row)
 
 WORLD_FEATURES = datasets.Features(
     {

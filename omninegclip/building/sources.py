@@ -206,12 +206,13 @@ def _coco_images(data: object, path: Path, schema: str) -> dict[object, str]:
         file_name = require(image, "file_name", path, f"images[{index}]", schema)
         if not isinstance(file_name, str) or not file_name.strip():
             raise UserError(
-                f"{path}: 'file_name' in images[{index}] is {describe_value(file_name)}, expected a file name ({schema})"
+                f"{path}: 'file_name' in images[{index}] is {describe_value(file_name)}, "
+                f"expected a file name ({schema})"
             )
         if image_id in file_names and file_names[image_id] != file_name:
             raise UserError(
-                f"{path}: images[{index}] repeats id {image_id!r} of images[{first_index[image_id]}] with another file "
-                f"({file_name!r}, not {file_names[image_id]!r}); image ids must be unique"
+                f"{path}: images[{index}] repeats id {image_id!r} of images[{first_index[image_id]}] "
+                f"with another file ({file_name!r}, not {file_names[image_id]!r}); image ids must be unique"
             )
         file_names[image_id] = file_name
         first_index.setdefault(image_id, index)
@@ -592,7 +593,8 @@ def _records_of(data: object, path: Path) -> list[tuple[str, dict]]:
     if isinstance(data, dict):
         return [("record 0", data)]
     raise UserError(
-        f"{path}: the file holds {describe_value(data)}; expected a list of objects, JSON Lines, or an object of columns"
+        f"{path}: the file holds {describe_value(data)}; expected a list of objects, JSON Lines, "
+        "or an object of columns"
     )
 
 
@@ -627,7 +629,8 @@ def _loader_of(dataset: str, loader: str) -> str:
         return _FILE_LOADERS[path.suffix.lower()]
     if path.suffix or dataset.startswith((".", "/", "~")) or dataset.count("/") > 1:
         raise UserError(
-            f"{dataset}: no such file or folder (expected a save_to_disk folder, an image folder, a JSON/CSV/Parquet file or a Hub id)"
+            f"{dataset}: no such file or folder (expected a save_to_disk folder, an image folder, "
+            "a JSON/CSV/Parquet file or a Hub id)"
         )
     return "hub"
 
@@ -811,8 +814,8 @@ def read_captions_dataset(
     rows = []  # (split, image id, captions, image)
     source = Source(
         name="captions",
-        description=f"Image–caption dataset `{dataset}`; objects are those its captions name (COCO vocabulary with synonyms), "
-        "so an 'absent' object is one no caption of the image names.",
+        description=f"Image–caption dataset `{dataset}`; objects are those its captions name "
+        "(COCO vocabulary with synonyms), so an 'absent' object is one no caption of the image names.",
         license="other",
         items=[],
         object_sets=[],
@@ -920,8 +923,8 @@ def read_ccneg(annotations: Path | str, images: Path | str, eval_size: int = CCN
     first_eval = len(entries) - eval_size
     source = Source(
         name="ccneg",
-        description=f"CC-Neg (CoN-CLIP, WACV 2025): CC3M images with LLM-negated captions; the last {eval_size} items are "
-        "the published evaluation split (here: test).",
+        description=f"CC-Neg (CoN-CLIP, WACV 2025): CC3M images with LLM-negated captions; "
+        f"the last {eval_size} items are the published evaluation split (here: test).",
         license="other",
         items=[],
         object_sets=[],
@@ -1071,8 +1074,8 @@ def read_negationclip(annotations: Path | str, images: Path | str, instances: Pa
     areas = read_coco_objects(instances)[0] if instances else None
     source = Source(
         name="negationclip",
-        description="NegationCLIP (ICCV 2025): COCO captions rewritten by an LLM to state that a plausible object, checked "
-        "absent by a VLM, is not there; the negated object is recovered from the rewrite.",
+        description="NegationCLIP (ICCV 2025): COCO captions rewritten by an LLM to state that a plausible "
+        "object, checked absent by a VLM, is not there; the negated object is recovered from the rewrite.",
         license="other",
         items=[],
         object_sets=[],

@@ -30,7 +30,8 @@ def _check_target(out: Path, overwrite: bool) -> None:
             raise UserError(f"--out {out}: already exists; pass --overwrite to replace it")
         if not ((out / "dataset_dict.json").is_file() or (out / SUMMARY_FILE).is_file()):
             raise UserError(
-                f"--out {out}: --overwrite only replaces a dataset this tool built, and this folder has no dataset_dict.json"
+                f"--out {out}: --overwrite only replaces a dataset this tool built, "
+                "and this folder has no dataset_dict.json"
             )
 
 
@@ -106,10 +107,10 @@ def write_atomically(out: Path, overwrite: bool, fill: Callable[[Path, Path], No
         written = _bytes_under(root)
         shutil.rmtree(root, ignore_errors=True)
         raise UserError(
-            f"--out {out}: the disk is full ({full.strerror or 'no space left'}): the build had written {_mib(written)} beside "
-            f"--out when it ran out of space. Nothing at --out was changed and the partial build was removed "
-            f"({_mib(shutil.disk_usage(out.parent).free)} free there now): free space on that disk, or pass an --out on a disk "
-            f"with more room"
+            f"--out {out}: the disk is full ({full.strerror or 'no space left'}): the build had written "
+            f"{_mib(written)} beside --out when it ran out of space. Nothing at --out was changed and the partial "
+            f"build was removed ({_mib(shutil.disk_usage(out.parent).free)} free there now): free space on that "
+            "disk, or pass an --out on a disk with more room"
         ) from None
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -152,5 +153,6 @@ def push_to_hub(out: Path, repo_id: str, card: str, private: bool = False) -> No
         dataset_dict.push_to_hub(repo_id, private=private)
     except Exception as error:  # network, authentication, permissions: the local build stays valid
         raise UserError(
-            f"--push_to_hub {repo_id}: the push failed ({type(error).__name__}: {error}); the dataset is saved at {out}"
+            f"--push_to_hub {repo_id}: the push failed ({type(error).__name__}: {error}); "
+            f"the dataset is saved at {out}"
         ) from None

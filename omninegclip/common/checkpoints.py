@@ -28,7 +28,8 @@ def _model_type(source: str, path: Path, what: str, cache_dir: str | None) -> ob
             config = json.loads((path / "config.json").read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise UserError(
-                f"{what}: cannot read its config as a Hub id or folder ({path / 'config.json'}: not valid JSON: {error})"
+                f"{what}: cannot read its config as a Hub id or folder "
+                f"({path / 'config.json'}: not valid JSON: {error})"
             ) from None
         return config.get("model_type") if isinstance(config, dict) else None
     from transformers import AutoConfig

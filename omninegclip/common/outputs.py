@@ -119,9 +119,10 @@ class OutputLock:
                     where = "" if same_host else f" on host {host}"
                     command = f"; its command: {holder['command']}" if isinstance(holder.get("command"), str) else ""
                     raise UserError(
-                        f"{self.flag} {str(self.folder)!r} is in use by another {self.kind} (pid {pid}{where}, lock file {self.path}"
-                        f"{command}): two {self.kind}s into one folder would replace each other's {self.at_stake}; wait for it, "
-                        f"pass another {self.flag}, or delete the lock file if that {self.kind} is gone"
+                        f"{self.flag} {str(self.folder)!r} is in use by another {self.kind} "
+                        f"(pid {pid}{where}, lock file {self.path}{command}): two {self.kind}s into one folder "
+                        f"would replace each other's {self.at_stake}; wait for it, pass another {self.flag}, "
+                        f"or delete the lock file if that {self.kind} is gone"
                     ) from None
                 logger.warning(
                     "%s %s: taking over the lock of pid %s, which is no longer running (%s)",

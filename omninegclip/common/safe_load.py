@@ -80,8 +80,8 @@ def load_torch_file(path: str | Path, hint: str = "") -> object:
         refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
         if refused is not None:
             raise UserError(
-                f"{path}: refused to load: the file needs arbitrary unpickling of {refused.group(1)}, which could run code "
-                f"(torch.load with weights_only=True refused it; nothing in the file was run).{hint}"
+                f"{path}: refused to load: the file needs arbitrary unpickling of {refused.group(1)}, which could "
+                f"run code (torch.load with weights_only=True refused it; nothing in the file was run).{hint}"
             ) from None
         detail = re.search(r"WeightsUnpickler error:\s*([^\n]+(?:\n\s*\n\s*[^\n]+)?)", text)
         reason = " ".join(detail.group(1).split()) if detail else "it could not be parsed"

@@ -54,7 +54,8 @@ def padded_option_scores(score_lists: Sequence[Sequence[float]]) -> tuple[torch.
 def _check_choices(scores: torch.Tensor, answers: torch.Tensor, option_mask: torch.Tensor, tie_rule: str) -> None:
     if tie_rule not in TIE_RULES:
         raise ValueError(
-            f"tie_rule {tie_rule!r}: expected 'strict' (a tie counts as wrong) or 'argmax' (NegBench's: the first of the tied options wins)"
+            f"tie_rule {tie_rule!r}: expected 'strict' (a tie counts as wrong) or 'argmax' "
+            "(NegBench's: the first of the tied options wins)"
         )
     if scores.dim() != 2 or answers.dim() != 1 or len(answers) != len(scores):
         raise ValueError(
@@ -159,7 +160,8 @@ def positive_mask(positive_of: Sequence[Sequence[int]], candidates: int) -> torc
         positives = list(positives)
         if not positives or not all(0 <= index < candidates for index in positives):
             raise ValueError(
-                f"query {query}: right candidates {positives} must be one or more indices into its {candidates} candidates"
+                f"query {query}: right candidates {positives} must be one or more indices into its "
+                f"{candidates} candidates"
             )
         positive[query, positives] = True
     return positive
@@ -179,6 +181,7 @@ def recall_at(ranks: torch.Tensor, k: int) -> float:
     if len(negative):
         query = int(negative[0])
         raise ValueError(
-            f"query {query}: rank {int(ranks[query])} is negative; ranks are 0-based (0: no wrong candidate ranks above)"
+            f"query {query}: rank {int(ranks[query])} is negative; ranks are 0-based "
+            "(0: no wrong candidate ranks above)"
         )
     return (ranks < k).sum().item() / len(ranks) if len(ranks) else float("nan")

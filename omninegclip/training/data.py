@@ -210,7 +210,10 @@ def summarize_reports(reports: list[SourceReport], max_length: int) -> tuple[str
     if truncated:
         total = sum(count for _, count in truncated)
         shares = ", ".join(f"{report.split} {report.name!r}: {count}" for report, count in truncated)
-        line += f" | truncated {total} caption(s) longer than {max_length} tokens ({shares}); CLIP reads only the first {max_length}"
+        line += (
+            f" | truncated {total} caption(s) longer than {max_length} tokens ({shares}); "
+            f"CLIP reads only the first {max_length}"
+        )
     return line, bool(truncated) or any(report.skips for report in reports)
 
 

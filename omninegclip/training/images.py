@@ -332,7 +332,10 @@ def _load_cached(path: Path, count: int, embedded: bool) -> ImagePass | None:
         unreadable = {int(index): UnreadableImage(kind, message) for index, (kind, message) in listed.items()}
         problem = None
         if embedded and (embeds is None or embeds.ndim != 2 or len(embeds) != count):
-            problem = f"it holds {tuple(embeds.shape) if embeds is not None else 'no'} image embeddings, expected {count} rows"
+            problem = (
+                f"it holds {tuple(embeds.shape) if embeds is not None else 'no'} image embeddings, "
+                f"expected {count} rows"
+            )
         elif not embedded and "checked" not in names:
             problem = "it is not the record of a checking pass"
         elif any(not 0 <= index < count for index in unreadable):

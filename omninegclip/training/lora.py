@@ -107,7 +107,8 @@ def add_lora(
     blocks = resolve_text_blocks(model.config.text_config.num_hidden_layers, trainable)
     if not blocks:
         raise UserError(
-            "--lora_r > 0 needs at least one text block to adapt; --front_blocks/--text_preset/--text_blocks chose none"
+            "--lora_r > 0 needs at least one text block to adapt; "
+            "--front_blocks/--text_preset/--text_blocks chose none"
         )
     if trainable.train_logit_scale:
         raise UserError(LOGIT_SCALE_WITH_LORA)

@@ -135,7 +135,8 @@ def which_object_rows(
     }
     if not usable:
         logger.info(
-            "which-object accuracy: not computed (the evaluation data has no %s/%s columns naming the negated objects)",
+            "which-object accuracy: not computed "
+            "(the evaluation data has no %s/%s columns naming the negated objects)",
             NEGATED_OBJECT_COLUMN,
             ABSENT_OBJECT_COLUMN,
         )

@@ -35,7 +35,8 @@ Examples:
 _CITATION = """
 @inproceedings{alhamoud2025negbench,
   title={Vision-Language Models Do Not Understand Negation},
-  author={Alhamoud, Kumail and Alshammari, Shaden and Tian, Yonglong and Li, Guohao and Torr, Philip and Kim, Yoon and Ghassemi, Marzyeh},
+  author={Alhamoud, Kumail and Alshammari, Shaden and Tian, Yonglong and Li, Guohao and Torr, Philip and \
+Kim, Yoon and Ghassemi, Marzyeh},
   booktitle={CVPR},
   year={2025}
 }

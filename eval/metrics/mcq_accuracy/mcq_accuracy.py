@@ -37,15 +37,18 @@ Examples:
     >>> mcq = evaluate.load("eval/metrics/mcq_accuracy")
     >>> mcq.compute(scores=[[0.3, 0.2, 0.1, 0.0], [0.1, 0.3, 0.3, 0.0], [0.0, 0.1, 0.2, 0.4]],
     ...             answers=[0, 1, 3], template_types=["affirmation", "negation", "negation"])
-    {'accuracy': 0.6666666666666666, 'accuracy/affirmation': 1.0, 'accuracy/negation': 0.5, 'accuracy/group_mean': 0.75}
-    >>> evaluate.load("eval/metrics/mcq_accuracy", "correct").compute(correct=[True, False], template_types=["hybrid", "hybrid"])
+    {'accuracy': 0.6666666666666666, 'accuracy/affirmation': 1.0, 'accuracy/negation': 0.5,
+     'accuracy/group_mean': 0.75}
+    >>> evaluate.load("eval/metrics/mcq_accuracy", "correct").compute(
+    ...     correct=[True, False], template_types=["hybrid", "hybrid"])
     {'accuracy': 0.5, 'accuracy/hybrid': 0.5}
 """
 
 _CITATION = """
 @inproceedings{alhamoud2025negbench,
   title={Vision-Language Models Do Not Understand Negation},
-  author={Alhamoud, Kumail and Alshammari, Shaden and Tian, Yonglong and Li, Guohao and Torr, Philip and Kim, Yoon and Ghassemi, Marzyeh},
+  author={Alhamoud, Kumail and Alshammari, Shaden and Tian, Yonglong and Li, Guohao and Torr, Philip and \
+Kim, Yoon and Ghassemi, Marzyeh},
   booktitle={CVPR},
   year={2025}
 }

@@ -27,7 +27,8 @@ Args:
     pair_types (`list` of `str`): per pair, its type (e.g. "presence", "absence_choice", "which_object").
     tie_rule (`str`, defaults to "strict"): "strict" (a tie is wrong) or "argmax" (a tie goes to the true caption).
 Returns:
-    accuracy (`float`): the share of pairs where the true caption wins; <type>_accuracy (`float`): the same per pair type.
+    accuracy (`float`): the share of pairs where the true caption wins;
+    <type>_accuracy (`float`): the same per pair type.
 Examples:
     >>> two_way = evaluate.load("eval/metrics/two_way_accuracy")
     >>> two_way.compute(true_scores=[0.32, 0.30, 0.25], false_scores=[0.28, 0.30, 0.27],

@@ -11,7 +11,8 @@ CITATIONS = {
     "omninegclip": (
         "the method",
         """@misc{omninegclip,
-  title         = {Omni-NegCLIP: Enhancing CLIP with Front-Layer Contrastive Fine-Tuning for Comprehensive Negation Understanding},
+  title         = {Omni-NegCLIP: Enhancing CLIP with Front-Layer Contrastive Fine-Tuning for Comprehensive \
+Negation Understanding},
   note          = {author list: see the arXiv page},
   eprint        = {2603.29258},
   archivePrefix = {arXiv},
@@ -22,7 +23,9 @@ CITATIONS = {
         "the CLIP architecture",
         """@inproceedings{radford2021clip,
   title     = {Learning Transferable Visual Models From Natural Language Supervision},
-  author    = {Radford, Alec and Kim, Jong Wook and Hallacy, Chris and Ramesh, Aditya and Goh, Gabriel and Agarwal, Sandhini and Sastry, Girish and Askell, Amanda and Mishkin, Pamela and Clark, Jack and Krueger, Gretchen and Sutskever, Ilya},
+  author    = {Radford, Alec and Kim, Jong Wook and Hallacy, Chris and Ramesh, Aditya and Goh, Gabriel and \
+Agarwal, Sandhini and Sastry, Girish and Askell, Amanda and Mishkin, Pamela and Clark, Jack and \
+Krueger, Gretchen and Sutskever, Ilya},
   booktitle = {Proceedings of the 38th International Conference on Machine Learning (ICML)},
   year      = {2021},
   eprint    = {2103.00020},
@@ -45,7 +48,8 @@ CITATIONS = {
         "NegBench",
         """@misc{alhamoud2025negbench,
   title         = {Vision-Language Models Do Not Understand Negation},
-  author        = {Alhamoud, Kumail and Alshammari, Shaden and Tian, Yonglong and Li, Guohao and Torr, Philip and Kim, Yoon and Ghassemi, Marzyeh},
+  author        = {Alhamoud, Kumail and Alshammari, Shaden and Tian, Yonglong and Li, Guohao and Torr, Philip and \
+Kim, Yoon and Ghassemi, Marzyeh},
   year          = {2025},
   eprint        = {2501.09425},
   archivePrefix = {arXiv}
@@ -55,7 +59,8 @@ CITATIONS = {
         "NegRefCOCOg (NegationCLIP)",
         """@misc{park2025negationclip,
   title         = {Know ``No'' Better: A Data-Driven Approach for Enhancing Negation Awareness in CLIP},
-  author        = {Park, Junsung and Lee, Jungbeom and Song, Jongyoon and Yu, Sangwon and Jung, Dahuin and Yoon, Sungroh},
+  author        = {Park, Junsung and Lee, Jungbeom and Song, Jongyoon and Yu, Sangwon and Jung, Dahuin and \
+Yoon, Sungroh},
   year          = {2025},
   eprint        = {2501.10913},
   archivePrefix = {arXiv}
@@ -65,8 +70,10 @@ CITATIONS = {
         "VALSE",
         """@inproceedings{parcalabescu2022valse,
   title     = {{VALSE}: A Task-Independent Benchmark for Vision and Language Models Centered on Linguistic Phenomena},
-  author    = {Parcalabescu, Letitia and Cafagna, Michele and Muradjan, Lilitta and Frank, Anette and Calixto, Iacer and Gatt, Albert},
-  booktitle = {Proceedings of the 60th Annual Meeting of the Association for Computational Linguistics (Volume 1: Long Papers)},
+  author    = {Parcalabescu, Letitia and Cafagna, Michele and Muradjan, Lilitta and Frank, Anette and \
+Calixto, Iacer and Gatt, Albert},
+  booktitle = {Proceedings of the 60th Annual Meeting of the Association for Computational Linguistics \
+(Volume 1: Long Papers)},
   pages     = {8253--8280},
   year      = {2022},
   doi       = {10.18653/v1/2022.acl-long.567}

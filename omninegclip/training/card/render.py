@@ -117,9 +117,9 @@ def _details(facts: CheckpointFacts) -> str:
     lines.append(f"- **Training data:** {data}" + (f" — built with {', '.join(built)}" if built else ""))
     if facts.image_size:
         lines.append(
-            f"- **Input:** {facts.image_size}×{facts.image_size} RGB images; ViT with {arch['patch_size']}-px patches, "
-            f"{arch['vision_layers']} vision / {arch['text_layers']} text layers (widths {arch['vision_hidden']} / "
-            f"{arch['text_hidden']}), {arch['projection_dim']}-d embeddings"
+            f"- **Input:** {facts.image_size}×{facts.image_size} RGB images; ViT with {arch['patch_size']}-px "
+            f"patches, {arch['vision_layers']} vision / {arch['text_layers']} text layers "
+            f"(widths {arch['vision_hidden']} / {arch['text_hidden']}), {arch['projection_dim']}-d embeddings"
         )
     if facts.negation_training:
         lora = settings.get("lora")
@@ -148,7 +148,10 @@ def _usage(facts: CheckpointFacts) -> str:
     example = next((e for e in facts.widget_examples if e.expected_label), facts.widget_examples[0])
     labels = json.dumps(example.candidate_labels)
     if example.is_url:
-        load = f"import requests\nfrom PIL import Image\n\nimage = Image.open(requests.get({json.dumps(example.image)}, stream=True).raw)"
+        load = (
+            "import requests\nfrom PIL import Image\n\n"
+            f"image = Image.open(requests.get({json.dumps(example.image)}, stream=True).raw)"
+        )
     else:
         name = stored_image(facts.widget_examples.index(example), example)
         load = (
@@ -264,8 +267,9 @@ def render_model_card(
         if pushed
         else (
             "> This card was written for a local folder whose Hub repo is not known yet: the widget's images are "
-            "named by their path in the folder (`widget/...`). `python -m omninegclip.training.model_card FOLDER --push_to_hub "
-            "OWNER/NAME` rewrites them as `https://huggingface.co/OWNER/NAME/resolve/main/widget/...` (and puts bare "
+            "named by their path in the folder (`widget/...`). "
+            "`python -m omninegclip.training.model_card FOLDER --push_to_hub OWNER/NAME` rewrites them as "
+            "`https://huggingface.co/OWNER/NAME/resolve/main/widget/...` (and puts bare "
             "repo names under OWNER) when it pushes.\n"
         ),
         results=_demote_headings(_without_title(results_markdown))

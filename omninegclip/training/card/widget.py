@@ -58,7 +58,8 @@ class WidgetExample:
             )
         if self.expected_label is not None and self.expected_label not in self.candidate_labels:
             raise ValueError(
-                f"widget example {self.title!r}: expected_label {self.expected_label!r} is not one of {self.candidate_labels}"
+                f"widget example {self.title!r}: expected_label {self.expected_label!r} is not one of "
+                f"{self.candidate_labels}"
             )
 
     @property
@@ -109,7 +110,8 @@ def load_widget_examples(path: str | Path) -> list[WidgetExample]:
         examples = [WidgetExample(**entry) for entry in entries]
     except (ValueError, TypeError) as error:
         raise UserError(
-            f"widget examples file {path}: {error} (each example: image, candidate_labels (list), title, expected_label)"
+            f"widget examples file {path}: {error} "
+            "(each example: image, candidate_labels (list), title, expected_label)"
         ) from None
     for example in examples:
         if not example.is_url:
