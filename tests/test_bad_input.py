@@ -21,9 +21,9 @@ import os
 import pickle
 import re
 import shutil
+import signal
 import socket
 import subprocess
-import signal
 import sys
 import time
 from collections.abc import Callable
@@ -2287,12 +2287,20 @@ def test_overwriting_a_run_removes_its_checkpoints_and_resume_compares_the_sched
     train.main(fx.good_run(*steps, "--overwrite_output_dir", "true", "--learning_rate", "5e-4"))
     assert "removed the old run's checkpoint-1, checkpoint-2" in caplog.text
     assert sorted(path.name for path in Path(out).glob("checkpoint-*")) == ["checkpoint-1"]  # the new run's only
-    code, output = invoke_cli("train", fx.good_run(*steps, "--max_steps", "2", "--learning_rate", "1e-3",
-                                                   "--resume_from_checkpoint", "latest"), capsys, caplog)
+    code, output = invoke_cli(
+        "train",
+        fx.good_run(*steps, "--max_steps", "2", "--learning_rate", "1e-3", "--resume_from_checkpoint", "latest"),
+        capsys,
+        caplog,
+    )
     assert code == 2 and "was saved by a run with other settings: schedule and optimiser" in output
     assert "'learning_rate': 0.0005" in output and "'learning_rate': 0.001" in output
-    code, output = invoke_cli("train", fx.good_run(*steps, "--max_steps", "2", "--learning_rate", "5e-4",
-                                                   "--resume_from_checkpoint", "latest"), capsys, caplog)
+    code, output = invoke_cli(
+        "train",
+        fx.good_run(*steps, "--max_steps", "2", "--learning_rate", "5e-4", "--resume_from_checkpoint", "latest"),
+        capsys,
+        caplog,
+    )
     assert code == 0 and f"resuming from {out}/checkpoint-1 (step 1)" in output, output[-3000:]
 
 
@@ -2318,9 +2326,17 @@ def test_sigterm_stops_a_run_like_ctrl_c(fx, tmp_path):
     )
     environment = {key: value for key, value in os.environ.items() if key != "OMNINEGCLIP_DEBUG"}
     environment.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1")
-    argv = fx.good_run("--output_dir", str(out), "--max_steps", "100000", "--save_strategy", "steps", "--save_steps", "1")
-    process = subprocess.Popen([sys.executable, "-c", code, *argv], cwd=REPO, env=environment,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    argv = fx.good_run(
+        "--output_dir", str(out), "--max_steps", "100000", "--save_strategy", "steps", "--save_steps", "1"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", code, *argv],
+        cwd=REPO,
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         while not started.exists():
             assert process.poll() is None, process.stderr.read()[-3000:]
@@ -2331,7 +2347,9 @@ def test_sigterm_stops_a_run_like_ctrl_c(fx, tmp_path):
         if process.poll() is None:
             process.kill()
     assert process.returncode == 143, stderr[-3000:]
-    assert "terminated (SIGTERM):" in stderr and "--resume_from_checkpoint latest" in stderr and "Traceback" not in stderr
+    assert (
+        "terminated (SIGTERM):" in stderr and "--resume_from_checkpoint latest" in stderr and "Traceback" not in stderr
+    )
     assert not (out / "_omninegclip.lock").exists()
     assert any(path.is_dir() for path in out.glob("checkpoint-*"))  # the complete checkpoints are kept
 
@@ -2341,7 +2359,9 @@ def tiny_disk(tmp_path):
     """A real 1 MiB tmpfs (root and a kernel that allows it), unmounted afterwards."""
     mount = tmp_path / "tiny_disk"
     mount.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True, text=True)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True, text=True
+    )
     if result.returncode != 0:
         pytest.skip(f"cannot mount a 1 MiB tmpfs here: {result.stderr.strip() or result.returncode}")
     yield mount

@@ -58,8 +58,13 @@ def load_with(folder: Path, pythonpath: str | None) -> dict:
     environment.pop("PYTHONPATH", None)
     if pythonpath:
         environment["PYTHONPATH"] = pythonpath
-    result = subprocess.run([sys.executable, "-c", LOAD, str(folder), str(folder.parent / "red.png")], cwd=folder.parent,
-                            env=environment, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", LOAD, str(folder), str(folder.parent / "red.png")],
+        cwd=folder.parent,
+        env=environment,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -83,7 +88,9 @@ def test_the_pinned_and_the_oldest_transformers_load_it_as_plain_clip(checkpoint
         assert loaded["class"] == "CLIPModel" and loaded["labels"] == sorted(LABELS)
     torch.testing.assert_close(torch.tensor(oldest["logits"]), torch.tensor(pinned["logits"]), rtol=1e-4, atol=1e-4)
     model, processor = CLIPModel.from_pretrained(checkpoint).eval(), CLIPProcessor.from_pretrained(checkpoint)
-    inputs = processor(text=LABELS, images=Image.open(checkpoint.parent / "red.png"), return_tensors="pt", padding=True)
+    inputs = processor(
+        text=LABELS, images=Image.open(checkpoint.parent / "red.png"), return_tensors="pt", padding=True
+    )
     with torch.no_grad():
         here = model(**inputs).logits_per_image[0]
     torch.testing.assert_close(torch.tensor(pinned["logits"]), here, rtol=1e-5, atol=1e-5)

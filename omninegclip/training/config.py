@@ -365,19 +365,25 @@ class OmniNegCLIPConfig(TrainingArguments, CaptionColumnArguments):
     def _check_evaluation(self) -> None:
         strategy = str(getattr(self.eval_strategy, "value", self.eval_strategy))
         if self.load_best_model_at_end and strategy == "no":
-            raise UserError("--load_best_model_at_end keeps the checkpoint with the best evaluation, but --eval_strategy is "
-                            "no: pass --eval_strategy steps (or epoch, as --save_strategy) and an --eval_split the data has")
+            raise UserError(
+                "--load_best_model_at_end keeps the checkpoint with the best evaluation, but --eval_strategy is "
+                "no: pass --eval_strategy steps (or epoch, as --save_strategy) and an --eval_split the data has"
+            )
         if self.metric_for_best_model is not None:
             name = self.metric_for_best_model.removeprefix("eval_")
             if name not in EVALUATION_METRICS:
-                raise UserError(f"--metric_for_best_model {self.metric_for_best_model}: no evaluation reports it; the "
-                                f"evaluation reports {', '.join('eval_' + metric for metric in EVALUATION_METRICS)} "
-                                f"(eval_which_object_accuracy where the data names the negated objects)")
+                raise UserError(
+                    f"--metric_for_best_model {self.metric_for_best_model}: no evaluation reports it; the "
+                    f"evaluation reports {', '.join('eval_' + metric for metric in EVALUATION_METRICS)} "
+                    f"(eval_which_object_accuracy where the data names the negated objects)"
+                )
 
     def _check_precision(self) -> None:
         """fp16/bf16 that the device cannot use are switched off with a warning (and recorded as off)."""
         if self.fp16 and self.device.type == "cpu":
-            logger.warning("--fp16 has no effect on the CPU: training runs in float32 (use --bf16 for a CPU that has it)")
+            logger.warning(
+                "--fp16 has no effect on the CPU: training runs in float32 (use --bf16 for a CPU that has it)"
+            )
             self.fp16 = False
 
     @property

@@ -145,7 +145,9 @@ def prepare_splits(
         for name, dataset in named.items():
             if len(dataset) == 0:
                 split = getattr(dataset, "split", None)
-                raise UserError(EMPTY_SPLIT[role].format(name=name, split=f" {str(split)!r}" if split is not None else ""))
+                raise UserError(
+                    EMPTY_SPLIT[role].format(name=name, split=f" {str(split)!r}" if split is not None else "")
+                )
         with config.main_process_first(desc=f"preparing {role} data"):
             prepared[role], split_reports = prepare_dataset(
                 list(named.values()),
@@ -167,9 +169,9 @@ def prepare_splits(
 
 EMPTY_SPLIT = {
     "train": "dataset {name!r}: its training split{split} (--train_split) is empty: nothing to train on; "
-             "pass the split that holds the training rows",
+    "pass the split that holds the training rows",
     "eval": "dataset {name!r}: its evaluation split{split} (--eval_split) is empty: pass --eval_split none to "
-            "train without evaluation, or a split that has rows",
+    "train without evaluation, or a split that has rows",
 }
 
 

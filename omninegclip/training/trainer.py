@@ -147,7 +147,9 @@ class OmniNegCLIPTrainer(Trainer):
             args.dataloader_drop_last = True
         train_named, eval_named = _named(train_dataset, "train"), _named(eval_dataset, "eval")
         self.source_names = list(train_named)
-        check_output_and_resume(args, args.overwrite_output_dir, self.source_names + list(eval_named), model.name_or_path)
+        check_output_and_resume(
+            args, args.overwrite_output_dir, self.source_names + list(eval_named), model.name_or_path
+        )
         self.widget = load_widget_examples(args.widget_examples) if args.widget_examples else None
         if args.push_to_hub:
             check_hub_access(args)
