@@ -38,7 +38,8 @@ negation labels). `--hub_strategy every_save|checkpoint|all_checkpoints` also ba
 save, and `--resume_from_checkpoint last-checkpoint` resumes from the Hub's backup (LoRA: `end` only):
 
     python train.py <flags> --push_to_hub --hub_model_id you/omninegclip-vit-b32 --hub_strategy checkpoint
-    python -m omninegclip.training.model_card runs/omninegclip --push_to_hub you/omninegclip-vit-b32  # again, after eval
+    # the card again, after `python -m eval`:
+    python -m omninegclip.training.model_card runs/omninegclip --push_to_hub you/omninegclip-vit-b32
 
 The same run from Python (a notebook): docs/trainer.md.
 
@@ -168,7 +169,8 @@ def main(argv: list[str]) -> tuple[OmniNegCLIPTrainer, dict]:
     set_seed(config.seed)
     if config.image_embedding_cache_dir:
         ensure_writable(config.image_embedding_cache_dir, "--image_embedding_cache_dir")
-    # Before anything slow (the Trainer checks both again): the trackers, and the output folder, before the lock is taken in it.
+    # Before anything slow (the Trainer checks both again): the trackers, and the output folder
+    # before the lock is taken in it.
     check_report_to(config)
     check_output_and_resume(config, config.overwrite_output_dir, data_args.sources(), model_args.model_name_or_path)
     try:

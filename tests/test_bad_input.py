@@ -172,10 +172,13 @@ class Fixtures:
         """A CC-Neg .pt of two items on ok.png: a good one, and one whose negative prompt is `second_negative`."""
         path = self.root / name
         if not path.exists():
-            entry = lambda negative: {
-                "json": {"caption": "a dog on a couch"},
-                "sop_data": {"negative-prompt": negative, "sop_chosen_object": "dog"},
-            }  # noqa: E731
+
+            def entry(negative):
+                return {
+                    "json": {"caption": "a dog on a couch"},
+                    "sop_data": {"negative-prompt": negative, "sop_chosen_object": "dog"},
+                }
+
             torch.save(
                 {
                     "image_paths": ["/workspace/datasets/cc3m/cc3m_subset_images_extracted_final/ok.png"] * 2,
@@ -661,8 +664,10 @@ CASES = [
         ),
         2,
         (
-            "bad_captions.jsonl: the source has no usable rows: skipped 3 (caption_not_text: 1 [bad_captions.jsonl line 1 (column 'caption')]; "
-            "empty_caption: 1 [bad_captions.jsonl line 2 (column 'caption')]; missing_caption: 1 [bad_captions.jsonl line 3 (column 'caption')])",
+            "bad_captions.jsonl: the source has no usable rows: skipped 3 (caption_not_text: 1 [bad_captions.jsonl "
+            "line 1 (column 'caption')]; "
+            "empty_caption: 1 [bad_captions.jsonl line 2 (column 'caption')]; missing_caption: 1 [bad_captions.jsonl "
+            "line 3 (column 'caption')])",
         ),
     ),
     Case(
@@ -774,7 +779,8 @@ CASES = [
         ),
         0,
         (
-            "source:caption_not_text: 2 [not_text.jsonl line 3 (column 'caption'); not_text.jsonl line 4 (column 'caption')]",
+            "source:caption_not_text: 2 [not_text.jsonl line 3 (column 'caption'); not_text.jsonl line 4 (column "
+            "'caption')]",
         ),
     ),
     Case(
@@ -795,7 +801,8 @@ CASES = [
         0,
         (
             "source:empty_caption: 1 [empty_caps.jsonl line 3 (column 'caption')]",
-            "source:missing_caption: 2 [empty_caps.jsonl line 4 (column 'caption'); empty_caps.jsonl line 5 (column 'caption')]",
+            "source:missing_caption: 2 [empty_caps.jsonl line 4 (column 'caption'); empty_caps.jsonl line 5 (column "
+            "'caption')]",
         ),
     ),
     Case(
@@ -952,7 +959,7 @@ CASES = [
         ("longer than CLIP's 77 tokens (the text encoder reads only their start): caption 1",),
         once="77 tokens",
     ),
-    # ------------------------------------------------------------------ data_builder.py: COCO / CC-Neg readers (issue 14)
+    # ---------------------------------------------------------- data_builder.py: COCO / CC-Neg readers (issue 14)
     Case(
         "data_builder",
         "coco_duplicate_image_id",
@@ -968,7 +975,8 @@ CASES = [
         ),
         2,
         (
-            "images[1] repeats id 1 of images[0] with another file ('gray.png', not 'ok.png'); image ids must be unique",
+            "images[1] repeats id 1 of images[0] with another file ('gray.png', not 'ok.png'); image ids must be "
+            "unique",
         ),
     ),
     Case(
@@ -983,7 +991,8 @@ CASES = [
         ),
         2,
         (
-            "'image_id' in annotations[0] is the string '1' but its 'images' list has the id as the integer 1; the types differ",
+            "'image_id' in annotations[0] is the string '1' but its 'images' list has the id as the integer 1; the "
+            "types differ",
         ),
     ),
     Case(
@@ -1128,7 +1137,8 @@ CASES = [
         ),
         2,
         (
-            "int_captions': no usable row (column 'caption'): skipped 3 (caption_not_text: 3 [row 0, column 'caption': int 1; "
+            "int_captions': no usable row (column 'caption'): skipped 3 (caption_not_text: 3 [row 0, column "
+            "'caption': int 1; "
             "row 1, column 'caption': int 2; row 2, column 'caption': int 3])",
         ),
     ),
@@ -1329,7 +1339,8 @@ CASES = [
         lambda fx: fx.good_run("--per_device_train_batch_size", "1"),
         0,
         (
-            "a global batch of 1 row (--per_device_train_batch_size 1 x 1 process): the in-batch terms loss_presence_text, "
+            "a global batch of 1 row (--per_device_train_batch_size 1 x 1 process): the in-batch terms "
+            "loss_presence_text, "
             "loss_absence_negated, loss_absence_original compare each row only with itself and are 0",
         ),
     ),
@@ -1378,7 +1389,8 @@ CASES = [
         0,
         (
             "dataset",
-            "same_as_caption': 2 of the first 4 rows have a --presence_column 'presence_negated' text identical to their caption (rows 0, 2)",
+            "same_as_caption': 2 of the first 4 rows have a --presence_column 'presence_negated' text identical to "
+            "their caption (rows 0, 2)",
         ),
     ),
     Case(
@@ -1404,7 +1416,8 @@ CASES = [
         lambda fx: ["--model_name_or_path", fx.broken_clip("deeper_config"), *fx.good_run()[2:]],
         2,
         (
-            "clip_deeper_config/model.safetensors does not fit its config.json: missing from the weights (they would stay random): "
+            "clip_deeper_config/model.safetensors does not fit its config.json: missing from the weights (they would "
+            "stay random): "
             "text_model.encoder.layers.3.layer_norm1.bias",
         ),
     ),
@@ -1525,7 +1538,8 @@ CASES = [
         ),
         2,
         (
-            "mcq_short.csv: line 2 has 5 fields, but the header has 7 (image_path, correct_answer, caption_0, caption_1, caption_2, "
+            "mcq_short.csv: line 2 has 5 fields, but the header has 7 (image_path, correct_answer, caption_0, "
+            "caption_1, caption_2, "
             "caption_3, correct_answer_template)",
         ),
     ),
@@ -2011,7 +2025,8 @@ CASES += [  # the table the matrix test is parametrized with (pytest reads it at
         2,
         (
             "--model ",
-            "clip_deeper_config/model.safetensors does not fit its config.json: missing from the weights (they would stay random): "
+            "clip_deeper_config/model.safetensors does not fit its config.json: missing from the weights (they would "
+            "stay random): "
             "text_model.encoder.layers.3.layer_norm1.bias",
         ),
     ),
@@ -2064,9 +2079,11 @@ CASES += [  # the table the matrix test is parametrized with (pytest reads it at
         ),
         0,
         (
-            "statements (--statement_rate 1.0): 0 of 2 rows; a statement needs both a presence and an absence negation, which 0 rows have "
+            "statements (--statement_rate 1.0): 0 of 2 rows; a statement needs both a presence and an absence "
+            "negation, which 0 rows have "
             "(2 presence only, 0 absence only)",
-            "WARNING: --statement_rate 1.0 wrote no statement: no row has both negations (none has an absence negation); "
+            "WARNING: --statement_rate 1.0 wrote no statement: no row has both negations (none has an absence "
+            "negation); "
             "CC-Neg gives presence negations only: pass --synthesize_absence",
         ),
     ),
@@ -2229,9 +2246,19 @@ def test_data_builder_refuses_a_second_build_into_the_same_folder(fx):
 # several runs, a second process or a mount: tests below.
 
 NOTHING_TRAINS = [
-    "--front_blocks", "0", "--train_token_embedding", "false", "--train_position_embedding", "false",
-    "--train_final_layer_norm", "false", "--train_text_projection", "false", "--train_logit_scale", "false",
-]  # fmt: skip
+    "--front_blocks",
+    "0",
+    "--train_token_embedding",
+    "false",
+    "--train_position_embedding",
+    "false",
+    "--train_final_layer_norm",
+    "false",
+    "--train_text_projection",
+    "false",
+    "--train_logit_scale",
+    "false",
+]
 
 
 def empty_validation_split(fx: Fixtures) -> str:
@@ -2250,30 +2277,85 @@ def fp16_recorded_off(fx: Fixtures) -> None:
 
 
 CASES += [
-    Case("train", "nothing_trains", lambda fx: fx.good_run(*NOTHING_TRAINS), 2,
-         ("nothing would train: --front_blocks/--text_preset/--text_blocks chose no text block and every --train_*",)),
-    Case("train", "best_model_metric_that_no_evaluation_reports",
-         lambda fx: fx.good_run("--metric_for_best_model", "eval_nonexistent_accuracy", "--load_best_model_at_end", "true",
-                                "--eval_strategy", "steps", "--save_strategy", "steps"), 2,
-         ("--metric_for_best_model eval_nonexistent_accuracy: no evaluation reports it; the evaluation reports eval_loss, "
-          "eval_presence_accuracy, eval_absence_choice_accuracy, eval_which_object_accuracy",)),
-    Case("train", "load_best_model_without_evaluation", lambda fx: fx.good_run("--load_best_model_at_end", "true"), 2,
-         ("--load_best_model_at_end keeps the checkpoint with the best evaluation, but --eval_strategy is no",)),
-    Case("train", "output_dir_is_the_base_model", lambda fx: fx.good_run("--output_dir", fx.clip(), "--overwrite_output_dir", "true"),
-         2, ("overlaps the model trained from, --model_name_or_path", "would replace its base in place"),
-         check=lambda fx: holds(Path(fx.clip()), ["config.json", "model.safetensors"])),
-    Case("train", "fp16_on_the_cpu", lambda fx: fx.good_run("--fp16", "true"), 0,
-         ("--fp16 has no effect on the CPU: training runs in float32", "wrote the checkpoint"), check=fp16_recorded_off),
-    Case("train", "mix_dataset_is_the_dataset",
-         lambda fx: fx.good_run("--mix_dataset_name", fx.dataset("good", ["a dog"] * 4)), 2,
-         ("--mix_dataset_name", "is --dataset_name itself: every row would be there twice (false in-batch negatives)",)),
-    Case("train", "empty_validation_split",
-         lambda fx: fx.train_args(empty_validation_split(fx), "--eval_strategy", "steps", "--eval_steps", "1"), 2,
-         ("empty_validation': its evaluation split", "(--eval_split) is empty: pass --eval_split none",)),
-    Case("train", "push_to_hub_offline", lambda fx: fx.good_run("--push_to_hub", "true", "--hub_model_id", "someone/x"), 2,
-         ("--push_to_hub: the Hub refused or could not be reached for repo 'someone/x'", "Nothing has trained yet"),
-         check=lambda fx: nothing_written(fx.last_out)),
-]  # fmt: skip
+    Case(
+        "train",
+        "nothing_trains",
+        lambda fx: fx.good_run(*NOTHING_TRAINS),
+        2,
+        ("nothing would train: --front_blocks/--text_preset/--text_blocks chose no text block and every --train_*",),
+    ),
+    Case(
+        "train",
+        "best_model_metric_that_no_evaluation_reports",
+        lambda fx: fx.good_run(
+            "--metric_for_best_model",
+            "eval_nonexistent_accuracy",
+            "--load_best_model_at_end",
+            "true",
+            "--eval_strategy",
+            "steps",
+            "--save_strategy",
+            "steps",
+        ),
+        2,
+        (
+            "--metric_for_best_model eval_nonexistent_accuracy: no evaluation reports it; the evaluation reports "
+            "eval_loss, "
+            "eval_presence_accuracy, eval_absence_choice_accuracy, eval_which_object_accuracy",
+        ),
+    ),
+    Case(
+        "train",
+        "load_best_model_without_evaluation",
+        lambda fx: fx.good_run("--load_best_model_at_end", "true"),
+        2,
+        ("--load_best_model_at_end keeps the checkpoint with the best evaluation, but --eval_strategy is no",),
+    ),
+    Case(
+        "train",
+        "output_dir_is_the_base_model",
+        lambda fx: fx.good_run("--output_dir", fx.clip(), "--overwrite_output_dir", "true"),
+        2,
+        ("overlaps the model trained from, --model_name_or_path", "would replace its base in place"),
+        check=lambda fx: holds(Path(fx.clip()), ["config.json", "model.safetensors"]),
+    ),
+    Case(
+        "train",
+        "fp16_on_the_cpu",
+        lambda fx: fx.good_run("--fp16", "true"),
+        0,
+        ("--fp16 has no effect on the CPU: training runs in float32", "wrote the checkpoint"),
+        check=fp16_recorded_off,
+    ),
+    Case(
+        "train",
+        "mix_dataset_is_the_dataset",
+        lambda fx: fx.good_run("--mix_dataset_name", fx.dataset("good", ["a dog"] * 4)),
+        2,
+        (
+            "--mix_dataset_name",
+            "is --dataset_name itself: every row would be there twice (false in-batch negatives)",
+        ),
+    ),
+    Case(
+        "train",
+        "empty_validation_split",
+        lambda fx: fx.train_args(empty_validation_split(fx), "--eval_strategy", "steps", "--eval_steps", "1"),
+        2,
+        (
+            "empty_validation': its evaluation split",
+            "(--eval_split) is empty: pass --eval_split none",
+        ),
+    ),
+    Case(
+        "train",
+        "push_to_hub_offline",
+        lambda fx: fx.good_run("--push_to_hub", "true", "--hub_model_id", "someone/x"),
+        2,
+        ("--push_to_hub: the Hub refused or could not be reached for repo 'someone/x'", "Nothing has trained yet"),
+        check=lambda fx: nothing_written(fx.last_out),
+    ),
+]
 
 
 def test_overwriting_a_run_removes_its_checkpoints_and_resume_compares_the_schedule(fx, capsys, caplog):
@@ -2308,7 +2390,8 @@ def test_sigterm_stops_a_run_like_ctrl_c(fx, tmp_path):
     """A real SIGTERM to a running train.py: one line, exit 143, the lock released, no traceback."""
     out = Path(fx.out())
     started = tmp_path / "training"
-    # A callback notes the first checkpoint, so the signal lands during training (no deadline: a loaded machine only waits longer).
+    # A callback notes the first checkpoint, so the signal lands during training (no deadline: a
+    # loaded machine only waits longer).
     code = (
         "import sys, pathlib, train\n"
         "from transformers import TrainerCallback\n"

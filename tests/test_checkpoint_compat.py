@@ -1,7 +1,8 @@
 """A checkpoint trained here stays plain CLIP for every loader: with the pinned transformers 5.x and
 with the oldest version the project supports (5.0.0, installed by `make setup` into
-`.venv/transformers-oldest`; 4.x cannot read the processor files that 5.x writes), `CLIPModel.from_pretrained` and the zero-shot pipeline load it and give
-the same scores, though its config.json carries the run's settings (`omninegclip`)."""
+`.venv/transformers-oldest`; 4.x cannot read the processor files that 5.x writes),
+`CLIPModel.from_pretrained` and the zero-shot pipeline load it and give the same scores, though its
+config.json carries the run's settings (`omninegclip`)."""
 
 from __future__ import annotations
 

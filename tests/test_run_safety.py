@@ -40,8 +40,8 @@ def test_zero_steps_under_several_processes_names_rows_global_batch_and_forced_d
         check_training_steps(_trainer(rows=20, per_device=16, processes=2, accumulation=2))
     message = str(error.value)
     assert (
-        "20 training rows, a global batch of 32 rows per forward pass (--per_device_train_batch_size 16 x 2 process(es))"
-        in message
+        "20 training rows, a global batch of 32 rows per forward pass (--per_device_train_batch_size 16 x 2 "
+        "process(es))" in message
     )
     assert "64 per optimiser step (x --gradient_accumulation_steps 2)" in message
     assert (
@@ -105,7 +105,8 @@ def test_resuming_into_its_own_non_empty_folder_is_allowed(tmp_path):
     args.resume_from_checkpoint = None
     with pytest.raises(
         UserError,
-        match="does not resume a checkpoint of it: pass --resume_from_checkpoint latest to continue the run saved there, --overwrite_output_dir",
+        match="does not resume a checkpoint of it: pass --resume_from_checkpoint latest to continue the run saved "
+        "there, --overwrite_output_dir",
     ):
         check_output_and_resume(args)
 

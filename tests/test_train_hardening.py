@@ -360,7 +360,8 @@ CASES = [
         lambda r: flags(r, image_rows(r, "all_corrupt", [BAD_IMAGES["corrupt"][0]] * 2)),
         2,
         (
-            "all_corrupt': no usable row (column 'image'): skipped 2 (corrupt_image: 2 [row 0: not an image PIL can read",
+            "all_corrupt': no usable row (column 'image'): skipped 2 (corrupt_image: 2 [row 0: not an image PIL can "
+            "read",
         ),
     ),
     # counted skips: the run goes on and reports them once
@@ -579,14 +580,14 @@ def test_a_loss_that_becomes_inf_stops_cleanly_and_keeps_the_last_good_checkpoin
     error = capsys.readouterr().err
     assert "Traceback" not in error
     assert (
-        "the loss became NaN or inf in training step 3: terms that went bad: loss_absence_text=inf, loss_absence=inf, loss=inf"
-        in error
+        "the loss became NaN or inf in training step 3: terms that went bad: loss_absence_text=inf, loss_absence=inf, "
+        "loss=inf" in error
     )
     assert f"training batch of 4 rows: '{data}' row 8, '{data}' row 9, '{data}' row 10, '{data}' row 11" in error
     checkpoint = out / "checkpoint-2"
     assert (
-        f"the last good checkpoint, {checkpoint}, is kept as it was; resume from it with --resume_from_checkpoint {checkpoint}"
-        in error
+        f"the last good checkpoint, {checkpoint}, is kept as it was; resume from it with --resume_from_checkpoint "
+        f"{checkpoint}" in error
     )
 
     assert sorted(path.name for path in out.iterdir()) == ["checkpoint-2"]  # no final weights were written

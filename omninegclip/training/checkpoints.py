@@ -64,9 +64,9 @@ def check_output_and_resume(
     training_args: TrainingArguments, overwrite: bool = False, sources: list[str] = (), model: str | None = None
 ) -> str | None:
     """Fail before anything slow on an --output_dir that is a file, that is or holds or lies inside
-    a dataset of `sources` or the `model` trained from, or that is not empty while this run neither resumes nor overwrites it;
-    on a checkpoint to resume from that is not one. Return the checkpoint folder to resume from
-    (`latest`: the newest complete checkpoint-* in --output_dir), or None."""
+    a dataset of `sources` or the `model` trained from, or that is not empty while this run neither
+    resumes nor overwrites it; on a checkpoint to resume from that is not one. Return the checkpoint
+    folder to resume from (`latest`: the newest complete checkpoint-* in --output_dir), or None."""
     output_dir = Path(training_args.output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise UserError(f"--output_dir {str(output_dir)!r} is a file; expected a folder (created if missing)")
@@ -74,13 +74,15 @@ def check_output_and_resume(
         for path in _local_paths(source):
             if overlapping(output_dir, path):
                 raise UserError(
-                    f"--output_dir {str(output_dir)!r} overlaps the training data {str(path)!r} (the same folder, or one "
+                    f"--output_dir {str(output_dir)!r} overlaps the training data {str(path)!r} (the same folder, or "
+                    "one "
                     f"inside the other): the model would overwrite the dataset's files; pass another --output_dir"
                 )
     for path in _local_paths(model or ""):
         if overlapping(output_dir, path):
             raise UserError(
-                f"--output_dir {str(output_dir)!r} overlaps the model trained from, --model_name_or_path {str(path)!r} (the "
+                f"--output_dir {str(output_dir)!r} overlaps the model trained from, --model_name_or_path "
+                f"{str(path)!r} (the "
                 f"same folder, or one inside the other): the run would replace its base in place, even with "
                 f"--overwrite_output_dir; pass another --output_dir"
             )
@@ -108,7 +110,8 @@ def check_output_and_resume(
                 else ""
             )
             raise UserError(
-                f"--output_dir {str(output_dir)!r} is not empty ({shown}) and this run does not resume a checkpoint of it: pass"
+                f"--output_dir {str(output_dir)!r} is not empty ({shown}) and this run does not resume a checkpoint "
+                "of it: pass"
                 f"{again} --overwrite_output_dir to write over it, or another --output_dir"
             )
         logger.warning("--overwrite_output_dir: writing over the files in %s (%s)", output_dir, shown)
@@ -143,7 +146,8 @@ def resolve_checkpoint(output_dir: str | Path, resume: str) -> str:
     if not (folder / TRAINER_STATE_FILE).is_file():
         raise UserError(
             f"--resume_from_checkpoint {resume!r} is not a complete checkpoint: it has no {TRAINER_STATE_FILE} "
-            f"(not a folder the Trainer wrote, or a save interrupted midway); pass an earlier checkpoint-* folder or 'latest'"
+            "(not a folder the Trainer wrote, or a save interrupted midway); pass an earlier checkpoint-* folder or "
+            "'latest'"
         )
     return str(folder)
 
@@ -168,10 +172,14 @@ def interrupted_message(output_dir: str) -> str:
     checkpoints = complete_checkpoints(output_dir)
     if checkpoints:
         return (
-            f"the {len(checkpoints)} complete checkpoint-* folder(s) in {output_dir} are kept (newest: {checkpoints[-1].name}); "
+            f"the {len(checkpoints)} complete checkpoint-* folder(s) in {output_dir} are kept (newest: "
+            f"{checkpoints[-1].name}); "
             f"continue with the same flags plus --resume_from_checkpoint latest"
         )
-    return f"no checkpoint had been saved in {output_dir} yet (see --save_steps); run the same command again to start over"
+    return (
+        f"no checkpoint had been saved in {output_dir} yet (see --save_steps); run the same command again to start "
+        f"over"
+    )
 
 
 def training_record(
@@ -242,7 +250,8 @@ def _resume_identity(record: dict, train_split: str) -> dict:
             if key not in ("front_blocks", "text_preset", "text_blocks")
         },
         "LoRA (--lora_*)": settings.get("lora"),
-        "schedule and optimiser (--learning_rate, --lr_scheduler_type, --warmup_*, batch sizes, --weight_decay, --optim, "
+        "schedule and optimiser (--learning_rate, --lr_scheduler_type, --warmup_*, batch sizes, --weight_decay, "
+        "--optim, "
         "--seed, ...)": {name: (record.get("training_arguments") or {}).get(name) for name in RUN_SETTINGS},
     }
 

@@ -100,7 +100,8 @@ class DataArguments:
     eval_split: str | None = field(
         default="validation",
         metadata={
-            "help": "Split for the evaluation loss and negation accuracies; 'none' to skip. Missing: skipped with a note."
+            "help": "Split for the evaluation loss and negation accuracies; 'none' to skip. Missing: skipped with a "
+            "note."
         },
     )
     max_train_samples: int | None = field(
@@ -140,7 +141,8 @@ class OmniNegCLIPConfig(TrainingArguments, CaptionColumnArguments):
     logging_nan_inf_filter: bool = field(
         default=False,
         metadata={
-            "help": "Off: the Trainer's filter reads every step's loss on the host; --nan_check_steps stops a bad run instead."
+            "help": "Off: the Trainer's filter reads every step's loss on the host; --nan_check_steps stops a bad run "
+            "instead."
         },
     )
 
@@ -154,13 +156,15 @@ class OmniNegCLIPConfig(TrainingArguments, CaptionColumnArguments):
     lambda_choice: float = field(
         default=0.0,
         metadata={
-            "help": "Weight of the optional multiple-choice term (absence negation beats presence negation); 0 = the paper."
+            "help": "Weight of the optional multiple-choice term (absence negation beats presence negation); 0 = the "
+            "paper."
         },
     )
     lambda_keep: float = field(
         default=0.0,
         metadata={
-            "help": "Weight of the optional keep-the-match hinge (an absence negation may not score below its caption); "
+            "help": "Weight of the optional keep-the-match hinge (an absence negation may not score below its "
+            "caption); "
             "0 = the paper."
         },
     )
@@ -258,7 +262,8 @@ class OmniNegCLIPConfig(TrainingArguments, CaptionColumnArguments):
     save_adapter: bool = field(
         default=False,
         metadata={
-            "help": "Also write the PEFT adapter (for PeftModel.from_pretrained on the base model) to <output_dir>/adapter; "
+            "help": "Also write the PEFT adapter (for PeftModel.from_pretrained on the base model) to "
+            "<output_dir>/adapter; "
             "with --push_to_hub it goes up in that subfolder of the model repo."
         },
     )
@@ -351,7 +356,8 @@ class OmniNegCLIPConfig(TrainingArguments, CaptionColumnArguments):
             self.save_adapter = True
         if self.save_adapter and self.lora_r == 0:
             raise UserError(
-                "--save_adapter/--hub_adapter_id need --lora_r > 0: without LoRA there is no adapter, only the full checkpoint"
+                "--save_adapter/--hub_adapter_id need --lora_r > 0: without LoRA there is no adapter, only the full "
+                "checkpoint"
             )
         if self.lora_target not in LORA_TARGET_MODULES:
             raise UserError(f"--lora_target must be one of {sorted(LORA_TARGET_MODULES)}, got {self.lora_target!r}")

@@ -49,9 +49,12 @@ def check_hub_access(args) -> str:
     except HUB_FAILURES as error:
         raise UserError(
             f"--push_to_hub: the Hub refused or could not be reached for repo {name!r} (--hub_model_id"
-            f"{', --hub_revision ' + args.hub_revision if args.hub_revision else ''}): {first_line(error)}. Nothing has "
-            f"trained yet. Check the token (--hub_token or `hf auth login`) and its write permission, or train without "
-            f"--push_to_hub and push the saved folder later (python -m omninegclip.training.model_card FOLDER --push_to_hub REPO)"
+            f"{', --hub_revision ' + args.hub_revision if args.hub_revision else ''}): {first_line(error)}. Nothing "
+            "has "
+            "trained yet. Check the token (--hub_token or `hf auth login`) and its write permission, or train "
+            "without "
+            "--push_to_hub and push the saved folder later (python -m omninegclip.training.model_card FOLDER "
+            "--push_to_hub REPO)"
         ) from None
     logger.info(
         "--push_to_hub: the Hub answers for %s (--hub_strategy %s)",

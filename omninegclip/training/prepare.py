@@ -240,14 +240,18 @@ def check_negation_columns(train: dict[str, datasets.Dataset], columns: CaptionC
             if found_rows:
                 column = columns.presence if flag == "--presence_column" else columns.absence
                 found.append(
-                    f"dataset {name!r}: {len(found_rows)} of the first {len(rows)} rows have a {flag} {column!r} text identical to "
-                    f"their caption (rows {', '.join(map(str, found_rows[:5]))}{', …' if len(found_rows) > 5 else ''}): such a "
+                    f"dataset {name!r}: {len(found_rows)} of the first {len(rows)} rows have a {flag} {column!r} text "
+                    "identical to "
+                    "their caption (rows "
+                    f"{', '.join(map(str, found_rows[:5]))}{', …' if len(found_rows) > 5 else ''}): such a "
                     f"pair pushes a text away from itself"
                 )
         if checked and swapped * 2 > checked:
             found.append(
-                f"dataset {name!r}: in {swapped} of {checked} rows checked, the --absence_column {columns.absence!r} text negates the "
-                f"row's negated_object and the --presence_column {columns.presence!r} text does not: the two columns look swapped "
+                f"dataset {name!r}: in {swapped} of {checked} rows checked, the --absence_column {columns.absence!r} "
+                "text negates the "
+                f"row's negated_object and the --presence_column {columns.presence!r} text does not: the two columns "
+                "look swapped "
                 f"(try --presence_column {columns.absence} --absence_column {columns.presence})"
             )
     for warning in found:
@@ -271,7 +275,8 @@ def warn_degenerate_training(training_args: TrainingArguments, reports: list[Sou
     train = [report for report in reports if report.split == split]
     if train and not any(any(report.with_sets.values()) for report in train):
         warnings.append(
-            f"no training row has a presence or an absence negation ({', '.join(repr(report.name) for report in train)}): "
+            "no training row has a presence or an absence negation "
+            f"({', '.join(repr(report.name) for report in train)}): "
             f"this is plain CLIP fine-tuning, not Omni-NegCLIP; check --presence_column and --absence_column"
         )
     for warning in warnings:

@@ -31,7 +31,8 @@ def _megabytes(size: int) -> str:
 
 def space_needed(model, trained_model) -> tuple[int, int]:
     """(bytes of the final folder, bytes of one checkpoint-* folder): the weights as saved, plus the
-    optimiser's two float32 moments of every trained parameter (of `trained_model`: LoRA's adapters) in a checkpoint."""
+    optimiser's two float32 moments of every trained parameter (of `trained_model`: LoRA's
+    adapters) in a checkpoint."""
     weights = sum(parameter.numel() * parameter.element_size() for parameter in model.parameters()) + PROCESSOR_BYTES
     trained = sum(parameter.numel() for parameter in trained_model.parameters() if parameter.requires_grad)
     return weights, weights + 2 * 4 * trained
@@ -49,7 +50,8 @@ def check_disk_space(args, model, trained_model) -> None:
     needed = final + (checkpoint if saves else 0)
     if free < needed:
         raise UserError(
-            f"--output_dir {folder}: its disk has {_megabytes(free)} free, and this run needs about {_megabytes(needed)} "
+            f"--output_dir {folder}: its disk has {_megabytes(free)} free, and this run needs about "
+            f"{_megabytes(needed)} "
             f"(final folder {_megabytes(final)}"
             + (f", one checkpoint {_megabytes(checkpoint)}" if saves else "")
             + "); free some space or pass an --output_dir on a larger disk"

@@ -406,7 +406,8 @@ def check_training_steps(trainer: Trainer) -> int:
     batches = rows // global_batch if args.dataloader_drop_last else -(-rows // global_batch)  # per process and epoch
     batch_text = (
         f"a global batch of {global_batch} rows per forward pass (--per_device_train_batch_size "
-        f"{args.per_device_train_batch_size} x {processes} process(es)), {global_batch * accumulation} per optimiser step "
+        f"{args.per_device_train_batch_size} x {processes} process(es)), {global_batch * accumulation} per optimiser "
+        "step "
         f"(x --gradient_accumulation_steps {accumulation})"
     )
     if batches == 0:
@@ -425,7 +426,8 @@ def check_training_steps(trainer: Trainer) -> int:
             else f"--max_steps {args.max_steps} (epochs decide) and --num_train_epochs {args.num_train_epochs}"
         )
         raise UserError(
-            f"this run would train 0 steps and save the base model as the fine-tuned one: {chosen} with {rows} training rows, "
+            f"this run would train 0 steps and save the base model as the fine-tuned one: {chosen} with {rows} "
+            "training rows, "
             f"{batch_text} = {updates_per_epoch} step(s) per epoch; pass --max_steps >= 1 or --num_train_epochs > 0"
         )
     return steps
