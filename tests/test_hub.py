@@ -38,10 +38,11 @@ class FakeHub:
     each repo's branch then serves."""
 
     def __init__(self, root: Path):
-        self.root, self.commits, self.branches, self.repos = root, [], [], {}
+        self.root, self.commits, self.branches, self.repos, self.created = root, [], [], {}, []
 
     def create_repo(self, repo_id, token=None, private=None, exist_ok=False, **kwargs):
         assert exist_ok
+        self.created.append((repo_id, private, token))
         return SimpleNamespace(repo_id=repo_id if "/" in repo_id else f"{USER}/{repo_id}")
 
     def create_branch(self, repo_id, branch, token=None, exist_ok=False, **kwargs):

@@ -15,6 +15,7 @@ reports the negation accuracies over every row; the Trainer's own Hub path (`pus
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
@@ -31,11 +32,13 @@ from omninegclip.training.arguments import check_report_to
 from omninegclip.training.callbacks import ClampLogitScaleCallback, FiniteLossCallback, ProvenanceCallback
 from omninegclip.training.checkpoints import (
     HUB_LAST_CHECKPOINT,
+    TRAINER_STATE_FILE,
     check_output_and_resume,
     check_resume_settings,
     complete_checkpoints,
     resolve_checkpoint,
     training_record,
+    write_provenance,
 )
 from omninegclip.training.config import OmniNegCLIPConfig
 from omninegclip.training.data import (
@@ -215,7 +218,8 @@ class OmniNegCLIPTrainer(Trainer):
             check_resume_settings(
                 resume, self.record, self.record["data"][0]["split"] if self.record["data"] else "train"
             )
-            logger.info("resuming from %s (step %s)", resume, Path(resume).name.rpartition("-")[2])
+            step = json.loads((Path(resume) / TRAINER_STATE_FILE).read_text()).get("global_step")
+            logger.info("resuming from %s (step %s)", resume, step)
         self.record["resumed_from"] = resume or None
         return super().train(resume_from_checkpoint=resume or None, **kwargs)
 
@@ -255,6 +259,8 @@ class OmniNegCLIPTrainer(Trainer):
         apply them on top of the merged weights): `checkpoint` and `all_checkpoints` push the checkpoint
         folder (adapters, optimiser, scheduler) into `last-checkpoint/` or `checkpoint-N/` only, and
         `every_save` pushes nothing before the end."""
+        if self.is_world_process_zero():  # the backup carries what resuming checks (the callback writes it only later)
+            write_provenance(Path(checkpoint_folder), self.record | {"global_step": self.state.global_step})
         if self.lora_settings is None:
             return super()._push_from_checkpoint(checkpoint_folder)
         strategy = str(getattr(self.args.hub_strategy, "value", self.args.hub_strategy))
