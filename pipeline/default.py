@@ -647,16 +647,22 @@ def describe_seeds(aggregate: dict, base: str, tuned: list[str]) -> str:
     }
     lines = [
         f"Mean ± standard deviation over fine-tuning seeds {', '.join(map(str, seeds))} (the same world and "
-        "pretrained base; percent; Δ = fine-tuned minus base, per seed, then averaged).",
+        "pretrained base; percent; Δ = fine-tuned minus base, per seed, then averaged). An `accuracy_argmax` row "
+        "(NegBench's first-of-the-tied rule) is shown only where it differs from `accuracy` (ties wrong).",
         "",
     ]
     for template_set in ("train", "heldout"):
         header = "| metric | " + " | ".join([base] + tuned) + " | " + " | ".join(f"Δ {name}" for name in tuned) + " |"
         rows = []
         for task in NEGATION_TASKS + ("retrieval", "negated_retrieval"):
-            for metric, by_model in metrics.get(f"world_{template_set}/{task}", {}).items():
+            task_metrics = metrics.get(f"world_{template_set}/{task}", {})
+            for metric, by_model in task_metrics.items():
                 if metric.endswith(("R@10", "group_mean")) or "image_to_text/R@5" in metric or base not in by_model:
                     continue
+                if metric.endswith("_argmax") and _same_values(
+                    by_model, task_metrics.get(metric.removesuffix("_argmax"))
+                ):
+                    continue  # NegBench's tie rule changed no answer here: one row says it
                 rows.append(
                     f"| {task}/{metric} | "
                     + " | ".join(
@@ -688,6 +694,13 @@ def describe_seeds(aggregate: dict, base: str, tuned: list[str]) -> str:
         ]
         lines.append("")
     return "\n".join(lines)
+
+
+def _same_values(by_model: dict, other: dict | None) -> bool:
+    """Whether two metrics have the same value for every model and seed."""
+    return other is not None and all(
+        cell.get("values") == (other.get(model) or {}).get("values") for model, cell in by_model.items()
+    )
 
 
 class SeedMeans:

@@ -99,3 +99,21 @@ def test_world_key_follows_the_phrasing_tables(tmp_path, monkeypatch):
     before = default.world_key(args)
     monkeypatch.setitem(shapes.AFFIRMATIVE_FRAMES, "heldout", ("a new frame of ",))
     assert default.world_key(args) != before
+
+
+def test_an_argmax_row_is_shown_only_where_it_differs_from_accuracy():
+    def report(argmax_tuned: float) -> dict:
+        return {
+            "models": [{"name": "base"}, {"name": "tuned"}],
+            "metrics": {
+                "world_train/which_negated": {
+                    "accuracy": {"base": 0.3, "tuned": 0.7},
+                    "accuracy_argmax": {"base": 0.3, "tuned": argmax_tuned},
+                },
+            },
+        }
+
+    same = default.describe_seeds(default.aggregate_seeds({0: report(0.7)}), "base", ["tuned"])
+    assert "which_negated/accuracy |" in same and "accuracy_argmax" not in same.split("\n\n", 1)[1]
+    differs = default.describe_seeds(default.aggregate_seeds({0: report(0.75)}), "base", ["tuned"])
+    assert "| which_negated/accuracy_argmax | 30.0 ± 0.0 | 75.0 ± 0.0 |" in differs
