@@ -284,9 +284,11 @@ class OmniNegCLIPTrainer(Trainer):
     def create_model_card(self, model_name: str | None = None, **kwargs) -> None:
         """The project's card (README.md of output_dir: metadata with pipeline tag, widget, base model,
         datasets, tags and model-index; usage, training and results) instead of the Trainer's generic
-        one; `trainer.push_to_hub()` uploads it."""
+        one; `trainer.push_to_hub()` uploads it. The folder gets this run's training record first
+        (training_provenance.json): the card describes what it says."""
         if not self.is_world_process_zero():
             return
+        write_provenance(Path(self.args.output_dir), self.record | {"global_step": self.state.global_step})
         write_model_card(
             Path(self.args.output_dir), repo_id=self.hub_model_id or self.args.hub_model_id, **self.card_settings()
         )
