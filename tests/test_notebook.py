@@ -30,9 +30,13 @@ def notebook_code() -> str:
 
 def test_the_notebook_trains_evaluates_and_pushes(tmp_path, processor, monkeypatch):
     code = notebook_code()
-    statements = [line for line in code.splitlines() if line.strip() and not line.startswith(("from ", "import ", " ", ")"))]
+    statements = [
+        line for line in code.splitlines() if line.strip() and not line.startswith(("from ", "import ", " ", ")"))
+    ]
     assert len(statements) <= 10, statements  # a notebook cell of about ten lines, not a program
-    model_dir = save_tiny_clip(tmp_path / "clip", processor, text_layers=12)  # ViT-B/32's text depth: front_blocks=6 fits
+    model_dir = save_tiny_clip(
+        tmp_path / "clip", processor, text_layers=12
+    )  # ViT-B/32's text depth: front_blocks=6 fits
     data = save_dataset(tmp_path / "coco-neg", color_rows(16), color_rows(8, offset=3))
     hub = fake_the_hub(monkeypatch, tmp_path / "hub")
     monkeypatch.chdir(tmp_path)
