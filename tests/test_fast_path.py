@@ -8,6 +8,9 @@ invariance, and the benchmark's FLOP model against torch's own FLOP counter."""
 
 from __future__ import annotations
 
+import pickle
+from functools import partial
+
 import datasets
 import numpy as np
 import pytest
@@ -34,8 +37,8 @@ from modeling_omninegclip import OmniNegCLIPModel, OmniNegLossConfig, TrainableC
 from omninegclip import OmniNegCLIPTrainer
 from omninegclip.common.embedding import embed_images
 from omninegclip.training import images as images_module
-from omninegclip.training.data import OmniNegCollator, PackedRows
-from omninegclip.training.images import ImageRefs, ImageTransform, image_pass
+from omninegclip.training.data import OmniNegCollator, PackedRows, PreparedSplit
+from omninegclip.training.images import ImageRefs, ImageTransform, image_pass, pixel_values
 
 CAPTIONS = [
     ("a dog on a sofa", "a sofa with no dog", "a dog on a sofa with no cat in the room"),
@@ -316,3 +319,24 @@ def test_the_trainer_step_takes_the_project_batch(tmp_path):
         torch.testing.assert_close(loss, fast_loss_terms(model, expected)["loss"], rtol=0, atol=0)
     # The Trainer's FLOP count, with the parameters counted once: as transformers counts it.
     assert trainer.floating_point_ops(batches[0]) == Trainer.floating_point_ops(trainer, batches[0]) > 0
+
+
+def test_the_collator_crosses_to_spawned_workers(processor):
+    # DataLoader workers started by spawn or forkserver (safe once CUDA has started) get the collator
+    # pickled: the pixel path (a training image tower) too.
+    refs = image_refs()
+    split = PreparedSplit(
+        source_index=np.zeros(5, dtype=np.int64),
+        source_row=np.arange(5),
+        image_index=np.array([0, 1, 2, 3, 4]),
+        tokens={"input_ids": [[49406, 320 + row, 49407] for row in range(5)]},
+        order=np.arange(5),
+        images=refs,
+    )
+    transform = ImageTransform.for_processor(processor.image_processor)
+    packed, tables = PackedRows.from_splits({"train": split}, 49407, pixels=partial(pixel_values, transform))
+    collator = OmniNegCollator(packed)
+    items = [tables["train"][row] for row in (4, 0, 2)]
+    batch, again = collator(items), pickle.loads(pickle.dumps(collator))(items)
+    assert batch["pixel_values"].shape == (3, 3, 30, 30) and set(again) == set(batch)
+    assert all(torch.equal(again[name], value) for name, value in batch.items())

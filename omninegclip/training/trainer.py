@@ -353,7 +353,7 @@ class OmniNegCLIPTrainer(Trainer):
     def floating_point_ops(self, inputs: dict) -> int:
         """`Trainer.floating_point_ops` (6 x input tokens x parameters without embeddings, the
         `total_flos` the Trainer logs), with the parameters counted once per model instead of every
-        step: counting walks every module, about 0.8 ms a step for ViT-B/32 on the CPU."""
+        step: counting walks every module, about 0.7 ms a step for ViT-B/32 on the CPU."""
         model = self.model
         if not hasattr(model, "num_parameters") or getattr(model, "main_input_name", "input_ids") not in inputs:
             return super().floating_point_ops(inputs)
