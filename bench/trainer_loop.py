@@ -163,9 +163,10 @@ def run_trainer(
     seed: int,
     between: Callable[[], None] | None = None,
     torch_compile: str | None = None,
+    before_training: Callable[[OmniNegCLIPTrainer], None] | None = None,
 ) -> TrainerRun:
     """`OmniNegCLIPTrainer.train()` on `rows` (one batch, repeated) for `window_start(warmup, timed)`
-    warm-up and `timed` timed steps."""
+    warm-up and `timed` timed steps. `before_training(trainer)`: e.g. to put timers on its parts."""
     start = window_start(warmup, timed)
     clock = TrainerClock(device, model, start=start, probe=2, between=between)
     with tempfile.TemporaryDirectory(prefix="bench_trainer_") as output_dir:
@@ -175,6 +176,8 @@ def run_trainer(
             model, config, train_dataset=trainer_table(batch, start + timed), data_collator=collator, callbacks=[clock]
         )
         trained = [name for name, param in model.named_parameters() if param.requires_grad]
+        if before_training is not None:
+            before_training(trainer)
         try:
             trainer.train()
         finally:
