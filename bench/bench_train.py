@@ -1,7 +1,7 @@
 """Training and evaluation speed of Omni-NegCLIP: the project's step against a careful plain one.
 
-    python -m bench.bench_train                 # about 5 minutes on 2 idle CPU cores
-    python -m bench.bench_train --quick         # about 1 minute: a subset
+    python -m bench.bench_train                 # about 6 minutes on 2 idle CPU cores
+    python -m bench.bench_train --quick         # about 1.5 minutes: a subset
     python -m bench.bench_train --full          # the whole grid for both steps (half an hour on 2 cores)
     python -m bench.bench_train --device cuda --dtype bf16    # GPU, bf16 autocast, batch up to 256
     python -m bench.bench_train --wait-for-idle 300           # on a shared machine: time only quiet moments
@@ -114,6 +114,7 @@ class Plan:
     eval_images: dict[str, int]
     eval_texts: dict[str, int]
     wait_for_idle: float = 0.0  # seconds to wait, before each timed step, for other processes to go quiet
+    torch_compile: str | None = None  # step (c) with --torch_compile and this backend
 
 
 BOTH = ("plain", "project", "trainer")  # every step kind: where (b) is compared with (a) and (c)
@@ -126,7 +127,7 @@ def _capped(geometry: Geometry, blocks: list[int]) -> list[int]:
 def make_plan(
     mode: str, device: Device, batch_sizes: list[int] | None, front_blocks: list[int], timed: int | None
 ) -> Plan:
-    """The grid. CPU default (about 5 minutes on 2 idle cores): the project's step at every batch size
+    """The grid. CPU default (about 6 minutes on 2 idle cores): the project's step at every batch size
     and N for the small CLIP, and at ViT-B/32 on a cross through the target point (batch 32/64/128
     at N = 6; N = 2/6/12 at batch 64); the plain step at batch 64 (ViT-B/32: N = 6 only). Points
     that compare with the plain step get 3 timed steps, ViT-B/32's others 2. --full: every point for
@@ -287,8 +288,9 @@ def _run_config(model, config: Config, plan: Plan, device: Device, seed: int, pr
             progress.update(1)
 
     if "trainer" in config.steps:
-        # On a CPU the other kinds' timed steps run between the Trainer's (shared machines); on a
-        # GPU after them, so that the Trainer's window is synchronised at its ends only.
+        # On a CPU the other kinds' timed steps run between the Trainer's (a shared machine's load
+        # then falls on all alike); on a GPU, a machine of its own, before them: there the Trainer's
+        # DataLoader workers would prefetch during the others' steps and flatter step (c).
         interleave = device.type == "cpu"
         if not interleave:
             for _ in range(config.timed):
@@ -305,6 +307,7 @@ def _run_config(model, config: Config, plan: Plan, device: Device, seed: int, pr
             device,
             seed,
             between=timed_round if interleave else None,
+            torch_compile=plan.torch_compile,
         )
         progress.update(config.timed)
         if set(trainer_run.trained) != trained_by_steps:
@@ -312,6 +315,10 @@ def _run_config(model, config: Config, plan: Plan, device: Device, seed: int, pr
             raise RuntimeError(f"the Trainer trained other parameters than steps (a) and (b): {differ}")
         measured["trainer"] = trainer_run.measurement
         shapes["trainer"], peak_bytes["trainer"] = trainer_run.shapes, trainer_run.peak_bytes
+        if not shapes["trainer"]:  # compiled: the hook is traced into the graph; the eager calls have its shapes
+            with record_text_shapes(model) as seen, torch.no_grad():
+                fast_loss_terms(model, to_device(fast_batch(captions, image_embeds)))
+            shapes["trainer"] = list(seen)
     else:
         for _ in range(config.timed):
             timed_round()
@@ -503,7 +510,8 @@ def markdown(meta: dict, results: list[StepResult], evals: list[EvalResult]) -> 
         f"{meta['dtype']}. Matmul peak (best large `torch.mm`, {meta['peak_dtype']}): "
         f"{meta['matmul_peak_flops'] / 1e9:,.0f} GFLOP/s (start {meta['peak_start'] / 1e9:,.0f}, "
         f"end {meta['peak_end'] / 1e9:,.0f}). {meta['warmup']} warm-up step(s) per step kind and point "
-        f"((c): more, see bench/trainer_loop.py). Run took {meta['seconds']:.0f} s ({meta['mode']}).",
+        f"((c): more, see bench/trainer_loop.py). Run took {meta['seconds']:.0f} s ({meta['mode']})."
+        + (f" Step (c) compiled: torch.compile, backend {meta['torch_compile']}." if meta["torch_compile"] else ""),
         "",
         "(a) plain = image tower every step + one text call per caption set padded to 77; "
         "(b) project = cached image embeddings + dynamic padding + one text pass; (c) trainer = (b) as "
@@ -634,7 +642,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="about a minute: batch 32, N = 6, few steps")
+    size.add_argument("--quick", action="store_true", help="about 1.5 minutes: batch 32, N = 6, few steps")
     size.add_argument("--full", action="store_true", help="every batch size and N for both steps (long on a CPU)")
     parser.add_argument(
         "--out", default=str(REPO_ROOT / "bench" / "results"), help="folder for results.md/json and the plot"
@@ -677,6 +685,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=0.0,
         metavar="SECONDS",
         help="on a shared machine: before each timed step, wait up to this long for other processes to go quiet",
+    )
+    parser.add_argument(
+        "--torch-compile",
+        default=None,
+        metavar="BACKEND",
+        help="step (c) with the Trainer's --torch_compile and this backend (inductor, aot_eager); its warm-up "
+        "steps then include the compilation",
     )
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: the cores this process may use)"
@@ -727,6 +742,7 @@ def main(argv: list[str]) -> None:
         {} if args.no_eval else {k: v for k, v in plan.eval_images.items() if k in geometries},
         {} if args.no_eval else {k: v for k, v in plan.eval_texts.items() if k in geometries},
         args.wait_for_idle,
+        args.torch_compile,
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -760,6 +776,7 @@ def main(argv: list[str]) -> None:
         "seconds": time.perf_counter() - started,
         "warmup": plan.warmup,
         "wait_for_idle": plan.wait_for_idle,
+        "torch_compile": plan.torch_compile,
     }
     report = markdown(meta, results, evals)
     (out / "results.md").write_text(report)

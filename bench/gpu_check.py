@@ -249,6 +249,7 @@ def check_checkpoint(*folders: str) -> int:
 
 # ---- report ----------------------------------------------------------------------------------
 
+BENCH_STEPS = ("bench", "bench-compile")  # steps that run bench/bench_train.py into WORK/<step>/
 _DICT_LINE = re.compile(r"^\{'.*\}$")
 
 
@@ -305,10 +306,14 @@ def report(work: str, out: str) -> int:
         if status not in ("ok", "skipped"):
             step["error_tail"] = "\n".join(text.splitlines()[-25:])
         steps.append(step)
-    bench_json = work_dir / "bench" / "results.json"
-    bench = json.loads(bench_json.read_text()) if bench_json.is_file() else None
+    benches = {}  # bench/bench_train.py's results: the row, and the row with step (c) compiled
+    for name in BENCH_STEPS:
+        path = work_dir / name / "results.json"
+        if path.is_file():
+            benches[name] = json.loads(path.read_text())
     for step in steps:
-        if step["step"] == "bench" and bench:
+        bench = benches.get(step["step"])
+        if bench:
             for row in bench["steps"]:
                 key = f"{row['step']} b{row['batch']} N{row['front_blocks']}"
                 step[f"{key} samples/s"] = row["samples_per_second"]
@@ -319,7 +324,9 @@ def report(work: str, out: str) -> int:
             step["matmul peak TFLOP/s"] = bench["meta"]["matmul_peak_flops"] / 1e12
     eval_json = work_dir / "eval" / "results.json"
     evaluation = json.loads(eval_json.read_text()) if eval_json.is_file() else None
-    results = {"steps": steps, "bench_train": bench, "eval": evaluation}
+    results = {"steps": steps, "bench_train": benches.get("bench"), "eval": evaluation} | (
+        {"bench_train_compiled": benches["bench-compile"]} if "bench-compile" in benches else {}
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
 
@@ -338,11 +345,11 @@ def report(work: str, out: str) -> int:
         lines.append(
             f"| {step['step']} | {step['status']} | {step['seconds']:.0f} ({step['limit_s']}) | {shown[:400]} |"
         )
-    if bench:
-        bench_md = work_dir / "bench" / "results.md"
+    for name, bench in benches.items():
+        bench_md = work_dir / name / "results.md"
         lines += [
             "",
-            "## bench/bench_train.py",
+            f"## bench/bench_train.py ({name})",
             "",
             bench_md.read_text() if bench_md.is_file() else json.dumps(bench["speedups"]),
         ]

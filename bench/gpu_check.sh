@@ -5,11 +5,12 @@
 #   OUT=some/folder bash bench/gpu_check.sh
 #   bash bench/gpu_check.sh --cpu      # the same steps at toy sizes on the CPU (checks the script itself)
 #
-# Steps, in order (what issue 27 needs first), each under its own time limit (`timeout`; the limits
-# of all but the optional last one sum to the whole budget, GPU_CHECK_BUDGET seconds, default 400, so
-# no step is cut short by the ones before it and the check ends within 7 minutes, report included; a
-# step that would start with under 10 s left is skipped). GPU_CHECK_ONLY="bench train ..." runs only the steps named, e.g.
-# to rerun a few within a short lease. Seconds: limit (what the H100 runs of docs/gpu_check/ took).
+# Steps, in order (what issue 27 needs first), each under its own time limit (`timeout`). The limits
+# of all but the optional last two sum to the whole budget, GPU_CHECK_BUDGET seconds (default 400),
+# so no step is cut short by the ones before it and the check ends within 7 minutes, report
+# included; a step that would start with under 10 s left is skipped. GPU_CHECK_ONLY="bench train ..."
+# runs only the steps named, e.g. to rerun a few within a short lease. Seconds: limit (what the H100
+# runs of docs/gpu_check/ took).
 #   install      20 (2)  what requirements.txt needs and this machine lacks, from the wheels in .whl/ (no
 #                        network; torch is left as installed) into /tmp/site, put on PYTHONPATH
 #   versions     15 (7)  nvidia-smi; python, torch, CUDA, GPU, library versions
@@ -26,9 +27,11 @@
 #                        (accelerate launch --num_processes 1), 10 steps, reusing train's image embeddings
 #   check-checkpoints   20  the three trained folders are plain, finite float32 CLIPs (one process)
 #   eval         35      python -m eval on CUDA on the trained checkpoint (world + layerwise, 256 items)
-#   bench-data   45      optional: run in the time the others left (at least 45 s), or when GPU_CHECK_ONLY
-#                        names it: bench/bench_data.py --sections preparation,input --device cuda --dtype bf16
-#                        on 150 JPEGs: images decoded once in worker processes and embedded on the GPU
+#   bench-compile 120    optional (run in the time the others left, at least its limit, or when
+#                        GPU_CHECK_ONLY names it): the bench row's steps (b) and (c), (c) with the Trainer's
+#                        --torch_compile (inductor; the compilation inside its warm-up steps)
+#   bench-data   45      optional, likewise: bench/bench_data.py --sections preparation,input --device cuda
+#                        --dtype bf16 on 150 JPEGs: images decoded once in worker processes and embedded on the GPU
 #                        (images/s), the training input path (1,000 JPEGs ran past 90 s making the fixture)
 #
 # A failing step records its error and the script goes on. Results: $OUT (default runs/gpu_check)
@@ -156,6 +159,9 @@ fi
 step check-checkpoints 20 "$PY" -m bench.gpu_check check-checkpoint "${CHECKED[@]}"
 step eval 35 "$PY" -m eval "$WORK/train" --model_names trained --tasks world,layerwise --world "$WORK/world" \
     --device "$DEVICE" --max_items 256 --out "$WORK/eval" --no_progress
+# Step (c) with --torch_compile (inductor): its compilation falls in the warm-up steps.
+optional_step bench-compile 120 "$PY" -m bench.bench_train "${BENCH[@]}" --kinds project,trainer \
+    --torch-compile inductor --out "$WORK/bench-compile"
 # Preparation as train.py does it (issue 13): images decoded once by worker processes, embedded on the device.
 optional_step bench-data 45 "$PY" -m bench.bench_data --sections preparation,input --images "$PREP_IMAGES" --device "$DEVICE" \
     ${PRECISION:+--dtype bf16} --out "$WORK/bench-data"
