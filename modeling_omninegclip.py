@@ -693,8 +693,10 @@ class OmniNegCLIPLoss:
         No row of the global batch carries a caption set that the paper's terms read (a presence- or
         absence-negated caption): CLIP's symmetric InfoNCE, as "loss" and "loss_clip", and no other term."""
         cfg = self.config
-        paper_sets = {name for term in LOSS_TERMS if not term.optional for name in term.reads} - {CAPTION.name}
-        if not any(bool(batch.masks[name].any()) for name in paper_sets):
+        paper_sets = sorted({name for term in LOSS_TERMS if not term.optional for name in term.reads} - {CAPTION.name})
+        # One read on the host for all sets (a sync on a GPU; under torch.compile a graph break outside
+        # any generator, so the terms below still compile), not one per set.
+        if not bool(torch.stack([batch.masks[name].any() for name in paper_sets]).any()):
             loss_clip = symmetric_infonce(batch.image, batch.embeds[CAPTION.name], logit_scale, **batch.local)
             return {"loss_clip": loss_clip, "loss": loss_clip}
         terms, total = {}, None
@@ -828,6 +830,13 @@ def caption_inputs(
             )
         given[row.name] = (ids, torch.ones_like(ids) if attention is None else attention, rows)
     return given
+
+
+def _row_positions(row_masks: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
+    """The positions of the rows each (B,) mask keeps (None: every row), found once per set for both
+    selecting the rows and scattering their embeddings back: one nonzero, a sync on a GPU. Its own
+    function, so that torch.compile breaks the graph at this call and compiles what follows."""
+    return [None if rows is None else rows.nonzero(as_tuple=True)[0] for rows in row_masks]
 
 
 def _pad_to(ids: torch.Tensor, mask: torch.Tensor, length: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -1026,11 +1035,15 @@ class OmniNegCLIPModel(CLIPModel):
         """`caption_inputs`' sets through the text encoder in one pass (`encode_texts`), each only for
         its rows that carry one. Returns per set its L2-normalised (B, D) embeddings (zero where a row
         has none) and its (B,) row mask."""
+        positions = _row_positions([rows for _, _, rows in given.values()])
         encoded = self.encode_texts(
-            [(ids, mask) if rows is None else (ids[rows], mask[rows]) for ids, mask, rows in given.values()]
+            [
+                (ids, mask) if where is None else (ids.index_select(0, where), mask.index_select(0, where))
+                for (ids, mask, _), where in zip(given.values(), positions)
+            ]
         )
         embeds, masks = {}, {}
-        for (name, (ids, _, rows)), features in zip(given.items(), encoded):
+        for (name, (ids, _, rows)), where, features in zip(given.items(), positions, encoded):
             features = F.normalize(features.float(), dim=-1)
             if rows is None:  # the original captions: every row
                 embeds[name], masks[name] = (
@@ -1039,7 +1052,7 @@ class OmniNegCLIPModel(CLIPModel):
                 )
             else:
                 full = features.new_zeros(ids.shape[0], features.shape[1])
-                embeds[name], masks[name] = full.index_put((rows.nonzero(as_tuple=True)[0],), features), rows
+                embeds[name], masks[name] = full.index_put((where,), features), rows
         return embeds, masks
 
     # -- training helpers ----------------------------------------------------------------------

@@ -203,18 +203,23 @@ _BUILD = r"""
 {load}
 # The image phase: store_images now; the baseline read and decoded the images inside _write_split.
 timed(builder, "store_images" if hasattr(builder, "store_images") else "_write_split", "image_phase")
-# read_source: the source's reader as data_builder.py calls it (_read_source before it moved into omninegclip/building/inputs.py).
-for name, key in (("read_source", "read_annotations"), ("_read_source", "read_annotations"), ("build_from_source", "build_rows"),
-                  ("_negate_all", "negations"), ("quality_gate", "quality_gate"), ("over_context_length", "token_count")):
+# read_source: the source's reader as data_builder.py calls it (_read_source before it moved into
+# omninegclip/building/inputs.py).
+for name, key in (("read_source", "read_annotations"), ("_read_source", "read_annotations"),
+                  ("build_from_source", "build_rows"), ("_negate_all", "negations"),
+                  ("quality_gate", "quality_gate"), ("over_context_length", "token_count")):
     if hasattr(builder, name):
         timed(builder, name, key)
 summary = builder.main(payload["argv"])
-result = {{"rows_out": sum(summary["rows_out"].values()), "images": summary.get("images"), "rows_in": summary["rows_in"]}}
+result = {{"rows_out": sum(summary["rows_out"].values()), "images": summary.get("images"),
+          "rows_in": summary["rows_in"]}}
 """
 
 _READ_COCO = r"""
 sources = {load}
-items = sources.read_coco(payload["captions"], payload["instances"], payload["images"], captions_per_image=0, **payload["kwargs"]).items
+items = sources.read_coco(
+    payload["captions"], payload["instances"], payload["images"], captions_per_image=0, **payload["kwargs"]
+).items
 result = {{"captions": len(items)}}
 """
 
@@ -297,15 +302,19 @@ def section_builder(args, fixture: FixtureInfo) -> dict:
 def builder_table(result: dict) -> list[str]:
     fixture, rates, builds = result["fixture"], result["per_core_rates"], result["builds"]
     lines = [
-        f"Fixture: {fixture['images']} JPEGs, mean {fixture['mean_image_bytes'] / 1024:.1f} KiB ({fixture['image_bytes'] / 2**20:.1f} MiB in all), "
-        f"{fixture['captions']} captions (`--captions_per_image 0`).",
+        f"Fixture: {fixture['images']} JPEGs, mean {fixture['mean_image_bytes'] / 1024:.1f} KiB "
+        f"({fixture['image_bytes'] / 2**20:.1f} MiB in all), {fixture['captions']} captions "
+        "(`--captions_per_image 0`).",
         "",
-        f"Per-core limit (CPU time, {rates['images']} images, median of 3): read + draft-mode check **{rates['read_and_draft_decode']:.0f} images/s**; "
-        f"read + full decode (the previous check) {rates['read_and_full_decode']:.0f} images/s; read alone {rates['read']:.0f} images/s; "
-        f"read + draft-mode check + write a copy (the image phase's floor, its limit below) **{rates['read_check_and_write']:.0f} images/s**.",
+        f"Per-core limit (CPU time, {rates['images']} images, median of 3): read + draft-mode check "
+        f"**{rates['read_and_draft_decode']:.0f} images/s**; read + full decode (the previous check) "
+        f"{rates['read_and_full_decode']:.0f} images/s; read alone {rates['read']:.0f} images/s; read + draft-mode "
+        "check + write a copy (the image phase's floor, its limit below) "
+        f"**{rates['read_check_and_write']:.0f} images/s**.",
         "",
-        "| build | wall s | rows/s | image phase s | image phase CPU ms/image | limit: CPU ms/image | image phase images/s "
-        "| limit: workers x per-core images/s | peak RSS MB | written MB | written / input image bytes | load before → after |",
+        "| build | wall s | rows/s | image phase s | image phase CPU ms/image | limit: CPU ms/image "
+        "| image phase images/s | limit: workers x per-core images/s | peak RSS MB | written MB "
+        "| written / input image bytes | load before → after |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for name, run in builds.items():
@@ -317,8 +326,10 @@ def builder_table(result: dict) -> list[str]:
         rate = rates["read_and_full_decode"] if baseline else rates["read_check_and_write"]
         per_image = rows / images if baseline else 1  # the baseline decoded each image once per row
         lines.append(
-            f"| {name} | {run['wall_s']:.1f} | {rows / run['wall_s']:.0f} | {phase:.2f} | {1000 * phase_cpu / images:.2f} | {1000 * per_image / rate:.2f} "
-            f"| {images / phase:.0f} | {workers * rate / per_image:.0f} | {run['peak_rss_mb']:.0f} | {run['bytes_on_disk'] / 2**20:.1f} "
+            f"| {name} | {run['wall_s']:.1f} | {rows / run['wall_s']:.0f} | {phase:.2f} "
+            f"| {1000 * phase_cpu / images:.2f} | {1000 * per_image / rate:.2f} "
+            f"| {images / phase:.0f} | {workers * rate / per_image:.0f} | {run['peak_rss_mb']:.0f} "
+            f"| {run['bytes_on_disk'] / 2**20:.1f} "
             f"| {run['bytes_on_disk'] / fixture['image_bytes']:.2f} | {run['load_before']} → {run['load_after']} |"
         )
     lines += [
@@ -342,25 +353,29 @@ def builder_table(result: dict) -> list[str]:
         lines += [
             "",
             f"Image phase speed-up from 1 to {len(os.sched_getaffinity(0))} workers: "
-            f"{one['timings']['image_phase'] / many[0]['timings']['image_phase']:.2f}x (target 1.6x on an idle 2-core machine).",
+            f"{one['timings']['image_phase'] / many[0]['timings']['image_phase']:.2f}x "
+            "(target 1.6x on an idle 2-core machine).",
         ]
     if "baseline" in builds:
         lines += [
             "",
-            "The baseline decodes every image in full once per caption row (its limits: the full-decode rate, per row) "
-            "and stores the image bytes in every row; its image phase is its whole row writer (decode + Arrow).",
+            "The baseline decodes every image in full once per caption row (its limits: the full-decode rate, "
+            "per row) and stores the image bytes in every row; its image phase is its whole row writer "
+            "(decode + Arrow).",
         ]
     lines += [
         "",
-        "CPU ms/image: the image phase's CPU time (the process and its workers) over the images; the limit: reading and "
-        "checking one image on one core. Peak RSS: the building process (forked workers share its pages and hold one image each).",
+        "CPU ms/image: the image phase's CPU time (the process and its workers) over the images; the limit: "
+        "reading and checking one image on one core. Peak RSS: the building process (forked workers share its "
+        "pages and hold one image each).",
     ]
     annotations = result.get("annotations") or {}
     if annotations:
         lines += [
             "",
-            f"COCO reader on full-size annotations ({annotations['fixture']['annotated_images']} images, {annotations['fixture']['captions']} captions, "
-            f"{annotations['fixture']['instances']} instances; JSON {annotations['files_mb']['captions']:.0f} + {annotations['files_mb']['instances']:.0f} MB):",
+            f"COCO reader on full-size annotations ({annotations['fixture']['annotated_images']} images, "
+            f"{annotations['fixture']['captions']} captions, {annotations['fixture']['instances']} instances; "
+            f"JSON {annotations['files_mb']['captions']:.0f} + {annotations['files_mb']['instances']:.0f} MB):",
             "",
             "| reader | wall s | peak RSS MB | load before → after |",
             "|---|---:|---:|---|",
@@ -368,7 +383,8 @@ def builder_table(result: dict) -> list[str]:
         for name, run in annotations.items():
             if isinstance(run, dict) and "wall_s" in run:
                 lines.append(
-                    f"| {name} | {run['wall_s']:.1f} | {run['peak_rss_mb']:.0f} | {run['load_before']} → {run['load_after']} |"
+                    f"| {name} | {run['wall_s']:.1f} | {run['peak_rss_mb']:.0f} "
+                    f"| {run['load_before']} → {run['load_after']} |"
                 )
     return lines
 
@@ -432,8 +448,9 @@ def main(argv: list[str] | None = None) -> dict:
     lines = [
         "# Data benchmark",
         "",
-        f"Machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, Python {results['machine']['python']}; "
-        f"load average {results['machine']['load_average_at_start']} at the start, {results['machine']['load_average_at_end']} at the end.",
+        f"Machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, "
+        f"Python {results['machine']['python']}; load average {results['machine']['load_average_at_start']} "
+        f"at the start, {results['machine']['load_average_at_end']} at the end.",
         "",
     ]
     for name in sections:

@@ -106,15 +106,12 @@ def _device_rates(raw, folder, columns, tokenizer, transform, images: int, devic
     model = vit_b32(device)
     precision = torch.bfloat16 if dtype == "bf16" else None
     workers = os.cpu_count() or 1
-    refs_run = lambda refs: image_pass(
-        refs,
-        transform,
-        model=model,
-        device=device,
-        autocast_dtype=precision,  # noqa: E731
-        num_workers=workers,
-        batch_size=256,
-    )
+
+    def refs_run(refs):
+        return image_pass(
+            refs, transform, model=model, device=device, autocast_dtype=precision, num_workers=workers, batch_size=256
+        )
+
     prepare_dataset([raw], [str(folder)], columns, tokenizer, images=refs_run)  # warm-up: kernels, page cache
     torch.cuda.synchronize()
     start = time.perf_counter()
@@ -271,11 +268,14 @@ def preparation_table(prep: dict) -> list[str]:
         "",
         "| what | value | limit / target | verdict |",
         "| --- | --- | --- | --- |",
-        f"| decode once + preprocess, one core (the limit) | {prep['limit_images_per_second_per_core']:.0f} images/s | | |",
-        f"| previous path (full decode + image processor), one core | {prep['previous_images_per_second_per_core']:.0f} images/s | | |",
+        "| decode once + preprocess, one core (the limit) "
+        f"| {prep['limit_images_per_second_per_core']:.0f} images/s | | |",
+        "| previous path (full decode + image processor), one core "
+        f"| {prep['previous_images_per_second_per_core']:.0f} images/s | | |",
         f"| preparation, 1 worker | {runs[1]['images_per_second']:.0f} images/s | | |",
         f"| preparation, 2 workers | {runs[2]['images_per_second']:.0f} images/s | | |",
-        f"| preparation's CPU work per image (all processes, 1 worker) / the limit's | {prep['cpu_per_image_over_limit']:.2f}x | <= {TARGETS['cpu_per_image_over_limit']}x "
+        "| preparation's CPU work per image (all processes, 1 worker) / the limit's "
+        f"| {prep['cpu_per_image_over_limit']:.2f}x | <= {TARGETS['cpu_per_image_over_limit']}x "
         f"| {_verdict(prep['cpu_per_image_over_limit'] <= TARGETS['cpu_per_image_over_limit'])} |",
         f"| 1 -> 2 workers | {prep['two_workers_speedup']:.2f}x | >= {TARGETS['two_workers_speedup']}x "
         f"| {_verdict(prep['two_workers_speedup'] >= TARGETS['two_workers_speedup'])} |",
@@ -286,7 +286,8 @@ def preparation_table(prep: dict) -> list[str]:
         device = prep["device"]
         lines.append(
             f"| on {device['name']} ({device['dtype']}, {device['workers']} workers): prepared and embedded "
-            f"| {device['prepared_images_per_second']:.0f} images/s | the tower alone: {device['tower_only_images_per_second']:.0f} images/s | |"
+            f"| {device['prepared_images_per_second']:.0f} images/s "
+            f"| the tower alone: {device['tower_only_images_per_second']:.0f} images/s | |"
         )
     return lines
 
@@ -299,6 +300,8 @@ def input_table(inputs: dict) -> list[str]:
         "",
         "| path | ms/step | target | verdict |",
         "| --- | --- | --- | --- |",
-        f"| project (packed rows) | {inputs['ms_per_step']:.2f} | <= {TARGETS['input_ms_per_step']} | {_verdict(ok)} |",
-        f"| previous (token lists and an embedding per row, padded row by row) | {inputs['previous_ms_per_step']:.2f} | | |",
+        f"| project (packed rows) | {inputs['ms_per_step']:.2f} | <= {TARGETS['input_ms_per_step']} "
+        f"| {_verdict(ok)} |",
+        "| previous (token lists and an embedding per row, padded row by row) "
+        f"| {inputs['previous_ms_per_step']:.2f} | | |",
     ]

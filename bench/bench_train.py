@@ -1,27 +1,31 @@
 """Training and evaluation speed of Omni-NegCLIP: the project's step against a careful plain one.
 
-    python -m bench.bench_train                 # about 5 minutes on 2 idle CPU cores
-    python -m bench.bench_train --quick         # about 1 minute: a subset
+    python -m bench.bench_train                 # about 6 minutes on 2 idle CPU cores
+    python -m bench.bench_train --quick         # about 1.5 minutes: a subset
     python -m bench.bench_train --full          # the whole grid for both steps (half an hour on 2 cores)
     python -m bench.bench_train --device cuda --dtype bf16    # GPU, bf16 autocast, batch up to 256
     python -m bench.bench_train --wait-for-idle 300           # on a shared machine: time only quiet moments
 
-Two training steps, measured in one run on the same model, their timed steps interleaved so that
-both see the same machine load:
+Three training steps, measured in one run on the same model, their timed steps interleaved so
+that all see the same machine load:
   (a) plain:   the frozen image tower run every step (under no_grad), each caption set (original,
                presence-negated, absence-negated) through its own text-encoder call, padded to 77
                tokens as `padding="max_length"` does, then the same loss functions;
   (b) project: cached image embeddings, the real collator's dynamic padding, ONE text pass, through
                `OmniNegCLIPModel.forward`.
 Both then take the Trainer's step: backward, grad-norm clip 1.0, fused AdamW (the Trainer's default)
-over the parameters `apply_trainable` selects, logit-scale clamp. Warm-up steps are excluded; the
-numbers are medians of the timed steps, each with the cores other processes used meanwhile (a
-shared machine inflates times: OpenMP threads spin at barriers). Random weights at two geometries (ViT-B/32; the built-in
-default's small CLIP), caption lengths drawn like COCO's (`bench/workload.py`), every row carrying
-both negations. Also: evaluation throughput through `omninegclip.common.embedding` (images/s with
-preprocessing, texts/s with tokenization), the machine's matmul peak (a large `torch.mm`: fp32 on
-CPU, bf16 on GPU) and the fraction of it each step reaches under the FLOP model of
-`bench/workload.py` (matmuls of the shapes the step runs; and of the real tokens only).
+over the parameters `apply_trainable` selects, logit-scale clamp.
+  (c) trainer: step (b) as `OmniNegCLIPTrainer.train()` runs it, on the same rows prepared as the
+               Trainer holds them, with its DataLoader, collator, callbacks, NaN check and logging
+               (`bench/trainer_loop.py`).
+Warm-up steps are excluded; the numbers are medians of the timed steps ((c): their mean, over a
+window that holds one log), each with the cores other processes used meanwhile (a shared machine
+inflates times: OpenMP threads spin at barriers). Random weights at two geometries (ViT-B/32; the
+built-in default's small CLIP), caption lengths drawn like COCO's (`bench/workload.py`), every row
+carrying both negations. Also: evaluation throughput through `omninegclip.common.embedding`
+(images/s with preprocessing, texts/s with tokenization), the machine's matmul peak (a large
+`torch.mm`: fp32 on CPU, bf16 on GPU) and the fraction of it each step reaches under the FLOP model
+of `bench/workload.py` (matmuls of the shapes the step runs; and of the real tokens only).
 
 Writes into --out (default bench/results/): results.md (tables), results.json (every timing),
 samples_per_second.png (samples/s against batch size). `bench/candidates.py` measures proposed
@@ -36,7 +40,7 @@ import os
 import platform
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -56,6 +60,7 @@ from bench.measure import (
     record_text_shapes,
     wait_for_idle,
 )
+from bench.trainer_loop import run_trainer
 from bench.workload import (
     DEFAULT_SMALL,
     VIT_B_32,
@@ -65,6 +70,7 @@ from bench.workload import (
     coco_like_captions,
     fast_batch,
     fast_loss_terms,
+    packed_rows,
     plain_batch,
     plain_loss_terms,
     set_front_blocks,
@@ -76,8 +82,9 @@ from bench.workload import (
 from omninegclip import REPO_ROOT
 from omninegclip.common.cli import UserError, run_cli
 
-STEP_LABELS = {"plain": "(a) plain", "project": "(b) project"}
-TARGET = dict(geometry=VIT_B_32.name, batch=64, front_blocks=6, speedup=5.0, peak_fraction=0.60)
+STEP_LABELS = {"plain": "(a) plain", "project": "(b) project", "trainer": "(c) trainer"}
+# (c)/(b): the Trainer's loop may cost at most 10 % of the step's samples/s.
+TARGET = dict(geometry=VIT_B_32.name, batch=64, front_blocks=6, speedup=5.0, peak_fraction=0.60, trainer_ratio=0.9)
 # On a GPU: batch 256 and >= 40 % of the bf16 matmul peak (bench/gpu_check.sh runs this row).
 TARGETS = {"cpu": TARGET, "cuda": TARGET | dict(batch=256, peak_fraction=0.40)}
 GEOMETRIES = {geometry.name: geometry for geometry in (VIT_B_32, DEFAULT_SMALL)}
@@ -96,7 +103,7 @@ class Config:
     geometry: Geometry
     batch: int
     front_blocks: int
-    steps: tuple[str, ...]  # "plain", "project"
+    steps: tuple[str, ...]  # "plain", "project", "trainer"
     timed: int
 
 
@@ -107,9 +114,10 @@ class Plan:
     eval_images: dict[str, int]
     eval_texts: dict[str, int]
     wait_for_idle: float = 0.0  # seconds to wait, before each timed step, for other processes to go quiet
+    torch_compile: str | None = None  # step (c) with --torch_compile and this backend
 
 
-BOTH = ("plain", "project")
+BOTH = ("plain", "project", "trainer")  # every step kind: where (b) is compared with (a) and (c)
 
 
 def _capped(geometry: Geometry, blocks: list[int]) -> list[int]:
@@ -119,12 +127,12 @@ def _capped(geometry: Geometry, blocks: list[int]) -> list[int]:
 def make_plan(
     mode: str, device: Device, batch_sizes: list[int] | None, front_blocks: list[int], timed: int | None
 ) -> Plan:
-    """The grid. CPU default (about 5 minutes on 2 idle cores): the project's step at every batch size
+    """The grid. CPU default (about 6 minutes on 2 idle cores): the project's step at every batch size
     and N for the small CLIP, and at ViT-B/32 on a cross through the target point (batch 32/64/128
     at N = 6; N = 2/6/12 at batch 64); the plain step at batch 64 (ViT-B/32: N = 6 only). Points
     that compare with the plain step get 3 timed steps, ViT-B/32's others 2. --full: every point for
     both steps, 3 timed steps. --quick: batch 32 (or the first of --batch-sizes), N = 6, both steps, 2
-    timed. CUDA: every point, 10 timed."""
+    timed. CUDA: every point, 10 timed. Wherever the plain step runs, the Trainer's (c) runs too."""
     if device.type == "cuda":
         configs = [
             Config(g, b, n, BOTH, timed or 10)
@@ -186,13 +194,18 @@ class StepResult:
     flops: int
     useful_flops: int
     text_shapes: list[tuple[int, int]]
+    statistic: str = "median"  # of `seconds`: "median" ((a), (b)), "mean" ((c): a window holding one log)
     samples_per_second: float = 0.0
     peak_fraction: float = 0.0
     useful_peak_fraction: float = 0.0
 
+    @property
+    def step_seconds(self) -> float:
+        return statistics.mean(self.seconds) if self.statistic == "mean" else statistics.median(self.seconds)
+
     def finish(self, peak_flops: float) -> "StepResult":
-        """Medians: samples/s, and the fraction of the matmul peak (shapes run; real tokens only)."""
-        seconds = statistics.median(self.seconds)
+        """samples/s and the fraction of the matmul peak (shapes run; real tokens only) of `step_seconds`."""
+        seconds = self.step_seconds
         self.samples_per_second = self.batch / seconds
         self.peak_fraction = self.flops / seconds / peak_flops
         self.useful_peak_fraction = self.useful_flops / seconds / peak_flops
@@ -247,14 +260,16 @@ def _run_config(model, config: Config, plan: Plan, device: Device, seed: int, pr
         "project": to_device(fast_batch(captions, image_embeds)),
     }
     losses = {"plain": plain_loss_terms, "project": fast_loss_terms}
-    steps = {name: TrainStep(model, losses[name], optimizer, device.autocast_dtype) for name in config.steps}
+    steps = {name: TrainStep(model, losses[name], optimizer, device.autocast_dtype) for name in losses}
+    steps = {name: step for name, step in steps.items() if name in config.steps}
     lengths = [len(ids) for rows in captions.sets().values() for ids in rows]
+    label = f"{geometry.name} b{config.batch} N{config.front_blocks}"
 
     prime_optimizer(optimizer)
     shapes: dict[str, list[tuple[int, int]]] = {}
     peak_bytes: dict[str, int | None] = {}
     for name, step in steps.items():
-        progress.set_description(f"{geometry.name} b{config.batch} N{config.front_blocks} {name} warm-up")
+        progress.set_description(f"{label} {name} warm-up")
         for index in range(plan.warmup):
             with record_text_shapes(model) as seen:
                 if index == plan.warmup - 1:  # the last warm-up step is the (untimed) memory probe
@@ -263,13 +278,50 @@ def _run_config(model, config: Config, plan: Plan, device: Device, seed: int, pr
                     step(batches[name])
             shapes[name] = list(seen)
     measured = {name: StepMeasurement() for name in steps}
-    for _ in range(config.timed):
-        for name, step in steps.items():  # interleaved: (a) and (b) see the same machine load
-            progress.set_description(f"{geometry.name} b{config.batch} N{config.front_blocks} {name}")
+
+    def timed_round() -> None:
+        for name, step in steps.items():  # interleaved: every kind sees the same machine load
+            progress.set_description(f"{label} {name}")
             if plan.wait_for_idle:
                 wait_for_idle(plan.wait_for_idle)
             measure_call(lambda: step(batches[name]), device, measured[name])
             progress.update(1)
+
+    if "trainer" in config.steps:
+        # On a CPU the other kinds' timed steps run between the Trainer's (a shared machine's load
+        # then falls on all alike); on a GPU, a machine of its own, before them: there the Trainer's
+        # DataLoader workers would prefetch during the others' steps and flatter step (c).
+        interleave = device.type == "cpu"
+        if not interleave:
+            for _ in range(config.timed):
+                timed_round()
+        progress.set_description(f"{label} trainer")
+        trained_by_steps = {name for name, param in model.named_parameters() if param.requires_grad}
+        trainer_run = run_trainer(
+            model,
+            packed_rows(captions, image_embeds),
+            config.batch,
+            config.front_blocks,
+            plan.warmup,
+            config.timed,
+            device,
+            seed,
+            between=timed_round if interleave else None,
+            torch_compile=plan.torch_compile,
+        )
+        progress.update(config.timed)
+        if set(trainer_run.trained) != trained_by_steps:
+            differ = sorted(set(trainer_run.trained) ^ trained_by_steps)
+            raise RuntimeError(f"the Trainer trained other parameters than steps (a) and (b): {differ}")
+        measured["trainer"] = trainer_run.measurement
+        shapes["trainer"], peak_bytes["trainer"] = trainer_run.shapes, trainer_run.peak_bytes
+        if not shapes["trainer"]:  # compiled: the hook is traced into the graph; the eager calls have its shapes
+            with record_text_shapes(model) as seen, torch.no_grad():
+                fast_loss_terms(model, to_device(fast_batch(captions, image_embeds)))
+            shapes["trainer"] = list(seen)
+    else:
+        for _ in range(config.timed):
+            timed_round()
     results = []
     for name, measurement in measured.items():
         flops, useful = _step_flops(geometry, name, shapes[name], lengths, config.batch, blocks)
@@ -286,6 +338,7 @@ def _run_config(model, config: Config, plan: Plan, device: Device, seed: int, pr
                 flops,
                 useful,
                 shapes[name],
+                statistic="mean" if name == "trainer" else "median",
             )
         )
     optimizer.zero_grad(set_to_none=True)
@@ -385,20 +438,25 @@ def _mib(value: float | None) -> str:
 
 
 def speedups(results: list[StepResult]) -> list[dict]:
-    """(b)/(a) in samples/s and (a)/(b) in peak memory wherever both steps ran."""
+    """Per point where (b) ran beside (a) or (c): (b)/(a) in samples/s, (a)/(b) in peak memory,
+    (c)/(b) in samples/s (None where a kind did not run)."""
     index = {(r.geometry, r.batch, r.front_blocks, r.step): r for r in results}
     rows = []
-    for (geometry, batch, blocks, step), plain in index.items():
-        project = index.get((geometry, batch, blocks, "project"))
-        if step != "plain" or project is None:
+    for (geometry, batch, blocks, step), project in index.items():
+        plain = index.get((geometry, batch, blocks, "plain"))
+        trainer = index.get((geometry, batch, blocks, "trainer"))
+        if step != "project" or (plain is None and trainer is None):
             continue
         rows.append(
             {
                 "geometry": geometry,
                 "batch": batch,
                 "front_blocks": blocks,
-                "speedup": project.samples_per_second / plain.samples_per_second,
-                "memory_ratio": (plain.peak_mib / project.peak_mib) if plain.peak_mib and project.peak_mib else None,
+                "speedup": None if plain is None else project.samples_per_second / plain.samples_per_second,
+                "memory_ratio": (plain.peak_mib / project.peak_mib)
+                if plain is not None and plain.peak_mib and project.peak_mib
+                else None,
+                "trainer_ratio": None if trainer is None else trainer.samples_per_second / project.samples_per_second,
             }
         )
     return rows
@@ -415,10 +473,17 @@ def target_verdict(results: list[StepResult], device: str = "cpu") -> list[str]:
     where = f"{key[0]}, batch {key[1]}, N = {key[2]}"
     project = next((r for r in results if (r.geometry, r.batch, r.front_blocks, r.step) == (*key, "project")), None)
     lines = []
-    if key in ratios:
-        speedup = ratios[key]["speedup"]
+    speedup = ratios.get(key, {}).get("speedup")
+    if speedup is not None:
         lines.append(
-            f"(b)/(a) at {where}: {speedup:.2f}x (target >= {target['speedup']:.0f}x: {_verdict(speedup, target['speedup'])})"
+            f"(b)/(a) at {where}: {speedup:.2f}x "
+            f"(target >= {target['speedup']:.0f}x: {_verdict(speedup, target['speedup'])})"
+        )
+    trainer_ratio = ratios.get(key, {}).get("trainer_ratio")
+    if trainer_ratio is not None:
+        lines.append(
+            f"(c)/(b) at {where}: {trainer_ratio:.2f}x (the Trainer's loop; target >= {target['trainer_ratio']:.1f}x: "
+            f"{_verdict(trainer_ratio, target['trainer_ratio'])})"
         )
     if project is not None:
         lines.append(
@@ -442,13 +507,17 @@ def markdown(meta: dict, results: list[StepResult], evals: list[EvalResult]) -> 
         "# Training and evaluation speed",
         "",
         f"Machine: {meta['machine']}; torch {meta['torch']}, {meta['threads']} threads; device {meta['device']}, "
-        f"{meta['dtype']}. Matmul peak (best large `torch.mm`, {meta['peak_dtype']}): {meta['matmul_peak_flops'] / 1e9:,.0f} GFLOP/s "
-        f"(start {meta['peak_start'] / 1e9:,.0f}, end {meta['peak_end'] / 1e9:,.0f}). {meta['warmup']} warm-up step(s) "
-        f"per step kind and point. Run took {meta['seconds']:.0f} s ({meta['mode']}).",
+        f"{meta['dtype']}. Matmul peak (best large `torch.mm`, {meta['peak_dtype']}): "
+        f"{meta['matmul_peak_flops'] / 1e9:,.0f} GFLOP/s (start {meta['peak_start'] / 1e9:,.0f}, "
+        f"end {meta['peak_end'] / 1e9:,.0f}). {meta['warmup']} warm-up step(s) per step kind and point "
+        f"((c): more, see bench/trainer_loop.py). Run took {meta['seconds']:.0f} s ({meta['mode']})."
+        + (f" Step (c) compiled: torch.compile, backend {meta['torch_compile']}." if meta["torch_compile"] else ""),
         "",
         "(a) plain = image tower every step + one text call per caption set padded to 77; "
-        "(b) project = cached image embeddings + dynamic padding + one text pass. Same model, same losses, "
-        "same optimiser (fused AdamW, grad clip 1.0); timed steps of (a) and (b) interleaved; medians. "
+        "(b) project = cached image embeddings + dynamic padding + one text pass; (c) trainer = (b) as "
+        "`OmniNegCLIPTrainer.train()` runs it (DataLoader, collator, callbacks, NaN check, logging). Same model, "
+        "same losses, same optimiser (fused AdamW, grad clip 1.0); timed steps interleaved on a CPU; medians for "
+        "(a) and (b), for (c) the mean over a window of steps holding one log. "
         "N = trainable front text blocks. Peak MiB: one step's peak above what was resident before it "
         "(activations, gradients, temporaries). % peak: matmul FLOPs of the shapes run / time / matmul peak "
         "(real tokens only in brackets). Others: cores other processes kept busy during the timed steps "
@@ -461,20 +530,21 @@ def markdown(meta: dict, results: list[StepResult], evals: list[EvalResult]) -> 
         others = "n/a" if r.median_others_load is None else f"{r.median_others_load:.2f}"
         lines.append(
             f"| {r.geometry} | {r.batch} | {r.front_blocks} | {STEP_LABELS[r.step]} | {r.samples_per_second:,.2f} | "
-            f"{statistics.median(r.seconds):.3f} ({len(r.seconds)}) | {_mib(r.peak_mib)} | {r.flops / 1e12:.3f} | "
+            f"{r.step_seconds:.3f} ({len(r.seconds)}) | {_mib(r.peak_mib)} | {r.flops / 1e12:.3f} | "
             f"{100 * r.peak_fraction:.0f} ({100 * r.useful_peak_fraction:.0f}) | {others} |"
         )
     ratio_rows = speedups(results)
     if ratio_rows:
         lines += [
             "",
-            "| geometry | batch | N | (b)/(a) samples/s | (a)/(b) peak memory |",
-            "|---|---:|---:|---:|---:|",
+            "| geometry | batch | N | (b)/(a) samples/s | (a)/(b) peak memory | (c)/(b) samples/s |",
+            "|---|---:|---:|---:|---:|---:|",
         ]
+        ratio = lambda value: "n/a" if value is None else f"{value:.2f}x"  # noqa: E731
         for row in ratio_rows:
-            memory = "n/a" if row["memory_ratio"] is None else f"{row['memory_ratio']:.2f}x"
             lines.append(
-                f"| {row['geometry']} | {row['batch']} | {row['front_blocks']} | {row['speedup']:.2f}x | {memory} |"
+                f"| {row['geometry']} | {row['batch']} | {row['front_blocks']} | {ratio(row['speedup'])} | "
+                f"{ratio(row['memory_ratio'])} | {ratio(row['trainer_ratio'])} |"
             )
     growth = growth_lines(results)
     if growth:
@@ -483,7 +553,8 @@ def markdown(meta: dict, results: list[StepResult], evals: list[EvalResult]) -> 
         lines += ["", "| geometry | images/s (with preprocessing) | texts/s (with tokenization) |", "|---|---:|---:|"]
         for e in evals:
             lines.append(
-                f"| {e.geometry} | {e.images_per_second:,.1f} ({e.images} images) | {e.texts_per_second:,.1f} ({e.texts} texts) |"
+                f"| {e.geometry} | {e.images_per_second:,.1f} ({e.images} images) | "
+                f"{e.texts_per_second:,.1f} ({e.texts} texts) |"
             )
     lines += ["", "Targets:", ""] + [f"- {line}" for line in target_verdict(results, meta["device"])]
     return "\n".join(lines) + "\n"
@@ -530,7 +601,7 @@ def plot(results: list[StepResult], path: Path) -> bool:
     figure, axes = plt.subplots(1, len(geometries), figsize=(6 * len(geometries), 4.2), squeeze=False)
     for axis, geometry in zip(axes[0], geometries):
         rows = [r for r in results if r.geometry == geometry]
-        for step, marker, style in (("project", "o", "-"), ("plain", "s", "--")):
+        for step, marker, style in (("project", "o", "-"), ("plain", "s", "--"), ("trainer", "^", ":")):
             for n in sorted({r.front_blocks for r in rows if r.step == step}):
                 series = sorted(
                     (r.batch, r.samples_per_second) for r in rows if r.step == step and r.front_blocks == n
@@ -571,7 +642,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="about a minute: batch 32, N = 6, few steps")
+    size.add_argument("--quick", action="store_true", help="about 1.5 minutes: batch 32, N = 6, few steps")
     size.add_argument("--full", action="store_true", help="every batch size and N for both steps (long on a CPU)")
     parser.add_argument(
         "--out", default=str(REPO_ROOT / "bench" / "results"), help="folder for results.md/json and the plot"
@@ -602,6 +673,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--steps", type=int, default=None, help="timed steps per step kind and point (default: by mode and point)"
     )
+    parser.add_argument(
+        "--kinds",
+        default=",".join(STEP_LABELS),
+        help=f"comma-separated step kinds to run where the plan runs them (default: all of {', '.join(STEP_LABELS)})",
+    )
     parser.add_argument("--no-eval", action="store_true", help="skip the evaluation throughput")
     parser.add_argument(
         "--wait-for-idle",
@@ -609,6 +685,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=0.0,
         metavar="SECONDS",
         help="on a shared machine: before each timed step, wait up to this long for other processes to go quiet",
+    )
+    parser.add_argument(
+        "--torch-compile",
+        default=None,
+        metavar="BACKEND",
+        help="step (c) with the Trainer's --torch_compile and this backend (inductor, aot_eager); its warm-up "
+        "steps then include the compilation",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: the cores this process may use)"
     )
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
@@ -636,7 +722,8 @@ def main(argv: list[str]) -> None:
     mode = "quick" if args.quick else "full" if args.full else "default"
     if (args.steps is not None and args.steps < 1) or (args.warmup is not None and args.warmup < 1):
         raise UserError(
-            f"--steps and --warmup must be >= 1 (the last warm-up step probes memory), got --steps {args.steps} --warmup {args.warmup}"
+            "--steps and --warmup must be >= 1 (the last warm-up step probes memory), "
+            f"got --steps {args.steps} --warmup {args.warmup}"
         )
     if args.wait_for_idle < 0:
         raise UserError(f"--wait-for-idle must be >= 0 seconds, got {args.wait_for_idle}")
@@ -644,18 +731,23 @@ def main(argv: list[str]) -> None:
     unknown = [name for name in geometries if name not in GEOMETRIES]
     if unknown or not geometries:
         raise UserError(f"--geometries: unknown {unknown or args.geometries!r}; known: {', '.join(GEOMETRIES)}")
+    kinds = [name.strip() for name in args.kinds.split(",") if name.strip()]
+    if not kinds or any(name not in STEP_LABELS for name in kinds):
+        raise UserError(f"--kinds: expected some of {', '.join(STEP_LABELS)}, got {args.kinds!r}")
     plan = make_plan(mode, device, batch_sizes, front_blocks, args.steps)
+    configs = [replace(c, steps=tuple(k for k in c.steps if k in kinds)) for c in plan.configs]
     plan = Plan(
-        [config for config in plan.configs if config.geometry.name in geometries],
+        [config for config in configs if config.geometry.name in geometries and config.steps],
         args.warmup if args.warmup is not None else plan.warmup,
         {} if args.no_eval else {k: v for k, v in plan.eval_images.items() if k in geometries},
         {} if args.no_eval else {k: v for k, v in plan.eval_texts.items() if k in geometries},
         args.wait_for_idle,
+        args.torch_compile,
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threads = args.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
     torch.set_num_threads(threads)
     started = time.perf_counter()
     peaks = []  # at the start and the end, each after waiting for quiet: the best is the machine's
@@ -684,6 +776,7 @@ def main(argv: list[str]) -> None:
         "seconds": time.perf_counter() - started,
         "warmup": plan.warmup,
         "wait_for_idle": plan.wait_for_idle,
+        "torch_compile": plan.torch_compile,
     }
     report = markdown(meta, results, evals)
     (out / "results.md").write_text(report)

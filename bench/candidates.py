@@ -383,8 +383,9 @@ def _report(results: list[dict], peaks: dict, args: argparse.Namespace, seconds:
     lines = [
         f"# Candidate changes to step (b): ViT-B/32, batch {args.batch}, N = {args.front_blocks}",
         "",
-        f"Matmul peak (best of start and end): fp32 {peaks['fp32'] / 1e9:,.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:,.0f} GFLOP/s. "
-        f"Each variant in a fresh process, 1 warm-up and {args.steps} timed steps, medians; the baseline first and last "
+        f"Matmul peak (best of start and end): fp32 {peaks['fp32'] / 1e9:,.0f} GFLOP/s, "
+        f"bf16 {peaks['bf16'] / 1e9:,.0f} GFLOP/s. Each variant in a fresh process, 1 warm-up and {args.steps} "
+        "timed steps, medians; the baseline first and last "
         f"(speed-ups are against both together). Took {seconds:.0f} s. Others: cores other processes "
         "kept busy during the timed steps (median); above ~0.1 the times are inflated.",
         "",
@@ -395,7 +396,8 @@ def _report(results: list[dict], peaks: dict, args: argparse.Namespace, seconds:
         row["speedup"] = baseline / row["median_seconds"]
         row["peak_fraction"] = row["flops"] / row["median_seconds"] / peaks[row["matmul_dtype"]]
         lines.append(
-            f"| {row['variant']} | {row['description']} | {row['median_seconds']:.2f} | {args.batch / row['median_seconds']:.2f} | "
+            f"| {row['variant']} | {row['description']} | {row['median_seconds']:.2f} "
+            f"| {args.batch / row['median_seconds']:.2f} | "
             f"{row['speedup']:.2f}x | {_fmt(row['peak_mib'], ',.0f')} | {row['flops'] / 1e12:.3f} | "
             f"{100 * row['peak_fraction']:.0f} ({row['matmul_dtype']}) | {_fmt(row['others'], '.2f')} |"
         )

@@ -11,10 +11,11 @@ image's objects) and `instances_train2017.json` (about 7 boxes an image, COCO's 
 their real ids, polygons in `segmentation` as COCO has them).
 
 `--full_size_annotations` writes annotation files of COCO train2017's size (118,287 images, 591,435
-captions (5 each), about 850,000 instances; 74 MB + 280 MB of JSON, the real ones 92 + 448 MB) whose first `--images` entries name the real image files (the
-rest name files that are not there: a build with `--max_rows` reads only the first ones, and the
-annotation loading is measured at full size). The files are written entry by entry (little memory), and
-reused when `out/fixture.json` records the same settings.
+captions (5 each), about 850,000 instances; 74 MB + 280 MB of JSON, the real ones 92 + 448 MB) whose
+first `--images` entries name the real image files (the rest name files that are not there: a build
+with `--max_rows` reads only the first ones, and the annotation loading is measured at full size).
+The files are written entry by entry (little memory), and reused when `out/fixture.json` records the
+same settings.
 
 Public surface: `make_fixture(out, images, seed=0, full_size_annotations=False) -> FixtureInfo`,
 `jpeg_of(index, seed) -> bytes`, `COCO_CATEGORIES`.

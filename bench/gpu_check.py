@@ -3,7 +3,7 @@
     python -m bench.gpu_check install WHEEL_DIR TARGET   install what the project needs and this machine lacks
     python -m bench.gpu_check versions                    python, torch, CUDA, GPU, library versions (JSON)
     python -m bench.gpu_check init-model FOLDER WORLD     a random CLIP of ViT-B/32 geometry with the world's processor
-    python -m bench.gpu_check check-checkpoint FOLDER     the trained folder is a plain, finite CLIP (JSON)
+    python -m bench.gpu_check check-checkpoint FOLDER...  each trained folder is a plain, finite CLIP (JSON)
     python -m bench.gpu_check report WORK OUT             every step's numbers into OUT/results.json and results.md
 
 `install` runs before the project's libraries can be imported, so it uses the standard library and
@@ -200,7 +200,8 @@ def versions() -> int:
 
 
 def init_model(folder: str, world: str, size_name: str = "vit-b-32") -> int:
-    """A random CLIP with the world's pixel statistics, no download: ViT-B/32's geometry, or "small": the built-in default's."""
+    """A random CLIP with the world's pixel statistics, no download: ViT-B/32's geometry, or "small":
+    the built-in default's."""
     from omninegclip.common.clip import VIT_B_32
     from pipeline.default import SMALL_CLIP, make_initial_model, world_pixel_statistics
 
@@ -212,30 +213,43 @@ def init_model(folder: str, world: str, size_name: str = "vit-b-32") -> int:
     return 0
 
 
-def check_checkpoint(folder: str) -> int:
-    """The folder loads as a plain CLIPModel, every weight is finite float32, and training moved the text projection."""
+def check_checkpoint(*folders: str) -> int:
+    """Each folder loads as a plain CLIPModel and every weight is finite float32 (one JSON line per
+    folder; a folder that is not there, its training having failed, is reported as such). One
+    process for all: the imports and the start of Python are paid once."""
     import torch
     from safetensors.torch import load_file
     from transformers import CLIPModel
 
-    state = load_file(str(Path(folder) / "model.safetensors"))
-    model = CLIPModel.from_pretrained(folder)
-    expected = set(model.state_dict())
-    record = {
-        "folder": folder,
-        "tensors": len(state),
-        "missing": sorted(expected - set(state))[:5],
-        "unexpected": sorted(set(state) - expected)[:5],
-        "all_finite": all(bool(torch.isfinite(t).all()) for t in state.values() if t.is_floating_point()),
-        "dtypes": sorted({str(t.dtype).replace("torch.", "") for t in state.values()}),
-    }
-    record["ok"] = not record["missing"] and not record["unexpected"] and record["all_finite"]
-    print(json.dumps({"checkpoint": record}))
-    return 0 if record["ok"] else 1
+    ok = True
+    for folder in folders:
+        if not (Path(folder) / "model.safetensors").is_file():
+            print(
+                json.dumps(
+                    {f"checkpoint {Path(folder).name}": {"folder": folder, "ok": False, "missing_folder": True}}
+                )
+            )
+            ok = False
+            continue
+        state = load_file(str(Path(folder) / "model.safetensors"))
+        expected = set(CLIPModel.from_pretrained(folder).state_dict())
+        record = {
+            "folder": folder,
+            "tensors": len(state),
+            "missing": sorted(expected - set(state))[:5],
+            "unexpected": sorted(set(state) - expected)[:5],
+            "all_finite": all(bool(torch.isfinite(t).all()) for t in state.values() if t.is_floating_point()),
+            "dtypes": sorted({str(t.dtype).replace("torch.", "") for t in state.values()}),
+        }
+        record["ok"] = not record["missing"] and not record["unexpected"] and record["all_finite"]
+        ok = ok and record["ok"]
+        print(json.dumps({f"checkpoint {Path(folder).name}": record}))
+    return 0 if ok else 1
 
 
 # ---- report ----------------------------------------------------------------------------------
 
+BENCH_STEPS = ("bench", "bench-compile")  # steps that run bench/bench_train.py into WORK/<step>/
 _DICT_LINE = re.compile(r"^\{'.*\}$")
 
 
@@ -292,20 +306,27 @@ def report(work: str, out: str) -> int:
         if status not in ("ok", "skipped"):
             step["error_tail"] = "\n".join(text.splitlines()[-25:])
         steps.append(step)
-    bench_json = work_dir / "bench" / "results.json"
-    bench = json.loads(bench_json.read_text()) if bench_json.is_file() else None
+    benches = {}  # bench/bench_train.py's results: the row, and the row with step (c) compiled
+    for name in BENCH_STEPS:
+        path = work_dir / name / "results.json"
+        if path.is_file():
+            benches[name] = json.loads(path.read_text())
     for step in steps:
-        if step["step"] == "bench" and bench:
+        bench = benches.get(step["step"])
+        if bench:
             for row in bench["steps"]:
                 key = f"{row['step']} b{row['batch']} N{row['front_blocks']}"
                 step[f"{key} samples/s"] = row["samples_per_second"]
                 step[f"{key} share of matmul peak"] = row["peak_fraction"]
             for row in bench["speedups"]:
                 step[f"project/plain b{row['batch']} N{row['front_blocks']}"] = row["speedup"]
+                step[f"trainer/project b{row['batch']} N{row['front_blocks']}"] = row.get("trainer_ratio")
             step["matmul peak TFLOP/s"] = bench["meta"]["matmul_peak_flops"] / 1e12
     eval_json = work_dir / "eval" / "results.json"
     evaluation = json.loads(eval_json.read_text()) if eval_json.is_file() else None
-    results = {"steps": steps, "bench_train": bench, "eval": evaluation}
+    results = {"steps": steps, "bench_train": benches.get("bench"), "eval": evaluation} | (
+        {"bench_train_compiled": benches["bench-compile"]} if "bench-compile" in benches else {}
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
 
@@ -324,11 +345,11 @@ def report(work: str, out: str) -> int:
         lines.append(
             f"| {step['step']} | {step['status']} | {step['seconds']:.0f} ({step['limit_s']}) | {shown[:400]} |"
         )
-    if bench:
-        bench_md = work_dir / "bench" / "results.md"
+    for name, bench in benches.items():
+        bench_md = work_dir / name / "results.md"
         lines += [
             "",
-            "## bench/bench_train.py",
+            f"## bench/bench_train.py ({name})",
             "",
             bench_md.read_text() if bench_md.is_file() else json.dumps(bench["speedups"]),
         ]

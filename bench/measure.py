@@ -1,7 +1,8 @@
 """Measuring tools of the benchmark: wall time, peak memory of one step, the machine's matmul peak.
 
-Public surface: `Device`, `matmul_peak_flops(device)`, `StepMeasurement`, `measure_call(fn, device, into)`,
-`peak_memory_of(fn, device)`, `prime_optimizer(optimizer)`, `record_text_shapes(model)`,
+Public surface: `Device`, `matmul_peak_flops(device)`, `StepMeasurement`, `measure_call(fn, device,
+into)`, `Stopwatch` (the same for a span between two callbacks), `peak_memory_of(fn, device)`,
+`PeakMemory` (the same for a span), `prime_optimizer(optimizer)`, `record_text_shapes(model)`,
 `others_load()`, `wait_for_idle(max_seconds)`.
 
 Peak memory of a step: on CUDA, `torch.cuda.max_memory_allocated` above what was allocated before
@@ -102,33 +103,41 @@ def _cpu_peak_supported() -> bool:
 _CPU_PEAK = _cpu_peak_supported() if os.name == "posix" else False
 
 
-@contextlib.contextmanager
-def _peak_memory(device: Device, result: dict):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        yield
-        torch.cuda.synchronize()
-        result["peak_bytes"] = torch.cuda.max_memory_allocated() - before
-    elif _CPU_PEAK:
-        _MALLOC_TRIM()
-        with open("/proc/self/clear_refs", "w") as refs:
-            refs.write("5")  # resets VmHWM to the current resident set
-        before = _status_kib("VmRSS")
-        yield
-        result["peak_bytes"] = (_status_kib("VmHWM") - before) * 1024
-    else:
-        yield
-        result["peak_bytes"] = None
+class PeakMemory:
+    """The peak memory of whatever runs between `start()` and `stop()` (bytes above what was in use
+    at `start`; None where unknown): for a span that is no single call, such as one Trainer step
+    between two callbacks."""
+
+    def __init__(self, device: Device):
+        self.device = device
+        self.before: int | None = None
+
+    def start(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.before = torch.cuda.memory_allocated()
+        elif _CPU_PEAK:
+            _MALLOC_TRIM()
+            with open("/proc/self/clear_refs", "w") as refs:
+                refs.write("5")  # resets VmHWM to the current resident set
+            self.before = _status_kib("VmRSS")
+
+    def stop(self) -> int | None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            return torch.cuda.max_memory_allocated() - self.before
+        if _CPU_PEAK:
+            return (_status_kib("VmHWM") - self.before) * 1024
+        return None
 
 
 def peak_memory_of(fn: Callable[[], object], device: Device) -> int | None:
     """Run `fn` once (untimed) and return the bytes its peak needed above what was in use before."""
-    memory: dict = {}
-    with _peak_memory(device, memory):
-        fn()
-    return memory["peak_bytes"]
+    probe = PeakMemory(device)
+    probe.start()
+    fn()
+    return probe.stop()
 
 
 def prime_optimizer(optimizer: torch.optim.Optimizer) -> None:
@@ -197,17 +206,35 @@ class StepMeasurement:
         return statistics.median(known) if known else None
 
 
+class Stopwatch:
+    """Wall time from `start()` to `stop(into)` (the device synchronised at both ends), with the
+    cores other processes used meanwhile: `measure_call` for one call, or a span between two
+    Trainer callbacks."""
+
+    def __init__(self, device: Device):
+        self.device = device
+        self.started: tuple[float | None, float, float] | None = None
+
+    def start(self) -> None:
+        self.device.synchronize()
+        self.started = (_busy_seconds(), _own_cpu_seconds(), time.perf_counter())
+
+    def stop(self, into: StepMeasurement) -> None:
+        self.device.synchronize()
+        seconds = time.perf_counter() - self.started[2]
+        busy, own, _ = self.started
+        into.seconds.append(seconds)
+        others = None if busy is None else max(0.0, (_busy_seconds() - busy) - (_own_cpu_seconds() - own)) / seconds
+        into.others_load.append(others)
+        self.started = None
+
+
 def measure_call(fn: Callable[[], object], device: Device, into: StepMeasurement) -> None:
     """Run `fn` once, timed (synchronised on CUDA), into `into`, with the cores other processes used meanwhile."""
-    device.synchronize()
-    busy, own = _busy_seconds(), _own_cpu_seconds()
-    start = time.perf_counter()
+    watch = Stopwatch(device)
+    watch.start()
     fn()
-    device.synchronize()
-    seconds = time.perf_counter() - start
-    into.seconds.append(seconds)
-    others = None if busy is None else max(0.0, (_busy_seconds() - busy) - (_own_cpu_seconds() - own)) / seconds
-    into.others_load.append(others)
+    watch.stop(into)
 
 
 @contextlib.contextmanager

@@ -106,7 +106,8 @@ def main(argv: list[str]) -> None:
     print("\n| op | group | share | calls |\n|---|---|---:|---:|")
     for event in sorted(events, key=lambda e: -e.self_cpu_time_total)[: args.top]:
         print(
-            f"| {event.key} | {group_of(event.key)} | {100 * event.self_cpu_time_total / total:.1f} % | {event.count} |"
+            f"| {event.key} | {group_of(event.key)} | {100 * event.self_cpu_time_total / total:.1f} % "
+            f"| {event.count} |"
         )
 
 

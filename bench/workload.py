@@ -6,7 +6,8 @@ Public surface
 - `Geometry`, `VIT_B_32`, `DEFAULT_SMALL`, `build_model(geometry, front_blocks, seed)`.
 - `CaptionRows`, `coco_like_captions(batch, generator)`: token ids per row for the original,
   presence-negated and absence-negated captions, lengths drawn like real COCO captions.
-- `fast_batch(...)`: the project's batch (the real `OmniNegCollator`: cached image embeddings,
+- `packed_rows(...)`: a batch's rows as the Trainer holds prepared data (`PackedRows`);
+  `fast_batch(...)`: the project's batch (the real `OmniNegCollator` over them: cached image embeddings,
   each caption set padded to its own longest caption); `plain_batch(...)`: pixel values and every
   caption set padded to 77 tokens, as `padding="max_length"` does.
 - `fast_loss_terms(model, batch)`: the project's forward (one text pass); `plain_loss_terms(model,
@@ -116,16 +117,21 @@ def coco_like_captions(batch: int, generator: torch.Generator, vocab_size: int =
     return CaptionRows(ids(originals), ids(presence), ids(absence))
 
 
-def fast_batch(captions: CaptionRows, image_embeds: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The project's batch, built by the real collator from prepared rows with cached embeddings."""
+def packed_rows(captions: CaptionRows, image_embeds: torch.Tensor) -> PackedRows:
+    """The batch's rows as the Trainer holds prepared data: token ids per caption set, cached image embeddings."""
     tokens = {
         "input_ids": captions.original,
         "presence_negated_input_ids": captions.presence,
         "absence_negated_input_ids": captions.absence,
     }
-    rows = PackedRows(
+    return PackedRows(
         tokens, EOS_TOKEN_ID, image_index=np.arange(len(captions.original)), image_embeds=image_embeds.float()
     )
+
+
+def fast_batch(captions: CaptionRows, image_embeds: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The project's batch, built by the real collator from prepared rows with cached embeddings."""
+    rows = packed_rows(captions, image_embeds)
     batch = OmniNegCollator(rows)([{"row_id": row, "packed_row": row} for row in range(len(captions.original))])
     batch.pop("row_ids")
     return batch

@@ -8,6 +8,9 @@ invariance, and the benchmark's FLOP model against torch's own FLOP counter."""
 
 from __future__ import annotations
 
+import pickle
+from functools import partial
+
 import datasets
 import numpy as np
 import pytest
@@ -15,16 +18,27 @@ import torch
 from conftest import tiny_clip_config
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
-from transformers import CLIPModel
+from transformers import CLIPModel, Trainer
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-from bench.measure import record_text_shapes
-from bench.workload import Geometry, fast_loss_terms, plain_loss_terms, text_forward_flops, text_train_flops
+from bench.measure import Device, record_text_shapes
+from bench.trainer_loop import trainer_config, trainer_table
+from bench.workload import (
+    Geometry,
+    coco_like_captions,
+    fast_batch,
+    fast_loss_terms,
+    packed_rows,
+    plain_loss_terms,
+    text_forward_flops,
+    text_train_flops,
+)
 from modeling_omninegclip import OmniNegCLIPModel, OmniNegLossConfig, TrainableConfig, apply_trainable
+from omninegclip import OmniNegCLIPTrainer
 from omninegclip.common.embedding import embed_images
 from omninegclip.training import images as images_module
-from omninegclip.training.data import OmniNegCollator, PackedRows
-from omninegclip.training.images import ImageRefs, ImageTransform, image_pass
+from omninegclip.training.data import OmniNegCollator, PackedRows, PreparedSplit
+from omninegclip.training.images import ImageRefs, ImageTransform, image_pass, pixel_values
 
 CAPTIONS = [
     ("a dog on a sofa", "a sofa with no dog", "a dog on a sofa with no cat in the room"),
@@ -282,3 +296,47 @@ def test_flop_model_matches_torch_flop_counter(front_blocks, tokenizer):
         assert text_train_flops(geometry, sequences, length, blocks) == 3 * text_forward_flops(
             geometry, sequences, length
         )
+
+
+# ---- the benchmark's step (c): the Trainer on step (b)'s rows -------------------------------------
+
+
+def test_the_trainer_step_takes_the_project_batch(tmp_path):
+    model = omni_model()
+    captions = coco_like_captions(8, torch.Generator().manual_seed(0), vocab_size=1000)
+    rows = packed_rows(captions, torch.randn(8, model.config.projection_dim))
+    config = trainer_config(str(tmp_path / "out"), 8, 2, steps=3, logging_steps=3, device=Device("cpu", None), seed=0)
+    collator = OmniNegCollator(rows, caption_sets=config.loss_config().caption_sets_read())
+    trainer = OmniNegCLIPTrainer(model, config, train_dataset=trainer_table(8, 3), data_collator=collator)
+    batches = list(trainer.get_train_dataloader())
+    expected = fast_batch(captions, rows.image_embeds)
+    assert len(batches) == 3
+    for step, batch in enumerate(batches):  # every batch is step (b)'s, row for row
+        assert batch.pop("row_ids").tolist() == list(range(8 * step, 8 * step + 8)) and set(batch) == set(expected)
+        assert all(torch.equal(batch[name], expected[name]) for name in expected)
+    with torch.no_grad():
+        loss = trainer.compute_loss(model, dict(batches[0]))
+        torch.testing.assert_close(loss, fast_loss_terms(model, expected)["loss"], rtol=0, atol=0)
+    # The Trainer's FLOP count, with the parameters counted once: as transformers counts it.
+    assert trainer.floating_point_ops(batches[0]) == Trainer.floating_point_ops(trainer, batches[0]) > 0
+
+
+def test_the_collator_crosses_to_spawned_workers(processor):
+    # DataLoader workers started by spawn or forkserver (safe once CUDA has started) get the collator
+    # pickled: the pixel path (a training image tower) too.
+    refs = image_refs()
+    split = PreparedSplit(
+        source_index=np.zeros(5, dtype=np.int64),
+        source_row=np.arange(5),
+        image_index=np.array([0, 1, 2, 3, 4]),
+        tokens={"input_ids": [[49406, 320 + row, 49407] for row in range(5)]},
+        order=np.arange(5),
+        images=refs,
+    )
+    transform = ImageTransform.for_processor(processor.image_processor)
+    packed, tables = PackedRows.from_splits({"train": split}, 49407, pixels=partial(pixel_values, transform))
+    collator = OmniNegCollator(packed)
+    items = [tables["train"][row] for row in (4, 0, 2)]
+    batch, again = collator(items), pickle.loads(pickle.dumps(collator))(items)
+    assert batch["pixel_values"].shape == (3, 3, 30, 30) and set(again) == set(batch)
+    assert all(torch.equal(again[name], value) for name, value in batch.items())

@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, make_dataclass
+from functools import partial
 from pathlib import Path
 
 import datasets
@@ -471,7 +472,9 @@ class PackedRows:
             image_embeds=torch.cat([split.image_embeds for split in splits.values()]) if embedded else None,
             source_index=np.concatenate([split.source_index for split in splits.values()]),
             source_row=np.concatenate([split.source_row for split in splits.values()]),
-            pixels=None if embedded or pixels is None else (lambda images: pixels(refs, image_offsets, images)),
+            # A partial, not a lambda: DataLoader workers started by spawn or forkserver (safe after CUDA
+            # has started) receive the collator pickled.
+            pixels=None if embedded or pixels is None else partial(pixels, refs, image_offsets),
         )
         tables = {}
         for (role, split), offset in zip(splits.items(), row_offsets):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import weakref
 from pathlib import Path
 
 import datasets
@@ -197,6 +198,7 @@ class OmniNegCLIPTrainer(Trainer):
         self._term_sums: dict[str, torch.Tensor] = {}
         self._term_count = 0
         self._unchecked: list[tuple[int, dict[str, torch.Tensor], torch.Tensor | None]] = []
+        self._counted_parameters: tuple[weakref.ref, int] | None = None  # (model, its count) for floating_point_ops
         if self.train_dataset is not None:
             self.planned_steps = ready_to_train(self, model, lora=self.lora_settings is not None)
 
@@ -357,6 +359,17 @@ class OmniNegCLIPTrainer(Trainer):
         elif not all(bool(torch.isfinite(value).all()) for value in checked.values()):
             raise self._non_finite_error(model, checked, row_ids, self.state.global_step)
         return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    def floating_point_ops(self, inputs: dict) -> int:
+        """`Trainer.floating_point_ops` (6 x input tokens x parameters without embeddings, the
+        `total_flos` the Trainer logs), with the parameters counted once per model instead of every
+        step: counting walks every module, about 0.7 ms a step for ViT-B/32 on the CPU."""
+        model = self.model
+        if not hasattr(model, "num_parameters") or getattr(model, "main_input_name", "input_ids") not in inputs:
+            return super().floating_point_ops(inputs)
+        if self._counted_parameters is None or self._counted_parameters[0]() is not model:
+            self._counted_parameters = (weakref.ref(model), model.num_parameters(exclude_embeddings=True))
+        return 6 * inputs[getattr(model, "main_input_name", "input_ids")].numel() * self._counted_parameters[1]
 
     def check_finite(self, model) -> None:
         """Raise for the first unchecked training step whose loss or a term is NaN/inf."""
