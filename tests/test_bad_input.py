@@ -1116,7 +1116,7 @@ CASES = [
         "empty_dataset",
         lambda fx: fx.train_args(fx.dataset("empty", [])),
         2,
-        ("empty' is empty: nothing to train on",),
+        ("empty': its training split (--train_split) is empty: nothing to train on",),
     ),
     Case(
         "train",
