@@ -11,6 +11,7 @@ import pytest
 import train
 from omninegclip.common.cli import UserError
 from omninegclip.training import saving
+from omninegclip.training import trainer as trainer_module
 from omninegclip.training.checkpoints import PROVENANCE_FILE, TRAINER_STATE_FILE, check_output_and_resume
 from omninegclip.training.trainer import check_training_steps
 
@@ -381,14 +382,14 @@ def test_a_failed_final_save_leaves_no_loadable_half_model(tmp_path, processor, 
 
     from train_helpers import color_rows, invoke_cli, save_dataset, save_tiny_clip, train_flags
 
-    real_write = saving.write_provenance
+    real_write = trainer_module.write_provenance  # the final folder's record is written with its card
 
     def full_disk(folder, record):
         if folder.name == saving.FINAL_STAGING:
             raise OSError(errno.ENOSPC, "No space left on device", str(folder / PROVENANCE_FILE))
         return real_write(folder, record)
 
-    monkeypatch.setattr(saving, "write_provenance", full_disk)
+    monkeypatch.setattr(trainer_module, "write_provenance", full_disk)
     out = tmp_path / "run"
     flags = train_flags(
         save_tiny_clip(tmp_path / "clip", processor), save_dataset(tmp_path / "data", color_rows(8)), out
@@ -402,7 +403,7 @@ def test_a_failed_final_save_leaves_no_loadable_half_model(tmp_path, processor, 
     assert (
         sorted(path.name for path in out.iterdir()) == []
     )  # no config.json or weights of a half-saved model, no staging left
-    monkeypatch.setattr(saving, "write_provenance", real_write)
+    monkeypatch.setattr(trainer_module, "write_provenance", real_write)
     code, output = invoke_cli(
         "train", flags, capsys, caplog
     )  # the same command again: the folder is empty, so it runs

@@ -340,8 +340,7 @@ class OmniNegCLIPConfig(TrainingArguments, CaptionColumnArguments):
         self._check_evaluation()
         self._check_precision()
         self.loss_config()  # refuses bad weights now, by name
-        parse_text_blocks(self.text_blocks)
-        self.trainable_config()
+        self.trainable_config()  # refuses bad blocks (--text_blocks included) now, by name
 
     def _check_lora(self) -> None:
         if self.lora_r < 0:

@@ -144,10 +144,8 @@ def prepare_splits(
     for role, named in splits.items():
         for name, dataset in named.items():
             if len(dataset) == 0:
-                split = getattr(dataset, "split", None)
-                raise UserError(
-                    EMPTY_SPLIT[role].format(name=name, split=f" {str(split)!r}" if split is not None else "")
-                )
+                split = _split_name({name: dataset})
+                raise UserError(EMPTY_SPLIT[role].format(name=name, split=f" {split!r}" if split else ""))
         with config.main_process_first(desc=f"preparing {role} data"):
             prepared[role], split_reports = prepare_dataset(
                 list(named.values()),
@@ -155,7 +153,7 @@ def prepare_splits(
                 columns,
                 processor.tokenizer,
                 config.max_caption_length,
-                split=_split_name(named, role),
+                split=_split_name(named) or role,
                 images=images,
             )
         reports += split_reports
@@ -175,10 +173,10 @@ EMPTY_SPLIT = {
 }
 
 
-def _split_name(named: dict[str, datasets.Dataset], role: str) -> str:
-    """The split the datasets came from (for the reports), else the role ("train", "eval")."""
+def _split_name(named: dict[str, datasets.Dataset]) -> str | None:
+    """The split the datasets came from, where they all name the same one; else None."""
     found = {str(dataset.split) for dataset in named.values() if getattr(dataset, "split", None) is not None}
-    return found.pop() if len(found) == 1 else role
+    return found.pop() if len(found) == 1 else None
 
 
 def negation_metrics(

@@ -16,7 +16,6 @@ from transformers import Trainer
 
 from modeling_omninegclip import SETTINGS_KEY
 from omninegclip.common.cli import UserError
-from omninegclip.training.checkpoints import write_provenance
 from omninegclip.training.lora import ADAPTER_DIR, save_adapter
 
 logger = logging.getLogger("omninegclip.train")
@@ -75,8 +74,8 @@ def merge_adapters(trainer: Trainer) -> None:
 
 
 def _write_final(trainer: Trainer, eval_metrics: dict | None, train_metrics: dict | None) -> None:
-    """Everything of the final folder into output_dir (the staging folder, while this runs)."""
-    output_dir = Path(trainer.args.output_dir)
+    """Everything of the final folder into output_dir (the staging folder, while this runs); the
+    card (`create_model_card`) writes the run's record beside it."""
     trainer.save_model(_internal_call=True)  # every process (FSDP/DeepSpeed gather the weights); the push comes after
     if not trainer.is_world_process_zero():
         return
@@ -86,7 +85,6 @@ def _write_final(trainer: Trainer, eval_metrics: dict | None, train_metrics: dic
     if eval_metrics is not None:
         trainer.save_metrics("eval", eval_metrics)
     trainer.save_state()
-    write_provenance(output_dir, trainer.record | {"global_step": trainer.state.global_step})
     trainer.create_model_card()
 
 

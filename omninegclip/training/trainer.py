@@ -262,7 +262,7 @@ class OmniNegCLIPTrainer(Trainer):
         folder (adapters, optimiser, scheduler) into `last-checkpoint/` or `checkpoint-N/` only, and
         `every_save` pushes nothing before the end."""
         if self.is_world_process_zero():  # the backup carries what resuming checks (the callback writes it only later)
-            write_provenance(Path(checkpoint_folder), self.record | {"global_step": self.state.global_step})
+            self.write_record(Path(checkpoint_folder))
         if self.lora_settings is None:
             return super()._push_from_checkpoint(checkpoint_folder)
         strategy = str(getattr(self.args.hub_strategy, "value", self.args.hub_strategy))
@@ -290,10 +290,14 @@ class OmniNegCLIPTrainer(Trainer):
         (training_provenance.json): the card describes what it says."""
         if not self.is_world_process_zero():
             return
-        write_provenance(Path(self.args.output_dir), self.record | {"global_step": self.state.global_step})
+        self.write_record(Path(self.args.output_dir))
         write_model_card(
             Path(self.args.output_dir), repo_id=self.hub_model_id or self.args.hub_model_id, **self.card_settings()
         )
+
+    def write_record(self, folder: Path) -> None:
+        """This run's training record (training_provenance.json) into `folder`, at the current step."""
+        write_provenance(folder, self.record | {"global_step": self.state.global_step})
 
     def card_settings(self) -> dict:
         return dict(
