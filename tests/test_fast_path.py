@@ -38,6 +38,7 @@ from omninegclip import OmniNegCLIPTrainer
 from omninegclip.common.embedding import embed_images
 from omninegclip.training import images as images_module
 from omninegclip.training.data import OmniNegCollator, PackedRows, PreparedSplit
+from omninegclip.training.rowstore import RowStore
 from omninegclip.training.images import ImageRefs, ImageTransform, image_pass, pixel_values
 
 CAPTIONS = [
@@ -326,10 +327,9 @@ def test_the_collator_crosses_to_spawned_workers(processor):
     # pickled: the pixel path (a training image tower) too.
     refs = image_refs()
     split = PreparedSplit(
-        source_index=np.zeros(5, dtype=np.int64),
-        source_row=np.arange(5),
-        image_index=np.array([0, 1, 2, 3, 4]),
-        tokens={"input_ids": [[49406, 320 + row, 49407] for row in range(5)]},
+        store=RowStore.from_lists({"caption": [[49406, 320 + row, 49407] for row in range(5)]}, np.arange(5)),
+        kept=np.arange(5),
+        starts=np.zeros(1, dtype=np.int64),
         order=np.arange(5),
         images=refs,
     )

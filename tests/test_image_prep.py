@@ -186,6 +186,7 @@ def test_a_damaged_cache_file_is_named_in_a_warning_rebuilt_and_replaced(
     transform = ImageTransform.for_processor(processor.image_processor)
     first = image_pass(refs, transform, model=tiny_clip, num_workers=0, cache_dir=tmp_path)
     (path,) = tmp_path.glob("image_embeds-*.safetensors")
+    expected = first.embeds.clone()  # `first` maps the file that is damaged in place below
     intact = path.read_bytes()
     path.write_bytes(_damaged(intact, damage))
     counted_decodes.clear()
@@ -194,7 +195,7 @@ def test_a_damaged_cache_file_is_named_in_a_warning_rebuilt_and_replaced(
     assert f"the cached image pass {path} cannot be used (" in caplog.text
     assert "decoding the images again and replacing it" in caplog.text
     assert sum(counted_decodes.values()) == len(pictures)  # rebuilt from the images
-    torch.testing.assert_close(again.embeds, first.embeds)
+    torch.testing.assert_close(again.embeds, expected)
     assert path.read_bytes() == intact  # replaced by a whole file: the next run reuses it without a word
     caplog.clear()
     image_pass(refs, transform, model=tiny_clip, num_workers=0, cache_dir=tmp_path)
@@ -209,13 +210,14 @@ def test_a_cache_file_of_another_shape_is_not_reused(tmp_path, processor, tiny_c
     transform = ImageTransform.for_processor(processor.image_processor)
     first = image_pass(refs, transform, model=tiny_clip, num_workers=0, cache_dir=tmp_path)
     (path,) = tmp_path.glob("image_embeds-*.safetensors")
+    expected = first.embeds.clone()  # `first` maps the file that is damaged in place below
     save_file(
         {"image_embeds": torch.zeros(2, 16)}, str(path), metadata={"unreadable": "{}"}
     )  # two rows for three images
     with caplog.at_level(logging.WARNING, logger=images_module.logger.name):
         again = image_pass(refs, transform, model=tiny_clip, num_workers=0, cache_dir=tmp_path)
     assert f"{path} cannot be used (it holds (2, 16) image embeddings, expected 3 rows)" in caplog.text
-    torch.testing.assert_close(again.embeds, first.embeds)
+    torch.testing.assert_close(again.embeds, expected)
 
 
 def test_a_write_cut_short_leaves_nothing_under_the_real_name(tmp_path, processor, tiny_clip, monkeypatch):
@@ -225,18 +227,17 @@ def test_a_write_cut_short_leaves_nothing_under_the_real_name(tmp_path, processo
     table, _ = jpeg_dataset(2)
     refs, _ = refs_of(table)
     transform = ImageTransform.for_processor(processor.image_processor)
-    real_save = images_module.save_file
+    real_fsync = os.fsync
 
-    def cut_short(tensors, filename, metadata=None):
-        real_save(tensors, filename, metadata=metadata)
-        Path(filename).write_bytes(Path(filename).read_bytes()[:40])
+    def cut_short(descriptor):  # the file is written up to here; the flush to disk is interrupted
+        os.ftruncate(descriptor, 40)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(images_module, "save_file", cut_short)
+    monkeypatch.setattr(os, "fsync", cut_short)
     with pytest.raises(KeyboardInterrupt):
         image_pass(refs, transform, model=tiny_clip, num_workers=0, cache_dir=tmp_path)
     assert list(tmp_path.iterdir()) == []
-    monkeypatch.setattr(images_module, "save_file", real_save)
+    monkeypatch.setattr(os, "fsync", real_fsync)
     finished = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
     )
@@ -299,9 +300,10 @@ def test_the_cache_key_records_the_precision_and_autocast_reaches_the_tower(tmp_
     )
     assert seen == [("cpu", False, torch.get_autocast_dtype("cpu")), ("cpu", True, torch.bfloat16)]
     assert len(list(tmp_path.glob("image_embeds-*.safetensors"))) == 2  # one per precision
-    assert full.embeds.dtype == half.embeds.dtype == torch.float32
-    assert not torch.equal(full.embeds, half.embeds)
-    torch.testing.assert_close(half.embeds, full.embeds, rtol=0.05, atol=0.05)
+    # Kept in the dtype the tower gave them: bf16 under bf16 autocast (half the bytes, nothing rounded twice).
+    assert full.embeds.dtype == torch.float32 and half.embeds.dtype == torch.bfloat16
+    assert not torch.equal(full.embeds, half.embeds.float())
+    torch.testing.assert_close(half.embeds.float(), full.embeds, rtol=0.05, atol=0.05)
 
 
 @pytest.mark.cuda
@@ -359,8 +361,11 @@ def test_preparation_writes_no_copy_of_the_images(tmp_path, processor):
     tables, packed, _, reports = prepare.prepare_splits(config, loaded_processor, model, {"train": train_datasets})
     written = [path for path in tmp_path.rglob("*") if path.is_file() and before.get(path) != path.stat().st_size]
     image_bytes = sum(len(data) for data in pictures + more)
-    assert written and all(path.parent == Path(config.image_embedding_cache_dir) for path in written)
-    assert sum(path.stat().st_size for path in written) <= 0.05 * image_bytes
+    # Written: the embeddings (in their cache) and the tokenized rows (in theirs, which hold no image bytes).
+    embedded = [path for path in written if path.parent == Path(config.image_embedding_cache_dir)]
+    rows = [path for path in written if prepare.prepared_cache_dir(config) in path.parents]
+    assert embedded and rows and len(embedded) + len(rows) == len(written)
+    assert sum(path.stat().st_size for path in embedded) <= 0.05 * image_bytes
     for path in written:
         content = path.read_bytes()
         assert not any(data[200:400] in content for data in pictures + more), path  # no image's bytes anywhere

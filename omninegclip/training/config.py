@@ -229,11 +229,18 @@ class OmniNegCLIPConfig(TrainingArguments, CaptionColumnArguments):
         default=None,
         metadata={"help": "Where cached image embeddings go (default: <output_dir>/../.image_embedding_cache)."},
     )
+    prepared_data_cache_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Where the tokenized training rows are stored, memory-mapped, for every process of the run and "
+            "later launches on the same data (default: <output_dir>/../.prepared_data_cache)."
+        },
+    )
     preprocessing_num_workers: int | None = field(
         default=None,
         metadata={
-            "help": "Worker processes that decode and preprocess the images before training (each image once); "
-            "default: the machine's cores. 0 decodes in the main process."
+            "help": "Worker processes that tokenize the rows and decode and preprocess the images before training "
+            "(each image once); default: the machine's cores. 0 does both in the main process."
         },
     )
     image_embedding_batch_size: int = field(

@@ -23,7 +23,12 @@ example rows in a `SourceReport`, which `summarize_reports` turns into the one l
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import shutil
+import tempfile
+from collections import Counter
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, make_dataclass
 from functools import partial
@@ -31,13 +36,17 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
+from datasets.fingerprint import Hasher
 
 from modeling_omninegclip import CAPTION, CAPTION_SETS
 from omninegclip.common.cli import UserError
 from omninegclip.common.clip import CONTEXT_LENGTH
 from omninegclip.common.skips import SkipLog, text_skip
-from omninegclip.training.images import ImagePass, ImageRefs, image_pass
+from omninegclip.training.images import ImagePass, ImageRefs, _base_folder, default_workers, image_key, image_pass
+from omninegclip.training.rowstore import RowStore, RowStoreWriter, token_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -190,6 +199,17 @@ class SourceReport:
         }
         return {**fields, **counts, **self.skips.to_json()}
 
+    def to_state(self) -> dict:
+        """Everything in the report, to store beside the prepared rows (`from_state` reads it back)."""
+        fields = {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "skips"}
+        return fields | {"skips": dict(self.skips.counts), "skip_examples": self.skips.examples}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "SourceReport":
+        state = dict(state)
+        skips = SkipLog(Counter(state.pop("skips")), {k: list(v) for k, v in state.pop("skip_examples").items()})
+        return cls(**state, skips=skips)
+
     def describe(self) -> str:
         # Sets on by default are always counted (a 0 is news); the others only where a dataset has them.
         counts = ", ".join(
@@ -219,25 +239,20 @@ def summarize_reports(reports: list[SourceReport], max_length: int) -> tuple[str
 
 
 # ----------------------------------------------------------------------------------------------
-# Validation, tokenization, images
+# Validation and tokenization, in worker processes, into an Arrow cache
 # ----------------------------------------------------------------------------------------------
 
-
-def _text_column(dataset: datasets.Dataset, column: str) -> list:
-    """A column's values as one Python list, read from Arrow in one call (datasets 5's lazy
-    `Column` would be read item by item)."""
-    return dataset.with_format("arrow")[column].to_pylist()
+ROWS_PER_MAP_BATCH = 1000  # rows a worker validates and tokenizes at once
+ROWS_PER_WORKER = 20_000  # fewer rows than this per worker are not worth a process
+PREPARED_FORMAT = 2  # the layout of the tokenized rows and the stored splits (part of their cache keys)
 
 
-def _validate(dataset: datasets.Dataset, name: str, columns: CaptionColumns, split: str = "train") -> dict[str, list]:
-    """Check the columns (an error when one is missing or of the wrong kind); return the text
-    columns as lists. Their values are checked row by row by `_usable_rows`."""
+def _validate(dataset: datasets.Dataset, name: str, columns: CaptionColumns, split: str = "train") -> None:
+    """Check the columns: an error when one is missing or of the wrong kind. Their values are checked
+    row by row when the rows are tokenized (`_row_batch`)."""
     if len(dataset) == 0:
         raise UserError(f"dataset {name!r}: its {split!r} split is empty")
-    found = list(dataset.column_names)
-    for column, flag in columns.flags().items():
-        if column not in found:
-            raise UserError(f"dataset {name!r} has no column {column!r} (set by {flag}); its columns are {found}")
+    check_columns(list(dataset.column_names), name, columns)
     feature = dataset.features[columns.image]
     if not (
         isinstance(feature, datasets.Image)
@@ -247,64 +262,190 @@ def _validate(dataset: datasets.Dataset, name: str, columns: CaptionColumns, spl
             f"dataset {name!r}, column {columns.image!r} (set by --image_column) holds {feature}; "
             "expected images (a datasets Image column) or image file paths (strings)"
         )
-    return {column: _text_column(dataset, column) for column in columns.text_columns()}
 
 
-def _usable_rows(texts: dict[str, list], columns: CaptionColumns, skips: SkipLog) -> list[int]:
-    """The rows whose caption is text and whose negations are text or absent (None or empty: the
-    row then has no such negation); every other row is counted in `skips` (`text_skip`'s reasons)."""
-    keep = []
-    for row in range(len(texts[columns.caption])):
-        for column, values in texts.items():
-            value = values[row]
-            reason = (
-                text_skip(value, "caption")
-                if column == columns.caption
-                else (text_skip(value, column) if value is not None and not isinstance(value, str) else None)
-            )
-            if reason is not None:
-                shown = f": {type(value).__name__} {value!r:.40}" if reason.endswith("_not_text") else ""
-                skips.skip(reason, f"row {row}, column {column!r}{shown}")
-                break
+def check_columns(found: list[str], name: str, columns: CaptionColumns) -> None:
+    """A dataset's columns must include every column a flag names."""
+    for column, flag in columns.flags().items():
+        if column not in found:
+            raise UserError(f"dataset {name!r} has no column {column!r} (set by {flag}); its columns are {found}")
+
+
+def row_text_skip(values: dict[str, object], columns: CaptionColumns) -> tuple[str, str] | None:
+    """Why a row's texts cannot be used, and in which column (None: they can): its caption must be
+    text; a negation may be None or empty (then the row has no such negation) but not another type."""
+    for column, value in values.items():
+        if column == columns.caption:
+            reason = text_skip(value, "caption")
         else:
-            keep.append(row)
-    return keep
+            reason = text_skip(value, column) if value is not None and not isinstance(value, str) else None
+        if reason is not None:
+            shown = f": {type(value).__name__} {value!r:.40}" if reason.endswith("_not_text") else ""
+            return reason, f"column {column!r}{shown}"
+    return None
 
 
-def _tokenize(texts: list[str | None], tokenizer, max_length: int) -> tuple[list[list[int]], int]:
-    """Token ids per text ([] for None/empty), cut to max_length with the end token kept; count the cut."""
+def _tokenize(texts: list[str | None], tokenizer, max_length: int) -> tuple[list[list[int]], np.ndarray]:
+    """Token ids per text ([] for None/empty), cut to max_length with the end token kept; which were cut."""
     present = [index for index, text in enumerate(texts) if text and text.strip()]
     ids: list[list[int]] = [[] for _ in texts]
-    truncated = 0
-    for start in range(0, len(present), 4096):
-        chunk = present[start : start + 4096]
+    cut = np.zeros(len(texts), dtype=bool)
+    if present:
         # verbose=False: the over-long ones are counted here and reported once, not warned about by the tokenizer
-        encoded = tokenizer([texts[index] for index in chunk], add_special_tokens=True, verbose=False)["input_ids"]
-        for index, tokens in zip(chunk, encoded):
+        encoded = tokenizer([texts[index] for index in present], add_special_tokens=True, verbose=False)["input_ids"]
+        for index, tokens in zip(present, encoded):
             if len(tokens) > max_length:
-                truncated += 1
+                cut[index] = True
                 tokens = tokens[: max_length - 1] + [tokens[-1]]
             ids[index] = tokens
-    return ids, truncated
+    return ids, cut
+
+
+def _row_batch(
+    batch: dict[str, list], indices: list[int], columns: CaptionColumns, tokenizer, max_length: int, base
+) -> dict[str, list]:
+    """One batch of a dataset's rows, in a `datasets.map` worker: why each row is skipped (None:
+    kept), its image's identity (`image_key`) and, per caption set, its token ids (none for a
+    skipped row)."""
+    rows = len(indices)
+    texts = {column: batch[column] for column in columns.text_columns()}
+    skip, where = [None] * rows, [None] * rows
+    for position, row in enumerate(indices):
+        found = row_text_skip({column: values[position] for column, values in texts.items()}, columns)
+        if found is not None:
+            skip[position], where[position] = found[0], f"row {row}, {found[1]}"
+    out = {"skip": skip, "skip_where": where}
+    truncated = np.zeros(rows, dtype=np.uint8)
+    for caption_set in CAPTION_SETS:
+        column = columns.texts.get(caption_set.name)
+        if not column:
+            continue
+        values = [value if reason is None else None for value, reason in zip(texts[column], skip)]
+        out[f"ids.{caption_set.name}"], cut = _tokenize(values, tokenizer, max_length)
+        truncated += cut
+    out["truncated"] = truncated
+    keys = np.array([image_key(value, base) or (0, 0) for value in batch[columns.image]], dtype=np.uint64)
+    out["image_hi"], out["image_lo"] = keys[:, 0], keys[:, 1]
+    return out
+
+
+def _row_features(columns: CaptionColumns, dtype: str) -> datasets.Features:
+    features = {"skip": datasets.Value("string"), "skip_where": datasets.Value("string")}
+    for caption_set in CAPTION_SETS:
+        if columns.texts.get(caption_set.name):
+            features[f"ids.{caption_set.name}"] = datasets.List(datasets.Value(dtype))
+    features |= {name: datasets.Value(kind) for name, kind in (("truncated", "uint8"), ("image_hi", "uint64"))}
+    return datasets.Features(features | {"image_lo": datasets.Value("uint64")})
+
+
+def tokenize_rows(
+    dataset: datasets.Dataset,
+    name: str,
+    columns: CaptionColumns,
+    tokenizer,
+    max_length: int,
+    cache_dir: str | Path | None = None,
+    num_proc: int | None = None,
+    split: str = "train",
+) -> datasets.Dataset:
+    """Every row of `dataset` checked, tokenized and its image identified (`_row_batch`), with
+    `datasets.map(batched=True, num_proc=...)` (default: the machine's cores, fewer for a small
+    dataset). With `cache_dir`, into an Arrow file there named by what it depends on (the dataset's
+    fingerprint, the columns, the tokenizer, the limit): every process of a run and every later
+    launch on the same data reads that file instead of tokenizing again."""
+    _validate(dataset, name, columns, split)
+    image_feature = dataset.features[columns.image]
+    if isinstance(image_feature, datasets.Image):
+        dataset = dataset.cast_column(columns.image, datasets.Image(decode=False))
+    base = _base_folder(name)
+    dtype = str(token_dtype(len(tokenizer)))
+    key = Hasher.hash(
+        [PREPARED_FORMAT, dataset._fingerprint, repr(columns), max_length, str(base), Hasher.hash(tokenizer), dtype]
+    )
+    workers = default_workers() if num_proc is None else num_proc
+    workers = max(1, min(workers, -(-len(dataset) // ROWS_PER_WORKER)))
+    cache_file = None
+    if cache_dir is not None:
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        cache_file = str(Path(cache_dir) / f"rows-{key}.arrow")
+    return dataset.map(
+        _row_batch,
+        batched=True,
+        batch_size=ROWS_PER_MAP_BATCH,
+        with_indices=True,
+        input_columns=None,
+        remove_columns=dataset.column_names,
+        fn_kwargs={"columns": columns, "tokenizer": tokenizer, "max_length": max_length, "base": base},
+        features=_row_features(columns, dtype),
+        num_proc=workers if workers > 1 else None,
+        cache_file_name=cache_file,
+        load_from_cache_file=cache_file is not None,
+        keep_in_memory=cache_file is None,
+        new_fingerprint=key,
+        desc=f"tokenizing {split} {name!r}",
+    )
+
+
+def _record_batches(rows: datasets.Dataset):
+    """The record batches of a tokenized dataset, read from its Arrow files with plain reads (not
+    memory-mapped: what was read once does not stay in this process's memory)."""
+    files = [entry["filename"] for entry in rows.cache_files]
+    if not files or rows._indices is not None:
+        yield from rows.with_format("arrow").iter(batch_size=ROWS_PER_MAP_BATCH * 8)
+        return
+    for file in files:
+        with pa.OSFile(file) as handle:
+            yield from pa.ipc.open_stream(handle)
+
+
+# ----------------------------------------------------------------------------------------------
+# A split stored once: every row's tokens and image, memory-mapped
+# ----------------------------------------------------------------------------------------------
 
 
 @dataclass
 class PreparedSplit:
-    """One split, ready to batch. Its distinct rows (one per kept dataset row) carry where they came
-    from, their image (an index into `images`, and into `image_embeds` when embedded) and their token
-    ids per caption set; `order` lists the training rows as distinct rows (mixed datasets repeat the
+    """One split, ready to batch. `store` holds every row of its datasets (one after the other, the
+    k-th from `starts[k]`): tokens per caption set, its image (an index into `images`, and into
+    `image_embeds` when embedded). `kept` lists the rows that train (their texts and image can be
+    used), ascending; `order` the training order as positions in `kept` (mixed datasets repeat the
     smaller one's rows without copying them). No image bytes are held: only references."""
 
-    source_index: np.ndarray
-    source_row: np.ndarray
-    image_index: np.ndarray
-    tokens: dict[str, list[list[int]]]
+    store: RowStore
+    kept: np.ndarray
+    starts: np.ndarray
     order: np.ndarray
     images: ImageRefs
     image_embeds: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.order)
+
+    @property
+    def source_index(self) -> np.ndarray:
+        """Each kept row's dataset."""
+        return (np.searchsorted(self.starts, self.kept, side="right") - 1).astype(np.int64)
+
+    @property
+    def source_row(self) -> np.ndarray:
+        """Each kept row's row in its dataset."""
+        return self.kept - self.starts[self.source_index]
+
+    @property
+    def image_index(self) -> np.ndarray:
+        """Each kept row's unique image."""
+        return np.asarray(self.store.image_index[self.kept])
+
+    @property
+    def tokens(self) -> dict[str, list[list[int]]]:
+        """Each kept row's token ids per caption set (`CaptionSet.input_ids`), as lists (for small splits)."""
+        found = {}
+        for caption_set in CAPTION_SETS:
+            has = self.store.has(caption_set.name)
+            found[caption_set.input_ids] = [
+                self.store.row_tokens(caption_set.name, int(row)) if has else [] for row in self.kept
+            ]
+        return found
 
 
 def _interleaved(sizes: list[int]) -> np.ndarray:
@@ -315,58 +456,132 @@ def _interleaved(sizes: list[int]) -> np.ndarray:
     return np.stack([offset + turns % size for offset, size in zip(offsets, sizes)], axis=1).reshape(-1)
 
 
-@dataclass
-class _Source:
-    """One dataset on its way through `prepare_dataset`: its report, its text columns as lists and
-    the rows with a caption."""
+def _store_rows(
+    tokenized: list[datasets.Dataset], reports: list[SourceReport], columns: CaptionColumns, folder: Path, dtype
+) -> tuple[RowStoreWriter, np.ndarray]:
+    """Write every tokenized row of the datasets into a `RowStore` in `folder` (the texts' skips
+    counted into `reports`); returns the writer, to be closed with the image indices, and the rows'
+    image keys ((rows, 2) uint64)."""
+    names = [row.name for row in CAPTION_SETS if columns.texts.get(row.name)]
+    writer = RowStoreWriter(folder, names, dtype)
+    keys = []
+    for rows, report in zip(tokenized, reports):
+        for batch in _record_batches(rows):
+            skip = batch.column("skip")
+            usable = np.asarray(pc.is_null(skip))
+            if not usable.all():
+                skipped = pc.filter(pa.table({"skip": skip, "where": batch.column("skip_where")}), pc.is_valid(skip))
+                for reason, where in zip(skipped["skip"].to_pylist(), skipped["where"].to_pylist()):
+                    report.skips.skip(reason, where)
+            ids, lengths = {}, {}
+            for name in names:
+                column = batch.column(f"ids.{name}")
+                lengths[name] = np.asarray(pc.list_value_length(column).fill_null(0), dtype=np.int64)
+                ids[name] = np.asarray(pc.list_flatten(column))
+            writer.append(ids, lengths, usable, np.asarray(batch.column("truncated")))
+            keys.append(np.stack([np.asarray(batch.column("image_hi")), np.asarray(batch.column("image_lo"))], 1))
+    return writer, (np.concatenate(keys) if keys else np.zeros((0, 2), dtype=np.uint64))
 
-    dataset: datasets.Dataset
-    report: SourceReport
-    texts: dict[str, list]
-    keep: list[int]
 
-
-def _read_source(
-    dataset: datasets.Dataset, name: str, columns: CaptionColumns, limit: int | None, split: str
-) -> _Source:
-    """Validate one dataset (its first `limit` rows) and skip, counted, the rows whose texts cannot be used."""
-    if limit is not None:
-        dataset = dataset.select(range(min(limit, len(dataset))))
-    report = SourceReport(name=name, split=split)
-    texts = _validate(dataset, name, columns, split)
-    report.rows = len(dataset)
-    keep = _usable_rows(texts, columns, report.skips)
-    if not keep:
-        raise UserError(f"dataset {name!r}: no usable row (column {columns.caption!r}): {report.skips.describe()}")
-    return _Source(dataset, report, texts, keep)
-
-
-def _tokenized_rows(
-    source: _Source, image_index: np.ndarray, checked: ImagePass, columns: CaptionColumns, tokenizer, max_length: int
-) -> tuple[np.ndarray, np.ndarray, dict[str, list[list[int]]]]:
-    """Skip, counted, the rows whose image cannot be used; tokenize every caption set of the others.
-    Returns their rows, their image indices and their token ids per caption set (`CaptionSet.input_ids`)."""
-    report = source.report
-    usable = np.array([index not in checked.unreadable for index in image_index], dtype=bool)
-    for row, index in zip(source.keep, image_index):
-        if index in checked.unreadable:
-            error = checked.unreadable[index]
-            report.skips.skip(error.kind, f"row {row}: {error}")
-    if not usable.any():
-        raise UserError(
-            f"dataset {report.name!r}: no usable row (column {columns.image!r}): {report.skips.describe()}"
+def _stored_split(
+    raw: list[datasets.Dataset],
+    names: list[str],
+    columns: CaptionColumns,
+    tokenizer,
+    max_length: int,
+    split: str,
+    cache_dir: Path | None,
+    num_proc: int | None,
+) -> tuple[RowStore, ImageRefs, np.ndarray, list[SourceReport]]:
+    """The split's rows tokenized and stored once (`cache_dir/split-<key>`, memory-mapped; reused
+    by the other processes of the run and by later launches), its unique images, each dataset's
+    first row in the store, and the reports of the texts' skips."""
+    tokenized = [
+        tokenize_rows(dataset, name, columns, tokenizer, max_length, cache_dir, num_proc, split)
+        for dataset, name in zip(raw, names)
+    ]
+    sizes = [len(rows) for rows in tokenized]
+    starts = np.cumsum([0] + sizes[:-1]).astype(np.int64)
+    key = Hasher.hash([PREPARED_FORMAT, [rows._fingerprint for rows in tokenized], names, split, columns.image])
+    temporary = cache_dir is None
+    folder = Path(tempfile.mkdtemp(prefix="omninegclip-rows-")) if temporary else Path(cache_dir) / f"split-{key}"
+    store = None if temporary else RowStore.open(folder)
+    if store is not None:
+        meta = json.loads((folder / STORE_META).read_text())
+        reports = [SourceReport.from_state(entry) for entry in meta["reports"]]
+        refs = ImageRefs.of(raw, columns.image, names, np.load(folder / "image_refs.npy"), meta["image_keys"])
+        return store, refs, starts, reports
+    reports = [SourceReport(name=name, split=split, rows=size) for name, size in zip(names, sizes)]
+    building = folder if temporary else folder.with_name(f"{folder.name}.partial-{os.getpid()}")
+    shutil.rmtree(building, ignore_errors=True)
+    try:
+        writer, keys = _store_rows(tokenized, reports, columns, building, token_dtype(len(tokenizer)))
+        refs, image_index = ImageRefs.from_keys(raw, columns.image, names, keys, starts)
+        np.save(building / "image_refs.npy", refs.refs)
+        (building / STORE_META).write_text(
+            json.dumps({"reports": [report.to_state() for report in reports], "image_keys": refs.key_digest})
         )
-    rows = [row for row, ok in zip(source.keep, usable) if ok]
-    tokens = {}
-    for caption_set in CAPTION_SETS:
-        column = columns.texts.get(caption_set.name)
-        values = [source.texts[column][row] for row in rows] if column else [None] * len(rows)
-        tokens[caption_set.input_ids], cut = _tokenize(values, tokenizer, max_length)
-        report.truncated_captions += cut
-        if caption_set.row_mask is not None:
-            report.with_sets[caption_set.name] = sum(bool(ids) for ids in tokens[caption_set.input_ids])
-    report.kept = len(rows)
-    return np.array(rows, dtype=np.int64), image_index[usable], tokens
+        writer.close(image_index)
+        if not temporary:
+            try:
+                os.rename(building, folder)
+            except OSError:  # another process stored it first: use theirs
+                shutil.rmtree(building, ignore_errors=True)
+        store = RowStore.open(folder)
+    finally:
+        if not temporary:
+            shutil.rmtree(building, ignore_errors=True)
+    if store is None:
+        raise RuntimeError(f"the prepared rows in {folder} cannot be read back")
+    if temporary:  # no cache folder: the rows are held in memory
+        store = store.in_memory()
+        shutil.rmtree(folder, ignore_errors=True)
+    return store, refs, starts, reports
+
+
+STORE_META = "split.json"
+
+
+def _kept_rows(
+    store: RowStore, starts: np.ndarray, reports: list[SourceReport], checked: ImagePass, images: int, columns
+) -> list[np.ndarray]:
+    """Per dataset, its rows that train: texts usable and image readable. The rows whose image cannot
+    be used are counted in the reports (`SkipLog`, reason: the image's error kind, with the first rows),
+    and each report's kept, truncated and with-set counts are those of its kept rows."""
+    ends = np.append(starts[1:], len(store))
+    kinds = sorted({error.kind for error in checked.unreadable.values()})
+    code = np.full(images, -1, dtype=np.int64)  # per unique image: its error kind's position in `kinds`, or -1
+    for index, error in checked.unreadable.items():
+        code[index] = kinds.index(error.kind)
+    kept = []
+    for report, start, end in zip(reports, starts, ends):
+        usable = np.asarray(store.usable[start:end])
+        image = np.asarray(store.image_index[start:end])
+        error = np.where(usable, code[image], -1)
+        for position, kind in enumerate(kinds):
+            rows = np.flatnonzero(error == position)
+            for row in rows[:KEPT_EXAMPLES]:
+                report.skips.skip(kind, f"row {row}: {checked.unreadable[int(image[row])]}", 0)
+            if len(rows):
+                report.skips.skip(kind, None, len(rows))
+        rows = np.flatnonzero(usable & (error < 0))
+        if not len(rows):
+            raise UserError(
+                f"dataset {report.name!r}: no usable row (column {columns.image!r}): {report.skips.describe()}"
+            )
+        report.kept = len(rows)
+        report.truncated_captions = int(np.asarray(store.truncated[start:end])[rows].sum())
+        for caption_set in CAPTION_SETS:
+            if caption_set.row_mask is not None:
+                has = store.has(caption_set.name)
+                report.with_sets[caption_set.name] = (
+                    int((store.lengths(caption_set.name, rows + start) > 0).sum()) if has else 0
+                )
+        kept.append(rows + start)
+    return kept
+
+
+KEPT_EXAMPLES = 20  # rows named per reason (`omninegclip.common.skips.KEPT`)
 
 
 def prepare_dataset(
@@ -378,33 +593,38 @@ def prepare_dataset(
     limit: int | None = None,
     split: str = "train",
     images: Callable[[ImageRefs], ImagePass] | None = None,
+    cache_dir: str | Path | None = None,
+    num_proc: int | None = None,
 ) -> tuple[PreparedSplit, list[SourceReport]]:
-    """Validate and tokenize every dataset, find their unique images, run `images` over them once
-    (default: check that each decodes, in worker processes; `train.py` embeds them there too), drop
-    the rows whose image cannot be used, and (for two datasets) interleave them one row each. Returns
-    the split and one report per dataset (skips by reason with example rows, truncated captions);
-    `split` only labels the reports."""
+    """Validate and tokenize every dataset (`tokenize_rows`, in `num_proc` worker processes), store
+    the rows once (`cache_dir`: memory-mapped files every process of the run and later launches
+    reuse), find their unique images, run `images` over them once (default: check that each decodes,
+    in worker processes; `train.py` embeds them there too), leave out the rows whose image cannot be
+    used, and (for two datasets) interleave them one row each. Returns the split and one report per
+    dataset (skips by reason with example rows, truncated captions); `split` only labels the reports."""
     images = images or (lambda refs: image_pass(refs, None))
-    sources = [_read_source(dataset, name, columns, limit, split) for dataset, name in zip(raw, names)]
-    refs, image_index = ImageRefs.find(
-        [source.dataset for source in sources], columns.image, list(names), [source.keep for source in sources]
+    if limit is not None:
+        raw = [dataset.select(range(min(limit, len(dataset)))) for dataset in raw]
+    store, refs, starts, reports = _stored_split(
+        raw, list(names), columns, tokenizer, max_length, split, Path(cache_dir) if cache_dir else None, num_proc
     )
+    for report in reports:
+        if report.skips.counts and sum(report.skips.counts.values()) >= report.rows:
+            raise UserError(
+                f"dataset {report.name!r}: no usable row (column {columns.caption!r}): {report.skips.describe()}"
+            )
     checked = images(refs)
-    parts = [
-        _tokenized_rows(source, index, checked, columns, tokenizer, max_length)
-        for source, index in zip(sources, image_index)
-    ]
-    sizes = [len(rows) for rows, _, _ in parts]
+    kept = _kept_rows(store, starts, reports, checked, len(refs), columns)
+    sizes = [len(rows) for rows in kept]
     prepared = PreparedSplit(
-        source_index=np.concatenate([np.full(size, k, dtype=np.int64) for k, size in enumerate(sizes)]),
-        source_row=np.concatenate([rows for rows, _, _ in parts]),
-        image_index=np.concatenate([index for _, index, _ in parts]),
-        tokens={name: [ids for _, _, tokens in parts for ids in tokens[name]] for name in parts[0][2]},
-        order=np.arange(sizes[0]) if len(parts) == 1 else _interleaved(sizes),
+        store=store,
+        kept=np.concatenate(kept),
+        starts=starts,
+        order=np.arange(sizes[0]) if len(kept) == 1 else _interleaved(sizes),
         images=refs,
         image_embeds=checked.embeds,
     )
-    return prepared, [source.report for source in sources]
+    return prepared, reports
 
 
 # ----------------------------------------------------------------------------------------------
@@ -412,43 +632,114 @@ def prepare_dataset(
 # ----------------------------------------------------------------------------------------------
 
 
+@dataclass
+class _Part:
+    """One split inside `PackedRows`: its store, its kept rows, its image embeddings, its number of
+    unique images and the number of its first one across the splits."""
+
+    store: RowStore
+    kept: np.ndarray
+    image_embeds: torch.Tensor | None
+    images: int
+    image_offset: int = 0
+
+
 class PackedRows:
-    """The distinct rows of every split, as arrays a batch is gathered from without per-row Python
-    work: per caption set, token ids padded to that set's longest caption (`lengths` 0 = the row has
-    no such caption); each row's image (an index into `image_embeds`, or into `images` for the
-    pixel path); where it came from. `from_splits` also gives the Trainer, per split, a table of
-    small integers only: `row_id` (the training row's position in its split), `packed_row` (its
-    row here), `source_index`, `source_row`."""
+    """The rows of every split, gathered into a batch without per-row Python work: per caption set,
+    token ids padded to the batch's longest caption (lengths 0 = the row has no such caption); each
+    row's image embedding (or, for the pixel path, its image). A packed row is a position in the
+    splits' kept rows, one split after the other. `from_splits` also gives the Trainer, per split, a
+    table of small integers only: `row_id` (the training row's position in its split), `packed_row`
+    (its row here), `source_index`, `source_row`."""
 
     def __init__(
         self,
-        tokens: dict[str, list[list[int]]],
+        tokens: dict[str, list[list[int]]] | None,
         pad_token_id: int,
-        image_index: np.ndarray,
+        image_index: np.ndarray | None = None,
         image_embeds: torch.Tensor | None = None,
         source_index: np.ndarray | None = None,
         source_row: np.ndarray | None = None,
         pixels: Callable[[np.ndarray], torch.Tensor] | None = None,
+        parts: list[_Part] | None = None,
     ):
-        rows = len(image_index)
-        self.ids, self.lengths = {}, {}
-        for name, sequences in tokens.items():
-            lengths = np.fromiter((len(ids) for ids in sequences), dtype=np.int64, count=rows)
-            longest = max(1, int(lengths.max(initial=0)))
-            dtype = (
-                np.uint16
-                if pad_token_id < 2**16 and all(max(ids, default=0) < 2**16 for ids in sequences)
-                else np.int64
+        if parts is None:  # one split in memory, from token lists
+            names = {caption_set.input_ids: caption_set.name for caption_set in CAPTION_SETS}
+            store = RowStore.from_lists(
+                {names.get(key, key): value for key, value in tokens.items()}, image_index, pad_token_id
             )
-            padded = np.full((rows, longest), pad_token_id, dtype=dtype)
-            for row, ids in enumerate(sequences):
-                padded[row, : len(ids)] = ids
-            self.ids[name], self.lengths[name] = padded, lengths
-        self.image_index = np.asarray(image_index, dtype=np.int64)
-        self.image_embeds = image_embeds
-        self.source_index = np.zeros(rows, dtype=np.int64) if source_index is None else np.asarray(source_index)
-        self.source_row = np.arange(rows) if source_row is None else np.asarray(source_row)
+            images = len(image_embeds) if image_embeds is not None else int(np.max(image_index, initial=-1)) + 1
+            parts = [_Part(store, np.arange(len(store)), image_embeds, images)]
+        offsets = np.cumsum([0] + [part.images for part in parts[:-1]])
+        for part, offset in zip(parts, offsets):
+            part.image_offset = int(offset)
+        self.parts = parts
+        self.pad_token_id = pad_token_id
+        self.starts = np.cumsum([0] + [len(part.kept) for part in parts[:-1]]).astype(np.int64)
         self.pixels = pixels
+
+    def __len__(self) -> int:
+        return int(self.starts[-1] + len(self.parts[-1].kept))
+
+    @property
+    def image_embeds(self) -> torch.Tensor | None:
+        """Every split's image embeddings, one after the other (a copy when there are several)."""
+        found = [part.image_embeds for part in self.parts]
+        if any(embeds is None for embeds in found):
+            return None
+        return found[0] if len(found) == 1 else torch.cat(found)
+
+    @property
+    def image_index(self) -> np.ndarray:
+        """Each packed row's image, numbered across the splits' unique images."""
+        return np.concatenate(
+            [np.asarray(part.store.image_index[part.kept]) + part.image_offset for part in self.parts]
+        )
+
+    def has(self, name: str) -> bool:
+        return any(part.store.has(name) for part in self.parts)
+
+    def _split(self, rows: np.ndarray) -> list[tuple[_Part, np.ndarray, np.ndarray]]:
+        """(part, positions in `rows`, store rows) for each split that `rows` reach."""
+        which = np.searchsorted(self.starts, rows, side="right") - 1
+        found = []
+        for index in np.unique(which):
+            positions = np.flatnonzero(which == index)
+            part = self.parts[index]
+            found.append((part, positions, part.kept[rows[positions] - self.starts[index]]))
+        return found
+
+    def tokens(self, name: str, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """The token ids of a caption set for `rows`, padded to their longest, and their lengths."""
+        pieces = []
+        for part, positions, stored in self._split(rows):
+            if part.store.has(name):
+                pieces.append((positions, *part.store.gather(name, stored, self.pad_token_id)))
+            else:
+                pieces.append((positions, np.full((len(stored), 1), self.pad_token_id), np.zeros(len(stored))))
+        longest = max(ids.shape[1] for _, ids, _ in pieces)
+        input_ids = np.full((len(rows), longest), self.pad_token_id, dtype=np.int64)
+        lengths = np.zeros(len(rows), dtype=np.int64)
+        for positions, ids, found in pieces:
+            input_ids[positions, : ids.shape[1]] = ids
+            lengths[positions] = found
+        return torch.from_numpy(input_ids), torch.from_numpy(lengths)
+
+    def images(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
+        """`image_embeds` (float32) of `rows`, or their `pixel_values` when no embeddings were made."""
+        if all(part.image_embeds is not None for part in self.parts):
+            out = None
+            for part, positions, stored in self._split(rows):
+                index = torch.from_numpy(np.asarray(part.store.image_index[stored], dtype=np.int64))
+                found = part.image_embeds[index].float()
+                if out is None:
+                    out = torch.empty(len(rows), found.shape[-1], dtype=torch.float32)
+                out[torch.from_numpy(positions)] = found
+            return {"image_embeds": out}
+        images = np.empty(len(rows), dtype=np.int64)
+        for part, positions, stored in self._split(rows):
+            images[positions] = np.asarray(part.store.image_index[stored]) + part.image_offset
+        return {"pixel_values": self.pixels(images)}
 
     @classmethod
     def from_splits(
@@ -457,35 +748,34 @@ class PackedRows:
         pad_token_id: int,
         pixels: Callable[[list[ImageRefs], np.ndarray], torch.Tensor] | None = None,
     ) -> tuple["PackedRows", dict[str, datasets.Dataset]]:
-        """All splits packed together, and each split's table for the Trainer."""
-        names = list(next(iter(splits.values())).tokens)
-        row_offsets = np.cumsum([0] + [len(split.source_row) for split in splits.values()])
+        """All splits packed together (nothing copied: each keeps its own arrays), and each split's
+        table for the Trainer."""
         image_offsets = np.cumsum([0] + [len(split.images) for split in splits.values()])
         embedded = all(split.image_embeds is not None for split in splits.values())
         refs = [split.images for split in splits.values()]
         packed = cls(
-            tokens={name: [ids for split in splits.values() for ids in split.tokens[name]] for name in names},
-            pad_token_id=pad_token_id,
-            image_index=np.concatenate(
-                [split.image_index + offset for split, offset in zip(splits.values(), image_offsets)]
-            ),
-            image_embeds=torch.cat([split.image_embeds for split in splits.values()]) if embedded else None,
-            source_index=np.concatenate([split.source_index for split in splits.values()]),
-            source_row=np.concatenate([split.source_row for split in splits.values()]),
+            None,
+            pad_token_id,
+            parts=[_Part(split.store, split.kept, split.image_embeds, len(split.images)) for split in splits.values()],
             # A partial, not a lambda: DataLoader workers started by spawn or forkserver (safe after CUDA
             # has started) receive the collator pickled.
             pixels=None if embedded or pixels is None else partial(pixels, refs, image_offsets),
         )
         tables = {}
-        for (role, split), offset in zip(splits.items(), row_offsets):
-            tables[role] = datasets.Dataset.from_dict(
-                {
-                    "row_id": np.arange(len(split.order), dtype=np.int64),
-                    PACKED_ROW_COLUMN: (split.order + offset).astype(np.int64),
-                    SOURCE_COLUMN: split.source_index[split.order],
-                    SOURCE_ROW_COLUMN: split.source_row[split.order],
-                }
+        for (role, split), offset in zip(splits.items(), packed.starts):
+            kept = split.kept[split.order]  # each training row's row in the store
+            source_index = (np.searchsorted(split.starts, kept, side="right") - 1).astype(np.int32)
+            tables[role] = datasets.Dataset(
+                pa.table(
+                    {
+                        "row_id": pa.array(np.arange(len(split.order), dtype=np.int64)),
+                        PACKED_ROW_COLUMN: pa.array(split.order + offset),
+                        SOURCE_COLUMN: pa.array(source_index),
+                        SOURCE_ROW_COLUMN: pa.array(kept - split.starts[source_index]),
+                    }
+                )
             )
+            del kept, source_index
         return packed, tables
 
 
@@ -502,23 +792,21 @@ class OmniNegCollator:
     caption_sets: Collection[str] | None = None
 
     def _pad(self, name: str, row_ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        lengths = torch.from_numpy(self.rows.lengths[name][row_ids])
-        longest = max(1, int(lengths.max()))
-        input_ids = torch.from_numpy(self.rows.ids[name][row_ids, :longest].astype(np.int64))
-        attention_mask = (torch.arange(longest) < lengths[:, None]).long()
+        input_ids, lengths = self.rows.tokens(name, row_ids)
+        attention_mask = (torch.arange(input_ids.shape[1]) < lengths[:, None]).long()
         return input_ids, attention_mask, lengths > 0
 
     def _wanted(self, caption_set) -> bool:
         if caption_set is CAPTION:
             return True
         read = self.caption_sets is None or caption_set.name in self.caption_sets
-        return read and caption_set.input_ids in self.rows.ids
+        return read and self.rows.has(caption_set.name)
 
     def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
         row_ids = np.fromiter((item[PACKED_ROW_COLUMN] for item in items), dtype=np.int64, count=len(items))
         batch = {"row_ids": torch.tensor([item["row_id"] for item in items])}
         for caption_set in filter(self._wanted, CAPTION_SETS):
-            ids, mask, has = self._pad(caption_set.input_ids, row_ids)
+            ids, mask, has = self._pad(caption_set.name, row_ids)
             if caption_set.row_mask is None:
                 batch[caption_set.input_ids], batch[caption_set.attention_mask] = ids, mask
             elif has.any():
@@ -527,11 +815,7 @@ class OmniNegCollator:
                     mask,
                     has,
                 )
-        images = self.rows.image_index[row_ids]
-        if self.rows.image_embeds is not None:
-            batch["image_embeds"] = self.rows.image_embeds[torch.from_numpy(images)]
-        else:
-            batch["pixel_values"] = self.rows.pixels(images)
+        batch.update(self.rows.images(row_ids))
         return batch
 
 
@@ -542,11 +826,9 @@ class BalancedSourceSampler(torch.utils.data.Sampler[int]):
     process under data parallelism (Accelerate hands each process whole consecutive batches), as the
     authors draw one presence batch and one absence batch per step. Deterministic given seed and epoch."""
 
-    def __init__(self, source_index: list[int], seed: int = 0):
-        sources = sorted(set(source_index))
-        self.positions = [
-            torch.tensor([row for row, source in enumerate(source_index) if source == s]) for s in sources
-        ]
+    def __init__(self, source_index, seed: int = 0):
+        source_index = np.asarray(source_index)
+        self.positions = [torch.from_numpy(np.flatnonzero(source_index == s)) for s in np.unique(source_index)]
         self.seed = seed
         self.epoch = 0
 

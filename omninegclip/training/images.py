@@ -34,13 +34,12 @@ import numpy as np
 import torch
 import xxhash
 from PIL import Image
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from omninegclip.common.embedding import _features
 from omninegclip.common.outputs import is_alive
 from omninegclip.common.safe_load import UnreadableImage, first_line, open_rgb_image
+from omninegclip.training.rowstore import random_access
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +65,40 @@ def _resolve(reference, base: Path | None):
     return str(chosen.resolve()) if chosen.is_file() else reference
 
 
+def image_key(value, base: Path | None) -> tuple[int, int] | None:
+    """What an image is, as a 128-bit hash in two uint64: its bytes where the data holds them, else
+    its resolved path (the file's size and time are added per launch, `ImageRefs.stat_digest`); None
+    when the value names nothing (the image then counts as its own)."""
+    if isinstance(value, dict):
+        if value.get("bytes") is not None:
+            digest = xxhash.xxh3_128_intdigest(b"bytes:" + xxhash.xxh3_128_digest(value["bytes"]))
+            return digest >> 64, digest & (2**64 - 1)
+        value = value.get("path")
+    resolved = _resolve(value, base)
+    if resolved is None:
+        return None
+    digest = xxhash.xxh3_128_intdigest(("path:" + resolved).encode())
+    return digest >> 64, digest & (2**64 - 1)
+
+
+def first_occurrences(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For rows' image keys ((rows, 2) uint64; (0, 0) = an image of its own): the row of each unique
+    image's first occurrence, in order of first occurrence, and each row's unique image index."""
+    rows = len(keys)
+    if rows == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    own = (keys[:, 0] == 0) & (keys[:, 1] == 0)
+    keyed = np.ascontiguousarray(keys, dtype=np.uint64).copy()
+    keyed[own, 1] = np.arange(rows, dtype=np.uint64)[own]  # distinct from every hash's pair but (0, r)
+    keyed[own, 0] = 0
+    packed = keyed.view(np.dtype([("hi", np.uint64), ("lo", np.uint64)])).reshape(rows)
+    _, first, inverse = np.unique(packed, return_index=True, return_inverse=True)
+    rank = np.empty(len(first), dtype=np.int64)
+    by_first = np.argsort(first, kind="stable")
+    rank[by_first] = np.arange(len(first))
+    return first[by_first].astype(np.int64), rank[inverse.reshape(-1)]
+
+
 @dataclass
 class ImageRefs:
     """The unique images of a split: `refs[i] = (dataset, row)` of image i's first row, read from
@@ -75,10 +108,47 @@ class ImageRefs:
     column: str
     bases: list[Path | None]
     refs: np.ndarray  # (images, 2) int64
-    digest: str  # what the images are: their identities, in order (part of the cache key)
+    digest: str  # what the images are: their identities, in order, and the files' sizes and times (cache key)
+    key_digest: str = ""  # their identities alone (stored with the prepared rows)
 
     def __len__(self) -> int:
         return len(self.refs)
+
+    @classmethod
+    def from_keys(
+        cls,
+        sources: list[datasets.Dataset],
+        column: str,
+        names: list[str],
+        keys: np.ndarray,
+        starts: np.ndarray,
+        positions: np.ndarray | None = None,
+    ) -> tuple["ImageRefs", np.ndarray]:
+        """The unique images of rows with `image_key`s `keys` ((rows, 2) uint64; (0, 0): an image of
+        its own), and each row's image index. The rows are those of `sources[k]` one after the other
+        (source k's first at `starts[k]`), or those at `positions` in that numbering."""
+        first, index = first_occurrences(keys)
+        placed = first if positions is None else np.asarray(positions, dtype=np.int64)[first]
+        source = np.searchsorted(starts, placed, side="right") - 1
+        refs = np.stack([source, placed - starts[source]], axis=1).astype(np.int64).reshape(-1, 2)
+        key_digest = hashlib.sha256(np.ascontiguousarray(keys[first], dtype=np.uint64).tobytes()).hexdigest()
+        return cls.of(sources, column, names, refs, key_digest), index
+
+    @classmethod
+    def of(
+        cls, sources: list[datasets.Dataset], column: str, names: list[str], refs: np.ndarray, key_digest: str
+    ) -> "ImageRefs":
+        """The unique images at `refs` ((images, 2): dataset, row) of `sources`, whose identities
+        (`image_key`s, in order) hash to `key_digest`; the files' sizes and times are read now."""
+        raw, bases = [], []
+        for dataset, name in zip(sources, names):
+            if isinstance(dataset.features[column], datasets.Image):
+                dataset = dataset.cast_column(column, datasets.Image(decode=False))
+            raw.append(dataset.select_columns([column]))
+            bases.append(_base_folder(name))
+        found = cls(raw, column, bases, np.asarray(refs, dtype=np.int64).reshape(-1, 2), "", key_digest)
+        found.digest = hashlib.sha256((key_digest + found.stat_digest()).encode()).hexdigest()
+        return found
 
     @classmethod
     def find(
@@ -87,28 +157,35 @@ class ImageRefs:
         """The unique images among `rows[k]` of `sources[k]`, and the image index of each of those rows.
         An image is its path when the data holds only a path, else its bytes (hashed): rows that
         repeat an image (several captions of one photo, a dataset mixed in twice) share it."""
-        raw, bases, refs, index_of, digest = [], [], [], {}, hashlib.sha256()
-        per_source = []
-        for k, (dataset, name, keep) in enumerate(zip(sources, names, rows)):
-            feature = dataset.features[column]
-            if isinstance(feature, datasets.Image):
+        keys, starts, size = [], [], 0
+        for dataset, name, keep in zip(sources, names, rows):
+            base = _base_folder(name)
+            if isinstance(dataset.features[column], datasets.Image):
                 dataset = dataset.cast_column(column, datasets.Image(decode=False))
-            dataset = dataset.select_columns([column])
-            raw.append(dataset)
-            bases.append(_base_folder(name))
-            indices = np.empty(len(keep), dtype=np.int64)
-            for start in range(0, len(keep), KEY_CHUNK):
-                chunk = keep[start : start + KEY_CHUNK]
-                for offset, (row, value) in enumerate(zip(chunk, dataset[chunk][column])):
-                    key = _identity(value, bases[-1]) or f"missing:{k}:{row}"  # nothing to share: its own image
-                    if key not in index_of:
-                        index_of[key] = len(refs)
-                        refs.append((k, row))
-                        digest.update(key.encode() + b"\0")
-                    indices[start + offset] = index_of[key]
-            per_source.append(indices)
-        table = np.array(refs, dtype=np.int64).reshape(-1, 2)
-        return cls(raw, column, bases, table, digest.hexdigest()), per_source
+            values = dataset.select_columns([column]).select(list(keep))[column] if len(keep) else []
+            keys += [image_key(value, base) or (0, 0) for value in values]
+            starts.append(size)
+            size += len(dataset)
+        starts = np.array(starts, dtype=np.int64)
+        positions = np.concatenate([start + np.asarray(keep, dtype=np.int64) for start, keep in zip(starts, rows)])
+        keys = np.array(keys, dtype=np.uint64).reshape(-1, 2)
+        found, index = cls.from_keys(sources, column, names, keys, starts, positions)
+        bounds = np.cumsum([0] + [len(keep) for keep in rows])
+        return found, [index[low:high] for low, high in zip(bounds[:-1], bounds[1:])]
+
+    def stat_digest(self, chunk: int = 4096) -> str:
+        """The size and modification time of every image given as a file: a file replaced in place
+        is another image (the cache key is made of these)."""
+        digest = hashlib.sha256()
+        for start in range(0, len(self), chunk):
+            for value in self.read(list(range(start, min(start + chunk, len(self))))):
+                if isinstance(value, str):
+                    try:
+                        stat = os.stat(value)
+                        digest.update(f"{value}:{stat.st_size}:{stat.st_mtime_ns}\0".encode())
+                    except OSError:  # missing: the pass counts it
+                        digest.update(f"{value}:missing\0".encode())
+        return digest.hexdigest()
 
     def read(self, indices: list[int]) -> list:
         """The undecoded image values of some unique images (paths resolved), in the order asked."""
@@ -121,21 +198,6 @@ class ImageRefs:
             for position, value in zip(positions, self.raw[source][rows][self.column]):
                 values[position] = _located(value, self.bases[source])
         return values
-
-
-def _identity(value, base: Path | None) -> str | None:
-    if isinstance(value, dict):
-        if value.get("bytes") is not None:
-            return "bytes:" + xxhash.xxh3_128_hexdigest(value["bytes"])
-        value = value.get("path")
-    resolved = _resolve(value, base)
-    if resolved is None:
-        return None
-    try:  # a file replaced in place is another image (the cache key is made of these identities)
-        stat = os.stat(resolved)
-        return f"path:{resolved}:{stat.st_size}:{stat.st_mtime_ns}"
-    except OSError:  # missing: the pass counts it
-        return "path:" + resolved
 
 
 def _located(value, base: Path | None):
@@ -283,8 +345,9 @@ class _Decoded(torch.utils.data.Dataset):
 
 @dataclass
 class ImagePass:
-    """Per unique image: its embedding (unnormalised, float32 on the CPU; None when only checked)
-    and, for the images that cannot be used, why."""
+    """Per unique image: its embedding (unnormalised, on the CPU, in the dtype the tower gave it:
+    bf16 or fp16 under autocast, else float32; memory-mapped when read from or written to the
+    cache; None when only checked) and, for the images that cannot be used, why."""
 
     embeds: torch.Tensor | None
     unreadable: dict[int, UnreadableImage] = field(default_factory=dict)
@@ -320,15 +383,58 @@ def cache_key(model, transform: ImageTransform | None, refs: ImageRefs, precisio
     return digest.hexdigest()[:32]
 
 
+SAFETENSORS_DTYPES = {
+    torch.float32: ("F32", np.float32),
+    torch.float16: ("F16", np.float16),
+    torch.bfloat16: ("BF16", np.uint16),
+}
+TORCH_DTYPES = {code: dtype for dtype, (code, _) in SAFETENSORS_DTYPES.items()}
+
+
+def _read_header(path: Path) -> tuple[dict, int]:
+    """A safetensors file's header (its JSON) and where its data starts; a ValueError when the file is
+    not one or is shorter than its header says (a copy cut short)."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        prefix = handle.read(8)
+        if len(prefix) < 8:
+            raise ValueError(f"{size} bytes: not a safetensors file")
+        length = int.from_bytes(prefix, "little")
+        if length > min(size - 8, 100 * 2**20):
+            raise ValueError(f"a header of {length} bytes in a file of {size}: not a safetensors file, or cut short")
+        header = json.loads(handle.read(length))
+    if not isinstance(header, dict):
+        raise ValueError("its header is not a JSON object")
+    end = max((entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"), default=0)
+    if size < 8 + length + end:
+        raise ValueError(f"{size} bytes, its header describes {8 + length + end}: cut short")
+    return header, 8 + length
+
+
+def _mapped_tensor(path: Path, entry: dict, start: int) -> torch.Tensor:
+    """One tensor of a safetensors file, memory-mapped (copy on write): only the pages read are loaded."""
+    dtype = TORCH_DTYPES[entry["dtype"]]
+    begin, end = entry["data_offsets"]
+    shape = tuple(entry["shape"])
+    if end - begin != int(np.prod(shape)) * torch.empty(0, dtype=dtype).element_size():
+        raise ValueError(f"its tensor of shape {shape} has {end - begin} bytes")
+    array = random_access(
+        np.memmap(path, dtype=SAFETENSORS_DTYPES[dtype][1], mode="c", offset=start + begin, shape=shape)
+    )
+    tensor = torch.from_numpy(array)
+    return tensor.view(dtype) if dtype == torch.bfloat16 else tensor
+
+
 def _load_cached(path: Path, count: int, embedded: bool) -> ImagePass | None:
-    """The pass stored at `path` for `count` images, or None (with a warning naming the file) when
-    the file cannot be read (truncated, e.g. a copy cut short, or corrupt) or does not hold such a
-    pass (another shape). The caller then decodes the images again and replaces the file."""
+    """The pass stored at `path` for `count` images (the embeddings memory-mapped), or None (with a
+    warning naming the file) when the file cannot be read (truncated, e.g. a copy cut short, or
+    corrupt) or does not hold such a pass (another shape). The caller then decodes the images again
+    and replaces the file."""
     try:
-        with safe_open(str(path), framework="pt") as cached:  # the unreadable images ride in the header's metadata
-            names = set(cached.keys())
-            embeds = cached.get_tensor("image_embeds") if "image_embeds" in names else None
-            listed = json.loads((cached.metadata() or {}).get("unreadable", "{}"))
+        header, start = _read_header(path)  # the unreadable images ride in the header's metadata
+        entry = header.get("image_embeds")
+        embeds = _mapped_tensor(path, entry, start) if entry is not None else None
+        listed = json.loads((header.get("__metadata__") or {}).get("unreadable", "{}"))
         unreadable = {int(index): UnreadableImage(kind, message) for index, (kind, message) in listed.items()}
         problem = None
         if embedded and (embeds is None or embeds.ndim != 2 or len(embeds) != count):
@@ -336,17 +442,11 @@ def _load_cached(path: Path, count: int, embedded: bool) -> ImagePass | None:
                 f"it holds {tuple(embeds.shape) if embeds is not None else 'no'} image embeddings, "
                 f"expected {count} rows"
             )
-        elif not embedded and "checked" not in names:
+        elif not embedded and "checked" not in header:
             problem = "it is not the record of a checking pass"
         elif any(not 0 <= index < count for index in unreadable):
             problem = f"it lists unreadable images outside the {count} images"
-    except (
-        SafetensorError,
-        OSError,
-        ValueError,
-        TypeError,
-        AttributeError,
-    ) as error:  # ValueError: json and UnreadableImage too
+    except (OSError, ValueError, TypeError, AttributeError, KeyError) as error:  # ValueError: json too
         problem = first_line(error)
     if problem is not None:
         logger.warning(
@@ -356,27 +456,99 @@ def _load_cached(path: Path, count: int, embedded: bool) -> ImagePass | None:
     return ImagePass(embeds, unreadable)
 
 
-def _save_cached(path: Path, result: ImagePass) -> None:
-    """`result` written to a temporary sibling, flushed to disk, then renamed over `path`: a run
-    killed while writing (or a full disk) leaves no partial file under the real name. What killed
-    runs left behind (`<stem>.partial-<pid>` of processes that are gone) is removed first."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+class _Embeddings:
+    """Where `image_pass` puts the embeddings as they come, in the dtype the tower gives them (bf16
+    or fp16 under autocast, else float32): a tensor in memory, or, with a cache file to write, a raw
+    file beside it (rows written where they belong, never all held in memory)."""
+
+    def __init__(self, rows: int, raw: Path | None):
+        self.rows, self.raw = rows, raw
+        self.tensor: torch.Tensor | None = None
+        self.handle = None
+        self.dim = self.dtype = None
+
+    def put(self, indices: torch.Tensor, features: torch.Tensor) -> None:
+        features = features.detach().cpu().contiguous()
+        if self.dtype is None:
+            self.dim, self.dtype = features.shape[-1], features.dtype
+            if self.raw is None:
+                self.tensor = torch.zeros(self.rows, self.dim, dtype=self.dtype)
+            else:
+                self.handle = open(self.raw, "w+b")
+                self.handle.truncate(self.rows * self.dim * features.element_size())  # sparse: unread rows are 0
+        if self.tensor is not None:
+            self.tensor[indices] = features
+            return
+        row_bytes = self.dim * features.element_size()
+        data = features.view(torch.uint8).numpy().reshape(len(features), row_bytes)
+        order = indices.numpy()
+        breaks = np.flatnonzero(np.diff(order) != 1) + 1  # write each run of consecutive rows at once
+        for run in np.split(np.arange(len(order)), breaks):
+            if len(run):
+                os.pwrite(self.handle.fileno(), data[run].tobytes(), int(order[run[0]]) * row_bytes)
+
+    def finish(self, projection_dim: int) -> torch.Tensor:
+        """The embeddings in memory (the cache writer maps the file it writes instead)."""
+        if self.dtype is None:  # no image could be read
+            self.dim, self.dtype = projection_dim, torch.float32
+            self.tensor = torch.zeros(self.rows, self.dim, dtype=self.dtype)
+            if self.raw is not None:
+                self.handle = open(self.raw, "w+b")
+                self.handle.truncate(self.rows * self.dim * 4)
+        if self.handle is not None:
+            self.handle.flush()
+        return self.tensor
+
+
+def _remove_stale_partials(path: Path) -> None:
+    """What killed runs left behind (`<stem>.partial-<pid>` of processes that are gone)."""
     for stale in path.parent.glob(f"{path.stem}.partial-*"):
-        pid = stale.name.rpartition("-")[2]
+        pid = stale.name.rpartition("-")[2].split(".")[0]
         if pid.isdigit() and int(pid) != os.getpid() and not is_alive(int(pid)):
             stale.unlink(missing_ok=True)
-    tensors = (
-        {"image_embeds": result.embeds.contiguous()} if result.embeds is not None else {"checked": torch.zeros(1)}
-    )
+
+
+def _save_cached(path: Path, result: ImagePass, embeddings: _Embeddings | None = None) -> ImagePass:
+    """`result` written as a safetensors file to a temporary sibling, flushed to disk, then renamed
+    over `path`: a run killed while writing (or a full disk) leaves no partial file under the real
+    name. The embeddings are copied from the raw file the pass wrote (`embeddings`), a chunk at a
+    time. Returns the pass with its embeddings mapped from the file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_partials(path)
     metadata = {"unreadable": json.dumps({str(i): [e.kind, str(e)] for i, e in result.unreadable.items()})}
+    header: dict = {"__metadata__": metadata}
+    if embeddings is not None:
+        code = SAFETENSORS_DTYPES[embeddings.dtype][0]
+        size = embeddings.rows * embeddings.dim * torch.empty(0, dtype=embeddings.dtype).element_size()
+        header["image_embeds"] = {"dtype": code, "shape": [embeddings.rows, embeddings.dim], "data_offsets": [0, size]}
+    else:
+        header["checked"] = {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
     partial = path.with_suffix(f".partial-{os.getpid()}")
     try:
-        save_file(tensors, str(partial), metadata=metadata)
-        with open(partial, "rb") as written:
-            os.fsync(written.fileno())
+        with open(partial, "wb") as out:
+            out.write(len(text).to_bytes(8, "little") + text)
+            if embeddings is None:
+                out.write(np.zeros(1, dtype=np.float32).tobytes())
+            elif embeddings.handle is not None:
+                embeddings.handle.seek(0)
+                while chunk := embeddings.handle.read(1 << 24):
+                    out.write(chunk)
+            else:
+                out.write(embeddings.tensor.contiguous().view(torch.uint8).numpy().tobytes())
+            out.flush()
+            os.fsync(out.fileno())
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
+        if embeddings is not None and embeddings.handle is not None:
+            embeddings.handle.close()
+            embeddings.raw.unlink(missing_ok=True)
+    if embeddings is None:
+        return result
+    header, start = _read_header(path)
+    return ImagePass(_mapped_tensor(path, header["image_embeds"], start), result.unreadable)
 
 
 def _decode_loader(
@@ -433,7 +605,11 @@ def image_pass(
         else (next(model.parameters()).device if model is not None else None)
     )
     loader = _decode_loader(refs, transform if model is not None else None, batch_size, num_workers, device)
-    embeds, unreadable, pending = None, {}, []
+    unreadable, pending = {}, []
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_partials(path)
+    sink = _Embeddings(len(refs), path.with_suffix(f".partial-{os.getpid()}.raw") if path is not None else None)
     autocast = (
         torch.autocast(device.type, dtype=autocast_dtype)
         if model is not None and autocast_dtype is not None
@@ -441,31 +617,37 @@ def image_pass(
     )
 
     def embed(pending: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        nonlocal embeds
         indices = torch.cat([indices for indices, _ in pending])
         with autocast:
             features = _features(model.get_image_features(pixel_values=torch.cat([pixels for _, pixels in pending])))
-        if embeds is None:
-            embeds = torch.zeros(len(refs), features.shape[-1], dtype=torch.float32)
-        embeds[indices] = features.float().cpu()
+        sink.put(indices, features)
 
-    for indices, pixels, errors in tqdm(
-        loader, desc=f"{'embedding' if model is not None else 'checking'} {desc}", unit="chunk", delay=2, leave=False
-    ):
-        unreadable.update((index, UnreadableImage(kind, message)) for index, kind, message in errors)
-        if model is None or pixels is None:
-            continue
-        pending.append((indices, transform.normalize(pixels.to(device, non_blocking=True))))
-        if sum(len(indices) for indices, _ in pending) >= batch_size:
+    try:
+        for indices, pixels, errors in tqdm(
+            loader,
+            desc=f"{'embedding' if model is not None else 'checking'} {desc}",
+            unit="chunk",
+            delay=2,
+            leave=False,
+        ):
+            unreadable.update((index, UnreadableImage(kind, message)) for index, kind, message in errors)
+            if model is None or pixels is None:
+                continue
+            pending.append((indices, transform.normalize(pixels.to(device, non_blocking=True))))
+            if sum(len(indices) for indices, _ in pending) >= batch_size:
+                embed(pending)
+                pending = []
+        if pending:
             embed(pending)
-            pending = []
-    if pending:
-        embed(pending)
-    if model is not None and embeds is None:  # no image could be read
-        embeds = torch.zeros(len(refs), model.config.projection_dim, dtype=torch.float32)
-    result = ImagePass(embeds, unreadable)
-    if path is not None:
-        _save_cached(path, result)
+        embeds = sink.finish(model.config.projection_dim) if model is not None else None
+        result = ImagePass(embeds, unreadable)
+        if path is not None:
+            result = _save_cached(path, result, sink if model is not None else None)
+    finally:
+        if sink.handle is not None and not sink.handle.closed:
+            sink.handle.close()
+        if sink.raw is not None:
+            sink.raw.unlink(missing_ok=True)
     return result
 
 

@@ -115,6 +115,11 @@ def _image_pass(config: OmniNegCLIPConfig, processor: CLIPProcessor, model: Omni
     return run, transform
 
 
+def prepared_cache_dir(config: OmniNegCLIPConfig) -> Path:
+    """Where the tokenized rows of a run are stored (memory-mapped; reused by later launches)."""
+    return Path(config.prepared_data_cache_dir or Path(config.output_dir).parent / ".prepared_data_cache")
+
+
 def warn_unread_columns(config: OmniNegCLIPConfig) -> None:
     """A caption-set column that only switched-off loss terms read is named, with the weights that are 0."""
     columns, read = config.columns(), config.loss_config().caption_sets_read()
@@ -134,7 +139,9 @@ def prepare_splits(
 ) -> tuple[dict[str, datasets.Dataset], PackedRows, ImageTransform, list[SourceReport]]:
     """Validate and tokenize each split's datasets (`splits`: role "train"/"eval" -> dataset name ->
     raw dataset), decode each unique image once, embedding it with the frozen image tower (the first
-    process of a machine does it and caches the result; the others read it). Logs one `data:` line
+    process of a machine does it and caches the result; the others read it). The rows are tokenized
+    in `--preprocessing_num_workers` processes and stored once in memory-mapped files
+    (`--prepared_data_cache_dir`), which every process of the run maps. Logs one `data:` line
     (what was kept, skipped and truncated). Returns the Trainer's tables, the packed rows they point
     into, the image transform and the reports."""
     columns = config.columns()
@@ -155,6 +162,8 @@ def prepare_splits(
                 config.max_caption_length,
                 split=_split_name(named) or role,
                 images=images,
+                cache_dir=prepared_cache_dir(config),
+                num_proc=config.preprocessing_num_workers,
             )
         reports += split_reports
     summary, noteworthy = summarize_reports(reports, config.max_caption_length)

@@ -22,6 +22,7 @@ import weakref
 from pathlib import Path
 
 import datasets
+import numpy as np
 import torch
 from transformers import CLIPProcessor, Trainer, TrainingArguments
 from transformers import trainer as transformers_trainer
@@ -312,9 +313,9 @@ class OmniNegCLIPTrainer(Trainer):
     def _get_train_sampler(self, train_dataset=None):
         dataset = self.train_dataset if train_dataset is None else train_dataset
         if isinstance(dataset, datasets.Dataset) and SOURCE_COLUMN in dataset.column_names:
-            sources = dataset[SOURCE_COLUMN]
-            if len(set(sources)) > 1:
-                return BalancedSourceSampler(list(sources), seed=self.args.seed)
+            sources = np.asarray(dataset.with_format("arrow")[SOURCE_COLUMN])
+            if len(np.unique(sources)) > 1:
+                return BalancedSourceSampler(sources, seed=self.args.seed)
         return super()._get_train_sampler(train_dataset)
 
     def describe_rows(self, row_ids: list[int], training: bool) -> str:
