@@ -38,8 +38,8 @@ from omninegclip import OmniNegCLIPTrainer
 from omninegclip.common.embedding import embed_images
 from omninegclip.training import images as images_module
 from omninegclip.training.data import OmniNegCollator, PackedRows, PreparedSplit
-from omninegclip.training.rowstore import RowStore
 from omninegclip.training.images import ImageRefs, ImageTransform, image_pass, pixel_values
+from omninegclip.training.rowstore import RowStore
 
 CAPTIONS = [
     ("a dog on a sofa", "a sofa with no dog", "a dog on a sofa with no cat in the room"),
