@@ -30,6 +30,9 @@ Public surface:
   root: images are looked for as `formats.ccneg_image_candidates` lists them;
 - `read_negationclip(annotations, images, instances=None)`: NegationCLIP's COCO-format JSON whose
   annotations carry `caption` and `updated_caption` (absence triples);
+- `read_negbench(table, images=None, negated_captions_per_row=1, downloads=None)`: NegBench's CC12M-NegCap
+  or CC12M-NegMCQ table (CSV or Parquet, told apart by its columns: `NEGCAP_COLUMNS`, `NEGMCQ_COLUMNS`),
+  read in batches; `check_negated_captions_per_row(n)`;
 - `infer_absent_object(caption, updated_caption)`: which object an absence rewrite negated;
 - `read_coco_objects(instances)`: image id -> {category: total box area}, from a COCO instances file.
 
@@ -38,6 +41,11 @@ Formats, as the authors' released code reads them (CC-Neg's, shared with `eval/`
 - NegationCLIP (github.com/parkquasar/NegationCLIP, `src/data_generation.py`): COCO's
   `captions_train2014.json` with `info`, `licenses`, `images` kept and `annotations` reduced to the
   rewritten ones, each with an added `updated_caption`; the negated object is not stored.
+- NegBench (github.com/m1k2zoo/negbench, `synthetic_datasets/finetuning/`): CC12M-NegCap is
+  `generate_negative_captions.py`'s output (`filepath, caption, extracted_objects, negative_objects,
+  negative_captions`, lists as `str(list)`; each negated caption negates one object drawn from
+  `negative_objects`, which `filter_negative_objects.py` checked absent); CC12M-NegMCQ is `create_mcq.py`'s
+  (`correct_answer, caption_0..caption_3, correct_answer_template, image_path`) after `paraphrase_captions.py`.
 """
 
 from __future__ import annotations
@@ -1452,10 +1460,11 @@ def read_negbench(
     """NegBench's fine-tuning data, CC12M-NegCap or CC12M-NegMCQ (told apart by the table's columns),
     read in batches; image paths relative to `images` (default: the table's folder), or http(s) URLs.
 
-    CC12M-NegCap: one item per negated caption of a row (`negated_captions_per_row` 0: all; the others
-    counted), an absence negation of the absent object it names. CC12M-NegMCQ: one item per row, its
-    presence negation the option "does not feature A", and for the hybrid and negative templates its
-    absence negation the right answer (with "features N" as the affirmed twin)."""
+    CC12M-NegCap: one item per negated caption of a row, the first `negated_captions_per_row` that name one
+    of its negative objects (0: all; the others counted), an absence negation of the absent object it
+    names. CC12M-NegMCQ: one item per row, its presence negation the option "does not feature A", and for
+    the hybrid and negative templates its absence negation the right answer (with "features N" as the
+    affirmed twin)."""
     from tqdm.auto import tqdm
 
     path = Path(table)
