@@ -7,6 +7,8 @@
         --out data/ccneg
     python data_builder.py negationclip --annotations negationclip_captions_train2014.json --images train2014 \\
         --out data/negclip
+    python data_builder.py negbench --table cc12m_images_captioned_llama3.1_neg_captions.csv --images cc12m \\
+        --out data/negcap                                  # or NegBench's CC12M-NegMCQ table, .csv or .parquet
     python data_builder.py shapes --out data/world           # the offline image world (omninegclip/building/shapes.py)
 
 Common flags: --out DIR (required), --overwrite, --seed 0, --push_to_hub REPO_ID, --no_progress, --debug;
@@ -172,7 +174,8 @@ def _negations(
         )
     row["absence_affirmed"] = None
     if row["absent_object"] is not None:
-        twin = absence_affirm(item.caption, row["absent_object"])
+        given_twin = item.absence.affirmed if item.absence is not None else None  # NegMCQ's "features N"
+        twin = given_twin or absence_affirm(item.caption, row["absent_object"])
         if window.visible(twin) == twin:
             row["absence_affirmed"] = twin
         else:  # the affirmed object would fall beyond what the text encoder reads
@@ -450,7 +453,7 @@ def _parser() -> argparse.ArgumentParser:
     sources = parser.add_subparsers(dest="source", required=True, metavar="SOURCE")
 
     output, negation = _output_flags(), _negation_flags()
-    for add in (_add_coco, _add_captions, _add_ccneg, _add_negationclip):
+    for add in (_add_coco, _add_captions, _add_ccneg, _add_negationclip, _add_negbench):
         add(sources, [negation, output])
     _add_shapes(sources, [output])
     return parser
@@ -573,7 +576,11 @@ def _add_captions(sources, parents: list) -> None:
     captions.add_argument(
         "--captions_per_image", type=int, default=1, help="Captions kept per row when a row has a list (0: all)."
     )
-    downloads = captions.add_argument_group("images given as http(s) URLs")
+    _download_flags(captions)
+
+
+def _download_flags(parser: argparse.ArgumentParser) -> None:
+    downloads = parser.add_argument_group("images given as http(s) URLs")
     downloads.add_argument(
         "--image_cache",
         metavar="DIR",
@@ -630,6 +637,39 @@ def _add_negationclip(sources, parents: list) -> None:
     negationclip.add_argument(
         "--synthesize_presence", action="store_true", help="Also write rule-based presence negations."
     )
+
+
+def _add_negbench(sources, parents: list) -> None:
+    negbench = sources.add_parser(
+        "negbench",
+        parents=parents,
+        help="NegBench's CC12M-NegCap / CC12M-NegMCQ fine-tuning tables.",
+        description="NegBench's fine-tuning data as its pipeline writes it, one table read in batches. "
+        "CC12M-NegCap (filepath, caption, extracted_objects, negative_objects, negative_captions; lists as "
+        "Python literals): each negated caption is an absence negation of the absent object it names. "
+        "CC12M-NegMCQ (image_path, correct_answer, caption_0..caption_3, correct_answer_template): the option "
+        "'does not feature A' is the presence negation; for the hybrid and negative templates the right answer is "
+        "the absence negation, 'features N' its affirmed twin, and the caption NegBench's 'This image features A.'. "
+        "A row whose cells cannot be used is a counted skip naming its row (rows count from 0, as pandas does).",
+    )
+    negbench.add_argument(
+        "--table", required=True, help="CC12M-NegCap or CC12M-NegMCQ table (.csv as NegBench writes it, or Parquet)."
+    )
+    negbench.add_argument(
+        "--images", help="Folder that relative image paths start from (default: the table's folder)."
+    )
+    negbench.add_argument(
+        "--negated_captions_per_row",
+        type=int,
+        default=1,
+        metavar="N",
+        help="CC12M-NegCap: rows written per table row, one per negated caption, in the table's order "
+        "(0: all, NegBench's 3; the others counted). Default: %(default)s, as --captions_per_image.",
+    )
+    negbench.add_argument(
+        "--synthesize_presence", action="store_true", help="Also write rule-based presence negations."
+    )
+    _download_flags(negbench)
 
 
 def _statement_flag(group) -> None:

@@ -17,10 +17,12 @@ from omninegclip.building.sources import (
     ImageDownloads,
     Source,
     check_captions_per_image,
+    check_negated_captions_per_row,
     read_captions_dataset,
     read_ccneg,
     read_coco,
     read_negationclip,
+    read_negbench,
 )
 from omninegclip.common.cli import UserError
 
@@ -46,8 +48,10 @@ def build_options(args: argparse.Namespace) -> BuildOptions | None:
     )
     if args.source in ("coco", "captions"):
         check_captions_per_image(args.captions_per_image)
-    if args.source == "captions":
+    if args.source in ("captions", "negbench"):
         ImageDownloads(timeout=args.download_timeout, max_bytes=args.max_image_bytes)  # checks the two flags
+    if args.source == "negbench":
+        check_negated_captions_per_row(args.negated_captions_per_row)
     return options
 
 
@@ -62,7 +66,7 @@ def _check_shapes_arguments(args: argparse.Namespace) -> None:
         raise UserError(f"--image_size {args.image_size} must be between 8 and 1024 pixels")
 
 
-_INPUT_FLAGS = ("captions", "instances", "images", "annotations", "dataset", "images_dir")
+_INPUT_FLAGS = ("captions", "instances", "images", "annotations", "dataset", "images_dir", "table")
 
 
 def shown_arguments(args: argparse.Namespace) -> dict:
@@ -76,16 +80,19 @@ def shown_arguments(args: argparse.Namespace) -> dict:
     return shown
 
 
+def _downloads(args: argparse.Namespace, scratch: Path) -> ImageDownloads:
+    return ImageDownloads(
+        Path(args.image_cache) if args.image_cache else scratch / "images",
+        timeout=args.download_timeout,
+        max_bytes=args.max_image_bytes,
+    )
+
+
 def read_source(args: argparse.Namespace, scratch: Path) -> Source:
     progress = not args.no_progress
     if args.source == "coco":
         return read_coco(args.captions, args.instances, args.images, args.captions_per_image, num_proc=args.num_proc)
     if args.source == "captions":
-        downloads = ImageDownloads(
-            Path(args.image_cache) if args.image_cache else scratch / "images",
-            timeout=args.download_timeout,
-            max_bytes=args.max_image_bytes,
-        )
         return read_captions_dataset(
             args.dataset,
             loader=args.loader,
@@ -97,12 +104,16 @@ def read_source(args: argparse.Namespace, scratch: Path) -> Source:
             captions_per_image=args.captions_per_image,
             cache_dir=str(scratch / "hf_cache"),
             progress=progress,
-            downloads=downloads,
+            downloads=_downloads(args, scratch),
         )
     if args.source == "ccneg":
         return read_ccneg(args.annotations, args.images, eval_size=args.eval_size)
     if args.source == "negationclip":
         return read_negationclip(args.annotations, args.images, instances=args.instances)
+    if args.source == "negbench":
+        return read_negbench(
+            args.table, args.images, args.negated_captions_per_row, _downloads(args, scratch), progress=progress
+        )
     raise UserError(f"unknown source {args.source!r}")
 
 

@@ -30,6 +30,9 @@ Public surface:
   root: images are looked for as `formats.ccneg_image_candidates` lists them;
 - `read_negationclip(annotations, images, instances=None)`: NegationCLIP's COCO-format JSON whose
   annotations carry `caption` and `updated_caption` (absence triples);
+- `read_negbench(table, images=None, negated_captions_per_row=1, downloads=None)`: NegBench's CC12M-NegCap
+  or CC12M-NegMCQ table (CSV or Parquet, told apart by its columns: `NEGCAP_COLUMNS`, `NEGMCQ_COLUMNS`),
+  read in batches; `check_negated_captions_per_row(n)`;
 - `infer_absent_object(caption, updated_caption)`: which object an absence rewrite negated;
 - `read_coco_objects(instances)`: image id -> {category: total box area}, from a COCO instances file.
 
@@ -38,6 +41,11 @@ Formats, as the authors' released code reads them (CC-Neg's, shared with `eval/`
 - NegationCLIP (github.com/parkquasar/NegationCLIP, `src/data_generation.py`): COCO's
   `captions_train2014.json` with `info`, `licenses`, `images` kept and `annotations` reduced to the
   rewritten ones, each with an added `updated_caption`; the negated object is not stored.
+- NegBench (github.com/m1k2zoo/negbench, `synthetic_datasets/finetuning/`): CC12M-NegCap is
+  `generate_negative_captions.py`'s output (`filepath, caption, extracted_objects, negative_objects,
+  negative_captions`, lists as `str(list)`; each negated caption negates one object drawn from
+  `negative_objects`, which `filter_negative_objects.py` checked absent); CC12M-NegMCQ is `create_mcq.py`'s
+  (`correct_answer, caption_0..caption_3, correct_answer_template, image_path`) after `paraphrase_captions.py`.
 """
 
 from __future__ import annotations
@@ -58,7 +66,14 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from omninegclip.building.parallel import fork_map
-from omninegclip.building.vocabulary import NEGATION_CUES, canonical_category, detect_objects, find_mentions, mentions
+from omninegclip.building.vocabulary import (
+    NEGATION_CUES,
+    canonical_category,
+    detect_objects,
+    find_mentions,
+    has_negation_cue,
+    mentions,
+)
 from omninegclip.common.cli import UserError
 from omninegclip.common.formats import (
     CCNEG_EVAL_SIZE,
@@ -120,11 +135,12 @@ class ImageRef:
 
 @dataclass(frozen=True)
 class GivenNegation:
-    """A negated caption the source ships (CC-Neg's negative prompt, NegationCLIP's updated caption)."""
+    """A negated caption the source ships (CC-Neg's negative prompt, NegationCLIP's updated caption, NegBench's)."""
 
     text: str
     obj: str | None  # the negated (presence) or absent (absence) object; None when it cannot be told
-    rewrite: str  # where it came from: "ccneg", "negationclip"
+    rewrite: str  # where it came from: "ccneg", "negationclip", "negcap", "negmcq"
+    affirmed: str | None = None  # an absence negation's affirmed twin, where the source ships one (NegMCQ)
 
 
 @dataclass(slots=True)
@@ -1118,4 +1134,365 @@ def read_negationclip(annotations: Path | str, images: Path | str, instances: Pa
     source.object_sets = [
         tuple(sorted(objects)) for objects in (areas.values() if areas is not None else named_by_image.values())
     ]
+    return source
+
+
+# ------------------------------------------------------------------------------------------ NegBench
+
+NEGCAP_COLUMNS = ("filepath", "caption", "extracted_objects", "negative_objects", "negative_captions")
+NEGMCQ_COLUMNS = (
+    "image_path",
+    "correct_answer",
+    "caption_0",
+    "caption_1",
+    "caption_2",
+    "caption_3",
+    "correct_answer_template",
+)
+NEGMCQ_TEMPLATES = ("positive", "modified_positive", "hybrid", "negative")
+NEGMCQ_AFFIRMS = "This image features {x}."  # NegBench's own single-object affirmation (create_mcq.py)
+BEYOND_NEGATED_CAPTIONS_PER_ROW = "beyond_negated_captions_per_row"  # not selected (--negated_captions_per_row)
+_TABLE_BATCH_BYTES = 8 << 20  # bytes of CSV (or rows of Parquet, below) read per batch
+_TABLE_BATCH_ROWS = 65536
+# Words of the MCQ options' frames ("This image features ...", "There is no ... in this image"), never an object.
+_FRAME_WORDS = (
+    _STOPWORDS
+    | NEGATION_CUES
+    | {
+        "but",
+        "does",
+        "do",
+        "doesn",
+        "t",
+        "yet",
+        "also",
+        "only",
+        "features",
+        "feature",
+        "featured",
+        "featuring",
+        "shows",
+        "show",
+        "shown",
+        "showing",
+        "contains",
+        "contain",
+        "containing",
+        "includes",
+        "include",
+        "included",
+        "including",
+        "depicts",
+        "depict",
+        "depicted",
+        "has",
+        "have",
+        "displays",
+        "display",
+        "can",
+        "found",
+        "lacks",
+        "lack",
+        "missing",
+        "absent",
+        "while",
+        "though",
+        "although",
+        "however",
+        "instead",
+    }
+)
+
+
+def _content_words(text: str) -> list[str]:
+    return [word for word in re.findall(r"[a-z0-9]+", text.lower()) if word not in _FRAME_WORDS]
+
+
+def _table_layout(path: Path, header: list[str]) -> str:
+    """ "negcap" or "negmcq", from the table's columns; else an error naming both layouts."""
+    for layout, columns in (("negcap", NEGCAP_COLUMNS), ("negmcq", NEGMCQ_COLUMNS)):
+        if all(column in header for column in columns):
+            return layout
+    missing = {
+        name: [column for column in columns if column not in header]
+        for name, columns in (("CC12M-NegCap", NEGCAP_COLUMNS), ("CC12M-NegMCQ", NEGMCQ_COLUMNS))
+    }
+    raise UserError(
+        f"{path}: is neither NegBench layout: it has the columns {header}; CC12M-NegCap needs {list(NEGCAP_COLUMNS)} "
+        f"(missing {missing['CC12M-NegCap']}), CC12M-NegMCQ needs {list(NEGMCQ_COLUMNS)} "
+        f"(missing {missing['CC12M-NegMCQ']})"
+    )
+
+
+def _table_batches(path: Path) -> tuple[str, Iterator[tuple[int, dict[str, list]]]]:
+    """(layout, batches of (first row number, {column: values})) of a NegBench table, read in batches
+    (pyarrow's streaming CSV reader, or Parquet row groups): a table of tens of millions of rows is never
+    held at once. CSV cells are read as text, as NegBench writes them (lists as Python literals)."""
+    import pyarrow as pa
+    import pyarrow.csv as pa_csv
+    import pyarrow.parquet as pq
+
+    if not path.is_file():
+        raise UserError(f"{path}: no such file (--table: a CC12M-NegCap or CC12M-NegMCQ table, .csv or .parquet)")
+    if path.suffix.lower() == ".parquet":
+        try:
+            parquet = pq.ParquetFile(path)
+        except (pa.ArrowException, OSError) as error:
+            raise UserError(f"{path}: not a Parquet file ({error})") from None
+        layout = _table_layout(path, parquet.schema_arrow.names)
+        columns = list(NEGCAP_COLUMNS if layout == "negcap" else NEGMCQ_COLUMNS)
+        batches = (batch for batch in parquet.iter_batches(batch_size=_TABLE_BATCH_ROWS, columns=columns))
+    elif path.suffix.lower() in (".csv", ".tsv"):
+        header, rows = read_csv(path, what="a CC12M-NegCap or CC12M-NegMCQ table with a header row")
+        rows.close()  # the header only (checked as every CSV is): the rows are read by pyarrow, in batches
+        layout = _table_layout(path, header)
+        columns = list(NEGCAP_COLUMNS if layout == "negcap" else NEGMCQ_COLUMNS)
+        try:
+            batches = pa_csv.open_csv(
+                path,
+                read_options=pa_csv.ReadOptions(block_size=_TABLE_BATCH_BYTES),
+                parse_options=pa_csv.ParseOptions(
+                    delimiter="\t" if path.suffix.lower() == ".tsv" else ",", newlines_in_values=True
+                ),
+                convert_options=pa_csv.ConvertOptions(
+                    include_columns=columns,
+                    column_types=dict.fromkeys(header, pa.string()),
+                    strings_can_be_null=False,
+                    quoted_strings_can_be_null=False,
+                ),
+            )
+        except (pa.ArrowException, OSError) as error:
+            raise UserError(f"{path}: cannot be read as CSV ({' '.join(str(error).split())})") from None
+    else:
+        raise UserError(f"{path}: cannot tell how to read a '{path.suffix}' file; expected .csv or .parquet")
+
+    def numbered() -> Iterator[tuple[int, dict[str, list]]]:
+        first = 0
+        try:
+            for batch in batches:
+                yield first, {name: batch.column(name).to_pylist() for name in columns}
+                first += batch.num_rows
+        except (pa.ArrowException, OSError) as error:
+            raise UserError(
+                f"{path}: not a valid table after row {first - 1} ({' '.join(str(error).split())[:300]})"
+            ) from None
+
+    return layout, numbered()
+
+
+def _list_cell(value: object, skips: SkipLog, where: str, column: str) -> list | None:
+    """The list a NegBench cell holds (a Python literal, as NegBench's `str(list)` writes it, or a
+    Parquet list); None, counted as `<column>_not_a_list`, when it holds none."""
+    parsed = value if isinstance(value, list) else parse_list_cell(value) if isinstance(value, str) else None
+    if parsed is None:
+        skips.skip(f"{column}_not_a_list", f"{where} (column {column!r})")
+    return parsed
+
+
+def _object_names(values: list) -> tuple[str, ...]:
+    """NegBench's object lists as the builder's object names (COCO category, else the words lowercased)."""
+    return tuple(
+        dict.fromkeys(
+            canonical_category(value) or " ".join(value.lower().split())
+            for value in values
+            if isinstance(value, str) and value.strip()
+        )
+    )
+
+
+def _named_absent_object(text: str, caption: str, absent: tuple[str, ...]) -> str | None:
+    """Which of the row's absent objects a NegCap negated caption negates: NegBench writes each one for
+    a single object it draws from `negative_objects` and stores no link; the one named under a
+    negation cue, else the one named that the caption does not name."""
+    named = find_mentions(text, absent)
+    negated = next((mention.category for mention in named if mention.negated), None)
+    if negated is not None or not named:  # the caption is read only when no negation cue says which
+        return negated
+    return next((mention.category for mention in named if not mentions(caption, mention.category)), None)
+
+
+def _mcq_roles(options: list[str], correct: int) -> tuple[str, str, str, str] | None:
+    """(present object A, absent object N, the false "does not feature A", the false "features N") of an
+    MCQ row, or None when its options are not NegBench's. create_mcq.py writes, beside the right answer,
+    "features N, but not A", "features N" and "does not feature A" (paraphrased in the final release):
+    "features N" is the wrong option without a negation cue; of the two with one, "features N, but not A"
+    shares N's words and "does not feature A" shares none. The objects are the words those share."""
+    wrong = [text for index, text in enumerate(options) if index != correct]
+    affirmed = [text for text in wrong if not has_negation_cue(text)]
+    negating = [text for text in wrong if has_negation_cue(text)]
+    if len(affirmed) != 1 or len(negating) != 2:
+        return None
+    affirmed_words = set(_content_words(affirmed[0]))
+    overlaps = [len(affirmed_words & set(_content_words(text))) for text in negating]
+    if sorted(overlaps)[0] != 0 or sorted(overlaps)[1] == 0:
+        return None
+    both, presence = (negating[0], negating[1]) if overlaps[0] else (negating[1], negating[0])
+    both_words = set(_content_words(both))
+    absent = " ".join(word for word in _content_words(affirmed[0]) if word in both_words)
+    present = " ".join(word for word in _content_words(presence) if word in both_words)
+    if not absent or not present:
+        return None
+    return present, absent, presence, affirmed[0]
+
+
+@dataclass
+class _NegBenchReader:
+    """Turns the rows of one NegBench table into `SourceItem`s (the layout's `negcap` / `negmcq` method)."""
+
+    path: Path
+    base_dir: Path
+    downloads: ImageDownloads
+    negated_captions_per_row: int
+    source: Source
+    images: dict[str, ImageRef] = field(default_factory=dict)  # one ImageRef per image (memory)
+
+    def image(self, value: object, row: int) -> tuple[str, ImageRef]:
+        if isinstance(value, str) and value.strip() in self.images:
+            return value.strip(), self.images[value.strip()]
+        image = _image_ref(value, f"row-{row}", self.base_dir, self.downloads)
+        image_id = value.strip() if isinstance(value, str) and value.strip() else image.name
+        if isinstance(value, str) and value.strip():
+            self.images[image_id] = image
+        return image_id, image
+
+    def where(self, row: int) -> str:
+        return f"{self.path.name} row {row}"
+
+    def negcap(self, row: int, cells: dict) -> None:
+        skips, where = self.source.skips, self.where(row)
+        caption = skips.text(cells["caption"], f"{where} (column 'caption')")
+        lists = [_list_cell(cells[column], skips, where, column) for column in NEGCAP_COLUMNS[2:]]
+        if caption is None or any(value is None for value in lists):
+            return
+        caption = caption.strip()
+        present, absent, negated_captions = _object_names(lists[0]), _object_names(lists[1]), lists[2]
+        if not negated_captions:
+            skips.skip("no_negated_caption", f"{where} (column 'negative_captions')")
+            return
+        texts = [
+            (number, text.strip())
+            for number, text in enumerate(negated_captions)
+            if skips.text(text, f"{where} (column 'negative_captions'[{number}])", "negated_caption") is not None
+        ]
+        image_id, image = self.image(cells["filepath"], row)
+        kept = 0
+        for position, (number, text) in enumerate(texts):
+            if kept == self.negated_captions_per_row > 0:  # the first usable ones are kept (0: all)
+                skips.skip(BEYOND_NEGATED_CAPTIONS_PER_ROW, count=len(texts) - position)
+                break
+            obj = _named_absent_object(text, caption, absent)
+            if obj is None:
+                skips.skip(
+                    "negated_caption_names_no_negative_object", f"{where} (column 'negative_captions'[{number}])"
+                )
+                continue
+            self.source.items.append(
+                SourceItem(
+                    image_id=image_id,
+                    image=image,
+                    caption=caption,
+                    present_objects=present,
+                    source_index=len(self.source.items),
+                    also_mentioned=present,
+                    absence=GivenNegation(text, obj, "negcap"),
+                )
+            )
+            kept += 1
+
+    def negmcq(self, row: int, cells: dict) -> None:
+        skips, where = self.source.skips, self.where(row)
+        correct = cells["correct_answer"]
+        if isinstance(correct, str) and correct.strip().lstrip("-").isdigit():
+            correct = int(correct)
+        if isinstance(correct, bool) or not isinstance(correct, int) or not 0 <= correct <= 3:
+            raise UserError(
+                f"{self.path}: row {row}, column 'correct_answer' is {describe_value(cells['correct_answer'])}, "
+                "expected the index of the right option, 0 to 3"
+            )
+        template = cells["correct_answer_template"]
+        if template not in NEGMCQ_TEMPLATES:
+            raise UserError(
+                f"{self.path}: row {row}, column 'correct_answer_template' is {describe_value(template)}, "
+                f"expected one of {list(NEGMCQ_TEMPLATES)} (NegBench's create_mcq.py templates)"
+            )
+        options = [
+            skips.text(cells[f"caption_{index}"], f"{where} (column 'caption_{index}')", "option")
+            for index in range(4)
+        ]
+        if any(option is None for option in options):
+            return
+        options = [option.strip() for option in options]
+        roles = _mcq_roles(options, correct)
+        if roles is None:
+            skips.skip("negmcq_options_not_recognised", f"{where} (columns 'caption_0'..'caption_3')")
+            return
+        present, absent, presence_text, affirmed_text = roles
+        right = options[correct]
+        affirmation = template in ("positive", "modified_positive")
+        image_id, image = self.image(cells["image_path"], row)
+        self.source.items.append(
+            SourceItem(
+                image_id=image_id,
+                image=image,
+                caption=right if affirmation else NEGMCQ_AFFIRMS.format(x=present),
+                present_objects=(present,),
+                source_index=len(self.source.items),
+                also_mentioned=(present,),
+                presence=GivenNegation(presence_text, present, "negmcq"),
+                absence=None if affirmation else GivenNegation(right, absent, "negmcq", affirmed=affirmed_text),
+            )
+        )
+
+
+def check_negated_captions_per_row(value: int) -> int:
+    if value < 0:
+        raise UserError(f"--negated_captions_per_row {value} must be 0 (all of a row's) or more")
+    return value
+
+
+def read_negbench(
+    table: Path | str,
+    images: Path | str | None = None,
+    negated_captions_per_row: int = 1,
+    downloads: ImageDownloads | None = None,
+    progress: bool = True,
+) -> Source:
+    """NegBench's fine-tuning data, CC12M-NegCap or CC12M-NegMCQ (told apart by the table's columns),
+    read in batches; image paths relative to `images` (default: the table's folder), or http(s) URLs.
+
+    CC12M-NegCap: one item per negated caption of a row, the first `negated_captions_per_row` that name one
+    of its negative objects (0: all; the others counted), an absence negation of the absent object it
+    names. CC12M-NegMCQ: one item per row, its presence negation the option "does not feature A", and for
+    the hybrid and negative templates its absence negation the right answer (with "features N" as the
+    affirmed twin)."""
+    from tqdm.auto import tqdm
+
+    path = Path(table)
+    check_negated_captions_per_row(negated_captions_per_row)
+    base_dir = _check_dir(images, "--images") if images is not None else path.parent
+    layout, batches = _table_batches(path)
+    name = {"negcap": "CC12M-NegCap", "negmcq": "CC12M-NegMCQ"}[layout]
+    source = Source(
+        name="negbench",
+        description=f"NegBench's {name} (CVPR 2025): CC12M images, "
+        + (
+            "captions with LLM-written negated captions, each negating one object an open-vocabulary detector "
+            "found absent."
+            if layout == "negcap"
+            else "multiple-choice statements built from the objects a caption names and objects found absent."
+        ),
+        license="other",
+        items=[],
+        object_sets=[],
+        exhaustive_objects=False,
+        files=[str(path)] + ([str(images)] if images is not None else []),
+    )
+    reader = _NegBenchReader(path, base_dir, downloads or ImageDownloads(), negated_captions_per_row, source)
+    read_row = reader.negcap if layout == "negcap" else reader.negmcq
+    with tqdm(desc=f"reading {name}", unit=" rows", disable=not progress, leave=False) as bar:
+        for first, columns in batches:
+            names = list(columns)
+            for offset, values in enumerate(zip(*columns.values())):
+                read_row(first + offset, dict(zip(names, values)))
+            bar.update(len(columns[names[0]]))
     return source
