@@ -180,8 +180,7 @@ def load_any_dataset(
         else:
             if name.startswith((".", "/", "~")):
                 raise UserError(
-                    f"dataset {name!r} does not exist: expected a save_to_disk folder, data files "
-                    f"({', '.join(DATA_FILE_BUILDERS)}) or a Hub id"
+                    f"dataset {name!r} does not exist: expected a save_to_disk folder, data files or a Hub id"
                 )
             loaded = datasets.load_dataset(name, config_name, cache_dir=cache_dir, streaming=streaming)
     except UserError:
@@ -229,9 +228,9 @@ def lift_json_fields(dataset, name: str = "dataset"):
         for column, feature in dataset.features.items()
     }
     dataset = dataset.cast(datasets.Features(undecoded))
-    lifted = datasets.Features(
-        {column: feature for column, feature in undecoded.items() if column != JSON_FIELDS_COLUMN} | fields
-    )
+    lifted = datasets.Features()  # the fields where the json column was: the columns in the order `flatten` gives
+    for column, feature in undecoded.items():
+        lifted.update(fields if column == JSON_FIELDS_COLUMN else {column: feature})
     return dataset.map(_lifted_fields, remove_columns=[JSON_FIELDS_COLUMN], features=lifted)
 
 
