@@ -51,6 +51,12 @@ with `--mix_dataset_name`: the smaller one is repeated to the larger one's lengt
 training batch of even size holds exactly half rows of each (reshuffled every epoch); each loss
 term is computed on the rows that carry its inputs.
 
+Data too large to prepare or copy (webdataset shards, a Hub id): `--streaming` reads it while training,
+checks every row as it comes, embeds the images inside each step, and resumes where the stream stopped;
+it needs --max_steps and trains without evaluation (docs/training.md, Streaming):
+
+    python train.py <flags> --streaming --dataset_name 'shards/*.tar' --image_column jpg --max_steps 10000
+
 The image tower is frozen by default; its embeddings are then computed once, before training, and
 cached on disk keyed by the vision weights, the image processor and the data (so no random image
 augmentation in that mode). Captions are padded per batch, and all caption sets of a batch go

@@ -3,7 +3,10 @@
 It takes raw `datasets.Dataset`s (an image column, a caption column and the optional negation
 columns; a dict of several datasets mixes them half and half per batch) and a processor, and
 prepares them itself: every row checked (skips counted and reported), captions tokenized, each
-unique image embedded once on the training device by the frozen image tower. Its `compute_loss`
+unique image embedded once on the training device by the frozen image tower. A streamed
+`datasets.IterableDataset` (or a dict of them) is read while training instead
+(`omninegclip.training.streaming`: checked row by row, images embedded inside the step, the
+stream's position saved in every checkpoint). Its `compute_loss`
 runs the Omni-NegCLIP objective and logs every term; NaN/inf stops name the bad rows; evaluation
 reports the negation accuracies over every row; the Trainer's own Hub path (`push_to_hub`,
 `--hub_strategy`) pushes with the project's model card (`create_model_card`).
@@ -121,8 +124,9 @@ class OmniNegCLIPTrainer(Trainer):
     model: an `OmniNegCLIPModel` (e.g. `OmniNegCLIPModel.from_pretrained("openai/clip-vit-base-patch32")`)
     or the name of a CLIP checkpoint. args: an `OmniNegCLIPConfig`. train_dataset / eval_dataset: a
     `datasets.Dataset` with the config's image, caption and negation columns, or a dict of them by
-    name. processing_class: the CLIP processor (tokenizer and image processor). The text blocks and
-    parts the config names train; the rest is frozen (or LoRA adapters are added)."""
+    name; train_dataset may instead be streamed (an `IterableDataset` or a dict of them: needs
+    `max_steps`, no eval_dataset). processing_class: the CLIP processor (tokenizer and image
+    processor). The text blocks and parts the config names train; the rest is frozen (or LoRA adapters are added)."""
 
     # The model returns a batch mean, not a sum over `num_items_in_batch`: the Trainer scales for GA.
     loss_is_scaled_for_ga = False
