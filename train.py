@@ -51,6 +51,12 @@ with `--mix_dataset_name`: the smaller one is repeated to the larger one's lengt
 training batch of even size holds exactly half rows of each (reshuffled every epoch); each loss
 term is computed on the rows that carry its inputs.
 
+Data too large to prepare or copy (webdataset shards, a Hub id): `--streaming` reads it while training,
+checks every row as it comes, embeds the images inside each step, and resumes where the stream stopped;
+it needs --max_steps and trains without evaluation (docs/training.md, Streaming):
+
+    python train.py <flags> --streaming --dataset_name 'shards/*.tar' --image_column jpg --max_steps 10000
+
 The image tower is frozen by default; its embeddings are then computed once, before training, and
 cached on disk keyed by the vision weights, the image processor and the data (so no random image
 augmentation in that mode). Captions are padded per batch, and all caption sets of a batch go
@@ -87,6 +93,7 @@ from omninegclip.training.arguments import check_report_to, parse_flags
 from omninegclip.training.checkpoints import check_output_and_resume, interrupted_message
 from omninegclip.training.config import DataArguments, ModelArguments, OmniNegCLIPConfig
 from omninegclip.training.data import load_any_dataset
+from omninegclip.training.streaming import check_streaming_settings
 from omninegclip.training.trainer import OmniNegCLIPTrainer, end_process_group
 
 logger = logging.getLogger("omninegclip.train")
@@ -133,20 +140,24 @@ def load_datasets(data_args: DataArguments, config: OmniNegCLIPConfig, cache_dir
             f"there twice (false in-batch negatives); leave --mix_dataset_name out or name another dataset"
         )
 
-    def load(split: str, required: bool, limit: int | None) -> dict[str, datasets.Dataset]:
+    def load(split: str, required: bool, limit: int | None, streaming: bool = False) -> dict[str, datasets.Dataset]:
         loaded = {
-            name: load_any_dataset(name, split, data_args.dataset_config_name, cache_dir, required=required)
+            name: load_any_dataset(
+                name, split, data_args.dataset_config_name, cache_dir, required=required, streaming=streaming
+            )
             for name in data_args.sources()
         }
-        return {
-            name: dataset.select(range(min(limit, len(dataset)))) if limit is not None else dataset
+        cut = {
+            name: dataset.take(limit) if streaming else dataset.select(range(min(limit, len(dataset))))
             for name, dataset in loaded.items()
-            if dataset is not None
+            if dataset is not None and limit is not None
         }
+        return {name: cut.get(name, dataset) for name, dataset in loaded.items() if dataset is not None}
 
-    train = load(data_args.train_split, True, data_args.max_train_samples)
+    train = load(data_args.train_split, True, data_args.max_train_samples, data_args.streaming)
     evaluation = {}
-    if config.eval_strategy != "no" and data_args.evaluates():
+    # A streamed run does not evaluate while it trains (check_streaming_settings refused --eval_strategy).
+    if config.eval_strategy != "no" and data_args.evaluates() and not data_args.streaming:
         evaluation = load(data_args.eval_split, False, data_args.max_eval_samples)
         if not evaluation:
             logger.warning(
@@ -172,6 +183,13 @@ def main(argv: list[str]) -> tuple[OmniNegCLIPTrainer, dict]:
     # Before anything slow (the Trainer checks both again): the trackers, and the output folder
     # before the lock is taken in it.
     check_report_to(config)
+    if data_args.streaming:
+        check_streaming_settings(config)
+    elif config.mix_probabilities:
+        raise UserError(
+            f"--mix_probabilities {config.mix_probabilities} sets the mix of streamed datasets: pass --streaming "
+            "(without it, --mix_dataset_name mixes half and half in every batch)"
+        )
     check_output_and_resume(config, config.overwrite_output_dir, data_args.sources(), model_args.model_name_or_path)
     try:
         if config.process_index != 0:  # the first process holds the lock for all
@@ -188,7 +206,8 @@ def train_and_save(
     # 1. The model and the data.
     model, processor = load_model(model_args)
     train_datasets, eval_datasets = load_datasets(data_args, config, model_args.cache_dir)
-    # 2. The Trainer prepares the data itself: rows checked, captions tokenized, images embedded once.
+    # 2. The Trainer prepares the data itself: rows checked, captions tokenized, images embedded once
+    #    (streamed data: checked, tokenized and embedded batch by batch while training).
     trainer = OmniNegCLIPTrainer(
         model=model,
         args=config,

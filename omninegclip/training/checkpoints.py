@@ -250,6 +250,10 @@ def _resume_identity(record: dict, train_split: str) -> dict:
             if key not in ("front_blocks", "text_preset", "text_blocks")
         },
         "LoRA (--lora_*)": settings.get("lora"),
+        "streamed data (--streaming, --mix_probabilities, processes)": {
+            key: value for key, value in (record.get("streaming") or {}).items() if key != "data"
+        }
+        or None,
         "schedule and optimiser (--learning_rate, --lr_scheduler_type, --warmup_*, batch sizes, --weight_decay, "
         "--optim, "
         "--seed, ...)": {name: (record.get("training_arguments") or {}).get(name) for name in RUN_SETTINGS},

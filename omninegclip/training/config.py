@@ -28,6 +28,7 @@ from omninegclip.common.clip import CONTEXT_LENGTH
 from omninegclip.training.data import CaptionColumnArguments, CaptionColumns
 from omninegclip.training.lora import LOGIT_SCALE_WITH_LORA, LORA_TARGET_MODULES
 from omninegclip.training.metrics import ABSENCE_CHOICE_ACCURACY, PRESENCE_ACCURACY, WHICH_OBJECT_ACCURACY
+from omninegclip.training.streaming import mix_weights
 
 logger = logging.getLogger("omninegclip.train")
 
@@ -108,6 +109,14 @@ class DataArguments:
         default=None, metadata={"help": "Keep the first N training rows (debugging)."}
     )
     max_eval_samples: int | None = field(default=None, metadata={"help": "Keep the first N evaluation rows."})
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "Read the training data as a stream while training (Hub ids, data files, webdataset .tar shards): "
+            "nothing is prepared or copied first, images are embedded inside each step; needs --max_steps, "
+            "no evaluation during the run (docs/training.md, Streaming)."
+        },
+    )
 
     def __post_init__(self):
         if not self.dataset_name:
@@ -256,6 +265,14 @@ class OmniNegCLIPConfig(TrainingArguments, CaptionColumnArguments):
         },
     )
 
+    mix_probabilities: str | None = field(
+        default=None,
+        metadata={
+            "help": "With --streaming: the probability of drawing each dataset's next row, comma-separated in the "
+            "order --dataset_name, --mix_dataset_name (e.g. '0.7,0.3'; default: equal)."
+        },
+    )
+
     # --- LoRA -----------------------------------------------------------------------------------
     lora_r: int = field(
         default=0, metadata={"help": "LoRA rank on the chosen text blocks; 0 = full fine-tuning of those blocks."}
@@ -343,6 +360,7 @@ class OmniNegCLIPConfig(TrainingArguments, CaptionColumnArguments):
             raise UserError(f"--preprocessing_num_workers must be 0 or more, got {self.preprocessing_num_workers}")
         if self.image_embedding_batch_size < 1:
             raise UserError(f"--image_embedding_batch_size must be 1 or more, got {self.image_embedding_batch_size}")
+        mix_weights(self.mix_probabilities)  # refuses a bad value now, by name
         self._check_lora()
         self._check_evaluation()
         self._check_precision()

@@ -1,7 +1,8 @@
 """Training data for `train.py`: load any HF dataset, validate it, tokenize, find and embed (or
 check) its unique images once, and collate batches for `OmniNegCLIPModel.forward`.
 
-Public surface: `CaptionColumns`, `CaptionColumnArguments`, `load_any_dataset`, `prepare_dataset` -> `PreparedSplit`,
+Public surface: `CaptionColumns`, `CaptionColumnArguments`, `load_any_dataset` (and `lift_json_fields`),
+`check_columns`, `prepare_dataset` -> `PreparedSplit`,
 `SourceReport`, `summarize_reports`, `PackedRows`, `OmniNegCollator`, `BalancedSourceSampler`.
 
 Nothing here copies image bytes. A prepared split holds, per distinct row, where it came from
@@ -23,6 +24,7 @@ example rows in a `SourceReport`, which `summarize_reports` turns into the one l
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
@@ -50,7 +52,17 @@ from omninegclip.training.rowstore import RowStore, RowStoreWriter, token_dtype
 
 logger = logging.getLogger(__name__)
 
-DATA_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".arrow": "arrow"}
+DATA_FILE_BUILDERS = {
+    ".json": "json",
+    ".jsonl": "json",
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".arrow": "arrow",
+    ".tar": "webdataset",  # shards of `<key>.jpg` + `<key>.json` samples (`lift_json_fields` lifts the fields)
+}
+JSON_FIELDS_COLUMN = "json"  # a webdataset sample's `<key>.json`, one column of fields
+GLOB_CHARACTERS = "*?["
+SAVED_SHARDS = 64  # shards of a save_to_disk folder read as a stream (split across processes by shard)
 SOURCE_COLUMN = "source_index"
 SOURCE_ROW_COLUMN = "source_row"
 PACKED_ROW_COLUMN = "packed_row"
@@ -123,42 +135,115 @@ def _causes(error: BaseException) -> str:
     return "; caused by ".join(messages)
 
 
+def _data_files(name: str) -> list[Path]:
+    """The paths a --dataset_name value lists (comma-separated), glob patterns (`shards/*.tar`)
+    expanded in sorted order; a pattern that matches nothing is an error."""
+    files = []
+    for part in (part.strip() for part in name.split(",")):
+        if part and any(character in part for character in GLOB_CHARACTERS):
+            matched = sorted(glob.glob(os.path.expanduser(part)))
+            if not matched:
+                raise UserError(f"--dataset_name: no file matches the pattern {part!r}")
+            files += [Path(path) for path in matched]
+        elif part:
+            files.append(Path(part).expanduser())
+    return files
+
+
 def load_any_dataset(
-    name: str, split: str, config_name: str | None = None, cache_dir: str | None = None, required: bool = True
-) -> datasets.Dataset | None:
-    """One split of a `save_to_disk` folder, local data files (comma-separated), or a Hub dataset.
-    A missing split is an error when `required`, else None."""
+    name: str,
+    split: str,
+    config_name: str | None = None,
+    cache_dir: str | None = None,
+    required: bool = True,
+    streaming: bool = False,
+) -> datasets.Dataset | datasets.IterableDataset | None:
+    """One split of a `save_to_disk` folder, local data files (comma-separated, glob patterns allowed;
+    `.tar` files are webdataset shards), or a Hub dataset; with `streaming`, as an `IterableDataset`
+    read lazily. A `json` column of fields (webdataset's `<key>.json`) becomes top-level columns
+    (`lift_json_fields`). A missing split is an error when `required`, else None."""
     path = Path(name)
-    files = [Path(part) for part in name.split(",")]
     try:
+        files = _data_files(name)
+        builders = {DATA_FILE_BUILDERS.get(file.suffix) for file in files}
         if path.is_dir() and any((path / marker).is_file() for marker in ("dataset_dict.json", "state.json")):
             loaded = datasets.load_from_disk(str(path))
-        elif all(file.suffix in DATA_FILE_BUILDERS for file in files):
+        elif files and None not in builders:
             missing = [str(file) for file in files if not file.is_file()]
             if missing:
                 raise UserError(f"--dataset_name: data file(s) {missing} do not exist")
             empty = [str(file) for file in files if file.stat().st_size == 0]
             if empty:
                 raise UserError(f"dataset {name!r}: data file(s) {empty} are empty: nothing to train on")
-            builder = DATA_FILE_BUILDERS[files[0].suffix]
-            loaded = datasets.load_dataset(builder, data_files=[str(file) for file in files], cache_dir=cache_dir)
+            if len(builders) > 1:
+                raise UserError(
+                    f"dataset {name!r} mixes data file types ({sorted(file.suffix for file in files)}); "
+                    "pass files of one type, or mix two datasets with --mix_dataset_name"
+                )
+            loaded = datasets.load_dataset(
+                builders.pop(), data_files=[str(file) for file in files], cache_dir=cache_dir, streaming=streaming
+            )
         elif path.is_dir():
-            loaded = datasets.load_dataset(str(path), cache_dir=cache_dir)
+            loaded = datasets.load_dataset(str(path), cache_dir=cache_dir, streaming=streaming)
         else:
             if name.startswith((".", "/", "~")):
                 raise UserError(
                     f"dataset {name!r} does not exist: expected a save_to_disk folder, data files or a Hub id"
                 )
-            loaded = datasets.load_dataset(name, config_name, cache_dir=cache_dir)
+            loaded = datasets.load_dataset(name, config_name, cache_dir=cache_dir, streaming=streaming)
     except UserError:
         raise
     except Exception as error:  # datasets raises many types; the user needs the name and the reason
-        raise UserError(f"could not load dataset {name!r}: {_causes(error)}") from None
-    if isinstance(loaded, datasets.Dataset):
-        return loaded if split == "train" or not required else _missing_split(name, split, ["train"], required)
-    if split not in loaded:
+        reason = _causes(error)
+        if "to null" in reason:  # a field null in the first samples, from which the types are guessed
+            reason += (
+                "; a field that is null (None) in the first rows and text later cannot be typed: "
+                'write "" for a missing negation instead of null'
+            )
+        raise UserError(f"could not load dataset {name!r}: {reason}") from None
+    if isinstance(loaded, (datasets.Dataset, datasets.IterableDataset)):
+        chosen = loaded if split == "train" or not required else _missing_split(name, split, ["train"], required)
+    elif split not in loaded:
         return _missing_split(name, split, list(loaded), required)
-    return loaded[split]
+    else:
+        chosen = loaded[split]
+    if streaming and isinstance(chosen, datasets.Dataset):  # a save_to_disk folder, read lazily in shards
+        chosen = chosen.to_iterable_dataset(num_shards=max(1, min(len(chosen), SAVED_SHARDS)))
+    return lift_json_fields(chosen, name)
+
+
+def lift_json_fields(dataset, name: str = "dataset"):
+    """`dataset` with the fields of its `json` column of fields (a webdataset sample's `<key>.json`)
+    as top-level columns, so that `--caption_column caption` names the field `caption`. Without such
+    a column, `dataset` itself. A field named like another column is an error."""
+    if dataset is None or dataset.features is None:
+        return dataset
+    fields = dataset.features.get(JSON_FIELDS_COLUMN)
+    if not isinstance(fields, dict):
+        return dataset
+    clash = sorted(set(fields) & set(dataset.features))
+    if clash:
+        raise UserError(
+            f"dataset {name!r}: the fields {clash} of its {JSON_FIELDS_COLUMN!r} column are also columns of their own"
+        )
+    if isinstance(dataset, datasets.Dataset):  # no copy: a change of the table's schema only
+        flat = dataset.flatten(max_depth=2)
+        return flat.rename_columns({f"{JSON_FIELDS_COLUMN}.{field}": field for field in fields})
+    # A stream's images stay undecoded here (the map would decode every one, and stop at a corrupt
+    # one): the Trainer decodes them, skipping and counting the unreadable ones.
+    undecoded = {
+        column: datasets.Image(decode=False) if isinstance(feature, datasets.Image) else feature
+        for column, feature in dataset.features.items()
+    }
+    dataset = dataset.cast(datasets.Features(undecoded))
+    lifted = datasets.Features()  # the fields where the json column was: the columns in the order `flatten` gives
+    for column, feature in undecoded.items():
+        lifted.update(fields if column == JSON_FIELDS_COLUMN else {column: feature})
+    return dataset.map(_lifted_fields, remove_columns=[JSON_FIELDS_COLUMN], features=lifted)
+
+
+def _lifted_fields(row: dict) -> dict:
+    return dict(row[JSON_FIELDS_COLUMN] or {})
 
 
 def _missing_split(name: str, split: str, found: list[str], required: bool):
@@ -247,14 +332,17 @@ ROWS_PER_WORKER = 20_000  # fewer rows than this per worker are not worth a proc
 PREPARED_FORMAT = 2  # the layout of the tokenized rows and the stored splits (part of their cache keys)
 
 
-def _validate(dataset: datasets.Dataset, name: str, columns: CaptionColumns, split: str = "train") -> None:
-    """Check the columns: an error when one is missing or of the wrong kind. Their values are checked
-    row by row when the rows are tokenized (`_row_batch`)."""
-    if len(dataset) == 0:
-        raise UserError(f"dataset {name!r}: its {split!r} split is empty")
-    check_columns(list(dataset.column_names), name, columns)
-    feature = dataset.features[columns.image]
-    if not (
+def check_columns(
+    name: str, found: list[str], columns: CaptionColumns, features: datasets.Features | None = None
+) -> None:
+    """A `UserError` when a column the flags name is not among `found`, or when the image column
+    (its type known from `features`) holds neither images nor image paths. The same check, and the
+    same messages, for prepared and streamed data."""
+    for column, flag in columns.flags().items():
+        if column not in found:
+            raise UserError(f"dataset {name!r} has no column {column!r} (set by {flag}); its columns are {found}")
+    feature = features.get(columns.image) if features is not None else None
+    if feature is not None and not (
         isinstance(feature, datasets.Image)
         or (isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string"))
     ):
@@ -264,11 +352,12 @@ def _validate(dataset: datasets.Dataset, name: str, columns: CaptionColumns, spl
         )
 
 
-def check_columns(found: list[str], name: str, columns: CaptionColumns) -> None:
-    """A dataset's columns must include every column a flag names."""
-    for column, flag in columns.flags().items():
-        if column not in found:
-            raise UserError(f"dataset {name!r} has no column {column!r} (set by {flag}); its columns are {found}")
+def _validate(dataset: datasets.Dataset, name: str, columns: CaptionColumns, split: str = "train") -> None:
+    """Check the columns: an error when one is missing or of the wrong kind. Their values are checked
+    row by row when the rows are tokenized (`_row_batch`)."""
+    if len(dataset) == 0:
+        raise UserError(f"dataset {name!r}: its {split!r} split is empty")
+    check_columns(name, list(dataset.column_names), columns, dataset.features)
 
 
 def row_text_skip(values: dict[str, object], columns: CaptionColumns) -> tuple[str, str] | None:

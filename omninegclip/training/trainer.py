@@ -3,7 +3,10 @@
 It takes raw `datasets.Dataset`s (an image column, a caption column and the optional negation
 columns; a dict of several datasets mixes them half and half per batch) and a processor, and
 prepares them itself: every row checked (skips counted and reported), captions tokenized, each
-unique image embedded once on the training device by the frozen image tower. Its `compute_loss`
+unique image embedded once on the training device by the frozen image tower. A streamed
+`datasets.IterableDataset` (or a dict of them) is read while training instead
+(`omninegclip.training.streaming`: checked row by row, images embedded inside the step, the
+stream's position saved in every checkpoint). Its `compute_loss`
 runs the Omni-NegCLIP objective and logs every term; NaN/inf stops name the bad rows; evaluation
 reports the negation accuracies over every row; the Trainer's own Hub path (`push_to_hub`,
 `--hub_strategy`) pushes with the project's model card (`create_model_card`).
@@ -60,8 +63,15 @@ from omninegclip.training.prepare import (
     negation_metrics,
     prepare_splits,
     warn_degenerate_training,
+    warn_unread_columns,
 )
 from omninegclip.training.saving import check_disk_space, merge_adapters, save_final_model
+from omninegclip.training.streaming import (
+    StreamingData,
+    StreamPositionCallback,
+    check_streaming_settings,
+    is_stream,
+)
 
 logger = logging.getLogger("omninegclip.train")
 
@@ -85,21 +95,22 @@ PLAIN_ARGUMENTS = (
 )
 
 
-def _named(dataset, role: str) -> dict[str, datasets.Dataset]:
-    """A dataset, or a dict of datasets by name, as a dict by name."""
+def _named(dataset, role: str) -> dict[str, datasets.Dataset | datasets.IterableDataset]:
+    """A dataset, or a dict of datasets by name, as a dict by name; all prepared-style
+    (`datasets.Dataset`) or all streamed (`datasets.IterableDataset`, training only)."""
     if dataset is None:
         return {}
-    if isinstance(dataset, datasets.Dataset):
+    kinds = (datasets.Dataset, datasets.IterableDataset) if role == "train" else (datasets.Dataset,)
+    if isinstance(dataset, kinds):
         return {dataset.info.dataset_name or f"{role}_dataset": dataset}
-    if (
-        isinstance(dataset, dict)
-        and dataset
-        and all(isinstance(value, datasets.Dataset) for value in dataset.values())
-    ):
+    values = list(dataset.values()) if isinstance(dataset, dict) else []
+    if values and any(all(isinstance(value, kind) for value in values) for kind in kinds):
         return dict(dataset)
+    streamed = " or of datasets.IterableDataset (streaming)" if role == "train" else ""
     raise UserError(
         f"{role}_dataset must be a datasets.Dataset or a dict of them by name (several are mixed half and half per "
-        f"batch), got {type(dataset).__name__}; an IterableDataset (streaming) is not supported"
+        f"batch){streamed}, got {type(dataset).__name__}"
+        + ("; a streamed run does not evaluate while it trains" if role == "eval" and is_stream(dataset) else "")
     )
 
 
@@ -114,8 +125,9 @@ class OmniNegCLIPTrainer(Trainer):
     model: an `OmniNegCLIPModel` (e.g. `OmniNegCLIPModel.from_pretrained("openai/clip-vit-base-patch32")`)
     or the name of a CLIP checkpoint. args: an `OmniNegCLIPConfig`. train_dataset / eval_dataset: a
     `datasets.Dataset` with the config's image, caption and negation columns, or a dict of them by
-    name. processing_class: the CLIP processor (tokenizer and image processor). The text blocks and
-    parts the config names train; the rest is frozen (or LoRA adapters are added)."""
+    name; train_dataset may instead be streamed (an `IterableDataset` or a dict of them: needs
+    `max_steps`, no eval_dataset). processing_class: the CLIP processor (tokenizer and image
+    processor). The text blocks and parts the config names train; the rest is frozen (or LoRA adapters are added)."""
 
     # The model returns a batch mean, not a sum over `num_items_in_batch`: the Trainer scales for GA.
     loss_is_scaled_for_ga = False
@@ -150,6 +162,15 @@ class OmniNegCLIPTrainer(Trainer):
         if args.world_size > 1 and not args.dataloader_drop_last:
             logger.info("several processes: using drop-last batches (padded duplicate rows would be false negatives)")
             args.dataloader_drop_last = True
+        self.stream: StreamingData | None = None
+        streamed = is_stream(train_dataset)
+        if streamed:  # before anything slow, and before an evaluation dataset is looked at
+            check_streaming_settings(args, evaluates=eval_dataset is not None)
+        elif args.mix_probabilities:
+            raise UserError(
+                f"--mix_probabilities {args.mix_probabilities} sets the mix of streamed datasets (--streaming); "
+                "prepared datasets are mixed half and half in every batch"
+            )
         train_named, eval_named = _named(train_dataset, "train"), _named(eval_dataset, "eval")
         self.source_names = list(train_named)
         check_output_and_resume(
@@ -162,7 +183,16 @@ class OmniNegCLIPTrainer(Trainer):
         trained_model, self.lora_settings = make_trainable(model, args)
         check_disk_space(args, model, trained_model)
         reports = []
-        if train_named and not any(_is_prepared(dataset) for dataset in train_named.values()):
+        if streamed:  # read while training: checked row by row, images embedded inside the step
+            if processing_class is None:
+                raise UserError(
+                    "OmniNegCLIPTrainer reads streamed datasets itself and needs the CLIP processor: pass "
+                    "processing_class=CLIPProcessor.from_pretrained(<the checkpoint>)"
+                )
+            warn_unread_columns(args)
+            self.stream = StreamingData(train_named, args, processing_class, model.loss_config.caption_sets_read())
+            train_dataset, data_collator = self.stream.rows, data_collator or self.stream.collator
+        elif train_named and not any(_is_prepared(dataset) for dataset in train_named.values()):
             if processing_class is None:
                 raise UserError(
                     "OmniNegCLIPTrainer prepares raw datasets itself and needs the CLIP processor: pass "
@@ -182,6 +212,8 @@ class OmniNegCLIPTrainer(Trainer):
             (train_dataset,) = train_named.values()
             eval_dataset = next(iter(eval_named.values()), None)
         self.record = training_record(args, model, self.lora_settings, reports, self.source_names)
+        if self.stream is not None:
+            self.record["streaming"] = self.stream.settings()
         super().__init__(
             model=trained_model,
             args=args,
@@ -196,6 +228,8 @@ class OmniNegCLIPTrainer(Trainer):
         self.model_accepts_loss_kwargs = False
         self.add_callback(ClampLogitScaleCallback())
         self.add_callback(FiniteLossCallback(self, args.nan_check_steps))
+        if self.stream is not None:
+            self.add_callback(StreamPositionCallback(self))
         self._term_sums: dict[str, torch.Tensor] = {}
         self._term_count = 0
         self._unchecked: list[tuple[int, dict[str, torch.Tensor], torch.Tensor | None]] = []
@@ -221,6 +255,8 @@ class OmniNegCLIPTrainer(Trainer):
             check_resume_settings(
                 resume, self.record, self.record["data"][0]["split"] if self.record["data"] else "train"
             )
+            if self.stream is not None:  # the next rows are the ones the interrupted run would have read
+                self.stream.restore(resume, self.args.process_index)
             step = json.loads((Path(resume) / TRAINER_STATE_FILE).read_text()).get("global_step")
             logger.info("resuming from %s (step %s)", resume, step)
         self.record["resumed_from"] = resume or None
@@ -310,6 +346,13 @@ class OmniNegCLIPTrainer(Trainer):
             dataset_ids=self.args.dataset_ids(),
         )
 
+    def get_train_dataloader(self):
+        """A streamed run's batches come from its `StreamingData` (this process's share, read ahead and
+        decoded in threads); otherwise the Trainer's own."""
+        if self.stream is None:
+            return super().get_train_dataloader()
+        return self.stream.dataloader(self._train_batch_size, self.args, self.accelerator)
+
     def _get_train_sampler(self, train_dataset=None):
         dataset = self.train_dataset if train_dataset is None else train_dataset
         if isinstance(dataset, datasets.Dataset) and SOURCE_COLUMN in dataset.column_names:
@@ -320,6 +363,8 @@ class OmniNegCLIPTrainer(Trainer):
 
     def describe_rows(self, row_ids: list[int], training: bool) -> str:
         """Where rows of the prepared data came from: 'dataset NAME row R' (the first few)."""
+        if training and self.stream is not None:
+            return self.stream.progress.describe_rows(row_ids)
         dataset = self.train_dataset if training else self.eval_dataset
         if not isinstance(dataset, datasets.Dataset) or SOURCE_ROW_COLUMN not in dataset.column_names:
             return f"prepared rows {row_ids}"
@@ -352,6 +397,8 @@ class OmniNegCLIPTrainer(Trainer):
         )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.stream is not None:  # the batch the model trains on now: the stream's position after it
+            inputs = self.stream.model_inputs(inputs, model.training)
         row_ids = inputs.pop("row_ids", None)
         outputs = model(**inputs, return_loss=True)
         terms = {name: getattr(outputs, name) for name in LOSS_TERM_NAMES if getattr(outputs, name) is not None}
@@ -424,6 +471,8 @@ def check_training_steps(trainer: Trainer) -> int:
     """The optimiser steps this run will take; a `UserError` naming rows, global batch and steps when
     it would take none (the run would then save the base model as the fine-tuned one)."""
     args = trainer.args
+    if getattr(trainer, "stream", None) is not None:  # no length: --max_steps (required) says
+        return args.max_steps
     sampler = trainer._get_train_sampler()  # a mix is repeated to the larger source's length
     rows = len(sampler) if sampler is not None else len(trainer.train_dataset)
     processes = args.world_size
