@@ -599,6 +599,7 @@ def _stored_split(
         meta = json.loads((folder / STORE_META).read_text())
         reports = [SourceReport.from_state(entry) for entry in meta["reports"]]
         refs = ImageRefs.of(raw, columns.image, names, np.load(folder / "image_refs.npy"), meta["image_keys"])
+        logger.info("%s rows: reusing the prepared rows in %s (%d rows)", split, folder, len(store))
         return store, refs, starts, reports
     reports = [SourceReport(name=name, split=split, rows=size) for name, size in zip(names, sizes)]
     building = folder if temporary else folder.with_name(f"{folder.name}.partial-{os.getpid()}")
@@ -622,6 +623,8 @@ def _stored_split(
             shutil.rmtree(building, ignore_errors=True)
     if store is None:
         raise RuntimeError(f"the prepared rows in {folder} cannot be read back")
+    if not temporary:
+        logger.info("%s rows: stored the prepared rows in %s (%d rows)", split, folder, len(store))
     if temporary:  # no cache folder: the rows are held in memory
         store = store.in_memory()
         shutil.rmtree(folder, ignore_errors=True)
