@@ -46,6 +46,7 @@ from datasets.fingerprint import Hasher
 from modeling_omninegclip import CAPTION, CAPTION_SETS
 from omninegclip.common.cli import UserError
 from omninegclip.common.clip import CONTEXT_LENGTH
+from omninegclip.common.outputs import is_alive
 from omninegclip.common.skips import SkipLog, text_skip
 from omninegclip.training.images import ImagePass, ImageRefs, _base_folder, default_workers, image_key, image_pass
 from omninegclip.training.rowstore import RowStore, RowStoreWriter, token_dtype
@@ -427,6 +428,19 @@ def _row_features(columns: CaptionColumns, dtype: str) -> datasets.Features:
     return datasets.Features(features | {"image_lo": datasets.Value("uint64")})
 
 
+def _mapped_input(dataset: datasets.Dataset, name: str, columns: CaptionColumns, tokenizer, max_length: int):
+    """What `tokenize_rows` maps (images left undecoded), and the key of its result: the dataset's
+    fingerprint, the columns, where relative image paths are read from, the tokenizer, the limit."""
+    if isinstance(dataset.features[columns.image], datasets.Image):
+        dataset = dataset.cast_column(columns.image, datasets.Image(decode=False))
+    base = _base_folder(name)
+    dtype = str(token_dtype(len(tokenizer)))
+    key = Hasher.hash(
+        [PREPARED_FORMAT, dataset._fingerprint, repr(columns), max_length, str(base), Hasher.hash(tokenizer), dtype]
+    )
+    return dataset, base, dtype, key
+
+
 def tokenize_rows(
     dataset: datasets.Dataset,
     name: str,
@@ -439,18 +453,10 @@ def tokenize_rows(
 ) -> datasets.Dataset:
     """Every row of `dataset` checked, tokenized and its image identified (`_row_batch`), with
     `datasets.map(batched=True, num_proc=...)` (default: the machine's cores, fewer for a small
-    dataset). With `cache_dir`, into an Arrow file there named by what it depends on (the dataset's
-    fingerprint, the columns, the tokenizer, the limit): every process of a run and every later
-    launch on the same data reads that file instead of tokenizing again."""
+    dataset). With `cache_dir`, into Arrow files there named by what they depend on
+    (`_mapped_input`); else in memory."""
     _validate(dataset, name, columns, split)
-    image_feature = dataset.features[columns.image]
-    if isinstance(image_feature, datasets.Image):
-        dataset = dataset.cast_column(columns.image, datasets.Image(decode=False))
-    base = _base_folder(name)
-    dtype = str(token_dtype(len(tokenizer)))
-    key = Hasher.hash(
-        [PREPARED_FORMAT, dataset._fingerprint, repr(columns), max_length, str(base), Hasher.hash(tokenizer), dtype]
-    )
+    dataset, base, dtype, key = _mapped_input(dataset, name, columns, tokenizer, max_length)
     workers = default_workers() if num_proc is None else num_proc
     workers = max(1, min(workers, -(-len(dataset) // ROWS_PER_WORKER)))
     cache_file = None
@@ -462,7 +468,6 @@ def tokenize_rows(
         batched=True,
         batch_size=ROWS_PER_MAP_BATCH,
         with_indices=True,
-        input_columns=None,
         remove_columns=dataset.column_names,
         fn_kwargs={"columns": columns, "tokenizer": tokenizer, "max_length": max_length, "base": base},
         features=_row_features(columns, dtype),
@@ -582,16 +587,15 @@ def _stored_split(
     cache_dir: Path | None,
     num_proc: int | None,
 ) -> tuple[RowStore, ImageRefs, np.ndarray, list[SourceReport]]:
-    """The split's rows tokenized and stored once (`cache_dir/split-<key>`, memory-mapped; reused
-    by the other processes of the run and by later launches), its unique images, each dataset's
-    first row in the store, and the reports of the texts' skips."""
-    tokenized = [
-        tokenize_rows(dataset, name, columns, tokenizer, max_length, cache_dir, num_proc, split)
-        for dataset, name in zip(raw, names)
-    ]
-    sizes = [len(rows) for rows in tokenized]
+    """The split's rows tokenized and stored once (`cache_dir/split-<key>`, read back without being
+    held; reused by the other processes of the run and by later launches, which tokenize nothing),
+    its unique images, each dataset's first row in the store, and the reports of the texts' skips."""
+    for dataset, name in zip(raw, names):
+        _validate(dataset, name, columns, split)
+    sizes = [len(dataset) for dataset in raw]
     starts = np.cumsum([0] + sizes[:-1]).astype(np.int64)
-    key = Hasher.hash([PREPARED_FORMAT, [rows._fingerprint for rows in tokenized], names, split, columns.image])
+    inputs = [_mapped_input(dataset, name, columns, tokenizer, max_length)[3] for dataset, name in zip(raw, names)]
+    key = Hasher.hash([PREPARED_FORMAT, inputs, names, split, columns.image])
     temporary = cache_dir is None
     folder = Path(tempfile.mkdtemp(prefix="omninegclip-rows-")) if temporary else Path(cache_dir) / f"split-{key}"
     store = None if temporary else RowStore.open(folder)
@@ -603,9 +607,23 @@ def _stored_split(
         return store, refs, starts, reports
     reports = [SourceReport(name=name, split=split, rows=size) for name, size in zip(names, sizes)]
     building = folder if temporary else folder.with_name(f"{folder.name}.partial-{os.getpid()}")
+    if not temporary:  # what killed runs left behind: the partial folders of processes that are gone
+        for stale in Path(cache_dir).glob("split-*.partial-*"):
+            pid = stale.name.rpartition("-")[2]
+            if pid.isdigit() and int(pid) != os.getpid() and not is_alive(int(pid)):
+                shutil.rmtree(stale, ignore_errors=True)
     shutil.rmtree(building, ignore_errors=True)
     try:
+        # Tokenized into Arrow files inside the folder being built, read once into the store, then removed.
+        tokens_dir = None if temporary else building / "tokenized"
+        tokenized = [
+            tokenize_rows(dataset, name, columns, tokenizer, max_length, tokens_dir, num_proc, split)
+            for dataset, name in zip(raw, names)
+        ]
         writer, keys = _store_rows(tokenized, reports, columns, building, token_dtype(len(tokenizer)))
+        del tokenized
+        if tokens_dir is not None:
+            shutil.rmtree(tokens_dir)
         refs, image_index = ImageRefs.from_keys(raw, columns.image, names, keys, starts)
         np.save(building / "image_refs.npy", refs.refs)
         (building / STORE_META).write_text(
