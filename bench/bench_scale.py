@@ -5,11 +5,12 @@
 
 Sections:
   memory      `train.py` on a tiny CLIP, one step, three caption sets (caption, presence and absence
-              negations), rows sharing `--images` small JPEGs given as paths in a parquet file, once per
-              row count in `--rows`, each in a fresh process with fresh caches: the training process's
-              peak RSS (its own `ru_maxrss`; preparation workers are separate processes and reported
-              apart), and a second launch on the same data and caches (what it reuses). The growth per
-              extra row between the smallest and the largest count is the figure the target bounds.
+              negations), rows sharing `--images` small JPEGs given as paths in a parquet file, once
+              per row count in `--rows`, each in a fresh process with fresh caches: the training
+              process's peak RSS (VmHWM; the preparation workers are processes of their own, forked
+              from it, and their largest `ru_maxrss` is reported apart), and a second launch on the
+              same data and caches (what it reuses). The growth per extra row between the smallest
+              and the largest count is the figure the target bounds.
   throughput  the preparation of `--tokenize-rows` caption rows (validation, tokenization of three
               caption sets, each row's image identity) with 1 and 2 worker processes: rows per second
               per core (CPU time of every process, so a busy machine does not deflate it), projected
@@ -163,6 +164,15 @@ def train_flags(model: Path, data: Path, out: Path, cache: Path, workers: int) -
     ]
 
 
+def _peak_rss() -> int:
+    """This process's peak resident set (VmHWM), in bytes. Not `ru_maxrss`: Linux carries that over
+    `exec`, so a process started by a large parent would report the parent's size."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def child(argv: list[str]) -> None:
     """One `train.py` run in this process; prints its peak RSS (self, and the largest child)."""
     import torch
@@ -176,7 +186,7 @@ def child(argv: list[str]) -> None:
         "BENCH_RESULT "
         + json.dumps(
             {
-                "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                "peak_rss_bytes": _peak_rss(),
                 "largest_worker_peak_rss_bytes": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024,
                 "seconds": time.perf_counter() - started,
             }

@@ -16,7 +16,6 @@ Trimming makes the next step fault its memory in again, so memory is probed on a
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import statistics
 import time
@@ -24,6 +23,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
+
+from omninegclip.common.memory import _malloc_trim, release_freed_memory
 
 
 @dataclass(frozen=True)
@@ -71,15 +72,7 @@ def matmul_peak_flops(device: Device, size: int | None = None, repeats: int = 4)
 # ----------------------------------------------------------------------------------------------
 
 
-def _libc_malloc_trim() -> Callable[[], None] | None:
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return lambda: libc.malloc_trim(0)
-    except (OSError, AttributeError):
-        return None
-
-
-_MALLOC_TRIM = _libc_malloc_trim()
+_MALLOC_TRIM = release_freed_memory
 
 
 def _status_kib(field_name: str) -> int:
@@ -95,7 +88,7 @@ def _cpu_peak_supported() -> bool:
         with open("/proc/self/clear_refs", "w") as refs:
             refs.write("5")
         _status_kib("VmHWM")
-        return _MALLOC_TRIM is not None
+        return _malloc_trim() is not None
     except OSError:
         return False
 

@@ -46,6 +46,7 @@ from datasets.fingerprint import Hasher
 from modeling_omninegclip import CAPTION, CAPTION_SETS
 from omninegclip.common.cli import UserError
 from omninegclip.common.clip import CONTEXT_LENGTH
+from omninegclip.common.memory import release_freed_memory
 from omninegclip.common.outputs import is_alive
 from omninegclip.common.skips import SkipLog, text_skip
 from omninegclip.training.images import ImagePass, ImageRefs, _base_folder, default_workers, image_key, image_pass
@@ -622,6 +623,7 @@ def _stored_split(
         ]
         writer, keys = _store_rows(tokenized, reports, columns, building, token_dtype(len(tokenizer)))
         del tokenized
+        release_freed_memory()  # the record batches read into the store
         if tokens_dir is not None:
             shutil.rmtree(tokens_dir)
         refs, image_index = ImageRefs.from_keys(raw, columns.image, names, keys, starts)
