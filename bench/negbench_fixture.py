@@ -40,20 +40,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from omninegclip.building.sources import NEGCAP_COLUMNS, NEGMCQ_COLUMNS
+
 TABLE_FILES = {
     "negcap": "cc12m_images_captioned_llama3.1_neg_captions.csv",
     "negmcq": "cc12m_mcq_captions_llama3.1_rephrased.csv",
 }
-NEGCAP_HEADER = ["filepath", "caption", "extracted_objects", "negative_objects", "negative_captions"]
-NEGMCQ_HEADER = [
-    "correct_answer",
-    "caption_0",
-    "caption_1",
-    "caption_2",
-    "caption_3",
-    "correct_answer_template",
-    "image_path",
-]
+NEGCAP_HEADER = list(NEGCAP_COLUMNS)
+# The columns the reader needs, in the order NegBench's create_mcq.py writes them (the image path last).
+NEGMCQ_HEADER = [column for column in NEGMCQ_COLUMNS if column != "image_path"] + ["image_path"]
 NEGATED_CAPTIONS = 3  # NegBench's M
 IMAGE_SIDES = (300, 640)
 
