@@ -178,8 +178,12 @@ def main(argv: list[str]) -> tuple[OmniNegCLIPTrainer, dict]:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     datasets.utils.logging.set_verbosity_warning()
     set_seed(config.seed)
-    if config.image_embedding_cache_dir:
-        ensure_writable(config.image_embedding_cache_dir, "--image_embedding_cache_dir")
+    for folder, flag in (
+        (config.image_embedding_cache_dir, "--image_embedding_cache_dir"),
+        (config.prepared_data_cache_dir, "--prepared_data_cache_dir"),
+    ):
+        if folder:
+            ensure_writable(folder, flag)
     # Before anything slow (the Trainer checks both again): the trackers, and the output folder
     # before the lock is taken in it.
     check_report_to(config)

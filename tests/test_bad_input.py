@@ -1270,6 +1270,16 @@ CASES = [
     ),
     Case(
         "train",
+        "prepared_data_cache_dir_not_writable",
+        lambda fx: fx.good_run("--prepared_data_cache_dir", fx.write("a_cache_file", "x") + "/rows"),
+        2,
+        (
+            "--prepared_data_cache_dir",
+            "a_cache_file/rows' is not writable (Not a directory); nothing was done",
+        ),
+    ),
+    Case(
+        "train",
         "text_blocks_blank",
         lambda fx: fx.good_run("--text_blocks", " "),
         2,
