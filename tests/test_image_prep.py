@@ -8,6 +8,7 @@ import collections
 import io
 import logging
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -242,7 +243,7 @@ def test_a_write_cut_short_leaves_nothing_under_the_real_name(tmp_path, processo
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
     )
     key = images_module.cache_key(tiny_clip, transform, refs, str(torch.float32))
-    left_by_a_killed_run = tmp_path / f"image_embeds-{key}.partial-{int(finished.stdout)}"
+    left_by_a_killed_run = tmp_path / f"image_embeds-{key}.partial-{socket.gethostname()}-{int(finished.stdout)}"
     left_by_a_killed_run.write_bytes(b"half a file")
     image_pass(refs, transform, model=tiny_clip, num_workers=0, cache_dir=tmp_path)
     assert [path.name for path in tmp_path.iterdir()] == [f"image_embeds-{key}.safetensors"]

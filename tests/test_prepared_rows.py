@@ -5,6 +5,8 @@ from rows held in memory; token files are read, not mapped; a file changed in pl
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -136,3 +138,35 @@ def test_rows_reused_but_an_image_changed_in_place_is_another_image(tmp_path, to
     os.utime(changed, ns=(1, 1))  # another time, whatever the clock says
     prepare_dataset([dataset], ["photos"], COLUMNS, tokenizer, images=record, cache_dir=tmp_path / "cache")
     assert seen[2] != seen[0]  # the embeddings' cache key changes: the image is embedded again
+
+
+def test_a_damaged_stored_split_is_named_rebuilt_and_replaced(tmp_path, tokenizer, caplog):
+    dataset = photo_rows(tmp_path / "images", 12, 3)
+    cache = tmp_path / "cache"
+    first, _ = prepare_dataset([dataset], ["photos"], COLUMNS, tokenizer, cache_dir=cache)
+    expected = first.tokens
+    (folder,) = cache.glob("split-*")
+    ids = folder / "ids.caption.npy"
+    ids.write_bytes(ids.read_bytes()[:-10])  # a copy cut short
+    with caplog.at_level("WARNING"):
+        again, _ = prepare_dataset([dataset], ["photos"], COLUMNS, tokenizer, cache_dir=cache)
+    assert f"the prepared rows in {folder} cannot be read" in caplog.text
+    assert again.tokens == expected and [path.name for path in cache.iterdir()] == [folder.name]
+
+
+def test_partial_folders_of_other_machines_are_left_alone(tmp_path, tokenizer):
+    dataset = photo_rows(tmp_path / "images", 12, 3)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    other_machine = cache / "split-0123456789abcdef.partial-another-host-1"  # pid 1 lives there, not here
+    gone_here = cache / f"split-0123456789abcdef.partial-{socket.gethostname()}-{dead_pid()}"
+    for folder in (other_machine, gone_here):
+        folder.mkdir()
+    prepare_dataset([dataset], ["photos"], COLUMNS, tokenizer, cache_dir=cache)
+    assert other_machine.is_dir() and not gone_here.exists()
+
+
+def dead_pid() -> int:
+    """The pid of a process that has finished."""
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(finished.stdout)

@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Collection
@@ -606,14 +607,24 @@ def _stored_split(
         refs = ImageRefs.of(raw, columns.image, names, np.load(folder / "image_refs.npy"), meta["image_keys"])
         logger.info("%s rows: reusing the prepared rows in %s (%d rows)", split, folder, len(store))
         return store, refs, starts, reports
+    if not temporary and folder.exists():
+        logger.warning(
+            "the prepared rows in %s cannot be read (cut short or damaged); tokenizing the data again and "
+            "replacing them",
+            folder,
+        )
     reports = [SourceReport(name=name, split=split, rows=size) for name, size in zip(names, sizes)]
-    building = folder if temporary else folder.with_name(f"{folder.name}.partial-{os.getpid()}")
-    if not temporary:  # what killed runs left behind: the partial folders of processes that are gone
-        for stale in Path(cache_dir).glob("split-*.partial-*"):
+    # A partial folder is named by host and pid: a cache folder shared by several machines holds
+    # the builds of each, and only this machine's processes can be known to be gone.
+    host = socket.gethostname()
+    building = folder if temporary else folder.with_name(f"{folder.name}.partial-{host}-{os.getpid()}")
+    if not temporary:  # what killed runs of this machine left behind
+        for stale in Path(cache_dir).glob(f"split-*.partial-{host}-*"):
             pid = stale.name.rpartition("-")[2]
             if pid.isdigit() and int(pid) != os.getpid() and not is_alive(int(pid)):
                 shutil.rmtree(stale, ignore_errors=True)
     shutil.rmtree(building, ignore_errors=True)
+    stored = False
     try:
         # Tokenized into Arrow files inside the folder being built, read once into the store, then removed.
         tokens_dir = None if temporary else building / "tokenized"
@@ -633,14 +644,14 @@ def _stored_split(
         )
         writer.close(image_index)
         if not temporary:
-            try:
-                os.rename(building, folder)
-            except OSError:  # another process stored it first: use theirs
-                shutil.rmtree(building, ignore_errors=True)
+            _publish(building, folder)
         store = RowStore.open(folder)
+        stored = store is not None
     finally:
         if not temporary:
             shutil.rmtree(building, ignore_errors=True)
+        elif not stored:
+            shutil.rmtree(folder, ignore_errors=True)
     if store is None:
         raise RuntimeError(f"the prepared rows in {folder} cannot be read back")
     if not temporary:
@@ -649,6 +660,27 @@ def _stored_split(
         store = store.in_memory()
         shutil.rmtree(folder, ignore_errors=True)
     return store, refs, starts, reports
+
+
+def _publish(building: Path, folder: Path) -> None:
+    """Rename the built folder into place. Where another process stored a readable one first, keep
+    theirs; a damaged one is moved aside (then removed) and replaced."""
+    try:
+        os.rename(building, folder)
+        return
+    except OSError:
+        if RowStore.open(folder) is not None:  # another process stored it first: use theirs
+            return
+    damaged = folder.with_name(f"{folder.name}.damaged-{socket.gethostname()}-{os.getpid()}")
+    try:
+        os.rename(folder, damaged)
+    except OSError:  # someone else moved it already
+        pass
+    shutil.rmtree(damaged, ignore_errors=True)
+    try:
+        os.rename(building, folder)
+    except OSError:  # another process replaced it meanwhile: theirs is read below
+        pass
 
 
 STORE_META = "split.json"

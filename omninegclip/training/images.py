@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -500,9 +501,15 @@ class _Embeddings:
         return self.tensor
 
 
+def _partial_name(path: Path, suffix: str = "") -> Path:
+    """A temporary sibling of `path`, named by host and pid: a cache folder shared by several
+    machines holds the writes of each, and only this machine's processes can be known to be gone."""
+    return path.with_suffix(f".partial-{socket.gethostname()}-{os.getpid()}{suffix}")
+
+
 def _remove_stale_partials(path: Path) -> None:
-    """What killed runs left behind (`<stem>.partial-<pid>` of processes that are gone)."""
-    for stale in path.parent.glob(f"{path.stem}.partial-*"):
+    """What killed runs of this machine left behind (`<stem>.partial-<host>-<pid>` of processes that are gone)."""
+    for stale in path.parent.glob(f"{path.stem}.partial-{socket.gethostname()}-*"):
         pid = stale.name.rpartition("-")[2].split(".")[0]
         if pid.isdigit() and int(pid) != os.getpid() and not is_alive(int(pid)):
             stale.unlink(missing_ok=True)
@@ -525,7 +532,7 @@ def _save_cached(path: Path, result: ImagePass, embeddings: _Embeddings | None =
         header["checked"] = {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
-    partial = path.with_suffix(f".partial-{os.getpid()}")
+    partial = _partial_name(path)
     try:
         with open(partial, "wb") as out:
             out.write(len(text).to_bytes(8, "little") + text)
@@ -609,7 +616,7 @@ def image_pass(
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_partials(path)
-    sink = _Embeddings(len(refs), path.with_suffix(f".partial-{os.getpid()}.raw") if path is not None else None)
+    sink = _Embeddings(len(refs), _partial_name(path, ".raw") if path is not None else None)
     autocast = (
         torch.autocast(device.type, dtype=autocast_dtype)
         if model is not None and autocast_dtype is not None
