@@ -52,9 +52,9 @@ def test_negcap_table_becomes_absence_negations_of_the_objects_negbench_found_ab
     rows, source = rows_of(tmp_path / "out"), table_rows(table)
     assert set(data_builder.CONTRACT_COLUMNS) - {"image"} <= set(rows[0])  # the image: rows_of leaves it out
     negated = [ast.literal_eval(row["negative_captions"]) for row in source]
-    assert summary["rows_in"] == sum(map(len, negated)) - summary["skips"].get(
-        "source:negated_caption_names_no_negative_object", 0
-    )
+    no_cue = summary["skips"]["source:quality_gate:no_negation_cue"]  # failed the gate's rule, at the source
+    unnamed = summary["skips"].get("source:negated_caption_names_no_negative_object", 0)
+    assert summary["rows_in"] == sum(map(len, negated)) - no_cue - unnamed
     origins = {
         (row["filepath"], row["caption"], text): row for number, row in enumerate(source) for text in negated[number]
     }
@@ -73,15 +73,21 @@ def test_negcap_table_becomes_absence_negations_of_the_objects_negbench_found_ab
     )
     assert families["negation first"] > 20 and families["affirmation first"] > 20, families
     assert not any(re.search(r"\b(lacks|devoid|isn't)\b", row["absence_negated"]) for row in rows)
-    no_cue = summary["skips"]["absence:quality_gate:no_negation_cue"]
-    unnamed = summary["skips"].get("source:negated_caption_names_no_negative_object", 0)
     assert no_cue > 0 and sum(map(len, negated)) == len(rows) + no_cue + unnamed  # every negated caption accounted
     assert summary["negations"] == {"absence_only": len(rows)}
-    assert summary["rows_out"]["train"] == len(rows) == summary["rows_in"] - summary["skips"]["row:no_negation"]
+    assert summary["rows_out"]["train"] == len(rows) == summary["rows_in"]
     assert summary["images"]["files"] == 4  # each image stored once, however many rows show it
 
-    one = build(table, tmp_path / "one")  # the default: a row's first usable negated caption
-    assert one["rows_in"] == len(source) and one["skips"]["source:beyond_negated_captions_per_row"] > len(source)
+    # The default: each table row's first negated caption that passes the gate, so no row whose
+    # later captions pass is lost because its first one fails.
+    one = build(table, tmp_path / "one")
+    built = {(row["image_id"], row["caption"], row["absence_negated"]) for row in rows}
+    with_a_usable_caption = sum(
+        any((row["filepath"], row["caption"].strip(), text.strip()) in built for text in negated[number])
+        for number, row in enumerate(source)
+    )
+    assert one["rows_in"] == one["rows_out"]["train"] == with_a_usable_caption
+    assert one["skips"]["source:beyond_negated_captions_per_row"] > 0 and "row:no_negation" not in one["skips"]
 
 
 def test_negmcq_options_become_presence_and_absence_negations_by_their_template(tmp_path):

@@ -66,6 +66,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from omninegclip.building.parallel import fork_map
+from omninegclip.building.rewrite import absence_problem
 from omninegclip.building.vocabulary import (
     NEGATION_CUES,
     canonical_category,
@@ -1385,6 +1386,11 @@ class _NegBenchReader:
                 skips.skip(
                     "negated_caption_names_no_negative_object", f"{where} (column 'negative_captions'[{number}])"
                 )
+                continue
+            # Usable means passing the quality gate: a row keeps its first negated captions that pass.
+            problem = absence_problem(caption, text, obj, present)
+            if problem is not None:
+                skips.skip(f"quality_gate:{problem}", f"{where} (column 'negative_captions'[{number}])")
                 continue
             self.source.items.append(
                 SourceItem(
