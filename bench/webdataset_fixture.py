@@ -31,15 +31,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-COLOURS = {
-    "red": (210, 40, 40),
-    "green": (40, 170, 70),
-    "blue": (40, 70, 210),
-    "yellow": (230, 210, 40),
-    "purple": (140, 60, 170),
-    "white": (240, 240, 240),
-}
-SHAPES = ("circle", "square", "triangle")
+from omninegclip.building.shapes import COLOUR_RGB, THEMES
+
+COLOURS = COLOUR_RGB  # the image world's colours and shapes
+SHAPES = THEMES["geometry"]
 CORRUPT_BYTES = b"this is not an image, it only has the name of one"
 
 

@@ -31,7 +31,6 @@ import os
 import shutil
 import socket
 import tempfile
-from collections import Counter
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, make_dataclass
 from functools import partial
@@ -49,7 +48,7 @@ from omninegclip.common.cli import UserError
 from omninegclip.common.clip import CONTEXT_LENGTH
 from omninegclip.common.memory import release_freed_memory
 from omninegclip.common.outputs import is_alive
-from omninegclip.common.skips import SkipLog, text_skip
+from omninegclip.common.skips import KEPT, SkipLog, text_skip
 from omninegclip.training.images import ImagePass, ImageRefs, _base_folder, default_workers, image_key, image_pass
 from omninegclip.training.rowstore import RowStore, RowStoreWriter, token_dtype
 
@@ -287,16 +286,22 @@ class SourceReport:
         }
         return {**fields, **counts, **self.skips.to_json()}
 
-    def to_state(self) -> dict:
-        """Everything in the report, to store beside the prepared rows (`from_state` reads it back)."""
-        fields = {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "skips"}
-        return fields | {"skips": dict(self.skips.counts), "skip_examples": self.skips.examples}
-
     @classmethod
-    def from_state(cls, state: dict) -> "SourceReport":
-        state = dict(state)
-        skips = SkipLog(Counter(state.pop("skips")), {k: list(v) for k, v in state.pop("skip_examples").items()})
-        return cls(**state, skips=skips)
+    def from_json(cls, data: dict) -> "SourceReport":
+        """The report `to_json` wrote."""
+        return cls(
+            name=data["name"],
+            split=data.get("split", "train"),
+            rows=data.get("rows", 0),
+            kept=data.get("kept", 0),
+            skips=SkipLog.from_json(data),
+            truncated_captions=data.get("truncated_captions", 0),
+            with_sets={
+                caption_set.name: data.get(f"with_{caption_set.name}", 0)
+                for caption_set in CAPTION_SETS
+                if caption_set.row_mask is not None
+            },
+        )
 
     def describe(self) -> str:
         # Sets on by default are always counted (a 0 is news); the others only where a dataset has them.
@@ -332,7 +337,7 @@ def summarize_reports(reports: list[SourceReport], max_length: int) -> tuple[str
 
 ROWS_PER_MAP_BATCH = 1000  # rows a worker validates and tokenizes at once
 ROWS_PER_WORKER = 20_000  # fewer rows than this per worker are not worth a process
-PREPARED_FORMAT = 2  # the layout of the tokenized rows and the stored splits (part of their cache keys)
+PREPARED_FORMAT = 3  # the layout of the tokenized rows and the stored splits (part of their cache keys)
 
 
 def check_columns(
@@ -422,12 +427,22 @@ def _row_batch(
 
 
 def _row_features(columns: CaptionColumns, dtype: str) -> datasets.Features:
-    features = {"skip": datasets.Value("string"), "skip_where": datasets.Value("string")}
-    for caption_set in CAPTION_SETS:
-        if columns.texts.get(caption_set.name):
-            features[f"ids.{caption_set.name}"] = datasets.List(datasets.Value(dtype))
-    features |= {name: datasets.Value(kind) for name, kind in (("truncated", "uint8"), ("image_hi", "uint64"))}
-    return datasets.Features(features | {"image_lo": datasets.Value("uint64")})
+    """The columns `_row_batch` returns."""
+    tokens = {
+        f"ids.{caption_set.name}": datasets.List(datasets.Value(dtype))
+        for caption_set in CAPTION_SETS
+        if columns.texts.get(caption_set.name)
+    }
+    return datasets.Features(
+        {
+            "skip": datasets.Value("string"),
+            "skip_where": datasets.Value("string"),
+            **tokens,
+            "truncated": datasets.Value("uint8"),
+            "image_hi": datasets.Value("uint64"),
+            "image_lo": datasets.Value("uint64"),
+        }
+    )
 
 
 def _mapped_input(dataset: datasets.Dataset, name: str, columns: CaptionColumns, tokenizer, max_length: int):
@@ -517,10 +532,14 @@ class PreparedSplit:
     def __len__(self) -> int:
         return len(self.order)
 
+    def source_of(self, rows: np.ndarray) -> np.ndarray:
+        """The dataset of each of some store rows."""
+        return (np.searchsorted(self.starts, rows, side="right") - 1).astype(np.int64)
+
     @property
     def source_index(self) -> np.ndarray:
         """Each kept row's dataset."""
-        return (np.searchsorted(self.starts, self.kept, side="right") - 1).astype(np.int64)
+        return self.source_of(self.kept)
 
     @property
     def source_row(self) -> np.ndarray:
@@ -603,7 +622,7 @@ def _stored_split(
     store = None if temporary else RowStore.open(folder)
     if store is not None:
         meta = json.loads((folder / STORE_META).read_text())
-        reports = [SourceReport.from_state(entry) for entry in meta["reports"]]
+        reports = [SourceReport.from_json(entry) for entry in meta["reports"]]
         refs = ImageRefs.of(raw, columns.image, names, np.load(folder / "image_refs.npy"), meta["image_keys"])
         logger.info("%s rows: reusing the prepared rows in %s (%d rows)", split, folder, len(store))
         return store, refs, starts, reports
@@ -640,7 +659,7 @@ def _stored_split(
         refs, image_index = ImageRefs.from_keys(raw, columns.image, names, keys, starts)
         np.save(building / "image_refs.npy", refs.refs)
         (building / STORE_META).write_text(
-            json.dumps({"reports": [report.to_state() for report in reports], "image_keys": refs.key_digest})
+            json.dumps({"reports": [report.to_json() for report in reports], "image_keys": refs.key_digest})
         )
         writer.close(image_index)
         if not temporary:
@@ -704,7 +723,7 @@ def _kept_rows(
         error = np.where(usable, code[image], -1)
         for position, kind in enumerate(kinds):
             rows = np.flatnonzero(error == position)
-            for row in rows[:KEPT_EXAMPLES]:
+            for row in rows[:KEPT]:
                 report.skips.skip(kind, f"row {row}: {checked.unreadable[int(image[row])]}", 0)
             if len(rows):
                 report.skips.skip(kind, None, len(rows))
@@ -723,9 +742,6 @@ def _kept_rows(
                 )
         kept.append(rows + start)
     return kept
-
-
-KEPT_EXAMPLES = 20  # rows named per reason (`omninegclip.common.skips.KEPT`)
 
 
 def prepare_dataset(
@@ -908,7 +924,7 @@ class PackedRows:
         tables = {}
         for (role, split), offset in zip(splits.items(), packed.starts):
             kept = split.kept[split.order]  # each training row's row in the store
-            source_index = (np.searchsorted(split.starts, kept, side="right") - 1).astype(np.int32)
+            source_index = split.source_of(kept).astype(np.int32)
             tables[role] = datasets.Dataset(
                 pa.table(
                     {

@@ -25,6 +25,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import mmap
 import os
 import socket
 from dataclasses import dataclass, field
@@ -40,11 +41,9 @@ from tqdm.auto import tqdm
 from omninegclip.common.embedding import _features
 from omninegclip.common.outputs import is_alive
 from omninegclip.common.safe_load import UnreadableImage, first_line, open_rgb_image
-from omninegclip.training.rowstore import random_access
 
 logger = logging.getLogger(__name__)
 
-KEY_CHUNK = 512  # rows read at once while finding the unique images (bytes are hashed, not kept)
 DECODE_CHUNK = 32  # images a worker decodes and hands over at once
 
 
@@ -90,8 +89,7 @@ def first_occurrences(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     own = (keys[:, 0] == 0) & (keys[:, 1] == 0)
     keyed = np.ascontiguousarray(keys, dtype=np.uint64).copy()
-    keyed[own, 1] = np.arange(rows, dtype=np.uint64)[own]  # distinct from every hash's pair but (0, r)
-    keyed[own, 0] = 0
+    keyed[own, 1] = np.arange(rows, dtype=np.uint64)[own]  # (0, row): distinct from every hash's pair
     packed = keyed.view(np.dtype([("hi", np.uint64), ("lo", np.uint64)])).reshape(rows)
     _, first, inverse = np.unique(packed, return_index=True, return_inverse=True)
     rank = np.empty(len(first), dtype=np.int64)
@@ -412,6 +410,15 @@ def _read_header(path: Path) -> tuple[dict, int]:
     return header, 8 + length
 
 
+def random_access(array: np.ndarray) -> np.ndarray:
+    """A memory-mapped array read a few rows at a time (batches of random rows): without the kernel's
+    read-ahead, a process holds the pages its batches touch and not the whole file around them."""
+    mapped = getattr(array, "_mmap", None)
+    if mapped is not None and hasattr(mmap, "MADV_RANDOM"):
+        mapped.madvise(mmap.MADV_RANDOM)
+    return array
+
+
 def _mapped_tensor(path: Path, entry: dict, start: int) -> torch.Tensor:
     """One tensor of a safetensors file, memory-mapped (copy on write): only the pages read are loaded."""
     dtype = TORCH_DTYPES[entry["dtype"]]
@@ -468,15 +475,19 @@ class _Embeddings:
         self.handle = None
         self.dim = self.dtype = None
 
+    def _open(self, dim: int, dtype: torch.dtype) -> None:
+        """The storage for every row, all 0 until written (the raw file is sparse)."""
+        self.dim, self.dtype = dim, dtype
+        if self.raw is None:
+            self.tensor = torch.zeros(self.rows, dim, dtype=dtype)
+        else:
+            self.handle = open(self.raw, "w+b")
+            self.handle.truncate(self.rows * dim * torch.empty(0, dtype=dtype).element_size())
+
     def put(self, indices: torch.Tensor, features: torch.Tensor) -> None:
         features = features.detach().cpu().contiguous()
         if self.dtype is None:
-            self.dim, self.dtype = features.shape[-1], features.dtype
-            if self.raw is None:
-                self.tensor = torch.zeros(self.rows, self.dim, dtype=self.dtype)
-            else:
-                self.handle = open(self.raw, "w+b")
-                self.handle.truncate(self.rows * self.dim * features.element_size())  # sparse: unread rows are 0
+            self._open(features.shape[-1], features.dtype)
         if self.tensor is not None:
             self.tensor[indices] = features
             return
@@ -488,14 +499,11 @@ class _Embeddings:
             if len(run):
                 os.pwrite(self.handle.fileno(), data[run].tobytes(), int(order[run[0]]) * row_bytes)
 
-    def finish(self, projection_dim: int) -> torch.Tensor:
-        """The embeddings in memory (the cache writer maps the file it writes instead)."""
+    def finish(self, projection_dim: int) -> torch.Tensor | None:
+        """The embeddings in memory; None when they went to the raw file (the cache writer maps the
+        file it writes from it instead)."""
         if self.dtype is None:  # no image could be read
-            self.dim, self.dtype = projection_dim, torch.float32
-            self.tensor = torch.zeros(self.rows, self.dim, dtype=self.dtype)
-            if self.raw is not None:
-                self.handle = open(self.raw, "w+b")
-                self.handle.truncate(self.rows * self.dim * 4)
+            self._open(projection_dim, torch.float32)
         if self.handle is not None:
             self.handle.flush()
         return self.tensor
@@ -519,9 +527,8 @@ def _save_cached(path: Path, result: ImagePass, embeddings: _Embeddings | None =
     """`result` written as a safetensors file to a temporary sibling, flushed to disk, then renamed
     over `path`: a run killed while writing (or a full disk) leaves no partial file under the real
     name. The embeddings are copied from the raw file the pass wrote (`embeddings`), a chunk at a
-    time. Returns the pass with its embeddings mapped from the file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_partials(path)
+    time (`image_pass` made the folder and removes the raw file). Returns the pass with its
+    embeddings mapped from the file."""
     metadata = {"unreadable": json.dumps({str(i): [e.kind, str(e)] for i, e in result.unreadable.items()})}
     header: dict = {"__metadata__": metadata}
     if embeddings is not None:
@@ -538,20 +545,15 @@ def _save_cached(path: Path, result: ImagePass, embeddings: _Embeddings | None =
             out.write(len(text).to_bytes(8, "little") + text)
             if embeddings is None:
                 out.write(np.zeros(1, dtype=np.float32).tobytes())
-            elif embeddings.handle is not None:
+            else:
                 embeddings.handle.seek(0)
                 while chunk := embeddings.handle.read(1 << 24):
                     out.write(chunk)
-            else:
-                out.write(embeddings.tensor.contiguous().view(torch.uint8).numpy().tobytes())
             out.flush()
             os.fsync(out.fileno())
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
-        if embeddings is not None and embeddings.handle is not None:
-            embeddings.handle.close()
-            embeddings.raw.unlink(missing_ok=True)
     if embeddings is None:
         return result
     header, start = _read_header(path)

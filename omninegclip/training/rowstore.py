@@ -1,24 +1,24 @@
-"""A split's prepared rows as flat arrays, in memory or memory-mapped from a folder.
+"""A split's prepared rows as flat arrays, in memory or in files of a folder.
 
-Per caption set (`CaptionSet.input_ids`), the token ids of every row one after the other in one
+Per caption set (by `CaptionSet.name`), the token ids of every row one after the other in one
 flat array (uint16 for CLIP's vocabulary, int32 otherwise) and each row's start (`offsets`, rows +
 1, int64): a row with no such caption has length 0. Per row: its unique image (an index into the
 split's `ImageRefs` and image embeddings), whether its texts can be used, and how many of its
 captions were cut to the token limit. `gather` pads a batch of rows to its longest caption without
 a Python loop over the rows.
 
-On disk (`save`/`open`) each array is one `.npy` file, opened with `mmap_mode="r"`: the processes of
-a run and later launches map the same pages, and a process holds in memory only the pages its
-batches touch. `RowStoreWriter` writes a store chunk by chunk with plain file writes (no array of
-all rows is ever held), for preparations larger than memory.
+On disk (`RowStoreWriter`, then `RowStore.open`) each array is one `.npy` file. The token files are
+read a batch at a time with positioned reads (`FlatFile`): what was read stays in the page cache,
+shared by every process of the machine, not in a process's memory. The small per-row arrays are
+memory-mapped. The writer writes chunk by chunk with plain file writes (no array of all rows is
+ever held), for preparations larger than memory.
 
-Public surface: `RowStore`, `RowStoreWriter`.
+Public surface: `RowStore`, `RowStoreWriter`, `FlatFile`, `token_dtype`.
 """
 
 from __future__ import annotations
 
 import json
-import mmap
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,15 +27,6 @@ import numpy as np
 
 META_FILE = "rows.json"
 FORMAT_VERSION = 1
-
-
-def random_access(array: np.ndarray) -> np.ndarray:
-    """A memory-mapped array read a few rows at a time (batches of random rows): without the kernel's
-    read-ahead, a process holds the pages its batches touch and not the whole file around them."""
-    mapped = getattr(array, "_mmap", None)
-    if mapped is not None and hasattr(mmap, "MADV_RANDOM"):
-        mapped.madvise(mmap.MADV_RANDOM)
-    return array
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -136,14 +127,13 @@ class RowStore:
         lengths = np.asarray(self.offsets[name][rows + 1], dtype=np.int64) - starts
         longest = max(1, int(lengths.max(initial=0)))
         padded = np.full((len(rows), longest), pad_token_id, dtype=np.int64)
+        # Each value's column in its row: its place among the values, less the row's first place.
+        columns = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
         flat = self.ids[name]
         if isinstance(flat, FlatFile):
             values = flat.slices(starts, lengths)
         else:
-            positions = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(int(lengths.sum()))
-            values = flat[positions]
-        ends = np.cumsum(lengths)
-        columns = np.arange(int(ends[-1]) if len(ends) else 0) - np.repeat(ends - lengths, lengths)
+            values = flat[np.repeat(starts, lengths) + columns]
         padded[np.repeat(np.arange(len(rows)), lengths), columns] = values
         return padded, lengths
 

@@ -414,29 +414,12 @@ def _rows_of(pixels: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------
 
 
-def _report_from_json(data: dict) -> SourceReport:
-    """The `SourceReport` that `SourceReport.to_json` wrote."""
-    return SourceReport(
-        name=data["name"],
-        split=data.get("split", "train"),
-        rows=data.get("rows", 0),
-        kept=data.get("kept", 0),
-        skips=SkipLog.from_json(data),
-        truncated_captions=data.get("truncated_captions", 0),
-        with_sets={
-            caption_set.name: data.get(f"with_{caption_set.name}", 0)
-            for caption_set in CAPTION_SETS
-            if caption_set.row_mask is not None
-        },
-    )
-
-
 def merge_reports(per_process: list[list[dict]]) -> list[SourceReport]:
     """The reports of every process (each a list of `SourceReport.to_json`, one per source), added up."""
-    merged = [_report_from_json(report) for report in per_process[0]]
+    merged = [SourceReport.from_json(report) for report in per_process[0]]
     for reports in per_process[1:]:
         for total, data in zip(merged, reports):
-            other = _report_from_json(data)
+            other = SourceReport.from_json(data)
             total.rows += other.rows
             total.kept += other.kept
             total.truncated_captions += other.truncated_captions
@@ -491,7 +474,7 @@ class StreamProgress:
 
     def load(self, saved: dict) -> None:
         self.position = saved["position"]
-        self.reports = [_report_from_json(report) for report in saved["reports"]]
+        self.reports = [SourceReport.from_json(report) for report in saved["reports"]]
 
 
 def _gather(value):
