@@ -2,7 +2,6 @@
 # requirements file changes).
 #   make default   build the image world, pretrain a small CLIP, fine-tune it with Omni-NegCLIP, evaluate
 #   make seeds     the default over fine-tuning seeds 0, 1, 2 (same world and base): mean ± std of every metric
-#   make seeds-statements   the same on statement data with the affirmation term (README)
 #   make test      the test suite (offline, CPU)
 #   make style     ruff: lint and format checked (CI runs it)
 #   make demo      serve the demo (app.py) on the default's models
@@ -11,7 +10,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: default seeds seeds-statements test style ablations bench bench-data setup demo browser gpu-check
+.PHONY: default seeds test style ablations bench bench-data setup demo browser gpu-check
 
 setup: $(STAMP)
 
@@ -59,11 +58,6 @@ default: $(STAMP)
 
 seeds: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pipeline.default --seeds 0,1,2
-
-# The same over statement data (data_builder.py --statement_rate) with the affirmation term (README).
-seeds-statements: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pipeline.default --out runs/statements --statement_rate 0.25 --seeds 0,1,2 \
-	  --recipes faithful,omni-choice-affirm
 
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False $(BIN)/python app.py

@@ -49,9 +49,9 @@ try:  # in the repository
     from omninegclip.common.checkpoints import check_clip_checkpoint
     from omninegclip.common.cli import UserError, run_cli
     from omninegclip.common.safe_load import UnreadableImage, load_pretrained_checked, open_rgb_image
-    from pipeline.default import IMPROVED
+    from pipeline.default import RECOMMENDED
 
-    DEFAULT_MODEL, DEFAULT_BASE = f"runs/default/{IMPROVED.name}", "runs/default/base"
+    DEFAULT_MODEL, DEFAULT_BASE = f"runs/default/{RECOMMENDED.name}", "runs/default/base"
 except ImportError:  # on a Space: app.py, README.md and requirements.txt only
     run_cli, DEFAULT_MODEL, DEFAULT_BASE = None, None, None
     check_clip_checkpoint = load_pretrained_checked = open_rgb_image = None

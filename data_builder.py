@@ -14,7 +14,8 @@
 Common flags: --out DIR (required), --overwrite, --seed 0, --push_to_hub REPO_ID, --no_progress, --debug;
 for the real sources also --validation_fraction 0.05, --test_fraction 0.05, --max_rows N,
 --max_image_pixels N, --rewriter_model ID, --num_proc N (worker processes; default the cores);
-for every source --statement_rate R (a share of rows written as NegBench-style statements).
+for every source --statement_rate R (default 0.25: that share of the rows with both negations also
+get an extra row of NegBench-style statements; 0 for none).
 `python data_builder.py SOURCE --help` lists each source's flags.
 
 What it writes: a `datasets.DatasetDict` (train / validation / test, `save_to_disk`) with the contract
@@ -75,7 +76,7 @@ import datasets
 from modeling_omninegclip import CAPTION_SETS
 from omninegclip.building import quality
 from omninegclip.building.inputs import build_options, build_shapes, load_rewriter, read_source, shown_arguments
-from omninegclip.building.negation import BuildOptions, TokenWindow, negation, split_for
+from omninegclip.building.negation import STATEMENT_RATE, BuildOptions, TokenWindow, negation, split_for
 from omninegclip.building.parallel import fork_map
 from omninegclip.building.rewrite import absence_affirm, absence_problem, presence_problem, statements
 from omninegclip.building.sources import DOWNLOAD_TIMEOUT, MAX_IMAGE_BYTES, SPLITS, ImageRef, Source, SourceItem
@@ -180,15 +181,20 @@ def _negations(
             row["absence_affirmed"] = twin
         else:  # the affirmed object would fall beyond what the text encoder reads
             report.skips.skip("absence_affirmed:beyond_context")
-    statement_rng = random.Random(
-        f"{options.seed}|{source.name}|{item.source_index}|statement"
-    )  # the other choices stay as they were
-    if row["negated_object"] and row["absent_object"] and statement_rng.random() < options.statement_rate:
-        row.update(
-            statements(row["negated_object"], row["absent_object"])
-        )  # the caption too: this row's "caption" column
-        row["presence_rewrite"] = row["absence_rewrite"] = "statement"
     return row
+
+
+def _statement_row(item: SourceItem, source: Source, row: dict, options: BuildOptions) -> dict | None:
+    """The statement family (--statement_rate): with probability `options.statement_rate`, a row with
+    both negations gets an *extra* row, the same image with its four texts said as caption-free
+    statements (`rewrite.statements`); None otherwise. The row itself keeps its caption. Its own rng,
+    so the rate changes no other choice."""
+    if not (row["negated_object"] and row["absent_object"]):
+        return None
+    if random.Random(f"{options.seed}|{source.name}|{item.source_index}|statement").random() >= options.statement_rate:
+        return None
+    texts = statements(row["negated_object"], row["absent_object"])
+    return {**row, **texts, "presence_rewrite": "statement", "absence_rewrite": "statement"}
 
 
 NEGATION_CHUNK = 256  # rows negated per task of a worker
@@ -300,13 +306,17 @@ def build_from_source(
     report.skips.update(source.skips, "source:")
     window = TokenWindow(options.context_length)
     by_split: dict[str, list] = {split: [] for split in SPLITS}
+    statement_rows = 0  # extra rows of the statement family, besides the source's rows
     for item, text in zip(items, _negate_all(items, source, stats, options, report, window)):
         if text["presence_negated"] is None and text["absence_negated"] is None:
             report.skips.skip("row:no_negation")
             continue
-        by_split[split_for(item.image_id, item.split, options.validation_fraction, options.test_fraction)].append(
-            (item, text)
-        )
+        split = by_split[split_for(item.image_id, item.split, options.validation_fraction, options.test_fraction)]
+        split.append((item, text))
+        statement = _statement_row(item, source, text, options)
+        if statement is not None:  # right after its row, in the same split
+            split.append((item, statement))
+            statement_rows += 1
     if not any(by_split.values()):
         raise UserError(f"{', '.join(source.files)}: no caption could be negated ({report.skips.describe()})")
     images: dict[tuple, ImageRef] = {}  # each image once, in the order rows first show it
@@ -337,9 +347,10 @@ def build_from_source(
         raise UserError(f"{', '.join(source.files)}: no row could be written ({report.skips.describe()})")
     rows_out = sum(len(part) for part in dataset_dict.values())
     row_skips = report.skips.total("row:")
-    if rows_out + row_skips != len(items):  # every row is written or counted: anything else is a bug here
+    if rows_out - statement_rows + row_skips != len(items):  # every row is written or counted, else a bug here
         raise RuntimeError(
-            f"row accounting is off: {len(items)} rows in, {rows_out} out, {row_skips} skipped "
+            f"row accounting is off: {len(items)} rows in, {rows_out} out ({statement_rows} of them statement "
+            f"rows), {row_skips} skipped "
             f"({report.skips.describe()})"
         )
     kept = [result for result in stored if result.path is not None]
@@ -402,13 +413,14 @@ def _negation_kinds(dataset_dict: datasets.DatasetDict) -> tuple[dict, dict]:
 
 
 def _statements(rate: float, negations: dict, rewrites: dict) -> dict:
-    """What --statement_rate did: rows written as statements, and the rows that could be (a
-    statement needs a row with both a presence and an absence negation)."""
+    """What --statement_rate did: the extra statement rows written, and the source rows that could
+    have one (a statement row needs a row with both a presence and an absence negation)."""
+    written = rewrites["presence"].get("statement", 0)
     return {
         "rate": rate,
-        "rows": sum(negations.values()),
-        "written": rewrites["presence"].get("statement", 0),
-        "rows_with_both_negations": negations.get("both", 0),
+        "rows": sum(negations.values()) - written,
+        "written": written,
+        "rows_with_both_negations": negations.get("both", 0) - written,
         "presence_only": negations.get("presence_only", 0),
         "absence_only": negations.get("absence_only", 0),
     }
@@ -676,13 +688,13 @@ def _statement_flag(group) -> None:
     group.add_argument(
         "--statement_rate",
         type=float,
-        default=0.0,
+        default=STATEMENT_RATE,
         metavar="R",
-        help="Share of the rows with both negations written as caption-free statements in NegBench's multiple-choice "
-        "form, all four texts of the row: caption 'This image shows a dog.', "
+        help="Share of the rows with both negations that also get an extra row: the same image with its four texts "
+        "said as caption-free statements in NegBench's multiple-choice form: caption 'This image shows a dog.', "
         "presence 'This image does not show a dog.', absence 'This image does not show a cat.', "
-        "affirmed twin 'This image shows a cat.' (their *_rewrite columns say "
-        "'statement'; the source caption stays in the source). Default: 0 (none).",
+        "affirmed twin 'This image shows a cat.' (their *_rewrite columns say 'statement'). The row itself keeps "
+        f"its caption and negations. Default: {STATEMENT_RATE}; 0 for none.",
     )
 
 

@@ -2089,8 +2089,8 @@ CASES += [  # the table the matrix test is parametrized with (pytest reads it at
         ),
         0,
         (
-            "statements (--statement_rate 1.0): 0 of 2 rows; a statement needs both a presence and an absence "
-            "negation, which 0 rows have "
+            "statements (--statement_rate 1.0): 0 extra rows, for the 2 rows; a statement row needs both a presence "
+            "and an absence negation, which 0 rows have "
             "(2 presence only, 0 absence only)",
             "WARNING: --statement_rate 1.0 wrote no statement: no row has both negations (none has an absence "
             "negation); "

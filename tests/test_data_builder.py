@@ -86,7 +86,10 @@ def write_coco(root: Path) -> list[str]:
 
 
 def build(args: list[str], out: Path, *extra: str) -> dict:
-    return data_builder.main([*args, "--out", str(out), "--no_progress", *extra])
+    """A build; without the statement family's extra rows unless the test names --statement_rate (the
+    tests here count the rows of each source; test_unseen_phrasings builds with the defaults)."""
+    statements = [] if "--statement_rate" in [*args, *extra] else ["--statement_rate", "0"]
+    return data_builder.main([*args, "--out", str(out), "--no_progress", *statements, *extra])
 
 
 def rows_of(out: Path) -> dict[str, list[dict]]:
@@ -831,26 +834,40 @@ def test_images_of_one_name_in_two_folders_are_both_kept_and_the_output_does_not
     assert datasets.load_from_disk(str(tmp_path / "two"))["train"]["image"] == paths
 
 
-def test_the_statement_family_writes_negbench_statements_that_pass_the_gate(tmp_path, coco_args):
+def test_the_statement_family_adds_negbench_statement_rows_that_pass_the_gate(tmp_path, coco_args):
     summary = build(coco_args, tmp_path / "out", "--absent_top_k", "1", "--statement_rate", "1")
-    rows = [row for split in rows_of(tmp_path / "out").values() for row in split]
-    assert len(rows) == 7 and summary["negations"] == {"both": 7}
-    for row in rows:  # every row with both negations, all four texts
+    by_split = rows_of(tmp_path / "out")
+    rows = [row for split in by_split.values() for row in split]
+    # Every row with both negations keeps its caption and gets one extra row right after it.
+    assert len(rows) == 14 and summary["negations"] == {"both": 14}
+    originals, extras = rows[0::2], rows[1::2]
+    build(coco_args, tmp_path / "none", "--absent_top_k", "1", "--statement_rate", "0")
+    plain = [row for split in rows_of(tmp_path / "none").values() for row in split]
+    assert originals == plain  # the source rows are exactly those of a build without statements
+    for row, extra in zip(originals, extras):
         present, absent = row["negated_object"], row["absent_object"]
-        assert row["presence_rewrite"] == row["absence_rewrite"] == "statement"
-        assert row["caption"] == rewrite.STATEMENT_AFFIRMS.format(x=rewrite._a_thing(present))
-        assert row["presence_negated"] == rewrite.STATEMENT_NEGATES.format(x=rewrite._a_thing(present))
-        assert row["absence_negated"] == rewrite.STATEMENT_NEGATES.format(x=rewrite._a_thing(absent))
-        assert row["absence_affirmed"] == rewrite.STATEMENT_AFFIRMS.format(x=rewrite._a_thing(absent))
-        assert present in row["present_objects"] and absent not in row["present_objects"]
-    assert summary["rewrites"] == {"presence": {"statement": 7}, "absence": {"statement": 7}}
-    assert summary["quality_gate"]["passed"]
-    # Without the flag (rate 0) none, and the statements negate the very objects the other rewrites do.
-    build(coco_args, tmp_path / "none", "--absent_top_k", "1")
-    plain = {row["image_id"]: row for split in rows_of(tmp_path / "none").values() for row in split}
-    assert not any(row["presence_rewrite"] == "statement" for row in plain.values())
-    assert {(row["image_id"], row["negated_object"], row["absent_object"]) for row in rows} == {
-        (row["image_id"], row["negated_object"], row["absent_object"]) for row in plain.values()
+        assert row["presence_rewrite"] != "statement"
+        assert extra["presence_rewrite"] == extra["absence_rewrite"] == "statement"
+        assert (extra["image"], extra["image_id"], extra["source_index"]) == (
+            row["image"],
+            row["image_id"],
+            row["source_index"],
+        )
+        assert (extra["negated_object"], extra["absent_object"]) == (present, absent)
+        assert extra["caption"] == rewrite.STATEMENT_AFFIRMS.format(x=rewrite._a_thing(present))
+        assert extra["presence_negated"] == rewrite.STATEMENT_NEGATES.format(x=rewrite._a_thing(present))
+        assert extra["absence_negated"] == rewrite.STATEMENT_NEGATES.format(x=rewrite._a_thing(absent))
+        assert extra["absence_affirmed"] == rewrite.STATEMENT_AFFIRMS.format(x=rewrite._a_thing(absent))
+        assert present in extra["present_objects"] and absent not in extra["present_objects"]
+    assert summary["rewrites"]["presence"]["statement"] == summary["rewrites"]["absence"]["statement"] == 7
+    assert summary["statements"] == {
+        "rate": 1.0,
+        "rows": 7,
+        "written": 7,
+        "rows_with_both_negations": 7,
+        "presence_only": 0,
+        "absence_only": 0,
     }
+    assert summary["quality_gate"]["passed"]
     with pytest.raises(UserError, match=r"--statement_rate 1.5 must be in \[0, 1\]"):
         build(coco_args, tmp_path / "bad", "--statement_rate", "1.5")

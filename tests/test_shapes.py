@@ -466,30 +466,42 @@ def test_half_of_the_double_negation_rows_are_matched_pairs():
         assert row["absent_object"] not in row["present_objects"] and row["negated_object"] in row["present_objects"]
 
 
-def test_statement_rows_say_all_four_texts_as_statements_and_leave_the_rest_as_it_was():
-    from omninegclip.building.shapes import Caption, world_row
+def test_statement_rows_are_extra_rows_that_say_all_four_texts_as_statements():
+    from omninegclip.building.shapes import Caption, world_row, world_statement_row
 
-    plain = [world_row("train", index, seed=3) for index in range(120)]
-    stated = [world_row("train", index, seed=3, statement_rate=0.5) for index in range(120)]
-    changed = [(before, after) for before, after in zip(plain, stated) if after["presence_rewrite"] == "statement"]
-    both = sum(bool(row["presence_negated"] and row["absence_negated"]) for row in plain)
-    assert 0.3 < len(changed) / both < 0.7
+    rows = [world_row("train", index, seed=3) for index in range(120)]
+    extras = [(row, world_statement_row(row, seed=3, statement_rate=0.5)) for row in rows]
+    extras = [(row, extra) for row, extra in extras if extra is not None]
+    both = sum(bool(row["presence_negated"] and row["absence_negated"]) for row in rows)
+    assert 0.3 < len(extras) / both < 0.7
+    assert all(world_statement_row(row, seed=3, statement_rate=0.0) is None for row in rows)
     affirm, negate, _ = MCQ_PHRASES["train"]
-    for before, after in changed:
+    for before, after in extras:
         present, absent = after["negated_object"], after["absent_object"]
         assert after["caption"] == affirm.format(x=Mention(present).phrase)
         assert after["presence_negated"] == negate.format(x=Mention(present).phrase)
         assert after["absence_negated"] == negate.format(x=Mention(absent).phrase)
-        assert (
-            after["absence_affirmed"] == affirm.format(x=Mention(absent).phrase)
-            and after["absence_rewrite"] == "statement"
-        )
+        assert after["absence_affirmed"] == affirm.format(x=Mention(absent).phrase)
+        assert after["presence_rewrite"] == after["absence_rewrite"] == "statement"
         # True and false as the scene says: the caption and the absence statement hold, the other two do not.
         objects = decode_scene(after["scene"])[0]
         assert Caption(after["caption"], (Mention(present),), "train", "").holds_for(objects)
         assert not Caption(after["absence_affirmed"], (Mention(absent),), "train", "").holds_for(objects)
-        for column in ("image", "pretrain_caption", "scene", "present_objects", "negated_object", "absent_object"):
+        for column in ("image", "scene", "present_objects", "negated_object", "absent_object", "image_id"):
             assert after[column] == before[column], column
-    for before, after in zip(plain, stated):
-        if after["presence_rewrite"] != "statement":
-            assert after == before
+        assert after["pretrain_caption"] is None  # pretraining skips the extra row: it sees each scene once
+
+
+def test_statement_rows_follow_their_row_in_the_training_split_only():
+    plain = build_world(num_train=40, num_validation=10, num_test=10, seed=0, progress=False, statement_rate=0.0)
+    stated = build_world(num_train=40, num_validation=10, num_test=10, seed=0, progress=False, statement_rate=1.0)
+    for split in ("validation", "test"):
+        assert stated[split]["image_id"] == plain[split]["image_id"]
+    train = stated["train"]
+    originals = [row for row in train if row["presence_rewrite"] != "statement"]
+    assert [row["caption"] for row in originals] == plain["train"]["caption"]
+    for position, row in enumerate(train):
+        if row["presence_rewrite"] == "statement":
+            assert train[position - 1]["image_id"] == row["image_id"]
+    both = sum(bool(row["presence_negated"] and row["absence_negated"]) for row in plain["train"])
+    assert len(train) == 40 + both

@@ -133,7 +133,8 @@ def build_shapes(args: argparse.Namespace) -> tuple[datasets.DatasetDict, dict]:
         progress=not args.no_progress,
         statement_rate=args.statement_rate,
     )
-    return world, {"source": "shapes", "inputs": [], "rows_in": sum(len(part) for part in world.values()), "skips": {}}
+    scenes = args.num_train + args.num_validation + args.num_test  # the statement rows come on top
+    return world, {"source": "shapes", "inputs": [], "rows_in": scenes, "skips": {}}
 
 
 def _check_causal_lm_folder(path: Path) -> None:

@@ -21,7 +21,7 @@ Public surface:
 - `absence_affirm(caption, absent_obj) -> str`: the false twin of an absence negation, the caption
   with the absent object affirmed ("a dog on a couch" -> "a dog on a couch, with a cat");
 - `statements(present_obj, absent_obj) -> dict`: the statement family (`data_builder.py
-  --statement_rate`): a row's caption and its three negation columns as caption-free statements in
+  --statement_rate`): the four texts of a row's extra statement row, caption-free statements in
   NegBench's multiple-choice form ("This image (does not) show(s) a dog.");
 - `PRESENCE_TEMPLATES`, `ABSENCE_TEMPLATES`: the template names;
 - `presence_problem(caption, text, obj, present_objects)` / `absence_problem(...)`: the quality gate

@@ -762,10 +762,9 @@ def _png_bytes(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def world_row(split: str, index: int, seed: int, image_size: int = 64, statement_rate: float = 0.0) -> dict:
+def world_row(split: str, index: int, seed: int, image_size: int = 64) -> dict:
     """Row `index` of `split`: a fresh scene, its PNG and its captions ("train" templates; the
-    pretraining caption: any phrasing), from an rng seeded by (seed, split, index) alone. With
-    probability `statement_rate` a row with both negations is written as statements instead."""
+    pretraining caption: any phrasing), from an rng seeded by (seed, split, index) alone."""
     rng = random.Random(f"omninegclip-shapes:{seed}:{split}:{index}")
     objects = sample_scene(rng)
     background_seed = rng.getrandbits(32)
@@ -797,12 +796,6 @@ def world_row(split: str, index: int, seed: int, image_size: int = 64, statement
         "absence_affirmed": affirmed_twin(absence).text if absence else None,
     }
     rewrites = (presence.template if presence else None, absence.template if absence else None)
-    # The statement family (data_builder.py --statement_rate): a share of the rows with both
-    # negations say all four texts as caption-free statements. Its own rng, as for matched pairs.
-    statement_rng = random.Random(f"omninegclip-shapes:{seed}:{split}:{index}:statement")
-    if presence is not None and absence is not None and statement_rng.random() < statement_rate:
-        texts = statements(presence.negated_kind, absence.negated_kind, phrase=lambda kind: Mention(kind).phrase)
-        rewrites = ("statement", "statement")
     return {
         "image": {"bytes": _png_bytes(render_scene(objects, image_size, background_seed)), "path": None},
         **texts,
@@ -818,6 +811,19 @@ def world_row(split: str, index: int, seed: int, image_size: int = 64, statement
     }
 
 
+def world_statement_row(row: dict, seed: int, statement_rate: float) -> dict | None:
+    """The statement family (data_builder.py --statement_rate): with probability `statement_rate`, a
+    row with both negations gets an *extra* row, the same image with its four texts said as
+    caption-free statements (`rewrite.statements`); None otherwise. Its own rng, so the rate changes
+    no other row. The extra row has no pretraining caption: pretraining skips it."""
+    if row["negated_object"] is None or row["absent_object"] is None:
+        return None
+    if random.Random(f"omninegclip-shapes:{seed}:{row['image_id']}:statement").random() >= statement_rate:
+        return None
+    texts = statements(row["negated_object"], row["absent_object"], phrase=lambda kind: Mention(kind).phrase)
+    return {**row, **texts, "pretrain_caption": None, "presence_rewrite": "statement", "absence_rewrite": "statement"}
+
+
 def build_world(
     num_train: int = 16000,
     num_validation: int = 1000,
@@ -829,7 +835,9 @@ def build_world(
 ) -> datasets.DatasetDict:
     """The world as a DatasetDict with splits train / validation / test (scenes never shared between
     splits; every split captioned with the "train" templates; eval/world.py rephrases the test scenes
-    with either template set). Columns: see WORLD_FEATURES. Same arguments => byte-identical data."""
+    with either template set). Columns: see WORLD_FEATURES. Same arguments => byte-identical data.
+    The training split also gets the extra statement rows of `statement_rate` (`world_statement_row`),
+    each right after its row; the scenes of validation and test stay one row each."""
     sizes = {"train": num_train, "validation": num_validation, "test": num_test}
     for split, size in sizes.items():
         if size < 0:
@@ -840,7 +848,7 @@ def build_world(
     for split, size in sizes.items():
         rows = []
         for index in range(size):
-            row = world_row(split, index, seed, image_size, statement_rate)
+            row = world_row(split, index, seed, image_size)
             scene_objects = json.dumps(json.loads(row["scene"])["objects"])
             if (
                 scene_objects in seen_scenes
@@ -848,6 +856,9 @@ def build_world(
                 raise RuntimeError(f"scene of {row['image_id']} repeats an earlier scene; try another seed")
             seen_scenes.add(scene_objects)
             rows.append(row)
+            extra = world_statement_row(row, seed, statement_rate) if split == "train" else None
+            if extra is not None:
+                rows.append(extra)
             bar.update()
         columns = {name: [row[name] for row in rows] for name in WORLD_FEATURES}
         dataset = datasets.Dataset.from_dict(columns, features=WORLD_FEATURES, split=split)

@@ -122,14 +122,16 @@ _BOTH_NEGATIONS_HINTS = {
 
 
 def _print_statements(summary: dict) -> None:
-    """With --statement_rate: how many rows became statements and how many could; a warning when none did."""
+    """With --statement_rate: how many extra statement rows were written and for how many rows they
+    could be; a warning when none was."""
     statements = summary.get("statements")
     if not statements:
         return
     rate, both = statements["rate"], statements["rows_with_both_negations"]
     print(
-        f"  statements (--statement_rate {rate}): {statements['written']} of {statements['rows']} rows; "
-        f"a statement needs both a presence and an absence negation, which {both} rows have "
+        f"  statements (--statement_rate {rate}): {statements['written']} extra rows, for the "
+        f"{statements['rows']} rows; a statement row needs both a presence and an absence negation, "
+        f"which {both} rows have "
         f"({statements['presence_only']} presence only, {statements['absence_only']} absence only)"
     )
     if statements["written"]:
