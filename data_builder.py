@@ -22,7 +22,9 @@ What it writes: a `datasets.DatasetDict` (train / validation / test, `save_to_di
 columns `CONTRACT_COLUMNS` (shared with train.py and eval/), plus `build_summary.json` (rows in, rows
 out per split, skips by reason and where, the quality gate, texts longer than CLIP's 77 tokens,
 examples, and the provenance: seed, library versions, git commit) and README.md (the dataset card).
-Every source row ends up written or counted: rows in = rows out + the `row:` skips.
+Every source row ends up written or counted: rows in = rows out - the statement rows + the `row:` skips
+(`--statement_rate`, default 0.25: that share of the training rows with both negations also gets an
+extra row, the same image with its texts as NegBench-style statements).
 
 Images (the real sources): each image is stored ONCE, however many caption rows show it, as its
 original file (never re-encoded; an image not in RGB is converted to an RGB PNG) under
@@ -30,7 +32,7 @@ original file (never re-encoded; an image not in RGB is converted to an RGB PNG)
 relative to the folder (`contract_features(image_files=True)`). `train.py --dataset_name FOLDER` and
 `load_dataset(FOLDER)` read it as it is; `load_with_images(FOLDER)` gives the column as decoded
 images, and `--push_to_hub` uploads that (each row with its image). The shapes world keeps its
-images in the table (one row per scene).
+images in the table (one row per scene, and the extra statement rows of the training split).
 
 Speed: the negations, the image checks and the quality gate run in `--num_proc` forked worker
 processes (`omninegclip.building.parallel.fork_map`: each row is seeded by its index, so any
@@ -76,9 +78,15 @@ import datasets
 from modeling_omninegclip import CAPTION_SETS
 from omninegclip.building import quality
 from omninegclip.building.inputs import build_options, build_shapes, load_rewriter, read_source, shown_arguments
-from omninegclip.building.negation import STATEMENT_RATE, BuildOptions, TokenWindow, negation, split_for
+from omninegclip.building.negation import BuildOptions, TokenWindow, negation, split_for
 from omninegclip.building.parallel import fork_map
-from omninegclip.building.rewrite import absence_affirm, absence_problem, presence_problem, statements
+from omninegclip.building.rewrite import (
+    STATEMENT_RATE,
+    absence_affirm,
+    absence_problem,
+    presence_problem,
+    statement_row,
+)
 from omninegclip.building.sources import DOWNLOAD_TIMEOUT, MAX_IMAGE_BYTES, SPLITS, ImageRef, Source, SourceItem
 from omninegclip.building.storage import (
     DEFAULT_MAX_IMAGE_PIXELS,
@@ -150,6 +158,7 @@ class _Report:
     skips: SkipLog = field(default_factory=SkipLog)  # "source:", "row:", "<kind>:" reasons (omninegclip.common.skips)
     llm_fallbacks: Counter = field(default_factory=Counter)
     converted_modes: Counter = field(default_factory=Counter)
+    statement_rows: int = 0  # extra statement rows written (--statement_rate), beside the source's rows
 
 
 def _negations(
@@ -182,19 +191,6 @@ def _negations(
         else:  # the affirmed object would fall beyond what the text encoder reads
             report.skips.skip("absence_affirmed:beyond_context")
     return row
-
-
-def _statement_row(item: SourceItem, source: Source, row: dict, options: BuildOptions) -> dict | None:
-    """The statement family (--statement_rate): with probability `options.statement_rate`, a row with
-    both negations gets an *extra* row, the same image with its four texts said as caption-free
-    statements (`rewrite.statements`); None otherwise. The row itself keeps its caption. Its own rng,
-    so the rate changes no other choice."""
-    if not (row["negated_object"] and row["absent_object"]):
-        return None
-    if random.Random(f"{options.seed}|{source.name}|{item.source_index}|statement").random() >= options.statement_rate:
-        return None
-    texts = statements(row["negated_object"], row["absent_object"])
-    return {**row, **texts, "presence_rewrite": "statement", "absence_rewrite": "statement"}
 
 
 NEGATION_CHUNK = 256  # rows negated per task of a worker
@@ -257,12 +253,15 @@ def _write_split(
 
     def generate():
         for item, text, stored in rows:
+            statement = text.get("presence_rewrite") == "statement"
             if stored.path is None:
-                report.skips.skip(
-                    f"row:{stored.reason}", item.image.name
-                )  # an image's rows are all counted; it is named once
+                if not statement:  # an extra statement row is not a source row: its source row is the one counted
+                    report.skips.skip(
+                        f"row:{stored.reason}", item.image.name
+                    )  # an image's rows are all counted; it is named once
                 continue
             written[0] += 1
+            report.statement_rows += statement
             yield {
                 "image": stored.path,
                 "caption": item.caption,
@@ -306,17 +305,17 @@ def build_from_source(
     report.skips.update(source.skips, "source:")
     window = TokenWindow(options.context_length)
     by_split: dict[str, list] = {split: [] for split in SPLITS}
-    statement_rows = 0  # extra rows of the statement family, besides the source's rows
     for item, text in zip(items, _negate_all(items, source, stats, options, report, window)):
         if text["presence_negated"] is None and text["absence_negated"] is None:
             report.skips.skip("row:no_negation")
             continue
-        split = by_split[split_for(item.image_id, item.split, options.validation_fraction, options.test_fraction)]
-        split.append((item, text))
-        statement = _statement_row(item, source, text, options)
-        if statement is not None:  # right after its row, in the same split
-            split.append((item, statement))
-            statement_rows += 1
+        split = split_for(item.image_id, item.split, options.validation_fraction, options.test_fraction)
+        by_split[split].append((item, text))
+        # The statement family: an extra training row right after its row (evaluation splits keep one row each).
+        key = f"{options.seed}|{source.name}|{item.source_index}|statement"
+        statement = statement_row(text, key, options.statement_rate) if split == "train" else None
+        if statement is not None:
+            by_split[split].append((item, statement))
     if not any(by_split.values()):
         raise UserError(f"{', '.join(source.files)}: no caption could be negated ({report.skips.describe()})")
     images: dict[tuple, ImageRef] = {}  # each image once, in the order rows first show it
@@ -347,6 +346,7 @@ def build_from_source(
         raise UserError(f"{', '.join(source.files)}: no row could be written ({report.skips.describe()})")
     rows_out = sum(len(part) for part in dataset_dict.values())
     row_skips = report.skips.total("row:")
+    statement_rows = report.statement_rows  # written; one whose image is unusable is its source row's skip
     if rows_out - statement_rows + row_skips != len(items):  # every row is written or counted, else a bug here
         raise RuntimeError(
             f"row accounting is off: {len(items)} rows in, {rows_out} out ({statement_rows} of them statement "
@@ -412,17 +412,32 @@ def _negation_kinds(dataset_dict: datasets.DatasetDict) -> tuple[dict, dict]:
     return dict(sorted(kinds.items())), {kind: dict(sorted(counter.items())) for kind, counter in rewrites.items()}
 
 
-def _statements(rate: float, negations: dict, rewrites: dict) -> dict:
-    """What --statement_rate did: the extra statement rows written, and the source rows that could
-    have one (a statement row needs a row with both a presence and an absence negation)."""
-    written = rewrites["presence"].get("statement", 0)
+def _statements(rate: float, train: datasets.Dataset) -> dict:
+    """What --statement_rate did in the training split (the only one that gets statement rows): the
+    extra statement rows written, and the source rows that could have one (a statement row needs a
+    row with both a presence and an absence negation)."""
+    counts = Counter()
+    columns = ["presence_negated", "absence_negated", "presence_rewrite"]
+    for batch in train.select_columns(columns).iter(batch_size=1000):
+        for presence, absence, rewrite in zip(*(batch[column] for column in columns)):
+            counts[
+                "written"
+                if rewrite == "statement"
+                else "both"
+                if presence and absence
+                else "presence_only"
+                if presence
+                else "absence_only"
+                if absence
+                else "neither"
+            ] += 1
     return {
         "rate": rate,
-        "rows": sum(negations.values()) - written,
-        "written": written,
-        "rows_with_both_negations": negations.get("both", 0) - written,
-        "presence_only": negations.get("presence_only", 0),
-        "absence_only": negations.get("absence_only", 0),
+        "rows": len(train) - counts["written"],
+        "written": counts["written"],
+        "rows_with_both_negations": counts["both"],
+        "presence_only": counts["presence_only"],
+        "absence_only": counts["absence_only"],
     }
 
 
@@ -778,7 +793,7 @@ def _summarize(args: argparse.Namespace, options: BuildOptions | None, dataset_d
         "rows_out": {split: len(part) for split, part in dataset_dict.items()},
         "negations": negations,
         "rewrites": rewrites,
-        **({"statements": _statements(args.statement_rate, negations, rewrites)} if args.statement_rate else {}),
+        **({"statements": _statements(args.statement_rate, dataset_dict["train"])} if args.statement_rate else {}),
         "quality_gate": quality_gate(
             dataset_dict, progress=not args.no_progress, num_proc=args.num_proc if options else 1
         ),

@@ -835,14 +835,14 @@ def test_images_of_one_name_in_two_folders_are_both_kept_and_the_output_does_not
 
 
 def test_the_statement_family_adds_negbench_statement_rows_that_pass_the_gate(tmp_path, coco_args):
-    summary = build(coco_args, tmp_path / "out", "--absent_top_k", "1", "--statement_rate", "1")
-    by_split = rows_of(tmp_path / "out")
-    rows = [row for split in by_split.values() for row in split]
-    # Every row with both negations keeps its caption and gets one extra row right after it.
+    train_only = ("--validation_fraction", "0", "--test_fraction", "0")
+    summary = build(coco_args, tmp_path / "out", "--absent_top_k", "1", "--statement_rate", "1", *train_only)
+    rows = rows_of(tmp_path / "out")["train"]
+    # Every training row with both negations keeps its caption and gets one extra row right after it.
     assert len(rows) == 14 and summary["negations"] == {"both": 14}
     originals, extras = rows[0::2], rows[1::2]
-    build(coco_args, tmp_path / "none", "--absent_top_k", "1", "--statement_rate", "0")
-    plain = [row for split in rows_of(tmp_path / "none").values() for row in split]
+    build(coco_args, tmp_path / "none", "--absent_top_k", "1", "--statement_rate", "0", *train_only)
+    plain = rows_of(tmp_path / "none")["train"]
     assert originals == plain  # the source rows are exactly those of a build without statements
     for row, extra in zip(originals, extras):
         present, absent = row["negated_object"], row["absent_object"]
@@ -869,5 +869,11 @@ def test_the_statement_family_adds_negbench_statement_rows_that_pass_the_gate(tm
         "absence_only": 0,
     }
     assert summary["quality_gate"]["passed"]
+    # The evaluation splits keep one row per source row: statement rows are training rows.
+    fractions = ("--validation_fraction", "0.3", "--test_fraction", "0.3")
+    split = build(coco_args, tmp_path / "split", "--absent_top_k", "1", "--statement_rate", "1", *fractions)
+    held_out = [row for name in ("validation", "test") for row in rows_of(tmp_path / "split")[name]]
+    assert held_out and not any(row["presence_rewrite"] == "statement" for row in held_out)
+    assert split["statements"]["written"] == split["rows_out"]["train"] // 2
     with pytest.raises(UserError, match=r"--statement_rate 1.5 must be in \[0, 1\]"):
         build(coco_args, tmp_path / "bad", "--statement_rate", "1.5")

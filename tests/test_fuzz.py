@@ -288,7 +288,14 @@ def test_builder_writes_or_counts_every_row_and_every_negation_passes_the_gate(
         return
     event("built")
     row_skips = sum(count for reason, count in summary["skips"].items() if reason.startswith("row:"))
-    assert summary["rows_in"] == len(rows) == sum(len(part) for part in dataset_dict.values()) + row_skips
+    # The statement family's extra rows (--statement_rate, default 0.25) come on top of the source's rows;
+    # one whose image is unusable is not counted again (its source row is).
+    statement_rows = sum(part["presence_rewrite"].count("statement") for part in dataset_dict.values())
+    written = sum(len(part) for part in dataset_dict.values())
+    assert summary["rows_in"] == len(rows) == written - statement_rows + row_skips
+    assert all(
+        part["presence_rewrite"].count("statement") == 0 for name, part in dataset_dict.items() if name != "train"
+    )
     written_kinds = {rows[int(image_id)][2] for part in dataset_dict.values() for image_id in part["image_id"]}
     assert written_kinds <= {"rgb", "rgba", "gray"}  # never a corrupt or missing image
     gate = data_builder.quality_gate(dataset_dict)

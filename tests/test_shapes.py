@@ -80,7 +80,7 @@ def overlaps(a: SceneObject, b: SceneObject) -> bool:
 
 @pytest.fixture(scope="module")
 def world():
-    return build_world(num_train=40, num_validation=10, num_test=30, seed=0, progress=False)
+    return build_world(num_train=40, num_validation=10, num_test=30, seed=0, progress=False, statement_rate=0.0)
 
 
 # ----- vocabulary and co-occurrence ---------------------------------------------------------------
@@ -339,8 +339,8 @@ def _image_bytes(dataset: datasets.Dataset) -> list[bytes]:
 
 
 def test_same_seed_same_bytes_other_seed_differs(world, tmp_path):
-    again = build_world(num_train=40, num_validation=10, num_test=30, seed=0, progress=False)
-    other = build_world(num_train=40, num_validation=10, num_test=30, seed=1, progress=False)
+    again = build_world(num_train=40, num_validation=10, num_test=30, seed=0, progress=False, statement_rate=0.0)
+    other = build_world(num_train=40, num_validation=10, num_test=30, seed=1, progress=False, statement_rate=0.0)
     for split in world:
         assert _image_bytes(world[split]) == _image_bytes(again[split])
         assert world[split].remove_columns("image").to_dict() == again[split].remove_columns("image").to_dict()

@@ -68,55 +68,54 @@ def test_the_world_training_split_with_its_statement_rows_says_no_unseen_word():
 
 
 def test_the_builders_rewrite_tables_add_no_unseen_word():
-    """Every presence and absence template, the affirmed twin and the statements, on captions that
+    """Every absence template, the presence templates (the clause ones directly, the in-caption ones
+    through `presence_negate` under many seeds), the affirmed twin and the statements, on captions that
     name the object and captions that do not: the words a rewrite adds are never unseen ones."""
     captions = ["A dog lying on a couch.", "Two people riding horses on a beach", "a bowl of soup with a spoon"]
     objects = ["dog", "horse", "spoon", "cat", "umbrella", "pizza"]
-    written = 0
+    written, templates = 0, set()
     for caption in captions:
         for obj in objects:
             texts = [
                 rewrite.absence_affirm(caption, obj),
                 *rewrite.statements(obj, "cat").values(),
                 *(text for name in rewrite.ABSENCE_TEMPLATES if (text := rewrite._absence_text(caption, obj, name))),
+                # The templates for an object the caption does not name (presence_negate's second branch).
                 *(rewrite._presence_clause(caption, obj, name) for name in rewrite.PRESENCE_TEMPLATES[4:]),
             ]
-            negated = rewrite.presence_negate(caption, obj, random.Random(0))
-            texts += [negated.text] if negated else []
+            for seed in range(12):  # the in-caption templates, one drawn per seed
+                negated = rewrite.presence_negate(caption, obj, random.Random(seed))
+                texts += [negated.text] if negated else []
+                templates.add(negated.name if negated else None)
             for text in texts:
                 assert not (words(text) - words(caption)) & UNSEEN, text
             written += len(texts)
     assert written > 100
+    assert {"no_object", "not_verb", "with_to_without"} <= templates  # in-caption templates were reached
 
 
 @pytest.fixture(scope="module")
-def coco_build(tmp_path_factory):
-    """A COCO build (bench's fixture: realistic JPEGs, 5 captions an image) with the default flags."""
+def coco_builds(tmp_path_factory):
+    """Two COCO builds of bench's fixture (realistic JPEGs, 5 captions an image): with the default
+    flags, and with --statement_rate 0."""
     root = tmp_path_factory.mktemp("coco")
     fixture = make_fixture(root / "coco", images=30, progress=False)
-    out = root / "out"
-    summary = data_builder.main(
-        [
-            "coco",
-            "--captions",
-            fixture.captions_file,
-            "--instances",
-            fixture.instances_file,
-            "--images",
-            fixture.images_dir,
-            "--captions_per_image",
-            "0",
-            "--out",
-            str(out),
-            "--no_progress",
-        ]
-    )
-    return summary, load_with_images(out)
+    source = ["coco", "--captions", fixture.captions_file, "--instances", fixture.instances_file]
+    source += ["--images", fixture.images_dir, "--captions_per_image", "0", "--no_progress"]
+    builds = []
+    for name, extra in (("default", []), ("without", ["--statement_rate", "0"])):
+        summary = data_builder.main([*source, "--out", str(root / name), *extra])
+        builds.append((summary, load_with_images(root / name)))
+    return builds
 
 
-def test_a_coco_build_counts_each_phrasing_family_and_adds_statement_rows_by_default(coco_build):
-    summary, built = coco_build
-    rows = [row for split in built.values() for row in split.remove_columns("image")]
+@pytest.fixture(scope="module")
+def coco_build(coco_builds):
+    return coco_builds[0]
+
+
+def test_a_coco_build_counts_each_phrasing_family_and_adds_statement_rows_by_default(coco_builds):
+    (summary, built), (_, without) = coco_builds
     families = {kind: summary["rewrites"][kind] for kind in ("presence", "absence")}
     print("phrasing families of a default COCO build:", families)
     # The rewrite families of the tables are written, and the statement family besides (by default).
@@ -126,10 +125,12 @@ def test_a_coco_build_counts_each_phrasing_family_and_adds_statement_rows_by_def
     assert set(families["presence"]) <= {*rewrite.PRESENCE_TEMPLATES, "statement"}
     statement_rows = families["presence"]["statement"]
     assert statement_rows == families["absence"]["statement"] == summary["statements"]["written"] > 0
-    # Extra rows: every source row is there with its own caption, and the statement rows come on top.
-    assert len(rows) == summary["statements"]["rows"] + statement_rows
-    source_captions = [row["caption"] for row in rows if row["presence_rewrite"] != "statement"]
-    assert not any(caption.startswith("This image") for caption in source_captions)
+    # Extra rows: every row of a build without them is there, unchanged, and the statement rows come on
+    # top, in the training split only.
+    for split in built:
+        kept = [row for row in built[split].remove_columns("image") if row["presence_rewrite"] != "statement"]
+        assert kept == list(without[split].remove_columns("image")), split
+    assert statement_rows == sum(row["presence_rewrite"] == "statement" for row in built["train"])
     rate = data_builder.STATEMENT_RATE
     both = summary["statements"]["rows_with_both_negations"]
     assert abs(statement_rows / both - rate) < 0.15, (statement_rows, both)

@@ -243,6 +243,14 @@ def _counts_lines(summary: dict, rows_out: dict) -> list[str]:
     lines += [""]
     if "rows_in" in summary:
         lines += [f"Source rows read: {summary['rows_in']}.", ""]
+    statements = summary.get("statements")
+    if statements:
+        lines += [
+            f"Statement rows (`--statement_rate {statements['rate']}`): {statements['written']} extra training rows, "
+            "each the same image as the row before it with its four texts said as NegBench-style statements "
+            "(`statement` in the `*_rewrite` columns); the other rows are the source's.",
+            "",
+        ]
     for key, heading in (("negations", "Negations per row"), ("skips", "Skipped (by reason)")):
         if key in summary:
             lines += [f"### {heading}", ""] + _counts_table(summary[key], "reason" if key == "skips" else "kind")

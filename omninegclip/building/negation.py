@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from omninegclip.building.rewrite import (
+    STATEMENT_RATE,
     LLMRewriter,
     Rewrite,
     absence_negate,
@@ -28,11 +29,6 @@ from omninegclip.building.storage import DEFAULT_MAX_IMAGE_PIXELS
 from omninegclip.building.vocabulary import CooccurrenceStats, detect_objects, find_mentions
 from omninegclip.common.cli import UserError
 from omninegclip.common.clip import CONTEXT_LENGTH
-
-# The share of the rows with both negations that get an extra statement row (`rewrite.statements`), by
-# default, for every source and the world: the only data in which "does not show X" stands alone
-# (docs/method.md, the statement family).
-STATEMENT_RATE = 0.25
 
 
 @dataclass
@@ -49,7 +45,7 @@ class BuildOptions:
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # larger images are skipped (counted), never decoded
     context_length: int | None = CONTEXT_LENGTH  # a negation the text encoder would not see is refused; None: no check
     num_proc: int | None = None  # processes that check and store the images (None: the cores)
-    statement_rate: float = STATEMENT_RATE  # share of the rows with both negations that get an extra statement row
+    statement_rate: float = STATEMENT_RATE  # share of the training rows with both negations that get a statement row
     progress: bool = True
     rewriter: LLMRewriter | None = field(default=None, repr=False)
 
@@ -79,8 +75,8 @@ class BuildOptions:
 def check_statement_rate(rate: float) -> None:
     if not 0.0 <= rate <= 1.0:
         raise UserError(
-            f"--statement_rate {rate} must be in [0, 1] (the share of rows with both negations that get an extra "
-            "statement row)"
+            f"--statement_rate {rate} must be in [0, 1] (the share of the training rows with both negations that get "
+            "an extra statement row)"
         )
 
 

@@ -455,6 +455,25 @@ STATEMENT_AFFIRMS = "This image shows {x}."
 STATEMENT_NEGATES = "This image does not show {x}."
 
 
+# The share of the training rows with both negations that get an extra statement row, by default, for
+# every source and the world (`statement_row`; docs/method.md, the statement family).
+STATEMENT_RATE = 0.25
+
+
+def statement_row(row: dict, key: str, rate: float, phrase: Callable[[str], str] = _a_thing) -> dict | None:
+    """The statement family's extra row for `row` (a built row: its texts, `negated_object`,
+    `absent_object`): with probability `rate`, drawn from an rng seeded by `key` alone (so the rate
+    changes no other choice), a row with both negations gets a copy with its four texts said as
+    statements (`statements`) and 'statement' in both `*_rewrite` columns; None otherwise. The row
+    itself keeps its caption. `phrase` names one object."""
+    if not (row.get("negated_object") and row.get("absent_object")):
+        return None
+    if random.Random(key).random() >= rate:
+        return None
+    texts = statements(row["negated_object"], row["absent_object"], phrase=phrase)
+    return {**row, **texts, "presence_rewrite": "statement", "absence_rewrite": "statement"}
+
+
 def statements(present_obj: str, absent_obj: str, phrase: Callable[[str], str] = _a_thing) -> dict[str, str]:
     """A row's four texts as statements, keyed by their columns: each frame once true and once
     false, so that neither "shows" nor "does not show" can be learnt as true or false by itself:

@@ -31,8 +31,9 @@ Public surface
   pretraining: `pretrain_caption(objects, rng)` (the text of `draw_pretrain_caption`, a
   `PretrainCaption` that names its phrasing), `pretrain_phrasings()` (every phrasing it draws from);
   `Caption.holds_for(objects)` says whether a caption is true of a scene;
-- the dataset: `build_world(num_train, num_validation, num_test, seed, image_size, progress)`,
-  `world_row(split, index, seed, image_size)` (one row), `WORLD_FEATURES` (its columns).
+- the dataset: `build_world(num_train, num_validation, num_test, seed, image_size, progress,
+  statement_rate)`, `world_row(split, index, seed, image_size)` (one row), `world_statement_row(row,
+  seed, statement_rate)` (a training row's extra statement row), `WORLD_FEATURES` (its columns).
 
 Every random choice takes a `random.Random`; the same seed gives a byte-identical dataset.
 """
@@ -52,7 +53,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from omninegclip.building.rewrite import STATEMENT_AFFIRMS, STATEMENT_NEGATES, statements
+from omninegclip.building.rewrite import STATEMENT_AFFIRMS, STATEMENT_NEGATES, STATEMENT_RATE, statement_row
 
 # ----- vocabulary --------------------------------------------------------------------------------
 
@@ -812,16 +813,12 @@ def world_row(split: str, index: int, seed: int, image_size: int = 64) -> dict:
 
 
 def world_statement_row(row: dict, seed: int, statement_rate: float) -> dict | None:
-    """The statement family (data_builder.py --statement_rate): with probability `statement_rate`, a
-    row with both negations gets an *extra* row, the same image with its four texts said as
-    caption-free statements (`rewrite.statements`); None otherwise. Its own rng, so the rate changes
-    no other row. The extra row has no pretraining caption: pretraining skips it."""
-    if row["negated_object"] is None or row["absent_object"] is None:
-        return None
-    if random.Random(f"omninegclip-shapes:{seed}:{row['image_id']}:statement").random() >= statement_rate:
-        return None
-    texts = statements(row["negated_object"], row["absent_object"], phrase=lambda kind: Mention(kind).phrase)
-    return {**row, **texts, "pretrain_caption": None, "presence_rewrite": "statement", "absence_rewrite": "statement"}
+    """The extra statement row of a training row (`rewrite.statement_row`, data_builder.py
+    --statement_rate), or None. It has no pretraining caption: pretraining skips it and sees each
+    scene once."""
+    key = f"omninegclip-shapes:{seed}:{row['image_id']}:statement"
+    extra = statement_row(row, key, statement_rate, phrase=lambda kind: Mention(kind).phrase)
+    return None if extra is None else {**extra, "pretrain_caption": None}
 
 
 def build_world(
@@ -831,7 +828,7 @@ def build_world(
     seed: int = 0,
     image_size: int = 64,
     progress: bool = True,
-    statement_rate: float = 0.0,
+    statement_rate: float = STATEMENT_RATE,
 ) -> datasets.DatasetDict:
     """The world as a DatasetDict with splits train / validation / test (scenes never shared between
     splits; every split captioned with the "train" templates; eval/world.py rephrases the test scenes
@@ -867,7 +864,7 @@ def build_world(
             dataset.data,
             info=dataset.info,
             split=dataset.split,
-            fingerprint=f"shapes-{seed}-{image_size}-{split}-{size}-{statement_rate}",
+            fingerprint=f"shapes-{seed}-{image_size}-{split}-{size}-{statement_rate}-extra",
         )
     bar.close()
     return datasets.DatasetDict(splits)
