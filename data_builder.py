@@ -415,29 +415,16 @@ def _negation_kinds(dataset_dict: datasets.DatasetDict) -> tuple[dict, dict]:
 def _statements(rate: float, train: datasets.Dataset) -> dict:
     """What --statement_rate did in the training split (the only one that gets statement rows): the
     extra statement rows written, and the source rows that could have one (a statement row needs a
-    row with both a presence and an absence negation)."""
-    counts = Counter()
-    columns = ["presence_negated", "absence_negated", "presence_rewrite"]
-    for batch in train.select_columns(columns).iter(batch_size=1000):
-        for presence, absence, rewrite in zip(*(batch[column] for column in columns)):
-            counts[
-                "written"
-                if rewrite == "statement"
-                else "both"
-                if presence and absence
-                else "presence_only"
-                if presence
-                else "absence_only"
-                if absence
-                else "neither"
-            ] += 1
+    row with both a presence and an absence negation; every statement row has both)."""
+    kinds, rewrites = _negation_kinds(datasets.DatasetDict({"train": train}))
+    written = rewrites["presence"].get("statement", 0)
     return {
         "rate": rate,
-        "rows": len(train) - counts["written"],
-        "written": counts["written"],
-        "rows_with_both_negations": counts["both"],
-        "presence_only": counts["presence_only"],
-        "absence_only": counts["absence_only"],
+        "rows": len(train) - written,
+        "written": written,
+        "rows_with_both_negations": kinds.get("both", 0) - written,
+        "presence_only": kinds.get("presence_only", 0),
+        "absence_only": kinds.get("absence_only", 0),
     }
 
 
