@@ -14,8 +14,8 @@
 Common flags: --out DIR (required), --overwrite, --seed 0, --push_to_hub REPO_ID, --no_progress, --debug;
 for the real sources also --validation_fraction 0.05, --test_fraction 0.05, --max_rows N,
 --max_image_pixels N, --rewriter_model ID, --num_proc N (worker processes; default the cores);
-for every source --statement_rate R (default 0.25: that share of the rows with both negations also
-get an extra row of NegBench-style statements; 0 for none).
+for every source --statement_rate R (default 0.25: that share of the training rows with both
+negations also gets an extra row of NegBench-style statements; 0 for none).
 `python data_builder.py SOURCE --help` lists each source's flags.
 
 What it writes: a `datasets.DatasetDict` (train / validation / test, `save_to_disk`) with the contract
@@ -692,8 +692,9 @@ def _statement_flag(group) -> None:
         type=float,
         default=STATEMENT_RATE,
         metavar="R",
-        help="Share of the rows with both negations that also get an extra row: the same image with its four texts "
-        "said as caption-free statements in NegBench's multiple-choice form: caption 'This image shows a dog.', "
+        help="Share of the training rows with both negations that also get an extra row: the same image with its "
+        "four texts said as caption-free statements in NegBench's multiple-choice form: "
+        "caption 'This image shows a dog.', "
         "presence 'This image does not show a dog.', absence 'This image does not show a cat.', "
         "affirmed twin 'This image shows a cat.' (their *_rewrite columns say 'statement'). The row itself keeps "
         f"its caption and negations. Default: {STATEMENT_RATE}; 0 for none.",
